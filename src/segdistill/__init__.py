@@ -1,0 +1,3 @@
+"""segdistill: distil segmentation teachers into fast students that report their uncertainty."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,46 @@
+"""The `segdistill` command line: one sub-command per job, each in `segdistill.commands`.
+
+Each command module exposes `register(subparsers)`, which adds its parser and sets
+`func` to the function that runs it. Follow a command from here into its module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from segdistill import __version__
+from segdistill.commands import data
+from segdistill.errors import SegdistillError
+
+# One module per command group, in the order `--help` lists them.
+COMMAND_MODULES = (data,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segdistill",
+        description="Distil segmentation teachers into fast students that report uncertainty.",
+    )
+    parser.add_argument("--version", action="version", version=f"segdistill {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SegdistillError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
