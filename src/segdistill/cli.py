@@ -10,11 +10,11 @@ import argparse
 import sys
 
 from segdistill import __version__
-from segdistill.commands import data
+from segdistill.commands import data, train
 from segdistill.errors import SegdistillError
 
 # One module per command group, in the order `--help` lists them.
-COMMAND_MODULES = (data,)
+COMMAND_MODULES = (data, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

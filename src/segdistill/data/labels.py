@@ -51,6 +51,7 @@ VOID_LABEL_IDS = {
     "ego vehicle": 1,
     "out of roi": 3,
     "static": 4,
+    "dynamic": 5,
 }
 
 

@@ -1,0 +1,199 @@
+"""Checkpoint files: atomic writes, safetensors weights that carry their architecture.
+
+A weights file is a safetensors file of the segmenter's state dict whose metadata holds,
+under `ARCHITECTURE_KEY`, a JSON object {"model": ModelConfig fields, "num_classes": C}.
+`load_segmenter` rebuilds the network from that alone, so an evaluation, a teacher or an
+export needs nothing but the file. `load_weights_into` refuses weights that do not fit
+the network (another architecture, encoder or class count) and lists the keys and shapes
+that differ.
+
+Every file here is written atomically (`atomic_write`): to a temporary file in the same
+folder, flushed to disk, then renamed over the target. A crash or a full disk leaves the
+previous file intact, never a truncated one. Lightning's resumable checkpoint goes through
+`AtomicCheckpointIO`, which writes the same way and loads with `torch.load(...,
+weights_only=True)` (tensors and plain containers only, no arbitrary code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import safetensors
+import safetensors.torch
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+
+from segdistill.config import ModelConfig
+from segdistill.errors import CheckpointError
+from segdistill.models import Segmenter, build_segmenter
+
+ARCHITECTURE_KEY = "segdistill_architecture"
+# Where a run directory keeps its weights; `load_segmenter(run_dir)` takes the first found.
+RUN_WEIGHTS = ("checkpoints/best.safetensors", "checkpoints/last.safetensors")
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Create or replace `path` with what `write(file)` writes, all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name opened with "x" (not mkstemp, whose files are private, mode 0600): the
+    # file gets the usual permissions of the user's umask.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if os.name == "posix":
+        # Persist the rename itself: fsync the directory entry.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def save_weights(path: str | Path, model: Segmenter, model_config: ModelConfig) -> None:
+    """Write the segmenter's state dict and its architecture as one safetensors file."""
+    architecture = {"model": dataclasses.asdict(model_config), "num_classes": model.num_classes}
+    metadata = {"format": "pt", ARCHITECTURE_KEY: json.dumps(architecture)}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = safetensors.torch.save(tensors, metadata=metadata)
+    atomic_write(path, lambda file: file.write(data))
+
+
+def read_architecture(path: str | Path) -> tuple[ModelConfig, int]:
+    """(model config, number of classes) stored in a weights file."""
+    path = Path(path)
+    metadata = _open(path, lambda f: f.metadata()) or {}
+    if ARCHITECTURE_KEY not in metadata:
+        raise CheckpointError(
+            f"{path} has no architecture metadata ({ARCHITECTURE_KEY!r}); it was not written "
+            "by segdistill.checkpoints.save_weights"
+        )
+    try:
+        architecture = json.loads(metadata[ARCHITECTURE_KEY])
+        return ModelConfig(**architecture["model"]), int(architecture["num_classes"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: unreadable architecture metadata ({error})") from error
+
+
+def build_model(model_config: ModelConfig, num_classes: int) -> Segmenter:
+    """The segmenter `model_config` describes, freshly initialised (the encoder from
+    `encoder_weights` when that is set)."""
+    return build_segmenter(
+        model_config.arch,
+        model_config.encoder,
+        num_classes,
+        uncertainty_head=model_config.uncertainty_head,
+        encoder_options=model_config.encoder_options,
+        mc_dropout=model_config.mc_dropout,
+        aux_heads=model_config.aux_heads,
+        encoder_weights=model_config.encoder_weights,
+    )
+
+
+def load_segmenter(path_or_run_dir: str | Path) -> tuple[Segmenter, ModelConfig]:
+    """Build the segmenter a weights file (or a run directory's best, else last, weights)
+    describes, load its weights and return it in eval mode with its model config."""
+    path = weights_path(path_or_run_dir)
+    model_config, num_classes = read_architecture(path)
+    # All weights come from the file: skip the ImageNet encoder file (it may be absent).
+    model = build_model(dataclasses.replace(model_config, encoder_weights=None), num_classes)
+    load_weights_into(model, path)
+    return model.eval(), model_config
+
+
+def weights_path(path_or_run_dir: str | Path) -> Path:
+    """A weights file as given, or the best (else last) weights of a run directory."""
+    path = Path(path_or_run_dir)
+    if not path.is_dir():
+        return path
+    for candidate in RUN_WEIGHTS:
+        if (path / candidate).is_file():
+            return path / candidate
+    raise CheckpointError(f"run directory {path} has no weights ({' or '.join(RUN_WEIGHTS)})")
+
+
+def load_weights_into(model: nn.Module, path: str | Path) -> None:
+    """Load a weights file into `model`; CheckpointError unless keys and shapes all match."""
+    path = Path(path)
+    tensors = _open(path, lambda f: {key: f.get_tensor(key) for key in f.keys()})
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - tensors.keys())
+    unexpected = sorted(tensors.keys() - expected.keys())
+    shapes = [
+        f"{key}: checkpoint {tuple(tensors[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(expected.keys() & tensors.keys())
+        if tensors[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or shapes:
+        problems = [
+            f"{label} ({len(items)}): {_listing(items)}"
+            for label, items in (
+                ("shape mismatches", shapes),
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+            )
+            if items
+        ]
+        raise CheckpointError(
+            f"{path} does not fit this model ({_saved_from(path)}); " + "; ".join(problems)
+        )
+    model.load_state_dict(tensors)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with atomic writes and `weights_only=True` loads."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_write(path, lambda file: torch.save(checkpoint, file))
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        # Lightning's default map location is the CPU; the strategy moves tensors later.
+        location = "cpu" if map_location is None else map_location
+        return super().load_checkpoint(path, map_location=location, weights_only=True)
+
+
+def _open(path: Path, read: Callable[[Any], Any]) -> Any:
+    """`read(handle)` on an open safetensors file; CheckpointError if missing or corrupt."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            return read(handle)
+    except (safetensors.SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from error
+
+
+def _saved_from(path: Path) -> str:
+    """ "saved from ARCH/ENCODER with C classes", or why that is unknown."""
+    try:
+        model_config, num_classes = read_architecture(path)
+    except CheckpointError:
+        return "no architecture metadata"
+    return f"saved from {model_config.arch}/{model_config.encoder} with {num_classes} classes"
+
+
+def _listing(items: list[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return f"{shown}, ... ({len(items) - limit} more)" if len(items) > limit else shown

@@ -1,0 +1,258 @@
+"""`segdistill data`: make, check and look at data sets.
+
+    segdistill data synth --out DIR [--size HxW --train N --val N --test N --seed S
+                                     --shifts fog,rain,night,newcity,anomaly --workers K --force]
+    segdistill data info DIR
+    segdistill data preview DIR --out sheet.png [--scenes N]
+
+`synth` writes a SynthStreets data set (see `segdistill.data.synthstreets`); run again with
+the same parameters it does nothing ("already there"); a folder holding a different data set
+is refused unless --force. `info` checks every file against meta.json and prints counts and
+class frequencies; it exits non-zero naming the first bad file. `preview` draws a contact
+sheet: per scene the image, coloured labels, depth and every shifted copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from segdistill.data import shifts
+from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, colorize
+from segdistill.data.synthstreets import (
+    META_FILE,
+    SPLITS,
+    GroupReport,
+    SamplePaths,
+    SynthConfig,
+    check_dataset,
+    decode_depth,
+    generate,
+    read_meta,
+    read_png,
+    shift_root,
+)
+from segdistill.errors import DataError
+
+DEFAULTS = SynthConfig()
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """ "128x256" -> (128, 256), height x width."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x256, not {text!r}") from err
+    return height, width
+
+
+def parse_shifts(text: str) -> tuple[str, ...]:
+    """ "fog,rain" -> ("fog", "rain"); "" or "none" -> no shifts."""
+    kinds = tuple(kind.strip() for kind in text.split(",") if kind.strip())
+    if kinds == ("none",):
+        return ()
+    try:
+        shifts.expand_shifts(kinds)
+    except DataError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return kinds
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `data` command group and its sub-commands."""
+    parser = subparsers.add_parser("data", help="make, check and preview data sets")
+    commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    synth = commands.add_parser("synth", help="generate SynthStreets (Cityscapes layout)")
+    synth.add_argument("--out", type=Path, required=True, help="output folder")
+    synth.add_argument(
+        "--size",
+        type=parse_size,
+        default=DEFAULTS.size,
+        metavar="HxW",
+        help="image size (default %(default)s; up to 1024x2048, 1:2 like Cityscapes)",
+    )
+    for split in SPLITS:
+        synth.add_argument(
+            f"--{split}",
+            type=int,
+            default=DEFAULTS.count(split),
+            metavar="N",
+            help=f"{split} images (default %(default)s)",
+        )
+    synth.add_argument("--seed", type=int, default=DEFAULTS.seed, help="default %(default)s")
+    synth.add_argument(
+        "--shifts",
+        type=parse_shifts,
+        default=DEFAULTS.shifts,
+        metavar="LIST",
+        help=f"shifted test copies, comma separated, or none (default {','.join(DEFAULTS.shifts)})",
+    )
+    synth.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="K",
+        help="worker processes (default: all cores; the files do not depend on it)",
+    )
+    synth.add_argument("--force", action="store_true", help="replace a different data set in --out")
+    synth.set_defaults(func=run_synth)
+
+    info = commands.add_parser("info", help="check a SynthStreets folder, print its statistics")
+    info.add_argument("dir", type=Path, help="data set folder (holding meta.json)")
+    info.set_defaults(func=run_info)
+
+    preview = commands.add_parser("preview", help="draw a contact sheet of scenes and shifts")
+    preview.add_argument("dir", type=Path, help="data set folder (holding meta.json)")
+    preview.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    preview.add_argument("--scenes", type=int, default=4, help="rows (default %(default)s)")
+    preview.set_defaults(func=run_preview)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    config = SynthConfig(
+        size=args.size,
+        train=args.train,
+        val=args.val,
+        test=args.test,
+        seed=args.seed,
+        shifts=args.shifts,
+    )
+    start = time.perf_counter()
+    if not generate(args.out, config, workers=args.workers, force=args.force):
+        print(f"{args.out}: already there (same SynthStreets parameters), nothing to do")
+        return 0
+    images = sum(config.count(split) for split in SPLITS)
+    copies = len(config.shift_specs())
+    print(
+        f"wrote {images} images and {copies} shifted copies of the test split to {args.out} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+def _percent(count: int, total: int) -> str:
+    return f"{100.0 * count / max(total, 1):6.2f}"
+
+
+def format_class_table(reports: list[GroupReport]) -> str:
+    """Class pixel frequencies (% of all pixels) per group, and the share of images each
+    class occurs in for the first group, as an aligned text table."""
+    head = f"{'class':<14}" + "".join(f"{r.name:>11}" for r in reports)
+    head += f"{'images (' + reports[0].name + ')':>18}"
+    lines = [head, "-" * len(head)]
+    ids = [*range(len(CLASS_NAMES)), IGNORE_INDEX]
+    for train_id, name in zip(ids, [*CLASS_NAMES, "void"]):
+        row = f"{name:<14}" + "".join(
+            f"{_percent(int(r.class_pixels[train_id]), int(r.class_pixels.sum())):>11}"
+            for r in reports
+        )
+        first = reports[0]
+        row += f"{_percent(int(first.class_images[train_id]), first.images):>17}%"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    meta, reports = check_dataset(args.dir, progress=True)
+    height, width = meta["size"]
+    print(f"{args.dir}: SynthStreets {meta['version']}, seed {meta['seed']}, {height}x{width}")
+    for report in reports:
+        print(f"  {report.name:<10} {report.split:<5} {report.images:>6} images  {report.root}")
+    # Photometric copies share the test labels; list the splits and re-rendered copies.
+    distinct = [r for r in reports if r.name in SPLITS or r.name in ("newcity", "anomaly")]
+    distinct = [r for r in distinct if r.images]
+    if distinct:
+        print("\nclass pixel frequencies (%):")
+        print(format_class_table(distinct))
+    total = sum(report.images for report in reports)
+    print(f"\nintegrity: OK ({total} images and their label, instance and depth files)")
+    return 0
+
+
+def _depth_view(depth: np.ndarray) -> np.ndarray:
+    """[H, W] metres -> [H, W] in [0, 1] (log scale, near bright; the sky 0)."""
+    finite = np.isfinite(depth)
+    scaled = np.zeros(depth.shape, np.float32)
+    scaled[finite] = 1.0 - np.clip(np.log(np.maximum(depth[finite], 1.0)) / np.log(500.0), 0, 1)
+    return scaled
+
+
+def _anomaly_view(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[H, W, 3] image with anomaly pixels tinted red."""
+    out = image.astype(np.float32)
+    out[mask == shifts.ANOMALY] = 0.4 * out[mask == shifts.ANOMALY] + (153, 0, 0)
+    return out.astype(np.uint8)
+
+
+def _scene_panels(root: Path, meta: dict, split: str, image: Path) -> list[tuple[str, object]]:
+    """(title, array) panels of one scene: image, labels, depth, then each shifted copy."""
+    stem = image.name.removesuffix("_leftImg8bit.png")
+    paths = SamplePaths.of(root, split, image.parent.name, stem)
+    panels: list[tuple[str, object]] = [
+        ("image", read_png(paths.image)),
+        ("labels", colorize(read_png(paths.train_ids))),
+        ("depth (log)", _depth_view(decode_depth(read_png(paths.depth)))),
+    ]
+    for name, info in meta["shifts"].items():
+        if info["split"] != split:
+            continue
+        shifted = SamplePaths.of(shift_root(root, name), split, image.parent.name, stem)
+        picture = read_png(shifted.image)
+        if info["kind"] == "anomaly":
+            picture = _anomaly_view(picture, read_png(shifted.anomaly))
+            name = "anomaly (red)"
+        panels.append((name, picture))
+    return panels
+
+
+def _preview_images(root: Path, meta: dict, scenes: int) -> tuple[str, list[Path]]:
+    """(split, first `scenes` images): the test split when it has images (it has the
+    shifted copies), else the first split that has."""
+    for split in ("test", *SPLITS):
+        images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
+        if images and meta["splits"].get(split, {}).get("images"):
+            return split, images[:scenes]
+    raise DataError(f"{root}: no images to preview")
+
+
+def contact_sheet(root: Path, out: Path, scenes: int) -> int:
+    """Draw `scenes` rows of panels into a PNG (matplotlib, Agg). Returns the rows drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    meta = read_meta(root)
+    if meta is None:
+        raise DataError(f"{root / META_FILE}: not found; run `segdistill data synth` first")
+    split, images = _preview_images(root, meta, scenes)
+    rows = [_scene_panels(root, meta, split, image) for image in images]
+    height, width = meta["size"]
+    cols = len(rows[0])
+    panel_w = 2.6
+    figure = Figure(figsize=(panel_w * cols, panel_w * height / width * len(rows) + 0.6))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(rows), cols, squeeze=False)
+    for r, (image, panels) in enumerate(zip(images, rows)):
+        for c, (title, picture) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(picture, cmap="magma" if picture.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+        axes[r][0].set_ylabel(image.name.removesuffix("_leftImg8bit.png"), fontsize=7)
+    figure.suptitle(f"SynthStreets {meta['version']}: {root} ({split})", fontsize=10)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    return len(rows)
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    rows = contact_sheet(args.dir, args.out, args.scenes)
+    print(f"wrote {args.out} ({rows} scenes)")
+    return 0

@@ -1,0 +1,472 @@
+"""The run configuration: typed dataclasses <-> YAML, dotted `--set` overrides, validation.
+
+A config file is YAML with the sections of `SegConfig`; every key is optional and
+defaults to the values below (docs/training.md lists them). A file may start with
+`extends: base.yaml` (a path relative to the file): the base is read first and the file
+overrides it key by key (mappings merge, lists and values replace). `--set a.b=VALUE`
+overrides come last; VALUE is read as YAML (`0.02`, `[64, 128]`, `null`, `{name: kd}`).
+
+Every mistake is a `ConfigError` naming the file (or the `--set`), the dotted key and the
+value; an unknown key comes with the closest valid one. Relative paths in a config
+(`data.root`, `run.dir`, `distill.teacher.path`, ...) are relative to the working
+directory, not to the file, so `--set data.root=...` means the same as the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from segdistill.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """The data set and its augmentation (DUDES: scale 0.5-2, crop, horizontal flip).
+
+    format: "cityscapes" (a Cityscapes-layout tree: real Cityscapes or SynthStreets) or
+    "folder" (`root/{split}/images`, `root/{split}/masks`, `root/classes.yaml`, see
+    `segdistill.data.folder`). crop_size is (height, width).
+    """
+
+    root: str = "data/synthstreets"
+    format: Literal["cityscapes", "folder"] = "cityscapes"
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: list[int] = field(default_factory=lambda: [128, 256])
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    color_jitter: float = 0.2
+    batch_size: int = 8
+    num_workers: int = 2
+    num_classes: int = 19
+    ignore_index: int = 255
+
+
+@dataclass
+class ModelConfig:
+    """The network, as `segdistill.models.build_segmenter` takes it (plus the class count,
+    which lives in `data.num_classes`). encoder_weights: a local ImageNet state dict."""
+
+    arch: str = "deeplabv3plus"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None
+    encoder_options: dict[str, Any] = field(
+        default_factory=lambda: {"output_stride": 16, "width": 1.0}
+    )
+    uncertainty_head: Literal["scalar", "per_class"] | None = None
+    mc_dropout: float = 0.0
+    aux_heads: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """The optimiser (DUDES section 3.3: SGD, lr 0.01, momentum 0.9, weight decay 5e-4,
+    poly decay with power 0.9 per step, decoder lr 10x the encoder's). With "adamw",
+    `momentum` is unused and lr should be much lower (e.g. 1e-4)."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    poly_power: float = 0.9
+    decoder_lr_mult: float = 10.0
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings. precision: "32-true", "16-mixed" or "bf16-mixed" (GPU);
+    limit_*_batches: a number of batches (int) or a fraction (float) per epoch;
+    checkpoint_every_n_steps: also write `last.ckpt` every N optimiser steps (it is always
+    written at the end of every epoch)."""
+
+    max_epochs: int = 10
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"] = (
+        "32-true"
+    )
+    devices: int = 1
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    num_nodes: int = 1
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+    checkpoint_every_n_steps: int | None = None
+
+
+@dataclass
+class RunConfig:
+    """Where the run writes: `dir` (the CLI fills it from --run-dir or runs/<config name>)."""
+
+    dir: str | None = None
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher of a distillation: kind "ensemble" (path: an ensemble directory or its
+    manifest.json), "mc_dropout" (path: a checkpoint; `samples` passes) or "single"."""
+
+    kind: str = "ensemble"
+    path: str | None = None
+    samples: int = 8
+
+
+@dataclass
+class MethodSpec:
+    """One distillation method (`segdistill.methods`) with its weight and options."""
+
+    name: str
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistillConfig:
+    """Distillation: the teacher, the methods whose terms add up to the loss, and an
+    optional folder of cached teacher outputs."""
+
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    methods: list[MethodSpec] = field(default_factory=list)
+    teacher_cache: str | None = None
+
+
+@dataclass
+class EnsembleConfig:
+    """`segdistill ensemble`: how many members, and per-member variations.
+
+    vary: {dotted key: [values]}; member i takes values[i % len(values)], e.g.
+    `{optim.lr: [0.01, 0.005], data.color_jitter: [0.2, 0.4]}` (Holder & Shafique vary
+    the optimiser, learning rate and augmentation). Every member also gets seed + i.
+    """
+
+    members: int = 5
+    vary: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass
+class SegConfig:
+    """A whole run. `distill` is None for supervised training."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    distill: DistillConfig | None = None
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SegConfig:
+    """Read a config file (following `extends`), apply `--set` overrides, validate."""
+    raw = _merge(to_dict(SegConfig()), _read_file(Path(path), chain=()))
+    for assignment in overrides:
+        raw = _merge(raw, _parse_override(assignment))
+    source = f"{path} (with --set overrides)" if overrides else str(path)
+    cfg = _convert(SegConfig, raw, "", source)
+    validate(cfg, source)
+    return cfg
+
+
+def replace_values(cfg: SegConfig, values: dict[str, Any], source: str) -> SegConfig:
+    """A new, validated config with `{dotted key: value}` set (e.g. an ensemble member's
+    seed and variations); `source` names where the values come from in errors."""
+    raw = to_dict(cfg)
+    for key, value in values.items():
+        raw = _merge(raw, _nested(key, value, source))
+    new = _convert(SegConfig, raw, "", source)
+    validate(new, source)
+    return new
+
+
+def to_dict(cfg: SegConfig) -> dict[str, Any]:
+    """The config as plain YAML-ready values."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: SegConfig) -> str:
+    """The config as YAML text, sections in declaration order."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: SegConfig, path: str | Path) -> None:
+    """Write the resolved config (a record of the run; it is rewritten on every start and
+    nothing reads it back during training, so a plain write is enough)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_config(cfg))
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda value: value >= low
+
+
+def _positive_or_none(value: Any) -> bool:
+    return value is None or value > 0
+
+
+# Value rules the types cannot express: (dotted key, check, what the value must be).
+_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("seed", _at_least(0), "be >= 0"),
+    ("data.crop_size", lambda v: len(v) == 2 and min(v) >= 1, "be [height, width], both >= 1"),
+    (
+        "data.scale_range",
+        lambda v: len(v) == 2 and 0 < v[0] <= v[1],
+        "be [low, high], 0 < low <= high",
+    ),
+    ("data.color_jitter", _at_least(0), "be >= 0"),
+    ("data.batch_size", _at_least(1), "be >= 1"),
+    ("data.num_workers", _at_least(0), "be >= 0"),
+    ("data.num_classes", _at_least(1), "be >= 1"),
+    ("model.mc_dropout", lambda v: 0 <= v < 1, "be in [0, 1)"),
+    ("optim.lr", lambda v: v > 0, "be > 0"),
+    ("optim.momentum", lambda v: 0 <= v < 1, "be in [0, 1)"),
+    ("optim.weight_decay", _at_least(0), "be >= 0"),
+    ("optim.poly_power", _at_least(0), "be >= 0"),
+    ("optim.decoder_lr_mult", lambda v: v > 0, "be > 0"),
+    ("trainer.max_epochs", _at_least(1), "be >= 1"),
+    ("trainer.devices", _at_least(1), "be >= 1"),
+    ("trainer.num_nodes", _at_least(1), "be >= 1"),
+    ("trainer.check_val_every_n_epoch", _at_least(1), "be >= 1"),
+    ("trainer.log_every_n_steps", _at_least(1), "be >= 1"),
+    ("trainer.limit_train_batches", _positive_or_none, "be > 0 or null"),
+    ("trainer.limit_val_batches", _positive_or_none, "be > 0 or null"),
+    ("trainer.checkpoint_every_n_steps", _positive_or_none, "be > 0 or null"),
+    ("ensemble.members", _at_least(1), "be >= 1"),
+]
+
+
+def validate(cfg: SegConfig, source: str) -> None:
+    """Check the values the types cannot express (ranges, lengths, keys that go together)."""
+    for key, check, rule in _RULES:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        _require(check(value), source, key, value, rule)
+    data = cfg.data
+    _require(
+        not 0 <= data.ignore_index < data.num_classes,
+        source,
+        "data.ignore_index",
+        data.ignore_index,
+        f"not be a class id (0..{data.num_classes - 1})",
+    )
+    if cfg.distill is not None:
+        distill = cfg.distill
+        _require(
+            bool(distill.methods),
+            source,
+            "distill.methods",
+            distill.methods,
+            "list at least one method, e.g. [{name: kd}]",
+        )
+        _require(
+            distill.teacher.path is not None or distill.teacher_cache is not None,
+            source,
+            "distill.teacher.path",
+            distill.teacher.path,
+            "be set (unless distill.teacher_cache holds the teacher's outputs)",
+        )
+        _require(
+            distill.teacher.samples >= 1,
+            source,
+            "distill.teacher.samples",
+            distill.teacher.samples,
+            "be >= 1",
+        )
+    for key, values in cfg.ensemble.vary.items():
+        _require(bool(values), source, f"ensemble.vary.{key}", values, "be a non-empty list")
+        for value in values:
+            _nested(key, value, f"{source}: ensemble.vary.{key}")
+
+
+def _require(ok: bool, source: str, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{source}: {key}={value!r} must {rule}")
+
+
+def _parse_override(assignment: str) -> dict[str, Any]:
+    """ "a.b=VALUE" -> {"a": {"b": VALUE}} with VALUE read as YAML; key and type checked."""
+    key, sep, text = assignment.partition("=")
+    source = f"--set {assignment}"
+    if not sep or not key.strip():
+        raise ConfigError(f"{source}: expected KEY=VALUE, e.g. optim.lr=0.02")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: the value is not valid YAML ({error})") from error
+    return _nested(key.strip(), value, source)
+
+
+def _nested(key: str, value: Any, source: str) -> dict[str, Any]:
+    """ "a.b", VALUE -> {"a": {"b": VALUE}}, checked on its own against the schema, so an
+    unknown key or a wrong type is named precisely."""
+    nested: Any = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    _convert(SegConfig, nested, "", source)
+    return nested
+
+
+def _read_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The raw mapping of a config file with its `extends` chain merged in; each file is
+    checked on its own so an error names the file that holds the mistake."""
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"{path}: `extends` forms a cycle: {cycle}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file {path} does not exist") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {raw!r}")
+    base = raw.pop("extends", None)
+    _convert(SegConfig, raw, "", str(path))
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends={base!r} must be a file path")
+    return _merge(_read_file(path.parent / base, (*chain, resolved)), raw)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A new mapping: `override` on top of `base`, merging nested mappings key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
+    """`value` checked against the type `tp` (dataclasses recursively); ConfigError if not."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _type_error(tp, value, key, source)
+        return _build(tp, value, key, source)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in get_args(tp):
+            return None
+        arms = [arm for arm in get_args(tp) if arm is not type(None)]
+        if len(arms) == 1:
+            # "X | None" with a value: X's own error names the inner key that is wrong.
+            return _convert(arms[0], value, key, source)
+        for arm in arms:
+            try:
+                return _convert(arm, value, key, source)
+            except ConfigError:
+                continue
+        raise _type_error(tp, value, key, source)
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise _type_error(tp, value, key, source, _closest(value, get_args(tp)))
+    if origin is list:
+        if not isinstance(value, list):
+            raise _type_error(tp, value, key, source)
+        (item,) = get_args(tp)
+        return [_convert(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise _type_error(tp, value, key, source)
+        _, item = get_args(tp)
+        return {k: _convert(item, v, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, str):
+        # PyYAML reads `1e-3` (no dot) as a string (YAML 1.1); accept it as the number.
+        try:
+            return float(value)
+        except ValueError:
+            raise _type_error(tp, value, key, source) from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise _type_error(tp, value, key, source)
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
+    """An instance of the dataclass `cls` from `raw`; unknown and missing keys are errors."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in names:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            # A close key of the same section first, then the closest key anywhere.
+            close = difflib.get_close_matches(str(key), names, n=1)
+            sibling = [f"{prefix}.{close[0]}" if prefix else close[0]] if close else []
+            suggestion = _closest(dotted, sibling or _dotted_keys(SegConfig))
+            raise ConfigError(f"{source}: unknown key {dotted!r}{suggestion}")
+    for f in fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in raw:
+            raise ConfigError(f"{source}: {prefix}.{f.name} is required")
+    kwargs = {
+        key: _convert(hints[key], value, f"{prefix}.{key}" if prefix else key, source)
+        for key, value in raw.items()
+    }
+    return cls(**kwargs)
+
+
+def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of the dataclass `cls` ("data.root", "optim.lr", ...)."""
+    keys = []
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        dotted = f"{prefix}{f.name}"
+        keys.append(dotted)
+        section = [
+            a for a in (hints[f.name], *get_args(hints[f.name])) if dataclasses.is_dataclass(a)
+        ]
+        if section:
+            keys += _dotted_keys(section[0], f"{dotted}.")
+    return keys
+
+
+def _closest(value: Any, choices: Any) -> str:
+    """ "; did you mean 'x'?" for the closest choice, or "" when none is close."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _type_error(tp: Any, value: Any, key: str, source: str, hint: str = "") -> ConfigError:
+    return ConfigError(f"{source}: {key}={value!r} must be {_describe(tp)}{hint}")
+
+
+def _describe(tp: Any) -> str:
+    """A type in words for error messages."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    names = {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "a string",
+        type(None): "null",
+    }
+    return names.get(tp, str(tp))

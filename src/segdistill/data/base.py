@@ -1,0 +1,227 @@
+"""What every segmentation data set shares: reading and checking files, the sample contract.
+
+A data set subclass only finds its files: it builds a sorted list of `SampleFiles` (image,
+mask or None, name, and how stored mask values become class ids) and passes it, with the
+class names and colours, to `SegmentationDataset.__init__`. Reading, validation, extra
+dense maps and the `load` / `transform` / `__getitem__` contract live here.
+
+Image rules (documented for users): 8-bit grayscale, palette, RGBA and other 8-bit modes are
+converted to RGB (alpha is dropped); 16-bit and float images (PIL modes I;16, I, F) are
+refused with a DataError, because no single rescaling to 8 bits is right for all of them
+(12-bit sensor data, HDR, depth); convert them to 8-bit RGB yourself. Masks must be
+single-channel (PIL modes L, P, 1, I;16 or I): palette PNGs give their palette indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from segdistill.data.labels import IGNORE_INDEX
+from segdistill.data.transforms import Sample, build_eval_transform, to_tensors
+from segdistill.errors import DataError
+
+# Prefixes of PIL modes with more than 8 bits per channel or floats (I, I;16*, F): refused
+# for images.
+_HIGH_DEPTH_MODES = ("I", "F")
+# PIL modes a mask may use; each pixel is one stored integer value.
+_MASK_MODES = frozenset({"L", "P", "1", "I", "I;16", "I;16L", "I;16B"})
+
+
+class LabelMapping:
+    """Stored mask value -> class id (or ignore); any other stored value is an error.
+
+    lut:   [V] class id for each stored value 0..V-1 (ignore_index for void values).
+    valid: [V] bool, whether a stored value may appear at all.
+    """
+
+    def __init__(self, mapping: Mapping[int, int], ignore_index: int) -> None:
+        size = max(mapping) + 1
+        fits_uint8 = max(max(mapping.values()), ignore_index) <= 255
+        self.lut = np.full(size, ignore_index, dtype=np.uint8 if fits_uint8 else np.int64)
+        self.valid = np.zeros(size, dtype=bool)
+        for stored, class_id in mapping.items():
+            self.lut[stored] = class_id
+            self.valid[stored] = True
+
+    @classmethod
+    def identity(cls, num_classes: int, ignore_index: int) -> LabelMapping:
+        """Masks that store class ids 0..num_classes-1 and ignore_index directly."""
+        mapping = {i: i for i in range(num_classes)}
+        mapping[ignore_index] = ignore_index
+        return cls(mapping, ignore_index)
+
+    def decode(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """[H, W] stored values -> [H, W] class ids; DataError listing unknown values."""
+        values = np.unique(raw)
+        known = (values >= 0) & (values < len(self.valid))
+        known[known] = self.valid[values[known]]
+        if not known.all():
+            bad = values[~known].tolist()
+            allowed = np.flatnonzero(self.valid).tolist()
+            raise DataError(
+                f"{path}: mask holds unknown values {_preview(bad)} "
+                f"(allowed stored values: {_preview(allowed, 40)})"
+            )
+        return self.lut[raw]
+
+
+@dataclass(frozen=True)
+class SampleFiles:
+    """The files of one sample.
+
+    name:    unique name of the sample (the file stem), used for outputs.
+    image:   the RGB image file.
+    label:   the mask file, or None for an unlabeled sample (label all ignore).
+    mapping: how the mask's stored values become class ids.
+    """
+
+    name: str
+    image: Path
+    label: Path | None
+    mapping: LabelMapping
+
+
+# Reads one extra dense map of a sample: [H, W] or [K, H, W] numbers.
+MapReader = Callable[[SampleFiles], np.ndarray]
+
+
+def _preview(items: Sequence[object], limit: int = 10) -> str:
+    """'a, b, c' listing at most `limit` items, then how many more."""
+    shown = ", ".join(str(item) for item in items[:limit])
+    more = len(items) - limit
+    return f"{shown} (and {more} more)" if more > 0 else shown
+
+
+def _open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image file; DataError if it is missing, corrupt or truncated."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: file not found") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot read the image, corrupt or truncated ({exc})") from exc
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file -> uint8 [H, W, 3] RGB (see the module docstring for the mode rules)."""
+    img = _open_image(path)
+    if img.mode.startswith(_HIGH_DEPTH_MODES):
+        raise DataError(
+            f"{path}: {img.mode} image (16-bit or float) is not supported; convert it to 8-bit RGB"
+        )
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A single-channel mask file -> [H, W] integer stored values."""
+    img = _open_image(path)
+    if img.mode not in _MASK_MODES:
+        raise DataError(
+            f"{path}: mask has mode {img.mode}; store class values in a single-channel "
+            "(8-bit grey or palette) PNG"
+        )
+    raw = np.asarray(img)
+    return raw.astype(np.uint8) if raw.dtype == bool else raw
+
+
+def _as_channel_first(array: np.ndarray, name: str, files: SampleFiles) -> np.ndarray:
+    """A map reader's [H, W] or [K, H, W] result -> float32 [K, H, W]."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise DataError(
+            f"map {name!r} of {files.image}: expected [H, W] or [K, H, W], got shape {array.shape}"
+        )
+    return array.astype(np.float32, copy=False)
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Base data set: `load(index)` reads a raw sample, `__getitem__` transforms it.
+
+    Raw sample (numpy): image uint8 [H, W, 3], label uint8/int64 [H, W] class ids with
+    `ignore_index` for void, maps {name: float32 [K, H, W]}, name, index.
+    `__getitem__` returns `to_tensors(transform(load(index)))`. Wrappers extend `load`
+    (e.g. add cached teacher maps to `sample["maps"]`) and reuse `transform`.
+
+    transform: joint transform of a raw sample (None: `build_eval_transform()`).
+    maps:      extra dense maps, {name: reader(SampleFiles) -> [H, W] or [K, H, W]}.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[SampleFiles],
+        classes: Sequence[str],
+        colors: np.ndarray,
+        ignore_index: int = IGNORE_INDEX,
+        transform: Callable[[Sample], Sample] | None = None,
+        maps: Mapping[str, MapReader] | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.classes = tuple(classes)
+        self.colors = np.asarray(colors, dtype=np.uint8)
+        self.ignore_index = ignore_index
+        self.transform = transform if transform is not None else build_eval_transform()
+        self.map_readers = dict(maps or {})
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def names(self) -> list[str]:
+        """Sample names in index order."""
+        return [files.name for files in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> Sample:
+        """The raw numpy sample `index`, checked against its image (sizes, label values)."""
+        files = self.samples[index]
+        image = read_image(files.image)
+        return {
+            "image": image,
+            "label": self._load_label(files, image.shape[:2]),
+            "maps": self._load_maps(files, image.shape[:2]),
+            "name": files.name,
+            "index": index,
+        }
+
+    def __getitem__(self, index: int) -> Sample:
+        return to_tensors(self.transform(self.load(index)))
+
+    def _load_label(self, files: SampleFiles, size: tuple[int, int]) -> np.ndarray:
+        """[H, W] class ids of `files`; all ignore for an unlabeled sample."""
+        if files.label is None:
+            return np.full(size, self.ignore_index, dtype=files.mapping.lut.dtype)
+        raw = read_mask(files.label)
+        if raw.shape != size:
+            raise DataError(
+                f"mask {files.label} is {raw.shape[1]}x{raw.shape[0]} (WxH) but image "
+                f"{files.image} is {size[1]}x{size[0]}"
+            )
+        return files.mapping.decode(raw, files.label)
+
+    def _load_maps(self, files: SampleFiles, size: tuple[int, int]) -> dict[str, np.ndarray]:
+        """{name: float32 [K, H, W]} from the map readers, each checked against the image size."""
+        maps = {}
+        for name, reader in self.map_readers.items():
+            array = _as_channel_first(reader(files), name, files)
+            if array.shape[1:] != size:
+                raise DataError(
+                    f"map {name!r} of {files.image} is {array.shape[2]}x{array.shape[1]} (WxH) "
+                    f"but the image is {size[1]}x{size[0]}"
+                )
+            maps[name] = array
+        return maps

@@ -1,0 +1,198 @@
+"""A data set from a folder of images and a folder of masks, matched by file stem.
+
+    images_dir/{stem}.png|.jpg|.jpeg     RGB images (see segdistill.data.base for modes)
+    masks_dir/{stem}{mask_suffix}        single-channel PNG masks (mask_suffix ".png")
+    classes.yaml                         the classes, e.g.
+
+        classes:                 # class id = position in this list
+          - {name: road, color: [128, 64, 128]}
+          - {name: car, color: [0, 0, 142]}
+        ignore_index: 255        # optional (255); the class id of void pixels
+        mask_values:             # optional: stored mask value -> class id or ignore_index
+          0: 255
+          7: 0
+          26: 1
+
+Without `mask_values` a mask stores class ids (and `ignore_index`) directly. Any other stored
+value is an error naming the file and the values.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from segdistill.data.base import LabelMapping, MapReader, SampleFiles, SegmentationDataset
+from segdistill.data.labels import IGNORE_INDEX
+from segdistill.data.transforms import Sample
+from segdistill.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_CLASSES_KEYS = {"classes", "ignore_index", "mask_values"}
+
+
+@dataclass(frozen=True)
+class ClassesSpec:
+    """The contents of a classes YAML file.
+
+    names:        [C] class names, indexed by class id.
+    colors:       [C, 3] uint8 display colours.
+    ignore_index: class id of void pixels.
+    mapping:      stored mask value -> class id.
+    """
+
+    names: tuple[str, ...]
+    colors: np.ndarray
+    ignore_index: int
+    mapping: LabelMapping
+
+
+def load_classes(path: str | Path) -> ClassesSpec:
+    """Read and check a classes YAML file (format in the module docstring)."""
+    path = Path(path)
+    document = _read_yaml(path)
+    unknown = sorted(set(document) - _CLASSES_KEYS)
+    if unknown:
+        raise DataError(f"{path}: unknown keys {unknown}; allowed: {sorted(_CLASSES_KEYS)}")
+    entries = document.get("classes")
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{path}: 'classes' must be a non-empty list of {{name, color}} entries")
+    names = tuple(_class_name(path, i, entry) for i, entry in enumerate(entries))
+    colors = np.array([_class_color(path, i, entry) for i, entry in enumerate(entries)], np.uint8)
+    ignore_index = document.get("ignore_index", IGNORE_INDEX)
+    if not isinstance(ignore_index, int) or ignore_index < len(names):
+        raise DataError(
+            f"{path}: ignore_index must be an integer >= the number of classes ({len(names)}), "
+            f"got {ignore_index!r}"
+        )
+    mask_values = document.get("mask_values")
+    if mask_values is None:
+        mapping = LabelMapping.identity(len(names), ignore_index)
+    else:
+        mapping = LabelMapping(
+            _check_mask_values(path, mask_values, len(names), ignore_index), ignore_index
+        )
+    return ClassesSpec(names, colors, ignore_index, mapping)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise DataError(f"classes file {path} not found") from exc
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(document, dict):
+        raise DataError(f"{path}: expected a mapping with a 'classes' list")
+    return document
+
+
+def _class_name(path: Path, index: int, entry: object) -> str:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise DataError(f"{path}: classes[{index}] needs a 'name' string, got {entry!r}")
+    return entry["name"]
+
+
+def _class_color(path: Path, index: int, entry: dict[str, Any]) -> list[int]:
+    color = entry.get("color")
+    if (
+        not isinstance(color, list)
+        or len(color) != 3
+        or not all(isinstance(c, int) and 0 <= c <= 255 for c in color)
+    ):
+        raise DataError(f"{path}: classes[{index}].color must be [r, g, b] (0..255), got {color!r}")
+    return color
+
+
+def _check_mask_values(
+    path: Path, mask_values: object, num_classes: int, ignore_index: int
+) -> dict[int, int]:
+    """`mask_values` as {stored value >= 0: class id in 0..C-1 or ignore_index}."""
+    if not isinstance(mask_values, dict) or not mask_values:
+        raise DataError(f"{path}: mask_values must be a non-empty mapping stored value -> class id")
+    allowed = set(range(num_classes)) | {ignore_index}
+    for stored, class_id in mask_values.items():
+        if not isinstance(stored, int) or stored < 0 or class_id not in allowed:
+            raise DataError(
+                f"{path}: mask_values entry {stored!r}: {class_id!r} must map a stored value "
+                f">= 0 to a class id 0..{num_classes - 1} or ignore_index {ignore_index}"
+            )
+    return dict(mask_values)
+
+
+class FolderDataset(SegmentationDataset):
+    """Images and masks matched by file stem, classes from a YAML file; sorted by stem.
+
+    masks_dir:       None for images without any masks (all labels ignore, for prediction or
+                     unlabeled distillation).
+    mask_suffix:     what follows the stem in a mask's file name (".png", "_mask.png", ...).
+    allow_unlabeled: images without a mask get an all-ignore label instead of an error.
+    maps:            extra dense maps {name: reader(SampleFiles) -> [H, W] | [K, H, W]}.
+    """
+
+    def __init__(
+        self,
+        images_dir: str | Path,
+        masks_dir: str | Path | None,
+        classes_yaml: str | Path,
+        transform: Callable[[Sample], Sample] | None = None,
+        *,
+        mask_suffix: str = ".png",
+        allow_unlabeled: bool = False,
+        maps: Mapping[str, MapReader] | None = None,
+    ) -> None:
+        self.images_dir = Path(images_dir)
+        self.masks_dir = Path(masks_dir) if masks_dir is not None else None
+        self.mask_suffix = mask_suffix
+        spec = load_classes(classes_yaml)
+        samples = [
+            SampleFiles(image.stem, image, self._existing_mask(image.stem), spec.mapping)
+            for image in _find_images(self.images_dir)
+        ]
+        if self.masks_dir is not None and not allow_unlabeled:
+            self._check_all_labeled(samples)
+        super().__init__(
+            samples=samples,
+            classes=spec.names,
+            colors=spec.colors,
+            ignore_index=spec.ignore_index,
+            transform=transform,
+            maps=maps,
+        )
+
+    def mask_path(self, stem: str) -> Path | None:
+        """Where the mask of image `stem` belongs (None without a masks folder)."""
+        return self.masks_dir / f"{stem}{self.mask_suffix}" if self.masks_dir else None
+
+    def _existing_mask(self, stem: str) -> Path | None:
+        path = self.mask_path(stem)
+        return path if path is not None and path.is_file() else None
+
+    def _check_all_labeled(self, samples: list[SampleFiles]) -> None:
+        missing = [s.name for s in samples if s.label is None]
+        if missing:
+            raise DataError(
+                f"{len(missing)} of {len(samples)} images in {self.images_dir} have no mask "
+                f"(stems {missing[:5]}; expected e.g. {self.mask_path(missing[0])}); "
+                "pass allow_unlabeled=True to use images without masks"
+            )
+
+
+def _find_images(images_dir: Path) -> list[Path]:
+    """Sorted image files of a folder; DataError if none or if two share a stem."""
+    if not images_dir.is_dir():
+        raise DataError(f"image folder {images_dir} does not exist or is not a folder")
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        patterns = ", ".join(f"*{s}" for s in IMAGE_SUFFIXES)
+        raise DataError(f"no images in {images_dir} matching {patterns}")
+    duplicates = sorted(s for s, n in Counter(p.stem for p in images).items() if n > 1)
+    if duplicates:
+        raise DataError(f"{images_dir}: several images share the stems {duplicates[:5]}")
+    return images

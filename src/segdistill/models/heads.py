@@ -1,0 +1,84 @@
+"""Output heads: class scores, uncertainty, auxiliary class scores.
+
+A head maps the decoder feature [B, Cin, h, w] to [B, K, h, w] at the same resolution;
+the Segmenter upsamples to the input size and applies the sigmoid to uncertainty.
+
+Head pairs by `uncertainty_head` (see `HEAD_PAIRS`):
+- None:        segmentation head only, a 1x1 conv to C classes (smp's SegmentationHead).
+- "scalar":    DUDES (Landgraf et al.): the same 1x1 segmentation head plus an identical
+               head with 1 output channel (sigmoid), 257 parameters at 256 channels.
+- "per_class": Holder & Shafique: the output layer is replaced by a prediction head and an
+               uncertainty head, each a 3x3 conv-BN-ReLU with 256 channels then a 1x1
+               conv to C channels (sigmoid on the uncertainty).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from segdistill.models.encoders import lookup
+
+HOLDER_HIDDEN = 256
+
+
+def pointwise_head(in_ch: int, out_ch: int) -> nn.Conv2d:
+    """1x1 conv with bias: [B, in_ch, h, w] -> [B, out_ch, h, w]."""
+    return nn.Conv2d(in_ch, out_ch, 1)
+
+
+class HolderHead(nn.Sequential):
+    """Holder & Shafique's head: 3x3 conv-BN-ReLU (256 channels), 1x1 conv to out_ch."""
+
+    def __init__(self, in_ch: int, out_ch: int, hidden: int = HOLDER_HIDDEN) -> None:
+        super().__init__(
+            nn.Conv2d(in_ch, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, out_ch, 1),
+        )
+
+
+class AuxHead(nn.Sequential):
+    """Auxiliary classifier on an encoder level (PSPNet's layer3 head, JA-KD's
+    intermediate outputs): 3x3 conv-BN-ReLU to in_ch / 4 channels (1024 -> 256 in Zhao et
+    al.), Dropout(0.1), 1x1 conv to the classes."""
+
+    def __init__(self, in_ch: int, num_classes: int) -> None:
+        hidden = max(1, in_ch // 4)
+        super().__init__(
+            nn.Conv2d(in_ch, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(0.1),
+            nn.Conv2d(hidden, num_classes, 1),
+        )
+
+
+def _plain(in_ch: int, num_classes: int) -> tuple[nn.Module, None]:
+    return pointwise_head(in_ch, num_classes), None
+
+
+def _scalar(in_ch: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    return pointwise_head(in_ch, num_classes), pointwise_head(in_ch, 1)
+
+
+def _per_class(in_ch: int, num_classes: int) -> tuple[nn.Module, nn.Module]:
+    return HolderHead(in_ch, num_classes), HolderHead(in_ch, num_classes)
+
+
+# uncertainty_head name -> (segmentation head, uncertainty head) constructor.
+HEAD_PAIRS: dict[str, Callable[[int, int], tuple[nn.Module, nn.Module]]] = {
+    "scalar": _scalar,
+    "per_class": _per_class,
+}
+
+
+def build_heads(
+    uncertainty_head: str | None, in_ch: int, num_classes: int
+) -> tuple[nn.Module, nn.Module | None]:
+    """(segmentation head -> C channels, uncertainty head -> K channels or None)."""
+    if uncertainty_head is None:
+        return _plain(in_ch, num_classes)
+    return lookup(HEAD_PAIRS, uncertainty_head, "uncertainty_head")(in_ch, num_classes)

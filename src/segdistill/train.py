@@ -1,0 +1,523 @@
+"""Supervised training and distillation with Lightning: `train(cfg) -> run directory`.
+
+Read from the top: `train` builds the network, the data and, for a distillation, the
+teacher and the methods, then hands a `SegmentationTask` to a Lightning `Trainer`.
+
+- The loss: a `MethodSet` (`segdistill.methods`). Without distillation it is the empty set,
+  i.e. the cross-entropy with the labels (ignore_index excluded); with distillation the
+  methods add their terms. Every term is logged as `train/<term>`.
+- The optimiser (DUDES section 3.3): SGD with momentum 0.9 and weight decay 5e-4, lr 0.01
+  for the encoder and 10x for everything else (decoder, heads, method adapters), decayed
+  per step by (1 - step / total_steps) ** 0.9 over the whole run; AdamW as an option.
+- Validation: the mIoU over the whole validation set (one confusion matrix, merged over
+  processes), logged as `val/miou` after every epoch.
+- Checkpoints (`RunCheckpoints`): `checkpoints/last.ckpt` (Lightning's resumable state)
+  after every epoch (and every N steps if asked), `last.safetensors` after every epoch and
+  `best.safetensors` when `val/miou` improves. Written atomically; none after a failed step.
+- Reproducibility: every training epoch is a function of (seed, epoch) only
+  (`EpochLoader`), so a run resumed from an end-of-epoch checkpoint ends with the same
+  weights as an uninterrupted one (bit for bit on the CPU).
+- A NaN or infinite loss stops the run with a `TrainingError` naming the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from segdistill.checkpoints import AtomicCheckpointIO, build_model, save_weights
+from segdistill.config import DataConfig, ModelConfig, OptimConfig, SegConfig, save_config
+from segdistill.data import (
+    CityscapesDataset,
+    FolderDataset,
+    SegmentationDataset,
+    build_eval_transform,
+    build_train_transform,
+)
+from segdistill.data.labels import IGNORE_INDEX
+from segdistill.errors import CheckpointError, ConfigError, TrainingError
+from segdistill.methods import MethodSet, build_methods
+from segdistill.metrics import SegmentationEvaluator
+from segdistill.models.teachers import Teacher, build_teacher
+from segdistill.outputs import TeacherSignals
+
+RESUME_CHECKPOINT = "checkpoints/last.ckpt"
+# Side of the dummy image used to read the feature-tap channels of student and teacher.
+_PROBE_SIZE = 64
+
+
+def train(cfg: SegConfig, resume: bool = False) -> Path:
+    """Train (or distil, when `cfg.distill` is set) into `cfg.run.dir`; return that folder.
+
+    resume: continue from `RUN_DIR/checkpoints/last.ckpt`. Without it, a run directory that
+    already holds a checkpoint is refused rather than overwritten.
+    """
+    run_dir = _prepare_run_dir(cfg, resume)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(cfg.model, cfg.data.num_classes)
+    methods, teacher = build_distillation(cfg, model) if cfg.distill else (None, None)
+    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
+
+    world_size = cfg.trainer.devices * cfg.trainer.num_nodes
+    steps = steps_per_epoch(
+        len(train_set), world_size, cfg.data.batch_size, cfg.trainer.limit_train_batches
+    )
+    if steps < 1:
+        raise ConfigError(
+            f"{cfg.data.root} split {cfg.data.train_split!r} has {len(train_set)} images: not "
+            f"one full batch of data.batch_size={cfg.data.batch_size} per process "
+            f"({world_size} processes)"
+        )
+    if len(val_set) < world_size:
+        raise ConfigError(
+            f"{cfg.data.root} split {cfg.data.val_split!r} has {len(val_set)} images, fewer "
+            f"than the {world_size} processes"
+        )
+    task = SegmentationTask(
+        model,
+        cfg.optim,
+        methods,
+        teacher,
+        total_steps=steps * cfg.trainer.max_epochs,
+        num_classes=cfg.data.num_classes,
+        ignore_index=cfg.data.ignore_index,
+    )
+    trainer = build_trainer(cfg, run_dir)
+    if trainer.is_global_zero:
+        save_config(cfg, run_dir / "config.yaml")
+    data = SegDataModule(train_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
+    ckpt_path = run_dir / RESUME_CHECKPOINT if resume else None
+    trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    return run_dir
+
+
+def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
+    if cfg.run.dir is None:
+        raise ConfigError("run.dir is not set: pass --run-dir DIR or set run.dir in the config")
+    run_dir = Path(cfg.run.dir)
+    checkpoint = run_dir / RESUME_CHECKPOINT
+    if resume and not checkpoint.is_file():
+        raise CheckpointError(f"cannot resume: {checkpoint} does not exist")
+    if not resume and checkpoint.exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run ({checkpoint}); pass --resume to continue it or "
+            "choose another --run-dir"
+        )
+    return run_dir
+
+
+def build_dataset(data_cfg: DataConfig, split: str, train: bool) -> SegmentationDataset:
+    """The `split` of the configured data set, with the training augmentation if `train`
+    (else normalisation only); ConfigError if its classes disagree with the config."""
+    if train:
+        transform = build_train_transform(
+            data_cfg.crop_size,
+            data_cfg.scale_range,
+            data_cfg.hflip,
+            data_cfg.color_jitter,
+            data_cfg.ignore_index,
+        )
+    else:
+        transform = build_eval_transform()
+    root = Path(data_cfg.root)
+    if data_cfg.format == "cityscapes":
+        dataset: SegmentationDataset = CityscapesDataset(
+            root, split, transform, data_cfg.ignore_index
+        )
+    else:
+        dataset = FolderDataset(
+            root / split / "images", root / split / "masks", root / "classes.yaml", transform
+        )
+    for key, expected, found in (
+        ("num_classes", data_cfg.num_classes, dataset.num_classes),
+        ("ignore_index", data_cfg.ignore_index, dataset.ignore_index),
+    ):
+        if expected != found:
+            raise ConfigError(f"data.{key}={expected} but the data set in {root} has {found}")
+    return dataset
+
+
+def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Teacher | None]:
+    """The methods of `cfg.distill` and its teacher (None when only cached teacher outputs
+    are used). Feature-level methods size their adapters from the channels of the taps,
+    read from one forward pass of student and teacher on a small dummy image."""
+    assert cfg.distill is not None
+    spec = cfg.distill.teacher
+    teacher = build_teacher(spec.kind, spec.path, spec.samples) if spec.path else None
+    probe = torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE)
+    was_training = model.training
+    with torch.no_grad():
+        student_taps = model.eval()(probe).features
+        teacher_taps = teacher.signals(probe, {"features"}).features if teacher else {}
+    model.train(was_training)
+    methods = build_methods(
+        [dataclasses.asdict(method) for method in cfg.distill.methods],
+        cfg.data.num_classes,
+        student_channels={name: t.shape[1] for name, t in student_taps.items()},
+        teacher_channels={name: t.shape[1] for name, t in teacher_taps.items()},
+        ignore_index=cfg.data.ignore_index,
+    )
+    return methods, teacher
+
+
+def steps_per_epoch(
+    num_images: int, world_size: int, batch_size: int, limit: int | float | None
+) -> int:
+    """Optimiser steps per epoch: full batches of one process's share (`EpochLoader`), cut
+    by `trainer.limit_train_batches` (a count, or a fraction) as Lightning does."""
+    batches = num_images // world_size // batch_size
+    if isinstance(limit, int):
+        return min(batches, limit)
+    if isinstance(limit, float):
+        return int(batches * limit)
+    return batches
+
+
+def build_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:
+    """The Lightning Trainer of a run: loggers and checkpoints in `run_dir`."""
+    t = cfg.trainer
+    distributed = t.devices * t.num_nodes > 1
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        # static_graph: heads no loss reads (aux or uncertainty heads in plain supervised
+        # training) are found once instead of failing DDP's gradient reduction.
+        strategy=DDPStrategy(static_graph=True) if distributed else "auto",
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        check_val_every_n_epoch=t.check_val_every_n_epoch,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        benchmark=not t.deterministic,
+        # EpochLoader shards the data itself (Lightning's sampler would not be resumable).
+        use_distributed_sampler=False,
+        # RunCheckpoints writes every checkpoint; Lightning's own callback is not used.
+        enable_checkpointing=False,
+        plugins=[AtomicCheckpointIO()],
+        logger=[
+            CSVLogger(run_dir / "logs", name="csv"),
+            TensorBoardLogger(run_dir / "logs", name="tensorboard"),
+        ],
+        callbacks=[
+            RunCheckpoints(run_dir / "checkpoints", cfg.model, t.checkpoint_every_n_steps),
+            LearningRateMonitor(logging_interval="step"),
+        ],
+        default_root_dir=run_dir,
+    )
+
+
+class SegmentationTask(L.LightningModule):
+    """One network trained with a MethodSet's loss; validation mIoU every epoch.
+
+    model:      a segmenter returning `SegOutput`, with an `.encoder` (its parameters get
+                the base lr, all others `decoder_lr_mult` times it).
+    methods:    the loss; None is plain cross-entropy (`MethodSet()`).
+    teacher:    gives the signals the methods need (`methods.needs`), unless the batch
+                carries them (`signals_from_batch`). Frozen, in eval mode, never trained.
+    total_steps: optimiser steps of the whole run (the poly schedule reaches 0 there).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optim_cfg: OptimConfig,
+        methods: MethodSet | None = None,
+        teacher: Teacher | None = None,
+        *,
+        total_steps: int,
+        num_classes: int,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.methods = methods if methods is not None else MethodSet(ignore_index=ignore_index)
+        # Deliberately not a submodule: the teacher is not trained, must not be written
+        # into every checkpoint, and DDP must not wrap it or broadcast its buffers each
+        # step. `on_fit_start` moves it to the task's device.
+        object.__setattr__(self, "teacher", teacher)
+        self.optim_cfg = optim_cfg
+        self.total_steps = total_steps
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.val_evaluator = self._new_evaluator()
+
+    def _new_evaluator(self) -> SegmentationEvaluator:
+        # Only the mIoU is read here; coarse uncertainty bins keep the update cheap.
+        return SegmentationEvaluator(
+            self.num_classes,
+            inputs="logits",
+            ignore_index=self.ignore_index,
+            num_bins=10,
+            plot_bins=10,
+        )
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    def signals_from_batch(self, batch: dict[str, Any]) -> TeacherSignals | None:
+        """Teacher signals cached in the batch: `batch["maps"][name]` for every name in
+        `methods.needs` (a teacher cache adds them to the samples, see the data set
+        contract), or None when one is missing (then the teacher computes them)."""
+        maps = batch.get("maps") or {}
+        if not self.methods.needs <= maps.keys():
+            return None
+        return TeacherSignals(**{name: maps[name] for name in self.methods.needs})
+
+    def teacher_signals(self, batch: dict[str, Any]) -> TeacherSignals:
+        """What the methods need from the teacher, from the batch's cache or the teacher."""
+        needs = self.methods.needs
+        if not needs:
+            return TeacherSignals()
+        cached = self.signals_from_batch(batch)
+        if cached is not None:
+            return cached
+        if self.teacher is None:
+            raise TrainingError(
+                f"the methods need teacher signals {sorted(needs)}, but there is no teacher "
+                "(distill.teacher.path) and the batch does not carry them all"
+            )
+        with torch.no_grad():
+            return self.teacher.signals(batch["image"], needs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        output = self.model(batch["image"])
+        terms = self.methods(output, self.teacher_signals(batch), batch["label"])
+        self._stop_unless_finite(terms["loss"], batch_idx)
+        batch_size = batch["image"].shape[0]
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch_size)
+        self.log_dict(
+            {f"train/{name}": value for name, value in terms.items() if name != "loss"},
+            batch_size=batch_size,
+        )
+        return terms["loss"]
+
+    def _stop_unless_finite(self, loss: Tensor, batch_idx: int) -> None:
+        """TrainingError before the update when the loss is NaN or infinite on any process
+        (all processes stop together; the last checkpoint stays the last good one)."""
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        raise TrainingError(
+            f"the loss is not finite (here {loss.item()}) at global step {self.global_step}, "
+            f"epoch {self.current_epoch}, batch {batch_idx}; training stopped before this "
+            "update, the last checkpoint is the last good one (try a lower optim.lr, then "
+            "--resume)"
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_evaluator.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self.model(batch["image"]).logits
+        self.val_evaluator.update(logits, None, batch["label"])
+
+    def on_validation_epoch_end(self) -> None:
+        evaluator = self.val_evaluator
+        if self.trainer.world_size > 1:
+            # Every process saw a share of the images: merge the confusion matrices.
+            states: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(states, evaluator.state_dict())
+            evaluator = self._new_evaluator()
+            for state in states:
+                part = self._new_evaluator()
+                part.load_state_dict(state)
+                evaluator.merge(part)
+        miou = evaluator.compute()["segmentation"]["miou"]
+        # Every process holds the same merged value, so no reduction is needed.
+        self.log("val/miou", math.nan if miou is None else miou, prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim_cfg
+        encoder = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        in_encoder = {id(p) for p in encoder}
+        others = [p for p in self.parameters() if p.requires_grad and id(p) not in in_encoder]
+        groups = [
+            {"params": encoder, "lr": cfg.lr},
+            {"params": others, "lr": cfg.lr * cfg.decoder_lr_mult},
+        ]
+        if cfg.name == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        total, power = self.total_steps, cfg.poly_power
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(0.0, 1.0 - step / total) ** power
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class RunCheckpoints(Callback):
+    """Writes a run's checkpoints into `directory`:
+
+    - `last.ckpt`: Lightning's resumable state (weights, optimiser, schedule, loop
+      progress, data-order epoch), after every epoch and every `every_n_steps` steps;
+    - `last.safetensors` after every epoch, `best.safetensors` when `val/miou` improved
+      (weights with their architecture, `segdistill.checkpoints`).
+
+    All writes are atomic. A step that raises (e.g. a NaN loss) never reaches these hooks,
+    so no checkpoint is written after it.
+    """
+
+    def __init__(
+        self, directory: Path, model_config: ModelConfig, every_n_steps: int | None = None
+    ) -> None:
+        self.directory = Path(directory)
+        self.model_config = model_config
+        self.every_n_steps = every_n_steps
+        self.best_miou = -math.inf
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, task: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self._save_resumable(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        miou = trainer.callback_metrics.get("val/miou")
+        improved = miou is not None and float(miou) > self.best_miou
+        if improved:
+            self.best_miou = float(miou)
+        if trainer.is_global_zero:
+            if improved:
+                save_weights(self.directory / "best.safetensors", task.model, self.model_config)
+            save_weights(self.directory / "last.safetensors", task.model, self.model_config)
+        self._save_resumable(trainer)
+
+    def _save_resumable(self, trainer: L.Trainer) -> None:
+        # Called by every process in DDP (it synchronises them; the first one writes).
+        # weights_only=False: the full training state, not only the weights.
+        trainer.save_checkpoint(self.directory / "last.ckpt", weights_only=False)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best_miou": self.best_miou}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_miou = float(state_dict["best_miou"])
+
+
+class SegDataModule(L.LightningDataModule):
+    """Training and validation loaders, made per process once Lightning knows its rank."""
+
+    def __init__(
+        self, train_set: Dataset, val_set: Dataset, batch_size: int, num_workers: int, seed: int
+    ) -> None:
+        super().__init__()
+        self.train_set = train_set
+        self.val_set = val_set
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+
+    def train_dataloader(self) -> EpochLoader:
+        return EpochLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            seed=self.seed,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+            # The epochs Lightning has run through (restored from the checkpoint on resume).
+            epoch=lambda: self.trainer.fit_loop.epoch_progress.current.processed,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        # Every image exactly once over the processes (a padded sampler would count some
+        # twice), one at a time because full images may differ in size.
+        rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        share = Subset(self.val_set, range(rank, len(self.val_set), world_size))
+        return DataLoader(share, batch_size=1, num_workers=self.num_workers)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The 32-bit seed of `epoch` in a run seeded `seed` (no two (seed, epoch) pairs share
+    one, unlike seed + epoch, so ensemble members seeded s and s + 1 differ every epoch)."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def seed_all(seed: int) -> None:
+    """Seed the global torch (CPU and CUDA), numpy and `random` generators."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class EpochShard(Sampler[int]):
+    """This process's share of a permutation drawn from `self.seed`: every process draws
+    the same permutation and takes every `world_size`-th index from `rank`; the tail that
+    does not divide evenly is left out, so all processes get as many batches."""
+
+    def __init__(self, size: int, rank: int, world_size: int) -> None:
+        self.size = size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = 0
+
+    def __len__(self) -> int:
+        return self.size // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed))
+        return iter(order[self.rank : len(self) * self.world_size : self.world_size].tolist())
+
+
+class EpochLoader(DataLoader):
+    """The training loader: every epoch is a function of (seed, epoch) only.
+
+    Each `iter()` starts an epoch. It first reseeds torch, numpy and `random` with
+    `epoch_seed(seed, epoch())`; the shuffled order, the DataLoader worker seeds (drawn
+    from torch's generator), the augmentations and the dropout of the epoch all follow
+    from it. A run resumed from an end-of-epoch checkpoint therefore replays the very
+    epochs an uninterrupted run sees. Incomplete batches are dropped (batch norm needs
+    full ones).
+
+    epoch: returns the index of the epoch being started (read at `iter()` time, because
+    Lightning creates the first iterator of a resumed run before it calls `set_epoch`).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        epoch: Callable[[], int],
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=EpochShard(len(dataset), rank, world_size),
+            num_workers=num_workers,
+            drop_last=True,
+            pin_memory=torch.cuda.is_available(),
+        )
+        self.seed = seed
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Any]:
+        seed = epoch_seed(self.seed, self.epoch())
+        seed_all(seed)
+        self.sampler.seed = seed
+        return super().__iter__()

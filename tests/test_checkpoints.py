@@ -1,0 +1,141 @@
+"""Weights files: round trip, atomic writes, architecture checks, weights_only loading."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from segdistill import checkpoints
+from segdistill.checkpoints import (
+    AtomicCheckpointIO,
+    atomic_write,
+    build_model,
+    load_segmenter,
+    load_weights_into,
+    save_weights,
+)
+from segdistill.config import ModelConfig
+from segdistill.errors import CheckpointError
+
+TINY = ModelConfig(encoder_options={"output_stride": 16, "width": 0.125})
+
+
+def tiny_model(num_classes: int = 3, config: ModelConfig = TINY) -> torch.nn.Module:
+    return build_model(config, num_classes)
+
+
+def test_load_segmenter_rebuilds_the_saved_network(tmp_path: Path) -> None:
+    config = ModelConfig(
+        encoder_options={"output_stride": 16, "width": 0.125}, uncertainty_head="scalar"
+    )
+    model = tiny_model(4, config)
+    save_weights(tmp_path / "w.safetensors", model, config)
+
+    loaded, loaded_config = load_segmenter(tmp_path / "w.safetensors")
+    assert loaded_config == config and not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    x = torch.randn(1, 3, 32, 32)
+    model.eval()
+    assert torch.equal(loaded(x).logits, model(x).logits)
+    assert loaded(x).uncertainty.shape == (1, 1, 32, 32)
+
+
+def test_run_directory_prefers_best_over_last(tmp_path: Path) -> None:
+    save_weights(tmp_path / "checkpoints" / "last.safetensors", tiny_model(3), TINY)
+    assert checkpoints.weights_path(tmp_path).name == "last.safetensors"
+    save_weights(tmp_path / "checkpoints" / "best.safetensors", tiny_model(5), TINY)
+    model, _ = load_segmenter(tmp_path)
+    assert model.num_classes == 5
+    with pytest.raises(CheckpointError, match="has no weights"):
+        load_segmenter(tmp_path / "checkpoints")
+
+
+def test_failed_write_leaves_the_previous_file_intact(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "w.safetensors"
+    save_weights(path, tiny_model(3), TINY)
+    before = path.read_bytes()
+
+    def half_then_fail(file) -> None:
+        file.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half_then_fail)
+
+    # The bytes are written, but the flush to disk fails.
+    def fsync_fails(fd: int) -> None:
+        raise OSError("I/O error")
+
+    monkeypatch.setattr(checkpoints.os, "fsync", fsync_fails)
+    with pytest.raises(OSError, match="I/O error"):
+        save_weights(path, tiny_model(7), TINY)
+
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]  # no temp left
+    assert load_segmenter(path)[0].num_classes == 3
+
+
+@pytest.mark.parametrize(
+    ("other", "expected"),
+    [
+        (lambda: tiny_model(5), "seg_head.weight: checkpoint (3, "),
+        (
+            lambda: tiny_model(
+                3, ModelConfig(encoder="resnet34", encoder_options=TINY.encoder_options)
+            ),
+            "missing keys",
+        ),
+        (
+            lambda: tiny_model(3, ModelConfig(arch="pspnet", encoder_options=TINY.encoder_options)),
+            "unexpected keys",
+        ),
+    ],
+)
+def test_weights_of_another_architecture_are_refused(tmp_path: Path, other, expected: str) -> None:
+    save_weights(tmp_path / "w.safetensors", tiny_model(3), TINY)
+    with pytest.raises(CheckpointError) as error:
+        load_weights_into(other(), tmp_path / "w.safetensors")
+    message = str(error.value)
+    assert "saved from deeplabv3plus/resnet18 with 3 classes" in message
+    assert expected in message
+
+
+def test_unreadable_files_are_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_segmenter(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_segmenter(tmp_path / "junk.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(CheckpointError, match="no architecture metadata"):
+        load_segmenter(tmp_path / "plain.safetensors")
+
+
+class NotATensor:
+    """An arbitrary object: `torch.load(weights_only=True)` must refuse to unpickle it."""
+
+
+def test_lightning_checkpoint_io_is_atomic_and_loads_weights_only(
+    tmp_path: Path, monkeypatch
+) -> None:
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "epoch": 1}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1
+
+    monkeypatch.setattr(checkpoints.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("x")))
+    with pytest.raises(OSError):
+        io.save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert io.load_checkpoint(path)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+
+    io.save_checkpoint({"epoch": 3, "evil": NotATensor()}, path)
+    with pytest.raises(Exception, match="(?i)weights.only"):
+        io.load_checkpoint(path)

@@ -1,0 +1,139 @@
+"""Config loading: defaults, `extends`, `--set` overrides, validation and its messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from segdistill.config import (
+    SegConfig,
+    load_config,
+    replace_values,
+    save_config,
+)
+from segdistill.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_empty_file_gives_the_documented_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path / "empty.yaml", ""))
+    assert cfg == SegConfig()
+    assert cfg.data.crop_size == [128, 256] and cfg.data.ignore_index == 255
+    assert cfg.model.encoder_options == {"output_stride": 16, "width": 1.0}
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 0.01, 0.9)
+    assert (cfg.optim.weight_decay, cfg.optim.poly_power, cfg.optim.decoder_lr_mult) == (
+        0.0005,
+        0.9,
+        10.0,
+    )
+    assert cfg.distill is None and cfg.run.dir is None
+
+
+def test_extends_and_overrides_merge_mappings_and_replace_values(tmp_path: Path) -> None:
+    (tmp_path / "base").mkdir()
+    write(
+        tmp_path / "base" / "base.yaml",
+        "data: {root: base_root, crop_size: [64, 64]}\nmodel: {encoder_options: {width: 0.5}}\n",
+    )
+    child = write(
+        tmp_path / "child.yaml",
+        "extends: base/base.yaml\noptim: {lr: 1e-3}\ndata: {batch_size: 4}\n",
+    )
+    cfg = load_config(
+        child,
+        [
+            "data.crop_size=[32,48]",
+            "model.encoder=resnet50",
+            "model.encoder_options.output_stride=8",
+            "distill.teacher.path=teachers/ens",
+            "distill.methods=[{name: kd, weight: 2}]",
+        ],
+    )
+    assert cfg.data.root == "base_root" and cfg.data.batch_size == 4
+    assert cfg.data.crop_size == [32, 48]
+    assert cfg.optim.lr == pytest.approx(1e-3)  # YAML 1.1 reads 1e-3 as a string
+    assert cfg.model.encoder == "resnet50"
+    assert cfg.model.encoder_options == {"output_stride": 8, "width": 0.5}
+    assert cfg.distill.teacher.path == "teachers/ens"
+    assert cfg.distill.methods[0].name == "kd" and cfg.distill.methods[0].weight == 2.0
+
+
+def test_saved_config_loads_back_equal(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path / "c.yaml", "seed: 3\n"), ["ensemble.vary={optim.lr: [1, 2]}"])
+    save_config(cfg, tmp_path / "out" / "config.yaml")
+    assert load_config(tmp_path / "out" / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ("optim: {lrr: 0.1}\n", [], "c.yaml: unknown key 'optim.lrr'; did you mean 'optim.lr'?"),
+        (
+            "",
+            ["optim.batch_size=3"],
+            "unknown key 'optim.batch_size'; did you mean 'data.batch_size'",
+        ),
+        ("", ["model.encodr=x"], "unknown key 'model.encodr'; did you mean 'model.encoder'"),
+        ("crop_size: [1, 2]\n", [], "unknown key 'crop_size'; did you mean 'data.crop_size'"),
+        (
+            "distill: {teacher: {path: t}, methods: [{name: kd, wieght: 1}]}\n",
+            [],
+            "unknown key 'distill.methods[0].wieght'; did you mean 'distill.methods[0].weight'",
+        ),
+    ],
+)
+def test_unknown_key_is_named_with_the_closest_valid_one(
+    tmp_path: Path, text: str, overrides: list[str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path / "c.yaml", text), overrides)
+    assert expected in str(error.value)
+
+
+def test_unknown_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", "trainer: {max_epoch: 3}\n")
+    child = write(tmp_path / "child.yaml", "extends: base.yaml\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: unknown key 'trainer\.max_epoch'"):
+        load_config(child)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.batch_size=true", "data.batch_size=True must be an integer"),
+        ("optim.name=adam", "must be one of 'sgd', 'adamw'; did you mean 'adamw'?"),
+        ("data.batch_size=0", "data.batch_size=0 must be >= 1"),
+        ("data.scale_range=[2.0, 0.5]", "data.scale_range=[2.0, 0.5] must be [low, high]"),
+        ("data.ignore_index=3", "data.ignore_index=3 must not be a class id"),
+        ("distill.methods=[{weight: 1}]", "distill.methods[0].name is required"),
+        ("distill.methods=[{name: kd}]", "distill.teacher.path=None must be set"),
+        ("ensemble.vary={optim.lrx: [1]}", "unknown key 'optim.lrx'; did you mean 'optim.lr'"),
+        ("ensemble.vary={optim.lr: [abc]}", "optim.lr='abc' must be a number"),
+        ("optim.lr", "expected KEY=VALUE"),
+    ],
+)
+def test_invalid_values_are_named(tmp_path: Path, override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path / "c.yaml", ""), [override])
+    assert expected in str(error.value)
+
+
+def test_extends_cycle_and_missing_file_are_errors(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_replace_values_validates(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path / "c.yaml", ""))
+    assert replace_values(cfg, {"seed": 4, "optim.lr": 0.5}, "test").optim.lr == 0.5
+    with pytest.raises(ConfigError, match="member 1: optim.lr=-1.0 must be > 0"):
+        replace_values(cfg, {"optim.lr": -1}, "member 1")

@@ -1,0 +1,390 @@
+"""Cityscapes-layout and folder data sets on tiny trees written here, and their errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segdistill.data import (
+    CityscapesDataset,
+    FolderDataset,
+    GtFineMap,
+    SampleFiles,
+    SegmentationDataset,
+    build_train_transform,
+    load_classes,
+)
+from segdistill.data.labels import CLASS_NAMES
+from segdistill.errors import DataError
+
+H, W = 6, 8
+# Label ids: 7 road (train id 0), 26 car (13), 0 unlabeled (void).
+LABEL_IDS = np.array([[7, 26, 0, 7, 7, 26, 26, 0]] * H, dtype=np.uint8)
+TRAIN_IDS = np.array([[0, 13, 255, 0, 0, 13, 13, 255]] * H, dtype=np.uint8)
+
+
+def save(path: Path, array: np.ndarray, palette: bool = False) -> Path:
+    """Write an array as PNG/JPEG; palette=True stores uint8 [H, W] as palette indices."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if palette:
+        image = Image.frombytes("P", array.shape[::-1], array.tobytes())
+        image.putpalette(list(range(256)) * 3)
+    else:
+        image = Image.fromarray(array)
+    image.save(path)
+    return path
+
+
+def image_array(seed: int, height: int = H, width: int = W) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def cityscapes_image(root: Path, split: str, base: str, suffix: str = "", folder: str = "") -> Path:
+    """Writes {folder or leftImg8bit}/{split}/{city}/{base}_leftImg8bit{suffix}.png."""
+    city = base.split("_")[0]
+    folder = folder or "leftImg8bit"
+    name = f"{base}_leftImg8bit{suffix}.png"
+    return save(root / folder / split / city / name, image_array(len(base) + len(suffix)))
+
+
+def gt_file(root: Path, split: str, base: str, kind: str, array: np.ndarray) -> Path:
+    city = base.split("_")[0]
+    return save(root / "gtFine" / split / city / f"{base}_gtFine_{kind}.png", array)
+
+
+@pytest.fixture
+def cityscapes(tmp_path: Path) -> Path:
+    """Two cities, three labelIds-only images in val."""
+    for base in ("zurich_000001_000019", "aachen_000000_000019", "aachen_000000_000020"):
+        cityscapes_image(tmp_path, "val", base)
+        gt_file(tmp_path, "val", base, "labelIds", LABEL_IDS)
+    return tmp_path
+
+
+def test_label_ids_are_mapped_to_train_ids_and_samples_sorted(cityscapes):
+    dataset = CityscapesDataset(cityscapes, "val")
+    assert dataset.names == [
+        "aachen_000000_000019",
+        "aachen_000000_000020",
+        "zurich_000001_000019",
+    ]
+    sample = dataset.load(2)
+    assert sample["image"].dtype == np.uint8 and sample["image"].shape == (H, W, 3)
+    image_file = cityscapes / "leftImg8bit/val/zurich/zurich_000001_000019_leftImg8bit.png"
+    assert np.array_equal(sample["image"], np.asarray(Image.open(image_file)))
+    assert np.array_equal(sample["label"], TRAIN_IDS)
+    assert sample["maps"] == {} and sample["name"] == "zurich_000001_000019"
+    assert sample["index"] == 2
+    assert dataset.classes == CLASS_NAMES and dataset.num_classes == 19
+
+
+def test_label_train_ids_files_are_preferred(cityscapes):
+    other = np.full((H, W), 5, np.uint8)
+    gt_file(cityscapes, "val", "aachen_000000_000019", "labelTrainIds", other)
+    dataset = CityscapesDataset(cityscapes, "val")
+    assert np.array_equal(dataset.load(0)["label"], other)
+    assert np.array_equal(dataset.load(1)["label"], TRAIN_IDS)
+
+
+def test_ignore_index_is_a_parameter(cityscapes):
+    label = CityscapesDataset(cityscapes, "val", ignore_index=250).load(0)["label"]
+    assert np.array_equal(label, np.where(TRAIN_IDS == 255, 250, TRAIN_IDS))
+
+
+def test_getitem_gives_tensors_that_collate(cityscapes):
+    dataset = CityscapesDataset(cityscapes, "val")
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=2)))
+    assert batch["image"].shape == (2, 3, H, W) and batch["image"].dtype == torch.float32
+    assert batch["label"].dtype == torch.int64 and batch["label"].shape == (2, H, W)
+    assert batch["name"] == ["aachen_000000_000019", "aachen_000000_000020"]
+
+
+def test_foggy_variant_picks_one_beta(cityscapes):
+    for beta in ("0.01", "0.02"):
+        cityscapes_image(
+            cityscapes, "val", "aachen_000000_000019", f"_foggy_beta_{beta}", "leftImg8bit_foggy"
+        )
+    dataset = CityscapesDataset(cityscapes, "val", variant="foggy", beta=0.02)
+    assert dataset.names == ["aachen_000000_000019_foggy_beta_0.02"]
+    assert np.array_equal(dataset.load(0)["label"], TRAIN_IDS)
+
+
+def test_rain_variant_takes_a_pattern_glob(cityscapes):
+    for pattern in (1, 2):
+        suffix = f"_rain_alpha_0.01_beta_0.005_dropsize_0.01_pattern_{pattern}"
+        cityscapes_image(cityscapes, "val", "aachen_000000_000019", suffix, "leftImg8bit_rain")
+    assert len(CityscapesDataset(cityscapes, "val", variant="rain")) == 2
+    one = CityscapesDataset(cityscapes, "val", variant="rain", rain_pattern="*_pattern_2")
+    assert one.names == ["aachen_000000_000019_rain_alpha_0.01_beta_0.005_dropsize_0.01_pattern_2"]
+
+
+def test_a_shift_folder_is_a_cityscapes_root(tmp_path):
+    root = tmp_path / "shifts" / "fog_0.02"
+    cityscapes_image(root, "test", "town_000000_000001")
+    gt_file(root, "test", "town_000000_000001", "labelTrainIds", TRAIN_IDS)
+    assert len(CityscapesDataset(root, "test")) == 1
+
+
+def test_depth_and_custom_maps(cityscapes):
+    depth_cm = np.full((H, W), 1234, np.uint16)
+    gt_file(cityscapes, "val", "aachen_000000_000019", "labelIds", LABEL_IDS)
+    save(cityscapes / "gtFine/val/aachen/aachen_000000_000019_depth.png", depth_cm)
+
+    def ones(files: SampleFiles) -> np.ndarray:
+        return np.ones((2, H, W))
+
+    dataset = CityscapesDataset(cityscapes, "val", depth=True, maps={"ones": ones})
+    maps = dataset.load(0)["maps"]
+    np.testing.assert_allclose(maps["depth"], 12.34, rtol=1e-6)
+    assert maps["depth"].shape == (1, H, W) and maps["ones"].shape == (2, H, W)
+    assert maps["ones"].dtype == np.float32
+    out = dataset[0]
+    assert out["maps"]["depth"].shape == (1, H, W)
+
+
+def test_gt_fine_map_reads_any_sibling_png(cityscapes):
+    anomaly = np.zeros((H, W), np.uint8)
+    anomaly[1, 2] = 1
+    save(cityscapes / "gtFine/val/aachen/aachen_000000_000019_gtFine_anomaly.png", anomaly)
+    reader = GtFineMap("_gtFine_anomaly.png")
+    dataset = CityscapesDataset(cityscapes, "val", maps={"anomaly": reader})
+    assert np.array_equal(dataset.load(0)["maps"]["anomaly"][0], anomaly)
+    with pytest.raises(DataError, match="aachen_000000_000020_gtFine_anomaly.png: file not found"):
+        dataset.load(1)
+
+
+def test_unlabeled_images_are_allowed_on_request(cityscapes):
+    cityscapes_image(cityscapes, "val", "bonn_000000_000001")
+    dataset = CityscapesDataset(cityscapes, "val", allow_unlabeled=True)
+    assert np.all(dataset.load(dataset.names.index("bonn_000000_000001"))["label"] == 255)
+
+
+def test_train_transform_reaches_every_output(cityscapes):
+    dataset = CityscapesDataset(cityscapes, "val", transform=build_train_transform((4, 4)))
+    out = dataset[0]
+    assert out["image"].shape == (3, 4, 4) and out["label"].shape == (4, 4)
+
+
+# --- Cityscapes input errors -------------------------------------------------------------
+
+
+def test_missing_mask_names_image_and_expected_path(cityscapes):
+    image = cityscapes_image(cityscapes, "val", "bonn_000000_000001")
+    with pytest.raises(DataError) as err:
+        CityscapesDataset(cityscapes, "val")
+    assert str(image) in str(err.value)
+    assert "gtFine/val/bonn/bonn_000000_000001_gtFine_labelIds.png" in str(err.value)
+
+
+def test_empty_data_set_names_root_and_pattern(cityscapes):
+    base = "aachen_000000_000019"
+    cityscapes_image(cityscapes, "val", base, "_foggy_beta_0.01", "leftImg8bit_foggy")
+    pattern = r"matching leftImg8bit_foggy/val/\*/\*_leftImg8bit_foggy_beta_0\.005\.png"
+    with pytest.raises(DataError, match=pattern) as err:
+        CityscapesDataset(cityscapes, "val", variant="foggy", beta=0.005)
+    assert str(cityscapes) in str(err.value)
+    (cityscapes / "leftImg8bit/test").mkdir()
+    with pytest.raises(DataError, match="leftImg8bit/test"):
+        CityscapesDataset(cityscapes, "test")
+
+
+def test_missing_split_or_root_or_unknown_variant(cityscapes):
+    with pytest.raises(DataError, match="split folders .*: val"):
+        CityscapesDataset(cityscapes, "train")
+    with pytest.raises(DataError, match="nowhere"):
+        CityscapesDataset(cityscapes / "nowhere", "val")
+    with pytest.raises(DataError, match="snowy"):
+        CityscapesDataset(cityscapes, "val", variant="snowy")
+
+
+def test_unknown_label_ids_are_listed_with_the_file(cityscapes):
+    bad = LABEL_IDS.copy()
+    bad[0, :2] = [40, 99]
+    path = gt_file(cityscapes, "val", "aachen_000000_000019", "labelIds", bad)
+    with pytest.raises(DataError, match="40, 99") as err:
+        CityscapesDataset(cityscapes, "val").load(0)
+    assert str(path) in str(err.value)
+
+
+def test_train_ids_outside_the_classes_are_listed(cityscapes):
+    path = gt_file(cityscapes, "val", "aachen_000000_000019", "labelTrainIds", TRAIN_IDS + 19)
+    with pytest.raises(DataError, match="19, 32") as err:
+        CityscapesDataset(cityscapes, "val").load(0)
+    assert str(path) in str(err.value)
+
+
+def test_size_mismatch_names_both_files_and_sizes(cityscapes):
+    mask = gt_file(cityscapes, "val", "aachen_000000_000019", "labelIds", LABEL_IDS[:, :5])
+    with pytest.raises(DataError, match="5x6.*8x6") as err:
+        CityscapesDataset(cityscapes, "val").load(0)
+    assert str(mask) in str(err.value)
+    assert "aachen_000000_000019_leftImg8bit.png" in str(err.value)
+
+
+def test_map_of_the_wrong_size_is_an_error(cityscapes):
+    maps = {"bad": lambda files: np.zeros((H + 1, W))}
+    with pytest.raises(DataError, match="'bad'.*8x7"):
+        CityscapesDataset(cityscapes, "val", maps=maps).load(0)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_image_names_the_file(cityscapes, damage):
+    path = cityscapes / "leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not an image")
+    with pytest.raises(DataError, match="corrupt") as err:
+        CityscapesDataset(cityscapes, "val").load(0)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_grey_rgba_and_palette_images_become_rgb(cityscapes, mode):
+    path = cityscapes / "leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png"
+    Image.fromarray(image_array(0)).convert(mode).save(path)
+    image = CityscapesDataset(cityscapes, "val").load(0)["image"]
+    assert image.shape == (H, W, 3) and image.dtype == np.uint8
+
+
+def test_16_bit_images_are_refused(cityscapes):
+    path = save(
+        cityscapes / "leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png",
+        np.full((H, W), 4000, np.uint16),
+    )
+    with pytest.raises(DataError, match="16-bit") as err:
+        CityscapesDataset(cityscapes, "val").load(0)
+    assert str(path) in str(err.value)
+
+
+def test_rgb_masks_are_refused(cityscapes):
+    gt_file(cityscapes, "val", "aachen_000000_000019", "labelIds", image_array(1))
+    with pytest.raises(DataError, match="single-channel"):
+        CityscapesDataset(cityscapes, "val").load(0)
+
+
+# --- FolderDataset -----------------------------------------------------------------------
+
+CLASSES_YAML = """\
+classes:
+  - {name: background, color: [0, 0, 0]}
+  - {name: object, color: [255, 0, 0]}
+ignore_index: 255
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """images/{a.png, b.jpg}, masks/{a.png, b.png} storing 0, 1 and 255, classes.yaml."""
+    mask = np.array([[0, 1, 255, 1]] * 4, np.uint8)
+    save(tmp_path / "images" / "a.png", image_array(0, 4, 4))
+    save(tmp_path / "images" / "b.jpg", image_array(1, 4, 4))
+    save(tmp_path / "masks" / "a.png", mask)
+    save(tmp_path / "masks" / "b.png", mask)
+    (tmp_path / "classes.yaml").write_text(CLASSES_YAML)
+    return tmp_path
+
+
+def make_folder(root: Path, **kwargs) -> FolderDataset:
+    return FolderDataset(root / "images", root / "masks", root / "classes.yaml", **kwargs)
+
+
+def test_folder_data_set_matches_images_and_masks_by_stem(folder):
+    dataset = make_folder(folder)
+    assert dataset.names == ["a", "b"]
+    assert dataset.classes == ("background", "object") and dataset.num_classes == 2
+    assert dataset.colors.tolist() == [[0, 0, 0], [255, 0, 0]]
+    sample = dataset.load(1)
+    assert sample["image"].shape == (4, 4, 3)
+    assert sample["label"][0].tolist() == [0, 1, 255, 1]
+    assert dataset[0]["image"].shape == (3, 4, 4)
+
+
+def test_folder_mask_values_map_stored_values(folder):
+    save(folder / "masks" / "a.png", np.array([[10, 20, 0, 20]] * 4, np.uint8), palette=True)
+    yaml_text = CLASSES_YAML + "mask_values: {0: 255, 10: 0, 20: 1}\n"
+    (folder / "classes.yaml").write_text(yaml_text)
+    dataset = make_folder(folder, allow_unlabeled=True)
+    assert dataset.load(0)["label"][0].tolist() == [0, 1, 255, 1]
+    with pytest.raises(DataError, match=r"b\.png: mask holds unknown values 1, 255 \(allowed"):
+        dataset.load(1)  # b.png stores 1 and 255, which mask_values does not list
+
+
+def test_folder_missing_masks_list_stems(folder):
+    save(folder / "images" / "c.png", image_array(2, 4, 4))
+    with pytest.raises(DataError, match=r"\['c'\].*masks/c\.png"):
+        make_folder(folder)
+    dataset = make_folder(folder, allow_unlabeled=True)
+    assert np.all(dataset.load(2)["label"] == 255)
+    unlabeled = FolderDataset(folder / "images", None, folder / "classes.yaml")
+    assert all(s.label is None for s in unlabeled.samples)
+
+
+def test_folder_bad_values_and_empty_folder(folder, tmp_path):
+    save(folder / "masks" / "a.png", np.array([[0, 2, 7, 1]] * 4, np.uint8))
+    with pytest.raises(DataError, match=r"values 2, 7") as err:
+        make_folder(folder).load(0)
+    assert "a.png" in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty matching \*\.png"):
+        FolderDataset(tmp_path / "empty", None, folder / "classes.yaml")
+
+
+def test_folder_duplicate_stems_are_an_error(folder):
+    save(folder / "images" / "a.jpg", image_array(3, 4, 4))
+    with pytest.raises(DataError, match=r"\['a'\]"):
+        make_folder(folder)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("classes: []\n", "non-empty list"),
+        ("classes:\n  - {name: a}\n", r"classes\[0\]\.color"),
+        ("classes:\n  - {color: [1, 2, 3]}\n", r"classes\[0\] needs a 'name'"),
+        ("classes:\n  - {name: a, color: [1, 2, 3]}\nignore_index: 0\n", "ignore_index"),
+        ("classes:\n  - {name: a, color: [1, 2, 3]}\nmask_values: {3: 4}\n", "mask_values entry 3"),
+        ("classes:\n  - {name: a, color: [1, 2, 3]}\nignore: 255\n", r"unknown keys \['ignore'\]"),
+        ("classes: [\n", "not valid YAML"),
+    ],
+)
+def test_classes_yaml_errors_name_the_file_and_key(tmp_path, text, message):
+    path = tmp_path / "classes.yaml"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message) as err:
+        load_classes(path)
+    assert str(path) in str(err.value)
+
+
+# --- extending load, DataLoader workers --------------------------------------------------
+
+
+class PatternDataset(SegmentationDataset):
+    """An in-memory data set: what a wrapper overriding `load` looks like."""
+
+    def __init__(self, transform) -> None:
+        files = [SampleFiles(f"s{i}", Path(f"s{i}.png"), None, None) for i in range(4)]
+        super().__init__(files, ("a", "b"), np.zeros((2, 3)), transform=transform)
+
+    def load(self, index: int) -> dict:
+        rows = np.arange(32)[:, None].repeat(32, 1)
+        return {
+            "image": np.stack([rows * 4] * 3, -1).astype(np.uint8),
+            "label": (rows % 2).astype(np.uint8),
+            "maps": {"rows": rows[None].astype(np.float32)},
+            "name": f"s{index}",
+            "index": index,
+        }
+
+
+def test_worker_augmentations_are_reproducible_and_differ_between_samples():
+    def crops() -> torch.Tensor:
+        dataset = PatternDataset(build_train_transform((8, 8)))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)
+        return torch.cat([batch["maps"]["rows"] for batch in loader])
+
+    torch.manual_seed(0)
+    first = crops()
+    torch.manual_seed(0)
+    assert torch.equal(crops(), first)
+    assert len({tuple(crop.flatten().tolist()) for crop in first}) == 4

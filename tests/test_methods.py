@@ -1,0 +1,363 @@
+"""Methods: paper coefficients, CE counted once, gradients, needs, and the builder's errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segdistill import losses, methods
+from segdistill.data.labels import IGNORE_INDEX
+from segdistill.errors import ConfigError, TrainingError
+from segdistill.outputs import SIGNAL_NAMES, SegOutput, TeacherSignals
+
+B, C, H, W = 2, 4, 8, 8
+
+
+def _target(all_ignore: bool = False) -> torch.Tensor:
+    target = torch.randint(0, C, (B, H, W))
+    target[0, :2] = IGNORE_INDEX
+    if all_ignore:
+        target[:] = IGNORE_INDEX
+    return target
+
+
+def _student(unc_channels: int | None = None, aux: bool = False) -> SegOutput:
+    """A student whose tensors are leaves with grad, features OS16-like (H/2) with 3 channels."""
+    unc = None
+    if unc_channels is not None:
+        unc = torch.rand(B, unc_channels, H, W).requires_grad_()
+    return SegOutput(
+        logits=torch.randn(B, C, H, W, requires_grad=True),
+        uncertainty=unc,
+        features={"encoder_out": torch.randn(B, 3, H // 4, W // 4, requires_grad=True)},
+        aux_logits={"mid": torch.randn(B, C, H, W, requires_grad=True)} if aux else {},
+    )
+
+
+def _teacher() -> TeacherSignals:
+    """Teacher signals as leaves with requires_grad, to prove no gradient reaches them."""
+    probs = torch.softmax(torch.randn(B, C, H, W), dim=1)
+    return TeacherSignals(
+        mean_probs=probs.clone().requires_grad_(),
+        std=(torch.rand(B, C, H, W) * 0.2).requires_grad_(),
+        pred_std=(torch.rand(B, 1, H, W) * 0.2).requires_grad_(),
+        variance=torch.rand(B, 1, H, W).requires_grad_(),
+        logits=probs.log().requires_grad_(),
+        features={"encoder_out": torch.rand(B, 5, H // 2, W // 2, requires_grad=True)},
+    )
+
+
+def _teacher_leaves(teacher: TeacherSignals) -> list[torch.Tensor]:
+    values = [v for v in vars(teacher).values() if isinstance(v, torch.Tensor)]
+    return values + list(teacher.features.values())
+
+
+def _trained_adaptation(**options) -> methods.Adaptation:
+    method = methods.Adaptation(student_channels=3, teacher_channels=5, **options)
+    features = [torch.rand(B, 5, H // 2, W // 2) for _ in range(2)]
+    methods.train_translator(features, method.translator)
+    return method
+
+
+def _all_methods() -> list[methods.Method]:
+    return [
+        methods.KD(),
+        methods.Holder(),
+        methods.DUDES(),
+        methods.SelfAttention(student_channels=3, teacher_channels=5),
+        _trained_adaptation(),
+        methods.JAKD(),
+        methods.UKD(),
+        methods.CWD(student_channels=C, teacher_channels=C),
+    ]
+
+
+def _student_for(method: methods.Method) -> SegOutput:
+    unc = {"holder": C, "dudes": 1}.get(method.name)
+    return _student(unc, aux=True)
+
+
+@pytest.mark.parametrize("method", _all_methods(), ids=lambda m: m.name)
+def test_gradients_reach_student_and_adapters_not_teacher(method):
+    student, teacher = _student_for(method), _teacher()
+    method.train()
+    terms = method(student, teacher, _target())
+    assert terms and all(v.dim() == 0 and torch.isfinite(v) for v in terms.values())
+    sum(terms.values()).backward()
+    assert all(t.grad is None for t in _teacher_leaves(teacher))
+    read = [student.logits, student.uncertainty, *student.features.values()]
+    assert any(t is not None and t.grad is not None for t in read)
+    trainable = [p for p in method.parameters() if p.requires_grad]
+    assert all(p.grad is not None for p in trainable)
+    if isinstance(method, methods.Adaptation):
+        assert trainable and all(p.grad is None for p in method.translator.parameters())
+        assert not method.translator.training
+
+
+@pytest.mark.parametrize("method", _all_methods(), ids=lambda m: m.name)
+def test_needs_are_signal_names(method):
+    assert method.needs <= SIGNAL_NAMES
+    assert ("features" in method.needs) == bool(method.teacher_taps)
+
+
+def test_kd_term_is_hinton_with_t_squared():
+    student, teacher = _student(), _teacher()
+    got = methods.KD(temperature=3.0)(student, teacher, _target())["kl"]
+    expected = losses.kd(student.logits, teacher.logits, 3.0)
+    assert got.item() == pytest.approx(expected.item())
+    assert methods.KD().needs == {"logits"}
+
+
+def test_holder_total_is_eq4_with_alpha_0_1_and_beta_1_1():
+    student, teacher, target = _student(C), _teacher(), _target()
+    out = methods.build_methods([{"name": "holder"}], num_classes=C)(student, teacher, target)
+    s = student.logits.detach().double().numpy()
+    m = teacher.mean_probs.detach().double().numpy()
+    q = np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)
+    l_dist = (m * (np.log(m) - np.log(q))).sum(axis=1).mean()  # T = 1, all pixels
+    l_unc = ((student.uncertainty.detach().numpy() - teacher.std.detach().numpy()) ** 2).mean()
+    l_cls = losses.cross_entropy(student.logits, target).item()
+    assert out["task/ce"].item() == pytest.approx(0.1 * l_cls, rel=1e-5)
+    assert out["holder/dist"].item() == pytest.approx(l_dist, rel=1e-5)
+    assert out["holder/uncertainty_mse"].item() == pytest.approx(1.1 * l_unc, rel=1e-5)
+    expected = l_dist + 0.1 * l_cls + 1.1 * l_unc
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dudes_is_ce_plus_rmsle_on_all_pixels():
+    student, teacher, target = _student(1), _teacher(), _target()
+    out = methods.build_methods([{"name": "dudes"}], num_classes=C)(student, teacher, target)
+    rmsle = losses.rmsle(student.uncertainty, teacher.pred_std)  # void pixels included
+    ce = losses.cross_entropy(student.logits, target)
+    assert out["dudes/uncertainty_rmsle"].item() == pytest.approx(rmsle.item())
+    assert out["loss"].item() == pytest.approx((ce + rmsle).item())
+    labelled_only = methods.DUDES(distill_void=False)(student, teacher, target)
+    valid = target != IGNORE_INDEX
+    expected = losses.rmsle(student.uncertainty, teacher.pred_std, valid)
+    assert labelled_only["uncertainty_rmsle"].item() == pytest.approx(expected.item())
+
+
+def test_uncertainty_head_missing_names_the_config_key():
+    with pytest.raises(ConfigError, match="uncertainty_head: scalar"):
+        methods.DUDES()(_student(None), _teacher(), _target())
+    with pytest.raises(ConfigError, match="uncertainty_head: per_class"):
+        methods.Holder()(_student(1), _teacher(), _target())
+
+
+def test_self_attention_coefficients_and_channel_adapter():
+    method = methods.SelfAttention(student_channels=3, teacher_channels=5)
+    assert isinstance(method.adapter, torch.nn.Conv2d)
+    assert method.adapter.weight.shape == (5, 3, 1, 1)
+    student, teacher = _student(), _teacher()
+    out = method(student, teacher, _target())
+    adapted = torch.nn.functional.interpolate(
+        method.adapter(student.features["encoder_out"]),
+        size=(H // 2, W // 2),
+        mode="bilinear",
+        align_corners=False,
+    )
+    sa = losses.self_attention_loss(adapted, teacher.features["encoder_out"], 4.0, 0.4)
+    kd = losses.cwd(student.logits, teacher.logits, 4.0)
+    assert out["sa"].item() == pytest.approx(14 * sa.item(), rel=1e-5)
+    assert out["cwd"].item() == pytest.approx(3 * kd.item(), rel=1e-5)
+
+
+def test_self_attention_zero_when_features_match():
+    method = methods.SelfAttention(student_channels=5, teacher_channels=5)
+    assert isinstance(method.adapter, torch.nn.Identity)
+    teacher = _teacher()
+    student = SegOutput(logits=teacher.logits.detach().clone(), features=dict(teacher.features))
+    out = method(student, teacher, _target())
+    assert out["sa"].item() == 0.0
+    assert out["cwd"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cwd_on_logits_by_default_and_zero_on_match():
+    method = methods.CWD(student_channels=C, teacher_channels=C)
+    assert method.needs == {"logits"} and not method.teacher_taps
+    teacher = _teacher()
+    student = SegOutput(logits=teacher.logits.detach().clone())
+    assert method(student, teacher, _target())["cwd"].item() == pytest.approx(0.0, abs=1e-6)
+    s = _student()
+    got = method(s, teacher, _target())["cwd"]
+    assert got.item() == pytest.approx(3 * losses.cwd(s.logits, teacher.logits, 4.0).item())
+
+
+def test_cwd_on_features_resizes_and_adapts():
+    method = methods.CWD(3, 5, student_tap="encoder_out", teacher_tap="encoder_out")
+    assert method.needs == {"features"} and method.teacher_taps == {"encoder_out"}
+    out = method(_student(), _teacher(), _target())
+    assert torch.isfinite(out["cwd"])
+
+
+def test_translator_reconstructs_odd_and_even_sizes_and_freezes():
+    translator = methods.Translator(4)
+    for size in [(5, 7), (6, 8)]:
+        code, recon = translator(torch.rand(1, 4, *size))
+        assert code.shape[-2:] == ((size[0] + 1) // 2, (size[1] + 1) // 2)
+        assert recon.shape == (1, 4, *size)
+    features = [torch.rand(2, 4, 6, 8) for _ in range(3)]
+    history = methods.train_translator(features, translator, epochs=2)
+    assert len(history) == 6 and all(np.isfinite(history))
+    assert bool(translator.trained) and not translator.training
+    assert not any(p.requires_grad for p in translator.parameters())
+    with pytest.raises(TrainingError, match="re-iterable"):
+        methods.train_translator((f for f in features), methods.Translator(4), epochs=2)
+
+
+def test_adaptation_needs_stage_one_then_gives_weighted_terms():
+    method = methods.Adaptation(student_channels=3, teacher_channels=5)
+    ms = methods.MethodSet([("adaptation", method, 1.0)])
+    assert [(n, tap) for n, tap, _ in ms.translators_to_train()] == [("adaptation", "encoder_out")]
+    with pytest.raises(TrainingError, match="stage 1"):
+        method(_student(), _teacher(), _target())
+    methods.train_translator([torch.rand(B, 5, H // 2, W // 2)], method.translator)
+    assert ms.translators_to_train() == []
+    student, teacher = _student(), _teacher()
+    method.eval()
+    out = method(student, teacher, _target())
+    code = method.translator.encode(teacher.features["encoder_out"])
+    # teacher OS8 (H/2) -> code at H/4, the student's size: no resize needed here
+    assert code.shape[-2:] == student.features["encoder_out"].shape[-2:]
+    adapted = method.adapter(student.features["encoder_out"])
+    assert out["adapt"].item() == pytest.approx(50 * losses.adaptation_loss(adapted, code).item())
+    assert out["affinity"].item() == pytest.approx(losses.affinity_loss(adapted, code).item())
+
+
+def test_adaptation_resizes_student_to_the_translated_knowledge():
+    method = _trained_adaptation()
+    student = _student()
+    student.features["encoder_out"] = torch.randn(B, 3, 3, 3, requires_grad=True)
+    out = method(student, _teacher(), _target())
+    assert torch.isfinite(out["adapt"]) and torch.isfinite(out["affinity"])
+
+
+def test_adaptation_terms_zero_when_adapted_student_matches_code():
+    method = _trained_adaptation()
+    method.eval()
+    teacher = _teacher()
+    code = method.translator.encode(teacher.features["encoder_out"])
+    method.adapter = torch.nn.Identity()  # adapted student == translated teacher knowledge
+    student = SegOutput(logits=teacher.logits.detach(), features={"encoder_out": code * 2.0})
+    out = method(student, teacher, _target())
+    assert out["adapt"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out["affinity"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ja_kd_output_and_aux_terms():
+    student, teacher = _student(aux=True), _teacher()
+    out = methods.JAKD(aux_weight=0.4)(student, teacher, _target())
+    assert set(out) == {"out", "aux_mid"}
+    p = teacher.mean_probs
+    assert out["out"].item() == pytest.approx(losses.ja_kd(student.logits, p).item())
+    aux = losses.ja_kd(student.aux_logits["mid"], p)
+    assert out["aux_mid"].item() == pytest.approx(0.4 * aux.item())
+
+
+def test_ukd_mask_is_median_binarisation():
+    student, teacher, target = _student(), _teacher(), _target()
+    out = methods.UKD()(student, teacher, target)
+    s = student.logits.detach().double().numpy()
+    p_hat = teacher.mean_probs.detach().double().numpy()
+    var = teacher.variance.detach().double().numpy()
+    mask = np.stack([var[b, 0] > np.sort(var[b].ravel())[(H * W - 1) // 2] for b in range(B)])
+    p = np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)
+    diff = p - p_hat
+    smooth = np.where(np.abs(diff) < 1, 0.5 * diff**2, np.abs(diff) - 0.5)
+    per_pixel = (-p_hat * np.log(p) + 0.5 * smooth).sum(axis=1)
+    assert out["out"].item() == pytest.approx((mask * per_pixel).mean(), rel=1e-5)
+    assert methods.UKD().needs == {"mean_probs", "variance"}
+
+
+def test_method_set_counts_ce_once_and_logs_every_term():
+    ms = methods.build_methods([{"name": "dudes"}, {"name": "cwd", "weight": 0.5}], num_classes=C)
+    student, teacher, target = _student(1), _teacher(), _target()
+    out = ms(student, teacher, target)
+    assert set(out) == {"loss", "task/ce", "dudes/uncertainty_rmsle", "cwd/cwd"}
+    ce = losses.cross_entropy(student.logits, target)
+    assert out["task/ce"].item() == pytest.approx(ce.item())
+    cwd = 0.5 * 3 * losses.cwd(student.logits, teacher.logits, 4.0)
+    assert out["cwd/cwd"].item() == pytest.approx(cwd.item(), rel=1e-6)
+    parts = sum(v for k, v in out.items() if k != "loss")
+    assert out["loss"].item() == pytest.approx(parts.item())
+    assert ms.needs == {"pred_std", "logits"}
+
+
+def test_method_set_ce_weight_rule():
+    holder = methods.MethodSet([("holder", methods.Holder(), 1.0)])
+    assert holder.ce_weight == pytest.approx(0.1)
+    both = methods.MethodSet([("holder", methods.Holder(), 1.0), ("kd", methods.KD(), 0.5)])
+    assert both.ce_weight == pytest.approx(0.5)
+    assert methods.MethodSet([]).ce_weight == 1.0  # plain supervised training
+    explicit = methods.build_methods([{"name": "holder"}], num_classes=C, ce_weight=0.7)
+    assert explicit.ce_weight == pytest.approx(0.7)
+    with pytest.raises(ConfigError, match="nothing to train"):
+        methods.MethodSet([], ce_weight=0.0)
+
+
+def test_all_ignore_batch_gives_finite_loss_and_gradients():
+    ms = methods.build_methods(
+        [{"name": "dudes"}, {"name": "ja_kd", "options": {"distill_void": False}}],
+        num_classes=C,
+    )
+    student = _student(1)
+    out = ms(student, _teacher(), _target(all_ignore=True))
+    assert out["task/ce"].item() == 0.0 and out["ja_kd/out"].item() == 0.0
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert torch.isfinite(student.logits.grad).all()
+
+
+def test_build_methods_channels_taps_and_needs():
+    ms = methods.build_methods(
+        [
+            {"name": "self_attention", "weight": 1.0, "options": {}},
+            {"name": "adaptation", "options": {"lambda_affinity": 2.0}},
+            {"name": "ukd", "options": {"median_over": "batch"}},
+        ],
+        num_classes=C,
+        student_channels={"encoder_out": 3},
+        teacher_channels={"encoder_out": 5},
+        ignore_index=7,
+    )
+    sa = ms.methods["self_attention"]
+    assert sa.adapter.weight.shape == (5, 3, 1, 1)
+    assert ms.methods["adaptation"].lambda_affinity == 2.0
+    assert ms.methods["ukd"].median_over == "batch" and ms.ignore_index == 7
+    assert ms.needs == {"logits", "features", "mean_probs", "variance"}
+    assert ms.teacher_taps == ms.student_taps == {"encoder_out"}
+    trainable = {n for n, p in ms.named_parameters() if p.requires_grad}
+    assert any(n.startswith("methods.adaptation.adapter") for n in trainable)
+    assert not any("translator" in n for n in trainable)
+
+
+@pytest.mark.parametrize(
+    ("specs", "match"),
+    [
+        ([{"name": "dudez"}], r"methods\[0\]\.name.*did you mean 'dudes'"),
+        ([{"name": "kd", "options": {"temprature": 2}}], r"options\.temprature.*'temperature'"),
+        ([{"name": "kd", "wieght": 2}], r"wieght.*did you mean 'weight'"),
+        ([{"name": "kd", "options": {"temperature": 0}}], r"temperature=0 must be > 0"),
+        ([{"name": "kd", "options": {"temperature": "hot"}}], r"must be a number"),
+        ([{"name": "kd", "weight": -1}], r"weight=-1"),
+        ([{"name": "ukd", "options": {"median_over": "pixel"}}], r"median_over='pixel'"),
+        ([{"name": "kd"}, {"name": "kd"}], r"listed twice"),
+        ([{"name": "adaptation"}], r"teacher_tap: the teacher has no feature tap 'encoder_out'"),
+        (
+            [{"name": "cwd", "options": {"student_tap": "encoder_ot", "teacher_tap": "logits"}}],
+            r"did you mean 'encoder_out'",
+        ),
+        (["kd"], r"expected a mapping"),
+        ([{"name": "kd", "options": ["temperature"]}], r"options: expected a mapping"),
+    ],
+)
+def test_build_methods_errors_name_the_key(specs, match):
+    with pytest.raises(ConfigError, match=match):
+        methods.build_methods(specs, num_classes=C, student_channels={"encoder_out": 3})
+
+
+def test_missing_feature_tap_at_forward_is_a_config_error():
+    method = methods.SelfAttention(3, 5, student_tap="decoder_out")
+    with pytest.raises(ConfigError, match="student_tap='decoder_out'"):
+        method(_student(), _teacher(), _target())

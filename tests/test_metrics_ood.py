@@ -1,0 +1,152 @@
+"""Image-level OOD scores and metrics, pixel anomaly detection and student-teacher
+uncertainty agreement, against numpy and sklearn."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from segdistill.metrics import (
+    AGGREGATORS,
+    AnomalyEvaluator,
+    PairedUncertaintyStats,
+    image_scores,
+    ood_metrics,
+)
+
+IGNORE = 255
+
+
+def test_image_scores_match_numpy() -> None:
+    rng = np.random.default_rng(0)
+    unc = rng.random((5, 1, 7, 9))
+    valid = rng.random((5, 7, 9)) < 0.7
+    valid[1] = False  # no valid pixel
+    valid[2] = True
+    unc[3] = 0.0  # max 0
+    valid[4] = False
+    valid[4, 0, :4] = True  # even count: median averages the two middle values
+    got = image_scores(torch.tensor(unc), torch.tensor(valid))
+    assert tuple(got) == AGGREGATORS
+    for i in (0, 2, 4):
+        v = unc[i, 0][valid[i]]
+        expected = {
+            "min": v.min(),
+            "mean": v.mean(),
+            "median": np.median(v),
+            "max": v.max(),
+            "median_plus_min_over_max": (np.median(v) + v.min()) / v.max(),
+        }
+        for key, value in expected.items():
+            assert got[key][i].item() == pytest.approx(value, abs=1e-12), (key, i)
+    assert all(torch.isnan(got[key][1]) for key in AGGREGATORS)
+    assert got["median_plus_min_over_max"][3].item() == 2.0
+    whole = image_scores(torch.tensor(unc[:1]))
+    assert whole["median"].item() == pytest.approx(np.median(unc[0]))
+
+
+def test_ood_metrics_match_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    scores_in = np.round(rng.normal(0.3, 0.1, 60), 2)  # rounded: ties across the two sets
+    scores_out = np.round(rng.normal(0.42, 0.1, 40), 2)
+    got = ood_metrics(torch.tensor(scores_in), scores_out)
+    json.dumps(got, allow_nan=False)
+    labels = np.r_[np.zeros(60), np.ones(40)]
+    scores = np.r_[scores_in, scores_out]
+    assert got["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert got["aupr"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    assert got["fpr95"] == pytest.approx(fpr[np.searchsorted(tpr, 0.95)], abs=1e-12)
+    np.testing.assert_allclose(got["roc"]["fpr"], fpr, atol=1e-12)
+    np.testing.assert_allclose(got["roc"]["tpr"], tpr, atol=1e-12)
+    assert got["roc"]["thresholds"][0] is None
+    np.testing.assert_allclose(got["roc"]["thresholds"][1:], thresholds[1:])
+    with pytest.raises(ValueError, match="NaN"):
+        ood_metrics([0.1, float("nan")], [0.2])
+
+
+def make_anomaly_batch(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    mask = (rng.random((2, 20, 24)) < 0.05).astype(np.int64)
+    # In (-0.05, 0.95): a few scores below the histogram range, no exact ties.
+    scores = 1 / (1 + np.exp(-rng.normal(-1 + 1.5 * mask, 0.8))) - 0.05
+    mask[rng.random(mask.shape) < 0.2] = IGNORE
+    return torch.tensor(scores[:, None], dtype=torch.float32), torch.tensor(mask)
+
+
+def test_anomaly_evaluator_matches_sklearn() -> None:
+    rng = np.random.default_rng(2)
+    batches = [make_anomaly_batch(rng) for _ in range(5)]
+    ev, first, second = AnomalyEvaluator(), AnomalyEvaluator(), AnomalyEvaluator()
+    for i, (scores, mask) in enumerate(batches):
+        ev.update(scores, mask)
+        (first if i < 2 else second).update(scores[:, 0], mask)
+    got = ev.compute()
+    json.dumps(got, allow_nan=False)
+    assert json.dumps(first.merge(second).compute()) == json.dumps(got)
+    scores = np.concatenate([s.numpy().ravel() for s, _ in batches]).astype(np.float64)
+    labels = np.concatenate([m.numpy().ravel() for _, m in batches])
+    keep = labels != IGNORE
+    scores, labels = scores[keep], labels[keep]
+    assert (
+        got["num_anomaly_pixels"] == labels.sum()
+        and got["num_normal_pixels"] == (labels == 0).sum()
+    )
+    assert got["ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-3)
+    assert got["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-3)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    assert got["fpr95"] == pytest.approx(fpr[np.searchsorted(tpr, 0.95)], abs=2e-3)
+    assert got["min"] == pytest.approx(scores.min()) and got["num_clipped"] == (scores < 0).sum()
+    assert sum(got["histograms"]["anomaly"]) == labels.sum()
+
+
+def test_anomaly_evaluator_edge_cases() -> None:
+    ev = AnomalyEvaluator()
+    ev.update(torch.rand(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+    assert {ev.compute()[k] for k in ("ap", "auroc", "fpr95")} == {None}  # no anomaly
+    with pytest.raises(ValueError, match="mask values"):
+        ev.update(torch.rand(1, 4, 4), torch.full((1, 4, 4), 2))
+    empty = AnomalyEvaluator()
+    empty.update(torch.rand(1, 4, 4), torch.full((1, 4, 4), IGNORE))
+    assert empty.compute()["min"] is None
+
+
+def test_paired_stats_match_numpy() -> None:
+    rng = np.random.default_rng(3)
+    stats, first, second = (
+        PairedUncertaintyStats(),
+        PairedUncertaintyStats(),
+        PairedUncertaintyStats(),
+    )
+    xs, ys, wrongs = [], [], []
+    for i in range(4):
+        teacher = rng.random((2, 1, 10, 12)) * 0.5
+        student = np.clip(teacher + rng.normal(0, 0.05, teacher.shape), 0, 1)
+        target = rng.integers(0, 3, (2, 10, 12))
+        target[rng.random(target.shape) < 0.1] = IGNORE
+        pred = rng.integers(0, 3, (2, 10, 12))
+        args = [torch.tensor(a) for a in (student, teacher, pred, target)]
+        stats.update(*args)
+        (first if i % 2 else second).update(*args)
+        valid = target != IGNORE
+        xs.append(student[:, 0][valid])
+        ys.append(teacher[:, 0][valid])
+        wrongs.append(pred[valid] != target[valid])
+    x, y, wrong = np.concatenate(xs), np.concatenate(ys), np.concatenate(wrongs)
+    got = stats.compute()
+    assert got["pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-10)
+    assert got["num_pixels"] == x.size
+    for key, mask in (("correct", ~wrong), ("wrong", wrong)):
+        expected = np.histogram2d(y[mask], x[mask], bins=100, range=((0, 1), (0, 1)))[0]
+        np.testing.assert_array_equal(got["hist2d"][key], expected)
+    merged = first.merge(second).compute()
+    assert merged["hist2d"] == got["hist2d"]
+    assert merged["pearson"] == pytest.approx(got["pearson"], abs=1e-12)
+
+
+def test_paired_stats_constant_map_has_no_correlation() -> None:
+    stats = PairedUncertaintyStats()
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    stats.update(torch.full((1, 1, 4, 4), 0.2), torch.rand(1, 1, 4, 4), target, target)
+    assert stats.compute()["pearson"] is None

@@ -1,0 +1,343 @@
+"""SegmentationEvaluator against independent numpy / sklearn / cityscapesscripts results,
+over several batches, with edge cases."""
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from segdistill.data.labels import CLASS_NAMES, TRAIN_ID_TO_LABEL_ID
+from segdistill.metrics import SegmentationEvaluator
+
+IGNORE = 255
+
+
+def make_batches(
+    num_batches: int = 4,
+    b: int = 2,
+    c: int = 6,
+    h: int = 30,
+    w: int = 42,
+    absent: int | None = None,
+    seed: int = 0,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(logits [b,c,h,w], uncertainty [b,1,h,w] in (0,1) informative of errors, target)."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(num_batches):
+        target = rng.integers(0, c, (b, h, w))
+        if absent is not None:
+            target[target == absent] = (absent + 1) % c
+        logits = rng.normal(size=(b, c, h, w))
+        np.put_along_axis(
+            logits, target[:, None], np.take_along_axis(logits, target[:, None], 1) + 2.0, 1
+        )
+        if absent is not None:
+            logits[:, absent] -= 10.0
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        unc = 1 / (1 + np.exp(-(4 * (1 - probs.max(1)) - 2 + rng.normal(0, 0.7, (b, h, w)))))
+        target[rng.random((b, h, w)) < 0.1] = IGNORE
+        batches.append(
+            (
+                torch.tensor(logits, dtype=torch.float32),
+                torch.tensor(unc[:, None], dtype=torch.float32),
+                torch.tensor(target),
+            )
+        )
+    return batches
+
+
+def pooled(batches: list) -> dict[str, np.ndarray]:
+    """Valid pixels of all batches, flattened, for the reference computations."""
+    logits = np.concatenate(
+        [lg.numpy().transpose(0, 2, 3, 1).reshape(-1, lg.shape[1]) for lg, _, _ in batches]
+    )
+    unc = np.concatenate([u.numpy().ravel() for _, u, _ in batches]).astype(np.float64)
+    target = np.concatenate([t.numpy().ravel() for _, _, t in batches])
+    valid = target != IGNORE
+    return {"pred": logits.argmax(1)[valid], "target": target[valid], "unc": unc[valid]}
+
+
+def evaluate(batches: list, **kwargs) -> dict:
+    ev = SegmentationEvaluator(batches[0][0].shape[1], inputs="logits", **kwargs)
+    for logits, unc, target in batches:
+        ev.update(logits, unc, target)
+    return ev.compute()
+
+
+def reference_iou(pred: np.ndarray, target: np.ndarray, c: int) -> np.ndarray:
+    conf = np.bincount(target * c + pred, minlength=c * c).reshape(c, c).astype(float)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    return np.array([tp[i] / union[i] if union[i] else np.nan for i in range(c)])
+
+
+def nan_list(values: list) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+@pytest.fixture(scope="module")
+def batches() -> list:
+    return make_batches(absent=4)
+
+
+@pytest.fixture(scope="module")
+def result(batches: list) -> dict:
+    return evaluate(batches)
+
+
+def test_result_is_strict_json(result: dict) -> None:
+    json.dumps(result, allow_nan=False)
+    assert result["num_images"] == 8
+    assert result["uncertainty"]["source"] == "given"
+
+
+def test_iou_and_accuracies_match_confusion_formula(batches: list, result: dict) -> None:
+    ref = pooled(batches)
+    iou = reference_iou(ref["pred"], ref["target"], 6)
+    assert math.isnan(iou[4]) and result["segmentation"]["iou"][4] is None  # absent class
+    np.testing.assert_allclose(nan_list(result["segmentation"]["iou"]), iou, atol=1e-12)
+    seg = result["segmentation"]
+    assert seg["miou"] == pytest.approx(np.nanmean(iou), abs=1e-12)
+    correct = ref["pred"] == ref["target"]
+    assert seg["pixel_accuracy"] == pytest.approx(correct.mean(), abs=1e-12)
+    class_acc = [correct[ref["target"] == k].mean() for k in range(6) if k != 4]
+    assert seg["mean_class_accuracy"] == pytest.approx(np.mean(class_acc), abs=1e-12)
+    assert result["num_pixels"] == ref["target"].size
+
+
+def test_iou_matches_official_cityscapes_script(tmp_path, monkeypatch) -> None:
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
+
+    batches = make_batches(num_batches=2, b=2, c=19, h=24, w=32, absent=7, seed=5)
+    for _, _, target in batches:
+        target[target == 12] = 13  # class 12: predicted but never in the ground truth
+    gt_files, pred_files = [], []
+    for i, (logits, _, target) in enumerate(batches):
+        for j in range(target.shape[0]):
+            name = f"city_{i:06d}_{j:06d}"
+            gt_files.append(str(tmp_path / f"{name}_gtFine_labelIds.png"))
+            pred_files.append(str(tmp_path / f"{name}_pred.png"))
+            Image.fromarray(TRAIN_ID_TO_LABEL_ID[target[j].numpy()]).save(gt_files[-1])
+            pred = logits[j].argmax(0).numpy()
+            Image.fromarray(TRAIN_ID_TO_LABEL_ID[pred]).save(pred_files[-1])
+    args = copy.copy(cs_eval.args)
+    args.quiet, args.evalInstLevelScore, args.JSONOutput = True, False, False
+    args.exportFile = str(tmp_path / "cs.json")
+    monkeypatch.chdir(tmp_path)
+    official = cs_eval.evaluateImgLists(pred_files, gt_files, args)
+
+    ours = evaluate(batches)["segmentation"]
+    expected = [official["classScores"][name] for name in CLASS_NAMES]
+    assert math.isnan(expected[7]) and ours["iou"][7] is None
+    assert expected[12] == 0 and ours["iou"][12] == 0  # counted in the mean, as officially
+    np.testing.assert_allclose(nan_list(ours["iou"]), expected, atol=1e-6)
+    assert ours["miou"] == pytest.approx(official["averageScoreClasses"], abs=1e-6)
+
+
+def test_misclassification_detection_matches_sklearn(batches: list, result: dict) -> None:
+    ref = pooled(batches)
+    wrong = ref["pred"] != ref["target"]
+    got = result["uncertainty"]["misclassification"]
+    assert got["auroc"] == pytest.approx(roc_auc_score(wrong, ref["unc"]), abs=1e-3)
+    assert got["aupr"] == pytest.approx(average_precision_score(wrong, ref["unc"]), abs=1e-3)
+    fpr, tpr, _ = roc_curve(wrong, ref["unc"], drop_intermediate=False)
+    assert got["fpr95"] == pytest.approx(fpr[np.searchsorted(tpr, 0.95)], abs=2e-3)
+
+
+def test_aurc_and_removal_curve_match_global_sort(batches: list, result: dict) -> None:
+    ref = pooled(batches)
+    order = np.argsort(ref["unc"], kind="stable")
+    wrong = (ref["pred"] != ref["target"])[order]
+    n = wrong.size
+    risk = np.cumsum(wrong) / np.arange(1, n + 1)
+    unc = result["uncertainty"]
+    assert unc["aurc"] == pytest.approx(risk.mean(), abs=1e-3)
+    assert unc["eaurc"] == pytest.approx(
+        risk.mean() - np.mean(np.cumsum(np.sort(wrong)) / np.arange(1, n + 1)), abs=1e-3
+    )
+    curve = unc["miou_vs_removed"]
+    assert curve["removed_fraction"] == pytest.approx([i / 10 for i in range(10)])
+    for fraction, miou in zip(curve["removed_fraction"], curve["miou"]):
+        keep = order[: round((1 - fraction) * n)]
+        expected = np.nanmean(reference_iou(ref["pred"][keep], ref["target"][keep], 6))
+        assert miou == pytest.approx(expected, abs=2e-3), fraction
+    assert curve["miou"][0] == pytest.approx(result["segmentation"]["miou"], abs=1e-12)
+    assert curve["miou"][-1] > curve["miou"][0] + 0.1  # informative uncertainty helps
+
+
+def test_per_class_uncertainty_and_histograms(batches: list, result: dict) -> None:
+    ref = pooled(batches)
+    unc = result["uncertainty"]
+    expected = [
+        ref["unc"][ref["pred"] == k].mean() if (ref["pred"] == k).any() else np.nan
+        for k in range(6)
+    ]
+    np.testing.assert_allclose(nan_list(unc["per_class_mean"]), expected, atol=1e-9)
+    assert unc["per_class_mean"][4] is None  # never predicted
+    assert unc["pixel_mean"] == pytest.approx(ref["unc"].mean(), abs=1e-9)
+    assert unc["min"] == ref["unc"].min() and unc["max"] == ref["unc"].max()
+    wrong = ref["pred"] != ref["target"]
+    hist = unc["histograms"]
+    assert len(hist["edges"]) == 51 and len(hist["correct"]) == 50
+    for key, mask in (("correct", ~wrong), ("wrong", wrong)):
+        assert hist[key] == np.histogram(ref["unc"][mask], bins=50, range=(0, 1))[0].tolist()
+
+
+def test_ece_matches_direct_formula() -> None:
+    batches = make_batches(seed=3)
+    ev = SegmentationEvaluator(6, inputs="probs")
+    conf, correct = [], []
+    for logits, _, target in batches:
+        probs = torch.softmax(logits, 1)
+        ev.update(probs, None, target)
+        valid = target != IGNORE
+        conf.append(probs.max(1).values[valid].double().numpy())
+        correct.append((probs.argmax(1) == target)[valid].numpy())
+    conf, correct = np.concatenate(conf), np.concatenate(correct)
+    ece = 0.0
+    for lo, hi in zip(np.linspace(0, 1, 16)[:-1], np.linspace(0, 1, 16)[1:]):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    result = ev.compute()
+    assert result["calibration"]["ece"] == pytest.approx(ece, abs=1e-12)
+    assert sum(result["calibration"]["count"]) == conf.size
+    # No uncertainty map: 1 - max softmax is used and said so.
+    assert result["uncertainty"]["source"] == "1 - max softmax"
+    assert result["uncertainty"]["pixel_mean"] == pytest.approx(np.mean(1 - conf), abs=1e-9)
+
+
+def test_logits_and_probs_inputs_agree(batches: list, result: dict) -> None:
+    ev = SegmentationEvaluator(6, inputs="probs")
+    for logits, unc, target in batches:
+        ev.update(torch.softmax(logits, 1), unc, target)
+    other = ev.compute()
+    assert other["segmentation"] == result["segmentation"]
+    assert other["calibration"]["ece"] == pytest.approx(result["calibration"]["ece"], abs=1e-4)
+
+
+def reference_pavpu(batches: list, thresholds: np.ndarray, size: int = 4) -> np.ndarray:
+    """Patch by patch with explicit loops; partial border patches, all-ignore ones skipped."""
+    acc, mean_unc = [], []
+    for logits, unc, target in batches:
+        pred, u, t = logits.argmax(1).numpy(), unc[:, 0].double().numpy(), target.numpy()
+        for i in range(t.shape[0]):
+            for y in range(0, t.shape[1], size):
+                for x in range(0, t.shape[2], size):
+                    tp, pp, up = (a[i, y : y + size, x : x + size] for a in (t, pred, u))
+                    valid = tp != IGNORE
+                    if valid.any():
+                        acc.append((pp[valid] == tp[valid]).mean())
+                        mean_unc.append(up[valid].mean())
+    accurate, mean_unc = np.array(acc) >= 0.5, np.array(mean_unc)
+    values = []
+    for t in thresholds:
+        certain = mean_unc < t
+        values.append(((accurate & certain).sum() + (~accurate & ~certain).sum()) / accurate.size)
+    return np.array(values)
+
+
+def test_pavpu_matches_patch_loop(batches: list, result: dict) -> None:
+    pavpu = result["uncertainty"]["pavpu"]
+    np.testing.assert_allclose(
+        pavpu["values"], reference_pavpu(batches, np.array(pavpu["thresholds"])), atol=1e-12
+    )
+    fine = reference_pavpu(batches, np.linspace(0, 1, 1001))
+    assert pavpu["max"] == pytest.approx(fine.max(), abs=1e-12)
+    assert pavpu["threshold_at_max"] == pytest.approx(np.linspace(0, 1, 1001)[fine.argmax()])
+    assert pavpu["num_patches"] == 8 * 8 * 11  # 30 x 42 -> 8 x 11 patches (partial borders)
+
+
+def test_merge_and_state_dict_equal_single_pass(batches: list, result: dict) -> None:
+    first = SegmentationEvaluator(6, inputs="logits")
+    second = SegmentationEvaluator(6, inputs="logits")
+    for i, (logits, unc, target) in enumerate(batches):
+        (first if i < 3 else second).update(logits, unc, target)
+    shard = SegmentationEvaluator(6, inputs="logits")
+    shard.load_state_dict(second.state_dict())
+    assert json.dumps(first.merge(shard).compute()) == json.dumps(result)
+    with pytest.raises(ValueError, match="config"):
+        SegmentationEvaluator(6, inputs="logits", num_bins=500).load_state_dict(first.state_dict())
+    with pytest.raises(ValueError, match="same type and config"):
+        first.merge(SegmentationEvaluator(7, inputs="logits"))
+    first.reset()
+    assert first.compute()["num_pixels"] == 0
+
+
+def test_perfect_prediction() -> None:
+    target = torch.randint(0, 3, (2, 8, 8))
+    logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 10
+    ev = SegmentationEvaluator(3, inputs="logits")
+    ev.update(logits, torch.rand(2, 1, 8, 8), target)
+    result = ev.compute()
+    assert result["segmentation"]["miou"] == 1.0
+    assert result["segmentation"]["iou"] == [1.0, 1.0, 1.0]
+    # No wrong pixel: detection metrics are undefined (None), risk is zero.
+    assert set(result["uncertainty"]["misclassification"].values()) == {None}
+    assert result["uncertainty"]["aurc"] == 0.0 and result["uncertainty"]["eaurc"] == 0.0
+    assert result["uncertainty"]["miou_vs_removed"]["miou"] == [1.0] * 10
+
+
+def test_all_pixels_ignored_gives_none_everywhere() -> None:
+    ev = SegmentationEvaluator(3, inputs="logits")
+    ev.update(torch.randn(2, 3, 8, 8), torch.rand(2, 1, 8, 8), torch.full((2, 8, 8), IGNORE))
+    result = ev.compute()
+    json.dumps(result, allow_nan=False)
+    assert result["num_pixels"] == 0 and result["num_images"] == 2
+    assert result["segmentation"]["iou"] == [None] * 3 and result["segmentation"]["miou"] is None
+    unc = result["uncertainty"]
+    assert unc["aurc"] is None and unc["pavpu"]["max"] is None and unc["min"] is None
+    assert unc["miou_vs_removed"]["miou"] == [None] * 10
+    assert result["calibration"]["ece"] is None
+
+
+def test_constant_uncertainty_is_chance(batches: list) -> None:
+    ev = SegmentationEvaluator(6, inputs="logits")
+    for logits, unc, target in batches:
+        ev.update(logits, torch.full_like(unc, 0.3), target)
+    result = ev.compute()
+    error_rate = 1 - result["segmentation"]["pixel_accuracy"]
+    assert result["uncertainty"]["misclassification"]["auroc"] == 0.5
+    assert result["uncertainty"]["misclassification"]["aupr"] == pytest.approx(error_rate)
+    assert result["uncertainty"]["aurc"] == pytest.approx(error_rate)
+    miou = result["uncertainty"]["miou_vs_removed"]["miou"]
+    assert miou == pytest.approx([result["segmentation"]["miou"]] * 10)
+
+
+def test_uncertainty_range_for_entropy(batches: list) -> None:
+    ev = SegmentationEvaluator(6, inputs="logits", uncertainty_range=(0.0, math.log(6)))
+    narrow = SegmentationEvaluator(6, inputs="logits", uncertainty_range=(0.0, 1.0))
+    entropies = []
+    for logits, _, target in batches:
+        p = torch.softmax(logits, 1)
+        entropy = -(p * p.log()).sum(1, keepdim=True)
+        ev.update(logits, entropy, target)
+        narrow.update(logits, entropy, target)
+        entropies.append(entropy[:, 0][target != IGNORE].double())
+    entropies = torch.cat(entropies)
+    result, clipped = ev.compute()["uncertainty"], narrow.compute()["uncertainty"]
+    assert result["num_clipped"] == 0 and result["histograms"]["edges"][-1] == math.log(6)
+    assert clipped["num_clipped"] == int((entropies > 1).sum()) > 0
+    assert clipped["max"] == pytest.approx(float(entropies.max()))  # exact despite clipping
+
+
+def test_invalid_inputs_are_rejected() -> None:
+    ev = SegmentationEvaluator(3, inputs="logits")
+    logits, target = torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="inputs"):
+        SegmentationEvaluator(3, inputs="softmax")
+    with pytest.raises(ValueError, match="outside"):
+        ev.update(logits, None, torch.full((1, 4, 4), 3))
+    with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
+        ev.update(logits, torch.rand(1, 3, 4, 4), target)
+    with pytest.raises(ValueError, match="NaN"):
+        ev.update(logits, torch.full((1, 1, 4, 4), float("nan")), target)
+    ev.update(logits, torch.rand(1, 1, 4, 4), target)
+    with pytest.raises(ValueError, match="one evaluator per uncertainty source"):
+        ev.update(logits, None, target)

@@ -1,0 +1,205 @@
+"""Joint transforms keep image, label and maps aligned; normalisation and tensors."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from segdistill.data.transforms import (
+    IMAGENET_MEAN_COLOR,
+    ColorJitter,
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomScale,
+    build_eval_transform,
+    build_train_transform,
+    to_tensors,
+    unnormalize,
+    worker_rng,
+)
+
+IGNORE = 255
+
+
+def pattern_sample(height: int, width: int, block: int) -> dict:
+    """Image, label and a 2-channel map all encoding one field of class blocks.
+
+    Neighbouring blocks always differ in class (steps of 7 down, 3 across, mod 19).
+    label = c, maps["field"] = [c + 1, 2 (c + 1)] (never 0), image = (10 c, 250 - 10 c, 5 c).
+    """
+    rows, cols = np.mgrid[0:height, 0:width]
+    classes = ((rows // block) * 7 + (cols // block) * 3) % 19
+    field = (classes + 1).astype(np.float32)
+    image = np.stack([10 * classes, 250 - 10 * classes, 5 * classes], axis=-1).astype(np.uint8)
+    return {
+        "image": image,
+        "label": classes.astype(np.uint8),
+        "maps": {"field": np.stack([field, 2 * field])},
+        "name": "pattern",
+        "index": 0,
+    }
+
+
+def interior(label: np.ndarray) -> np.ndarray:
+    """[H, W] bool: pixels whose 3x3 neighbourhood has one (non-ignore) label value.
+
+    There the bilinear taps of image and maps fall inside the block the nearest-neighbour
+    label came from, so all three must agree exactly. The outermost pixels never count: their
+    neighbours may have been cropped away.
+    """
+    padded = np.pad(label.astype(np.int64), 1, constant_values=-1)
+    height, width = label.shape
+    same = label != IGNORE
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            same &= padded[dy : dy + height, dx : dx + width] == label
+    return same
+
+
+def check_aligned(sample: dict, source_labels: set[int]) -> int:
+    """Assert image, label and maps agree; returns how many interior pixels were compared."""
+    label = sample["label"].astype(np.int64)
+    field = sample["maps"]["field"]
+    padding = field[0] == 0
+    # Padding is exactly where the (always positive) field is 0, and only there ignore.
+    assert np.array_equal(padding, label == IGNORE)
+    assert np.all(field[1][padding] == 0)
+    assert np.all(sample["image"][padding] == IMAGENET_MEAN_COLOR)
+    # Nearest-neighbour resizing never invents a label value.
+    assert set(np.unique(label).tolist()) <= source_labels | {IGNORE}
+    inner = interior(label)
+    np.testing.assert_allclose(field[0][inner], label[inner] + 1, atol=1e-4)
+    np.testing.assert_allclose(field[1][inner], 2 * (label[inner] + 1), atol=1e-4)
+    image = sample["image"].astype(np.int64)
+    np.testing.assert_allclose(image[..., 0][inner], 10 * label[inner], atol=1)
+    np.testing.assert_allclose(image[..., 1][inner], 250 - 10 * label[inner], atol=1)
+    return int(inner.sum())
+
+
+def geometric(crop: tuple[int, int]) -> Compose:
+    return Compose([RandomScale(0.5, 2.0), RandomCrop(*crop), RandomHorizontalFlip()])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(6, 40),
+    width=st.integers(6, 40),
+    block=st.integers(3, 9),
+    crop_h=st.integers(4, 48),
+    crop_w=st.integers(4, 48),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_geometric_transforms_keep_image_label_and_maps_aligned(
+    height, width, block, crop_h, crop_w, seed
+):
+    sample = pattern_sample(height, width, block)
+    out = geometric((crop_h, crop_w))(sample, np.random.default_rng(seed))
+    assert out["label"].shape == (crop_h, crop_w)
+    assert out["image"].shape == (crop_h, crop_w, 3)
+    assert out["maps"]["field"].shape == (2, crop_h, crop_w)
+    check_aligned(out, set(np.unique(sample["label"]).tolist()))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_alignment_is_checked_on_many_pixels(seed):
+    # Guards the property test against a vacuous `interior`.
+    sample = pattern_sample(48, 64, 8)
+    out = geometric((40, 40))(sample, np.random.default_rng(seed))
+    assert check_aligned(out, set(range(19))) > 400
+
+
+def test_crop_pads_small_samples_with_ignore_zero_and_mean_colour():
+    sample = pattern_sample(5, 6, 2)
+    out = RandomCrop(8, 10)(sample, np.random.default_rng(0))
+    assert np.array_equal(out["label"][:5, :6], sample["label"])
+    assert np.all(out["label"][5:] == IGNORE) and np.all(out["label"][:, 6:] == IGNORE)
+    assert np.all(out["maps"]["field"][:, 5:] == 0)
+    assert np.all(out["image"][:, 6:] == IMAGENET_MEAN_COLOR)
+
+
+def test_flip_mirrors_everything():
+    sample = pattern_sample(6, 9, 2)
+    out = RandomHorizontalFlip(p=1.0)(sample, np.random.default_rng(0))
+    assert np.array_equal(out["image"], sample["image"][:, ::-1])
+    assert np.array_equal(out["label"], sample["label"][:, ::-1])
+    assert np.array_equal(out["maps"]["field"], sample["maps"]["field"][:, :, ::-1])
+    assert RandomHorizontalFlip(p=0.0)(sample, np.random.default_rng(0)) is sample
+
+
+def test_transforms_do_not_modify_their_input():
+    sample = pattern_sample(12, 12, 3)
+    before = {k: sample[k].copy() for k in ("image", "label")}
+    build_train_transform((8, 8), color_jitter=0.5)(sample, np.random.default_rng(1))
+    assert np.array_equal(sample["image"], before["image"])
+    assert np.array_equal(sample["label"], before["label"])
+
+
+def test_same_generator_seed_gives_same_sample():
+    sample = pattern_sample(20, 24, 4)
+    transform = build_train_transform((16, 16), color_jitter=0.3)
+    first = transform(sample, np.random.default_rng(7))
+    second = transform(sample, np.random.default_rng(7))
+    assert np.array_equal(first["image"], second["image"])
+    assert np.array_equal(first["label"], second["label"])
+    assert np.array_equal(first["maps"]["field"], second["maps"]["field"])
+
+
+def test_worker_rng_follows_torch_seed():
+    torch.manual_seed(3)
+    first = worker_rng().integers(0, 2**31, 4)
+    torch.manual_seed(3)
+    assert np.array_equal(worker_rng().integers(0, 2**31, 4), first)
+    assert not np.array_equal(worker_rng().integers(0, 2**31, 4), first)
+
+
+def test_color_jitter_changes_only_the_image():
+    sample = pattern_sample(8, 8, 2)
+    out = ColorJitter(0.5, 0.5, 0.5)(sample, np.random.default_rng(0))
+    assert out["image"].dtype == np.uint8 and not np.array_equal(out["image"], sample["image"])
+    assert out["label"] is sample["label"] and out["maps"] is sample["maps"]
+    same = ColorJitter(0.0, 0.0, 0.0)(sample, np.random.default_rng(0))
+    assert np.array_equal(same["image"], sample["image"])
+
+
+def test_color_jitter_brightness_scales_colours():
+    sample = {**pattern_sample(4, 4, 2), "image": np.full((4, 4, 3), 100, np.uint8)}
+    rng = np.random.default_rng(5)
+    factor = rng.uniform(0.5, 1.5)
+    out = ColorJitter(brightness=0.5)(sample, np.random.default_rng(5))
+    assert np.all(out["image"] == round(100 * factor))
+
+
+def test_normalize_to_tensors_and_unnormalize_round_trip():
+    sample = build_eval_transform()(pattern_sample(6, 7, 2))
+    tensors = to_tensors(sample)
+    assert tensors["image"].shape == (3, 6, 7) and tensors["image"].dtype == torch.float32
+    assert tensors["label"].dtype == torch.int64 and tensors["label"].shape == (6, 7)
+    assert tensors["maps"]["field"].shape == (2, 6, 7)
+    assert tensors["name"] == "pattern" and tensors["index"] == 0
+    restored = unnormalize(tensors["image"])
+    assert restored.dtype == np.uint8
+    assert np.array_equal(restored, pattern_sample(6, 7, 2)["image"])
+    assert unnormalize(tensors["image"][None]).shape == (1, 6, 7, 3)
+
+
+def test_mean_colour_padding_normalises_to_about_zero():
+    image = np.broadcast_to(np.array(IMAGENET_MEAN_COLOR, np.uint8), (2, 2, 3))
+    out = Normalize()({"image": image})
+    assert np.abs(out["image"]).max() < 0.01
+
+
+def test_to_tensors_and_jitter_refuse_the_wrong_image_type():
+    sample = pattern_sample(4, 4, 2)
+    with pytest.raises(ValueError, match="Normalize"):
+        to_tensors(sample)
+    with pytest.raises(ValueError, match="before Normalize"):
+        ColorJitter(0.1)(Normalize()(sample), np.random.default_rng(0))
+
+
+def test_train_transform_output_contract():
+    out = to_tensors(build_train_transform((16, 24))(pattern_sample(10, 30, 3)))
+    assert out["image"].shape == (3, 16, 24) and out["label"].shape == (16, 24)
+    assert out["maps"]["field"].shape == (2, 16, 24)
