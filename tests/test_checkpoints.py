@@ -129,8 +129,11 @@ def test_lightning_checkpoint_io_is_atomic_and_loads_weights_only(
     io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "epoch": 1}, path)
     assert io.load_checkpoint(path)["epoch"] == 1
 
-    monkeypatch.setattr(checkpoints.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("x")))
-    with pytest.raises(OSError):
+    def rename_fails(*args: object) -> None:
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(checkpoints.os, "replace", rename_fails)
+    with pytest.raises(OSError, match="rename failed"):
         io.save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert io.load_checkpoint(path)["epoch"] == 1

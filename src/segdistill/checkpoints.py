@@ -57,8 +57,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if os.name == "posix":
-        # Persist the rename itself: fsync the directory entry.
+    # Persist the rename itself (the directory entry). Some file systems cannot fsync a
+    # directory; the file is complete either way, so that is not an error.
+    with contextlib.suppress(OSError):
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

@@ -82,15 +82,14 @@ class OptimConfig:
 
 @dataclass
 class TrainerConfig:
-    """Lightning Trainer settings. precision: "32-true", "16-mixed" or "bf16-mixed" (GPU);
+    """Lightning Trainer settings. precision: "32-true", or mixed precision on a GPU with
+    "16-mixed" or "bf16-mixed" (the DUDES recipe trains with mixed precision);
     limit_*_batches: a number of batches (int) or a fraction (float) per epoch;
     checkpoint_every_n_steps: also write `last.ckpt` every N optimiser steps (it is always
     written at the end of every epoch)."""
 
     max_epochs: int = 10
-    precision: Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"] = (
-        "32-true"
-    )
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
     devices: int = 1
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     num_nodes: int = 1

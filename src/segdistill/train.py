@@ -66,12 +66,8 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
     already holds a checkpoint is refused rather than overwritten.
     """
     run_dir = _prepare_run_dir(cfg, resume)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_model(cfg.model, cfg.data.num_classes)
-    methods, teacher = build_distillation(cfg, model) if cfg.distill else (None, None)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
     val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
-
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes
     steps = steps_per_epoch(
         len(train_set), world_size, cfg.data.batch_size, cfg.trainer.limit_train_batches
@@ -87,6 +83,10 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
             f"{cfg.data.root} split {cfg.data.val_split!r} has {len(val_set)} images, fewer "
             f"than the {world_size} processes"
         )
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the initial weights
+    model = build_model(cfg.model, cfg.data.num_classes)
+    methods, teacher = build_distillation(cfg, model) if cfg.distill else (None, None)
     task = SegmentationTask(
         model,
         cfg.optim,
@@ -151,19 +151,26 @@ def build_dataset(data_cfg: DataConfig, split: str, train: bool) -> Segmentation
     return dataset
 
 
-def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Teacher | None]:
-    """The methods of `cfg.distill` and its teacher (None when only cached teacher outputs
-    are used). Feature-level methods size their adapters from the channels of the taps,
-    read from one forward pass of student and teacher on a small dummy image."""
+def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Teacher]:
+    """The teacher and the methods of `cfg.distill`. Feature-level methods size their
+    adapters from the channels of the feature taps, read from one forward pass of student
+    and teacher on a small dummy image."""
     assert cfg.distill is not None
+    if cfg.distill.teacher_cache is not None:
+        # Cached outputs reach the task as `batch["maps"]` (`signals_from_batch`) once a
+        # data set wrapper reads the cache; until then, say so rather than ignore the key.
+        raise ConfigError(
+            f"distill.teacher_cache={cfg.distill.teacher_cache!r}: reading a teacher cache "
+            "is not supported by this version; remove the key to run the teacher online"
+        )
     spec = cfg.distill.teacher
-    teacher = build_teacher(spec.kind, spec.path, spec.samples) if spec.path else None
+    teacher = build_teacher(spec.kind, spec.path, spec.samples)
     probe = torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE)
-    was_training = model.training
+    model.eval()  # batch norm cannot run in train mode on one 1x1 feature
     with torch.no_grad():
-        student_taps = model.eval()(probe).features
-        teacher_taps = teacher.signals(probe, {"features"}).features if teacher else {}
-    model.train(was_training)
+        student_taps = model(probe).features
+        teacher_taps = teacher.signals(probe, {"features"}).features
+    model.train()
     methods = build_methods(
         [dataclasses.asdict(method) for method in cfg.distill.methods],
         cfg.data.num_classes,
@@ -318,8 +325,8 @@ class SegmentationTask(L.LightningModule):
         raise TrainingError(
             f"the loss is not finite (here {loss.item()}) at global step {self.global_step}, "
             f"epoch {self.current_epoch}, batch {batch_idx}; training stopped before this "
-            "update, the last checkpoint is the last good one (try a lower optim.lr, then "
-            "--resume)"
+            "update and wrote no checkpoint after it (try a lower optim.lr; --resume "
+            "continues from the last checkpoint)"
         )
 
     def on_validation_epoch_start(self) -> None:
@@ -341,8 +348,8 @@ class SegmentationTask(L.LightningModule):
                 part.load_state_dict(state)
                 evaluator.merge(part)
         miou = evaluator.compute()["segmentation"]["miou"]
-        # Every process holds the same merged value, so no reduction is needed.
-        self.log("val/miou", math.nan if miou is None else miou, prog_bar=True, sync_dist=False)
+        # Every process holds the same merged value: averaging over processes keeps it.
+        self.log("val/miou", math.nan if miou is None else miou, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
@@ -370,7 +377,8 @@ class RunCheckpoints(Callback):
     """Writes a run's checkpoints into `directory`:
 
     - `last.ckpt`: Lightning's resumable state (weights, optimiser, schedule, loop
-      progress, data-order epoch), after every epoch and every `every_n_steps` steps;
+      progress, which also fixes the data order to come), after every epoch and every
+      `every_n_steps` steps;
     - `last.safetensors` after every epoch, `best.safetensors` when `val/miou` improved
       (weights with their architecture, `segdistill.checkpoints`).
 
@@ -449,8 +457,8 @@ class SegDataModule(L.LightningDataModule):
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """The 32-bit seed of `epoch` in a run seeded `seed` (no two (seed, epoch) pairs share
-    one, unlike seed + epoch, so ensemble members seeded s and s + 1 differ every epoch)."""
+    """The 32-bit seed of `epoch` in a run seeded `seed`. Pairs are hashed, not added: with
+    seed + epoch, ensemble member s + 1 would replay member s's epochs one epoch later."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 

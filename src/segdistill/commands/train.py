@@ -57,7 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_run_arguments(parser)
     parser.add_argument(
-        "--members", type=int, help="number of members (default: ensemble.members of the config)"
+        "--members",
+        type=int,
+        metavar="N",
+        help="number of members (default: ensemble.members of the config)",
     )
     parser.add_argument(
         "--member", type=int, metavar="I", help="train only member I (0-based), e.g. one per GPU"
@@ -76,9 +79,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override config keys, e.g. --set optim.lr=0.02 data.crop_size=[64,128]",
     )
-    parser.add_argument("--run-dir", help="output directory (default: run.dir, else runs/NAME)")
-    parser.add_argument("--devices", type=int, help="GPUs (or CPU processes) per node")
-    parser.add_argument("--num-nodes", type=int, help="number of nodes (multi-node DDP)")
+    parser.add_argument(
+        "--run-dir", metavar="DIR", help="output directory (default: run.dir, else runs/NAME)"
+    )
+    parser.add_argument(
+        "--devices", type=int, metavar="N", help="GPUs (or CPU processes) per node; > 1: DDP"
+    )
+    parser.add_argument(
+        "--num-nodes", type=int, metavar="N", help="number of nodes (multi-node DDP)"
+    )
 
 
 def load_run_config(args: argparse.Namespace) -> SegConfig:
@@ -109,9 +118,9 @@ def run_ensemble(args: argparse.Namespace) -> int:
     ensemble_dir = Path(cfg.run.dir)
     for index in [args.member] if args.member is not None else range(members):
         train_member(cfg, ensemble_dir, index)
-    if rank_zero_only.rank == 0:
-        finished = write_manifest(ensemble_dir, members)
-        _say(f"{ensemble_dir / MANIFEST_FILE}: {finished} of {members} members finished")
+        if rank_zero_only.rank == 0:
+            finished = write_manifest(ensemble_dir, members)
+            print(f"{ensemble_dir / MANIFEST_FILE}: {finished} of {members} members finished")
     return 0
 
 

@@ -47,7 +47,7 @@ import os
 import shutil
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,7 @@ SUPERSAMPLE = 2
 NEAR = 0.5  # metres; nothing nearer the camera is drawn
 PROFILE_MIN_OFFSET = 2.5  # metres; side-plane profiles nearer the camera axis are slivers
 CURB = 0.22  # metres; the curb stone band along the road, labelled sidewalk
+HOOD_DEPTH = 2.0  # metres; roughly where the bonnet is (keeps fog off it)
 FAR = 650.0  # metres; the depth PNG range (65535 cm) with a margin
 
 # Cityscapes label ids (what labelIds files hold), by the names of the official table.
@@ -271,21 +272,23 @@ def _noise_table() -> np.ndarray:
     return ((table - table.mean()) / table.std()).astype(np.float32)
 
 
-def _offset(rng: np.random.Generator) -> np.ndarray:
-    """(2,) random texture origin."""
-    return (rng.uniform(0, _TEX, 2) + _TEX_ORIGIN).astype(np.float32)
+def _offset(rng: np.random.Generator) -> tuple[float, float]:
+    """A random texture origin (texels)."""
+    u, v = rng.uniform(0, _TEX, 2)
+    return float(u) + _TEX_ORIGIN, float(v) + _TEX_ORIGIN
 
 
-def _tex(x: np.ndarray, y: np.ndarray, scale: float, offset: np.ndarray) -> np.ndarray:
+def _tex(x: np.ndarray, y: np.ndarray, scale: float, offset: tuple[float, float]) -> np.ndarray:
     """Noise at coordinates x, y (metres, same shape) with `scale` texels per metre."""
     i = (x * scale + offset[0]).astype(np.int32) & (_TEX - 1)
     j = (y * scale + offset[1]).astype(np.int32) & (_TEX - 1)
-    return _noise_table()[j, i]
+    return _noise_table().ravel()[(j << 8) | i]  # one flat lookup (_TEX = 256)
 
 
-def _cell_noise(i: np.ndarray, j: np.ndarray, offset: np.ndarray) -> np.ndarray:
+def _cell_noise(i: np.ndarray, j: np.ndarray, offset: tuple[float, float]) -> np.ndarray:
     """One noise value per integer cell (i, j): window panes, paving tiles."""
-    return _noise_table()[(j * 37 + int(offset[1])) & (_TEX - 1), (i * 23 + int(offset[0])) & 255]
+    row = (j * 37 + int(offset[1])) & (_TEX - 1)
+    return _noise_table().ravel()[(row << 8) | ((i * 23 + int(offset[0])) & (_TEX - 1))]
 
 
 # --------------------------------------------------------------------------------------
@@ -421,7 +424,7 @@ class Sky:
     zenith: RGB
     horizon: RGB
     clouds: float
-    offset: np.ndarray = field(compare=False)
+    offset: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -454,8 +457,9 @@ def _color(rgb: Sequence[float]) -> np.ndarray:
 
 def _jitter(rng: np.random.Generator, rgb: Sequence[float], amount: float = 0.06) -> np.ndarray:
     """A colour varied a little in brightness and tint, so no two objects are identical."""
-    brightness, *tint = rng.uniform(-1.0, 1.0, 4)
-    varied = [c * (1 + 1.5 * amount * brightness) + amount * t for c, t in zip(rgb, tint)]
+    brightness, *tint = rng.uniform(-1.0, 1.0, 4).tolist()  # python floats: fast scalars
+    gain = 1 + 1.5 * amount * brightness
+    varied = [float(c) * gain + amount * t for c, t in zip(rgb, tint)]
     return np.array([min(max(c, 0.02), 0.98) for c in varied], dtype=np.float32)
 
 
@@ -862,52 +866,56 @@ def _crown_shape(blobs: Sequence[tuple[float, float, float]], rng) -> Shape:
     return shape
 
 
-def _crown_material(rgb: np.ndarray, rng: np.random.Generator, height: float) -> Material:
-    """Foliage that is darker low in the crown, where it shades itself."""
+def _crown_material(rgb: np.ndarray, rng: np.random.Generator, base: float, top: float):
+    """Foliage that is darker low in the crown (heights base..top), where it shades itself."""
     leafy = _leafy(rgb, rng)
 
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return leafy(x, y) * (0.7 + 0.45 * np.clip(y / height, 0, 1))[:, None]
+        return leafy(x, y) * (0.7 + 0.45 * np.clip((y - base) / (top - base), 0, 1))[:, None]
+
+    return material
+
+
+def _tree_material(trunk: np.ndarray, crown: Material, radius: float, trunk_top: float):
+    """Bark on the trunk (the centre column, below the crown), foliage elsewhere."""
+    half = max(0.075, radius * 0.06)
+
+    def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = crown(x, y)
+        bark = (np.abs(x - 1.5 * radius) < half) & (y < trunk_top)
+        out[bark] = trunk
+        return out
 
     return material
 
 
 def _add_tree(b: _Builder, x: float, z: float, height: float, radius: float) -> None:
-    """A trunk and a crown of a few overlapping ragged blobs (all vegetation)."""
+    """A tree as one surface: a trunk and a crown of overlapping ragged blobs (vegetation).
+
+    Local box: 3 radii across (trunk in the middle), from the ground to the crown top.
+    """
     rng = b.rng
-    trunk = _textured(_jitter(rng, (0.30, 0.24, 0.18)), rng, 0.1, 30.0)
-    width = max(0.15, radius * 0.12)
     crown_base = height - 2 * radius
-    b.front(
-        z,
-        x - width / 2,
-        x + width / 2,
-        0.0,
-        crown_base + radius * 0.5,
-        VEGETATION,
-        VEGETATION,
-        trunk,
-    )
-    # Blobs in crown-local metres: the crown box spans 3 radii across and 2.2 up.
+    trunk_top = crown_base + 0.3 * radius
     blobs = [
         (
             1.5 * radius * (1 + rng.uniform(-0.45, 0.45)),
-            radius * rng.uniform(0.7, 1.3),
+            crown_base + radius * rng.uniform(0.7, 1.3),
             radius * rng.uniform(0.55, 0.8),
         )
         for _ in range(int(rng.integers(3, 6)))
     ]
-    material = _crown_material(_pick(rng, b.style.foliage), rng, 2.2 * radius)
+    half = max(0.075, radius * 0.06)
+    crown = _crown_shape(blobs, rng)
+
+    def shape(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        return ((np.abs(xs - 1.5 * radius) < half) & (ys < trunk_top)) | crown(xs, ys)
+
+    top = crown_base + 2.2 * radius
+    foliage = _crown_material(_pick(rng, b.style.foliage), rng, crown_base, top)
+    material = _tree_material(_jitter(rng, (0.30, 0.24, 0.18)), foliage, radius, trunk_top)
     b.front(
-        z - 0.05,
-        x - 1.5 * radius,
-        x + 1.5 * radius,
-        crown_base,
-        crown_base + 2.2 * radius,
-        VEGETATION,
-        VEGETATION,
-        material,
-        _crown_shape(blobs, rng),
+        z, x - 1.5 * radius, x + 1.5 * radius, 0.0, top, VEGETATION, VEGETATION, material, shape
     )
     b.shadow(x - radius, x + radius, z - radius, z + radius, crown_base, height, round=True)
 
@@ -1663,7 +1671,7 @@ def _add_traffic(b: _Builder, layout: dict) -> list[tuple[float, float, float]]:
         z_first = z
         if lane == layout["tram_lane"]:
             z += _add_vehicle(b, "tram", x, z, oncoming) + rng.uniform(10, 40)
-        while z < 160:
+        while z < 130:
             kind = "car" if parked and rng.random() < 0.9 else _vehicle_kind(rng)
             if parked and rng.random() < 0.25:  # a free parking space
                 z += rng.uniform(3, 8)
@@ -1743,7 +1751,7 @@ def _add_furniture(b: _Builder, layout: dict) -> None:
         pole_x = kerb + side * 0.45
         z = rng.uniform(3, 15)
         spacing = rng.uniform(20, 35)
-        while z < 140 and rng.random() < 0.9:
+        while z < 110 and rng.random() < 0.9:
             _add_lamp(b, pole_x, z, side)
             z += spacing
         for _ in range(int(rng.integers(1, 5))):
@@ -1754,7 +1762,7 @@ def _add_furniture(b: _Builder, layout: dict) -> None:
             step = rng.uniform(7, 14)
             # In the verge when there is one, else in tree pits near the curb.
             tree_x = sum(verge) / 2 if verge[1] > verge[0] else kerb + side * rng.uniform(0.9, 1.4)
-            while z < 120:
+            while z < 90:
                 _add_tree(b, tree_x, z, rng.uniform(5, 10), rng.uniform(1.5, 3.0))
                 z += step * rng.uniform(0.8, 1.2)
         for _ in range(int(rng.integers(0, 4))):
@@ -1952,12 +1960,11 @@ def _paint(canvas: _Canvas, r0: int, c0: int, mask, x, y, depth, surface, light)
         rows, cols, xs, ys = rows[keep], cols[keep], xs[keep], ys[keep]
         if rows.size == 0:
             return
-    rows += r0
-    cols += c0
-    canvas.color[rows, cols] = surface.material(xs, ys) * light
-    canvas.label[rows, cols] = surface.label
-    canvas.instance[rows, cols] = surface.instance
-    canvas.depth[rows, cols] = depth if np.ndim(depth) == 0 else depth[cols - c0]
+    flat = (rows + r0) * canvas.label.shape[1] + (cols + c0)
+    canvas.color.reshape(-1, 3)[flat] = surface.material(xs, ys) * light
+    canvas.label.reshape(-1)[flat] = surface.label
+    canvas.instance.reshape(-1)[flat] = surface.instance
+    canvas.depth.reshape(-1)[flat] = depth if np.ndim(depth) == 0 else depth[cols]
 
 
 def _draw_front(canvas: _Canvas, view: _View, s: Surface, light: np.ndarray) -> None:
@@ -2009,20 +2016,19 @@ def _first_ground_row(view: _View) -> int:
 
 
 def _draw_sky(canvas: _Canvas, view: _View, sky: Sky) -> None:
-    """Horizon-to-zenith gradient with clouds, above the horizon."""
-    rows = _first_ground_row(view)
-    elevation = (view.v0 - (np.arange(rows, dtype=np.float32) + 0.5)) / view.f
-    azimuth = (np.arange(view.cols, dtype=np.float32) + 0.5 - view.cx) / view.f
-    t = np.clip(elevation / 0.4, 0, 1)[:, None, None] ** 0.7
+    """Horizon-to-zenith gradient with clouds, where nothing was drawn (depth still inf)."""
+    rows, cols = np.nonzero(np.isinf(canvas.depth))
+    el = (view.v0 - (rows.astype(np.float32) + 0.5)) / view.f  # tangent of the elevation
+    az = (cols.astype(np.float32) + 0.5 - view.cx) / view.f
+    t = (np.clip(el / 0.4, 0, 1) ** 0.7)[:, None]
     base = np.asarray(sky.horizon, np.float32) * (1 - t) + np.asarray(sky.zenith, np.float32) * t
-    el, az = np.broadcast_arrays(elevation[:, None], azimuth[None, :])
     cloud = _tex(az * 3.0, el * 8.0, 20.0, sky.offset)
-    cover = np.clip((cloud - 1.2 + 2.0 * sky.clouds) * 0.6, 0, 0.85)[..., None]
-    canvas.color[:rows] = base * (1 - cover) + np.float32(0.9) * cover
+    cover = np.clip((cloud - 1.2 + 2.0 * sky.clouds) * 0.6, 0, 0.85)[:, None]
+    canvas.color[rows, cols] = base * (1 - cover) + np.float32(0.9) * cover
 
 
 def _ground_labels(street: Street, x: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """[h, w] label ids of the ground at world X, Z: road, sidewalks, then the lots."""
+    """[N] label ids of the ground at world X, Z [N]: road, sidewalks, then the lots."""
     labels = np.where(x < 0, street.lots_left.label_at(z), street.lots_right.label_at(z))
     walk = (x > street.walk_left) & (x < street.walk_right)
     crossing = np.zeros(x.shape, dtype=bool)
@@ -2106,7 +2112,8 @@ def _ground_shadow(scene: Scene, view: _View, row0: int, x: np.ndarray, z: np.nd
 
 
 def _draw_ground(canvas: _Canvas, view: _View, scene: Scene) -> None:
-    """Road, sidewalks, terrain and cross streets below the horizon, with cast shadows."""
+    """Road, sidewalks, terrain and cross streets below the horizon, with cast shadows,
+    on the pixels where nothing nearer was drawn (so hidden ground costs no shading)."""
     row0 = _first_ground_row(view)
     if row0 >= view.rows:
         return
@@ -2114,8 +2121,10 @@ def _draw_ground(canvas: _Canvas, view: _View, scene: Scene) -> None:
     z = np.minimum(view.f * view.height / np.maximum(v, 1e-3), FAR)[:, None]
     x = (np.arange(view.cols, dtype=np.float32) + 0.5 - view.cx)[None, :] * z / view.f
     z = np.broadcast_to(z, x.shape)
-    labels = _ground_labels(scene.street, x, z)
-    albedo = np.empty((*x.shape, 3), np.float32)
+    visible = z < canvas.depth[row0:]
+    xs, zs = x[visible], z[visible]
+    labels = _ground_labels(scene.street, xs, zs)
+    albedo = np.empty((xs.size, 3), np.float32)
     street = scene.street
     for label, material in (
         (ROAD, street.road_material),
@@ -2124,15 +2133,15 @@ def _draw_ground(canvas: _Canvas, view: _View, scene: Scene) -> None:
     ):
         where = labels == label
         if where.any():
-            albedo[where] = material(x[where], z[where])
+            albedo[where] = material(xs[where], zs[where])
     light = scene.lighting
-    shadow = _ground_shadow(scene, view, row0, x, z)
+    shadow = _ground_shadow(scene, view, row0, x, z)[visible]
     ambient, direct = np.asarray(light.ambient, np.float32), np.asarray(light.direct, np.float32)
     sun_up = np.float32(light.sun[1])
-    canvas.color[row0:] = albedo * (ambient + direct * sun_up * (1 - shadow)[..., None])
-    canvas.label[row0:] = labels
-    canvas.instance[row0:] = labels
-    canvas.depth[row0:] = z
+    canvas.color[row0:][visible] = albedo * (ambient + direct * sun_up * (1 - shadow)[:, None])
+    canvas.label[row0:][visible] = labels
+    canvas.instance[row0:][visible] = labels
+    canvas.depth[row0:][visible] = zs
 
 
 def _apply_haze(color: np.ndarray, depth: np.ndarray, scene: Scene) -> None:
@@ -2144,23 +2153,28 @@ def _apply_haze(color: np.ndarray, depth: np.ndarray, scene: Scene) -> None:
     color += (1 - t)[..., None] * (haze - color)
 
 
-def _draw_hood(canvas: _Canvas, view: _View, scene: Scene) -> None:
-    """The ego vehicle's bonnet at the bottom: dark paint mirroring the scene above it."""
-    top = scene.style.hood_top
-    if top >= 1.0:
-        return
+def _hood_mask(view: _View, style: Style) -> np.ndarray:
+    """[H, W] bool: the ego vehicle's bonnet at the bottom, curving down to the sides."""
     u = (np.arange(view.cols, dtype=np.float32) + 0.5) / view.cols - 0.5
-    edge = view.rows * (top + 0.5 * u**2)  # [W] row where the hood starts, curving down
+    edge = view.rows * (style.hood_top + 0.5 * u**2)
     rows = np.arange(view.rows, dtype=np.float32)[:, None] + 0.5
-    hood = rows >= edge[None, :]
-    mirror = np.clip(2 * edge[None, :] - rows, 0, view.rows - 1).astype(np.int32)
-    cols = np.broadcast_to(np.arange(view.cols)[None, :], hood.shape)
-    reflection = canvas.color[mirror[hood], cols[hood]]
-    paint = np.asarray(scene.style.hood_paint, np.float32) * scene.lighting.shade((0, 1, 0))
-    canvas.color[hood] = 0.7 * paint + 0.3 * reflection
+    return rows >= edge[None, :]
+
+
+def _reserve_hood(canvas: _Canvas, hood: np.ndarray) -> None:
+    """Claim the hood pixels first, at its distance, so nothing behind it is shaded."""
     canvas.label[hood] = EGO
     canvas.instance[hood] = EGO
-    canvas.depth[hood] = 2.0  # roughly where the bonnet is; keeps fog off it
+    canvas.depth[hood] = HOOD_DEPTH
+
+
+def _paint_hood(canvas: _Canvas, hood: np.ndarray, scene: Scene) -> None:
+    """Colour the bonnet: dark paint mirroring the scene just above its edge."""
+    rows, cols = np.nonzero(hood)
+    top = np.argmax(hood, axis=0)  # [W] first hood row of each column
+    mirror = np.clip(2 * top[cols] - rows, 0, hood.shape[0] - 1)
+    paint = np.asarray(scene.style.hood_paint, np.float32) * scene.lighting.shade((0, 1, 0))
+    canvas.color[rows, cols] = 0.7 * paint + 0.3 * canvas.color[mirror, cols]
 
 
 def _nearest(surface: Surface) -> float:
@@ -2199,7 +2213,7 @@ def _sensor(color: np.ndarray, scene: Scene) -> np.ndarray:
     signal = np.clip(color * (scene.lighting.exposure * vignette)[..., None], 0, 1)
     read = rng.uniform(0.006, 0.02)
     std = np.sqrt(read**2 + 0.002 * signal)
-    noisy = signal + std * rng.standard_normal(signal.shape).astype(np.float32)
+    noisy = signal + std * rng.standard_normal(signal.shape, dtype=np.float32)
     return np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)
 
 
@@ -2216,8 +2230,8 @@ def render(scene: Scene, height: int, width: int) -> Frame:
     factor = SUPERSAMPLE
     view = _View.of(scene.camera, height * factor, width * factor)
     canvas = _Canvas.empty(view.rows, view.cols)
-    _draw_sky(canvas, view, scene.sky)
-    _draw_ground(canvas, view, scene)
+    hood = _hood_mask(view, scene.style)
+    _reserve_hood(canvas, hood)
     lights = {
         n: scene.lighting.shade(n) for n in ((0.0, 0.0, -1.0), (1.0, 0.0, 0.0), (-1.0, 0.0, 0.0))
     }
@@ -2225,7 +2239,9 @@ def render(scene: Scene, height: int, width: int) -> Frame:
     for surface in sorted(scene.surfaces, key=_nearest):
         draw = _draw_front if surface.facing == "front" else _draw_side
         draw(canvas, view, surface, lights[_normal(surface)])
-    _draw_hood(canvas, view, scene)
+    _draw_ground(canvas, view, scene)
+    _draw_sky(canvas, view, scene.sky)
+    _paint_hood(canvas, hood, scene)
     color = _box_reduce(canvas.color, factor)
     pick = _majority_sample(canvas.label, factor)
     label_ids = _pick_samples(canvas.label, pick, factor)

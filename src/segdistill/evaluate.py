@@ -1,0 +1,663 @@
+"""Evaluation runs: models over the test split and every shifted copy -> metrics.json.
+
+`evaluate(sources, data_root)` loads each source with `load_predictor`, streams every
+split once, runs all models on each batch (the teacher first, so the students' maps are
+paired with the teacher's of the same pixels), and writes, per model,
+
+- `splits`: `SegmentationEvaluator.compute()` per split (mIoU per set = Holder Table 2;
+  the uncertainty is the predictor's, see `segdistill.predictor`);
+- `ood`: image-level OOD detection of every shifted set (not `anomaly`) against the
+  in-distribution `reference` split ("test"), for each aggregator of `image_scores`
+  (Holder & Shafique 5.3, Fig. 6), and the image scores themselves (Fig. 7). The scores
+  aggregate every pixel of an image, void pixels included, since an OOD detector sees no
+  labels;
+- `anomaly`: pixel-level anomaly detection on the split with `_gtFine_anomaly.png` masks
+  (SynthStreets' `anomaly`), the uncertainty as score, pixels pooled inside the mask's
+  region of interest (`AnomalyEvaluator`);
+- `vs_teacher`: when an ensemble / MC-dropout teacher is among the sources, for every other
+  model and split: `PairedUncertaintyStats` of its map against the teacher's (Holder Fig.
+  3) and the per-class mean uncertainty differences student - teacher (DUDES Table 2).
+
+Splits are looked up under `data_root`: `leftImg8bit/<split>/` of the tree itself and
+`shifts/<name>/leftImg8bit/<split>/` of each shifted copy (the SynthStreets layout, see
+`segdistill.data.synthstreets`). A split is named by its folder ("test", "val") or by its
+shift ("fog_0.02", "night", ...).
+
+Where results go: each model's own directory (`Predictor.home`, a run or ensemble
+directory) gets `metrics.json` and `figures/`; `out_dir` gets `results.json` with every
+model, comparison figures in `figures/` and each model's figures in `figures/<name>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from segdistill import figures
+from segdistill.checkpoints import atomic_write
+from segdistill.data import CityscapesDataset, GtFineMap, unnormalize
+from segdistill.data.shifts import SHIFT_KINDS, expand_shifts
+from segdistill.data.synthstreets import SHIFTS_DIR
+from segdistill.errors import CheckpointError, ConfigError, DataError
+from segdistill.metrics import (
+    AGGREGATORS,
+    AnomalyEvaluator,
+    PairedUncertaintyStats,
+    SegmentationEvaluator,
+    image_scores,
+    ood_metrics,
+)
+from segdistill.predictor import Prediction, Predictor, load_predictor
+
+SCHEMA_MODEL = "segdistill.metrics/1"
+SCHEMA_RESULTS = "segdistill.results/1"
+METRICS_FILE = "metrics.json"
+RESULTS_FILE = "results.json"
+FIGURES_DIR = "figures"
+REFERENCE_SPLIT = "test"
+ANOMALY_SUFFIX = "_gtFine_anomaly.png"
+TEACHER_KINDS = ("ensemble", "mc_dropout")
+# Uncertainty histograms: 1000 fine bins for the metrics, 200 kept in the JSON so that the
+# figures can zoom into the narrow range a std occupies (pred_std <= 0.5).
+PLOT_BINS = 200
+PAIRED_BINS = 50
+# Sample images in figures are subsampled to at most this width (figures are small).
+SAMPLE_MAX_WIDTH = 512
+# Shift folders in the order the data generator writes them, unknown names after.
+_SHIFT_ORDER = [spec.name for spec in expand_shifts(SHIFT_KINDS)]
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One evaluated set: `root`/leftImg8bit/`folder`/... with its name; `anomaly` when it
+    has pixel anomaly masks; `shifted` when it is a copy under `shifts/`."""
+
+    name: str
+    root: Path
+    folder: str
+    anomaly: bool
+    shifted: bool
+
+    def dataset(self) -> CityscapesDataset:
+        maps = {"anomaly": GtFineMap(ANOMALY_SUFFIX)} if self.anomaly else None
+        return CityscapesDataset(self.root, self.folder, maps=maps)
+
+
+def find_splits(data_root: str | Path) -> dict[str, EvalSplit]:
+    """Every evaluable split under `data_root` (module doc), in-distribution folders first,
+    then the shifted copies in the generator's order. DataError when there is none."""
+    root = Path(data_root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist or is not a folder")
+    found: dict[str, EvalSplit] = {}
+    for folder in _split_folders(root):
+        found[folder] = EvalSplit(folder, root, folder, _has_anomaly(root, folder), False)
+    shift_dirs = sorted((root / SHIFTS_DIR).glob("*/leftImg8bit"))
+    names = sorted(
+        (d.parent.name for d in shift_dirs),
+        key=lambda n: (_SHIFT_ORDER.index(n) if n in _SHIFT_ORDER else len(_SHIFT_ORDER), n),
+    )
+    for name in names:
+        tree = root / SHIFTS_DIR / name
+        folders = _split_folders(tree)
+        if folders:
+            folder = REFERENCE_SPLIT if REFERENCE_SPLIT in folders else folders[0]
+            found[name] = EvalSplit(name, tree, folder, _has_anomaly(tree, folder), True)
+    if not found:
+        raise DataError(
+            f"no images under {root}: expected {root}/leftImg8bit/<split>/<city>/"
+            f"*_leftImg8bit.png or {root}/{SHIFTS_DIR}/<shift>/leftImg8bit/<split>/..."
+        )
+    return found
+
+
+def _split_folders(tree: Path) -> list[str]:
+    images = tree / "leftImg8bit"
+    return sorted(d.name for d in images.iterdir() if d.is_dir()) if images.is_dir() else []
+
+
+def _has_anomaly(tree: Path, folder: str) -> bool:
+    return next((tree / "gtFine" / folder).glob(f"*/*{ANOMALY_SUFFIX}"), None) is not None
+
+
+def select_splits(
+    available: dict[str, EvalSplit], requested: Sequence[str] | None
+) -> list[EvalSplit]:
+    """The requested splits (default: the reference split and every shifted copy);
+    DataError naming the unknown ones and listing what is available."""
+    if requested is None:
+        requested = [REFERENCE_SPLIT, *(n for n, s in available.items() if s.shifted)]
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        root = next(iter(available.values())).root
+        raise DataError(
+            f"split {', '.join(map(repr, unknown))} not found under {root}; available: "
+            f"{', '.join(available)}"
+        )
+    return [available[name] for name in dict.fromkeys(requested)]
+
+
+@dataclass
+class SampleSet:
+    """The first images of one split with every model's prediction, for figures.
+
+    images: [K, h, w, 3] uint8; labels: [K, h, w] class ids; predictions / uncertainty:
+    {model: [K, h, w]} (uint8 classes / float32); all subsampled to SAMPLE_MAX_WIDTH.
+    """
+
+    split: str
+    names: list[str] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    predictions: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    uncertainty: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def add(self, batch: dict[str, Any], count: int) -> None:
+        step = max(1, math.ceil(batch["image"].shape[-1] / SAMPLE_MAX_WIDTH))
+        self.names += list(batch["name"][:count])
+        self.images += list(unnormalize(batch["image"][:count, :, ::step, ::step]))
+        self.labels += list(batch["label"][:count, ::step, ::step].numpy())
+
+    def add_model(self, name: str, prediction: Prediction, count: int, width: int) -> None:
+        step = max(1, math.ceil(width / SAMPLE_MAX_WIDTH))
+        probs = prediction.probs[:count, :, ::step, ::step]
+        unc = prediction.uncertainty[:count, 0, ::step, ::step]
+        self.predictions.setdefault(name, []).extend(probs.argmax(1).to(torch.uint8).cpu().numpy())
+        self.uncertainty.setdefault(name, []).extend(unc.float().cpu().numpy())
+
+
+class ModelAccumulators:
+    """Everything one model accumulates over one split."""
+
+    def __init__(self, num_classes: int, ignore_index: int, anomaly: bool, paired: bool) -> None:
+        self.segmentation = SegmentationEvaluator(
+            num_classes, inputs="probs", ignore_index=ignore_index, plot_bins=PLOT_BINS
+        )
+        self.scores: dict[str, list[float]] = {name: [] for name in AGGREGATORS}
+        self.anomaly = AnomalyEvaluator(ignore_index=ignore_index) if anomaly else None
+        self.paired = (
+            PairedUncertaintyStats(num_bins=PAIRED_BINS, ignore_index=ignore_index)
+            if paired
+            else None
+        )
+
+    def update(
+        self,
+        prediction: Prediction,
+        target: Tensor,
+        anomaly_mask: Tensor | None,
+        teacher_uncertainty: Tensor | None,
+    ) -> None:
+        """prediction of a batch; target [B, H, W]; anomaly_mask [B, H, W] or None;
+        teacher_uncertainty [B, 1, H, W] of the same batch (students only)."""
+        unc = prediction.uncertainty
+        self.segmentation.update(prediction.probs, unc, target)
+        for name, values in image_scores(unc).items():
+            self.scores[name] += values.tolist()
+        if self.anomaly is not None and anomaly_mask is not None:
+            self.anomaly.update(unc, anomaly_mask)
+        if self.paired is not None and teacher_uncertainty is not None:
+            self.paired.update(unc, teacher_uncertainty, prediction.probs.argmax(1), target)
+
+
+def evaluate(
+    sources: Sequence[str | Path | Predictor],
+    data_root: str | Path,
+    splits: Sequence[str] | None = None,
+    *,
+    batch_size: int = 4,
+    out_dir: str | Path | None = None,
+    write_homes: bool = True,
+    max_images: int | None = None,
+    num_samples: int = 3,
+    mc_samples: int = 8,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    make_figures: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every source on every split; returns the combined results (module doc).
+
+    sources: run directories, weights files, ensemble directories / manifests, or loaded
+    predictors. splits: names from `find_splits` (default: "test" and every shifted copy).
+    out_dir: where results.json and comparison figures go (needed when a source has no
+    directory of its own). write_homes: write metrics.json / figures into each model's
+    directory. max_images: evaluate only the first N images of each split. num_samples:
+    images per split in the sample figures. mc_samples: passes of an MC-dropout model.
+    device: default CUDA when available.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    selected = select_splits(find_splits(data_root), splits)
+    datasets = {s.name: s.dataset() for s in selected}
+    predictors = _unique_names(
+        [s if isinstance(s, Predictor) else load_predictor(s, mc_samples) for s in sources]
+    )
+    first = next(iter(datasets.values()))
+    for predictor in predictors:
+        _check_classes(predictor, first, data_root)
+    if out_dir is None and any(p.home is None or not write_homes for p in predictors):
+        loose = [str(p.source) for p in predictors if p.home is None or not write_homes]
+        raise ConfigError(
+            f"no directory to write the results of {', '.join(loose)}: pass an output folder "
+            "(--out DIR)"
+        )
+    # The teacher runs first in every batch so its map is there to pair the students with.
+    teacher = next((p for p in predictors if p.kind in TEACHER_KINDS), None)
+    order = sorted(predictors, key=lambda p: p is not teacher)
+    for predictor in order:
+        predictor.to(device)
+
+    per_split: dict[str, dict[str, ModelAccumulators]] = {}
+    samples: list[SampleSet] = []
+    for spec in selected:
+        dataset = datasets[spec.name]
+        if max_images is not None:
+            dataset = Subset(dataset, range(min(max_images, len(dataset))))
+        per_split[spec.name], sample_set = _run_split(
+            order,
+            teacher,
+            spec,
+            dataset,
+            first,
+            batch_size,
+            num_samples,
+            device,
+            num_workers,
+            progress,
+        )
+        samples.append(sample_set)
+
+    class_names = list(first.classes)
+    mine = {p.name: {split: acc[p.name] for split, acc in per_split.items()} for p in predictors}
+    computed = {
+        name: {split: acc.segmentation.compute() for split, acc in accs.items()}
+        for name, accs in mine.items()
+    }
+    models = [
+        model_result(
+            p,
+            mine[p.name],
+            computed[p.name],
+            class_names,
+            None if teacher is None or p is teacher else (teacher, computed[teacher.name]),
+        )
+        for p in predictors
+    ]
+    results = {
+        "schema": SCHEMA_RESULTS,
+        "data": {
+            "root": str(Path(data_root)),
+            "num_classes": first.num_classes,
+            "class_names": class_names,
+            "ignore_index": first.ignore_index,
+            "splits": [s.name for s in selected],
+            "reference": REFERENCE_SPLIT,
+        },
+        "models": models,
+    }
+    _write(results, predictors, samples, out_dir, write_homes, make_figures)
+    return results
+
+
+def _unique_names(predictors: list[Predictor]) -> list[Predictor]:
+    """Give repeated names a suffix (_2, _3, ...): names key the combined results."""
+    seen: dict[str, int] = {}
+    for predictor in predictors:
+        count = seen.get(predictor.name, 0) + 1
+        seen[predictor.name] = count
+        if count > 1:
+            predictor.name = f"{predictor.name}_{count}"
+    return predictors
+
+
+def _check_classes(predictor: Predictor, dataset: CityscapesDataset, data_root: str | Path) -> None:
+    if predictor.num_classes != dataset.num_classes:
+        raise CheckpointError(
+            f"{predictor.source} predicts {predictor.num_classes} classes but the data set "
+            f"{data_root} has {dataset.num_classes}; evaluate it on data with "
+            f"{predictor.num_classes} classes"
+        )
+
+
+def _run_split(
+    predictors: list[Predictor],
+    teacher: Predictor | None,
+    spec: EvalSplit,
+    dataset: torch.utils.data.Dataset,
+    reference: CityscapesDataset,
+    batch_size: int,
+    num_samples: int,
+    device: torch.device,
+    num_workers: int,
+    progress: bool,
+) -> tuple[dict[str, ModelAccumulators], SampleSet]:
+    """Stream one split through every predictor (each image once per model)."""
+    accumulators = {
+        p.name: ModelAccumulators(
+            reference.num_classes,
+            reference.ignore_index,
+            spec.anomaly,
+            paired=teacher is not None and p is not teacher,
+        )
+        for p in predictors
+    }
+    samples = SampleSet(spec.name)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    bar = tqdm(
+        loader, desc=f"{spec.name} ({len(dataset)} images)", unit="batch", disable=not progress
+    )
+    for batch in bar:
+        images = batch["image"].to(device)
+        target = batch["label"].to(device)
+        mask = batch["maps"]["anomaly"][:, 0].to(device).long() if spec.anomaly else None
+        take = min(num_samples - len(samples.names), images.shape[0])
+        if take > 0:
+            samples.add(batch, take)
+        teacher_unc = None
+        for predictor in predictors:
+            prediction = predictor.predict(images)
+            accumulators[predictor.name].update(prediction, target, mask, teacher_unc)
+            if predictor is teacher:
+                teacher_unc = prediction.uncertainty
+            if take > 0:
+                samples.add_model(predictor.name, prediction, take, images.shape[-1])
+            del prediction
+    return accumulators, samples
+
+
+def ood_results(
+    scores: dict[str, dict[str, list[float]]], reference: str, shifted: Sequence[str]
+) -> dict[str, Any] | None:
+    """Image-level OOD detection of each shifted set against `reference`.
+
+    scores: {split: {aggregator: [image scores]}}. Returns {"reference", "aggregators",
+    "image_scores": scores, "sets": {set: {"best_aggregator", "by_aggregator": {aggregator:
+    ood_metrics(...)}}}}; the best aggregator has the highest AUROC. None without the
+    reference split or without a shifted set.
+    """
+    if reference not in scores or not shifted:
+        return None
+    sets = {}
+    for name in shifted:
+        by_aggregator = {
+            agg: ood_metrics(scores[reference][agg], scores[name][agg]) for agg in AGGREGATORS
+        }
+        aurocs = {agg: m["auroc"] for agg, m in by_aggregator.items() if m["auroc"] is not None}
+        best = max(aurocs, key=aurocs.get) if aurocs else None
+        sets[name] = {"best_aggregator": best, "by_aggregator": by_aggregator}
+    return {
+        "reference": reference,
+        "aggregators": list(AGGREGATORS),
+        "image_scores": scores,
+        "sets": sets,
+    }
+
+
+def class_differences(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
+    """Student - teacher differences of two `SegmentationEvaluator.compute()` results:
+    per_class_mean_uncertainty [C] (DUDES Table 2), class_mean_uncertainty, pixel_mean
+    uncertainty and iou [C] (DUDES Table 1); None where either side is None."""
+
+    def diff(a: Any, b: Any) -> Any:
+        if isinstance(a, list):
+            return [diff(x, y) for x, y in zip(a, b)]
+        return None if a is None or b is None else a - b
+
+    su, tu = student["uncertainty"], teacher["uncertainty"]
+    return {
+        "per_class_mean_uncertainty": diff(su["per_class_mean"], tu["per_class_mean"]),
+        "class_mean_uncertainty": diff(su["class_mean"], tu["class_mean"]),
+        "pixel_mean_uncertainty": diff(su["pixel_mean"], tu["pixel_mean"]),
+        "iou": diff(student["segmentation"]["iou"], teacher["segmentation"]["iou"]),
+        "miou": diff(student["segmentation"]["miou"], teacher["segmentation"]["miou"]),
+    }
+
+
+def model_result(
+    predictor: Predictor,
+    accumulators: dict[str, ModelAccumulators],
+    splits: dict[str, dict[str, Any]],
+    class_names: list[str],
+    teacher: tuple[Predictor, dict[str, dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """The metrics.json content of one model (docs/evaluation.md has the schema).
+
+    accumulators: {split: what the model accumulated}; splits: {split: its segmentation
+    results}; teacher: (teacher, its segmentation results per split) for a student.
+    """
+    shifted = [s for s, acc in accumulators.items() if s != REFERENCE_SPLIT and acc.anomaly is None]
+    anomaly = next(((s, a.anomaly) for s, a in accumulators.items() if a.anomaly is not None), None)
+    vs_teacher = None
+    if teacher is not None:
+        vs_teacher = {
+            "teacher": teacher[0].name,
+            "teacher_uncertainty_source": teacher[0].uncertainty_source,
+            "splits": {
+                split: {
+                    "paired": acc.paired.compute(),
+                    **class_differences(splits[split], teacher[1][split]),
+                }
+                for split, acc in accumulators.items()
+            },
+        }
+    return {
+        "schema": SCHEMA_MODEL,
+        "name": predictor.name,
+        "kind": predictor.kind,
+        "members": predictor.members,
+        "uncertainty_source": predictor.uncertainty_source,
+        "parameters": predictor.parameters,
+        "source": str(predictor.source),
+        "class_names": class_names,
+        "splits": splits,
+        "ood": ood_results(
+            {split: acc.scores for split, acc in accumulators.items()}, REFERENCE_SPLIT, shifted
+        ),
+        "anomaly": None if anomaly is None else {"split": anomaly[0], **anomaly[1].compute()},
+        "vs_teacher": vs_teacher,
+        "figures": {},
+    }
+
+
+def _write(
+    results: dict[str, Any],
+    predictors: list[Predictor],
+    samples: list[SampleSet],
+    out_dir: str | Path | None,
+    write_homes: bool,
+    make_figures: bool,
+) -> None:
+    """metrics.json + figures into each model's home, results.json + figures into out_dir.
+
+    Each model dict gets "figures": {figure name: path relative to the JSON file's folder}.
+    A model's figures are drawn once; out_dir gets copies of those drawn in its home.
+    """
+    models = results["models"]
+    teacher = next((m for m in models if m["kind"] in TEACHER_KINDS), None)
+    out = None if out_dir is None else Path(out_dir)
+    for predictor, model in zip(predictors, models):
+        shown = [teacher, model] if teacher is not None and model is not teacher else [model]
+        drawn: dict[str, Path] = {}
+        if make_figures:
+            home = predictor.home if write_homes else None
+            folder = home / FIGURES_DIR if home is not None else out / FIGURES_DIR / model["name"]
+            drawn = _model_figures(shown, samples, folder)
+        if write_homes and predictor.home is not None:
+            relative = {k: str(p.relative_to(predictor.home)) for k, p in drawn.items()}
+            _write_json(predictor.home / METRICS_FILE, {**model, "figures": relative})
+        if out is not None:
+            folder = out / FIGURES_DIR / model["name"]
+            for path in drawn.values():
+                if path.parent != folder:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, folder / path.name)
+            model["figures"] = {
+                k: f"{FIGURES_DIR}/{model['name']}/{p.name}" for k, p in drawn.items()
+            }
+    if out is None:
+        return
+    if make_figures:
+        comparison = _save_all(figures.comparison_figures(models), out / FIGURES_DIR)
+        results["figures"] = {k: str(p.relative_to(out)) for k, p in comparison.items()}
+    _write_json(out / RESULTS_FILE, results)
+
+
+def _sample_rows(sample_sets: Sequence[SampleSet], name: str, first_only: bool) -> dict[str, Any]:
+    """Arguments of `figures.sample_predictions` for model `name`: every collected image of
+    each set, or only the first of each (labelled with the set's name)."""
+    count = 1 if first_only else None
+    rows: dict[str, list[Any]] = {k: [] for k in ("names", "images", "labels", "pred", "unc")}
+    for s in sample_sets:
+        rows["names"] += [f"{s.split}: {n}" if first_only else n for n in s.names[:count]]
+        rows["images"] += s.images[:count]
+        rows["labels"] += s.labels[:count]
+        rows["pred"] += s.predictions[name][:count]
+        rows["unc"] += s.uncertainty[name][:count]
+    return {
+        "names": rows["names"],
+        "images": np.stack(rows["images"]),
+        "labels": np.stack(rows["labels"]),
+        "predictions": np.stack(rows["pred"]),
+        "uncertainty": np.stack(rows["unc"]),
+    }
+
+
+def _model_figures(
+    shown: list[dict[str, Any]], samples: list[SampleSet], folder: Path
+) -> dict[str, Path]:
+    """One model's figures (the teacher's curves beside its own, when given), the sample
+    predictions of the reference split ("samples_test") and the first image of every set
+    ("samples_sets": the same scene under each shift), saved in `folder`."""
+    name = shown[-1]["name"]
+    written = _save_all(figures.model_figures(shown), folder)
+    sets = [s for s in samples if s.names]
+    if not sets:
+        return written
+    reference = next((s for s in sets if s.split == REFERENCE_SPLIT), sets[0])
+    figure = figures.sample_predictions(
+        **_sample_rows([reference], name, first_only=False),
+        title=f"{name}: {reference.split} images",
+    )
+    written[f"samples_{reference.split}"] = _save(figure, folder / f"samples_{reference.split}.png")
+    if len(sets) > 1:
+        figure = figures.sample_predictions(
+            **_sample_rows(sets, name, first_only=True),
+            title=f"{name}: the first image of every set",
+        )
+        written["samples_sets"] = _save(figure, folder / "samples_sets.png")
+    return written
+
+
+def _save_all(named: Iterable[tuple[str, Any]], folder: Path) -> dict[str, Path]:
+    return {key: _save(figure, folder / f"{key}.png") for key, figure in named}
+
+
+def _save(figure: Any, path: Path) -> Path:
+    figures.save(figure, path)
+    return path
+
+
+def json_text(value: Any, indent: int = 0) -> str:
+    """JSON with nested objects indented and lists of numbers / strings on one line, so a
+    metrics file stays readable without one line per histogram bin. NaN is refused."""
+    pad = " " * (indent + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{pad}{json.dumps(k)}: {json_text(v, indent + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        items = [pad + json_text(v, indent + 1) for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+    return json.dumps(value, allow_nan=False)
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    text = json_text(content) + "\n"
+    atomic_write(path, lambda file: file.write(text.encode()))
+
+
+# Columns of the summary table: (header, key of `summary_row`, format).
+SUMMARY_COLUMNS = (
+    ("model", "name", "{}"),
+    ("kind", "kind", "{}"),
+    ("mIoU", "miou", "{:.4f}"),
+    ("pixel acc", "pixel_accuracy", "{:.4f}"),
+    ("ECE", "ece", "{:.4f}"),
+    ("misc. AUROC", "misclassification_auroc", "{:.4f}"),
+    ("AURC", "aurc", "{:.4f}"),
+    ("pAvPU max", "pavpu_max", "{:.4f}"),
+    ("anomaly AP", "anomaly_ap", "{:.4f}"),
+)
+
+
+def summary_row(model: dict[str, Any], split: str = REFERENCE_SPLIT) -> dict[str, Any]:
+    """The headline numbers of one model on `split`, plus "ood_auroc": {set: (best
+    aggregator, its AUROC)}. Values are None when not evaluated."""
+    result = model["splits"].get(split)
+    seg = result["segmentation"] if result else {}
+    unc = result["uncertainty"] if result else {}
+    ood = model.get("ood") or {"sets": {}}
+    best = {
+        name: (s["best_aggregator"], s["by_aggregator"][s["best_aggregator"]]["auroc"])
+        for name, s in ood["sets"].items()
+        if s["best_aggregator"] is not None
+    }
+    return {
+        "name": model["name"],
+        "kind": model["kind"],
+        "miou": seg.get("miou"),
+        "pixel_accuracy": seg.get("pixel_accuracy"),
+        "ece": result["calibration"]["ece"] if result else None,
+        "misclassification_auroc": unc.get("misclassification", {}).get("auroc"),
+        "aurc": unc.get("aurc"),
+        "pavpu_max": unc.get("pavpu", {}).get("max"),
+        "anomaly_ap": (model.get("anomaly") or {}).get("ap"),
+        "ood_auroc": best,
+    }
+
+
+def _text_table(rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns, a rule under the header row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return lines
+
+
+def format_summary(models: Sequence[dict[str, Any]], split: str = REFERENCE_SPLIT) -> str:
+    """Two aligned text tables: the SUMMARY_COLUMNS per model on `split`, then the best
+    aggregator's image-level OOD AUROC per model and shifted set ("-": not evaluated)."""
+    rows = [summary_row(model, split) for model in models]
+    main = [[title for title, _, _ in SUMMARY_COLUMNS]]
+    main += [
+        ["-" if row[key] is None else fmt.format(row[key]) for _, key, fmt in SUMMARY_COLUMNS]
+        for row in rows
+    ]
+    lines = [f"metrics on {split!r}:", *_text_table(main)]
+    sets = list(dict.fromkeys(name for row in rows for name in row["ood_auroc"]))
+    if sets:
+        ood = [["model", *sets]]
+        for row in rows:
+            cells = [row["ood_auroc"].get(s) for s in sets]
+            ood.append(
+                [row["name"]]
+                + [
+                    "-" if c is None else f"{c[1]:.3f} {figures.AGGREGATOR_LABELS[c[0]]}"
+                    for c in cells
+                ]
+            )
+        lines += ["", f"image-level OOD AUROC vs {REFERENCE_SPLIT!r} (best aggregator):"]
+        lines += _text_table(ood)
+    return "\n".join(lines)

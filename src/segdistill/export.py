@@ -1,0 +1,325 @@
+"""Export one network to ONNX or TorchScript with both of its outputs, and check the file.
+
+`ExportModule` wraps a `Segmenter` so that the exported graph computes what
+`Predictor.predict` computes for it (`segdistill.predictor.segmenter_prediction`):
+
+    images       float32 [B, 3, H, W], RGB scaled to [0, 1] then normalised with the
+                 ImageNet mean / std (`segdistill.data.transforms`); any B, H and W
+    probs        float32 [B, C, H, W] class probabilities        (outputs="probs")
+      or labels  int64   [B, H, W]    class ids (argmax)         (outputs="labels")
+    uncertainty  float32 [B, 1, H, W] in [0, 1], higher = less certain (the predictor's
+                 rule for the network's head: the scalar head, the per-class head at the
+                 predicted class, or 1 - max softmax without a head)
+
+Batch, height and width are dynamic: ONNX through the torch.export-based exporter with
+dynamic shapes, TorchScript by tracing (shapes are read from the input at run time). The
+padding of `segdistill.predict` (to a multiple of 32, cropped back) is part of the graph,
+so any image size works and gives exactly what `segdistill predict` gives.
+
+`check_export` runs the file (onnxruntime for ONNX, `torch.jit.load` for TorchScript) on a
+random input of another batch size and another height and width than the export sample,
+neither a multiple of 32, and compares with PyTorch: max |difference| <= atol (1e-4) for
+probabilities and uncertainty, and the same labels. Pixels whose two most probable classes
+are within atol of each other (near ties, where either class is a right answer, and so is
+the per-class head's value at either class) are left out of the label and uncertainty
+comparisons.
+
+Limits, refused with an error that says why: ensembles and MC-dropout teachers (export is
+for single networks; their uncertainty is the spread of several networks or random passes;
+distil them into a student); ONNX for networks with adaptive average pooling to more than
+one bin (PSPNet's pyramid pooling: ONNX has no such operator for dynamic sizes; TorchScript
+keeps the operator).
+
+Both files carry a JSON description (name, kind, classes, uncertainty source, outputs,
+input normalisation): ONNX in its `metadata_props` under "segdistill", TorchScript as the
+extra file "segdistill.json" (`torch.jit.load(path, _extra_files={"segdistill.json": ""})`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from segdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segdistill.errors import CheckpointError, ConfigError
+from segdistill.models import Segmenter
+from segdistill.predict import input_multiple, pad_to_multiple
+from segdistill.predictor import Predictor, segmenter_prediction
+
+FORMATS = ("onnx", "torchscript")
+OUTPUTS = ("probs", "labels")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+DEFAULT_ATOL = 1e-4
+METADATA_KEY = "segdistill"
+TORCHSCRIPT_METADATA = "segdistill.json"
+# ONNX files are protobuf messages of at most 2 GiB; bigger weights go to a .data file.
+ONNX_SIZE_LIMIT = 2**31 - 2**26
+
+
+class ExportModule(nn.Module):
+    """images [B, 3, H, W] -> (probs [B, C, H, W] or labels [B, H, W], uncertainty
+    [B, 1, H, W]) of one segmenter, for any B, H, W (see the module docstring)."""
+
+    def __init__(self, model: Segmenter, outputs: str = "probs") -> None:
+        super().__init__()
+        if outputs not in OUTPUTS:
+            raise ConfigError(f"outputs must be one of {', '.join(OUTPUTS)}, not {outputs!r}")
+        self.model = model.eval()
+        self.outputs = outputs
+        self.multiple = input_multiple([model])
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        height, width = images.shape[-2:]
+        prediction = segmenter_prediction(self.model, pad_to_multiple(images, self.multiple))
+        probs = prediction.probs[..., :height, :width]
+        uncertainty = prediction.uncertainty[..., :height, :width]
+        if self.outputs == "labels":
+            return probs.argmax(dim=1), uncertainty
+        return probs, uncertainty
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """An exported file compared with PyTorch on one random input.
+
+    shape:       the input's shape [B, 3, H, W].
+    max_diff:    {output: max |exported - PyTorch|} over the compared pixels (for labels:
+                 the number of differing pixels outside near ties).
+    near_ties:   pixels left out of the label / uncertainty comparisons.
+    atol:        the tolerance; ok: every float difference <= atol and no label differs.
+    """
+
+    shape: tuple[int, ...]
+    max_diff: dict[str, float]
+    near_ties: int
+    atol: float
+    ok: bool
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """An exported file: where, which format (and ONNX opset), its outputs and its check."""
+
+    path: Path
+    format: str
+    opset: int | None
+    outputs: str
+    sample_shape: tuple[int, ...]
+    check: CheckResult
+
+
+def exportable_network(predictor: Predictor) -> Segmenter:
+    """The predictor's single network; CheckpointError for ensembles and MC dropout."""
+    if predictor.kind == "ensemble":
+        raise CheckpointError(
+            f"{predictor.source} is an ensemble of {predictor.members} networks; export is for "
+            "single networks (a student or a baseline). Distil the ensemble into a student, or "
+            "export a member by its checkpoint listed in the manifest"
+        )
+    if predictor.kind == "mc_dropout":
+        raise CheckpointError(
+            f"{predictor.source} is an MC-dropout network: its uncertainty is the spread of "
+            "random dropout passes, which an exported graph does not reproduce; export is for "
+            "single deterministic networks (a student or a baseline)"
+        )
+    return predictor.model
+
+
+def default_path(predictor: Predictor, fmt: str) -> Path:
+    """Next to the weights: RUN/checkpoints/best.safetensors -> best.onnx / best.torchscript.pt."""
+    return predictor.source.with_name(predictor.source.stem + SUFFIXES[fmt])
+
+
+def description(predictor: Predictor, outputs: str) -> dict[str, object]:
+    """The JSON stored in the exported file."""
+    return {
+        "name": predictor.name,
+        "kind": predictor.kind,
+        "num_classes": predictor.num_classes,
+        "uncertainty_source": predictor.uncertainty_source,
+        "input": "images float32 [B, 3, H, W]: RGB / 255, minus mean, divided by std",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "outputs": [outputs, "uncertainty"],
+    }
+
+
+def sample_shapes(multiple: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(export sample, check input) shapes [B, 3, H, W]: different batch sizes and sizes,
+    the check's not a multiple of the padding multiple. The export sample's deepest
+    feature map is 2x4, not 1x1, so no resize in the network is a no-op while tracing."""
+    return (2, 3, 2 * multiple, 4 * multiple), (3, 3, 3 * multiple - 5, 5 * multiple + 3)
+
+
+@contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """Silence what the exporters say about torch itself, not about the model: deprecation
+    notices (torch.jit is deprecated upstream), the ONNX registry's note that torchvision
+    ops are skipped, and tracer warnings about Python conditions on shapes (the check at
+    another input size is what tells whether the graph generalises)."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+                warnings.simplefilter("ignore", category)
+            yield
+    finally:
+        registry.setLevel(level)
+
+
+def _unsupported_onnx_pools(model: nn.Module) -> list[str]:
+    """Names of adaptive average pools to more than one bin (no dynamic ONNX operator)."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.AdaptiveAvgPool2d):
+            size = module.output_size
+            bins = size if isinstance(size, tuple) else (size, size)
+            if any(b is not None and b != 1 for b in bins):
+                names.append(f"{name} ({size})")
+    return names
+
+
+def export_onnx(
+    module: ExportModule, sample: Tensor, path: Path, opset: int | None, metadata: str
+) -> int:
+    """Write `module` as ONNX with dynamic batch, height and width; returns the opset."""
+    import onnx
+
+    pools = _unsupported_onnx_pools(module.model)
+    if pools:
+        raise ConfigError(
+            f"ONNX has no operator for adaptive average pooling to several bins at dynamic "
+            f"sizes, which this network uses ({', '.join(pools)}: PSPNet's pyramid pooling); "
+            "export it with --format torchscript"
+        )
+    dims = {"0": "batch", "2": "height", "3": "width"}
+    dynamic = {int(axis): torch.export.Dim(name, min=1) for axis, name in dims.items()}
+    parameter_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    with _quiet_exporters():
+        torch.onnx.export(
+            module,
+            (sample,),
+            str(path),
+            input_names=["images"],
+            output_names=[module.outputs, "uncertainty"],
+            dynamic_shapes=(dynamic,),
+            opset_version=opset,
+            dynamo=True,
+            external_data=parameter_bytes > ONNX_SIZE_LIMIT,
+            verbose=False,
+        )
+    # Add the description; external weights (if any) stay where the exporter put them.
+    model = onnx.load(str(path), load_external_data=False)
+    onnx.helper.set_model_props(model, {METADATA_KEY: metadata})
+    onnx.save(model, str(path))
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def export_torchscript(module: ExportModule, sample: Tensor, path: Path, metadata: str) -> None:
+    """Write `module` traced on `sample` as TorchScript, with the description."""
+    with _quiet_exporters(), torch.no_grad():
+        traced = torch.jit.trace(module, (sample,), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: metadata})
+
+
+def run_exported(path: Path, fmt: str, images: Tensor) -> tuple[Tensor, Tensor]:
+    """Run an exported file on CPU: images -> its two outputs as tensors."""
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        first, uncertainty = session.run(None, {"images": images.numpy()})
+        return torch.from_numpy(first), torch.from_numpy(uncertainty)
+    with _quiet_exporters(), torch.no_grad():
+        first, uncertainty = torch.jit.load(str(path), map_location="cpu")(images)
+    return first, uncertainty
+
+
+def compare(
+    probs: Tensor, uncertainty: Tensor, exported: tuple[Tensor, Tensor], outputs: str, atol: float
+) -> tuple[dict[str, float], int, bool]:
+    """PyTorch probs [B, C, H, W] and uncertainty [B, 1, H, W] vs an exported file's
+    outputs -> ({output: max difference}, near-tie pixels, ok); see the module docstring."""
+    top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
+    margin = top2[:, 0] - top2[:, -1] if probs.shape[1] > 1 else torch.ones_like(top2[:, 0])
+    clear = margin > atol  # [B, H, W]
+    first, exported_uncertainty = exported
+    diff: dict[str, float] = {}
+    if outputs == "labels":
+        diff["labels"] = float(((first != probs.argmax(dim=1)) & clear).sum())
+    else:
+        diff["probs"] = float((first - probs).abs().max())
+    unc = (exported_uncertainty - uncertainty).abs()[:, 0]
+    diff["uncertainty"] = float(unc[clear].max()) if clear.any() else 0.0
+    ok = all(
+        value == 0 if name == "labels" else value <= atol for name, value in diff.items()
+    )
+    return diff, int((~clear).sum()), ok
+
+
+def check_export(
+    path: Path, fmt: str, module: ExportModule, shape: tuple[int, ...], atol: float = DEFAULT_ATOL
+) -> CheckResult:
+    """Compare the exported file with PyTorch on a random normal input of `shape`."""
+    images = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    reference = ExportModule(module.model, "probs")
+    with torch.no_grad():
+        probs, uncertainty = reference(images)
+    exported = run_exported(path, fmt, images)
+    diff, ties, ok = compare(probs, uncertainty, exported, module.outputs, atol)
+    return CheckResult(tuple(shape), diff, ties, atol, ok)
+
+
+def export_predictor(
+    predictor: Predictor,
+    fmt: str,
+    out: Path | None = None,
+    *,
+    opset: int | None = None,
+    outputs: str = "probs",
+    atol: float = DEFAULT_ATOL,
+) -> ExportReport:
+    """Export the predictor's network to `out` (default `default_path`) and check it."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if opset is not None and fmt != "onnx":
+        raise ConfigError("--opset applies to ONNX only")
+    model = exportable_network(predictor).to("cpu")
+    module = ExportModule(model, outputs)
+    path = Path(out) if out is not None else default_path(predictor, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sample_shape, check_shape = sample_shapes(module.multiple)
+    sample = torch.randn(sample_shape, generator=torch.Generator().manual_seed(1))
+    metadata = json.dumps(description(predictor, outputs))
+    used_opset = None
+    if fmt == "onnx":
+        used_opset = export_onnx(module, sample, path, opset, metadata)
+    else:
+        export_torchscript(module, sample, path, metadata)
+    check = check_export(path, fmt, module, check_shape, atol)
+    return ExportReport(path, fmt, used_opset, outputs, sample_shape, check)
+
+
+def read_description(path: Path, fmt: str) -> dict[str, object]:
+    """The JSON description stored in an exported file."""
+    if fmt == "onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        props = {entry.key: entry.value for entry in model.metadata_props}
+        return json.loads(props[METADATA_KEY])
+    files = {TORCHSCRIPT_METADATA: ""}
+    with _quiet_exporters():
+        torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    return json.loads(files[TORCHSCRIPT_METADATA])
+

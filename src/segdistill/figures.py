@@ -1,0 +1,540 @@
+"""Figures of evaluation results, drawn from the metrics dicts of `segdistill.evaluate`.
+
+Every plotting function is pure: it takes model results (the content of a metrics.json,
+or the "models" list of a results.json) and returns one matplotlib `Figure` (Agg canvas,
+no pyplot state), or None when the results hold nothing to draw. `save` and `png_bytes`
+write it and release it. Functions over `models` draw every model in one figure for
+comparison; a model keeps its colour (`model_color`, by position) across figures.
+
+| function                   | shows                                                      |
+|----------------------------|------------------------------------------------------------|
+| reliability_diagram        | accuracy vs confidence per ECE bin                         |
+| misclassification_roc      | ROC of wrong-pixel detection by the uncertainty            |
+| uncertainty_histograms     | uncertainty of correct vs wrong pixels (Holder Fig. 4)     |
+| miou_vs_removed            | mIoU after removing the most uncertain pixels (DUDES F. 4) |
+| miou_per_split             | mIoU on each evaluated set (Holder Table 2)                |
+| teacher_student_hist2d     | student vs teacher uncertainty per pixel (Holder Fig. 3)   |
+| per_class_uncertainty      | mean uncertainty per predicted class (DUDES Table 2)       |
+| ood_roc_curves             | image-level OOD ROC per set and aggregator (Holder Fig. 6) |
+| ood_score_distributions    | image scores per set (Holder Fig. 7)                       |
+| ood_auroc_bars             | best-aggregator OOD AUROC per set and model                |
+| anomaly_histograms         | pixel anomaly scores, normal vs anomalous                  |
+| sample_predictions         | image / labels / prediction / accuracy / uncertainty       |
+|                            | (Holder Fig. 2, DUDES Fig. 3), from arrays                 |
+
+Histogram plots zoom into the occupied part of the uncertainty range: a std rarely
+exceeds 0.3, and a plot over [0, 1] would squeeze it into a few bins.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
+from segdistill.metrics.ranking import roc_curve
+
+Model = dict[str, Any]
+AGGREGATOR_LABELS = {
+    "min": "min",
+    "mean": "mean",
+    "median": "median",
+    "max": "max",
+    "median_plus_min_over_max": "(median + min) / max",
+}
+# Qualitative colours (matplotlib's tab10), one per model by position.
+_COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+_DPI = 110
+
+
+def model_color(index: int) -> str:
+    return _COLORS[index % len(_COLORS)]
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of width x height inches on an Agg canvas."""
+    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save(figure: Figure, path: str | Path) -> None:
+    """Write the figure as PNG (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def pick_split(models: Sequence[Model], split: str | None = None) -> str:
+    """`split` when given, else "test" when every model has it, else the first split of
+    the first model."""
+    if split is not None:
+        return split
+    if all("test" in m["splits"] for m in models):
+        return "test"
+    return next(iter(models[0]["splits"]))
+
+
+def _label(model: Model) -> str:
+    return f"{model['name']} ({model['kind']})"
+
+
+def _values(items: Sequence[float | None]) -> np.ndarray:
+    """JSON numbers with None -> float array with NaN."""
+    return np.array([np.nan if v is None else v for v in items], dtype=np.float64)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _occupied_limit(edges: np.ndarray, *histograms: np.ndarray) -> float:
+    """Upper edge of the last non-empty bin of any histogram, with a margin."""
+    total = np.sum([np.asarray(h, dtype=np.float64) for h in histograms], axis=0)
+    nonzero = np.flatnonzero(total)
+    last = edges[nonzero[-1] + 1] if nonzero.size else edges[-1]
+    return float(min(edges[-1], edges[0] + (last - edges[0]) * 1.05))
+
+
+def _grid(count: int, max_cols: int, panel: tuple[float, float]) -> tuple[Figure, list[Any]]:
+    cols = min(count, max_cols)
+    rows = -(-count // cols)
+    figure = new_figure(panel[0] * cols, panel[1] * rows)
+    axes = figure.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return figure, list(axes[:count])
+
+
+def reliability_diagram(models: Sequence[Model], split: str | None = None) -> Figure:
+    """Accuracy vs mean confidence of each non-empty ECE bin; the diagonal is perfect
+    calibration. Legend: ECE per model."""
+    split = pick_split(models, split)
+    figure = new_figure(5.2, 4.4)
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
+    for i, model in enumerate(models):
+        calibration = model["splits"][split]["calibration"]
+        conf, acc = _values(calibration["confidence"]), _values(calibration["accuracy"])
+        keep = ~np.isnan(conf)
+        ax.plot(
+            conf[keep],
+            acc[keep],
+            marker="o",
+            markersize=4,
+            color=model_color(i),
+            label=f"{_label(model)}  ECE {_fmt(calibration['ece'], 4)}",
+        )
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy")
+    ax.set_title(f"Reliability diagram ({split})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return figure
+
+
+def misclassification_roc(models: Sequence[Model], split: str | None = None) -> Figure:
+    """ROC of detecting wrong pixels by thresholding the uncertainty (wrong = positive),
+    drawn from the stored histograms; the legend gives the AUROC of the fine histograms."""
+    split = pick_split(models, split)
+    figure = new_figure(5.2, 4.4)
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance")
+    for i, model in enumerate(models):
+        unc = model["splits"][split]["uncertainty"]
+        hist = unc["histograms"]
+        fpr, tpr = roc_curve(np.asarray(hist["wrong"]), np.asarray(hist["correct"]))
+        auroc = unc["misclassification"]["auroc"]
+        ax.plot(fpr, tpr, color=model_color(i), label=f"{_label(model)}  AUROC {_fmt(auroc)}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (correct pixels flagged)")
+    ax.set_ylabel("true positive rate (wrong pixels flagged)")
+    ax.set_title(f"Misclassification detection ({split})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return figure
+
+
+def uncertainty_histograms(models: Sequence[Model], split: str | None = None) -> Figure:
+    """One panel per model: the uncertainty of correctly and wrongly classified pixels,
+    each normalised to its own total (Holder & Shafique Fig. 4)."""
+    split = pick_split(models, split)
+    figure, axes = _grid(len(models), 3, (4.2, 3.4))
+    for ax, model in zip(axes, models):
+        unc = model["splits"][split]["uncertainty"]
+        hist = unc["histograms"]
+        edges = np.asarray(hist["edges"])
+        for key, color in (("correct", "#2ca02c"), ("wrong", "#d62728")):
+            counts = np.asarray(hist[key], dtype=np.float64)
+            share = counts / counts.sum() if counts.sum() else counts
+            ax.stairs(
+                share,
+                edges,
+                color=color,
+                fill=True,
+                alpha=0.45,
+                label=f"{key} ({int(counts.sum()):,} px)",
+            )
+        ax.set_xlim(edges[0], _occupied_limit(edges, hist["correct"], hist["wrong"]))
+        ax.set_xlabel(f"uncertainty ({model['uncertainty_source']})", fontsize=8)
+        ax.set_ylabel("share of pixels")
+        ax.set_title(model["name"], fontsize=10)
+        ax.legend(fontsize=8)
+    figure.suptitle(f"Uncertainty of correct and wrong pixels ({split})")
+    return figure
+
+
+def miou_vs_removed(models: Sequence[Model], split: str | None = None) -> Figure:
+    """mIoU of the pixels kept after removing the given share of the most uncertain
+    pixels of the data set (DUDES Fig. 4); rising curves mean useful uncertainty."""
+    split = pick_split(models, split)
+    figure = new_figure(5.2, 4.0)
+    ax = figure.subplots()
+    for i, model in enumerate(models):
+        curve = model["splits"][split]["uncertainty"]["miou_vs_removed"]
+        ax.plot(
+            100 * np.asarray(curve["removed_fraction"]),
+            _values(curve["miou"]),
+            marker="o",
+            markersize=4,
+            color=model_color(i),
+            label=_label(model),
+        )
+    ax.set(xlabel="most uncertain pixels removed (%)", ylabel="mIoU of the remaining pixels")
+    ax.set_title(f"mIoU vs removed pixels ({split})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure
+
+
+def miou_per_split(models: Sequence[Model]) -> Figure:
+    """Grouped bars: mIoU of each model on each evaluated set (Holder Table 2)."""
+    splits = list(dict.fromkeys(s for m in models for s in m["splits"]))
+    figure = new_figure(max(5.0, 0.9 * len(splits) * max(1, len(models)) ** 0.5 + 2), 3.8)
+    ax = figure.subplots()
+    width = 0.8 / len(models)
+    x = np.arange(len(splits))
+    for i, model in enumerate(models):
+        values = [
+            (model["splits"].get(s) or {}).get("segmentation", {}).get("miou") for s in splits
+        ]
+        ax.bar(
+            x + (i - (len(models) - 1) / 2) * width,
+            _values(values),
+            width,
+            color=model_color(i),
+            label=_label(model),
+        )
+    ax.set_xticks(x, splits, rotation=30, ha="right")
+    ax.set_ylabel("mIoU")
+    ax.set_title("mIoU per evaluated set")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure
+
+
+def teacher_student_hist2d(models: Sequence[Model], split: str | None = None) -> Figure | None:
+    """Per model compared with a teacher: 2D histograms of student vs teacher uncertainty
+    for correctly and wrongly labelled pixels (Holder Fig. 3), log colour scale."""
+    students = [m for m in models if m.get("vs_teacher")]
+    if not students:
+        return None
+    split = pick_split(students, split)
+    figure, axes = _grid(2 * len(students), 4, (3.6, 3.3))
+    for s, model in enumerate(students):
+        paired = model["vs_teacher"]["splits"][split]["paired"]
+        hist = paired["hist2d"]
+        t_edges, s_edges = np.asarray(hist["teacher_edges"]), np.asarray(hist["student_edges"])
+        correct, wrong = np.asarray(hist["correct"]), np.asarray(hist["wrong"])
+        t_max = _occupied_limit(t_edges, (correct + wrong).sum(axis=1))
+        s_max = _occupied_limit(s_edges, (correct + wrong).sum(axis=0))
+        for k, (key, counts, cmap) in enumerate(
+            (("correct", correct, "Greens"), ("wrong", wrong, "Reds"))
+        ):
+            ax = axes[2 * s + k]
+            if counts.sum():
+                mesh = ax.pcolormesh(
+                    t_edges,
+                    s_edges,
+                    counts.T,
+                    cmap=cmap,
+                    norm=LogNorm(vmin=1, vmax=max(counts.max(), 2)),
+                )
+                figure.colorbar(mesh, ax=ax, label="pixels")
+            limit = max(t_max, s_max)
+            ax.plot([0, limit], [0, limit], color="0.4", linestyle="--", linewidth=0.8)
+            ax.set(xlim=(t_edges[0], t_max), ylim=(s_edges[0], s_max))
+            ax.set_xlabel(f"teacher ({model['vs_teacher']['teacher']})", fontsize=8)
+            ax.set_ylabel(f"student ({model['name']})", fontsize=8)
+            ax.set_title(
+                f"{model['name']}: {key} pixels, r = {_fmt(paired['pearson'])}", fontsize=9
+            )
+    figure.suptitle(f"Student vs teacher uncertainty per pixel ({split})")
+    return figure
+
+
+def per_class_uncertainty(models: Sequence[Model], split: str | None = None) -> Figure:
+    """Grouped bars: mean uncertainty of the pixels predicted as each class, per model
+    (DUDES Table 2). A class no pixel was predicted as has no bar."""
+    split = pick_split(models, split)
+    names = models[0]["class_names"]
+    figure = new_figure(max(7.0, 0.45 * len(names) + 2), 4.0)
+    ax = figure.subplots()
+    width = 0.8 / len(models)
+    x = np.arange(len(names))
+    for i, model in enumerate(models):
+        values = _values(model["splits"][split]["uncertainty"]["per_class_mean"])
+        ax.bar(
+            x + (i - (len(models) - 1) / 2) * width,
+            values,
+            width,
+            color=model_color(i),
+            label=_label(model),
+        )
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("mean uncertainty")
+    ax.set_title(f"Mean uncertainty per predicted class ({split})")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure
+
+
+def ood_roc_curves(model: Model) -> Figure | None:
+    """One panel per shifted set: image-level OOD ROC of each aggregator vs the reference
+    split (Holder Fig. 6)."""
+    ood = model.get("ood")
+    if not ood or not ood["sets"]:
+        return None
+    figure, axes = _grid(len(ood["sets"]), 4, (3.4, 3.2))
+    for ax, (name, result) in zip(axes, ood["sets"].items()):
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1)
+        for j, (agg, metrics) in enumerate(result["by_aggregator"].items()):
+            best = agg == result["best_aggregator"]
+            ax.plot(
+                metrics["roc"]["fpr"],
+                metrics["roc"]["tpr"],
+                color=model_color(j),
+                linewidth=2.2 if best else 1.1,
+                label=f"{AGGREGATOR_LABELS.get(agg, agg)} {_fmt(metrics['auroc'])}",
+            )
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="FPR", ylabel="TPR")
+        ax.set_title(f"{ood['reference']} vs {name}", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right", title="AUROC", title_fontsize=7)
+    figure.suptitle(f"{model['name']}: image-level OOD detection by aggregator")
+    return figure
+
+
+def common_best_aggregator(model: Model) -> str | None:
+    """The aggregator that is best on most shifted sets (ties: AGGREGATOR_LABELS order)."""
+    ood = model.get("ood")
+    if not ood:
+        return None
+    best = [s["best_aggregator"] for s in ood["sets"].values() if s["best_aggregator"]]
+    return max(ood["aggregators"], key=best.count) if best else None
+
+
+def ood_score_distributions(model: Model, aggregator: str | None = None) -> Figure | None:
+    """Box plots (with the images as dots) of the image scores of every evaluated set for
+    one aggregator, default the one best on most sets (Holder Fig. 7)."""
+    ood = model.get("ood")
+    aggregator = aggregator or common_best_aggregator(model)
+    if not ood or aggregator is None:
+        return None
+    scores = ood["image_scores"]
+    names = list(scores)
+    figure = new_figure(max(5.0, 0.8 * len(names) + 1.5), 3.8)
+    ax = figure.subplots()
+    data = [np.asarray(scores[n][aggregator], dtype=np.float64) for n in names]
+    ax.boxplot(data, showfliers=False, widths=0.55)
+    rng = np.random.default_rng(0)  # fixed jitter: the same results draw the same figure
+    for i, values in enumerate(data, start=1):
+        color = "#1f77b4" if names[i - 1] == ood["reference"] else "#d62728"
+        ax.scatter(i + rng.uniform(-0.18, 0.18, values.size), values, s=8, alpha=0.6, color=color)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
+    ax.set_ylabel(f"image score: {AGGREGATOR_LABELS.get(aggregator, aggregator)}")
+    ax.set_title(f"{model['name']}: image scores per set (blue: in-distribution)")
+    ax.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def ood_auroc_bars(models: Sequence[Model]) -> Figure | None:
+    """Grouped bars: the best aggregator's OOD AUROC per shifted set and model."""
+    with_ood = [(i, m) for i, m in enumerate(models) if m.get("ood")]
+    if not with_ood:
+        return None
+    sets = list(dict.fromkeys(s for _, m in with_ood for s in m["ood"]["sets"]))
+    figure = new_figure(max(5.0, 0.9 * len(sets) + 2.5), 3.8)
+    ax = figure.subplots()
+    width = 0.8 / len(with_ood)
+    x = np.arange(len(sets))
+    for k, (i, model) in enumerate(with_ood):
+        values = []
+        for name in sets:
+            result = model["ood"]["sets"].get(name)
+            best = result and result["best_aggregator"]
+            values.append(result["by_aggregator"][best]["auroc"] if best else None)
+        ax.bar(
+            x + (k - (len(with_ood) - 1) / 2) * width,
+            _values(values),
+            width,
+            color=model_color(i),
+            label=_label(model),
+        )
+    ax.axhline(0.5, color="0.5", linestyle="--", linewidth=1)
+    ax.set_xticks(x, sets, rotation=30, ha="right")
+    ax.set(ylim=(0, 1), ylabel="AUROC (best aggregator)")
+    ax.set_title(f"Image-level OOD detection vs {with_ood[0][1]['ood']['reference']}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure
+
+
+def anomaly_histograms(models: Sequence[Model]) -> Figure | None:
+    """One panel per model: uncertainty of normal and anomalous pixels of the anomaly set
+    (each normalised to its total); the title gives AP and AUROC."""
+    with_anomaly = [m for m in models if m.get("anomaly")]
+    if not with_anomaly:
+        return None
+    figure, axes = _grid(len(with_anomaly), 3, (4.2, 3.3))
+    for ax, model in zip(axes, with_anomaly):
+        anomaly = model["anomaly"]
+        hist = anomaly["histograms"]
+        edges = np.asarray(hist["edges"])
+        for key, color in (("normal", "#1f77b4"), ("anomaly", "#d62728")):
+            counts = np.asarray(hist[key], dtype=np.float64)
+            share = counts / counts.sum() if counts.sum() else counts
+            ax.stairs(
+                share,
+                edges,
+                color=color,
+                fill=True,
+                alpha=0.45,
+                label=f"{key} ({int(counts.sum()):,} px)",
+            )
+        ax.set_xlim(edges[0], _occupied_limit(edges, hist["normal"], hist["anomaly"]))
+        ax.set_xlabel("uncertainty (anomaly score)")
+        ax.set_ylabel("share of pixels")
+        ax.set_title(
+            f"{model['name']}: AP {_fmt(anomaly['ap'])}, AUROC {_fmt(anomaly['auroc'])}", fontsize=9
+        )
+        ax.legend(fontsize=8)
+    figure.suptitle(f"Pixel anomaly detection ({with_anomaly[0]['anomaly']['split']})")
+    return figure
+
+
+def accuracy_map(
+    labels: np.ndarray, prediction: np.ndarray, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
+    """[H, W] labels and prediction -> [H, W, 3] uint8: white correct, black wrong, grey
+    where the label is ignore_index."""
+    out = np.where((prediction == labels)[..., None], 255, 0).astype(np.uint8).repeat(3, axis=-1)
+    out[labels == ignore_index] = 128
+    return out
+
+
+def sample_predictions(
+    names: Sequence[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    uncertainty: np.ndarray,
+    *,
+    title: str,
+    ignore_index: int = IGNORE_INDEX,
+    palette: np.ndarray = TRAIN_ID_COLORS,
+) -> Figure:
+    """Rows of image | ground truth | prediction | accuracy | uncertainty (Holder Fig. 2,
+    DUDES Fig. 3). images [K, H, W, 3] uint8; labels, predictions [K, H, W] class ids;
+    uncertainty [K, H, W]. One colour scale for all uncertainty maps, from 0 to their
+    99.5th percentile, so rows compare."""
+    count, height, width = labels.shape
+    panel = 2.4
+    figure = new_figure(panel * 5 + 0.8, panel * height / width * count + 0.7)
+    axes = figure.subplots(count, 5, squeeze=False)
+    vmax = float(np.percentile(uncertainty, 99.5)) or 1e-6
+    columns = ("image", "ground truth", "prediction", "accuracy (white = correct)", "uncertainty")
+    mesh = None
+    for r in range(count):
+        label = labels[r].astype(np.int64)
+        panels = (
+            images[r],
+            colorize(np.where(label == ignore_index, 255, label).astype(np.uint8), palette),
+            colorize(predictions[r].astype(np.uint8), palette),
+            accuracy_map(label, predictions[r], ignore_index),
+        )
+        for c, picture in enumerate(panels):
+            axes[r][c].imshow(picture, interpolation="nearest")
+        mesh = axes[r][4].imshow(
+            uncertainty[r], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest"
+        )
+        axes[r][0].set_ylabel(names[r], fontsize=7)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for c, column in enumerate(columns):
+        axes[0][c].set_title(column, fontsize=9)
+    figure.colorbar(mesh, ax=axes[:, 4].tolist(), fraction=0.05, label="uncertainty")
+    figure.suptitle(title, fontsize=11)
+    return figure
+
+
+def _draw(
+    entries: Sequence[tuple[str, Callable[[], Figure | None]]],
+) -> Iterator[tuple[str, Figure]]:
+    """Draw lazily, one figure alive at a time; skip the ones with nothing to show."""
+    for name, draw in entries:
+        figure = draw()
+        if figure is not None:
+            yield name, figure
+
+
+def model_figures(models: Sequence[Model]) -> Iterator[tuple[str, Figure]]:
+    """(file name, figure) of one model's figures; `models` is [model] or [teacher,
+    model], the teacher's curves drawn beside the model's."""
+    subject = models[-1]
+    return _draw(
+        [
+            ("reliability", lambda: reliability_diagram(models)),
+            ("misclassification_roc", lambda: misclassification_roc(models)),
+            ("uncertainty_histograms", lambda: uncertainty_histograms(models)),
+            ("miou_vs_removed", lambda: miou_vs_removed(models)),
+            ("miou_per_split", lambda: miou_per_split(models)),
+            ("per_class_uncertainty", lambda: per_class_uncertainty(models)),
+            ("teacher_student_hist2d", lambda: teacher_student_hist2d([subject])),
+            ("ood_roc", lambda: ood_roc_curves(subject)),
+            ("ood_scores", lambda: ood_score_distributions(subject)),
+            ("anomaly_histograms", lambda: anomaly_histograms(models)),
+        ]
+    )
+
+
+def comparison_figures(models: Sequence[Model]) -> Iterator[tuple[str, Figure]]:
+    """(file name, figure) of the figures comparing all models."""
+    return _draw(
+        [
+            ("reliability", lambda: reliability_diagram(models)),
+            ("misclassification_roc", lambda: misclassification_roc(models)),
+            ("uncertainty_histograms", lambda: uncertainty_histograms(models)),
+            ("miou_vs_removed", lambda: miou_vs_removed(models)),
+            ("miou_per_split", lambda: miou_per_split(models)),
+            ("per_class_uncertainty", lambda: per_class_uncertainty(models)),
+            ("teacher_student_hist2d", lambda: teacher_student_hist2d(models)),
+            ("ood_auroc", lambda: ood_auroc_bars(models)),
+            ("anomaly_histograms", lambda: anomaly_histograms(models)),
+        ]
+    )

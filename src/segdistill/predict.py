@@ -1,0 +1,520 @@
+"""Predict on image files with any model source and write pictures for people and machines.
+
+`predict_files(predictor, images, out)` runs `Predictor.predict` (a student, a baseline, an
+ensemble or an MC-dropout teacher, see `segdistill.predictor`) over image files and writes,
+per image NAME (the file stem), one PNG into one folder per kind, so that a folder of video
+frames becomes one frame sequence per kind:
+
+    pred/NAME.png           predicted class ids (8-bit; 16-bit beyond 256 classes)
+    seg/NAME.png            class colours (the Cityscapes palette for train ids)
+    overlay/NAME.png        the image blended 50/50 with the class colours
+    uncertainty/NAME.png    heat map on a FIXED scale: magma colour map, 0 (black) to `vmax`
+                            (pale yellow, default 0.5); larger values saturate
+    uncertainty16/NAME.png  raw uncertainty as a 16-bit PNG: u = value / 65535, u in [0, 1]
+    accuracy/NAME.png       when a label exists: binary accuracy map, white = wrong,
+                            black = right, grey (128) = void / ignore
+    panel/NAME.png          image, label, prediction, accuracy map and the heat map with its
+                            colour bar, side by side
+    predict.json            the model, the encodings above and, per image, its input and label
+
+Choices the papers leave open:
+- The colour scale is fixed (not per image) so pictures of different images and models
+  compare. Its default top, 0.5, is the largest possible pred_std (a population std of a
+  probability), the uncertainty of ensembles, MC dropout and the DUDES / Holder students
+  that learn it. A baseline's 1 - max softmax (up to 1 - 1/C) and a head (up to 1) can go
+  above it: the picture saturates there, the 16-bit file keeps the value.
+- The accuracy map is the one of Holder & Shafique (Fig. 2) and DUDES (Fig. 3): white =
+  wrong. DUDES paints void pixels white as well; here they are grey so that white means
+  only "wrong", and the map is binary on the pixels that have a label.
+
+Inputs: image files, folders (searched with their sub-folders for .png / .jpg / .jpeg, in
+natural order so frame_2 comes before frame_10) or folders of video frames. segdistill has
+no video decoder (it does not depend on imageio or PyAV); a video file is refused with the
+ffmpeg command that extracts its frames. Images follow the rules of
+`segdistill.data.base.read_image`: grayscale, palette and RGBA images are converted to RGB
+(with a notice; alpha is dropped), 16-bit and float images are refused naming the file.
+
+Labels (`labels`, a file for a single image or a folder searched with its sub-folders): for
+an image `X_leftImg8bit*.png` the Cityscapes files `X_gtFine_labelTrainIds.png` (preferred)
+or `X_gtFine_labelIds.png`, else a PNG with the image's stem. labelIds are mapped to train
+ids by the official table, other files hold class ids and `ignore_index` directly
+(`segdistill.data.cityscapes.label_mappings`); unknown values are an error naming the file.
+
+Sizes: images of any size. A batch is padded at the bottom and right with 0 (the ImageNet
+mean colour after normalisation, as training crops are padded) to a multiple of
+`input_multiple` (32, or the largest encoder stride when that is larger) and every output
+is cropped back. With `size`, the normalised image is resized bilinearly to H x W first
+(as training's RandomScale) and probabilities and uncertainty are resized back to the
+image size, so every output has the size of its image and aligns with it and its label.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, PngImagePlugin
+from torch import Tensor
+from tqdm import tqdm
+
+from segdistill.checkpoints import atomic_write
+from segdistill.data.base import LabelMapping, read_image, read_mask
+from segdistill.data.cityscapes import (
+    LABEL_IDS_SUFFIX,
+    TRAIN_IDS_SUFFIX,
+    base_name,
+    label_mappings,
+)
+from segdistill.data.folder import IMAGE_SUFFIXES
+from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
+from segdistill.data.transforms import build_eval_transform
+from segdistill.errors import DataError
+from segdistill.models import Segmenter
+from segdistill.models.teachers import Ensemble, MCDropout
+from segdistill.predictor import Predictor
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+# Nominal downsampling of every encoder (ResNet, MobileNetV2, NfS-Net down to c5).
+MIN_INPUT_MULTIPLE = 32
+UNCERTAINTY_VMAX = 0.5
+UNCERTAINTY_COLORMAP = "magma"
+UINT16_MAX = 65535
+OVERLAY_ALPHA = 0.5
+ACCURACY_WRONG, ACCURACY_RIGHT, ACCURACY_VOID = 255, 0, 128
+SUMMARY_FILE = "predict.json"
+_MODE_NAMES = {
+    "1": "1-bit",
+    "L": "grayscale",
+    "LA": "grayscale + alpha (alpha dropped)",
+    "P": "palette",
+    "PA": "palette + alpha (alpha dropped)",
+    "RGBA": "RGBA (alpha dropped)",
+    "CMYK": "CMYK",
+    "YCbCr": "YCbCr",
+}
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _natural_key(path: Path) -> list[object]:
+    """Sort key comparing digit runs as numbers: frame_2 before frame_10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(path))]
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder.resolve())
+
+
+def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Path]:
+    """Image files of `inputs` (files, or folders searched with their sub-folders), in the
+    order given, each folder in natural order; files under `exclude` (the output folder)
+    are skipped. DataError for a missing path, a video file, a folder without images or two
+    images with the same stem (their outputs would overwrite each other)."""
+    images: list[Path] = []
+    for path in map(Path, inputs):
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            raise DataError(
+                f"{path}: segdistill has no video decoder (it does not depend on imageio or "
+                f"PyAV); extract the frames first, e.g. `mkdir frames && ffmpeg -i {path} "
+                "frames/%06d.png`, and pass the folder of frames"
+            )
+        if path.is_dir():
+            found = [
+                file
+                for file in path.rglob("*")
+                if file.suffix.lower() in IMAGE_SUFFIXES
+                and file.is_file()
+                and not _inside(file, exclude)
+            ]
+            if not found:
+                patterns = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
+                raise DataError(
+                    f"{path}: no images found (searched it and its sub-folders for {patterns})"
+                )
+            images += sorted(found, key=lambda file: _natural_key(file.relative_to(path)))
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    seen: dict[str, Path] = {}
+    for image in images:
+        if image.stem in seen:
+            raise DataError(
+                f"{seen[image.stem]} and {image} have the same name {image.stem!r}; their "
+                "outputs would overwrite each other, predict them in separate runs"
+            )
+        seen[image.stem] = image
+    return images
+
+
+def load_image(path: Path) -> tuple[np.ndarray, str | None]:
+    """(uint8 [H, W, 3] RGB, notice or None): `read_image`'s rules, plus a notice saying
+    how an image that was not RGB was converted."""
+    image = read_image(path)
+    with Image.open(path) as img:  # the header only: read_image has decoded it already
+        mode = img.mode
+    if mode == "RGB":
+        return image, None
+    return image, f"{path}: {_MODE_NAMES.get(mode, mode)} image converted to RGB"
+
+
+def match_labels(images: Sequence[Path], labels: Path) -> dict[Path, Path | None]:
+    """The label file of each image (None when there is none), see the module docstring.
+    `labels` is one file (only for a single image) or a folder searched recursively."""
+    if labels.is_file():
+        if len(images) != 1:
+            raise DataError(
+                f"labels {labels} is one file but there are {len(images)} images; give the "
+                "folder that holds their labels"
+            )
+        return {images[0]: labels}
+    if not labels.is_dir():
+        raise DataError(f"labels {labels}: no such file or folder")
+    by_name: dict[str, list[Path]] = {}
+    for file in labels.rglob("*.png"):
+        by_name.setdefault(file.name, []).append(file)
+    matches: dict[Path, Path | None] = {}
+    for image in images:
+        candidates = (
+            f"{base_name(image)}{TRAIN_IDS_SUFFIX}",
+            f"{base_name(image)}{LABEL_IDS_SUFFIX}",
+            f"{image.stem}.png",
+        )
+        # A labels folder that also holds the images must not match an image to itself.
+        found = [
+            [file for file in by_name.get(name, []) if file.resolve() != image.resolve()]
+            for name in candidates
+        ]
+        files = next((files for files in found if files), [])
+        if len(files) > 1:
+            raise DataError(
+                f"{image}: several label files match under {labels}: "
+                f"{', '.join(map(str, files))}"
+            )
+        matches[image] = files[0] if files else None
+    return matches
+
+
+def read_label(
+    path: Path, size: tuple[int, int], num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
+    """A label file -> int64 [H, W] class ids (`ignore_index` for void), checked against
+    the image size (H, W) and the values its kind may hold."""
+    mappings = label_mappings(ignore_index)
+    suffix = next((s for s in (LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX) if path.name.endswith(s)), None)
+    mapping = (
+        mappings[suffix] if suffix else LabelMapping.identity(num_classes, ignore_index)
+    )
+    raw = read_mask(path)
+    if raw.shape != size:
+        raise DataError(
+            f"label {path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image is "
+            f"{size[1]}x{size[0]}"
+        )
+    return mapping.decode(raw, path).astype(np.int64)
+
+
+# ------------------------------------------------------------------------- inference
+
+
+def segmenters(predictor: Predictor) -> list[Segmenter]:
+    """The networks behind a predictor: the ensemble members, the MC-dropout network or
+    the single segmenter."""
+    model = predictor.model
+    if isinstance(model, Ensemble):
+        return list(model.members)
+    if isinstance(model, MCDropout):
+        return [model.model]
+    return [model]
+
+
+def input_multiple(networks: Sequence[Segmenter]) -> int:
+    """The size multiple inputs are padded to: 32, or the largest encoder stride if larger
+    (NfS-Net's c6 is at 64), so every level's grid divides the image exactly."""
+    return max(MIN_INPUT_MULTIPLE, *(max(net.encoder.strides) for net in networks))
+
+
+def pad_to_multiple(images: Tensor, multiple: int) -> Tensor:
+    """[B, C, H, W] -> [B, C, H', W'] with H', W' the next multiples of `multiple`, padded
+    with 0 at the bottom and right (crop outputs back with [..., :H, :W])."""
+    height, width = images.shape[-2:]
+    return F.pad(images, (0, (-width) % multiple, 0, (-height) % multiple))
+
+
+def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear [B, C, h, w] -> [B, C, *size], as the training transforms resize."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def predict_arrays(
+    predictor: Predictor,
+    images: Sequence[np.ndarray],
+    multiple: int,
+    size: tuple[int, int] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """uint8 [H, W, 3] images (sizes may differ) -> per image (class ids int64 [H, W],
+    uncertainty float32 [H, W]), in one `predict` call (see the module docstring)."""
+    normalise = build_eval_transform()
+    tensors = []
+    for image in images:
+        x = torch.from_numpy(normalise({"image": image})["image"]).permute(2, 0, 1)[None]
+        tensors.append(_resize(x, size) if size is not None else x)
+    height = max(x.shape[-2] for x in tensors)
+    width = max(x.shape[-1] for x in tensors)
+    batch = torch.cat([F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in tensors])
+    prediction = predictor.predict(pad_to_multiple(batch, multiple).to(predictor.device))
+    results = []
+    for i, (image, x) in enumerate(zip(images, tensors)):
+        h, w = x.shape[-2:]
+        probs = prediction.probs[i : i + 1, :, :h, :w]
+        uncertainty = prediction.uncertainty[i : i + 1, :, :h, :w]
+        if size is not None:
+            probs = _resize(probs, image.shape[:2])
+            uncertainty = _resize(uncertainty, image.shape[:2])
+        results.append(
+            (probs.argmax(dim=1)[0].cpu().numpy(), uncertainty[0, 0].float().cpu().numpy())
+        )
+    return results
+
+
+# ---------------------------------------------------------------------------- pictures
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """[C, 3] uint8 colours: the Cityscapes train-id colours, then fixed pseudo-random
+    colours for classes beyond 19."""
+    extra = max(0, num_classes - len(TRAIN_ID_COLORS))
+    more = np.random.default_rng(0).integers(0, 256, size=(extra, 3), dtype=np.uint8)
+    return np.concatenate([TRAIN_ID_COLORS, more])[:num_classes]
+
+
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """uint8 [H, W, 3] image and class colours -> their blend (alpha = colour weight)."""
+    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
+    return np.rint(blend).astype(np.uint8)
+
+
+def heat_map(uncertainty: np.ndarray, vmax: float = UNCERTAINTY_VMAX) -> np.ndarray:
+    """[H, W] uncertainty -> uint8 [H, W, 3], the colour map on the fixed scale 0..vmax."""
+    colormap = matplotlib.colormaps[UNCERTAINTY_COLORMAP]
+    rgba = colormap(np.clip(uncertainty / vmax, 0.0, 1.0), bytes=True)
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def accuracy_map(pred: np.ndarray, label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Class ids and label [H, W] -> uint8 [H, W]: 255 wrong, 0 right, 128 ignore."""
+    out = np.where(pred != label, ACCURACY_WRONG, ACCURACY_RIGHT).astype(np.uint8)
+    out[label == ignore_index] = ACCURACY_VOID
+    return out
+
+
+def uncertainty_to_uint16(uncertainty: np.ndarray) -> np.ndarray:
+    """[H, W] uncertainty in [0, 1] -> uint16, round(u * 65535)."""
+    return np.rint(np.clip(uncertainty, 0.0, 1.0) * UINT16_MAX).astype(np.uint16)
+
+
+def draw_panel(
+    path: Path,
+    title: str,
+    pictures: Sequence[tuple[str, np.ndarray]],
+    uncertainty: np.ndarray,
+    vmax: float = UNCERTAINTY_VMAX,
+) -> None:
+    """One row: the (caption, uint8 picture) panels, then the uncertainty on the fixed
+    scale 0..vmax with its colour bar; written as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height, width = uncertainty.shape
+    cols = len(pictures) + 1
+    panel_w = 3.2
+    figure = Figure(figsize=(panel_w * cols + 0.6, panel_w * height / width + 0.7))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, cols, squeeze=False)[0]
+    for ax, (caption, picture) in zip(axes, pictures):
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=9)
+    shown = axes[-1].imshow(uncertainty, cmap=UNCERTAINTY_COLORMAP, vmin=0.0, vmax=vmax)
+    axes[-1].set_title("uncertainty", fontsize=9)
+    figure.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.02)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+
+
+def _save_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None) -> None:
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, pnginfo=info)
+
+
+# ------------------------------------------------------------------------------- runs
+
+
+@dataclass
+class PredictSummary:
+    """What a `predict_files` run did: images written, how many had a label, the notices
+    (converted images, images without a label) and the summary file."""
+
+    images: int = 0
+    labelled: int = 0
+    notices: list[str] = field(default_factory=list)
+    summary: Path | None = None
+
+
+def write_outputs(
+    out: Path,
+    name: str,
+    image: np.ndarray,
+    pred: np.ndarray,
+    uncertainty: np.ndarray,
+    label: np.ndarray | None,
+    *,
+    palette: np.ndarray,
+    title: str,
+    vmax: float = UNCERTAINTY_VMAX,
+    ignore_index: int = IGNORE_INDEX,
+) -> dict[str, str]:
+    """Write every output picture of one image (module docstring) -> {kind: file}."""
+    colours = colorize(pred, palette)
+    heat = heat_map(uncertainty, vmax)
+    pictures: dict[str, np.ndarray] = {
+        "pred": pred.astype(np.uint8 if len(palette) <= 256 else np.uint16),
+        "seg": colours,
+        "overlay": overlay(image, colours),
+        "uncertainty": heat,
+    }
+    panels = [("image", image)]
+    if label is not None:
+        pictures["accuracy"] = accuracy_map(pred, label, ignore_index)
+        panels.append(("label", colorize(label, palette)))
+    panels.append(("prediction", colours))
+    if label is not None:
+        panels.append(("accuracy (white = wrong)", pictures["accuracy"]))
+    files: dict[str, str] = {}
+    for kind, picture in pictures.items():
+        files[kind] = f"{kind}/{name}.png"
+        _save_png(out / files[kind], picture)
+    files["uncertainty16"] = f"uncertainty16/{name}.png"
+    _save_png(
+        out / files["uncertainty16"],
+        uncertainty_to_uint16(uncertainty),
+        {"uncertainty": f"value / {UINT16_MAX}"},
+    )
+    files["panel"] = f"panel/{name}.png"
+    draw_panel(out / files["panel"], title, panels, uncertainty, vmax)
+    return files
+
+
+def predict_files(
+    predictor: Predictor,
+    images: Sequence[Path],
+    out: Path,
+    *,
+    labels: Path | None = None,
+    batch_size: int = 1,
+    size: tuple[int, int] | None = None,
+    vmax: float = UNCERTAINTY_VMAX,
+    ignore_index: int = IGNORE_INDEX,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict `images` (files, from `find_images`) in batches and write the outputs of the
+    module docstring under `out`. Notices go to stderr as they happen and into the
+    summary. DataError names the first image or label that cannot be used."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if vmax <= 0:
+        raise ValueError(f"vmax must be > 0, got {vmax}")
+    label_files = match_labels(images, labels) if labels is not None else {}
+    multiple = input_multiple(segmenters(predictor))
+    palette = class_palette(predictor.num_classes)
+    title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
+    summary = PredictSummary()
+    records = []
+    bar = tqdm(total=len(images), desc="predict", unit="image", disable=not progress)
+    for start in range(0, len(images), batch_size):
+        paths = images[start : start + batch_size]
+        arrays = []
+        for path in paths:
+            array, notice = load_image(path)
+            if notice:
+                summary.notices.append(notice)
+                tqdm.write(f"notice: {notice}", file=sys.stderr)
+            arrays.append(array)
+        results = predict_arrays(predictor, arrays, multiple, size)
+        for path, image, (pred, uncertainty) in zip(paths, arrays, results):
+            label_file = label_files.get(path)
+            if labels is not None and label_file is None:
+                notice = f"{path}: no label found under {labels}; no accuracy map"
+                summary.notices.append(notice)
+                tqdm.write(f"notice: {notice}", file=sys.stderr)
+            label = (
+                read_label(label_file, image.shape[:2], predictor.num_classes, ignore_index)
+                if label_file is not None
+                else None
+            )
+            files = write_outputs(
+                out,
+                path.stem,
+                image,
+                pred,
+                uncertainty,
+                label,
+                palette=palette,
+                title=f"{path.stem}: {title}",
+                vmax=vmax,
+                ignore_index=ignore_index,
+            )
+            records.append(
+                {
+                    "name": path.stem,
+                    "image": str(path),
+                    "label": None if label_file is None else str(label_file),
+                    "height": image.shape[0],
+                    "width": image.shape[1],
+                    "files": files,
+                }
+            )
+            summary.images += 1
+            summary.labelled += label is not None
+        bar.update(len(paths))
+    bar.close()
+    summary.summary = out / SUMMARY_FILE
+    document = {
+        "source": str(predictor.source),
+        "name": predictor.name,
+        "kind": predictor.kind,
+        "uncertainty_source": predictor.uncertainty_source,
+        "num_classes": predictor.num_classes,
+        "resize_to": None if size is None else list(size),
+        "pad_multiple": multiple,
+        "encodings": {
+            "pred": "class ids (train ids for Cityscapes models)",
+            "uncertainty16": f"uncertainty = value / {UINT16_MAX}",
+            "uncertainty": {"colormap": UNCERTAINTY_COLORMAP, "min": 0.0, "max": vmax},
+            "accuracy": {
+                "wrong": ACCURACY_WRONG,
+                "right": ACCURACY_RIGHT,
+                "void": ACCURACY_VOID,
+            },
+        },
+        "images": records,
+    }
+    text = json.dumps(document, indent=2) + "\n"
+    atomic_write(summary.summary, lambda file: file.write(text.encode()))
+    return summary

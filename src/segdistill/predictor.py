@@ -1,0 +1,225 @@
+"""One way to turn any model source into per-pixel class probabilities and uncertainty.
+
+`load_predictor(source)` accepts
+
+- a run directory (its `checkpoints/best.safetensors`, else `last.safetensors`),
+- a `.safetensors` weights file written by `segdistill.checkpoints.save_weights`,
+- an ensemble directory holding `manifest.json`, or the manifest file itself,
+
+and returns a `Predictor` whose `predict(images)` gives a `Prediction` under `no_grad`.
+
+Uncertainty rules (higher = less certain, always `[B, 1, H, W]` in [0, 1]):
+
+| kind         | when                                             | uncertainty                    |
+|--------------|--------------------------------------------------|--------------------------------|
+| "student"    | checkpoint with a `scalar` head (DUDES)          | the head's map                 |
+| "student"    | checkpoint with a `per_class` head (Holder)      | the head's channel of the      |
+|              |                                                  | predicted class (argmax probs) |
+| "baseline"   | checkpoint without an uncertainty head           | 1 - max softmax                |
+| "mc_dropout" | checkpoint without a head but with `mc_dropout`  | pred_std over `mc_samples`     |
+|              | > 0 (an MC-dropout teacher, NfS-SegNet)          | dropout passes (seed 0)        |
+| "ensemble"   | ensemble directory / manifest                    | pred_std over the members      |
+
+pred_std is the std of the probability of the class the mean predicts (DUDES), a
+population std (Holder eq. 3), at most 0.5. Ensembles and MC dropout also give
+`extra["entropy"]` (predictive entropy, nats, in [0, log C]) and `extra["mutual_info"]`
+(BALD); a per-class head gives `extra["per_class_mean"]`, the mean of its C channels.
+Probabilities are the softmax of a network's logits, or the member / sample mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from segdistill.checkpoints import RUN_WEIGHTS, load_segmenter, weights_path
+from segdistill.errors import CheckpointError
+from segdistill.models import Segmenter, count_parameters
+from segdistill.models.teachers import Ensemble, MCDropout, Teacher
+
+MANIFEST = "manifest.json"
+KINDS = ("student", "baseline", "ensemble", "mc_dropout")
+UNCERTAINTY_SOURCES = {
+    "scalar": "student head (scalar)",
+    "per_class": "student head (per-class, predicted class)",
+    None: "1 - max softmax",
+    "ensemble": "ensemble pred_std",
+    "mc_dropout": "MC-dropout pred_std",
+}
+# Teacher statistics a Prediction is made of.
+_TEACHER_NEEDS = frozenset({"mean_probs", "pred_std", "entropy", "mutual_info"})
+
+
+@dataclass
+class Prediction:
+    """Per-pixel outputs of one batch.
+
+    probs:       [B, C, H, W] class probabilities (sum to 1 over C).
+    uncertainty: [B, 1, H, W] in [0, 1], higher = less certain (see the module rules).
+    extra:       further named maps [B, 1, H, W] (e.g. "entropy", "mutual_info").
+    """
+
+    probs: Tensor
+    uncertainty: Tensor
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+
+def max_softmax_uncertainty(probs: Tensor) -> Tensor:
+    """1 - max_c p_c: probs [B, C, H, W] -> [B, 1, H, W]."""
+    return 1.0 - probs.amax(dim=1, keepdim=True)
+
+
+def predicted_class_uncertainty(per_class: Tensor, probs: Tensor) -> Tensor:
+    """The per-class map's value at the predicted class (Holder & Shafique's student
+    predicts one std per class; the pixel's uncertainty is that of its label).
+    per_class, probs: [B, C, H, W] -> [B, 1, H, W]."""
+    return per_class.gather(1, probs.argmax(dim=1, keepdim=True))
+
+
+def segmenter_prediction(model: Segmenter, images: Tensor) -> Prediction:
+    """A segmenter's prediction by its uncertainty head (scalar, per_class or none)."""
+    output = model(images)
+    probs = torch.softmax(output.logits.float(), dim=1)
+    if output.uncertainty is None:
+        return Prediction(probs, max_softmax_uncertainty(probs))
+    uncertainty = output.uncertainty.float()
+    if uncertainty.shape[1] == 1:
+        return Prediction(probs, uncertainty)
+    return Prediction(
+        probs,
+        predicted_class_uncertainty(uncertainty, probs),
+        {"per_class_mean": uncertainty.mean(dim=1, keepdim=True)},
+    )
+
+
+def teacher_prediction(teacher: Teacher, images: Tensor) -> Prediction:
+    """An ensemble's or MC-dropout network's prediction: mean probabilities, pred_std,
+    with entropy and mutual information as extra maps."""
+    signals = teacher.signals(images, _TEACHER_NEEDS)
+    return Prediction(
+        signals.require("mean_probs"),
+        signals.require("pred_std"),
+        {"entropy": signals.require("entropy"), "mutual_info": signals.require("mutual_info")},
+    )
+
+
+class Predictor:
+    """A model source ready to predict: a segmenter, an ensemble or an MC-dropout teacher.
+
+    name: display name (run / ensemble directory name, or checkpoint stem); kind: one of
+    KINDS; members: networks (ensemble size, MC samples count as one network);
+    uncertainty_source: how `uncertainty` is made (see the module rules); source: what was
+    loaded; home: the directory its results belong to (run or ensemble directory), None
+    for a loose checkpoint file; model: the underlying nn.Module (a `Segmenter`, or the
+    `Ensemble` / `MCDropout` teacher whose networks are `.members` / `.model`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        name: str,
+        kind: str,
+        uncertainty_source: str,
+        source: Path,
+        home: Path | None,
+        members: int = 1,
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.model = model.eval()
+        self.name = name
+        self.kind = kind
+        self.uncertainty_source = uncertainty_source
+        self.source = source
+        self.home = home
+        self.members = members
+
+    @property
+    def num_classes(self) -> int:
+        network = self.model
+        if isinstance(network, Ensemble):
+            network = network.members[0]
+        elif isinstance(network, MCDropout):
+            network = network.model
+        return int(network.num_classes)
+
+    @property
+    def parameters(self) -> int:
+        """All parameters (of every member), trainable or frozen."""
+        return count_parameters(self.model, trainable_only=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> Predictor:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Prediction:
+        """images [B, 3, H, W] ImageNet-normalised, on `device` -> Prediction."""
+        if isinstance(self.model, Teacher):
+            return teacher_prediction(self.model, images)
+        return segmenter_prediction(self.model, images)
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor({self.name!r}, kind={self.kind!r}, members={self.members}, "
+            f"uncertainty={self.uncertainty_source!r})"
+        )
+
+
+def load_predictor(source: str | Path, mc_samples: int = 8) -> Predictor:
+    """Load a run directory, weights file or ensemble directory / manifest (module doc).
+
+    mc_samples: dropout passes of an MC-dropout checkpoint (ignored otherwise).
+    Raises CheckpointError naming the path when it is none of these.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise CheckpointError(f"model source {path} does not exist")
+    if path.name == MANIFEST or (path.is_dir() and (path / MANIFEST).is_file()):
+        return _load_ensemble(path if path.is_file() else path / MANIFEST)
+    if path.is_dir() and not any((path / weights).is_file() for weights in RUN_WEIGHTS):
+        raise CheckpointError(
+            f"{path} is neither a run directory (no {' or '.join(RUN_WEIGHTS)}) nor an "
+            f"ensemble directory (no {MANIFEST})"
+        )
+    return _load_checkpoint(weights_path(path), mc_samples)
+
+
+def _load_ensemble(manifest: Path) -> Predictor:
+    ensemble = Ensemble.from_manifest(manifest)
+    return Predictor(
+        ensemble,
+        name=manifest.parent.resolve().name,
+        kind="ensemble",
+        uncertainty_source=UNCERTAINTY_SOURCES["ensemble"],
+        source=manifest,
+        home=manifest.parent,
+        members=len(ensemble.members),
+    )
+
+
+def _load_checkpoint(weights: Path, mc_samples: int) -> Predictor:
+    model, model_config = load_segmenter(weights)
+    # RUN/checkpoints/best.safetensors belongs to RUN; a loose file has no home.
+    run_dir = weights.parent.parent if weights.parent.name == "checkpoints" else None
+    name = run_dir.resolve().name if run_dir is not None else weights.stem
+    head = model_config.uncertainty_head
+    common = {"name": name, "source": weights, "home": run_dir}
+    if head is None and model_config.mc_dropout > 0:
+        teacher = MCDropout(model, samples=mc_samples, seed=0)
+        return Predictor(
+            teacher,
+            kind="mc_dropout",
+            uncertainty_source=UNCERTAINTY_SOURCES["mc_dropout"],
+            **common,
+        )
+    kind = "baseline" if head is None else "student"
+    return Predictor(model, kind=kind, uncertainty_source=UNCERTAINTY_SOURCES[head], **common)

@@ -1,0 +1,103 @@
+"""`segdistill data synth | info | preview` through the command line entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segdistill.cli import main
+from segdistill.data import synthstreets as ss
+
+TINY = ["--size", "64x128", "--train", "2", "--val", "1", "--test", "2", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli") / "synth"
+    assert main(["data", "synth", "--out", str(root), *TINY]) == 0
+    return root
+
+
+def test_synth_writes_and_then_skips(dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    meta = dataset / ss.META_FILE
+    written = meta.stat().st_mtime_ns
+    assert main(["data", "synth", "--out", str(dataset), *TINY]) == 0
+    assert "already there" in capsys.readouterr().out
+    assert meta.stat().st_mtime_ns == written
+
+
+def test_info_prints_counts_and_frequencies(dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "info", str(dataset)]) == 0
+    out = capsys.readouterr().out
+    assert "integrity: OK" in out
+    assert "road" in out and "motorcycle" in out and "newcity" in out
+
+
+def test_info_names_a_truncated_png(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(root), *TINY, "--shifts", "none"]) == 0
+    victim = sorted((root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])
+    capsys.readouterr()
+    assert main(["data", "info", str(root)]) != 0
+    assert victim.name in capsys.readouterr().err
+
+
+def test_info_names_a_label_file_of_the_wrong_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(root), *TINY, "--shifts", "none"]) == 0
+    victim = sorted((root / "gtFine" / "train").glob("*/*_gtFine_labelTrainIds.png"))[0]
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(victim)
+    capsys.readouterr()
+    assert main(["data", "info", str(root)]) != 0
+    assert victim.name in capsys.readouterr().err
+
+
+def test_preview_writes_a_contact_sheet(dataset: Path, tmp_path: Path) -> None:
+    sheet = tmp_path / "sheet.png"
+    assert main(["data", "preview", str(dataset), "--out", str(sheet), "--scenes", "2"]) == 0
+    width, height = Image.open(sheet).size
+    assert width > 1000 and height > 200  # 10 panels (image, labels, depth, 7 shifts) per row
+
+
+def test_a_different_data_set_is_refused_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "synth"
+    base = ["data", "synth", "--out", str(root), *TINY, "--shifts", "fog"]
+    assert main(base) == 0
+    assert main([*base, "--seed", "7"]) == 2
+    assert "different SynthStreets data set" in capsys.readouterr().err
+    assert ss.read_meta(root)["seed"] == 0
+    assert main([*base, "--seed", "7", "--force"]) == 0
+    assert ss.read_meta(root)["seed"] == 7
+    assert not (root / "shifts" / "rain").exists()
+
+
+def test_an_interrupted_generation_is_redone(tmp_path: Path) -> None:
+    root = tmp_path / "synth"
+    args = ["data", "synth", "--out", str(root), *TINY, "--shifts", "none"]
+    assert main(args) == 0
+    (root / ss.META_FILE).unlink()  # as if killed before the last step
+    (root / ss.PARTIAL_FILE).write_text("{}")
+    assert main(["data", "info", str(root)]) == 2
+    assert main(args) == 0
+    assert main(["data", "info", str(root)]) == 0
+
+
+def test_a_foreign_cityscapes_folder_is_refused(tmp_path: Path, capsys) -> None:
+    (tmp_path / "leftImg8bit").mkdir()
+    assert main(["data", "synth", "--out", str(tmp_path), *TINY]) == 2
+    assert "not a SynthStreets data set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [["--size", "64by128"], ["--shifts", "fog,snow"]])
+def test_bad_arguments_exit_with_usage(tmp_path: Path, bad: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "synth", "--out", str(tmp_path), *bad])
+    assert exit_info.value.code == 2

@@ -1,0 +1,233 @@
+"""SynthStreets: determinism, class coverage, Cityscapes file conventions (checked with the
+official label table and evaluation script), the shift models and the anomaly masks."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
+from cityscapesscripts.helpers.labels import id2label
+from PIL import Image
+
+from segdistill.data import shifts
+from segdistill.data import synthstreets as ss
+from segdistill.data.labels import LABEL_ID_TO_TRAIN_ID, NUM_CLASSES
+from segdistill.errors import DataError
+
+SIZE = (64, 128)
+TINY = ss.SynthConfig(size=SIZE, train=2, val=1, test=3, seed=3)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny data set with every shift, generated once for the module."""
+    root = tmp_path_factory.mktemp("synth")
+    assert ss.generate(root, TINY, workers=1, progress=False)
+    return root
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _test_paths(root: Path) -> list[ss.SamplePaths]:
+    return [
+        ss.SamplePaths.of(root, "test", *ss.image_name("test", index)) for index in range(TINY.test)
+    ]
+
+
+def test_generation_is_deterministic_and_independent_of_workers(tmp_path: Path) -> None:
+    config = ss.SynthConfig(size=SIZE, train=2, val=1, test=2, seed=5)
+    ss.generate(tmp_path / "one", config, workers=1, progress=False)
+    ss.generate(tmp_path / "two", config, workers=2, progress=False)
+    first, second = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert first.keys() == second.keys()
+    assert all(first[name] == second[name] for name in first)
+
+    other = ss.SynthConfig(size=SIZE, train=2, val=1, test=2, seed=6)
+    ss.generate(tmp_path / "other", other, workers=1, progress=False)
+    changed = _files(tmp_path / "other")
+    images = [name for name in first if name.endswith("_leftImg8bit.png")]
+    assert all(first[name] != changed[name] for name in images)
+
+
+def test_all_classes_occur_in_a_small_set() -> None:
+    seen = np.zeros(256, dtype=bool)
+    for index in range(40):
+        scene = ss.sample_scene(ss.image_rng(0, "train", index))
+        seen[LABEL_ID_TO_TRAIN_ID[ss.render(scene, *SIZE).label_ids]] = True
+    assert seen[:NUM_CLASSES].all(), np.flatnonzero(~seen[:NUM_CLASSES])
+
+
+def test_layout_and_meta(dataset: Path) -> None:
+    meta = ss.read_meta(dataset)
+    assert meta["params"] == TINY.params()
+    assert meta["splits"]["train"]["images"] == 2
+    expected_shifts = {"fog_0.005", "fog_0.01", "fog_0.02", "rain", "night", "newcity", "anomaly"}
+    assert set(meta["shifts"]) == expected_shifts
+    cities = [set(meta["splits"][split]["cities"]) for split in ss.SPLITS]
+    assert not (cities[0] & cities[1] or cities[0] & cities[2] or cities[1] & cities[2])
+    frequencies = meta["class_frequencies"]["train"]
+    assert sum(frequencies.values()) == pytest.approx(1.0, abs=1e-4)
+    image = dataset / "leftImg8bit/train/ashford/ashford_000000_000019_leftImg8bit.png"
+    assert Image.open(image).size == (SIZE[1], SIZE[0])
+    assert not (dataset / ss.PARTIAL_FILE).exists()
+
+
+def test_label_files_follow_the_official_table(dataset: Path) -> None:
+    for paths in _test_paths(dataset):
+        label_ids = np.asarray(Image.open(paths.label_ids))
+        assert label_ids.dtype == np.uint8
+        assert set(np.unique(label_ids).tolist()) <= set(id2label)
+        train_ids = np.asarray(Image.open(paths.train_ids))
+        np.testing.assert_array_equal(train_ids, LABEL_ID_TO_TRAIN_ID[label_ids])
+        instances = np.asarray(Image.open(paths.instance_ids))
+        assert instances.dtype == np.uint16
+        things = instances >= 1000
+        np.testing.assert_array_equal(instances[things] // 1000, label_ids[things])
+        np.testing.assert_array_equal(instances[~things], label_ids[~things])
+        assert all(id2label[int(i) // 1000].hasInstances for i in np.unique(instances[things]))
+        depth = ss.read_depth(paths.depth)
+        assert np.isinf(depth[label_ids == ss.SKY]).all()
+        assert (depth[label_ids != ss.SKY] > 0).all()
+    ss.check_dataset(dataset)  # every split and shift passes the integrity check
+
+
+def test_official_evaluation_scores_ground_truth_as_perfect(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cityscapesscripts 2.3 calls np.in1d, which numpy 2.4 removed; np.isin is its successor.
+    monkeypatch.setattr(np, "in1d", np.isin, raising=False)
+    results = tmp_path / "results"
+    results.mkdir()
+    ground_truth = sorted((dataset / "gtFine" / "test").glob("*/*_gtFine_labelIds.png"))
+    for path in ground_truth:  # predictions: the labels themselves, named as the script wants
+        stem = path.name.removesuffix("_gtFine_labelIds.png")
+        (results / f"{stem}_pred.png").write_bytes(path.read_bytes())
+    args = cs_eval.args
+    monkeypatch.setattr(args, "predictionPath", str(results))
+    monkeypatch.setattr(args, "predictionWalk", None)
+    monkeypatch.setattr(args, "JSONOutput", False)
+    monkeypatch.setattr(args, "quiet", True)
+    monkeypatch.setattr(args, "evalPixelAccuracy", True)
+    monkeypatch.setattr(args, "evalInstLevelScore", True)
+    monkeypatch.setattr(args, "exportFile", str(tmp_path / "result.json"))
+    predictions = [cs_eval.getPrediction(args, str(path)) for path in ground_truth]
+    scores = cs_eval.evaluateImgLists(predictions, [str(p) for p in ground_truth], args)
+    assert scores["averageScoreClasses"] == pytest.approx(1.0)
+    assert scores["averageScoreInstClasses"] == pytest.approx(1.0)
+
+    for path in results.iterdir():  # a constant "road" prediction must score far lower
+        road = np.full(SIZE, ss.ROAD, dtype=np.uint8)
+        Image.fromarray(road).save(path)
+    monkeypatch.setattr(args, "predictionWalk", None)
+    scores = cs_eval.evaluateImgLists(predictions, [str(p) for p in ground_truth], args)
+    assert scores["averageScoreClasses"] < 0.2
+
+
+def test_fog_matches_the_koschmieder_formula(dataset: Path) -> None:
+    for paths in _test_paths(dataset):
+        clean = np.asarray(Image.open(paths.image)).astype(np.float64) / 255
+        stored = np.asarray(Image.open(paths.depth)).astype(np.float64)
+        distance = np.where(stored == 0, np.inf, stored / 100.0)
+        for beta in shifts.FOG_BETAS:
+            t = np.exp(-beta * distance)[..., None]
+            expected = np.rint(255 * (clean * t + shifts.FOG_AIRLIGHT * (1 - t)))
+            fog_root = ss.shift_root(dataset, f"fog_{beta}")
+            foggy = ss.SamplePaths.of(fog_root, "test", paths.image.parent.name, _stem(paths))
+            actual = np.asarray(Image.open(foggy.image)).astype(np.float64)
+            assert np.abs(actual - expected).max() <= 1  # float32 vs float64 rounding
+
+
+def _stem(paths: ss.SamplePaths) -> str:
+    return paths.image.name.removesuffix("_leftImg8bit.png")
+
+
+def test_fog_function_on_known_values() -> None:
+    image = np.full((1, 3, 3), 100, dtype=np.uint8)
+    depth = np.array([[0.0, 50.0, np.inf]], dtype=np.float32)
+    out = shifts.fog(image, depth, beta=0.02, airlight=0.8)
+    expected = [100, round(255 * (100 / 255 * np.exp(-1) + 0.8 * (1 - np.exp(-1)))), 204]
+    assert out[0, :, 0].tolist() == expected
+
+
+def test_photometric_shifts_keep_the_labels(dataset: Path) -> None:
+    for name in ("fog_0.02", "rain", "night"):
+        for paths in _test_paths(dataset):
+            shifted = ss.SamplePaths.of(
+                ss.shift_root(dataset, name), "test", paths.image.parent.name, _stem(paths)
+            )
+            for clean, copy in zip(paths.ground_truth(), shifted.ground_truth()):
+                assert filecmp.cmp(clean, copy, shallow=False)
+            assert shifted.image.read_bytes() != paths.image.read_bytes()
+
+
+def test_night_is_darker_and_rain_adds_streaks(dataset: Path) -> None:
+    paths = _test_paths(dataset)[0]
+    clean = np.asarray(Image.open(paths.image)).astype(float)
+    root = ss.shift_root
+    night = ss.SamplePaths.of(root(dataset, "night"), "test", paths.image.parent.name, _stem(paths))
+    assert np.asarray(Image.open(night.image)).mean() < 0.6 * clean.mean()
+    depth = ss.read_depth(paths.depth)
+    rainy = shifts.rain(clean.astype(np.uint8), depth, np.random.default_rng(0))
+    dry = shifts.rain(clean.astype(np.uint8), np.zeros_like(depth), np.random.default_rng(0))
+    assert (rainy.astype(int) - dry).max() > 60  # streaks and veil where there is distance
+
+
+def test_anomaly_masks_align_with_void_labels(dataset: Path) -> None:
+    anomaly_root = ss.shift_root(dataset, "anomaly")
+    found = 0
+    for paths in _test_paths(dataset):
+        shifted = ss.SamplePaths.of(anomaly_root, "test", paths.image.parent.name, _stem(paths))
+        labels = np.asarray(Image.open(shifted.label_ids))
+        mask = np.asarray(Image.open(shifted.anomaly))
+        assert set(np.unique(mask).tolist()) <= {0, 1, 255}
+        np.testing.assert_array_equal(mask == 1, labels == shifts.ANOMALY_LABEL_ID)
+        void = LABEL_ID_TO_TRAIN_ID[labels] == 255
+        np.testing.assert_array_equal(mask == 255, void & (mask != 1))
+        train_ids = np.asarray(Image.open(shifted.train_ids))
+        assert (train_ids[mask == 1] == 255).all()
+        clean = np.asarray(Image.open(paths.label_ids))
+        # Same scene: only the anomalies (and nothing else) change the labels.
+        np.testing.assert_array_equal(labels[mask != 1], clean[mask != 1])
+        found += int((mask == 1).any())
+    assert found >= TINY.test - 1
+
+
+def test_newcity_is_a_different_style_with_valid_labels(dataset: Path) -> None:
+    for paths in _test_paths(dataset):
+        shifted = ss.SamplePaths.of(
+            ss.shift_root(dataset, "newcity"), "test", paths.image.parent.name, _stem(paths)
+        )
+        assert shifted.image.read_bytes() != paths.image.read_bytes()
+        assert shifted.label_ids.read_bytes() != paths.label_ids.read_bytes()
+    ss.check_dataset(dataset)
+
+
+def test_depth_encoding_round_trip() -> None:
+    depth = np.array([[0.004, 1.234, np.inf, 1000.0]], dtype=np.float32)
+    stored = ss.encode_depth(depth)
+    assert stored.tolist() == [[1, 123, 0, 65535]]
+    decoded = ss.decode_depth(stored)
+    assert np.isinf(decoded[0, 2]) and decoded[0, 1] == pytest.approx(1.23)
+
+
+def test_rendering_is_anti_aliased_and_sized() -> None:
+    scene = ss.sample_scene(ss.image_rng(0, "val", 0))
+    frame = ss.render(scene, 48, 96)
+    assert frame.image.shape == (48, 96, 3) and frame.image.dtype == np.uint8
+    assert frame.label_ids.shape == frame.depth.shape == (48, 96)
+    # Box-filtered edges give colours between neighbours: many distinct values per channel.
+    assert len(np.unique(frame.image[..., 0])) > 60
+
+
+def test_config_validation() -> None:
+    with pytest.raises(DataError, match="4096"):
+        ss.SynthConfig(size=(2048, 4096))
+    with pytest.raises(DataError, match="snow"):
+        ss.SynthConfig(shifts=("fog", "snow"))
+    with pytest.raises(DataError, match="train"):
+        ss.SynthConfig(train=-1)

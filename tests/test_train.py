@@ -1,0 +1,365 @@
+"""Training end to end on a tiny Cityscapes-layout data set and a tiny DeepLabV3+, on CPU.
+
+Covers the run directory, resume after an interruption (bit-identical weights), a NaN
+loss, the optimiser recipe, validation mIoU over the whole set, teacher signals,
+distillation and deep-ensemble members.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from segdistill import train as training
+from segdistill.checkpoints import build_model, load_segmenter
+from segdistill.commands import train as train_command
+from segdistill.config import OptimConfig, SegConfig, load_config
+from segdistill.errors import CheckpointError, ConfigError, TrainingError
+from segdistill.methods import build_methods
+from segdistill.metrics import SegmentationEvaluator
+from segdistill.models.teachers import build_teacher
+from segdistill.outputs import TeacherSignals
+
+TINY_CONFIG = """\
+data: {{root: {root}, crop_size: [32, 32], batch_size: 2, num_workers: 0}}
+model: {{encoder_options: {{width: 0.125}}}}
+trainer: {{max_epochs: 2, accelerator: cpu, log_every_n_steps: 1}}
+"""
+
+
+def write_tiny_cityscapes(root: Path, train: int = 8, val: int = 4) -> Path:
+    """A Cityscapes-layout tree of 32x48 images whose colour follows the label (3 classes),
+    so a tiny network learns something in a few steps."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        for i in range(count):
+            base = f"tiny_000000_{i:06d}"
+            image = root / "leftImg8bit" / split / "tiny" / f"{base}_leftImg8bit.png"
+            label = root / "gtFine" / split / "tiny" / f"{base}_gtFine_labelTrainIds.png"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            label.parent.mkdir(parents=True, exist_ok=True)
+            ids = rng.integers(0, 3, (32, 48), dtype=np.uint8)
+            ids[:4] = 255  # some void pixels
+            rgb = np.minimum(ids, 3)[..., None] * 70 + rng.integers(0, 40, (32, 48, 3))
+            Image.fromarray(rgb.astype(np.uint8)).save(image)
+            Image.fromarray(ids).save(label)
+    return root
+
+
+def tiny_config(directory: Path, data_root: Path, overrides: list[str] = ()) -> SegConfig:
+    """The tiny config (2 epochs of 4 steps) with `run.dir` = directory / "run"."""
+    path = directory / "tiny.yaml"
+    path.write_text(TINY_CONFIG.format(root=data_root))
+    return load_config(path, [f"run.dir={directory / 'run'}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_cityscapes(tmp_path_factory.mktemp("tiny_cityscapes"))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Path:
+    """One uninterrupted tiny run, shared by the tests that only read it."""
+    torch.manual_seed(123)  # the run must not depend on the global RNG state before it
+    return training.train(tiny_config(tmp_path_factory.mktemp("trained"), data_root))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "logs" / "csv" / "version_0" / "metrics.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def test_run_directory_holds_config_checkpoints_and_logs(trained_run: Path) -> None:
+    assert load_config(trained_run / "config.yaml").run.dir == str(trained_run)
+    for name in ("best.safetensors", "last.safetensors", "last.ckpt"):
+        assert (trained_run / "checkpoints" / name).is_file()
+    assert list((trained_run / "logs" / "tensorboard" / "version_0").glob("events.out.*"))
+    rows = read_metrics(trained_run)
+    assert {"train/loss", "train/task/ce", "val/miou", "lr-SGD/pg1", "lr-SGD/pg2"} <= set(rows[0])
+    mious = [float(row["val/miou"]) for row in rows if row["val/miou"]]
+    assert len(mious) == 2 and all(0.0 <= m <= 1.0 for m in mious)
+    model, model_config = load_segmenter(trained_run)
+    assert model.num_classes == 19 and model_config.encoder_options["width"] == 0.125
+    state = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 8
+
+
+def fail_at_training_step(monkeypatch: pytest.MonkeyPatch, step: int, poison) -> None:
+    """Make the `step`-th (0-based) training forward pass call `poison(output)`."""
+    real_build_model = training.build_model
+
+    def build_model_with_hook(model_config, num_classes):
+        model = real_build_model(model_config, num_classes)
+        calls = []
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls.append(None)
+                if len(calls) == step + 1:
+                    return poison(output)
+            return output
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(training, "build_model", build_model_with_hook)
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_resume_after_interruption_ends_with_identical_weights(
+    tmp_path: Path, data_root: Path, trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_config(tmp_path, data_root)
+
+    def crash(output):
+        raise SimulatedCrash
+
+    # Step 6 is in the middle of the second epoch; the first one's checkpoint exists.
+    fail_at_training_step(monkeypatch, 6, crash)
+    with pytest.raises(SimulatedCrash):
+        training.train(cfg)
+    monkeypatch.undo()
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 4
+
+    torch.manual_seed(999)  # a resumed run must not depend on the global RNG state either
+    training.train(cfg, resume=True)
+    resumed = load_file(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    uninterrupted = load_file(trained_run / "checkpoints" / "last.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for key, value in uninterrupted.items():
+        assert torch.equal(resumed[key], value), key
+
+
+def test_checkpoint_every_n_steps_allows_resuming_mid_epoch(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny_config(tmp_path, data_root, ["trainer.checkpoint_every_n_steps=3"])
+
+    def crash(output):
+        raise SimulatedCrash
+
+    fail_at_training_step(monkeypatch, 3, crash)  # the last step of the first epoch
+    with pytest.raises(SimulatedCrash):
+        training.train(cfg)
+    monkeypatch.undo()
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 3
+    training.train(cfg, resume=True)
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 8
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def nan_logits(output):
+        output.logits = output.logits * float("nan")
+        return output
+
+    fail_at_training_step(monkeypatch, 5, nan_logits)
+    with pytest.raises(TrainingError, match=r"not finite .* global step 5, epoch 1, batch 1"):
+        training.train(tiny_config(tmp_path, data_root))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 4
+    weights = load_file(checkpoints / "last.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_a_run_directory_is_not_overwritten_and_resume_needs_a_checkpoint(
+    tmp_path: Path, data_root: Path, trained_run: Path
+) -> None:
+    with pytest.raises(ConfigError, match="pass --resume"):
+        training.train(load_config(trained_run / "config.yaml"))
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        training.train(tiny_config(tmp_path, data_root), resume=True)
+    with pytest.raises(ConfigError, match="run.dir is not set"):
+        training.train(SegConfig())
+
+
+def test_decoder_gets_ten_times_the_encoder_lr_with_poly_decay() -> None:
+    model = build_model(SegConfig().model, 3)
+    methods = build_methods(
+        [{"name": "self_attention"}],
+        3,
+        student_channels={"encoder_out": 512},
+        teacher_channels={"encoder_out": 256},  # differs: the method adds an adapter
+    )
+    task = training.SegmentationTask(model, OptimConfig(), methods, total_steps=100, num_classes=3)
+    config = task.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    encoder, rest = optimizer.param_groups
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert (encoder["lr"], rest["lr"]) == (pytest.approx(0.01), pytest.approx(0.1))
+    assert (encoder["momentum"], encoder["weight_decay"]) == (0.9, 0.0005)
+    assert len(encoder["params"]) == len(list(model.encoder.parameters()))
+    # Everything else, the method's trainable parts included, is in the decoder group.
+    assert len(encoder["params"]) + len(rest["params"]) == len(list(task.parameters()))
+    assert any(p is q for q in methods.parameters() for p in rest["params"])
+    for _ in range(50):
+        optimizer.step()
+        schedule.step()
+    assert encoder["lr"] == pytest.approx(0.01 * 0.5**0.9)
+    assert rest["lr"] == pytest.approx(0.1 * 0.5**0.9)
+    adamw = training.SegmentationTask(
+        model, OptimConfig(name="adamw", lr=1e-4), total_steps=10, num_classes=3
+    ).configure_optimizers()["optimizer"]
+    assert isinstance(adamw, torch.optim.AdamW)
+
+
+def test_validation_miou_is_computed_over_the_whole_set(trained_run: Path) -> None:
+    cfg = load_config(trained_run / "config.yaml")
+    val_set = training.build_dataset(cfg.data, "val", train=False)
+    model = load_segmenter(trained_run)[0]
+    task = training.SegmentationTask(model, cfg.optim, total_steps=1, num_classes=19)
+    data = training.SegDataModule(val_set, val_set, batch_size=2, num_workers=0, seed=0)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    logged = trainer.validate(task, datamodule=data, verbose=False)[0]["val/miou"]
+
+    whole = SegmentationEvaluator(19, inputs="logits")
+    per_image = []
+    with torch.no_grad():
+        for index in range(len(val_set)):
+            sample = val_set[index]
+            logits = model(sample["image"][None]).logits
+            whole.update(logits, None, sample["label"][None])
+            one = SegmentationEvaluator(19, inputs="logits")
+            one.update(logits, None, sample["label"][None])
+            per_image.append(one.compute()["segmentation"]["miou"])
+    assert logged == pytest.approx(whole.compute()["segmentation"]["miou"])
+    assert logged != pytest.approx(float(np.mean(per_image)))
+
+
+class FrozenTeacher(torch.nn.Module):
+    """Records that it runs without gradients; returns a constant pred_std."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def signals(self, images: torch.Tensor, needs: frozenset[str]) -> TeacherSignals:
+        assert not torch.is_grad_enabled() and needs == {"pred_std"}
+        self.calls += 1
+        return TeacherSignals(pred_std=torch.full((images.shape[0], 1, 4, 4), 0.1))
+
+
+def test_teacher_signals_come_from_the_batch_cache_or_the_frozen_teacher() -> None:
+    methods = build_methods([{"name": "dudes"}], 3)
+    assert methods.needs == {"pred_std"}
+    model = build_model(SegConfig().model, 3)
+    teacher = FrozenTeacher()
+    task = training.SegmentationTask(
+        model, OptimConfig(), methods, teacher, total_steps=1, num_classes=3
+    )
+    images = torch.zeros(2, 3, 4, 4)
+    signals = task.teacher_signals({"image": images, "maps": {}})
+    assert teacher.calls == 1 and signals.pred_std.shape == (2, 1, 4, 4)
+
+    cached = torch.rand(2, 1, 4, 4)
+    signals = task.teacher_signals({"image": images, "maps": {"pred_std": cached}})
+    assert teacher.calls == 1 and signals.pred_std is cached
+
+    no_teacher = training.SegmentationTask(
+        model, OptimConfig(), methods, total_steps=1, num_classes=3
+    )
+    with pytest.raises(TrainingError, match="no teacher"):
+        no_teacher.teacher_signals({"image": images, "maps": {}})
+    plain = training.SegmentationTask(model, OptimConfig(), total_steps=1, num_classes=3)
+    assert plain.teacher_signals({"image": images}) == TeacherSignals()
+
+
+def test_distillation_logs_every_method_term(
+    tmp_path: Path, data_root: Path, trained_run: Path
+) -> None:
+    teacher = trained_run / "checkpoints" / "best.safetensors"
+    cfg = tiny_config(
+        tmp_path,
+        data_root,
+        [
+            "trainer.max_epochs=1",
+            "model.uncertainty_head=scalar",
+            "distill.teacher.kind=single",
+            f"distill.teacher.path={teacher}",
+            "distill.methods=[{name: dudes}, {name: kd, weight: 0.5}]",
+        ],
+    )
+    run_dir = training.train(cfg)
+    columns = set(read_metrics(run_dir)[0])
+    assert {"train/loss", "train/task/ce", "train/dudes/uncertainty_rmsle", "train/kd/kl"} <= (
+        columns
+    )
+    assert load_segmenter(run_dir)[1].uncertainty_head == "scalar"
+
+
+def run_ensemble(*argv: str) -> None:
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    args = parser.parse_args(["ensemble", *argv])
+    assert args.func(args) == 0
+
+
+def test_ensemble_members_differ_and_are_listed_in_the_manifest(
+    tmp_path: Path, data_root: Path
+) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG.format(root=data_root))
+    ensemble_dir = tmp_path / "ensemble"
+    common = [str(config), "--run-dir", str(ensemble_dir), "--members", "2"]
+    vary = ["--set", "trainer.max_epochs=1", "ensemble.vary={optim.lr: [0.01, 0.02]}"]
+    run_ensemble(*common, "--member", "1", *vary)  # e.g. one SLURM array task
+    manifest = json.loads((ensemble_dir / "manifest.json").read_text())
+    assert [m["name"] for m in manifest["members"]] == ["member_01"]
+
+    run_ensemble(*common, *vary)  # member 1 is skipped, member 0 trained
+    manifest = json.loads((ensemble_dir / "manifest.json").read_text())
+    assert manifest["planned_members"] == 2
+    members = manifest["members"]
+    assert [(m["seed"], m["variations"]) for m in members] == [
+        (0, {"optim.lr": 0.01}),
+        (1, {"optim.lr": 0.02}),
+    ]
+    assert members[0]["checkpoint"] == "member_00/checkpoints/best.safetensors"
+    assert members[0]["model"]["encoder_options"]["width"] == 0.125
+    member_cfg = load_config(ensemble_dir / "member_01" / "config.yaml")
+    assert (member_cfg.seed, member_cfg.optim.lr) == (1, 0.02)
+    weights = [load_file(ensemble_dir / m["checkpoint"]) for m in members]
+    assert not torch.equal(weights[0]["seg_head.weight"], weights[1]["seg_head.weight"])
+
+    before = (ensemble_dir / "member_00" / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    run_ensemble(*common, *vary)  # everything finished: nothing is retrained
+    assert (ensemble_dir / "member_00" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
+    assert len(build_teacher("ensemble", ensemble_dir).members) == 2
+
+
+def test_each_epoch_order_depends_only_on_seed_and_epoch() -> None:
+    def epoch_order(seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[int]:
+        loader = training.EpochLoader(
+            list(range(10)),
+            batch_size=2,
+            num_workers=0,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            epoch=lambda: epoch,
+        )
+        return [int(i) for batch in loader for i in batch]
+
+    assert epoch_order(0, 3) == epoch_order(0, 3)
+    assert epoch_order(0, 3) != epoch_order(0, 4) and epoch_order(0, 3) != epoch_order(1, 3)
+    # seed + epoch collisions do not repeat an order (ensemble members seeded s, s + 1).
+    assert epoch_order(0, 1) != epoch_order(1, 0)
+    shards = [epoch_order(0, 2, rank, 3) for rank in range(3)]
+    assert [len(s) for s in shards] == [2, 2, 2]  # 3 per process, full batches of 2
+    assert len(set(sum(shards, []))) == 6
