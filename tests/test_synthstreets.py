@@ -11,6 +11,7 @@ import pytest
 from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
 from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
+from scipy.ndimage import binary_dilation
 
 from segdistill.data import shifts
 from segdistill.data import synthstreets as ss
@@ -191,8 +192,10 @@ def test_anomaly_masks_align_with_void_labels(dataset: Path) -> None:
         train_ids = np.asarray(Image.open(shifted.train_ids))
         assert (train_ids[mask == 1] == 255).all()
         clean = np.asarray(Image.open(paths.label_ids))
-        # Same scene: only the anomalies (and nothing else) change the labels.
-        np.testing.assert_array_equal(labels[mask != 1], clean[mask != 1])
+        # Same scene: only the anomalies change the labels (and, through the 2x2 majority
+        # vote, at most the pixels touching them).
+        near = binary_dilation(mask == 1, np.ones((3, 3), bool))
+        np.testing.assert_array_equal(labels[~near], clean[~near])
         found += int((mask == 1).any())
     assert found >= TINY.test - 1
 

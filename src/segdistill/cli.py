@@ -10,11 +10,11 @@ import argparse
 import sys
 
 from segdistill import __version__
-from segdistill.commands import data, train
+from segdistill.commands import bench, data, distill, evaluate, export, predict, report, train
 from segdistill.errors import SegdistillError
 
 # One module per command group, in the order `--help` lists them.
-COMMAND_MODULES = (data, train)
+COMMAND_MODULES = (data, train, distill, evaluate, predict, export, bench, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -129,12 +129,23 @@ class MethodSpec:
 
 @dataclass
 class DistillConfig:
-    """Distillation: the teacher, the methods whose terms add up to the loss, and an
-    optional folder of cached teacher outputs."""
+    """Distillation: the teacher, the methods whose terms add up to the loss, and options.
+
+    teacher_cache: a folder of the teacher's per-pixel outputs on the training images,
+    built on first use and memory-mapped (`segdistill.teacher_cache`); cache_scale: their
+    stored resolution relative to the image (0 < s <= 1). init_from: a run directory or
+    weights file of a student pre-trained with labels, whose encoder and decoder start the
+    student (Holder & Shafique's two-stage recipe; the heads start fresh). unlabeled_root:
+    a folder of images without labels added to the training split (teacher soft labels
+    only, as NfS-SegNet's incremental training).
+    """
 
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     methods: list[MethodSpec] = field(default_factory=list)
     teacher_cache: str | None = None
+    cache_scale: float = 1.0
+    init_from: str | None = None
+    unlabeled_root: str | None = None
 
 
 @dataclass
@@ -268,11 +279,18 @@ def validate(cfg: SegConfig, source: str) -> None:
             "list at least one method, e.g. [{name: kd}]",
         )
         _require(
-            distill.teacher.path is not None or distill.teacher_cache is not None,
+            distill.teacher.path is not None,
             source,
             "distill.teacher.path",
             distill.teacher.path,
-            "be set (unless distill.teacher_cache holds the teacher's outputs)",
+            "be set (with a teacher cache too: its weights identify the cache)",
+        )
+        _require(
+            0 < distill.cache_scale <= 1,
+            source,
+            "distill.cache_scale",
+            distill.cache_scale,
+            "be in (0, 1]",
         )
         _require(
             distill.teacher.samples >= 1,

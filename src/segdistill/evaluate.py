@@ -236,6 +236,8 @@ def evaluate(
     directory. max_images: evaluate only the first N images of each split. num_samples:
     images per split in the sample figures. mc_samples: passes of an MC-dropout model.
     device: default CUDA when available.
+
+    Returns the content of results.json plus "files": the JSON files written.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -308,8 +310,8 @@ def evaluate(
         },
         "models": models,
     }
-    _write(results, predictors, samples, out_dir, write_homes, make_figures)
-    return results
+    files = _write(results, predictors, samples, out_dir, write_homes, make_figures)
+    return {**results, "files": [str(f) for f in files]}
 
 
 def _unique_names(predictors: list[Predictor]) -> list[Predictor]:
@@ -479,8 +481,9 @@ def _write(
     out_dir: str | Path | None,
     write_homes: bool,
     make_figures: bool,
-) -> None:
+) -> list[Path]:
     """metrics.json + figures into each model's home, results.json + figures into out_dir.
+    Returns the JSON files written.
 
     Each model dict gets "figures": {figure name: path relative to the JSON file's folder}.
     A model's figures are drawn once; out_dir gets copies of those drawn in its home.
@@ -488,6 +491,7 @@ def _write(
     models = results["models"]
     teacher = next((m for m in models if m["kind"] in TEACHER_KINDS), None)
     out = None if out_dir is None else Path(out_dir)
+    files = []
     for predictor, model in zip(predictors, models):
         shown = [teacher, model] if teacher is not None and model is not teacher else [model]
         drawn: dict[str, Path] = {}
@@ -498,6 +502,7 @@ def _write(
         if write_homes and predictor.home is not None:
             relative = {k: str(p.relative_to(predictor.home)) for k, p in drawn.items()}
             _write_json(predictor.home / METRICS_FILE, {**model, "figures": relative})
+            files.append(predictor.home / METRICS_FILE)
         if out is not None:
             folder = out / FIGURES_DIR / model["name"]
             for path in drawn.values():
@@ -508,11 +513,12 @@ def _write(
                 k: f"{FIGURES_DIR}/{model['name']}/{p.name}" for k, p in drawn.items()
             }
     if out is None:
-        return
+        return files
     if make_figures:
         comparison = _save_all(figures.comparison_figures(models), out / FIGURES_DIR)
         results["figures"] = {k: str(p.relative_to(out)) for k, p in comparison.items()}
     _write_json(out / RESULTS_FILE, results)
+    return [*files, out / RESULTS_FILE]
 
 
 def _sample_rows(sample_sets: Sequence[SampleSet], name: str, first_only: bool) -> dict[str, Any]:
@@ -521,7 +527,7 @@ def _sample_rows(sample_sets: Sequence[SampleSet], name: str, first_only: bool) 
     count = 1 if first_only else None
     rows: dict[str, list[Any]] = {k: [] for k in ("names", "images", "labels", "pred", "unc")}
     for s in sample_sets:
-        rows["names"] += [f"{s.split}: {n}" if first_only else n for n in s.names[:count]]
+        rows["names"] += [s.split] if first_only else s.names
         rows["images"] += s.images[:count]
         rows["labels"] += s.labels[:count]
         rows["pred"] += s.predictions[name][:count]

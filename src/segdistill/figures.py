@@ -62,10 +62,45 @@ def model_color(index: int) -> str:
 
 
 def new_figure(width: float, height: float) -> Figure:
-    """A figure of width x height inches on an Agg canvas."""
-    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    """A figure of width x height inches on an Agg canvas, without a layout engine:
+    margins are fixed in inches by `axes_grid` (constrained layout would double the
+    drawing time of every figure)."""
+    figure = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(figure)
     return figure
+
+
+def axes_grid(
+    count: int,
+    max_cols: int,
+    size: tuple[float, float],
+    *,
+    left: float = 0.75,
+    right: float = 0.25,
+    bottom: float = 0.6,
+    top: float = 0.45,
+    wgap: float = 0.75,
+    hgap: float = 0.85,
+) -> tuple[Figure, list[Any]]:
+    """A figure holding `count` axes of `size` (w, h) inches in rows of at most `max_cols`,
+    with the given margins and gaps between axes in inches."""
+    cols = min(count, max_cols)
+    rows = -(-count // cols)
+    width = left + right + cols * size[0] + (cols - 1) * wgap
+    height = bottom + top + rows * size[1] + (rows - 1) * hgap
+    figure = new_figure(width, height)
+    figure.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wgap / size[0],
+        hspace=hgap / size[1],
+    )
+    axes = figure.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return figure, list(axes[:count])
 
 
 def save(figure: Figure, path: str | Path) -> None:
@@ -113,22 +148,11 @@ def _occupied_limit(edges: np.ndarray, *histograms: np.ndarray) -> float:
     return float(min(edges[-1], edges[0] + (last - edges[0]) * 1.05))
 
 
-def _grid(count: int, max_cols: int, panel: tuple[float, float]) -> tuple[Figure, list[Any]]:
-    cols = min(count, max_cols)
-    rows = -(-count // cols)
-    figure = new_figure(panel[0] * cols, panel[1] * rows)
-    axes = figure.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[count:]:
-        ax.set_visible(False)
-    return figure, list(axes[:count])
-
-
 def reliability_diagram(models: Sequence[Model], split: str | None = None) -> Figure:
     """Accuracy vs mean confidence of each non-empty ECE bin; the diagonal is perfect
     calibration. Legend: ECE per model."""
     split = pick_split(models, split)
-    figure = new_figure(5.2, 4.4)
-    ax = figure.subplots()
+    figure, (ax,) = axes_grid(1, 1, (4.4, 3.6))
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
     for i, model in enumerate(models):
         calibration = model["splits"][split]["calibration"]
@@ -153,8 +177,7 @@ def misclassification_roc(models: Sequence[Model], split: str | None = None) -> 
     """ROC of detecting wrong pixels by thresholding the uncertainty (wrong = positive),
     drawn from the stored histograms; the legend gives the AUROC of the fine histograms."""
     split = pick_split(models, split)
-    figure = new_figure(5.2, 4.4)
-    ax = figure.subplots()
+    figure, (ax,) = axes_grid(1, 1, (4.4, 3.6))
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance")
     for i, model in enumerate(models):
         unc = model["splits"][split]["uncertainty"]
@@ -174,7 +197,7 @@ def uncertainty_histograms(models: Sequence[Model], split: str | None = None) ->
     """One panel per model: the uncertainty of correctly and wrongly classified pixels,
     each normalised to its own total (Holder & Shafique Fig. 4)."""
     split = pick_split(models, split)
-    figure, axes = _grid(len(models), 3, (4.2, 3.4))
+    figure, axes = axes_grid(len(models), 3, (3.6, 2.8), top=0.75)
     for ax, model in zip(axes, models):
         unc = model["splits"][split]["uncertainty"]
         hist = unc["histograms"]
@@ -203,8 +226,7 @@ def miou_vs_removed(models: Sequence[Model], split: str | None = None) -> Figure
     """mIoU of the pixels kept after removing the given share of the most uncertain
     pixels of the data set (DUDES Fig. 4); rising curves mean useful uncertainty."""
     split = pick_split(models, split)
-    figure = new_figure(5.2, 4.0)
-    ax = figure.subplots()
+    figure, (ax,) = axes_grid(1, 1, (4.4, 3.4))
     for i, model in enumerate(models):
         curve = model["splits"][split]["uncertainty"]["miou_vs_removed"]
         ax.plot(
@@ -225,8 +247,9 @@ def miou_vs_removed(models: Sequence[Model], split: str | None = None) -> Figure
 def miou_per_split(models: Sequence[Model]) -> Figure:
     """Grouped bars: mIoU of each model on each evaluated set (Holder Table 2)."""
     splits = list(dict.fromkeys(s for m in models for s in m["splits"]))
-    figure = new_figure(max(5.0, 0.9 * len(splits) * max(1, len(models)) ** 0.5 + 2), 3.8)
-    ax = figure.subplots()
+    figure, (ax,) = axes_grid(
+        1, 1, (max(4.4, 0.35 * len(splits) * (len(models) + 1)), 3.0), bottom=1.0
+    )
     width = 0.8 / len(models)
     x = np.arange(len(splits))
     for i, model in enumerate(models):
@@ -255,7 +278,7 @@ def teacher_student_hist2d(models: Sequence[Model], split: str | None = None) ->
     if not students:
         return None
     split = pick_split(students, split)
-    figure, axes = _grid(2 * len(students), 4, (3.6, 3.3))
+    figure, axes = axes_grid(2 * len(students), 4, (3.4, 2.8), top=0.75, wgap=1.2, left=0.85)
     for s, model in enumerate(students):
         paired = model["vs_teacher"]["splits"][split]["paired"]
         hist = paired["hist2d"]
@@ -293,8 +316,9 @@ def per_class_uncertainty(models: Sequence[Model], split: str | None = None) -> 
     (DUDES Table 2). A class no pixel was predicted as has no bar."""
     split = pick_split(models, split)
     names = models[0]["class_names"]
-    figure = new_figure(max(7.0, 0.45 * len(names) + 2), 4.0)
-    ax = figure.subplots()
+    figure, (ax,) = axes_grid(
+        1, 1, (max(6.0, 0.12 * len(names) * (len(models) + 1)), 3.0), bottom=1.2
+    )
     width = 0.8 / len(models)
     x = np.arange(len(names))
     for i, model in enumerate(models):
@@ -320,7 +344,7 @@ def ood_roc_curves(model: Model) -> Figure | None:
     ood = model.get("ood")
     if not ood or not ood["sets"]:
         return None
-    figure, axes = _grid(len(ood["sets"]), 4, (3.4, 3.2))
+    figure, axes = axes_grid(len(ood["sets"]), 4, (2.9, 2.7), top=0.75, wgap=0.6)
     for ax, (name, result) in zip(axes, ood["sets"].items()):
         ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1)
         for j, (agg, metrics) in enumerate(result["by_aggregator"].items()):
@@ -357,8 +381,7 @@ def ood_score_distributions(model: Model, aggregator: str | None = None) -> Figu
         return None
     scores = ood["image_scores"]
     names = list(scores)
-    figure = new_figure(max(5.0, 0.8 * len(names) + 1.5), 3.8)
-    ax = figure.subplots()
+    figure, (ax,) = axes_grid(1, 1, (max(4.4, 0.7 * len(names)), 3.0), bottom=1.0)
     data = [np.asarray(scores[n][aggregator], dtype=np.float64) for n in names]
     ax.boxplot(data, showfliers=False, widths=0.55)
     rng = np.random.default_rng(0)  # fixed jitter: the same results draw the same figure
@@ -378,8 +401,9 @@ def ood_auroc_bars(models: Sequence[Model]) -> Figure | None:
     if not with_ood:
         return None
     sets = list(dict.fromkeys(s for _, m in with_ood for s in m["ood"]["sets"]))
-    figure = new_figure(max(5.0, 0.9 * len(sets) + 2.5), 3.8)
-    ax = figure.subplots()
+    figure, (ax,) = axes_grid(
+        1, 1, (max(4.4, 0.3 * len(sets) * (len(with_ood) + 1)), 3.0), bottom=1.0
+    )
     width = 0.8 / len(with_ood)
     x = np.arange(len(sets))
     for k, (i, model) in enumerate(with_ood):
@@ -410,7 +434,7 @@ def anomaly_histograms(models: Sequence[Model]) -> Figure | None:
     with_anomaly = [m for m in models if m.get("anomaly")]
     if not with_anomaly:
         return None
-    figure, axes = _grid(len(with_anomaly), 3, (4.2, 3.3))
+    figure, axes = axes_grid(len(with_anomaly), 3, (3.6, 2.8), top=0.75)
     for ax, model in zip(axes, with_anomaly):
         anomaly = model["anomaly"]
         hist = anomaly["histograms"]
@@ -463,9 +487,19 @@ def sample_predictions(
     uncertainty [K, H, W]. One colour scale for all uncertainty maps, from 0 to their
     99.5th percentile, so rows compare."""
     count, height, width = labels.shape
-    panel = 2.4
-    figure = new_figure(panel * 5 + 0.8, panel * height / width * count + 0.7)
-    axes = figure.subplots(count, 5, squeeze=False)
+    panel = 2.2
+    figure, flat = axes_grid(
+        5 * count,
+        5,
+        (panel, panel * height / width),
+        left=0.35,
+        right=1.0,
+        bottom=0.1,
+        top=0.75,
+        wgap=0.08,
+        hgap=0.3,
+    )
+    axes = np.array(flat).reshape(count, 5)
     vmax = float(np.percentile(uncertainty, 99.5)) or 1e-6
     columns = ("image", "ground truth", "prediction", "accuracy (white = correct)", "uncertainty")
     mesh = None
@@ -482,13 +516,24 @@ def sample_predictions(
         mesh = axes[r][4].imshow(
             uncertainty[r], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest"
         )
-        axes[r][0].set_ylabel(names[r], fontsize=7)
+        # Long stems ("city_000000_000019") break at the first underscore to fit the row.
+        axes[r][0].set_ylabel(names[r].replace("_", "\n", 1), fontsize=7)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
     for c, column in enumerate(columns):
         axes[0][c].set_title(column, fontsize=9)
-    figure.colorbar(mesh, ax=axes[:, 4].tolist(), fraction=0.05, label="uncertainty")
+    # A colour bar in the right margin, as tall as the rows.
+    top, low = axes[0][4].get_position(), axes[-1][4].get_position()
+    bar = figure.add_axes(
+        (
+            top.x1 + 0.12 / figure.get_figwidth(),
+            low.y0,
+            0.12 / figure.get_figwidth(),
+            top.y1 - low.y0,
+        )
+    )
+    figure.colorbar(mesh, cax=bar, label="uncertainty")
     figure.suptitle(title, fontsize=11)
     return figure
 

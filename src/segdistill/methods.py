@@ -69,7 +69,8 @@ class Method(nn.Module):
     """Base of all methods.
 
     `forward(student, teacher, target) -> dict[str, Tensor]` returns the method's named,
-    paper-weighted distillation terms (scalars); target is int64 [B, H, W].
+    paper-weighted distillation terms (scalars); target is int64 [B, H, W]. Pixel-wise
+    methods also take `teacher_valid` (see `_PixelMethod`).
     `needs` names the teacher signals it reads (`outputs.SIGNAL_NAMES`); `teacher_taps` and
     `student_taps` the feature taps it reads when `needs` holds "features".
     """
@@ -108,7 +109,12 @@ class Method(nn.Module):
 
 class _PixelMethod(Method):
     """A method whose terms average over pixels; `distill_void` says whether pixels labelled
-    `ignore_index` count (the teacher's signals exist there too)."""
+    `ignore_index` count (the teacher's signals exist there too).
+
+    `forward(student, teacher, target, teacher_valid=None)`: teacher_valid, bool [B, H, W],
+    marks the pixels where the teacher's signals exist; the others never count. A teacher
+    cache gives it: its maps are zero in the padding of a random crop (`teacher_cache`).
+    """
 
     def __init__(
         self, distill_void: bool = True, ce_weight: float = 1.0, ignore_index: int = IGNORE_INDEX
@@ -118,8 +124,11 @@ class _PixelMethod(Method):
             raise ConfigError(f"method {self.name!r}: option distill_void must be true or false")
         self.distill_void = distill_void
 
-    def _valid(self, target: Tensor) -> Tensor | None:
-        return None if self.distill_void else target != self.ignore_index
+    def _valid(self, target: Tensor, teacher_valid: Tensor | None) -> Tensor | None:
+        labelled = None if self.distill_void else target != self.ignore_index
+        if teacher_valid is None:
+            return labelled
+        return teacher_valid if labelled is None else labelled & teacher_valid
 
 
 class _FeatureMethod(Method):
@@ -197,10 +206,15 @@ class KD(_PixelMethod):
         self.temperature = _number(self.name, "temperature", temperature, positive=True)
 
     def forward(
-        self, student: SegOutput, teacher: TeacherSignals, target: Tensor
+        self,
+        student: SegOutput,
+        teacher: TeacherSignals,
+        target: Tensor,
+        teacher_valid: Tensor | None = None,
     ) -> dict[str, Tensor]:
         t = teacher.require(LOGITS).detach()
-        return {"kl": losses.kd(student.logits, t, self.temperature, self._valid(target))}
+        valid = self._valid(target, teacher_valid)
+        return {"kl": losses.kd(student.logits, t, self.temperature, valid)}
 
 
 class Holder(_PixelMethod):
@@ -229,10 +243,14 @@ class Holder(_PixelMethod):
         self.beta = _number(self.name, "beta", beta)
 
     def forward(
-        self, student: SegOutput, teacher: TeacherSignals, target: Tensor
+        self,
+        student: SegOutput,
+        teacher: TeacherSignals,
+        target: Tensor,
+        teacher_valid: Tensor | None = None,
     ) -> dict[str, Tensor]:
         unc = self._student_uncertainty(student, student.logits.shape[1], "per_class")
-        valid = self._valid(target)
+        valid = self._valid(target, teacher_valid)
         log_mean = teacher.require("mean_probs").detach().log()
         std = teacher.require("std").detach()
         return {
@@ -253,11 +271,16 @@ class DUDES(_PixelMethod):
     signals = frozenset({"pred_std"})
 
     def forward(
-        self, student: SegOutput, teacher: TeacherSignals, target: Tensor
+        self,
+        student: SegOutput,
+        teacher: TeacherSignals,
+        target: Tensor,
+        teacher_valid: Tensor | None = None,
     ) -> dict[str, Tensor]:
         unc = self._student_uncertainty(student, 1, "scalar")
         pred_std = teacher.require("pred_std").detach()
-        return {"uncertainty_rmsle": losses.rmsle(unc, pred_std, self._valid(target))}
+        valid = self._valid(target, teacher_valid)
+        return {"uncertainty_rmsle": losses.rmsle(unc, pred_std, valid)}
 
 
 class CWD(_FeatureMethod):
@@ -520,9 +543,13 @@ class JAKD(_PixelMethod):
         return losses.ja_kd(logits, probs, self.alpha, valid)
 
     def forward(
-        self, student: SegOutput, teacher: TeacherSignals, target: Tensor
+        self,
+        student: SegOutput,
+        teacher: TeacherSignals,
+        target: Tensor,
+        teacher_valid: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        valid = self._valid(target)
+        valid = self._valid(target, teacher_valid)
         terms = {"out": self._term(student.logits, teacher, valid)}
         for aux_name, aux_logits in student.aux_logits.items():
             terms[f"aux_{aux_name}"] = self.aux_weight * self._term(aux_logits, teacher, valid)
@@ -553,6 +580,32 @@ class UKD(JAKD):
             )
         self.median_over = median_over
 
+    def forward(
+        self,
+        student: SegOutput,
+        teacher: TeacherSignals,
+        target: Tensor,
+        teacher_valid: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        if teacher_valid is not None:
+            variance = self._fill_invalid(teacher.require("variance").detach(), teacher_valid)
+            teacher = dataclasses.replace(teacher, variance=variance)
+        return super().forward(student, teacher, target, teacher_valid)
+
+    def _fill_invalid(self, variance: Tensor, teacher_valid: Tensor) -> Tensor:
+        """The variance [B, 1, H, W] with the pixels outside `teacher_valid` (a cache's crop
+        padding, no teacher output there) set to the median of the valid ones (per image or
+        over the batch, as `median_over`). Adding copies of a set's median leaves its median
+        unchanged, so the threshold is the median of the valid pixels, and the filled
+        pixels are not strictly above it (they are masked out of the loss anyway)."""
+        invalid = ~teacher_valid[:, None]
+        nan_padded = variance.masked_fill(invalid, float("nan"))
+        if self.median_over == "image":
+            median = nan_padded.flatten(1).nanmedian(dim=1).values.view(-1, 1, 1, 1)
+        else:
+            median = nan_padded.nanmedian()
+        return torch.where(invalid, median, variance)
+
     def _term(self, logits: Tensor, teacher: TeacherSignals, valid: Tensor | None) -> Tensor:
         probs = teacher.require("mean_probs").detach()
         variance = teacher.require("variance").detach()
@@ -567,7 +620,10 @@ class MethodSet(nn.Module):
     by default the largest `weight * method.ce_weight` of the set (1 with no method, i.e.
     plain supervised training), so a method used alone gets its paper's total loss.
     forward returns {"loss": total, "task/ce": ..., "<name>/<term>": ...}, every value a
-    weighted scalar, the non-"loss" ones summing to "loss".
+    weighted scalar, the non-"loss" ones summing to "loss". Its optional `teacher_valid`
+    (bool [B, H, W], pixels where the teacher's signals exist) reaches the pixel-wise
+    methods; a teacher cache only serves signals that no other method reads
+    (`pixel_needs`), so the others always get signals that exist everywhere.
     """
 
     def __init__(
@@ -598,6 +654,14 @@ class MethodSet(nn.Module):
         return frozenset().union(*(m.needs for m in self.methods.values()))
 
     @property
+    def pixel_needs(self) -> frozenset[str]:
+        """The teacher signals read by pixel-wise methods only (kd, holder, dudes, ja_kd, ukd),
+        which can skip pixels without them (`teacher_valid`): what a teacher cache may hold."""
+        pixel = [m.needs for m in self.methods.values() if isinstance(m, _PixelMethod)]
+        other = [m.needs for m in self.methods.values() if not isinstance(m, _PixelMethod)]
+        return frozenset().union(*pixel) - frozenset().union(*other)
+
+    @property
     def teacher_taps(self) -> frozenset[str]:
         return frozenset().union(*(m.teacher_taps for m in self.methods.values()))
 
@@ -614,14 +678,22 @@ class MethodSet(nn.Module):
         ]
 
     def forward(
-        self, student: SegOutput, teacher: TeacherSignals, target: Tensor
+        self,
+        student: SegOutput,
+        teacher: TeacherSignals,
+        target: Tensor,
+        teacher_valid: Tensor | None = None,
     ) -> dict[str, Tensor]:
         terms: dict[str, Tensor] = {}
         if self.ce_weight > 0:
             ce = losses.cross_entropy(student.logits, target, self.ignore_index)
             terms["task/ce"] = self.ce_weight * ce
         for name, method in self.methods.items():
-            for term, value in method(student, teacher, target).items():
+            if isinstance(method, _PixelMethod):
+                method_terms = method(student, teacher, target, teacher_valid)
+            else:
+                method_terms = method(student, teacher, target)
+            for term, value in method_terms.items():
                 terms[f"{name}/{term}"] = self.weights[name] * value
         # sum(), not stack(): under autocast the terms may differ in dtype.
         total = sum(terms.values())

@@ -197,8 +197,7 @@ def match_labels(images: Sequence[Path], labels: Path) -> dict[Path, Path | None
         files = next((files for files in found if files), [])
         if len(files) > 1:
             raise DataError(
-                f"{image}: several label files match under {labels}: "
-                f"{', '.join(map(str, files))}"
+                f"{image}: several label files match under {labels}: {', '.join(map(str, files))}"
             )
         matches[image] = files[0] if files else None
     return matches
@@ -211,9 +210,7 @@ def read_label(
     the image size (H, W) and the values its kind may hold."""
     mappings = label_mappings(ignore_index)
     suffix = next((s for s in (LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX) if path.name.endswith(s)), None)
-    mapping = (
-        mappings[suffix] if suffix else LabelMapping.identity(num_classes, ignore_index)
-    )
+    mapping = mappings[suffix] if suffix else LabelMapping.identity(num_classes, ignore_index)
     raw = read_mask(path)
     if raw.shape != size:
         raise DataError(
@@ -270,7 +267,9 @@ def predict_arrays(
         tensors.append(_resize(x, size) if size is not None else x)
     height = max(x.shape[-2] for x in tensors)
     width = max(x.shape[-1] for x in tensors)
-    batch = torch.cat([F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in tensors])
+    batch = torch.cat(
+        [F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in tensors]
+    )
     prediction = predictor.predict(pad_to_multiple(batch, multiple).to(predictor.device))
     results = []
     for i, (image, x) in enumerate(zip(images, tensors)):
@@ -310,7 +309,9 @@ def heat_map(uncertainty: np.ndarray, vmax: float = UNCERTAINTY_VMAX) -> np.ndar
     return np.ascontiguousarray(rgba[..., :3])
 
 
-def accuracy_map(pred: np.ndarray, label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+def accuracy_map(
+    pred: np.ndarray, label: np.ndarray, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
     """Class ids and label [H, W] -> uint8 [H, W]: 255 wrong, 0 right, 128 ignore."""
     out = np.where(pred != label, ACCURACY_WRONG, ACCURACY_RIGHT).astype(np.uint8)
     out[label == ignore_index] = ACCURACY_VOID

@@ -18,12 +18,17 @@ teacher and the methods, then hands a `SegmentationTask` to a Lightning `Trainer
   (`EpochLoader`), so a run resumed from an end-of-epoch checkpoint ends with the same
   weights as an uninterrupted one (bit for bit on the CPU).
 - A NaN or infinite loss stops the run with a `TrainingError` naming the step.
+- Distillation extras (`cfg.distill`): a student initialised from a pre-trained one
+  (`init_from`, Holder & Shafique), unlabelled images (`unlabeled_root`), cached teacher
+  targets (`teacher_cache`, `segdistill.teacher_cache`) and He et al.'s stage 1 (the
+  translators train before the first step, `SegmentationTask.on_fit_start`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,10 +40,18 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from segdistill.checkpoints import AtomicCheckpointIO, build_model, save_weights
+from segdistill.checkpoints import (
+    AtomicCheckpointIO,
+    build_model,
+    load_segmenter,
+    read_architecture,
+    save_weights,
+    weights_path,
+)
 from segdistill.config import DataConfig, ModelConfig, OptimConfig, SegConfig, save_config
 from segdistill.data import (
     CityscapesDataset,
@@ -47,14 +60,19 @@ from segdistill.data import (
     build_eval_transform,
     build_train_transform,
 )
+from segdistill.data.base import LabelMapping, SampleFiles
+from segdistill.data.folder import IMAGE_SUFFIXES
 from segdistill.data.labels import IGNORE_INDEX
-from segdistill.errors import CheckpointError, ConfigError, TrainingError
-from segdistill.methods import MethodSet, build_methods
+from segdistill.errors import CheckpointError, ConfigError, DataError, TrainingError
+from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models.teachers import Teacher, build_teacher
 from segdistill.outputs import TeacherSignals
+from segdistill.teacher_cache import TeacherCacheDataset, cache_key, open_or_build, valid_mask
 
 RESUME_CHECKPOINT = "checkpoints/last.ckpt"
+# State-dict prefixes `distill.init_from` loads; everything else (the heads) starts fresh.
+PRETRAINED_PARTS = ("encoder.", "decoder.")
 # Side of the dummy image used to read the feature-tap channels of student and teacher.
 _PROBE_SIZE = 64
 
@@ -67,6 +85,8 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
     """
     run_dir = _prepare_run_dir(cfg, resume)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    if cfg.distill is not None and cfg.distill.unlabeled_root is not None:
+        train_set = add_unlabeled_images(train_set, Path(cfg.distill.unlabeled_root))
     val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes
     steps = steps_per_epoch(
@@ -86,7 +106,13 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the initial weights
     model = build_model(cfg.model, cfg.data.num_classes)
-    methods, teacher = build_distillation(cfg, model) if cfg.distill else (None, None)
+    methods, teacher = None, None
+    if cfg.distill is not None:
+        if cfg.distill.init_from is not None and not resume:  # resumed: weights from last.ckpt
+            init_from_pretrained(model, cfg.model, cfg.distill.init_from)
+        methods, teacher = build_distillation(cfg, model)
+        if cfg.distill.teacher_cache is not None:
+            train_set, teacher = attach_teacher_cache(cfg, methods, teacher, train_set)
     task = SegmentationTask(
         model,
         cfg.optim,
@@ -156,13 +182,6 @@ def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Tea
     adapters from the channels of the feature taps, read from one forward pass of student
     and teacher on a small dummy image."""
     assert cfg.distill is not None
-    if cfg.distill.teacher_cache is not None:
-        # Cached outputs reach the task as `batch["maps"]` (`signals_from_batch`) once a
-        # data set wrapper reads the cache; until then, say so rather than ignore the key.
-        raise ConfigError(
-            f"distill.teacher_cache={cfg.distill.teacher_cache!r}: reading a teacher cache "
-            "is not supported by this version; remove the key to run the teacher online"
-        )
     spec = cfg.distill.teacher
     teacher = build_teacher(spec.kind, spec.path, spec.samples)
     probe = torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE)
@@ -179,6 +198,90 @@ def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Tea
         ignore_index=cfg.data.ignore_index,
     )
     return methods, teacher
+
+
+def add_unlabeled_images(dataset: SegmentationDataset, folder: Path) -> SegmentationDataset:
+    """`dataset` plus every image of `folder` (png/jpg) as an unlabelled sample (label all
+    `ignore_index`): the cross-entropy skips them and the teacher's signals teach the
+    student there, as in NfS-SegNet's incremental training on teacher-labelled images."""
+    if not folder.is_dir():
+        raise DataError(f"distill.unlabeled_root={str(folder)!r} is not a folder")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"distill.unlabeled_root={str(folder)!r} holds no png or jpg image")
+    mapping = LabelMapping.identity(dataset.num_classes, dataset.ignore_index)
+    unlabeled = [SampleFiles(f"unlabeled/{p.stem}", p, None, mapping) for p in images]
+    return SegmentationDataset(
+        [*dataset.samples, *unlabeled],
+        dataset.classes,
+        dataset.colors,
+        dataset.ignore_index,
+        dataset.transform,
+    )
+
+
+def init_from_pretrained(model: nn.Module, model_cfg: ModelConfig, source: str) -> None:
+    """Holder & Shafique's two-stage recipe, stage 2 start: load the encoder and decoder of a
+    student pre-trained with labels (a run directory, or a weights file) into `model`; its
+    heads (segmentation, uncertainty, auxiliary) keep their fresh initialisation. The
+    pre-trained network must have the same arch, encoder and encoder options (a
+    ConfigError otherwise); its head weights are skipped, whatever their shapes."""
+    path = weights_path(source)
+    pretrained_cfg, _ = read_architecture(path)
+    for key in ("arch", "encoder", "encoder_options"):
+        theirs, ours = getattr(pretrained_cfg, key), getattr(model_cfg, key)
+        if theirs != ours:
+            raise ConfigError(
+                f"distill.init_from={source!r}: its model.{key} is {theirs!r}, this "
+                f"student's {ours!r}; pre-train the student with the same network"
+            )
+    state = load_segmenter(path)[0].state_dict()
+    body = {key: value for key, value in state.items() if key.startswith(PRETRAINED_PARTS)}
+    # strict=False for the heads only: the body must match exactly (same architecture).
+    missing, unexpected = model.load_state_dict(body, strict=False)
+    assert not unexpected and not any(k.startswith(PRETRAINED_PARTS) for k in missing)
+    rank_zero_info(
+        f"distill.init_from: encoder and decoder from {path}; skipped its "
+        f"{_modules(state.keys() - body.keys())}; fresh: {_modules(missing)}"
+    )
+
+
+def _modules(keys: Any) -> str:
+    """ "seg_head, uncertainty_head (6 tensors)": the top-level modules of state-dict keys."""
+    names = sorted({key.split(".")[0] for key in keys})
+    return f"{', '.join(names) or 'nothing'} ({len(keys)} tensors)"
+
+
+def attach_teacher_cache(
+    cfg: SegConfig, methods: MethodSet, teacher: Teacher, train_set: SegmentationDataset
+) -> tuple[Dataset, Teacher | None]:
+    """Open (or build) `distill.teacher_cache` for the signals only pixel-wise methods read
+    and wrap the training set so its samples carry them. Returns the wrapped set and the
+    teacher, or None when the cache covers every signal the methods need (the teacher is
+    then not kept in memory)."""
+    assert cfg.distill is not None and cfg.distill.teacher_cache is not None
+    signals = methods.pixel_needs
+    if not signals:
+        raise ConfigError(
+            f"distill.teacher_cache={cfg.distill.teacher_cache!r}: none of the methods reads "
+            "per-pixel teacher outputs a cache can hold (kd, holder, dudes, ja_kd, ukd do); "
+            "the others run the teacher online: remove distill.teacher_cache"
+        )
+    spec = cfg.distill.teacher
+    kind = f"mc_dropout(samples={spec.samples})" if spec.kind == "mc_dropout" else spec.kind
+    key = cache_key(teacher, kind, signals, cfg.distill.cache_scale, train_set)
+    device = _local_device(cfg.trainer.accelerator)
+    cache = open_or_build(cfg.distill.teacher_cache, teacher, key, train_set, device)
+    online = methods.needs - cache.signals
+    return TeacherCacheDataset(train_set, cache), (teacher if online else None)
+
+
+def _local_device(accelerator: str) -> torch.device:
+    """This process's device before Lightning sets up: its local GPU if it trains on one."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
 
 
 def steps_per_epoch(
@@ -236,8 +339,8 @@ class SegmentationTask(L.LightningModule):
     model:      a segmenter returning `SegOutput`, with an `.encoder` (its parameters get
                 the base lr, all others `decoder_lr_mult` times it).
     methods:    the loss; None is plain cross-entropy (`MethodSet()`).
-    teacher:    gives the signals the methods need (`methods.needs`), unless the batch
-                carries them (`signals_from_batch`). Frozen, in eval mode, never trained.
+    teacher:    gives the signals the methods need (`methods.needs`) that the batch does not
+                carry (`signals_from_batch`). Frozen, in eval mode, never trained.
     total_steps: optimiser steps of the whole run (the poly schedule reaches 0 there).
     """
 
@@ -278,35 +381,70 @@ class SegmentationTask(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.teacher is not None:
             self.teacher.to(self.device)
+        self._train_translators()
 
-    def signals_from_batch(self, batch: dict[str, Any]) -> TeacherSignals | None:
-        """Teacher signals cached in the batch: `batch["maps"][name]` for every name in
-        `methods.needs` (a teacher cache adds them to the samples, see the data set
-        contract), or None when one is missing (then the teacher computes them)."""
+    def _train_translators(self) -> None:
+        """He et al.'s stage 1, before the first step: every translator awaiting it
+        (`MethodSet.translators_to_train`) trains for one epoch on the teacher's features of
+        the training images (their training augmentation, full batches). A resumed run has
+        restored the translators, `trained` flag included, from last.ckpt before this hook,
+        so stage 1 is not redone. Every process trains on all images; with several
+        processes the first one's translator is then broadcast to the others."""
+        pending = self.methods.translators_to_train()
+        if not pending:
+            return
+        if self.teacher is None:
+            raise TrainingError("stage 1 (the translators) needs the teacher's features")
+        data = self.trainer.datamodule
+        loader = DataLoader(
+            data.train_set,
+            batch_size=data.batch_size,
+            shuffle=True,
+            num_workers=data.num_workers,
+            drop_last=True,  # batch norm in the translator needs full batches
+        )
+        for name, tap, translator in pending:
+            features = TeacherFeatures(self.teacher, loader, tap, self.device)
+            history = train_translator(features, translator)
+            rank_zero_info(
+                f"method {name!r}, stage 1: translator trained on the teacher's {tap!r} "
+                f"features, {len(history)} steps, reconstruction loss "
+                f"{history[0]:.4g} -> {history[-1]:.4g}"
+            )
+            if self.trainer.world_size > 1:
+                for tensor in translator.state_dict().values():
+                    if tensor.is_floating_point():  # weights and batch-norm statistics
+                        torch.distributed.broadcast(tensor, src=0)
+
+    def signals_from_batch(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """The teacher signals the methods need that the batch carries, `{name:
+        batch["maps"][name]}` (a teacher cache adds them to the samples, see
+        `segdistill.teacher_cache`); the teacher computes the others."""
         maps = batch.get("maps") or {}
-        if not self.methods.needs <= maps.keys():
-            return None
-        return TeacherSignals(**{name: maps[name] for name in self.methods.needs})
+        return {name: maps[name] for name in self.methods.needs if name in maps}
 
     def teacher_signals(self, batch: dict[str, Any]) -> TeacherSignals:
-        """What the methods need from the teacher, from the batch's cache or the teacher."""
-        needs = self.methods.needs
-        if not needs:
-            return TeacherSignals()
+        """What the methods need from the teacher: from the batch's cache where it has them,
+        from the teacher (under no_grad) for the rest."""
         cached = self.signals_from_batch(batch)
-        if cached is not None:
-            return cached
+        online = self.methods.needs - cached.keys()
+        if not online:
+            return TeacherSignals(**cached)
         if self.teacher is None:
             raise TrainingError(
-                f"the methods need teacher signals {sorted(needs)}, but there is no teacher "
-                "(distill.teacher.path) and the batch does not carry them all"
+                f"the methods need teacher signals {sorted(online)}, but there is no teacher "
+                "(distill.teacher.path) and the batch does not carry them"
             )
         with torch.no_grad():
-            return self.teacher.signals(batch["image"], needs)
+            signals = self.teacher.signals(batch["image"], online)
+        return dataclasses.replace(signals, **cached)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         output = self.model(batch["image"])
-        terms = self.methods(output, self.teacher_signals(batch), batch["label"])
+        signals = self.teacher_signals(batch)
+        # Cached maps exist only inside the image, not on crop padding: mask it out.
+        teacher_valid = valid_mask(batch.get("maps") or {})
+        terms = self.methods(output, signals, batch["label"], teacher_valid)
         self._stop_unless_finite(terms["loss"], batch_idx)
         batch_size = batch["image"].shape[0]
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=batch_size)
@@ -371,6 +509,23 @@ class SegmentationTask(L.LightningModule):
             optimizer, lambda step: max(0.0, 1.0 - step / total) ** power
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class TeacherFeatures:
+    """The teacher's feature tap `tap` [B, C, h, w] on every batch of `loader`, computed on
+    `device` without gradient; re-iterable (each iteration is one pass over the loader), as
+    `train_translator` needs."""
+
+    def __init__(self, teacher: Teacher, loader: DataLoader, tap: str, device: torch.device):
+        self.teacher = teacher
+        self.loader = loader
+        self.tap = tap
+        self.device = device
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for batch in self.loader:
+            images = batch["image"].to(self.device)
+            yield self.teacher.signals(images, {"features"}).features[self.tap]
 
 
 class RunCheckpoints(Callback):

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a segmenter, or distil one when the config has a distill section",
         description="Train a segmenter (or distil a teacher into it) into a run directory.",
     )
-    _add_run_arguments(parser)
+    add_run_arguments(parser)
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train ensemble members ENSEMBLE_DIR/member_XX and list the finished "
         "ones in ENSEMBLE_DIR/manifest.json.",
     )
-    _add_run_arguments(parser)
+    add_run_arguments(parser)
     parser.add_argument(
         "--members",
         type=int,
@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_ensemble)
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the YAML config file")
     parser.add_argument(
         "--set",

@@ -431,8 +431,9 @@ class Sky:
 class Scene:
     """Everything `render` needs; independent of the output resolution.
 
-    free_lanes: (x_left, x_right, z_free) per driving lane: the road is empty from the
-    camera to z_free, where anomalies may be placed.
+    free_lanes: (x_left, x_right, z_free) per lane, the camera's lane first: the road is
+    empty from the camera to z_free (at least 12 m in the camera's lane), where anomalies
+    may be placed.
     """
 
     style: Style
@@ -501,16 +502,17 @@ def _facade(rng: np.random.Generator, style: Style, wall: np.ndarray) -> Materia
 
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         out = wall * (1.0 + 0.07 * _tex(x, y, 20.0, offset))[:, None]
-        fx, fy = (x / bay) % 1.0, (y / floor) % 1.0
-        upper = y > floor
-        window = upper & (np.abs(fx - 0.5) < win_w / 2) & (np.abs(fy - 0.5) < win_h / 2)
-        sill = upper & (np.abs(fx - 0.5) < win_w / 2 + 0.04) & (np.abs(fy - 0.5 + win_h / 2) < 0.03)
-        pane = _cell_noise((x // bay).astype(np.int32), (y // floor).astype(np.int32), offset)
+        column, fx = np.divmod(x / bay, 1.0)
+        storey, fy = np.divmod(y / floor, 1.0)
+        across = np.abs(fx - 0.5)
+        upper = storey >= 1
+        sill = upper & (across < win_w / 2 + 0.04) & (np.abs(fy - 0.5 + win_h / 2) < 0.03)
         out[sill] = frame
-        out[window] = glass * (1.0 + 0.35 * np.clip(pane[window], -1.5, 2.5))[:, None]
+        window = upper & (across < win_w / 2) & (np.abs(fy - 0.5) < win_h / 2)
+        pane = _cell_noise(column[window].astype(np.int32), storey[window].astype(np.int32), offset)
+        out[window] = glass * (1.0 + 0.35 * np.clip(pane, -1.5, 2.5))[:, None]
         if shop:
-            front = (y < floor * 0.8) & (y > 0.4) & (np.abs(fx - 0.5) < 0.42)
-            out[front] = glass * 0.8
+            out[~upper & (fy < 0.8) & (y > 0.4) & (across < 0.42)] = glass * 0.8
         return out
 
     return material
@@ -606,13 +608,34 @@ class _Builder:
         self._counts[label] = k + 1
         return label * 1000 + k
 
-    def front(self, z, x0, x1, y0, y1, label, instance, material, shape=None) -> None:
-        """Add a camera-facing patch at depth z."""
-        self.surfaces.append(Surface("front", z, x0, x1, y0, y1, label, instance, material, shape))
+    def front(
+        self,
+        z: float,
+        xs: tuple[float, float],
+        ys: tuple[float, float],
+        label: int,
+        material: Material,
+        shape: Shape | None = None,
+        instance: int | None = None,
+    ) -> None:
+        """Add a camera-facing patch at depth z over X range xs and height range ys; the
+        instance id is a new one (instance classes) unless given, e.g. to share it."""
+        instance = self.instance(label) if instance is None else instance
+        self.surfaces.append(Surface("front", z, *xs, *ys, label, instance, material, shape))
 
-    def side(self, x, z0, z1, y0, y1, label, instance, material, shape=None) -> None:
-        """Add a street-facing patch in the plane X = x."""
-        self.surfaces.append(Surface("side", x, z0, z1, y0, y1, label, instance, material, shape))
+    def side(
+        self,
+        x: float,
+        zs: tuple[float, float],
+        ys: tuple[float, float],
+        label: int,
+        material: Material,
+        shape: Shape | None = None,
+        instance: int | None = None,
+    ) -> None:
+        """Add a street-facing patch in the plane X = x over Z range zs, heights ys."""
+        instance = self.instance(label) if instance is None else instance
+        self.surfaces.append(Surface("side", x, *zs, *ys, label, instance, material, shape))
 
     def shadow(self, x0, x1, z0, z1, y0, y1, round=False) -> None:
         self.casters.append(Caster(min(x0, x1), max(x0, x1), z0, z1, y0, y1, round))
@@ -655,14 +678,52 @@ def _sample_sky(rng: np.random.Generator, style: Style, lighting: Lighting) -> S
     return Sky(tuple(zenith), tuple(horizon), rng.uniform(0.0, 0.8), _offset(rng))
 
 
-def _road_material(rng, style: Style, geometry: dict) -> Material:
-    """Asphalt with wear, tyre tracks, lane markings, crosswalks and tram rails (world X, Z)."""
+@dataclass(frozen=True)
+class _Lanes:
+    """The carriageway, lane by lane from the left: lane centres (X), lane width; the first
+    `oncoming` lanes carry oncoming traffic; the camera drives in lane `ego`; a tram runs
+    in lane `tram` (None: no tram)."""
+
+    x: tuple[float, ...]
+    width: float
+    oncoming: int
+    ego: int
+    tram: int | None
+
+    @property
+    def count(self) -> int:
+        return len(self.x)
+
+    @property
+    def left(self) -> float:
+        return self.x[0] - self.width / 2
+
+    @property
+    def right(self) -> float:
+        return self.x[-1] + self.width / 2
+
+    def dividers(self) -> list[float]:
+        """X of the dashed lines between lanes of the same direction."""
+        return [self.left + k * self.width for k in range(1, self.count) if k != self.oncoming]
+
+    def centre_line(self) -> float | None:
+        """X of the line between the directions (None on a one-way street)."""
+        return self.left + self.oncoming * self.width if self.oncoming else None
+
+    def rails(self) -> tuple[float, ...]:
+        """X of the tram rails (standard gauge, 1.435 m)."""
+        return () if self.tram is None else (self.x[self.tram] - 0.72, self.x[self.tram] + 0.72)
+
+
+def _road_material(rng, style: Style, lanes: _Lanes, crossings) -> Material:
+    """Asphalt with wear, lane markings, crosswalks with stop lines, tram rails (world X, Z)."""
     asphalt = _jitter(rng, style.asphalt, 0.04)
     marking = _jitter(rng, style.marking, 0.03)
     centre = _jitter(rng, style.centre_marking, 0.03)
     offset = _offset(rng)
-    dividers, centre_x = geometry["dividers"], geometry["centre"]
-    edges, crossings, rails = geometry["edges"], geometry["crossings"], geometry["rails"]
+    dividers, centre_x, rails = lanes.dividers(), lanes.centre_line(), lanes.rails()
+    edges = (lanes.left + 0.3, lanes.right - 0.3)
+    forward_from = lanes.left + lanes.oncoming * lanes.width  # stop lines span these lanes
     dash, gap = rng.uniform(2.5, 4.0), rng.uniform(5.0, 9.0)
 
     def material(x: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -680,7 +741,7 @@ def _road_material(rng, style: Style, geometry: dict) -> Material:
         for z0, _ in crossings:
             zebra = (z > z0 - 4.0) & (z < z0 - 1.0) & ((x % 1.0) < 0.5)
             out[zebra] = marking
-            out[(z > z0 - 4.8) & (z < z0 - 4.4) & (x > geometry["ego_side"])] = marking
+            out[(z > z0 - 4.8) & (z < z0 - 4.4) & (x > forward_from)] = marking
         return out
 
     return material
@@ -747,32 +808,35 @@ def _lots_ground(lots: Sequence[_Lot]) -> Lots:
     return Lots(tuple(lot.z0 for lot in lots), tuple(label[lot.kind] for lot in lots))
 
 
-def _sample_street(rng, style: Style) -> tuple[Street, dict]:
-    """The road cross-section, cross streets and lots; returns the street and a layout
-    dict (lanes, their directions, lots per side) that object placement uses."""
-    lanes = int(rng.choice(style.lanes))
-    lane_width = rng.uniform(*style.lane_width)
-    oncoming = lanes // 2 if rng.random() < 0.75 else 0
-    ego = int(rng.integers(oncoming, lanes))
-    road_left = -(ego + 0.5) * lane_width + rng.uniform(-0.4, 0.4)
-    road_right = road_left + lanes * lane_width
+@dataclass(frozen=True)
+class _Layout:
+    """What object placement needs beyond the Street: lanes, the lots of each side (-1
+    left, 1 right), and where the street ends."""
+
+    lanes: _Lanes
+    lots: dict[int, list[_Lot]]
+    z_end: float
+
+
+def _sample_lanes(rng: np.random.Generator, style: Style) -> _Lanes:
+    count = int(rng.choice(style.lanes))
+    width = rng.uniform(*style.lane_width)
+    oncoming = count // 2 if rng.random() < 0.75 else 0
+    ego = int(rng.integers(oncoming, count))
+    left = -(ego + 0.5) * width + rng.uniform(-0.4, 0.4)
+    tram = int(rng.integers(count)) if rng.random() < 0.1 else None
+    return _Lanes(tuple(left + (k + 0.5) * width for k in range(count)), width, oncoming, ego, tram)
+
+
+def _sample_street(rng: np.random.Generator, style: Style) -> tuple[Street, _Layout]:
+    """The road cross-section, cross streets and lots."""
+    lanes = _sample_lanes(rng, style)
     z_end = rng.uniform(120, 240)
     crossings = _sample_crossings(rng, z_end)
     lots = {side: _sample_lots(rng, style, z_end, crossings) for side in (-1, 1)}
-    lane_x = [road_left + (k + 0.5) * lane_width for k in range(lanes)]
-    tram_lane = int(rng.integers(lanes)) if rng.random() < 0.1 else None
-    rails = () if tram_lane is None else (lane_x[tram_lane] - 0.72, lane_x[tram_lane] + 0.72)
-    geometry = {
-        "dividers": [road_left + k * lane_width for k in range(1, lanes) if k != oncoming],
-        "centre": road_left + oncoming * lane_width if oncoming else None,
-        "edges": (road_left + 0.3, road_right - 0.3),
-        "crossings": crossings,
-        "rails": rails,
-        "ego_side": road_left + oncoming * lane_width,
-    }
     street = Street(
-        road_left=road_left,
-        road_right=road_right,
+        road_left=lanes.left,
+        road_right=lanes.right,
         sidewalk_left=rng.uniform(*style.sidewalk_width),
         sidewalk_right=rng.uniform(*style.sidewalk_width),
         verge_left=rng.uniform(0.8, 1.8) if rng.random() < 0.35 else 0.0,
@@ -780,21 +844,11 @@ def _sample_street(rng, style: Style) -> tuple[Street, dict]:
         crossings=crossings,
         lots_left=_lots_ground(lots[-1]),
         lots_right=_lots_ground(lots[1]),
-        road_material=_road_material(rng, style, geometry),
-        sidewalk_material=_sidewalk_material(rng, style, (road_left, road_right)),
+        road_material=_road_material(rng, style, lanes, crossings),
+        sidewalk_material=_sidewalk_material(rng, style, (lanes.left, lanes.right)),
         terrain_material=_textured(_pick(rng, style.grass), rng, 0.12, 35.0),
     )
-    layout = {
-        "lanes": lanes,
-        "lane_x": lane_x,
-        "lane_width": lane_width,
-        "oncoming": oncoming,
-        "ego": ego,
-        "lots": lots,
-        "z_end": z_end,
-        "tram_lane": tram_lane,
-    }
-    return street, layout
+    return street, _Layout(lanes, lots, z_end)
 
 
 # --- buildings, walls, fences, vegetation --------------------------------------------
@@ -806,15 +860,15 @@ def _add_building(b: _Builder, x: float, z0: float, z1: float, side: int, height
     material = _facade(b.rng, b.style, wall)
     depth = b.rng.uniform(12, 25)
     x_back = x + side * depth
-    b.side(x, z0, z1, 0.0, height, BUILDING, BUILDING, material)
-    b.front(z0, min(x, x_back), max(x, x_back), 0.0, height, BUILDING, BUILDING, material)
+    b.side(x, (z0, z1), (0.0, height), BUILDING, material)
+    b.front(z0, (min(x, x_back), max(x, x_back)), (0.0, height), BUILDING, material)
     b.shadow(x, x_back, z0, z1, 0.0, height)
 
 
 def _add_wall(b: _Builder, x: float, z0: float, z1: float, height: float) -> None:
     """A free-standing wall along the street: the facade palette, no windows, low."""
     material = _textured(_pick(b.rng, b.style.facades), b.rng, 0.1, 12.0)
-    b.side(x, z0, z1, 0.0, height, WALL, WALL, material)
+    b.side(x, (z0, z1), (0.0, height), WALL, material)
     b.shadow(x, x, z0, z1, 0.0, height)
 
 
@@ -838,7 +892,7 @@ def _fence_shape(rng: np.random.Generator, height: float) -> Shape:
 def _add_fence(b: _Builder, x: float, z0: float, z1: float, height: float) -> None:
     rgb = _pick(b.rng, ((0.35, 0.35, 0.35), (0.18, 0.28, 0.20), (0.45, 0.34, 0.24), (0.6,) * 3))
     material = _textured(rgb, b.rng, 0.08, 20.0)
-    b.side(x, z0, z1, 0.0, height, FENCE, FENCE, material, _fence_shape(b.rng, height))
+    b.side(x, (z0, z1), (0.0, height), FENCE, material, _fence_shape(b.rng, height))
 
 
 def _add_hedge(b: _Builder, x: float, z0: float, z1: float, height: float) -> None:
@@ -848,7 +902,7 @@ def _add_hedge(b: _Builder, x: float, z0: float, z1: float, height: float) -> No
     def shape(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         return ys < height * (0.85 + 0.15 * _tex(xs, ys * 0, 3.0, offset))
 
-    b.side(x, z0, z1, 0.0, height, VEGETATION, VEGETATION, material, shape)
+    b.side(x, (z0, z1), (0.0, height), VEGETATION, material, shape)
     b.shadow(x, x, z0, z1, 0.0, height)
 
 
@@ -907,16 +961,18 @@ def _add_tree(b: _Builder, x: float, z: float, height: float, radius: float) -> 
     ]
     half = max(0.075, radius * 0.06)
     crown = _crown_shape(blobs, rng)
+    crown_low = min(cy - r for _, cy, r in blobs)
 
     def shape(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        return ((np.abs(xs - 1.5 * radius) < half) & (ys < trunk_top)) | crown(xs, ys)
+        inside = (np.abs(xs - 1.5 * radius) < half) & (ys < trunk_top)
+        up = ys >= crown_low  # the crown test only where a crown can be
+        inside[up] |= crown(xs[up], ys[up])
+        return inside
 
     top = crown_base + 2.2 * radius
     foliage = _crown_material(_pick(rng, b.style.foliage), rng, crown_base, top)
     material = _tree_material(_jitter(rng, (0.30, 0.24, 0.18)), foliage, radius, trunk_top)
-    b.front(
-        z, x - 1.5 * radius, x + 1.5 * radius, 0.0, top, VEGETATION, VEGETATION, material, shape
-    )
+    b.front(z, (x - 1.5 * radius, x + 1.5 * radius), (0.0, top), VEGETATION, material, shape)
     b.shadow(x - radius, x + radius, z - radius, z + radius, crown_base, height, round=True)
 
 
@@ -924,11 +980,8 @@ def _add_bush(b: _Builder, x: float, z: float) -> None:
     w, h = b.rng.uniform(0.8, 2.5), b.rng.uniform(0.5, 1.4)
     b.front(
         z,
-        x - w / 2,
-        x + w / 2,
-        -0.1,
-        h,
-        VEGETATION,
+        (x - w / 2, x + w / 2),
+        (-0.1, h),
         VEGETATION,
         _leafy(_pick(b.rng, b.style.foliage), b.rng),
         _blob(w, 2 * (h + 0.1), b.rng, 0.3),
@@ -998,11 +1051,8 @@ def _add_street_end(b: _Builder, z_end: float) -> None:
             z = z_end + 12 + rng.uniform(0, 6)
             b.front(
                 z,
-                x,
-                x + w,
-                0.0,
-                height,
-                BUILDING,
+                (x, x + w),
+                (0.0, height),
                 BUILDING,
                 _facade(rng, b.style, _pick(rng, b.style.facades)),
             )
@@ -1036,7 +1086,7 @@ def _add_skyline(b: _Builder) -> None:
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return colors[block(x)] * (1.0 + 0.1 * _tex(x, y, 2.0, offset))[:, None]
 
-    b.front(450.0, -400.0, 400.0, 0.0, 70.0, BUILDING, BUILDING, material, shape)
+    b.front(450.0, (-400.0, 400.0), (0.0, 70.0), BUILDING, material, shape)
 
 
 # --- street furniture -------------------------------------------------------------------
@@ -1045,7 +1095,7 @@ def _add_skyline(b: _Builder) -> None:
 def _add_pole(b: _Builder, x: float, z: float, height: float, width: float) -> None:
     rgb = _pick(b.rng, ((0.45, 0.45, 0.46), (0.22, 0.22, 0.24), (0.20, 0.28, 0.22)))
     b.front(
-        z, x - width / 2, x + width / 2, 0.0, height, POLE, POLE, _textured(rgb, b.rng, 0.05, 30.0)
+        z, (x - width / 2, x + width / 2), (0.0, height), POLE, _textured(rgb, b.rng, 0.05, 30.0)
     )
     b.shadow(x - width / 2, x + width / 2, z - width / 2, z + width / 2, 0.0, height)
 
@@ -1057,8 +1107,8 @@ def _add_lamp(b: _Builder, x: float, z: float, side: int) -> None:
     reach = b.rng.uniform(1.0, 2.2)
     arm = _textured(_color((0.4, 0.4, 0.42)), b.rng, 0.05)
     x_end = x - side * reach
-    b.front(z - 0.01, min(x, x_end), max(x, x_end), height - 0.12, height, POLE, POLE, arm)
-    b.front(z - 0.02, x_end - 0.3, x_end + 0.3, height - 0.3, height, POLE, POLE, arm)
+    b.front(z - 0.01, (min(x, x_end), max(x, x_end)), (height - 0.12, height), POLE, arm)
+    b.front(z - 0.02, (x_end - 0.3, x_end + 0.3), (height - 0.3, height), POLE, arm)
 
 
 def _round_measure(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -1120,7 +1170,7 @@ def _add_sign_post(b: _Builder, x: float, z: float) -> None:
     top = height
     for _ in range(int(b.rng.integers(1, 3))):
         shape, material, w, h = _sign_look(b.rng)
-        b.front(z - 0.05, x - w / 2, x + w / 2, top - h, top, SIGN, SIGN, material, shape)
+        b.front(z - 0.05, (x - w / 2, x + w / 2), (top - h, top), SIGN, material, shape)
         top -= h + 0.05
 
 
@@ -1153,27 +1203,19 @@ def _add_traffic_light(b: _Builder, x: float, z: float, overhead_to: float | Non
     _add_pole(b, x, z, pole_height, 0.14)
     b.front(
         z - 0.1,
-        x - w / 2 - 0.18,
-        x + w / 2 - 0.18,
-        height,
-        height + h,
-        LIGHT,
+        (x - w / 2 - 0.18, x + w / 2 - 0.18),
+        (height, height + h),
         LIGHT,
         _light_material(rng, w, h, lamps),
     )
     if overhead_to is not None:
         arm = _textured(_color((0.35, 0.35, 0.37)), rng, 0.05)
         top = pole_height - 0.2
-        b.front(
-            z - 0.01, min(x, overhead_to), max(x, overhead_to), top - 0.14, top, POLE, POLE, arm
-        )
+        b.front(z - 0.01, (min(x, overhead_to), max(x, overhead_to)), (top - 0.14, top), POLE, arm)
         b.front(
             z - 0.1,
-            overhead_to - w / 2,
-            overhead_to + w / 2,
-            top - h - 0.1,
-            top - 0.1,
-            LIGHT,
+            (overhead_to - w / 2, overhead_to + w / 2),
+            (top - h - 0.1, top - 0.1),
             LIGHT,
             _light_material(rng, w, h, True),
         )
@@ -1192,7 +1234,7 @@ def _add_clutter(b: _Builder, x: float, z: float) -> None:
     }[str(kind)]
     palette = ((0.25, 0.3, 0.25), (0.5, 0.5, 0.5), (0.6, 0.45, 0.2), (0.75, 0.72, 0.6))
     material = _textured(_pick(rng, palette), rng, 0.15, 8.0)
-    b.front(z, x - w / 2, x + w / 2, 0.0, h, label, label, material)
+    b.front(z, (x - w / 2, x + w / 2), (0.0, h), label, material)
     b.shadow(x - w / 2, x + w / 2, z, z + 0.5, 0.0, h)
 
 
@@ -1249,7 +1291,7 @@ def _add_person(b: _Builder, x: float, z: float) -> None:
         ((c, 0.92 * h), (c, 0.94 * h), 0.06 * h),
     ]
     material = _body_material(rng, hip, 0.85 * h, _clothes(rng))
-    b.front(z, x - c, x + c, 0.0, h, PERSON, b.instance(PERSON), material, _capsules(parts))
+    b.front(z, (x - c, x + c), (0.0, h), PERSON, material, _capsules(parts))
     b.shadow(x - 0.2, x + 0.2, z - 0.15, z + 0.15, 0.0, h)
 
 
@@ -1351,7 +1393,7 @@ def _add_two_wheeler(
     if not forward:
         shape, material = _mirrored(shape, length), _mirrored_material(material, length)
     add = b.side if facing == "side" else b.front
-    add(pos, start, start + length, 0.0, height, label, b.instance(label), material, shape)
+    add(pos, (start, start + length), (0.0, height), label, material, shape)
     if rider:
         body = _scaled(_rider_shape(geo["rider"]), scale)
         clothes = _clothes(rng)
@@ -1362,17 +1404,7 @@ def _add_two_wheeler(
             body = _mirrored(body, length)
         # The rider is a hair nearer than the machine so legs cover the frame.
         near = pos - 0.05 if facing == "front" else pos - 0.05 * np.sign(pos)
-        add(
-            near,
-            start,
-            start + length,
-            0.0,
-            1.85 * scale,
-            RIDER,
-            b.instance(RIDER),
-            r_material,
-            body,
-        )
+        add(near, (start, start + length), (0.0, 1.85 * scale), RIDER, r_material, body)
     if facing == "side":
         b.shadow(pos - 0.3, pos + 0.3, start, start + length, 0.0, 1.6 if rider else 1.0)
     else:
@@ -1449,29 +1481,16 @@ def _add_two_wheeler_rear(b: _Builder, x: float, z: float, *, motor: bool, rider
     machine = _scaled(_capsules(_REAR_MACHINE[motor]), scale)
     b.front(
         z,
-        x - w / 2,
-        x + w / 2,
-        0.0,
-        1.3 * scale,
+        (x - w / 2, x + w / 2),
+        (0.0, 1.3 * scale),
         label,
-        b.instance(label),
         _rear_machine_material(rng, motor),
         machine,
     )
     if rider:
         body = _scaled(_capsules(_REAR_RIDER[motor]), scale)
         material = _body_material(rng, 1.0 * scale, 1.5 * scale, _clothes(rng))
-        b.front(
-            z - 0.05,
-            x - w / 2,
-            x + w / 2,
-            0.0,
-            1.85 * scale,
-            RIDER,
-            b.instance(RIDER),
-            material,
-            body,
-        )
+        b.front(z - 0.05, (x - w / 2, x + w / 2), (0.0, 1.85 * scale), RIDER, material, body)
     b.shadow(x - 0.3, x + 0.3, z, z + (2.1 if motor else 1.75), 0.0, 1.6 if rider else 1.1)
 
 
@@ -1624,13 +1643,13 @@ def _add_vehicle(b: _Builder, kind: str, x: float, z: float, oncoming: bool) -> 
     paint = _pick(rng, palette, 0.04)
     instance = b.instance(spec.label)
     shape, material = _end_face(kind, w, h, oncoming, paint, rng)
-    b.front(z, x - w / 2, x + w / 2, 0.0, h, spec.label, instance, material, shape)
+    b.front(z, (x - w / 2, x + w / 2), (0.0, h), spec.label, material, shape, instance=instance)
     flank_x = x - w / 2 if x - w / 2 > 0.05 else x + w / 2 if x + w / 2 < -0.05 else None
     if flank_x is not None:
         shape, material = _side_face(kind, length, h, paint, rng)
         if oncoming:  # the near end is the front: mirror the profile
             shape, material = _mirrored(shape, length), _mirrored_material(material, length)
-        b.side(flank_x, z, z + length, 0.0, h, spec.label, instance, material, shape)
+        b.side(flank_x, (z, z + length), (0.0, h), spec.label, material, shape, instance=instance)
     if kind == "tram":  # the pantograph: thin bars above the roof
         bars = _capsules(
             [
@@ -1641,14 +1660,12 @@ def _add_vehicle(b: _Builder, kind: str, x: float, z: float, oncoming: bool) -> 
         )
         b.front(
             z + 3.0,
-            x - 0.7,
-            x + 0.7,
-            h,
-            h + 1.0,
+            (x - 0.7, x + 0.7),
+            (h, h + 1.0),
             TRAIN,
-            instance,
             _textured(_color((0.2, 0.2, 0.2)), rng, 0.05),
             bars,
+            instance=instance,
         )
     b.shadow(x - w / 2, x + w / 2, z, z + length, 0.0, h)
     return length
@@ -1658,18 +1675,18 @@ def _vehicle_kind(rng: np.random.Generator) -> str:
     return str(rng.choice(["car", "van", "truck", "bus"], p=[0.87, 0.08, 0.03, 0.02]))
 
 
-def _add_traffic(b: _Builder, layout: dict) -> list[tuple[float, float, float]]:
+def _add_traffic(b: _Builder, lanes: _Lanes) -> list[tuple[float, float, float]]:
     """Moving and parked vehicles, lane by lane, and a tram on its rails. Returns the free
-    stretch of each lane, (x_left, x_right, z_free)."""
+    stretch of each lane, (x_left, x_right, z_free), the camera's lane first."""
     rng = b.rng
     free = []
-    parking = rng.random() < 0.5 and layout["ego"] < layout["lanes"] - 1
-    for lane, x in enumerate(layout["lane_x"]):
-        oncoming = lane < layout["oncoming"]
-        parked = parking and lane == layout["lanes"] - 1
-        z = rng.uniform(12, 35) if lane == layout["ego"] else rng.uniform(5, 30)
+    parking = rng.random() < 0.5 and lanes.ego < lanes.count - 1
+    for lane, x in enumerate(lanes.x):
+        oncoming = lane < lanes.oncoming
+        parked = parking and lane == lanes.count - 1
+        z = rng.uniform(12, 35) if lane == lanes.ego else rng.uniform(5, 30)
         z_first = z
-        if lane == layout["tram_lane"]:
+        if lane == lanes.tram:
             z += _add_vehicle(b, "tram", x, z, oncoming) + rng.uniform(10, 40)
         while z < 130:
             kind = "car" if parked and rng.random() < 0.9 else _vehicle_kind(rng)
@@ -1679,8 +1696,9 @@ def _add_traffic(b: _Builder, layout: dict) -> list[tuple[float, float, float]]:
             lateral = rng.uniform(0.5, 0.9) if parked else rng.uniform(-0.3, 0.3)
             z += _add_vehicle(b, kind, x + lateral, z, oncoming and not parked)
             z += rng.uniform(0.6, 2.5) if parked else rng.uniform(4, 35)
-        half = layout["lane_width"] / 2
+        half = lanes.width / 2
         free.append((x - half, x + half, z_first))
+    free.insert(0, free.pop(lanes.ego))  # the camera's lane first: anomalies start there
     return free
 
 
@@ -1693,7 +1711,7 @@ def _add_kerb_rider(b: _Builder, x: float, z: float, motor: bool, oncoming: bool
         _add_two_wheeler_rear(b, x, z, motor=motor, rider=True)
 
 
-def _add_riders(b: _Builder, layout: dict) -> None:
+def _add_riders(b: _Builder, lanes: _Lanes) -> None:
     """Cyclists along the kerb, motorcyclists in the lanes, riders crossing at cross
     streets (profiles facing the camera), parked bicycles and motorcycles."""
     rng = b.rng
@@ -1703,9 +1721,9 @@ def _add_riders(b: _Builder, layout: dict) -> None:
             x = street.road_right - rng.uniform(0.5, 1.0)
             _add_kerb_rider(b, x, rng.uniform(6, 45), motor=False, oncoming=False)
     if rng.random() < 0.3:
-        lane = int(rng.integers(layout["lanes"]))
-        x = layout["lane_x"][lane] + rng.uniform(-0.8, 0.8)
-        oncoming = lane < layout["oncoming"]
+        lane = int(rng.integers(lanes.count))
+        x = lanes.x[lane] + rng.uniform(-0.8, 0.8)
+        oncoming = lane < lanes.oncoming
         _add_kerb_rider(b, x, rng.uniform(8, 50), motor=True, oncoming=oncoming)
     for c0, c1 in street.crossings:
         if rng.random() < 0.5:
@@ -1727,7 +1745,7 @@ def _add_riders(b: _Builder, layout: dict) -> None:
                 _add_two_wheeler(b, "side", x, z, forward=forward, motor=motor, rider=False)
 
 
-def _add_pedestrians(b: _Builder, layout: dict) -> None:
+def _add_pedestrians(b: _Builder) -> None:
     """People on the sidewalks (some in small groups) and on crosswalks."""
     rng = b.rng
     street = b.street
@@ -1743,7 +1761,7 @@ def _add_pedestrians(b: _Builder, layout: dict) -> None:
             )
 
 
-def _add_furniture(b: _Builder, layout: dict) -> None:
+def _add_furniture(b: _Builder, lanes: _Lanes) -> None:
     """Lamps, sign posts, traffic lights, street trees and clutter along both sidewalks."""
     rng = b.rng
     street = b.street
@@ -1770,7 +1788,7 @@ def _add_furniture(b: _Builder, layout: dict) -> None:
         for c0, _ in street.crossings:
             _add_traffic_light(b, pole_x, c0 - 1.0, None)
             if side > 0 and rng.random() < 0.7:
-                target = layout["lane_x"][max(layout["ego"], layout["oncoming"])]
+                target = lanes.x[max(lanes.ego, lanes.oncoming)]
                 _add_traffic_light(b, pole_x + 0.3, c0 - 1.5, target)
     if not street.crossings and rng.random() < 0.5:  # a signalised pedestrian crossing
         z = rng.uniform(15, 50)
@@ -1786,12 +1804,12 @@ def sample_scene(rng: np.random.Generator, style: Style = DEFAULT_STYLE) -> Scen
     street, layout = _sample_street(rng, style)
     builder = _Builder(rng, style, street)
     for side, edge in ((-1, street.walk_left), (1, street.walk_right)):
-        _add_lots(builder, layout["lots"][side], edge, side)
-    _add_street_end(builder, layout["z_end"])
-    _add_furniture(builder, layout)
-    free_lanes = _add_traffic(builder, layout)
-    _add_riders(builder, layout)
-    _add_pedestrians(builder, layout)
+        _add_lots(builder, layout.lots[side], edge, side)
+    _add_street_end(builder, layout.z_end)
+    _add_furniture(builder, layout.lanes)
+    free_lanes = _add_traffic(builder, layout.lanes)
+    _add_riders(builder, layout.lanes)
+    _add_pedestrians(builder)
     return Scene(
         style=style,
         camera=camera,
@@ -1849,7 +1867,7 @@ def _add_anomaly(b: _Builder, x: float, z: float) -> None:
         length = height = rng.uniform(0.55, 0.8)
         shape = _rings([(length / 2, height / 2)], height / 2, 0.15)
         material = _textured(_color((0.07, 0.07, 0.08)), rng, 0.2, 20.0)
-    b.front(z, x - length / 2, x + length / 2, 0.0, height, ANOMALY, ANOMALY, material, shape)
+    b.front(z, (x - length / 2, x + length / 2), (0.0, height), ANOMALY, material, shape)
     b.shadow(x - length / 2, x + length / 2, z, z + 0.5, 0.0, height)
 
 
@@ -1867,14 +1885,14 @@ def _crate_material(rgb: np.ndarray, rng: np.random.Generator) -> Material:
 
 
 def add_anomalies(scene: Scene, rng: np.random.Generator) -> Scene:
-    """The same scene with 1 to 3 anomalies on empty stretches of road (the first in a
-    lane ahead, so every image has one in view unless the road is cut by a hood)."""
+    """The same scene with 1 to 3 anomalies on empty road 8 to 40 m ahead: the first in
+    the camera's lane (so nearly every image shows one), the others in any lane with room."""
     builder = _Builder(rng, scene.style, scene.street)
-    lanes = scene.free_lanes
-    order = rng.permutation(len(lanes))
+    ahead = scene.free_lanes[0]
+    roomy = [lane for lane in scene.free_lanes if lane[2] >= 12.0]
     for k in range(int(rng.integers(1, 4))):
-        x0, x1, z_free = lanes[order[k % len(lanes)]]
-        z = rng.uniform(8, max(9.0, min(40.0, z_free - 2)))
+        x0, x1, z_free = ahead if k == 0 else roomy[rng.integers(len(roomy))]
+        z = rng.uniform(8.0, min(40.0, z_free - 2.0))
         _add_anomaly(builder, rng.uniform(x0 + 0.8, x1 - 0.8), z)
     return replace(
         scene,

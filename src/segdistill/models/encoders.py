@@ -189,8 +189,8 @@ class ResNetEncoder(nn.Module):
 
     Levels: c1 = stem conv-BN-ReLU (stride 2, 64 channels), c2..c5 = layer1..layer4
     (strides 4, 8, 16, 32, capped at `output_stride` in {8, 16, 32} by dilating layer3 /
-    layer4). Dilation follows torchvision: the first block of a dilated layer keeps the
-    previous dilation. In a BasicBlock both 3x3 convolutions use the block's dilation.
+    layer4). Dilation follows torchvision: the conv where a dilated layer would have
+    stepped keeps the previous dilation, the 3x3 convs after it take the new one.
     """
 
     def __init__(

@@ -1,0 +1,368 @@
+"""Speed of model sources side by side, and the ratios of DUDES Table 3, in one run.
+
+For each source (a student, a baseline, an ensemble teacher or an MC-dropout teacher, any
+`segdistill.predictor` source): parameters, FLOPs, forward latency and throughput; then
+the latency ratios teacher / student and student / baseline with their goals.
+
+Protocol:
+- One random normal batch [B, 3, H, W] (seed 0) on the device, the same for every model.
+- What is timed is one `Predictor.predict` call: the whole prediction with its
+  uncertainty, i.e. a student's forward with its uncertainty head, a baseline's forward,
+  an ensemble's N member forwards plus the statistics, MC dropout's K passes.
+- `warmup` untimed calls per model, then `repeats` timed calls, round robin: call r of
+  every model, then call r + 1 of every model. A drift of the machine's load (another
+  process, CPU frequency, heat) then touches all models alike, which keeps the ratios of
+  one run fair.
+- CPU: `time.perf_counter` around the call. CUDA: a `torch.cuda.Event` pair recorded
+  around the call, after a synchronize, read after the end event completes (kernels run
+  asynchronously: a host timer would measure their launch).
+- Latency: the median over the timed calls; spread: the interquartile range (q25..q75)
+  and min..max. Throughput: B / median latency, images per second.
+- Threads: `torch.set_num_threads(threads)` when given; the count in effect is reported.
+
+FLOPs: one `predict` call under `torch.utils.flop_counter.FlopCounterMode`, which counts
+convolutions and matrix products at 2 FLOPs per multiply-accumulate: GFLOPs = 2 x GMACs
+(halve them to compare with papers that count multiply-adds). Element-wise work (batch
+norm in eval mode, activations, softmax, interpolation, pooling, the ensemble statistics)
+is not counted. Reported per image (the batch's count / B).
+
+Ratios (median latencies of this run; DUDES: student 18.5 ms, baseline 18.3 ms, teacher
+217.1 ms): every teacher / student pair, goal >= the teacher's passes (N members or K
+MC-dropout samples: the student replaces that many forwards of a network of its size by
+one), and every student / baseline pair, goal <= 1.02 (the uncertainty head costs at most
+2%).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from segdistill.errors import ConfigError
+from segdistill.predictor import Predictor
+
+TEACHER_KINDS = ("ensemble", "mc_dropout")
+HEAD_OVERHEAD_GOAL = 1.02
+FLOPS_CONVENTION = (
+    "2 FLOPs per multiply-accumulate of convolutions and matrix products "
+    "(torch.utils.flop_counter), per image; element-wise ops not counted"
+)
+
+
+@dataclass
+class ModelBench:
+    """One source's numbers. flops: per image; runs_ms: timed calls in order."""
+
+    name: str
+    source: str
+    kind: str
+    passes: int
+    uncertainty_source: str
+    parameters: int
+    flops: float
+    batch: int
+    runs_ms: list[float] = field(default_factory=list)
+
+    def latency(self) -> dict[str, float]:
+        """median, q25, q75, min and max of the timed calls, in ms."""
+        runs = np.asarray(self.runs_ms)
+        q25, median, q75 = np.percentile(runs, [25, 50, 75])
+        return {
+            "median": float(median),
+            "q25": float(q25),
+            "q75": float(q75),
+            "min": float(runs.min()),
+            "max": float(runs.max()),
+        }
+
+    def throughput(self) -> float:
+        """Images per second at the median latency."""
+        return self.batch / (self.latency()["median"] / 1e3)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A latency ratio of two models of this run against its goal."""
+
+    label: str  # "teacher/student" or "student/baseline"
+    numerator: str
+    denominator: str
+    value: float
+    goal: str  # e.g. ">= 5" or "<= 1.02"
+    met: bool
+
+
+@dataclass
+class BenchResult:
+    """Settings of the run, each model's numbers and the ratios."""
+
+    settings: dict[str, object]
+    models: list[ModelBench]
+    ratios: list[Ratio]
+
+
+def passes(predictor: Predictor) -> int:
+    """Forward passes of one prediction: ensemble members, MC-dropout samples, else 1."""
+    if predictor.kind == "mc_dropout":
+        return int(predictor.model.samples)
+    return predictor.members
+
+
+def count_flops(call: Callable[[], object]) -> int:
+    """FLOPs of `call()` (2 per multiply-accumulate, see the module docstring)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        call()
+    return counter.get_total_flops()
+
+
+def make_timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """A function timing one call in ms on `device` (see the module docstring)."""
+    if device.type == "cuda":
+
+        def time_cuda(call: Callable[[], object]) -> float:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+
+        return time_cuda
+
+    def time_cpu(call: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        call()
+        return (time.perf_counter() - start) * 1e3
+
+    return time_cpu
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "cpu" or "cuda" (ConfigError when CUDA is not available)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA is not available (no GPU, or a CPU-only torch)")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name (Linux) or architecture."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def compute_ratios(models: Sequence[ModelBench]) -> list[Ratio]:
+    """Every teacher / student and student / baseline pair of `models`, by kind."""
+    teachers = [m for m in models if m.kind in TEACHER_KINDS]
+    students = [m for m in models if m.kind == "student"]
+    baselines = [m for m in models if m.kind == "baseline"]
+    ratios = []
+    for teacher in teachers:
+        for student in students:
+            value = teacher.latency()["median"] / student.latency()["median"]
+            ratios.append(
+                Ratio(
+                    "teacher/student",
+                    teacher.name,
+                    student.name,
+                    value,
+                    f">= {teacher.passes}",
+                    value >= teacher.passes,
+                )
+            )
+    for student in students:
+        for baseline in baselines:
+            value = student.latency()["median"] / baseline.latency()["median"]
+            ratios.append(
+                Ratio(
+                    "student/baseline",
+                    student.name,
+                    baseline.name,
+                    value,
+                    f"<= {HEAD_OVERHEAD_GOAL}",
+                    value <= HEAD_OVERHEAD_GOAL,
+                )
+            )
+    return ratios
+
+
+def benchmark(
+    predictors: Sequence[Predictor],
+    size: tuple[int, int],
+    batch: int = 1,
+    *,
+    repeats: int = 25,
+    warmup: int = 5,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> BenchResult:
+    """Measure `predictors` as the module docstring describes."""
+    if not predictors:
+        raise ConfigError("bench needs at least one model source")
+    if batch < 1 or repeats < 1 or warmup < 0 or min(size) < 1:
+        raise ConfigError(
+            f"need batch >= 1, repeats >= 1, warmup >= 0 and a positive size; got batch "
+            f"{batch}, repeats {repeats}, warmup {warmup}, size {size[0]}x{size[1]}"
+        )
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    target = resolve_device(device)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn((batch, 3, *size), generator=generator).to(target)
+    models = []
+    for predictor in predictors:
+        predictor.to(target)
+        models.append(
+            ModelBench(
+                name=predictor.name,
+                source=str(predictor.source),
+                kind=predictor.kind,
+                passes=passes(predictor),
+                uncertainty_source=predictor.uncertainty_source,
+                parameters=predictor.parameters,
+                flops=count_flops(lambda p=predictor: p.predict(images)) / batch,
+                batch=batch,
+            )
+        )
+    timer = make_timer(target)
+    for _ in range(warmup):
+        for predictor in predictors:
+            predictor.predict(images)
+    for _ in range(repeats):
+        for predictor, model in zip(predictors, models):
+            model.runs_ms.append(timer(lambda p=predictor: p.predict(images)))
+    settings = {
+        "size": list(size),
+        "batch": batch,
+        "repeats": repeats,
+        "warmup": warmup,
+        "order": "round robin over models, per repeat",
+        "device": target.type,
+        "device_name": device_name(target),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "timer": "torch.cuda.Event" if target.type == "cuda" else "time.perf_counter",
+        "flops": FLOPS_CONVENTION,
+    }
+    return BenchResult(settings, models, compute_ratios(models))
+
+
+def to_json(result: BenchResult) -> dict[str, object]:
+    """The result as plain JSON data (schema in docs/deployment.md)."""
+    return {
+        "settings": result.settings,
+        "models": [
+            {
+                "name": m.name,
+                "source": m.source,
+                "kind": m.kind,
+                "passes": m.passes,
+                "uncertainty_source": m.uncertainty_source,
+                "parameters": m.parameters,
+                "gflops_per_image": m.flops / 1e9,
+                "latency_ms": {**m.latency(), "runs": m.runs_ms},
+                "images_per_s": m.throughput(),
+            }
+            for m in result.models
+        ],
+        "ratios": [
+            {
+                "ratio": r.label,
+                "numerator": r.numerator,
+                "denominator": r.denominator,
+                "value": r.value,
+                "goal": r.goal,
+                "met": r.met,
+            }
+            for r in result.ratios
+        ],
+    }
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Aligned text columns: the first left-aligned, the rest right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        return "  ".join(cells)
+
+    return [line(header), "-" * len(line(header)), *map(line, rows)]
+
+
+def format_result(result: BenchResult) -> str:
+    """A readable report: settings, one row per model, the ratios with their goals."""
+    s = result.settings
+    height, width = s["size"]
+    lines = [
+        f"batch {s['batch']} x 3 x {height} x {width} on {s['device']} ({s['device_name']}), "
+        f"{s['threads']} threads, torch {s['torch']}; {s['warmup']} warm-up + "
+        f"{s['repeats']} timed calls per model, round robin; timer {s['timer']}",
+        "",
+    ]
+    rows = []
+    for m in result.models:
+        lat = m.latency()
+        rows.append(
+            [
+                m.name,
+                m.kind,
+                str(m.passes),
+                f"{m.parameters:,}",
+                f"{m.flops / 1e9:.2f}",
+                f"{lat['median']:.2f}",
+                f"{lat['q25']:.2f}..{lat['q75']:.2f}",
+                f"{lat['min']:.2f}..{lat['max']:.2f}",
+                f"{m.throughput():.1f}",
+            ]
+        )
+    header = [
+        "model",
+        "kind",
+        "passes",
+        "params",
+        "GFLOPs/img",
+        "median ms",
+        "IQR ms",
+        "min..max ms",
+        "images/s",
+    ]
+    lines += _table(header, rows)
+    lines.append(f"GFLOPs: {FLOPS_CONVENTION}.")
+    if result.ratios:
+        lines += ["", "latency ratios (median, this run):"]
+        lines += _table(
+            ["ratio", "models", "value", "goal", "met"],
+            [
+                [
+                    r.label,
+                    f"{r.numerator} / {r.denominator}",
+                    f"{r.value:.3f}",
+                    r.goal,
+                    "yes" if r.met else "NO",
+                ]
+                for r in result.ratios
+            ],
+        )
+    else:
+        lines.append("no ratios: give a teacher and a student, or a student and a baseline")
+    return "\n".join(lines)

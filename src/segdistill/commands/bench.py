@@ -1,0 +1,76 @@
+"""`segdistill bench`: parameters, FLOPs, latency and throughput, and the DUDES ratios.
+
+    segdistill bench SOURCE... --size HxW [--batch B] [--repeats N] [--warmup N]
+                     [--threads N] [--device cpu|cuda] [--json FILE] [--mc-samples K]
+
+SOURCE: run directories, .safetensors weights, ensemble directories. Models are timed
+round robin in one run, so the printed ratios (teacher / student, student / baseline,
+with their goals) compare numbers measured under the same conditions. The protocol and
+the FLOP convention are in `segdistill.bench` and docs/deployment.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from segdistill.bench import benchmark, format_result, to_json
+from segdistill.checkpoints import atomic_write
+from segdistill.commands.data import parse_size
+from segdistill.predictor import load_predictor
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `bench` command."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure parameters, FLOPs, latency and throughput of models side by side",
+        description="Benchmark model sources in one interleaved run and print the latency "
+        "ratios teacher/student and student/baseline against their goals.",
+    )
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        type=Path,
+        metavar="SOURCE",
+        help="run directory, .safetensors weights, or ensemble directory / manifest.json",
+    )
+    parser.add_argument("--size", type=parse_size, required=True, metavar="HxW", help="input size")
+    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    parser.add_argument(
+        "--repeats", type=int, default=25, help="timed calls per model (default %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="untimed calls per model first (%(default)s)"
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument(
+        "--mc-samples",
+        type=int,
+        default=8,
+        metavar="K",
+        help="dropout passes for an MC-dropout checkpoint (default %(default)s)",
+    )
+    parser.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    predictors = [load_predictor(source, mc_samples=args.mc_samples) for source in args.sources]
+    result = benchmark(
+        predictors,
+        args.size,
+        args.batch,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        threads=args.threads,
+    )
+    print(format_result(result))
+    if args.json is not None:
+        text = json.dumps(to_json(result), indent=2) + "\n"
+        atomic_write(args.json, lambda file: file.write(text.encode()))
+        print(f"wrote {args.json}")
+    return 0

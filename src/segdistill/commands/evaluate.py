@@ -1,0 +1,90 @@
+"""`segdistill evaluate`: accuracy, uncertainty, OOD and anomaly metrics, with figures.
+
+    segdistill evaluate RUN_OR_CHECKPOINT... --data DIR [--splits test,fog_0.02,...]
+                        [--batch-size B] [--out DIR] [--num-samples K] [--max-images N]
+                        [--mc-samples S] [--device DEV] [--workers W] [--no-figures]
+
+Each source is a run directory, a .safetensors weights file or an ensemble directory (or
+its manifest.json); see `segdistill.predictor` for how each gives its uncertainty. A run
+or ensemble directory gets its own metrics.json and figures/; --out DIR gets results.json
+with every model and the comparison figures (needed for a loose weights file). The
+summary table is printed at the end. See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from segdistill.evaluate import RESULTS_FILE, evaluate, format_summary
+
+
+def _split_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate models on the test split and its shifted copies",
+        description="Evaluate runs, checkpoints and ensembles: segmentation, uncertainty, "
+        "OOD and anomaly metrics; writes metrics.json and figures.",
+    )
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        metavar="RUN_OR_CHECKPOINT",
+        help="run directory, .safetensors file, or ensemble directory / manifest.json",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="data set folder")
+    parser.add_argument(
+        "--splits",
+        type=_split_list,
+        metavar="LIST",
+        help="comma-separated splits (default: test and every shifted copy under DIR/shifts)",
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="default %(default)s")
+    parser.add_argument(
+        "--out", type=Path, help=f"folder for {RESULTS_FILE} and comparison figures"
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=3,
+        metavar="K",
+        help="test images shown in the sample figures (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-images", type=int, metavar="N", help="evaluate only the first N images of each split"
+    )
+    parser.add_argument(
+        "--mc-samples",
+        type=int,
+        default=8,
+        help="forward passes of an MC-dropout model (default %(default)s)",
+    )
+    parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="data loader workers (default %(default)s)"
+    )
+    parser.add_argument("--no-figures", action="store_true", help="write metrics only")
+    parser.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    results = evaluate(
+        args.sources,
+        args.data,
+        args.splits,
+        batch_size=args.batch_size,
+        out_dir=args.out,
+        max_images=args.max_images,
+        num_samples=args.num_samples,
+        mc_samples=args.mc_samples,
+        device=args.device,
+        num_workers=args.workers,
+        make_figures=not args.no_figures,
+    )
+    print(format_summary(results["models"]))
+    print("\nwrote " + ", ".join(results["files"]))
+    return 0

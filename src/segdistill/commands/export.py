@@ -1,0 +1,86 @@
+"""`segdistill export`: one network to ONNX or TorchScript, checked against PyTorch.
+
+    segdistill export SOURCE --format onnx|torchscript [--out FILE] [--opset N]
+                      [--outputs probs|labels] [--atol 1e-4]
+
+The file computes the class probabilities (or labels) and the uncertainty [B, 1, H, W]
+for any batch size and image size (`segdistill.export`). The command then runs it
+(onnxruntime / torch.jit.load) on a random input of another size than the export sample,
+prints the largest difference from PyTorch and "OK", or "FAILED" with exit status 1.
+Ensembles and MC-dropout teachers are refused: export is for single networks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from segdistill.export import DEFAULT_ATOL, FORMATS, OUTPUTS, ExportReport, export_predictor
+from segdistill.predictor import load_predictor
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `export` command."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a student or baseline to ONNX / TorchScript and check it",
+        description="Export one network (probabilities or labels, and uncertainty; dynamic "
+        "batch, height and width) and compare the file with PyTorch at another input size.",
+    )
+    parser.add_argument("source", type=Path, help="run directory or .safetensors weights")
+    parser.add_argument("--format", choices=FORMATS, required=True, help="file format")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="file to write (default: next to the weights, e.g. best.onnx, best.torchscript.pt)",
+    )
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    parser.add_argument(
+        "--outputs",
+        choices=OUTPUTS,
+        default="probs",
+        help="first output: class probabilities [B, C, H, W] or labels [B, H, W] "
+        "(default %(default)s); the second is always the uncertainty [B, 1, H, W]",
+    )
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=DEFAULT_ATOL,
+        help="largest allowed difference from PyTorch (default %(default)s)",
+    )
+    parser.set_defaults(func=run_export)
+
+
+def format_report(report: ExportReport) -> str:
+    """Two lines: what was written, and the check's differences and verdict."""
+    check = report.check
+    fmt = f"ONNX opset {report.opset}" if report.format == "onnx" else "TorchScript"
+    shape = "x".join(map(str, check.shape))
+    sample = "x".join(map(str, report.sample_shape))
+    diffs = ", ".join(
+        f"{name} {value:.0f} pixel(s) differ beyond near ties"
+        if name == "labels"
+        else f"{name} {value:.2e}"
+        for name, value in check.max_diff.items()
+    )
+    ties = (
+        f"; {check.near_ties} pixel(s) took another class within the tolerance of the top one"
+        if check.near_ties
+        else ""
+    )
+    verdict = "OK" if check.ok else "FAILED"
+    return (
+        f"wrote {report.path} ({fmt}; outputs {report.outputs}, uncertainty; dynamic batch, "
+        f"height, width; traced on {sample})\n"
+        f"check against PyTorch on a random {shape} input: max |difference| {diffs} "
+        f"(tolerance {check.atol:g}){ties}: {verdict}"
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    predictor = load_predictor(args.source)
+    report = export_predictor(
+        predictor, args.format, args.out, opset=args.opset, outputs=args.outputs, atol=args.atol
+    )
+    print(format_report(report))
+    return 0 if report.check.ok else 1

@@ -1,0 +1,618 @@
+"""One self-contained HTML page comparing evaluated models.
+
+`write_report(inputs, out)` reads evaluation results written by `segdistill evaluate`:
+
+- a run or ensemble directory holding `metrics.json` (one model),
+- a `metrics.json` file,
+- a `results.json` file, or a directory holding one (every model of one evaluation,
+  e.g. the demo's `runs/demo/results.json`),
+
+and writes one HTML file with inline CSS and every figure embedded as a base64 PNG data
+URI, so it opens anywhere without other files or a network. Sections: a summary table
+(one row per model), mIoU and uncertainty quality per evaluated set (Holder Table 2),
+per-class IoU and per-class mean uncertainty with student - teacher differences (DUDES
+Tables 1-2), student vs teacher agreement, image-level OOD tables per set and aggregator,
+pixel-level anomaly detection, the comparison figures of `segdistill.figures` and each
+model's sample predictions (the PNGs evaluate wrote, found through the model's
+"figures" entry).
+
+Every table cell showing a metric carries `data-metric="<model>/<path>"` (e.g.
+"teacher/test/miou", "dudes/ood/fog_0.02/mean/auroc"; `METRIC_KEYS` in the docs lists
+them) and shows the value rounded to `DIGITS` decimals ("n/a" for an undefined one).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segdistill import figures
+from segdistill.checkpoints import atomic_write
+from segdistill.errors import SegdistillError
+from segdistill.evaluate import METRICS_FILE, RESULTS_FILE, TEACHER_KINDS
+from segdistill.figures import AGGREGATOR_LABELS, pick_split
+
+DIGITS = 4
+# Sample figures evaluate writes per model (shown as image files, not redrawn).
+SAMPLE_PREFIX = "samples_"
+
+
+@dataclass
+class ReportModel:
+    """One model's results and the folder its "figures" paths are relative to."""
+
+    metrics: dict[str, Any]
+    base: Path
+    origin: Path
+
+    @property
+    def name(self) -> str:
+        return self.metrics["name"]
+
+
+def load_models(inputs: Sequence[str | Path]) -> list[ReportModel]:
+    """The models of every input (module doc), in order. A model read twice (the same name
+    from the same source) is kept once; different models with one name get a suffix."""
+    models: list[ReportModel] = []
+    for item in inputs:
+        models += _load_input(Path(item))
+    unique: list[ReportModel] = []
+    seen: dict[str, str] = {}
+    for model in models:
+        name, source = model.name, model.metrics.get("source", "")
+        if seen.get(name) == source:
+            continue
+        if name in seen:
+            suffix = 2
+            while f"{name}_{suffix}" in seen:
+                suffix += 1
+            model.metrics = {**model.metrics, "name": f"{name}_{suffix}"}
+        seen[model.name] = source
+        unique.append(model)
+    return unique
+
+
+def _load_input(path: Path) -> list[ReportModel]:
+    if path.is_dir():
+        if (path / METRICS_FILE).is_file():
+            path = path / METRICS_FILE
+        elif (path / RESULTS_FILE).is_file():
+            path = path / RESULTS_FILE
+        else:
+            raise SegdistillError(
+                f"{path} has no {METRICS_FILE} or {RESULTS_FILE}: run `segdistill evaluate "
+                f"{path} --data DATA_DIR` first"
+            )
+    if not path.is_file():
+        raise SegdistillError(f"{path} does not exist")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SegdistillError(f"{path} is not a JSON file ({error})") from error
+    if isinstance(content, dict) and isinstance(content.get("models"), list):
+        return [ReportModel(m, path.parent, path) for m in content["models"]]
+    if isinstance(content, dict) and "splits" in content and "name" in content:
+        return [ReportModel(content, path.parent, path)]
+    raise SegdistillError(
+        f"{path} holds neither one model's metrics (name, splits) nor a results file "
+        "(models); it was not written by `segdistill evaluate`"
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """A table cell: text, or a metric value with its data-metric key."""
+
+    text: str
+    metric: str | None = None
+    value: float | None = None
+    header: bool = False
+
+
+def number(value: float | int | None, signed: bool = False) -> str:
+    """How a metric is shown: DIGITS decimals, "n/a" when undefined."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return f"{value:+.{DIGITS}f}" if signed else f"{value:.{DIGITS}f}"
+
+
+def metric(key: str, value: float | None, signed: bool = False) -> Cell:
+    return Cell(number(value, signed), key, value)
+
+
+def text(value: Any, header: bool = False) -> Cell:
+    return Cell(str(value), header=header)
+
+
+def _table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Cell]],
+    better: Sequence[str | None] | None = None,
+    caption: str | None = None,
+) -> str:
+    """An HTML table; `better[j]` ("high" / "low" / None) marks the best value of column j
+    in bold when the column holds metrics of more than one row."""
+    best: dict[int, float] = {}
+    for j, direction in enumerate(better or []):
+        values = [r[j].value for r in rows if j < len(r) and r[j].value is not None]
+        if direction and len(values) > 1:
+            best[j] = max(values) if direction == "high" else min(values)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = []
+        for j, cell in enumerate(row):
+            classes = []
+            if cell.metric is not None:
+                classes.append("num")
+            if j in best and cell.value is not None and cell.value == best[j]:
+                classes.append("best")
+            attrs = f' class="{" ".join(classes)}"' if classes else ""
+            if cell.metric is not None:
+                attrs += f' data-metric="{html.escape(cell.metric)}"'
+            tag = "th" if cell.header else "td"
+            cells.append(f"<{tag}{attrs}>{html.escape(cell.text)}</{tag}>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return (
+        f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _get(model: dict[str, Any], *keys: str | int) -> Any:
+    """model[k0][k1]...; None when any level is missing or None."""
+    value: Any = model
+    for key in keys:
+        if value is None:
+            return None
+        try:
+            value = value[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+# (header, data-metric suffix, path in a split's results, better)
+SPLIT_COLUMNS: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
+    ("mIoU", "miou", ("segmentation", "miou"), "high"),
+    ("pixel acc", "pixel_accuracy", ("segmentation", "pixel_accuracy"), "high"),
+    ("class acc", "mean_class_accuracy", ("segmentation", "mean_class_accuracy"), "high"),
+    ("ECE", "ece", ("calibration", "ece"), "low"),
+    (
+        "misc. AUROC",
+        "misclassification_auroc",
+        ("uncertainty", "misclassification", "auroc"),
+        "high",
+    ),
+    ("misc. AUPR", "misclassification_aupr", ("uncertainty", "misclassification", "aupr"), "high"),
+    (
+        "misc. FPR95",
+        "misclassification_fpr95",
+        ("uncertainty", "misclassification", "fpr95"),
+        "low",
+    ),
+    ("AURC", "aurc", ("uncertainty", "aurc"), "low"),
+    ("E-AURC", "eaurc", ("uncertainty", "eaurc"), "low"),
+    ("pAvPU max", "pavpu_max", ("uncertainty", "pavpu", "max"), "high"),
+    ("mean unc.", "pixel_mean_uncertainty", ("uncertainty", "pixel_mean"), None),
+)
+
+
+def summary_table(models: Sequence[dict[str, Any]], split: str) -> str:
+    """One row per model: identity, the SPLIT_COLUMNS on `split`, anomaly AP / AUROC."""
+    headers = ["model", "kind", "members", "parameters", "uncertainty"]
+    headers += [h for h, _, _, _ in SPLIT_COLUMNS] + ["anomaly AP", "anomaly AUROC"]
+    better = [None] * 5 + [b for _, _, _, b in SPLIT_COLUMNS] + ["high", "high"]
+    rows = []
+    for m in models:
+        name = m["name"]
+        row = [
+            text(name, header=True),
+            text(m["kind"]),
+            metric(f"{name}/members", m["members"]),
+            metric(f"{name}/parameters", m["parameters"]),
+            text(m["uncertainty_source"]),
+        ]
+        row += [
+            metric(f"{name}/{split}/{key}", _get(m, "splits", split, *path))
+            for _, key, path, _ in SPLIT_COLUMNS
+        ]
+        row += [
+            metric(f"{name}/anomaly/ap", _get(m, "anomaly", "ap")),
+            metric(f"{name}/anomaly/auroc", _get(m, "anomaly", "auroc")),
+        ]
+        rows.append(row)
+    return _table(headers, rows, better, caption=f"Metrics on {split}")
+
+
+def per_split_table(
+    models: Sequence[dict[str, Any]],
+    key: str,
+    path: tuple[str, ...],
+    better: str | None,
+    title: str,
+) -> str:
+    """Rows: models; columns: every evaluated set; cells: the metric at `path`."""
+    splits = list(dict.fromkeys(s for m in models for s in m["splits"]))
+    rows = [
+        [text(m["name"], header=True)]
+        + [metric(f"{m['name']}/{s}/{key}", _get(m, "splits", s, *path)) for s in splits]
+        for m in models
+    ]
+    # Best per column means best model on that set.
+    return _table(["model", *splits], rows, [None, *[better] * len(splits)], caption=title)
+
+
+def _teacher_of(model: dict[str, Any], names: set[str]) -> str | None:
+    teacher = _get(model, "vs_teacher", "teacher")
+    return teacher if teacher in names else None
+
+
+# Per-class tables: the values per class, their mean, and where evaluate stored the
+# student - teacher differences (per class and of the mean).
+PER_CLASS = {
+    "iou": (("segmentation", "iou"), ("segmentation", "miou"), "iou", "miou"),
+    "uncertainty": (
+        ("uncertainty", "per_class_mean"),
+        ("uncertainty", "class_mean"),
+        "per_class_mean_uncertainty",
+        "class_mean_uncertainty",
+    ),
+}
+
+
+def per_class_table(
+    models: Sequence[dict[str, Any]], split: str, kind: str, better: str | None, title: str
+) -> str:
+    """Rows: classes and their mean; columns: each model's value (`kind` "iou" or
+    "uncertainty"), then student - teacher for each model evaluated against a teacher that
+    is in the report (DUDES Tables 1-2). Keys "<model>/<split>/<kind>/<class>" and
+    "<model>/<split>/<kind>_diff/<class>", class "mean" for the last row."""
+    values, mean, diffs, mean_diff = PER_CLASS[kind]
+    names = {m["name"] for m in models}
+    students = [m for m in models if _teacher_of(m, names)]
+    headers = ["class", *(m["name"] for m in models)]
+    headers += [f"{m['name']} − {m['vs_teacher']['teacher']}" for m in students]
+    rows = []
+    for c, cls in enumerate([*models[0]["class_names"], "mean"]):
+        last = cls == "mean"
+        row = [text(cls, header=True)]
+        row += [
+            metric(
+                f"{m['name']}/{split}/{kind}/{cls}",
+                _get(m, "splits", split, *mean) if last else _get(m, "splits", split, *values, c),
+            )
+            for m in models
+        ]
+        row += [
+            metric(
+                f"{m['name']}/{split}/{kind}_diff/{cls}",
+                _get(m, "vs_teacher", "splits", split, *((mean_diff,) if last else (diffs, c))),
+                signed=True,
+            )
+            for m in students
+        ]
+        rows.append(row)
+    return _table(headers, rows, [None, *[better] * len(models)], caption=title)
+
+
+def teacher_table(models: Sequence[dict[str, Any]]) -> str | None:
+    """Pearson r of student vs teacher uncertainty per set (Holder Fig. 3 as numbers)."""
+    students = [m for m in models if m.get("vs_teacher")]
+    if not students:
+        return None
+    splits = list(dict.fromkeys(s for m in students for s in m["vs_teacher"]["splits"]))
+    rows = [
+        [text(m["name"], header=True), text(m["vs_teacher"]["teacher"])]
+        + [
+            metric(
+                f"{m['name']}/vs_teacher/{s}/pearson",
+                _get(m, "vs_teacher", "splits", s, "paired", "pearson"),
+            )
+            for s in splits
+        ]
+        for m in students
+    ]
+    return _table(
+        ["model", "teacher", *splits],
+        rows,
+        [None, None, *["high"] * len(splits)],
+        caption="Pearson correlation of student and teacher uncertainty per pixel",
+    )
+
+
+def ood_summary_table(models: Sequence[dict[str, Any]]) -> str | None:
+    """Rows: models; columns: shifted sets; cells: AUROC of the best aggregator."""
+    with_ood = [m for m in models if m.get("ood")]
+    if not with_ood:
+        return None
+    sets = list(dict.fromkeys(s for m in with_ood for s in m["ood"]["sets"]))
+    rows = []
+    for m in with_ood:
+        row = [text(m["name"], header=True)]
+        for s in sets:
+            best = _get(m, "ood", "sets", s, "best_aggregator")
+            value = _get(m, "ood", "sets", s, "by_aggregator", best, "auroc") if best else None
+            row.append(metric(f"{m['name']}/ood/{s}/best/auroc", value))
+        rows.append(row)
+    reference = with_ood[0]["ood"]["reference"]
+    return _table(
+        ["model", *sets],
+        rows,
+        [None, *["high"] * len(sets)],
+        caption=f"Image-level OOD AUROC vs {reference}, best aggregator per model and set",
+    )
+
+
+def ood_set_table(models: Sequence[dict[str, Any]], name: str) -> str:
+    """One shifted set: rows models; AUROC / AUPR / FPR95 of every aggregator."""
+    with_set = [m for m in models if _get(m, "ood", "sets", name)]
+    aggregators = list(with_set[0]["ood"]["aggregators"])
+    headers, better = ["model"], [None]
+    for agg in aggregators:
+        label = AGGREGATOR_LABELS.get(agg, agg)
+        headers += [f"{label} AUROC", f"{label} AUPR", f"{label} FPR95"]
+        better += ["high", "high", "low"]
+    rows = []
+    for m in with_set:
+        row = [text(m["name"], header=True)]
+        for agg in aggregators:
+            result = _get(m, "ood", "sets", name, "by_aggregator", agg)
+            row += [
+                metric(f"{m['name']}/ood/{name}/{agg}/{k}", _get(result, k))
+                for k in ("auroc", "aupr", "fpr95")
+            ]
+        rows.append(row)
+    return _table(headers, rows, better, caption=f"{name} vs {with_set[0]['ood']['reference']}")
+
+
+def anomaly_table(models: Sequence[dict[str, Any]]) -> str | None:
+    with_anomaly = [m for m in models if m.get("anomaly")]
+    if not with_anomaly:
+        return None
+    rows = [
+        [
+            text(m["name"], header=True),
+            text(m["uncertainty_source"]),
+            metric(f"{m['name']}/anomaly/ap", m["anomaly"]["ap"]),
+            metric(f"{m['name']}/anomaly/auroc", m["anomaly"]["auroc"]),
+            metric(f"{m['name']}/anomaly/fpr95", m["anomaly"]["fpr95"]),
+            metric(f"{m['name']}/anomaly/num_anomaly_pixels", m["anomaly"]["num_anomaly_pixels"]),
+            metric(f"{m['name']}/anomaly/num_normal_pixels", m["anomaly"]["num_normal_pixels"]),
+        ]
+        for m in with_anomaly
+    ]
+    return _table(
+        ["model", "score", "AP", "AUROC", "FPR95", "anomaly pixels", "normal pixels"],
+        rows,
+        [None, None, "high", "high", "low", None, None],
+        caption=f"Pixel-level anomaly detection on {with_anomaly[0]['anomaly']['split']}",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Figures and page
+# ----------------------------------------------------------------------------------------
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _figure(draw: Callable[[], Any], caption: str) -> str:
+    """A drawn figure embedded as a PNG data URI with its caption ("" when None)."""
+    figure = draw()
+    if figure is None:
+        return ""
+    return _img(figures.png_bytes(figure), caption)
+
+
+def _img(png: bytes, caption: str) -> str:
+    return (
+        f'<figure><img src="{_data_uri(png)}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _sample_figures(model: ReportModel) -> str:
+    """The sample-prediction PNGs evaluate wrote for a model, embedded."""
+    parts = []
+    for key, relative in sorted(model.metrics.get("figures", {}).items()):
+        if not key.startswith(SAMPLE_PREFIX):
+            continue
+        path = model.base / relative
+        if path.is_file():
+            caption = f"{model.name}: {key.removeprefix(SAMPLE_PREFIX).replace('_', ' ')}"
+            parts.append(_img(path.read_bytes(), caption))
+        else:
+            parts.append(f'<p class="note">{html.escape(str(path))} is missing.</p>')
+    return "".join(parts)
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
+color:#1d2330;background:#f6f7f9}
+main{max-width:1400px;margin:0 auto;padding:16px 28px 60px}
+h1{font-size:24px;margin:18px 0 4px}
+h2{font-size:19px;margin:34px 0 8px;border-bottom:2px solid #d5dae3;padding-bottom:4px}
+h3{font-size:15px;margin:20px 0 6px}
+.meta,.note{color:#5b6473;font-size:13px}
+nav a{margin-right:14px;color:#2a5db0;text-decoration:none}
+.scroll{overflow-x:auto;margin:8px 0 14px}
+table{border-collapse:collapse;background:#fff;font-size:13px;box-shadow:0 1px 2px rgba(0,0,0,.08)}
+caption{text-align:left;font-weight:600;padding:4px 2px 6px;color:#343b48}
+th,td{padding:4px 10px;border-bottom:1px solid #e6e9ef;white-space:nowrap}
+thead th{background:#eef1f6;position:sticky;top:0;text-align:left}
+tbody th{text-align:left;font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.best{font-weight:700;color:#0b6b2f}
+tbody tr:hover{background:#f3f6fb}
+figure{display:inline-block;margin:8px 12px 12px 0;background:#fff;padding:8px;vertical-align:top;
+box-shadow:0 1px 2px rgba(0,0,0,.08)}
+figure img{max-width:100%;height:auto;display:block}
+figcaption{font-size:12px;color:#5b6473;margin-top:4px}
+details{margin:6px 0 10px}summary{cursor:pointer;font-weight:600}
+"""
+
+
+def _section(anchor: str, title: str, *parts: str | None) -> str:
+    body = "".join(p for p in parts if p)
+    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>' if body else ""
+
+
+def build_report(models: Sequence[ReportModel], title: str = "segdistill report") -> str:
+    """The HTML page comparing `models` (module doc)."""
+    if not models:
+        raise SegdistillError("no models to report")
+    metrics = [m.metrics for m in models]
+    split = pick_split(metrics)
+    names = ", ".join(m.name for m in models)
+    inputs = "".join(
+        f"<li><b>{html.escape(m.name)}</b> ({html.escape(m.metrics['kind'])}): "
+        f"{html.escape(str(m.origin))}</li>"
+        for m in models
+    )
+    teacher = next((m for m in metrics if m["kind"] in TEACHER_KINDS), None)
+    ood_sets = list(dict.fromkeys(s for m in metrics if m.get("ood") for s in m["ood"]["sets"]))
+    sections = [
+        _section(
+            "summary",
+            "Summary",
+            summary_table(metrics, split),
+            '<p class="note">Bold: best value of the column. Uncertainty metrics treat a wrong '
+            "pixel as positive; each model is scored with its own uncertainty (column "
+            "&ldquo;uncertainty&rdquo;).</p>",
+        ),
+        _section(
+            "sets",
+            "Accuracy and uncertainty per evaluated set",
+            per_split_table(metrics, "miou", ("segmentation", "miou"), "high", "mIoU per set"),
+            per_split_table(metrics, "ece", ("calibration", "ece"), "low", "ECE per set"),
+            per_split_table(
+                metrics,
+                "misclassification_auroc",
+                ("uncertainty", "misclassification", "auroc"),
+                "high",
+                "Misclassification AUROC per set",
+            ),
+            _figure(lambda: figures.miou_per_split(metrics), "mIoU per evaluated set"),
+        ),
+        _section(
+            "classes",
+            "Per class",
+            per_class_table(metrics, split, "iou", "high", f"IoU per class ({split})"),
+            per_class_table(
+                metrics,
+                split,
+                "uncertainty",
+                None,
+                f"Mean uncertainty of the pixels predicted as each class ({split})",
+            ),
+            _figure(
+                lambda: figures.per_class_uncertainty(metrics, split),
+                "Mean uncertainty per predicted class",
+            ),
+        ),
+        _section(
+            "uncertainty",
+            "Uncertainty quality",
+            _figure(lambda: figures.reliability_diagram(metrics, split), "Reliability diagram"),
+            _figure(lambda: figures.misclassification_roc(metrics, split), "Misclassification ROC"),
+            _figure(lambda: figures.miou_vs_removed(metrics, split), "mIoU vs removed pixels"),
+            _figure(
+                lambda: figures.uncertainty_histograms(metrics, split),
+                "Uncertainty of correct and wrong pixels",
+            ),
+        ),
+        _section(
+            "teacher",
+            f"Students vs teacher ({teacher['name']})" if teacher else "Students vs teacher",
+            teacher_table(metrics),
+            _figure(
+                lambda: figures.teacher_student_hist2d(metrics, split),
+                "Student vs teacher uncertainty per pixel",
+            ),
+        ),
+        _section(
+            "ood",
+            "Out-of-distribution detection (images)",
+            ood_summary_table(metrics),
+            _figure(lambda: figures.ood_auroc_bars(metrics), "OOD AUROC per set"),
+            *(
+                f"<details><summary>{html.escape(s)}: every aggregator</summary>"
+                f"{ood_set_table(metrics, s)}</details>"
+                for s in ood_sets
+            ),
+            *(
+                _figure(lambda m=m: figures.ood_roc_curves(m), f"{m['name']}: OOD ROC")
+                + _figure(
+                    lambda m=m: figures.ood_score_distributions(m), f"{m['name']}: image scores"
+                )
+                for m in metrics
+            ),
+        ),
+        _section(
+            "anomaly",
+            "Anomaly detection (pixels)",
+            anomaly_table(metrics),
+            _figure(lambda: figures.anomaly_histograms(metrics), "Anomaly score histograms"),
+        ),
+        _section(
+            "samples",
+            "Sample predictions",
+            *(
+                f"<h3>{html.escape(m.name)}</h3>{samples}"
+                for m in models
+                if (samples := _sample_figures(m))
+            ),
+        ),
+    ]
+    present = [
+        (anchor, label)
+        for anchor, label in (
+            ("summary", "Summary"),
+            ("sets", "Per set"),
+            ("classes", "Per class"),
+            ("uncertainty", "Uncertainty"),
+            ("teacher", "Teacher"),
+            ("ood", "OOD"),
+            ("anomaly", "Anomaly"),
+            ("samples", "Samples"),
+        )
+        if any(s.startswith(f'<section id="{anchor}"') for s in sections)
+    ]
+    nav = "".join(f'<a href="#{a}">{label}</a>' for a, label in present)
+    created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>"
+        f"<h1>{html.escape(title)}</h1>"
+        f'<p class="meta">{html.escape(names)} &middot; {created}</p>'
+        f"<nav>{nav}</nav><details><summary>inputs</summary><ul>{inputs}</ul></details>"
+        + "".join(sections)
+        + "</main></body></html>\n"
+    )
+
+
+def write_report(
+    inputs: Sequence[str | Path], out: str | Path, title: str = "segdistill report"
+) -> Path:
+    """Read the inputs (module doc), write the HTML report to `out`; returns its path."""
+    page = build_report(load_models(inputs), title)
+    out = Path(out)
+    atomic_write(out, lambda file: file.write(page.encode("utf-8")))
+    return out

@@ -1,0 +1,377 @@
+"""Distillation end to end on 32x64 SynthStreets with tiny students and a tiny randomly
+initialised ensemble, on the CPU: every method lowers its loss, the teacher gets no
+gradient, He et al.'s stage 1 runs once (not again on resume), Holder's two-stage start,
+unlabelled images, cached and online signals together, and `segdistill distill`."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import default_collate
+
+from segdistill import train as training
+from segdistill.checkpoints import build_model, save_weights
+from segdistill.cli import main
+from segdistill.config import SegConfig, load_config
+from segdistill.errors import ConfigError
+from segdistill.methods import build_methods
+from segdistill.models.teachers import MCDropout, mc_dropout_layers
+from segdistill.outputs import TeacherSignals
+from segdistill.teacher_cache import VALID_MAP, valid_mask
+from test_teacher_cache import TINY_MODEL, write_ensemble, write_synthstreets
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "quick"
+TINY_CONFIG = """\
+data: {{root: {root}, crop_size: [32, 64], batch_size: 2, num_workers: 0}}
+model: {{encoder_options: {{width: 0.125}}}}
+trainer: {{max_epochs: 1, accelerator: cpu, log_every_n_steps: 1}}
+distill: {{teacher: {{kind: ensemble, path: {teacher}}}}}
+"""
+# The student options each method needs.
+STUDENTS = {
+    "holder": ["model.uncertainty_head=per_class"],
+    "dudes": ["model.uncertainty_head=scalar"],
+}
+FEATURES = {"student_tap": "encoder_out", "teacher_tap": "encoder_out"}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthstreets(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_ensemble(tmp_path_factory.mktemp("ensemble"))
+
+
+def tiny_config(
+    directory: Path, synth: Path, teacher: Path, overrides: list[str] = ()
+) -> SegConfig:
+    """The tiny distillation config (1 epoch of 2 steps) with run.dir = directory / "run"."""
+    path = directory / "tiny.yaml"
+    path.write_text(TINY_CONFIG.format(root=synth, teacher=teacher))
+    return load_config(path, [f"run.dir={directory / 'run'}", *overrides])
+
+
+def read_metrics(run_dir: Path, version: int = 0) -> list[dict[str, str]]:
+    with open(run_dir / "logs" / "csv" / f"version_{version}" / "metrics.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def method_loss(terms: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    return sum(value for key, value in terms.items() if key.startswith(f"{name}/"))
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [
+        [{"name": "kd"}],
+        [{"name": "holder"}],
+        [{"name": "dudes"}],
+        [{"name": "self_attention"}],
+        [{"name": "adaptation"}],
+        [{"name": "ja_kd"}],
+        [{"name": "ukd"}],
+        [{"name": "cwd"}],
+        [{"name": "cwd", "options": FEATURES}],
+        [{"name": "dudes"}, {"name": "cwd", "weight": 0.5}],
+    ],
+    ids=lambda specs: "+".join(s["name"] + ("_features" if "options" in s else "") for s in specs),
+)
+def test_each_method_lowers_its_loss_on_a_fixed_batch(
+    tmp_path: Path, synth: Path, ensemble: Path, specs: list[dict]
+) -> None:
+    names = [spec["name"] for spec in specs]
+    overrides = [o for name in names for o in STUDENTS.get(name, [])]
+    cfg = tiny_config(tmp_path, synth, ensemble, [*overrides, f"distill.methods={specs}"])
+    model = build_model(cfg.model, 19)
+    methods, teacher = training.build_distillation(cfg, model)
+    dataset = training.build_dataset(cfg.data, "train", train=True)
+    batch = default_collate([dataset[0], dataset[1]])
+    for _, tap, translator in methods.translators_to_train():  # He et al. stage 1
+        training.train_translator(
+            training.TeacherFeatures(teacher, [batch], tap, torch.device("cpu")), translator
+        )
+    task = training.SegmentationTask(
+        model, cfg.optim, methods, teacher, total_steps=100, num_classes=19
+    )
+    optimizer = task.configure_optimizers()["optimizer"]
+    history = []
+    for _ in range(15):
+        terms = methods(model(batch["image"]), task.teacher_signals(batch), batch["label"])
+        losses = {name: method_loss(terms, name) for name in names}
+        history.append({name: float(loss) for name, loss in losses.items()})
+        # The methods' own terms: the CE would pull towards labels the random teacher ignores.
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    for name in names:
+        first = sum(h[name] for h in history[:3]) / 3
+        last = sum(h[name] for h in history[-3:]) / 3
+        assert last < first, (name, [h[name] for h in history])
+
+
+def test_signals_come_from_the_cache_where_it_has_them_and_from_the_teacher_otherwise() -> None:
+    methods = build_methods(
+        [{"name": "dudes"}, {"name": "cwd"}], 3, student_channels={}, teacher_channels={}
+    )
+    asked = []
+
+    class Teacher(torch.nn.Module):
+        def signals(self, images: torch.Tensor, needs: frozenset[str]) -> TeacherSignals:
+            assert not torch.is_grad_enabled()
+            asked.append(set(needs))
+            return TeacherSignals(logits=torch.zeros(2, 3, 4, 4))
+
+    task = training.SegmentationTask(
+        build_model(TINY_MODEL, 3),
+        SegConfig().optim,
+        methods,
+        Teacher(),
+        total_steps=1,
+        num_classes=3,
+    )
+    pred_std = torch.rand(2, 1, 4, 4)
+    batch = {"image": torch.zeros(2, 3, 4, 4), "maps": {"pred_std": pred_std}}
+    signals = task.teacher_signals(batch)
+    assert asked == [{"logits"}] and signals.pred_std is pred_std
+    assert signals.logits.shape == (2, 3, 4, 4)
+
+
+def teacher_probe(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Capture the teacher `train` builds; its modules record (training, grad enabled) at
+    every forward."""
+    built = []
+    real_build_teacher = training.build_teacher
+
+    def build_and_watch(kind: str, path: str, samples: int = 8):
+        teacher = real_build_teacher(kind, path, samples)
+        teacher.calls = []
+        for module in teacher.modules():
+            module.register_forward_pre_hook(
+                lambda m, args: teacher.calls.append((m, m.training, torch.is_grad_enabled()))
+            )
+        built.append(teacher)
+        return teacher
+
+    monkeypatch.setattr(training, "build_teacher", build_and_watch)
+    return built
+
+
+@pytest.mark.parametrize("kind", ["ensemble", "mc_dropout"])
+def test_the_teacher_gets_no_gradient_and_stays_in_eval_mode(
+    tmp_path: Path, synth: Path, ensemble: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if kind == "ensemble":
+        path = ensemble
+    else:
+        path = tmp_path / "mc.safetensors"
+        config = TINY_MODEL.__class__(**{**vars(TINY_MODEL), "mc_dropout": 0.2})
+        save_weights(path, build_model(config, 19), config)
+    built = teacher_probe(monkeypatch)
+    cfg = tiny_config(
+        tmp_path,
+        synth,
+        path,
+        [
+            f"distill.teacher={{kind: {kind}, path: {path}, samples: 2}}",
+            "model.uncertainty_head=scalar",
+            "distill.methods=[{name: dudes}, {name: kd}]",
+        ],
+    )
+    training.train(cfg)
+    (teacher,) = built
+    fresh = training.build_teacher(kind, str(path), 2)
+    for (name, param), original in zip(teacher.named_parameters(), fresh.parameters()):
+        assert param.grad is None and not param.requires_grad, name
+        assert torch.equal(param, original), name
+    for (name, buffer), original in zip(teacher.named_buffers(), fresh.buffers()):
+        assert torch.equal(buffer, original), name  # batch-norm statistics did not move
+    sampling = set(mc_dropout_layers(teacher)) if isinstance(teacher, MCDropout) else set()
+    assert teacher.calls and not any(grad for _, _, grad in teacher.calls)
+    # In eval mode whenever it runs, except the MC-dropout layers while sampling.
+    assert all(not training_mode for m, training_mode, _ in teacher.calls if m not in sampling)
+    assert any(training_mode for m, training_mode, _ in teacher.calls) == bool(sampling)
+    assert not any(m.training for m in teacher.modules())
+
+
+def translator_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if ".translator." in k}
+
+
+def test_stage_one_trains_the_translator_before_fitting_and_not_again_on_resume(
+    tmp_path: Path, synth: Path, ensemble: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real_train_translator = training.train_translator
+
+    def count(features, translator):
+        calls.append(None)
+        return real_train_translator(features, translator)
+
+    monkeypatch.setattr(training, "train_translator", count)
+    cfg = tiny_config(tmp_path, synth, ensemble, ["distill.methods=[{name: adaptation}]"])
+    run_dir = training.train(cfg)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    after_first_epoch = translator_state(checkpoint)
+    assert len(calls) == 1
+    assert after_first_epoch["methods.methods.adaptation.translator.trained"].item() is True
+    assert {"train/adaptation/adapt", "train/adaptation/affinity"} <= set(read_metrics(run_dir)[0])
+
+    resumed = load_config(run_dir / "config.yaml", ["trainer.max_epochs=2"])
+    training.train(resumed, resume=True)
+    assert len(calls) == 1  # restored from last.ckpt with `trained` set: no second stage 1
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 4
+    for key, value in translator_state(checkpoint).items():
+        assert torch.equal(value, after_first_epoch[key]), key  # frozen in stage 2
+
+
+def test_init_from_loads_encoder_and_decoder_and_keeps_the_new_heads_fresh(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(1)
+    pretrained = build_model(TINY_MODEL, 19)
+    save_weights(tmp_path / "pre.safetensors", pretrained, TINY_MODEL)
+    holder = TINY_MODEL.__class__(**{**vars(TINY_MODEL), "uncertainty_head": "per_class"})
+    torch.manual_seed(2)
+    student = build_model(holder, 19)
+    fresh = {k: v.clone() for k, v in student.state_dict().items()}
+    training.init_from_pretrained(student, holder, str(tmp_path / "pre.safetensors"))
+    theirs = pretrained.state_dict()
+    for key, value in student.state_dict().items():
+        if key.startswith(("encoder.", "decoder.")):
+            assert torch.equal(value, theirs[key]), key
+        else:
+            assert key.startswith(("seg_head.", "uncertainty_head.")), key
+            assert torch.equal(value, fresh[key]), key
+
+    wider = TINY_MODEL.__class__(encoder_options={"output_stride": 16, "width": 0.25})
+    with pytest.raises(ConfigError, match="its model.encoder_options is .* this student's"):
+        training.init_from_pretrained(build_model(wider, 19), wider, str(tmp_path))
+
+
+def test_unlabelled_images_are_distilled_from_the_teacher_alone(
+    tmp_path: Path, synth: Path, ensemble: Path
+) -> None:
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    for image in sorted((synth / "leftImg8bit" / "val").rglob("*.png")):
+        shutil.copy(image, unlabeled / image.name)
+    cfg = tiny_config(
+        tmp_path,
+        synth,
+        ensemble,
+        [f"distill.unlabeled_root={unlabeled}", "distill.methods=[{name: ja_kd}]"],
+    )
+    train_set = training.add_unlabeled_images(
+        training.build_dataset(cfg.data, "train", train=True), unlabeled
+    )
+    assert len(train_set) == 4 + 2
+    batch = default_collate([train_set[4], train_set[5]])  # the two unlabelled images
+    assert (batch["label"] == 255).all()
+    model = build_model(cfg.model, 19)
+    methods, teacher = training.build_distillation(cfg, model)
+    task = training.SegmentationTask(
+        model, cfg.optim, methods, teacher, total_steps=1, num_classes=19
+    )
+    terms = methods(model(batch["image"]), task.teacher_signals(batch), batch["label"])
+    assert terms["task/ce"] == 0 and terms["ja_kd/out"] > 0
+    terms["loss"].backward()
+    assert model.seg_head.weight.grad.abs().sum() > 0
+
+    run_dir = training.train(cfg)  # 3 steps: 6 images in batches of 2
+    rows = [row for row in read_metrics(run_dir) if row["train/loss"]]
+    assert len(rows) == 3 and all(float(row["train/ja_kd/out"]) > 0 for row in rows)
+
+
+def test_a_cache_serves_the_pixel_methods_and_the_teacher_the_feature_methods(
+    tmp_path: Path, synth: Path, ensemble: Path
+) -> None:
+    specs = [{"name": "dudes"}, {"name": "cwd", "weight": 0.5, "options": FEATURES}]
+    cfg = tiny_config(
+        tmp_path,
+        synth,
+        ensemble,
+        [
+            "model.uncertainty_head=scalar",
+            f"distill.methods={specs}",
+            f"distill.teacher_cache={tmp_path / 'cache'}",
+        ],
+    )
+    run_dir = training.train(cfg)
+    assert [p.name for p in sorted((tmp_path / "cache").iterdir())] == [
+        "cache.json",
+        "pred_std.f16",
+    ]
+    row = read_metrics(run_dir)[0]
+    assert float(row["train/dudes/uncertainty_rmsle"]) > 0 and float(row["train/cwd/cwd"]) > 0
+
+    only_features = tiny_config(
+        tmp_path,
+        synth,
+        ensemble,
+        ["distill.methods=[{name: cwd}]", f"distill.teacher_cache={tmp_path / 'cache'}"],
+    )
+    with pytest.raises(ConfigError, match="none of the methods reads per-pixel teacher"):
+        training.train(only_features)
+
+
+def test_cached_batches_mask_crop_padding() -> None:
+    maps = {VALID_MAP: torch.ones(2, 1, 4, 4)}
+    maps[VALID_MAP][1, :, 2:] = 0
+    mask = valid_mask(maps)
+    assert mask.shape == (2, 4, 4) and mask.sum() == 24 and not mask[1, 2:].any()
+    assert valid_mask({}) is None
+
+
+def test_segdistill_distill_with_a_cache_writes_checkpoints_and_resumes(
+    tmp_path: Path, synth: Path, ensemble: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = [
+        f"data.root={synth}",
+        "data.crop_size=[32,64]",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "model.encoder_options.width=0.125",
+        f"distill.teacher.path={ensemble}",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.log_every_n_steps=1",
+    ]
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    command = ["distill", str(CONFIGS / "distill_dudes.yaml"), "--run-dir", str(run_dir)]
+    assert main([*command, "--teacher-cache", str(cache), "--set", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "building it" in out and f"run directory: {run_dir}" in out
+    for name in ("best.safetensors", "last.safetensors", "last.ckpt"):
+        assert (run_dir / "checkpoints" / name).is_file()
+    assert load_config(run_dir / "config.yaml").distill.teacher_cache == str(cache)
+    assert "train/dudes/uncertainty_rmsle" in read_metrics(run_dir)[0]
+
+    resume = [*command, "--teacher-cache", str(cache), "--resume"]
+    assert main([*resume, "--set", *tiny, "trainer.max_epochs=2"]) == 0
+    assert "rebuilding" not in capsys.readouterr().out  # the cache was reused
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    assert read_metrics(run_dir, version=1)
+
+
+def test_segdistill_distill_needs_a_distill_section(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(CONFIGS / "train_baseline.yaml")
+    assert main(["distill", config, "--run-dir", str(tmp_path / "run")]) == 2
+    assert "no distill section" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("distill_*.yaml")), ids=lambda p: p.stem)
+def test_quick_distillation_configs_build_their_methods(path: Path) -> None:
+    cfg = load_config(path)
+    channels = {"encoder_out": 128}
+    methods = build_methods([vars(spec) for spec in cfg.distill.methods], 19, channels, channels)
+    assert methods.methods and cfg.distill.teacher.path

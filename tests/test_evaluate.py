@@ -1,0 +1,228 @@
+"""segdistill evaluate end to end on a tiny SynthStreets tree: metrics.json schema, numbers
+against a direct recomputation, OOD / anomaly / teacher sections, figures, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from segdistill.checkpoints import save_weights
+from segdistill.cli import main
+from segdistill.config import ModelConfig
+from segdistill.data import CityscapesDataset
+from segdistill.data.synthstreets import SynthConfig, generate
+from segdistill.errors import CheckpointError, DataError
+from segdistill.evaluate import (
+    METRICS_FILE,
+    RESULTS_FILE,
+    evaluate,
+    find_splits,
+    format_summary,
+)
+from segdistill.metrics import AGGREGATORS
+from segdistill.models import build_segmenter
+from segdistill.predictor import load_predictor
+
+TINY = {"width": 0.125}
+SPLITS = ["test", "night", "anomaly"]
+
+
+def save_run(run_dir: Path, head: str | None, classes: int = 19) -> None:
+    config = ModelConfig(encoder_options=TINY, uncertainty_head=head)
+    model = build_segmenter(
+        "deeplabv3plus", "resnet18", classes, uncertainty_head=head, encoder_options=TINY
+    )
+    save_weights(run_dir / "checkpoints" / "best.safetensors", model, config)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Data (3 test images at 32x64 with night and anomaly copies), a 2-member ensemble and
+    a DUDES student, evaluated once with figures."""
+    root = tmp_path_factory.mktemp("evaluate")
+    data = root / "data"
+    config = SynthConfig(size=(32, 64), train=0, val=0, test=3, shifts=("night", "anomaly"))
+    generate(data, config, workers=1, progress=False)
+    torch.manual_seed(0)
+    for i in range(2):
+        save_run(root / "ens" / f"member_{i}", None)
+    manifest = {"members": [{"checkpoint": f"member_{i}"} for i in range(2)]}
+    (root / "ens" / "manifest.json").write_text(json.dumps(manifest))
+    save_run(root / "dudes", "scalar")
+    results = evaluate(
+        [root / "ens", root / "dudes"],
+        data,
+        batch_size=2,
+        out_dir=root / "out",
+        num_samples=2,
+        progress=False,
+    )
+    return {"root": root, "data": data, "results": results}
+
+
+def test_finds_test_and_shifted_splits(setup: dict[str, Any]) -> None:
+    found = find_splits(setup["data"])
+    assert list(found) == SPLITS
+    assert found["anomaly"].anomaly and not found["night"].anomaly
+    assert setup["results"]["data"]["splits"] == SPLITS
+
+
+def test_metrics_json_schema(setup: dict[str, Any]) -> None:
+    root = setup["root"]
+    for name, kind, members in (("ens", "ensemble", 2), ("dudes", "student", 1)):
+        model = json.loads((root / name / METRICS_FILE).read_text())
+        assert model["name"] == name and model["kind"] == kind and model["members"] == members
+        assert model["parameters"] > 0 and model["uncertainty_source"]
+        assert set(model["splits"]) == set(SPLITS)
+        assert model["splits"]["test"]["num_images"] == 3
+        assert set(model["ood"]["sets"]) == {"night"}  # anomaly is judged per pixel
+        night = model["ood"]["sets"]["night"]
+        assert set(night["by_aggregator"]) == set(AGGREGATORS)
+        assert night["best_aggregator"] in AGGREGATORS
+        assert {"auroc", "aupr", "fpr95", "roc"} <= set(night["by_aggregator"]["mean"])
+        assert model["anomaly"]["split"] == "anomaly"
+        assert model["anomaly"]["num_anomaly_pixels"] > 0
+        assert 0 <= model["anomaly"]["ap"] <= 1
+    combined = json.loads((root / "out" / RESULTS_FILE).read_text())
+    assert [m["name"] for m in combined["models"]] == ["ens", "dudes"]
+    assert combined["data"]["class_names"][0] == "road"
+
+
+def test_numbers_match_a_direct_recomputation(setup: dict[str, Any]) -> None:
+    """mIoU, pixel accuracy, OOD AUROC and the teacher pairing of the student, from the
+    predictors run image by image here."""
+    root, data = setup["root"], setup["data"]
+    student = json.loads((root / "dudes" / METRICS_FILE).read_text())
+    predictor, teacher = load_predictor(root / "dudes"), load_predictor(root / "ens")
+    scores: dict[str, list[float]] = {"test": [], "night": []}
+    confusion = np.zeros((19, 19), np.int64)
+    pairs = []
+    for split, tree in (("test", data), ("night", data / "shifts" / "night")):
+        for sample in CityscapesDataset(tree, "test"):
+            image, label = sample["image"][None], sample["label"].numpy()
+            prediction = predictor.predict(image)
+            unc = prediction.uncertainty[0, 0].numpy()
+            scores[split].append(float(unc.mean()))
+            if split == "test":
+                valid = label != 255
+                pred = prediction.probs[0].argmax(0).numpy()
+                np.add.at(confusion, (label[valid], pred[valid]), 1)
+                teacher_unc = teacher.predict(image).uncertainty[0, 0].numpy()
+                pairs.append(np.stack([unc[valid], teacher_unc[valid]]))
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    miou = np.mean(tp[union > 0] / union[union > 0])
+    test = student["splits"]["test"]["segmentation"]
+    assert test["miou"] == pytest.approx(miou, abs=1e-12)
+    assert test["pixel_accuracy"] == pytest.approx(tp.sum() / confusion.sum(), abs=1e-12)
+    labels = [0] * len(scores["test"]) + [1] * len(scores["night"])
+    auroc = roc_auc_score(labels, scores["test"] + scores["night"])
+    ood = student["ood"]["sets"]["night"]["by_aggregator"]["mean"]
+    assert ood["auroc"] == pytest.approx(auroc, abs=1e-9)
+    stacked = np.concatenate(pairs, axis=1)
+    paired = student["vs_teacher"]["splits"]["test"]["paired"]
+    assert paired["pearson"] == pytest.approx(np.corrcoef(stacked)[0, 1], abs=1e-5)
+    assert paired["num_pixels"] == stacked.shape[1]
+
+
+def test_teacher_differences(setup: dict[str, Any]) -> None:
+    models = {m["name"]: m for m in setup["results"]["models"]}
+    student, teacher = models["dudes"], models["ens"]
+    assert teacher["vs_teacher"] is None
+    comparison = student["vs_teacher"]
+    assert comparison["teacher"] == "ens"
+    s = student["splits"]["test"]["uncertainty"]["per_class_mean"]
+    t = teacher["splits"]["test"]["uncertainty"]["per_class_mean"]
+    diffs = comparison["splits"]["test"]["per_class_mean_uncertainty"]
+    for a, b, d in zip(s, t, diffs):
+        assert d is None if a is None or b is None else d == pytest.approx(a - b)
+
+
+def test_figures_written(setup: dict[str, Any]) -> None:
+    root = setup["root"]
+    expected = {
+        "reliability",
+        "misclassification_roc",
+        "uncertainty_histograms",
+        "miou_vs_removed",
+        "teacher_student_hist2d",
+        "ood_roc",
+        "ood_scores",
+        "per_class_uncertainty",
+        "anomaly_histograms",
+        "samples_test",
+        "samples_sets",
+    }
+    student = json.loads((root / "dudes" / METRICS_FILE).read_text())
+    assert expected <= set(student["figures"])
+    for relative in student["figures"].values():
+        assert (root / "dudes" / relative).stat().st_size > 1000
+    combined = json.loads((root / "out" / RESULTS_FILE).read_text())
+    for relative in combined["figures"].values():
+        assert (root / "out" / relative).stat().st_size > 1000
+    for model in combined["models"]:
+        for relative in model["figures"].values():
+            assert (root / "out" / relative).is_file()
+
+
+def test_summary_table(setup: dict[str, Any]) -> None:
+    text = format_summary(setup["results"]["models"])
+    lines = text.splitlines()
+    assert "mIoU" in lines[1] and "anomaly AP" in lines[1]
+    assert any(line.startswith("dudes") for line in lines)
+    assert "night" in text
+
+
+def test_cli_prints_the_summary(setup: dict[str, Any], tmp_path: Path, capsys) -> None:
+    root = setup["root"]
+    code = main(
+        [
+            "evaluate",
+            str(root / "dudes" / "checkpoints" / "best.safetensors"),
+            "--data",
+            str(setup["data"]),
+            "--splits",
+            "test",
+            "--max-images",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--workers",
+            "0",
+            "--no-figures",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "mIoU" in out and "best" in out
+    result = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert result["models"][0]["splits"]["test"]["num_images"] == 1
+
+
+def test_class_count_mismatch(setup: dict[str, Any], tmp_path: Path) -> None:
+    save_run(tmp_path / "five", None, classes=5)
+    with pytest.raises(CheckpointError, match=r"best.safetensors predicts 5 classes .* has 19"):
+        evaluate([tmp_path / "five"], setup["data"], progress=False)
+
+
+def test_bad_data_and_splits(setup: dict[str, Any], tmp_path: Path) -> None:
+    run = setup["root"] / "dudes"
+    with pytest.raises(DataError, match=r"'fog_0.02' not found .* available: test, night, anomaly"):
+        evaluate([run], setup["data"], ["test", "fog_0.02"], progress=False)
+    (tmp_path / "empty" / "leftImg8bit" / "test" / "city").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"no images in .*empty matching leftImg8bit/test/\*/"):
+        evaluate([run], tmp_path / "empty", progress=False)
+    with pytest.raises(DataError, match="does not exist"):
+        evaluate([run], tmp_path / "nowhere", progress=False)
+
+
+def test_run_without_checkpoints(setup: dict[str, Any], tmp_path: Path, capsys) -> None:
+    (tmp_path / "run").mkdir()
+    code = main(["evaluate", str(tmp_path / "run"), "--data", str(setup["data"])])
+    assert code == 2
+    assert "is neither a run directory" in capsys.readouterr().err

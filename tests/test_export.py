@@ -1,0 +1,138 @@
+"""`segdistill export`: ONNX / TorchScript parity at another size, outputs, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from segdistill.checkpoints import save_weights
+from segdistill.cli import main
+from segdistill.commands import export as export_command
+from segdistill.config import ModelConfig
+from segdistill.errors import CheckpointError, ConfigError
+from segdistill.export import (
+    CheckResult,
+    ExportReport,
+    compare,
+    export_predictor,
+    read_description,
+    run_exported,
+)
+from segdistill.models import build_segmenter
+from segdistill.predict import pad_to_multiple
+from segdistill.predictor import load_predictor
+
+CLASSES = 5
+
+
+def save_tiny(
+    path: Path, head: str | None = "scalar", arch: str = "deeplabv3plus", mc_dropout: float = 0.0
+) -> Path:
+    """A tiny segmenter (ResNet-18 at width 0.125) saved as a weights file."""
+    config = ModelConfig(
+        arch,
+        encoder_options={"width": 0.125},
+        uncertainty_head=head,
+        mc_dropout=mc_dropout,
+    )
+    model = build_segmenter(
+        arch, config.encoder, CLASSES, head, config.encoder_options, mc_dropout=mc_dropout
+    )
+    save_weights(path, model, config)
+    return path
+
+
+def predictor_outputs(source: Path, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `Predictor.predict` gives for images of any size: padded, then cropped back."""
+    height, width = images.shape[-2:]
+    prediction = load_predictor(source).predict(pad_to_multiple(images, 32))
+    return prediction.probs[..., :height, :width], prediction.uncertainty[..., :height, :width]
+
+
+def test_onnx_matches_pytorch_at_another_size(tmp_path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    source = save_tiny(tmp_path / "student.safetensors")
+    report = export_predictor(load_predictor(source), "onnx", tmp_path / "student.onnx")
+
+    assert report.check.ok, report.check
+    assert report.check.shape[2:] != report.sample_shape[2:]
+    assert report.check.max_diff["probs"] <= 1e-4 and report.check.max_diff["uncertainty"] <= 1e-4
+    session = onnxruntime.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    assert [o.name for o in session.get_outputs()] == ["probs", "uncertainty"]
+    # Independently of the command's own check: another batch and size again.
+    images = torch.randn(1, 3, 45, 77)
+    probs, uncertainty = run_exported(report.path, "onnx", images)
+    ref_probs, ref_uncertainty = predictor_outputs(source, images)
+    assert probs.shape == (1, CLASSES, 45, 77) and uncertainty.shape == (1, 1, 45, 77)
+    assert (probs - ref_probs).abs().max() <= 1e-4
+    assert (uncertainty - ref_uncertainty).abs().max() <= 1e-4
+    description = read_description(report.path, "onnx")
+    assert description["num_classes"] == CLASSES and description["kind"] == "student"
+
+
+@pytest.mark.parametrize(("head", "outputs"), [("scalar", "probs"), ("per_class", "labels")])
+def test_torchscript_matches_pytorch_at_another_size(tmp_path, head, outputs) -> None:
+    source = save_tiny(tmp_path / "net.safetensors", head=head)
+    report = export_predictor(load_predictor(source), "torchscript", outputs=outputs)
+
+    assert report.path == tmp_path / "net.torchscript.pt"
+    assert report.check.ok, report.check
+    assert report.check.shape[2:] != report.sample_shape[2:]
+    images = torch.randn(2, 3, 50, 33)
+    first, uncertainty = run_exported(report.path, "torchscript", images)
+    ref_probs, ref_uncertainty = predictor_outputs(source, images)
+    assert (uncertainty - ref_uncertainty).abs().max() <= 1e-4
+    if outputs == "labels":
+        assert first.dtype == torch.int64 and first.shape == (2, 50, 33)
+        assert torch.equal(first, ref_probs.argmax(dim=1))
+    else:
+        assert (first - ref_probs).abs().max() <= 1e-4
+    assert read_description(report.path, "torchscript")["outputs"] == [outputs, "uncertainty"]
+
+
+def test_ensembles_and_mc_dropout_are_refused(tmp_path) -> None:
+    members = [save_tiny(tmp_path / "ens" / f"m{i}.safetensors", head=None) for i in range(2)]
+    manifest = {"members": [{"checkpoint": path.name} for path in members]}
+    (tmp_path / "ens" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="ensemble of 2 networks; export is for single"):
+        export_predictor(load_predictor(tmp_path / "ens"), "onnx")
+    mc = save_tiny(tmp_path / "mc.safetensors", head=None, mc_dropout=0.2)
+    with pytest.raises(CheckpointError, match="MC-dropout"):
+        export_predictor(load_predictor(mc), "torchscript")
+    assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.pt"))
+
+
+def test_pyramid_pooling_is_refused_for_onnx(tmp_path) -> None:
+    source = save_tiny(tmp_path / "psp.safetensors", arch="pspnet")
+    with pytest.raises(ConfigError, match="--format torchscript"):
+        export_predictor(load_predictor(source), "onnx")
+
+
+def test_compare_allows_only_near_ties() -> None:
+    probs = torch.tensor([0.5, 0.49995, 0.00005]).reshape(1, 3, 1, 1).repeat(1, 1, 1, 2)
+    probs[..., 1] = torch.tensor([0.6, 0.3, 0.1]).reshape(1, 3, 1)
+    uncertainty = torch.zeros(1, 1, 1, 2)
+    # Pixel 0 is a near tie (class 1 within 1e-4 of class 0), pixel 1 is not.
+    tie = (torch.tensor([[[1, 0]]]), uncertainty + torch.tensor([0.3, 0.0]))
+    diff, ties, ok = compare(probs, uncertainty, tie, "labels", 1e-4)
+    assert ok and ties == 1 and diff == {"labels": 0.0, "uncertainty": 0.0}
+    wrong = (torch.tensor([[[0, 1]]]), uncertainty)
+    diff, _, ok = compare(probs, uncertainty, wrong, "labels", 1e-4)
+    assert not ok and diff["labels"] == 1.0
+    off = (probs + 2e-4, uncertainty)
+    assert not compare(probs, uncertainty, off, "probs", 1e-4)[2]
+
+
+def test_cli_exits_non_zero_when_the_check_fails(tmp_path, monkeypatch, capsys) -> None:
+    source = save_tiny(tmp_path / "s.safetensors")
+    check = CheckResult((3, 3, 91, 163), {"probs": 0.5, "uncertainty": 0.0}, 0, 1e-4, False)
+    report = ExportReport(tmp_path / "s.onnx", "onnx", 20, "probs", (2, 3, 64, 128), check)
+    monkeypatch.setattr(export_command, "export_predictor", lambda *a, **k: report)
+    assert main(["export", str(source), "--format", "onnx"]) == 1
+    out = capsys.readouterr().out
+    assert "probs 5.00e-01" in out and out.rstrip().endswith("FAILED")

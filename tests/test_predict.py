@@ -1,0 +1,216 @@
+"""`segdistill predict`: files written, sizes, accuracy maps, input rules, labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segdistill.checkpoints import save_weights
+from segdistill.cli import main
+from segdistill.config import ModelConfig
+from segdistill.data.labels import IGNORE_INDEX
+from segdistill.data.transforms import build_eval_transform
+from segdistill.errors import DataError
+from segdistill.models import build_segmenter
+from segdistill.predict import (
+    ACCURACY_VOID,
+    UINT16_MAX,
+    find_images,
+    pad_to_multiple,
+    predict_files,
+)
+from segdistill.predictor import load_predictor
+
+CLASSES = 19
+CITY_IMAGE = "aachen_000000_000019_leftImg8bit.png"
+
+
+def save_tiny(path: Path, head: str | None = "scalar") -> Path:
+    """A tiny DeepLabV3+ (ResNet-18 at width 0.125) saved as a weights file."""
+    config = ModelConfig(
+        encoder_options={"output_stride": 16, "width": 0.125}, uncertainty_head=head
+    )
+    model = build_segmenter(
+        config.arch, config.encoder, CLASSES, head, encoder_options=config.encoder_options
+    )
+    save_weights(path, model, config)
+    return path
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("student") / "student.safetensors")
+
+
+def read(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def test_writes_every_output_at_the_image_size(tmp_path, student) -> None:
+    images = tmp_path / "images"
+    write_png(images / "aachen" / CITY_IMAGE, rgb(32, 64))
+    write_png(images / "gray.png", rgb(40, 70)[..., 0])  # odd size: padded and cropped back
+    rgba = np.concatenate([rgb(33, 65, seed=1), np.full((33, 65, 1), 128, np.uint8)], axis=2)
+    write_png(images / "rgba.png", rgba)
+    label = np.random.default_rng(2).integers(0, CLASSES, (32, 64)).astype(np.uint8)
+    write_png(tmp_path / "gt" / "aachen" / "aachen_000000_000019_gtFine_labelTrainIds.png", label)
+    out = tmp_path / "out"
+
+    found = find_images([images])
+    summary = predict_files(
+        load_predictor(student), found, out, labels=tmp_path / "gt", batch_size=2, progress=False
+    )
+
+    assert (summary.images, summary.labelled) == (3, 1)
+    assert any("grayscale" in n and "gray.png" in n for n in summary.notices)
+    assert any("RGBA" in n and "rgba.png" in n for n in summary.notices)
+    assert any("no label" in n and "gray.png" in n for n in summary.notices)
+    sizes = {"aachen_000000_000019_leftImg8bit": (32, 64), "gray": (40, 70), "rgba": (33, 65)}
+    for name, size in sizes.items():
+        assert read(out / "pred" / f"{name}.png").shape == size
+        for kind in ("seg", "overlay", "uncertainty"):
+            assert read(out / kind / f"{name}.png").shape == (*size, 3)
+        raw = Image.open(out / "uncertainty16" / f"{name}.png")
+        assert raw.mode == "I;16" and raw.size == size[::-1]
+        assert (out / "panel" / f"{name}.png").is_file()
+    assert [p.name for p in (out / "accuracy").iterdir()] == [f"{CITY_IMAGE}"]
+    index = json.loads((out / "predict.json").read_text())
+    assert index["kind"] == "student" and index["encodings"]["uncertainty"]["max"] == 0.5
+    assert [entry["name"] for entry in index["images"]] == list(sizes)
+    assert index["images"][0]["label"].endswith("_gtFine_labelTrainIds.png")
+
+
+def test_outputs_match_the_predictor_on_the_padded_image(tmp_path, student) -> None:
+    image = rgb(40, 70)
+    write_png(tmp_path / "a.png", image)
+    predictor = load_predictor(student)
+    predict_files(predictor, [tmp_path / "a.png"], tmp_path / "out", progress=False)
+
+    x = torch.from_numpy(build_eval_transform()({"image": image})["image"]).permute(2, 0, 1)
+    padded = pad_to_multiple(x[None], 32)
+    assert padded.shape[-2:] == (64, 96)
+    expected = predictor.predict(padded)
+    pred = read(tmp_path / "out" / "pred" / "a.png")
+    assert np.array_equal(pred, expected.probs[0, :, :40, :70].argmax(0).numpy())
+    u16 = read(tmp_path / "out" / "uncertainty16" / "a.png").astype(np.float64) / UINT16_MAX
+    np.testing.assert_allclose(u16, expected.uncertainty[0, 0, :40, :70].numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "stored", "train_ids"),
+    [
+        # labelTrainIds hold train ids and 255; labelIds go through the official table.
+        ("_gtFine_labelTrainIds.png", [0, 13, 255], [0, 13, IGNORE_INDEX]),
+        ("_gtFine_labelIds.png", [7, 26, 0], [0, 13, IGNORE_INDEX]),
+    ],
+)
+def test_accuracy_map_is_white_where_wrong_on_valid_pixels(
+    tmp_path, student, suffix, stored, train_ids
+) -> None:
+    write_png(tmp_path / "img" / CITY_IMAGE, rgb(32, 64))
+    pattern = np.random.default_rng(3).integers(0, 3, (32, 64))
+    write_png(
+        tmp_path / "gt" / f"aachen_000000_000019{suffix}", np.array(stored, np.uint8)[pattern]
+    )
+    out = tmp_path / "out"
+    predict_files(
+        load_predictor(student),
+        [tmp_path / "img" / CITY_IMAGE],
+        out,
+        labels=tmp_path / "gt",
+        progress=False,
+    )
+
+    name = CITY_IMAGE.removesuffix(".png")
+    accuracy = read(out / "accuracy" / f"{name}.png")
+    pred = read(out / "pred" / f"{name}.png").astype(np.int64)
+    label = np.array(train_ids)[pattern]
+    valid = label != IGNORE_INDEX
+    assert np.array_equal(accuracy[valid] == 255, pred[valid] != label[valid])
+    assert np.array_equal(accuracy[valid] == 0, pred[valid] == label[valid])
+    assert (accuracy[~valid] == ACCURACY_VOID).all()
+
+
+def test_label_with_the_image_stem_and_size_resize(tmp_path, student) -> None:
+    write_png(tmp_path / "img" / "x.png", rgb(40, 70))
+    write_png(tmp_path / "gt" / "x.png", np.zeros((40, 70), np.uint8))
+    out = tmp_path / "out"
+    summary = predict_files(
+        load_predictor(student),
+        [tmp_path / "img" / "x.png"],
+        out,
+        labels=tmp_path / "gt",
+        size=(32, 64),
+        progress=False,
+    )
+    assert summary.labelled == 1
+    for kind in ("pred", "accuracy", "uncertainty16"):
+        assert read(out / kind / "x.png").shape == (40, 70)
+
+
+def test_sixteen_bit_image_is_refused_naming_it(tmp_path, student) -> None:
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((32, 64), 4000, np.uint16)).save(path)
+    with pytest.raises(DataError, match=r"deep\.png.*16-bit"):
+        predict_files(load_predictor(student), [path], tmp_path / "out", progress=False)
+
+
+def test_unreadable_image_is_named(tmp_path, student) -> None:
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match=r"broken\.png"):
+        predict_files(load_predictor(student), [path], tmp_path / "out", progress=False)
+
+
+def test_input_errors(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"empty: no images found .*\*\.png, \*\.jpg"):
+        find_images([tmp_path / "empty"])
+    with pytest.raises(DataError, match=r"drive\.mp4: segdistill has no video decoder.*ffmpeg"):
+        find_images([tmp_path / "drive.mp4"])
+    with pytest.raises(DataError, match="no such file"):
+        find_images([tmp_path / "missing.png"])
+    write_png(tmp_path / "a" / "x.png", rgb(4, 4))
+    write_png(tmp_path / "b" / "x.png", rgb(4, 4))
+    with pytest.raises(DataError, match="same name 'x'"):
+        find_images([tmp_path / "a", tmp_path / "b"])
+
+
+def test_frames_in_natural_order_and_output_folder_skipped(tmp_path) -> None:
+    frames = tmp_path / "frames"
+    for index in (10, 2, 1):
+        write_png(frames / f"frame_{index}.png", rgb(4, 4))
+    write_png(frames / "out" / "pred" / "frame_1.png", rgb(4, 4))
+    found = find_images([frames], exclude=frames / "out")
+    assert [p.name for p in found] == ["frame_1.png", "frame_2.png", "frame_10.png"]
+
+
+def test_cli_predict_with_an_ensemble(tmp_path, capsys) -> None:
+    members = [save_tiny(tmp_path / "ens" / f"m{i}.safetensors", head=None) for i in range(2)]
+    manifest = {"members": [{"checkpoint": p.name} for p in members]}
+    (tmp_path / "ens" / "manifest.json").write_text(json.dumps(manifest))
+    write_png(tmp_path / "frames" / "000001.png", rgb(32, 64))
+    code = main(
+        ["predict", str(tmp_path / "ens"), str(tmp_path / "frames"), "--out", str(tmp_path / "o")]
+    )
+    assert code == 0
+    assert "ensemble" in capsys.readouterr().out
+    assert read(tmp_path / "o" / "uncertainty16" / "000001.png").shape == (32, 64)
+    assert main(["predict", str(tmp_path / "ens"), str(tmp_path / "nothing"), "--out", "o"]) == 2

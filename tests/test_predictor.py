@@ -1,0 +1,135 @@
+"""load_predictor: every source kind, the uncertainty rule of each, and bad sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from segdistill.checkpoints import save_weights
+from segdistill.config import ModelConfig
+from segdistill.errors import CheckpointError
+from segdistill.models import build_segmenter
+from segdistill.models.teachers import Ensemble
+from segdistill.predictor import load_predictor
+
+CLASSES = 4
+TINY = {"width": 0.125}
+
+
+def save_model(path: Path, head: str | None = None, mc_dropout: float = 0.0) -> torch.nn.Module:
+    """A tiny random DeepLabV3+ written to `path` (a .safetensors file)."""
+    config = ModelConfig(encoder_options=TINY, uncertainty_head=head, mc_dropout=mc_dropout)
+    model = build_segmenter(
+        "deeplabv3plus",
+        "resnet18",
+        CLASSES,
+        uncertainty_head=head,
+        encoder_options=TINY,
+        mc_dropout=mc_dropout,
+    )
+    save_weights(path, model, config)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run directories for each head, an MC-dropout run and a 2-member ensemble."""
+    root = tmp_path_factory.mktemp("zoo")
+    for head in ("scalar", "per_class", None):
+        save_model(root / f"run_{head}" / "checkpoints" / "best.safetensors", head)
+    save_model(root / "mc" / "checkpoints" / "last.safetensors", mc_dropout=0.3)
+    members = []
+    for i in range(2):
+        save_model(root / "ens" / f"member_{i}.safetensors")
+        members.append({"checkpoint": f"member_{i}.safetensors"})
+    (root / "ens" / "manifest.json").write_text(json.dumps({"members": members}))
+    return root
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 48)
+
+
+def test_scalar_head_gives_its_map(zoo: Path, images: torch.Tensor) -> None:
+    predictor = load_predictor(zoo / "run_scalar")
+    output = predictor.model(images)
+    prediction = predictor.predict(images)
+    assert (predictor.kind, predictor.name, predictor.members) == ("student", "run_scalar", 1)
+    assert predictor.uncertainty_source == "student head (scalar)"
+    assert predictor.home == zoo / "run_scalar"
+    torch.testing.assert_close(prediction.probs, output.logits.softmax(1))
+    torch.testing.assert_close(prediction.uncertainty, output.uncertainty)
+
+
+def test_per_class_head_gathers_the_predicted_class(zoo: Path, images: torch.Tensor) -> None:
+    predictor = load_predictor(zoo / "run_per_class" / "checkpoints" / "best.safetensors")
+    output = predictor.model(images)
+    prediction = predictor.predict(images)
+    assert predictor.kind == "student" and predictor.name == "run_per_class"
+    labels = output.logits.argmax(1)
+    expected = torch.stack(
+        [
+            output.uncertainty[b, labels[b], torch.arange(32)[:, None], torch.arange(48)]
+            for b in range(2)
+        ]
+    )
+    assert prediction.uncertainty.shape == (2, 1, 32, 48)
+    torch.testing.assert_close(prediction.uncertainty[:, 0], expected)
+    torch.testing.assert_close(
+        prediction.extra["per_class_mean"], output.uncertainty.mean(1, keepdim=True)
+    )
+
+
+def test_baseline_is_one_minus_max_softmax(zoo: Path, images: torch.Tensor) -> None:
+    predictor = load_predictor(zoo / "run_None")
+    probs = predictor.model(images).logits.softmax(1)
+    prediction = predictor.predict(images)
+    assert predictor.kind == "baseline" and predictor.uncertainty_source == "1 - max softmax"
+    torch.testing.assert_close(prediction.uncertainty, 1 - probs.max(1, keepdim=True).values)
+    assert ((prediction.uncertainty >= 0) & (prediction.uncertainty <= 1)).all()
+
+
+@pytest.mark.parametrize("source", ["ens", "ens/manifest.json"])
+def test_ensemble_uses_teacher_pred_std(zoo: Path, images: torch.Tensor, source: str) -> None:
+    predictor = load_predictor(zoo / source)
+    assert (predictor.kind, predictor.name, predictor.members) == ("ensemble", "ens", 2)
+    assert predictor.home == zoo / "ens" and predictor.num_classes == CLASSES
+    reference = Ensemble.from_manifest(zoo / "ens")
+    signals = reference.signals(images, {"mean_probs", "pred_std", "entropy", "mutual_info"})
+    prediction = predictor.predict(images)
+    torch.testing.assert_close(prediction.uncertainty, signals.pred_std)
+    torch.testing.assert_close(prediction.probs, signals.mean_probs)
+    torch.testing.assert_close(prediction.extra["entropy"], signals.entropy)
+    torch.testing.assert_close(prediction.extra["mutual_info"], signals.mutual_info)
+    assert predictor.parameters == sum(p.numel() for p in reference.parameters())
+
+
+def test_mc_dropout_checkpoint_samples_reproducibly(zoo: Path, images: torch.Tensor) -> None:
+    predictor = load_predictor(zoo / "mc", mc_samples=4)  # falls back to last.safetensors
+    assert predictor.kind == "mc_dropout" and predictor.name == "mc"
+    first, second = predictor.predict(images), predictor.predict(images)
+    torch.testing.assert_close(first.uncertainty, second.uncertainty)
+    assert first.uncertainty.max() > 0  # the dropout passes disagree somewhere
+    assert set(first.extra) == {"entropy", "mutual_info"}
+
+
+def test_loose_checkpoint_has_no_home(zoo: Path, tmp_path: Path) -> None:
+    path = tmp_path / "student.safetensors"
+    save_model(path, "scalar")
+    predictor = load_predictor(path)
+    assert predictor.name == "student" and predictor.home is None
+
+
+def test_bad_sources_name_the_path(zoo: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_predictor(tmp_path / "missing")
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(CheckpointError, match=r"empty_run is neither a run directory"):
+        load_predictor(tmp_path / "empty_run")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        load_predictor(tmp_path / "junk.safetensors")

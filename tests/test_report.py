@@ -1,0 +1,223 @@
+"""segdistill report: a self-contained page that renders in headless Chromium, every image
+loaded, and every data-metric cell equal to the number in metrics.json as displayed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from segdistill.checkpoints import save_weights
+from segdistill.cli import main
+from segdistill.config import ModelConfig
+from segdistill.data.synthstreets import SynthConfig, generate
+from segdistill.errors import SegdistillError
+from segdistill.evaluate import METRICS_FILE, RESULTS_FILE, evaluate
+from segdistill.models import build_segmenter
+from segdistill.report import DIGITS, load_models, write_report
+
+TINY = {"width": 0.125}
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ensemble of two and a DUDES student evaluated on a tiny tree (test, night,
+    anomaly); returns the folder holding the run directories and out/results.json."""
+    root = tmp_path_factory.mktemp("report")
+    config = SynthConfig(size=(32, 64), train=0, val=0, test=2, shifts=("night", "anomaly"))
+    generate(root / "data", config, workers=1, progress=False)
+    for run, head in (("ens/member_0", None), ("ens/member_1", None), ("dudes", "scalar")):
+        model = build_segmenter(
+            "deeplabv3plus", "resnet18", 19, uncertainty_head=head, encoder_options=TINY
+        )
+        config = ModelConfig(encoder_options=TINY, uncertainty_head=head)
+        save_weights(root / run / "checkpoints" / "best.safetensors", model, config)
+    manifest = {"members": [{"checkpoint": f"member_{i}"} for i in range(2)]}
+    (root / "ens" / "manifest.json").write_text(json.dumps(manifest))
+    evaluate(
+        [root / "ens", root / "dudes"],
+        root / "data",
+        batch_size=2,
+        out_dir=root / "out",
+        num_samples=1,
+        progress=False,
+    )
+    return root
+
+
+def expected_value(model: dict[str, Any], key: str) -> Any:
+    """The metrics.json value a data-metric key names (the report's key scheme, resolved
+    here independently of the report code)."""
+    parts = key.split("/")
+    if parts == ["members"] or parts == ["parameters"]:
+        return model[parts[0]]
+    if parts[0] == "anomaly":
+        return model["anomaly"][parts[1]]
+    if parts[0] == "ood":
+        name, aggregator, metric = parts[1:]
+        result = model["ood"]["sets"][name]
+        if aggregator == "best":
+            aggregator = result["best_aggregator"]
+        return result["by_aggregator"][aggregator][metric]
+    if parts[0] == "vs_teacher":
+        return model["vs_teacher"]["splits"][parts[1]]["paired"][parts[2]]
+    split, metric = parts[0], parts[1]
+    result = model["splits"][split]
+    classes = model["class_names"]
+    if len(parts) == 3:
+        cls = parts[2]
+        if metric == "iou":
+            return (
+                result["segmentation"]["miou"]
+                if cls == "mean"
+                else result["segmentation"]["iou"][classes.index(cls)]
+            )
+        if metric == "uncertainty":
+            unc = result["uncertainty"]
+            return unc["class_mean"] if cls == "mean" else unc["per_class_mean"][classes.index(cls)]
+        diffs = model["vs_teacher"]["splits"][split]
+        if metric == "iou_diff":
+            return diffs["miou"] if cls == "mean" else diffs["iou"][classes.index(cls)]
+        if cls == "mean":
+            return diffs["class_mean_uncertainty"]
+        return diffs["per_class_mean_uncertainty"][classes.index(cls)]
+    paths = {
+        "miou": ("segmentation", "miou"),
+        "pixel_accuracy": ("segmentation", "pixel_accuracy"),
+        "mean_class_accuracy": ("segmentation", "mean_class_accuracy"),
+        "ece": ("calibration", "ece"),
+        "misclassification_auroc": ("uncertainty", "misclassification", "auroc"),
+        "misclassification_aupr": ("uncertainty", "misclassification", "aupr"),
+        "misclassification_fpr95": ("uncertainty", "misclassification", "fpr95"),
+        "aurc": ("uncertainty", "aurc"),
+        "eaurc": ("uncertainty", "eaurc"),
+        "pavpu_max": ("uncertainty", "pavpu", "max"),
+        "pixel_mean_uncertainty": ("uncertainty", "pixel_mean"),
+    }
+    value: Any = result
+    for step in paths[metric]:
+        value = value[step]
+    return value
+
+
+def check_cell(text: str, value: Any, key: str) -> None:
+    if value is None:
+        assert text == "n/a", key
+    elif isinstance(value, int):
+        assert int(text.replace(",", "")) == value, key
+    else:
+        assert float(text) == pytest.approx(round(value, DIGITS), abs=0.6 * 10**-DIGITS), key
+
+
+def browser():
+    """Headless Chromium, or a failure (a skip with SEGDISTILL_SKIP_BROWSER=1) saying why."""
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        message = (
+            f"{CHROMIUM} and {CHROMEDRIVER} are needed to render the report: install the "
+            "Debian packages chromium and chromium-driver (make test does), or set "
+            "SEGDISTILL_SKIP_BROWSER=1 to skip this test"
+        )
+        if os.environ.get("SEGDISTILL_SKIP_BROWSER") == "1":
+            pytest.skip(message)
+        pytest.fail(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    return webdriver, Service
+
+
+def test_report_renders_in_chromium(evaluated: Path, tmp_path: Path) -> None:
+    webdriver, service = browser()
+    report = write_report([evaluated / "out"], tmp_path / "report.html", title="tiny report")
+    page = report.read_text()
+    # Self-contained: no external resource of any kind.
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", page)
+    assert "<script" not in page
+
+    options = webdriver.ChromeOptions()
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(argument)
+    options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(report.as_uri())
+        assert driver.title == "tiny report"
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])"
+        )
+        assert len(images) >= 10
+        assert all(complete and width > 0 for _, complete, width in images), images
+        assert any(alt.startswith("dudes: test") for alt, _, _ in images)  # sample figure
+        cells = driver.execute_script(
+            "return Array.from(document.querySelectorAll('[data-metric]'))"
+            ".map(c => [c.dataset.metric, c.textContent])"
+        )
+    finally:
+        driver.quit()
+
+    models = {
+        m["name"]: m for m in json.loads((evaluated / "out" / RESULTS_FILE).read_text())["models"]
+    }
+    assert len(cells) > 100
+    seen = set()
+    for key, text in cells:
+        name, rest = key.split("/", 1)
+        check_cell(text, expected_value(models[name], rest), key)
+        seen.add(rest.split("/")[0])
+    assert {"test", "night", "anomaly", "ood", "vs_teacher", "members"} <= seen
+    keys = dict(cells)
+    assert {"dudes/test/iou/road", "dudes/test/uncertainty_diff/road", "ens/test/miou"} <= set(keys)
+    assert "ens/test/uncertainty_diff/road" not in keys  # the teacher has no teacher
+    # A metric shown twice (summary and detail tables) reads the same in both.
+    assert all(keys[key] == text for key, text in cells)
+
+
+def test_report_from_run_directories(evaluated: Path, tmp_path: Path, capsys) -> None:
+    """Run directories give the same models as the results file; the CLI writes the page."""
+    from_runs = load_models([evaluated / "ens", evaluated / "dudes" / METRICS_FILE])
+    from_results = load_models([evaluated / "out" / RESULTS_FILE, evaluated / "ens"])
+    assert [m.name for m in from_runs] == ["ens", "dudes"]
+    assert [m.name for m in from_results] == ["ens", "dudes"]  # the repeated ensemble once
+    assert from_runs[1].metrics["splits"] == from_results[1].metrics["splits"]
+    code = main(
+        [
+            "report",
+            str(evaluated / "ens"),
+            str(evaluated / "dudes"),
+            "--out",
+            str(tmp_path / "r.html"),
+        ]
+    )
+    assert code == 0 and "wrote" in capsys.readouterr().out
+    page = (tmp_path / "r.html").read_text()
+    assert 'data-metric="dudes/test/miou"' in page and "data:image/png;base64," in page
+
+
+def test_run_without_metrics(tmp_path: Path, capsys) -> None:
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(SegdistillError, match=r"run has no metrics.json .* segdistill evaluate"):
+        load_models([tmp_path / "run"])
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "segdistill evaluate" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(SegdistillError, match="not written by `segdistill evaluate`"):
+        load_models([tmp_path / "other.json"])

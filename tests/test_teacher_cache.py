@@ -1,0 +1,380 @@
+"""Cached teacher targets (`segdistill.teacher_cache`) on a tiny SynthStreets set and a tiny
+randomly initialised ensemble: equal to the online teacher, moved by the joint transforms
+with the image, masked on crop padding, and rebuilt (never used) when stale, partial or
+corrupt. `write_synthstreets` and `write_ensemble` are shared with test_distill.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segdistill import teacher_cache as tc
+from segdistill.checkpoints import build_model, save_weights
+from segdistill.config import ModelConfig
+from segdistill.data import CityscapesDataset
+from segdistill.data import synthstreets as ss
+from segdistill.data.transforms import (
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomScale,
+    to_tensors,
+)
+from segdistill.errors import DataError
+from segdistill.methods import build_methods
+from segdistill.models.teachers import Ensemble
+from segdistill.outputs import SegOutput, TeacherSignals
+
+TINY_MODEL = ModelConfig(encoder_options={"output_stride": 16, "width": 0.125})
+SIGNALS = ("logits", "mean_probs", "pred_std", "std", "variance")
+SIZE = (32, 64)  # SynthStreets images, height x width
+
+
+def write_synthstreets(root: Path, train: int = 4, val: int = 2) -> Path:
+    """A SynthStreets data set of 32x64 images (no test split, no shifts)."""
+    config = ss.SynthConfig(size=SIZE, train=train, val=val, test=0, shifts=())
+    ss.generate(root, config, progress=False)
+    return root
+
+
+def write_ensemble(
+    directory: Path, members: int = 2, model_config: ModelConfig = TINY_MODEL, seed: int = 0
+) -> Path:
+    """An ensemble directory (manifest.json + safetensors) of randomly initialised members."""
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for index in range(members):
+        torch.manual_seed(seed + index)
+        path = directory / f"member_{index:02d}.safetensors"
+        save_weights(path, build_model(model_config, 19), model_config)
+        entries.append({"checkpoint": path.name})
+    (directory / "manifest.json").write_text(json.dumps({"members": entries}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthstreets(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Ensemble:
+    return Ensemble.from_manifest(write_ensemble(tmp_path_factory.mktemp("ensemble")))
+
+
+def open_cache(
+    directory: Path,
+    teacher: Ensemble,
+    dataset: CityscapesDataset,
+    signals: tuple[str, ...] = SIGNALS,
+    scale: float = 1.0,
+) -> tc.TeacherCache:
+    key = tc.cache_key(teacher, "ensemble", signals, scale, dataset)
+    return tc.open_or_build(directory, teacher, key, dataset, progress=False)
+
+
+def assert_fp16_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    # float16 keeps 11 significant bits: relative error <= 2**-11 (and tiny subnormal steps).
+    torch.testing.assert_close(actual, expected, rtol=1e-3, atol=1e-6)
+
+
+def test_cached_maps_equal_the_online_teacher_on_unaugmented_images(
+    tmp_path: Path, synth: Path, teacher: Ensemble
+) -> None:
+    dataset = CityscapesDataset(synth, "train")  # normalisation only
+    cache = open_cache(tmp_path / "cache", teacher, dataset)
+    assert cache.signals == set(SIGNALS) and len(cache) == len(dataset)
+    wrapped = tc.TeacherCacheDataset(dataset, cache)
+    for index in range(len(dataset)):
+        sample = wrapped[index]
+        online = teacher.signals(sample["image"][None], set(SIGNALS))
+        for name in SIGNALS:
+            assert_fp16_close(sample["maps"][name], online.require(name)[0])
+        assert torch.equal(sample["maps"][tc.VALID_MAP], torch.ones(1, *SIZE))
+    assert (tmp_path / "cache" / "pred_std.f16").stat().st_size == 2 * len(dataset) * 32 * 64
+
+
+def test_joint_transforms_move_cached_maps_with_the_image_and_padding_is_invalid(
+    tmp_path: Path, synth: Path, teacher: Ensemble
+) -> None:
+    # Half size, then a full-size crop (padded at the bottom and right), then a mirror.
+    transform = Compose([RandomScale(0.5, 0.5), RandomCrop(*SIZE), RandomHorizontalFlip(1.0)])
+    dataset = CityscapesDataset(synth, "train", Compose([*transform.transforms, Normalize()]))
+    cache = open_cache(tmp_path / "cache", teacher, dataset, ("mean_probs", "pred_std"))
+    wrapped = tc.TeacherCacheDataset(dataset, cache)
+    padding = torch.ones(SIZE, dtype=torch.bool)
+    padding[:16, 32:] = False  # the scaled image, mirrored to the right half
+    for index in range(len(dataset)):
+        sample = wrapped[index]
+        raw = dataset.load(index)
+        image = to_tensors(Normalize()(raw))["image"][None]
+        online = teacher.signals(image, {"mean_probs", "pred_std"})
+        maps = {
+            "mean_probs": online.mean_probs[0].numpy(),
+            "pred_std": online.pred_std[0].numpy(),
+            tc.VALID_MAP: np.ones((1, *SIZE), np.float32),
+        }
+        expected = to_tensors(dataset.transform({**raw, "maps": maps}))
+        assert torch.equal(sample["image"], expected["image"])
+        assert torch.equal(sample["label"], expected["label"])
+        for name in ("mean_probs", "pred_std"):
+            assert_fp16_close(sample["maps"][name], expected["maps"][name])
+        valid = tc.valid_mask({tc.VALID_MAP: sample["maps"][tc.VALID_MAP][None]})[0]
+        assert torch.equal(~valid, padding)
+        assert (sample["label"][padding] == 255).all()
+        # Inside the image the probabilities still sum to 1 after bilinear resizing.
+        total = sample["maps"]["mean_probs"].sum(0)
+        torch.testing.assert_close(total[valid], torch.ones_like(total[valid]), atol=2e-3, rtol=0)
+
+
+def test_a_reduced_cache_scale_stores_smaller_maps_and_reads_them_at_image_size(
+    tmp_path: Path, synth: Path, teacher: Ensemble
+) -> None:
+    dataset = CityscapesDataset(synth, "train")
+    cache = open_cache(tmp_path / "cache", teacher, dataset, ("mean_probs", "std"), scale=0.5)
+    assert cache.sizes[0] == (SIZE, (16, 32))
+    assert (tmp_path / "cache" / "std.f16").stat().st_size == 2 * len(dataset) * 19 * 16 * 32
+    maps = tc.TeacherCacheDataset(dataset, cache)[0]["maps"]
+    assert maps["mean_probs"].shape == (19, *SIZE)
+    online = teacher.signals(dataset[0]["image"][None], {"mean_probs"}).mean_probs[0]
+    assert (maps["mean_probs"] - online).abs().mean() < 0.1 * online.abs().mean()
+
+
+def test_a_matching_cache_is_used_without_running_the_teacher(
+    tmp_path: Path,
+    synth: Path,
+    teacher: Ensemble,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dataset = CityscapesDataset(synth, "train")
+    open_cache(tmp_path / "cache", teacher, dataset)
+    assert "building it" in capsys.readouterr().out
+    files = sorted((tmp_path / "cache").iterdir())
+    stamps = [path.stat().st_mtime_ns for path in files]
+
+    def fail(*args: object) -> None:
+        raise AssertionError("the teacher ran although the cache matches")
+
+    monkeypatch.setattr(teacher, "signals", fail)
+    open_cache(tmp_path / "cache", teacher, dataset)
+    assert "rebuilding" not in capsys.readouterr().out
+    assert [path.stat().st_mtime_ns for path in files] == stamps
+
+
+def _changed_signals(directory: Path, teacher: Ensemble, dataset: CityscapesDataset) -> None:
+    open_cache(directory, teacher, dataset, ("pred_std",))
+
+
+def _changed_scale(directory: Path, teacher: Ensemble, dataset: CityscapesDataset) -> None:
+    open_cache(directory, teacher, dataset, scale=0.5)
+
+
+def _changed_teacher(directory: Path, teacher: Ensemble, dataset: CityscapesDataset) -> None:
+    other = Ensemble.from_manifest(write_ensemble(directory.parent / "other", seed=7))
+    open_cache(directory, other, dataset)
+
+
+def _changed_images(directory: Path, teacher: Ensemble, dataset: CityscapesDataset) -> None:
+    image = dataset.samples[0].image
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    open_cache(directory, teacher, dataset)
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (_changed_signals, "stale: it holds other signals"),
+        (_changed_scale, "stale: its cache_scale differs"),
+        (_changed_teacher, "stale: the teacher (its kind or weights) differs"),
+        (_changed_images, "stale: the training images differ"),
+    ],
+)
+def test_a_stale_cache_is_rebuilt_with_the_reason(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    teacher: Ensemble,
+    capsys: pytest.CaptureFixture[str],
+    change,
+    reason: str,
+) -> None:
+    synth = write_synthstreets(tmp_path_factory.mktemp("synth"), train=2, val=0)
+    dataset = CityscapesDataset(synth, "train")
+    open_cache(tmp_path / "cache", teacher, dataset)
+    capsys.readouterr()
+    change(tmp_path / "cache", teacher, dataset)
+    out = capsys.readouterr().out
+    assert reason in out and "rebuilding it" in out
+    assert not list(tmp_path.glob("cache.stale-*"))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_build_is_never_used_and_is_rebuilt(
+    tmp_path: Path,
+    synth: Path,
+    teacher: Ensemble,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dataset = CityscapesDataset(synth, "train")
+    real_signals, calls = teacher.signals, []
+
+    def crash_on_the_third_image(images: torch.Tensor, needs: set[str]) -> TeacherSignals:
+        calls.append(None)
+        if len(calls) == 3:
+            raise Interrupted
+        return real_signals(images, needs)
+
+    monkeypatch.setattr(teacher, "signals", crash_on_the_third_image)
+    with pytest.raises(Interrupted):
+        open_cache(tmp_path / "cache", teacher, dataset)
+    monkeypatch.undo()
+    assert not (tmp_path / "cache").exists() and list(tmp_path.glob("cache.partial-*"))
+
+    cache = open_cache(tmp_path / "cache", teacher, dataset)
+    assert len(cache) == len(dataset) and not list(tmp_path.glob("cache.partial-*"))
+
+    # A folder of map files without cache.json (e.g. cache.json deleted) is incomplete.
+    (tmp_path / "cache" / tc.META_FILE).unlink()
+    capsys.readouterr()
+    open_cache(tmp_path / "cache", teacher, dataset)
+    assert "incomplete (no cache.json); rebuilding it" in capsys.readouterr().out
+
+
+def _truncate(directory: Path) -> None:
+    path = directory / "pred_std.f16"
+    path.write_bytes(path.read_bytes()[:-2])
+
+
+def _write_nan(directory: Path) -> None:
+    values = np.memmap(directory / "std.f16", np.float16, mode="r+")
+    values[100] = np.nan
+    values.flush()
+
+
+def _garble_meta(directory: Path) -> None:
+    (directory / tc.META_FILE).write_text("{not json")
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (_truncate, "corrupt: pred_std.f16 has"),
+        (_write_nan, "corrupt: std.f16 holds NaN or infinite values"),
+        (_garble_meta, "corrupt: unreadable cache.json"),
+    ],
+)
+def test_a_corrupt_cache_is_rebuilt_with_the_reason(
+    tmp_path: Path,
+    synth: Path,
+    teacher: Ensemble,
+    capsys: pytest.CaptureFixture[str],
+    damage,
+    reason: str,
+) -> None:
+    dataset = CityscapesDataset(synth, "train")
+    open_cache(tmp_path / "cache", teacher, dataset)
+    damage(tmp_path / "cache")
+    capsys.readouterr()
+    cache = open_cache(tmp_path / "cache", teacher, dataset)
+    out = capsys.readouterr().out
+    assert reason in out and "rebuilding it" in out
+    maps = tc.TeacherCacheDataset(dataset, cache)[0]["maps"]
+    online = teacher.signals(dataset[0]["image"][None], {"std", "pred_std"})
+    assert_fp16_close(maps["std"], online.std[0])
+    assert_fp16_close(maps["pred_std"], online.pred_std[0])
+
+
+def test_a_folder_that_is_not_a_cache_is_never_deleted(
+    tmp_path: Path, synth: Path, teacher: Ensemble
+) -> None:
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not a cache's \\(notes.txt\\)"):
+        open_cache(tmp_path / "cache", teacher, CityscapesDataset(synth, "train"))
+    assert (tmp_path / "cache" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "spec, uncertainty",
+    [
+        ({"name": "kd"}, None),
+        ({"name": "holder"}, 19),
+        ({"name": "dudes"}, 1),
+        ({"name": "ja_kd"}, None),
+        ({"name": "ukd"}, None),
+        ({"name": "ukd", "options": {"median_over": "batch"}}, None),
+    ],
+    ids=lambda value: str(value),
+)
+def test_pixels_outside_teacher_valid_never_count(spec: dict, uncertainty: int | None) -> None:
+    methods = build_methods([spec], 19)
+    assert methods.pixel_needs == methods.needs
+    student = SegOutput(
+        logits=torch.randn(2, 19, 8, 12),
+        uncertainty=None if uncertainty is None else torch.rand(2, uncertainty, 8, 12),
+    )
+    probs = torch.softmax(torch.randn(2, 19, 8, 12), dim=1)
+    signals = TeacherSignals(
+        mean_probs=probs,
+        std=torch.rand(2, 19, 8, 12) * 0.2,
+        pred_std=torch.rand(2, 1, 8, 12) * 0.2,
+        variance=torch.rand(2, 1, 8, 12),
+        logits=probs.log(),
+    )
+    target = torch.randint(0, 19, (2, 8, 12))
+    valid = torch.ones(2, 8, 12, dtype=torch.bool)
+    valid[0, 5:] = False  # crop padding: cached maps are 0 there
+    valid[1, :, 9:] = False
+    target[~valid] = 255
+
+    def padded(fill: float) -> TeacherSignals:
+        return TeacherSignals(
+            **{
+                name: value.masked_fill(~valid[:, None], fill)
+                for name, value in vars(signals).items()
+                if value is not None and name != "features"
+            }
+        )
+
+    zero_padded = methods(student, padded(0.0), target, valid)
+    other_padded = methods(student, padded(0.7), target, valid)
+    assert all(torch.isfinite(value) for value in zero_padded.values())
+    for name, value in zero_padded.items():
+        torch.testing.assert_close(value, other_padded[name])
+    # The result is that of the valid pixels alone: crop image 1 to its valid columns.
+    if spec["name"] == "ukd" and "options" not in spec:
+        cropped = methods(
+            SegOutput(student.logits[1:, :, :, :9]),
+            TeacherSignals(mean_probs=probs[1:, :, :, :9], variance=signals.variance[1:, :, :, :9]),
+            target[1:, :, :9],
+        )
+        alone = methods(
+            SegOutput(student.logits[1:]),
+            TeacherSignals(mean_probs=probs[1:], variance=padded(0.0).variance[1:]),
+            target[1:],
+            valid[1:],
+        )
+        torch.testing.assert_close(alone["ukd/out"], cropped["ukd/out"])
+
+
+def test_only_signals_read_by_pixel_wise_methods_are_cacheable() -> None:
+    mixed = build_methods(
+        [{"name": "dudes"}, {"name": "kd"}, {"name": "self_attention"}],
+        19,
+        student_channels={"encoder_out": 8},
+        teacher_channels={"encoder_out": 8},
+    )
+    # self_attention reads the logits too (its CWD term): they must come from the teacher.
+    assert mixed.pixel_needs == {"pred_std"}
+    assert build_methods([{"name": "cwd"}], 19).pixel_needs == frozenset()
