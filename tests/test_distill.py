@@ -6,7 +6,10 @@ unlabelled images, cached and online signals together, and `segdistill distill`.
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -253,7 +256,9 @@ def test_init_from_loads_encoder_and_decoder_and_keeps_the_new_heads_fresh(
 
     wider = TINY_MODEL.__class__(encoder_options={"output_stride": 16, "width": 0.25})
     with pytest.raises(ConfigError, match="its model.encoder_options is .* this student's"):
-        training.init_from_pretrained(build_model(wider, 19), wider, str(tmp_path))
+        training.init_from_pretrained(
+            build_model(wider, 19), wider, str(tmp_path / "pre.safetensors")
+        )
 
 
 def test_unlabelled_images_are_distilled_from_the_teacher_alone(
@@ -309,11 +314,12 @@ def test_a_cache_serves_the_pixel_methods_and_the_teacher_the_feature_methods(
         "cache.json",
         "pred_std.f16",
     ]
-    row = read_metrics(run_dir)[0]
+    row = next(row for row in read_metrics(run_dir) if row["train/loss"])
     assert float(row["train/dudes/uncertainty_rmsle"]) > 0 and float(row["train/cwd/cwd"]) > 0
 
+    (tmp_path / "other").mkdir()
     only_features = tiny_config(
-        tmp_path,
+        tmp_path / "other",
         synth,
         ensemble,
         ["distill.methods=[{name: cwd}]", f"distill.teacher_cache={tmp_path / 'cache'}"],
@@ -375,3 +381,29 @@ def test_quick_distillation_configs_build_their_methods(path: Path) -> None:
     channels = {"encoder_out": 128}
     methods = build_methods([vars(spec) for spec in cfg.distill.methods], 19, channels, channels)
     assert methods.methods and cfg.distill.teacher.path
+
+
+@pytest.mark.slow
+def test_two_process_distillation_shares_one_cache_build_and_one_stage_one(
+    tmp_path: Path, ensemble: Path
+) -> None:
+    synth = write_synthstreets(tmp_path / "synth", train=8, val=2)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG.format(root=synth, teacher=ensemble))
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "segdistill.cli", "distill", str(config)]
+    command += ["--run-dir", str(run_dir), "--devices", "2", "--teacher-cache", "cache"]
+    command += ["--set", "model.uncertainty_head=scalar"]
+    command += ["distill.methods=[{name: dudes}, {name: adaptation}]"]
+    # One thread per process: the two processes share the CI machine's two cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert output.count("building it") == 1  # the other process waited and used it
+    assert output.count("stage 1: translator trained") == 1  # logged by the first process
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 2  # 8 images, 4 per process, batches of 2
+    assert state["state_dict"]["methods.methods.adaptation.translator.trained"].item()

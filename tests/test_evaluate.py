@@ -4,6 +4,7 @@ against a direct recomputation, OOD / anomaly / teacher sections, figures, bad i
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -180,15 +181,17 @@ def test_summary_table(setup: dict[str, Any]) -> None:
 
 
 def test_cli_prints_the_summary(setup: dict[str, Any], tmp_path: Path, capsys) -> None:
-    root = setup["root"]
+    """A loose checkpoint (outside a run directory) writes only into --out."""
+    loose = tmp_path / "student.safetensors"
+    shutil.copyfile(setup["root"] / "dudes" / "checkpoints" / "best.safetensors", loose)
     code = main(
         [
             "evaluate",
-            str(root / "dudes" / "checkpoints" / "best.safetensors"),
+            str(loose),
             "--data",
             str(setup["data"]),
             "--splits",
-            "test",
+            "test,night",
             "--max-images",
             "1",
             "--out",
@@ -199,9 +202,11 @@ def test_cli_prints_the_summary(setup: dict[str, Any], tmp_path: Path, capsys) -
         ]
     )
     out = capsys.readouterr().out
-    assert code == 0 and "mIoU" in out and "best" in out
+    assert code == 0 and "mIoU" in out and "OOD AUROC" in out
     result = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert result["models"][0]["name"] == "student"
     assert result["models"][0]["splits"]["test"]["num_images"] == 1
+    assert sorted(tmp_path.iterdir()) == sorted([loose, tmp_path / RESULTS_FILE])
 
 
 def test_class_count_mismatch(setup: dict[str, Any], tmp_path: Path) -> None:

@@ -112,6 +112,25 @@ def test_outputs_match_the_predictor_on_the_padded_image(tmp_path, student) -> N
     np.testing.assert_allclose(u16, expected.uncertainty[0, 0, :40, :70].numpy(), atol=1e-4)
 
 
+def test_results_do_not_depend_on_the_batch(tmp_path, student) -> None:
+    # Padded: 64x96, 32x64, 64x96, 64x96; batches of 3 are [0], [1], [2, 3].
+    sizes = [(40, 70), (32, 64), (64, 96), (50, 90)]
+    paths = [write_png(tmp_path / f"{i}.png", rgb(*size, seed=i)) for i, size in enumerate(sizes)]
+    predictor = load_predictor(student)
+    for batch_size in (1, 3):
+        predict_files(
+            predictor, paths, tmp_path / f"b{batch_size}", batch_size=batch_size, progress=False
+        )
+    # Up to float rounding of batched convolutions; other padding would change whole maps.
+    for path in paths:
+        one, three = (
+            read(tmp_path / b / "uncertainty16" / path.name).astype(int) for b in ("b1", "b3")
+        )
+        assert np.abs(one - three).max() <= 7  # 1e-4 of the 16-bit scale
+        one, three = (read(tmp_path / b / "pred" / path.name) for b in ("b1", "b3"))
+        assert (one == three).mean() > 0.99
+
+
 @pytest.mark.parametrize(
     ("suffix", "stored", "train_ids"),
     [

@@ -57,7 +57,7 @@ def expected_value(model: dict[str, Any], key: str) -> Any:
     parts = key.split("/")
     if parts == ["members"] or parts == ["parameters"]:
         return model[parts[0]]
-    if parts[0] == "anomaly":
+    if parts[0] == "pixel_anomaly":
         return model["anomaly"][parts[1]]
     if parts[0] == "ood":
         name, aggregator, metric = parts[1:]
@@ -214,7 +214,7 @@ def test_report_from_run_directories(evaluated: Path, tmp_path: Path, capsys) ->
 
 def test_run_without_metrics(tmp_path: Path, capsys) -> None:
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    with pytest.raises(SegdistillError, match=r"run has no metrics.json .* segdistill evaluate"):
+    with pytest.raises(SegdistillError, match=r"run has no metrics.json .*segdistill evaluate"):
         load_models([tmp_path / "run"])
     assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "r.html")]) == 2
     assert "segdistill evaluate" in capsys.readouterr().err

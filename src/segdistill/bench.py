@@ -203,6 +203,42 @@ def compute_ratios(models: Sequence[ModelBench]) -> list[Ratio]:
     return ratios
 
 
+def _measure(
+    predictors: Sequence[Predictor],
+    shape: tuple[int, ...],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+) -> list[ModelBench]:
+    """Count FLOPs, warm up, then time `predict` round robin on one random batch."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(shape, generator=generator).to(device)
+    batch = shape[0]
+    models = []
+    for predictor in predictors:
+        predictor.to(device)
+        models.append(
+            ModelBench(
+                name=predictor.name,
+                source=str(predictor.source),
+                kind=predictor.kind,
+                passes=passes(predictor),
+                uncertainty_source=predictor.uncertainty_source,
+                parameters=predictor.parameters,
+                flops=count_flops(lambda p=predictor: p.predict(images)) / batch,
+                batch=batch,
+            )
+        )
+    timer = make_timer(device)
+    for _ in range(warmup):
+        for predictor in predictors:
+            predictor.predict(images)
+    for _ in range(repeats):
+        for predictor, model in zip(predictors, models):
+            model.runs_ms.append(timer(lambda p=predictor: p.predict(images)))
+    return models
+
+
 def benchmark(
     predictors: Sequence[Predictor],
     size: tuple[int, int],
@@ -221,35 +257,17 @@ def benchmark(
             f"need batch >= 1, repeats >= 1, warmup >= 0 and a positive size; got batch "
             f"{batch}, repeats {repeats}, warmup {warmup}, size {size[0]}x{size[1]}"
         )
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
     target = resolve_device(device)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn((batch, 3, *size), generator=generator).to(target)
-    models = []
-    for predictor in predictors:
-        predictor.to(target)
-        models.append(
-            ModelBench(
-                name=predictor.name,
-                source=str(predictor.source),
-                kind=predictor.kind,
-                passes=passes(predictor),
-                uncertainty_source=predictor.uncertainty_source,
-                parameters=predictor.parameters,
-                flops=count_flops(lambda p=predictor: p.predict(images)) / batch,
-                batch=batch,
-            )
-        )
-    timer = make_timer(target)
-    for _ in range(warmup):
-        for predictor in predictors:
-            predictor.predict(images)
-    for _ in range(repeats):
-        for predictor, model in zip(predictors, models):
-            model.runs_ms.append(timer(lambda p=predictor: p.predict(images)))
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        used_threads = torch.get_num_threads()
+        models = _measure(predictors, (batch, 3, *size), target, repeats, warmup)
+    finally:
+        torch.set_num_threads(previous_threads)
     settings = {
         "size": list(size),
         "batch": batch,
@@ -258,7 +276,7 @@ def benchmark(
         "order": "round robin over models, per repeat",
         "device": target.type,
         "device_name": device_name(target),
-        "threads": torch.get_num_threads(),
+        "threads": used_threads,
         "torch": torch.__version__,
         "timer": "torch.cuda.Event" if target.type == "cuda" else "time.perf_counter",
         "flops": FLOPS_CONVENTION,

@@ -241,6 +241,8 @@ def evaluate(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if max_images is not None and max_images < 1:
+        raise ConfigError(f"max_images must be >= 1, got {max_images}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     selected = select_splits(find_splits(data_root), splits)
     datasets = {s.name: s.dataset() for s in selected}

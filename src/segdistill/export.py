@@ -223,7 +223,8 @@ def export_onnx(
         )
     # Add the description; external weights (if any) stay where the exporter put them.
     model = onnx.load(str(path), load_external_data=False)
-    onnx.helper.set_model_props(model, {METADATA_KEY: metadata})
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata
     onnx.save(model, str(path))
     return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 

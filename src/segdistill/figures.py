@@ -148,6 +148,33 @@ def _occupied_limit(edges: np.ndarray, *histograms: np.ndarray) -> float:
     return float(min(edges[-1], edges[0] + (last - edges[0]) * 1.05))
 
 
+# Right margin (inches) of bar charts, whose legend sits outside the bars.
+RIGHT_LEGEND = 2.2
+
+
+def _legend_outside(ax: Any) -> None:
+    """Legend to the right of the axes, where it hides no bar."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def _note_coarse(ax: Any, edges: np.ndarray, *histograms: Sequence[float]) -> None:
+    """Say so when all values fall into one plotted bin (a map near 0 everywhere): the
+    histogram then shows a single bar and hides their spread."""
+    total = np.sum([np.asarray(h, dtype=np.float64) for h in histograms], axis=0)
+    occupied = np.flatnonzero(total)
+    if occupied.size == 1:
+        k = occupied[0]
+        ax.text(
+            0.5,
+            0.5,
+            f"all values in [{edges[k]:.3g}, {edges[k + 1]:.3g})",
+            transform=ax.transAxes,
+            ha="center",
+            fontsize=9,
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"},
+        )
+
+
 def reliability_diagram(models: Sequence[Model], split: str | None = None) -> Figure:
     """Accuracy vs mean confidence of each non-empty ECE bin; the diagonal is perfect
     calibration. Legend: ECE per model."""
@@ -214,6 +241,7 @@ def uncertainty_histograms(models: Sequence[Model], split: str | None = None) ->
                 label=f"{key} ({int(counts.sum()):,} px)",
             )
         ax.set_xlim(edges[0], _occupied_limit(edges, hist["correct"], hist["wrong"]))
+        _note_coarse(ax, edges, hist["correct"], hist["wrong"])
         ax.set_xlabel(f"uncertainty ({model['uncertainty_source']})", fontsize=8)
         ax.set_ylabel("share of pixels")
         ax.set_title(model["name"], fontsize=10)
@@ -248,7 +276,11 @@ def miou_per_split(models: Sequence[Model]) -> Figure:
     """Grouped bars: mIoU of each model on each evaluated set (Holder Table 2)."""
     splits = list(dict.fromkeys(s for m in models for s in m["splits"]))
     figure, (ax,) = axes_grid(
-        1, 1, (max(4.4, 0.35 * len(splits) * (len(models) + 1)), 3.0), bottom=1.0
+        1,
+        1,
+        (max(4.4, 0.35 * len(splits) * (len(models) + 1)), 3.0),
+        bottom=1.0,
+        right=RIGHT_LEGEND,
     )
     width = 0.8 / len(models)
     x = np.arange(len(splits))
@@ -267,7 +299,7 @@ def miou_per_split(models: Sequence[Model]) -> Figure:
     ax.set_ylabel("mIoU")
     ax.set_title("mIoU per evaluated set")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return figure
 
 
@@ -317,7 +349,11 @@ def per_class_uncertainty(models: Sequence[Model], split: str | None = None) -> 
     split = pick_split(models, split)
     names = models[0]["class_names"]
     figure, (ax,) = axes_grid(
-        1, 1, (max(6.0, 0.12 * len(names) * (len(models) + 1)), 3.0), bottom=1.2
+        1,
+        1,
+        (max(6.0, 0.12 * len(names) * (len(models) + 1)), 3.0),
+        bottom=0.85,
+        right=RIGHT_LEGEND,
     )
     width = 0.8 / len(models)
     x = np.arange(len(names))
@@ -334,7 +370,7 @@ def per_class_uncertainty(models: Sequence[Model], split: str | None = None) -> 
     ax.set_ylabel("mean uncertainty")
     ax.set_title(f"Mean uncertainty per predicted class ({split})")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return figure
 
 
@@ -402,7 +438,7 @@ def ood_auroc_bars(models: Sequence[Model]) -> Figure | None:
         return None
     sets = list(dict.fromkeys(s for _, m in with_ood for s in m["ood"]["sets"]))
     figure, (ax,) = axes_grid(
-        1, 1, (max(4.4, 0.3 * len(sets) * (len(with_ood) + 1)), 3.0), bottom=1.0
+        1, 1, (max(4.4, 0.3 * len(sets) * (len(with_ood) + 1)), 3.0), bottom=1.0, right=RIGHT_LEGEND
     )
     width = 0.8 / len(with_ood)
     x = np.arange(len(sets))
@@ -424,7 +460,7 @@ def ood_auroc_bars(models: Sequence[Model]) -> Figure | None:
     ax.set(ylim=(0, 1), ylabel="AUROC (best aggregator)")
     ax.set_title(f"Image-level OOD detection vs {with_ood[0][1]['ood']['reference']}")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)
     return figure
 
 
@@ -451,6 +487,7 @@ def anomaly_histograms(models: Sequence[Model]) -> Figure | None:
                 label=f"{key} ({int(counts.sum()):,} px)",
             )
         ax.set_xlim(edges[0], _occupied_limit(edges, hist["normal"], hist["anomaly"]))
+        _note_coarse(ax, edges, hist["normal"], hist["anomaly"])
         ax.set_xlabel("uncertainty (anomaly score)")
         ax.set_ylabel("share of pixels")
         ax.set_title(
@@ -495,7 +532,7 @@ def sample_predictions(
         left=0.35,
         right=1.0,
         bottom=0.1,
-        top=0.75,
+        top=0.6,
         wgap=0.08,
         hgap=0.3,
     )
@@ -558,7 +595,6 @@ def model_figures(models: Sequence[Model]) -> Iterator[tuple[str, Figure]]:
             ("misclassification_roc", lambda: misclassification_roc(models)),
             ("uncertainty_histograms", lambda: uncertainty_histograms(models)),
             ("miou_vs_removed", lambda: miou_vs_removed(models)),
-            ("miou_per_split", lambda: miou_per_split(models)),
             ("per_class_uncertainty", lambda: per_class_uncertainty(models)),
             ("teacher_student_hist2d", lambda: teacher_student_hist2d([subject])),
             ("ood_roc", lambda: ood_roc_curves(subject)),

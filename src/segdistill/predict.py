@@ -40,12 +40,14 @@ or `X_gtFine_labelIds.png`, else a PNG with the image's stem. labelIds are mappe
 ids by the official table, other files hold class ids and `ignore_index` directly
 (`segdistill.data.cityscapes.label_mappings`); unknown values are an error naming the file.
 
-Sizes: images of any size. A batch is padded at the bottom and right with 0 (the ImageNet
+Sizes: images of any size. An image is padded at the bottom and right with 0 (the ImageNet
 mean colour after normalisation, as training crops are padded) to a multiple of
 `input_multiple` (32, or the largest encoder stride when that is larger) and every output
-is cropped back. With `size`, the normalised image is resized bilinearly to H x W first
-(as training's RandomScale) and probabilities and uncertainty are resized back to the
-image size, so every output has the size of its image and aligns with it and its label.
+is cropped back. Only consecutive images of one padded size share a batch, so an image's
+result never depends on the batch it is in (global pooling would see other padding).
+With `size`, the normalised image is resized bilinearly to H x W first (as training's
+RandomScale) and probabilities and uncertainty are resized back to the image size, so
+every output has the size of its image and aligns with it and its label.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +78,7 @@ from segdistill.data.cityscapes import (
 from segdistill.data.folder import IMAGE_SUFFIXES
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_eval_transform
-from segdistill.errors import DataError
+from segdistill.errors import ConfigError, DataError
 from segdistill.models import Segmenter
 from segdistill.models.teachers import Ensemble, MCDropout
 from segdistill.predictor import Predictor
@@ -252,25 +254,39 @@ def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def network_size(
+    height: int, width: int, multiple: int, size: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """The size an image of height x width enters the network with: `size` (else its own
+    size) rounded up to `multiple`."""
+    height, width = size if size is not None else (height, width)
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
 def predict_arrays(
     predictor: Predictor,
     images: Sequence[np.ndarray],
     multiple: int,
     size: tuple[int, int] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """uint8 [H, W, 3] images (sizes may differ) -> per image (class ids int64 [H, W],
-    uncertainty float32 [H, W]), in one `predict` call (see the module docstring)."""
+    """uint8 [H, W, 3] images of one `network_size` -> per image (class ids int64 [H, W],
+    uncertainty float32 [H, W]), in one `predict` call (see the module docstring).
+
+    Images of one network size are padded to it each on its own, so an image's result
+    does not depend on the others in its batch (global pooling sees the same padding)."""
+    sizes = {network_size(*image.shape[:2], multiple, size) for image in images}
+    if len(sizes) != 1:
+        raise ValueError(f"images of one batch must share a network size, got {sorted(sizes)}")
+    height, width = sizes.pop()
     normalise = build_eval_transform()
     tensors = []
     for image in images:
         x = torch.from_numpy(normalise({"image": image})["image"]).permute(2, 0, 1)[None]
         tensors.append(_resize(x, size) if size is not None else x)
-    height = max(x.shape[-2] for x in tensors)
-    width = max(x.shape[-1] for x in tensors)
     batch = torch.cat(
         [F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in tensors]
     )
-    prediction = predictor.predict(pad_to_multiple(batch, multiple).to(predictor.device))
+    prediction = predictor.predict(batch.to(predictor.device))
     results = []
     for i, (image, x) in enumerate(zip(images, tensors)):
         h, w = x.shape[-2:]
@@ -283,6 +299,32 @@ def predict_arrays(
             (probs.argmax(dim=1)[0].cpu().numpy(), uncertainty[0, 0].float().cpu().numpy())
         )
     return results
+
+
+def batches(
+    paths: Sequence[Path],
+    batch_size: int,
+    multiple: int,
+    size: tuple[int, int] | None,
+    notify: Callable[[str], None],
+) -> Iterator[list[tuple[Path, np.ndarray]]]:
+    """Read the images in order and group consecutive ones of one `network_size` into
+    batches of at most `batch_size` (path, uint8 [H, W, 3]); conversions go to `notify`."""
+    batch: list[tuple[Path, np.ndarray]] = []
+    for path in paths:
+        image, notice = load_image(path)
+        if notice:
+            notify(notice)
+        if batch and (
+            len(batch) == batch_size
+            or network_size(*image.shape[:2], multiple, size)
+            != network_size(*batch[0][1].shape[:2], multiple, size)
+        ):
+            yield batch
+            batch = []
+        batch.append((path, image))
+    if batch:
+        yield batch
 
 
 # ---------------------------------------------------------------------------- pictures
@@ -337,7 +379,9 @@ def draw_panel(
 
     height, width = uncertainty.shape
     cols = len(pictures) + 1
-    panel_w = 3.2
+    # Inches per panel at 100 dpi: about half the image's pixels, within 3.2..6.4 so that
+    # small images stay legible and a row of Cityscapes panels stays a few thousand pixels.
+    panel_w = min(max(width / 200, 3.2), 6.4)
     figure = Figure(figsize=(panel_w * cols + 0.6, panel_w * height / width + 0.7))
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, cols, squeeze=False)[0]
@@ -438,63 +482,57 @@ def predict_files(
     module docstring under `out`. Notices go to stderr as they happen and into the
     summary. DataError names the first image or label that cannot be used."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if vmax <= 0:
-        raise ValueError(f"vmax must be > 0, got {vmax}")
+        raise ConfigError(f"--vmax must be > 0, got {vmax}")
     label_files = match_labels(images, labels) if labels is not None else {}
     multiple = input_multiple(segmenters(predictor))
     palette = class_palette(predictor.num_classes)
     title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
     summary = PredictSummary()
+
+    def notify(notice: str) -> None:
+        summary.notices.append(notice)
+        tqdm.write(f"notice: {notice}", file=sys.stderr)
+
     records = []
-    bar = tqdm(total=len(images), desc="predict", unit="image", disable=not progress)
-    for start in range(0, len(images), batch_size):
-        paths = images[start : start + batch_size]
-        arrays = []
-        for path in paths:
-            array, notice = load_image(path)
-            if notice:
-                summary.notices.append(notice)
-                tqdm.write(f"notice: {notice}", file=sys.stderr)
-            arrays.append(array)
-        results = predict_arrays(predictor, arrays, multiple, size)
-        for path, image, (pred, uncertainty) in zip(paths, arrays, results):
-            label_file = label_files.get(path)
-            if labels is not None and label_file is None:
-                notice = f"{path}: no label found under {labels}; no accuracy map"
-                summary.notices.append(notice)
-                tqdm.write(f"notice: {notice}", file=sys.stderr)
-            label = (
-                read_label(label_file, image.shape[:2], predictor.num_classes, ignore_index)
-                if label_file is not None
-                else None
-            )
-            files = write_outputs(
-                out,
-                path.stem,
-                image,
-                pred,
-                uncertainty,
-                label,
-                palette=palette,
-                title=f"{path.stem}: {title}",
-                vmax=vmax,
-                ignore_index=ignore_index,
-            )
-            records.append(
-                {
-                    "name": path.stem,
-                    "image": str(path),
-                    "label": None if label_file is None else str(label_file),
-                    "height": image.shape[0],
-                    "width": image.shape[1],
-                    "files": files,
-                }
-            )
-            summary.images += 1
-            summary.labelled += label is not None
-        bar.update(len(paths))
-    bar.close()
+    with tqdm(total=len(images), desc="predict", unit="image", disable=not progress) as bar:
+        for batch in batches(images, batch_size, multiple, size, notify):
+            results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
+            for (path, image), (pred, uncertainty) in zip(batch, results):
+                label_file = label_files.get(path)
+                if labels is not None and label_file is None:
+                    notify(f"{path}: no label found under {labels}; no accuracy map")
+                label = (
+                    read_label(label_file, image.shape[:2], predictor.num_classes, ignore_index)
+                    if label_file is not None
+                    else None
+                )
+                files = write_outputs(
+                    out,
+                    path.stem,
+                    image,
+                    pred,
+                    uncertainty,
+                    label,
+                    palette=palette,
+                    title=f"{path.stem}: {title}",
+                    vmax=vmax,
+                    ignore_index=ignore_index,
+                )
+                records.append(
+                    {
+                        "name": path.stem,
+                        "image": str(path),
+                        "label": None if label_file is None else str(label_file),
+                        "height": image.shape[0],
+                        "width": image.shape[1],
+                        "files": files,
+                    }
+                )
+                summary.images += 1
+                summary.labelled += label is not None
+            bar.update(len(batch))
     summary.summary = out / SUMMARY_FILE
     document = {
         "source": str(predictor.source),

@@ -13,12 +13,14 @@ URI, so it opens anywhere without other files or a network. Sections: a summary 
 per-class IoU and per-class mean uncertainty with student - teacher differences (DUDES
 Tables 1-2), student vs teacher agreement, image-level OOD tables per set and aggregator,
 pixel-level anomaly detection, the comparison figures of `segdistill.figures` and each
-model's sample predictions (the PNGs evaluate wrote, found through the model's
-"figures" entry).
+model's sample predictions. Figures of one model (OOD curves, sample predictions) are the
+PNGs evaluate wrote, found through the model's "figures" entry; the comparison figures
+are drawn from the metrics with `segdistill.figures`.
 
 Every table cell showing a metric carries `data-metric="<model>/<path>"` (e.g.
-"teacher/test/miou", "dudes/ood/fog_0.02/mean/auroc"; `METRIC_KEYS` in the docs lists
-them) and shows the value rounded to `DIGITS` decimals ("n/a" for an undefined one).
+"teacher/test/miou", "dudes/ood/fog_0.02/mean/auroc", "dudes/pixel_anomaly/ap"; the
+keys are listed in docs/evaluation.md) and shows the value rounded to `DIGITS` decimals
+("n/a" for an undefined one).
 """
 
 from __future__ import annotations
@@ -232,8 +234,8 @@ def summary_table(models: Sequence[dict[str, Any]], split: str) -> str:
             for _, key, path, _ in SPLIT_COLUMNS
         ]
         row += [
-            metric(f"{name}/anomaly/ap", _get(m, "anomaly", "ap")),
-            metric(f"{name}/anomaly/auroc", _get(m, "anomaly", "auroc")),
+            metric(f"{name}/pixel_anomaly/ap", _get(m, "anomaly", "ap")),
+            metric(f"{name}/pixel_anomaly/auroc", _get(m, "anomaly", "auroc")),
         ]
         rows.append(row)
     return _table(headers, rows, better, caption=f"Metrics on {split}")
@@ -388,11 +390,15 @@ def anomaly_table(models: Sequence[dict[str, Any]]) -> str | None:
         [
             text(m["name"], header=True),
             text(m["uncertainty_source"]),
-            metric(f"{m['name']}/anomaly/ap", m["anomaly"]["ap"]),
-            metric(f"{m['name']}/anomaly/auroc", m["anomaly"]["auroc"]),
-            metric(f"{m['name']}/anomaly/fpr95", m["anomaly"]["fpr95"]),
-            metric(f"{m['name']}/anomaly/num_anomaly_pixels", m["anomaly"]["num_anomaly_pixels"]),
-            metric(f"{m['name']}/anomaly/num_normal_pixels", m["anomaly"]["num_normal_pixels"]),
+            metric(f"{m['name']}/pixel_anomaly/ap", m["anomaly"]["ap"]),
+            metric(f"{m['name']}/pixel_anomaly/auroc", m["anomaly"]["auroc"]),
+            metric(f"{m['name']}/pixel_anomaly/fpr95", m["anomaly"]["fpr95"]),
+            metric(
+                f"{m['name']}/pixel_anomaly/num_anomaly_pixels", m["anomaly"]["num_anomaly_pixels"]
+            ),
+            metric(
+                f"{m['name']}/pixel_anomaly/num_normal_pixels", m["anomaly"]["num_normal_pixels"]
+            ),
         ]
         for m in with_anomaly
     ]
@@ -426,6 +432,18 @@ def _img(png: bytes, caption: str) -> str:
         f'<figure><img src="{_data_uri(png)}" alt="{html.escape(caption)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
     )
+
+
+def _model_figure(
+    model: ReportModel, key: str, draw: Callable[[dict[str, Any]], Any], caption: str
+) -> str:
+    """One model's own figure: the PNG evaluate wrote when it is there (the same drawing,
+    without the time to draw it again), else drawn from the metrics."""
+    relative = model.metrics.get("figures", {}).get(key)
+    caption = f"{model.name}: {caption}"
+    if relative is not None and (model.base / relative).is_file():
+        return _img((model.base / relative).read_bytes(), caption)
+    return _figure(lambda: draw(model.metrics), caption)
 
 
 def _sample_figures(model: ReportModel) -> str:
@@ -558,11 +576,9 @@ def build_report(models: Sequence[ReportModel], title: str = "segdistill report"
                 for s in ood_sets
             ),
             *(
-                _figure(lambda m=m: figures.ood_roc_curves(m), f"{m['name']}: OOD ROC")
-                + _figure(
-                    lambda m=m: figures.ood_score_distributions(m), f"{m['name']}: image scores"
-                )
-                for m in metrics
+                _model_figure(m, "ood_roc", figures.ood_roc_curves, "OOD ROC")
+                + _model_figure(m, "ood_scores", figures.ood_score_distributions, "image scores")
+                for m in models
             ),
         ),
         _section(

@@ -256,14 +256,15 @@ def open_or_build(
     """The cache in `directory` for `key`, built (or rebuilt, saying why) unless a complete,
     matching and sound one is there. The teacher runs on `device` while building."""
     directory = Path(directory)
+    what = f"{len(dataset)} images, {', '.join(key.signals)}"
     with _locked(directory):
         meta, problem = _inspect(directory, key)
         if meta is not None:
             if rank_zero_only.rank == 0:
-                print(f"teacher cache {directory}: {len(meta['sizes'])} images, {key.signals}")
+                print(f"teacher cache {directory}: {what}")
             return TeacherCache(directory, meta)
-        what = "building it" if problem == "absent" else f"{problem}; rebuilding it"
-        print(f"teacher cache {directory}: {what} ({len(dataset)} images, {key.signals})")
+        action = "building it" if problem == "absent" else f"{problem}; rebuilding it"
+        print(f"teacher cache {directory}: {action} ({what})")
         meta = _build(directory, teacher, key, dataset, torch.device(device), progress)
         return TeacherCache(directory, meta)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from segdistill.bench import resolve_device
 from segdistill.commands.data import parse_size
 from segdistill.predict import UNCERTAINTY_VMAX, find_images, predict_files
 from segdistill.predictor import load_predictor
@@ -82,9 +83,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     images = find_images(args.inputs, exclude=args.out)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = resolve_device(args.device)
     predictor = load_predictor(args.source, mc_samples=args.mc_samples).to(device)
     summary = predict_files(
         predictor,

@@ -119,7 +119,9 @@ def transmission(depth: np.ndarray, beta: float) -> np.ndarray:
     return np.exp(-beta * depth).astype(np.float32)
 
 
-def fog(image: np.ndarray, depth: np.ndarray, beta: float, airlight: float = FOG_AIRLIGHT):
+def fog(
+    image: np.ndarray, depth: np.ndarray, beta: float, airlight: float = FOG_AIRLIGHT
+) -> np.ndarray:
     """Koschmieder fog as in Foggy Cityscapes: I = R t + L (1 - t), t = exp(-beta d).
 
     image: [H, W, 3] uint8 clean image R; depth: [H, W] metres (inf for sky).

@@ -1,0 +1,133 @@
+"""`segdistill bench`: the schema, ratios from the measured numbers, FLOP counting.
+
+No assertion here depends on how fast anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from segdistill.bench import ModelBench, benchmark, compute_ratios, count_flops
+from segdistill.checkpoints import save_weights
+from segdistill.cli import main
+from segdistill.config import ModelConfig
+from segdistill.errors import ConfigError
+from segdistill.models import build_segmenter
+from segdistill.outputs import SegOutput
+from segdistill.predictor import Predictor
+
+CLASSES = 3
+
+
+def save_tiny(path: Path, head: str | None = None) -> Path:
+    """A tiny DeepLabV3+ (ResNet-18 at width 0.125) saved as a weights file."""
+    config = ModelConfig(encoder_options={"width": 0.125}, uncertainty_head=head)
+    model = build_segmenter(config.arch, config.encoder, CLASSES, head, config.encoder_options)
+    save_weights(path, model, config)
+    return path
+
+
+class OneConv(nn.Module):
+    """A 'segmenter' that is a single 3x3 convolution (no head: a baseline)."""
+
+    num_classes = CLASSES
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, CLASSES, 3, padding=1)
+
+    def forward(self, x: Tensor) -> SegOutput:
+        return SegOutput(self.conv(x))
+
+
+def test_cli_bench_reports_every_model_and_the_ratios(tmp_path, capsys) -> None:
+    student = save_tiny(tmp_path / "student.safetensors", head="scalar")
+    baseline = save_tiny(tmp_path / "baseline.safetensors")
+    members = [save_tiny(tmp_path / "ens" / f"m{i}.safetensors") for i in range(2)]
+    manifest = {"members": [{"checkpoint": path.name} for path in members]}
+    (tmp_path / "ens" / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "bench.json"
+    argv = [str(tmp_path / "ens"), str(student), str(baseline), "--size", "32x64"]
+    argv += ["--batch", "2", "--repeats", "1", "--warmup", "0", "--threads", "1"]
+    assert main(["bench", *argv, "--json", str(out)]) == 0
+
+    text = capsys.readouterr().out
+    assert "teacher/student" in text and "student/baseline" in text and "1 threads" in text
+    result = json.loads(out.read_text())
+    assert result["settings"]["threads"] == 1 and result["settings"]["size"] == [32, 64]
+    models = {m["name"]: m for m in result["models"]}
+    assert [m["kind"] for m in result["models"]] == ["ensemble", "student", "baseline"]
+    assert models["ens"]["passes"] == 2 and models["student"]["passes"] == 1
+    # The ensemble has both members' parameters and FLOPs.
+    assert models["ens"]["parameters"] == 2 * models["baseline"]["parameters"]
+    assert models["ens"]["gflops_per_image"] == pytest.approx(
+        2 * models["baseline"]["gflops_per_image"]
+    )
+    assert models["student"]["parameters"] > models["baseline"]["parameters"]
+    for m in result["models"]:
+        latency = m["latency_ms"]
+        assert len(latency["runs"]) == 1
+        assert latency["min"] <= latency["q25"] <= latency["median"] <= latency["q75"]
+        assert m["images_per_s"] == pytest.approx(2 / (latency["median"] / 1e3))
+    median = {name: m["latency_ms"]["median"] for name, m in models.items()}
+    ratios = {r["ratio"]: r for r in result["ratios"]}
+    teacher = ratios["teacher/student"]
+    assert teacher["value"] == pytest.approx(median["ens"] / median["student"])
+    assert teacher["goal"] == ">= 2" and teacher["met"] == (teacher["value"] >= 2)
+    head = ratios["student/baseline"]
+    assert head["value"] == pytest.approx(median["student"] / median["baseline"])
+    assert head["goal"] == "<= 1.02" and head["met"] == (head["value"] <= 1.02)
+
+
+def test_flops_of_one_convolution_are_the_hand_formula() -> None:
+    predictor = Predictor(
+        OneConv(),
+        name="conv",
+        kind="baseline",
+        uncertainty_source="1 - max softmax",
+        source=Path("conv.safetensors"),
+        home=None,
+    )
+    height, width, batch = 8, 12, 2
+    result = benchmark([predictor], (height, width), batch, repeats=1, warmup=0)
+    # 2 FLOPs per multiply-accumulate: C_out x C_in x k x k per output pixel.
+    per_image = 2 * CLASSES * 3 * 3 * 3 * height * width
+    assert result.models[0].flops == per_image
+    conv = nn.Conv2d(4, 6, 5)
+    assert count_flops(lambda: conv(torch.zeros(1, 4, 9, 9))) == 2 * 6 * 4 * 5 * 5 * 5 * 5
+    assert result.ratios == []
+
+
+def test_ratios_use_median_latencies_and_teacher_passes() -> None:
+    def model(name: str, kind: str, runs: list[float], passes: int = 1) -> ModelBench:
+        return ModelBench(name, name, kind, passes, "", 0, 0.0, 1, runs)
+
+    models = [
+        model("mc", "mc_dropout", [40.0, 50.0, 400.0], passes=5),
+        model("student", "student", [10.1, 10.0, 99.0]),
+        model("baseline", "baseline", [10.0, 9.0, 11.0]),
+    ]
+    ratios = compute_ratios(models)
+    assert [(r.label, r.numerator, r.denominator) for r in ratios] == [
+        ("teacher/student", "mc", "student"),
+        ("student/baseline", "student", "baseline"),
+    ]
+    assert ratios[0].value == pytest.approx(50.0 / 10.1) and not ratios[0].met
+    assert ratios[0].goal == ">= 5"
+    assert ratios[1].value == pytest.approx(1.01) and ratios[1].met
+
+
+def test_settings_are_checked() -> None:
+    predictor = Predictor(
+        OneConv(), name="c", kind="baseline", uncertainty_source="", source=Path("c"), home=None
+    )
+    with pytest.raises(ConfigError, match="repeats >= 1"):
+        benchmark([predictor], (8, 8), repeats=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            benchmark([predictor], (8, 8), device="cuda")
