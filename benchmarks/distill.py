@@ -2,24 +2,25 @@
 teacher, each relative to plain cross-entropy training of the same student.
 
 Three modes train the same student (DeepLabV3+ with the DUDES scalar head; ResNet-18 at
-`--width`) on SynthStreets crops with the project's training path (`segdistill.train`:
-data set and augmentation, `build_distillation`, `attach_teacher_cache`,
-`SegmentationTask` in a Lightning `Trainer`):
+`--width`) on SynthStreets crops, built with the project's training code
+(`segdistill.train`: data set and augmentation, `build_distillation`,
+`attach_teacher_cache`, `SegmentationTask`):
 
 - plain:  cross-entropy only (no teacher);
 - online: DUDES, a `--members` ensemble of the student's architecture runs every step;
 - cached: DUDES, pred_std read from the memory-mapped teacher cache (built once first).
 
-A step is the time between the ends of two consecutive training batches, so it includes
-loading and augmenting the batch (`num_workers=0`: in this process, counted in full),
-the forward and backward passes and the optimiser step. Each mode runs in its own
-subprocess (peak RSS per mode, `ru_maxrss`), and the modes are interleaved: every round
-runs all three, in a rotated order, so drift in the machine's load hits all alike. The
-first `--warmup` steps of every run are dropped; the table gives the median step over
-all rounds and its ratio to plain.
+A step is what `SegmentationTask.training_step` does plus the data and the update: load and
+augment the batch (`num_workers=0`, so in this process and counted in full), the teacher
+signals (`task.teacher_signals`: the ensemble, or the cached maps), the student's forward
+pass, the loss with the crop-padding mask (`teacher_valid`), backward and the SGD step.
+Timing interleaves the modes step by step in one process (step i of plain, of online, of
+cached, in an order rotated every step), so the machine's changing load hits all modes
+alike; the first `--warmup` steps of each mode are dropped and the table gives the median.
+Peak memory (`ru_maxrss`) is measured per mode in its own subprocess running a few steps.
 
     .venv/bin/python benchmarks/distill.py                    # 128x256, batch 8, 5 members
-    .venv/bin/python benchmarks/distill.py --rounds 5 --steps 8 --threads 2
+    .venv/bin/python benchmarks/distill.py --steps 20 --threads 2
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
@@ -52,26 +52,48 @@ from segdistill.config import (
     TrainerConfig,
 )
 from segdistill.data import synthstreets
+from segdistill.teacher_cache import valid_mask
 
 MODES = ("plain", "online", "cached")
 MIB = 2**20
 GOAL = 1.15  # cached step / plain step
 
 
-class StepTimer(L.Callback):
-    """Wall-clock time between the ends of consecutive training batches."""
+class Runner:
+    """One mode's student, loss, optimiser and endless training batches."""
 
-    def __init__(self) -> None:
-        self.ends: list[float] = []
+    def __init__(self, args: argparse.Namespace, mode: str) -> None:
+        cfg = config(args, mode)
+        L.seed_everything(0, verbose=False)
+        train_set = training.build_dataset(cfg.data, "train", train=True)
+        self.model = build_model(cfg.model, 19)
+        methods, teacher = None, None
+        if cfg.distill is not None:
+            methods, teacher = training.build_distillation(cfg, self.model)
+            if cfg.distill.teacher_cache is not None:
+                train_set, teacher = training.attach_teacher_cache(cfg, methods, teacher, train_set)
+        self.task = training.SegmentationTask(
+            self.model, cfg.optim, methods, teacher, total_steps=1000, num_classes=19
+        )
+        self.optimizer = self.task.configure_optimizers()["optimizer"]
+        self.loader = DataLoader(train_set, batch_size=args.batch, shuffle=True, drop_last=True)
+        self.batches = iter(self.loader)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, task: L.LightningModule) -> None:
-        self.ends.append(time.perf_counter())
-
-    def on_train_batch_end(self, trainer: L.Trainer, task: L.LightningModule, *args: Any) -> None:
-        self.ends.append(time.perf_counter())
-
-    def steps(self) -> list[float]:
-        return [b - a for a, b in zip(self.ends, self.ends[1:])]
+    def step(self) -> float:
+        """One training step; returns its wall-clock seconds."""
+        start = time.perf_counter()
+        batch = next(self.batches, None)
+        if batch is None:  # a new epoch
+            self.batches = iter(self.loader)
+            batch = next(self.batches)
+        signals = self.task.teacher_signals(batch)
+        output = self.model(batch["image"])
+        teacher_valid = valid_mask(batch["maps"])
+        loss = self.task.methods(output, signals, batch["label"], teacher_valid)["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return time.perf_counter() - start
 
 
 def config(args: argparse.Namespace, mode: str) -> SegConfig:
@@ -103,12 +125,18 @@ def student_config(args: argparse.Namespace, head: str | None = "scalar") -> Mod
     )
 
 
+def num_images(args: argparse.Namespace) -> int:
+    """Training images: one epoch is warm-up plus measured steps."""
+    return args.batch * (args.warmup + args.steps)
+
+
 def prepare(args: argparse.Namespace) -> float:
     """Write the data set and the ensemble into the work folder and build the cache; returns
     the seconds the cache build took."""
     work = Path(args.workdir)
-    images = args.batch * (args.warmup + args.steps)
-    data = synthstreets.SynthConfig(size=tuple(args.size), train=images, val=1, test=0, shifts=())
+    data = synthstreets.SynthConfig(
+        size=tuple(args.size), train=num_images(args), val=1, test=0, shifts=()
+    )
     synthstreets.generate(work / "synth", data, progress=False)
     members = []
     member_config = student_config(args, head=None)
@@ -127,57 +155,44 @@ def prepare(args: argparse.Namespace) -> float:
     return time.perf_counter() - start
 
 
-def measure(args: argparse.Namespace, mode: str) -> dict[str, Any]:
-    """Child side: train `warmup + steps` steps of `mode`, return step times and peak RSS."""
-    cfg = config(args, mode)
-    L.seed_everything(0, verbose=False)
-    train_set = training.build_dataset(cfg.data, "train", train=True)
-    model = build_model(cfg.model, 19)
-    methods, teacher = None, None
-    if cfg.distill is not None:
-        methods, teacher = training.build_distillation(cfg, model)
-        if cfg.distill.teacher_cache is not None:
-            train_set, teacher = training.attach_teacher_cache(cfg, methods, teacher, train_set)
-    steps = args.warmup + args.steps
-    task = training.SegmentationTask(
-        model, cfg.optim, methods, teacher, total_steps=steps, num_classes=19
-    )
-    loader = DataLoader(train_set, batch_size=args.batch, shuffle=True, drop_last=True)
-    timer = StepTimer()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(task, train_dataloaders=loader)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return {"mode": mode, "steps": timer.steps()[args.warmup :], "peak_rss_mib": peak / MIB}
+def time_steps(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Step times of every mode, interleaved step by step (warm-up steps dropped)."""
+    runners = {mode: Runner(args, mode) for mode in MODES}
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for index in range(args.warmup + args.steps):
+        shift = index % len(MODES)
+        for mode in MODES[shift:] + MODES[:shift]:
+            seconds = runners[mode].step()
+            if index >= args.warmup:
+                times[mode].append(seconds)
+    return times
 
 
-def run_child(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+def peak_rss_mib(args: argparse.Namespace, mode: str) -> float:
+    """Child side: the peak RSS of a process that builds `mode` and trains a few steps."""
+    runner = Runner(args, mode)
+    for _ in range(args.warmup + 2):
+        runner.step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB  # KiB on Linux
+
+
+def run_child(args: argparse.Namespace, mode: str) -> float:
     command = [sys.executable, __file__, "--child", mode, "--workdir", args.workdir]
     command += ["--size", *map(str, args.size), "--batch", str(args.batch)]
     command += ["--width", str(args.width), "--members", str(args.members)]
-    command += ["--warmup", str(args.warmup), "--steps", str(args.steps)]
-    command += ["--threads", str(args.threads)]
+    command += ["--warmup", str(args.warmup), "--threads", str(args.threads)]
     completed = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return float(completed.stdout.strip().splitlines()[-1])
 
 
-def report(args: argparse.Namespace, runs: list[dict[str, Any]], build_s: float) -> str:
-    steps = {mode: [s for r in runs if r["mode"] == mode for s in r["steps"]] for mode in MODES}
-    median = {mode: statistics.median(steps[mode]) for mode in MODES}
-    peak = {mode: max(r["peak_rss_mib"] for r in runs if r["mode"] == mode) for mode in MODES}
+def report(
+    args: argparse.Namespace, times: dict[str, list[float]], peaks: dict[str, float], build_s: float
+) -> str:
+    median = {mode: statistics.median(times[mode]) for mode in MODES}
     height, width = args.size
     rows = [
         f"| {mode} | {median[mode]:.3f} | {median[mode] / median['plain']:.2f} | "
-        f"{min(steps[mode]):.3f} | {max(steps[mode]):.3f} | {peak[mode]:.0f} |"
+        f"{min(times[mode]):.3f} | {max(times[mode]):.3f} | {peaks[mode]:.0f} |"
         for mode in MODES
     ]
     ratio = median["cached"] / median["plain"]
@@ -186,10 +201,10 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], build_s: float)
         [
             f"DeepLabV3+ ResNet-18 width {args.width} + scalar head, {height}x{width} crops, "
             f"batch {args.batch}, {args.members}-member ensemble of the same network; "
-            f"{args.rounds} interleaved rounds x {args.steps} steps (after {args.warmup} "
-            f"warm-up steps) per mode; torch threads {args.threads}, data loading in the "
-            f"training process. {platform.machine()}, torch {torch.__version__}. Cache "
-            f"build (once): {build_s:.1f} s.",
+            f"{args.steps} steps per mode interleaved step by step (after {args.warmup} "
+            f"warm-up steps); torch threads {args.threads}, data loading in the training "
+            f"process. {platform.machine()}, torch {torch.__version__}. Cache build "
+            f"(once, {num_images(args)} images): {build_s:.1f} s.",
             "",
             "| mode | median step (s) | / plain | min (s) | max (s) | peak RSS (MiB) |",
             "|------|----------------:|--------:|--------:|--------:|---------------:|",
@@ -207,27 +222,22 @@ def main() -> int:
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", help="data, ensemble and cache (default: a temp folder)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     if args.child is not None:
-        print(json.dumps(measure(args, args.child)))
+        print(peak_rss_mib(args, args.child))
         return 0
     with tempfile.TemporaryDirectory() as scratch:
         args.workdir = args.workdir or scratch
         build_s = prepare(args)
-        runs = []
-        for round_index in range(args.rounds):
-            shift = round_index % len(MODES)
-            for mode in MODES[shift:] + MODES[:shift]:
-                runs.append(run_child(args, mode))
-                print(f"round {round_index + 1} {mode}: {runs[-1]['steps']}", file=sys.stderr)
-        print(report(args, runs, build_s))
+        peaks = {mode: run_child(args, mode) for mode in MODES}
+        times = time_steps(args)
+        print(report(args, times, peaks, build_s))
     return 0
 
 

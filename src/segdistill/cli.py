@@ -10,11 +10,33 @@ import argparse
 import sys
 
 from segdistill import __version__
-from segdistill.commands import bench, data, distill, evaluate, export, predict, report, train
+from segdistill.commands import (
+    bench,
+    data,
+    demo,
+    distill,
+    evaluate,
+    experiment,
+    export,
+    predict,
+    report,
+    train,
+)
 from segdistill.errors import SegdistillError
 
 # One module per command group, in the order `--help` lists them.
-COMMAND_MODULES = (data, train, distill, evaluate, predict, export, bench, report)
+COMMAND_MODULES = (
+    demo,
+    experiment,
+    data,
+    train,
+    distill,
+    evaluate,
+    predict,
+    export,
+    bench,
+    report,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=parse_size,
         default=DEFAULTS.size,
         metavar="HxW",
-        help="image size (default %(default)s; up to 1024x2048, 1:2 like Cityscapes)",
+        help=f"image size (default {DEFAULTS.size[0]}x{DEFAULTS.size[1]}; up to 1024x2048; "
+        "1:2 like Cityscapes)",
     )
     for split in SPLITS:
         synth.add_argument(
@@ -163,9 +164,8 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"{args.dir}: SynthStreets {meta['version']}, seed {meta['seed']}, {height}x{width}")
     for report in reports:
         print(f"  {report.name:<10} {report.split:<5} {report.images:>6} images  {report.root}")
-    # Photometric copies share the test labels; list the splits and re-rendered copies.
-    distinct = [r for r in reports if r.name in SPLITS or r.name in ("newcity", "anomaly")]
-    distinct = [r for r in distinct if r.images]
+    # Photometric copies share the test labels; tabulate the splits and re-rendered copies.
+    distinct = [r for r in reports if r.images and r.kind not in shifts.PHOTOMETRIC_KINDS]
     if distinct:
         print("\nclass pixel frequencies (%):")
         print(format_class_table(distinct))
@@ -244,9 +244,10 @@ def contact_sheet(root: Path, out: Path, scenes: int) -> int:
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(title, fontsize=9)
-        axes[r][0].set_ylabel(image.name.removesuffix("_leftImg8bit.png"), fontsize=7)
+        city, seq = image.name.split("_")[:2]
+        axes[r][0].set_ylabel(f"{city} {seq}", fontsize=8)
     figure.suptitle(f"SynthStreets {meta['version']}: {root} ({split})", fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(pad=1.5)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)
     return len(rows)

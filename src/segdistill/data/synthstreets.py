@@ -21,8 +21,8 @@ Layout written by `generate(root, SynthConfig(...))`:
     DIR/gtFine/{split}/{city}/{stem}_depth.png     uint16 depth along the optical axis in
                                                    centimetres; 0 = sky (no finite depth)
     DIR/shifts/{shift}/leftImg8bit/test/...        the test split under a shift, same names
-    DIR/shifts/{shift}/gtFine/test/...             its labels and depth (copies of the clean
-                                                   ones for fog_*, rain, night)
+    DIR/shifts/{shift}/gtFine/test/...             its labels and depth (for fog_*, rain and
+                                                   night hard links to the clean files)
     DIR/shifts/anomaly/gtFine/test/{city}/{stem}_gtFine_anomaly.png
                                                    uint8: 1 anomaly, 0 in-distribution, 255
                                                    other void (ego hood, out of ROI, clutter)
@@ -522,13 +522,6 @@ def _facade(rng: np.random.Generator, style: Style, wall: np.ndarray) -> Materia
         return out
 
     return material
-
-
-def _ellipse(w: float, h: float) -> Shape:
-    def shape(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return (2 * x / w - 1) ** 2 + (2 * y / h - 1) ** 2 <= 1.0
-
-    return shape
 
 
 def _blob(w: float, h: float, rng: np.random.Generator, rough: float = 0.35) -> Shape:
@@ -2503,6 +2496,16 @@ def write_frame(frame: Frame, paths: SamplePaths, anomaly: bool = False) -> None
         _write_png(paths.anomaly, shifts.anomaly_mask(frame.label_ids))
 
 
+def _share_file(source: Path, target: Path) -> None:
+    """Give `target` the content of `source`: a hard link where the file system allows
+    (no second copy on disk), else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def image_rng(seed: int, split: str, index: int, stream: str = "scene") -> np.random.Generator:
     """The generator of one image's `stream` ("scene", or a shift name for its noise)."""
     return np.random.default_rng([seed, SPLIT_CODES[split], index, zlib.crc32(stream.encode())])
@@ -2541,8 +2544,7 @@ def _run_job(job: _Job) -> dict[str, np.ndarray]:
             depth = decode_depth(encode_depth(frame.depth))  # exactly what the file holds
             _write_png(target.image, shifts.apply_photometric(spec, frame.image, depth, rng))
             for source, copy in zip(paths.ground_truth(), target.ground_truth()):
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, copy)
+                _share_file(source, copy)
             counts[spec.name] = counts[job.split]
             continue
         if spec.kind == "newcity":
@@ -2731,11 +2733,12 @@ def generate(
 class GroupReport:
     """What `check_dataset` found in one split or shifted copy.
 
-    class_pixels / class_images: [256] pixels of each train id (255 void), and the number
-    of images each occurs in.
+    kind: "clean" for a split, else the shift kind; class_pixels / class_images: [256]
+    pixels of each train id (255 void), and the number of images each occurs in.
     """
 
     name: str
+    kind: str
     root: Path
     split: str
     images: int
@@ -2831,5 +2834,5 @@ def check_dataset(root: str | Path, progress: bool = False) -> tuple[dict, list[
         stored = meta.get("class_pixels", {}).get(name)
         if stored is not None and stored != _Stats.named(pixels):
             raise DataError(f"{root / META_FILE}: class pixel counts of {name} do not match files")
-        reports.append(GroupReport(name, tree, split, len(images), pixels, class_images))
+        reports.append(GroupReport(name, kind, tree, split, len(images), pixels, class_images))
     return meta, reports

@@ -1,0 +1,1105 @@
+"""The experiment pipeline: from a data set to `results.json` and `report.html`, in steps.
+
+`segdistill demo` and `segdistill experiment CONFIG` both call `run_pipeline`; they differ
+only in the experiment config (schema: the dataclasses below and docs/experiments.md).
+The steps, in order, each one a function of this module:
+
+    data         generate SynthStreets into data.root unless it is there (`prepare_data`)
+    teacher      train the teacher: the members of a deep ensemble, an MC-dropout network
+                 or one network (`train_teacher`)
+    baseline     train the student's network on labels only (`train_network`); skipped
+                 when `baseline.member` names an ensemble member instead
+    student-N    distil each student from the teacher (`train_network`), the teacher's
+                 per-pixel outputs cached when the student's methods allow it
+    evaluate     every model on the test split and every shifted copy (`evaluate_models`)
+    bench        latency, parameters and FLOPs of every model (`bench_models`)
+    ablation-N   sub-ensembles of the trained members, or one student retrained for each
+                 value of a config key (`sub_ensembles`, `sweep`)
+    report       results.json, table.md and report.html (`write_results`)
+
+Resumable: a step writes `stages/<step>.json` (its duration and outputs) when it has
+finished, and a later run skips every step that has one. A network whose training was
+interrupted resumes from its last checkpoint; a finished ensemble member is skipped.
+The run directory remembers its experiment (`experiment.yaml`): running another
+experiment config into it is refused rather than mixing the two.
+
+Run directory:
+
+    RUN_DIR/experiment.yaml     the experiment config as run (overrides applied)
+    RUN_DIR/stages/<step>.json  one marker per finished step
+    RUN_DIR/teacher/            ensemble directory (member_XX/, manifest.json) or run directory
+    RUN_DIR/baseline/           run directory (absent when the baseline is an ensemble member)
+    RUN_DIR/students/<name>/    run directories
+    RUN_DIR/cache/<name>/       cached teacher outputs of each student
+    RUN_DIR/evaluation/         results.json and figures/ of `segdistill.evaluate`
+    RUN_DIR/bench.json          `segdistill.bench` results
+    RUN_DIR/ablations/<name>/   the networks and results of each ablation
+    RUN_DIR/results.json        everything, for every model (module `write_results`)
+    RUN_DIR/table.md            the paper-shaped table and the checks
+    RUN_DIR/report.html         the HTML report
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+
+from segdistill import __version__
+from segdistill.bench import benchmark, to_json
+from segdistill.checkpoints import atomic_write
+from segdistill.commands.train import train_member, write_manifest
+from segdistill.config import SegConfig, _convert, load_config, replace_values, to_dict
+from segdistill.data.shifts import SHIFT_KINDS
+from segdistill.data.synthstreets import SynthConfig, generate
+from segdistill.errors import ConfigError, DataError
+from segdistill.evaluate import REFERENCE_SPLIT, RESULTS_FILE, evaluate, find_splits, json_text
+from segdistill.models.teachers import Ensemble
+from segdistill.predictor import (
+    MANIFEST,
+    UNCERTAINTY_SOURCES,
+    Predictor,
+    load_predictor,
+)
+from segdistill.report import write_report
+from segdistill.train import RESUME_CHECKPOINT, train
+
+SCHEMA = "segdistill.experiment/1"
+STAGES_DIR = "stages"
+EXPERIMENT_FILE = "experiment.yaml"
+
+# ----------------------------------------------------------------------------------------
+# The experiment config
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SynthSpec:
+    """SynthStreets parameters (`segdistill.data.synthstreets.SynthConfig`); size is
+    [height, width]."""
+
+    size: list[int] = field(default_factory=lambda: [128, 256])
+    train: int = 600
+    val: int = 100
+    test: int = 100
+    seed: int = 0
+    shifts: list[str] = field(default_factory=lambda: list(SHIFT_KINDS))
+
+
+@dataclass
+class DataSpec:
+    """The data set of every network and of the evaluation. root: a Cityscapes-layout
+    folder (relative to the working directory); synth: generate SynthStreets there with
+    these parameters when it is absent (null: the folder must exist, e.g. Cityscapes)."""
+
+    root: str = "data/synthstreets"
+    synth: SynthSpec | None = None
+
+
+@dataclass(kw_only=True)
+class TeacherSpec:
+    """The teacher. config: a training config file (relative to the experiment file);
+    set: dotted overrides of it; kind: "ensemble" (`members` networks, member i with seed
+    + i), "mc_dropout" (one network with model.mc_dropout > 0, `samples` passes) or
+    "single" (one network)."""
+
+    name: str = "teacher"
+    kind: Literal["ensemble", "mc_dropout", "single"] = "ensemble"
+    config: str
+    set: dict[str, Any] = field(default_factory=dict)
+    members: int = 5
+    samples: int = 8
+
+
+@dataclass(kw_only=True)
+class BaselineSpec:
+    """The student's network trained on labels only: its own training `config` (+ `set`),
+    or `member: i`, ensemble member i (when the members are trained with the baseline's
+    config, member 0 has its seed too and would come out identical)."""
+
+    name: str = "baseline"
+    config: str | None = None
+    set: dict[str, Any] = field(default_factory=dict)
+    member: int | None = None
+
+
+@dataclass(kw_only=True)
+class StudentSpec:
+    """One distilled student: a distillation config (its `distill.methods` and student
+    `model`), whose teacher the pipeline sets. init_from_baseline: start from the
+    baseline's weights (Holder & Shafique's two-stage recipe); teacher_cache: cache the
+    teacher's per-pixel outputs (only for methods that read nothing but those)."""
+
+    name: str
+    config: str
+    set: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+    init_from_baseline: bool = False
+    teacher_cache: bool = True
+
+
+@dataclass
+class EvaluateSpec:
+    """`segdistill.evaluate.evaluate` settings. splits: null = the test split and every
+    shifted copy; max_images: the first N images of each split."""
+
+    splits: list[str] | None = None
+    max_images: int | None = None
+    batch_size: int = 4
+    num_samples: int = 3
+    device: str | None = None
+
+
+@dataclass
+class BenchSpec:
+    """`segdistill.bench.benchmark` settings; size is [height, width]."""
+
+    size: list[int] = field(default_factory=lambda: [512, 1024])
+    batch: int = 1
+    repeats: int = 10
+    warmup: int = 2
+    threads: int | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
+@dataclass(kw_only=True)
+class AblationSpec:
+    """An ablation. kind "sub_ensembles": the teacher ensemble's first k members for each
+    k in `sizes`, evaluated without retraining (DUDES Fig. 5). kind "sweep": `student`
+    retrained with the dotted config `key` set to each of `values` (NfS-SegNet Fig. 8:
+    model.encoder_options.width). Both are evaluated on `split`."""
+
+    name: str
+    kind: Literal["sub_ensembles", "sweep"]
+    sizes: list[int] = field(default_factory=list)
+    student: str | None = None
+    key: str | None = None
+    values: list[Any] = field(default_factory=list)
+    split: str = REFERENCE_SPLIT
+
+
+@dataclass
+class TableSpec:
+    """The paper-shaped table: one row per model, one column per metric name (`METRICS`,
+    optionally `name@split`, e.g. `miou@fog_0.02`, `ood_auroc@night`)."""
+
+    title: str = ""
+    columns: list[str] = field(default_factory=lambda: ["miou", "latency_ms"])
+    split: str = REFERENCE_SPLIT
+
+
+@dataclass(kw_only=True)
+class CheckSpec:
+    """A claim of the paper, checked on the results. For each of `models`, the `metric`
+    (a `METRICS` name, optionally @split) is compared, by `compare`:
+
+    - value: the metric itself;
+    - difference / abs_difference / ratio: against the `reference` model's metric
+      (model - reference, |model - reference|, model / reference);
+    - order: the models' values must not increase along the list (no bounds).
+
+    The quantity must lie within [min, max] (either may be null). For a per-class metric
+    (a list), at least `min_count` classes (default: all) must lie within the bounds."""
+
+    name: str
+    metric: str
+    models: list[str]
+    compare: Literal["value", "difference", "abs_difference", "ratio", "order"] = "value"
+    reference: str | None = None
+    min: float | None = None
+    max: float | None = None
+    min_count: int | None = None
+
+
+@dataclass(kw_only=True)
+class Experiment:
+    """A whole comparison: a teacher, a baseline and students, evaluated, benchmarked and
+    tabulated. set: dotted overrides applied to every network's training config (e.g. a
+    smaller `trainer.max_epochs` for a quick run); run_dir: default output folder."""
+
+    name: str
+    title: str = ""
+    paper: str = ""
+    run_dir: str | None = None
+    data: DataSpec = field(default_factory=DataSpec)
+    set: dict[str, Any] = field(default_factory=dict)
+    teacher: TeacherSpec
+    baseline: BaselineSpec = field(default_factory=BaselineSpec)
+    students: list[StudentSpec] = field(default_factory=list)
+    evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
+    bench: BenchSpec = field(default_factory=BenchSpec)
+    ablations: list[AblationSpec] = field(default_factory=list)
+    table: TableSpec = field(default_factory=TableSpec)
+    checks: list[CheckSpec] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LoadedExperiment:
+    """An experiment and the file it came from (config paths are relative to its folder)."""
+
+    spec: Experiment
+    path: Path
+
+    def config_path(self, relative: str) -> Path:
+        return self.path.parent / relative
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> LoadedExperiment:
+    """Read an experiment YAML, apply `KEY=VALUE` overrides (VALUE is YAML, e.g.
+    `teacher.members=3`), check it. ConfigError names the file and the key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as error:
+        raise ConfigError(f"experiment config {path} does not exist") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: an experiment config must be a mapping, got {raw!r}")
+    raw.setdefault("name", path.stem)
+    for assignment in overrides:
+        _set_dotted(raw, assignment, path)
+    source = f"{path} (with --set overrides)" if overrides else str(path)
+    spec = _convert(Experiment, raw, "", source)
+    check_experiment(spec, source)
+    return LoadedExperiment(spec, path)
+
+
+def _set_dotted(raw: dict[str, Any], assignment: str, path: Path) -> None:
+    """Apply "a.b=VALUE" to the raw mapping (VALUE read as YAML)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. teacher.members=3")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {assignment}: the value is not valid YAML ({error})") from error
+    parts = key.strip().split(".")
+    # Below a `set` mapping the rest is one dotted training-config key:
+    # set.trainer.max_epochs=1 -> raw["set"]["trainer.max_epochs"] = 1.
+    if "set" in parts[:-1]:
+        cut = parts.index("set") + 1
+        parts = [*parts[:cut], ".".join(parts[cut:])]
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment}: {part!r} of {path} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def check_experiment(spec: Experiment, source: str) -> None:
+    """The rules the types cannot express: unique model names, references that exist,
+    known metric names."""
+
+    def fail(message: str) -> None:
+        raise ConfigError(f"{source}: {message}")
+
+    names = [spec.teacher.name, spec.baseline.name, *(s.name for s in spec.students)]
+    if len(set(names)) != len(names):
+        fail(f"model names must be unique, got {names}")
+    if spec.teacher.kind == "ensemble" and spec.teacher.members < 1:
+        fail(f"teacher.members={spec.teacher.members} must be >= 1")
+    baseline = spec.baseline
+    if (baseline.config is None) == (baseline.member is None):
+        fail("baseline needs exactly one of `config` (train it) or `member` (an ensemble member)")
+    if baseline.member is not None and not (
+        spec.teacher.kind == "ensemble" and 0 <= baseline.member < spec.teacher.members
+    ):
+        fail(f"baseline.member={baseline.member} is not a member of the teacher ensemble")
+    students = {s.name for s in spec.students}
+    for ablation in spec.ablations:
+        where = f"ablation {ablation.name!r}"
+        if ablation.kind == "sub_ensembles":
+            if spec.teacher.kind != "ensemble":
+                fail(f"{where}: sub_ensembles needs an ensemble teacher")
+            if not ablation.sizes or not all(
+                1 <= k <= spec.teacher.members for k in ablation.sizes
+            ):
+                members = spec.teacher.members
+                fail(f"{where}: sizes={ablation.sizes} must be member counts 1..{members}")
+        elif ablation.student not in students or not ablation.key or not ablation.values:
+            fail(
+                f"{where}: a sweep needs `student` (one of {sorted(students)}), `key` and `values`"
+            )
+    for column in spec.table.columns:
+        _metric_name(column, f"{source}: table.columns")
+    for check in spec.checks:
+        where = f"{source}: check {check.name!r}"
+        _metric_name(check.metric, where)
+        for name in [*check.models, *([check.reference] if check.reference else [])]:
+            if name not in names:
+                raise ConfigError(f"{where}: unknown model {name!r} (models: {names})")
+        if check.compare in ("difference", "abs_difference", "ratio") and not check.reference:
+            raise ConfigError(f"{where}: compare={check.compare} needs a reference model")
+        if check.compare != "order" and check.min is None and check.max is None:
+            raise ConfigError(f"{where}: give min, max or both")
+
+
+# ----------------------------------------------------------------------------------------
+# Paths and steps
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where each output of an experiment lives (module doc)."""
+
+    root: Path
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher"
+
+    def baseline(self, spec: BaselineSpec) -> Path:
+        if spec.member is not None:
+            return self.teacher / f"member_{spec.member:02d}"
+        return self.root / "baseline"
+
+    def student(self, name: str) -> Path:
+        return self.root / "students" / name
+
+    def cache(self, name: str) -> Path:
+        return self.root / "cache" / name
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation"
+
+    @property
+    def bench(self) -> Path:
+        return self.root / "bench.json"
+
+    def ablation(self, name: str) -> Path:
+        return self.root / "ablations" / name
+
+    def stage(self, step: str) -> Path:
+        return self.root / STAGES_DIR / f"{step}.json"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: `run()` does the work and returns a small JSON-able summary of it."""
+
+    name: str
+    title: str
+    run: Callable[[], dict[str, Any]]
+
+
+def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
+    """The steps of an experiment, in order (module doc)."""
+    spec = exp.spec
+    steps = [Step("data", f"data set in {spec.data.root}", functools.partial(prepare_data, spec))]
+    teacher = spec.teacher
+    what = f"{teacher.members}-member ensemble" if teacher.kind == "ensemble" else teacher.kind
+    steps.append(
+        Step(
+            "teacher",
+            f"train the teacher {teacher.name!r} ({what})",
+            functools.partial(train_teacher, exp, paths),
+        )
+    )
+    if spec.baseline.member is None:
+        steps.append(
+            Step(
+                "baseline",
+                f"train the baseline {spec.baseline.name!r} on labels only",
+                functools.partial(train_network, baseline_config(exp, paths)),
+            )
+        )
+    for student in spec.students:
+        cfg = student_config(exp, paths, student)
+        methods = ", ".join(m.name for m in cfg.distill.methods)
+        steps.append(
+            Step(
+                f"student-{student.name}",
+                f"distil the student {student.name!r} ({methods})",
+                functools.partial(train_network, cfg),
+            )
+        )
+    steps.append(
+        Step("evaluate", "evaluate every model", functools.partial(evaluate_models, exp, paths))
+    )
+    size = "x".join(map(str, spec.bench.size))
+    steps.append(
+        Step(
+            "bench", f"benchmark every model at {size}", functools.partial(bench_models, exp, paths)
+        )
+    )
+    for ablation in spec.ablations:
+        if ablation.kind == "sweep":
+            for value in ablation.values:
+                cfg = sweep_config(exp, paths, ablation, value)
+                steps.append(
+                    Step(
+                        f"ablation-{ablation.name}-{value}",
+                        f"ablation {ablation.name}: train {ablation.student!r} with "
+                        f"{ablation.key}={value}",
+                        functools.partial(train_network, cfg),
+                    )
+                )
+            run = functools.partial(sweep, exp, paths, ablation)
+        else:
+            run = functools.partial(sub_ensembles, exp, paths, ablation)
+        steps.append(Step(f"ablation-{ablation.name}", f"ablation {ablation.name}", run))
+    steps.append(
+        Step(
+            "report",
+            "write results.json and report.html",
+            functools.partial(write_results, exp, paths),
+        )
+    )
+    return steps
+
+
+def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
+    """Run every step of `exp` not finished before into `run_dir`; print progress and the
+    summary; return the content of results.json."""
+    paths = RunPaths(Path(run_dir))
+    claim_run_dir(exp.spec, paths)
+    steps = plan(exp, paths)
+    start = time.perf_counter()
+    title = exp.spec.title or exp.spec.name
+    print(f"{title}: {len(steps)} steps into {paths.root}", flush=True)
+    for number, step in enumerate(steps, 1):
+        marker = paths.stage(step.name)
+        head = f"[{number}/{len(steps)}] {step.name}: {step.title}"
+        if marker.is_file():
+            print(f"{head} - done before, skipped", flush=True)
+            continue
+        print(f"{head} ...", flush=True)
+        began = time.perf_counter()
+        outputs = step.run()
+        seconds = time.perf_counter() - began
+        finished = datetime.datetime.now().isoformat(timespec="seconds")
+        _write_json(
+            marker, {"step": step.name, "seconds": seconds, "finished": finished, **outputs}
+        )
+        total = time.perf_counter() - start
+        print(
+            f"[{number}/{len(steps)}] {step.name}: done in {seconds:.1f} s ({total:.1f} s so far)",
+            flush=True,
+        )
+    results = json.loads((paths.root / RESULTS_FILE).read_text())
+    print()
+    print(format_summary(results))
+    print(f"\nwrote {paths.root / RESULTS_FILE} and {paths.root / 'report.html'}")
+    return results
+
+
+def claim_run_dir(spec: Experiment, paths: RunPaths) -> None:
+    """Record the experiment in the run directory, or refuse a directory that holds
+    another one (its finished steps would be skipped and mixed into the results)."""
+    record = paths.root / EXPERIMENT_FILE
+    text = yaml.safe_dump(dataclasses.asdict(spec), sort_keys=False)
+    if record.is_file():
+        if record.read_text() != text:
+            raise ConfigError(
+                f"{paths.root} holds the results of another experiment config "
+                f"({record} differs): choose another --run-dir, or delete {paths.root} to "
+                "start again"
+            )
+        return
+    atomic_write(record, lambda file: file.write(text.encode()))
+
+
+# ----------------------------------------------------------------------------------------
+# Data and training
+# ----------------------------------------------------------------------------------------
+
+
+def prepare_data(spec: Experiment) -> dict[str, Any]:
+    """Generate SynthStreets into data.root unless the same data set is there; without a
+    `synth` section, check that the folder holds images."""
+    root = Path(spec.data.root)
+    synth = spec.data.synth
+    if synth is None:
+        splits = find_splits(root)
+        if "train" not in splits:
+            raise DataError(f"{root} has no train split (leftImg8bit/train/...)")
+        return {"root": str(root), "generated": False, "splits": list(splits)}
+    config = SynthConfig(
+        size=(synth.size[0], synth.size[1]),
+        train=synth.train,
+        val=synth.val,
+        test=synth.test,
+        seed=synth.seed,
+        shifts=tuple(synth.shifts),
+    )
+    generated = generate(root, config, workers=os.cpu_count() or 1)
+    if not generated:
+        print(f"  {root}: already there (same SynthStreets parameters)")
+    return {"root": str(root), "generated": generated}
+
+
+def network_config(
+    exp: LoadedExperiment, config: str, values: dict[str, Any], run_dir: Path, role: str
+) -> SegConfig:
+    """A network's training config: the file `config` (relative to the experiment file),
+    then the experiment's `set`, then `values`; data.root and run.dir are the
+    experiment's."""
+    cfg = load_config(exp.config_path(config))
+    forced = {"data.root": exp.spec.data.root, "run.dir": str(run_dir)}
+    return replace_values(cfg, {**exp.spec.set, **values, **forced}, f"{exp.path} ({role})")
+
+
+def teacher_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
+    teacher = exp.spec.teacher
+    values = {**teacher.set, "ensemble.members": teacher.members}
+    return network_config(exp, teacher.config, values, paths.teacher, "teacher")
+
+
+def baseline_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
+    baseline = exp.spec.baseline
+    assert baseline.config is not None
+    return network_config(exp, baseline.config, baseline.set, paths.baseline(baseline), "baseline")
+
+
+def student_config(
+    exp: LoadedExperiment,
+    paths: RunPaths,
+    student: StudentSpec,
+    values: dict[str, Any] | None = None,
+    run_dir: Path | None = None,
+) -> SegConfig:
+    """A student's distillation config: its teacher is the experiment's; `values` and
+    `run_dir` serve the sweeps."""
+    teacher = exp.spec.teacher
+    distill = {
+        "distill.teacher": {
+            "kind": teacher.kind,
+            "path": str(paths.teacher),
+            "samples": teacher.samples,
+        },
+        "distill.teacher_cache": str(paths.cache(student.name)) if student.teacher_cache else None,
+        "distill.init_from": (
+            str(paths.baseline(exp.spec.baseline)) if student.init_from_baseline else None
+        ),
+    }
+    cfg = network_config(
+        exp,
+        student.config,
+        {**student.set, **(values or {}), **distill},
+        run_dir or paths.student(student.name),
+        f"student {student.name}",
+    )
+    if cfg.distill is None:
+        raise ConfigError(
+            f"{exp.path}: student {student.name!r}: {student.config} has no distill section"
+        )
+    return cfg
+
+
+def train_network(cfg: SegConfig) -> dict[str, Any]:
+    """Train one network into cfg.run.dir, resuming an interrupted run."""
+    run_dir = Path(cfg.run.dir)
+    train(cfg, resume=(run_dir / RESUME_CHECKPOINT).is_file())
+    return {"run_dir": str(run_dir)}
+
+
+def train_teacher(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
+    """Train the teacher: every ensemble member (finished ones are skipped), or one
+    network for an MC-dropout or single teacher."""
+    cfg = teacher_config(exp, paths)
+    teacher = exp.spec.teacher
+    if teacher.kind != "ensemble":
+        return train_network(cfg)
+    for index in range(teacher.members):
+        print(f"  ensemble member {index + 1} of {teacher.members}", flush=True)
+        train_member(cfg, paths.teacher, index)
+        write_manifest(paths.teacher, teacher.members)
+    return {"run_dir": str(paths.teacher), "members": teacher.members}
+
+
+def sweep_config(
+    exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec, value: Any
+) -> SegConfig:
+    """The config of one sweep network: the student's, with `key` set to `value`."""
+    assert ablation.key is not None
+    student = next(s for s in exp.spec.students if s.name == ablation.student)
+    run_dir = paths.ablation(ablation.name) / f"{ablation.key.rsplit('.', 1)[-1]}={value}"
+    return student_config(exp, paths, student, {ablation.key: value}, run_dir)
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation, speed and ablations
+# ----------------------------------------------------------------------------------------
+
+
+def load_models(exp: LoadedExperiment, paths: RunPaths) -> list[Predictor]:
+    """The teacher, the baseline and the students, named as in the experiment."""
+    spec = exp.spec
+    sources = [
+        (spec.teacher.name, paths.teacher),
+        (spec.baseline.name, paths.baseline(spec.baseline)),
+        *((s.name, paths.student(s.name)) for s in spec.students),
+    ]
+    predictors = []
+    for name, source in sources:
+        predictor = load_predictor(source, mc_samples=spec.teacher.samples)
+        predictor.name = name
+        predictors.append(predictor)
+    return predictors
+
+
+def _evaluate(
+    exp: LoadedExperiment,
+    predictors: list[Predictor],
+    out_dir: Path,
+    splits: list[str] | None,
+    figures: bool,
+) -> dict[str, Any]:
+    settings = exp.spec.evaluate
+    return evaluate(
+        predictors,
+        exp.spec.data.root,
+        splits,
+        batch_size=settings.batch_size,
+        out_dir=out_dir,
+        write_homes=False,
+        max_images=settings.max_images,
+        num_samples=settings.num_samples,
+        mc_samples=exp.spec.teacher.samples,
+        device=settings.device,
+        make_figures=figures,
+    )
+
+
+def evaluate_models(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
+    """Every model on every split -> evaluation/results.json and figures."""
+    results = _evaluate(
+        exp, load_models(exp, paths), paths.evaluation, exp.spec.evaluate.splits, True
+    )
+    return {"results": str(paths.evaluation / RESULTS_FILE), "splits": results["data"]["splits"]}
+
+
+def bench_models(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
+    """Latency, parameters and FLOPs of every model, timed round robin -> bench.json."""
+    settings = exp.spec.bench
+    result = benchmark(
+        load_models(exp, paths),
+        (settings.size[0], settings.size[1]),
+        settings.batch,
+        repeats=settings.repeats,
+        warmup=settings.warmup,
+        device=settings.device,
+        threads=settings.threads,
+    )
+    _write_json(paths.bench, to_json(result))
+    return {"results": str(paths.bench)}
+
+
+# The numbers an ablation row holds per model.
+ABLATION_METRICS = (
+    "miou",
+    "class_mean_uncertainty",
+    "pixel_mean_uncertainty",
+    "misclassification_auroc",
+    "ece",
+)
+
+
+def _ablation_rows(
+    results: dict[str, Any], split: str, keys: list[tuple[str, Any]]
+) -> list[dict[str, Any]]:
+    """One row per model of an ablation's evaluation: (row key, value), then the metrics."""
+    rows = []
+    for (key, value), model in zip(keys, results["models"]):
+        row = {key: value, "parameters": model["parameters"]}
+        row.update({name: metric_value(model, name, split) for name in ABLATION_METRICS})
+        rows.append(row)
+    return rows
+
+
+def sub_ensembles(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dict[str, Any]:
+    """The first k members of the trained ensemble for each k in `sizes`, evaluated on
+    `split` without retraining (DUDES Fig. 5: mIoU and mean uncertainty vs members)."""
+    members = Ensemble.from_manifest(paths.teacher).members
+    predictors = [
+        Predictor(
+            Ensemble(list(members[:k])),
+            name=f"{k}_members",
+            kind="ensemble",
+            uncertainty_source=UNCERTAINTY_SOURCES["ensemble"],
+            source=paths.teacher / MANIFEST,
+            home=None,
+            members=k,
+        )
+        for k in ablation.sizes
+    ]
+    out = paths.ablation(ablation.name)
+    results = _evaluate(exp, predictors, out, [ablation.split], False)
+    rows = _ablation_rows(results, ablation.split, [("members", k) for k in ablation.sizes])
+    _write_json(out / "rows.json", {"kind": ablation.kind, "split": ablation.split, "rows": rows})
+    return {"rows": str(out / "rows.json")}
+
+
+def sweep(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dict[str, Any]:
+    """The sweep's networks (trained by the steps before) evaluated on `split`."""
+    predictors = []
+    for value in ablation.values:
+        predictor = load_predictor(Path(sweep_config(exp, paths, ablation, value).run.dir))
+        predictor.name = f"{ablation.key}={value}"
+        predictors.append(predictor)
+    out = paths.ablation(ablation.name)
+    results = _evaluate(exp, predictors, out, [ablation.split], False)
+    keys = [(str(ablation.key), value) for value in ablation.values]
+    rows = _ablation_rows(results, ablation.split, keys)
+    content = {"kind": ablation.kind, "student": ablation.student, "split": ablation.split}
+    _write_json(out / "rows.json", {**content, "rows": rows})
+    return {"rows": str(out / "rows.json")}
+
+
+# ----------------------------------------------------------------------------------------
+# Metrics by name: the table columns and the checks
+# ----------------------------------------------------------------------------------------
+
+
+def _get(value: Any, *keys: str | int) -> Any:
+    """value[k1][k2]...; None when a level is missing or None."""
+    for key in keys:
+        if value is None:
+            return None
+        try:
+            value = value[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def _removal_gain(model: dict[str, Any], split: str, fraction: float = 0.5) -> float | None:
+    """mIoU after removing the `fraction` most uncertain pixels minus the mIoU of all."""
+    curve = _get(model, "splits", split, "uncertainty", "miou_vs_removed")
+    if not curve:
+        return None
+    fractions = [round(f, 6) for f in curve["removed_fraction"]]
+    if round(fraction, 6) not in fractions or curve["miou"][0] is None:
+        return None
+    after = curve["miou"][fractions.index(round(fraction, 6))]
+    return None if after is None else after - curve["miou"][0]
+
+
+def _best_ood_auroc(model: dict[str, Any], shifted: str) -> float | None:
+    entry = _get(model, "ood", "sets", shifted)
+    if not entry or entry["best_aggregator"] is None:
+        return None
+    return entry["by_aggregator"][entry["best_aggregator"]]["auroc"]
+
+
+def _seg(*keys: str) -> Callable[[dict[str, Any], str], Any]:
+    return lambda model, split: _get(model, "splits", split, *keys)
+
+
+# name -> (column header, value of a results.json model on a split). `ood_auroc` reads its
+# "split" as the shifted set (best aggregator); anomaly, speed and size ignore it.
+METRICS: dict[str, tuple[str, Callable[[dict[str, Any], str], Any]]] = {
+    "miou": ("mIoU", _seg("segmentation", "miou")),
+    "per_class_iou": ("IoU per class", _seg("segmentation", "iou")),
+    "pixel_accuracy": ("pixel acc.", _seg("segmentation", "pixel_accuracy")),
+    "ece": ("ECE", _seg("calibration", "ece")),
+    "misclassification_auroc": ("misc. AUROC", _seg("uncertainty", "misclassification", "auroc")),
+    "misclassification_aupr": ("misc. AUPR", _seg("uncertainty", "misclassification", "aupr")),
+    "misclassification_fpr95": ("misc. FPR95", _seg("uncertainty", "misclassification", "fpr95")),
+    "aurc": ("AURC", _seg("uncertainty", "aurc")),
+    "pavpu": ("pAvPU", _seg("uncertainty", "pavpu", "max")),
+    "pixel_mean_uncertainty": ("mean unc.", _seg("uncertainty", "pixel_mean")),
+    "class_mean_uncertainty": ("class-mean unc.", _seg("uncertainty", "class_mean")),
+    "per_class_mean_uncertainty": ("unc. per class", _seg("uncertainty", "per_class_mean")),
+    "miou_gain_removed_50": ("mIoU gain 50% removed", _removal_gain),
+    "ood_auroc": ("OOD AUROC", _best_ood_auroc),
+    "anomaly_ap": ("anomaly AP", lambda model, split: _get(model, "anomaly", "ap")),
+    "latency_ms": ("latency ms", lambda model, split: _get(model, "speed", "latency_ms", "median")),
+    "gflops": ("GFLOPs", lambda model, split: _get(model, "speed", "gflops_per_image")),
+    "parameters_m": ("params (M)", lambda model, split: model["parameters"] / 1e6),
+}
+
+
+def _metric_name(name: str, where: str) -> tuple[str, str | None]:
+    """ "metric" or "metric@split" -> (metric, split or None); ConfigError if unknown."""
+    metric, _, split = name.partition("@")
+    if metric not in METRICS:
+        raise ConfigError(f"{where}: unknown metric {metric!r} (known: {', '.join(METRICS)})")
+    return metric, split or None
+
+
+def metric_value(model: dict[str, Any], name: str, split: str = REFERENCE_SPLIT) -> Any:
+    """The metric `name` ("metric" or "metric@split") of one results.json model."""
+    metric, at = _metric_name(name, "metric")
+    return METRICS[metric][1](model, at or split)
+
+
+def metric_header(name: str) -> str:
+    metric, at = _metric_name(name, "metric")
+    header = METRICS[metric][0]
+    return f"{header} {at}" if at else header
+
+
+def _within(value: float | None, low: float | None, high: float | None) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def _combine(compare: str, value: Any, reference: Any) -> Any:
+    """The compared quantity (lists element by element; None where a side is None)."""
+    if isinstance(value, list):
+        return [_combine(compare, v, r) for v, r in zip(value, reference)]
+    if value is None or reference is None:
+        return None
+    if compare == "difference":
+        return value - reference
+    if compare == "abs_difference":
+        return abs(value - reference)
+    return value / reference if reference else None
+
+
+def run_check(
+    check: CheckSpec, models: dict[str, dict[str, Any]], split: str
+) -> list[dict[str, Any]]:
+    """The outcome of one check: one entry per model (one for `order`), each with the
+    measured quantity and `passed`."""
+    base = {"name": check.name, "metric": check.metric, "compare": check.compare}
+    values = {name: metric_value(models[name], check.metric, split) for name in check.models}
+    if check.compare == "order":
+        ordered = list(values.values())
+        passed = None not in ordered and all(a >= b for a, b in zip(ordered, ordered[1:]))
+        return [{**base, "models": check.models, "value": ordered, "passed": passed}]
+    outcomes = []
+    for name, value in values.items():
+        reference = None
+        if check.compare != "value":
+            reference = metric_value(models[check.reference], check.metric, split)
+            value = _combine(check.compare, value, reference)
+        entry = {
+            **base,
+            "model": name,
+            "reference": check.reference,
+            "min": check.min,
+            "max": check.max,
+        }
+        if isinstance(value, list):
+            count = sum(_within(v, check.min, check.max) for v in value)
+            needed = len(value) if check.min_count is None else check.min_count
+            outcomes.append(
+                {
+                    **entry,
+                    "value": count,
+                    "of": len(value),
+                    "min_count": needed,
+                    "passed": count >= needed,
+                }
+            )
+        else:
+            outcomes.append(
+                {**entry, "value": value, "passed": _within(value, check.min, check.max)}
+            )
+    return outcomes
+
+
+# ----------------------------------------------------------------------------------------
+# results.json, the table and the report
+# ----------------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    """The software the results were made with."""
+    return {
+        "segdistill": __version__,
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _speed(model: dict[str, Any], bench: dict[str, Any], roles: dict[str, str]) -> dict[str, Any]:
+    """A model's bench numbers plus its latency ratios to the teacher and the baseline."""
+    by_name = {m["name"]: m for m in bench["models"]}
+    mine = by_name[model["name"]]
+    latency = mine["latency_ms"]["median"]
+    speed = {key: mine[key] for key in ("passes", "gflops_per_image", "images_per_s")}
+    speed["latency_ms"] = {k: v for k, v in mine["latency_ms"].items() if k != "runs"}
+    for role in ("teacher", "baseline"):
+        other = next(name for name, r in roles.items() if r == role)
+        speed[f"latency_vs_{role}"] = latency / by_name[other]["latency_ms"]["median"]
+    return speed
+
+
+def _rebase_figures(figures: dict[str, str], prefix: str) -> dict[str, str]:
+    return {key: f"{prefix}/{path}" for key, path in figures.items()}
+
+
+def paper_table(spec: TableSpec, models: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"title", "columns": [header...], "metrics": [name...], "rows": [[model, label,
+    value...]]} (values as numbers, None when not evaluated)."""
+    rows = [
+        [m["name"], m.get("label", ""), *(metric_value(m, c, spec.split) for c in spec.columns)]
+        for m in models
+    ]
+    headers = ["model", "", *(metric_header(c) for c in spec.columns)]
+    return {
+        "title": spec.title,
+        "split": spec.split,
+        "columns": headers,
+        "metrics": spec.columns,
+        "rows": rows,
+    }
+
+
+def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
+    """Merge the evaluation, the speed numbers, the ablations, the config and the
+    versions into results.json; write table.md and report.html."""
+    spec = exp.spec
+    evaluation = json.loads((paths.evaluation / RESULTS_FILE).read_text())
+    bench = json.loads(paths.bench.read_text())
+    roles = {spec.teacher.name: "teacher", spec.baseline.name: "baseline"}
+    labels = {spec.teacher.name: "teacher", spec.baseline.name: "labels only"}
+    for student in spec.students:
+        roles[student.name] = "student"
+        labels[student.name] = student.label or student.name
+    models = evaluation["models"]
+    for model in models:
+        model["role"] = roles[model["name"]]
+        model["label"] = labels[model["name"]]
+        model["speed"] = _speed(model, bench, roles)
+        model["figures"] = _rebase_figures(model.get("figures", {}), paths.evaluation.name)
+    by_name = {m["name"]: m for m in models}
+    ablations = {
+        a.name: json.loads((paths.ablation(a.name) / "rows.json").read_text())
+        for a in spec.ablations
+    }
+    networks = {spec.teacher.name: teacher_config(exp, paths)}
+    if spec.baseline.member is None:
+        networks[spec.baseline.name] = baseline_config(exp, paths)
+    networks.update({s.name: student_config(exp, paths, s) for s in spec.students})
+    results = {
+        "schema": SCHEMA,
+        "experiment": {
+            "name": spec.name,
+            "title": spec.title,
+            "paper": spec.paper,
+            "config_file": str(exp.path),
+            "config": dataclasses.asdict(spec),
+            "networks": {name: to_dict(cfg) for name, cfg in networks.items()},
+        },
+        "versions": versions(),
+        "data": evaluation["data"],
+        "models": models,
+        "figures": _rebase_figures(evaluation.get("figures", {}), paths.evaluation.name),
+        "bench": {"settings": bench["settings"], "ratios": bench["ratios"]},
+        "ablations": ablations,
+        "table": paper_table(spec.table, models),
+        "checks": [o for check in spec.checks for o in run_check(check, by_name, spec.table.split)],
+        "stages": {
+            p.stem: json.loads(p.read_text())["seconds"]
+            for p in sorted((paths.root / STAGES_DIR).glob("*.json"))
+        },
+    }
+    _write_json(paths.root / RESULTS_FILE, results)
+    (paths.root / "table.md").write_text(format_markdown(results))
+    write_report([paths.root / RESULTS_FILE], paths.root / "report.html", spec.title or spec.name)
+    return {"results": str(paths.root / RESULTS_FILE), "report": str(paths.root / "report.html")}
+
+
+def _cell(value: Any, name: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return (
+            f"{value:.2f}" if name in ("latency_ms", "gflops", "parameters_m") else f"{value:.4f}"
+        )
+    return str(value)
+
+
+def _text_table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    return lines
+
+
+def _table_cells(table: dict[str, Any]) -> list[list[str]]:
+    names = ["", "", *table["metrics"]]
+    body = [[_cell(v, n) for v, n in zip(row, names)] for row in table["rows"]]
+    return [table["columns"], *body]
+
+
+def _check_line(outcome: dict[str, Any]) -> str:
+    """One check outcome in words: PASS/FAIL, the claim, the model and the measured value."""
+    verdict = "PASS" if outcome["passed"] else "FAIL"
+    if outcome["compare"] == "order":
+        values = ", ".join(f"{m} {_cell(v)}" for m, v in zip(outcome["models"], outcome["value"]))
+        return f"{verdict}  {outcome['name']}: {values}"
+    against = f" vs {outcome['reference']}" if outcome["reference"] else ""
+    bounds = " and ".join(
+        f"{word} {outcome[key]}"
+        for word, key in ((">=", "min"), ("<=", "max"))
+        if outcome[key] is not None
+    )
+    if "of" in outcome:
+        measured = (
+            f"{outcome['value']} of {outcome['of']} classes {bounds} (need {outcome['min_count']})"
+        )
+    else:
+        measured = f"{outcome['compare']} {_cell(outcome['value'])} (goal {bounds})"
+    return f"{verdict}  {outcome['name']} - {outcome['model']}{against}: {measured}"
+
+
+def _ablation_lines(name: str, ablation: dict[str, Any]) -> list[str]:
+    rows = ablation["rows"]
+    keys = list(rows[0])
+    cells = [keys, *([_cell(row[k], k) for k in keys] for row in rows)]
+    return [f"ablation {name} ({ablation['kind']}, {ablation['split']}):", *_text_table(cells)]
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """The printed summary: the paper-shaped table, the ablations and the checks."""
+    table = results["table"]
+    lines = [f"{table['title'] or results['experiment']['name']} ({table['split']}):"]
+    lines += _text_table(_table_cells(table))
+    for name, ablation in results["ablations"].items():
+        lines += ["", *_ablation_lines(name, ablation)]
+    if results["checks"]:
+        passed = sum(o["passed"] for o in results["checks"])
+        lines += ["", f"checks: {passed} of {len(results['checks'])} pass"]
+        lines += [_check_line(o) for o in results["checks"]]
+    return "\n".join(lines)
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    """table.md: the summary as Markdown (tables as pipes, checks as a list)."""
+    table = results["table"]
+    experiment = results["experiment"]
+    cells = _table_cells(table)
+    lines = [f"# {experiment['title'] or experiment['name']}", ""]
+    if experiment["paper"]:
+        lines += [experiment["paper"], ""]
+    lines += [f"{table['title']} (split {table['split']})", ""]
+    lines += ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+    for name, ablation in results["ablations"].items():
+        lines += ["", "```", *_ablation_lines(name, ablation), "```"]
+    if results["checks"]:
+        lines += ["", "Checks:", ""] + [f"- {_check_line(o)}" for o in results["checks"]]
+    return "\n".join(lines) + "\n"
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    text = json_text(content) + "\n"
+    atomic_write(path, lambda file: file.write(text.encode()))

@@ -1,0 +1,290 @@
+"""The experiment pipeline (`segdistill demo`, `segdistill experiment`).
+
+End to end: the demo config at a tiny size (32x64 SynthStreets, 2 members, width 0.125,
+one short epoch) from nothing to results.json and report.html; the results schema; a
+re-run that skips every step; a run that continues after an interruption. Unit tests:
+every experiment config in configs/ loads and plans, config errors, the checks.
+The full-size demo is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segdistill.cli import main
+from segdistill.errors import ConfigError
+from segdistill.pipeline import (
+    CheckSpec,
+    RunPaths,
+    claim_run_dir,
+    load_experiment,
+    metric_value,
+    plan,
+    run_check,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "quick" / "demo.yaml"
+EXPERIMENT_CONFIGS = sorted((REPO / "configs").glob("*/*.yaml"))
+NUM_CLASSES = 19
+
+
+def tiny_demo_args(data_root: Path, run_dir: Path) -> list[str]:
+    """`segdistill demo` at a tiny size: the demo config with its sizes overridden."""
+    return [
+        "demo",
+        "--config",
+        str(DEMO_CONFIG),
+        "--run-dir",
+        str(run_dir),
+        "--members",
+        "2",
+        "--set",
+        f"data.root={data_root}",
+        "data.synth={size: [32, 64], train: 8, val: 2, test: 3, seed: 0}",
+        "set.model.encoder_options.width=0.125",
+        "set.data.crop_size=[32,64]",
+        "set.data.scale_range=[1.0,1.0]",
+        "set.data.batch_size=4",
+        "set.trainer.max_epochs=1",
+        "set.trainer.limit_val_batches=1",
+        "set.trainer.accelerator=cpu",
+        "evaluate.max_images=3",
+        "evaluate.num_samples=1",
+        "bench.size=[32,64]",
+        "bench.repeats=1",
+        "bench.warmup=0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
+    """The tiny demo run once (its arguments, its run directory)."""
+    base = tmp_path_factory.mktemp("demo")
+    args = tiny_demo_args(base / "data", base / "run")
+    assert main(args) == 0
+    return args, base / "run"
+
+
+def test_results_schema(tiny_demo: tuple[list[str], Path]) -> None:
+    """Every model has every number the issue lists; config and versions are recorded."""
+    _, run_dir = tiny_demo
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["schema"] == "segdistill.experiment/1"
+    assert set(results["versions"]) >= {"torch", "segdistill", "python", "platform"}
+    assert results["experiment"]["config"]["teacher"]["members"] == 2
+    assert set(results["experiment"]["networks"]) == {"ensemble", "dudes", "holder"}
+    shifted = [s for s in results["data"]["splits"] if s not in ("test", "anomaly")]
+    assert {"fog_0.02", "rain", "night", "newcity"} <= set(shifted)
+    models = {m["name"]: m for m in results["models"]}
+    assert set(models) == {"ensemble", "baseline", "dudes", "holder"}
+    assert {m["role"] for m in models.values()} == {"teacher", "baseline", "student"}
+    for model in models.values():
+        test = model["splits"]["test"]
+        assert set(test["segmentation"]) >= {"miou", "iou"}
+        assert len(test["segmentation"]["iou"]) == NUM_CLASSES
+        assert "ece" in test["calibration"]
+        uncertainty = test["uncertainty"]
+        assert len(uncertainty["per_class_mean"]) == NUM_CLASSES
+        assert set(uncertainty["misclassification"]) >= {"auroc", "aupr", "fpr95"}
+        assert "max" in uncertainty["pavpu"] and "aurc" in uncertainty
+        curve = uncertainty["miou_vs_removed"]
+        assert len(curve["removed_fraction"]) == len(curve["miou"]) > 1
+        for name in shifted:
+            aggregators = model["ood"]["sets"][name]["by_aggregator"]
+            assert all("auroc" in entry for entry in aggregators.values())
+        assert "ap" in model["anomaly"]
+        assert model["parameters"] > 0
+        speed = model["speed"]
+        assert speed["latency_ms"]["median"] > 0
+        assert set(speed) >= {"latency_vs_teacher", "latency_vs_baseline", "gflops_per_image"}
+    assert {r["ratio"] for r in results["bench"]["ratios"]} == {
+        "teacher/student",
+        "student/baseline",
+    }
+    table = results["table"]
+    assert [row[0] for row in table["rows"]] == list(models)
+    assert len(table["rows"][0]) == len(table["columns"])
+    assert {c["name"] for c in results["checks"]} >= {
+        "DUDES student mIoU >= baseline mIoU - 1 point"
+    }
+    assert all(isinstance(c["passed"], bool) for c in results["checks"])
+
+
+def test_outputs_and_markers(tiny_demo: tuple[list[str], Path]) -> None:
+    _, run_dir = tiny_demo
+    assert (run_dir / "report.html").stat().st_size > 10_000
+    assert "| model |" in (run_dir / "table.md").read_text()
+    # Member 0 is the baseline: no separate baseline training.
+    assert not (run_dir / "baseline").exists()
+    steps = {p.stem for p in (run_dir / "stages").glob("*.json")}
+    assert steps == {
+        "data",
+        "teacher",
+        "student-dudes",
+        "student-holder",
+        "evaluate",
+        "bench",
+        "report",
+    }
+    assert (run_dir / "cache" / "dudes" / "cache.json").is_file()
+
+
+def test_rerun_skips_every_step(
+    tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args, run_dir = tiny_demo
+    before = (run_dir / "results.json").read_text()
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("done before, skipped") == 7
+    assert "checks:" in out and "mIoU" in out  # the summary is printed again
+    assert (run_dir / "results.json").read_text() == before
+
+
+def test_continues_after_an_interruption(
+    tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Steps without a marker (as after Ctrl-C during the benchmark) run again; the rest
+    are skipped."""
+    args, run_dir = tiny_demo
+    for step in ("bench", "report"):
+        (run_dir / "stages" / f"{step}.json").unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("done before, skipped") == 5
+    assert "bench: done in" in out and "report: done in" in out
+
+
+def test_another_experiment_in_the_same_run_dir_is_refused(tmp_path: Path) -> None:
+    first = load_experiment(DEMO_CONFIG)
+    claim_run_dir(first.spec, RunPaths(tmp_path))
+    claim_run_dir(first.spec, RunPaths(tmp_path))  # the same experiment: fine
+    other = load_experiment(DEMO_CONFIG, ["teacher.members=3"])
+    with pytest.raises(ConfigError, match="another experiment"):
+        claim_run_dir(other.spec, RunPaths(tmp_path))
+
+
+@pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_experiment_configs_load_and_plan(config: Path, tmp_path: Path) -> None:
+    """Every experiment config of configs/ resolves all its training configs (paths,
+    `extends`, overrides) and plans its steps; training configs themselves are skipped."""
+    if "teacher" not in yaml.safe_load(config.read_text()):
+        pytest.skip("a training config, not an experiment")
+    experiment = load_experiment(config)
+    steps = [step.name for step in plan(experiment, RunPaths(tmp_path))]
+    assert steps[:2] == ["data", "teacher"] and steps[-1] == "report"
+
+
+def write_experiment(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    train = REPO / "configs" / "quick" / "train_baseline.yaml"
+    path.write_text(f"teacher: {{config: {train}}}\nbaseline: {{config: {train}}}\n{text}")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("evaluat: {}\n", "unknown key 'evaluat'"),
+        ("table: {columns: [mIoU]}\n", "unknown metric 'mIoU'"),
+        ("checks: [{name: x, metric: miou, models: [nobody], min: 0}]\n", "unknown model"),
+        ("checks: [{name: x, metric: miou, models: [baseline]}]\n", "give min, max or both"),
+        (
+            "ablations: [{name: a, kind: sweep, student: nobody, key: k, values: [1]}]\n",
+            "a sweep needs",
+        ),
+    ],
+)
+def test_config_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(write_experiment(tmp_path, text))
+
+
+def test_overrides_below_set_are_dotted_training_keys(tmp_path: Path) -> None:
+    path = write_experiment(tmp_path, "set: {trainer.max_epochs: 3}\n")
+    experiment = load_experiment(path, ["set.model.encoder_options.width=0.5", "teacher.members=2"])
+    assert experiment.spec.set == {"trainer.max_epochs": 3, "model.encoder_options.width": 0.5}
+    assert experiment.spec.teacher.members == 2
+
+
+def model(name: str, miou: float | None, unc: list[float | None], latency: float) -> dict:
+    """A results.json model with the few numbers the checks read."""
+    return {
+        "name": name,
+        "parameters": 1000,
+        "splits": {
+            "test": {
+                "segmentation": {"miou": miou},
+                "uncertainty": {
+                    "per_class_mean": unc,
+                    "miou_vs_removed": {"removed_fraction": [0.0, 0.5], "miou": [miou, 0.9]},
+                },
+            }
+        },
+        "speed": {"latency_ms": {"median": latency}},
+    }
+
+
+MODELS = {
+    "teacher": model("teacher", 0.60, [0.10, 0.20, 0.30], 50.0),
+    "student": model("student", 0.595, [0.11, 0.25, None], 10.1),
+    "baseline": model("baseline", 0.60, [0.05, 0.05, 0.05], 10.0),
+}
+
+
+@pytest.mark.parametrize(
+    ("spec", "value", "passed"),
+    [
+        (dict(metric="miou", compare="difference", reference="baseline", min=-0.01), -0.005, True),
+        (
+            dict(metric="miou", compare="abs_difference", reference="teacher", max=0.001),
+            0.005,
+            False,
+        ),
+        (dict(metric="latency_ms", compare="ratio", reference="baseline", max=1.02), 1.01, True),
+        (dict(metric="miou_gain_removed_50", min=0.3), 0.305, True),
+        # Per class: |0.01|, |0.05|, None -> 1 class within 0.03.
+        (
+            dict(
+                metric="per_class_mean_uncertainty",
+                compare="abs_difference",
+                reference="teacher",
+                max=0.03,
+                min_count=1,
+            ),
+            1,
+            True,
+        ),
+    ],
+)
+def test_checks(spec: dict, value: float, passed: bool) -> None:
+    (outcome,) = run_check(CheckSpec(name="claim", models=["student"], **spec), MODELS, "test")
+    assert outcome["value"] == pytest.approx(value)
+    assert outcome["passed"] is passed
+
+
+def test_order_check_and_missing_values() -> None:
+    order = CheckSpec(name="o", metric="miou", models=["teacher", "student"], compare="order")
+    assert run_check(order, MODELS, "test")[0]["passed"] is True
+    reverse = CheckSpec(name="o", metric="miou", models=["student", "teacher"], compare="order")
+    assert run_check(reverse, MODELS, "test")[0]["passed"] is False
+    absent = CheckSpec(name="n", metric="miou@night", models=["student"], min=0.0)
+    assert run_check(absent, MODELS, "test")[0]["passed"] is False  # not evaluated: fails
+    assert metric_value(MODELS["student"], "miou@night") is None
+
+
+@pytest.mark.slow
+def test_full_size_demo(tmp_path: Path) -> None:
+    """`segdistill demo` at its real size (minutes): the same schema, every step done."""
+    args = ["demo", "--config", str(DEMO_CONFIG), "--run-dir", str(tmp_path / "run")]
+    assert main([*args, "--set", f"data.root={tmp_path / 'data'}"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {m["name"] for m in results["models"]} == {"ensemble", "baseline", "dudes", "holder"}
+    assert all(isinstance(c["passed"], bool) for c in results["checks"])
