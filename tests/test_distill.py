@@ -108,7 +108,7 @@ def test_each_method_lowers_its_loss_on_a_fixed_batch(
     for _ in range(15):
         terms = methods(model(batch["image"]), task.teacher_signals(batch), batch["label"])
         losses = {name: method_loss(terms, name) for name in names}
-        history.append({name: float(loss) for name, loss in losses.items()})
+        history.append({name: loss.item() for name, loss in losses.items()})
         # The methods' own terms: the CE would pull towards labels the random teacher ignores.
         optimizer.zero_grad()
         sum(losses.values()).backward()
