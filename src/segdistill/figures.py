@@ -498,13 +498,17 @@ def anomaly_histograms(models: Sequence[Model]) -> Figure | None:
     return figure
 
 
+# Binary accuracy map values (Holder Fig. 2, DUDES Fig. 3: white = wrong). Void pixels are
+# grey rather than white so that white means only "wrong".
+ACCURACY_WRONG, ACCURACY_RIGHT, ACCURACY_VOID = 255, 0, 128
+
+
 def accuracy_map(
-    labels: np.ndarray, prediction: np.ndarray, ignore_index: int = IGNORE_INDEX
+    pred: np.ndarray, label: np.ndarray, ignore_index: int = IGNORE_INDEX
 ) -> np.ndarray:
-    """[H, W] labels and prediction -> [H, W, 3] uint8: white correct, black wrong, grey
-    where the label is ignore_index."""
-    out = np.where((prediction == labels)[..., None], 255, 0).astype(np.uint8).repeat(3, axis=-1)
-    out[labels == ignore_index] = 128
+    """Class ids and label [H, W] -> uint8 [H, W]: 255 wrong, 0 right, 128 ignore."""
+    out = np.where(pred != label, ACCURACY_WRONG, ACCURACY_RIGHT).astype(np.uint8)
+    out[label == ignore_index] = ACCURACY_VOID
     return out
 
 
@@ -538,7 +542,7 @@ def sample_predictions(
     )
     axes = np.array(flat).reshape(count, 5)
     vmax = float(np.percentile(uncertainty, 99.5)) or 1e-6
-    columns = ("image", "ground truth", "prediction", "accuracy (white = correct)", "uncertainty")
+    columns = ("image", "ground truth", "prediction", "accuracy (white = wrong)", "uncertainty")
     mesh = None
     for r in range(count):
         label = labels[r].astype(np.int64)
@@ -546,7 +550,7 @@ def sample_predictions(
             images[r],
             colorize(np.where(label == ignore_index, 255, label).astype(np.uint8), palette),
             colorize(predictions[r].astype(np.uint8), palette),
-            accuracy_map(label, predictions[r], ignore_index),
+            np.repeat(accuracy_map(predictions[r], label, ignore_index)[..., None], 3, axis=-1),
         )
         for c, picture in enumerate(panels):
             axes[r][c].imshow(picture, interpolation="nearest")

@@ -79,6 +79,7 @@ from segdistill.data.folder import IMAGE_SUFFIXES
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_eval_transform
 from segdistill.errors import ConfigError, DataError
+from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, accuracy_map
 from segdistill.models import Segmenter
 from segdistill.models.teachers import Ensemble, MCDropout
 from segdistill.predictor import Predictor
@@ -90,7 +91,6 @@ UNCERTAINTY_VMAX = 0.5
 UNCERTAINTY_COLORMAP = "magma"
 UINT16_MAX = 65535
 OVERLAY_ALPHA = 0.5
-ACCURACY_WRONG, ACCURACY_RIGHT, ACCURACY_VOID = 255, 0, 128
 SUMMARY_FILE = "predict.json"
 _MODE_NAMES = {
     "1": "1-bit",
@@ -349,15 +349,6 @@ def heat_map(uncertainty: np.ndarray, vmax: float = UNCERTAINTY_VMAX) -> np.ndar
     colormap = matplotlib.colormaps[UNCERTAINTY_COLORMAP]
     rgba = colormap(np.clip(uncertainty / vmax, 0.0, 1.0), bytes=True)
     return np.ascontiguousarray(rgba[..., :3])
-
-
-def accuracy_map(
-    pred: np.ndarray, label: np.ndarray, ignore_index: int = IGNORE_INDEX
-) -> np.ndarray:
-    """Class ids and label [H, W] -> uint8 [H, W]: 255 wrong, 0 right, 128 ignore."""
-    out = np.where(pred != label, ACCURACY_WRONG, ACCURACY_RIGHT).astype(np.uint8)
-    out[label == ignore_index] = ACCURACY_VOID
-    return out
 
 
 def uncertainty_to_uint16(uncertainty: np.ndarray) -> np.ndarray:
