@@ -148,6 +148,16 @@ def test_logits_and_features() -> None:
     assert torch.equal(single.features["hidden"], expected.features["hidden"])
 
 
+def test_features_alone_run_only_the_first_member() -> None:
+    members = [TinyNet() for _ in range(3)]
+    x = images()
+    signals = Ensemble(members).signals(x, {"features"})
+    assert [len(m.calls) for m in members] == [1, 0, 0]
+    torch.testing.assert_close(signals.features["hidden"], members[0](x).features["hidden"])
+    Ensemble(members).signals(x, {"features", "mean_probs"})
+    assert [len(m.calls) for m in members] == [3, 1, 1]
+
+
 def test_ensemble_logits_stay_finite_when_a_probability_underflows() -> None:
     logits = torch.zeros(1, CLASSES, 1, 1)
     logits[:, 0] = 200.0  # exp(-200) underflows float32: the other classes get p = 0

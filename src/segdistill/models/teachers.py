@@ -280,8 +280,11 @@ class Ensemble(Teacher):
         )
 
     def _signals(self, images: Tensor, needs: frozenset[str]) -> TeacherSignals:
+        # Features are the first member's taps: when nothing else is asked for (a cached
+        # distillation whose online part reads only features), the other members need not run.
+        members = self.members[:1] if needs == {"features"} else self.members
         return accumulate_signals(
-            (member(images) for member in self.members), needs, unbiased_std=self.unbiased_std
+            (member(images) for member in members), needs, unbiased_std=self.unbiased_std
         )
 
 
