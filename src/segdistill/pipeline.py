@@ -81,6 +81,8 @@ from segdistill.train import RESUME_CHECKPOINT, train
 SCHEMA = "segdistill.experiment/1"
 STAGES_DIR = "stages"
 EXPERIMENT_FILE = "experiment.yaml"
+REPORT_FILE = "report.html"
+TABLE_FILE = "table.md"
 
 # ----------------------------------------------------------------------------------------
 # The experiment config
@@ -498,7 +500,7 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     results = json.loads((paths.root / RESULTS_FILE).read_text())
     print()
     print(format_summary(results))
-    print(f"\nwrote {paths.root / RESULTS_FILE} and {paths.root / 'report.html'}")
+    print(f"\nresults: {paths.root / RESULTS_FILE}\nreport:  {paths.root / REPORT_FILE}")
     return results
 
 
@@ -900,6 +902,7 @@ def run_check(
                     **entry,
                     "value": count,
                     "of": len(value),
+                    "defined": sum(v is not None for v in value),
                     "min_count": needed,
                     "passed": count >= needed,
                 }
@@ -952,7 +955,7 @@ def paper_table(spec: TableSpec, models: list[dict[str, Any]]) -> dict[str, Any]
         [m["name"], m.get("label", ""), *(metric_value(m, c, spec.split) for c in spec.columns)]
         for m in models
     ]
-    headers = ["model", "", *(metric_header(c) for c in spec.columns)]
+    headers = ["model", "label", *(metric_header(c) for c in spec.columns)]
     return {
         "title": spec.title,
         "split": spec.split,
@@ -1012,9 +1015,9 @@ def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
         },
     }
     _write_json(paths.root / RESULTS_FILE, results)
-    (paths.root / "table.md").write_text(format_markdown(results))
-    write_report([paths.root / RESULTS_FILE], paths.root / "report.html", spec.title or spec.name)
-    return {"results": str(paths.root / RESULTS_FILE), "report": str(paths.root / "report.html")}
+    (paths.root / TABLE_FILE).write_text(format_markdown(results))
+    write_report([paths.root / RESULTS_FILE], paths.root / REPORT_FILE, spec.title or spec.name)
+    return {"results": str(paths.root / RESULTS_FILE), "report": str(paths.root / REPORT_FILE)}
 
 
 def _cell(value: Any, name: str = "") -> str:
@@ -1054,7 +1057,8 @@ def _check_line(outcome: dict[str, Any]) -> str:
     )
     if "of" in outcome:
         measured = (
-            f"{outcome['value']} of {outcome['of']} classes {bounds} (need {outcome['min_count']})"
+            f"{outcome['value']} of {outcome['of']} classes {bounds} (need "
+            f"{outcome['min_count']}; {outcome['defined']} have a value)"
         )
     else:
         measured = f"{outcome['compare']} {_cell(outcome['value'])} (goal {bounds})"
