@@ -10,8 +10,8 @@ that differ.
 Every file here is written atomically (`atomic_write`): to a temporary file in the same
 folder, flushed to disk, then renamed over the target. A crash or a full disk leaves the
 previous file intact, never a truncated one. Lightning's resumable checkpoint goes through
-`AtomicCheckpointIO`, which writes the same way and loads with `torch.load(...,
-weights_only=True)` (tensors and plain containers only, no arbitrary code).
+`AtomicCheckpointIO`, which writes the same way and loads with
+`torch.load(..., weights_only=True)` (tensors and plain containers only, no arbitrary code).
 """
 
 from __future__ import annotations
