@@ -101,3 +101,11 @@ def test_bad_arguments_exit_with_usage(tmp_path: Path, bad: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["data", "synth", "--out", str(tmp_path), *bad])
     assert exit_info.value.code == 2
+
+
+def test_synth_object_scale_and_crowd_reach_the_meta(tmp_path: Path) -> None:
+    root = tmp_path / "synth"
+    args = [*TINY, "--shifts", "none", "--object-scale", "2.5", "--crowd", "2"]
+    assert main(["data", "synth", "--out", str(root), *args]) == 0
+    params = ss.read_meta(root)["params"]
+    assert params["object_scale"] == 2.5 and params["crowd"] == 2.0

@@ -15,7 +15,7 @@ from scipy.ndimage import binary_dilation
 
 from segdistill.data import shifts
 from segdistill.data import synthstreets as ss
-from segdistill.data.labels import LABEL_ID_TO_TRAIN_ID, NUM_CLASSES
+from segdistill.data.labels import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES
 from segdistill.errors import DataError
 
 SIZE = (64, 128)
@@ -234,3 +234,34 @@ def test_config_validation() -> None:
         ss.SynthConfig(shifts=("fog", "snow"))
     with pytest.raises(DataError, match="train"):
         ss.SynthConfig(train=-1)
+    with pytest.raises(DataError, match="object_scale"):
+        ss.SynthConfig(object_scale=10.0)
+    with pytest.raises(DataError, match="crowd"):
+        ss.SynthConfig(crowd=0.0)
+
+
+def _train_id_pixels(config: ss.SynthConfig, images: int) -> np.ndarray:
+    """[NUM_CLASSES] pixels of each class over the first `images` training scenes."""
+    counts = np.zeros(NUM_CLASSES, dtype=np.int64)
+    style = config.style(ss.DEFAULT_STYLE)
+    for index in range(images):
+        scene = ss.sample_scene(ss.image_rng(config.seed, "train", index), style)
+        train_ids = LABEL_ID_TO_TRAIN_ID[ss.render(scene, *config.size).label_ids]
+        counts += np.bincount(train_ids[train_ids < NUM_CLASSES], minlength=NUM_CLASSES)
+    return counts
+
+
+def test_object_scale_and_crowd_enlarge_the_small_classes() -> None:
+    """The quick configs' knobs: at object_scale 2.5 thin furniture and road users cover
+    several times more pixels, crowd 2 adds rare-class instances; the defaults leave the
+    realistic data set as it was (same scenes: the same random draws in the same order)."""
+    names = ("pole", "traffic sign", "person", "rider", "bicycle")
+    index = [CLASS_NAMES.index(name) for name in names]
+    base = ss.SynthConfig(size=SIZE, seed=1)
+    plain = _train_id_pixels(base, 12)
+    scaled = _train_id_pixels(ss.SynthConfig(size=SIZE, seed=1, object_scale=2.5), 12)
+    crowded = _train_id_pixels(ss.SynthConfig(size=SIZE, seed=1, crowd=2.0), 12)
+    assert scaled[index].sum() > 3 * plain[index].sum(), (plain[index], scaled[index])
+    assert crowded[index[2:]].sum() > 1.3 * plain[index[2:]].sum()
+    assert base.style(ss.DEFAULT_STYLE) == ss.DEFAULT_STYLE
+    assert base.params()["object_scale"] == 1.0 and base.params()["crowd"] == 1.0

@@ -100,6 +100,8 @@ class SynthSpec:
     test: int = 100
     seed: int = 0
     shifts: list[str] = field(default_factory=lambda: list(SHIFT_KINDS))
+    object_scale: float = 1.0
+    crowd: float = 1.0
 
 
 @dataclass
@@ -542,6 +544,8 @@ def prepare_data(spec: Experiment) -> dict[str, Any]:
         test=synth.test,
         seed=synth.seed,
         shifts=tuple(synth.shifts),
+        object_scale=synth.object_scale,
+        crowd=synth.crowd,
     )
     generated = generate(root, config, workers=os.cpu_count() or 1)
     if not generated:

@@ -94,6 +94,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"shifted test copies, comma separated, or none (default {','.join(DEFAULTS.shifts)})",
     )
     synth.add_argument(
+        "--object-scale",
+        type=float,
+        default=DEFAULTS.object_scale,
+        metavar="S",
+        help="drawing size of poles, signs, lights, fences, people and two-wheelers relative "
+        "to life size (default %(default)s; the quick configs use 2.5 so small networks "
+        "resolve them at 128x256)",
+    )
+    synth.add_argument(
+        "--crowd",
+        type=float,
+        default=DEFAULTS.crowd,
+        metavar="F",
+        help="multiplies how often the rare classes occur (default %(default)s = the "
+        "Cityscapes-like imbalance; the quick configs use 2)",
+    )
+    synth.add_argument(
         "--workers",
         type=int,
         default=os.cpu_count() or 1,
@@ -122,6 +139,8 @@ def run_synth(args: argparse.Namespace) -> int:
         test=args.test,
         seed=args.seed,
         shifts=args.shifts,
+        object_scale=args.object_scale,
+        crowd=args.crowd,
     )
     start = time.perf_counter()
     if not generate(args.out, config, workers=args.workers, force=args.force):

@@ -145,6 +145,13 @@ class Style:
     big_paints: tuple[RGB, ...]  # trucks, buses and trams share them (look-alikes)
     sky_zenith: RGB
     sky_horizon: RGB
+    # Drawing size of thin street furniture (poles, signs, traffic lights, fence bars) and
+    # of people and two-wheelers, relative to life size. Above 1 they stay resolvable at a
+    # low image size by a network that predicts at stride 4 (see SynthConfig.object_scale).
+    object_scale: float = 1.0
+    # Multiplies how often the rare classes occur: pedestrians, riders and two-wheelers,
+    # trucks and buses, walls and fences in the gaps between buildings.
+    crowd: float = 1.0
 
 
 DEFAULT_STYLE = Style(
@@ -871,9 +878,9 @@ def _add_wall(b: _Builder, x: float, z0: float, z1: float, height: float) -> Non
     b.shadow(x, x, z0, z1, 0.0, height)
 
 
-def _fence_shape(rng: np.random.Generator, height: float) -> Shape:
-    """Slats or a mesh with gaps, with top and bottom rails."""
-    spacing = rng.uniform(0.1, 0.25)
+def _fence_shape(rng: np.random.Generator, height: float, scale: float) -> Shape:
+    """Slats or a mesh with gaps, with top and bottom rails; bars `scale` times life size."""
+    spacing = rng.uniform(0.1, 0.25) * scale
     bar = spacing * rng.uniform(0.25, 0.6)
     mesh = rng.random() < 0.3
 
@@ -891,7 +898,14 @@ def _fence_shape(rng: np.random.Generator, height: float) -> Shape:
 def _add_fence(b: _Builder, x: float, z0: float, z1: float, height: float) -> None:
     rgb = _pick(b.rng, ((0.35, 0.35, 0.35), (0.18, 0.28, 0.20), (0.45, 0.34, 0.24), (0.6,) * 3))
     material = _textured(rgb, b.rng, 0.08, 20.0)
-    b.side(x, (z0, z1), (0.0, height), FENCE, material, _fence_shape(b.rng, height))
+    b.side(
+        x,
+        (z0, z1),
+        (0.0, height),
+        FENCE,
+        material,
+        _fence_shape(b.rng, height, b.style.object_scale),
+    )
 
 
 def _add_hedge(b: _Builder, x: float, z0: float, z1: float, height: float) -> None:
@@ -1020,7 +1034,8 @@ def _add_lots(b: _Builder, lots: Sequence[_Lot], edge: float, side: int) -> None
             _add_park(b, lot, edge, side)
         elif lot.kind == "building":
             setback = rng.uniform(0, 1.5) if rng.random() < 0.4 else 0.0
-            gap = rng.uniform(2, 6) if rng.random() < 0.25 and lot.z1 - lot.z0 > 10 else 0.0
+            walled = rng.random() < 0.25 * b.style.crowd
+            gap = rng.uniform(2, 6) if walled and lot.z1 - lot.z0 > 10 else 0.0
             height = rng.uniform(*b.style.building_height)
             _add_building(b, edge + side * setback, lot.z0, lot.z1 - gap, side, height)
             if gap:
@@ -1093,6 +1108,7 @@ def _add_skyline(b: _Builder) -> None:
 
 def _add_pole(b: _Builder, x: float, z: float, height: float, width: float) -> None:
     rgb = _pick(b.rng, ((0.45, 0.45, 0.46), (0.22, 0.22, 0.24), (0.20, 0.28, 0.22)))
+    width *= b.style.object_scale
     b.front(
         z, (x - width / 2, x + width / 2), (0.0, height), POLE, _textured(rgb, b.rng, 0.05, 30.0)
     )
@@ -1106,8 +1122,10 @@ def _add_lamp(b: _Builder, x: float, z: float, side: int) -> None:
     reach = b.rng.uniform(1.0, 2.2)
     arm = _textured(_color((0.4, 0.4, 0.42)), b.rng, 0.05)
     x_end = x - side * reach
-    b.front(z - 0.01, (min(x, x_end), max(x, x_end)), (height - 0.12, height), POLE, arm)
-    b.front(z - 0.02, (x_end - 0.3, x_end + 0.3), (height - 0.3, height), POLE, arm)
+    thick = 0.12 * b.style.object_scale
+    b.front(z - 0.01, (min(x, x_end), max(x, x_end)), (height - thick, height), POLE, arm)
+    head = 0.3 * b.style.object_scale
+    b.front(z - 0.02, (x_end - head, x_end + head), (height - head, height), POLE, arm)
 
 
 def _round_measure(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -1144,11 +1162,13 @@ _SIGNS = (
 )
 
 
-def _sign_look(rng: np.random.Generator) -> tuple[Shape, Material, float, float]:
-    """A traffic sign face: (shape, material, width, height) in metres."""
+def _sign_look(rng: np.random.Generator, scale: float) -> tuple[Shape, Material, float, float]:
+    """A traffic sign face `scale` times life size: (shape, material, width, height) in
+    metres."""
     measure, rim, inner, inner_size = _SIGNS[rng.integers(len(_SIGNS))]
     w = rng.uniform(0.5, 0.8)
     h = w * rng.uniform(0.7, 1.3) if measure is _square_measure else w
+    w, h = w * scale, h * scale
     rim, inner = _color(rim), _color(inner)
 
     def centred(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -1164,11 +1184,11 @@ def _sign_look(rng: np.random.Generator) -> tuple[Shape, Material, float, float]
 
 
 def _add_sign_post(b: _Builder, x: float, z: float) -> None:
-    height = b.rng.uniform(2.0, 2.8)
+    height = b.rng.uniform(2.0, 2.8) * max(1.0, b.style.object_scale**0.5)
     _add_pole(b, x, z, height, 0.08)
     top = height
     for _ in range(int(b.rng.integers(1, 3))):
-        shape, material, w, h = _sign_look(b.rng)
+        shape, material, w, h = _sign_look(b.rng, b.style.object_scale)
         b.front(z - 0.05, (x - w / 2, x + w / 2), (top - h, top), SIGN, material, shape)
         top -= h + 0.05
 
@@ -1196,7 +1216,7 @@ def _add_traffic_light(b: _Builder, x: float, z: float, overhead_to: float | Non
     a second light hanging above the lanes."""
     rng = b.rng
     height = rng.uniform(2.6, 3.4)
-    w, h = 0.35, 0.95
+    w, h = 0.35 * b.style.object_scale, 0.95 * b.style.object_scale
     lamps = rng.random() < 0.75
     pole_height = rng.uniform(5.5, 6.5) if overhead_to is not None else height + 0.3
     _add_pole(b, x, z, pole_height, 0.14)
@@ -1275,7 +1295,7 @@ def _add_person(b: _Builder, x: float, z: float) -> None:
     """A pedestrian seen from the front or back: legs (standing or mid-stride), torso,
     arms and head, one camera-facing surface."""
     rng = b.rng
-    h = rng.uniform(1.5, 1.95)
+    h = rng.uniform(1.5, 1.95) * b.style.object_scale
     stride = rng.uniform(0.0, 0.12) * h
     w = 0.5 * h
     c = w / 2
@@ -1384,7 +1404,7 @@ def _add_two_wheeler(
     rng = b.rng
     geo = _MOTORCYCLE if motor else _BICYCLE
     label = MOTORCYCLE if motor else BICYCLE
-    scale = rng.uniform(0.9, 1.1)
+    scale = rng.uniform(0.9, 1.1) * b.style.object_scale
     length, height = (2.1 if motor else 1.75) * scale, 1.25 * scale
     shape = _scaled(_motorcycle_shape() if motor else _bicycle_shape(), scale)
     paint = _pick(rng, ((0.1, 0.1, 0.1), (0.6, 0.1, 0.1), (0.15, 0.25, 0.55), (0.7, 0.7, 0.7)))
@@ -1474,7 +1494,7 @@ def _add_two_wheeler_rear(b: _Builder, x: float, z: float, *, motor: bool, rider
     """A bicycle or motorcycle seen from behind (or the front) at X = x, Z = z, with or
     without its rider, as camera-facing surfaces."""
     rng = b.rng
-    scale = rng.uniform(0.9, 1.1)
+    scale = rng.uniform(0.9, 1.1) * b.style.object_scale
     w = _REAR_WIDTH * scale
     label = MOTORCYCLE if motor else BICYCLE
     machine = _scaled(_capsules(_REAR_MACHINE[motor]), scale)
@@ -1727,8 +1747,11 @@ def _add_vehicle(b: _Builder, kind: str, x: float, z: float, oncoming: bool) -> 
     return length
 
 
-def _vehicle_kind(rng: np.random.Generator) -> str:
-    return str(rng.choice(["car", "van", "truck", "bus"], p=[0.87, 0.08, 0.03, 0.02]))
+def _vehicle_kind(rng: np.random.Generator, crowd: float) -> str:
+    """Cars mostly; `crowd` multiplies the shares of trucks and buses."""
+    truck, bus = min(0.3, 0.03 * crowd), min(0.2, 0.02 * crowd)
+    shares = [1.0 - 0.08 - truck - bus, 0.08, truck, bus]
+    return str(rng.choice(["car", "van", "truck", "bus"], p=shares))
 
 
 def _add_traffic(b: _Builder, lanes: _Lanes) -> list[tuple[float, float, float]]:
@@ -1745,7 +1768,7 @@ def _add_traffic(b: _Builder, lanes: _Lanes) -> list[tuple[float, float, float]]
         if lane == lanes.tram:
             z += _add_vehicle(b, "tram", x, z, oncoming) + rng.uniform(10, 40)
         while z < 130:
-            kind = "car" if parked and rng.random() < 0.9 else _vehicle_kind(rng)
+            kind = "car" if parked and rng.random() < 0.9 else _vehicle_kind(rng, b.style.crowd)
             if parked and (rng.random() < 0.25 or b.street.crosses(z, z + 5)):  # a free space
                 z += rng.uniform(3, 8)
                 continue
@@ -1772,17 +1795,18 @@ def _add_riders(b: _Builder, lanes: _Lanes) -> None:
     streets (profiles facing the camera), parked bicycles and motorcycles."""
     rng = b.rng
     street = b.street
-    if rng.random() < 0.5:
+    crowd = b.style.crowd
+    if rng.random() < 0.5 * crowd:
         for _ in range(int(rng.integers(1, 3))):
             x = street.road_right - rng.uniform(0.5, 1.0)
             _add_kerb_rider(b, x, rng.uniform(6, 45), motor=False, oncoming=False)
-    if rng.random() < 0.3:
+    if rng.random() < 0.3 * crowd:
         lane = int(rng.integers(lanes.count))
         x = lanes.x[lane] + rng.uniform(-0.8, 0.8)
         oncoming = lane < lanes.oncoming
         _add_kerb_rider(b, x, rng.uniform(8, 50), motor=True, oncoming=oncoming)
     for c0, c1 in street.crossings:
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 * crowd:
             _add_two_wheeler(
                 b,
                 "front",
@@ -1793,7 +1817,7 @@ def _add_riders(b: _Builder, lanes: _Lanes) -> None:
                 rider=True,
             )
     for x in (street.walk_left + 0.5, street.walk_right - 0.5):
-        if rng.random() < 0.35 and abs(x) >= PROFILE_MIN_OFFSET:
+        if rng.random() < 0.35 * crowd and abs(x) >= PROFILE_MIN_OFFSET:
             motor = bool(rng.random() < 0.25)
             for _ in range(int(rng.integers(1, 4))):
                 forward = bool(rng.random() < 0.5)
@@ -1806,7 +1830,7 @@ def _add_pedestrians(b: _Builder) -> None:
     """People on the sidewalks (some in small groups) and on crosswalks."""
     rng = b.rng
     street = b.street
-    for _ in range(int(rng.poisson(b.style.pedestrians))):
+    for _ in range(int(rng.poisson(b.style.pedestrians * b.style.crowd))):
         lo, hi = street.pavement(int(rng.choice([-1, 1])))
         x, z = rng.uniform(lo + 0.3, hi - 0.3), rng.uniform(5, 70)
         for _ in range(int(rng.choice([1, 1, 1, 2, 3]))):
@@ -2362,6 +2386,12 @@ class SynthConfig:
     size: (height, width) of every image; train / val / test: images per split;
     seed: the master seed (>= 0); shifts: shift kinds written for the test split
     (`segdistill.data.shifts.SHIFT_KINDS`).
+    object_scale: drawing size of poles, signs, traffic lights, fence bars, people and
+    two-wheelers relative to life size (1 = realistic). At 128x256 a real pole is 1-2
+    pixels wide, below what a network predicting at stride 4 resolves; the quick configs
+    draw them 2.5 times larger so that small networks learn those classes in CPU minutes.
+    crowd: multiplies how often the rare classes occur (people, riders, two-wheelers,
+    trucks, buses, walls, fences); 1 = the Cityscapes-like imbalance.
     """
 
     size: tuple[int, int] = (128, 256)
@@ -2370,6 +2400,8 @@ class SynthConfig:
     test: int = 100
     seed: int = 0
     shifts: tuple[str, ...] = shifts.SHIFT_KINDS
+    object_scale: float = 1.0
+    crowd: float = 1.0
 
     def __post_init__(self) -> None:
         height, width = self.size
@@ -2383,6 +2415,12 @@ class SynthConfig:
                 raise DataError(f"--{split} must be >= 0, got {self.count(split)}")
         if self.seed < 0:
             raise DataError(f"seed must be >= 0, got {self.seed}")
+        for name, value, high in (
+            ("object_scale", self.object_scale, 4.0),
+            ("crowd", self.crowd, 4.0),
+        ):
+            if not 0.5 <= value <= high:
+                raise DataError(f"{name} must be in [0.5, {high}], got {value}")
         shifts.expand_shifts(self.shifts)  # raises on unknown kinds
 
     def count(self, split: str) -> int:
@@ -2403,7 +2441,14 @@ class SynthConfig:
             "val": self.val,
             "test": self.test,
             "shifts": [spec.name for spec in self.shift_specs()],
+            "object_scale": self.object_scale,
+            "crowd": self.crowd,
         }
+
+    def style(self, base: Style) -> Style:
+        """`base` (DEFAULT_STYLE or NEWCITY_STYLE) with this data set's object scale and
+        crowd."""
+        return replace(base, object_scale=self.object_scale, crowd=self.crowd)
 
 
 def image_name(split: str, index: int) -> tuple[str, str]:
@@ -2532,7 +2577,7 @@ def _run_job(job: _Job) -> dict[str, np.ndarray]:
     config = job.config
     height, width = config.size
     city, stem = image_name(job.split, job.index)
-    scene = sample_scene(image_rng(config.seed, job.split, job.index))
+    scene = sample_scene(image_rng(config.seed, job.split, job.index), config.style(DEFAULT_STYLE))
     frame = render(scene, height, width)
     paths = SamplePaths.of(job.root, job.split, city, stem)
     write_frame(frame, paths)
@@ -2548,7 +2593,8 @@ def _run_job(job: _Job) -> dict[str, np.ndarray]:
             counts[spec.name] = counts[job.split]
             continue
         if spec.kind == "newcity":
-            shifted = sample_scene(image_rng(config.seed, job.split, job.index), NEWCITY_STYLE)
+            newcity = config.style(NEWCITY_STYLE)
+            shifted = sample_scene(image_rng(config.seed, job.split, job.index), newcity)
         else:
             shifted = add_anomalies(scene, rng)
         shifted_frame = render(shifted, height, width)
