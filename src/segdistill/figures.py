@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
@@ -220,32 +221,35 @@ def misclassification_roc(models: Sequence[Model], split: str | None = None) -> 
     return figure
 
 
+def _two_histograms(
+    ax: Axes, hist: dict[str, Any], groups: tuple[tuple[str, str], tuple[str, str]]
+) -> None:
+    """The two pixel groups `groups` ((key, colour), (key, colour)) of a stored histogram
+    (`edges` and one count list per key), each normalised to its own total, x axis cut
+    where both are empty."""
+    edges = np.asarray(hist["edges"])
+    for key, color in groups:
+        counts = np.asarray(hist[key], dtype=np.float64)
+        share = counts / counts.sum() if counts.sum() else counts
+        label = f"{key} ({int(counts.sum()):,} px)"
+        ax.stairs(share, edges, color=color, fill=True, alpha=0.45, label=label)
+    first, second = (hist[key] for key, _ in groups)
+    ax.set_xlim(edges[0], _occupied_limit(edges, first, second))
+    _note_coarse(ax, edges, first, second)
+    ax.set_ylabel("share of pixels")
+    ax.legend(fontsize=8)
+
+
 def uncertainty_histograms(models: Sequence[Model], split: str | None = None) -> Figure:
     """One panel per model: the uncertainty of correctly and wrongly classified pixels,
     each normalised to its own total (Holder & Shafique Fig. 4)."""
     split = pick_split(models, split)
     figure, axes = axes_grid(len(models), 3, (3.6, 2.8), top=0.75)
     for ax, model in zip(axes, models):
-        unc = model["splits"][split]["uncertainty"]
-        hist = unc["histograms"]
-        edges = np.asarray(hist["edges"])
-        for key, color in (("correct", "#2ca02c"), ("wrong", "#d62728")):
-            counts = np.asarray(hist[key], dtype=np.float64)
-            share = counts / counts.sum() if counts.sum() else counts
-            ax.stairs(
-                share,
-                edges,
-                color=color,
-                fill=True,
-                alpha=0.45,
-                label=f"{key} ({int(counts.sum()):,} px)",
-            )
-        ax.set_xlim(edges[0], _occupied_limit(edges, hist["correct"], hist["wrong"]))
-        _note_coarse(ax, edges, hist["correct"], hist["wrong"])
+        hist = model["splits"][split]["uncertainty"]["histograms"]
+        _two_histograms(ax, hist, (("correct", "#2ca02c"), ("wrong", "#d62728")))
         ax.set_xlabel(f"uncertainty ({model['uncertainty_source']})", fontsize=8)
-        ax.set_ylabel("share of pixels")
         ax.set_title(model["name"], fontsize=10)
-        ax.legend(fontsize=8)
     figure.suptitle(f"Uncertainty of correct and wrong pixels ({split})")
     return figure
 
@@ -473,27 +477,11 @@ def anomaly_histograms(models: Sequence[Model]) -> Figure | None:
     figure, axes = axes_grid(len(with_anomaly), 3, (3.6, 2.8), top=0.75)
     for ax, model in zip(axes, with_anomaly):
         anomaly = model["anomaly"]
-        hist = anomaly["histograms"]
-        edges = np.asarray(hist["edges"])
-        for key, color in (("normal", "#1f77b4"), ("anomaly", "#d62728")):
-            counts = np.asarray(hist[key], dtype=np.float64)
-            share = counts / counts.sum() if counts.sum() else counts
-            ax.stairs(
-                share,
-                edges,
-                color=color,
-                fill=True,
-                alpha=0.45,
-                label=f"{key} ({int(counts.sum()):,} px)",
-            )
-        ax.set_xlim(edges[0], _occupied_limit(edges, hist["normal"], hist["anomaly"]))
-        _note_coarse(ax, edges, hist["normal"], hist["anomaly"])
+        _two_histograms(ax, anomaly["histograms"], (("normal", "#1f77b4"), ("anomaly", "#d62728")))
         ax.set_xlabel("uncertainty (anomaly score)")
-        ax.set_ylabel("share of pixels")
         ax.set_title(
             f"{model['name']}: AP {_fmt(anomaly['ap'])}, AUROC {_fmt(anomaly['auroc'])}", fontsize=9
         )
-        ax.legend(fontsize=8)
     figure.suptitle(f"Pixel anomaly detection ({with_anomaly[0]['anomaly']['split']})")
     return figure
 

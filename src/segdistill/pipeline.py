@@ -75,7 +75,7 @@ from segdistill.predictor import (
     Predictor,
     load_predictor,
 )
-from segdistill.report import write_report
+from segdistill.report import dig, write_report
 from segdistill.train import RESUME_CHECKPOINT, train
 
 SCHEMA = "segdistill.experiment/1"
@@ -776,21 +776,9 @@ def sweep(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dic
 # ----------------------------------------------------------------------------------------
 
 
-def _get(value: Any, *keys: str | int) -> Any:
-    """value[k1][k2]...; None when a level is missing or None."""
-    for key in keys:
-        if value is None:
-            return None
-        try:
-            value = value[key]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return value
-
-
 def _removal_gain(model: dict[str, Any], split: str, fraction: float = 0.5) -> float | None:
     """mIoU after removing the `fraction` most uncertain pixels minus the mIoU of all."""
-    curve = _get(model, "splits", split, "uncertainty", "miou_vs_removed")
+    curve = dig(model, "splits", split, "uncertainty", "miou_vs_removed")
     if not curve:
         return None
     fractions = [round(f, 6) for f in curve["removed_fraction"]]
@@ -801,14 +789,14 @@ def _removal_gain(model: dict[str, Any], split: str, fraction: float = 0.5) -> f
 
 
 def _best_ood_auroc(model: dict[str, Any], shifted: str) -> float | None:
-    entry = _get(model, "ood", "sets", shifted)
+    entry = dig(model, "ood", "sets", shifted)
     if not entry or entry["best_aggregator"] is None:
         return None
     return entry["by_aggregator"][entry["best_aggregator"]]["auroc"]
 
 
 def _seg(*keys: str) -> Callable[[dict[str, Any], str], Any]:
-    return lambda model, split: _get(model, "splits", split, *keys)
+    return lambda model, split: dig(model, "splits", split, *keys)
 
 
 # name -> (column header, value of a results.json model on a split). `ood_auroc` reads its
@@ -828,9 +816,9 @@ METRICS: dict[str, tuple[str, Callable[[dict[str, Any], str], Any]]] = {
     "per_class_mean_uncertainty": ("unc. per class", _seg("uncertainty", "per_class_mean")),
     "miou_gain_removed_50": ("mIoU gain 50% removed", _removal_gain),
     "ood_auroc": ("OOD AUROC", _best_ood_auroc),
-    "anomaly_ap": ("anomaly AP", lambda model, split: _get(model, "anomaly", "ap")),
-    "latency_ms": ("latency ms", lambda model, split: _get(model, "speed", "latency_ms", "median")),
-    "gflops": ("GFLOPs", lambda model, split: _get(model, "speed", "gflops_per_image")),
+    "anomaly_ap": ("anomaly AP", lambda model, split: dig(model, "anomaly", "ap")),
+    "latency_ms": ("latency ms", lambda model, split: dig(model, "speed", "latency_ms", "median")),
+    "gflops": ("GFLOPs", lambda model, split: dig(model, "speed", "gflops_per_image")),
     "parameters_m": ("params (M)", lambda model, split: model["parameters"] / 1e6),
 }
 

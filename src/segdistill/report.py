@@ -175,9 +175,8 @@ def _table(
     )
 
 
-def _get(model: dict[str, Any], *keys: str | int) -> Any:
-    """model[k0][k1]...; None when any level is missing or None."""
-    value: Any = model
+def dig(value: Any, *keys: str | int) -> Any:
+    """value[k0][k1]...; None when any level is missing or None (results.json models)."""
     for key in keys:
         if value is None:
             return None
@@ -230,12 +229,12 @@ def summary_table(models: Sequence[dict[str, Any]], split: str) -> str:
             text(m["uncertainty_source"]),
         ]
         row += [
-            metric(f"{name}/{split}/{key}", _get(m, "splits", split, *path))
+            metric(f"{name}/{split}/{key}", dig(m, "splits", split, *path))
             for _, key, path, _ in SPLIT_COLUMNS
         ]
         row += [
-            metric(f"{name}/pixel_anomaly/ap", _get(m, "anomaly", "ap")),
-            metric(f"{name}/pixel_anomaly/auroc", _get(m, "anomaly", "auroc")),
+            metric(f"{name}/pixel_anomaly/ap", dig(m, "anomaly", "ap")),
+            metric(f"{name}/pixel_anomaly/auroc", dig(m, "anomaly", "auroc")),
         ]
         rows.append(row)
     return _table(headers, rows, better, caption=f"Metrics on {split}")
@@ -252,7 +251,7 @@ def per_split_table(
     splits = list(dict.fromkeys(s for m in models for s in m["splits"]))
     rows = [
         [text(m["name"], header=True)]
-        + [metric(f"{m['name']}/{s}/{key}", _get(m, "splits", s, *path)) for s in splits]
+        + [metric(f"{m['name']}/{s}/{key}", dig(m, "splits", s, *path)) for s in splits]
         for m in models
     ]
     # Best per column means best model on that set.
@@ -260,7 +259,7 @@ def per_split_table(
 
 
 def _teacher_of(model: dict[str, Any], names: set[str]) -> str | None:
-    teacher = _get(model, "vs_teacher", "teacher")
+    teacher = dig(model, "vs_teacher", "teacher")
     return teacher if teacher in names else None
 
 
@@ -296,14 +295,14 @@ def per_class_table(
         row += [
             metric(
                 f"{m['name']}/{split}/{kind}/{cls}",
-                _get(m, "splits", split, *mean) if last else _get(m, "splits", split, *values, c),
+                dig(m, "splits", split, *mean) if last else dig(m, "splits", split, *values, c),
             )
             for m in models
         ]
         row += [
             metric(
                 f"{m['name']}/{split}/{kind}_diff/{cls}",
-                _get(m, "vs_teacher", "splits", split, *((mean_diff,) if last else (diffs, c))),
+                dig(m, "vs_teacher", "splits", split, *((mean_diff,) if last else (diffs, c))),
                 signed=True,
             )
             for m in students
@@ -323,7 +322,7 @@ def teacher_table(models: Sequence[dict[str, Any]]) -> str | None:
         + [
             metric(
                 f"{m['name']}/vs_teacher/{s}/pearson",
-                _get(m, "vs_teacher", "splits", s, "paired", "pearson"),
+                dig(m, "vs_teacher", "splits", s, "paired", "pearson"),
             )
             for s in splits
         ]
@@ -347,8 +346,8 @@ def ood_summary_table(models: Sequence[dict[str, Any]]) -> str | None:
     for m in with_ood:
         row = [text(m["name"], header=True)]
         for s in sets:
-            best = _get(m, "ood", "sets", s, "best_aggregator")
-            value = _get(m, "ood", "sets", s, "by_aggregator", best, "auroc") if best else None
+            best = dig(m, "ood", "sets", s, "best_aggregator")
+            value = dig(m, "ood", "sets", s, "by_aggregator", best, "auroc") if best else None
             row.append(metric(f"{m['name']}/ood/{s}/best/auroc", value))
         rows.append(row)
     reference = with_ood[0]["ood"]["reference"]
@@ -362,7 +361,7 @@ def ood_summary_table(models: Sequence[dict[str, Any]]) -> str | None:
 
 def ood_set_table(models: Sequence[dict[str, Any]], name: str) -> str:
     """One shifted set: rows models; AUROC / AUPR / FPR95 of every aggregator."""
-    with_set = [m for m in models if _get(m, "ood", "sets", name)]
+    with_set = [m for m in models if dig(m, "ood", "sets", name)]
     aggregators = list(with_set[0]["ood"]["aggregators"])
     headers, better = ["model"], [None]
     for agg in aggregators:
@@ -373,9 +372,9 @@ def ood_set_table(models: Sequence[dict[str, Any]], name: str) -> str:
     for m in with_set:
         row = [text(m["name"], header=True)]
         for agg in aggregators:
-            result = _get(m, "ood", "sets", name, "by_aggregator", agg)
+            result = dig(m, "ood", "sets", name, "by_aggregator", agg)
             row += [
-                metric(f"{m['name']}/ood/{name}/{agg}/{k}", _get(result, k))
+                metric(f"{m['name']}/ood/{name}/{agg}/{k}", dig(result, k))
                 for k in ("auroc", "aupr", "fpr95")
             ]
         rows.append(row)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from segdistill.bench import benchmark, format_result, to_json
 from segdistill.checkpoints import atomic_write
+from segdistill.commands.arguments import add_mc_samples, add_model_sources
 from segdistill.commands.data import parse_size
 from segdistill.predictor import load_predictor
 
@@ -29,13 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Benchmark model sources in one interleaved run and print the latency "
         "ratios teacher/student and student/baseline against their goals.",
     )
-    parser.add_argument(
-        "sources",
-        nargs="+",
-        type=Path,
-        metavar="SOURCE",
-        help="run directory, .safetensors weights, or ensemble directory / manifest.json",
-    )
+    add_model_sources(parser, "sources", "SOURCE")
     parser.add_argument("--size", type=parse_size, required=True, metavar="HxW", help="input size")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument(
@@ -47,13 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
-    parser.add_argument(
-        "--mc-samples",
-        type=int,
-        default=8,
-        metavar="K",
-        help="dropout passes for an MC-dropout checkpoint (default %(default)s)",
-    )
+    add_mc_samples(parser)
     parser.set_defaults(func=run_bench)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from segdistill.commands.arguments import add_mc_samples, add_model_sources
 from segdistill.evaluate import RESULTS_FILE, evaluate, format_summary
 
 
@@ -30,12 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate runs, checkpoints and ensembles: segmentation, uncertainty, "
         "OOD and anomaly metrics; writes metrics.json and figures.",
     )
-    parser.add_argument(
-        "sources",
-        nargs="+",
-        metavar="RUN_OR_CHECKPOINT",
-        help="run directory, .safetensors file, or ensemble directory / manifest.json",
-    )
+    add_model_sources(parser, "sources", "RUN_OR_CHECKPOINT")
     parser.add_argument("--data", type=Path, required=True, help="data set folder")
     parser.add_argument(
         "--splits",
@@ -57,12 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-images", type=int, metavar="N", help="evaluate only the first N images of each split"
     )
-    parser.add_argument(
-        "--mc-samples",
-        type=int,
-        default=8,
-        help="forward passes of an MC-dropout model (default %(default)s)",
-    )
+    add_mc_samples(parser)
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument(
         "--workers", type=int, default=2, help="data loader workers (default %(default)s)"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from segdistill.commands.arguments import add_overrides
 from segdistill.pipeline import load_experiment, run_pipeline
 
 
@@ -39,15 +40,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="output folder (default: run_dir of the config, else runs/<config name>)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override experiment keys, e.g. --set teacher.members=3 evaluate.max_images=20",
-    )
+    add_overrides(parser, "teacher.members=3 evaluate.max_images=20")
 
 
 def run_experiment_file(config: Path, overrides: list[str], run_dir: Path | None) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from segdistill.bench import resolve_device
+from segdistill.commands.arguments import MODEL_SOURCE_HELP, add_mc_samples
 from segdistill.commands.data import parse_size
 from segdistill.predict import UNCERTAINTY_VMAX, find_images, predict_files
 from segdistill.predictor import load_predictor
@@ -30,11 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Predict classes and uncertainty for image files, folders or folders of "
         "video frames; write colour, overlay, heat-map, 16-bit and panel PNGs per image.",
     )
-    parser.add_argument(
-        "source",
-        type=Path,
-        help="run directory, .safetensors weights, or ensemble directory / manifest.json",
-    )
+    parser.add_argument("source", type=Path, help=MODEL_SOURCE_HELP)
     parser.add_argument(
         "inputs",
         nargs="+",
@@ -71,13 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="default: cuda when available, else cpu",
     )
-    parser.add_argument(
-        "--mc-samples",
-        type=int,
-        default=8,
-        metavar="K",
-        help="dropout passes for an MC-dropout checkpoint (default %(default)s)",
-    )
+    add_mc_samples(parser)
     parser.set_defaults(func=run_predict)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_only
 
 from segdistill.checkpoints import atomic_write, weights_path
+from segdistill.commands.arguments import add_overrides
 from segdistill.config import SegConfig, load_config, replace_values
 from segdistill.errors import ConfigError
 from segdistill.train import RESUME_CHECKPOINT, train
@@ -70,15 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the YAML config file")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override config keys, e.g. --set optim.lr=0.02 data.crop_size=[64,128]",
-    )
+    add_overrides(parser, "optim.lr=0.02 data.crop_size=[64,128]")
     parser.add_argument(
         "--run-dir", metavar="DIR", help="output directory (default: run.dir, else runs/NAME)"
     )

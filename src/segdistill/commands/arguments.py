@@ -1,0 +1,38 @@
+"""Command-line arguments that several commands share, defined once so that their names,
+defaults and help texts cannot drift apart."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+MODEL_SOURCE_HELP = "run directory, .safetensors weights, or ensemble directory / manifest.json"
+
+
+def add_model_sources(parser: argparse.ArgumentParser, name: str, metavar: str) -> None:
+    """Positional `name`: one or more models to load with `load_predictor`."""
+    parser.add_argument(name, nargs="+", type=Path, metavar=metavar, help=MODEL_SOURCE_HELP)
+
+
+def add_mc_samples(parser: argparse.ArgumentParser) -> None:
+    """--mc-samples K: stochastic passes of an MC-dropout model."""
+    parser.add_argument(
+        "--mc-samples",
+        type=int,
+        default=8,
+        metavar="K",
+        help="dropout passes for an MC-dropout checkpoint (default %(default)s)",
+    )
+
+
+def add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
+    """--set KEY=VALUE ... (repeatable), collected into `args.overrides`."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override config keys, e.g. --set {example}",
+    )
