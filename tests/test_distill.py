@@ -215,15 +215,16 @@ def test_stage_one_trains_the_translator_before_fitting_and_not_again_on_resume(
     real_train_translator = training.train_translator
 
     def count(features, translator):
-        calls.append(None)
-        return real_train_translator(features, translator)
+        history = real_train_translator(features, translator)
+        calls.append(len(history))
+        return history
 
     monkeypatch.setattr(training, "train_translator", count)
     cfg = tiny_config(tmp_path, synth, ensemble, ["distill.methods=[{name: adaptation}]"])
     run_dir = training.train(cfg)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     after_first_epoch = translator_state(checkpoint)
-    assert len(calls) == 1
+    assert calls == [2]  # one epoch: both full batches of the training set
     assert after_first_epoch["methods.methods.adaptation.translator.trained"].item() is True
     assert {"train/adaptation/adapt", "train/adaptation/affinity"} <= set(read_metrics(run_dir)[0])
 
@@ -233,6 +234,23 @@ def test_stage_one_trains_the_translator_before_fitting_and_not_again_on_resume(
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 4
     for key, value in translator_state(checkpoint).items():
         assert torch.equal(value, after_first_epoch[key]), key  # frozen in stage 2
+
+
+def test_stage_one_honours_limit_train_batches(
+    tmp_path: Path, synth: Path, ensemble: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = []
+    real_train_translator = training.train_translator
+
+    def count(features, translator):
+        history = real_train_translator(features, translator)
+        steps.append(len(history))
+        return history
+
+    monkeypatch.setattr(training, "train_translator", count)
+    overrides = ["distill.methods=[{name: adaptation}]", "trainer.limit_train_batches=1"]
+    training.train(tiny_config(tmp_path, synth, ensemble, overrides))
+    assert steps == [1]
 
 
 def test_init_from_loads_encoder_and_decoder_and_keeps_the_new_heads_fresh(

@@ -386,7 +386,8 @@ class SegmentationTask(L.LightningModule):
     def _train_translators(self) -> None:
         """He et al.'s stage 1, before the first step: every translator awaiting it
         (`MethodSet.translators_to_train`) trains for one epoch on the teacher's features of
-        the training images (their training augmentation, full batches). A resumed run has
+        the training images (their training augmentation, full batches, as many as
+        `trainer.limit_train_batches` allows, so a short trial stays short). A resumed run has
         restored the translators, `trained` flag included, from last.ckpt before this hook,
         so stage 1 is not redone. Every process trains on all images; with several
         processes the first one's translator is then broadcast to the others."""
@@ -403,8 +404,11 @@ class SegmentationTask(L.LightningModule):
             num_workers=data.num_workers,
             drop_last=True,  # batch norm in the translator needs full batches
         )
+        batches = steps_per_epoch(
+            len(data.train_set), 1, data.batch_size, self.trainer.limit_train_batches
+        )
         for name, tap, translator in pending:
-            features = TeacherFeatures(self.teacher, loader, tap, self.device)
+            features = TeacherFeatures(self.teacher, loader, tap, self.device, batches)
             history = train_translator(features, translator)
             rank_zero_info(
                 f"method {name!r}, stage 1: translator trained on the teacher's {tap!r} "
@@ -512,18 +516,28 @@ class SegmentationTask(L.LightningModule):
 
 
 class TeacherFeatures:
-    """The teacher's feature tap `tap` [B, C, h, w] on every batch of `loader`, computed on
-    `device` without gradient; re-iterable (each iteration is one pass over the loader), as
-    `train_translator` needs."""
+    """The teacher's feature tap `tap` [B, C, h, w] on the first `max_batches` batches of
+    `loader` (all when None), computed on `device` without gradient; re-iterable (each
+    iteration is one pass over the loader), as `train_translator` needs."""
 
-    def __init__(self, teacher: Teacher, loader: DataLoader, tap: str, device: torch.device):
+    def __init__(
+        self,
+        teacher: Teacher,
+        loader: DataLoader,
+        tap: str,
+        device: torch.device,
+        max_batches: int | None = None,
+    ):
         self.teacher = teacher
         self.loader = loader
         self.tap = tap
         self.device = device
+        self.max_batches = max_batches
 
     def __iter__(self) -> Iterator[Tensor]:
-        for batch in self.loader:
+        for index, batch in enumerate(self.loader):
+            if self.max_batches is not None and index >= self.max_batches:
+                return
             images = batch["image"].to(self.device)
             yield self.teacher.signals(images, {"features"}).features[self.tap]
 
