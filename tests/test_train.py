@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from segdistill import train as training
 from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.commands import train as train_command
-from segdistill.config import OptimConfig, SegConfig, load_config
+from segdistill.config import OptimConfig, SegConfig, load_config, replace_values
 from segdistill.errors import CheckpointError, ConfigError, TrainingError
 from segdistill.methods import build_methods
 from segdistill.metrics import SegmentationEvaluator
@@ -217,6 +217,15 @@ def test_decoder_gets_ten_times_the_encoder_lr_with_poly_decay() -> None:
         model, OptimConfig(name="adamw", lr=1e-4), total_steps=10, num_classes=3
     ).configure_optimizers()["optimizer"]
     assert isinstance(adamw, torch.optim.AdamW)
+
+
+def test_gradient_clipping_reaches_the_trainer(tmp_path: Path) -> None:
+    plain = training.build_trainer(SegConfig(), tmp_path / "plain")
+    assert plain.gradient_clip_val is None
+    cfg = replace_values(SegConfig(), {"trainer.gradient_clip_val": 0.5}, "test")
+    trainer = training.build_trainer(cfg, tmp_path / "clipped")
+    assert trainer.gradient_clip_val == 0.5
+    assert trainer.gradient_clip_algorithm == "norm"  # a str enum
 
 
 def test_validation_miou_is_computed_over_the_whole_set(trained_run: Path) -> None:

@@ -86,7 +86,9 @@ class TrainerConfig:
     "16-mixed" or "bf16-mixed" (the DUDES recipe trains with mixed precision);
     limit_*_batches: a number of batches (int) or a fraction (float) per epoch;
     checkpoint_every_n_steps: also write `last.ckpt` every N optimiser steps (it is always
-    written at the end of every epoch)."""
+    written at the end of every epoch); gradient_clip_val: clip the gradient's total L2
+    norm to this value before each step (None: no clipping), for losses whose scale
+    dwarfs the cross-entropy early in training (Karine's 14 L_SA)."""
 
     max_epochs: int = 10
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
@@ -99,6 +101,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     deterministic: bool = False
     checkpoint_every_n_steps: int | None = None
+    gradient_clip_val: float | None = None
 
 
 @dataclass
@@ -250,6 +253,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.limit_train_batches", _positive_or_none, "be > 0 or null"),
     ("trainer.limit_val_batches", _positive_or_none, "be > 0 or null"),
     ("trainer.checkpoint_every_n_steps", _positive_or_none, "be > 0 or null"),
+    ("trainer.gradient_clip_val", _positive_or_none, "be > 0 or null"),
     ("ensemble.members", _at_least(1), "be >= 1"),
 ]
 

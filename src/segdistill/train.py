@@ -316,6 +316,8 @@ def build_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         benchmark=not t.deterministic,
+        gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_algorithm="norm",
         # EpochLoader shards the data itself (Lightning's sampler would not be resumable).
         use_distributed_sampler=False,
         # RunCheckpoints writes every checkpoint; Lightning's own callback is not used.
