@@ -184,6 +184,14 @@ def test_self_attention_loss_matches_eq3(rng):
     got = losses.self_attention_loss(_t(s), _t(t), 4.0, 0.4)
     assert got.item() == pytest.approx(np.mean(per_image), rel=1e-10)
     assert losses.self_attention_loss(_t(s), _t(s)).item() == 0.0
+    # "mse", the text's reading: mean over positions of the squared difference.
+    per_image_mse = [
+        sum(((et[b, j] - es[b, j]) ** 2).mean() for j in range(C)) / C for b in range(B)
+    ]
+    got_mse = losses.self_attention_loss(_t(s), _t(t), 4.0, 0.4, distance="mse")
+    assert got_mse.item() == pytest.approx(np.mean(per_image_mse), rel=1e-10)
+    with pytest.raises(ValueError, match="distance"):
+        losses.self_attention_loss(_t(s), _t(t), distance="l1")
 
 
 def test_cwd_matches_eq5(rng):

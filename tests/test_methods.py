@@ -163,6 +163,22 @@ def test_self_attention_coefficients_and_channel_adapter():
     assert out["cwd"].item() == pytest.approx(3 * kd.item(), rel=1e-5)
 
 
+def test_self_attention_mse_distance_option():
+    method = methods.SelfAttention(student_channels=3, teacher_channels=5, distance="mse")
+    student, teacher = _student(), _teacher()
+    teacher_map = teacher.features["encoder_out"]
+    student_map = torch.nn.functional.interpolate(
+        method.adapter(student.features["encoder_out"]),
+        size=teacher_map.shape[-2:],
+        mode="bilinear",
+    )
+    expected = losses.self_attention_loss(student_map, teacher_map, 4.0, 0.4, distance="mse")
+    out = method(student, teacher, _target())
+    assert out["sa"].item() == pytest.approx(14 * expected.item(), rel=1e-5)
+    with pytest.raises(ConfigError, match="distance='l1'"):
+        methods.SelfAttention(student_channels=5, teacher_channels=5, distance="l1")
+
+
 def test_self_attention_zero_when_features_match():
     method = methods.SelfAttention(student_channels=5, teacher_channels=5)
     assert isinstance(method.adapter, torch.nn.Identity)

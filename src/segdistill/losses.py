@@ -133,17 +133,25 @@ def self_attention_loss(
     teacher_features: Tensor,
     temperature: float = 4.0,
     beta: float = 0.4,
+    distance: str = "norm",
 ) -> Tensor:
-    """Karine et al. eq. 3: L_SA = (1/C) sum_j ||E_j^T - E_j^S||_2, averaged over the batch.
+    """Karine et al. eq. 3: L_SA = (1/C) sum_j d(E_j^T, E_j^S), averaged over the batch.
 
     student_features, teacher_features: [B, C, H, W] of the same shape (the method adapts
-    the channels and resizes the student first). ||.||_2 is the (unsquared) Euclidean norm
-    of the channel map difference over its H * W positions, as eq. 3 writes it.
+    the channels and resizes the student first). distance "norm": d is the (unsquared)
+    Euclidean norm of the channel map difference over its H * W positions, as eq. 3 writes
+    it; "mse": the mean squared difference over the positions, as the text names it ("la
+    perte quadratique moyenne"), which does not grow with the map size.
     """
     diff = channel_self_attention(teacher_features, temperature, beta) - channel_self_attention(
         student_features, temperature, beta
     )
-    per_channel = torch.linalg.vector_norm(diff.flatten(2), dim=2)  # [B, C]
+    if distance == "norm":
+        per_channel = torch.linalg.vector_norm(diff.flatten(2), dim=2)  # [B, C]
+    elif distance == "mse":
+        per_channel = diff.flatten(2).square().mean(dim=2)
+    else:
+        raise ValueError(f"distance must be 'norm' or 'mse', not {distance!r}")
     return per_channel.mean()
 
 

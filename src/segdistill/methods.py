@@ -325,7 +325,8 @@ class SelfAttention(_FeatureMethod):
     maps (default tap "encoder_out", the backbone output); L_KD (eq. 5) is CWD on the
     logits. T = 4 serves both, beta = 0.4. When the channel counts differ (R18 512 vs R101
     2048) a 1x1 conv adapter on the student (trained with it) matches them; the student map
-    is resized bilinearly to the teacher's size. Terms: "sa", "cwd".
+    is resized bilinearly to the teacher's size. `distance` "norm" (eq. 3) or "mse" (the
+    paper's text; see `losses.self_attention_loss`). Terms: "sa", "cwd".
     """
 
     name = "self_attention"
@@ -341,12 +342,18 @@ class SelfAttention(_FeatureMethod):
         beta: float = 0.4,
         lambda_sa: float = 14.0,
         lambda_kd: float = 3.0,
+        distance: str = "norm",
         ce_weight: float = 1.0,
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__(student_tap, teacher_tap, ce_weight, ignore_index)
         self.temperature = _number(self.name, "temperature", temperature, positive=True)
         self.beta = _number(self.name, "beta", beta)
+        if distance not in ("norm", "mse"):
+            raise ConfigError(
+                f"method {self.name!r}: option distance={distance!r} must be 'norm' or 'mse'"
+            )
+        self.distance = distance
         self.lambda_sa = _number(self.name, "lambda_sa", lambda_sa)
         self.lambda_kd = _number(self.name, "lambda_kd", lambda_kd)
         self.adapter = _channel_adapter(student_channels, teacher_channels)
@@ -358,7 +365,8 @@ class SelfAttention(_FeatureMethod):
         s = _resize_to(self.adapter(self._student_map(student)), t.shape[-2:])
         t_logits = teacher.require(LOGITS).detach()
         return {
-            "sa": self.lambda_sa * losses.self_attention_loss(s, t, self.temperature, self.beta),
+            "sa": self.lambda_sa
+            * losses.self_attention_loss(s, t, self.temperature, self.beta, self.distance),
             "cwd": self.lambda_kd * losses.cwd(student.logits, t_logits, self.temperature),
         }
 
