@@ -208,18 +208,25 @@ def translator_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if ".translator." in k}
 
 
-def test_stage_one_trains_the_translator_before_fitting_and_not_again_on_resume(
-    tmp_path: Path, synth: Path, ensemble: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls = []
+@pytest.fixture
+def translator_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of steps of every stage-1 translator training, as they happen."""
+    steps: list[int] = []
     real_train_translator = training.train_translator
 
     def count(features, translator):
         history = real_train_translator(features, translator)
-        calls.append(len(history))
+        steps.append(len(history))
         return history
 
     monkeypatch.setattr(training, "train_translator", count)
+    return steps
+
+
+def test_stage_one_trains_the_translator_before_fitting_and_not_again_on_resume(
+    tmp_path: Path, synth: Path, ensemble: Path, translator_steps: list[int]
+) -> None:
+    calls = translator_steps
     cfg = tiny_config(tmp_path, synth, ensemble, ["distill.methods=[{name: adaptation}]"])
     run_dir = training.train(cfg)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -237,20 +244,11 @@ def test_stage_one_trains_the_translator_before_fitting_and_not_again_on_resume(
 
 
 def test_stage_one_honours_limit_train_batches(
-    tmp_path: Path, synth: Path, ensemble: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, synth: Path, ensemble: Path, translator_steps: list[int]
 ) -> None:
-    steps = []
-    real_train_translator = training.train_translator
-
-    def count(features, translator):
-        history = real_train_translator(features, translator)
-        steps.append(len(history))
-        return history
-
-    monkeypatch.setattr(training, "train_translator", count)
     overrides = ["distill.methods=[{name: adaptation}]", "trainer.limit_train_batches=1"]
     training.train(tiny_config(tmp_path, synth, ensemble, overrides))
-    assert steps == [1]
+    assert translator_steps == [1]
 
 
 def test_init_from_loads_encoder_and_decoder_and_keeps_the_new_heads_fresh(
