@@ -2737,7 +2737,8 @@ def _check_target(root: Path, config: SynthConfig, force: bool) -> bool:
             raise DataError(
                 f"{root} already holds a different SynthStreets data set "
                 f"(params {json.dumps(meta.get('params'))}, asked for "
-                f"{json.dumps(config.params())}); use --force to replace it or pick another --out"
+                f"{json.dumps(config.params())}); delete it, replace it (`segdistill data "
+                "synth --force`) or generate elsewhere (--out, or data.root in an experiment)"
             )
         return True
     interrupted = (root / PARTIAL_FILE).exists()
