@@ -1184,6 +1184,8 @@ def _sign_look(rng: np.random.Generator, scale: float) -> tuple[Shape, Material,
 
 
 def _add_sign_post(b: _Builder, x: float, z: float) -> None:
+    # A taller post when the faces are drawn larger, so that a stack of two stays clear
+    # of the ground.
     height = b.rng.uniform(2.0, 2.8) * max(1.0, b.style.object_scale**0.5)
     _add_pole(b, x, z, height, 0.08)
     top = height
