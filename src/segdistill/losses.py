@@ -128,6 +128,9 @@ def channel_self_attention(features: Tensor, temperature: float = 4.0, beta: flo
     return enhanced.reshape(b, c, h, w).to(features.dtype)
 
 
+SA_DISTANCES = ("norm", "mse")  # self_attention_loss: eq. 3 as written, or the text's MSE
+
+
 def self_attention_loss(
     student_features: Tensor,
     teacher_features: Tensor,
@@ -151,7 +154,7 @@ def self_attention_loss(
     elif distance == "mse":
         per_channel = diff.flatten(2).square().mean(dim=2)
     else:
-        raise ValueError(f"distance must be 'norm' or 'mse', not {distance!r}")
+        raise ValueError(f"distance must be one of {SA_DISTANCES}, not {distance!r}")
     return per_channel.mean()
 
 

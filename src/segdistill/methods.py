@@ -349,9 +349,10 @@ class SelfAttention(_FeatureMethod):
         super().__init__(student_tap, teacher_tap, ce_weight, ignore_index)
         self.temperature = _number(self.name, "temperature", temperature, positive=True)
         self.beta = _number(self.name, "beta", beta)
-        if distance not in ("norm", "mse"):
+        if distance not in losses.SA_DISTANCES:
             raise ConfigError(
-                f"method {self.name!r}: option distance={distance!r} must be 'norm' or 'mse'"
+                f"method {self.name!r}: option distance={distance!r} must be one of "
+                f"{losses.SA_DISTANCES}"
             )
         self.distance = distance
         self.lambda_sa = _number(self.name, "lambda_sa", lambda_sa)

@@ -537,16 +537,9 @@ def prepare_data(spec: Experiment) -> dict[str, Any]:
         if "train" not in splits:
             raise DataError(f"{root} has no train split (leftImg8bit/train/...)")
         return {"root": str(root), "generated": False, "splits": list(splits)}
-    config = SynthConfig(
-        size=(synth.size[0], synth.size[1]),
-        train=synth.train,
-        val=synth.val,
-        test=synth.test,
-        seed=synth.seed,
-        shifts=tuple(synth.shifts),
-        object_scale=synth.object_scale,
-        crowd=synth.crowd,
-    )
+    # SynthSpec holds SynthConfig's fields, as YAML gives them (lists, not tuples).
+    values = dataclasses.asdict(synth)
+    config = SynthConfig(**{**values, "size": tuple(synth.size), "shifts": tuple(synth.shifts)})
     generated = generate(root, config, workers=os.cpu_count() or 1)
     if not generated:
         print(f"  {root}: already there (same SynthStreets parameters)")

@@ -27,6 +27,7 @@ teacher and the methods, then hands a `SegmentationTask` to a Lightning `Trainer
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import random
@@ -537,9 +538,7 @@ class TeacherFeatures:
         self.max_batches = max_batches
 
     def __iter__(self) -> Iterator[Tensor]:
-        for index, batch in enumerate(self.loader):
-            if self.max_batches is not None and index >= self.max_batches:
-                return
+        for batch in itertools.islice(self.loader, self.max_batches):
             images = batch["image"].to(self.device)
             yield self.teacher.signals(images, {"features"}).features[self.tap]
 
