@@ -4,6 +4,7 @@ official label table and evaluation script), the shift models and the anomaly ma
 from __future__ import annotations
 
 import filecmp
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -263,5 +264,92 @@ def test_object_scale_and_crowd_enlarge_the_small_classes() -> None:
     crowded = _train_id_pixels(ss.SynthConfig(size=SIZE, seed=1, crowd=2.0), 12)
     assert scaled[index].sum() > 3 * plain[index].sum(), (plain[index], scaled[index])
     assert crowded[index[2:]].sum() > 1.3 * plain[index[2:]].sum()
+    # Walls, fences and motorcycles are few per image and often hidden by what crowd adds
+    # in front of them: count the objects in the scenes (their area along the street for
+    # walls and fences), not the visible pixels.
+    def drawn(config: ss.SynthConfig, label: int, measure) -> float:
+        style = config.style(ss.DEFAULT_STYLE)
+        scenes = [ss.sample_scene(ss.image_rng(1, "train", i), style) for i in range(60)]
+        return sum(measure(s) for scene in scenes for s in scene.surfaces if s.label == label)
+
+    crowded = ss.SynthConfig(size=SIZE, seed=1, crowd=2.0)
+    for label, measure in (
+        (ss.WALL, lambda s: (s.s1 - s.s0) * (s.t1 - s.t0)),
+        (ss.FENCE, lambda s: (s.s1 - s.s0) * (s.t1 - s.t0)),
+        (ss.MOTORCYCLE, lambda s: 1),
+    ):
+        assert drawn(crowded, label, measure) > 1.5 * drawn(base, label, measure), label
     assert base.style(ss.DEFAULT_STYLE) == ss.DEFAULT_STYLE
     assert base.params()["object_scale"] == 1.0 and base.params()["crowd"] == 1.0
+
+
+def _lone_objects(add) -> tuple[ss.Frame, ss.Frame]:
+    """A sampled scene's street with only the objects `add(builder)` makes, rendered with
+    the outlines of see-through objects and without them (outline=None)."""
+    scene = ss.sample_scene(ss.image_rng(0, "val", 1))
+    builder = ss._Builder(np.random.default_rng(0), scene.style, scene.street)
+    add(builder)
+    with_outline = replace(scene, surfaces=tuple(builder.surfaces), casters=())
+    plain = tuple(replace(s, outline=None) for s in builder.surfaces)
+    without = replace(with_outline, surfaces=plain)
+    return ss.render(with_outline, 128, 256), ss.render(without, 128, 256)
+
+
+@pytest.mark.parametrize(
+    "name, add, gain",
+    [
+        ("fence", lambda b: ss._add_fence(b, -5.0, 6.0, 40.0, 2.0), 1.5),
+        (
+            "bicycle",
+            lambda b: ss._add_two_wheeler(
+                b, "side", -3.0, 5.0, forward=True, motor=False, rider=False
+            ),
+            1.5,
+        ),
+        (
+            "motorcycle",
+            lambda b: ss._add_two_wheeler(
+                b, "side", 3.0, 5.0, forward=False, motor=True, rider=False
+            ),
+            1.1,  # engine and tank are solid; only the wheels fill
+        ),
+    ],
+)
+def test_see_through_objects_are_labelled_by_their_outline(name: str, add, gain: float):
+    """The gaps of a fence and the wheels of a two-wheeler carry its label, as an
+    annotator's polygon would, while their pixels still show what is behind."""
+    label_id = ss.name2label[name].id
+    outlined, plain = _lone_objects(add)
+    inside = outlined.label_ids == label_id
+    drawn = plain.label_ids == label_id
+    assert drawn.sum() > 100
+    assert (inside | ~drawn).all()  # every drawn pixel keeps its label
+    assert inside.sum() > gain * drawn.sum(), (inside.sum(), drawn.sum())
+    gaps = inside & ~drawn
+    assert set(np.unique(plain.label_ids[gaps]).tolist()) <= {
+        ss.ROAD,
+        ss.SIDEWALK,
+        ss.TERRAIN,
+        ss.SKY,
+    }
+    # Only the labels change: the gaps show what is behind. (The haze follows the depth of
+    # the sample whose label wins a pixel, which may move at the object's border.)
+    changed = np.abs(outlined.image.astype(int) - plain.image).max(axis=-1) > 0
+    assert changed.mean() < 0.005
+
+
+def test_walls_show_masonry_courses() -> None:
+    """Free-standing walls are not facade-coloured plaster: blocks in courses, lighter
+    mortar joints and a coping along the top."""
+    rgb = np.asarray(ss._WALL_STONES[0], np.float32)
+    material = ss._masonry(rgb, np.random.default_rng(0), height=2.0)
+    y = np.linspace(0.0, 1.8, 400, dtype=np.float32)
+    across = material(np.full_like(y, 0.37), y)
+    mortar = np.isclose(across, np.clip(rgb * 1.35, 0, 1)).all(axis=1)
+    assert 0.05 < mortar.mean() < 0.25  # horizontal joints between courses
+    x = np.linspace(0.0, 4.0, 400, dtype=np.float32)
+    along = material(x, np.full_like(x, 0.2))
+    joints = np.isclose(along, np.clip(rgb * 1.35, 0, 1)).all(axis=1)
+    assert 0.0 < joints.mean() < 0.2  # vertical joints between blocks
+    top = material(np.full(10, 0.37, np.float32), np.linspace(1.9, 1.99, 10, dtype=np.float32))
+    assert not np.allclose(top, across[:10])  # the coping

@@ -37,13 +37,16 @@ FOG_BETAS = (0.005, 0.01, 0.02)
 # Atmospheric light L of the fog model, as a fraction of white (a bright overcast grey).
 FOG_AIRLIGHT = 0.8
 
-# Rain (after Rain Cityscapes, Hu et al. 2019): veiling attenuation per metre, how fast the
-# streak layer builds up with distance, and the streak layer's density and brightness.
-RAIN_BETA = 0.008
+# Heavy rain (after Rain Cityscapes, Hu et al. 2019): veiling attenuation per metre, how
+# fast the streak layer builds up with distance, the streak layer's density and brightness,
+# and the overcast darkening. The veil sits between the two heavier Foggy Cityscapes
+# levels: like the fog copies, the one rain copy is the heavy end of its kind (generator 1.1;
+# 1.0 drew a light rain, RAIN_BETA 0.008, density 0.006, darkening 0.8).
+RAIN_BETA = 0.015
 RAIN_STREAK_ALPHA = 0.05
-RAIN_STREAK_DENSITY = 0.006
+RAIN_STREAK_DENSITY = 0.01
 RAIN_STREAK_GAIN = 0.45
-RAIN_DARKENING = 0.8
+RAIN_DARKENING = 0.7
 RAIN_AIRLIGHT = 0.65
 
 # Night: exposure of the (linear) scene light, ego headlights, and the sensor at high gain.

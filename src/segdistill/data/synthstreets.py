@@ -65,7 +65,7 @@ from segdistill.data.labels import (
 )
 from segdistill.errors import DataError
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 SPLITS = ("train", "val", "test")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 CITIES = {
@@ -149,8 +149,9 @@ class Style:
     # of people and two-wheelers, relative to life size. Above 1 they stay resolvable at a
     # low image size by a network that predicts at stride 4 (see SynthConfig.object_scale).
     object_scale: float = 1.0
-    # Multiplies how often the rare classes occur: pedestrians, riders and two-wheelers,
-    # trucks and buses, walls and fences in the gaps between buildings.
+    # Multiplies how often the rare classes occur: pedestrians, riders and two-wheelers
+    # (and the motorcycles' share of them), trucks and buses, walls and fences (the gaps
+    # between buildings that hold one, their length, and park boundaries).
     crowd: float = 1.0
 
 
@@ -324,6 +325,9 @@ class Surface:
     facing "side": the plane X = pos, facing the street, spanning Z in [s0, s1].
     It spans heights Y in [t0, t1]; `shape` cuts its outline (None: the whole rectangle)
     and `material` gives its albedo, both at local coordinates (x from s0, y from t0).
+    `outline`, for see-through objects (fences, two-wheelers), is the region labelled as
+    the surface where nothing nearer is, gaps included, as an annotator's polygon would
+    be; the gaps still show what is behind. None: the label follows `shape`.
     """
 
     facing: str
@@ -336,6 +340,7 @@ class Surface:
     instance: int
     material: Material
     shape: Shape | None = None
+    outline: Shape | None = None
 
 
 @dataclass(frozen=True)
@@ -575,6 +580,16 @@ def _rings(centres: Sequence[tuple[float, float]], radius: float, width: float) 
     return shape
 
 
+def _discs(centres: Sequence[tuple[float, float]], radius: float) -> Shape:
+    """Filled wheels: what an outline around a wheel covers, spokes and gaps included."""
+    return _rings(centres, radius, 2 * radius)
+
+
+def _whole(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The whole rectangle of a surface (an outline without holes)."""
+    return np.ones(x.shape, dtype=bool)
+
+
 def _union(*shapes: Shape) -> Shape:
     def shape(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         inside = shapes[0](x, y)
@@ -623,11 +638,13 @@ class _Builder:
         material: Material,
         shape: Shape | None = None,
         instance: int | None = None,
+        outline: Shape | None = None,
     ) -> None:
         """Add a camera-facing patch at depth z over X range xs and height range ys; the
         instance id is a new one (instance classes) unless given, e.g. to share it."""
         instance = self.instance(label) if instance is None else instance
-        self.surfaces.append(Surface("front", z, *xs, *ys, label, instance, material, shape))
+        surface = Surface("front", z, *xs, *ys, label, instance, material, shape, outline)
+        self.surfaces.append(surface)
 
     def side(
         self,
@@ -638,10 +655,12 @@ class _Builder:
         material: Material,
         shape: Shape | None = None,
         instance: int | None = None,
+        outline: Shape | None = None,
     ) -> None:
         """Add a street-facing patch in the plane X = x over Z range zs, heights ys."""
         instance = self.instance(label) if instance is None else instance
-        self.surfaces.append(Surface("side", x, *zs, *ys, label, instance, material, shape))
+        surface = Surface("side", x, *zs, *ys, label, instance, material, shape, outline)
+        self.surfaces.append(surface)
 
     def shadow(self, x0, x1, z0, z1, y0, y1, round=False) -> None:
         self.casters.append(Caster(min(x0, x1), max(x0, x1), z0, z1, y0, y1, round))
@@ -871,9 +890,39 @@ def _add_building(b: _Builder, x: float, z0: float, z1: float, side: int, height
     b.shadow(x, x_back, z0, z1, 0.0, height)
 
 
+# Free-standing walls: concrete, dark concrete, sandstone, brick. Brick and grey concrete
+# are close to facade colours; the courses and the coping tell a wall from a facade.
+_WALL_STONES: tuple[RGB, ...] = (
+    (0.60, 0.59, 0.56),
+    (0.40, 0.40, 0.39),
+    (0.72, 0.64, 0.50),
+    (0.52, 0.27, 0.20),
+)
+
+
+def _masonry(rgb: np.ndarray, rng: np.random.Generator, height: float) -> Material:
+    """Material: blocks in staggered courses with lighter mortar joints, under a coping
+    (a cap band of another shade) along the top."""
+    offset = _offset(rng)
+    course = rng.uniform(0.25, 0.6)
+    block = course * rng.uniform(1.5, 3.0)
+    mortar = np.clip(rgb * 1.35, 0, 1)
+    coping = np.clip(rgb * rng.choice([0.6, 1.4]), 0, 1)
+
+    def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = rgb * (1.0 + 0.1 * _tex(x, y, 12.0, offset))[:, None]
+        row, fy = np.divmod(y / course, 1.0)
+        fx = np.mod(x / block + 0.5 * (row % 2), 1.0)
+        out[(fy < 0.12) | (fx < 0.06)] = mortar
+        out[y > height - 0.15] = coping
+        return out
+
+    return material
+
+
 def _add_wall(b: _Builder, x: float, z0: float, z1: float, height: float) -> None:
-    """A free-standing wall along the street: the facade palette, no windows, low."""
-    material = _textured(_pick(b.rng, b.style.facades), b.rng, 0.1, 12.0)
+    """A free-standing wall along the street: masonry courses and a coping, low."""
+    material = _masonry(_pick(b.rng, _WALL_STONES), b.rng, height)
     b.side(x, (z0, z1), (0.0, height), WALL, material)
     b.shadow(x, x, z0, z1, 0.0, height)
 
@@ -905,6 +954,7 @@ def _add_fence(b: _Builder, x: float, z0: float, z1: float, height: float) -> No
         FENCE,
         material,
         _fence_shape(b.rng, height, b.style.object_scale),
+        outline=_whole,
     )
 
 
@@ -1005,7 +1055,8 @@ def _add_park(b: _Builder, lot: _Lot, edge: float, side: int) -> None:
     """Grass (the ground), trees and bushes, a boundary along the sidewalk, and buildings
     far behind."""
     rng = b.rng
-    boundary = rng.choice(["hedge", "fence", "wall", "none"], p=[0.35, 0.3, 0.2, 0.15])
+    weights = np.array([0.35, 0.3 * b.style.crowd, 0.2 * b.style.crowd, 0.15])
+    boundary = rng.choice(["hedge", "fence", "wall", "none"], p=weights / weights.sum())
     if boundary == "hedge":
         _add_hedge(b, edge, lot.z0, lot.z1, rng.uniform(0.8, 1.8))
     elif boundary == "fence":
@@ -1035,7 +1086,10 @@ def _add_lots(b: _Builder, lots: Sequence[_Lot], edge: float, side: int) -> None
         elif lot.kind == "building":
             setback = rng.uniform(0, 1.5) if rng.random() < 0.4 else 0.0
             walled = rng.random() < 0.25 * b.style.crowd
-            gap = rng.uniform(2, 6) if walled and lot.z1 - lot.z0 > 10 else 0.0
+            length = lot.z1 - lot.z0
+            gap = (
+                min(rng.uniform(2, 6) * b.style.crowd, length - 6) if walled and length > 10 else 0
+            )
             height = rng.uniform(*b.style.building_height)
             _add_building(b, edge + side * setback, lot.z0, lot.z1 - gap, side, height)
             if gap:
@@ -1354,13 +1408,17 @@ _MOTORCYCLE = {
 }
 
 
-def _bicycle_shape() -> Shape:
+def _bicycle_shape(outline: bool = False) -> Shape:
+    """Frame tubes and tyres; the outline fills the wheels."""
     geo = _BICYCLE
     frame = _capsules([(a, b, geo["tube"]) for a, b in geo["frame"]])
+    if outline:
+        return _union(_discs(geo["wheels"], geo["radius"]), frame)
     return _union(_rings(geo["wheels"], geo["radius"], 0.05), frame)
 
 
-def _motorcycle_shape() -> Shape:
+def _motorcycle_shape(outline: bool = False) -> Shape:
+    """Engine, tank, seat, fork and tyres; the outline fills the wheels."""
     body = _capsules(
         [
             ((0.75, 0.45), (1.15, 0.45), 0.17),
@@ -1373,8 +1431,9 @@ def _motorcycle_shape() -> Shape:
             ((1.58, 0.88), (1.60, 0.90), 0.09),
         ]
     )
-    wheels = _rings(_MOTORCYCLE["wheels"], _MOTORCYCLE["radius"], 0.1)
-    return _union(wheels, body)
+    if outline:
+        return _union(_discs(_MOTORCYCLE["wheels"], _MOTORCYCLE["radius"]), body)
+    return _union(_rings(_MOTORCYCLE["wheels"], _MOTORCYCLE["radius"], 0.1), body)
 
 
 def _rider_shape(pose: dict) -> Shape:
@@ -1408,13 +1467,15 @@ def _add_two_wheeler(
     label = MOTORCYCLE if motor else BICYCLE
     scale = rng.uniform(0.9, 1.1) * b.style.object_scale
     length, height = (2.1 if motor else 1.75) * scale, 1.25 * scale
-    shape = _scaled(_motorcycle_shape() if motor else _bicycle_shape(), scale)
+    make_shape = _motorcycle_shape if motor else _bicycle_shape
+    shape, outline = _scaled(make_shape(), scale), _scaled(make_shape(outline=True), scale)
     paint = _pick(rng, ((0.1, 0.1, 0.1), (0.6, 0.1, 0.1), (0.15, 0.25, 0.55), (0.7, 0.7, 0.7)))
     material = _two_wheeler_material(rng, paint, geo, scale)
     if not forward:
         shape, material = _mirrored(shape, length), _mirrored_material(material, length)
+        outline = _mirrored(outline, length)
     add = b.side if facing == "side" else b.front
-    add(pos, (start, start + length), (0.0, height), label, material, shape)
+    add(pos, (start, start + length), (0.0, height), label, material, shape, outline=outline)
     if rider:
         body = _scaled(_rider_shape(geo["rider"]), scale)
         clothes = _clothes(rng)
@@ -1815,12 +1876,12 @@ def _add_riders(b: _Builder, lanes: _Lanes) -> None:
                 rng.uniform(c0 + 2, c1 - 2),
                 rng.uniform(-15, 12),
                 forward=bool(rng.random() < 0.5),
-                motor=bool(rng.random() < 0.3),
+                motor=bool(rng.random() < min(0.6, 0.3 * crowd)),
                 rider=True,
             )
     for x in (street.walk_left + 0.5, street.walk_right - 0.5):
         if rng.random() < 0.35 * crowd and abs(x) >= PROFILE_MIN_OFFSET:
-            motor = bool(rng.random() < 0.25)
+            motor = bool(rng.random() < min(0.6, 0.25 * crowd))
             for _ in range(int(rng.integers(1, 4))):
                 forward = bool(rng.random() < 0.5)
                 z = rng.uniform(6, 50)
@@ -2052,9 +2113,10 @@ def _span(lo: float, hi: float, size: int) -> tuple[int, int]:
     return start, stop
 
 
-def _paint(canvas: _Canvas, r0: int, c0: int, mask, x, y, depth, surface, light) -> None:
+def _paint(canvas: _Canvas, r0: int, c0: int, mask, x, y, depth, surface, light, outline):
     """Write a surface into the canvas window at (r0, c0) where `mask` [h, w] holds (nearer
-    than what is there, and within its extent) and its outline holds.
+    than what is there, and within its extent) and its shape holds; with `outline`, write
+    only the label and instance where its outline holds (the gaps of see-through objects).
 
     x: [w] local x per column; y: [h] per row or [h, w]; depth: a scalar or [w] per column.
     """
@@ -2063,19 +2125,29 @@ def _paint(canvas: _Canvas, r0: int, c0: int, mask, x, y, depth, surface, light)
         return
     xs = x[cols]
     ys = y[rows] if y.ndim == 1 else y[rows, cols]
-    if surface.shape is not None:
-        keep = surface.shape(xs, ys)
+    shape = surface.outline if outline else surface.shape
+    if shape is not None:
+        keep = shape(xs, ys)
         rows, cols, xs, ys = rows[keep], cols[keep], xs[keep], ys[keep]
         if rows.size == 0:
             return
     flat = (rows + r0) * canvas.label.shape[1] + (cols + c0)
-    canvas.color.reshape(-1, 3)[flat] = surface.material(xs, ys) * light
     canvas.label.reshape(-1)[flat] = surface.label
     canvas.instance.reshape(-1)[flat] = surface.instance
-    canvas.depth.reshape(-1)[flat] = depth if np.ndim(depth) == 0 else depth[cols]
+    if not outline:
+        canvas.color.reshape(-1, 3)[flat] = surface.material(xs, ys) * light
+        canvas.depth.reshape(-1)[flat] = depth if np.ndim(depth) == 0 else depth[cols]
 
 
-def _draw_front(canvas: _Canvas, view: _View, s: Surface, light: np.ndarray) -> None:
+def _not_nearer(canvas_depth: np.ndarray, depth, outline: bool) -> np.ndarray:
+    """Where a surface at `depth` is visible: nothing nearer drawn. In the outline pass,
+    which runs after everything is drawn, the surface's own pixels (equal depth) count."""
+    return canvas_depth >= depth if outline else canvas_depth > depth
+
+
+def _draw_front(
+    canvas: _Canvas, view: _View, s: Surface, light: np.ndarray, outline: bool = False
+) -> None:
     if s.pos < NEAR:
         return
     k = view.f / s.pos
@@ -2085,13 +2157,15 @@ def _draw_front(canvas: _Canvas, view: _View, s: Surface, light: np.ndarray) -> 
     if c0 >= c1 or r0 >= r1:
         return
     depth = np.float32(s.pos)
-    mask = canvas.depth[r0:r1, c0:c1] > depth
+    mask = _not_nearer(canvas.depth[r0:r1, c0:c1], depth, outline)
     x = (np.arange(c0, c1, dtype=np.float32) + 0.5 - view.cx) / k - s.s0
     y = view.height - (np.arange(r0, r1, dtype=np.float32) + 0.5 - view.v0) / k - s.t0
-    _paint(canvas, r0, c0, mask, x, y, depth, s, light)
+    _paint(canvas, r0, c0, mask, x, y, depth, s, light, outline)
 
 
-def _draw_side(canvas: _Canvas, view: _View, s: Surface, light: np.ndarray) -> None:
+def _draw_side(
+    canvas: _Canvas, view: _View, s: Surface, light: np.ndarray, outline: bool = False
+) -> None:
     z0, z1 = max(s.s0, NEAR), s.s1
     if z1 <= z0 or abs(s.pos) < 1e-3:
         return
@@ -2107,8 +2181,9 @@ def _draw_side(canvas: _Canvas, view: _View, s: Surface, light: np.ndarray) -> N
     z = np.clip(z, z0, z1).astype(np.float32)  # rounding at the ends of the span
     v = np.arange(r0, r1, dtype=np.float32)[:, None] + 0.5 - view.v0
     y = view.height - v * z[None, :] / view.f - s.t0
-    mask = (canvas.depth[r0:r1, c0:c1] > z[None, :]) & (y >= 0) & (y < s.t1 - s.t0)
-    _paint(canvas, r0, c0, mask, z - s.s0, y, z, s, light)
+    inside = (y >= 0) & (y < s.t1 - s.t0)
+    mask = _not_nearer(canvas.depth[r0:r1, c0:c1], z[None, :], outline) & inside
+    _paint(canvas, r0, c0, mask, z - s.s0, y, z, s, light, outline)
 
 
 def _normal(surface: Surface) -> tuple[float, float, float]:
@@ -2349,6 +2424,11 @@ def render(scene: Scene, height: int, width: int) -> Frame:
         draw(canvas, view, surface, lights[_normal(surface)])
     _draw_ground(canvas, view, scene)
     _draw_sky(canvas, view, scene.sky)
+    # Then the labels of see-through objects over what shows through their gaps.
+    for surface in scene.surfaces:
+        if surface.outline is not None:
+            draw = _draw_front if surface.facing == "front" else _draw_side
+            draw(canvas, view, surface, lights[_normal(surface)], outline=True)
     _paint_hood(canvas, hood, scene)
     color = _box_reduce(canvas.color, factor)
     pick = _majority_sample(canvas.label, factor)
@@ -2392,8 +2472,9 @@ class SynthConfig:
     two-wheelers relative to life size (1 = realistic). At 128x256 a real pole is 1-2
     pixels wide, below what a network predicting at stride 4 resolves; the quick configs
     draw them 2.5 times larger so that small networks learn those classes in CPU minutes.
-    crowd: multiplies how often the rare classes occur (people, riders, two-wheelers,
-    trucks, buses, walls, fences); 1 = the Cityscapes-like imbalance.
+    crowd: multiplies how often the rare classes occur (people, riders, two-wheelers and
+    the motorcycles' share of them, trucks, buses, walls, fences); 1 = the Cityscapes-like
+    imbalance.
     """
 
     size: tuple[int, int] = (128, 256)
