@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
 
-from segdistill.bench import ModelBench, benchmark, compute_ratios, count_flops
+from segdistill.bench import ModelBench, benchmark, compute_ratios, count_flops, paired_ratio
 from segdistill.checkpoints import save_weights
 from segdistill.cli import main
 from segdistill.config import ModelConfig
@@ -74,13 +75,13 @@ def test_cli_bench_reports_every_model_and_the_ratios(tmp_path, capsys) -> None:
         assert len(latency["runs"]) == 1
         assert latency["min"] <= latency["q25"] <= latency["median"] <= latency["q75"]
         assert m["images_per_s"] == pytest.approx(2 / (latency["median"] / 1e3))
-    median = {name: m["latency_ms"]["median"] for name, m in models.items()}
+    runs = {name: np.asarray(m["latency_ms"]["runs"]) for name, m in models.items()}
     ratios = {r["ratio"]: r for r in result["ratios"]}
     teacher = ratios["teacher/student"]
-    assert teacher["value"] == pytest.approx(median["ens"] / median["student"])
+    assert teacher["value"] == pytest.approx(np.median(runs["ens"] / runs["student"]))
     assert teacher["goal"] == ">= 2" and teacher["met"] == (teacher["value"] >= 2)
     head = ratios["student/baseline"]
-    assert head["value"] == pytest.approx(median["student"] / median["baseline"])
+    assert head["value"] == pytest.approx(np.median(runs["student"] / runs["baseline"]))
     assert head["goal"] == "<= 1.02" and head["met"] == (head["value"] <= 1.02)
 
 
@@ -103,23 +104,31 @@ def test_flops_of_one_convolution_are_the_hand_formula() -> None:
     assert result.ratios == []
 
 
-def test_ratios_use_median_latencies_and_teacher_passes() -> None:
+def test_ratios_pair_the_calls_of_a_repeat_and_use_teacher_passes() -> None:
     def model(name: str, kind: str, runs: list[float], passes: int = 1) -> ModelBench:
         return ModelBench(name, name, kind, passes, "", 0, 0.0, 1, runs)
 
+    # The machine slows down 3x for the last two repeats (round robin: all models alike),
+    # and the baseline's first call was interrupted (80 ms instead of 10).
+    load = np.array([1.0, 1.0, 1.0, 3.0, 3.0])
     models = [
-        model("mc", "mc_dropout", [40.0, 50.0, 400.0], passes=5),
-        model("student", "student", [10.1, 10.0, 99.0]),
-        model("baseline", "baseline", [10.0, 9.0, 11.0]),
+        model("mc", "mc_dropout", list(48.0 * load), passes=5),
+        model("student", "student", list(10.1 * load)),
+        model("baseline", "baseline", [80.0, 10.0, 10.0, 30.0, 30.0]),
     ]
     ratios = compute_ratios(models)
     assert [(r.label, r.numerator, r.denominator) for r in ratios] == [
         ("teacher/student", "mc", "student"),
         ("student/baseline", "student", "baseline"),
     ]
-    assert ratios[0].value == pytest.approx(50.0 / 10.1) and not ratios[0].met
+    assert ratios[0].value == pytest.approx(48.0 / 10.1) and not ratios[0].met
     assert ratios[0].goal == ">= 5"
+    # Per repeat: [10.1 / 80, 1.01, 1.01, 1.01, 1.01] -> 1.01; the ratio of the medians
+    # (10.1 / 30) would compare a quiet repeat with a loaded one.
     assert ratios[1].value == pytest.approx(1.01) and ratios[1].met
+    assert np.median(models[1].runs_ms) / np.median(models[2].runs_ms) == pytest.approx(10.1 / 30)
+    with pytest.raises(ValueError, match="same number"):
+        paired_ratio([1.0, 2.0], [1.0])
 
 
 def test_settings_are_checked() -> None:

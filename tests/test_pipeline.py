@@ -291,3 +291,22 @@ def test_full_size_demo(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert {m["name"] for m in results["models"]} == {"ensemble", "baseline", "dudes", "holder"}
     assert all(isinstance(c["passed"], bool) for c in results["checks"])
+
+
+def test_latency_checks_pair_the_calls_of_a_repeat() -> None:
+    """With the bench's timed calls in results.json, a latency ratio is the median of the
+    per-repeat ratios (the calls of one repeat run back to back), not of the medians."""
+    student = model("student", 0.6, [0.1], latency=10.1)
+    baseline = model("baseline", 0.6, [0.1], latency=30.0)
+    student["speed"]["latency_ms"]["runs"] = [10.1, 10.1, 10.1, 30.3, 30.3]
+    baseline["speed"]["latency_ms"]["runs"] = [80.0, 10.0, 10.0, 30.0, 30.0]
+    spec = CheckSpec(
+        name="head",
+        models=["student"],
+        metric="latency_ms",
+        compare="ratio",
+        reference="baseline",
+        max=1.02,
+    )
+    (outcome,) = run_check(spec, {"student": student, "baseline": baseline}, "test")
+    assert outcome["value"] == pytest.approx(1.01) and outcome["passed"]

@@ -26,11 +26,14 @@ convolutions and matrix products at 2 FLOPs per multiply-accumulate: GFLOPs = 2 
 norm in eval mode, activations, softmax, interpolation, pooling, the ensemble statistics)
 is not counted. Reported per image (the batch's count / B).
 
-Ratios (median latencies of this run; DUDES: student 18.5 ms, baseline 18.3 ms, teacher
-217.1 ms): every teacher / student pair, goal >= the teacher's passes (N members or K
-MC-dropout samples: the student replaces that many forwards of a network of its size by
-one), and every student / baseline pair, goal <= 1.02 (the uncertainty head costs at most
-2%).
+Ratios (DUDES: student 18.5 ms, baseline 18.3 ms, teacher 217.1 ms): every teacher /
+student pair, goal >= the teacher's passes (N members or K MC-dropout samples: the student
+replaces that many forwards of a network of its size by one), and every student / baseline
+pair, goal <= 1.02 (the uncertainty head costs at most 2%). A ratio is the median over the
+repeats of the ratio of the two calls of one repeat (`paired_ratio`): those calls run back
+to back, so a change of the machine's load between repeats cancels out, which the ratio of
+the two medians does not do (its medians may come from different repeats). On a steady
+machine both agree.
 """
 
 from __future__ import annotations
@@ -168,6 +171,16 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def paired_ratio(numerator_ms: Sequence[float], denominator_ms: Sequence[float]) -> float:
+    """Median over repeats r of numerator[r] / denominator[r] (calls of the same repeat)."""
+    if len(numerator_ms) != len(denominator_ms) or not numerator_ms:
+        raise ValueError(
+            f"paired latencies need the same number of calls, got {len(numerator_ms)} and "
+            f"{len(denominator_ms)}"
+        )
+    return float(np.median(np.asarray(numerator_ms) / np.asarray(denominator_ms)))
+
+
 def compute_ratios(models: Sequence[ModelBench]) -> list[Ratio]:
     """Every teacher / student and student / baseline pair of `models`, by kind."""
     teachers = [m for m in models if m.kind in TEACHER_KINDS]
@@ -176,7 +189,7 @@ def compute_ratios(models: Sequence[ModelBench]) -> list[Ratio]:
     ratios = []
     for teacher in teachers:
         for student in students:
-            value = teacher.latency()["median"] / student.latency()["median"]
+            value = paired_ratio(teacher.runs_ms, student.runs_ms)
             ratios.append(
                 Ratio(
                     "teacher/student",
@@ -189,7 +202,7 @@ def compute_ratios(models: Sequence[ModelBench]) -> list[Ratio]:
             )
     for student in students:
         for baseline in baselines:
-            value = student.latency()["median"] / baseline.latency()["median"]
+            value = paired_ratio(student.runs_ms, baseline.runs_ms)
             ratios.append(
                 Ratio(
                     "student/baseline",

@@ -60,7 +60,7 @@ import torch
 import yaml
 
 from segdistill import __version__
-from segdistill.bench import benchmark, to_json
+from segdistill.bench import benchmark, paired_ratio, to_json
 from segdistill.checkpoints import atomic_write
 from segdistill.commands.train import train_member, write_manifest
 from segdistill.config import SegConfig, _convert, load_config, replace_values, to_dict
@@ -855,6 +855,17 @@ def _combine(compare: str, value: Any, reference: Any) -> Any:
     return value / reference if reference else None
 
 
+def _latency_ratio(model: dict[str, Any], reference: dict[str, Any]) -> float | None:
+    """Latency of `model` over `reference`: paired over the bench's repeats when both have
+    their timed calls (`segdistill.bench.paired_ratio`), else the ratio of the medians."""
+    runs = [dig(m, "speed", "latency_ms", "runs") for m in (model, reference)]
+    if all(runs) and len(runs[0]) == len(runs[1]):
+        return paired_ratio(*runs)
+    return _combine(
+        "ratio", metric_value(model, "latency_ms"), metric_value(reference, "latency_ms")
+    )
+
+
 def run_check(
     check: CheckSpec, models: dict[str, dict[str, Any]], split: str
 ) -> list[dict[str, Any]]:
@@ -869,7 +880,9 @@ def run_check(
     outcomes = []
     for name, value in values.items():
         reference = None
-        if check.compare != "value":
+        if check.metric == "latency_ms" and check.compare == "ratio":
+            value = _latency_ratio(models[name], models[check.reference])
+        elif check.compare != "value":
             reference = metric_value(models[check.reference], check.metric, split)
             value = _combine(check.compare, value, reference)
         entry = {
@@ -920,12 +933,12 @@ def _speed(model: dict[str, Any], bench: dict[str, Any], roles: dict[str, str]) 
     """A model's bench numbers plus its latency ratios to the teacher and the baseline."""
     by_name = {m["name"]: m for m in bench["models"]}
     mine = by_name[model["name"]]
-    latency = mine["latency_ms"]["median"]
     speed = {key: mine[key] for key in ("passes", "gflops_per_image", "images_per_s")}
-    speed["latency_ms"] = {k: v for k, v in mine["latency_ms"].items() if k != "runs"}
+    speed["latency_ms"] = mine["latency_ms"]
     for role in ("teacher", "baseline"):
         other = next(name for name, r in roles.items() if r == role)
-        speed[f"latency_vs_{role}"] = latency / by_name[other]["latency_ms"]["median"]
+        runs = mine["latency_ms"]["runs"], by_name[other]["latency_ms"]["runs"]
+        speed[f"latency_vs_{role}"] = paired_ratio(*runs)
     return speed
 
 
