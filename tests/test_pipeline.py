@@ -231,7 +231,7 @@ def model(name: str, miou: float | None, unc: list[float | None], latency: float
                 },
             }
         },
-        "speed": {"latency_ms": {"median": latency}},
+        "speed": {"latency_ms": {"median": latency, "runs": [latency]}},
     }
 
 
@@ -297,7 +297,7 @@ def test_latency_checks_pair_the_calls_of_a_repeat() -> None:
     """With the bench's timed calls in results.json, a latency ratio is the median of the
     per-repeat ratios (the calls of one repeat run back to back), not of the medians."""
     student = model("student", 0.6, [0.1], latency=10.1)
-    baseline = model("baseline", 0.6, [0.1], latency=30.0)
+    baseline = model("baseline", 0.6, [0.1], latency=30.0)  # medians: 10.1 / 30
     student["speed"]["latency_ms"]["runs"] = [10.1, 10.1, 10.1, 30.3, 30.3]
     baseline["speed"]["latency_ms"]["runs"] = [80.0, 10.0, 10.0, 30.0, 30.0]
     spec = CheckSpec(

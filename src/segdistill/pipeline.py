@@ -855,14 +855,11 @@ def _combine(compare: str, value: Any, reference: Any) -> Any:
     return value / reference if reference else None
 
 
-def _latency_ratio(model: dict[str, Any], reference: dict[str, Any]) -> float | None:
-    """Latency of `model` over `reference`: paired over the bench's repeats when both have
-    their timed calls (`segdistill.bench.paired_ratio`), else the ratio of the medians."""
-    runs = [dig(m, "speed", "latency_ms", "runs") for m in (model, reference)]
-    if all(runs) and len(runs[0]) == len(runs[1]):
-        return paired_ratio(*runs)
-    return _combine(
-        "ratio", metric_value(model, "latency_ms"), metric_value(reference, "latency_ms")
+def _latency_ratio(model: dict[str, Any], reference: dict[str, Any]) -> float:
+    """Latency of `model` over `reference`, paired over the bench's repeats (the calls of
+    one repeat run back to back: `segdistill.bench.paired_ratio`)."""
+    return paired_ratio(
+        dig(model, "speed", "latency_ms", "runs"), dig(reference, "speed", "latency_ms", "runs")
     )
 
 
