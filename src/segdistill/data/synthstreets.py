@@ -1412,9 +1412,8 @@ def _bicycle_shape(outline: bool = False) -> Shape:
     """Frame tubes and tyres; the outline fills the wheels."""
     geo = _BICYCLE
     frame = _capsules([(a, b, geo["tube"]) for a, b in geo["frame"]])
-    if outline:
-        return _union(_discs(geo["wheels"], geo["radius"]), frame)
-    return _union(_rings(geo["wheels"], geo["radius"], 0.05), frame)
+    wheels = geo["wheels"], geo["radius"]
+    return _union(_discs(*wheels) if outline else _rings(*wheels, 0.05), frame)
 
 
 def _motorcycle_shape(outline: bool = False) -> Shape:
@@ -1431,9 +1430,8 @@ def _motorcycle_shape(outline: bool = False) -> Shape:
             ((1.58, 0.88), (1.60, 0.90), 0.09),
         ]
     )
-    if outline:
-        return _union(_discs(_MOTORCYCLE["wheels"], _MOTORCYCLE["radius"]), body)
-    return _union(_rings(_MOTORCYCLE["wheels"], _MOTORCYCLE["radius"], 0.1), body)
+    wheels = _MOTORCYCLE["wheels"], _MOTORCYCLE["radius"]
+    return _union(_discs(*wheels) if outline else _rings(*wheels, 0.1), body)
 
 
 def _rider_shape(pose: dict) -> Shape:
