@@ -264,6 +264,7 @@ def test_object_scale_and_crowd_enlarge_the_small_classes() -> None:
     crowded = _train_id_pixels(ss.SynthConfig(size=SIZE, seed=1, crowd=2.0), 12)
     assert scaled[index].sum() > 3 * plain[index].sum(), (plain[index], scaled[index])
     assert crowded[index[2:]].sum() > 1.3 * plain[index[2:]].sum()
+
     # Walls, fences and motorcycles are few per image and often hidden by what crowd adds
     # in front of them: count the objects in the scenes (their area along the street for
     # walls and fences), not the visible pixels.
@@ -343,13 +344,14 @@ def test_walls_show_masonry_courses() -> None:
     mortar joints and a coping along the top."""
     rgb = np.asarray(ss._WALL_STONES[0], np.float32)
     material = ss._masonry(rgb, np.random.default_rng(0), height=2.0)
+    mortar_rgb = np.clip(rgb * 1.35, 0, 1)
     y = np.linspace(0.0, 1.8, 400, dtype=np.float32)
     across = material(np.full_like(y, 0.37), y)
-    mortar = np.isclose(across, np.clip(rgb * 1.35, 0, 1)).all(axis=1)
+    mortar = np.isclose(across, mortar_rgb).all(axis=1)
     assert 0.05 < mortar.mean() < 0.25  # horizontal joints between courses
     x = np.linspace(0.0, 4.0, 400, dtype=np.float32)
     along = material(x, np.full_like(x, 0.2))
-    joints = np.isclose(along, np.clip(rgb * 1.35, 0, 1)).all(axis=1)
+    joints = np.isclose(along, mortar_rgb).all(axis=1)
     assert 0.0 < joints.mean() < 0.2  # vertical joints between blocks
     top = material(np.full(10, 0.37, np.float32), np.linspace(1.9, 1.99, 10, dtype=np.float32))
     assert not np.allclose(top, across[:10])  # the coping

@@ -2416,17 +2416,20 @@ def render(scene: Scene, height: int, width: int) -> Frame:
     lights = {
         n: scene.lighting.shade(n) for n in ((0.0, 0.0, -1.0), (1.0, 0.0, 0.0), (-1.0, 0.0, 0.0))
     }
+
+    def draw(surface: Surface, outline: bool = False) -> None:
+        by_facing = _draw_front if surface.facing == "front" else _draw_side
+        by_facing(canvas, view, surface, lights[_normal(surface)], outline)
+
     # Nearest first: with the depth test, hidden parts then cost no material evaluation.
     for surface in sorted(scene.surfaces, key=_nearest):
-        draw = _draw_front if surface.facing == "front" else _draw_side
-        draw(canvas, view, surface, lights[_normal(surface)])
+        draw(surface)
     _draw_ground(canvas, view, scene)
     _draw_sky(canvas, view, scene.sky)
     # Then the labels of see-through objects over what shows through their gaps.
     for surface in scene.surfaces:
         if surface.outline is not None:
-            draw = _draw_front if surface.facing == "front" else _draw_side
-            draw(canvas, view, surface, lights[_normal(surface)], outline=True)
+            draw(surface, outline=True)
     _paint_hood(canvas, hood, scene)
     color = _box_reduce(canvas.color, factor)
     pick = _majority_sample(canvas.label, factor)
