@@ -178,6 +178,19 @@ def test_dudes_parity_counts() -> None:
     assert count_parameters(student) - count_parameters(baseline) == 257
 
 
+def test_holder_heads_follow_the_decoder_width() -> None:
+    """Holder & Shafique: each head is a 3x3 conv-BN-ReLU with 256 channels then a 1x1 conv
+    to C, on the full-width decoder; at width 0.25 the heads narrow with the decoder (64)."""
+    for width, channels in ((1.0, 256), (0.25, 64)):
+        options = {"width": width}
+        with torch.device("meta"):
+            plain = build_segmenter("deeplabv3plus", "resnet18", NUM_CLASSES, None, options)
+            holder = build_segmenter("deeplabv3plus", "resnet18", NUM_CLASSES, "per_class", options)
+        per_head = 9 * channels * channels + 2 * channels + (channels + 1) * NUM_CLASSES
+        plain_head = (channels + 1) * NUM_CLASSES
+        assert count_parameters(holder) - count_parameters(plain) == 2 * per_head - plain_head
+
+
 def test_replace_heads_keeps_body() -> None:
     model = build_segmenter("deeplabv3plus", "resnet18", 5, encoder_options=TINY).eval()
     encoder_state = {k: v.clone() for k, v in model.encoder.state_dict().items()}

@@ -13,18 +13,24 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import torch
 import yaml
 
+from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.cli import main
 from segdistill.errors import ConfigError
 from segdistill.pipeline import (
     CheckSpec,
     RunPaths,
+    baseline_config,
     claim_run_dir,
     load_experiment,
     metric_value,
     plan,
     run_check,
+    student_config,
+    teacher_config,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,7 +188,8 @@ def test_experiment_configs_load_and_plan(config: Path, tmp_path: Path) -> None:
     `extends`, overrides) and plans its steps."""
     experiment = load_experiment(config)
     steps = [step.name for step in plan(experiment, RunPaths(tmp_path))]
-    assert steps[:2] == ["data", "teacher"] and steps[-1] == "report"
+    first = ["data", "pretrain", "teacher"] if experiment.spec.pretrain else ["data", "teacher"]
+    assert steps[: len(first)] == first and steps[-1] == "report"
 
 
 def write_experiment(tmp_path: Path, text: str) -> Path:
@@ -203,11 +210,74 @@ def write_experiment(tmp_path: Path, text: str) -> Path:
             "ablations: [{name: a, kind: sweep, student: nobody, key: k, values: [1]}]\n",
             "a sweep needs",
         ),
+        (
+            "pretrain: {config: train.yaml, data: {root: data/synthstreets}}\n",
+            "another folder than data.root",
+        ),
+        (
+            "pretrain: {config: train.yaml, data: {root: other}}\n"
+            "students: [{name: s, config: distill.yaml}]\n"
+            "ablations: [{name: a, kind: sweep, student: s, key: model.encoder_options.width,"
+            " values: [1]}]\n",
+            "no longer fits the pre-trained one",
+        ),
     ],
 )
 def test_config_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_experiment(write_experiment(tmp_path, text))
+
+
+def test_pretrain_needs_a_trained_baseline(tmp_path: Path) -> None:
+    train = REPO / "configs" / "quick" / "train_baseline.yaml"
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        f"teacher: {{config: {train}, members: 2}}\nbaseline: {{member: 0}}\n"
+        f"pretrain: {{config: {train}, data: {{root: other}}}}\n"
+    )
+    with pytest.raises(ConfigError, match="baseline must be trained"):
+        load_experiment(path)
+
+
+def test_pretrain_starts_the_baseline_and_students_from_its_encoder(tmp_path: Path) -> None:
+    """The pretrain step trains on its own data and writes its encoder; the baseline and
+    the students (not the teacher) load exactly that encoder and start their decoder fresh."""
+    quick = REPO / "configs" / "quick"
+    path = tmp_path / "exp.yaml"
+    synth = "{size: [32, 64], train: 4, val: 2, test: 0, seed: 1}"
+    path.write_text(
+        f"data: {{root: {tmp_path / 'data'}}}\n"
+        f"set: {{model.encoder_options.width: 0.125, data.crop_size: [32, 64], "
+        f"data.batch_size: 2, data.num_workers: 0, trainer.max_epochs: 1, "
+        f"trainer.limit_val_batches: 1, trainer.accelerator: cpu}}\n"
+        f"pretrain: {{config: {quick / 'train_baseline.yaml'}, set: {{seed: 7}}, "
+        f"data: {{root: {tmp_path / 'pretrain_data'}, synth: {synth}}}}}\n"
+        f"teacher: {{config: {quick / 'train_baseline.yaml'}, members: 2}}\n"
+        f"baseline: {{config: {quick / 'train_baseline.yaml'}}}\n"
+        f"students: [{{name: dudes, config: {quick / 'distill_dudes.yaml'}}}]\n"
+    )
+    experiment = load_experiment(path)
+    paths = RunPaths(tmp_path / "run")
+    steps = {step.name: step for step in plan(experiment, paths)}
+    assert list(steps)[:3] == ["data", "pretrain", "teacher"]
+    outputs = steps["pretrain"].run()
+    assert outputs["data"]["generated"]
+    assert (tmp_path / "pretrain_data" / "leftImg8bit" / "train").is_dir()
+    pretrained, _ = load_segmenter(paths.pretrain)
+    encoder = safetensors.torch.load_file(str(paths.pretrained_encoder))
+    assert encoder.keys() == pretrained.encoder.state_dict().keys()
+    assert all(torch.equal(v, pretrained.encoder.state_dict()[k]) for k, v in encoder.items())
+
+    for cfg in (
+        baseline_config(experiment, paths),
+        student_config(experiment, paths, experiment.spec.students[0]),
+    ):
+        assert cfg.model.encoder_weights == str(paths.pretrained_encoder)
+        network = build_model(cfg.model, cfg.data.num_classes)
+        assert all(torch.equal(v, network.encoder.state_dict()[k]) for k, v in encoder.items())
+        fresh, trained = network.decoder.state_dict(), pretrained.decoder.state_dict()
+        assert not all(torch.equal(v, trained[k]) for k, v in fresh.items())
+    assert teacher_config(experiment, paths).model.encoder_weights is None
 
 
 def test_overrides_below_set_are_dotted_training_keys(tmp_path: Path) -> None:

@@ -76,6 +76,4 @@ class TeacherSignals:
             for k, v in self.__dict__.items()
             if k != "features"
         }
-        return TeacherSignals(
-            **moved, features={k: v.to(device) for k, v in self.features.items()}
-        )
+        return TeacherSignals(**moved, features={k: v.to(device) for k, v in self.features.items()})

@@ -5,6 +5,9 @@ only in the experiment config (schema: the dataclasses below and docs/experiment
 The steps, in order, each one a function of this module:
 
     data         generate SynthStreets into data.root unless it is there (`prepare_data`)
+    pretrain     only with a `pretrain` section: train a network of the students'
+                 architecture on other data and keep its encoder, which the baseline and
+                 every student start from (`pretrain_encoder`; the papers' ImageNet weights)
     teacher      train the teacher: the members of a deep ensemble, an MC-dropout network
                  or one network (`train_teacher`)
     baseline     train the student's network on labels only (`train_network`); skipped
@@ -27,6 +30,8 @@ Run directory:
 
     RUN_DIR/experiment.yaml     the experiment config as run (overrides applied)
     RUN_DIR/stages/<step>.json  one marker per finished step
+    RUN_DIR/pretrain/           run directory of the pre-training network and its
+                                encoder.safetensors (only with a `pretrain` section)
     RUN_DIR/teacher/            ensemble directory (member_XX/, manifest.json) or run directory
     RUN_DIR/baseline/           run directory (absent when the baseline is an ensemble member)
     RUN_DIR/students/<name>/    run directories
@@ -56,12 +61,13 @@ from typing import Any, Literal
 
 import lightning as L
 import numpy as np
+import safetensors.torch
 import torch
 import yaml
 
 from segdistill import __version__
 from segdistill.bench import benchmark, paired_ratio, to_json
-from segdistill.checkpoints import atomic_write
+from segdistill.checkpoints import atomic_write, load_segmenter
 from segdistill.commands.train import train_member, write_manifest
 from segdistill.config import SegConfig, _convert, load_config, replace_values, to_dict
 from segdistill.data.shifts import SHIFT_KINDS
@@ -112,6 +118,20 @@ class DataSpec:
 
     root: str = "data/synthstreets"
     synth: SynthSpec | None = None
+
+
+@dataclass(kw_only=True)
+class PretrainSpec:
+    """The students' encoder, pre-trained on other data: it stands in for the ImageNet
+    weights the papers start their students from (nothing is downloaded). A network of the
+    students' architecture is trained with `config` (+ the experiment's `set`, then this
+    `set`) on `data`, its own folder (SynthStreets generated there from `data.synth`, e.g.
+    another seed); the baseline and every student then load its encoder
+    (`model.encoder_weights`) and start their decoder and heads fresh."""
+
+    config: str
+    set: dict[str, Any] = field(default_factory=dict)
+    data: DataSpec
 
 
 @dataclass(kw_only=True)
@@ -241,6 +261,7 @@ class Experiment:
     run_dir: str | None = None
     data: DataSpec = field(default_factory=DataSpec)
     set: dict[str, Any] = field(default_factory=dict)
+    pretrain: PretrainSpec | None = None
     teacher: TeacherSpec
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
     students: list[StudentSpec] = field(default_factory=list)
@@ -326,6 +347,14 @@ def check_experiment(spec: Experiment, source: str) -> None:
         spec.teacher.kind == "ensemble" and 0 <= baseline.member < spec.teacher.members
     ):
         fail(f"baseline.member={baseline.member} is not a member of the teacher ensemble")
+    if spec.pretrain is not None:
+        if Path(spec.pretrain.data.root) == Path(spec.data.root):
+            fail("pretrain.data.root must be another folder than data.root (other data)")
+        if baseline.member is not None:
+            fail(
+                "with `pretrain` the baseline must be trained (`config`), so that it starts "
+                "from the same pre-trained encoder as the students, not an ensemble member"
+            )
     students = {s.name for s in spec.students}
     for ablation in spec.ablations:
         where = f"ablation {ablation.name!r}"
@@ -340,6 +369,11 @@ def check_experiment(spec: Experiment, source: str) -> None:
         elif ablation.student not in students or not ablation.key or not ablation.values:
             fail(
                 f"{where}: a sweep needs `student` (one of {sorted(students)}), `key` and `values`"
+            )
+        elif spec.pretrain is not None and ablation.key.startswith("model.encoder"):
+            fail(
+                f"{where}: sweeping {ablation.key} changes the encoder, which then no longer "
+                "fits the pre-trained one (`pretrain`)"
             )
     for column in spec.table.columns:
         _metric_name(column, f"{source}: table.columns")
@@ -365,6 +399,14 @@ class RunPaths:
     """Where each output of an experiment lives (module doc)."""
 
     root: Path
+
+    @property
+    def pretrain(self) -> Path:
+        return self.root / "pretrain"
+
+    @property
+    def pretrained_encoder(self) -> Path:
+        return self.pretrain / "encoder.safetensors"
 
     @property
     def teacher(self) -> Path:
@@ -408,7 +450,17 @@ class Step:
 def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
     """The steps of an experiment, in order (module doc)."""
     spec = exp.spec
-    steps = [Step("data", f"data set in {spec.data.root}", functools.partial(prepare_data, spec))]
+    steps = [
+        Step("data", f"data set in {spec.data.root}", functools.partial(prepare_data, spec.data))
+    ]
+    if spec.pretrain is not None:
+        steps.append(
+            Step(
+                "pretrain",
+                f"pre-train the students' encoder on {spec.pretrain.data.root}",
+                functools.partial(pretrain_encoder, exp, paths),
+            )
+        )
     teacher = spec.teacher
     what = f"{teacher.members}-member ensemble" if teacher.kind == "ensemble" else teacher.kind
     steps.append(
@@ -527,11 +579,11 @@ def claim_run_dir(spec: Experiment, paths: RunPaths) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-def prepare_data(spec: Experiment) -> dict[str, Any]:
+def prepare_data(data: DataSpec) -> dict[str, Any]:
     """Generate SynthStreets into data.root unless the same data set is there; without a
     `synth` section, check that the folder holds images."""
-    root = Path(spec.data.root)
-    synth = spec.data.synth
+    root = Path(data.root)
+    synth = data.synth
     if synth is None:
         splits = find_splits(root)
         if "train" not in splits:
@@ -547,13 +599,18 @@ def prepare_data(spec: Experiment) -> dict[str, Any]:
 
 
 def network_config(
-    exp: LoadedExperiment, config: str, values: dict[str, Any], run_dir: Path, role: str
+    exp: LoadedExperiment,
+    config: str,
+    values: dict[str, Any],
+    run_dir: Path,
+    role: str,
+    data_root: str | None = None,
 ) -> SegConfig:
     """A network's training config: the file `config` (relative to the experiment file),
-    then the experiment's `set`, then `values`; data.root and run.dir are the
-    experiment's."""
+    then the experiment's `set`, then `values`; data.root (default: the experiment's) and
+    run.dir are forced."""
     cfg = load_config(exp.config_path(config))
-    forced = {"data.root": exp.spec.data.root, "run.dir": str(run_dir)}
+    forced = {"data.root": data_root or exp.spec.data.root, "run.dir": str(run_dir)}
     return replace_values(cfg, {**exp.spec.set, **values, **forced}, f"{exp.path} ({role})")
 
 
@@ -563,10 +620,27 @@ def teacher_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
     return network_config(exp, teacher.config, values, paths.teacher, "teacher")
 
 
+def pretrain_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
+    pretrain = exp.spec.pretrain
+    assert pretrain is not None
+    return network_config(
+        exp, pretrain.config, pretrain.set, paths.pretrain, "pretrain", pretrain.data.root
+    )
+
+
+def _encoder_start(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
+    """`model.encoder_weights` for the baseline and the students: the pre-trained encoder
+    when the experiment has a `pretrain` section, else nothing."""
+    if exp.spec.pretrain is None:
+        return {}
+    return {"model.encoder_weights": str(paths.pretrained_encoder)}
+
+
 def baseline_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
     baseline = exp.spec.baseline
     assert baseline.config is not None
-    return network_config(exp, baseline.config, baseline.set, paths.baseline(baseline), "baseline")
+    values = {**baseline.set, **_encoder_start(exp, paths)}
+    return network_config(exp, baseline.config, values, paths.baseline(baseline), "baseline")
 
 
 def student_config(
@@ -593,7 +667,7 @@ def student_config(
     cfg = network_config(
         exp,
         student.config,
-        {**student.set, **(values or {}), **distill},
+        {**student.set, **(values or {}), **distill, **_encoder_start(exp, paths)},
         run_dir or paths.student(student.name),
         f"student {student.name}",
     )
@@ -609,6 +683,20 @@ def train_network(cfg: SegConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run.dir)
     train(cfg, resume=(run_dir / RESUME_CHECKPOINT).is_file())
     return {"run_dir": str(run_dir)}
+
+
+def pretrain_encoder(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
+    """Generate the pre-training data, train the pre-training network on it and write its
+    encoder's state dict to pretrain/encoder.safetensors (written last: its presence means
+    the step's work is whole)."""
+    assert exp.spec.pretrain is not None
+    data = prepare_data(exp.spec.pretrain.data)
+    train_network(pretrain_config(exp, paths))
+    model, _ = load_segmenter(paths.pretrain)
+    state = {name: tensor.contiguous() for name, tensor in model.encoder.state_dict().items()}
+    data_bytes = safetensors.torch.save(state)
+    atomic_write(paths.pretrained_encoder, lambda file: file.write(data_bytes))
+    return {"data": data, "run_dir": str(paths.pretrain), "encoder": str(paths.pretrained_encoder)}
 
 
 def train_teacher(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:

@@ -23,10 +23,13 @@ CLASS_NAMES: tuple[str, ...] = tuple(
 
 # [19, 3] uint8 colours of the evaluation classes, indexed by train id.
 TRAIN_ID_COLORS = np.array(
-    [lb.color for lb in sorted(
-        (lb for lb in _CITYSCAPES_LABELS if lb.trainId not in (255, -1)),
-        key=lambda lb: lb.trainId,
-    )],
+    [
+        lb.color
+        for lb in sorted(
+            (lb for lb in _CITYSCAPES_LABELS if lb.trainId not in (255, -1)),
+            key=lambda lb: lb.trainId,
+        )
+    ],
     dtype=np.uint8,
 )
 

@@ -8,8 +8,10 @@ Head pairs by `uncertainty_head` (see `HEAD_PAIRS`):
 - "scalar":    DUDES (Landgraf et al.): the same 1x1 segmentation head plus an identical
                head with 1 output channel (sigmoid), 257 parameters at 256 channels.
 - "per_class": Holder & Shafique: the output layer is replaced by a prediction head and an
-               uncertainty head, each a 3x3 conv-BN-ReLU with 256 channels then a 1x1
-               conv to C channels (sigmoid on the uncertainty).
+               uncertainty head, each a 3x3 conv-BN-ReLU then a 1x1 conv to C channels
+               (sigmoid on the uncertainty). The 3x3 conv keeps the decoder's channels:
+               the paper's 256 at full width, and it narrows with `width` like every other
+               layer (at width 0.25, 256-channel heads would cost 4x the whole network).
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ from torch import nn
 
 from segdistill.models.encoders import lookup
 
-HOLDER_HIDDEN = 256
-
 
 def pointwise_head(in_ch: int, out_ch: int) -> nn.Conv2d:
     """1x1 conv with bias: [B, in_ch, h, w] -> [B, out_ch, h, w]."""
@@ -29,14 +29,15 @@ def pointwise_head(in_ch: int, out_ch: int) -> nn.Conv2d:
 
 
 class HolderHead(nn.Sequential):
-    """Holder & Shafique's head: 3x3 conv-BN-ReLU (256 channels), 1x1 conv to out_ch."""
+    """Holder & Shafique's head: 3x3 conv-BN-ReLU keeping in_ch channels (256 on the
+    full-width decoder), 1x1 conv to out_ch."""
 
-    def __init__(self, in_ch: int, out_ch: int, hidden: int = HOLDER_HIDDEN) -> None:
+    def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__(
-            nn.Conv2d(in_ch, hidden, 3, padding=1, bias=False),
-            nn.BatchNorm2d(hidden),
+            nn.Conv2d(in_ch, in_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(in_ch),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, out_ch, 1),
+            nn.Conv2d(in_ch, out_ch, 1),
         )
 
 
