@@ -89,6 +89,7 @@ def test_results_schema(tiny_demo: tuple[list[str], Path]) -> None:
     assert set(results["versions"]) >= {"torch", "segdistill", "python", "platform"}
     assert results["experiment"]["config"]["teacher"]["members"] == 2
     assert set(results["experiment"]["networks"]) == {"ensemble", "dudes", "holder"}
+    assert results["experiment"]["pretrain"] is None  # the demo has no pretrain section
     shifted = [s for s in results["data"]["splits"] if s not in ("test", "anomaly")]
     assert {"fog_0.02", "rain", "night", "newcity"} <= set(shifted)
     models = {m["name"]: m for m in results["models"]}

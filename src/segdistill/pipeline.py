@@ -1083,6 +1083,7 @@ def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
             "config_file": str(exp.path),
             "config": dataclasses.asdict(spec),
             "networks": {name: to_dict(cfg) for name, cfg in networks.items()},
+            "pretrain": to_dict(pretrain_config(exp, paths)) if spec.pretrain else None,
         },
         "versions": versions(),
         "data": evaluation["data"],
