@@ -478,6 +478,8 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                 functools.partial(train_network, baseline_config(exp, paths)),
             )
         )
+    if spec.pretrain is not None:
+        check_pretrain_fits(exp, paths)
     for student in spec.students:
         cfg = student_config(exp, paths, student)
         methods = ", ".join(m.name for m in cfg.distill.methods)
@@ -683,6 +685,28 @@ def train_network(cfg: SegConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run.dir)
     train(cfg, resume=(run_dir / RESUME_CHECKPOINT).is_file())
     return {"run_dir": str(run_dir)}
+
+
+def _encoder_shape(cfg: SegConfig) -> tuple[str, Any]:
+    """What decides the encoder's parameter shapes (the output stride only dilates)."""
+    return cfg.model.encoder, cfg.model.encoder_options.get("width", 1.0)
+
+
+def check_pretrain_fits(exp: LoadedExperiment, paths: RunPaths) -> None:
+    """Refuse, before anything is trained, a baseline or student whose encoder differs
+    from the pre-training network's (its weights would not load)."""
+    wanted = _encoder_shape(pretrain_config(exp, paths))
+    spec = exp.spec
+    networks = [(spec.baseline.name, baseline_config(exp, paths))]
+    networks += [(s.name, student_config(exp, paths, s)) for s in spec.students]
+    for name, cfg in networks:
+        if _encoder_shape(cfg) != wanted:
+            encoder, width = _encoder_shape(cfg)
+            raise ConfigError(
+                f"{exp.path}: {name!r} has encoder {encoder} at width {width}, the "
+                f"pre-training network {wanted[0]} at width {wanted[1]}: set the same "
+                "model.encoder and model.encoder_options.width in pretrain.set"
+            )
 
 
 def pretrain_encoder(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
