@@ -229,6 +229,17 @@ def test_config_errors_name_the_problem(tmp_path: Path, text: str, message: str)
         load_experiment(write_experiment(tmp_path, text))
 
 
+def test_overrides_index_lists(tmp_path: Path) -> None:
+    """`students.0.set.seed=1`: a number indexes a list (a student, a check); a wrong
+    index names the key."""
+    path = write_experiment(tmp_path, "students: [{name: s, config: distill.yaml}]\n")
+    experiment = load_experiment(path, ["students.0.set.seed=1", "students.0.label=S"])
+    assert experiment.spec.students[0].set == {"seed": 1}
+    assert experiment.spec.students[0].label == "S"
+    with pytest.raises(ConfigError, match="'1' is not an index of a list of 1"):
+        load_experiment(path, ["students.1.set.seed=1"])
+
+
 def test_pretrain_needs_a_trained_baseline(tmp_path: Path) -> None:
     train = REPO / "configs" / "quick" / "train_baseline.yaml"
     path = tmp_path / "exp.yaml"

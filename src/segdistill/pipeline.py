@@ -305,7 +305,8 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> LoadedEx
 
 
 def _set_dotted(raw: dict[str, Any], assignment: str, path: Path) -> None:
-    """Apply "a.b=VALUE" to the raw mapping (VALUE read as YAML)."""
+    """Apply "a.b=VALUE" to the raw mapping (VALUE read as YAML); a number indexes a list,
+    e.g. `students.0.set.seed=1`."""
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. teacher.members=3")
@@ -319,13 +320,27 @@ def _set_dotted(raw: dict[str, Any], assignment: str, path: Path) -> None:
     if "set" in parts[:-1]:
         cut = parts.index("set") + 1
         parts = [*parts[:cut], ".".join(parts[cut:])]
-    node = raw
+    node: dict[str, Any] | list[Any] = raw
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {assignment}: {part!r} of {path} is not a mapping")
+        if isinstance(node, list):
+            child = node[_list_index(node, part, assignment, path)]
+        else:
+            child = node.setdefault(part, {})
+        if not isinstance(child, (dict, list)):
+            raise ConfigError(f"--set {assignment}: {part!r} of {path} is not a mapping or list")
         node = child
-    node[parts[-1]] = value
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], assignment, path)] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _list_index(items: list[Any], part: str, assignment: str, path: Path) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(
+            f"--set {assignment}: {part!r} is not an index of a list of {len(items)} in {path}"
+        )
+    return int(part)
 
 
 def check_experiment(spec: Experiment, source: str) -> None:
