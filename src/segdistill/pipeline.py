@@ -726,8 +726,8 @@ def check_pretrain_fits(exp: LoadedExperiment, paths: RunPaths) -> None:
 
 def pretrain_encoder(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
     """Generate the pre-training data, train the pre-training network on it and write its
-    encoder's state dict to pretrain/encoder.safetensors (written last: its presence means
-    the step's work is whole)."""
+    encoder's state dict to pretrain/encoder.safetensors (atomically: a killed step leaves
+    no partial file, and its re-run resumes the training)."""
     assert exp.spec.pretrain is not None
     data = prepare_data(exp.spec.pretrain.data)
     train_network(pretrain_config(exp, paths))
