@@ -485,18 +485,20 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             functools.partial(train_teacher, exp, paths),
         )
     )
+    trained = {s.name: student_config(exp, paths, s) for s in spec.students}
     if spec.baseline.member is None:
+        trained = {spec.baseline.name: baseline_config(exp, paths), **trained}
         steps.append(
             Step(
                 "baseline",
                 f"train the baseline {spec.baseline.name!r} on labels only",
-                functools.partial(train_network, baseline_config(exp, paths)),
+                functools.partial(train_network, trained[spec.baseline.name]),
             )
         )
     if spec.pretrain is not None:
-        check_pretrain_fits(exp, paths)
+        check_pretrain_fits(exp, pretrain_config(exp, paths), trained)
     for student in spec.students:
-        cfg = student_config(exp, paths, student)
+        cfg = trained[student.name]
         methods = ", ".join(m.name for m in cfg.distill.methods)
         steps.append(
             Step(
@@ -707,14 +709,13 @@ def _encoder_shape(cfg: SegConfig) -> tuple[str, Any]:
     return cfg.model.encoder, cfg.model.encoder_options.get("width", 1.0)
 
 
-def check_pretrain_fits(exp: LoadedExperiment, paths: RunPaths) -> None:
-    """Refuse, before anything is trained, a baseline or student whose encoder differs
-    from the pre-training network's (its weights would not load)."""
-    wanted = _encoder_shape(pretrain_config(exp, paths))
-    spec = exp.spec
-    networks = [(spec.baseline.name, baseline_config(exp, paths))]
-    networks += [(s.name, student_config(exp, paths, s)) for s in spec.students]
-    for name, cfg in networks:
+def check_pretrain_fits(
+    exp: LoadedExperiment, pretrain: SegConfig, networks: dict[str, SegConfig]
+) -> None:
+    """Refuse, before anything is trained, a network (the baseline, a student) whose
+    encoder differs from the pre-training network's (its weights would not load)."""
+    wanted = _encoder_shape(pretrain)
+    for name, cfg in networks.items():
         if _encoder_shape(cfg) != wanted:
             encoder, width = _encoder_shape(cfg)
             raise ConfigError(
