@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -23,10 +24,14 @@ from segdistill.errors import ConfigError
 from segdistill.pipeline import (
     CheckSpec,
     RunPaths,
+    TableSpec,
+    _check_line,
+    _table_cells,
     baseline_config,
     claim_run_dir,
     load_experiment,
     metric_value,
+    paper_table,
     plan,
     run_check,
     student_config,
@@ -174,6 +179,44 @@ def test_continues_after_an_interruption(
     assert "bench: done in" in out and "report: done in" in out
 
 
+def test_seeds_train_baseline_and_students_again(tmp_path: Path) -> None:
+    """`seeds: 2` (tiny demo, trained baseline): the baseline and both students train a
+    second time with seed + 1 (Holder's from that seed's baseline, both reading the one
+    teacher cache); everything is evaluated, only the first seed benchmarked; the table
+    shows means and checks compare them."""
+    run_dir = tmp_path / "run"
+    args = tiny_demo_args(tmp_path / "data", run_dir)
+    args += ["baseline.member=null", "baseline.config=train_baseline.yaml", "seeds=2"]
+    assert main(args) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    models = {m["name"]: m for m in results["models"]}
+    seeded = {"baseline-s1", "dudes-s1", "holder-s1"}
+    assert set(models) == {"ensemble", "baseline", "dudes", "holder", *seeded}
+    assert {name: models[name]["seed_offset"] for name in seeded} == dict.fromkeys(seeded, 1)
+    assert all(("speed" in m) == (m["name"] not in seeded) for m in models.values())
+    networks = results["experiment"]["networks"]
+    assert [networks[n]["seed"] for n in ("baseline", "baseline-s1", "dudes", "dudes-s1")] == [
+        0, 1, 0, 1,
+    ]  # fmt: skip
+    assert networks["holder-s1"]["distill"]["init_from"] == str(run_dir / "baseline-s1")
+    assert networks["dudes-s1"]["distill"]["teacher_cache"] == str(run_dir / "cache" / "dudes")
+    steps = {p.stem for p in (run_dir / "stages").glob("*.json")}
+    assert {"baseline", "baseline-s1", "student-dudes-s1", "student-holder-s1"} <= steps
+    first, second = (load_segmenter(run_dir / "students" / n)[0] for n in ("dudes", "dudes-s1"))
+    assert not all(
+        torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items()
+    )  # another seed, another network
+
+    table = results["table"]
+    assert [row[0] for row in table["rows"]] == ["ensemble", "baseline", "dudes", "holder"]
+    miou = table["metrics"].index("miou") + 2
+    row = next(r for r in table["rows"] if r[0] == "dudes")
+    values = [models[n]["splits"]["test"]["segmentation"]["miou"] for n in ("dudes", "dudes-s1")]
+    assert row[miou] == pytest.approx(np.mean(values))
+    (check,) = [c for c in results["checks"] if c["name"].startswith("DUDES student mIoU")]
+    assert len(check["per_seed"]) == 2
+
+
 def test_another_experiment_in_the_same_run_dir_is_refused(tmp_path: Path) -> None:
     first = load_experiment(DEMO_CONFIG)
     claim_run_dir(first.spec, RunPaths(tmp_path))
@@ -222,6 +265,11 @@ def write_experiment(tmp_path: Path, text: str) -> Path:
             " values: [1]}]\n",
             "no longer fits the pre-trained one",
         ),
+        ("seeds: 0\n", "seeds=0 must be >= 1"),
+        (
+            "students: [{name: s-s1, config: d.yaml}, {name: s, config: d.yaml}]\nseeds: 2\n",
+            "model names must be unique",
+        ),
     ],
 )
 def test_config_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -238,6 +286,16 @@ def test_overrides_index_lists(tmp_path: Path) -> None:
     assert experiment.spec.students[0].label == "S"
     with pytest.raises(ConfigError, match="'1' is not an index of a list of 1"):
         load_experiment(path, ["students.1.set.seed=1"])
+
+
+def test_seeds_need_a_trained_baseline(tmp_path: Path) -> None:
+    train = REPO / "configs" / "quick" / "train_baseline.yaml"
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        f"teacher: {{config: {train}, members: 2}}\nbaseline: {{member: 0}}\nseeds: 2\n"
+    )
+    with pytest.raises(ConfigError, match="seeds=2 trains the baseline once per seed"):
+        load_experiment(path)
 
 
 def test_pretrain_needs_a_trained_baseline(tmp_path: Path) -> None:
@@ -317,10 +375,11 @@ def model(name: str, miou: float | None, unc: list[float | None], latency: float
     }
 
 
+# name -> its results.json entries, one per seed (one seed here).
 MODELS = {
-    "teacher": model("teacher", 0.60, [0.10, 0.20, 0.30], 50.0),
-    "student": model("student", 0.595, [0.11, 0.25, None], 10.1),
-    "baseline": model("baseline", 0.60, [0.05, 0.05, 0.05], 10.0),
+    "teacher": [model("teacher", 0.60, [0.10, 0.20, 0.30], 50.0)],
+    "student": [model("student", 0.595, [0.11, 0.25, None], 10.1)],
+    "baseline": [model("baseline", 0.60, [0.05, 0.05, 0.05], 10.0)],
 }
 
 
@@ -362,7 +421,66 @@ def test_order_check_and_missing_values() -> None:
     assert run_check(reverse, MODELS, "test")[0]["passed"] is False
     absent = CheckSpec(name="n", metric="miou@night", models=["student"], min=0.0)
     assert run_check(absent, MODELS, "test")[0]["passed"] is False  # not evaluated: fails
-    assert metric_value(MODELS["student"], "miou@night") is None
+    assert metric_value(MODELS["student"][0], "miou@night") is None
+
+
+def test_checks_and_table_over_seeds() -> None:
+    """With several seeds a check compares the means over the seeds (the teacher, trained
+    once, against each) and lists the quantity per seed; the table holds the means and
+    the sample standard deviations. Expected values computed here with numpy."""
+    student_mious, baseline_mious = [0.50, 0.56, 0.53], [0.52, 0.55, 0.60]
+    students = [
+        model("student", m, [0.1, 0.2, u], 10.0) for m, u in zip(student_mious, [0.3, 0.4, None])
+    ]
+    baselines = [model("baseline", m, [0.0, 0.0, 0.0], 10.0) for m in baseline_mious]
+    for seeded in students[1:] + baselines[1:]:
+        del seeded["speed"]  # the bench times the first seed only
+    teacher = model("teacher", 0.70, [0.1, 0.2, 0.33], 40.0)
+    models = {"teacher": [teacher], "baseline": baselines, "student": students}
+
+    difference = CheckSpec(
+        name="d", metric="miou", models=["student"], compare="difference",
+        reference="baseline", min=-0.01,
+    )  # fmt: skip
+    (outcome,) = run_check(difference, models, "test")
+    expected = np.mean(student_mious) - np.mean(baseline_mious)
+    assert outcome["value"] == pytest.approx(expected)  # -0.0267: fails on the mean
+    assert outcome["passed"] is False
+    per_seed = np.subtract(student_mious, baseline_mious)
+    assert outcome["per_seed"] == pytest.approx(list(per_seed))
+    assert "mean of 3 seeds" in _check_line(outcome)
+
+    # Per class against the once-trained teacher: class means 0.1, 0.2, None (a seed
+    # without a value leaves the class without one).
+    per_class = CheckSpec(
+        name="u", metric="per_class_mean_uncertainty", models=["student"],
+        compare="abs_difference", reference="teacher", max=0.001, min_count=2,
+    )  # fmt: skip
+    (outcome,) = run_check(per_class, models, "test")
+    assert (outcome["value"], outcome["defined"], outcome["passed"]) == (2, 2, True)
+    assert "per_seed" not in outcome
+    teacher_vs_student = CheckSpec(
+        name="t", metric="miou", models=["student"], compare="abs_difference",
+        reference="teacher", max=1.0,
+    )  # fmt: skip
+    (outcome,) = run_check(teacher_vs_student, models, "test")
+    assert outcome["per_seed"] == pytest.approx([0.70 - m for m in student_mious])
+    latency = CheckSpec(
+        name="l", metric="latency_ms", models=["student"], compare="ratio",
+        reference="baseline", max=1.02,
+    )  # fmt: skip
+    (outcome,) = run_check(latency, models, "test")
+    assert outcome["value"] == pytest.approx(1.0) and "per_seed" not in outcome
+
+    table = paper_table(TableSpec(columns=["miou", "latency_ms"]), models)
+    means = {row[0]: row[2:] for row in table["rows"]}
+    stds = dict(zip(means, table["std"]))
+    assert means["student"][0] == pytest.approx(np.mean(student_mious))
+    assert stds["student"][0] == pytest.approx(np.std(student_mious, ddof=1))
+    assert means["student"][1] == 10.0 and stds["student"][1] is None  # first seed only
+    assert stds["teacher"] == [None, None]
+    assert table["seeds"] == {"teacher": 1, "baseline": 3, "student": 3}
+    assert " ± " in _table_cells(table)[3][2] and " ± " not in _table_cells(table)[1][2]
 
 
 @pytest.mark.slow
@@ -390,5 +508,5 @@ def test_latency_checks_pair_the_calls_of_a_repeat() -> None:
         reference="baseline",
         max=1.02,
     )
-    (outcome,) = run_check(spec, {"student": student, "baseline": baseline}, "test")
+    (outcome,) = run_check(spec, {"student": [student], "baseline": [baseline]}, "test")
     assert outcome["value"] == pytest.approx(1.01) and outcome["passed"]

@@ -14,6 +14,8 @@ The steps, in order, each one a function of this module:
                  when `baseline.member` names an ensemble member instead
     student-N    distil each student from the teacher (`train_network`), the teacher's
                  per-pixel outputs cached when the student's methods allow it
+    baseline-sK, with `seeds: K > 1`: the baseline and every student again with their
+    student-N-sK  seed + k, for k = 1..K-1 (the table and the checks take the mean)
     evaluate     every model on the test split and every shifted copy (`evaluate_models`)
     bench        latency, parameters and FLOPs of every model (`bench_models`)
     ablation-N   sub-ensembles of the trained members, or one student retrained for each
@@ -35,6 +37,8 @@ Run directory:
     RUN_DIR/teacher/            ensemble directory (member_XX/, manifest.json) or run directory
     RUN_DIR/baseline/           run directory (absent when the baseline is an ensemble member)
     RUN_DIR/students/<name>/    run directories
+    RUN_DIR/baseline-s<k>/, RUN_DIR/students/<name>-s<k>/
+                                the same, trained with seed + k (`seeds: K`, k = 1..K-1)
     RUN_DIR/cache/<name>/       cached teacher outputs of each student
     RUN_DIR/evaluation/         results.json and figures/ of `segdistill.evaluate`
     RUN_DIR/bench.json          `segdistill.bench` results
@@ -253,7 +257,10 @@ class CheckSpec:
 class Experiment:
     """A whole comparison: a teacher, a baseline and students, evaluated, benchmarked and
     tabulated. set: dotted overrides applied to every network's training config (e.g. a
-    smaller `trainer.max_epochs` for a quick run); run_dir: default output folder."""
+    smaller `trainer.max_epochs` for a quick run); run_dir: default output folder; seeds:
+    how many times the baseline and each student are trained, the k-th time with their
+    config's seed + k (the teacher once): the table shows the mean +- std over the seeds
+    and the checks compare the means."""
 
     name: str
     title: str = ""
@@ -261,6 +268,7 @@ class Experiment:
     run_dir: str | None = None
     data: DataSpec = field(default_factory=DataSpec)
     set: dict[str, Any] = field(default_factory=dict)
+    seeds: int = 1
     pretrain: PretrainSpec | None = None
     teacher: TeacherSpec
     baseline: BaselineSpec = field(default_factory=BaselineSpec)
@@ -350,14 +358,23 @@ def check_experiment(spec: Experiment, source: str) -> None:
     def fail(message: str) -> None:
         raise ConfigError(f"{source}: {message}")
 
-    names = [spec.teacher.name, spec.baseline.name, *(s.name for s in spec.students)]
-    if len(set(names)) != len(names):
-        fail(f"model names must be unique, got {names}")
+    trained = [spec.baseline.name, *(s.name for s in spec.students)]
+    names = [spec.teacher.name, *trained]
+    seeded = [seeded_name(name, k) for name in trained for k in range(1, spec.seeds)]
+    if len(set(names + seeded)) != len(names + seeded):
+        fail(f"model names must be unique, got {names} (and {seeded} for the other seeds)")
     if spec.teacher.kind == "ensemble" and spec.teacher.members < 1:
         fail(f"teacher.members={spec.teacher.members} must be >= 1")
+    if spec.seeds < 1:
+        fail(f"seeds={spec.seeds} must be >= 1")
     baseline = spec.baseline
     if (baseline.config is None) == (baseline.member is None):
         fail("baseline needs exactly one of `config` (train it) or `member` (an ensemble member)")
+    if spec.seeds > 1 and baseline.member is not None:
+        fail(
+            f"seeds={spec.seeds} trains the baseline once per seed: give it a `config`, not "
+            "`member` (an ensemble member has one seed)"
+        )
     if baseline.member is not None and not (
         spec.teacher.kind == "ensemble" and 0 <= baseline.member < spec.teacher.members
     ):
@@ -409,6 +426,12 @@ def check_experiment(spec: Experiment, source: str) -> None:
 # ----------------------------------------------------------------------------------------
 
 
+def seeded_name(name: str, seed_offset: int) -> str:
+    """The name (and folder) of a network trained with its config's seed + seed_offset:
+    the name itself for offset 0, else `name-s<offset>`."""
+    return name if seed_offset == 0 else f"{name}-s{seed_offset}"
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Where each output of an experiment lives (module doc)."""
@@ -427,13 +450,13 @@ class RunPaths:
     def teacher(self) -> Path:
         return self.root / "teacher"
 
-    def baseline(self, spec: BaselineSpec) -> Path:
+    def baseline(self, spec: BaselineSpec, seed_offset: int = 0) -> Path:
         if spec.member is not None:
             return self.teacher / f"member_{spec.member:02d}"
-        return self.root / "baseline"
+        return self.root / seeded_name("baseline", seed_offset)
 
-    def student(self, name: str) -> Path:
-        return self.root / "students" / name
+    def student(self, name: str, seed_offset: int = 0) -> Path:
+        return self.root / "students" / seeded_name(name, seed_offset)
 
     def cache(self, name: str) -> Path:
         return self.root / "cache" / name
@@ -485,28 +508,30 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             functools.partial(train_teacher, exp, paths),
         )
     )
-    trained = {s.name: student_config(exp, paths, s) for s in spec.students}
-    if spec.baseline.member is None:
-        trained = {spec.baseline.name: baseline_config(exp, paths), **trained}
-        steps.append(
-            Step(
-                "baseline",
-                f"train the baseline {spec.baseline.name!r} on labels only",
-                functools.partial(train_network, trained[spec.baseline.name]),
+    for offset in range(spec.seeds):
+        trained = trained_configs(exp, paths, offset)
+        if spec.baseline.member is None:
+            name = seeded_name(spec.baseline.name, offset)
+            steps.append(
+                Step(
+                    seeded_name("baseline", offset),
+                    f"train the baseline {name!r} on labels only (seed {trained[name].seed})",
+                    functools.partial(train_network, trained[name]),
+                )
             )
-        )
-    if spec.pretrain is not None:
-        check_pretrain_fits(exp, pretrain_config(exp, paths), trained)
-    for student in spec.students:
-        cfg = trained[student.name]
-        methods = ", ".join(m.name for m in cfg.distill.methods)
-        steps.append(
-            Step(
-                f"student-{student.name}",
-                f"distil the student {student.name!r} ({methods})",
-                functools.partial(train_network, cfg),
+        for student in spec.students:
+            name = seeded_name(student.name, offset)
+            cfg = trained[name]
+            methods = ", ".join(m.name for m in cfg.distill.methods)
+            steps.append(
+                Step(
+                    f"student-{name}",
+                    f"distil the student {name!r} ({methods}; seed {cfg.seed})",
+                    functools.partial(train_network, cfg),
+                )
             )
-        )
+        if spec.pretrain is not None and offset == 0:
+            check_pretrain_fits(exp, pretrain_config(exp, paths), trained)
     steps.append(
         Step("evaluate", "evaluate every model", functools.partial(evaluate_models, exp, paths))
     )
@@ -655,11 +680,21 @@ def _encoder_start(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
     return {"model.encoder_weights": str(paths.pretrained_encoder)}
 
 
-def baseline_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
+def _offset_seed(cfg: SegConfig, seed_offset: int, source: str) -> SegConfig:
+    """The config with its seed + seed_offset (`Experiment.seeds`)."""
+    if seed_offset == 0:
+        return cfg
+    return replace_values(cfg, {"seed": cfg.seed + seed_offset}, source)
+
+
+def baseline_config(exp: LoadedExperiment, paths: RunPaths, seed_offset: int = 0) -> SegConfig:
+    """The baseline's training config, with its seed + seed_offset."""
     baseline = exp.spec.baseline
     assert baseline.config is not None
     values = {**baseline.set, **_encoder_start(exp, paths)}
-    return network_config(exp, baseline.config, values, paths.baseline(baseline), "baseline")
+    run_dir = paths.baseline(baseline, seed_offset)
+    cfg = network_config(exp, baseline.config, values, run_dir, "baseline")
+    return _offset_seed(cfg, seed_offset, f"{exp.path} (baseline)")
 
 
 def student_config(
@@ -668,9 +703,12 @@ def student_config(
     student: StudentSpec,
     values: dict[str, Any] | None = None,
     run_dir: Path | None = None,
+    seed_offset: int = 0,
 ) -> SegConfig:
-    """A student's distillation config: its teacher is the experiment's; `values` and
-    `run_dir` serve the sweeps."""
+    """A student's distillation config with its seed + seed_offset: its teacher is the
+    experiment's, its baseline (init_from_baseline) the one of the same seed offset;
+    `values` and `run_dir` serve the sweeps. Every seed reads the same teacher cache (it
+    depends on the teacher and the images only)."""
     teacher = exp.spec.teacher
     distill = {
         "distill.teacher": {
@@ -680,21 +718,39 @@ def student_config(
         },
         "distill.teacher_cache": str(paths.cache(student.name)) if student.teacher_cache else None,
         "distill.init_from": (
-            str(paths.baseline(exp.spec.baseline)) if student.init_from_baseline else None
+            str(paths.baseline(exp.spec.baseline, seed_offset))
+            if student.init_from_baseline
+            else None
         ),
     }
     cfg = network_config(
         exp,
         student.config,
         {**student.set, **(values or {}), **distill, **_encoder_start(exp, paths)},
-        run_dir or paths.student(student.name),
+        run_dir or paths.student(student.name, seed_offset),
         f"student {student.name}",
     )
     if cfg.distill is None:
         raise ConfigError(
             f"{exp.path}: student {student.name!r}: {student.config} has no distill section"
         )
-    return cfg
+    return _offset_seed(cfg, seed_offset, f"{exp.path} (student {student.name})")
+
+
+def trained_configs(
+    exp: LoadedExperiment, paths: RunPaths, seed_offset: int
+) -> dict[str, SegConfig]:
+    """{name: config} of the baseline (unless it is an ensemble member) and every student
+    trained with their seed + seed_offset, named by `seeded_name`."""
+    spec = exp.spec
+    configs = {}
+    if spec.baseline.member is None:
+        name = seeded_name(spec.baseline.name, seed_offset)
+        configs[name] = baseline_config(exp, paths, seed_offset)
+    for student in spec.students:
+        name = seeded_name(student.name, seed_offset)
+        configs[name] = student_config(exp, paths, student, seed_offset=seed_offset)
+    return configs
 
 
 def train_network(cfg: SegConfig) -> dict[str, Any]:
@@ -768,14 +824,17 @@ def sweep_config(
 # ----------------------------------------------------------------------------------------
 
 
-def load_models(exp: LoadedExperiment, paths: RunPaths) -> list[Predictor]:
-    """The teacher, the baseline and the students, named as in the experiment."""
+def load_models(exp: LoadedExperiment, paths: RunPaths, seeds: int = 1) -> list[Predictor]:
+    """The teacher, then the baseline and the students trained with each of the first
+    `seeds` seed offsets, named as in the experiment (`seeded_name`)."""
     spec = exp.spec
-    sources = [
-        (spec.teacher.name, paths.teacher),
-        (spec.baseline.name, paths.baseline(spec.baseline)),
-        *((s.name, paths.student(s.name)) for s in spec.students),
-    ]
+    sources = [(spec.teacher.name, paths.teacher)]
+    for offset in range(seeds):
+        baseline = (seeded_name(spec.baseline.name, offset), paths.baseline(spec.baseline, offset))
+        students = [
+            (seeded_name(s.name, offset), paths.student(s.name, offset)) for s in spec.students
+        ]
+        sources += [baseline, *students]
     predictors = []
     for name, source in sources:
         predictor = load_predictor(source, mc_samples=spec.teacher.samples)
@@ -808,15 +867,16 @@ def _evaluate(
 
 
 def evaluate_models(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
-    """Every model on every split -> evaluation/results.json and figures."""
-    results = _evaluate(
-        exp, load_models(exp, paths), paths.evaluation, exp.spec.evaluate.splits, True
-    )
+    """Every model (every seed's baseline and students) on every split ->
+    evaluation/results.json and figures."""
+    models = load_models(exp, paths, exp.spec.seeds)
+    results = _evaluate(exp, models, paths.evaluation, exp.spec.evaluate.splits, True)
     return {"results": str(paths.evaluation / RESULTS_FILE), "splits": results["data"]["splits"]}
 
 
 def bench_models(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
-    """Latency, parameters and FLOPs of every model, timed round robin -> bench.json."""
+    """Latency, parameters and FLOPs of every model, timed round robin -> bench.json
+    (the first seed's networks: the other seeds' have the same architectures)."""
     settings = exp.spec.bench
     result = benchmark(
         load_models(exp, paths),
@@ -964,6 +1024,39 @@ def metric_header(name: str) -> str:
     return f"{header} {at}" if at else header
 
 
+# Measured once per architecture: the bench times the first seed's networks only.
+SPEED_METRICS = ("latency_ms", "gflops", "parameters_m")
+
+
+def seed_values(seeds: list[dict[str, Any]], name: str, split: str = REFERENCE_SPLIT) -> list[Any]:
+    """The metric `name` of each seed's network of one model (`seeds`: its results.json
+    entries, the first seed first); the first seed's only for the speed metrics."""
+    metric, _ = _metric_name(name, "metric")
+    entries = seeds[:1] if metric in SPEED_METRICS else seeds
+    return [metric_value(entry, name, split) for entry in entries]
+
+
+def _mean(values: list[Any]) -> Any:
+    """The mean of per-seed values, class by class for lists; None where a seed has none."""
+    if isinstance(values[0], list):
+        return [_mean(list(column)) for column in zip(*values)]
+    if any(value is None for value in values):
+        return None
+    return float(np.mean(values))
+
+
+def _std(values: list[Any]) -> float | None:
+    """The sample standard deviation of per-seed numbers (None for one seed or a list)."""
+    if len(values) < 2 or any(not isinstance(v, (int, float)) for v in values):
+        return None
+    return float(np.std(values, ddof=1))
+
+
+def model_value(seeds: list[dict[str, Any]], name: str, split: str = REFERENCE_SPLIT) -> Any:
+    """The metric `name` of one model: the mean over its seeds (`seed_values`)."""
+    return _mean(seed_values(seeds, name, split))
+
+
 def _within(value: float | None, low: float | None, high: float | None) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
@@ -991,13 +1084,30 @@ def _latency_ratio(model: dict[str, Any], reference: dict[str, Any]) -> float:
     )
 
 
+def _per_seed(
+    check: CheckSpec, seeds: list[dict[str, Any]], reference: list[dict[str, Any]], split: str
+) -> list[Any]:
+    """The checked quantity of each seed: seed k of the model against seed k of the
+    reference (the teacher, trained once, against every seed)."""
+    quantities = []
+    for k, entry in enumerate(seeds):
+        value = metric_value(entry, check.metric, split)
+        if check.compare != "value":
+            other = metric_value(reference[min(k, len(reference) - 1)], check.metric, split)
+            value = _combine(check.compare, value, other)
+        quantities.append(value)
+    return quantities
+
+
 def run_check(
-    check: CheckSpec, models: dict[str, dict[str, Any]], split: str
+    check: CheckSpec, models: dict[str, list[dict[str, Any]]], split: str
 ) -> list[dict[str, Any]]:
     """The outcome of one check: one entry per model (one for `order`), each with the
-    measured quantity and `passed`."""
+    measured quantity and `passed`. `models` maps a name to its results.json entries, one
+    per seed: the quantity compares the means over the seeds (`model_value`); with more
+    than one seed, `per_seed` gives it for each seed too (numbers only)."""
     base = {"name": check.name, "metric": check.metric, "compare": check.compare}
-    values = {name: metric_value(models[name], check.metric, split) for name in check.models}
+    values = {name: model_value(models[name], check.metric, split) for name in check.models}
     if check.compare == "order":
         ordered = list(values.values())
         passed = None not in ordered and all(a >= b for a, b in zip(ordered, ordered[1:]))
@@ -1006,9 +1116,9 @@ def run_check(
     for name, value in values.items():
         reference = None
         if check.metric == "latency_ms" and check.compare == "ratio":
-            value = _latency_ratio(models[name], models[check.reference])
+            value = _latency_ratio(models[name][0], models[check.reference][0])
         elif check.compare != "value":
-            reference = metric_value(models[check.reference], check.metric, split)
+            reference = model_value(models[check.reference], check.metric, split)
             value = _combine(check.compare, value, reference)
         entry = {
             **base,
@@ -1017,6 +1127,10 @@ def run_check(
             "min": check.min,
             "max": check.max,
         }
+        speed = _metric_name(check.metric, "metric")[0] in SPEED_METRICS
+        if len(models[name]) > 1 and not speed and not isinstance(value, list):
+            references = models[check.reference] if check.reference else []
+            entry["per_seed"] = _per_seed(check, models[name], references, split)
         if isinstance(value, list):
             count = sum(_within(v, check.min, check.max) for v in value)
             needed = len(value) if check.min_count is None else check.min_count
@@ -1071,13 +1185,16 @@ def _rebase_figures(figures: dict[str, str], prefix: str) -> dict[str, str]:
     return {key: f"{prefix}/{path}" for key, path in figures.items()}
 
 
-def paper_table(spec: TableSpec, models: list[dict[str, Any]]) -> dict[str, Any]:
+def paper_table(spec: TableSpec, models: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """{"title", "columns": [header...], "metrics": [name...], "rows": [[model, label,
-    value...]]} (values as numbers, None when not evaluated)."""
-    rows = [
-        [m["name"], m.get("label", ""), *(metric_value(m, c, spec.split) for c in spec.columns)]
-        for m in models
-    ]
+    value...]], "std": [[std...]]}: one row per model (`models`: name -> its results.json
+    entries, one per seed), each value the mean over the seeds (None when not evaluated),
+    with its sample standard deviation in `std` (None for one seed)."""
+    rows, spread = [], []
+    for name, seeds in models.items():
+        values = [seed_values(seeds, column, spec.split) for column in spec.columns]
+        rows.append([name, seeds[0].get("label", ""), *(_mean(v) for v in values)])
+        spread.append([_std(v) for v in values])
     headers = ["model", "label", *(metric_header(c) for c in spec.columns)]
     return {
         "title": spec.title,
@@ -1085,6 +1202,8 @@ def paper_table(spec: TableSpec, models: list[dict[str, Any]]) -> dict[str, Any]
         "columns": headers,
         "metrics": spec.columns,
         "rows": rows,
+        "std": spread,
+        "seeds": {name: len(seeds) for name, seeds in models.items()},
     }
 
 
@@ -1099,21 +1218,30 @@ def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
     for student in spec.students:
         roles[student.name] = "student"
         labels[student.name] = student.label or student.name
+    # name of a network -> (its model's name, seed offset)
+    seed_of = {
+        seeded_name(name, offset): (name, offset)
+        for name in roles
+        for offset in range(1 if name == spec.teacher.name else spec.seeds)
+    }
     models = evaluation["models"]
+    by_model: dict[str, list[dict[str, Any]]] = {name: [] for name in roles}
     for model in models:
-        model["role"] = roles[model["name"]]
-        model["label"] = labels[model["name"]]
-        model["speed"] = _speed(model, bench, roles)
+        name, offset = seed_of[model["name"]]
+        model["role"] = roles[name]
+        model["label"] = labels[name]
+        model["seed_offset"] = offset
+        if offset == 0:
+            model["speed"] = _speed(model, bench, roles)
         model["figures"] = _rebase_figures(model.get("figures", {}), paths.evaluation.name)
-    by_name = {m["name"]: m for m in models}
+        by_model[name].append(model)
     ablations = {
         a.name: json.loads((paths.ablation(a.name) / "rows.json").read_text())
         for a in spec.ablations
     }
     networks = {spec.teacher.name: teacher_config(exp, paths)}
-    if spec.baseline.member is None:
-        networks[spec.baseline.name] = baseline_config(exp, paths)
-    networks.update({s.name: student_config(exp, paths, s) for s in spec.students})
+    for offset in range(spec.seeds):
+        networks.update(trained_configs(exp, paths, offset))
     results = {
         "schema": SCHEMA,
         "experiment": {
@@ -1131,8 +1259,10 @@ def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
         "figures": _rebase_figures(evaluation.get("figures", {}), paths.evaluation.name),
         "bench": {"settings": bench["settings"], "ratios": bench["ratios"]},
         "ablations": ablations,
-        "table": paper_table(spec.table, models),
-        "checks": [o for check in spec.checks for o in run_check(check, by_name, spec.table.split)],
+        "table": paper_table(spec.table, by_model),
+        "checks": [
+            o for check in spec.checks for o in run_check(check, by_model, spec.table.split)
+        ],
         "stages": {
             p.stem: json.loads(p.read_text())["seconds"]
             for p in sorted((paths.root / STAGES_DIR).glob("*.json"))
@@ -1162,8 +1292,15 @@ def _text_table(rows: list[list[str]]) -> list[str]:
 
 
 def _table_cells(table: dict[str, Any]) -> list[list[str]]:
+    """Header and rows as text: mean +- std where a model has several seeds."""
     names = ["", "", *table["metrics"]]
-    body = [[_cell(v, n) for v, n in zip(row, names)] for row in table["rows"]]
+    body = []
+    for row, spread in zip(table["rows"], table["std"]):
+        cells = [_cell(v, n) for v, n in zip(row, names)]
+        for column, std in enumerate(spread, 2):
+            if std is not None:
+                cells[column] += f" ± {_cell(std, names[column])}"
+        body.append(cells)
     return [table["columns"], *body]
 
 
@@ -1186,6 +1323,9 @@ def _check_line(outcome: dict[str, Any]) -> str:
         )
     else:
         measured = f"{outcome['compare']} {_cell(outcome['value'])} (goal {bounds})"
+    if "per_seed" in outcome:
+        seeds = ", ".join(_cell(v) for v in outcome["per_seed"])
+        measured += f"; mean of {len(outcome['per_seed'])} seeds: {seeds}"
     return f"{verdict}  {outcome['name']} - {outcome['model']}{against}: {measured}"
 
 
