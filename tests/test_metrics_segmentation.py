@@ -163,10 +163,13 @@ def test_aurc_and_removal_curve_match_global_sort(batches: list, result: dict) -
     )
     curve = unc["miou_vs_removed"]
     assert curve["removed_fraction"] == pytest.approx([i / 10 for i in range(10)])
-    for fraction, miou in zip(curve["removed_fraction"], curve["miou"]):
+    for fraction, miou, iou in zip(curve["removed_fraction"], curve["miou"], curve["iou"]):
         keep = order[: round((1 - fraction) * n)]
-        expected = np.nanmean(reference_iou(ref["pred"][keep], ref["target"][keep], 6))
-        assert miou == pytest.approx(expected, abs=2e-3), fraction
+        expected = reference_iou(ref["pred"][keep], ref["target"][keep], 6)
+        assert miou == pytest.approx(np.nanmean(expected), abs=2e-3), fraction
+        assert [np.nan if v is None else v for v in iou] == pytest.approx(
+            expected, abs=5e-3, nan_ok=True
+        ), fraction
     assert curve["miou"][0] == pytest.approx(result["segmentation"]["miou"], abs=1e-12)
     assert curve["miou"][-1] > curve["miou"][0] + 0.1  # informative uncertainty helps
 

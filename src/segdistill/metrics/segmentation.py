@@ -69,20 +69,22 @@ def iou_from_counts(tp: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndar
         return np.where(union > 0, tp / union, np.nan)
 
 
-def miou_vs_removed(class_counts_by_bin: np.ndarray, fractions: tuple[float, ...]) -> np.ndarray:
-    """mIoU after removing the given fractions of the most uncertain pixels (DUDES Fig. 4).
+def iou_vs_removed(class_counts_by_bin: np.ndarray, fractions: tuple[float, ...]) -> np.ndarray:
+    """Per-class IoU after removing the given fractions of the most uncertain pixels (the
+    classes behind DUDES Fig. 4's mIoU curve).
 
     class_counts_by_bin: [K, 3, C] ground-truth, predicted and true-positive counts per
     uncertainty bin (ascending) and class. The ranking is global over the data set. The
     kept pixels are the lowest bins plus a proportional share of the bin the cut falls in.
-    Returns [len(fractions)] (NaN when nothing is kept or no class is present).
+    Returns [len(fractions), C] (NaN for a class absent from the kept pixels, and for every
+    class when nothing is kept).
     """
     counts = class_counts_by_bin.astype(np.float64)
     per_bin = counts[:, _PRED].sum(axis=1)  # every valid pixel has exactly one prediction
     cum_pixels = np.concatenate([[0.0], np.cumsum(per_bin)])
     cum_counts = np.concatenate([np.zeros((1, *counts.shape[1:])), np.cumsum(counts, axis=0)])
     total = cum_pixels[-1]
-    result = np.full(len(fractions), np.nan)
+    result = np.full((len(fractions), counts.shape[2]), np.nan)
     for i, fraction in enumerate(fractions):
         keep = (1.0 - fraction) * total
         if keep <= 0:
@@ -90,7 +92,7 @@ def miou_vs_removed(class_counts_by_bin: np.ndarray, fractions: tuple[float, ...
         k = min(int(np.searchsorted(cum_pixels, keep, side="right")) - 1, len(per_bin) - 1)
         share = (keep - cum_pixels[k]) / per_bin[k] if per_bin[k] > 0 else 0.0
         kept = cum_counts[k] + share * counts[k]
-        result[i] = nanmean(iou_from_counts(kept[_TP], kept[_GT], kept[_PRED]))
+        result[i] = iou_from_counts(kept[_TP], kept[_GT], kept[_PRED])
     return result
 
 
@@ -334,7 +336,8 @@ class SegmentationEvaluator(StreamingMetric):
         pixel_mean, class_mean, per_class_mean [C] (by predicted class), misclassification
         {auroc, aupr, fpr95} (wrong pixel positive; None without any wrong or any correct
         pixel), aurc, eaurc, pavpu {max, threshold_at_max, thresholds, values,
-        num_patches}, miou_vs_removed {removed_fraction, miou}, histograms {edges
+        num_patches}, miou_vs_removed {removed_fraction [F], miou [F], iou [F][C]
+        (per class)}, histograms {edges
         [plot_bins + 1], correct, wrong [plot_bins]}.
         """
         st = {k: v.numpy() for k, v in self._state.items()}
@@ -349,6 +352,7 @@ class SegmentationEvaluator(StreamingMetric):
             pixel_unc = st["uncertainty_sum_by_pred"].sum() / num_pixels if num_pixels else np.nan
 
         by_bin = st["class_counts_by_bin"]
+        removed_iou = iou_vs_removed(by_bin, self.removed_fractions)
         correct_hist = by_bin[:, _TP].sum(1)
         wrong_hist = by_bin[:, _PRED].sum(1) - correct_hist
         pavpu = pavpu_curve(st["patch_hist"][0], st["patch_hist"][1])
@@ -407,7 +411,8 @@ class SegmentationEvaluator(StreamingMetric):
                     },
                     "miou_vs_removed": {
                         "removed_fraction": self.removed_fractions,
-                        "miou": miou_vs_removed(by_bin, self.removed_fractions),
+                        "miou": [nanmean(row) for row in removed_iou],
+                        "iou": removed_iou,
                     },
                     "histograms": {
                         "edges": edges[::step],
