@@ -9,6 +9,7 @@ The full-size demo is marked slow.
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -134,7 +135,19 @@ def test_results_schema(tiny_demo: tuple[list[str], Path]) -> None:
 
 def test_outputs_and_markers(tiny_demo: tuple[list[str], Path]) -> None:
     _, run_dir = tiny_demo
-    assert (run_dir / "report.html").stat().st_size > 10_000
+    report = (run_dir / "report.html").read_text()
+    assert len(report) > 10_000
+    # The report opens with the paper-shaped table and every check, marked pass / fail.
+    results = json.loads((run_dir / "results.json").read_text())
+    claims = report[report.index('<section id="claims"') : report.index('<section id="summary"')]
+    assert html.escape(results["table"]["title"]) in claims
+    assert claims.count('<li class="pass">') == sum(c["passed"] for c in results["checks"])
+    assert claims.count('<li class="fail">') == sum(not c["passed"] for c in results["checks"])
+    assert all(html.escape(c["name"]) in claims for c in results["checks"])
+    # `segdistill report` on the run directory writes the same verdict.
+    assert main(["report", str(run_dir), "--out", str(run_dir / "again.html")]) == 0
+    again = (run_dir / "again.html").read_text()
+    assert claims in again
     assert "| model |" in (run_dir / "table.md").read_text()
     # Member 0 is the baseline: no separate baseline training.
     assert not (run_dir / "baseline").exists()

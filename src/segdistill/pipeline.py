@@ -85,7 +85,7 @@ from segdistill.predictor import (
     Predictor,
     load_predictor,
 )
-from segdistill.report import dig, write_report
+from segdistill.report import Claims, dig, write_report
 from segdistill.train import RESUME_CHECKPOINT, train
 
 SCHEMA = "segdistill.experiment/1"
@@ -1270,8 +1270,21 @@ def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
     }
     _write_json(paths.root / RESULTS_FILE, results)
     (paths.root / TABLE_FILE).write_text(format_markdown(results))
-    write_report([paths.root / RESULTS_FILE], paths.root / REPORT_FILE, spec.title or spec.name)
+    title = spec.title or spec.name
+    report = paths.root / REPORT_FILE
+    write_report([paths.root / RESULTS_FILE], report, title, experiment_claims(results))
     return {"results": str(paths.root / RESULTS_FILE), "report": str(paths.root / REPORT_FILE)}
+
+
+def experiment_claims(results: dict[str, Any]) -> Claims:
+    """The table and the checks of an experiment's results.json, for the HTML report."""
+    table = results["table"]
+    return Claims(
+        title=f"{table['title'] or results['experiment']['name']} (split {table['split']})",
+        header=table["columns"],
+        rows=_table_cells(table)[1:],
+        checks=[(outcome["passed"], _check_line(outcome)) for outcome in results["checks"]],
+    )
 
 
 def _cell(value: Any, name: str = "") -> str:

@@ -8,7 +8,8 @@
   e.g. the demo's `runs/demo/results.json`),
 
 and writes one HTML file with inline CSS and every figure embedded as a base64 PNG data
-URI, so it opens anywhere without other files or a network. Sections: a summary table
+URI, so it opens anywhere without other files or a network. Sections: for an experiment
+(`segdistill.pipeline`) its paper-shaped table and the checks, PASS / FAIL; a summary table
 (one row per model), mIoU and uncertainty quality per evaluated set (Holder Table 2),
 per-class IoU and per-class mean uncertainty with student - teacher differences (DUDES
 Tables 1-2), student vs teacher agreement, image-level OOD tables per set and aggregator,
@@ -110,6 +111,17 @@ def _load_input(path: Path) -> list[ReportModel]:
 # ----------------------------------------------------------------------------------------
 # Tables
 # ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claims:
+    """An experiment's verdict, as text the pipeline formats: the paper-shaped table
+    (`header`, `rows` of cells) and one (passed, line) per check outcome."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    checks: list[tuple[bool, str]]
 
 
 @dataclass
@@ -483,7 +495,26 @@ box-shadow:0 1px 2px rgba(0,0,0,.08)}
 figure img{max-width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#5b6473;margin-top:4px}
 details{margin:6px 0 10px}summary{cursor:pointer;font-weight:600}
+ul.checks{list-style:none;padding:0;font-size:13px}
+ul.checks li{padding:2px 8px;margin:2px 0;border-left:4px solid}
+li.pass{border-color:#1f8a4c}li.fail{border-color:#c0392b;background:#fdf0ee}
 """
+
+
+def claims_html(claims: Claims) -> str:
+    """The paper-shaped table and the checks, each line marked PASS (green) or FAIL (red)."""
+    rows = [[text(cell, header=j == 0) for j, cell in enumerate(row)] for row in claims.rows]
+    passed = sum(ok for ok, _ in claims.checks)
+    items = "".join(
+        f'<li class="{"pass" if ok else "fail"}">{html.escape(line)}</li>'
+        for ok, line in claims.checks
+    )
+    checks = (
+        f'<h3>Checks: {passed} of {len(claims.checks)} pass</h3><ul class="checks">{items}</ul>'
+        if claims.checks
+        else ""
+    )
+    return _table(claims.header, rows, caption=claims.title) + checks
 
 
 def _section(anchor: str, title: str, *parts: str | None) -> str:
@@ -491,8 +522,10 @@ def _section(anchor: str, title: str, *parts: str | None) -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>' if body else ""
 
 
-def build_report(models: Sequence[ReportModel], title: str = "segdistill report") -> str:
-    """The HTML page comparing `models` (module doc)."""
+def build_report(
+    models: Sequence[ReportModel], title: str = "segdistill report", claims: Claims | None = None
+) -> str:
+    """The HTML page comparing `models` (module doc), an experiment's `claims` first."""
     if not models:
         raise SegdistillError("no models to report")
     metrics = [m.metrics for m in models]
@@ -506,6 +539,7 @@ def build_report(models: Sequence[ReportModel], title: str = "segdistill report"
     teacher = next((m for m in metrics if m["kind"] in TEACHER_KINDS), None)
     ood_sets = list(dict.fromkeys(s for m in metrics if m.get("ood") for s in m["ood"]["sets"]))
     sections = [
+        _section("claims", "Paper table and checks", claims_html(claims) if claims else None),
         _section(
             "summary",
             "Summary",
@@ -599,6 +633,7 @@ def build_report(models: Sequence[ReportModel], title: str = "segdistill report"
     present = [
         (anchor, label)
         for anchor, label in (
+            ("claims", "Checks"),
             ("summary", "Summary"),
             ("sets", "Per set"),
             ("classes", "Per class"),
@@ -624,10 +659,13 @@ def build_report(models: Sequence[ReportModel], title: str = "segdistill report"
 
 
 def write_report(
-    inputs: Sequence[str | Path], out: str | Path, title: str = "segdistill report"
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    title: str = "segdistill report",
+    claims: Claims | None = None,
 ) -> Path:
     """Read the inputs (module doc), write the HTML report to `out`; returns its path."""
-    page = build_report(load_models(inputs), title)
+    page = build_report(load_models(inputs), title, claims)
     out = Path(out)
     atomic_write(out, lambda file: file.write(page.encode("utf-8")))
     return out

@@ -4,15 +4,20 @@
 
 Inputs are run / ensemble directories evaluated by `segdistill evaluate` (their
 metrics.json), metrics.json files, or a results.json of `evaluate --out` (or the folder
-holding it). Figures are embedded; the file needs nothing else to open.
+holding it). Figures are embedded; the file needs nothing else to open. Given one
+experiment's results.json (`segdistill experiment`, `segdistill demo`), the page opens with
+its table and checks, as the experiment's own report.html does.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from segdistill.report import write_report
+from segdistill.evaluate import RESULTS_FILE
+from segdistill.pipeline import SCHEMA, experiment_claims
+from segdistill.report import Claims, write_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +37,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_report)
 
 
+def _claims(inputs: list[str]) -> Claims | None:
+    """The experiment's table and checks when the one input is an experiment's results.json
+    (or its run directory); None otherwise (a broken file is reported by write_report)."""
+    if len(inputs) != 1:
+        return None
+    path = Path(inputs[0])
+    path = path / RESULTS_FILE if path.is_dir() else path
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(content, dict) and content.get("schema") == SCHEMA:
+        return experiment_claims(content)
+    return None
+
+
 def run_report(args: argparse.Namespace) -> int:
-    path = write_report(args.inputs, args.out, args.title)
+    path = write_report(args.inputs, args.out, args.title, _claims(args.inputs))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
