@@ -8,7 +8,8 @@ their methods, the ablations, the table and the paper's claims to check. The pip
 (`segdistill.pipeline`) trains what is missing, evaluates, benchmarks and writes
 RUN_DIR/results.json, table.md and report.html. Run it again after an interruption: the
 finished steps are skipped. RUN_DIR: --run-dir, else the config's run_dir, else
-runs/<config name>.
+runs/<config name>. `--set seeds=N` trains the baseline and every student N times (seed +
+0..N-1) and compares means.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="output folder (default: run_dir of the config, else runs/<config name>)",
     )
-    add_overrides(parser, "teacher.members=3 evaluate.max_images=20")
+    add_overrides(parser, "teacher.members=3 seeds=3 evaluate.max_images=20")
 
 
 def run_experiment_file(config: Path, overrides: list[str], run_dir: Path | None) -> int:
