@@ -1338,7 +1338,7 @@ def _check_line(outcome: dict[str, Any]) -> str:
         measured = f"{outcome['compare']} {_cell(outcome['value'])} (goal {bounds})"
     if "per_seed" in outcome:
         seeds = ", ".join(_cell(v) for v in outcome["per_seed"])
-        measured += f"; mean of {len(outcome['per_seed'])} seeds: {seeds}"
+        measured += f"; mean of {len(outcome['per_seed'])} seeds, each: {seeds}"
     return f"{verdict}  {outcome['name']} - {outcome['model']}{against}: {measured}"
 
 

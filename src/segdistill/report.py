@@ -226,7 +226,10 @@ SPLIT_COLUMNS: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
 
 
 def summary_table(models: Sequence[dict[str, Any]], split: str) -> str:
-    """One row per model: identity, the SPLIT_COLUMNS on `split`, anomaly AP / AUROC."""
+    """One row per model: identity, the SPLIT_COLUMNS on `split`, anomaly AP / AUROC. The
+    "kind" column gives an experiment's role (teacher, baseline, student) where the
+    results have one: a student distilled without an uncertainty head loads as kind
+    "baseline", which says how its uncertainty is made, not what it is."""
     headers = ["model", "kind", "members", "parameters", "uncertainty"]
     headers += [h for h, _, _, _ in SPLIT_COLUMNS] + ["anomaly AP", "anomaly AUROC"]
     better = [None] * 5 + [b for _, _, _, b in SPLIT_COLUMNS] + ["high", "high"]
@@ -235,7 +238,7 @@ def summary_table(models: Sequence[dict[str, Any]], split: str) -> str:
         name = m["name"]
         row = [
             text(name, header=True),
-            text(m["kind"]),
+            text(m.get("role", m["kind"])),
             metric(f"{name}/members", m["members"]),
             metric(f"{name}/parameters", m["parameters"]),
             text(m["uncertainty_source"]),
@@ -496,8 +499,8 @@ figure img{max-width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#5b6473;margin-top:4px}
 details{margin:6px 0 10px}summary{cursor:pointer;font-weight:600}
 ul.checks{list-style:none;padding:0;font-size:13px}
-ul.checks li{padding:2px 8px;margin:2px 0;border-left:4px solid}
-li.pass{border-color:#1f8a4c}li.fail{border-color:#c0392b;background:#fdf0ee}
+ul.checks li{padding:2px 8px;margin:2px 0;border-left:4px solid #1f8a4c}
+ul.checks li.fail{border-left-color:#c0392b;background:#fdf0ee}
 """
 
 
