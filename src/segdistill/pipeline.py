@@ -508,8 +508,10 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             functools.partial(train_teacher, exp, paths),
         )
     )
-    for offset in range(spec.seeds):
-        trained = trained_configs(exp, paths, offset)
+    by_offset = [trained_configs(exp, paths, offset) for offset in range(spec.seeds)]
+    if spec.pretrain is not None:  # every seed has the same encoder: the first one tells
+        check_pretrain_fits(exp, pretrain_config(exp, paths), by_offset[0])
+    for offset, trained in enumerate(by_offset):
         if spec.baseline.member is None:
             name = seeded_name(spec.baseline.name, offset)
             steps.append(
@@ -530,8 +532,6 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                     functools.partial(train_network, cfg),
                 )
             )
-        if spec.pretrain is not None and offset == 0:
-            check_pretrain_fits(exp, pretrain_config(exp, paths), trained)
     steps.append(
         Step("evaluate", "evaluate every model", functools.partial(evaluate_models, exp, paths))
     )
