@@ -34,6 +34,7 @@ from segdistill.pipeline import (
     metric_value,
     paper_table,
     plan,
+    pretrain_teacher_config,
     run_check,
     student_config,
     teacher_config,
@@ -361,6 +362,53 @@ def test_pretrain_starts_the_baseline_and_students_from_its_encoder(tmp_path: Pa
         fresh, trained = network.decoder.state_dict(), pretrained.decoder.state_dict()
         assert not all(torch.equal(v, trained[k]) for k, v in fresh.items())
     assert teacher_config(experiment, paths).model.encoder_weights is None
+
+
+def test_pretrain_teacher_starts_the_teacher_from_its_own_encoder(tmp_path: Path) -> None:
+    """With `pretrain.teacher`, a second pre-training network of the teacher's model (here
+    another encoder width and output stride than the students') trains with the pretrain
+    recipe on the pretrain data; every member then loads its encoder, while the baseline and
+    the students keep the students' encoder."""
+    quick = REPO / "configs" / "quick"
+    path = tmp_path / "exp.yaml"
+    synth = "{size: [32, 64], train: 4, val: 2, test: 0, seed: 1}"
+    path.write_text(
+        f"data: {{root: {tmp_path / 'data'}}}\n"
+        f"set: {{model.encoder_options.width: 0.125, data.crop_size: [32, 64], "
+        f"data.batch_size: 2, data.num_workers: 0, trainer.max_epochs: 1, "
+        f"trainer.limit_val_batches: 1, trainer.accelerator: cpu}}\n"
+        f"pretrain: {{config: {quick / 'train_baseline.yaml'}, set: {{seed: 7}}, teacher: true, "
+        f"data: {{root: {tmp_path / 'pretrain_data'}, synth: {synth}}}}}\n"
+        f"teacher: {{config: {quick / 'train_baseline.yaml'}, members: 2, "
+        f"set: {{model.encoder_options: {{width: 0.25, output_stride: 8}}}}}}\n"
+        f"baseline: {{config: {quick / 'train_baseline.yaml'}}}\n"
+        f"students: [{{name: dudes, config: {quick / 'distill_dudes.yaml'}}}]\n"
+    )
+    experiment = load_experiment(path)
+    paths = RunPaths(tmp_path / "run")
+    steps = {step.name: step for step in plan(experiment, paths)}
+    assert list(steps)[:4] == ["data", "pretrain", "pretrain-teacher", "teacher"]
+
+    pretrain = pretrain_teacher_config(experiment, paths)
+    assert pretrain.model.encoder_options == {"width": 0.25, "output_stride": 8}
+    assert pretrain.model.encoder_weights is None
+    assert pretrain.seed == 7 and pretrain.data.root == str(tmp_path / "pretrain_data")
+    outputs = steps["pretrain-teacher"].run()
+    assert outputs["encoder"] == str(paths.pretrained_teacher_encoder)
+    pretrained, _ = load_segmenter(paths.pretrain_teacher)
+    encoder = safetensors.torch.load_file(str(paths.pretrained_teacher_encoder))
+    assert all(torch.equal(v, pretrained.encoder.state_dict()[k]) for k, v in encoder.items())
+
+    teacher = teacher_config(experiment, paths)
+    assert teacher.model.encoder_weights == str(paths.pretrained_teacher_encoder)
+    member = build_model(teacher.model, teacher.data.num_classes)
+    assert all(torch.equal(v, member.encoder.state_dict()[k]) for k, v in encoder.items())
+    for cfg in (
+        baseline_config(experiment, paths),
+        student_config(experiment, paths, experiment.spec.students[0]),
+    ):
+        assert cfg.model.encoder_weights == str(paths.pretrained_encoder)
+        assert cfg.model.encoder_options["width"] == 0.125
 
 
 def test_overrides_below_set_are_dotted_training_keys(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ The steps, in order, each one a function of this module:
     pretrain     only with a `pretrain` section: train a network of the students'
                  architecture on other data and keep its encoder, which the baseline and
                  every student start from (`pretrain_encoder`; the papers' ImageNet weights)
+    pretrain-teacher  only with `pretrain.teacher: true`: the same for the teacher's
+                 architecture; the teacher (every member) starts from that encoder
     teacher      train the teacher: the members of a deep ensemble, an MC-dropout network
                  or one network (`train_teacher`)
     baseline     train the student's network on labels only (`train_network`); skipped
@@ -34,6 +36,7 @@ Run directory:
     RUN_DIR/stages/<step>.json  one marker per finished step
     RUN_DIR/pretrain/           run directory of the pre-training network and its
                                 encoder.safetensors (only with a `pretrain` section)
+    RUN_DIR/pretrain-teacher/   the same for the teacher (only with `pretrain.teacher`)
     RUN_DIR/teacher/            ensemble directory (member_XX/, manifest.json) or run directory
     RUN_DIR/baseline/           run directory (absent when the baseline is an ensemble member)
     RUN_DIR/students/<name>/    run directories
@@ -91,6 +94,7 @@ from segdistill.train import RESUME_CHECKPOINT, train
 SCHEMA = "segdistill.experiment/1"
 STAGES_DIR = "stages"
 EXPERIMENT_FILE = "experiment.yaml"
+ENCODER_FILE = "encoder.safetensors"  # a pre-training run's encoder (`pretrain_encoder`)
 REPORT_FILE = "report.html"
 TABLE_FILE = "table.md"
 
@@ -131,11 +135,14 @@ class PretrainSpec:
     students' architecture is trained with `config` (+ the experiment's `set`, then this
     `set`) on `data`, its own folder (SynthStreets generated there from `data.synth`, e.g.
     another seed); the baseline and every student then load its encoder
-    (`model.encoder_weights`) and start their decoder and heads fresh."""
+    (`model.encoder_weights`) and start their decoder and heads fresh. teacher: also
+    pre-train the teacher's encoder the same way (with the teacher's `model` section), for
+    papers whose teachers start from ImageNet weights too (Karine et al., He et al.)."""
 
     config: str
     set: dict[str, Any] = field(default_factory=dict)
     data: DataSpec
+    teacher: bool = False
 
 
 @dataclass(kw_only=True)
@@ -444,7 +451,15 @@ class RunPaths:
 
     @property
     def pretrained_encoder(self) -> Path:
-        return self.pretrain / "encoder.safetensors"
+        return self.pretrain / ENCODER_FILE
+
+    @property
+    def pretrain_teacher(self) -> Path:
+        return self.root / "pretrain-teacher"
+
+    @property
+    def pretrained_teacher_encoder(self) -> Path:
+        return self.pretrain_teacher / ENCODER_FILE
 
     @property
     def teacher(self) -> Path:
@@ -496,9 +511,21 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             Step(
                 "pretrain",
                 f"pre-train the students' encoder on {spec.pretrain.data.root}",
-                functools.partial(pretrain_encoder, exp, paths),
+                functools.partial(
+                    pretrain_encoder, spec.pretrain.data, pretrain_config(exp, paths)
+                ),
             )
         )
+        if spec.pretrain.teacher:
+            steps.append(
+                Step(
+                    "pretrain-teacher",
+                    f"pre-train the teacher's encoder on {spec.pretrain.data.root}",
+                    functools.partial(
+                        pretrain_encoder, spec.pretrain.data, pretrain_teacher_config(exp, paths)
+                    ),
+                )
+            )
     teacher = spec.teacher
     what = f"{teacher.members}-member ensemble" if teacher.kind == "ensemble" else teacher.kind
     steps.append(
@@ -659,16 +686,37 @@ def network_config(
 
 
 def teacher_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
+    """The teacher's training config; with `pretrain.teacher`, its encoder starts from the
+    teacher's pre-trained one."""
     teacher = exp.spec.teacher
     values = {**teacher.set, "ensemble.members": teacher.members}
+    if exp.spec.pretrain is not None and exp.spec.pretrain.teacher:
+        values["model.encoder_weights"] = str(paths.pretrained_teacher_encoder)
     return network_config(exp, teacher.config, values, paths.teacher, "teacher")
 
 
 def pretrain_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
+    """The students' pre-training network: `pretrain.config` + the experiment's and the
+    pretrain's `set`, on the pretrain data."""
     pretrain = exp.spec.pretrain
     assert pretrain is not None
     return network_config(
         exp, pretrain.config, pretrain.set, paths.pretrain, "pretrain", pretrain.data.root
+    )
+
+
+def pretrain_teacher_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
+    """The teacher's pre-training network: the students' pre-training recipe
+    (`pretrain_config`) with the teacher's whole `model` section (architecture, encoder,
+    width, output stride), from random weights."""
+    teacher = exp.spec.teacher
+    teacher_cfg = network_config(exp, teacher.config, teacher.set, paths.teacher, "teacher")
+    cfg = pretrain_config(exp, paths)
+    # Replaced whole, not merged: no encoder option of the students' network may leak in.
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(teacher_cfg.model, encoder_weights=None),
+        run=dataclasses.replace(cfg.run, dir=str(paths.pretrain_teacher)),
     )
 
 
@@ -781,18 +829,19 @@ def check_pretrain_fits(
             )
 
 
-def pretrain_encoder(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
-    """Generate the pre-training data, train the pre-training network on it and write its
-    encoder's state dict to pretrain/encoder.safetensors (atomically: a killed step leaves
-    no partial file, and its re-run resumes the training)."""
-    assert exp.spec.pretrain is not None
-    data = prepare_data(exp.spec.pretrain.data)
-    train_network(pretrain_config(exp, paths))
-    model, _ = load_segmenter(paths.pretrain)
+def pretrain_encoder(data: DataSpec, cfg: SegConfig) -> dict[str, Any]:
+    """Generate the pre-training `data` (unless it is there), train the network of `cfg`
+    on it and write its encoder's state dict to `ENCODER_FILE` in its run directory
+    (atomically: a killed step leaves no partial file, and its re-run resumes the training)."""
+    prepared = prepare_data(data)
+    train_network(cfg)
+    run_dir = Path(cfg.run.dir)
+    model, _ = load_segmenter(run_dir)
     state = {name: tensor.contiguous() for name, tensor in model.encoder.state_dict().items()}
     data_bytes = safetensors.torch.save(state)
-    atomic_write(paths.pretrained_encoder, lambda file: file.write(data_bytes))
-    return {"data": data, "run_dir": str(paths.pretrain), "encoder": str(paths.pretrained_encoder)}
+    encoder = run_dir / ENCODER_FILE
+    atomic_write(encoder, lambda file: file.write(data_bytes))
+    return {"data": prepared, "run_dir": str(run_dir), "encoder": str(encoder)}
 
 
 def train_teacher(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
@@ -1252,6 +1301,11 @@ def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
             "config": dataclasses.asdict(spec),
             "networks": {name: to_dict(cfg) for name, cfg in networks.items()},
             "pretrain": to_dict(pretrain_config(exp, paths)) if spec.pretrain else None,
+            "pretrain_teacher": (
+                to_dict(pretrain_teacher_config(exp, paths))
+                if spec.pretrain and spec.pretrain.teacher
+                else None
+            ),
         },
         "versions": versions(),
         "data": evaluation["data"],
