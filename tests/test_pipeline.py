@@ -97,6 +97,7 @@ def test_results_schema(tiny_demo: tuple[list[str], Path]) -> None:
     assert results["experiment"]["config"]["teacher"]["members"] == 2
     assert set(results["experiment"]["networks"]) == {"ensemble", "dudes", "holder"}
     assert results["experiment"]["pretrain"] is None  # the demo has no pretrain section
+    assert results["experiment"]["pretrain_teacher"] is None
     shifted = [s for s in results["data"]["splits"] if s not in ("test", "anomaly")]
     assert {"fog_0.02", "rain", "night", "newcity"} <= set(shifted)
     models = {m["name"]: m for m in results["models"]}
@@ -246,7 +247,11 @@ def test_experiment_configs_load_and_plan(config: Path, tmp_path: Path) -> None:
     `extends`, overrides) and plans its steps."""
     experiment = load_experiment(config)
     steps = [step.name for step in plan(experiment, RunPaths(tmp_path))]
-    first = ["data", "pretrain", "teacher"] if experiment.spec.pretrain else ["data", "teacher"]
+    pretrain = experiment.spec.pretrain
+    first = ["data"]
+    first += ["pretrain"] if pretrain else []
+    first += ["pretrain-teacher"] if pretrain and pretrain.teacher else []
+    first += ["teacher"]
     assert steps[: len(first)] == first and steps[-1] == "report"
 
 
