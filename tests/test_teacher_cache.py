@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -182,9 +183,8 @@ def _changed_teacher(directory: Path, teacher: Ensemble, dataset: CityscapesData
 
 
 def _changed_images(directory: Path, teacher: Ensemble, dataset: CityscapesDataset) -> None:
-    image = dataset.samples[0].image
-    stat = image.stat()
-    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    first, second = dataset.samples[0].image, dataset.samples[1].image
+    first.write_bytes(second.read_bytes())  # same size and format, other pixels
     open_cache(directory, teacher, dataset)
 
 
@@ -213,6 +213,29 @@ def test_a_stale_cache_is_rebuilt_with_the_reason(
     out = capsys.readouterr().out
     assert reason in out and "rebuilding it" in out
     assert not list(tmp_path.glob("cache.stale-*"))
+
+
+def test_a_regenerated_or_moved_data_set_keeps_its_cache(
+    tmp_path: Path,
+    synth: Path,
+    teacher: Ensemble,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The key holds the images' contents, not their paths or modification times: a copy
+    of the data set elsewhere, every file newer, uses the cache built on the original."""
+    open_cache(tmp_path / "cache", teacher, CityscapesDataset(synth, "train"))
+    capsys.readouterr()
+    copy = shutil.copytree(synth, tmp_path / "copy", copy_function=shutil.copy)
+    for image in (copy / "leftImg8bit").rglob("*.png"):
+        os.utime(image, ns=(0, image.stat().st_mtime_ns + 10**9))
+
+    def fail(*args: object) -> None:
+        raise AssertionError("the teacher ran although the images are the same")
+
+    monkeypatch.setattr(teacher, "signals", fail)
+    open_cache(tmp_path / "cache", teacher, CityscapesDataset(copy, "train"))
+    assert "rebuilding" not in capsys.readouterr().out
 
 
 class Interrupted(Exception):
