@@ -328,9 +328,10 @@ def test_pretrain_needs_a_trained_baseline(tmp_path: Path) -> None:
         load_experiment(path)
 
 
-def test_pretrain_starts_the_baseline_and_students_from_its_encoder(tmp_path: Path) -> None:
-    """The pretrain step trains on its own data and writes its encoder; the baseline and
-    the students (not the teacher) load exactly that encoder and start their decoder fresh."""
+def write_pretrain_experiment(tmp_path: Path, pretrain: str = "", teacher: str = "") -> Path:
+    """A tiny experiment with a `pretrain` section on its own 4-image data set (seed 7),
+    a 2-member teacher, a baseline and a DUDES student; `pretrain` and `teacher` are
+    extra YAML entries of those sections (each ending with ", ")."""
     quick = REPO / "configs" / "quick"
     path = tmp_path / "exp.yaml"
     synth = "{size: [32, 64], train: 4, val: 2, test: 0, seed: 1}"
@@ -339,13 +340,19 @@ def test_pretrain_starts_the_baseline_and_students_from_its_encoder(tmp_path: Pa
         f"set: {{model.encoder_options.width: 0.125, data.crop_size: [32, 64], "
         f"data.batch_size: 2, data.num_workers: 0, trainer.max_epochs: 1, "
         f"trainer.limit_val_batches: 1, trainer.accelerator: cpu}}\n"
-        f"pretrain: {{config: {quick / 'train_baseline.yaml'}, set: {{seed: 7}}, "
+        f"pretrain: {{config: {quick / 'train_baseline.yaml'}, set: {{seed: 7}}, {pretrain}"
         f"data: {{root: {tmp_path / 'pretrain_data'}, synth: {synth}}}}}\n"
-        f"teacher: {{config: {quick / 'train_baseline.yaml'}, members: 2}}\n"
+        f"teacher: {{config: {quick / 'train_baseline.yaml'}, {teacher}members: 2}}\n"
         f"baseline: {{config: {quick / 'train_baseline.yaml'}}}\n"
         f"students: [{{name: dudes, config: {quick / 'distill_dudes.yaml'}}}]\n"
     )
-    experiment = load_experiment(path)
+    return path
+
+
+def test_pretrain_starts_the_baseline_and_students_from_its_encoder(tmp_path: Path) -> None:
+    """The pretrain step trains on its own data and writes its encoder; the baseline and
+    the students (not the teacher) load exactly that encoder and start their decoder fresh."""
+    experiment = load_experiment(write_pretrain_experiment(tmp_path))
     paths = RunPaths(tmp_path / "run")
     steps = {step.name: step for step in plan(experiment, paths)}
     assert list(steps)[:3] == ["data", "pretrain", "teacher"]
@@ -374,22 +381,13 @@ def test_pretrain_teacher_starts_the_teacher_from_its_own_encoder(tmp_path: Path
     another encoder width and output stride than the students') trains with the pretrain
     recipe on the pretrain data; every member then loads its encoder, while the baseline and
     the students keep the students' encoder."""
-    quick = REPO / "configs" / "quick"
-    path = tmp_path / "exp.yaml"
-    synth = "{size: [32, 64], train: 4, val: 2, test: 0, seed: 1}"
-    path.write_text(
-        f"data: {{root: {tmp_path / 'data'}}}\n"
-        f"set: {{model.encoder_options.width: 0.125, data.crop_size: [32, 64], "
-        f"data.batch_size: 2, data.num_workers: 0, trainer.max_epochs: 1, "
-        f"trainer.limit_val_batches: 1, trainer.accelerator: cpu}}\n"
-        f"pretrain: {{config: {quick / 'train_baseline.yaml'}, set: {{seed: 7}}, teacher: true, "
-        f"data: {{root: {tmp_path / 'pretrain_data'}, synth: {synth}}}}}\n"
-        f"teacher: {{config: {quick / 'train_baseline.yaml'}, members: 2, "
-        f"set: {{model.encoder_options: {{width: 0.25, output_stride: 8}}}}}}\n"
-        f"baseline: {{config: {quick / 'train_baseline.yaml'}}}\n"
-        f"students: [{{name: dudes, config: {quick / 'distill_dudes.yaml'}}}]\n"
+    experiment = load_experiment(
+        write_pretrain_experiment(
+            tmp_path,
+            pretrain="teacher: true, ",
+            teacher="set: {model.encoder_options: {width: 0.25, output_stride: 8}}, ",
+        )
     )
-    experiment = load_experiment(path)
     paths = RunPaths(tmp_path / "run")
     steps = {step.name: step for step in plan(experiment, paths)}
     assert list(steps)[:4] == ["data", "pretrain", "pretrain-teacher", "teacher"]

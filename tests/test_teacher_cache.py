@@ -147,6 +147,15 @@ def test_a_reduced_cache_scale_stores_smaller_maps_and_reads_them_at_image_size(
     assert (maps["mean_probs"] - online).abs().mean() < 0.1 * online.abs().mean()
 
 
+def forbid_running(teacher: Ensemble, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any call of the teacher fail the test: a cache that fits must be used as is."""
+
+    def fail(*args: object) -> None:
+        raise AssertionError("the teacher ran although the cache fits")
+
+    monkeypatch.setattr(teacher, "signals", fail)
+
+
 def test_a_matching_cache_is_used_without_running_the_teacher(
     tmp_path: Path,
     synth: Path,
@@ -159,11 +168,7 @@ def test_a_matching_cache_is_used_without_running_the_teacher(
     assert "building it" in capsys.readouterr().out
     files = sorted((tmp_path / "cache").iterdir())
     stamps = [path.stat().st_mtime_ns for path in files]
-
-    def fail(*args: object) -> None:
-        raise AssertionError("the teacher ran although the cache matches")
-
-    monkeypatch.setattr(teacher, "signals", fail)
+    forbid_running(teacher, monkeypatch)
     open_cache(tmp_path / "cache", teacher, dataset)
     assert "rebuilding" not in capsys.readouterr().out
     assert [path.stat().st_mtime_ns for path in files] == stamps
@@ -229,11 +234,7 @@ def test_a_regenerated_or_moved_data_set_keeps_its_cache(
     copy = shutil.copytree(synth, tmp_path / "copy", copy_function=shutil.copy)
     for image in (copy / "leftImg8bit").rglob("*.png"):
         os.utime(image, ns=(0, image.stat().st_mtime_ns + 10**9))
-
-    def fail(*args: object) -> None:
-        raise AssertionError("the teacher ran although the images are the same")
-
-    monkeypatch.setattr(teacher, "signals", fail)
+    forbid_running(teacher, monkeypatch)
     open_cache(tmp_path / "cache", teacher, CityscapesDataset(copy, "train"))
     assert "rebuilding" not in capsys.readouterr().out
 
