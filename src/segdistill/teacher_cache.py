@@ -127,8 +127,7 @@ def images_digest(dataset: SegmentationDataset) -> str:
     cache opens, as every map is read to check that it is finite)."""
     digest = hashlib.sha256()
     for files in dataset.samples:
-        with open(files.image, "rb") as image:
-            content = hashlib.file_digest(image, "sha256").hexdigest()
+        content = hashlib.sha256(files.image.read_bytes()).hexdigest()
         digest.update(f"{files.name}\0{content}\n".encode())
     return digest.hexdigest()
 
