@@ -280,10 +280,14 @@ def test_init_from_loads_encoder_and_decoder_and_keeps_the_new_heads_fresh(
 def test_unlabelled_images_are_distilled_from_the_teacher_alone(
     tmp_path: Path, synth: Path, ensemble: Path
 ) -> None:
+    # Extra data comes in city folders (Cityscapes' train_extra): the search goes down, and
+    # two files of one name in two folders stay two samples.
     unlabeled = tmp_path / "unlabeled"
-    unlabeled.mkdir()
-    for image in sorted((synth / "leftImg8bit" / "val").rglob("*.png")):
-        shutil.copy(image, unlabeled / image.name)
+    first, second = sorted((synth / "leftImg8bit" / "val").rglob("*.png"))
+    for image, folder in ((first, unlabeled / "a"), (second, unlabeled / "b" / "c")):
+        folder.mkdir(parents=True)
+        shutil.copy(image, folder / "frame.png")
+    (unlabeled / "notes.txt").write_text("not an image")
     cfg = tiny_config(
         tmp_path,
         synth,
@@ -293,7 +297,7 @@ def test_unlabelled_images_are_distilled_from_the_teacher_alone(
     train_set = training.add_unlabeled_images(
         training.build_dataset(cfg.data, "train", train=True), unlabeled
     )
-    assert len(train_set) == 4 + 2
+    assert [s.name for s in train_set.samples[4:]] == ["unlabeled/a/frame", "unlabeled/b/c/frame"]
     batch = default_collate([train_set[4], train_set[5]])  # the two unlabelled images
     assert (batch["label"] == 255).all()
     model = build_model(cfg.model, 19)

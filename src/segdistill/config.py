@@ -139,8 +139,8 @@ class DistillConfig:
     stored resolution relative to the image (0 < s <= 1). init_from: a run directory or
     weights file of a student pre-trained with labels, whose encoder and decoder start the
     student (Holder & Shafique's two-stage recipe; the heads start fresh). unlabeled_root:
-    a folder of images without labels added to the training split (teacher soft labels
-    only, as NfS-SegNet's incremental training).
+    a folder of images without labels (searched with its sub-folders) added to the
+    training split (teacher soft labels only, as NfS-SegNet's incremental training).
     """
 
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

@@ -202,16 +202,29 @@ def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Tea
 
 
 def add_unlabeled_images(dataset: SegmentationDataset, folder: Path) -> SegmentationDataset:
-    """`dataset` plus every image of `folder` (png/jpg) as an unlabelled sample (label all
-    `ignore_index`): the cross-entropy skips them and the teacher's signals teach the
-    student there, as in NfS-SegNet's incremental training on teacher-labelled images."""
+    """`dataset` plus every image (png/jpg) in `folder` and its sub-folders as an unlabelled
+    sample (label all `ignore_index`): the cross-entropy skips them and the teacher's signals
+    teach the student there, as in NfS-SegNet's incremental training on teacher-labelled
+    images. Sub-folders are searched because extra data usually comes in city folders
+    (Cityscapes' leftImg8bit/train_extra/<city>/); a sample is named by its path below
+    `folder`, so equal file names in two folders stay two samples."""
     if not folder.is_dir():
         raise DataError(f"distill.unlabeled_root={str(folder)!r} is not a folder")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
     if not images:
-        raise DataError(f"distill.unlabeled_root={str(folder)!r} holds no png or jpg image")
+        raise DataError(
+            f"distill.unlabeled_root={str(folder)!r} holds no png or jpg image (searched it "
+            "and its sub-folders)"
+        )
     mapping = LabelMapping.identity(dataset.num_classes, dataset.ignore_index)
-    unlabeled = [SampleFiles(f"unlabeled/{p.stem}", p, None, mapping) for p in images]
+    unlabeled = [
+        SampleFiles(
+            f"unlabeled/{p.relative_to(folder).with_suffix('').as_posix()}", p, None, mapping
+        )
+        for p in images
+    ]
     return SegmentationDataset(
         [*dataset.samples, *unlabeled],
         dataset.classes,
