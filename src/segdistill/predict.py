@@ -75,7 +75,7 @@ from segdistill.data.cityscapes import (
     base_name,
     label_mappings,
 )
-from segdistill.data.folder import IMAGE_SUFFIXES
+from segdistill.data.folder import IMAGE_SUFFIXES, images_below
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_eval_transform
 from segdistill.errors import ConfigError, DataError
@@ -130,13 +130,7 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Pat
                 "frames/%06d.png`, and pass the folder of frames"
             )
         if path.is_dir():
-            found = [
-                file
-                for file in path.rglob("*")
-                if file.suffix.lower() in IMAGE_SUFFIXES
-                and file.is_file()
-                and not _inside(file, exclude)
-            ]
+            found = [file for file in images_below(path) if not _inside(file, exclude)]
             if not found:
                 patterns = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
                 raise DataError(

@@ -62,7 +62,7 @@ from segdistill.data import (
     build_train_transform,
 )
 from segdistill.data.base import LabelMapping, SampleFiles
-from segdistill.data.folder import IMAGE_SUFFIXES
+from segdistill.data.folder import images_below
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.errors import CheckpointError, ConfigError, DataError, TrainingError
 from segdistill.methods import MethodSet, build_methods, train_translator
@@ -210,9 +210,7 @@ def add_unlabeled_images(dataset: SegmentationDataset, folder: Path) -> Segmenta
     `folder`, so equal file names in two folders stay two samples."""
     if not folder.is_dir():
         raise DataError(f"distill.unlabeled_root={str(folder)!r} is not a folder")
-    images = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+    images = images_below(folder)
     if not images:
         raise DataError(
             f"distill.unlabeled_root={str(folder)!r} holds no png or jpg image (searched it "

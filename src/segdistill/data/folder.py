@@ -34,6 +34,16 @@ from segdistill.data.transforms import Sample
 from segdistill.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def images_below(folder: Path) -> list[Path]:
+    """Every image file (IMAGE_SUFFIXES, any case) in `folder` and its sub-folders, sorted
+    by path."""
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+
+
 _CLASSES_KEYS = {"classes", "ignore_index", "mask_values"}
 
 
