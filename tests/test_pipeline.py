@@ -21,11 +21,12 @@ import yaml
 
 from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.cli import main
-from segdistill.errors import ConfigError
+from segdistill.errors import ConfigError, DataError
 from segdistill.pipeline import (
     CheckSpec,
     RunPaths,
     TableSpec,
+    UnlabeledSpec,
     _check_line,
     _table_cells,
     baseline_config,
@@ -34,6 +35,7 @@ from segdistill.pipeline import (
     metric_value,
     paper_table,
     plan,
+    prepare_unlabeled,
     pretrain_teacher_config,
     run_check,
     student_config,
@@ -164,6 +166,11 @@ def test_outputs_and_markers(tiny_demo: tuple[list[str], Path]) -> None:
         "report",
     }
     assert (run_dir / "cache" / "dudes" / "cache.json").is_file()
+    # Each step records its own peak resident memory; the report step's is in no results.
+    markers = {p.stem: json.loads(p.read_text()) for p in (run_dir / "stages").glob("*.json")}
+    assert set(results["stage_peak_rss_mib"]) == steps - {"report"}
+    for step, peak in results["stage_peak_rss_mib"].items():
+        assert peak == markers[step]["peak_rss_mib"] > 50  # a torch process is > 50 MiB
 
 
 def test_rerun_skips_every_step(
@@ -285,6 +292,11 @@ def write_experiment(tmp_path: Path, text: str) -> Path:
             "no longer fits the pre-trained one",
         ),
         ("seeds: 0\n", "seeds=0 must be >= 1"),
+        ("unlabeled: {root: extra}\n", "there are no students"),
+        (
+            "unlabeled: {root: data/synthstreets}\nstudents: [{name: s, config: d.yaml}]\n",
+            "unlabeled.root must be another folder than data.root",
+        ),
         (
             "students: [{name: s-s1, config: d.yaml}, {name: s, config: d.yaml}]\nseeds: 2\n",
             "model names must be unique",
@@ -412,6 +424,51 @@ def test_pretrain_teacher_starts_the_teacher_from_its_own_encoder(tmp_path: Path
     ):
         assert cfg.model.encoder_weights == str(paths.pretrained_encoder)
         assert cfg.model.encoder_options["width"] == 0.125
+
+
+def test_unlabeled_images_are_generated_and_given_to_every_student(tmp_path: Path) -> None:
+    """An `unlabeled` section with `synth`: the data step generates its train split only,
+    and every student (not the baseline, not the teacher) reads those images as
+    `distill.unlabeled_root`; a folder without images is refused, naming it."""
+    path = write_pretrain_experiment(tmp_path)
+    synth = "{size: [32, 64], train: 3, val: 5, test: 5, seed: 2}"
+    path.write_text(
+        path.read_text() + f"unlabeled: {{root: {tmp_path / 'extra'}, synth: {synth}}}\n"
+    )
+    experiment = load_experiment(path)
+    paths = RunPaths(tmp_path / "run")
+    (data_step,) = [step for step in plan(experiment, paths) if step.name == "data"]
+    images = tmp_path / "extra" / "leftImg8bit" / "train"
+    assert f"unlabeled images in {images}" in data_step.title
+    assert experiment.spec.unlabeled is not None
+    outputs = prepare_unlabeled(experiment.spec.unlabeled)
+    assert outputs == {"images": str(images), "count": 3}
+    assert not (tmp_path / "extra" / "leftImg8bit" / "val").exists()  # train split only
+    student = student_config(experiment, paths, experiment.spec.students[0])
+    assert student.distill is not None and student.distill.unlabeled_root == str(images)
+    assert baseline_config(experiment, paths).distill is None
+    assert teacher_config(experiment, paths).distill is None
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=f"unlabeled: {empty} holds no png or jpg image"):
+        prepare_unlabeled(UnlabeledSpec(root=str(empty)))
+    with pytest.raises(DataError, match=f"unlabeled: {tmp_path / 'absent'} is not a folder"):
+        prepare_unlabeled(UnlabeledSpec(root=str(tmp_path / "absent")))
+
+
+def test_a_run_started_before_a_new_schema_section_goes_on(tmp_path: Path) -> None:
+    """experiment.yaml written before `unlabeled` existed lacks the key: the same
+    experiment, without the section, may still resume in that directory."""
+    spec = load_experiment(DEMO_CONFIG).spec
+    claim_run_dir(spec, RunPaths(tmp_path))
+    record = tmp_path / "experiment.yaml"
+    record.write_text(record.read_text().replace("unlabeled: null\n", ""))
+    claim_run_dir(spec, RunPaths(tmp_path))
+    spec.unlabeled = UnlabeledSpec(root="extra")
+    with pytest.raises(ConfigError, match="another experiment"):
+        claim_run_dir(spec, RunPaths(tmp_path))
 
 
 def test_overrides_below_set_are_dotted_training_keys(tmp_path: Path) -> None:

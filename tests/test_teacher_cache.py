@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from segdistill import memory
 from segdistill import teacher_cache as tc
 from segdistill.checkpoints import build_model, save_weights
 from segdistill.config import ModelConfig
@@ -402,3 +403,37 @@ def test_only_signals_read_by_pixel_wise_methods_are_cacheable() -> None:
     # self_attention reads the logits too (its CWD term): they must come from the teacher.
     assert mixed.pixel_needs == {"pred_std"}
     assert build_methods([{"name": "cwd"}], 19).pixel_needs == frozenset()
+
+
+def _rss_file_mib() -> float:
+    return memory.usage()["rss_file_mib"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_reading_and_checking_a_cache_leaves_it_out_of_the_resident_set(tmp_path: Path) -> None:
+    """A 128 MiB cache read image by image, and scanned for non-finite values, adds almost
+    nothing to the process's resident memory: a memory map would add the 128 MiB of every
+    page read (to RSS limits a pass over a paper-scale cache looks like tens of GB)."""
+    images, height, width = 16, 1024, 2048  # 1 channel: 4 MiB per image
+    (tmp_path / "pred_std.f16").write_bytes(bytes(2 * images * height * width))
+    meta = {"channels": {"pred_std": 1}, "sizes": [[height, width, height, width]] * images}
+    cache = tc.TeacherCache(tmp_path, meta)
+    before = _rss_file_mib()
+    memory.reset_peak()
+    start = memory.usage()["peak_rss_mib"]
+    for index in range(images):
+        maps = cache.maps(index, (height, width))
+        assert maps["pred_std"].shape == (1, height, width) and not maps["pred_std"].any()
+    assert not tc._has_nonfinite(tmp_path / "pred_std.f16")
+    assert _rss_file_mib() - before < 16
+    # The peak holds one image's maps and the scan's buffer, not the file.
+    assert memory.usage()["peak_rss_mib"] - start < 64
+
+
+def test_a_cache_file_cut_short_after_its_check_says_so(tmp_path: Path) -> None:
+    (tmp_path / "pred_std.f16").write_bytes(bytes(2 * 3 * 4 * 4))  # 3 of 4 images
+    meta = {"channels": {"pred_std": 1}, "sizes": [[4, 4, 4, 4]] * 4}
+    cache = tc.TeacherCache(tmp_path, meta)
+    assert cache.maps(2, (4, 4))["pred_std"].shape == (1, 4, 4)
+    with pytest.raises(DataError, match=r"pred_std\.f16: image 3 ends past the end"):
+        cache.maps(3, (4, 4))

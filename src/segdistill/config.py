@@ -135,7 +135,7 @@ class DistillConfig:
     """Distillation: the teacher, the methods whose terms add up to the loss, and options.
 
     teacher_cache: a folder of the teacher's per-pixel outputs on the training images,
-    built on first use and memory-mapped (`segdistill.teacher_cache`); cache_scale: their
+    built on first use and read image by image (`segdistill.teacher_cache`); cache_scale: their
     stored resolution relative to the image (0 < s <= 1). init_from: a run directory or
     weights file of a student pre-trained with labels, whose encoder and decoder start the
     student (Holder & Shafique's two-stage recipe; the heads start fresh). unlabeled_root:

@@ -4,7 +4,8 @@
 only in the experiment config (schema: the dataclasses below and docs/experiments.md).
 The steps, in order, each one a function of this module:
 
-    data         generate SynthStreets into data.root unless it is there (`prepare_data`)
+    data         generate SynthStreets into data.root unless it is there (`prepare_data`),
+                 and the students' unlabelled images with an `unlabeled` section
     pretrain     only with a `pretrain` section: train a network of the students'
                  architecture on other data and keep its encoder, which the baseline and
                  every student start from (`pretrain_encoder`; the papers' ImageNet weights)
@@ -33,7 +34,7 @@ experiment config into it is refused rather than mixing the two.
 Run directory:
 
     RUN_DIR/experiment.yaml     the experiment config as run (overrides applied)
-    RUN_DIR/stages/<step>.json  one marker per finished step
+    RUN_DIR/stages/<step>.json  one marker per finished step (its time and peak memory)
     RUN_DIR/pretrain/           run directory of the pre-training network and its
                                 encoder.safetensors (only with a `pretrain` section)
     RUN_DIR/pretrain-teacher/   the same for the teacher (only with `pretrain.teacher`)
@@ -72,11 +73,12 @@ import safetensors.torch
 import torch
 import yaml
 
-from segdistill import __version__
+from segdistill import __version__, memory
 from segdistill.bench import benchmark, paired_ratio, to_json
 from segdistill.checkpoints import atomic_write, load_segmenter
 from segdistill.commands.train import train_member, write_manifest
 from segdistill.config import SegConfig, _convert, load_config, replace_values, to_dict
+from segdistill.data.folder import images_below
 from segdistill.data.shifts import SHIFT_KINDS
 from segdistill.data.synthstreets import SynthConfig, generate
 from segdistill.errors import ConfigError, DataError
@@ -126,6 +128,26 @@ class DataSpec:
 
     root: str = "data/synthstreets"
     synth: SynthSpec | None = None
+
+
+@dataclass
+class UnlabeledSpec:
+    """Images without labels on which every student's distillation terms learn too
+    (`distill.unlabeled_root`; the cross-entropy skips them): NfS-SegNet's students learn
+    from extra frames labelled by the teacher. root: a folder searched below for png / jpg
+    images (e.g. Cityscapes' leftImg8bit/train_extra; not a data set's root, whose label
+    pngs would be read as images too). synth: generate SynthStreets into
+    `root` when absent, its train split only (`val`, `test` and `shifts` are not
+    generated); its images, root/leftImg8bit/train, are then the ones used (the labels
+    under gtFine/ are not read)."""
+
+    root: str
+    synth: SynthSpec | None = None
+
+    @property
+    def images(self) -> str:
+        """The folder of the images (`distill.unlabeled_root`)."""
+        return str(Path(self.root) / "leftImg8bit" / "train") if self.synth else self.root
 
 
 @dataclass(kw_only=True)
@@ -264,7 +286,8 @@ class CheckSpec:
 class Experiment:
     """A whole comparison: a teacher, a baseline and students, evaluated, benchmarked and
     tabulated. set: dotted overrides applied to every network's training config (e.g. a
-    smaller `trainer.max_epochs` for a quick run); run_dir: default output folder; seeds:
+    smaller `trainer.max_epochs` for a quick run); unlabeled: extra images for the
+    students only (`UnlabeledSpec`); run_dir: default output folder; seeds:
     how many times the baseline and each student are trained, the k-th time with their
     config's seed + k (the teacher once): the table shows the mean +- std over the seeds
     and the checks compare the means."""
@@ -274,6 +297,7 @@ class Experiment:
     paper: str = ""
     run_dir: str | None = None
     data: DataSpec = field(default_factory=DataSpec)
+    unlabeled: UnlabeledSpec | None = None
     set: dict[str, Any] = field(default_factory=dict)
     seeds: int = 1
     pretrain: PretrainSpec | None = None
@@ -386,6 +410,11 @@ def check_experiment(spec: Experiment, source: str) -> None:
         spec.teacher.kind == "ensemble" and 0 <= baseline.member < spec.teacher.members
     ):
         fail(f"baseline.member={baseline.member} is not a member of the teacher ensemble")
+    if spec.unlabeled is not None:
+        if Path(spec.unlabeled.root) == Path(spec.data.root):
+            fail("unlabeled.root must be another folder than data.root (other images)")
+        if not spec.students:
+            fail("unlabeled images are for the students' distillation: there are no students")
     if spec.pretrain is not None:
         if Path(spec.pretrain.data.root) == Path(spec.data.root):
             fail("pretrain.data.root must be another folder than data.root (other data)")
@@ -503,9 +532,10 @@ class Step:
 def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
     """The steps of an experiment, in order (module doc)."""
     spec = exp.spec
-    steps = [
-        Step("data", f"data set in {spec.data.root}", functools.partial(prepare_data, spec.data))
-    ]
+    where = spec.data.root
+    if spec.unlabeled is not None:
+        where += f", unlabeled images in {spec.unlabeled.images}"
+    steps = [Step("data", f"data set in {where}", functools.partial(prepare_all_data, spec))]
     if spec.pretrain is not None:
         steps.append(
             Step(
@@ -611,15 +641,19 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
             continue
         print(f"{head} ...", flush=True)
         began = time.perf_counter()
+        memory.reset_peak()
         outputs = step.run()
         seconds = time.perf_counter() - began
+        used = memory.usage()
         finished = datetime.datetime.now().isoformat(timespec="seconds")
         _write_json(
-            marker, {"step": step.name, "seconds": seconds, "finished": finished, **outputs}
+            marker,
+            {"step": step.name, "seconds": seconds, "finished": finished, **used, **outputs},
         )
         total = time.perf_counter() - start
         print(
-            f"[{number}/{len(steps)}] {step.name}: done in {seconds:.1f} s ({total:.1f} s so far)",
+            f"[{number}/{len(steps)}] {step.name}: done in {seconds:.1f} s ({total:.1f} s so "
+            f"far), peak RSS {used['peak_rss_mib'] / 1024:.2f} GiB",
             flush=True,
         )
     results = json.loads((paths.root / RESULTS_FILE).read_text())
@@ -633,9 +667,14 @@ def claim_run_dir(spec: Experiment, paths: RunPaths) -> None:
     """Record the experiment in the run directory, or refuse a directory that holds
     another one (its finished steps would be skipped and mixed into the results)."""
     record = paths.root / EXPERIMENT_FILE
-    text = yaml.safe_dump(dataclasses.asdict(spec), sort_keys=False)
+    current = dataclasses.asdict(spec)
+    text = yaml.safe_dump(current, sort_keys=False)
     if record.is_file():
-        if record.read_text() != text:
+        recorded = yaml.safe_load(record.read_text())
+        # A section added to the schema after the run started is absent from its record;
+        # left unset (None) it changes nothing, so the run may go on.
+        added = {k for k, v in current.items() if v is None and k not in recorded}
+        if recorded != {k: v for k, v in current.items() if k not in added}:
             raise ConfigError(
                 f"{paths.root} holds the results of another experiment config "
                 f"({record} differs): choose another --run-dir, or delete {paths.root} to "
@@ -648,6 +687,32 @@ def claim_run_dir(spec: Experiment, paths: RunPaths) -> None:
 # ----------------------------------------------------------------------------------------
 # Data and training
 # ----------------------------------------------------------------------------------------
+
+
+def prepare_all_data(spec: Experiment) -> dict[str, Any]:
+    """The `data` step: the data set of every network and, with an `unlabeled` section, the
+    students' unlabelled images."""
+    prepared = prepare_data(spec.data)
+    if spec.unlabeled is not None:
+        prepared["unlabeled"] = prepare_unlabeled(spec.unlabeled)
+    return prepared
+
+
+def prepare_unlabeled(unlabeled: UnlabeledSpec) -> dict[str, Any]:
+    """Generate the train split of `unlabeled.synth` into its root unless it is there;
+    check that the images folder holds images (the error names it otherwise)."""
+    if unlabeled.synth is not None:
+        train_only = dataclasses.replace(unlabeled.synth, val=0, test=0, shifts=[])
+        prepare_data(DataSpec(root=unlabeled.root, synth=train_only))
+    folder = Path(unlabeled.images)
+    images = images_below(folder) if folder.is_dir() else []
+    if not images:
+        raise DataError(
+            f"unlabeled: {folder} holds no png or jpg image (searched with its sub-folders)"
+            if folder.is_dir()
+            else f"unlabeled: {folder} is not a folder"
+        )
+    return {"images": str(folder), "count": len(images)}
 
 
 def prepare_data(data: DataSpec) -> dict[str, Any]:
@@ -765,6 +830,11 @@ def student_config(
             "samples": teacher.samples,
         },
         "distill.teacher_cache": str(paths.cache(student.name)) if student.teacher_cache else None,
+        **(
+            {"distill.unlabeled_root": exp.spec.unlabeled.images}
+            if exp.spec.unlabeled is not None
+            else {}
+        ),
         "distill.init_from": (
             str(paths.baseline(exp.spec.baseline, seed_offset))
             if student.init_from_baseline
@@ -1284,6 +1354,9 @@ def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
             model["speed"] = _speed(model, bench, roles)
         model["figures"] = _rebase_figures(model.get("figures", {}), paths.evaluation.name)
         by_model[name].append(model)
+    markers = {
+        p.stem: json.loads(p.read_text()) for p in sorted((paths.root / STAGES_DIR).glob("*.json"))
+    }
     ablations = {
         a.name: json.loads((paths.ablation(a.name) / "rows.json").read_text())
         for a in spec.ablations
@@ -1317,9 +1390,11 @@ def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
         "checks": [
             o for check in spec.checks for o in run_check(check, by_model, spec.table.split)
         ],
-        "stages": {
-            p.stem: json.loads(p.read_text())["seconds"]
-            for p in sorted((paths.root / STAGES_DIR).glob("*.json"))
+        "stages": {name: marker["seconds"] for name, marker in markers.items()},
+        "stage_peak_rss_mib": {
+            name: marker["peak_rss_mib"]
+            for name, marker in markers.items()
+            if "peak_rss_mib" in marker  # markers written before it was recorded lack it
         },
     }
     _write_json(paths.root / RESULTS_FILE, results)

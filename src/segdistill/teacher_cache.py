@@ -1,6 +1,6 @@
 """Cached teacher targets: the teacher's per-pixel signals on every training image, computed
-once, stored as float16 and memory-mapped, so output-level distillation trains without
-running the teacher.
+once, stored as float16 and read back image by image, so output-level distillation trains
+without running the teacher.
 
 What is cached: the signals that only pixel-wise methods read (`MethodSet.pixel_needs`:
 pred_std for DUDES, mean_probs and std for Holder, logits for KD, mean_probs for JA-KD,
@@ -12,8 +12,12 @@ How: the teacher runs on each *un-augmented* training image (normalised as for t
 one image at a time, float32, in eval mode); each signal is resized bilinearly
 (antialiased) to `scale` times the image size and stored as float16.
 
-Reading (`TeacherCacheDataset.load`): the maps of image i are read from the memory map,
-upsampled back to the image size when scale < 1, and added to `sample["maps"]` together
+Reading (`TeacherCacheDataset.load`): the maps of image i are read from their files with
+one positioned read each (not a memory map: a mapped file's pages count in the process's
+resident set, so a training that passed over a 15 GB cache would look 15 GB large to RSS
+limits such as SLURM's; read(2) leaves them in the page cache, which the kernel shares and
+drops as it needs), upsampled back to the image size when scale < 1, and added to
+`sample["maps"]` together
 with `teacher_valid`, a map of ones, before the data set's joint transform. The random
 scale, crop and flip therefore move image, label and teacher maps together (bilinear for
 the maps, so probabilities stay probabilities). Where the crop pads a small image, every
@@ -74,7 +78,7 @@ VALID_MAP = "teacher_valid"
 # A cache is a function of its key: MC-dropout sampling during a build uses this seed.
 BUILD_SEED = 0
 # Values per chunk when a cache file is scanned for non-finite values.
-_SCAN_CHUNK = 1 << 24
+_SCAN_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -157,8 +161,8 @@ def stored_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
 class TeacherCache:
     """A complete, checked cache, opened for reading.
 
-    channels: {signal: K}; sizes: per image, (H, W) of the image and (h, w) stored. The
-    float16 files are memory-mapped lazily, once per process (DataLoader workers included).
+    channels: {signal: K}; sizes: per image, (H, W) of the image and (h, w) stored. It
+    holds no open file, so DataLoader workers (forked or spawned) read it as they are.
     """
 
     def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
@@ -170,7 +174,6 @@ class TeacherCache:
         # Pixel offset of every image in the files (times K for a K-channel signal).
         pixels = [h * w for _, (h, w) in self.sizes]
         self.offsets = np.concatenate([[0], np.cumsum(pixels)]).tolist()
-        self._arrays: dict[str, np.memmap] | None = None
 
     @property
     def signals(self) -> frozenset[str]:
@@ -178,18 +181,6 @@ class TeacherCache:
 
     def __len__(self) -> int:
         return len(self.sizes)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # A spawned DataLoader worker reopens the memory maps rather than receiving a copy.
-        return {**self.__dict__, "_arrays": None}
-
-    def _mapped(self) -> dict[str, np.memmap]:
-        if self._arrays is None:
-            self._arrays = {
-                name: np.memmap(self.directory / f"{name}{MAP_SUFFIX}", np.float16, mode="r")
-                for name in self.channels
-            }
-        return self._arrays
 
     def maps(self, index: int, size: tuple[int, int]) -> dict[str, np.ndarray]:
         """{signal: float32 [K, H, W]} of image `index`, whose image is `size` (H, W)."""
@@ -199,10 +190,17 @@ class TeacherCache:
                 f"teacher cache {self.directory}: image {index} is {size[1]}x{size[0]} (WxH) "
                 f"but was {width}x{height} when the cache was built; rerun to rebuild it"
             )
-        start, arrays, maps = self.offsets[index], self._mapped(), {}
+        start, maps = self.offsets[index], {}
         for name, k in self.channels.items():
-            values = arrays[name][k * start : k * (start + h * w)].reshape(k, h, w)
-            values = values.astype(np.float32)
+            path = self.directory / f"{name}{MAP_SUFFIX}"
+            count = k * h * w
+            values = np.fromfile(path, np.float16, count=count, offset=2 * k * start)
+            if values.size != count:  # the file shrank after the cache was checked
+                raise DataError(
+                    f"teacher cache {path}: image {index} ends past the end of the file; "
+                    "delete the cache folder to rebuild it"
+                )
+            values = values.reshape(k, h, w).astype(np.float32)
             if (h, w) != (height, width):
                 x = torch.from_numpy(values)[None]
                 values = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0]
@@ -313,13 +311,14 @@ def _inspect(directory: Path, key: CacheKey) -> tuple[dict[str, Any] | None, str
 
 
 def _has_nonfinite(path: Path) -> bool:
-    values = np.memmap(path, np.float16, mode="r")
-    # float16 with all exponent bits set is inf or NaN; integer ops scan faster than isfinite.
-    bits = values.view(np.uint16)
-    return any(
-        ((bits[start : start + _SCAN_CHUNK] & 0x7C00) == 0x7C00).any()
-        for start in range(0, bits.size, _SCAN_CHUNK)
-    )
+    # Chunks read into one buffer: a memory map would add the whole file to the resident set.
+    bits = np.empty(_SCAN_CHUNK, np.uint16)
+    with open(path, "rb") as file:
+        while count := file.readinto(bits) // 2:
+            # float16 with all exponent bits set is inf or NaN; integer ops beat isfinite.
+            if ((bits[:count] & 0x7C00) == 0x7C00).any():
+                return True
+    return False
 
 
 def _clear_for_build(directory: Path) -> None:

@@ -10,8 +10,8 @@ or a single checkpoint) and the methods with their weights; `model` is the stude
 What distillation adds happens there too: He et al.'s translator trains before the first
 step (stage 1), `distill.init_from` starts the student from a pre-trained one (Holder &
 Shafique), `distill.unlabeled_root` adds unlabelled images, and `--teacher-cache DIR`
-(`distill.teacher_cache`) reads the output-level teacher signals from a memory-mapped
-cache built on first use (`segdistill.teacher_cache`).
+(`distill.teacher_cache`) reads the output-level teacher signals from a float16 cache
+built on first use (`segdistill.teacher_cache`).
 """
 
 from __future__ import annotations
