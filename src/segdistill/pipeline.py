@@ -641,10 +641,10 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
             continue
         print(f"{head} ...", flush=True)
         began = time.perf_counter()
-        memory.reset_peak()
-        outputs = step.run()
+        with memory.StepPeak() as peak:
+            outputs = step.run()
         seconds = time.perf_counter() - began
-        used = memory.usage()
+        used = peak.usage()
         finished = datetime.datetime.now().isoformat(timespec="seconds")
         _write_json(
             marker,
