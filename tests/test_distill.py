@@ -20,7 +20,7 @@ from segdistill import train as training
 from segdistill.checkpoints import build_model, save_weights
 from segdistill.cli import main
 from segdistill.config import SegConfig, load_config
-from segdistill.errors import ConfigError
+from segdistill.errors import ConfigError, DataError
 from segdistill.methods import build_methods
 from segdistill.models.teachers import MCDropout, mc_dropout_layers
 from segdistill.outputs import TeacherSignals
@@ -294,9 +294,8 @@ def test_unlabelled_images_are_distilled_from_the_teacher_alone(
         ensemble,
         [f"distill.unlabeled_root={unlabeled}", "distill.methods=[{name: ja_kd}]"],
     )
-    train_set = training.add_unlabeled_images(
-        training.build_dataset(cfg.data, "train", train=True), unlabeled
-    )
+    labelled = training.build_dataset(cfg.data, "train", train=True)
+    train_set = training.add_unlabeled_images(labelled, unlabeled)
     assert [s.name for s in train_set.samples[4:]] == ["unlabeled/a/frame", "unlabeled/b/c/frame"]
     batch = default_collate([train_set[4], train_set[5]])  # the two unlabelled images
     assert (batch["label"] == 255).all()
@@ -313,6 +312,13 @@ def test_unlabelled_images_are_distilled_from_the_teacher_alone(
     run_dir = training.train(cfg)  # 3 steps: 6 images in batches of 2
     rows = [row for row in read_metrics(run_dir) if row["train/loss"]]
     assert len(rows) == 3 and all(float(row["train/ja_kd/out"]) > 0 for row in rows)
+
+    # A folder without images (or no folder) stops the run, naming the setting.
+    with pytest.raises(DataError, match=rf"distill.unlabeled_root: {unlabeled / 'a'} holds no"):
+        (unlabeled / "a" / "frame.png").unlink()
+        training.add_unlabeled_images(labelled, unlabeled / "a")
+    with pytest.raises(DataError, match=r"distill.unlabeled_root: .*absent is not a folder"):
+        training.add_unlabeled_images(labelled, tmp_path / "absent")
 
 
 def test_a_cache_serves_the_pixel_methods_and_the_teacher_the_feature_methods(

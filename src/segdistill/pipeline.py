@@ -78,7 +78,7 @@ from segdistill.bench import benchmark, paired_ratio, to_json
 from segdistill.checkpoints import atomic_write, load_segmenter
 from segdistill.commands.train import train_member, write_manifest
 from segdistill.config import SegConfig, _convert, load_config, replace_values, to_dict
-from segdistill.data.folder import images_below
+from segdistill.data.folder import require_images_below
 from segdistill.data.shifts import SHIFT_KINDS
 from segdistill.data.synthstreets import SynthConfig, generate
 from segdistill.errors import ConfigError, DataError
@@ -704,15 +704,8 @@ def prepare_unlabeled(unlabeled: UnlabeledSpec) -> dict[str, Any]:
     if unlabeled.synth is not None:
         train_only = dataclasses.replace(unlabeled.synth, val=0, test=0, shifts=[])
         prepare_data(DataSpec(root=unlabeled.root, synth=train_only))
-    folder = Path(unlabeled.images)
-    images = images_below(folder) if folder.is_dir() else []
-    if not images:
-        raise DataError(
-            f"unlabeled: {folder} holds no png or jpg image (searched with its sub-folders)"
-            if folder.is_dir()
-            else f"unlabeled: {folder} is not a folder"
-        )
-    return {"images": str(folder), "count": len(images)}
+    images = require_images_below(Path(unlabeled.images), "unlabeled")
+    return {"images": unlabeled.images, "count": len(images)}
 
 
 def prepare_data(data: DataSpec) -> dict[str, Any]:

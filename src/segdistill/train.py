@@ -62,9 +62,9 @@ from segdistill.data import (
     build_train_transform,
 )
 from segdistill.data.base import LabelMapping, SampleFiles
-from segdistill.data.folder import images_below
+from segdistill.data.folder import require_images_below
 from segdistill.data.labels import IGNORE_INDEX
-from segdistill.errors import CheckpointError, ConfigError, DataError, TrainingError
+from segdistill.errors import CheckpointError, ConfigError, TrainingError
 from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models.teachers import Teacher, build_teacher
@@ -208,14 +208,7 @@ def add_unlabeled_images(dataset: SegmentationDataset, folder: Path) -> Segmenta
     images. Sub-folders are searched because extra data usually comes in city folders
     (Cityscapes' leftImg8bit/train_extra/<city>/); a sample is named by its path below
     `folder`, so equal file names in two folders stay two samples."""
-    if not folder.is_dir():
-        raise DataError(f"distill.unlabeled_root={str(folder)!r} is not a folder")
-    images = images_below(folder)
-    if not images:
-        raise DataError(
-            f"distill.unlabeled_root={str(folder)!r} holds no png or jpg image (searched it "
-            "and its sub-folders)"
-        )
+    images = require_images_below(folder, "distill.unlabeled_root")
     mapping = LabelMapping.identity(dataset.num_classes, dataset.ignore_index)
     unlabeled = [
         SampleFiles(

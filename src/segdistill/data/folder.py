@@ -44,6 +44,19 @@ def images_below(folder: Path) -> list[Path]:
     )
 
 
+def require_images_below(folder: Path, what: str) -> list[Path]:
+    """`images_below(folder)`, which must find one: DataError naming `what` (the setting
+    that gave the folder) and the folder otherwise."""
+    if not folder.is_dir():
+        raise DataError(f"{what}: {folder} is not a folder")
+    images = images_below(folder)
+    if not images:
+        raise DataError(
+            f"{what}: {folder} holds no png or jpg image (searched it and its sub-folders)"
+        )
+    return images
+
+
 _CLASSES_KEYS = {"classes", "ignore_index", "mask_values"}
 
 
