@@ -171,6 +171,21 @@ def test_outputs_and_markers(tiny_demo: tuple[list[str], Path]) -> None:
     assert set(results["stage_peak_rss_mib"]) == steps - {"report"}
     for step, peak in results["stage_peak_rss_mib"].items():
         assert peak == markers[step]["peak_rss_mib"] > 50  # a torch process is > 50 MiB
+    # In the order they ran, and in the report with their time and peak.
+    assert list(results["stages"]) == [
+        "data",
+        "teacher",
+        "student-dudes",
+        "student-holder",
+        "evaluate",
+        "bench",
+    ]
+    assert f"<summary>Run: 6 steps, {sum(results['stages'].values()) / 60:.1f} min" in report
+    peak = results["stage_peak_rss_mib"]["evaluate"] / 1024
+    assert (
+        f"<th>evaluate</th><td>{results['stages']['evaluate']:.1f}</td><td>{peak:.2f}</td>"
+        in report
+    )
 
 
 def test_rerun_skips_every_step(

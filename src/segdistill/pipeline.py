@@ -1350,6 +1350,8 @@ def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
     markers = {
         p.stem: json.loads(p.read_text()) for p in sorted((paths.root / STAGES_DIR).glob("*.json"))
     }
+    order = {step.name: i for i, step in enumerate(plan(exp, paths))}
+    markers = dict(sorted(markers.items(), key=lambda item: order.get(item[0], len(order))))
     ablations = {
         a.name: json.loads((paths.ablation(a.name) / "rows.json").read_text())
         for a in spec.ablations
@@ -1406,6 +1408,10 @@ def experiment_claims(results: dict[str, Any]) -> Claims:
         header=table["columns"],
         rows=_table_cells(table)[1:],
         checks=[(outcome["passed"], _check_line(outcome)) for outcome in results["checks"]],
+        steps=[
+            (name, seconds, results.get("stage_peak_rss_mib", {}).get(name))
+            for name, seconds in results["stages"].items()
+        ],
     )
 
 

@@ -31,7 +31,7 @@ import datetime
 import html
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +116,14 @@ def _load_input(path: Path) -> list[ReportModel]:
 @dataclass
 class Claims:
     """An experiment's verdict, as text the pipeline formats: the paper-shaped table
-    (`header`, `rows` of cells) and one (passed, line) per check outcome."""
+    (`header`, `rows` of cells), one (passed, line) per check outcome, and the run's
+    steps in order as (name, seconds, peak resident MiB or None when not recorded)."""
 
     title: str
     header: list[str]
     rows: list[list[str]]
     checks: list[tuple[bool, str]]
+    steps: list[tuple[str, float, float | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -517,7 +519,29 @@ def claims_html(claims: Claims) -> str:
         if claims.checks
         else ""
     )
-    return _table(claims.header, rows, caption=claims.title) + checks
+    return _table(claims.header, rows, caption=claims.title) + checks + _steps_html(claims.steps)
+
+
+def _steps_html(steps: list[tuple[str, float, float | None]]) -> str:
+    """The run's steps, folded: what each took in time and memory."""
+    if not steps:
+        return ""
+    total = sum(seconds for _, seconds, _ in steps)
+    peaks = [peak for _, _, peak in steps if peak is not None]
+    largest = f", largest peak RSS {max(peaks) / 1024:.2f} GiB" if peaks else ""
+    rows = [
+        [
+            text(name, header=True),
+            text(f"{seconds:.1f}"),
+            text("-" if peak is None else f"{peak / 1024:.2f}"),
+        ]
+        for name, seconds, peak in steps
+    ]
+    table = _table(["step", "seconds", "peak RSS (GiB)"], rows)
+    return (
+        f"<details><summary>Run: {len(steps)} steps, {total / 60:.1f} min{largest}</summary>"
+        f"{table}</details>"
+    )
 
 
 def _section(anchor: str, title: str, *parts: str | None) -> str:
