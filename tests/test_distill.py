@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import default_collate
@@ -352,6 +353,44 @@ def test_a_cache_serves_the_pixel_methods_and_the_teacher_the_feature_methods(
     )
     with pytest.raises(ConfigError, match="none of the methods reads per-pixel teacher"):
         training.train(only_features)
+
+
+def test_one_cache_with_more_signals_serves_students_with_other_methods(
+    tmp_path: Path, synth: Path, ensemble: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`distill.cache_signals` stores what several students read: the KD student builds the
+    cache with logits and mean_probs, the JA-KD student then uses it as it is (no teacher
+    pass), and each one's samples carry only its own signals."""
+    cache = tmp_path / "shared"
+    common = [f"distill.teacher_cache={cache}", "distill.cache_signals=[logits, mean_probs]"]
+    seen = {}
+    for method, needs in (("kd", "logits"), ("ja_kd", "mean_probs")):
+        (tmp_path / method).mkdir()
+        cfg = tiny_config(
+            tmp_path / method, synth, ensemble, [f"distill.methods=[{{name: {method}}}]", *common]
+        )
+        model = build_model(cfg.model, 19)
+        methods, teacher = training.build_distillation(cfg, model)
+        train_set = training.build_dataset(cfg.data, "train", train=True)
+        cached, online = training.attach_teacher_cache(cfg, methods, teacher, train_set)
+        assert online is None and cached.cache.signals == {needs}
+        assert set(cached.load(0)["maps"]) == {needs, VALID_MAP}
+        seen[method] = cached.cache.maps(0, cached.load(0)["image"].shape[:2])[needs]
+        assert ("building it" in capsys.readouterr().out) == (method == "kd")  # built once
+    assert sorted(p.name for p in cache.iterdir()) == ["cache.json", "logits.f16", "mean_probs.f16"]
+    # log(mean_probs) are the ensemble's logits: both students read one pass of the teacher.
+    np.testing.assert_allclose(np.exp(seen["kd"]), seen["ja_kd"], atol=2e-3)
+
+    wrong = tiny_config(tmp_path, synth, ensemble, ["distill.methods=[{name: ukd}]", *common])
+    model = build_model(wrong.model, 19)
+    methods, teacher = training.build_distillation(wrong, model)
+    with pytest.raises(
+        ConfigError,
+        match=r"cache_signals=\['logits', 'mean_probs'\] .* include \['mean_probs', 'variance'\]",
+    ):
+        training.attach_teacher_cache(
+            wrong, methods, teacher, training.build_dataset(wrong.data, "train", train=True)
+        )
 
 
 def test_cached_batches_mask_crop_padding() -> None:

@@ -473,6 +473,22 @@ def test_unlabeled_images_are_generated_and_given_to_every_student(tmp_path: Pat
         prepare_unlabeled(UnlabeledSpec(root=str(tmp_path / "absent")))
 
 
+def test_students_share_a_cache_only_when_they_ask_it_for_the_same(tmp_path: Path) -> None:
+    """configs/quick/nfs.yaml: its three students share cache/teacher; one student asking it
+    for other signals would rebuild it for the next, so the plan refuses that."""
+    nfs = REPO / "configs" / "quick" / "nfs.yaml"
+    paths = RunPaths(tmp_path)
+    experiment = load_experiment(nfs)
+    plan(experiment, paths)
+    for student in experiment.spec.students:
+        distill = student_config(experiment, paths, student).distill
+        assert distill is not None and distill.teacher_cache == str(tmp_path / "cache" / "teacher")
+    with pytest.raises(
+        ConfigError, match=r"students \['kd', 'ja_kd', 'ukd'\] share the teacher cache"
+    ):
+        plan(load_experiment(nfs, ["students.0.set.distill.cache_signals=[logits]"]), paths)
+
+
 def test_a_run_started_before_a_new_schema_section_goes_on(tmp_path: Path) -> None:
     """experiment.yaml written before `unlabeled` existed lacks the key: the same
     experiment, without the section, may still resume in that directory."""

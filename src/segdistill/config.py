@@ -136,7 +136,10 @@ class DistillConfig:
 
     teacher_cache: a folder of the teacher's per-pixel outputs on the training images,
     built on first use and read image by image (`segdistill.teacher_cache`); cache_scale: their
-    stored resolution relative to the image (0 < s <= 1). init_from: a run directory or
+    stored resolution relative to the image (0 < s <= 1); cache_signals: the signals the
+    cache stores (null: those the methods read; a superset lets students with other methods
+    share one cache folder and one pass of the teacher, e.g. [logits, mean_probs, variance]
+    for KD, JA-KD and U-KD). init_from: a run directory or
     weights file of a student pre-trained with labels, whose encoder and decoder start the
     student (Holder & Shafique's two-stage recipe; the heads start fresh). unlabeled_root:
     a folder of images without labels (searched with its sub-folders) added to the
@@ -147,6 +150,7 @@ class DistillConfig:
     methods: list[MethodSpec] = field(default_factory=list)
     teacher_cache: str | None = None
     cache_scale: float = 1.0
+    cache_signals: list[str] | None = None
     init_from: str | None = None
     unlabeled_root: str | None = None
 

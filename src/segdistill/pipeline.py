@@ -43,7 +43,7 @@ Run directory:
     RUN_DIR/students/<name>/    run directories
     RUN_DIR/baseline-s<k>/, RUN_DIR/students/<name>-s<k>/
                                 the same, trained with seed + k (`seeds: K`, k = 1..K-1)
-    RUN_DIR/cache/<name>/       cached teacher outputs of each student
+    RUN_DIR/cache/<name>/       cached teacher outputs of each student (or shared: `cache`)
     RUN_DIR/evaluation/         results.json and figures/ of `segdistill.evaluate`
     RUN_DIR/bench.json          `segdistill.bench` results
     RUN_DIR/ablations/<name>/   the networks and results of each ablation
@@ -199,7 +199,10 @@ class StudentSpec:
     """One distilled student: a distillation config (its `distill.methods` and student
     `model`), whose teacher the pipeline sets. init_from_baseline: start from the
     baseline's weights (Holder & Shafique's two-stage recipe); teacher_cache: cache the
-    teacher's per-pixel outputs (only for methods that read nothing but those)."""
+    teacher's per-pixel outputs (only for methods that read nothing but those); cache: the
+    cache folder's name under RUN_DIR/cache (default: the student's name): students with
+    one name share it, and one pass of the teacher, when their `distill.cache_signals`
+    name what all of them read."""
 
     name: str
     config: str
@@ -207,6 +210,7 @@ class StudentSpec:
     label: str = ""
     init_from_baseline: bool = False
     teacher_cache: bool = True
+    cache: str | None = None
 
 
 @dataclass
@@ -568,6 +572,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
     by_offset = [trained_configs(exp, paths, offset) for offset in range(spec.seeds)]
     if spec.pretrain is not None:  # every seed has the same encoder: the first one tells
         check_pretrain_fits(exp, pretrain_config(exp, paths), by_offset[0])
+    check_shared_caches(exp, by_offset[0])
     for offset, trained in enumerate(by_offset):
         if spec.baseline.member is None:
             name = seeded_name(spec.baseline.name, offset)
@@ -822,7 +827,9 @@ def student_config(
             "path": str(paths.teacher),
             "samples": teacher.samples,
         },
-        "distill.teacher_cache": str(paths.cache(student.name)) if student.teacher_cache else None,
+        "distill.teacher_cache": (
+            str(paths.cache(student.cache or student.name)) if student.teacher_cache else None
+        ),
         **(
             {"distill.unlabeled_root": exp.spec.unlabeled.images}
             if exp.spec.unlabeled is not None
@@ -862,6 +869,31 @@ def trained_configs(
         name = seeded_name(student.name, seed_offset)
         configs[name] = student_config(exp, paths, student, seed_offset=seed_offset)
     return configs
+
+
+def check_shared_caches(exp: LoadedExperiment, configs: dict[str, SegConfig]) -> None:
+    """Students that share a cache folder must ask it for the same contents, or each would
+    rebuild it for the next: the same `distill.cache_signals` (set), `cache_scale` and
+    unlabelled images."""
+    folders: dict[str, list[str]] = {}
+    for student in exp.spec.students:
+        if student.teacher_cache:
+            folders.setdefault(student.cache or student.name, []).append(student.name)
+    for folder, names in folders.items():
+        if len(names) < 2:
+            continue
+        wanted = {}
+        for name in names:
+            distill = configs[name].distill
+            assert distill is not None  # student_config refuses a config without it
+            signals = tuple(sorted(distill.cache_signals or ())) or None
+            wanted[name] = (signals, distill.cache_scale, distill.unlabeled_root)
+        if len(set(wanted.values())) > 1 or any(w[0] is None for w in wanted.values()):
+            raise ConfigError(
+                f"{exp.path}: students {names} share the teacher cache {folder!r}: give each "
+                "the same distill.cache_signals (every signal any of them reads), cache_scale "
+                f"and unlabeled_root; they have {wanted}"
+            )
 
 
 def train_network(cfg: SegConfig) -> dict[str, Any]:

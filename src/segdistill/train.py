@@ -68,7 +68,7 @@ from segdistill.errors import CheckpointError, ConfigError, TrainingError
 from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models.teachers import Teacher, build_teacher
-from segdistill.outputs import TeacherSignals
+from segdistill.outputs import SIGNAL_NAMES, TeacherSignals
 from segdistill.teacher_cache import TeacherCacheDataset, cache_key, open_or_build, valid_mask
 
 RESUME_CHECKPOINT = "checkpoints/last.ckpt"
@@ -272,11 +272,19 @@ def attach_teacher_cache(
             "per-pixel teacher outputs a cache can hold (kd, holder, dudes, ja_kd, ukd do); "
             "the others run the teacher online: remove distill.teacher_cache"
         )
+    stored = frozenset(cfg.distill.cache_signals or signals)
+    cacheable = SIGNAL_NAMES - {"features"}
+    if not stored <= cacheable or not signals <= stored:
+        raise ConfigError(
+            f"distill.cache_signals={sorted(stored)} must name signals of "
+            f"{sorted(cacheable)} and include {sorted(signals)}, which the methods read"
+        )
     spec = cfg.distill.teacher
     kind = f"mc_dropout(samples={spec.samples})" if spec.kind == "mc_dropout" else spec.kind
-    key = cache_key(teacher, kind, signals, cfg.distill.cache_scale, train_set)
+    key = cache_key(teacher, kind, stored, cfg.distill.cache_scale, train_set)
     device = _local_device(cfg.trainer.accelerator)
     cache = open_or_build(cfg.distill.teacher_cache, teacher, key, train_set, device)
+    cache = cache.only(signals)  # a shared cache may hold other students' signals too
     online = methods.needs - cache.signals
     return TeacherCacheDataset(train_set, cache), (teacher if online else None)
 
