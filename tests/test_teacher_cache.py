@@ -406,9 +406,7 @@ def test_only_signals_read_by_pixel_wise_methods_are_cacheable() -> None:
 
 
 def _rss_file_mib() -> float:
-    with memory.StepPeak() as now:
-        pass
-    return now.usage()["rss_file_mib"]
+    return memory._status_mib("RssFile")["RssFile"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
