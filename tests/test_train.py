@@ -228,6 +228,17 @@ def test_gradient_clipping_reaches_the_trainer(tmp_path: Path) -> None:
     assert trainer.gradient_clip_algorithm == "norm"  # a str enum
 
 
+def test_the_trainer_does_not_advertise_lightnings_cloud_logger(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Lightning logs the tip through this logger at every Trainer; its other lines stay.
+    with caplog.at_level("INFO", logger="lightning.pytorch.utilities.rank_zero"):
+        training.build_trainer(SegConfig(), tmp_path / "run")
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("GPU available" in message for message in messages)
+    assert not any("litlogger" in message for message in messages)
+
+
 def test_validation_miou_is_computed_over_the_whole_set(trained_run: Path) -> None:
     cfg = load_config(trained_run / "config.yaml")
     val_set = training.build_dataset(cfg.data, "val", train=False)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 import os
 import random
@@ -308,6 +309,17 @@ def steps_per_epoch(
     if isinstance(limit, float):
         return int(batches * limit)
     return batches
+
+
+class _DropCloudLoggerTip(logging.Filter):
+    """Drops Lightning's tip to install its cloud logger (litlogger), which it prints at
+    every Trainer: an experiment builds one per network, and this toolkit runs offline."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropCloudLoggerTip())
 
 
 def build_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:
