@@ -5,9 +5,11 @@ corrupt. `write_synthstreets` and `write_ensemble` are shared with test_distill.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +276,81 @@ def test_an_interrupted_build_is_never_used_and_is_rebuilt(
     capsys.readouterr()
     open_cache(tmp_path / "cache", teacher, dataset)
     assert "incomplete (no cache.json); rebuilding it" in capsys.readouterr().out
+
+
+DiskUsage = namedtuple("DiskUsage", "total used free")
+
+
+def test_a_build_the_disk_cannot_hold_stops_first_and_keeps_the_old_cache(
+    tmp_path: Path,
+    synth: Path,
+    teacher: Ensemble,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dataset = CityscapesDataset(synth, "train")
+    open_cache(tmp_path / "cache", teacher, dataset, signals=("std",))
+    old_std = (tmp_path / "cache" / "std.f16").read_bytes()
+    # pred_std: one float16 map of 32x64 per image.
+    needed = len(dataset) * 2 * SIZE[0] * SIZE[1]
+    real_signals, calls = teacher.signals, []
+    monkeypatch.setattr(teacher, "signals", lambda *args: calls.append(1) or real_signals(*args))
+
+    monkeypatch.setattr(tc.shutil, "disk_usage", lambda path: DiskUsage(0, 0, needed - 1))
+    with pytest.raises(DataError, match=r"cache needs about 0\.02 MiB .* 0\.02 MiB free"):
+        open_cache(tmp_path / "cache", teacher, dataset, signals=("pred_std",))
+    assert len(calls) == 1  # stopped after the first image, before writing anything
+    assert not list(tmp_path.glob("cache.partial-*"))
+    assert (tmp_path / "cache" / "std.f16").read_bytes() == old_std
+
+    # Exactly enough room: the estimate is the cache's size, and the build goes through.
+    monkeypatch.setattr(tc.shutil, "disk_usage", lambda path: DiskUsage(0, 0, needed))
+    cache = open_cache(tmp_path / "cache", teacher, dataset, signals=("pred_std",))
+    assert cache.signals == {"pred_std"}
+    assert (tmp_path / "cache" / "pred_std.f16").stat().st_size == needed
+
+
+class _FillsUp:
+    """A file that raises ENOSPC once more than `room` bytes were written to it."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data: bytes) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.file.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.file, name)
+
+    def __enter__(self) -> _FillsUp:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+def test_a_disk_that_fills_up_during_a_build_says_so_and_keeps_the_old_cache(
+    tmp_path: Path,
+    synth: Path,
+    teacher: Ensemble,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dataset = CityscapesDataset(synth, "train")
+    open_cache(tmp_path / "cache", teacher, dataset, signals=("std",))
+    old_std = (tmp_path / "cache" / "std.f16").read_bytes()
+    image_bytes = 2 * SIZE[0] * SIZE[1]
+
+    def room_for_two_images(path, mode="r", *args, **kwargs):
+        file = open(path, mode, *args, **kwargs)
+        return _FillsUp(file, 2 * image_bytes) if str(path).endswith(tc.MAP_SUFFIX) else file
+
+    monkeypatch.setattr(tc, "open", room_for_two_images, raising=False)
+    with pytest.raises(DataError, match="the disk filled up after .*, 2 of 4 images"):
+        open_cache(tmp_path / "cache", teacher, dataset, signals=("pred_std",))
+    assert not list(tmp_path.glob("cache.partial-*"))
+    assert (tmp_path / "cache" / "std.f16").read_bytes() == old_std
 
 
 def _truncate(directory: Path) -> None:

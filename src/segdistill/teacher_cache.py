@@ -38,7 +38,11 @@ moved, keeps its cache; one image changed, added or reordered does not). `open_o
 uses DIR only when its key matches, every file has the size the image list implies and
 every value is finite; otherwise it prints why and rebuilds it. A build writes into
 DIR.partial-PID and renames that folder to DIR once complete, so an interrupted build
-never passes for a cache (the next build removes its leftovers). Processes sharing a cache
+never passes for a cache (the next build removes its leftovers). Before writing, a build
+checks that the disk can hold the whole cache (the first image's maps times the number of
+images) and stops with a `DataError` that gives both sizes when it cannot; a disk that
+fills up during the build stops it the same way. Either way the partial folder is removed
+and a previous cache in DIR is left as it was. Processes sharing a cache
 (DDP ranks, parallel runs) take turns on the lock file DIR.lock: the first builds, the
 others find the cache complete.
 """
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import fcntl
 import hashlib
 import json
@@ -349,6 +354,51 @@ def _clear_for_build(directory: Path) -> None:
             )
 
 
+_SPACE_HINT = (
+    "free space there, point distill.teacher_cache at a larger disk, lower "
+    "distill.cache_scale (a quarter of the bytes at 0.5) or cache fewer signals "
+    "(distill.cache_signals); the partial cache was removed"
+)
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.2f} MiB"
+
+
+def _require_space(directory: Path, partial: Path, needed: int) -> None:
+    """Stop a build (removing `partial`) when the disk cannot hold `needed` more bytes; the
+    estimate takes every image to be the size of the first."""
+    free = shutil.disk_usage(partial).free
+    if needed > free:
+        shutil.rmtree(partial)
+        raise DataError(
+            f"teacher cache {directory} needs about {_size_text(needed)} and its disk has "
+            f"{_size_text(free)} free; {_SPACE_HINT}"
+        )
+
+
+def _stored_maps(
+    teacher: Teacher, image: Tensor, key: CacheKey, image_name: str
+) -> dict[str, np.ndarray]:
+    """The teacher's signals on one normalised image [1, 3, H, W], resized to the stored size
+    and in float16: {signal: [K, h, w]}."""
+    signals = teacher.signals(image, set(key.signals))
+    size = tuple(image.shape[-2:])
+    h, w = stored_size(size, key.scale)
+    maps = {}
+    for name in key.signals:
+        x = signals.require(name).float()
+        if (h, w) != size:
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        maps[name] = x[0].cpu().numpy().astype(np.float16)
+        if not np.isfinite(maps[name]).all():
+            raise TrainingError(
+                f"the teacher's {name} on training image {image_name} is not "
+                "finite in float16 (NaN, or beyond +-65504); no cache was written"
+            )
+    return maps
+
+
 def _build(
     directory: Path,
     teacher: Teacher,
@@ -373,37 +423,39 @@ def _build(
         disable=not progress,
     )
     cuda_devices = [device] if device.type == "cuda" else []
-    # fork_rng: MC-dropout sampling must not move the training run's random streams.
-    with contextlib.ExitStack() as files, torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(BUILD_SEED)
-        outputs = {
-            name: files.enter_context(open(partial / f"{name}{MAP_SUFFIX}", "wb"))
-            for name in key.signals
-        }
-        for index in bar:
-            sample = normalize(dataset.load(index))
-            image = torch.from_numpy(sample["image"].transpose(2, 0, 1).copy())[None]
-            signals = teacher.signals(image.to(device), set(key.signals))
-            size = tuple(image.shape[-2:])
-            h, w = stored_size(size, key.scale)
-            for name, file in outputs.items():
-                x = signals.require(name).float()
-                if (h, w) != size:
-                    x = F.interpolate(
-                        x, size=(h, w), mode="bilinear", align_corners=False, antialias=True
-                    )
-                values = x[0].cpu().numpy().astype(np.float16)
-                if not np.isfinite(values).all():
-                    raise TrainingError(
-                        f"the teacher's {name} on training image {sample['name']} is not "
-                        "finite in float16 (NaN, or beyond +-65504); no cache was written"
-                    )
-                channels[name] = values.shape[0]
-                file.write(values.tobytes())
-            sizes.append([*size, h, w])
-        for file in outputs.values():
-            file.flush()
-            os.fsync(file.fileno())
+    # Outside the `with`: closing a file flushes it, which can fail on a full disk too.
+    try:
+        # fork_rng: MC-dropout sampling must not move the training run's random streams.
+        with contextlib.ExitStack() as files, torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(BUILD_SEED)
+            outputs = {
+                name: files.enter_context(open(partial / f"{name}{MAP_SUFFIX}", "wb"))
+                for name in key.signals
+            }
+            for index in bar:
+                sample = normalize(dataset.load(index))
+                image = torch.from_numpy(sample["image"].transpose(2, 0, 1).copy())[None]
+                maps = _stored_maps(teacher, image.to(device), key, sample["name"])
+                if index == 0:
+                    per_image = sum(values.nbytes for values in maps.values())
+                    _require_space(directory, partial, per_image * len(dataset))
+                for name, file in outputs.items():
+                    channels[name] = maps[name].shape[0]
+                    file.write(maps[name].tobytes())
+                size = tuple(image.shape[-2:])
+                sizes.append([*size, *stored_size(size, key.scale)])
+            for file in outputs.values():
+                file.flush()
+                os.fsync(file.fileno())
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        written = sum(path.stat().st_size for path in partial.iterdir())
+        shutil.rmtree(partial)
+        raise DataError(
+            f"teacher cache {directory}: the disk filled up after {_size_text(written)}, "
+            f"{len(sizes)} of {len(dataset)} images; {_SPACE_HINT}"
+        ) from error
     meta = {"key": asdict(key), "channels": channels, "sizes": sizes}
     atomic_write(partial / META_FILE, lambda f: f.write(json.dumps(meta).encode()))
     if directory.exists():
