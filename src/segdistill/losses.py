@@ -55,6 +55,16 @@ def _finite(teacher_logits: Tensor) -> Tensor:
     return logits.masked_fill(torch.isneginf(logits), floor)
 
 
+def _kl_terms(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """p (log p - log q) elementwise, from log-probabilities of the same shape.
+
+    Both logs come from log_softmax, so identical inputs give exactly 0 (log(softmax)
+    would differ from log_softmax by round-off, summed over many positions), and a teacher
+    probability that underflows to 0 contributes 0: log p stays finite (`_finite`).
+    """
+    return log_p.exp() * (log_p - log_q)
+
+
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Cross-entropy with the labels, averaged over the labelled pixels of the batch.
 
@@ -83,9 +93,8 @@ def kd(
     averaged over the `valid` pixels [B, H, W]. Also Holder & Shafique's T^2 L_dist (eq. 4-5).
     """
     log_q = F.log_softmax(student_logits / temperature, dim=1)
-    p = F.softmax(_finite(teacher_logits) / temperature, dim=1)
-    # xlogy gives 0 * log 0 = 0 where a teacher probability is exactly zero.
-    per_pixel = (torch.special.xlogy(p, p) - p * log_q).sum(dim=1)
+    log_p = F.log_softmax(_finite(teacher_logits) / temperature, dim=1)
+    per_pixel = _kl_terms(log_p, log_q).sum(dim=1)
     return temperature**2 * _masked_mean(per_pixel, valid)
 
 
@@ -167,8 +176,8 @@ def cwd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0
     """
     b, c = student_logits.shape[:2]
     log_q = F.log_softmax(student_logits.reshape(b, c, -1) / temperature, dim=2)
-    p = F.softmax(_finite(teacher_logits).reshape(b, c, -1) / temperature, dim=2)
-    kl = (torch.special.xlogy(p, p) - p * log_q).sum(dim=2)  # [B, C]
+    log_p = F.log_softmax(_finite(teacher_logits).reshape(b, c, -1) / temperature, dim=2)
+    kl = _kl_terms(log_p, log_q).sum(dim=2)  # [B, C]
     return temperature**2 * kl.mean()
 
 
