@@ -281,15 +281,22 @@ def test_an_interrupted_build_is_never_used_and_is_rebuilt(
 DiskUsage = namedtuple("DiskUsage", "total used free")
 
 
+@pytest.fixture
+def old_std(tmp_path: Path, synth: Path, teacher: Ensemble) -> bytes:
+    """A finished std cache in tmp_path / "cache" (what a failed rebuild must keep); its
+    std.f16 bytes."""
+    open_cache(tmp_path / "cache", teacher, CityscapesDataset(synth, "train"), signals=("std",))
+    return (tmp_path / "cache" / "std.f16").read_bytes()
+
+
 def test_a_build_the_disk_cannot_hold_stops_first_and_keeps_the_old_cache(
     tmp_path: Path,
     synth: Path,
     teacher: Ensemble,
+    old_std: bytes,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dataset = CityscapesDataset(synth, "train")
-    open_cache(tmp_path / "cache", teacher, dataset, signals=("std",))
-    old_std = (tmp_path / "cache" / "std.f16").read_bytes()
     # pred_std: one float16 map of 32x64 per image.
     needed = len(dataset) * 2 * SIZE[0] * SIZE[1]
     real_signals, calls = teacher.signals, []
@@ -335,11 +342,10 @@ def test_a_disk_that_fills_up_during_a_build_says_so_and_keeps_the_old_cache(
     tmp_path: Path,
     synth: Path,
     teacher: Ensemble,
+    old_std: bytes,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dataset = CityscapesDataset(synth, "train")
-    open_cache(tmp_path / "cache", teacher, dataset, signals=("std",))
-    old_std = (tmp_path / "cache" / "std.f16").read_bytes()
     image_bytes = 2 * SIZE[0] * SIZE[1]
 
     def room_for_two_images(path, mode="r", *args, **kwargs):
