@@ -378,17 +378,20 @@ def _require_space(directory: Path, partial: Path, needed: int) -> None:
 
 
 def _stored_maps(
-    teacher: Teacher, image: Tensor, key: CacheKey, image_name: str
+    teacher: Teacher,
+    image: Tensor,
+    names: tuple[str, ...],
+    stored: tuple[int, int],
+    image_name: str,
 ) -> dict[str, np.ndarray]:
-    """The teacher's signals on one normalised image [1, 3, H, W], resized to the stored size
-    and in float16: {signal: [K, h, w]}."""
-    signals = teacher.signals(image, set(key.signals))
-    size = tuple(image.shape[-2:])
-    h, w = stored_size(size, key.scale)
+    """The teacher's signals `names` on one normalised image [1, 3, H, W], resized to the
+    stored size (h, w) and in float16: {signal: [K, h, w]}."""
+    signals = teacher.signals(image, set(names))
+    h, w = stored
     maps = {}
-    for name in key.signals:
+    for name in names:
         x = signals.require(name).float()
-        if (h, w) != size:
+        if (h, w) != tuple(image.shape[-2:]):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         maps[name] = x[0].cpu().numpy().astype(np.float16)
         if not np.isfinite(maps[name]).all():
@@ -435,15 +438,16 @@ def _build(
             for index in bar:
                 sample = normalize(dataset.load(index))
                 image = torch.from_numpy(sample["image"].transpose(2, 0, 1).copy())[None]
-                maps = _stored_maps(teacher, image.to(device), key, sample["name"])
+                size = tuple(image.shape[-2:])
+                stored = stored_size(size, key.scale)
+                maps = _stored_maps(teacher, image.to(device), key.signals, stored, sample["name"])
                 if index == 0:
                     per_image = sum(values.nbytes for values in maps.values())
                     _require_space(directory, partial, per_image * len(dataset))
                 for name, file in outputs.items():
                     channels[name] = maps[name].shape[0]
                     file.write(maps[name].tobytes())
-                size = tuple(image.shape[-2:])
-                sizes.append([*size, *stored_size(size, key.scale)])
+                sizes.append([*size, *stored])
             for file in outputs.values():
                 file.flush()
                 os.fsync(file.fileno())
