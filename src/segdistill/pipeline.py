@@ -623,7 +623,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
         Step(
             "report",
             "write results.json and report.html",
-            functools.partial(write_results, exp, paths),
+            functools.partial(write_results, exp, paths, [step.name for step in steps]),
         )
     )
     return steps
@@ -1351,9 +1351,13 @@ def paper_table(spec: TableSpec, models: dict[str, list[dict[str, Any]]]) -> dic
     }
 
 
-def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
+def write_results(
+    exp: LoadedExperiment, paths: RunPaths, step_order: Sequence[str]
+) -> dict[str, Any]:
     """Merge the evaluation, the speed numbers, the ablations, the config and the
-    versions into results.json; write table.md and report.html."""
+    versions into results.json; write table.md and report.html. step_order: the names of
+    the steps before this one, in the order `plan` runs them (the stages' order in
+    results.json)."""
     spec = exp.spec
     evaluation = json.loads((paths.evaluation / RESULTS_FILE).read_text())
     bench = json.loads(paths.bench.read_text())
@@ -1382,7 +1386,7 @@ def write_results(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
     markers = {
         p.stem: json.loads(p.read_text()) for p in sorted((paths.root / STAGES_DIR).glob("*.json"))
     }
-    order = {step.name: i for i, step in enumerate(plan(exp, paths))}
+    order = {name: i for i, name in enumerate(step_order)}
     markers = dict(sorted(markers.items(), key=lambda item: order.get(item[0], len(order))))
     ablations = {
         a.name: json.loads((paths.ablation(a.name) / "rows.json").read_text())
