@@ -116,6 +116,7 @@ def test_unknown_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
         ("ensemble.vary={optim.lr: [abc]}", "optim.lr='abc' must be a number"),
         ("optim.lr", "expected KEY=VALUE"),
         ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1.0 must be > 0 or null"),
+        ("trainer.matmul_precision=tf32", "must be one of 'highest', 'high', 'medium'"),
     ],
 )
 def test_invalid_values_are_named(tmp_path: Path, override: str, expected: str) -> None:

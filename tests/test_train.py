@@ -228,6 +228,19 @@ def test_gradient_clipping_reaches_the_trainer(tmp_path: Path) -> None:
     assert trainer.gradient_clip_algorithm == "norm"  # a str enum
 
 
+def test_each_run_sets_its_float32_matmul_precision(tmp_path: Path, data_root: Path) -> None:
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # left over from an earlier run
+    try:
+        for setting in ("high", "highest"):
+            (tmp_path / setting).mkdir()
+            overrides = [f"trainer.matmul_precision={setting}", "trainer.max_epochs=1"]
+            training.train(tiny_config(tmp_path / setting, data_root, overrides))
+            assert torch.get_float32_matmul_precision() == setting
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_the_trainer_does_not_advertise_lightnings_cloud_logger(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -88,7 +88,10 @@ class TrainerConfig:
     checkpoint_every_n_steps: also write `last.ckpt` every N optimiser steps (it is always
     written at the end of every epoch); gradient_clip_val: clip the gradient's total L2
     norm to this value before each step (None: no clipping), for losses whose scale
-    dwarfs the cross-entropy early in training (Karine's 14 L_SA)."""
+    dwarfs the cross-entropy early in training (Karine's 14 L_SA); matmul_precision: float32
+    matrix products in full float32 ("highest", torch's default) or on a GPU's tensor cores
+    with TF32 ("high") or bfloat16 ("medium"), torch.set_float32_matmul_precision; cuDNN
+    convolutions follow their own TF32 switch (torch.backends.cudnn.allow_tf32)."""
 
     max_epochs: int = 10
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
@@ -102,6 +105,7 @@ class TrainerConfig:
     deterministic: bool = False
     checkpoint_every_n_steps: int | None = None
     gradient_clip_val: float | None = None
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"
 
 
 @dataclass

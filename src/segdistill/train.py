@@ -124,6 +124,9 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
         num_classes=cfg.data.num_classes,
         ignore_index=cfg.data.ignore_index,
     )
+    # Set for every run, not only when changed: an experiment trains many networks in one
+    # process and each must get its own config's setting.
+    torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
     trainer = build_trainer(cfg, run_dir)
     if trainer.is_global_zero:
         save_config(cfg, run_dir / "config.yaml")
