@@ -27,6 +27,7 @@ from segdistill.pipeline import (
     RunPaths,
     TableSpec,
     UnlabeledSpec,
+    _ablation_rows,
     _check_line,
     _table_cells,
     baseline_config,
@@ -135,6 +136,22 @@ def test_results_schema(tiny_demo: tuple[list[str], Path]) -> None:
         "DUDES student mIoU >= baseline mIoU - 1 point"
     }
     assert all(isinstance(c["passed"], bool) for c in results["checks"])
+
+
+def test_ablation_rows_read_each_models_metrics(tiny_demo: tuple[list[str], Path]) -> None:
+    _, run_dir = tiny_demo
+    results = json.loads((run_dir / "results.json").read_text())
+    names = [("model", m["name"]) for m in results["models"]]
+    rows = _ablation_rows(results, "test", names)
+    for row, model in zip(rows, results["models"]):
+        test = model["splits"]["test"]
+        curve = test["uncertainty"]["miou_vs_removed"]
+        half = curve["removed_fraction"].index(0.5)
+        assert row["model"] == model["name"]
+        assert row["parameters"] == model["parameters"]
+        assert row["miou"] == test["segmentation"]["miou"]
+        assert row["misclassification_auroc"] == test["uncertainty"]["misclassification"]["auroc"]
+        assert row["miou_gain_removed_50"] == pytest.approx(curve["miou"][half] - curve["miou"][0])
 
 
 def test_outputs_and_markers(tiny_demo: tuple[list[str], Path]) -> None:

@@ -1042,6 +1042,7 @@ ABLATION_METRICS = (
     "pixel_mean_uncertainty",
     "misclassification_auroc",
     "ece",
+    "miou_gain_removed_50",
 )
 
 
