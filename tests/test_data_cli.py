@@ -34,6 +34,17 @@ def test_info_prints_counts_and_frequencies(dataset: Path, capsys: pytest.Captur
     out = capsys.readouterr().out
     assert "integrity: OK" in out
     assert "road" in out and "motorcycle" in out and "newcity" in out
+    assert "interior (train)" in out
+
+
+def test_interior_share_counts_the_train_labels(dataset: Path) -> None:
+    _, reports = ss.check_dataset(dataset)
+    train = next(r for r in reports if r.name == "train")
+    labels = sorted((dataset / "gtFine" / "train").glob("*/*_gtFine_labelTrainIds.png"))
+    expected = sum(ss.interior_counts(np.array(Image.open(p))) for p in labels)
+    np.testing.assert_array_equal(train.class_interior, expected)
+    assert np.all(train.class_interior <= train.class_pixels)
+    assert 0 < train.class_interior.sum() < train.class_pixels.sum()
 
 
 def test_info_names_a_truncated_png(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

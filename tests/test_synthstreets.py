@@ -355,3 +355,32 @@ def test_walls_show_masonry_courses() -> None:
     assert 0.0 < joints.mean() < 0.2  # vertical joints between blocks
     top = material(np.full(10, 0.37, np.float32), np.linspace(1.9, 1.99, 10, dtype=np.float32))
     assert not np.allclose(top, across[:10])  # the coping
+
+
+def _interior_by_loops(train_ids: np.ndarray, radius: int) -> np.ndarray:
+    """interior_counts the slow way: look at every neighbour of every pixel."""
+    height, width = train_ids.shape
+    counts = np.zeros(256, np.int64)
+    for y in range(height):
+        for x in range(width):
+            window = train_ids[
+                max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1
+            ]
+            if np.all(window == train_ids[y, x]):
+                counts[train_ids[y, x]] += 1
+    return counts
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_interior_counts_match_a_neighbourhood_loop(radius: int) -> None:
+    rng = np.random.default_rng(radius)
+    train_ids = np.zeros((17, 23), np.uint8)  # road
+    train_ids[:, 9:12] = 5  # a 3-pixel pole: no interior at radius 2
+    train_ids[2:12, 14:22] = 13  # a car touching nothing but road
+    train_ids[13:, :4] = 255  # void in a corner, against the image edge
+    train_ids[rng.random(train_ids.shape) < 0.02] = 11  # scattered single pixels
+    got = ss.interior_counts(train_ids, radius)
+    np.testing.assert_array_equal(got, _interior_by_loops(train_ids, radius))
+    assert got.sum() < train_ids.size
+    if radius == 2:
+        assert got[5] == 0

@@ -24,6 +24,7 @@ import numpy as np
 from segdistill.data import shifts
 from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, colorize
 from segdistill.data.synthstreets import (
+    INTERIOR_RADIUS,
     META_FILE,
     SPLITS,
     GroupReport,
@@ -160,10 +161,12 @@ def _percent(count: int, total: int) -> str:
 
 
 def format_class_table(reports: list[GroupReport]) -> str:
-    """Class pixel frequencies (% of all pixels) per group, and the share of images each
-    class occurs in for the first group, as an aligned text table."""
+    """Class pixel frequencies (% of all pixels) per group and, for the first group, the
+    share of images each class occurs in and the share of its pixels at least
+    `INTERIOR_RADIUS` pixels from any other class, as an aligned text table."""
+    first = reports[0]
     head = f"{'class':<14}" + "".join(f"{r.name:>11}" for r in reports)
-    head += f"{'images (' + reports[0].name + ')':>18}"
+    head += f"{'images (' + first.name + ')':>18}{'interior (' + first.name + ')':>20}"
     lines = [head, "-" * len(head)]
     ids = [*range(len(CLASS_NAMES)), IGNORE_INDEX]
     for train_id, name in zip(ids, [*CLASS_NAMES, "void"]):
@@ -171,8 +174,9 @@ def format_class_table(reports: list[GroupReport]) -> str:
             f"{_percent(int(r.class_pixels[train_id]), int(r.class_pixels.sum())):>11}"
             for r in reports
         )
-        first = reports[0]
         row += f"{_percent(int(first.class_images[train_id]), first.images):>17}%"
+        interior = int(first.class_interior[train_id])
+        row += f"{_percent(interior, int(first.class_pixels[train_id])):>19}%"
         lines.append(row)
     return "\n".join(lines)
 
@@ -188,6 +192,10 @@ def run_info(args: argparse.Namespace) -> int:
     if distinct:
         print("\nclass pixel frequencies (%):")
         print(format_class_table(distinct))
+        print(
+            f"interior: share of a class's pixels at least {INTERIOR_RADIUS} pixels from "
+            "any other class (the rest lie on boundaries)"
+        )
     total = sum(report.images for report in reports)
     print(f"\nintegrity: OK ({total} images and their label, instance and depth files)")
     return 0

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from cityscapesscripts.helpers.labels import id2label, name2label
 from PIL import Image
-from scipy.ndimage import uniform_filter
+from scipy.ndimage import maximum_filter, minimum_filter, uniform_filter
 from tqdm import tqdm
 
 from segdistill.data import shifts
@@ -2645,6 +2645,23 @@ def _train_id_counts(label_ids: np.ndarray) -> np.ndarray:
     return np.bincount(LABEL_ID_TO_TRAIN_ID[label_ids].ravel(), minlength=256)
 
 
+# `data info`'s interior share: a pixel whose neighbours up to this many pixels away (a
+# square) all share its train id. The share says how much of a class is more than a
+# boundary at the data set's resolution, where an ensemble's members tend to disagree.
+INTERIOR_RADIUS = 2
+
+
+def interior_counts(train_ids: np.ndarray, radius: int = INTERIOR_RADIUS) -> np.ndarray:
+    """[256] pixel count of each train id over the pixels whose (2 radius + 1)^2
+    neighbourhood holds only that id; train_ids: uint8 [H, W]. The image edge is not a
+    boundary (the neighbourhood is clipped to the image)."""
+    size = 2 * radius + 1
+    uniform = maximum_filter(train_ids, size, mode="nearest") == minimum_filter(
+        train_ids, size, mode="nearest"
+    )
+    return np.bincount(train_ids[uniform], minlength=256)
+
+
 @dataclass(frozen=True)
 class _Job:
     root: Path
@@ -2864,8 +2881,9 @@ def generate(
 class GroupReport:
     """What `check_dataset` found in one split or shifted copy.
 
-    kind: "clean" for a split, else the shift kind; class_pixels / class_images: [256]
-    pixels of each train id (255 void), and the number of images each occurs in.
+    kind: "clean" for a split, else the shift kind; class_pixels / class_images /
+    class_interior: [256] pixels of each train id (255 void), the number of images each
+    occurs in, and its pixels away from any other id (`interior_counts`).
     """
 
     name: str
@@ -2875,6 +2893,7 @@ class GroupReport:
     images: int
     class_pixels: np.ndarray
     class_images: np.ndarray
+    class_interior: np.ndarray
 
 
 def _groups(root: Path, meta: dict) -> list[tuple[str, Path, str, str]]:
@@ -2893,8 +2912,11 @@ def _check_shape(path: Path, array: np.ndarray, shape: tuple[int, ...], dtype) -
         )
 
 
-def _check_sample(paths: SamplePaths, size: tuple[int, int], anomaly: bool) -> np.ndarray:
-    """Validate one image's files; returns its [256] train id pixel counts.
+def _check_sample(
+    paths: SamplePaths, size: tuple[int, int], anomaly: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate one image's files; returns its [256] train id pixel counts, of all pixels
+    and of the interior ones (`interior_counts`).
 
     Each file must decode, have the data set's size and type, and agree with the others:
     label ids from the official table, train ids = the table's mapping of them, instance
@@ -2926,7 +2948,7 @@ def _check_sample(paths: SamplePaths, size: tuple[int, int], anomaly: bool) -> n
         _check_shape(paths.anomaly, mask, size, np.uint8)
         if not np.array_equal(mask, shifts.anomaly_mask(label_ids)):
             raise DataError(f"{paths.anomaly}: anomaly mask does not match the void labels")
-    return _train_id_counts(label_ids)
+    return _train_id_counts(label_ids), interior_counts(train_ids)
 
 
 def _image_files(tree: Path, split: str) -> list[Path]:
@@ -2956,14 +2978,19 @@ def check_dataset(root: str | Path, progress: bool = False) -> tuple[dict, list[
                 f"{expected[name]}"
             )
         stats = _Stats()
+        interior = np.zeros(256, np.int64)
         for image in images:
             stem = image.name.removesuffix("_leftImg8bit.png")
             paths = SamplePaths.of(tree, split, image.parent.name, stem)
-            stats.add(name, _check_sample(paths, size, kind == "anomaly"))
+            counts, inside = _check_sample(paths, size, kind == "anomaly")
+            stats.add(name, counts)
+            interior += inside
         pixels = stats.pixels.get(name, np.zeros(256, np.int64))
         class_images = stats.images.get(name, np.zeros(256, np.int64))
         stored = meta.get("class_pixels", {}).get(name)
         if stored is not None and stored != _Stats.named(pixels):
             raise DataError(f"{root / META_FILE}: class pixel counts of {name} do not match files")
-        reports.append(GroupReport(name, kind, tree, split, len(images), pixels, class_images))
+        reports.append(
+            GroupReport(name, kind, tree, split, len(images), pixels, class_images, interior)
+        )
     return meta, reports
