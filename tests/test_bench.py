@@ -59,8 +59,10 @@ def test_cli_bench_reports_every_model_and_the_ratios(tmp_path, capsys) -> None:
 
     text = capsys.readouterr().out
     assert "teacher/student" in text and "student/baseline" in text and "1 threads" in text
+    assert "channels-last" not in text
     result = json.loads(out.read_text())
     assert result["settings"]["threads"] == 1 and result["settings"]["size"] == [32, 64]
+    assert result["settings"]["channels_last"] is False
     models = {m["name"]: m for m in result["models"]}
     assert [m["kind"] for m in result["models"]] == ["ensemble", "student", "baseline"]
     assert models["ens"]["passes"] == 2 and models["student"]["passes"] == 1
@@ -140,3 +142,27 @@ def test_settings_are_checked() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             benchmark([predictor], (8, 8), device="cuda")
+
+
+def test_cli_bench_channels_last_times_every_model_in_that_format(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    formats = []
+    plain_predict = Predictor.predict
+
+    def recording_predict(predictor, images):  # noqa: ANN001, ANN202
+        convs = [p for p in predictor.model.parameters() if p.dim() == 4]
+        formats.append(all(p.is_contiguous(memory_format=torch.channels_last) for p in convs))
+        return plain_predict(predictor, images)
+
+    monkeypatch.setattr(Predictor, "predict", recording_predict)
+    student = save_tiny(tmp_path / "student.safetensors", head="scalar")
+    baseline = save_tiny(tmp_path / "baseline.safetensors")
+    out = tmp_path / "bench.json"
+    argv = [str(student), str(baseline), "--size", "32x64", "--repeats", "2", "--warmup", "0"]
+    assert main(["bench", *argv, "--channels-last", "--json", str(out)]) == 0
+    assert "channels-last" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["settings"]["channels_last"] is True
+    assert [len(m["latency_ms"]["runs"]) for m in result["models"]] == [2, 2]
+    assert formats and all(formats)  # the FLOP count and every timed call

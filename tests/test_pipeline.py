@@ -493,13 +493,20 @@ def test_students_share_a_cache_only_when_they_ask_it_for_the_same(tmp_path: Pat
 
 
 def test_a_run_started_before_a_new_schema_section_goes_on(tmp_path: Path) -> None:
-    """experiment.yaml written before `unlabeled` existed lacks the key: the same
-    experiment, without the section, may still resume in that directory."""
+    """experiment.yaml written before `unlabeled` and `bench.channels_last` existed lacks
+    the keys: the same experiment, with the section unset and the switch off, may still
+    resume in that directory; turned on, they make another experiment."""
     spec = load_experiment(DEMO_CONFIG).spec
     claim_run_dir(spec, RunPaths(tmp_path))
     record = tmp_path / "experiment.yaml"
-    record.write_text(record.read_text().replace("unlabeled: null\n", ""))
+    old_text = record.read_text().replace("unlabeled: null\n", "")
+    assert "  channels_last: false\n" in old_text
+    record.write_text(old_text.replace("  channels_last: false\n", ""))
     claim_run_dir(spec, RunPaths(tmp_path))
+    spec.bench.channels_last = True
+    with pytest.raises(ConfigError, match="another experiment"):
+        claim_run_dir(spec, RunPaths(tmp_path))
+    spec.bench.channels_last = False
     spec.unlabeled = UnlabeledSpec(root="extra")
     with pytest.raises(ConfigError, match="another experiment"):
         claim_run_dir(spec, RunPaths(tmp_path))

@@ -233,3 +233,14 @@ def test_cli_predict_with_an_ensemble(tmp_path, capsys) -> None:
     assert "ensemble" in capsys.readouterr().out
     assert read(tmp_path / "o" / "uncertainty16" / "000001.png").shape == (32, 64)
     assert main(["predict", str(tmp_path / "ens"), str(tmp_path / "nothing"), "--out", "o"]) == 2
+
+
+def test_cli_channels_last_writes_the_same_maps(tmp_path, student, capsys) -> None:
+    write_png(tmp_path / "in" / "a.png", rgb(40, 70, seed=3))
+    for name, extra in (("plain", []), ("nhwc", ["--channels-last"])):
+        argv = [str(student), str(tmp_path / "in"), "--out", str(tmp_path / name), *extra]
+        assert main(["predict", *argv, "--device", "cpu"]) == 0
+    assert np.array_equal(read(tmp_path / "plain/pred/a.png"), read(tmp_path / "nhwc/pred/a.png"))
+    plain = read(tmp_path / "plain/uncertainty16/a.png").astype(np.int64)
+    nhwc = read(tmp_path / "nhwc/uncertainty16/a.png").astype(np.int64)
+    assert np.abs(plain - nhwc).max() <= 2  # 16-bit steps of rounding

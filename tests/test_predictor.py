@@ -133,3 +133,19 @@ def test_bad_sources_name_the_path(zoo: Path, tmp_path: Path) -> None:
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="junk.safetensors"):
         load_predictor(tmp_path / "junk.safetensors")
+
+
+@pytest.mark.parametrize("source", ["run_per_class", "ens"])
+def test_channels_last_predicts_the_same_and_can_be_undone(
+    zoo: Path, images: torch.Tensor, source: str
+) -> None:
+    predictor = load_predictor(zoo / source)
+    expected = predictor.predict(images)
+    convs = [p for p in predictor.model.parameters() if p.dim() == 4]
+    predictor.to("cpu", channels_last=True)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    got = predictor.predict(images)  # given contiguous images, as every caller has them
+    torch.testing.assert_close(got.probs, expected.probs, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got.uncertainty, expected.uncertainty, rtol=1e-4, atol=1e-6)
+    predictor.to("cpu")
+    assert all(p.is_contiguous() for p in convs) and not predictor.channels_last

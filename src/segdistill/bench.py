@@ -222,6 +222,7 @@ def _measure(
     device: torch.device,
     repeats: int,
     warmup: int,
+    channels_last: bool,
 ) -> list[ModelBench]:
     """Count FLOPs, warm up, then time `predict` round robin on one random batch."""
     generator = torch.Generator().manual_seed(0)
@@ -229,7 +230,7 @@ def _measure(
     batch = shape[0]
     models = []
     for predictor in predictors:
-        predictor.to(device)
+        predictor.to(device, channels_last)
         models.append(
             ModelBench(
                 name=predictor.name,
@@ -261,8 +262,10 @@ def benchmark(
     warmup: int = 5,
     device: str = "cpu",
     threads: int | None = None,
+    channels_last: bool = False,
 ) -> BenchResult:
-    """Measure `predictors` as the module docstring describes."""
+    """Measure `predictors` as the module docstring describes; channels_last: every model
+    and the images in the channels-last memory format (`Predictor.to`)."""
     if not predictors:
         raise ConfigError("bench needs at least one model source")
     if batch < 1 or repeats < 1 or warmup < 0 or min(size) < 1:
@@ -278,7 +281,7 @@ def benchmark(
         torch.set_num_threads(threads)
     try:
         used_threads = torch.get_num_threads()
-        models = _measure(predictors, (batch, 3, *size), target, repeats, warmup)
+        models = _measure(predictors, (batch, 3, *size), target, repeats, warmup, channels_last)
     finally:
         torch.set_num_threads(previous_threads)
     settings = {
@@ -290,6 +293,7 @@ def benchmark(
         "device": target.type,
         "device_name": device_name(target),
         "threads": used_threads,
+        "channels_last": channels_last,
         "torch": torch.__version__,
         "timer": "torch.cuda.Event" if target.type == "cuda" else "time.perf_counter",
         "flops": FLOPS_CONVENTION,
@@ -346,7 +350,8 @@ def format_result(result: BenchResult) -> str:
     height, width = s["size"]
     lines = [
         f"batch {s['batch']} x 3 x {height} x {width} on {s['device']} ({s['device_name']}), "
-        f"{s['threads']} threads, torch {s['torch']}; {s['warmup']} warm-up + "
+        f"{s['threads']} threads{', channels-last' if s['channels_last'] else ''}, torch "
+        f"{s['torch']}; {s['warmup']} warm-up + "
         f"{s['repeats']} timed calls per model, round robin; timer {s['timer']}",
         "",
     ]

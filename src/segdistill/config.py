@@ -91,7 +91,11 @@ class TrainerConfig:
     dwarfs the cross-entropy early in training (Karine's 14 L_SA); matmul_precision: float32
     matrix products in full float32 ("highest", torch's default) or on a GPU's tensor cores
     with TF32 ("high") or bfloat16 ("medium"), torch.set_float32_matmul_precision; cuDNN
-    convolutions follow their own TF32 switch (torch.backends.cudnn.allow_tf32)."""
+    convolutions follow their own TF32 switch (torch.backends.cudnn.allow_tf32);
+    channels_last: train the network (and the methods' adapters) in the channels-last
+    memory format, with images converted likewise: faster where the convolution kernels
+    prefer it (benchmarks/README.md); gradients agree up to rounding, but dropout draws its
+    masks in memory order, so a run is another random draw than without."""
 
     max_epochs: int = 10
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
@@ -106,6 +110,7 @@ class TrainerConfig:
     checkpoint_every_n_steps: int | None = None
     gradient_clip_val: float | None = None
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
+    channels_last: bool = False
 
 
 @dataclass

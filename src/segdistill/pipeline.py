@@ -235,6 +235,7 @@ class BenchSpec:
     warmup: int = 2
     threads: int | None = None
     device: Literal["cpu", "cuda"] = "cpu"
+    channels_last: bool = False
 
 
 @dataclass(kw_only=True)
@@ -668,6 +669,19 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     return results
 
 
+def _without_added_settings(current: Any, recorded: Any) -> Any:
+    """`current` (an experiment as plain data) without the keys, at any depth, that
+    `recorded` lacks and that hold None or False: a section or switch added to the schema
+    after the run started is absent from its record, and left off it changes nothing."""
+    if not isinstance(current, dict) or not isinstance(recorded, dict):
+        return current
+    return {
+        key: _without_added_settings(value, recorded[key]) if key in recorded else value
+        for key, value in current.items()
+        if key in recorded or not (value is None or value is False)
+    }
+
+
 def claim_run_dir(spec: Experiment, paths: RunPaths) -> None:
     """Record the experiment in the run directory, or refuse a directory that holds
     another one (its finished steps would be skipped and mixed into the results)."""
@@ -676,10 +690,7 @@ def claim_run_dir(spec: Experiment, paths: RunPaths) -> None:
     text = yaml.safe_dump(current, sort_keys=False)
     if record.is_file():
         recorded = yaml.safe_load(record.read_text())
-        # A section added to the schema after the run started is absent from its record;
-        # left unset (None) it changes nothing, so the run may go on.
-        added = {k for k, v in current.items() if v is None and k not in recorded}
-        if recorded != {k: v for k, v in current.items() if k not in added}:
+        if recorded != _without_added_settings(current, recorded):
             raise ConfigError(
                 f"{paths.root} holds the results of another experiment config "
                 f"({record} differs): choose another --run-dir, or delete {paths.root} to "
@@ -1030,6 +1041,7 @@ def bench_models(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
         warmup=settings.warmup,
         device=settings.device,
         threads=settings.threads,
+        channels_last=settings.channels_last,
     )
     _write_json(paths.bench, to_json(result))
     return {"results": str(paths.bench)}

@@ -123,6 +123,7 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
         total_steps=steps * cfg.trainer.max_epochs,
         num_classes=cfg.data.num_classes,
         ignore_index=cfg.data.ignore_index,
+        channels_last=cfg.trainer.channels_last,
     )
     # Set for every run, not only when changed: an experiment trains many networks in one
     # process and each must get its own config's setting.
@@ -372,6 +373,8 @@ class SegmentationTask(L.LightningModule):
     teacher:    gives the signals the methods need (`methods.needs`) that the batch does not
                 carry (`signals_from_batch`). Frozen, in eval mode, never trained.
     total_steps: optimiser steps of the whole run (the poly schedule reaches 0 there).
+    channels_last: hold the model and the methods' modules, and each batch's images, in
+                the channels-last memory format (`trainer.channels_last`).
     """
 
     def __init__(
@@ -384,6 +387,7 @@ class SegmentationTask(L.LightningModule):
         total_steps: int,
         num_classes: int,
         ignore_index: int = IGNORE_INDEX,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
@@ -396,6 +400,9 @@ class SegmentationTask(L.LightningModule):
         self.total_steps = total_steps
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.channels_last = channels_last
+        if channels_last:  # the student and the methods' adapters; not the teacher
+            self.to(memory_format=torch.channels_last)
         self.val_evaluator = self._new_evaluator()
 
     def _new_evaluator(self) -> SegmentationEvaluator:
@@ -407,6 +414,11 @@ class SegmentationTask(L.LightningModule):
             num_bins=10,
             plot_bins=10,
         )
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> Any:
+        if self.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
 
     def on_fit_start(self) -> None:
         if self.teacher is not None:

@@ -1,7 +1,8 @@
 """`segdistill bench`: parameters, FLOPs, latency and throughput, and the DUDES ratios.
 
     segdistill bench SOURCE... --size HxW [--batch B] [--repeats N] [--warmup N]
-                     [--threads N] [--device cpu|cuda] [--json FILE] [--mc-samples K]
+                     [--threads N] [--device cpu|cuda] [--channels-last] [--json FILE]
+                     [--mc-samples K]
 
 SOURCE: run directories, .safetensors weights, ensemble directories. Models are timed
 round robin in one run, so the printed ratios (teacher / student, student / baseline,
@@ -41,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="models and images in the channels-last memory format (faster on most CPUs)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     add_mc_samples(parser)
     parser.set_defaults(func=run_bench)
@@ -56,6 +62,7 @@ def run_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         device=args.device,
         threads=args.threads,
+        channels_last=args.channels_last,
     )
     print(format_result(result))
     if args.json is not None:

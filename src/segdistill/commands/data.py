@@ -8,8 +8,9 @@
 `synth` writes a SynthStreets data set (see `segdistill.data.synthstreets`); run again with
 the same parameters it does nothing ("already there"); a folder holding a different data set
 is refused unless --force. `info` checks every file against meta.json and prints counts,
-class frequencies and interior shares; it exits non-zero naming the first bad file. `preview` draws a contact
-sheet: per scene the image, coloured labels, depth and every shifted copy.
+class frequencies and interior shares; it exits non-zero naming the first bad file.
+`preview` draws a contact sheet: per scene the image, coloured labels, depth and every
+shifted copy.
 """
 
 from __future__ import annotations

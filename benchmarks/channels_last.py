@@ -1,0 +1,122 @@
+"""Channels-last against the default memory format, per network, in one run.
+
+For each network of `models.py`: the paired ratio (channels-last time / default time, the
+median over repeats of the two calls of one repeat, run back to back in alternating order)
+of an inference forward (batch 1, `--size`) and of a training step (forward, cross-entropy,
+backward, SGD step; batch 8 at 128x256), the models holding the same weights. Below 1:
+channels-last is faster. `trainer.channels_last` (docs/training.md) trains this way.
+
+    .venv/bin/python benchmarks/channels_last.py                 # about 5 min on 2 cores
+    .venv/bin/python benchmarks/channels_last.py --repeats 20 --all
+
+PSPNet ResNet-101 is skipped unless --all. The table is Markdown; benchmarks/README.md
+keeps the recorded one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from models import NETWORKS, NUM_CLASSES, cpu_name, parse_size
+from torch import nn
+
+from segdistill.bench import paired_ratio
+from segdistill.models import build_segmenter
+
+
+def paired_ms(
+    first: Callable[[], None], second: Callable[[], None], repeats: int
+) -> tuple[list[float], list[float]]:
+    """Milliseconds of `repeats` calls of each, one call of each per repeat, the order
+    alternating so neither always runs second; one warm-up call each first."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for repeat in range(repeats):
+        order = ((0, first), (1, second)) if repeat % 2 == 0 else ((1, second), (0, first))
+        for index, call in order:
+            start = time.perf_counter()
+            call()
+            times[index].append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def inference(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
+    def call() -> None:
+        with torch.inference_mode():
+            model(images)
+
+    return call
+
+
+def training_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Callable:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def call() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images).logits, labels).backward()
+        optimizer.step()
+
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="512x1024", help="inference size")
+    parser.add_argument("--train-size", default="128x256")
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=10, help="paired repeats")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--all", action="store_true", help="also PSPNet ResNet-101")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    size, train_size = parse_size(args.size), parse_size(args.train_size)
+    channels_last = torch.channels_last
+    print(
+        f"# {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.repeats} paired repeats (median of per-repeat ratios)\n"
+    )
+    header = [
+        "network",
+        f"inference {size[0]}x{size[1]} ms",
+        "channels-last / default",
+        f"train step {train_size[0]}x{train_size[1]} b{args.train_batch} ms",
+        "channels-last / default",
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header), flush=True)
+    for label, arch, encoder in NETWORKS:
+        if encoder == "resnet101" and not args.all:
+            continue
+        model = build_segmenter(arch, encoder, NUM_CLASSES).eval()
+        converted = copy.deepcopy(model).to(memory_format=channels_last)
+        images = torch.randn(1, 3, *size)
+        default_ms, last_ms = paired_ms(
+            inference(model, images),
+            inference(converted, images.contiguous(memory_format=channels_last)),
+            args.repeats,
+        )
+        row = [label, f"{statistics.median(default_ms):.0f}"]
+        row.append(f"{paired_ratio(last_ms, default_ms):.3f}")
+        model.train(), converted.train()
+        batch = torch.randn(args.train_batch, 3, *train_size)
+        labels = torch.randint(0, NUM_CLASSES, (args.train_batch, *train_size))
+        default_ms, last_ms = paired_ms(
+            training_step(model, batch, labels),
+            training_step(converted, batch.contiguous(memory_format=channels_last), labels),
+            args.repeats,
+        )
+        row.append(f"{statistics.median(default_ms):.0f}")
+        row.append(f"{paired_ratio(last_ms, default_ms):.3f}")
+        print("| " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
