@@ -235,3 +235,25 @@ def test_run_without_checkpoints(setup: dict[str, Any], tmp_path: Path, capsys) 
     code = main(["evaluate", str(tmp_path / "run"), "--data", str(setup["data"])])
     assert code == 2
     assert "is neither a run directory" in capsys.readouterr().err
+
+
+def test_channels_last_gives_the_same_metrics(setup: dict[str, Any], tmp_path: Path) -> None:
+    root = setup["root"]
+    sources = [root / "ens", root / "dudes"]
+    settings = {"batch_size": 2, "device": "cpu", "progress": False, "make_figures": False}
+    settings |= {"write_homes": False}  # the other tests read the models' own metrics.json
+    plain = evaluate(sources, setup["data"], ["test"], out_dir=tmp_path / "a", **settings)
+    predictors = [load_predictor(source) for source in sources]
+    nhwc = evaluate(
+        predictors, setup["data"], ["test"], out_dir=tmp_path / "b", channels_last=True, **settings
+    )
+    assert all(p.channels_last for p in predictors)
+    for left, right in zip(plain["models"], nhwc["models"]):
+        a, b = left["splits"]["test"], right["splits"]["test"]
+        assert a["segmentation"]["miou"] == b["segmentation"]["miou"]
+        assert a["uncertainty"]["misclassification"]["auroc"] == pytest.approx(
+            b["uncertainty"]["misclassification"]["auroc"], abs=1e-4
+        )
+        assert a["uncertainty"]["pixel_mean"] == pytest.approx(
+            b["uncertainty"]["pixel_mean"], rel=1e-4
+        )

@@ -223,6 +223,7 @@ def evaluate(
     num_samples: int = 3,
     mc_samples: int = 8,
     device: str | torch.device | None = None,
+    channels_last: bool = False,
     num_workers: int = 0,
     progress: bool = True,
     make_figures: bool = True,
@@ -235,7 +236,8 @@ def evaluate(
     directory of its own). write_homes: write metrics.json / figures into each model's
     directory. max_images: evaluate only the first N images of each split. num_samples:
     images per split in the sample figures. mc_samples: passes of an MC-dropout model.
-    device: default CUDA when available.
+    device: default CUDA when available. channels_last: the models and images in the
+    channels-last memory format (`Predictor.to`).
 
     Returns the content of results.json plus "files": the JSON files written.
     """
@@ -262,7 +264,7 @@ def evaluate(
     teacher = next((p for p in predictors if p.kind in TEACHER_KINDS), None)
     order = sorted(predictors, key=lambda p: p is not teacher)
     for predictor in order:
-        predictor.to(device)
+        predictor.to(device, channels_last)
 
     per_split: dict[str, dict[str, ModelAccumulators]] = {}
     samples: list[SampleSet] = []

@@ -223,6 +223,7 @@ class EvaluateSpec:
     batch_size: int = 4
     num_samples: int = 3
     device: str | None = None
+    channels_last: bool = False
 
 
 @dataclass
@@ -1017,6 +1018,7 @@ def _evaluate(
         num_samples=settings.num_samples,
         mc_samples=exp.spec.teacher.samples,
         device=settings.device,
+        channels_last=settings.channels_last,
         make_figures=figures,
     )
 

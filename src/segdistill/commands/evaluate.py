@@ -2,7 +2,8 @@
 
     segdistill evaluate RUN_OR_CHECKPOINT... --data DIR [--splits test,fog_0.02,...]
                         [--batch-size B] [--out DIR] [--num-samples K] [--max-images N]
-                        [--mc-samples S] [--device DEV] [--workers W] [--no-figures]
+                        [--mc-samples S] [--device DEV] [--channels-last] [--workers W]
+                        [--no-figures]
 
 Each source is a run directory, a .safetensors weights file or an ensemble directory (or
 its manifest.json); see `segdistill.predictor` for how each gives its uncertainty. A run
@@ -58,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers", type=int, default=2, help="data loader workers (default %(default)s)"
     )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="models and images in the channels-last memory format (faster on most CPUs)",
+    )
     parser.add_argument("--no-figures", action="store_true", help="write metrics only")
     parser.set_defaults(func=run_evaluate)
 
@@ -73,6 +79,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         mc_samples=args.mc_samples,
         device=args.device,
+        channels_last=args.channels_last,
         num_workers=args.workers,
         make_figures=not args.no_figures,
     )
