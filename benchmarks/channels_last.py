@@ -9,8 +9,9 @@ channels-last is faster. `trainer.channels_last` (docs/training.md) trains this 
     .venv/bin/python benchmarks/channels_last.py                 # about 5 min on 2 cores
     .venv/bin/python benchmarks/channels_last.py --repeats 20 --all
 
-PSPNet ResNet-101 is skipped unless --all. The table is Markdown; benchmarks/README.md
-keeps the recorded one.
+PSPNet ResNet-101 is skipped unless --all. `--device cuda` times on a GPU (each call
+synchronises before its clock stops). The table is Markdown; benchmarks/README.md keeps
+the recorded one.
 """
 
 from __future__ import annotations
@@ -46,10 +47,17 @@ def paired_ms(
     return times
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so a host clock measures it (no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def inference(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
     def call() -> None:
         with torch.inference_mode():
             model(images)
+        synchronize(images.device)
 
     return call
 
@@ -61,6 +69,7 @@ def training_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(images).logits, labels).backward()
         optimizer.step()
+        synchronize(images.device)
 
     return call
 
@@ -73,14 +82,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="paired repeats")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--all", action="store_true", help="also PSPNet ResNet-101")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     size, train_size = parse_size(args.size), parse_size(args.train_size)
     channels_last = torch.channels_last
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(
-        f"# {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"# {where}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{args.repeats} paired repeats (median of per-repeat ratios)\n"
     )
     header = [
@@ -95,9 +107,9 @@ def main() -> None:
     for label, arch, encoder in NETWORKS:
         if encoder == "resnet101" and not args.all:
             continue
-        model = build_segmenter(arch, encoder, NUM_CLASSES).eval()
+        model = build_segmenter(arch, encoder, NUM_CLASSES).to(device).eval()
         converted = copy.deepcopy(model).to(memory_format=channels_last)
-        images = torch.randn(1, 3, *size)
+        images = torch.randn(1, 3, *size, device=device)
         default_ms, last_ms = paired_ms(
             inference(model, images),
             inference(converted, images.contiguous(memory_format=channels_last)),
@@ -106,8 +118,8 @@ def main() -> None:
         row = [label, f"{statistics.median(default_ms):.0f}"]
         row.append(f"{paired_ratio(last_ms, default_ms):.3f}")
         model.train(), converted.train()
-        batch = torch.randn(args.train_batch, 3, *train_size)
-        labels = torch.randint(0, NUM_CLASSES, (args.train_batch, *train_size))
+        batch = torch.randn(args.train_batch, 3, *train_size, device=device)
+        labels = torch.randint(0, NUM_CLASSES, (args.train_batch, *train_size), device=device)
         default_ms, last_ms = paired_ms(
             training_step(model, batch, labels),
             training_step(converted, batch.contiguous(memory_format=channels_last), labels),
