@@ -13,6 +13,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from segdistill import figures
 from segdistill.checkpoints import save_weights
 from segdistill.cli import main
 from segdistill.config import ModelConfig
@@ -156,6 +157,7 @@ def test_figures_written(setup: dict[str, Any]) -> None:
         "misclassification_roc",
         "uncertainty_histograms",
         "miou_vs_removed",
+        "iou_after_removal",
         "teacher_student_hist2d",
         "ood_roc",
         "ood_scores",
@@ -257,3 +259,16 @@ def test_channels_last_gives_the_same_metrics(setup: dict[str, Any], tmp_path: P
         assert a["uncertainty"]["pixel_mean"] == pytest.approx(
             b["uncertainty"]["pixel_mean"], rel=1e-4
         )
+
+
+def test_iou_after_removal_draws_each_models_kept_iou(setup: dict[str, Any]) -> None:
+    models = setup["results"]["models"]
+    figure = figures.iou_after_removal(models, "test", fraction=0.5)
+    (ax,) = figure.axes
+    heights = np.array([bar.get_height() for bar in ax.patches]).reshape(len(models), -1)
+    for drawn, model in zip(heights, models):
+        curve = model["splits"]["test"]["uncertainty"]["miou_vs_removed"]
+        kept = curve["iou"][curve["removed_fraction"].index(0.5)]
+        expected = np.array([np.nan if v is None else v for v in kept])
+        np.testing.assert_array_equal(drawn, expected)
+    assert figures.iou_after_removal(models, "test", fraction=0.55) is None

@@ -12,6 +12,7 @@ comparison; a model keeps its colour (`model_color`, by position) across figures
 | misclassification_roc      | ROC of wrong-pixel detection by the uncertainty            |
 | uncertainty_histograms     | uncertainty of correct vs wrong pixels (Holder Fig. 4)     |
 | miou_vs_removed            | mIoU after removing the most uncertain pixels (DUDES F. 4) |
+| iou_after_removal          | IoU per class on the pixels kept at one removed share      |
 | miou_per_split             | mIoU on each evaluated set (Holder Table 2)                |
 | teacher_student_hist2d     | student vs teacher uncertainty per pixel (Holder Fig. 3)   |
 | per_class_uncertainty      | mean uncertainty per predicted class (DUDES Table 2)       |
@@ -347,10 +348,11 @@ def teacher_student_hist2d(models: Sequence[Model], split: str | None = None) ->
     return figure
 
 
-def per_class_uncertainty(models: Sequence[Model], split: str | None = None) -> Figure:
-    """Grouped bars: mean uncertainty of the pixels predicted as each class, per model
-    (DUDES Table 2). A class no pixel was predicted as has no bar."""
-    split = pick_split(models, split)
+def _per_class_bars(
+    models: Sequence[Model], per_model: Sequence[Sequence[float | None]], ylabel: str, title: str
+) -> Figure:
+    """Grouped bars, one group per class and one bar per model; `per_model[i]` holds model
+    i's value of each class (None: no bar)."""
     names = models[0]["class_names"]
     figure, (ax,) = axes_grid(
         1,
@@ -361,21 +363,48 @@ def per_class_uncertainty(models: Sequence[Model], split: str | None = None) -> 
     )
     width = 0.8 / len(models)
     x = np.arange(len(names))
-    for i, model in enumerate(models):
-        values = _values(model["splits"][split]["uncertainty"]["per_class_mean"])
+    for i, (model, values) in enumerate(zip(models, per_model)):
         ax.bar(
             x + (i - (len(models) - 1) / 2) * width,
-            values,
+            _values(values),
             width,
             color=model_color(i),
             label=_label(model),
         )
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("mean uncertainty")
-    ax.set_title(f"Mean uncertainty per predicted class ({split})")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     _legend_outside(ax)
     return figure
+
+
+def per_class_uncertainty(models: Sequence[Model], split: str | None = None) -> Figure:
+    """Grouped bars: mean uncertainty of the pixels predicted as each class, per model
+    (DUDES Table 2). A class no pixel was predicted as has no bar."""
+    split = pick_split(models, split)
+    per_model = [m["splits"][split]["uncertainty"]["per_class_mean"] for m in models]
+    title = f"Mean uncertainty per predicted class ({split})"
+    return _per_class_bars(models, per_model, "mean uncertainty", title)
+
+
+def iou_after_removal(
+    models: Sequence[Model], split: str | None = None, fraction: float = 0.5
+) -> Figure | None:
+    """Grouped bars: IoU of each class on the pixels kept after removing the `fraction`
+    most uncertain ones (the point of `miou_vs_removed` at that fraction). A model whose
+    uncertainty is high on every pixel of a class removes that class's predictions and
+    scores 0 on it. None when a model's curve lacks the fraction."""
+    split = pick_split(models, split)
+    per_model = []
+    for model in models:
+        curve = model["splits"][split]["uncertainty"]["miou_vs_removed"]
+        fractions = [round(f, 6) for f in curve["removed_fraction"]]
+        if round(fraction, 6) not in fractions:
+            return None
+        per_model.append(curve["iou"][fractions.index(round(fraction, 6))])
+    title = f"IoU per class, {100 * fraction:.0f} % most uncertain pixels removed ({split})"
+    return _per_class_bars(models, per_model, "IoU of the kept pixels", title)
 
 
 def ood_roc_curves(model: Model) -> Figure | None:
@@ -587,6 +616,7 @@ def model_figures(models: Sequence[Model]) -> Iterator[tuple[str, Figure]]:
             ("misclassification_roc", lambda: misclassification_roc(models)),
             ("uncertainty_histograms", lambda: uncertainty_histograms(models)),
             ("miou_vs_removed", lambda: miou_vs_removed(models)),
+            ("iou_after_removal", lambda: iou_after_removal(models)),
             ("per_class_uncertainty", lambda: per_class_uncertainty(models)),
             ("teacher_student_hist2d", lambda: teacher_student_hist2d([subject])),
             ("ood_roc", lambda: ood_roc_curves(subject)),
@@ -604,6 +634,7 @@ def comparison_figures(models: Sequence[Model]) -> Iterator[tuple[str, Figure]]:
             ("misclassification_roc", lambda: misclassification_roc(models)),
             ("uncertainty_histograms", lambda: uncertainty_histograms(models)),
             ("miou_vs_removed", lambda: miou_vs_removed(models)),
+            ("iou_after_removal", lambda: iou_after_removal(models)),
             ("miou_per_split", lambda: miou_per_split(models)),
             ("per_class_uncertainty", lambda: per_class_uncertainty(models)),
             ("teacher_student_hist2d", lambda: teacher_student_hist2d(models)),

@@ -612,6 +612,10 @@ def build_report(
             _figure(lambda: figures.misclassification_roc(metrics, split), "Misclassification ROC"),
             _figure(lambda: figures.miou_vs_removed(metrics, split), "mIoU vs removed pixels"),
             _figure(
+                lambda: figures.iou_after_removal(metrics, split),
+                "IoU per class on the pixels kept, 50 % most uncertain removed",
+            ),
+            _figure(
                 lambda: figures.uncertainty_histograms(metrics, split),
                 "Uncertainty of correct and wrong pixels",
             ),
