@@ -97,6 +97,13 @@ def test_metrics_json_schema(setup: dict[str, Any]) -> None:
         assert 0 <= model["anomaly"]["ap"] <= 1
     combined = json.loads((root / "out" / RESULTS_FILE).read_text())
     assert [m["name"] for m in combined["models"]] == ["ens", "dudes"]
+    assert combined["settings"] == {
+        "device": "cpu",
+        "channels_last": False,
+        "batch_size": 2,
+        "max_images": None,
+        "torch": torch.__version__,
+    }
     assert combined["data"]["class_names"][0] == "road"
 
 

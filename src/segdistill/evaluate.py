@@ -312,6 +312,14 @@ def evaluate(
             "splits": [s.name for s in selected],
             "reference": REFERENCE_SPLIT,
         },
+        # A GPU's TF32 convolutions move the last digits (docs/evaluation.md): say where.
+        "settings": {
+            "device": str(device),
+            "channels_last": channels_last,
+            "batch_size": batch_size,
+            "max_images": max_images,
+            "torch": torch.__version__,
+        },
         "models": models,
     }
     files = _write(results, predictors, samples, out_dir, write_homes, make_figures)
