@@ -101,6 +101,9 @@ def test_results_schema(tiny_demo: tuple[list[str], Path]) -> None:
     assert set(results["experiment"]["networks"]) == {"ensemble", "dudes", "holder"}
     assert results["experiment"]["pretrain"] is None  # the demo has no pretrain section
     assert results["experiment"]["pretrain_teacher"] is None
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"  # evaluate.device: null
+    assert results["evaluation"]["settings"]["device"] == default_device
+    assert results["evaluation"]["settings"]["max_images"] == 3
     shifted = [s for s in results["data"]["splits"] if s not in ("test", "anomaly")]
     assert {"fog_0.02", "rain", "night", "newcity"} <= set(shifted)
     models = {m["name"]: m for m in results["models"]}

@@ -1430,6 +1430,8 @@ def write_results(
         "data": evaluation["data"],
         "models": models,
         "figures": _rebase_figures(evaluation.get("figures", {}), paths.evaluation.name),
+        # null for an evaluation written before it recorded its settings
+        "evaluation": {"settings": evaluation.get("settings")},
         "bench": {"settings": bench["settings"], "ratios": bench["ratios"]},
         "ablations": ablations,
         "table": paper_table(spec.table, by_model),
