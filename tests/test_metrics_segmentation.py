@@ -13,6 +13,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from segdistill.data.labels import CLASS_NAMES, TRAIN_ID_TO_LABEL_ID
 from segdistill.metrics import SegmentationEvaluator
+from segdistill.metrics.segmentation import DEFAULT_REMOVED_FRACTIONS, removal_point
 
 IGNORE = 255
 
@@ -344,3 +345,11 @@ def test_invalid_inputs_are_rejected() -> None:
     ev.update(logits, torch.rand(1, 1, 4, 4), target)
     with pytest.raises(ValueError, match="one evaluator per uncertainty source"):
         ev.update(logits, None, target)
+
+
+def test_removal_point_finds_a_fraction_as_json_may_round_it() -> None:
+    curve = {"removed_fraction": list(DEFAULT_REMOVED_FRACTIONS)}
+    assert removal_point(curve, 0.5) == 5
+    assert removal_point(curve, 0.3) == 3
+    assert removal_point({"removed_fraction": [0.0, 0.333333]}, 1 / 3) == 1
+    assert removal_point(curve, 0.55) is None

@@ -42,6 +42,7 @@ from matplotlib.figure import Figure
 
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.metrics.ranking import roc_curve
+from segdistill.metrics.segmentation import removal_point
 
 Model = dict[str, Any]
 AGGREGATOR_LABELS = {
@@ -399,10 +400,10 @@ def iou_after_removal(
     per_model = []
     for model in models:
         curve = model["splits"][split]["uncertainty"]["miou_vs_removed"]
-        fractions = [round(f, 6) for f in curve["removed_fraction"]]
-        if round(fraction, 6) not in fractions:
+        point = removal_point(curve, fraction)
+        if point is None:
             return None
-        per_model.append(curve["iou"][fractions.index(round(fraction, 6))])
+        per_model.append(curve["iou"][point])
     title = f"IoU per class, {100 * fraction:.0f} % most uncertain pixels removed ({split})"
     return _per_class_bars(models, per_model, "IoU of the kept pixels", title)
 

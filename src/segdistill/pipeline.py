@@ -83,6 +83,7 @@ from segdistill.data.shifts import SHIFT_KINDS
 from segdistill.data.synthstreets import SynthConfig, generate
 from segdistill.errors import ConfigError, DataError
 from segdistill.evaluate import REFERENCE_SPLIT, RESULTS_FILE, evaluate, find_splits, json_text
+from segdistill.metrics.segmentation import removal_point
 from segdistill.models.teachers import Ensemble
 from segdistill.predictor import (
     MANIFEST,
@@ -1119,12 +1120,10 @@ def sweep(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dic
 def _removal_gain(model: dict[str, Any], split: str, fraction: float = 0.5) -> float | None:
     """mIoU after removing the `fraction` most uncertain pixels minus the mIoU of all."""
     curve = dig(model, "splits", split, "uncertainty", "miou_vs_removed")
-    if not curve:
+    point = removal_point(curve, fraction) if curve else None
+    if point is None or curve["miou"][0] is None:
         return None
-    fractions = [round(f, 6) for f in curve["removed_fraction"]]
-    if round(fraction, 6) not in fractions or curve["miou"][0] is None:
-        return None
-    after = curve["miou"][fractions.index(round(fraction, 6))]
+    after = curve["miou"][point]
     return None if after is None else after - curve["miou"][0]
 
 

@@ -69,6 +69,14 @@ def iou_from_counts(tp: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndar
         return np.where(union > 0, tp / union, np.nan)
 
 
+def removal_point(curve: dict, fraction: float) -> int | None:
+    """Index of `fraction` in a computed `miou_vs_removed` curve's removed_fraction (to 6
+    decimals, as JSON may round), or None when the curve was not computed there."""
+    fractions = [round(f, 6) for f in curve["removed_fraction"]]
+    target = round(fraction, 6)
+    return fractions.index(target) if target in fractions else None
+
+
 def iou_vs_removed(class_counts_by_bin: np.ndarray, fractions: tuple[float, ...]) -> np.ndarray:
     """Per-class IoU after removing the given fractions of the most uncertain pixels (the
     classes behind DUDES Fig. 4's mIoU curve).
