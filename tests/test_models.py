@@ -158,6 +158,25 @@ def test_segmenter_outputs(arch: str, encoder: str, head: str | None, channels: 
     assert all(a.shape == out.logits.shape for a in out.aux_logits.values())
 
 
+def test_a_channels_last_segmenter_gives_its_full_size_maps_in_the_default_layout() -> None:
+    """The network runs channels-last, its upsampled maps do not (a softmax over the classes
+    of a full-size channels-last map is much slower on the CPU)."""
+    model = build_segmenter(
+        "deeplabv3plus", "resnet18", NUM_CLASSES, "per_class", TINY, aux_heads=True
+    ).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(x)
+        model.to(memory_format=torch.channels_last)
+        out = model(x.contiguous(memory_format=torch.channels_last))
+    decoded = out.features["decoder_out"]
+    assert decoded.is_contiguous(memory_format=torch.channels_last) and not decoded.is_contiguous()
+    maps = [out.logits, out.uncertainty, *out.aux_logits.values()]
+    assert all(m.is_contiguous() for m in maps)
+    torch.testing.assert_close(out.logits, expected.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.uncertainty, expected.uncertainty, rtol=1e-4, atol=1e-5)
+
+
 def test_segmenter_trains() -> None:
     model = build_segmenter("nfs", "nfsnet", NUM_CLASSES, "scalar", TINY, aux_heads=True)
     out = model(torch.randn(2, 3, 64, 64))
