@@ -8,6 +8,10 @@ channels-last is faster. `trainer.channels_last` (docs/training.md) trains this 
 
     .venv/bin/python benchmarks/channels_last.py                 # about 5 min on 2 cores
     .venv/bin/python benchmarks/channels_last.py --repeats 20 --all
+    .venv/bin/python benchmarks/channels_last.py --sources runs/demo/students/dudes ...
+
+With `--sources` it times `Predictor.predict` (forward, softmax and uncertainty at full
+size) of saved models instead, each loaded twice, paired the same way.
 
 PSPNet ResNet-101 is skipped unless --all. `--device cuda` times on a GPU (each call
 synchronises before its clock stops). The table is Markdown; benchmarks/README.md keeps
@@ -29,6 +33,7 @@ from torch import nn
 
 from segdistill.bench import paired_ratio
 from segdistill.models import build_segmenter
+from segdistill.predictor import Predictor, load_predictor
 
 
 def paired_ms(
@@ -74,6 +79,25 @@ def training_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
     return call
 
 
+def time_predict(
+    sources: list[str], size: tuple[int, int], device: torch.device, repeats: int
+) -> None:
+    """One row per saved model: its predict call without and with channels-last."""
+    print(f"| model | predict {size[0]}x{size[1]} ms | channels-last / default |")
+    print("|---|---|---|", flush=True)
+    images = torch.randn(1, 3, *size, device=device)
+    for source in sources:
+        default = load_predictor(source).to(device)
+        converted = load_predictor(source).to(device, channels_last=True)
+
+        def call(predictor: Predictor) -> Callable[[], None]:
+            return lambda: (predictor.predict(images), synchronize(device))
+
+        default_ms, last_ms = paired_ms(call(default), call(converted), repeats)
+        ratio = paired_ratio(last_ms, default_ms)
+        print(f"| {source} | {statistics.median(default_ms):.0f} | {ratio:.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="512x1024", help="inference size")
@@ -83,6 +107,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--all", action="store_true", help="also PSPNet ResNet-101")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--sources", nargs="+", help="saved models: time their predict calls")
     args = parser.parse_args()
     device = torch.device(args.device)
 
@@ -102,6 +127,9 @@ def main() -> None:
         f"train step {train_size[0]}x{train_size[1]} b{args.train_batch} ms",
         "channels-last / default",
     ]
+    if args.sources:
+        time_predict(args.sources, size, device, args.repeats)
+        return
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header), flush=True)
     for label, arch, encoder in NETWORKS:
