@@ -120,6 +120,9 @@ def main() -> None:
         f"# {where}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{args.repeats} paired repeats (median of per-repeat ratios)\n"
     )
+    if args.sources:
+        time_predict(args.sources, size, device, args.repeats)
+        return
     header = [
         "network",
         f"inference {size[0]}x{size[1]} ms",
@@ -127,9 +130,6 @@ def main() -> None:
         f"train step {train_size[0]}x{train_size[1]} b{args.train_batch} ms",
         "channels-last / default",
     ]
-    if args.sources:
-        time_predict(args.sources, size, device, args.repeats)
-        return
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header), flush=True)
     for label, arch, encoder in NETWORKS:
