@@ -25,6 +25,15 @@ def add_mc_samples(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_channels_last(parser: argparse.ArgumentParser) -> None:
+    """--channels-last: models and images in the channels-last memory format."""
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="models and images in the channels-last memory format (faster on most CPUs)",
+    )
+
+
 def add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
     """--set KEY=VALUE ... (repeatable), collected into `args.overrides`."""
     parser.add_argument(

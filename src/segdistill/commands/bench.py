@@ -18,7 +18,7 @@ from pathlib import Path
 
 from segdistill.bench import benchmark, format_result, to_json
 from segdistill.checkpoints import atomic_write
-from segdistill.commands.arguments import add_mc_samples, add_model_sources
+from segdistill.commands.arguments import add_channels_last, add_mc_samples, add_model_sources
 from segdistill.commands.data import parse_size
 from segdistill.predictor import load_predictor
 
@@ -42,11 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="models and images in the channels-last memory format (faster on most CPUs)",
-    )
+    add_channels_last(parser)
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     add_mc_samples(parser)
     parser.set_defaults(func=run_bench)

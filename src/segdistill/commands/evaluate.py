@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segdistill.commands.arguments import add_mc_samples, add_model_sources
+from segdistill.commands.arguments import add_channels_last, add_mc_samples, add_model_sources
 from segdistill.evaluate import RESULTS_FILE, evaluate, format_summary
 
 
@@ -59,11 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers", type=int, default=2, help="data loader workers (default %(default)s)"
     )
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="models and images in the channels-last memory format (faster on most CPUs)",
-    )
+    add_channels_last(parser)
     parser.add_argument("--no-figures", action="store_true", help="write metrics only")
     parser.set_defaults(func=run_evaluate)
 

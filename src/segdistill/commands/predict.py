@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from segdistill.bench import resolve_device
-from segdistill.commands.arguments import MODEL_SOURCE_HELP, add_mc_samples
+from segdistill.commands.arguments import MODEL_SOURCE_HELP, add_channels_last, add_mc_samples
 from segdistill.commands.data import parse_size
 from segdistill.predict import UNCERTAINTY_VMAX, find_images, predict_files
 from segdistill.predictor import load_predictor
@@ -69,11 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="default: cuda when available, else cpu",
     )
-    parser.add_argument(
-        "--channels-last",
-        action="store_true",
-        help="model and images in the channels-last memory format (faster on most CPUs)",
-    )
+    add_channels_last(parser)
     add_mc_samples(parser)
     parser.set_defaults(func=run_predict)
 
