@@ -13,8 +13,8 @@ channels-last is faster. `trainer.channels_last` (docs/training.md) trains this 
 With `--sources` it times `Predictor.predict` (forward, softmax and uncertainty at full
 size) of saved models instead, each loaded twice, paired the same way.
 
-PSPNet ResNet-101 is skipped unless --all. `--device cuda` times on a GPU (each call
-synchronises before its clock stops). The table is Markdown; benchmarks/README.md keeps
+PSPNet ResNet-101 is skipped unless --all. `--device cuda` times on a GPU (CUDA events,
+as `segdistill bench` does). The table is Markdown; benchmarks/README.md keeps
 the recorded one.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -31,38 +30,31 @@ import torch.nn.functional as F
 from models import NETWORKS, NUM_CLASSES, cpu_name, parse_size
 from torch import nn
 
-from segdistill.bench import paired_ratio
+from segdistill.bench import make_timer, paired_ratio
 from segdistill.models import build_segmenter
 from segdistill.predictor import Predictor, load_predictor
 
 
 def paired_ms(
-    first: Callable[[], None], second: Callable[[], None], repeats: int
+    first: Callable[[], None], second: Callable[[], None], repeats: int, device: torch.device
 ) -> tuple[list[float], list[float]]:
-    """Milliseconds of `repeats` calls of each, one call of each per repeat, the order
-    alternating so neither always runs second; one warm-up call each first."""
+    """Milliseconds of `repeats` calls of each (`segdistill.bench.make_timer`), one call of
+    each per repeat, the order alternating so neither always runs second; one warm-up call
+    each first."""
+    timer = make_timer(device)
     first(), second()
     times: tuple[list[float], list[float]] = ([], [])
     for repeat in range(repeats):
         order = ((0, first), (1, second)) if repeat % 2 == 0 else ((1, second), (0, first))
         for index, call in order:
-            start = time.perf_counter()
-            call()
-            times[index].append(1000 * (time.perf_counter() - start))
+            times[index].append(timer(call))
     return times
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the GPU's queued work, so a host clock measures it (no-op on a CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def inference(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
     def call() -> None:
         with torch.inference_mode():
             model(images)
-        synchronize(images.device)
 
     return call
 
@@ -74,7 +66,6 @@ def training_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(images).logits, labels).backward()
         optimizer.step()
-        synchronize(images.device)
 
     return call
 
@@ -91,9 +82,9 @@ def time_predict(
         converted = load_predictor(source).to(device, channels_last=True)
 
         def call(predictor: Predictor) -> Callable[[], None]:
-            return lambda: (predictor.predict(images), synchronize(device))
+            return lambda: predictor.predict(images)
 
-        default_ms, last_ms = paired_ms(call(default), call(converted), repeats)
+        default_ms, last_ms = paired_ms(call(default), call(converted), repeats, device)
         ratio = paired_ratio(last_ms, default_ms)
         print(f"| {source} | {statistics.median(default_ms):.0f} | {ratio:.3f} |", flush=True)
 
@@ -142,6 +133,7 @@ def main() -> None:
             inference(model, images),
             inference(converted, images.contiguous(memory_format=channels_last)),
             args.repeats,
+            device,
         )
         row = [label, f"{statistics.median(default_ms):.0f}"]
         row.append(f"{paired_ratio(last_ms, default_ms):.3f}")
@@ -152,6 +144,7 @@ def main() -> None:
             training_step(model, batch, labels),
             training_step(converted, batch.contiguous(memory_format=channels_last), labels),
             args.repeats,
+            device,
         )
         row.append(f"{statistics.median(default_ms):.0f}")
         row.append(f"{paired_ratio(last_ms, default_ms):.3f}")
