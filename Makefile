@@ -29,6 +29,7 @@ setup: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 test: $(STAMP) lint
 	@$(MAKE) --no-print-directory -s $(BROWSER) || true
@@ -41,4 +42,4 @@ demo: $(STAMP)
 	$(BIN)/segdistill demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

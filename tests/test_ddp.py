@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from segdistill.checkpoints import load_segmenter
+from segdistill.distributed import is_rank_zero
 from test_train import TINY_CONFIG, write_tiny_cityscapes
 
 
@@ -31,7 +33,8 @@ def test_two_process_ddp_training_writes_a_loadable_checkpoint(tmp_path: Path) -
         command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"run directory: {run_dir}" in result.stdout
+    # Printed by the first process only (the launcher's second one shares its stdout).
+    assert result.stdout.count(f"run directory: {run_dir}") == 1
 
     # 8 images, 4 per process, batches of 2: 2 steps per epoch, 2 epochs.
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -42,3 +45,9 @@ def test_two_process_ddp_training_writes_a_loadable_checkpoint(tmp_path: Path) -
     with open(run_dir / "logs" / "csv" / "version_0" / "metrics.csv") as file:
         mious = [float(row["val/miou"]) for row in csv.DictReader(file) if row["val/miou"]]
     assert len(mious) == 2
+
+
+def test_only_rank_zero_prints(monkeypatch) -> None:
+    assert is_rank_zero()  # a single process
+    monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
+    assert not is_rank_zero()

@@ -23,6 +23,7 @@ from segdistill.errors import CheckpointError, DataError
 from segdistill.evaluate import (
     METRICS_FILE,
     RESULTS_FILE,
+    ModelAccumulators,
     evaluate,
     find_splits,
     format_summary,
@@ -279,3 +280,37 @@ def test_iou_after_removal_draws_each_models_kept_iou(setup: dict[str, Any]) -> 
         expected = np.array([np.nan if v is None else v for v in kept])
         np.testing.assert_array_equal(drawn, expected)
     assert figures.iou_after_removal(models, "test", fraction=0.55) is None
+
+
+def test_sample_predictions_share_one_uncertainty_scale() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 8, 16, 3), dtype=np.uint8)
+    labels = rng.integers(0, 4, (3, 8, 16))
+    labels[1, 0, :5] = 255
+    predictions = rng.integers(0, 4, (3, 8, 16))
+    # Rows of different ranges: one scale for all, from 0 to the 99.5th percentile.
+    uncertainty = rng.random((3, 8, 16)) * np.array([0.2, 1.0, 3.0])[:, None, None]
+    names = ["a_1", "b_2", "c_3"]
+    figure = figures.sample_predictions(
+        names, images, labels, predictions, uncertainty, title="samples"
+    )
+    vmax = float(np.percentile(uncertainty, 99.5))
+    *panels, bar = figure.axes
+    assert len(panels) == 15
+    for r in range(3):
+        accuracy, unc = panels[5 * r + 3].images[0], panels[5 * r + 4].images[0]
+        expected = np.where(predictions[r] != labels[r], 255, 0)
+        expected[labels[r] == 255] = 128
+        np.testing.assert_array_equal(accuracy.get_array()[..., 0], expected)
+        np.testing.assert_array_equal(unc.get_array(), uncertainty[r])
+        assert unc.get_clim() == pytest.approx((0.0, vmax))
+    assert bar.get_ylim() == pytest.approx((0.0, vmax))
+    assert bar.get_ylabel() == "uncertainty"
+
+
+def test_paired_statistics_need_a_teacher() -> None:
+    alone = ModelAccumulators(4, 255, anomaly=False, paired=False)
+    with pytest.raises(ValueError, match="without a teacher"):
+        alone.paired_metrics()
+    paired = ModelAccumulators(4, 255, anomaly=False, paired=True)
+    assert paired.paired_metrics() == paired.paired.compute()

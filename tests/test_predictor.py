@@ -11,7 +11,7 @@ import torch
 from segdistill.checkpoints import save_weights
 from segdistill.config import ModelConfig
 from segdistill.errors import CheckpointError
-from segdistill.models import build_segmenter
+from segdistill.models import Segmenter, build_segmenter
 from segdistill.models.teachers import Ensemble
 from segdistill.predictor import load_predictor
 
@@ -115,6 +115,17 @@ def test_mc_dropout_checkpoint_samples_reproducibly(zoo: Path, images: torch.Ten
     torch.testing.assert_close(first.uncertainty, second.uncertainty)
     assert first.uncertainty.max() > 0  # the dropout passes disagree somewhere
     assert set(first.extra) == {"entropy", "mutual_info"}
+
+
+@pytest.mark.parametrize(("source", "count"), [("run_scalar", 1), ("mc", 1), ("ens", 2)])
+def test_segmenters_are_the_networks_behind_a_source(zoo: Path, source: str, count: int) -> None:
+    predictor = load_predictor(zoo / source)
+    networks = predictor.segmenters()
+    assert len(networks) == count and all(isinstance(n, Segmenter) for n in networks)
+    # The very modules that predict (a moved copy would leave the predictor behind).
+    owned = {id(m) for m in predictor.model.modules()}
+    assert all(id(n) in owned for n in networks)
+    assert predictor.num_classes == CLASSES
 
 
 def test_loose_checkpoint_has_no_home(zoo: Path, tmp_path: Path) -> None:

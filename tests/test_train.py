@@ -315,6 +315,8 @@ def test_validation_miou_is_computed_over_the_whole_set(trained_run: Path) -> No
     model = load_segmenter(trained_run)[0]
     task = training.SegmentationTask(model, cfg.optim, total_steps=1, num_classes=19)
     data = training.SegDataModule(val_set, val_set, batch_size=2, num_workers=0, seed=0)
+    with pytest.raises(TrainingError, match="for a Trainer's fit"):
+        data.val_dataloader()  # no Trainer attached yet
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     logged = trainer.validate(task, datamodule=data, verbose=False)[0]["val/miou"]
 

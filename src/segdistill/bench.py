@@ -38,17 +38,20 @@ machine both agree.
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from segdistill.errors import ConfigError
+from segdistill.models.teachers import MCDropout
 from segdistill.predictor import Predictor
 
 TEACHER_KINDS = ("ensemble", "mc_dropout")
@@ -106,15 +109,15 @@ class Ratio:
 class BenchResult:
     """Settings of the run, each model's numbers and the ratios."""
 
-    settings: dict[str, object]
+    settings: dict[str, Any]
     models: list[ModelBench]
     ratios: list[Ratio]
 
 
 def passes(predictor: Predictor) -> int:
     """Forward passes of one prediction: ensemble members, MC-dropout samples, else 1."""
-    if predictor.kind == "mc_dropout":
-        return int(predictor.model.samples)
+    if isinstance(predictor.model, MCDropout):
+        return predictor.model.samples
     return predictor.members
 
 
@@ -239,7 +242,7 @@ def _measure(
                 passes=passes(predictor),
                 uncertainty_source=predictor.uncertainty_source,
                 parameters=predictor.parameters,
-                flops=count_flops(lambda p=predictor: p.predict(images)) / batch,
+                flops=count_flops(functools.partial(predictor.predict, images)) / batch,
                 batch=batch,
             )
         )
@@ -249,7 +252,7 @@ def _measure(
             predictor.predict(images)
     for _ in range(repeats):
         for predictor, model in zip(predictors, models):
-            model.runs_ms.append(timer(lambda p=predictor: p.predict(images)))
+            model.runs_ms.append(timer(functools.partial(predictor.predict, images)))
     return models
 
 

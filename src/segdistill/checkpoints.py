@@ -40,8 +40,11 @@ ARCHITECTURE_KEY = "segdistill_architecture"
 RUN_WEIGHTS = ("checkpoints/best.safetensors", "checkpoints/last.safetensors")
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Create or replace `path` with what `write(file)` writes, all or nothing."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Create or replace `path` with what `write(file)` writes, all or nothing.
+
+    `write`'s return value is ignored (`file.write` returns a byte count).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique name opened with "x" (not mkstemp, whose files are private, mode 0600): the
@@ -171,7 +174,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         # Lightning's default map location is the CPU; the strategy moves tensors later.
-        location = "cpu" if map_location is None else map_location
+        location: Any = "cpu" if map_location is None else map_location
         return super().load_checkpoint(path, map_location=location, weights_only=True)
 
 

@@ -119,6 +119,12 @@ class RunConfig:
 
     dir: str | None = None
 
+    def path(self) -> Path:
+        """`dir` as a Path; ConfigError when it is not set."""
+        if self.dir is None:
+            raise ConfigError("run.dir is not set: pass --run-dir DIR or set run.dir in the config")
+        return Path(self.dir)
+
 
 @dataclass
 class TeacherConfig:
@@ -389,7 +395,7 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     """`value` checked against the type `tp` (dataclasses recursively); ConfigError if not."""
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _type_error(tp, value, key, source)
         return _build(tp, value, key, source)
@@ -466,7 +472,9 @@ def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
         dotted = f"{prefix}{f.name}"
         keys.append(dotted)
         section = [
-            a for a in (hints[f.name], *get_args(hints[f.name])) if dataclasses.is_dataclass(a)
+            a
+            for a in (hints[f.name], *get_args(hints[f.name]))
+            if isinstance(a, type) and dataclasses.is_dataclass(a)
         ]
         if section:
             keys += _dotted_keys(section[0], f"{dotted}.")

@@ -210,6 +210,12 @@ class ModelAccumulators:
         if self.paired is not None and teacher_uncertainty is not None:
             self.paired.update(unc, teacher_uncertainty, prediction.probs.argmax(1), target)
 
+    def paired_metrics(self) -> dict[str, Any]:
+        """The student-vs-teacher statistics; ValueError for a model without a teacher."""
+        if self.paired is None:
+            raise ValueError("this model was evaluated without a teacher to pair it with")
+        return self.paired.compute()
+
 
 def evaluate(
     sources: Sequence[str | Path | Predictor],
@@ -269,7 +275,7 @@ def evaluate(
     per_split: dict[str, dict[str, ModelAccumulators]] = {}
     samples: list[SampleSet] = []
     for spec in selected:
-        dataset = datasets[spec.name]
+        dataset: CityscapesDataset | Subset[Any] = datasets[spec.name]
         if max_images is not None:
             dataset = Subset(dataset, range(min(max_images, len(dataset))))
         per_split[spec.name], sample_set = _run_split(
@@ -350,7 +356,7 @@ def _run_split(
     predictors: list[Predictor],
     teacher: Predictor | None,
     spec: EvalSplit,
-    dataset: torch.utils.data.Dataset,
+    dataset: CityscapesDataset | Subset[Any],
     reference: CityscapesDataset,
     batch_size: int,
     num_samples: int,
@@ -410,7 +416,7 @@ def ood_results(
             agg: ood_metrics(scores[reference][agg], scores[name][agg]) for agg in AGGREGATORS
         }
         aurocs = {agg: m["auroc"] for agg, m in by_aggregator.items() if m["auroc"] is not None}
-        best = max(aurocs, key=aurocs.get) if aurocs else None
+        best = max(aurocs, key=aurocs.__getitem__) if aurocs else None
         sets[name] = {"best_aggregator": best, "by_aggregator": by_aggregator}
     return {
         "reference": reference,
@@ -461,7 +467,7 @@ def model_result(
             "teacher_uncertainty_source": teacher[0].uncertainty_source,
             "splits": {
                 split: {
-                    "paired": acc.paired.compute(),
+                    "paired": acc.paired_metrics(),
                     **class_differences(splits[split], teacher[1][split]),
                 }
                 for split, acc in accumulators.items()
@@ -509,7 +515,11 @@ def _write(
         drawn: dict[str, Path] = {}
         if make_figures:
             home = predictor.home if write_homes else None
-            folder = home / FIGURES_DIR if home is not None else out / FIGURES_DIR / model["name"]
+            if home is not None:
+                folder = home / FIGURES_DIR
+            else:
+                assert out is not None  # evaluate() refuses such a model without an out_dir
+                folder = out / FIGURES_DIR / model["name"]
             drawn = _model_figures(shown, samples, folder)
         if write_homes and predictor.home is not None:
             relative = {k: str(p.relative_to(predictor.home)) for k, p in drawn.items()}

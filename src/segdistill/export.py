@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from segdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter
+from segdistill.models.teachers import Ensemble, MCDropout
 from segdistill.predict import input_multiple, pad_to_multiple
 from segdistill.predictor import Predictor, segmenter_prediction
 
@@ -121,13 +122,13 @@ class ExportReport:
 
 def exportable_network(predictor: Predictor) -> Segmenter:
     """The predictor's single network; CheckpointError for ensembles and MC dropout."""
-    if predictor.kind == "ensemble":
+    if isinstance(predictor.model, Ensemble):
         raise CheckpointError(
             f"{predictor.source} is an ensemble of {predictor.members} networks; export is for "
             "single networks (a student or a baseline). Distil the ensemble into a student, or "
             "export a member by its checkpoint listed in the manifest"
         )
-    if predictor.kind == "mc_dropout":
+    if isinstance(predictor.model, MCDropout):
         raise CheckpointError(
             f"{predictor.source} is an MC-dropout network: its uncertainty is the spread of "
             "random dropout passes, which an exported graph does not reproduce; export is for "

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
@@ -561,7 +562,6 @@ def sample_predictions(
     axes = np.array(flat).reshape(count, 5)
     vmax = float(np.percentile(uncertainty, 99.5)) or 1e-6
     columns = ("image", "ground truth", "prediction", "accuracy (white = wrong)", "uncertainty")
-    mesh = None
     for r in range(count):
         label = labels[r].astype(np.int64)
         panels = (
@@ -572,9 +572,7 @@ def sample_predictions(
         )
         for c, picture in enumerate(panels):
             axes[r][c].imshow(picture, interpolation="nearest")
-        mesh = axes[r][4].imshow(
-            uncertainty[r], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest"
-        )
+        axes[r][4].imshow(uncertainty[r], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
         # Long stems ("city_000000_000019") break at the first underscore to fit the row.
         axes[r][0].set_ylabel(names[r].replace("_", "\n", 1), fontsize=7)
         for ax in axes[r]:
@@ -592,7 +590,8 @@ def sample_predictions(
             top.y1 - low.y0,
         )
     )
-    figure.colorbar(mesh, cax=bar, label="uncertainty")
+    scale = ScalarMappable(Normalize(0, vmax), "magma")  # the one scale of every row
+    figure.colorbar(scale, cax=bar, label="uncertainty")
     figure.suptitle(title, fontsize=11)
     return figure
 

@@ -19,7 +19,7 @@ import dataclasses
 import difflib
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -382,6 +382,8 @@ class Translator(nn.Module):
     `trained` (a buffer, so it is checkpointed) says whether stage 1 has run.
     """
 
+    trained: Tensor
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
@@ -404,7 +406,7 @@ class Translator(nn.Module):
         """Returns (code, reconstruction); the reconstruction has the input's size."""
         code = self.encode(features)
         x = self.decoder[:-1](code)
-        last = self.decoder[-1]
+        last = cast(nn.Sequential, self.decoder[-1])  # transposed conv, BN, ReLU
         # output_size picks the output padding that restores odd as well as even sizes.
         x = last[0](x, output_size=features.shape[-2:])
         return code, last[1:](x)
@@ -651,38 +653,42 @@ class MethodSet(nn.Module):
             self.weights[name] = _number(name, "weight", weight)
         if ce_weight is None:
             ce_weight = max(
-                (w * self.methods[n].ce_weight for n, w in self.weights.items()), default=1.0
+                (self.weights[n] * m.ce_weight for n, m in self.named_methods()), default=1.0
             )
         self.ce_weight = _number("task", "ce_weight", ce_weight)
         if self.ce_weight == 0 and not self.methods:
             raise ConfigError("nothing to train: no distillation method and a CE weight of 0")
         self.ignore_index = ignore_index
 
+    def named_methods(self) -> list[tuple[str, Method]]:
+        """(name, method) in the configured order (the ModuleDict holds them as Modules)."""
+        return [(name, cast(Method, method)) for name, method in self.methods.items()]
+
     @property
     def needs(self) -> frozenset[str]:
-        return frozenset().union(*(m.needs for m in self.methods.values()))
+        return frozenset().union(*(m.needs for _, m in self.named_methods()))
 
     @property
     def pixel_needs(self) -> frozenset[str]:
         """The teacher signals read by pixel-wise methods only (kd, holder, dudes, ja_kd, ukd),
         which can skip pixels without them (`teacher_valid`): what a teacher cache may hold."""
-        pixel = [m.needs for m in self.methods.values() if isinstance(m, _PixelMethod)]
-        other = [m.needs for m in self.methods.values() if not isinstance(m, _PixelMethod)]
+        pixel = [m.needs for _, m in self.named_methods() if isinstance(m, _PixelMethod)]
+        other = [m.needs for _, m in self.named_methods() if not isinstance(m, _PixelMethod)]
         return frozenset().union(*pixel) - frozenset().union(*other)
 
     @property
     def teacher_taps(self) -> frozenset[str]:
-        return frozenset().union(*(m.teacher_taps for m in self.methods.values()))
+        return frozenset().union(*(m.teacher_taps for _, m in self.named_methods()))
 
     @property
     def student_taps(self) -> frozenset[str]:
-        return frozenset().union(*(m.student_taps for m in self.methods.values()))
+        return frozenset().union(*(m.student_taps for _, m in self.named_methods()))
 
     def translators_to_train(self) -> list[tuple[str, str, Translator]]:
         """(method name, teacher tap, translator) of every Adaptation awaiting stage 1."""
         return [
             (name, m.teacher_tap, m.translator)
-            for name, m in self.methods.items()
+            for name, m in self.named_methods()
             if isinstance(m, Adaptation) and not bool(m.translator.trained)
         ]
 
@@ -697,7 +703,7 @@ class MethodSet(nn.Module):
         if self.ce_weight > 0:
             ce = losses.cross_entropy(student.logits, target, self.ignore_index)
             terms["task/ce"] = self.ce_weight * ce
-        for name, method in self.methods.items():
+        for name, method in self.named_methods():
             if isinstance(method, _PixelMethod):
                 method_terms = method(student, teacher, target, teacher_valid)
             else:
@@ -705,7 +711,7 @@ class MethodSet(nn.Module):
             for term, value in method_terms.items():
                 terms[f"{name}/{term}"] = self.weights[name] * value
         # sum(), not stack(): under autocast the terms may differ in dtype.
-        total = sum(terms.values())
+        total = cast(Tensor, sum(terms.values()))  # never 0: __init__ refuses an empty set
         return {"loss": total, **terms}
 
 

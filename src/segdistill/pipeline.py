@@ -589,6 +589,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
         for student in spec.students:
             name = seeded_name(student.name, offset)
             cfg = trained[name]
+            assert cfg.distill is not None  # a student's config always has one
             methods = ", ".join(m.name for m in cfg.distill.methods)
             steps.append(
                 Step(
@@ -911,7 +912,7 @@ def check_shared_caches(exp: LoadedExperiment, configs: dict[str, SegConfig]) ->
 
 def train_network(cfg: SegConfig) -> dict[str, Any]:
     """Train one network into cfg.run.dir, resuming an interrupted run."""
-    run_dir = Path(cfg.run.dir)
+    run_dir = cfg.run.path()
     train(cfg, resume=(run_dir / RESUME_CHECKPOINT).is_file())
     return {"run_dir": str(run_dir)}
 
@@ -943,7 +944,7 @@ def pretrain_encoder(data: DataSpec, cfg: SegConfig) -> dict[str, Any]:
     (atomically: a killed step leaves no partial file, and its re-run resumes the training)."""
     prepared = prepare_data(data)
     train_network(cfg)
-    run_dir = Path(cfg.run.dir)
+    run_dir = cfg.run.path()
     model, _ = load_segmenter(run_dir)
     state = {name: tensor.contiguous() for name, tensor in model.encoder.state_dict().items()}
     data_bytes = safetensors.torch.save(state)
@@ -1100,7 +1101,7 @@ def sweep(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dic
     """The sweep's networks (trained by the steps before) evaluated on `split`."""
     predictors = []
     for value in ablation.values:
-        predictor = load_predictor(Path(sweep_config(exp, paths, ablation, value).run.dir))
+        predictor = load_predictor(sweep_config(exp, paths, ablation, value).run.path())
         predictor.name = f"{ablation.key}={value}"
         predictors.append(predictor)
     out = paths.ablation(ablation.name)
@@ -1270,15 +1271,18 @@ def run_check(
         ordered = list(values.values())
         passed = None not in ordered and all(a >= b for a, b in zip(ordered, ordered[1:]))
         return [{**base, "models": check.models, "value": ordered, "passed": passed}]
+    # The reference model's runs (one per seed); check_experiment made sure that every
+    # comparison but "value" names one.
+    reference_runs = models[check.reference] if check.reference else []
     outcomes = []
     for name, value in values.items():
         reference = None
         if check.metric == "latency_ms" and check.compare == "ratio":
-            value = _latency_ratio(models[name][0], models[check.reference][0])
+            value = _latency_ratio(models[name][0], reference_runs[0])
         elif check.compare != "value":
-            reference = model_value(models[check.reference], check.metric, split)
+            reference = model_value(reference_runs, check.metric, split)
             value = _combine(check.compare, value, reference)
-        entry = {
+        entry: dict[str, Any] = {
             **base,
             "model": name,
             "reference": check.reference,
@@ -1287,8 +1291,7 @@ def run_check(
         }
         speed = _metric_name(check.metric, "metric")[0] in SPEED_METRICS
         if len(models[name]) > 1 and not speed and not isinstance(value, list):
-            references = models[check.reference] if check.reference else []
-            entry["per_seed"] = _per_seed(check, models[name], references, split)
+            entry["per_seed"] = _per_seed(check, models[name], reference_runs, split)
         if isinstance(value, list):
             count = sum(_within(v, check.min, check.max) for v in value)
             needed = len(value) if check.min_count is None else check.min_count

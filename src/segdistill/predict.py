@@ -81,7 +81,6 @@ from segdistill.data.transforms import build_eval_transform
 from segdistill.errors import ConfigError, DataError
 from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, accuracy_map
 from segdistill.models import Segmenter
-from segdistill.models.teachers import Ensemble, MCDropout
 from segdistill.predictor import Predictor
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -219,17 +218,6 @@ def read_label(
 # ------------------------------------------------------------------------- inference
 
 
-def segmenters(predictor: Predictor) -> list[Segmenter]:
-    """The networks behind a predictor: the ensemble members, the MC-dropout network or
-    the single segmenter."""
-    model = predictor.model
-    if isinstance(model, Ensemble):
-        return list(model.members)
-    if isinstance(model, MCDropout):
-        return [model.model]
-    return [model]
-
-
 def input_multiple(networks: Sequence[Segmenter]) -> int:
     """The size multiple inputs are padded to: 32, or the largest encoder stride if larger
     (NfS-Net's c6 is at 64), so every level's grid divides the image exactly."""
@@ -249,11 +237,11 @@ def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def network_size(
-    height: int, width: int, multiple: int, size: tuple[int, int] | None = None
+    image_shape: Sequence[int], multiple: int, size: tuple[int, int] | None = None
 ) -> tuple[int, int]:
-    """The size an image of height x width enters the network with: `size` (else its own
-    size) rounded up to `multiple`."""
-    height, width = size if size is not None else (height, width)
+    """The size an image of shape [H, W, ...] enters the network with: `size` (else its
+    own H x W) rounded up to `multiple`."""
+    height, width = size if size is not None else (image_shape[0], image_shape[1])
     return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
@@ -268,7 +256,7 @@ def predict_arrays(
 
     Images of one network size are padded to it each on its own, so an image's result
     does not depend on the others in its batch (global pooling sees the same padding)."""
-    sizes = {network_size(*image.shape[:2], multiple, size) for image in images}
+    sizes = {network_size(image.shape, multiple, size) for image in images}
     if len(sizes) != 1:
         raise ValueError(f"images of one batch must share a network size, got {sorted(sizes)}")
     height, width = sizes.pop()
@@ -311,8 +299,8 @@ def batches(
             notify(notice)
         if batch and (
             len(batch) == batch_size
-            or network_size(*image.shape[:2], multiple, size)
-            != network_size(*batch[0][1].shape[:2], multiple, size)
+            or network_size(image.shape, multiple, size)
+            != network_size(batch[0][1].shape, multiple, size)
         ):
             yield batch
             batch = []
@@ -471,7 +459,7 @@ def predict_files(
     if vmax <= 0:
         raise ConfigError(f"--vmax must be > 0, got {vmax}")
     label_files = match_labels(images, labels) if labels is not None else {}
-    multiple = input_multiple(segmenters(predictor))
+    multiple = input_multiple(predictor.segmenters())
     palette = class_palette(predictor.num_classes)
     title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
     summary = PredictSummary()

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from segdistill.checkpoints import RUN_WEIGHTS, load_segmenter, weights_path
 from segdistill.errors import CheckpointError
@@ -119,7 +120,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Segmenter | Ensemble | MCDropout,
         *,
         name: str,
         kind: str,
@@ -139,14 +140,19 @@ class Predictor:
         self.members = members
         self.channels_last = False
 
+    def segmenters(self) -> list[Segmenter]:
+        """The networks behind the predictions: the ensemble members, the MC-dropout
+        network or the single segmenter."""
+        model = self.model
+        if isinstance(model, Ensemble):
+            return [cast(Segmenter, member) for member in model.members]
+        if isinstance(model, MCDropout):
+            return [cast(Segmenter, model.model)]
+        return [model]
+
     @property
     def num_classes(self) -> int:
-        network = self.model
-        if isinstance(network, Ensemble):
-            network = network.members[0]
-        elif isinstance(network, MCDropout):
-            network = network.model
-        return int(network.num_classes)
+        return self.segmenters()[0].num_classes
 
     @property
     def parameters(self) -> int:
@@ -163,7 +169,8 @@ class Predictor:
         benchmarks/README.md; the same predictions up to rounding, except that MC dropout
         draws its masks in memory order)."""
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        self.model.to(device, memory_format=layout)
+        # Module.to takes memory_format (its documented signature); torch's stubs omit it.
+        self.model.to(device, memory_format=layout)  # type: ignore[call-overload]
         self.channels_last = channels_last
         return self
 
@@ -221,7 +228,7 @@ def _load_checkpoint(weights: Path, mc_samples: int) -> Predictor:
     run_dir = weights.parent.parent if weights.parent.name == "checkpoints" else None
     name = run_dir.resolve().name if run_dir is not None else weights.stem
     head = model_config.uncertainty_head
-    common = {"name": name, "source": weights, "home": run_dir}
+    common: dict[str, Any] = {"name": name, "source": weights, "home": run_dir}
     if head is None and model_config.mc_dropout > 0:
         teacher = MCDropout(model, samples=mc_samples, seed=0)
         return Predictor(

@@ -163,7 +163,7 @@ def _table(
     in bold when the column holds metrics of more than one row."""
     best: dict[int, float] = {}
     for j, direction in enumerate(better or []):
-        values = [r[j].value for r in rows if j < len(r) and r[j].value is not None]
+        values = [v for r in rows if j < len(r) and (v := r[j].value) is not None]
         if direction and len(values) > 1:
             best[j] = max(values) if direction == "high" else min(values)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
@@ -380,7 +380,8 @@ def ood_set_table(models: Sequence[dict[str, Any]], name: str) -> str:
     """One shifted set: rows models; AUROC / AUPR / FPR95 of every aggregator."""
     with_set = [m for m in models if dig(m, "ood", "sets", name)]
     aggregators = list(with_set[0]["ood"]["aggregators"])
-    headers, better = ["model"], [None]
+    headers: list[str] = ["model"]
+    better: list[str | None] = [None]
     for agg in aggregators:
         label = AGGREGATOR_LABELS.get(agg, agg)
         headers += [f"{label} AUROC", f"{label} AUPR", f"{label} FPR95"]

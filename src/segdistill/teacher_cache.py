@@ -65,7 +65,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -73,6 +72,7 @@ from tqdm import tqdm
 from segdistill.checkpoints import atomic_write
 from segdistill.data import SegmentationDataset
 from segdistill.data.transforms import Normalize, Sample, to_tensors
+from segdistill.distributed import is_rank_zero
 from segdistill.errors import DataError, TrainingError
 from segdistill.models.teachers import Teacher
 
@@ -213,12 +213,12 @@ class TeacherCache:
                     f"teacher cache {path}: image {index} ends past the end of the file; "
                     "delete the cache folder to rebuild it"
                 )
-            values = values.reshape(k, h, w).astype(np.float32)
+            signal_map = values.reshape(k, h, w).astype(np.float32)
             if (h, w) != (height, width):
-                x = torch.from_numpy(values)[None]
-                values = F.interpolate(x, size=size, mode="bilinear", align_corners=False)[0]
-                values = values.numpy()
-            maps[name] = values
+                x = torch.from_numpy(signal_map)[None]
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                signal_map = x[0].numpy()
+            maps[name] = signal_map
         return maps
 
 
@@ -276,7 +276,7 @@ def open_or_build(
     with _locked(directory):
         meta, problem = _inspect(directory, key)
         if meta is not None:
-            if rank_zero_only.rank == 0:
+            if is_rank_zero():
                 print(f"teacher cache {directory}: {what}")
             return TeacherCache(directory, meta)
         action = "building it" if problem == "absent" else f"{problem}; rebuilding it"
@@ -327,7 +327,7 @@ def _has_nonfinite(path: Path) -> bool:
     # Chunks read into one buffer: a memory map would add the whole file to the resident set.
     bits = np.empty(_SCAN_CHUNK, np.uint16)
     with open(path, "rb") as file:
-        while count := file.readinto(bits) // 2:
+        while count := file.readinto(bits.data) // 2:
             # float16 with all exponent bits set is inf or NaN; integer ops beat isfinite.
             if ((bits[:count] & 0x7C00) == 0x7C00).any():
                 return True
@@ -438,7 +438,7 @@ def _build(
             for index in bar:
                 sample = normalize(dataset.load(index))
                 image = torch.from_numpy(sample["image"].transpose(2, 0, 1).copy())[None]
-                size = tuple(image.shape[-2:])
+                size = (image.shape[-2], image.shape[-1])
                 stored = stored_size(size, key.scale)
                 maps = _stored_maps(teacher, image.to(device), key.signals, stored, sample["name"])
                 if index == 0:

@@ -34,7 +34,7 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -44,7 +44,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from segdistill.checkpoints import (
     AtomicCheckpointIO,
@@ -68,15 +68,22 @@ from segdistill.data.labels import IGNORE_INDEX
 from segdistill.errors import CheckpointError, ConfigError, TrainingError
 from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
+from segdistill.models import Segmenter
 from segdistill.models.teachers import Teacher, build_teacher
 from segdistill.outputs import SIGNAL_NAMES, TeacherSignals
 from segdistill.teacher_cache import TeacherCacheDataset, cache_key, open_or_build, valid_mask
+
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
 
 RESUME_CHECKPOINT = "checkpoints/last.ckpt"
 # State-dict prefixes `distill.init_from` loads; everything else (the heads) starts fresh.
 PRETRAINED_PARTS = ("encoder.", "decoder.")
 # Side of the dummy image used to read the feature-tap channels of student and teacher.
 _PROBE_SIZE = 64
+# What a training run reads: labelled images, with the teacher's cached maps or without.
+TrainingSet = SegmentationDataset | TeacherCacheDataset
 
 
 def train(cfg: SegConfig, resume: bool = False) -> Path:
@@ -109,12 +116,13 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the initial weights
     model = build_model(cfg.model, cfg.data.num_classes)
     methods, teacher = None, None
+    training_set: TrainingSet = train_set
     if cfg.distill is not None:
         if cfg.distill.init_from is not None and not resume:  # resumed: weights from last.ckpt
             init_from_pretrained(model, cfg.model, cfg.distill.init_from)
         methods, teacher = build_distillation(cfg, model)
         if cfg.distill.teacher_cache is not None:
-            train_set, teacher = attach_teacher_cache(cfg, methods, teacher, train_set)
+            training_set, teacher = attach_teacher_cache(cfg, methods, teacher, train_set)
     task = SegmentationTask(
         model,
         cfg.optim,
@@ -131,16 +139,14 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
     trainer = build_trainer(cfg, run_dir)
     if trainer.is_global_zero:
         save_config(cfg, run_dir / "config.yaml")
-    data = SegDataModule(train_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
+    data = SegDataModule(training_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
     ckpt_path = run_dir / RESUME_CHECKPOINT if resume else None
     trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     return run_dir
 
 
 def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
-    if cfg.run.dir is None:
-        raise ConfigError("run.dir is not set: pass --run-dir DIR or set run.dir in the config")
-    run_dir = Path(cfg.run.dir)
+    run_dir = cfg.run.path()
     checkpoint = run_dir / RESUME_CHECKPOINT
     if resume and not checkpoint.is_file():
         raise CheckpointError(f"cannot resume: {checkpoint} does not exist")
@@ -189,6 +195,7 @@ def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Tea
     and teacher on a small dummy image."""
     assert cfg.distill is not None
     spec = cfg.distill.teacher
+    assert spec.path is not None  # validate_config requires it
     teacher = build_teacher(spec.kind, spec.path, spec.samples)
     probe = torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE)
     model.eval()  # batch norm cannot run in train mode on one 1x1 feature
@@ -264,7 +271,7 @@ def _modules(keys: Any) -> str:
 
 def attach_teacher_cache(
     cfg: SegConfig, methods: MethodSet, teacher: Teacher, train_set: SegmentationDataset
-) -> tuple[Dataset, Teacher | None]:
+) -> tuple[TeacherCacheDataset, Teacher | None]:
     """Open (or build) `distill.teacher_cache` for the signals only pixel-wise methods read
     and wrap the training set so its samples carry them. Returns the wrapped set and the
     teacher, or None when the cache covers every signal the methods need (the teacher is
@@ -377,9 +384,11 @@ class SegmentationTask(L.LightningModule):
                 the channels-last memory format (`trainer.channels_last`).
     """
 
+    teacher: Teacher | None  # set past nn.Module's registration, see __init__
+
     def __init__(
         self,
-        model: nn.Module,
+        model: Segmenter,
         optim_cfg: OptimConfig,
         methods: MethodSet | None = None,
         teacher: Teacher | None = None,
@@ -438,7 +447,8 @@ class SegmentationTask(L.LightningModule):
             return
         if self.teacher is None:
             raise TrainingError("stage 1 (the translators) needs the teacher's features")
-        data = self.trainer.datamodule
+        # Lightning sets `trainer.datamodule` in fit(); its Trainer class does not declare it.
+        data: SegDataModule = self.trainer.datamodule  # type: ignore[attr-defined]
         loader = DataLoader(
             data.train_set,
             batch_size=data.batch_size,
@@ -472,7 +482,7 @@ class SegmentationTask(L.LightningModule):
     def teacher_signals(self, batch: dict[str, Any]) -> TeacherSignals:
         """What the methods need from the teacher: from the batch's cache where it has them,
         from the teacher (under no_grad) for the rest."""
-        cached = self.signals_from_batch(batch)
+        cached: dict[str, Any] = self.signals_from_batch(batch)
         online = self.methods.needs - cached.keys()
         if not online:
             return TeacherSignals(**cached)
@@ -535,7 +545,7 @@ class SegmentationTask(L.LightningModule):
         # Every process holds the same merged value: averaging over processes keeps it.
         self.log("val/miou", math.nan if miou is None else miou, prog_bar=True, sync_dist=True)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         cfg = self.optim_cfg
         encoder = [p for p in self.model.encoder.parameters() if p.requires_grad]
         in_encoder = {id(p) for p in encoder}
@@ -610,10 +620,11 @@ class RunCheckpoints(Callback):
             self._save_resumable(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        assert isinstance(task, SegmentationTask)
         miou = trainer.callback_metrics.get("val/miou")
-        improved = miou is not None and float(miou) > self.best_miou
-        if improved:
-            self.best_miou = float(miou)
+        improved = False
+        if miou is not None and float(miou) > self.best_miou:
+            self.best_miou, improved = float(miou), True
         if trainer.is_global_zero:
             if improved:
                 save_weights(self.directory / "best.safetensors", task.model, self.model_config)
@@ -636,7 +647,12 @@ class SegDataModule(L.LightningDataModule):
     """Training and validation loaders, made per process once Lightning knows its rank."""
 
     def __init__(
-        self, train_set: Dataset, val_set: Dataset, batch_size: int, num_workers: int, seed: int
+        self,
+        train_set: TrainingSet,
+        val_set: SegmentationDataset,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
     ) -> None:
         super().__init__()
         self.train_set = train_set
@@ -645,22 +661,30 @@ class SegDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
 
+    def _fitting(self) -> L.Trainer:
+        if self.trainer is None:
+            raise TrainingError("SegDataModule makes its loaders for a Trainer's fit()")
+        return self.trainer
+
     def train_dataloader(self) -> EpochLoader:
+        trainer = self._fitting()
         return EpochLoader(
             self.train_set,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             seed=self.seed,
-            rank=self.trainer.global_rank,
-            world_size=self.trainer.world_size,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
             # The epochs Lightning has run through (restored from the checkpoint on resume).
-            epoch=lambda: self.trainer.fit_loop.epoch_progress.current.processed,
+            # `current` is a _ProcessedTracker, declared as its base class in Lightning.
+            epoch=lambda: trainer.fit_loop.epoch_progress.current.processed,  # type: ignore[attr-defined]
         )
 
     def val_dataloader(self) -> DataLoader:
         # Every image exactly once over the processes (a padded sampler would count some
         # twice), one at a time because full images may differ in size.
-        rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        trainer = self._fitting()
+        rank, world_size = trainer.global_rank, trainer.world_size
         share = Subset(self.val_set, range(rank, len(self.val_set), world_size))
         return DataLoader(share, batch_size=1, num_workers=self.num_workers)
 
@@ -713,7 +737,7 @@ class EpochLoader(DataLoader):
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: TrainingSet,
         *,
         batch_size: int,
         num_workers: int,
@@ -722,19 +746,21 @@ class EpochLoader(DataLoader):
         world_size: int,
         epoch: Callable[[], int],
     ) -> None:
+        shard = EpochShard(len(dataset), rank, world_size)
         super().__init__(
             dataset,
             batch_size=batch_size,
-            sampler=EpochShard(len(dataset), rank, world_size),
+            sampler=shard,
             num_workers=num_workers,
             drop_last=True,
             pin_memory=torch.cuda.is_available(),
         )
+        self.shard = shard
         self.seed = seed
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> _BaseDataLoaderIter:
         seed = epoch_seed(self.seed, self.epoch())
         seed_all(seed)
-        self.sampler.seed = seed
+        self.shard.seed = seed
         return super().__iter__()

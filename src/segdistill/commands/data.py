@@ -217,11 +217,11 @@ def _anomaly_view(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _scene_panels(root: Path, meta: dict, split: str, image: Path) -> list[tuple[str, object]]:
+def _scene_panels(root: Path, meta: dict, split: str, image: Path) -> list[tuple[str, np.ndarray]]:
     """(title, array) panels of one scene: image, labels, depth, then each shifted copy."""
     stem = image.name.removesuffix("_leftImg8bit.png")
     paths = SamplePaths.of(root, split, image.parent.name, stem)
-    panels: list[tuple[str, object]] = [
+    panels: list[tuple[str, np.ndarray]] = [
         ("image", read_png(paths.image)),
         ("labels", colorize(read_png(paths.train_ids))),
         ("depth (log)", _depth_view(decode_depth(read_png(paths.depth)))),

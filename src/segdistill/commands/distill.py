@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 
-from lightning.pytorch.utilities import rank_zero_only
-
 from segdistill.commands.train import add_run_arguments, load_run_config
 from segdistill.config import replace_values
+from segdistill.distributed import is_rank_zero
 from segdistill.errors import ConfigError
 from segdistill.train import RESUME_CHECKPOINT, train
 
@@ -58,6 +57,6 @@ def run_distill(args: argparse.Namespace) -> int:
     if args.teacher_cache is not None:
         cfg = replace_values(cfg, {"distill.teacher_cache": args.teacher_cache}, "--teacher-cache")
     run_dir = train(cfg, resume=args.resume)
-    if rank_zero_only.rank == 0:
+    if is_rank_zero():
         print(f"run directory: {run_dir}")
     return 0

@@ -24,11 +24,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_only
-
 from segdistill.checkpoints import atomic_write, weights_path
 from segdistill.commands.arguments import add_overrides
 from segdistill.config import SegConfig, load_config, replace_values
+from segdistill.distributed import is_rank_zero
 from segdistill.errors import ConfigError
 from segdistill.train import RESUME_CHECKPOINT, train
 
@@ -108,10 +107,10 @@ def run_ensemble(args: argparse.Namespace) -> int:
     members = cfg.ensemble.members
     if args.member is not None and not 0 <= args.member < members:
         raise ConfigError(f"--member {args.member} is not a member index (0..{members - 1})")
-    ensemble_dir = Path(cfg.run.dir)
+    ensemble_dir = cfg.run.path()
     for index in [args.member] if args.member is not None else range(members):
         train_member(cfg, ensemble_dir, index)
-        if rank_zero_only.rank == 0:
+        if is_rank_zero():
             finished = write_manifest(ensemble_dir, members)
             print(f"{ensemble_dir / MANIFEST_FILE}: {finished} of {members} members finished")
     return 0
@@ -135,12 +134,12 @@ def member_config(cfg: SegConfig, ensemble_dir: Path, index: int) -> SegConfig:
 def train_member(cfg: SegConfig, ensemble_dir: Path, index: int) -> None:
     """Train member `index` unless it finished before (resume it if it was interrupted)."""
     member_cfg = member_config(cfg, ensemble_dir, index)
-    member_dir = Path(member_cfg.run.dir)
+    member_dir = member_cfg.run.path()
     if (member_dir / MEMBER_FILE).is_file():
         _say(f"{member_dir}: finished before, skipped")
         return
     train(member_cfg, resume=(member_dir / RESUME_CHECKPOINT).is_file())
-    if rank_zero_only.rank == 0:
+    if is_rank_zero():
         entry = {
             "name": member_dir.name,
             # Relative to the ensemble directory, like every path in the manifest.
@@ -176,5 +175,5 @@ def _json_bytes(value: Any) -> bytes:
 
 def _say(message: str) -> None:
     """Print once, from the first process of a distributed run."""
-    if rank_zero_only.rank == 0:
+    if is_rank_zero():
         print(message)

@@ -201,6 +201,7 @@ def apply_photometric(
 ) -> np.ndarray:
     """The shifted image of a photometric spec. image: [H, W, 3] uint8; depth: [H, W] m."""
     if spec.kind == "fog":
+        assert spec.beta is not None  # expand_shifts gives every fog spec its beta
         return fog(image, depth, spec.beta)
     if spec.kind == "rain":
         return rain(image, depth, rng)

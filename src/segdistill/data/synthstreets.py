@@ -49,6 +49,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cityscapesscripts.helpers.labels import id2label, name2label
@@ -63,6 +64,7 @@ from segdistill.data.labels import (
     LABEL_ID_TO_TRAIN_ID,
     VOID_LABEL_IDS,
 )
+from segdistill.data.shifts import ShiftSpec
 from segdistill.errors import DataError
 
 GENERATOR_VERSION = "1.1"
@@ -483,7 +485,7 @@ def _jitter(rng: np.random.Generator, rgb: Sequence[float], amount: float = 0.06
 
 
 def _pick(rng: np.random.Generator, palette: Sequence[RGB], amount: float = 0.05) -> np.ndarray:
-    return _jitter(rng, palette[rng.integers(len(palette))], amount)
+    return _jitter(rng, palette[int(rng.integers(len(palette)))], amount)
 
 
 def _textured(rgb: np.ndarray, rng: np.random.Generator, amp: float = 0.08, scale=25.0):
@@ -679,16 +681,16 @@ def _sample_lighting(rng: np.random.Generator) -> Lighting:
     elevation = np.radians(rng.uniform(15, 60))
     azimuth = rng.uniform(0, 2 * np.pi)
     sun = (
-        np.cos(elevation) * np.sin(azimuth),
-        np.sin(elevation),
-        np.cos(elevation) * np.cos(azimuth),
+        float(np.cos(elevation) * np.sin(azimuth)),
+        float(np.sin(elevation)),
+        float(np.cos(elevation) * np.cos(azimuth)),
     )
     overcast = rng.random() < 0.3
     direct = rng.uniform(0.1, 0.2) if overcast else rng.uniform(0.55, 0.8)
     ambient = rng.uniform(0.6, 0.75) if overcast else rng.uniform(0.32, 0.45)
     warm = rng.uniform(0.0, 0.12)
     return Lighting(
-        sun=tuple(float(v) for v in sun),
+        sun=sun,
         direct=(direct, direct * (1 - warm / 2), direct * (1 - warm)),
         ambient=(ambient * (1 - warm / 2), ambient, ambient * (1 + warm / 2)),
         exposure=rng.uniform(0.9, 1.15),
@@ -1223,7 +1225,7 @@ def _sign_look(rng: np.random.Generator, scale: float) -> tuple[Shape, Material,
     w = rng.uniform(0.5, 0.8)
     h = w * rng.uniform(0.7, 1.3) if measure is _square_measure else w
     w, h = w * scale, h * scale
-    rim, inner = _color(rim), _color(inner)
+    rim_rgb, inner_rgb = _color(rim), _color(inner)
 
     def centred(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return measure(2 * x / w - 1, 2 * y / h - 1)
@@ -1232,7 +1234,7 @@ def _sign_look(rng: np.random.Generator, scale: float) -> tuple[Shape, Material,
         return centred(x, y) <= 1.0
 
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return np.where((centred(x, y) < inner_size)[:, None], inner, rim)
+        return np.where((centred(x, y) < inner_size)[:, None], inner_rgb, rim_rgb)
 
     return shape, material, w, h
 
@@ -1371,7 +1373,7 @@ def _add_person(b: _Builder, x: float, z: float) -> None:
 
 
 # Profiles (side views) in metres, rear of the two-wheeler at x = 0, facing +x.
-_BICYCLE = {
+_BICYCLE: dict[str, Any] = {
     "wheels": ((0.36, 0.34), (1.40, 0.34)),
     "radius": 0.34,
     "frame": (
@@ -1394,7 +1396,7 @@ _BICYCLE = {
         "hand": (1.22, 1.05),
     },
 }
-_MOTORCYCLE = {
+_MOTORCYCLE: dict[str, Any] = {
     "wheels": ((0.38, 0.31), (1.72, 0.31)),
     "radius": 0.31,
     "rider": {
@@ -2240,7 +2242,7 @@ def _shadow_bounds(c: Caster, step: tuple[float, float]) -> tuple[float, float, 
     return min(xs), max(xs), min(zs), max(zs)
 
 
-def _in_shadow(c: Caster, x: np.ndarray, z: np.ndarray, step: tuple[float, float]):
+def _in_shadow(c: Caster, x: np.ndarray, z: np.ndarray, step: tuple[float, float]) -> np.ndarray:
     """[...] bool: ground points (x, z) that the caster hides from the sun.
 
     A point at height y above footprint point q falls on the ground at q + y * step, so a
@@ -2254,11 +2256,11 @@ def _in_shadow(c: Caster, x: np.ndarray, z: np.ndarray, step: tuple[float, float
         return _segments_distance2(x, z, a, b) <= ((c.x1 - c.x0) / 2) ** 2
     lo = np.full(x.shape, c.y0, np.float32)
     hi = np.full(x.shape, c.y1, np.float32)
-    for coord, a, b, d in ((x, c.x0, c.x1, step[0]), (z, c.z0, c.z1, step[1])):
+    for coord, start, end, d in ((x, c.x0, c.x1, step[0]), (z, c.z0, c.z1, step[1])):
         if abs(d) < 1e-6:
-            hi = np.where((coord >= a) & (coord <= b), hi, -np.inf)
+            hi = np.where((coord >= start) & (coord <= end), hi, -np.inf)
         else:
-            l1, l2 = (coord - b) / d, (coord - a) / d
+            l1, l2 = (coord - end) / d, (coord - start) / d
             lo = np.maximum(lo, np.minimum(l1, l2))
             hi = np.minimum(hi, np.maximum(l1, l2))
     return lo <= hi
@@ -2511,7 +2513,7 @@ class SynthConfig:
         """Number of images of a split."""
         return {"train": self.train, "val": self.val, "test": self.test}[split]
 
-    def shift_specs(self) -> list[shifts.ShiftSpec]:
+    def shift_specs(self) -> list[ShiftSpec]:
         """The shifted copies to write (none without test images)."""
         return shifts.expand_shifts(self.shifts) if self.test else []
 

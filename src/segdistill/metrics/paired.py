@@ -103,10 +103,8 @@ class PairedUncertaintyStats(StreamingMetric):
             x, self.student_range, nb
         )
         self._state["hist"] += torch.bincount(index, minlength=2 * nb * nb).cpu().view(2, nb, nb)
-        clipped = sum(
-            ((v < lo) | (v > hi)).sum()
-            for v, (lo, hi) in ((x, self.student_range), (y, self.teacher_range))
-        )
+        (x_lo, x_hi), (y_lo, y_hi) = self.student_range, self.teacher_range
+        clipped = ((x < x_lo) | (x > x_hi)).sum() + ((y < y_lo) | (y > y_hi)).sum()
         self._state["num_clipped"] += clipped.cpu()
 
     def compute(self) -> dict[str, Any]:

@@ -261,14 +261,14 @@ class SegmentationEvaluator(StreamingMetric):
         else:
             confidence = max_score
         given = uncertainty is not None
-        if not given:
-            uncertainty = 1.0 - confidence
+        if uncertainty is None:
+            pixel_unc = 1.0 - confidence
         elif uncertainty.shape != (b, 1, h, w):
             raise ValueError(
                 f"uncertainty must be [B, 1, H, W] = {(b, 1, h, w)}, got {tuple(uncertainty.shape)}"
             )
         else:
-            uncertainty = uncertainty.detach()[:, 0].float()
+            pixel_unc = uncertainty.detach()[:, 0].float()
         other = self._state["source_updates"][1 if given else 0]
         if other > 0:
             raise ValueError(
@@ -283,12 +283,12 @@ class SegmentationEvaluator(StreamingMetric):
                 f"target holds ids outside 0..{self.num_classes - 1} that are not "
                 f"ignore_index={self.ignore_index}"
             )
-        pred_v, unc_v, conf_v = pred[valid], uncertainty[valid], confidence[valid]
+        pred_v, unc_v, conf_v = pred[valid], pixel_unc[valid], confidence[valid]
         if not torch.isfinite(unc_v).all():
             raise ValueError("uncertainty holds NaN or inf at evaluated pixels")
         correct_v = pred_v == target_v
         self._add_pixels(pred_v, target_v, unc_v, conf_v, correct_v)
-        self._add_patches(pred == target, valid, uncertainty)
+        self._add_patches(pred == target, valid, pixel_unc)
         self._state["num_images"] += b
         self._state["source_updates"][0 if given else 1] += 1
 

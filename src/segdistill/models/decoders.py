@@ -22,6 +22,13 @@ from segdistill.errors import ConfigError
 from segdistill.models.encoders import ConvBNPReLU, init_weights
 
 
+class Decoder(nn.Module):
+    """The contract of every decoder (module docstring): `forward(features) -> [B,
+    out_channels, h, w]`."""
+
+    out_channels: int
+
+
 class MCDropout(nn.Dropout2d):
     """Channel dropout used for Monte Carlo sampling at inference.
 
@@ -108,7 +115,7 @@ class ASPP(nn.Module):
         return self.project(torch.cat([conv(x) for conv in self.convs] + [pooled], dim=1))
 
 
-class DeepLabV3PlusDecoder(nn.Module):
+class DeepLabV3PlusDecoder(Decoder):
     """DeepLabV3+ decoder (Chen et al. 2018), structured as segmentation_models_pytorch's.
 
     ASPP on the last encoder level (rates from its output stride, `ASPP_RATES`), a
@@ -174,7 +181,7 @@ class PyramidPooling(nn.Module):
         return torch.cat([x] + [resize(branch(x), size) for branch in self.branches], dim=1)
 
 
-class PSPDecoder(nn.Module):
+class PSPDecoder(Decoder):
     """PSPNet decoder (Zhao et al. 2017, the teacher and student of Karine et al.).
 
     Pyramid pooling on the last encoder level (output stride 8 by default), [MC dropout],
@@ -206,7 +213,7 @@ class PSPDecoder(nn.Module):
 # --------------------------------------------------------------------------- NfS-SegNet
 
 
-class LightDecoder(nn.Module):
+class LightDecoder(Decoder):
     """NfS-SegNet's shallow decoder (Oh et al., section III-B): it "simply doubles" the
     resolution of the encoder output.
 

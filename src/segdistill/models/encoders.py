@@ -39,6 +39,14 @@ ENCODER_OPTIONS = ("output_stride", "width")
 CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
 
+class Encoder(nn.Module):
+    """The contract of every encoder (module docstring); each sets these in `__init__`."""
+
+    out_channels: list[int]
+    strides: list[int]
+    output_stride: int
+
+
 def lookup(table: Mapping[str, T], name: str, what: str) -> T:
     """`table[name]`, or a ConfigError that lists the valid names and the closest one."""
     if name in table:
@@ -184,7 +192,7 @@ def make_downsample(inplanes: int, outplanes: int, stride: int) -> nn.Sequential
     )
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(Encoder):
     """ResNet with torchvision's state-dict layout, without `avgpool` / `fc`.
 
     Levels: c1 = stem conv-BN-ReLU (stride 2, 64 channels), c2..c5 = layer1..layer4
@@ -192,6 +200,12 @@ class ResNetEncoder(nn.Module):
     layer4). Dilation follows torchvision: the conv where a dilated layer would have
     stepped keeps the previous dilation, the 3x3 convs after it take the new one.
     """
+
+    # Added by name in __init__ (torchvision's state-dict keys).
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
 
     def __init__(
         self,
@@ -304,7 +318,7 @@ MOBILENETV2_SETTINGS = (
 )
 
 
-class MobileNetV2Encoder(nn.Module):
+class MobileNetV2Encoder(Encoder):
     """MobileNetV2 `features.0..18` with torchvision's names, without `classifier`.
 
     Levels (as segmentation_models_pytorch splits it): c1 = features.0-1 (stride 2, 16 ch),
@@ -416,7 +430,7 @@ NFSNET_STAGES = ((2, 16, 48), (3, 32, 112), (4, 56, 224), (4, 72, 352), (2, 96, 
 NFSNET_STEM = 24
 
 
-class NfSNetEncoder(nn.Module):
+class NfSNetEncoder(Encoder):
     """NfS-Net (Oh et al., section III-A) with NfS-SegNet's extra strided stage (III-B).
 
     Choices, where the paper gives no numbers (it gives no layer table):
@@ -475,7 +489,7 @@ class NfSNetEncoder(nn.Module):
 
 # --------------------------------------------------------------------------- registry
 
-ENCODERS: dict[str, Callable[..., nn.Module]] = {
+ENCODERS: dict[str, Callable[..., Encoder]] = {
     "resnet18": partial(ResNetEncoder, BasicBlock, (2, 2, 2, 2), name="resnet18"),
     "resnet34": partial(ResNetEncoder, BasicBlock, (3, 4, 6, 3), name="resnet34"),
     "resnet50": partial(ResNetEncoder, Bottleneck, (3, 4, 6, 3), name="resnet50"),
@@ -485,7 +499,7 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_encoder(name: str, **options: float) -> nn.Module:
+def build_encoder(name: str, **options: float) -> Encoder:
     """Build the encoder `name` (see ENCODERS) with options `output_stride` and `width`."""
     constructor = lookup(ENCODERS, name, "encoder")
     unknown = sorted(set(options) - set(ENCODER_OPTIONS))

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from segdistill.errors import ConfigError
 from segdistill.models.decoders import (
+    Decoder,
     DeepLabV3PlusDecoder,
     LightDecoder,
     MCDropout,
@@ -32,6 +33,7 @@ from segdistill.models.decoders import (
     resize,
 )
 from segdistill.models.encoders import (
+    Encoder,
     build_encoder,
     load_encoder_weights,
     lookup,
@@ -63,8 +65,8 @@ class Segmenter(nn.Module):
 
     def __init__(
         self,
-        encoder: nn.Module,
-        decoder: nn.Module,
+        encoder: Encoder,
+        decoder: Decoder,
         num_classes: int,
         uncertainty_head: str | None = None,
         mc_dropout: float = 0.0,
@@ -149,7 +151,7 @@ class Architecture:
     aux_levels:     encoder levels that get auxiliary heads when aux_heads is on.
     """
 
-    decoder: type[nn.Module]
+    decoder: type[Decoder]
     output_stride: int | None
     channels: int
     aux_levels: tuple[str, ...]

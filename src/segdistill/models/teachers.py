@@ -173,6 +173,7 @@ class SignalAccumulator:
             if "entropy" in needs:
                 signals.entropy = entropy
             if "mutual_info" in needs:
+                assert self.entropy_sum is not None  # add() sums it when mutual_info is needed
                 expected = self.entropy_sum / self.count
                 signals.mutual_info = (entropy - expected).clamp_(min=0.0)
         if "logits" in needs:
