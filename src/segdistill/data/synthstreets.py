@@ -488,7 +488,9 @@ def _pick(rng: np.random.Generator, palette: Sequence[RGB], amount: float = 0.05
     return _jitter(rng, palette[int(rng.integers(len(palette)))], amount)
 
 
-def _textured(rgb: np.ndarray, rng: np.random.Generator, amp: float = 0.08, scale=25.0):
+def _textured(
+    rgb: np.ndarray, rng: np.random.Generator, amp: float = 0.08, scale: float = 25.0
+) -> Material:
     """Material: a colour with fractal brightness noise."""
     offset = _offset(rng)
 
@@ -549,7 +551,7 @@ def _blob(w: float, h: float, rng: np.random.Generator, rough: float = 0.35) -> 
     return shape
 
 
-def _segments_distance2(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray):
+def _segments_distance2(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[N] squared distance from points (x, y) to the segment a-b (2-vectors)."""
     d = b - a
     t = np.clip(((x - a[0]) * d[0] + (y - a[1]) * d[1]) / max(float(d @ d), 1e-9), 0.0, 1.0)
@@ -664,7 +666,16 @@ class _Builder:
         surface = Surface("side", x, *zs, *ys, label, instance, material, shape, outline)
         self.surfaces.append(surface)
 
-    def shadow(self, x0, x1, z0, z1, y0, y1, round=False) -> None:
+    def shadow(
+        self,
+        x0: float,
+        x1: float,
+        z0: float,
+        z1: float,
+        y0: float,
+        y1: float,
+        round: bool = False,
+    ) -> None:
         self.casters.append(Caster(min(x0, x1), max(x0, x1), z0, z1, y0, y1, round))
 
 
@@ -742,7 +753,12 @@ class _Lanes:
         return () if self.tram is None else (self.x[self.tram] - 0.72, self.x[self.tram] + 0.72)
 
 
-def _road_material(rng, style: Style, lanes: _Lanes, crossings) -> Material:
+def _road_material(
+    rng: np.random.Generator,
+    style: Style,
+    lanes: _Lanes,
+    crossings: tuple[tuple[float, float], ...],
+) -> Material:
     """Asphalt with wear, lane markings, crosswalks with stop lines, tram rails (world X, Z)."""
     asphalt = _jitter(rng, style.asphalt, 0.04)
     marking = _jitter(rng, style.marking, 0.03)
@@ -774,7 +790,9 @@ def _road_material(rng, style: Style, lanes: _Lanes, crossings) -> Material:
     return material
 
 
-def _sidewalk_material(rng, style: Style, road: tuple[float, float]) -> Material:
+def _sidewalk_material(
+    rng: np.random.Generator, style: Style, road: tuple[float, float]
+) -> Material:
     """Paving tiles (or plain concrete) with a curb stone band along the road."""
     stone = _jitter(rng, style.sidewalk, 0.04)
     curb = _jitter(rng, style.curb, 0.03)
@@ -815,7 +833,12 @@ class _Lot:
     kind: str  # "building", "park" or "crossing"
 
 
-def _sample_lots(rng, style: Style, z_end: float, crossings) -> list[_Lot]:
+def _sample_lots(
+    rng: np.random.Generator,
+    style: Style,
+    z_end: float,
+    crossings: tuple[tuple[float, float], ...],
+) -> list[_Lot]:
     """Slices of one side of the street from the camera to z_end (and one far slice)."""
     lots: list[_Lot] = []
     z = 0.0
@@ -881,7 +904,7 @@ def _sample_street(rng: np.random.Generator, style: Style) -> tuple[Street, _Lay
 # --- buildings, walls, fences, vegetation --------------------------------------------
 
 
-def _add_building(b: _Builder, x: float, z0: float, z1: float, side: int, height: float):
+def _add_building(b: _Builder, x: float, z0: float, z1: float, side: int, height: float) -> None:
     """A block: its facade along the street at X = x, its front wall facing the camera."""
     wall = _pick(b.rng, b.style.facades)
     material = _facade(b.rng, b.style, wall)
@@ -971,7 +994,7 @@ def _add_hedge(b: _Builder, x: float, z0: float, z1: float, height: float) -> No
     b.shadow(x, x, z0, z1, 0.0, height)
 
 
-def _crown_shape(blobs: Sequence[tuple[float, float, float]], rng) -> Shape:
+def _crown_shape(blobs: Sequence[tuple[float, float, float]], rng: np.random.Generator) -> Shape:
     """A tree crown: overlapping discs (cx, cy, r in local metres) with ragged rims."""
     offset = _offset(rng)
 
@@ -985,7 +1008,7 @@ def _crown_shape(blobs: Sequence[tuple[float, float, float]], rng) -> Shape:
     return shape
 
 
-def _crown_material(rgb: np.ndarray, rng: np.random.Generator, base: float, top: float):
+def _crown_material(rgb: np.ndarray, rng: np.random.Generator, base: float, top: float) -> Material:
     """Foliage that is darker low in the crown (heights base..top), where it shades itself."""
     leafy = _leafy(rgb, rng)
 
@@ -995,7 +1018,7 @@ def _crown_material(rgb: np.ndarray, rng: np.random.Generator, base: float, top:
     return material
 
 
-def _tree_material(trunk: np.ndarray, crown: Material, radius: float, trunk_top: float):
+def _tree_material(trunk: np.ndarray, crown: Material, radius: float, trunk_top: float) -> Material:
     """Bark on the trunk (the centre column, below the crown), foliage elsewhere."""
     half = max(0.075, radius * 0.06)
 
@@ -1335,7 +1358,12 @@ def _clothes(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return _pick(rng, palette), _pick(rng, palette), skin, hair
 
 
-def _body_material(rng, trousers_top: float, neck: float, clothes) -> Material:
+def _body_material(
+    rng: np.random.Generator,
+    trousers_top: float,
+    neck: float,
+    clothes: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> Material:
     """Trousers below `trousers_top`, a top up to `neck`, skin and hair above (metres)."""
     trousers, top, skin, hair = clothes
     offset = _offset(rng)
@@ -1576,7 +1604,9 @@ def _add_two_wheeler_rear(b: _Builder, x: float, z: float, *, motor: bool, rider
     b.shadow(x - 0.3, x + 0.3, z, z + (2.1 if motor else 1.75), 0.0, 1.6 if rider else 1.1)
 
 
-def _two_wheeler_material(rng, paint: np.ndarray, geo: dict, scale: float) -> Material:
+def _two_wheeler_material(
+    rng: np.random.Generator, paint: np.ndarray, geo: dict, scale: float
+) -> Material:
     """Black tyres, metal hubs, painted frame or body."""
     tyre, metal = _color((0.06, 0.06, 0.07)), _color((0.6, 0.6, 0.62))
     radius = geo["radius"] * scale
@@ -1686,7 +1716,14 @@ _GLASS = (0.12, 0.14, 0.17)
 _TYRE = (0.06, 0.06, 0.07)
 
 
-def _end_face(kind: _VehicleKind, w: float, h: float, front: bool, paint: np.ndarray, rng):
+def _end_face(
+    kind: _VehicleKind,
+    w: float,
+    h: float,
+    front: bool,
+    paint: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[Shape, Material]:
     """(shape, material) of a vehicle's rear (or front, when oncoming) face, w x h metres.
 
     Cars taper to a cabin above the belt line; trucks show a tall blind box over a bumper
@@ -1721,7 +1758,9 @@ def _end_face(kind: _VehicleKind, w: float, h: float, front: bool, paint: np.nda
     return shape, material
 
 
-def _side_face(kind: _VehicleKind, length: float, h: float, paint: np.ndarray, rng):
+def _side_face(
+    kind: _VehicleKind, length: float, h: float, paint: np.ndarray, rng: np.random.Generator
+) -> tuple[Shape, Material]:
     """(shape, material) of a vehicle's flank, rear at x = 0 and front at x = length.
 
     Cars have a cabin between the pillars; trucks a windowless cargo box behind a cab;
@@ -2113,7 +2152,18 @@ def _span(lo: float, hi: float, size: int) -> tuple[int, int]:
     return start, stop
 
 
-def _paint(canvas: _Canvas, r0: int, c0: int, mask, x, y, depth, surface, light, outline):
+def _paint(
+    canvas: _Canvas,
+    r0: int,
+    c0: int,
+    mask: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    depth: np.floating | np.ndarray,
+    surface: Surface,
+    light: np.ndarray,
+    outline: bool,
+) -> None:
     """Write a surface into the canvas window at (r0, c0) where `mask` [h, w] holds (nearer
     than what is there, and within its extent) and its shape holds; with `outline`, write
     only the label and instance where its outline holds (the gaps of see-through objects).
@@ -2136,10 +2186,12 @@ def _paint(canvas: _Canvas, r0: int, c0: int, mask, x, y, depth, surface, light,
     canvas.instance.reshape(-1)[flat] = surface.instance
     if not outline:
         canvas.color.reshape(-1, 3)[flat] = surface.material(xs, ys) * light
-        canvas.depth.reshape(-1)[flat] = depth if np.ndim(depth) == 0 else depth[cols]
+        canvas.depth.reshape(-1)[flat] = depth[cols] if isinstance(depth, np.ndarray) else depth
 
 
-def _not_nearer(canvas_depth: np.ndarray, depth, outline: bool) -> np.ndarray:
+def _not_nearer(
+    canvas_depth: np.ndarray, depth: np.floating | np.ndarray, outline: bool
+) -> np.ndarray:
     """Where a surface at `depth` is visible: nothing nearer drawn. In the outline pass,
     which runs after everything is drawn, the surface's own pixels (equal depth) count."""
     return canvas_depth >= depth if outline else canvas_depth > depth
@@ -2266,7 +2318,9 @@ def _in_shadow(c: Caster, x: np.ndarray, z: np.ndarray, step: tuple[float, float
     return lo <= hi
 
 
-def _ground_shadow(scene: Scene, view: _View, row0: int, x: np.ndarray, z: np.ndarray):
+def _ground_shadow(
+    scene: Scene, view: _View, row0: int, x: np.ndarray, z: np.ndarray
+) -> np.ndarray:
     """[h, w] float32 1 where the ground (rows from row0) is in shadow, else 0."""
     shadow = np.zeros(x.shape, dtype=bool)
     sun = scene.lighting.sun
@@ -2906,7 +2960,9 @@ def _groups(root: Path, meta: dict) -> list[tuple[str, Path, str, str]]:
     return groups
 
 
-def _check_shape(path: Path, array: np.ndarray, shape: tuple[int, ...], dtype) -> None:
+def _check_shape(
+    path: Path, array: np.ndarray, shape: tuple[int, ...], dtype: type[np.generic]
+) -> None:
     if array.shape != shape or array.dtype != dtype:
         raise DataError(
             f"{path}: expected {np.dtype(dtype).name} {shape}, found {array.dtype.name} "
