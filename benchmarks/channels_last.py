@@ -36,7 +36,7 @@ from segdistill.predictor import Predictor, load_predictor
 
 
 def paired_ms(
-    first: Callable[[], None], second: Callable[[], None], repeats: int, device: torch.device
+    first: Callable[[], object], second: Callable[[], object], repeats: int, device: torch.device
 ) -> tuple[list[float], list[float]]:
     """Milliseconds of `repeats` calls of each (`segdistill.bench.make_timer`), one call of
     each per repeat, the order alternating so neither always runs second; one warm-up call
@@ -81,7 +81,7 @@ def time_predict(
         default = load_predictor(source).to(device)
         converted = load_predictor(source).to(device, channels_last=True)
 
-        def call(predictor: Predictor) -> Callable[[], None]:
+        def call(predictor: Predictor) -> Callable[[], object]:
             return lambda: predictor.predict(images)
 
         default_ms, last_ms = paired_ms(call(default), call(converted), repeats, device)
@@ -127,7 +127,8 @@ def main() -> None:
         if encoder == "resnet101" and not args.all:
             continue
         model = build_segmenter(arch, encoder, NUM_CLASSES).to(device).eval()
-        converted = copy.deepcopy(model).to(memory_format=channels_last)
+        # Module.to takes memory_format (its documented signature); torch's stubs omit it.
+        converted = copy.deepcopy(model).to(memory_format=channels_last)  # type: ignore[call-overload]
         images = torch.randn(1, 3, *size, device=device)
         default_ms, last_ms = paired_ms(
             inference(model, images),

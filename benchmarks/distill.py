@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -69,13 +70,14 @@ class Runner:
     def __init__(self, args: argparse.Namespace, mode: str) -> None:
         cfg = config(args, mode)
         L.seed_everything(0, verbose=False)
-        train_set = training.build_dataset(cfg.data, "train", train=True)
+        labelled = training.build_dataset(cfg.data, "train", train=True)
+        train_set: training.TrainingSet = labelled
         self.model = build_model(cfg.model, 19)
         methods, teacher = None, None
         if cfg.distill is not None:
             methods, teacher = training.build_distillation(cfg, self.model)
             if cfg.distill.teacher_cache is not None:
-                train_set, teacher = training.attach_teacher_cache(cfg, methods, teacher, train_set)
+                train_set, teacher = training.attach_teacher_cache(cfg, methods, teacher, labelled)
         self.task = training.SegmentationTask(
             self.model, cfg.optim, methods, teacher, total_steps=1000, num_classes=19
         )
@@ -123,7 +125,9 @@ def config(args: argparse.Namespace, mode: str) -> SegConfig:
     )
 
 
-def student_config(args: argparse.Namespace, head: str | None = "scalar") -> ModelConfig:
+def student_config(
+    args: argparse.Namespace, head: Literal["scalar", "per_class"] | None = "scalar"
+) -> ModelConfig:
     return ModelConfig(
         encoder_options={"output_stride": 16, "width": args.width}, uncertainty_head=head
     )

@@ -71,7 +71,8 @@ def measure(members: int, height: int, width: int, classes: int, device: torch.d
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     extra = peak_bytes(device) - before
-    map_bytes = signals.mean_probs.numel() * signals.mean_probs.element_size()
+    mean_probs = signals.require("mean_probs")
+    map_bytes = mean_probs.numel() * mean_probs.element_size()
     return {"members": members, "extra_mib": extra / MIB, "maps": extra / map_bytes}
 
 
@@ -116,7 +117,9 @@ def main() -> int:
     torch.set_num_threads(1)  # memory, not speed, is measured; leave the other cores alone
 
     if args.child is not None:
-        print(json.dumps(measure(args.child, *args.size, args.classes, torch.device(args.device))))
+        height, width = args.size
+        device = torch.device(args.device)
+        print(json.dumps(measure(args.child, height, width, args.classes, device)))
         return 0
 
     results = [run_child(n, args) for n in args.members]
