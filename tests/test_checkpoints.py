@@ -10,7 +10,6 @@ import torch
 
 from segdistill import checkpoints
 from segdistill.checkpoints import (
-    AtomicCheckpointIO,
     atomic_write,
     build_model,
     load_segmenter,
@@ -19,6 +18,7 @@ from segdistill.checkpoints import (
 )
 from segdistill.config import ModelConfig
 from segdistill.errors import CheckpointError
+from segdistill.train import AtomicCheckpointIO
 
 TINY = ModelConfig(encoder_options={"output_stride": 16, "width": 0.125})
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,12 @@ def test_channels_last_predicts_the_same_and_can_be_undone(
     torch.testing.assert_close(got.uncertainty, expected.uncertainty, rtol=1e-4, atol=1e-6)
     predictor.to("cpu")
     assert all(p.is_contiguous() for p in convs) and not predictor.channels_last
+
+
+def test_inference_and_the_command_line_start_without_lightning() -> None:
+    # Lightning takes seconds to import and only training needs it: loading a model,
+    # predicting, evaluating, exporting and `segdistill --help` must not pull it in.
+    code = "import sys, segdistill.cli, segdistill.predictor; print('lightning' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -10,8 +10,9 @@ that differ.
 Every file here is written atomically (`atomic_write`): to a temporary file in the same
 folder, flushed to disk, then renamed over the target. A crash or a full disk leaves the
 previous file intact, never a truncated one. Lightning's resumable checkpoint goes through
-`AtomicCheckpointIO`, which writes the same way and loads with
+`train.AtomicCheckpointIO`, which writes the same way and loads with
 `torch.load(..., weights_only=True)` (tensors and plain containers only, no arbitrary code).
+This module does not import Lightning, so loading a model for inference does not either.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from typing import IO, Any
 
 import safetensors
 import safetensors.torch
-import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from segdistill.config import ModelConfig
@@ -38,6 +37,8 @@ from segdistill.models import Segmenter, build_segmenter
 ARCHITECTURE_KEY = "segdistill_architecture"
 # Where a run directory keeps its weights; `load_segmenter(run_dir)` takes the first found.
 RUN_WEIGHTS = ("checkpoints/best.safetensors", "checkpoints/last.safetensors")
+# Lightning's full training state of a run directory, which `--resume` continues from.
+RESUME_CHECKPOINT = "checkpoints/last.ckpt"
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
@@ -158,24 +159,6 @@ def load_weights_into(model: nn.Module, path: str | Path) -> None:
             f"{path} does not fit this model ({_saved_from(path)}); " + "; ".join(problems)
         )
     model.load_state_dict(tensors)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O with atomic writes and `weights_only=True` loads."""
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
-    ) -> None:
-        if storage_options is not None:
-            raise TypeError("AtomicCheckpointIO takes no storage_options")
-        atomic_write(path, lambda file: torch.save(checkpoint, file))
-
-    def load_checkpoint(
-        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
-    ) -> dict[str, Any]:
-        # Lightning's default map location is the CPU; the strategy moves tensors later.
-        location: Any = "cpu" if map_location is None else map_location
-        return super().load_checkpoint(path, map_location=location, weights_only=True)
 
 
 def _open(path: Path, read: Callable[[Any], Any]) -> Any:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from lightning.pytorch.utilities import rank_zero_only
-
 
 def is_rank_zero() -> bool:
     """True in the process that prints and writes shared files: rank 0, or the only one.
 
-    Lightning sets `rank_zero_only.rank` from the launcher's environment (the attribute
-    is added at run time, hence the getattr)."""
+    Lightning sets `rank_zero_only.rank` from the launcher's environment when it is
+    imported, and from the Trainer's rank (the attribute is added at run time, hence the
+    getattr). Imported here, not at the top, so that the command line starts without
+    Lightning; every caller runs after a training, when it is loaded anyway."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     rank: int = getattr(rank_zero_only, "rank", 0)
     return rank == 0

@@ -62,6 +62,7 @@ from segdistill.predictor import Prediction, Predictor, load_predictor
 
 SCHEMA_MODEL = "segdistill.metrics/1"
 SCHEMA_RESULTS = "segdistill.results/1"
+SCHEMA_EXPERIMENT = "segdistill.experiment/1"  # an experiment's results.json (pipeline.py)
 METRICS_FILE = "metrics.json"
 RESULTS_FILE = "results.json"
 FIGURES_DIR = "figures"

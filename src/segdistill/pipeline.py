@@ -75,26 +75,27 @@ import yaml
 
 from segdistill import __version__, memory
 from segdistill.bench import benchmark, paired_ratio, to_json
-from segdistill.checkpoints import atomic_write, load_segmenter
-from segdistill.commands.train import train_member, write_manifest
+from segdistill.checkpoints import RESUME_CHECKPOINT, atomic_write, load_segmenter
 from segdistill.config import SegConfig, _convert, load_config, replace_values, to_dict
 from segdistill.data.folder import require_images_below
 from segdistill.data.shifts import SHIFT_KINDS
 from segdistill.data.synthstreets import SynthConfig, generate
+from segdistill.ensemble import train_member, write_manifest
 from segdistill.errors import ConfigError, DataError
-from segdistill.evaluate import REFERENCE_SPLIT, RESULTS_FILE, evaluate, find_splits, json_text
-from segdistill.metrics.segmentation import removal_point
-from segdistill.models.teachers import Ensemble
-from segdistill.predictor import (
-    MANIFEST,
-    UNCERTAINTY_SOURCES,
-    Predictor,
-    load_predictor,
+from segdistill.evaluate import (
+    REFERENCE_SPLIT,
+    RESULTS_FILE,
+    SCHEMA_EXPERIMENT,
+    evaluate,
+    find_splits,
+    json_text,
 )
+from segdistill.metrics.segmentation import removal_point
+from segdistill.models.teachers import MANIFEST_FILE, Ensemble
+from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, load_predictor
 from segdistill.report import Claims, dig, write_report
-from segdistill.train import RESUME_CHECKPOINT, train
+from segdistill.train import train
 
-SCHEMA = "segdistill.experiment/1"
 STAGES_DIR = "stages"
 EXPERIMENT_FILE = "experiment.yaml"
 ENCODER_FILE = "encoder.safetensors"  # a pre-training run's encoder (`pretrain_encoder`)
@@ -1084,7 +1085,7 @@ def sub_ensembles(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec
             name=f"{k}_members",
             kind="ensemble",
             uncertainty_source=UNCERTAINTY_SOURCES["ensemble"],
-            source=paths.teacher / MANIFEST,
+            source=paths.teacher / MANIFEST_FILE,
             home=None,
             members=k,
         )
@@ -1413,7 +1414,7 @@ def write_results(
     for offset in range(spec.seeds):
         networks.update(trained_configs(exp, paths, offset))
     results = {
-        "schema": SCHEMA,
+        "schema": SCHEMA_EXPERIMENT,
         "experiment": {
             "name": spec.name,
             "title": spec.title,

@@ -39,9 +39,8 @@ from torch import Tensor
 from segdistill.checkpoints import RUN_WEIGHTS, load_segmenter, weights_path
 from segdistill.errors import CheckpointError
 from segdistill.models import Segmenter, count_parameters
-from segdistill.models.teachers import Ensemble, MCDropout, Teacher
+from segdistill.models.teachers import MANIFEST_FILE, Ensemble, MCDropout, Teacher
 
-MANIFEST = "manifest.json"
 KINDS = ("student", "baseline", "ensemble", "mc_dropout")
 UNCERTAINTY_SOURCES = {
     "scalar": "student head (scalar)",
@@ -199,12 +198,12 @@ def load_predictor(source: str | Path, mc_samples: int = 8) -> Predictor:
     path = Path(source)
     if not path.exists():
         raise CheckpointError(f"model source {path} does not exist")
-    if path.name == MANIFEST or (path.is_dir() and (path / MANIFEST).is_file()):
-        return _load_ensemble(path if path.is_file() else path / MANIFEST)
+    if path.name == MANIFEST_FILE or (path.is_dir() and (path / MANIFEST_FILE).is_file()):
+        return _load_ensemble(path if path.is_file() else path / MANIFEST_FILE)
     if path.is_dir() and not any((path / weights).is_file() for weights in RUN_WEIGHTS):
         raise CheckpointError(
             f"{path} is neither a run directory (no {' or '.join(RUN_WEIGHTS)}) nor an "
-            f"ensemble directory (no {MANIFEST})"
+            f"ensemble directory (no {MANIFEST_FILE})"
         )
     return _load_checkpoint(weights_path(path), mc_samples)
 

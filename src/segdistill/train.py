@@ -41,13 +41,15 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from segdistill.checkpoints import (
-    AtomicCheckpointIO,
+    RESUME_CHECKPOINT,
+    atomic_write,
     build_model,
     load_segmenter,
     read_architecture,
@@ -77,7 +79,6 @@ if TYPE_CHECKING:
     from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
     from torch.utils.data.dataloader import _BaseDataLoaderIter
 
-RESUME_CHECKPOINT = "checkpoints/last.ckpt"
 # State-dict prefixes `distill.init_from` loads; everything else (the heads) starts fresh.
 PRETRAINED_PARTS = ("encoder.", "decoder.")
 # Side of the dummy image used to read the feature-tap channels of student and teacher.
@@ -331,6 +332,24 @@ class _DropCloudLoggerTip(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropCloudLoggerTip())
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with atomic writes and `weights_only=True` loads."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_write(path, lambda file: torch.save(checkpoint, file))
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        # Lightning's default map location is the CPU; the strategy moves tensors later.
+        location: Any = "cpu" if map_location is None else map_location
+        return super().load_checkpoint(path, map_location=location, weights_only=True)
 
 
 def build_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:

@@ -11,18 +11,19 @@ What distillation adds happens there too: He et al.'s translator trains before t
 step (stage 1), `distill.init_from` starts the student from a pre-trained one (Holder &
 Shafique), `distill.unlabeled_root` adds unlabelled images, and `--teacher-cache DIR`
 (`distill.teacher_cache`) reads the output-level teacher signals from a float16 cache
-built on first use (`segdistill.teacher_cache`).
+built on first use (`segdistill.teacher_cache`). Lightning is imported when the command
+runs (see `commands/train.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from segdistill.checkpoints import RESUME_CHECKPOINT
 from segdistill.commands.train import add_run_arguments, load_run_config
 from segdistill.config import replace_values
 from segdistill.distributed import is_rank_zero
 from segdistill.errors import ConfigError
-from segdistill.train import RESUME_CHECKPOINT, train
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> int:
+    from segdistill.train import train
+
     cfg = load_run_config(args)
     if cfg.distill is None:
         raise ConfigError(

@@ -9,7 +9,8 @@ their methods, the ablations, the table and the paper's claims to check. The pip
 RUN_DIR/results.json, table.md and report.html. Run it again after an interruption: the
 finished steps are skipped. RUN_DIR: --run-dir, else the config's run_dir, else
 runs/<config name>. `--set seeds=N` trains the baseline and every student N times (seed +
-0..N-1) and compares means.
+0..N-1) and compares means. The pipeline (and with it Lightning) is imported when the
+command runs (see `commands/train.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import argparse
 from pathlib import Path
 
 from segdistill.commands.arguments import add_overrides
-from segdistill.pipeline import load_experiment, run_pipeline
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +46,8 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_experiment_file(config: Path, overrides: list[str], run_dir: Path | None) -> int:
     """Load the experiment and run its pipeline (shared with `segdistill demo`)."""
+    from segdistill.pipeline import load_experiment, run_pipeline
+
     experiment = load_experiment(config, overrides)
     target = run_dir or Path(experiment.spec.run_dir or Path("runs") / experiment.spec.name)
     run_pipeline(experiment, target)

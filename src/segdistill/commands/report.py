@@ -6,7 +6,8 @@ Inputs are run / ensemble directories evaluated by `segdistill evaluate` (their
 metrics.json), metrics.json files, or a results.json of `evaluate --out` (or the folder
 holding it). Figures are embedded; the file needs nothing else to open. Given one
 experiment's results.json (`segdistill experiment`, `segdistill demo`), the page opens with
-its table and checks, as the experiment's own report.html does.
+its table and checks, as the experiment's own report.html does (only then is the pipeline,
+and with it Lightning, imported).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from segdistill.evaluate import RESULTS_FILE
-from segdistill.pipeline import SCHEMA, experiment_claims
+from segdistill.evaluate import RESULTS_FILE, SCHEMA_EXPERIMENT
 from segdistill.report import Claims, write_report
 
 
@@ -48,9 +48,11 @@ def _claims(inputs: list[str]) -> Claims | None:
         content = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if isinstance(content, dict) and content.get("schema") == SCHEMA:
-        return experiment_claims(content)
-    return None
+    if not isinstance(content, dict) or content.get("schema") != SCHEMA_EXPERIMENT:
+        return None
+    from segdistill.pipeline import experiment_claims
+
+    return experiment_claims(content)
 
 
 def run_report(args: argparse.Namespace) -> int:

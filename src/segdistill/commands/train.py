@@ -4,35 +4,23 @@
     segdistill ensemble CONFIG --members N [--member I] [--set ...] [--run-dir DIR]
 
 The run directory is --run-dir, else `run.dir` of the config, else runs/<config name>.
+The ensemble directory's layout and the parallel members are described in
+`segdistill.ensemble`.
 
-An ensemble directory holds one run directory per member, `member_00`, `member_01`, ...
-Member i is trained with seed + i (its own random initialisation, data order and
-augmentation) and the i-th value (cycling) of every list in `ensemble.vary`. Members are
-independent, so they can train in parallel: one process per member with `--member I`
-(e.g. `--member $SLURM_ARRAY_TASK_ID` in a SLURM array). A finished member writes
-`member_XX/member.json` and is skipped on a re-run; an interrupted one resumes from its
-last checkpoint. After each member, `manifest.json` is rebuilt from all finished members
-under a file lock and replaced atomically, so parallel members never drop each other.
+Lightning (`segdistill.train`) is imported when a command runs, not when the parser is
+built: `segdistill --help` and the commands that do not train start without it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import fcntl
-import json
 from pathlib import Path
-from typing import Any
 
-from segdistill.checkpoints import atomic_write, weights_path
+from segdistill.checkpoints import RESUME_CHECKPOINT
 from segdistill.commands.arguments import add_overrides
 from segdistill.config import SegConfig, load_config, replace_values
 from segdistill.distributed import is_rank_zero
 from segdistill.errors import ConfigError
-from segdistill.train import RESUME_CHECKPOINT, train
-
-MEMBER_FILE = "member.json"
-MANIFEST_FILE = "manifest.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -95,12 +83,17 @@ def load_run_config(args: argparse.Namespace) -> SegConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from segdistill.train import train
+
     run_dir = train(load_run_config(args), resume=args.resume)
     _say(f"run directory: {run_dir}")
     return 0
 
 
 def run_ensemble(args: argparse.Namespace) -> int:
+    from segdistill.ensemble import train_member, write_manifest
+    from segdistill.models.teachers import MANIFEST_FILE
+
     cfg = load_run_config(args)
     if args.members is not None:
         cfg = replace_values(cfg, {"ensemble.members": args.members}, "--members")
@@ -114,63 +107,6 @@ def run_ensemble(args: argparse.Namespace) -> int:
             finished = write_manifest(ensemble_dir, members)
             print(f"{ensemble_dir / MANIFEST_FILE}: {finished} of {members} members finished")
     return 0
-
-
-def member_variations(cfg: SegConfig, index: int) -> dict[str, Any]:
-    """Member `index`'s value of every `ensemble.vary` key (the lists cycle)."""
-    return {key: choices[index % len(choices)] for key, choices in cfg.ensemble.vary.items()}
-
-
-def member_config(cfg: SegConfig, ensemble_dir: Path, index: int) -> SegConfig:
-    """Member `index`'s config: seed + index, its run directory and its variations."""
-    values = {
-        "seed": cfg.seed + index,
-        "run.dir": str(ensemble_dir / f"member_{index:02d}"),
-        **member_variations(cfg, index),
-    }
-    return replace_values(cfg, values, f"ensemble member {index}")
-
-
-def train_member(cfg: SegConfig, ensemble_dir: Path, index: int) -> None:
-    """Train member `index` unless it finished before (resume it if it was interrupted)."""
-    member_cfg = member_config(cfg, ensemble_dir, index)
-    member_dir = member_cfg.run.path()
-    if (member_dir / MEMBER_FILE).is_file():
-        _say(f"{member_dir}: finished before, skipped")
-        return
-    train(member_cfg, resume=(member_dir / RESUME_CHECKPOINT).is_file())
-    if is_rank_zero():
-        entry = {
-            "name": member_dir.name,
-            # Relative to the ensemble directory, like every path in the manifest.
-            "checkpoint": weights_path(member_dir).relative_to(ensemble_dir).as_posix(),
-            "seed": member_cfg.seed,
-            "variations": member_variations(cfg, index),
-            "model": dataclasses.asdict(member_cfg.model),
-            "num_classes": member_cfg.data.num_classes,
-        }
-        atomic_write(member_dir / MEMBER_FILE, lambda f: f.write(_json_bytes(entry)))
-
-
-def write_manifest(ensemble_dir: Path, planned: int) -> int:
-    """Rebuild `manifest.json` from the finished members' entries; returns their number.
-
-    The lock serialises the scan and the write of parallel members: without it, one could
-    write a scan made before another member finished, after that member's own write.
-    """
-    with open(ensemble_dir / ".manifest.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        entries = [
-            json.loads(path.read_text())
-            for path in sorted(ensemble_dir.glob(f"member_*/{MEMBER_FILE}"))
-        ]
-        manifest = {"planned_members": planned, "members": entries}
-        atomic_write(ensemble_dir / MANIFEST_FILE, lambda f: f.write(_json_bytes(manifest)))
-    return len(entries)
-
-
-def _json_bytes(value: Any) -> bytes:
-    return (json.dumps(value, indent=2) + "\n").encode()
 
 
 def _say(message: str) -> None:

@@ -59,6 +59,8 @@ from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import MCDropout as MCDropoutLayer
 from segdistill.outputs import SIGNAL_NAMES, SegOutput, TeacherSignals
 
+# An ensemble directory's list of members (`segdistill.ensemble` writes it).
+MANIFEST_FILE = "manifest.json"
 # Signals that need the running sum of squared deviations (the per-class variance).
 _SPREAD_SIGNALS = frozenset({"std", "pred_std", "variance"})
 
@@ -259,7 +261,7 @@ class Ensemble(Teacher):
         """
         manifest_path = Path(path)
         if manifest_path.is_dir():
-            manifest_path = manifest_path / "manifest.json"
+            manifest_path = manifest_path / MANIFEST_FILE
         try:
             manifest = json.loads(manifest_path.read_text())
         except FileNotFoundError as error:

@@ -1,0 +1,86 @@
+"""Training the members of a deep ensemble into one ensemble directory.
+
+An ensemble directory holds one run directory per member, `member_00`, `member_01`, ...
+Member i is trained with seed + i (its own random initialisation, data order and
+augmentation) and the i-th value (cycling) of every list in `ensemble.vary`. Members are
+independent, so they can train in parallel: one process per member (`segdistill ensemble
+--member I`, e.g. `--member $SLURM_ARRAY_TASK_ID` in a SLURM array). A finished member
+writes `member_XX/member.json` and is skipped on a re-run; an interrupted one resumes from
+its last checkpoint. After each member, `manifest.json` (`MANIFEST_FILE`, which
+`Ensemble.from_manifest` reads) is rebuilt from all finished members under a file lock and
+replaced atomically, so parallel members never drop each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+from pathlib import Path
+from typing import Any
+
+from segdistill.checkpoints import RESUME_CHECKPOINT, atomic_write, weights_path
+from segdistill.config import SegConfig, replace_values
+from segdistill.distributed import is_rank_zero
+from segdistill.models.teachers import MANIFEST_FILE
+from segdistill.train import train
+
+MEMBER_FILE = "member.json"
+
+
+def member_variations(cfg: SegConfig, index: int) -> dict[str, Any]:
+    """Member `index`'s value of every `ensemble.vary` key (the lists cycle)."""
+    return {key: choices[index % len(choices)] for key, choices in cfg.ensemble.vary.items()}
+
+
+def member_config(cfg: SegConfig, ensemble_dir: Path, index: int) -> SegConfig:
+    """Member `index`'s config: seed + index, its run directory and its variations."""
+    values = {
+        "seed": cfg.seed + index,
+        "run.dir": str(ensemble_dir / f"member_{index:02d}"),
+        **member_variations(cfg, index),
+    }
+    return replace_values(cfg, values, f"ensemble member {index}")
+
+
+def train_member(cfg: SegConfig, ensemble_dir: Path, index: int) -> None:
+    """Train member `index` unless it finished before (resume it if it was interrupted)."""
+    member_cfg = member_config(cfg, ensemble_dir, index)
+    member_dir = member_cfg.run.path()
+    if (member_dir / MEMBER_FILE).is_file():
+        if is_rank_zero():
+            print(f"{member_dir}: finished before, skipped")
+        return
+    train(member_cfg, resume=(member_dir / RESUME_CHECKPOINT).is_file())
+    if is_rank_zero():
+        entry = {
+            "name": member_dir.name,
+            # Relative to the ensemble directory, like every path in the manifest.
+            "checkpoint": weights_path(member_dir).relative_to(ensemble_dir).as_posix(),
+            "seed": member_cfg.seed,
+            "variations": member_variations(cfg, index),
+            "model": dataclasses.asdict(member_cfg.model),
+            "num_classes": member_cfg.data.num_classes,
+        }
+        atomic_write(member_dir / MEMBER_FILE, lambda f: f.write(_json_bytes(entry)))
+
+
+def write_manifest(ensemble_dir: Path, planned: int) -> int:
+    """Rebuild `manifest.json` from the finished members' entries; returns their number.
+
+    The lock serialises the scan and the write of parallel members: without it, one could
+    write a scan made before another member finished, after that member's own write.
+    """
+    with open(ensemble_dir / ".manifest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        entries = [
+            json.loads(path.read_text())
+            for path in sorted(ensemble_dir.glob(f"member_*/{MEMBER_FILE}"))
+        ]
+        manifest = {"planned_members": planned, "members": entries}
+        atomic_write(ensemble_dir / MANIFEST_FILE, lambda f: f.write(_json_bytes(manifest)))
+    return len(entries)
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2) + "\n").encode()
