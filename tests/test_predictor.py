@@ -21,13 +21,15 @@ CLASSES = 4
 TINY = {"width": 0.125}
 
 
-def save_model(path: Path, head: str | None = None, mc_dropout: float = 0.0) -> torch.nn.Module:
+def save_model(
+    path: Path, head: str | None = None, mc_dropout: float = 0.0, classes: int = CLASSES
+) -> torch.nn.Module:
     """A tiny random DeepLabV3+ written to `path` (a .safetensors file)."""
     config = ModelConfig(encoder_options=TINY, uncertainty_head=head, mc_dropout=mc_dropout)
     model = build_segmenter(
         "deeplabv3plus",
         "resnet18",
-        CLASSES,
+        classes,
         uncertainty_head=head,
         encoder_options=TINY,
         mc_dropout=mc_dropout,
@@ -171,3 +173,25 @@ def test_inference_and_the_command_line_start_without_lightning() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_the_readmes_python_example_runs(tmp_path: Path, monkeypatch) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = readme.split("## From Python")[1].split("```python\n")[1].split("```")[0]
+    # The demo's student and teacher, as tiny random networks with its 19 classes.
+    demo = tmp_path / "runs" / "demo"
+    save_model(demo / "students/dudes/checkpoints/best.safetensors", "scalar", classes=19)
+    members = []
+    for i in range(2):
+        save_model(demo / f"teacher/member_0{i}.safetensors", classes=19)
+        members.append({"checkpoint": f"member_0{i}.safetensors"})
+    (demo / "teacher" / "manifest.json").write_text(json.dumps({"members": members}))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert namespace["prediction"].probs.shape == (2, 19, 128, 256)
+    assert namespace["prediction"].uncertainty.shape == (2, 1, 128, 256)
+    assert namespace["results"]["segmentation"]["miou"] is not None
+    # The loss reached the student's uncertainty head.
+    head = namespace["network"].uncertainty_head
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())

@@ -1,3 +1,38 @@
-"""segdistill: distil segmentation teachers into fast students that report their uncertainty."""
+"""segdistill: distil segmentation teachers into fast students that report their uncertainty.
+
+The names most code needs, importable from the package (none of them imports Lightning):
+
+- `load_predictor(source)`: a trained student, baseline, ensemble directory or MC-dropout
+  checkpoint -> `Predictor`, whose `predict(images)` gives a `Prediction` (`probs` [B, C,
+  H, W], `uncertainty` [B, 1, H, W]).
+- `build_segmenter`, `Segmenter`: the networks; `Ensemble`, `MCDropout`: the teachers,
+  whose `signals(images, needs)` give mean and std maps (`TeacherSignals`).
+- `SegmentationEvaluator`: streaming mIoU, calibration and uncertainty-quality metrics.
+- `load_config`, `SegConfig`: the training config. Training itself is
+  `segdistill.train.train(cfg)` (it imports Lightning); the losses of the papers are in
+  `segdistill.losses`, the methods that combine them in `segdistill.methods`.
+"""
 
 __version__ = "0.1.0"
+
+from segdistill.config import SegConfig, load_config
+from segdistill.metrics import SegmentationEvaluator
+from segdistill.models import Segmenter, build_segmenter
+from segdistill.models.teachers import Ensemble, MCDropout
+from segdistill.outputs import TeacherSignals
+from segdistill.predictor import Prediction, Predictor, load_predictor
+
+__all__ = [
+    "Ensemble",
+    "MCDropout",
+    "Prediction",
+    "Predictor",
+    "SegConfig",
+    "SegmentationEvaluator",
+    "Segmenter",
+    "TeacherSignals",
+    "__version__",
+    "build_segmenter",
+    "load_config",
+    "load_predictor",
+]
