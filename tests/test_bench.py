@@ -25,10 +25,14 @@ from segdistill.predictor import Predictor
 CLASSES = 3
 
 
-def save_tiny(path: Path, head: str | None = None) -> Path:
+def save_tiny(path: Path, head: str | None = None, mc_dropout: float = 0.0) -> Path:
     """A tiny DeepLabV3+ (ResNet-18 at width 0.125) saved as a weights file."""
-    config = ModelConfig(encoder_options={"width": 0.125}, uncertainty_head=head)
-    model = build_segmenter(config.arch, config.encoder, CLASSES, head, config.encoder_options)
+    config = ModelConfig(
+        encoder_options={"width": 0.125}, uncertainty_head=head, mc_dropout=mc_dropout
+    )
+    model = build_segmenter(
+        config.arch, config.encoder, CLASSES, head, config.encoder_options, mc_dropout
+    )
     save_weights(path, model, config)
     return path
 
@@ -133,12 +137,47 @@ def test_ratios_pair_the_calls_of_a_repeat_and_use_teacher_passes() -> None:
         paired_ratio([1.0, 2.0], [1.0])
 
 
+def test_an_mc_dropout_network_counts_its_samples(tmp_path, capsys) -> None:
+    mc = save_tiny(tmp_path / "mc.safetensors", mc_dropout=0.3)
+    baseline = save_tiny(tmp_path / "baseline.safetensors")
+    out = tmp_path / "bench.json"
+    argv = [str(mc), str(baseline), "--size", "32x64", "--repeats", "1", "--warmup", "0"]
+    assert main(["bench", *argv, "--mc-samples", "3", "--json", str(out)]) == 0
+    models = {m["name"]: m for m in json.loads(out.read_text())["models"]}
+    assert models["mc"]["kind"] == "mc_dropout" and models["mc"]["passes"] == 3
+    assert models["mc"]["gflops_per_image"] == pytest.approx(
+        3 * models["baseline"]["gflops_per_image"]
+    )
+
+
+class CountingConv(OneConv):
+    calls = 0
+
+    def forward(self, x: Tensor) -> SegOutput:
+        self.calls += 1
+        return super().forward(x)
+
+
+def test_warm_up_and_timed_calls_are_as_many_as_asked() -> None:
+    network = CountingConv()
+    predictor = Predictor(
+        network, name="c", kind="baseline", uncertainty_source="", source=Path("c"), home=None
+    )
+    (model,) = benchmark([predictor], (8, 8), repeats=4, warmup=2).models
+    assert len(model.runs_ms) == 4
+    assert network.calls == 1 + 2 + 4  # the FLOP count, the warm-up, the timed calls
+
+
 def test_settings_are_checked() -> None:
     predictor = Predictor(
         OneConv(), name="c", kind="baseline", uncertainty_source="", source=Path("c"), home=None
     )
     with pytest.raises(ConfigError, match="repeats >= 1"):
         benchmark([predictor], (8, 8), repeats=0)
+    with pytest.raises(ConfigError, match="at least one model"):
+        benchmark([], (8, 8))
+    with pytest.raises(ConfigError, match="--threads must be >= 1, got 0"):
+        benchmark([predictor], (8, 8), threads=0)
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             benchmark([predictor], (8, 8), device="cuda")

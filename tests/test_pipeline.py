@@ -157,6 +157,39 @@ def test_ablation_rows_read_each_models_metrics(tiny_demo: tuple[list[str], Path
         assert row["miou_gain_removed_50"] == pytest.approx(curve["miou"][half] - curve["miou"][0])
 
 
+def test_ablations_evaluate_sub_ensembles_and_train_a_sweep(tmp_path: Path, capsys) -> None:
+    # DUDES Fig. 5 (the first k members) and NfS Fig. 8 (a student key swept), tiny.
+    args = tiny_demo_args(tmp_path / "data", tmp_path / "run")
+    args.append(
+        "ablations=[{name: members, kind: sub_ensembles, sizes: [1, 2]}, {name: width, "
+        "kind: sweep, student: dudes, key: model.encoder_options.width, values: [0.125, 0.25]}]"
+    )
+    assert main(args) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    models = {m["name"]: m for m in results["models"]}
+
+    def miou(name: str) -> float:
+        return models[name]["splits"]["test"]["segmentation"]["miou"]
+
+    members = results["ablations"]["members"]["rows"]
+    assert [row["members"] for row in members] == [1, 2]
+    # Two members are the teacher itself; the demo's baseline is its member 0.
+    assert members[1]["miou"] == miou("ensemble")
+    assert members[1]["parameters"] == models["ensemble"]["parameters"]
+    assert members[0]["miou"] == miou("baseline")
+    width = results["ablations"]["width"]["rows"]
+    assert [row["model.encoder_options.width"] for row in width] == [0.125, 0.25]
+    # At the student's own width the sweep trains the student again, to the same weights.
+    assert width[0]["miou"] == miou("dudes")
+    assert width[0]["parameters"] == models["dudes"]["parameters"] < width[1]["parameters"]
+    assert {"ablation-members", "ablation-width-0.125", "ablation-width"} <= set(results["stages"])
+    printed = capsys.readouterr().out
+    table = (tmp_path / "run" / "table.md").read_text()
+    for text in (printed, table):
+        assert "ablation members (sub_ensembles, test)" in text
+        assert "ablation width (sweep, test)" in text
+
+
 def test_outputs_and_markers(tiny_demo: tuple[list[str], Path]) -> None:
     _, run_dir = tiny_demo
     report = (run_dir / "report.html").read_text()

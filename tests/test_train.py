@@ -402,6 +402,23 @@ def run_ensemble(*argv: str) -> None:
     assert args.func(args) == 0
 
 
+def test_run_arguments_set_devices_nodes_and_the_default_run_directory(
+    tmp_path: Path, data_root: Path, monkeypatch
+) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG.format(root=data_root))
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    monkeypatch.chdir(tmp_path)
+    args = parser.parse_args(["train", str(config), "--devices", "4", "--num-nodes", "2"])
+    cfg = train_command.load_run_config(args)
+    assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (4, 2)
+    assert cfg.run.dir == str(Path("runs") / "tiny")  # runs/<config name>
+    args = parser.parse_args(["ensemble", str(config), "--members", "2", "--member", "2"])
+    with pytest.raises(ConfigError, match=r"--member 2 is not a member index \(0..1\)"):
+        args.func(args)
+
+
 def test_ensemble_members_differ_and_are_listed_in_the_manifest(
     tmp_path: Path, data_root: Path
 ) -> None:
