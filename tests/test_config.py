@@ -117,11 +117,34 @@ def test_unknown_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
         ("optim.lr", "expected KEY=VALUE"),
         ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1.0 must be > 0 or null"),
         ("trainer.matmul_precision=tf32", "must be one of 'highest', 'high', 'medium'"),
+        ("optim.lr=[1,", "--set optim.lr=[1,: the value is not valid YAML"),
+        ("data.crop_size=5", "data.crop_size=5 must be a list (each item an integer)"),
+        ("data=3", "data=3 must be a mapping"),
+        ("model.encoder_options=[1]", "model.encoder_options=[1] must be a mapping"),
+        (
+            "trainer.limit_train_batches=abc",
+            "trainer.limit_train_batches='abc' must be an integer or a number or null",
+        ),
+        ("distill.cache_signals=3", "distill.cache_signals=3 must be a list (each item a string)"),
     ],
 )
 def test_invalid_values_are_named(tmp_path: Path, override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path / "c.yaml", ""), [override])
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: [1,\n", "c.yaml: not valid YAML"),
+        ("- 1\n- 2\n", "c.yaml: a config must be a mapping of sections, got [1, 2]"),
+        ("extends: 3\n", "c.yaml: extends=3 must be a file path"),
+    ],
+)
+def test_a_broken_config_file_is_named(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path / "c.yaml", text))
     assert expected in str(error.value)
 
 

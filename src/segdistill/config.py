@@ -501,7 +501,7 @@ def _describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin is list:
-        return f"a list of {_describe(get_args(tp)[0])}"
+        return f"a list (each item {_describe(get_args(tp)[0])})"
     if origin is dict:
         return "a mapping"
     names = {
@@ -510,5 +510,6 @@ def _describe(tp: Any) -> str:
         bool: "true or false",
         str: "a string",
         type(None): "null",
+        Any: "anything",
     }
     return names.get(tp, str(tp))
