@@ -19,7 +19,7 @@ from segdistill.cli import main
 from segdistill.config import ModelConfig
 from segdistill.data import CityscapesDataset
 from segdistill.data.synthstreets import SynthConfig, generate
-from segdistill.errors import CheckpointError, DataError
+from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.evaluate import (
     METRICS_FILE,
     RESULTS_FILE,
@@ -238,6 +238,29 @@ def test_bad_data_and_splits(setup: dict[str, Any], tmp_path: Path) -> None:
         evaluate([run], tmp_path / "empty", progress=False)
     with pytest.raises(DataError, match="does not exist"):
         evaluate([run], tmp_path / "nowhere", progress=False)
+
+
+def test_bad_settings_and_models_of_one_name(setup: dict[str, Any], tmp_path: Path) -> None:
+    run = setup["root"] / "dudes"
+    with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
+        evaluate([run], setup["data"], batch_size=0, progress=False)
+    with pytest.raises(ConfigError, match="max_images must be >= 1, got 0"):
+        evaluate([run], setup["data"], max_images=0, progress=False)
+    # Two runs called "dudes" (another folder's): the second is reported as dudes_2.
+    shutil.copytree(run, tmp_path / "dudes")
+    results = evaluate(
+        [run, tmp_path / "dudes"],
+        setup["data"],
+        ["test"],
+        out_dir=tmp_path / "out",
+        write_homes=False,
+        make_figures=False,
+        progress=False,
+        device="cpu",
+    )
+    first, second = results["models"]
+    assert (first["name"], second["name"]) == ("dudes", "dudes_2")
+    assert first["splits"]["test"]["segmentation"] == second["splits"]["test"]["segmentation"]
 
 
 def test_run_without_checkpoints(setup: dict[str, Any], tmp_path: Path, capsys) -> None:

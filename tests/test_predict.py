@@ -15,11 +15,12 @@ from segdistill.cli import main
 from segdistill.config import ModelConfig
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import build_eval_transform
-from segdistill.errors import DataError
+from segdistill.errors import ConfigError, DataError
 from segdistill.models import build_segmenter
 from segdistill.predict import (
     ACCURACY_VOID,
     UINT16_MAX,
+    PredictSummary,
     find_images,
     pad_to_multiple,
     predict_files,
@@ -210,6 +211,35 @@ def test_input_errors(tmp_path) -> None:
     write_png(tmp_path / "b" / "x.png", rgb(4, 4))
     with pytest.raises(DataError, match="same name 'x'"):
         find_images([tmp_path / "a", tmp_path / "b"])
+
+
+def test_label_errors_name_the_files(tmp_path, student) -> None:
+    predictor = load_predictor(student)
+    a = write_png(tmp_path / "img" / "a.png", rgb(32, 64))
+    b = write_png(tmp_path / "img" / "b.png", rgb(32, 64, seed=1))
+    assert find_images([a]) == [a]  # a single image file
+    label = write_png(tmp_path / "a_label.png", np.zeros((32, 64), np.uint8))
+
+    def run(images: list[Path], labels: Path, **options: float) -> PredictSummary:
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        return predict_files(predictor, images, out, labels=labels, progress=False, **options)
+
+    assert run([a], label).labelled == 1  # one label file for one image
+    with pytest.raises(DataError, match=r"a_label\.png is one file but there are 2 images"):
+        run([a, b], label)
+    with pytest.raises(DataError, match=r"labels .*nowhere: no such file or folder"):
+        run([a], tmp_path / "nowhere")
+    write_png(tmp_path / "gt" / "x" / "a.png", np.zeros((32, 64), np.uint8))
+    write_png(tmp_path / "gt" / "y" / "a.png", np.zeros((32, 64), np.uint8))
+    with pytest.raises(DataError, match=r"a\.png: several label files match under .*gt"):
+        run([a], tmp_path / "gt")
+    write_png(tmp_path / "small" / "a.png", np.zeros((16, 64), np.uint8))
+    with pytest.raises(DataError, match=r"small/a\.png is 64x16 \(WxH\) but its image is 64x32"):
+        run([a], tmp_path / "small")
+    with pytest.raises(ConfigError, match="--batch-size must be >= 1, got 0"):
+        run([a], label, batch_size=0)
+    with pytest.raises(ConfigError, match="--vmax must be > 0, got 0"):
+        run([a], label, vmax=0)
 
 
 def test_frames_in_natural_order_and_output_folder_skipped(tmp_path) -> None:

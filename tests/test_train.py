@@ -179,6 +179,41 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
+def write_tiny_folder(root: Path) -> Path:
+    """The folder format: {split}/images, {split}/masks by stem, classes.yaml (3 classes)."""
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 4), ("val", 2)):
+        for i in range(count):
+            ids = rng.integers(0, 3, (32, 48), dtype=np.uint8)
+            rgb = ids[..., None] * 70 + rng.integers(0, 40, (32, 48, 3))
+            for folder, array in (("images", rgb.astype(np.uint8)), ("masks", ids)):
+                (root / split / folder).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / split / folder / f"frame{i}.png")
+    colors = ([0, 0, 0], [255, 0, 0], [0, 255, 0])
+    classes = [{"name": f"class{k}", "color": color} for k, color in enumerate(colors)]
+    (root / "classes.yaml").write_text(json.dumps({"classes": classes}))
+    return root
+
+
+def test_training_on_a_folder_data_set(tmp_path: Path) -> None:
+    root = write_tiny_folder(tmp_path / "folder")
+    folder = ["data.format=folder", "data.num_classes=3", "trainer.max_epochs=1"]
+    run_dir = training.train(tiny_config(tmp_path, root, folder))
+    model, _ = load_segmenter(run_dir)
+    assert model.num_classes == 3
+    assert [row["val/miou"] for row in read_metrics(run_dir) if row["val/miou"]]
+    # The config's classes must be the data set's.
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ConfigError, match=r"data.num_classes=19 but the data set in .* has 3"):
+        training.train(tiny_config(tmp_path / "other", root, ["data.format=folder"]))
+
+
+def test_too_few_training_images_for_one_batch_is_an_error(tmp_path: Path) -> None:
+    root = write_tiny_cityscapes(tmp_path / "data", train=1, val=1)
+    with pytest.raises(ConfigError, match=r"split 'train' has 1 images: not one full batch"):
+        training.train(tiny_config(tmp_path, root))
+
+
 def test_a_run_directory_is_not_overwritten_and_resume_needs_a_checkpoint(
     tmp_path: Path, data_root: Path, trained_run: Path
 ) -> None:
