@@ -362,6 +362,65 @@ def test_config_errors_name_the_problem(tmp_path: Path, text: str, message: str)
         load_experiment(write_experiment(tmp_path, text))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["teacher.members=0"], "teacher.members=0 must be >= 1"),
+        (["baseline.member=0"], "baseline needs exactly one of `config`"),
+        (["baseline.config=null", "baseline.member=7"], "baseline.member=7 is not a member"),
+        (
+            ["baseline.config=null", "baseline.member=0", "seeds=2"],
+            "seeds=2 trains the baseline once per seed",
+        ),
+        (
+            [
+                "baseline.config=null",
+                "baseline.member=0",
+                "pretrain={config: t.yaml, data: {root: other}}",
+            ],
+            "with `pretrain` the baseline must be trained",
+        ),
+        (
+            ["teacher.kind=single", "ablations=[{name: m, kind: sub_ensembles, sizes: [1]}]"],
+            "ablation 'm': sub_ensembles needs an ensemble teacher",
+        ),
+        (
+            ["ablations=[{name: m, kind: sub_ensembles, sizes: [2, 6]}]"],
+            r"ablation 'm': sizes=\[2, 6\] must be member counts 1..5",
+        ),
+        (
+            ["checks=[{name: c, metric: miou, models: [baseline], compare: difference, min: 0}]"],
+            "compare=difference needs a reference model",
+        ),
+        (["teacher"], "--set teacher: expected KEY=VALUE"),
+        (["teacher.members=[1,"], "--set teacher.members=\\[1,: the value is not valid YAML"),
+        (["seeds.x=1"], "--set seeds.x=1: 'seeds' of .*exp.yaml is not a mapping or list"),
+    ],
+)
+def test_experiment_rules_and_overrides_name_the_problem(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    path = write_experiment(tmp_path, "seeds: 1\n")
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(path, overrides)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "experiment config .*missing.yaml does not exist"),
+        ("teacher: [1,\n", "exp.yaml: not valid YAML"),
+        ("- 1\n", "exp.yaml: an experiment config must be a mapping, got \\[1\\]"),
+    ],
+)
+def test_a_broken_experiment_file_is_named(tmp_path: Path, text: str | None, message: str) -> None:
+    path = tmp_path / ("missing.yaml" if text is None else "exp.yaml")
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(path)
+
+
 def test_overrides_index_lists(tmp_path: Path) -> None:
     """`students.0.set.seed=1`: a number indexes a list (a student, a check); a wrong
     index names the key."""

@@ -221,3 +221,25 @@ def test_run_without_metrics(tmp_path: Path, capsys) -> None:
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(SegdistillError, match="not written by `segdistill evaluate`"):
         load_models([tmp_path / "other.json"])
+    with pytest.raises(SegdistillError, match=r"missing\.json does not exist"):
+        load_models([tmp_path / "missing.json"])
+    (tmp_path / "broken.json").write_text('{"models": [')
+    with pytest.raises(SegdistillError, match=r"broken\.json is not a JSON file"):
+        load_models([tmp_path / "broken.json"])
+    with pytest.raises(SegdistillError, match="no models to report"):
+        write_report([], tmp_path / "empty.html")
+
+
+def test_two_models_of_one_name_from_different_files_both_stay(
+    evaluated: Path, tmp_path: Path
+) -> None:
+    # The same run read twice is one model; another run of the same name (its metrics
+    # name another weights file) is a second one.
+    shutil.copytree(evaluated / "dudes", tmp_path / "dudes")
+    metrics_path = tmp_path / "dudes" / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text())
+    metrics["source"] = str(tmp_path / "dudes" / "checkpoints" / "best.safetensors")
+    metrics_path.write_text(json.dumps(metrics))
+    models = load_models([evaluated / "dudes", evaluated / "dudes", tmp_path / "dudes"])
+    assert [m.name for m in models] == ["dudes", "dudes_2"]
+    assert models[0].metrics["splits"] == models[1].metrics["splits"]
