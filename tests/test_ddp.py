@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from segdistill.checkpoints import load_segmenter
-from segdistill.distributed import is_rank_zero
+from segdistill.distributed import is_rank_zero, print_once
 from test_train import TINY_CONFIG, write_tiny_cityscapes
 
 
@@ -47,7 +47,10 @@ def test_two_process_ddp_training_writes_a_loadable_checkpoint(tmp_path: Path) -
     assert len(mious) == 2
 
 
-def test_only_rank_zero_prints(monkeypatch) -> None:
+def test_only_rank_zero_prints(monkeypatch, capsys) -> None:
     assert is_rank_zero()  # a single process
+    print_once("from rank 0")
     monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
     assert not is_rank_zero()
+    print_once("from rank 1")
+    assert capsys.readouterr().out == "from rank 0\n"

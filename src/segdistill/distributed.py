@@ -14,3 +14,9 @@ def is_rank_zero() -> bool:
 
     rank: int = getattr(rank_zero_only, "rank", 0)
     return rank == 0
+
+
+def print_once(message: str) -> None:
+    """Print `message` from the first process only (once, however many train)."""
+    if is_rank_zero():
+        print(message)

@@ -21,7 +21,7 @@ from typing import Any
 
 from segdistill.checkpoints import RESUME_CHECKPOINT, atomic_write, weights_path
 from segdistill.config import SegConfig, replace_values
-from segdistill.distributed import is_rank_zero
+from segdistill.distributed import is_rank_zero, print_once
 from segdistill.models.teachers import MANIFEST_FILE
 from segdistill.train import train
 
@@ -48,8 +48,7 @@ def train_member(cfg: SegConfig, ensemble_dir: Path, index: int) -> None:
     member_cfg = member_config(cfg, ensemble_dir, index)
     member_dir = member_cfg.run.path()
     if (member_dir / MEMBER_FILE).is_file():
-        if is_rank_zero():
-            print(f"{member_dir}: finished before, skipped")
+        print_once(f"{member_dir}: finished before, skipped")
         return
     train(member_cfg, resume=(member_dir / RESUME_CHECKPOINT).is_file())
     if is_rank_zero():

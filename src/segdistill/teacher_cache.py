@@ -72,7 +72,7 @@ from tqdm import tqdm
 from segdistill.checkpoints import atomic_write
 from segdistill.data import SegmentationDataset
 from segdistill.data.transforms import Normalize, Sample, to_tensors
-from segdistill.distributed import is_rank_zero
+from segdistill.distributed import print_once
 from segdistill.errors import DataError, TrainingError
 from segdistill.models.teachers import Teacher
 
@@ -276,8 +276,7 @@ def open_or_build(
     with _locked(directory):
         meta, problem = _inspect(directory, key)
         if meta is not None:
-            if is_rank_zero():
-                print(f"teacher cache {directory}: {what}")
+            print_once(f"teacher cache {directory}: {what}")
             return TeacherCache(directory, meta)
         action = "building it" if problem == "absent" else f"{problem}; rebuilding it"
         print(f"teacher cache {directory}: {action} ({what})")

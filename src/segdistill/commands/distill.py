@@ -22,7 +22,7 @@ import argparse
 from segdistill.checkpoints import RESUME_CHECKPOINT
 from segdistill.commands.train import add_run_arguments, load_run_config
 from segdistill.config import replace_values
-from segdistill.distributed import is_rank_zero
+from segdistill.distributed import print_once
 from segdistill.errors import ConfigError
 
 
@@ -60,6 +60,5 @@ def run_distill(args: argparse.Namespace) -> int:
     if args.teacher_cache is not None:
         cfg = replace_values(cfg, {"distill.teacher_cache": args.teacher_cache}, "--teacher-cache")
     run_dir = train(cfg, resume=args.resume)
-    if is_rank_zero():
-        print(f"run directory: {run_dir}")
+    print_once(f"run directory: {run_dir}")
     return 0

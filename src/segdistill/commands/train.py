@@ -19,7 +19,7 @@ from pathlib import Path
 from segdistill.checkpoints import RESUME_CHECKPOINT
 from segdistill.commands.arguments import add_overrides
 from segdistill.config import SegConfig, load_config, replace_values
-from segdistill.distributed import is_rank_zero
+from segdistill.distributed import is_rank_zero, print_once
 from segdistill.errors import ConfigError
 
 
@@ -86,7 +86,7 @@ def run_train(args: argparse.Namespace) -> int:
     from segdistill.train import train
 
     run_dir = train(load_run_config(args), resume=args.resume)
-    _say(f"run directory: {run_dir}")
+    print_once(f"run directory: {run_dir}")
     return 0
 
 
@@ -107,9 +107,3 @@ def run_ensemble(args: argparse.Namespace) -> int:
             finished = write_manifest(ensemble_dir, members)
             print(f"{ensemble_dir / MANIFEST_FILE}: {finished} of {members} members finished")
     return 0
-
-
-def _say(message: str) -> None:
-    """Print once, from the first process of a distributed run."""
-    if is_rank_zero():
-        print(message)
