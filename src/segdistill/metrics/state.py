@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 Reduction = Literal["sum", "min", "max"]
+M = TypeVar("M", bound="StreamingMetric")
 
 
 class StreamingMetric(ABC):
@@ -41,6 +42,10 @@ class StreamingMetric(ABC):
     @abstractmethod
     def _config(self) -> dict[str, Any]:
         """Hyper-parameters that define the meaning of the state (bins, ranges, classes)."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, Any]:
+        """The metrics of everything seen so far, as plain JSON values (`to_json`)."""
 
     def reset(self) -> None:
         """Forget everything seen so far."""
@@ -68,7 +73,7 @@ class StreamingMetric(ABC):
                 )
             self._state[name] = value.detach().to("cpu").clone()
 
-    def merge(self, other: StreamingMetric) -> StreamingMetric:
+    def merge(self: M, other: M) -> M:
         """Add `other`'s state into this one (in place) and return self; the result equals
         one pass over both inputs."""
         if type(other) is not type(self) or other._config() != self._config():
