@@ -15,6 +15,7 @@ from segdistill.models import (
     count_parameters,
     load_encoder_weights,
 )
+from segdistill.models.teachers import mc_dropout_layers
 
 NUM_CLASSES = 19
 TINY = {"width": 0.25}
@@ -224,15 +225,15 @@ def test_replace_heads_keeps_body() -> None:
 def test_mc_dropout_only_when_switched_on() -> None:
     model = build_segmenter("nfs", "nfsnet", NUM_CLASSES, encoder_options=TINY, mc_dropout=0.5)
     model.eval()
-    assert len(model.dropout_modules()) == 2
+    assert len(mc_dropout_layers(model)) == 2
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x).logits, model(x).logits)
-        for module in model.dropout_modules():
+        for module in mc_dropout_layers(model):
             module.train()
         assert not torch.equal(model(x).logits, model(x).logits)
     plain = build_segmenter("nfs", "nfsnet", NUM_CLASSES, encoder_options=TINY)
-    assert plain.dropout_modules() == []
+    assert mc_dropout_layers(plain) == []
 
 
 # ----------------------------------------------------------------- weights files

@@ -45,9 +45,6 @@ for _label in _CITYSCAPES_LABELS:
     if 0 <= _label.trainId < NUM_CLASSES and _label.id >= 0:
         TRAIN_ID_TO_LABEL_ID[_label.trainId] = _label.id
 
-# Label ids of classes that have instances (their instanceIds are id * 1000 + k).
-INSTANCE_LABEL_IDS = frozenset(lb.id for lb in _CITYSCAPES_LABELS if lb.hasInstances)
-
 # Label ids used for void pixels in generated data.
 VOID_LABEL_IDS = {
     "unlabeled": 0,

@@ -32,7 +32,7 @@ class Decoder(nn.Module):
 class MCDropout(nn.Dropout2d):
     """Channel dropout used for Monte Carlo sampling at inference.
 
-    A Dropout2d like any other, but its own type, so `Segmenter.dropout_modules()` finds
+    A Dropout2d like any other, but its own type, so `teachers.mc_dropout_layers` finds
     exactly these (and not the ordinary training dropout of ASPP or PSPNet) for the
     MC-dropout teacher to switch into train mode.
     """

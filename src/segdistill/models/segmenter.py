@@ -27,7 +27,6 @@ from segdistill.models.decoders import (
     Decoder,
     DeepLabV3PlusDecoder,
     LightDecoder,
-    MCDropout,
     PSPDecoder,
     mc_dropout_layer,
     resize,
@@ -59,7 +58,8 @@ class Segmenter(nn.Module):
     uncertainty_head: None, "scalar" (DUDES) or "per_class" (Holder), see `heads.py`.
     mc_dropout:       p of the MCDropout after the last encoder level (the decoder owns
                       the one at its deepest level); 0 for none. Inactive in eval mode
-                      until a teacher switches `dropout_modules()` to train mode.
+                      until a teacher switches them to train mode
+                      (`teachers.mc_dropout_layers` finds them).
     aux_levels:       encoder levels ("c4", ...) that get an auxiliary classifier.
     """
 
@@ -114,11 +114,6 @@ class Segmenter(nn.Module):
             for level, head in self.aux_heads.items()
         }
         return SegOutput(logits, uncertainty, taps, aux_logits)
-
-    def dropout_modules(self) -> list[MCDropout]:
-        """The MC-dropout layers (empty when mc_dropout is 0). A teacher samples by
-        calling `.train()` on these while the rest of the network stays in eval mode."""
-        return [m for m in self.modules() if isinstance(m, MCDropout)]
 
     def replace_heads(self, uncertainty_head: str | None) -> None:
         """Replace the output layer by freshly initialised heads of `uncertainty_head`.
