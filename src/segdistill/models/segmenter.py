@@ -80,7 +80,6 @@ class Segmenter(nn.Module):
         self.decoder = decoder
         self.num_classes = num_classes
         self.level_names = [f"c{i}" for i in range(1, len(encoder.out_channels) + 1)]
-        self.uncertainty_kind = uncertainty_head
         self.seg_head, self.uncertainty_head = build_heads(
             uncertainty_head, decoder.out_channels, num_classes
         )
@@ -114,23 +113,6 @@ class Segmenter(nn.Module):
             for level, head in self.aux_heads.items()
         }
         return SegOutput(logits, uncertainty, taps, aux_logits)
-
-    def replace_heads(self, uncertainty_head: str | None) -> None:
-        """Replace the output layer by freshly initialised heads of `uncertainty_head`.
-
-        Holder & Shafique's two-stage recipe: pre-train with labels and the plain output
-        layer, then `replace_heads("per_class")` and continue with distillation. Encoder,
-        decoder and aux heads keep their weights.
-        """
-        reference = next(self.decoder.parameters())
-        seg_head, unc_head = build_heads(
-            uncertainty_head, self.decoder.out_channels, self.num_classes
-        )
-        self.seg_head = seg_head.to(reference.device, reference.dtype)
-        self.uncertainty_head = (
-            None if unc_head is None else unc_head.to(reference.device, reference.dtype)
-        )
-        self.uncertainty_kind = uncertainty_head
 
 
 @dataclass(frozen=True)
