@@ -21,6 +21,7 @@ from segdistill.commands.arguments import add_overrides
 from segdistill.config import SegConfig, load_config, replace_values
 from segdistill.distributed import is_rank_zero, print_once
 from segdistill.errors import ConfigError
+from segdistill.models.teachers import MANIFEST_FILE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -92,7 +93,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_ensemble(args: argparse.Namespace) -> int:
     from segdistill.ensemble import train_member, write_manifest
-    from segdistill.models.teachers import MANIFEST_FILE
 
     cfg = load_run_config(args)
     if args.members is not None:
