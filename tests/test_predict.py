@@ -1,4 +1,5 @@
-"""`segdistill predict`: files written, sizes, accuracy maps, input rules, labels."""
+"""`segdistill predict`: files written, sizes, accuracy maps, input rules, labels, the
+image-level OOD flag."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from segdistill.config import ModelConfig
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import build_eval_transform
 from segdistill.errors import ConfigError, DataError
+from segdistill.metrics.ood import AGGREGATORS
 from segdistill.models import build_segmenter
+from segdistill.ood_detector import DETECTOR_FILE, ImageOODDetector, threshold_at_fpr
 from segdistill.predict import (
     ACCURACY_VOID,
     UINT16_MAX,
     PredictSummary,
     find_images,
+    fit_ood_detector,
     pad_to_multiple,
     predict_files,
 )
@@ -274,3 +278,100 @@ def test_cli_channels_last_writes_the_same_maps(tmp_path, student, capsys) -> No
     plain = read(tmp_path / "plain/uncertainty16/a.png").astype(np.int64)
     nhwc = read(tmp_path / "nhwc/uncertainty16/a.png").astype(np.int64)
     assert np.abs(plain - nhwc).max() <= 2  # 16-bit steps of rounding
+
+
+# ------------------------------------------------------------- image-level OOD flag
+
+
+@pytest.fixture(scope="module")
+def ood_reference(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("reference")
+    return [write_png(folder / f"r{i}.png", rgb(32, 48, seed=10 + i)) for i in range(10)]
+
+
+def test_ood_fit_scores_each_reference_as_predict_does(tmp_path, student, ood_reference) -> None:
+    predictor = load_predictor(student)
+    detector = fit_ood_detector(
+        predictor, ood_reference, aggregator="median", fpr=0.2, batch_size=3, progress=False
+    )
+    # Independently: the predictor's map of each image alone, as predict writes it.
+    summary = predict_files(predictor, ood_reference, tmp_path / "out", progress=False)
+    index = json.loads(summary.summary.read_text())
+    for record, score in zip(index["images"], detector.reference_scores):
+        u16 = read(tmp_path / "out" / record["files"]["uncertainty16"]) / 65535.0
+        assert score == pytest.approx(np.median(u16), abs=1e-4)
+        assert record["image_scores"]["median"] == pytest.approx(score, abs=1e-6)
+        assert set(record["image_scores"]) == set(AGGREGATORS)
+    assert detector.threshold == threshold_at_fpr(detector.reference_scores, 0.2)
+    assert (detector.reference_images, detector.aggregator, detector.fpr) == (10, "median", 0.2)
+    assert (detector.model, detector.kind, detector.passes) == ("student", "student", 1)
+
+
+def test_ood_flags_are_the_scores_above_the_threshold(tmp_path, student, ood_reference) -> None:
+    predictor = load_predictor(student)
+    detector = fit_ood_detector(predictor, ood_reference, fpr=0.2, progress=False)
+    # The references themselves: at most 2 of 10 flagged, exactly those above it.
+    summary = predict_files(
+        predictor, ood_reference, tmp_path / "out", ood=detector, progress=False
+    )
+    index = json.loads(summary.summary.read_text())
+    scores = np.array([r["ood_score"] for r in index["images"]])
+    flags = np.array([r["ood"] for r in index["images"]])
+    np.testing.assert_allclose(scores, detector.reference_scores, atol=1e-6)
+    assert np.array_equal(flags, scores > detector.threshold)
+    assert summary.flagged == flags.sum() == index["ood"]["flagged"] <= 2
+    assert index["ood"]["threshold"] == detector.threshold
+    assert "reference_scores" not in index["ood"]
+
+
+def test_ood_detector_refuses_another_model_or_size(tmp_path, student, ood_reference) -> None:
+    detector = fit_ood_detector(load_predictor(student), ood_reference, progress=False)
+    baseline = load_predictor(save_tiny(tmp_path / "baseline.safetensors", head=None))
+    with pytest.raises(ConfigError, match="kind 'student' \\(given 'baseline'\\)"):
+        predict_files(baseline, ood_reference, tmp_path / "out", ood=detector, progress=False)
+    with pytest.raises(ConfigError, match="resize_to None \\(given \\[32, 32\\]\\)"):
+        predict_files(
+            load_predictor(student),
+            ood_reference,
+            tmp_path / "out",
+            size=(32, 32),
+            ood=detector,
+            progress=False,
+        )
+
+
+def test_cli_fits_saves_and_reuses_an_ood_detector(
+    tmp_path, student, ood_reference, capsys
+) -> None:
+    inputs = tmp_path / "inputs"
+    for i in range(3):
+        write_png(inputs / f"x{i}.png", rgb(32, 48, seed=i))
+    write_png(inputs / "grey.png", np.full((32, 48, 3), 128, np.uint8))
+    folder = str(ood_reference[0].parent)
+    fit = ["predict", str(student), str(inputs), "--out", str(tmp_path / "a")]
+    assert main([*fit, "--ood-reference", folder, "--ood-fpr", "0.1"]) == 0
+    out = capsys.readouterr().out
+    saved = ImageOODDetector.load(tmp_path / "a" / DETECTOR_FILE)
+    assert saved.fpr == 0.1 and saved.reference_images == 10
+    assert f"{saved.threshold:.4g}" in out and "flagged as unlike the reference" in out
+    first = json.loads((tmp_path / "a" / "predict.json").read_text())
+
+    reuse = ["predict", str(student), str(inputs), "--out", str(tmp_path / "b")]
+    assert main([*reuse, "--ood-detector", str(tmp_path / "a" / DETECTOR_FILE)]) == 0
+    second = json.loads((tmp_path / "b" / "predict.json").read_text())
+    assert [r["ood"] for r in second["images"]] == [r["ood"] for r in first["images"]]
+    assert second["ood"] == first["ood"]
+    assert not (tmp_path / "b" / DETECTOR_FILE).exists()
+
+    capsys.readouterr()
+    detector = str(tmp_path / "a" / DETECTOR_FILE)
+    assert main([*reuse, "--ood-detector", detector, "--ood-fpr", "0.2"]) == 2
+    assert "--ood-fpr and --ood-aggregator" in capsys.readouterr().err
+    assert main([*reuse, "--ood-detector", detector, "--size", "64x96"]) == 2
+    assert detector in capsys.readouterr().err
+    assert main([*fit, "--ood-reference", folder, "--ood-fpr", "1"]) == 2
+    assert "false-alarm rate" in capsys.readouterr().err
+    assert main([*fit, "--ood-reference", str(tmp_path / "none")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main([*reuse, "--ood-detector", str(tmp_path / "x")]) == 2
+    assert "no such OOD detector file" in capsys.readouterr().err

@@ -51,7 +51,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from segdistill.errors import ConfigError
-from segdistill.models.teachers import MCDropout
 from segdistill.predictor import Predictor
 
 TEACHER_KINDS = ("ensemble", "mc_dropout")
@@ -112,13 +111,6 @@ class BenchResult:
     settings: dict[str, Any]
     models: list[ModelBench]
     ratios: list[Ratio]
-
-
-def passes(predictor: Predictor) -> int:
-    """Forward passes of one prediction: ensemble members, MC-dropout samples, else 1."""
-    if isinstance(predictor.model, MCDropout):
-        return predictor.model.samples
-    return predictor.members
 
 
 def count_flops(call: Callable[[], object]) -> int:
@@ -239,7 +231,7 @@ def _measure(
                 name=predictor.name,
                 source=str(predictor.source),
                 kind=predictor.kind,
-                passes=passes(predictor),
+                passes=predictor.passes,
                 uncertainty_source=predictor.uncertainty_source,
                 parameters=predictor.parameters,
                 flops=count_flops(functools.partial(predictor.predict, images)) / batch,

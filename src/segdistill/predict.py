@@ -15,7 +15,14 @@ frames becomes one frame sequence per kind:
                             black = right, grey (128) = void / ignore
     panel/NAME.png          image, label, prediction, accuracy map and the heat map with its
                             colour bar, side by side
-    predict.json            the model, the encodings above and, per image, its input and label
+    predict.json            the model, the encodings above and, per image, its input, label,
+                            image-level OOD scores and (with a detector) its OOD flag
+
+Is an image unlike the training data? Every image gets one score per aggregator of its
+uncertainty map (`segdistill.metrics.ood.image_scores`, Holder & Shafique 5.3). With an
+`ImageOODDetector` (`segdistill.ood_detector`), fitted by `fit_ood_detector` on
+in-distribution reference images such as the validation split, an image is flagged when
+its score is above the threshold that at most a share `fpr` of the references exceed.
 
 Choices the papers leave open:
 - The colour scale is fixed (not per image) so pictures of different images and models
@@ -80,7 +87,9 @@ from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_eval_transform
 from segdistill.errors import ConfigError, DataError
 from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, accuracy_map
+from segdistill.metrics.ood import image_scores
 from segdistill.models import Segmenter
+from segdistill.ood_detector import DEFAULT_AGGREGATOR, DEFAULT_FPR, ImageOODDetector
 from segdistill.predictor import Predictor
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -386,13 +395,65 @@ def _save_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None)
 
 @dataclass
 class PredictSummary:
-    """What a `predict_files` run did: images written, how many had a label, the notices
-    (converted images, images without a label) and the summary file."""
+    """What a `predict_files` run did: images written, how many had a label, how many the
+    OOD detector flagged, the notices (converted images, images without a label) and the
+    summary file."""
 
     images: int = 0
     labelled: int = 0
+    flagged: int = 0
     notices: list[str] = field(default_factory=list)
     summary: Path | None = None
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+
+
+def _notifier(notices: list[str]) -> Callable[[str], None]:
+    """A `notify` that prints a notice above the progress bar and keeps it in `notices`."""
+
+    def notify(notice: str) -> None:
+        notices.append(notice)
+        tqdm.write(f"notice: {notice}", file=sys.stderr)
+
+    return notify
+
+
+def scores_of_map(uncertainty: np.ndarray) -> dict[str, float]:
+    """[H, W] uncertainty of one image -> {aggregator: its image-level OOD score}."""
+    scores = image_scores(torch.from_numpy(uncertainty)[None, None])
+    return {name: float(value[0]) for name, value in scores.items()}
+
+
+def fit_ood_detector(
+    predictor: Predictor,
+    references: Sequence[Path],
+    *,
+    aggregator: str = DEFAULT_AGGREGATOR,
+    fpr: float = DEFAULT_FPR,
+    batch_size: int = 1,
+    size: tuple[int, int] | None = None,
+    progress: bool = True,
+    notices: list[str] | None = None,
+) -> ImageOODDetector:
+    """An `ImageOODDetector` for `predictor` from in-distribution reference image files
+    (from `find_images`), each scored as `predict_files` scores its images (the same
+    padding, `size` and aggregation over the image's own pixels). Conversion notices are
+    printed and appended to `notices`."""
+    _check_batch_size(batch_size)
+    multiple = input_multiple(predictor.segmenters())
+    notify = _notifier([] if notices is None else notices)
+    scores: list[float] = []
+    with tqdm(
+        total=len(references), desc="OOD reference", unit="image", disable=not progress
+    ) as bar:
+        for batch in batches(references, batch_size, multiple, size, notify):
+            results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
+            scores += [scores_of_map(uncertainty)[aggregator] for _, uncertainty in results]
+            bar.update(len(batch))
+    return ImageOODDetector.fit(scores, predictor, aggregator=aggregator, fpr=fpr, resize_to=size)
 
 
 def write_outputs(
@@ -449,25 +510,25 @@ def predict_files(
     size: tuple[int, int] | None = None,
     vmax: float = UNCERTAINTY_VMAX,
     ignore_index: int = IGNORE_INDEX,
+    ood: ImageOODDetector | None = None,
     progress: bool = True,
 ) -> PredictSummary:
     """Predict `images` (files, from `find_images`) in batches and write the outputs of the
-    module docstring under `out`. Notices go to stderr as they happen and into the
-    summary. DataError names the first image or label that cannot be used."""
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    module docstring under `out`. With `ood` (a detector fitted for this predictor and
+    `size`), each image is also flagged or not as unlike the detector's reference images.
+    Notices go to stderr as they happen and into the summary. DataError names the first
+    image or label that cannot be used."""
+    _check_batch_size(batch_size)
     if vmax <= 0:
         raise ConfigError(f"--vmax must be > 0, got {vmax}")
+    if ood is not None:
+        ood.check_model(predictor, size, where="the OOD detector")
     label_files = match_labels(images, labels) if labels is not None else {}
     multiple = input_multiple(predictor.segmenters())
     palette = class_palette(predictor.num_classes)
     title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
     summary = PredictSummary()
-
-    def notify(notice: str) -> None:
-        summary.notices.append(notice)
-        tqdm.write(f"notice: {notice}", file=sys.stderr)
-
+    notify = _notifier(summary.notices)
     records = []
     with tqdm(total=len(images), desc="predict", unit="image", disable=not progress) as bar:
         for batch in batches(images, batch_size, multiple, size, notify):
@@ -481,7 +542,27 @@ def predict_files(
                     if label_file is not None
                     else None
                 )
-                files = write_outputs(
+                scores = scores_of_map(uncertainty)
+                record: dict[str, object] = {
+                    "name": path.stem,
+                    "image": str(path),
+                    "label": None if label_file is None else str(label_file),
+                    "height": image.shape[0],
+                    "width": image.shape[1],
+                    "image_scores": scores,
+                }
+                panel_title = f"{path.stem}: {title}"
+                if ood is not None:
+                    score = scores[ood.aggregator]
+                    flagged = bool(ood.flags(score))
+                    record |= {"ood_score": score, "ood": flagged}
+                    summary.flagged += flagged
+                    verdict = "above: OOD" if flagged else "not above"
+                    panel_title += (
+                        f"\nOOD score ({ood.aggregator}) {score:.4g}, {verdict} the threshold "
+                        f"{ood.threshold:.4g}"
+                    )
+                record["files"] = write_outputs(
                     out,
                     path.stem,
                     image,
@@ -489,20 +570,11 @@ def predict_files(
                     uncertainty,
                     label,
                     palette=palette,
-                    title=f"{path.stem}: {title}",
+                    title=panel_title,
                     vmax=vmax,
                     ignore_index=ignore_index,
                 )
-                records.append(
-                    {
-                        "name": path.stem,
-                        "image": str(path),
-                        "label": None if label_file is None else str(label_file),
-                        "height": image.shape[0],
-                        "width": image.shape[1],
-                        "files": files,
-                    }
-                )
+                records.append(record)
                 summary.images += 1
                 summary.labelled += label is not None
             bar.update(len(batch))
@@ -524,6 +596,14 @@ def predict_files(
                 "right": ACCURACY_RIGHT,
                 "void": ACCURACY_VOID,
             },
+            "image_scores": "per image and aggregator, its uncertainty map aggregated over "
+            "the image (segdistill.metrics.ood.image_scores)",
+        },
+        "ood": None
+        if ood is None
+        else {
+            **{k: v for k, v in ood.to_json().items() if k != "reference_scores"},
+            "flagged": summary.flagged,
         },
         "images": records,
     }

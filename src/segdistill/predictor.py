@@ -154,6 +154,13 @@ class Predictor:
         return self.segmenters()[0].num_classes
 
     @property
+    def passes(self) -> int:
+        """Forward passes of one prediction: ensemble members, MC-dropout samples, else 1."""
+        if isinstance(self.model, MCDropout):
+            return self.model.samples
+        return self.members
+
+    @property
     def parameters(self) -> int:
         """All parameters (of every member), trainable or frozen."""
         return count_parameters(self.model, trainable_only=False)

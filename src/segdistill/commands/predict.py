@@ -3,11 +3,17 @@
     segdistill predict SOURCE INPUT... --out DIR [--labels DIR_OR_FILE] [--batch-size N]
                        [--size HxW] [--vmax V] [--device auto|cpu|cuda] [--channels-last]
                        [--mc-samples K]
+                       [--ood-reference PATH... [--ood-fpr F] [--ood-aggregator A]
+                        | --ood-detector FILE]
 
 SOURCE is a run directory, a .safetensors weights file, or an ensemble directory (or its
 manifest.json). INPUT is image files and folders (searched with their sub-folders; a
 folder of video frames works the same). What is written, the input rules and the label
 naming are described in `segdistill.predict` and docs/deployment.md.
+
+--ood-reference fits an image-level OOD detector on in-distribution images (e.g. the
+validation split), saves it as DIR/ood_detector.json and flags the INPUT images whose
+score is above its threshold; --ood-detector reuses a saved one (`segdistill.ood_detector`).
 """
 
 from __future__ import annotations
@@ -20,8 +26,17 @@ import torch
 from segdistill.bench import resolve_device
 from segdistill.commands.arguments import MODEL_SOURCE_HELP, add_channels_last, add_mc_samples
 from segdistill.commands.data import parse_size
-from segdistill.predict import UNCERTAINTY_VMAX, find_images, predict_files
-from segdistill.predictor import load_predictor
+from segdistill.errors import ConfigError
+from segdistill.metrics.ood import AGGREGATORS
+from segdistill.ood_detector import (
+    DEFAULT_AGGREGATOR,
+    DEFAULT_FPR,
+    DETECTOR_FILE,
+    ImageOODDetector,
+    check_fpr,
+)
+from segdistill.predict import UNCERTAINTY_VMAX, find_images, fit_ood_detector, predict_files
+from segdistill.predictor import Predictor, load_predictor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,7 +86,70 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_channels_last(parser)
     add_mc_samples(parser)
+    ood = parser.add_argument_group(
+        "image-level OOD flag",
+        "flag the images whose aggregated uncertainty is above what in-distribution images "
+        "reach (predict.json: ood_score, ood)",
+    )
+    source = ood.add_mutually_exclusive_group()
+    source.add_argument(
+        "--ood-reference",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="in-distribution image files or folders (e.g. the validation images) to fit "
+        f"the threshold on; the detector is saved as OUT/{DETECTOR_FILE}",
+    )
+    source.add_argument(
+        "--ood-detector",
+        type=Path,
+        metavar="FILE",
+        help=f"a saved {DETECTOR_FILE} of this model and --size",
+    )
+    ood.add_argument(
+        "--ood-fpr",
+        type=float,
+        metavar="F",
+        help=f"share of the reference images the threshold may flag (default {DEFAULT_FPR})",
+    )
+    ood.add_argument(
+        "--ood-aggregator",
+        choices=AGGREGATORS,
+        help=f"how an image's uncertainty becomes one score (default {DEFAULT_AGGREGATOR}; "
+        "`segdistill evaluate` reports which separates best)",
+    )
     parser.set_defaults(func=run_predict)
+
+
+def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDetector | None:
+    """The detector the OOD arguments ask for: fitted on --ood-reference (and saved in the
+    output folder), loaded from --ood-detector, or None."""
+    if args.ood_reference is None:
+        if args.ood_fpr is not None or args.ood_aggregator is not None:
+            raise ConfigError(
+                "--ood-fpr and --ood-aggregator set how --ood-reference fits a detector; a "
+                "saved --ood-detector keeps its own"
+            )
+        if args.ood_detector is None:
+            return None
+        detector = ImageOODDetector.load(args.ood_detector)
+        detector.check_model(predictor, args.size, where=args.ood_detector)
+        return detector
+    detector = fit_ood_detector(
+        predictor,
+        find_images(args.ood_reference),
+        aggregator=args.ood_aggregator or DEFAULT_AGGREGATOR,
+        fpr=check_fpr(DEFAULT_FPR if args.ood_fpr is None else args.ood_fpr),
+        batch_size=args.batch_size,
+        size=args.size,
+    )
+    detector.save(args.out / DETECTOR_FILE)
+    print(
+        f"OOD detector: threshold {detector.threshold:.4g} on the {detector.aggregator} "
+        f"uncertainty, at most {detector.fpr:.0%} of the {detector.reference_images} reference "
+        f"images above it; saved as {args.out / DETECTOR_FILE}"
+    )
+    return detector
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -82,6 +160,7 @@ def run_predict(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     predictor = load_predictor(args.source, mc_samples=args.mc_samples)
     predictor.to(device, channels_last=args.channels_last)
+    ood = _ood_detector(args, predictor)
     summary = predict_files(
         predictor,
         images,
@@ -90,12 +169,18 @@ def run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         size=args.size,
         vmax=args.vmax,
+        ood=ood,
     )
     print(
         f"{predictor.name} ({predictor.kind}, uncertainty: {predictor.uncertainty_source}): "
         f"wrote {summary.images} images, {summary.labelled} with a label, to {args.out}; "
         f"index in {summary.summary}"
     )
+    if ood is not None:
+        print(
+            f"OOD: {summary.flagged} of {summary.images} images flagged as unlike the "
+            f"reference images (score above {ood.threshold:.4g}; predict.json: ood)"
+        )
     if summary.notices:
         print(f"{len(summary.notices)} notice(s), listed above")
     return 0

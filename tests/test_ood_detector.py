@@ -1,0 +1,119 @@
+"""Image-level OOD flags at deployment: the threshold at a false-alarm rate and the detector
+file (`segdistill predict --ood-reference / --ood-detector` is tested in test_predict.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segdistill.errors import ConfigError
+from segdistill.ood_detector import (
+    DETECTOR_FILE,
+    ImageOODDetector,
+    check_aggregator,
+    threshold_at_fpr,
+)
+
+
+def brute_force_threshold(scores: np.ndarray, fpr: float) -> float:
+    """The smallest candidate t among the scores with share(scores > t) <= fpr, by trying
+    every one (the share is counted, not taken from a sorted position)."""
+    allowed = int(fpr * len(scores) + 1e-9)
+    return min(t for t in scores if np.count_nonzero(scores > t) <= allowed)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("fpr", [0.0, 0.01, 0.05, 0.1, 0.29, 0.5, 0.95])
+def test_threshold_is_the_smallest_reference_score_within_the_rate(seed, fpr) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 120))
+    scores = rng.random(n)
+    if seed % 2:  # ties: scores on a coarse grid
+        scores = np.round(scores * 5) / 5
+    threshold = threshold_at_fpr(scores, fpr)
+    assert threshold == brute_force_threshold(scores, fpr)
+    assert np.mean(scores > threshold) <= fpr
+    assert threshold in scores
+
+
+def test_threshold_edge_cases() -> None:
+    assert threshold_at_fpr([0.3, 0.1, 0.2], 0.0) == 0.3  # nothing above the largest
+    # 0.29 * 100 is 28.999999999999996 in floats: 29 of 100 may still be flagged.
+    scores = np.arange(100.0)
+    assert np.count_nonzero(scores > threshold_at_fpr(scores, 0.29)) == 29
+    assert threshold_at_fpr([2.0, 2.0, 2.0, 1.0], 0.5) == 2.0  # ties flag fewer, not more
+    with pytest.raises(ValueError, match="no reference scores"):
+        threshold_at_fpr([], 0.05)
+    with pytest.raises(ValueError, match="finite"):
+        threshold_at_fpr([0.1, float("nan")], 0.05)
+    for fpr in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match="false-alarm rate"):
+            threshold_at_fpr([0.1], fpr)
+
+
+def hand_made(**changes: object) -> ImageOODDetector:
+    scores = [0.1, 0.4, 0.2, 0.3]
+    fields = {
+        "aggregator": "mean",
+        "threshold": threshold_at_fpr(scores, 0.25),
+        "fpr": 0.25,
+        "reference_images": len(scores),
+        "model": "dudes",
+        "kind": "student",
+        "uncertainty_source": "student head (scalar)",
+        "passes": 1,
+        "resize_to": None,
+        "reference_scores": scores,
+    }
+    return ImageOODDetector(**{**fields, **changes})
+
+
+def test_flags_are_the_scores_strictly_above_the_threshold() -> None:
+    detector = hand_made()
+    assert detector.threshold == 0.3
+    scores = np.array([0.05, 0.3, 0.31, 0.9])
+    expected = [False, False, True, True]
+    assert detector.flags(scores).tolist() == expected
+    assert detector.flags(torch.from_numpy(scores)).tolist() == expected
+    assert bool(detector.flags(0.4)) and not bool(detector.flags(0.3))
+    maps = torch.stack([torch.full((1, 4, 6), v) for v in scores.tolist()])  # [B, 1, H, W]
+    np.testing.assert_allclose(detector.scores(maps).numpy(), scores)
+
+
+def test_detector_file_round_trip_and_errors(tmp_path) -> None:
+    detector = hand_made(resize_to=[64, 128])
+    path = tmp_path / DETECTOR_FILE
+    detector.save(path)
+    assert ImageOODDetector.load(path) == detector
+    document = json.loads(path.read_text())
+
+    def broken(**changes: object) -> Path:
+        bad = tmp_path / f"bad_{len(list(tmp_path.glob('bad_*')))}.json"
+        bad.write_text(json.dumps({**document, **changes}))
+        return bad
+
+    cases = [
+        (broken(aggregator="p99"), "'aggregator'"),
+        (broken(fpr=1.5), "'fpr'"),
+        (broken(threshold="high"), "'threshold'"),
+        (broken(passes=True), "'passes'"),
+        (broken(reference_scores=[]), "'reference_scores'"),
+        (broken(resize_to=[64]), "'resize_to'"),
+        (broken(threshold=document["threshold"] + 1.0), "was edited"),
+        (broken(extra=1), "unknown keys \\['extra'\\]"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ConfigError, match=message) as error:
+            ImageOODDetector.load(bad)
+        assert str(bad) in str(error.value)
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "text.json").write_text("not json")
+    for name, message in (("list.json", "JSON object"), ("text.json", "JSON"), ("no", "no such")):
+        with pytest.raises(ConfigError, match=message):
+            ImageOODDetector.load(tmp_path / name)
+    with pytest.raises(ConfigError, match="unknown OOD aggregator 'p99'"):
+        check_aggregator("p99")
