@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from segdistill import figures
 from segdistill.checkpoints import save_weights
 from segdistill.cli import main
 from segdistill.config import ModelConfig
@@ -322,6 +323,25 @@ def test_ood_flags_are_the_scores_above_the_threshold(tmp_path, student, ood_ref
     assert summary.flagged == flags.sum() == index["ood"]["flagged"] <= 2
     assert index["ood"]["threshold"] == detector.threshold
     assert "reference_scores" not in index["ood"]
+    assert read(tmp_path / "out" / "ood_scores.png").ndim == 3
+    unflagged = predict_files(predictor, ood_reference[:1], tmp_path / "plain", progress=False)
+    assert json.loads(unflagged.summary.read_text())["ood"] is None
+    assert not (tmp_path / "plain" / "ood_scores.png").exists()
+
+
+def test_ood_figure_shows_the_threshold_and_the_flagged_count() -> None:
+    figure = figures.ood_flags([0.1, 0.2, 0.3, 0.4], [0.05, 0.35, 0.5], 0.3, "mean", "t")
+    ax = figure.axes[0]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == [
+        "reference (4 images, in-distribution)",
+        "predicted (2 of 3 flagged)",
+        "threshold 0.3",
+    ]
+    assert list(ax.lines[0].get_xdata()) == [0.3, 0.3]
+    # Each histogram is a share of its own images.
+    heights = [patch.get_path().vertices[:, 1].max() for patch in ax.patches]
+    assert heights == pytest.approx([0.25, 1 / 3])
 
 
 def test_ood_detector_refuses_another_model_or_size(tmp_path, student, ood_reference) -> None:

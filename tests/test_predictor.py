@@ -192,6 +192,9 @@ def test_the_readmes_python_example_runs(tmp_path: Path, monkeypatch) -> None:
     assert namespace["prediction"].probs.shape == (2, 19, 128, 256)
     assert namespace["prediction"].uncertainty.shape == (2, 1, 128, 256)
     assert namespace["results"]["segmentation"]["miou"] is not None
+    detector = namespace["detector"]
+    assert detector.reference_images == 8 and detector.model == "dudes"
+    assert namespace["flagged"].shape == (2,) and namespace["flagged"].dtype == bool
     # The loss reached the student's uncertainty head.
     head = namespace["network"].uncertainty_head
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())

@@ -8,6 +8,8 @@ The names most code needs, importable from the package (none of them imports Lig
 - `build_segmenter`, `Segmenter`: the networks; `Ensemble`, `MCDropout`: the teachers,
   whose `signals(images, needs)` give mean and std maps (`TeacherSignals`).
 - `SegmentationEvaluator`: streaming mIoU, calibration and uncertainty-quality metrics.
+- `ImageOODDetector`: flags an image as unlike the training data when its aggregated
+  uncertainty is above a threshold set on in-distribution images.
 - `load_config`, `SegConfig`: the training config. Training itself is
   `segdistill.train.train(cfg)` (it imports Lightning); the losses of the papers are in
   `segdistill.losses`, the methods that combine them in `segdistill.methods`.
@@ -19,11 +21,13 @@ from segdistill.config import SegConfig, load_config
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models import Segmenter, build_segmenter
 from segdistill.models.teachers import Ensemble, MCDropout
+from segdistill.ood_detector import ImageOODDetector
 from segdistill.outputs import TeacherSignals
 from segdistill.predictor import Prediction, Predictor, load_predictor
 
 __all__ = [
     "Ensemble",
+    "ImageOODDetector",
     "MCDropout",
     "Prediction",
     "Predictor",

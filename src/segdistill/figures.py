@@ -20,6 +20,8 @@ comparison; a model keeps its colour (`model_color`, by position) across figures
 | ood_score_distributions    | image scores per set (Holder Fig. 7)                       |
 | ood_auroc_bars             | best-aggregator OOD AUROC per set and model                |
 | anomaly_histograms         | pixel anomaly scores, normal vs anomalous                  |
+| ood_flags                  | predicted images' scores against the reference images and  |
+|                            | the detector's threshold (`segdistill predict`), arrays    |
 | sample_predictions         | image / labels / prediction / accuracy / uncertainty       |
 |                            | (Holder Fig. 2, DUDES Fig. 3), from arrays                 |
 
@@ -463,6 +465,39 @@ def ood_score_distributions(model: Model, aggregator: str | None = None) -> Figu
     ax.set_ylabel(f"image score: {AGGREGATOR_LABELS.get(aggregator, aggregator)}")
     ax.set_title(f"{model['name']}: image scores per set (blue: in-distribution)")
     ax.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def ood_flags(
+    reference_scores: Sequence[float],
+    scores: Sequence[float],
+    threshold: float,
+    aggregator: str,
+    title: str,
+) -> Figure:
+    """Histograms of the image scores of the in-distribution reference images (blue) and
+    of the predicted images (red) on shared bins, each as a share of its own images, with
+    the threshold above which an image is flagged (dashed)."""
+    reference = np.asarray(reference_scores, dtype=np.float64)
+    predicted = np.asarray(scores, dtype=np.float64)
+    both = np.concatenate([reference, predicted, [threshold]])
+    low, high = float(both.min()), float(both.max())
+    edges = np.linspace(low, high if high > low else low + 1.0, 31)
+    figure, (ax,) = axes_grid(1, 1, (5.6, 2.8))
+    flagged = int(np.count_nonzero(predicted > threshold))
+    groups = (
+        (reference, "#1f77b4", f"reference ({reference.size} images, in-distribution)"),
+        (predicted, "#d62728", f"predicted ({flagged} of {predicted.size} flagged)"),
+    )
+    for values, color, label in groups:
+        counts, _ = np.histogram(values, edges)
+        share = counts / max(values.size, 1)
+        ax.stairs(share, edges, color=color, fill=True, alpha=0.45, label=label)
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set_xlabel(f"image score: {AGGREGATOR_LABELS.get(aggregator, aggregator)} uncertainty")
+    ax.set_ylabel("share of images")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
     return figure
 
 

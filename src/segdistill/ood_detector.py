@@ -89,7 +89,7 @@ class ImageOODDetector:
     @classmethod
     def fit(
         cls,
-        reference_scores: Sequence[float],
+        reference_scores: Sequence[float] | np.ndarray | Tensor,
         predictor: Predictor,
         *,
         aggregator: str = DEFAULT_AGGREGATOR,

@@ -17,6 +17,8 @@ frames becomes one frame sequence per kind:
                             colour bar, side by side
     predict.json            the model, the encodings above and, per image, its input, label,
                             image-level OOD scores and (with a detector) its OOD flag
+    ood_scores.png          with a detector: the images' scores against the reference
+                            images' and the threshold
 
 Is an image unlike the training data? Every image gets one score per aggregator of its
 uncertainty map (`segdistill.metrics.ood.image_scores`, Holder & Shafique 5.3). With an
@@ -74,6 +76,7 @@ from PIL import Image, PngImagePlugin
 from torch import Tensor
 from tqdm import tqdm
 
+from segdistill import figures
 from segdistill.checkpoints import atomic_write
 from segdistill.data.base import LabelMapping, read_image, read_mask
 from segdistill.data.cityscapes import (
@@ -100,6 +103,7 @@ UNCERTAINTY_COLORMAP = "magma"
 UINT16_MAX = 65535
 OVERLAY_ALPHA = 0.5
 SUMMARY_FILE = "predict.json"
+OOD_FIGURE = "ood_scores.png"
 _MODE_NAMES = {
     "1": "1-bit",
     "L": "grayscale",
@@ -530,6 +534,7 @@ def predict_files(
     summary = PredictSummary()
     notify = _notifier(summary.notices)
     records = []
+    ood_scores: list[float] = []
     with tqdm(total=len(images), desc="predict", unit="image", disable=not progress) as bar:
         for batch in batches(images, batch_size, multiple, size, notify):
             results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
@@ -556,12 +561,11 @@ def predict_files(
                     score = scores[ood.aggregator]
                     flagged = bool(ood.flags(score))
                     record |= {"ood_score": score, "ood": flagged}
+                    ood_scores.append(score)
                     summary.flagged += flagged
-                    verdict = "above: OOD" if flagged else "not above"
-                    panel_title += (
-                        f"\nOOD score ({ood.aggregator}) {score:.4g}, {verdict} the threshold "
-                        f"{ood.threshold:.4g}"
-                    )
+                    verdict = "> {}: flagged as OOD" if flagged else "<= {}: not flagged"
+                    against = verdict.format(f"threshold {ood.threshold:.4g}")
+                    panel_title += f"\nOOD score ({ood.aggregator}) {score:.4g} {against}"
                 record["files"] = write_outputs(
                     out,
                     path.stem,
@@ -578,6 +582,15 @@ def predict_files(
                 summary.images += 1
                 summary.labelled += label is not None
             bar.update(len(batch))
+    if ood is not None:
+        figure = figures.ood_flags(
+            ood.reference_scores,
+            ood_scores,
+            ood.threshold,
+            ood.aggregator,
+            f"{predictor.name}: which images are unlike the reference images",
+        )
+        figures.save(figure, out / OOD_FIGURE)
     summary.summary = out / SUMMARY_FILE
     document = {
         "source": str(predictor.source),
