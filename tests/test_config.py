@@ -116,6 +116,7 @@ def test_unknown_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
         ("ensemble.vary={optim.lr: [abc]}", "optim.lr='abc' must be a number"),
         ("optim.lr", "expected KEY=VALUE"),
         ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1.0 must be > 0 or null"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 must be >= 1"),
         ("trainer.matmul_precision=tf32", "must be one of 'highest', 'high', 'medium'"),
         ("optim.lr=[1,", "--set optim.lr=[1,: the value is not valid YAML"),
         ("data.crop_size=5", "data.crop_size=5 must be a list (each item an integer)"),

@@ -163,6 +163,34 @@ def test_checkpoint_every_n_steps_allows_resuming_mid_epoch(
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 8
 
 
+def test_accumulated_batches_make_one_step_and_the_schedule_counts_steps(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 4 batches per epoch, one step per 3: steps after batches 3 and 4 (the epoch's last).
+    cfg = tiny_config(
+        tmp_path,
+        data_root,
+        ["trainer.accumulate_grad_batches=3", "trainer.checkpoint_every_n_steps=1"],
+    )
+    saved_at = []
+    real_save = training.RunCheckpoints._save_resumable
+
+    def record(self, trainer):
+        saved_at.append(trainer.global_step)
+        real_save(self, trainer)
+
+    monkeypatch.setattr(training.RunCheckpoints, "_save_resumable", record)
+    run = training.train(cfg)
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 4
+    # The poly schedule spans the 4 optimiser steps, not the 8 batches: it ends at lr 0.
+    schedule = state["lr_schedulers"][0]
+    assert schedule["last_epoch"] == 4 and schedule["_last_lr"] == [0.0, 0.0]
+    # One mid-epoch checkpoint per optimiser step (none between accumulated batches),
+    # plus one at each epoch's end.
+    assert saved_at == [1, 2, 2, 3, 4, 4]
+
+
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -86,7 +86,11 @@ class TrainerConfig:
     "16-mixed" or "bf16-mixed" (the DUDES recipe trains with mixed precision);
     limit_*_batches: a number of batches (int) or a fraction (float) per epoch;
     checkpoint_every_n_steps: also write `last.ckpt` every N optimiser steps (it is always
-    written at the end of every epoch); gradient_clip_val: clip the gradient's total L2
+    written at the end of every epoch); accumulate_grad_batches: one optimiser step per N
+    batches, their gradients summed (each loss divided by N), so that data.batch_size x N x
+    processes is the batch the recipe asks for on a GPU that holds data.batch_size (batch
+    norm still sees data.batch_size images); the last batches of an epoch step with
+    fewer; gradient_clip_val: clip the gradient's total L2
     norm to this value before each step (None: no clipping), for losses whose scale
     dwarfs the cross-entropy early in training (Karine's 14 L_SA); matmul_precision: float32
     matrix products in full float32 ("highest", torch's default) or on a GPU's tensor cores
@@ -108,6 +112,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     deterministic: bool = False
     checkpoint_every_n_steps: int | None = None
+    accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
     channels_last: bool = False
@@ -272,6 +277,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.limit_train_batches", _positive_or_none, "be > 0 or null"),
     ("trainer.limit_val_batches", _positive_or_none, "be > 0 or null"),
     ("trainer.checkpoint_every_n_steps", _positive_or_none, "be > 0 or null"),
+    ("trainer.accumulate_grad_batches", _at_least(1), "be >= 1"),
     ("trainer.gradient_clip_val", _positive_or_none, "be > 0 or null"),
     ("ensemble.members", _at_least(1), "be >= 1"),
 ]

@@ -99,10 +99,10 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
         train_set = add_unlabeled_images(train_set, Path(cfg.distill.unlabeled_root))
     val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes
-    steps = steps_per_epoch(
+    batches = batches_per_epoch(
         len(train_set), world_size, cfg.data.batch_size, cfg.trainer.limit_train_batches
     )
-    if steps < 1:
+    if batches < 1:
         raise ConfigError(
             f"{cfg.data.root} split {cfg.data.train_split!r} has {len(train_set)} images: not "
             f"one full batch of data.batch_size={cfg.data.batch_size} per process "
@@ -129,7 +129,8 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
         cfg.optim,
         methods,
         teacher,
-        total_steps=steps * cfg.trainer.max_epochs,
+        # Lightning steps after every `accumulate` batches and after an epoch's last one.
+        total_steps=-(-batches // cfg.trainer.accumulate_grad_batches) * cfg.trainer.max_epochs,
         num_classes=cfg.data.num_classes,
         ignore_index=cfg.data.ignore_index,
         channels_last=cfg.trainer.channels_last,
@@ -310,11 +311,12 @@ def _local_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def steps_per_epoch(
+def batches_per_epoch(
     num_images: int, world_size: int, batch_size: int, limit: int | float | None
 ) -> int:
-    """Optimiser steps per epoch: full batches of one process's share (`EpochLoader`), cut
-    by `trainer.limit_train_batches` (a count, or a fraction) as Lightning does."""
+    """Training batches per epoch and process: full batches of one process's share
+    (`EpochLoader`), cut by `trainer.limit_train_batches` (a count, or a fraction) as
+    Lightning does."""
     batches = num_images // world_size // batch_size
     if isinstance(limit, int):
         return min(batches, limit)
@@ -371,6 +373,7 @@ def build_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         benchmark=not t.deterministic,
+        accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
         gradient_clip_algorithm="norm",
         # EpochLoader shards the data itself (Lightning's sampler would not be resumable).
@@ -475,7 +478,7 @@ class SegmentationTask(L.LightningModule):
             num_workers=data.num_workers,
             drop_last=True,  # batch norm in the translator needs full batches
         )
-        batches = steps_per_epoch(
+        batches = batches_per_epoch(
             len(data.train_set), 1, data.batch_size, self.trainer.limit_train_batches
         )
         for name, tap, translator in pending:
@@ -635,7 +638,13 @@ class RunCheckpoints(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, task: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        # With gradient accumulation only some batches end with an optimiser step (Lightning
+        # steps after every `accumulate_grad_batches` and after the epoch's last batch); a
+        # checkpoint between them would lose the gradients summed so far.
+        stepped = (idx + 1) % trainer.accumulate_grad_batches == 0 or (
+            idx + 1 == trainer.num_training_batches
+        )
+        if self.every_n_steps and stepped and trainer.global_step % self.every_n_steps == 0:
             self._save_resumable(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
