@@ -102,6 +102,37 @@ def test_writes_every_output_at_the_image_size(tmp_path, student) -> None:
     assert index["images"][0]["label"].endswith("_gtFine_labelTrainIds.png")
 
 
+def test_only_the_chosen_outputs_are_written(tmp_path, student, capsys) -> None:
+    write_png(tmp_path / "in" / "a.png", rgb(32, 48))
+    write_png(tmp_path / "gt" / "a.png", np.zeros((32, 48), np.uint8))
+    predictor = load_predictor(student)
+    every = dict(labels=tmp_path / "gt", progress=False)
+    predict_files(predictor, [tmp_path / "in" / "a.png"], tmp_path / "all", **every)
+    chosen = ["uncertainty16", "accuracy", "pred"]
+    summary = predict_files(
+        predictor, [tmp_path / "in" / "a.png"], tmp_path / "some", outputs=chosen, **every
+    )
+    folders = sorted(p.name for p in (tmp_path / "some").iterdir() if p.is_dir())
+    assert folders == ["accuracy", "pred", "uncertainty16"]
+    record = json.loads(summary.summary.read_text())["images"][0]
+    assert list(record["files"]) == ["pred", "uncertainty16", "accuracy"]
+    for kind in chosen:
+        assert np.array_equal(
+            read(tmp_path / "some" / kind / "a.png"), read(tmp_path / "all" / kind / "a.png")
+        )
+    with pytest.raises(ConfigError, match="unknown output kind\\(s\\) heat; choose from pred"):
+        predict_files(predictor, [tmp_path / "in" / "a.png"], tmp_path / "x", outputs=["heat"])
+    argv = ["predict", str(student), str(tmp_path / "in"), "--out", str(tmp_path / "none")]
+    assert main([*argv, "--outputs", "none"]) == 0
+    assert [p.name for p in (tmp_path / "none").iterdir()] == ["predict.json"]
+    assert main([*argv, "--outputs", "pred,panel"]) == 0
+    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == [
+        "panel",
+        "pred",
+        "predict.json",
+    ]
+
+
 def test_outputs_match_the_predictor_on_the_padded_image(tmp_path, student) -> None:
     image = rgb(40, 70)
     write_png(tmp_path / "a.png", image)

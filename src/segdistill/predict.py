@@ -2,8 +2,8 @@
 
 `predict_files(predictor, images, out)` runs `Predictor.predict` (a student, a baseline, an
 ensemble or an MC-dropout teacher, see `segdistill.predictor`) over image files and writes,
-per image NAME (the file stem), one PNG into one folder per kind, so that a folder of video
-frames becomes one frame sequence per kind:
+per image NAME (the file stem), one PNG into one folder per kind (`outputs`: all kinds by
+default), so that a folder of video frames becomes one frame sequence per kind:
 
     pred/NAME.png           predicted class ids (8-bit; 16-bit beyond 256 classes)
     seg/NAME.png            class colours (the Cityscapes palette for train ids)
@@ -64,7 +64,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +103,8 @@ UNCERTAINTY_COLORMAP = "magma"
 UINT16_MAX = 65535
 OVERLAY_ALPHA = 0.5
 SUMMARY_FILE = "predict.json"
+# What `predict` can write per image, one folder each (module docstring).
+OUTPUT_KINDS = ("pred", "seg", "overlay", "uncertainty", "uncertainty16", "accuracy", "panel")
 OOD_FIGURE = "ood_scores.png"
 _MODE_NAMES = {
     "1": "1-bit",
@@ -472,36 +474,48 @@ def write_outputs(
     title: str,
     vmax: float = UNCERTAINTY_VMAX,
     ignore_index: int = IGNORE_INDEX,
+    kinds: Collection[str] = OUTPUT_KINDS,
 ) -> dict[str, str]:
-    """Write every output picture of one image (module docstring) -> {kind: file}."""
+    """Write the output pictures `kinds` of one image (module docstring; "accuracy" only
+    with a label) -> {kind: file}."""
     colours = colorize(pred, palette)
-    heat = heat_map(uncertainty, vmax)
-    pictures: dict[str, np.ndarray] = {
-        "pred": pred.astype(np.uint8 if len(palette) <= 256 else np.uint16),
-        "seg": colours,
-        "overlay": overlay(image, colours),
-        "uncertainty": heat,
+    accuracy = accuracy_map(pred, label, ignore_index) if label is not None else None
+    # Made only when asked for: a folder of video frames often wants one or two kinds.
+    makers: dict[str, Callable[[], np.ndarray]] = {
+        "pred": lambda: pred.astype(np.uint8 if len(palette) <= 256 else np.uint16),
+        "seg": lambda: colours,
+        "overlay": lambda: overlay(image, colours),
+        "uncertainty": lambda: heat_map(uncertainty, vmax),
+        "uncertainty16": lambda: uncertainty_to_uint16(uncertainty),
     }
-    panels = [("image", image)]
-    if label is not None:
-        pictures["accuracy"] = accuracy_map(pred, label, ignore_index)
-        panels.append(("label", colorize(label, palette)))
-    panels.append(("prediction", colours))
-    if label is not None:
-        panels.append(("accuracy (white = wrong)", pictures["accuracy"]))
+    if accuracy is not None:
+        makers["accuracy"] = lambda: accuracy
     files: dict[str, str] = {}
-    for kind, picture in pictures.items():
-        files[kind] = f"{kind}/{name}.png"
-        _save_png(out / files[kind], picture)
-    files["uncertainty16"] = f"uncertainty16/{name}.png"
-    _save_png(
-        out / files["uncertainty16"],
-        uncertainty_to_uint16(uncertainty),
-        {"uncertainty": f"value / {UINT16_MAX}"},
-    )
-    files["panel"] = f"panel/{name}.png"
-    draw_panel(out / files["panel"], title, panels, uncertainty, vmax)
+    for kind, make in makers.items():
+        if kind in kinds:
+            files[kind] = f"{kind}/{name}.png"
+            text = {"uncertainty": f"value / {UINT16_MAX}"} if kind == "uncertainty16" else None
+            _save_png(out / files[kind], make(), text)
+    if "panel" in kinds:
+        panels = [("image", image)]
+        if label is not None:
+            panels.append(("label", colorize(label, palette)))
+        panels.append(("prediction", colours))
+        if accuracy is not None:
+            panels.append(("accuracy (white = wrong)", accuracy))
+        files["panel"] = f"panel/{name}.png"
+        draw_panel(out / files["panel"], title, panels, uncertainty, vmax)
     return files
+
+
+def check_output_kinds(kinds: Collection[str]) -> list[str]:
+    """`kinds` in the order of OUTPUT_KINDS; ConfigError naming an unknown one."""
+    unknown = sorted(set(kinds) - set(OUTPUT_KINDS))
+    if unknown:
+        raise ConfigError(
+            f"unknown output kind(s) {', '.join(unknown)}; choose from {', '.join(OUTPUT_KINDS)}"
+        )
+    return [kind for kind in OUTPUT_KINDS if kind in kinds]
 
 
 def predict_files(
@@ -515,16 +529,19 @@ def predict_files(
     vmax: float = UNCERTAINTY_VMAX,
     ignore_index: int = IGNORE_INDEX,
     ood: ImageOODDetector | None = None,
+    outputs: Collection[str] = OUTPUT_KINDS,
     progress: bool = True,
 ) -> PredictSummary:
-    """Predict `images` (files, from `find_images`) in batches and write the outputs of the
-    module docstring under `out`. With `ood` (a detector fitted for this predictor and
-    `size`), each image is also flagged or not as unlike the detector's reference images.
+    """Predict `images` (files, from `find_images`) in batches and write the `outputs` of
+    the module docstring (default: every kind) and predict.json under `out`. With `ood`
+    (a detector fitted for this predictor and `size`), each image is also flagged or not
+    as unlike the detector's reference images.
     Notices go to stderr as they happen and into the summary. DataError names the first
     image or label that cannot be used."""
     _check_batch_size(batch_size)
     if vmax <= 0:
         raise ConfigError(f"--vmax must be > 0, got {vmax}")
+    kinds = check_output_kinds(outputs)
     if ood is not None:
         ood.check_model(predictor, size, where="the OOD detector")
     label_files = match_labels(images, labels) if labels is not None else {}
@@ -577,6 +594,7 @@ def predict_files(
                     title=panel_title,
                     vmax=vmax,
                     ignore_index=ignore_index,
+                    kinds=kinds,
                 )
                 records.append(record)
                 summary.images += 1

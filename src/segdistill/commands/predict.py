@@ -1,8 +1,8 @@
 """`segdistill predict`: segmentation, uncertainty and accuracy pictures for image files.
 
-    segdistill predict SOURCE INPUT... --out DIR [--labels DIR_OR_FILE] [--batch-size N]
-                       [--size HxW] [--vmax V] [--device auto|cpu|cuda] [--channels-last]
-                       [--mc-samples K]
+    segdistill predict SOURCE INPUT... --out DIR [--labels DIR_OR_FILE] [--outputs KIND,...]
+                       [--batch-size N] [--size HxW] [--vmax V] [--device auto|cpu|cuda]
+                       [--channels-last] [--mc-samples K]
                        [--ood-reference PATH... [--ood-fpr F] [--ood-aggregator A]
                         | --ood-detector FILE]
 
@@ -35,7 +35,14 @@ from segdistill.ood_detector import (
     ImageOODDetector,
     check_fpr,
 )
-from segdistill.predict import UNCERTAINTY_VMAX, find_images, fit_ood_detector, predict_files
+from segdistill.predict import (
+    OUTPUT_KINDS,
+    UNCERTAINTY_VMAX,
+    check_output_kinds,
+    find_images,
+    fit_ood_detector,
+    predict_files,
+)
 from segdistill.predictor import Predictor, load_predictor
 
 
@@ -62,6 +69,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR_OR_FILE",
         help="label folder (Cityscapes gtFine naming or the image's stem) or one label file; "
         "adds the binary accuracy map",
+    )
+    parser.add_argument(
+        "--outputs",
+        type=parse_outputs,
+        default=list(OUTPUT_KINDS),
+        metavar="KIND,...",
+        help=f"what to write per image, comma-separated: {', '.join(OUTPUT_KINDS)} (default: "
+        "all), or none (predict.json only, e.g. for the OOD flags); the panels take most of "
+        "the time",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward (1)")
     parser.add_argument(
@@ -121,6 +137,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_predict)
 
 
+def parse_outputs(text: str) -> list[str]:
+    """ "pred,uncertainty16" -> the kinds (argparse type); "none" -> []."""
+    if text == "none":
+        return []
+    try:
+        return check_output_kinds([kind.strip() for kind in text.split(",")])
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDetector | None:
     """The detector the OOD arguments ask for: fitted on --ood-reference (and saved in the
     output folder), loaded from --ood-detector, or None."""
@@ -170,6 +196,7 @@ def run_predict(args: argparse.Namespace) -> int:
         size=args.size,
         vmax=args.vmax,
         ood=ood,
+        outputs=args.outputs,
     )
     print(
         f"{predictor.name} ({predictor.kind}, uncertainty: {predictor.uncertainty_source}): "
