@@ -142,7 +142,7 @@ class ImageOODDetector:
         if differ:
             raise ConfigError(
                 f"{where}: this OOD detector was fitted for another model or input size: "
-                f"{'; '.join(differ)}. Fit one for this model with --ood-reference"
+                f"{'; '.join(differ)}; fit one for this model (segdistill predict --ood-reference)"
             )
 
     def to_json(self) -> dict[str, Any]:

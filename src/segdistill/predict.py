@@ -442,15 +442,14 @@ def fit_ood_detector(
     batch_size: int = 1,
     size: tuple[int, int] | None = None,
     progress: bool = True,
-    notices: list[str] | None = None,
 ) -> ImageOODDetector:
     """An `ImageOODDetector` for `predictor` from in-distribution reference image files
     (from `find_images`), each scored as `predict_files` scores its images (the same
     padding, `size` and aggregation over the image's own pixels). Conversion notices are
-    printed and appended to `notices`."""
+    printed."""
     _check_batch_size(batch_size)
     multiple = input_multiple(predictor.segmenters())
-    notify = _notifier([] if notices is None else notices)
+    notify = _notifier([])  # printed only: predict.json lists the predicted images' notices
     scores: list[float] = []
     with tqdm(
         total=len(references), desc="OOD reference", unit="image", disable=not progress
