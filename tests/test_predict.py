@@ -377,6 +377,14 @@ def test_ood_figure_shows_the_threshold_and_the_flagged_count() -> None:
 
 def test_ood_detector_refuses_another_model_or_size(tmp_path, student, ood_reference) -> None:
     detector = fit_ood_detector(load_predictor(student), ood_reference, progress=False)
+    # The same weights under another name and path are the same model.
+    renamed = tmp_path / "renamed.safetensors"
+    renamed.write_bytes(student.read_bytes())
+    predict_files(load_predictor(renamed), ood_reference, tmp_path / "ok", ood=detector)
+    torch.manual_seed(1)
+    other = load_predictor(save_tiny(tmp_path / "other.safetensors"))
+    with pytest.raises(ConfigError, match="weights '[0-9a-f]{12}\\.\\.\\.' \\(given '[0-9a-f]{12}"):
+        predict_files(other, ood_reference, tmp_path / "out", ood=detector, progress=False)
     baseline = load_predictor(save_tiny(tmp_path / "baseline.safetensors", head=None))
     with pytest.raises(ConfigError, match="kind 'student' \\(given 'baseline'\\)"):
         predict_files(baseline, ood_reference, tmp_path / "out", ood=detector, progress=False)

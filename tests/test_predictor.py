@@ -166,6 +166,26 @@ def test_channels_last_predicts_the_same_and_can_be_undone(
     assert all(p.is_contiguous() for p in convs) and not predictor.channels_last
 
 
+def test_fingerprint_follows_the_weights_not_the_name_or_memory_format(
+    zoo: Path, tmp_path: Path
+) -> None:
+    source = zoo / "run_scalar" / "checkpoints" / "best.safetensors"
+    fingerprint = load_predictor(source).fingerprint()
+    assert len(fingerprint) == 64 and int(fingerprint, 16) >= 0
+    renamed = tmp_path / "elsewhere.safetensors"
+    renamed.write_bytes(source.read_bytes())
+    assert load_predictor(renamed).fingerprint() == fingerprint
+    assert load_predictor(source).to("cpu", channels_last=True).fingerprint() == fingerprint
+    changed = load_predictor(source)
+    with torch.no_grad():
+        next(changed.model.parameters()).view(-1)[0] += 1e-6
+    prints = {changed.fingerprint(), fingerprint}
+    prints |= {load_predictor(zoo / name).fingerprint() for name in ("run_per_class", "ens")}
+    assert len(prints) == 4
+    members = [load_predictor(zoo / "ens" / f"member_{i}.safetensors") for i in range(2)]
+    assert members[0].fingerprint() != members[1].fingerprint()
+
+
 def test_inference_and_the_command_line_start_without_lightning() -> None:
     # Lightning takes seconds to import and only training needs it: loading a model,
     # predicting, evaluating, exporting and `segdistill --help` must not pull it in.

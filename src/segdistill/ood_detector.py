@@ -11,9 +11,9 @@ can fix without having seen the shifts to come.
 
 The threshold is the smallest reference score that at most `floor(fpr * N)` of the N
 reference scores exceed (`threshold_at_fpr`); an image is flagged when its score is
-strictly above it. The detector belongs to one model, uncertainty and input size (a score
-is only comparable to scores of the same map), so it records them and `check_model`
-refuses another. It is saved as JSON (`save`, `load`).
+strictly above it. The detector belongs to one model (its weights, by fingerprint), its
+uncertainty and input size (a score is only comparable to scores of the same map), so it
+records them and `check_model` refuses another. It is saved as JSON (`save`, `load`).
 """
 
 from __future__ import annotations
@@ -69,10 +69,11 @@ class ImageOODDetector:
     """Flags an image when `aggregator` of its uncertainty map is above `threshold`.
 
     threshold: from `reference_images` in-distribution images at false-alarm rate `fpr`
-    (`threshold_at_fpr`). model, kind, uncertainty_source, passes: the `Predictor` it was
-    fitted for (an MC-dropout std from 8 passes is not one from 32); resize_to: the [H, W]
-    the images were resized to for the network (None: full size). The reference images'
-    scores are kept, so that `load` can check the threshold follows from them.
+    (`threshold_at_fpr`). model (its name, for people), weights (`Predictor.fingerprint`),
+    kind, uncertainty_source, passes: the `Predictor` it was fitted for (an MC-dropout std
+    from 8 passes is not one from 32); resize_to: the [H, W] the images were resized to for
+    the network (None: full size). The reference images' scores are kept, so that `load`
+    can check the threshold follows from them.
     """
 
     aggregator: str
@@ -80,6 +81,7 @@ class ImageOODDetector:
     fpr: float
     reference_images: int
     model: str
+    weights: str
     kind: str
     uncertainty_source: str
     passes: int
@@ -106,6 +108,7 @@ class ImageOODDetector:
             fpr=fpr,
             reference_images=len(scores),
             model=predictor.name,
+            weights=predictor.fingerprint(),
             kind=predictor.kind,
             uncertainty_source=predictor.uncertainty_source,
             passes=predictor.passes,
@@ -127,18 +130,20 @@ class ImageOODDetector:
     ) -> None:
         """ConfigError naming `where` (e.g. the detector's file) when the predictor, its
         uncertainty or the input size differ from those the detector was fitted for."""
-        given = {
-            "model": predictor.name,
+        given: dict[str, Any] = {
+            "weights": predictor.fingerprint(),
             "kind": predictor.kind,
             "uncertainty_source": predictor.uncertainty_source,
             "passes": predictor.passes,
             "resize_to": None if resize_to is None else [int(v) for v in resize_to],
         }
-        differ = [
-            f"{key} {getattr(self, key)!r} (given {value!r})"
-            for key, value in given.items()
-            if getattr(self, key) != value
-        ]
+        differ = []
+        for key, value in given.items():
+            fitted = getattr(self, key)
+            if fitted != value:
+                if key == "weights":  # a SHA-256's first digits tell two apart
+                    fitted, value = f"{fitted[:12]}...", f"{value[:12]}..."
+                differ.append(f"{key} {fitted!r} (given {value!r})")
         if differ:
             raise ConfigError(
                 f"{where}: this OOD detector was fitted for another model or input size: "
@@ -200,7 +205,7 @@ def _check_types(document: dict[str, Any], path: Path) -> None:
     def fail(key: str, what: str) -> ConfigError:
         return ConfigError(f"{path}: key {key!r} must be {what}, got {document[key]!r}")
 
-    for key in ("model", "kind", "uncertainty_source", "aggregator"):
+    for key in ("model", "weights", "kind", "uncertainty_source", "aggregator"):
         if not isinstance(document[key], str):
             raise fail(key, "a string")
     if document["aggregator"] not in AGGREGATORS:

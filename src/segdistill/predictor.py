@@ -29,6 +29,7 @@ Probabilities are the softmax of a network's logits, or the member / sample mean
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -159,6 +160,17 @@ class Predictor:
         if isinstance(self.model, MCDropout):
             return self.model.samples
         return self.members
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of every weight and buffer (of every member), names included:
+        the same for the same weights however they were loaded or named, on any device or
+        memory format."""
+        digest = hashlib.sha256()
+        for name, tensor in self.model.state_dict().items():
+            data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(data.numpy().tobytes())
+        return digest.hexdigest()
 
     @property
     def parameters(self) -> int:
