@@ -22,6 +22,7 @@ import yaml
 from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.cli import main
 from segdistill.errors import ConfigError, DataError
+from segdistill.ood_detector import DETECTOR_FILE, ImageOODDetector
 from segdistill.pipeline import (
     CheckSpec,
     RunPaths,
@@ -141,6 +142,42 @@ def test_results_schema(tiny_demo: tuple[list[str], Path]) -> None:
     assert all(isinstance(c["passed"], bool) for c in results["checks"])
 
 
+def test_every_model_gets_an_ood_flag_fitted_on_the_validation_images(
+    tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run_dir = tiny_demo
+    results = json.loads((run_dir / "results.json").read_text())
+    homes = {
+        "ensemble": run_dir / "teacher",
+        "baseline": run_dir / "teacher" / "member_00",
+        "dudes": run_dir / "students" / "dudes",
+        "holder": run_dir / "students" / "holder",
+    }
+    for model in results["models"]:
+        flag = model["ood_flag"]
+        detector = ImageOODDetector.load(homes[model["name"]] / DETECTOR_FILE)
+        assert flag["file"] == str(homes[model["name"]] / DETECTOR_FILE)
+        assert (flag["threshold"], flag["reference_split"]) == (detector.threshold, "val")
+        assert detector.reference_images == 2 and detector.model == model["name"]
+        # Its share of each evaluated split, recounted from the evaluation's image scores.
+        for split, scores in model["ood"]["image_scores"].items():
+            values = np.array(scores[detector.aggregator])
+            assert flag["flagged"][split] == np.count_nonzero(values > flag["threshold"]) / len(
+                values
+            )
+    # The same weights: the saved detector works with `predict` on the model's directory.
+    images = run_dir.parent / "data" / "leftImg8bit" / "test"
+    argv = ["predict", str(homes["dudes"]), str(images), "--out", str(run_dir / "p")]
+    assert (
+        main([*argv, "--outputs", "none", "--ood-detector", str(homes["dudes"] / DETECTOR_FILE)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "images flagged as unlike the reference images" in out
+    table = (run_dir / "table.md").read_text()
+    assert "images flagged as OOD (each model's threshold: at most 5% of the 2 val images" in table
+
+
 def test_ablation_rows_read_each_models_metrics(tiny_demo: tuple[list[str], Path]) -> None:
     _, run_dir = tiny_demo
     results = json.loads((run_dir / "results.json").read_text())
@@ -209,7 +246,15 @@ def test_outputs_and_markers(tiny_demo: tuple[list[str], Path]) -> None:
     # Member 0 is the baseline: no separate baseline training.
     assert not (run_dir / "baseline").exists()
     steps = {p.stem for p in (run_dir / "stages").glob("*.json")}
-    run_order = ["data", "teacher", "student-dudes", "student-holder", "evaluate", "bench"]
+    run_order = [
+        "data",
+        "teacher",
+        "student-dudes",
+        "student-holder",
+        "evaluate",
+        "ood-detectors",
+        "bench",
+    ]
     assert steps == {*run_order, "report"}
     assert (run_dir / "cache" / "dudes" / "cache.json").is_file()
     # Each step records its own peak resident memory; the report step's is in no results.
@@ -219,7 +264,7 @@ def test_outputs_and_markers(tiny_demo: tuple[list[str], Path]) -> None:
         assert peak == markers[step]["peak_rss_mib"] > 50  # a torch process is > 50 MiB
     # In the order they ran, and in the report with their time and peak.
     assert list(results["stages"]) == run_order
-    assert f"<summary>Run: 6 steps, {sum(results['stages'].values()) / 60:.1f} min" in report
+    assert f"<summary>Run: 7 steps, {sum(results['stages'].values()) / 60:.1f} min" in report
     peak = results["stage_peak_rss_mib"]["evaluate"] / 1024
     assert (
         f"<th>evaluate</th><td>{results['stages']['evaluate']:.1f}</td><td>{peak:.2f}</td>"
@@ -235,7 +280,7 @@ def test_rerun_skips_every_step(
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.count("done before, skipped") == 7
+    assert out.count("done before, skipped") == 8
     assert "checks:" in out and "mIoU" in out  # the summary is printed again
     assert (run_dir / "results.json").read_text() == before
 
@@ -251,7 +296,7 @@ def test_continues_after_an_interruption(
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.count("done before, skipped") == 5
+    assert out.count("done before, skipped") == 6
     assert "bench: done in" in out and "report: done in" in out
 
 

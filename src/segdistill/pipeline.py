@@ -20,6 +20,8 @@ The steps, in order, each one a function of this module:
     baseline-sK, with `seeds: K > 1`: the baseline and every student again with their
     student-N-sK  seed + k, for k = 1..K-1 (the table and the checks take the mean)
     evaluate     every model on the test split and every shifted copy (`evaluate_models`)
+    ood-detectors  each model's image-level OOD flag, its threshold set on the validation
+                 images (`fit_ood_detectors`), saved as the model's ood_detector.json
     bench        latency, parameters and FLOPs of every model (`bench_models`)
     ablation-N   sub-ensembles of the trained members, or one student retrained for each
                  value of a config key (`sub_ensembles`, `sweep`)
@@ -45,6 +47,7 @@ Run directory:
                                 the same, trained with seed + k (`seeds: K`, k = 1..K-1)
     RUN_DIR/cache/<name>/       cached teacher outputs of each student (or shared: `cache`)
     RUN_DIR/evaluation/         results.json and figures/ of `segdistill.evaluate`
+    RUN_DIR/ood_detectors.json  each model's OOD flag: threshold, aggregator, its file
     RUN_DIR/bench.json          `segdistill.bench` results
     RUN_DIR/ablations/<name>/   the networks and results of each ablation
     RUN_DIR/results.json        everything, for every model (module `write_results`)
@@ -92,6 +95,8 @@ from segdistill.evaluate import (
 )
 from segdistill.metrics.segmentation import removal_point
 from segdistill.models.teachers import MANIFEST_FILE, Ensemble
+from segdistill.ood_detector import DETECTOR_FILE
+from segdistill.predict import find_images, fit_ood_detector
 from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, load_predictor
 from segdistill.report import Claims, dig, write_report
 from segdistill.train import train
@@ -521,6 +526,10 @@ class RunPaths:
     def bench(self) -> Path:
         return self.root / "bench.json"
 
+    @property
+    def ood_detectors(self) -> Path:
+        return self.root / "ood_detectors.json"
+
     def ablation(self, name: str) -> Path:
         return self.root / "ablations" / name
 
@@ -601,6 +610,13 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             )
     steps.append(
         Step("evaluate", "evaluate every model", functools.partial(evaluate_models, exp, paths))
+    )
+    steps.append(
+        Step(
+            "ood-detectors",
+            "fit each model's OOD flag on the validation images",
+            functools.partial(fit_ood_detectors, exp, paths),
+        )
     )
     size = "x".join(map(str, spec.bench.size))
     steps.append(
@@ -1034,6 +1050,31 @@ def evaluate_models(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
     return {"results": str(paths.evaluation / RESULTS_FILE), "splits": results["data"]["splits"]}
 
 
+def fit_ood_detectors(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
+    """Every model's `ImageOODDetector`, its threshold flagging at most DEFAULT_FPR of the
+    validation images (`segdistill.predict.fit_ood_detector`, as `segdistill predict
+    --ood-reference` fits one), saved in the model's directory as ood_detector.json for
+    `predict --ood-detector`; their summaries in ood_detectors.json."""
+    settings = exp.spec.evaluate
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    val_split = teacher_config(exp, paths).data.val_split
+    references = find_images([Path(exp.spec.data.root) / "leftImg8bit" / val_split])
+    detectors = {}
+    for predictor in load_models(exp, paths, exp.spec.seeds):
+        assert predictor.home is not None  # every model of an experiment has its directory
+        predictor.to(device, settings.channels_last)
+        detector = fit_ood_detector(predictor, references, batch_size=settings.batch_size)
+        detector.save(predictor.home / DETECTOR_FILE)
+        summary = {k: v for k, v in detector.to_json().items() if k != "reference_scores"}
+        detectors[predictor.name] = {
+            **summary,
+            "reference_split": val_split,
+            "file": str(predictor.home / DETECTOR_FILE),
+        }
+    _write_json(paths.ood_detectors, detectors)
+    return {"results": str(paths.ood_detectors)}
+
+
 def bench_models(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
     """Latency, parameters and FLOPs of every model, timed round robin -> bench.json
     (the first seed's networks: the other seeds' have the same architectures)."""
@@ -1379,6 +1420,8 @@ def write_results(
     spec = exp.spec
     evaluation = json.loads((paths.evaluation / RESULTS_FILE).read_text())
     bench = json.loads(paths.bench.read_text())
+    # Absent in a run directory whose report was written before the step existed.
+    detectors = json.loads(paths.ood_detectors.read_text()) if paths.ood_detectors.is_file() else {}
     roles = {spec.teacher.name: "teacher", spec.baseline.name: "baseline"}
     labels = {spec.teacher.name: "teacher", spec.baseline.name: "labels only"}
     for student in spec.students:
@@ -1400,6 +1443,8 @@ def write_results(
         if offset == 0:
             model["speed"] = _speed(model, bench, roles)
         model["figures"] = _rebase_figures(model.get("figures", {}), paths.evaluation.name)
+        if model["name"] in detectors:
+            model["ood_flag"] = ood_flag(detectors[model["name"]], model)
         by_model[name].append(model)
     markers = {
         p.stem: json.loads(p.read_text()) for p in sorted((paths.root / STAGES_DIR).glob("*.json"))
@@ -1456,6 +1501,45 @@ def write_results(
     return {"results": str(paths.root / RESULTS_FILE), "report": str(paths.root / REPORT_FILE)}
 
 
+def ood_flag(detector: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    """A model's OOD detector (its summary in ood_detectors.json) and the share of the
+    evaluated images of every split it flags, from the evaluation's image scores
+    (`segdistill.evaluate` aggregates each image's uncertainty as `predict` does)."""
+    threshold, aggregator = detector["threshold"], detector["aggregator"]
+    scores = model["ood"]["image_scores"] if model.get("ood") else {}
+    flagged = {
+        split: float(np.mean(np.asarray(values[aggregator]) > threshold))
+        for split, values in scores.items()
+        if values[aggregator]
+    }
+    return {**detector, "flagged": flagged}
+
+
+def _ood_flag_cells(results: dict[str, Any]) -> list[list[str]] | None:
+    """Header and one row per model of the first seed: the share of each split's images
+    its OOD flag raises. None when no model has one."""
+    models = [m for m in results["models"] if m.get("ood_flag") and m["seed_offset"] == 0]
+    if not models:
+        return None
+    splits = list(models[0]["ood_flag"]["flagged"])
+    rows = [["model", "threshold", *splits]]
+    for model in models:
+        flag = model["ood_flag"]
+        shares = [flag["flagged"].get(split) for split in splits]
+        cells = ["-" if share is None else f"{share:.0%}" for share in shares]
+        rows.append([model["name"], f"{flag['threshold']:.4g}", *cells])
+    return rows
+
+
+def _ood_flag_title(results: dict[str, Any]) -> str:
+    flag = next(m["ood_flag"] for m in results["models"] if m.get("ood_flag"))
+    return (
+        f"images flagged as OOD (each model's threshold: at most {flag['fpr']:.0%} of the "
+        f"{flag['reference_images']} {flag['reference_split']} images above it, "
+        f"{flag['aggregator']} uncertainty; `segdistill predict --ood-detector`):"
+    )
+
+
 def experiment_claims(results: dict[str, Any]) -> Claims:
     """The table and the checks of an experiment's results.json, for the HTML report."""
     table = results["table"]
@@ -1486,6 +1570,12 @@ def _text_table(rows: list[list[str]]) -> list[str]:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "-" * max(len(line) for line in lines))
     return lines
+
+
+def _markdown_table(rows: list[list[str]]) -> list[str]:
+    """Header row and body rows as a Markdown (pipe) table."""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows[1:]]
 
 
 def _table_cells(table: dict[str, Any]) -> list[list[str]]:
@@ -1538,6 +1628,9 @@ def format_summary(results: dict[str, Any]) -> str:
     table = results["table"]
     lines = [f"{table['title'] or results['experiment']['name']} ({table['split']}):"]
     lines += _text_table(_table_cells(table))
+    flags = _ood_flag_cells(results)
+    if flags:
+        lines += ["", _ood_flag_title(results), *_text_table(flags)]
     for name, ablation in results["ablations"].items():
         lines += ["", *_ablation_lines(name, ablation)]
     if results["checks"]:
@@ -1555,9 +1648,10 @@ def format_markdown(results: dict[str, Any]) -> str:
     lines = [f"# {experiment['title'] or experiment['name']}", ""]
     if experiment["paper"]:
         lines += [experiment["paper"], ""]
-    lines += [f"{table['title']} (split {table['split']})", ""]
-    lines += ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
-    lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+    lines += [f"{table['title']} (split {table['split']})", "", *_markdown_table(cells)]
+    flags = _ood_flag_cells(results)
+    if flags:
+        lines += ["", _ood_flag_title(results), "", *_markdown_table(flags)]
     for name, ablation in results["ablations"].items():
         lines += ["", "```", *_ablation_lines(name, ablation), "```"]
     if results["checks"]:

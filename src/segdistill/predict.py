@@ -452,7 +452,10 @@ def fit_ood_detector(
     notify = _notifier([])  # printed only: predict.json lists the predicted images' notices
     scores: list[float] = []
     with tqdm(
-        total=len(references), desc="OOD reference", unit="image", disable=not progress
+        total=len(references),
+        desc=f"OOD reference ({predictor.name})",
+        unit="image",
+        disable=not progress,
     ) as bar:
         for batch in batches(references, batch_size, multiple, size, notify):
             results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
