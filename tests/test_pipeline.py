@@ -174,8 +174,11 @@ def test_every_model_gets_an_ood_flag_fitted_on_the_validation_images(
     )
     out = capsys.readouterr().out
     assert "images flagged as unlike the reference images" in out
-    table = (run_dir / "table.md").read_text()
-    assert "images flagged as OOD (each model's threshold: at most 5% of the 2 val images" in table
+    title = "images flagged as OOD (each model's threshold: at most 5% of the 2 val images"
+    assert title in (run_dir / "table.md").read_text()
+    report = (run_dir / "report.html").read_text()
+    claims = report[report.index('<section id="claims"') : report.index('<section id="summary"')]
+    assert html.escape(title) in claims and claims.count("<table") == 2
 
 
 def test_ablation_rows_read_each_models_metrics(tiny_demo: tuple[list[str], Path]) -> None:

@@ -1543,10 +1543,12 @@ def _ood_flag_title(results: dict[str, Any]) -> str:
 def experiment_claims(results: dict[str, Any]) -> Claims:
     """The table and the checks of an experiment's results.json, for the HTML report."""
     table = results["table"]
+    flags = _ood_flag_cells(results)
     return Claims(
         title=f"{table['title'] or results['experiment']['name']} (split {table['split']})",
         header=table["columns"],
         rows=_table_cells(table)[1:],
+        tables=[(_ood_flag_title(results), flags[0], flags[1:])] if flags else [],
         checks=[(outcome["passed"], _check_line(outcome)) for outcome in results["checks"]],
         steps=[
             (name, seconds, results.get("stage_peak_rss_mib", {}).get(name))

@@ -116,14 +116,16 @@ def _load_input(path: Path) -> list[ReportModel]:
 @dataclass
 class Claims:
     """An experiment's verdict, as text the pipeline formats: the paper-shaped table
-    (`header`, `rows` of cells), one (passed, line) per check outcome, and the run's
-    steps in order as (name, seconds, peak resident MiB or None when not recorded)."""
+    (`header`, `rows` of cells), more tables under it as (caption, header, rows), one
+    (passed, line) per check outcome, and the run's steps in order as (name, seconds, peak
+    resident MiB or None when not recorded)."""
 
     title: str
     header: list[str]
     rows: list[list[str]]
     checks: list[tuple[bool, str]]
     steps: list[tuple[str, float, float | None]] = field(default_factory=list)
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
 
 
 @dataclass
@@ -508,8 +510,12 @@ ul.checks li.fail{border-left-color:#c0392b;background:#fdf0ee}
 
 
 def claims_html(claims: Claims) -> str:
-    """The paper-shaped table and the checks, each line marked PASS (green) or FAIL (red)."""
-    rows = [[text(cell, header=j == 0) for j, cell in enumerate(row)] for row in claims.rows]
+    """The paper-shaped table, the tables under it and the checks, each line marked PASS
+    (green) or FAIL (red)."""
+
+    def cells(rows: list[list[str]]) -> list[list[Cell]]:
+        return [[text(cell, header=j == 0) for j, cell in enumerate(row)] for row in rows]
+
     passed = sum(ok for ok, _ in claims.checks)
     items = "".join(
         f'<li class="{"pass" if ok else "fail"}">{html.escape(line)}</li>'
@@ -520,7 +526,11 @@ def claims_html(claims: Claims) -> str:
         if claims.checks
         else ""
     )
-    return _table(claims.header, rows, caption=claims.title) + checks + _steps_html(claims.steps)
+    tables = [_table(claims.header, cells(claims.rows), caption=claims.title)]
+    tables += [
+        _table(header, cells(rows), caption=caption) for caption, header, rows in claims.tables
+    ]
+    return "".join(tables) + checks + _steps_html(claims.steps)
 
 
 def _steps_html(steps: list[tuple[str, float, float | None]]) -> str:
