@@ -153,6 +153,10 @@ class ImageOODDetector:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> dict[str, Any]:
+        """`to_json` without the reference scores: what a results file repeats."""
+        return {k: v for k, v in self.to_json().items() if k != "reference_scores"}
+
     def save(self, path: Path) -> None:
         text = json.dumps(self.to_json(), indent=2) + "\n"
         atomic_write(path, lambda file: file.write(text.encode()))

@@ -1065,9 +1065,8 @@ def fit_ood_detectors(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
         predictor.to(device, settings.channels_last)
         detector = fit_ood_detector(predictor, references, batch_size=settings.batch_size)
         detector.save(predictor.home / DETECTOR_FILE)
-        summary = {k: v for k, v in detector.to_json().items() if k != "reference_scores"}
         detectors[predictor.name] = {
-            **summary,
+            **detector.summary(),
             "reference_split": val_split,
             "file": str(predictor.home / DETECTOR_FILE),
         }

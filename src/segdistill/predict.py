@@ -635,7 +635,7 @@ def predict_files(
         "ood": None
         if ood is None
         else {
-            **{k: v for k, v in ood.to_json().items() if k != "reference_scores"},
+            **ood.summary(),
             "flagged": summary.flagged,
         },
         "images": records,
