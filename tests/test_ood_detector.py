@@ -99,6 +99,7 @@ def test_detector_file_round_trip_and_errors(tmp_path) -> None:
 
     cases = [
         (broken(aggregator="p99"), "'aggregator'"),
+        (broken(weights=7), "'weights' must be a string"),
         (broken(fpr=1.5), "'fpr'"),
         (broken(threshold="high"), "'threshold'"),
         (broken(passes=True), "'passes'"),

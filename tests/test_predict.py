@@ -126,6 +126,9 @@ def test_only_the_chosen_outputs_are_written(tmp_path, student, capsys) -> None:
     assert main([*argv, "--outputs", "none"]) == 0
     assert [p.name for p in (tmp_path / "none").iterdir()] == ["predict.json"]
     assert main([*argv, "--outputs", "pred,panel"]) == 0
+    with pytest.raises(SystemExit):  # argparse's usage error, exit status 2
+        main([*argv, "--outputs", "pred,heat"])
+    assert "unknown output kind(s) heat" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "none").iterdir()) == [
         "panel",
         "pred",
