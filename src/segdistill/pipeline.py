@@ -1503,24 +1503,27 @@ def write_results(
 def ood_flag(detector: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
     """A model's OOD detector (its summary in ood_detectors.json) and the share of the
     evaluated images of every split it flags, from the evaluation's image scores
-    (`segdistill.evaluate` aggregates each image's uncertainty as `predict` does)."""
+    (`segdistill.evaluate` aggregates each image's uncertainty as `predict` does). The
+    split the threshold was set on is left out: its share is at most `fpr` by construction
+    (the paper configs evaluate on Cityscapes' val, whose test labels are not public)."""
     threshold, aggregator = detector["threshold"], detector["aggregator"]
     scores = model["ood"]["image_scores"] if model.get("ood") else {}
     flagged = {
         split: float(np.mean(np.asarray(values[aggregator]) > threshold))
         for split, values in scores.items()
-        if values[aggregator]
+        if values[aggregator] and split != detector["reference_split"]
     }
     return {**detector, "flagged": flagged}
 
 
 def _ood_flag_cells(results: dict[str, Any]) -> list[list[str]] | None:
     """Header and one row per model of the first seed: the share of each split's images
-    its OOD flag raises. None when no model has one."""
+    its OOD flag raises. None when no model has one or no split was evaluated besides the
+    one its threshold was set on."""
     models = [m for m in results["models"] if m.get("ood_flag") and m["seed_offset"] == 0]
-    if not models:
+    splits = list(models[0]["ood_flag"]["flagged"]) if models else []
+    if not splits:
         return None
-    splits = list(models[0]["ood_flag"]["flagged"])
     rows = [["model", "threshold", *splits]]
     for model in models:
         flag = model["ood_flag"]
