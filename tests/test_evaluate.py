@@ -192,6 +192,15 @@ def test_summary_table(setup: dict[str, Any]) -> None:
     assert "mIoU" in lines[1] and "anomaly AP" in lines[1]
     assert any(line.startswith("dudes") for line in lines)
     assert "night" in text
+    # The probably-wrong operating point at 90 % of the errors, as metrics.json holds it.
+    start = lines.index(next(line for line in lines if line.startswith("flagging pixels")))
+    for model in setup["results"]["models"]:
+        points = model["splits"]["test"]["uncertainty"]["error_operating_points"]
+        point = next(p for p in points if p["target_recall"] == 0.9)
+        row = next(line for line in lines[start:] if line.startswith(model["name"] + " "))
+        shares = [point[k] for k in ("flagged", "correct_flagged", "kept_accuracy")]
+        expected = ["-" if v is None else f"{v:.1%}" for v in shares]
+        assert row.split()[1:] == [f"{point['threshold']:.4g}", *expected]
 
 
 def test_cli_prints_the_summary(setup: dict[str, Any], tmp_path: Path, capsys) -> None:

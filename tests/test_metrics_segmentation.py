@@ -151,6 +151,30 @@ def test_misclassification_detection_matches_sklearn(batches: list, result: dict
     assert got["fpr95"] == pytest.approx(fpr[np.searchsorted(tpr, 0.95)], abs=2e-3)
 
 
+def test_error_operating_points_match_flagging_the_pixels_directly(
+    batches: list, result: dict
+) -> None:
+    ref = pooled(batches)  # valid pixels only: the ignore pixels take no part
+    wrong = ref["pred"] != ref["target"]
+    unc = ref["unc"]
+    edges = np.linspace(0.0, 1.0, 1001)  # the evaluator's 1000 bins over (0, 1)
+    points = result["uncertainty"]["error_operating_points"]
+    assert [p["target_recall"] for p in points] == [0.5, 0.8, 0.9, 0.95]
+    for point in points:
+        # The highest edge whose flag (uncertainty >= edge) catches the target share.
+        catches = [e for e in edges if np.mean(unc[wrong] >= e) >= point["target_recall"]]
+        threshold = max(catches)
+        assert point["threshold"] == pytest.approx(threshold, abs=1e-12)
+        flagged = unc >= threshold
+        assert point["recall"] == pytest.approx(np.mean(flagged[wrong]))
+        assert point["correct_flagged"] == pytest.approx(np.mean(flagged[~wrong]))
+        assert point["flagged"] == pytest.approx(np.mean(flagged))
+        assert point["kept_accuracy"] == pytest.approx(np.mean(~wrong[~flagged]))
+    # Catching more errors costs more correct pixels.
+    costs = [p["correct_flagged"] for p in points]
+    assert costs == sorted(costs) and costs[0] < costs[-1]
+
+
 def test_aurc_and_removal_curve_match_global_sort(batches: list, result: dict) -> None:
     ref = pooled(batches)
     order = np.argsort(ref["unc"], kind="stable")
@@ -284,6 +308,8 @@ def test_perfect_prediction() -> None:
     assert result["segmentation"]["iou"] == [1.0, 1.0, 1.0]
     # No wrong pixel: detection metrics are undefined (None), risk is zero.
     assert set(result["uncertainty"]["misclassification"].values()) == {None}
+    points = result["uncertainty"]["error_operating_points"]
+    assert all(p["threshold"] is None and p["kept_accuracy"] is None for p in points)
     assert result["uncertainty"]["aurc"] == 0.0 and result["uncertainty"]["eaurc"] == 0.0
     assert result["uncertainty"]["miou_vs_removed"]["miou"] == [1.0] * 10
 

@@ -136,6 +136,38 @@ def test_only_the_chosen_outputs_are_written(tmp_path, student, capsys) -> None:
     ]
 
 
+def test_distrust_mask_marks_the_pixels_at_or_above_the_threshold(
+    tmp_path, student, capsys
+) -> None:
+    write_png(tmp_path / "in" / "a.png", rgb(40, 70))
+    write_png(tmp_path / "in" / "b.png", rgb(32, 48, seed=5))
+    predictor = load_predictor(student)
+    plain = predict_files(predictor, sorted((tmp_path / "in").iterdir()), tmp_path / "p")
+    u16 = read(tmp_path / "p" / "uncertainty16" / "a.png").astype(np.float64) / UINT16_MAX
+    threshold = float(np.median(u16))  # about half the pixels of image a
+    assert json.loads(plain.summary.read_text())["distrust_above"] is None
+    assert not (tmp_path / "p" / "distrust").exists()
+
+    argv = ["predict", str(student), str(tmp_path / "in"), "--out", str(tmp_path / "d")]
+    assert main([*argv, "--distrust-above", str(threshold)]) == 0
+    mask = read(tmp_path / "d" / "distrust" / "a.png")
+    assert set(np.unique(mask)) <= {0, 255} and mask.shape == (40, 70)
+    # The same pixels as thresholding the map (up to the 16-bit rounding of the file).
+    near = np.abs(u16 - threshold) < 1e-4
+    assert np.array_equal((mask == 255)[~near], (u16 >= threshold)[~near])
+    index = json.loads((tmp_path / "d" / "predict.json").read_text())
+    assert index["distrust_above"] == threshold
+    record = index["images"][0]
+    assert record["distrust_share"] == pytest.approx((mask == 255).mean())
+    assert record["files"]["distrust"] == "distrust/a.png"
+    shares = [r["distrust_share"] * r["height"] * r["width"] for r in index["images"]]
+    assert f"distrust: {sum(shares) / (40 * 70 + 32 * 48):.1%} of the pixels" in (
+        capsys.readouterr().out
+    )
+    assert main([*argv, "--distrust-above", "nan"]) == 2
+    assert "--distrust-above must be a finite number" in capsys.readouterr().err
+
+
 def test_outputs_match_the_predictor_on_the_padded_image(tmp_path, student) -> None:
     image = rgb(40, 70)
     write_png(tmp_path / "a.png", image)

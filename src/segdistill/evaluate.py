@@ -689,4 +689,33 @@ def format_summary(models: Sequence[dict[str, Any]], split: str = REFERENCE_SPLI
             )
         lines += ["", f"image-level OOD AUROC vs {REFERENCE_SPLIT!r} (best aggregator):"]
         lines += _text_table(ood)
+    flags = _distrust_cells(models, split)
+    if flags:
+        lines += [
+            "",
+            f"flagging pixels as probably wrong on {split!r}: the uncertainty threshold that "
+            f"catches {DISTRUST_RECALL:.0%} of the wrong pixels (predict --distrust-above):",
+            *_text_table(flags),
+        ]
     return "\n".join(lines)
+
+
+# The error recall whose operating point the printed summary shows (all are in metrics.json).
+DISTRUST_RECALL = 0.9
+
+
+def _distrust_cells(models: Sequence[dict[str, Any]], split: str) -> list[list[str]] | None:
+    """Header and one row per model with an operating point at DISTRUST_RECALL on
+    `split`: threshold, share of pixels flagged, of correct pixels flagged, accuracy of
+    the pixels kept. None when no model has one."""
+    rows = [["model", "threshold", "pixels flagged", "correct flagged", "kept accuracy"]]
+    for model in models:
+        uncertainty = (model.get("splits", {}).get(split) or {}).get("uncertainty") or {}
+        points = uncertainty.get("error_operating_points") or []
+        point = next((p for p in points if p["target_recall"] == DISTRUST_RECALL), None)
+        if point is None or point["threshold"] is None:
+            continue
+        values = (point["flagged"], point["correct_flagged"], point["kept_accuracy"])
+        shares = ["-" if v is None else f"{v:.1%}" for v in values]
+        rows.append([model["name"], f"{point['threshold']:.4g}", *shares])
+    return rows if len(rows) > 1 else None

@@ -13,6 +13,8 @@ default), so that a folder of video frames becomes one frame sequence per kind:
     uncertainty16/NAME.png  raw uncertainty as a 16-bit PNG: u = value / 65535, u in [0, 1]
     accuracy/NAME.png       when a label exists: binary accuracy map, white = wrong,
                             black = right, grey (128) = void / ignore
+    distrust/NAME.png       with `distrust_above` T: white (255) where the uncertainty is
+                            >= T (probably wrong), black elsewhere
     panel/NAME.png          image, label, prediction, accuracy map and the heat map with its
                             colour bar, side by side
     predict.json            the model, the encodings above and, per image, its input, label,
@@ -62,6 +64,7 @@ every output has the size of its image and aligns with it and its label.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -104,7 +107,17 @@ UINT16_MAX = 65535
 OVERLAY_ALPHA = 0.5
 SUMMARY_FILE = "predict.json"
 # What `predict` can write per image, one folder each (module docstring).
-OUTPUT_KINDS = ("pred", "seg", "overlay", "uncertainty", "uncertainty16", "accuracy", "panel")
+OUTPUT_KINDS = (
+    "pred",
+    "seg",
+    "overlay",
+    "uncertainty",
+    "uncertainty16",
+    "accuracy",
+    "distrust",
+    "panel",
+)
+DISTRUST_FLAGGED = 255  # "probably wrong" in distrust/NAME.png; 0 elsewhere
 OOD_FIGURE = "ood_scores.png"
 _MODE_NAMES = {
     "1": "1-bit",
@@ -402,12 +415,15 @@ def _save_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None)
 @dataclass
 class PredictSummary:
     """What a `predict_files` run did: images written, how many had a label, how many the
-    OOD detector flagged, the notices (converted images, images without a label) and the
-    summary file."""
+    OOD detector flagged, the pixels predicted and how many were marked probably wrong
+    (with `distrust_above`), the notices (converted images, images without a label) and
+    the summary file."""
 
     images: int = 0
     labelled: int = 0
     flagged: int = 0
+    pixels: int = 0
+    distrusted: int = 0
     notices: list[str] = field(default_factory=list)
     summary: Path | None = None
 
@@ -477,9 +493,10 @@ def write_outputs(
     vmax: float = UNCERTAINTY_VMAX,
     ignore_index: int = IGNORE_INDEX,
     kinds: Collection[str] = OUTPUT_KINDS,
+    distrust: np.ndarray | None = None,
 ) -> dict[str, str]:
     """Write the output pictures `kinds` of one image (module docstring; "accuracy" only
-    with a label) -> {kind: file}."""
+    with a label, "distrust" only with its bool [H, W] mask) -> {kind: file}."""
     colours = colorize(pred, palette)
     accuracy = accuracy_map(pred, label, ignore_index) if label is not None else None
     # Made only when asked for: a folder of video frames often wants one or two kinds.
@@ -492,6 +509,8 @@ def write_outputs(
     }
     if accuracy is not None:
         makers["accuracy"] = lambda: accuracy
+    if distrust is not None:
+        makers["distrust"] = lambda: np.where(distrust, DISTRUST_FLAGGED, 0).astype(np.uint8)
     files: dict[str, str] = {}
     for kind, make in makers.items():
         if kind in kinds:
@@ -505,6 +524,8 @@ def write_outputs(
         panels.append(("prediction", colours))
         if accuracy is not None:
             panels.append(("accuracy (white = wrong)", accuracy))
+        if distrust is not None:
+            panels.append(("distrust (white = probably wrong)", makers["distrust"]()))
         files["panel"] = f"panel/{name}.png"
         draw_panel(out / files["panel"], title, panels, uncertainty, vmax)
     return files
@@ -531,19 +552,23 @@ def predict_files(
     vmax: float = UNCERTAINTY_VMAX,
     ignore_index: int = IGNORE_INDEX,
     ood: ImageOODDetector | None = None,
+    distrust_above: float | None = None,
     outputs: Collection[str] = OUTPUT_KINDS,
     progress: bool = True,
 ) -> PredictSummary:
     """Predict `images` (files, from `find_images`) in batches and write the `outputs` of
     the module docstring (default: every kind) and predict.json under `out`. With `ood`
     (a detector fitted for this predictor and `size`), each image is also flagged or not
-    as unlike the detector's reference images.
-    Notices go to stderr as they happen and into the summary. DataError names the first
-    image or label that cannot be used."""
+    as unlike the detector's reference images. With `distrust_above` T, the pixels whose
+    uncertainty is >= T are marked probably wrong (pick T from `segdistill evaluate`'s
+    error_operating_points). Notices go to stderr as they happen and into the summary.
+    DataError names the first image or label that cannot be used."""
     _check_batch_size(batch_size)
     if vmax <= 0:
         raise ConfigError(f"--vmax must be > 0, got {vmax}")
     kinds = check_output_kinds(outputs)
+    if distrust_above is not None and not math.isfinite(distrust_above):
+        raise ConfigError(f"--distrust-above must be a finite number, got {distrust_above}")
     if ood is not None:
         ood.check_model(predictor, size, where="the OOD detector")
     label_files = match_labels(images, labels) if labels is not None else {}
@@ -576,6 +601,11 @@ def predict_files(
                     "image_scores": scores,
                 }
                 panel_title = f"{path.stem}: {title}"
+                distrust = None if distrust_above is None else uncertainty >= distrust_above
+                summary.pixels += uncertainty.size
+                if distrust is not None:
+                    record["distrust_share"] = float(distrust.mean())
+                    summary.distrusted += int(distrust.sum())
                 if ood is not None:
                     score = scores[ood.aggregator]
                     flagged = bool(ood.flags(score))
@@ -597,6 +627,7 @@ def predict_files(
                     vmax=vmax,
                     ignore_index=ignore_index,
                     kinds=kinds,
+                    distrust=distrust,
                 )
                 records.append(record)
                 summary.images += 1
@@ -631,7 +662,9 @@ def predict_files(
             },
             "image_scores": "per image and aggregator, its uncertainty map aggregated over "
             "the image (segdistill.metrics.ood.image_scores)",
+            "distrust": {"probably wrong (uncertainty >= distrust_above)": DISTRUST_FLAGGED},
         },
+        "distrust_above": distrust_above,
         "ood": None
         if ood is None
         else {

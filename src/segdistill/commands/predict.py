@@ -1,8 +1,8 @@
 """`segdistill predict`: segmentation, uncertainty and accuracy pictures for image files.
 
     segdistill predict SOURCE INPUT... --out DIR [--labels DIR_OR_FILE] [--outputs KIND,...]
-                       [--batch-size N] [--size HxW] [--vmax V] [--device auto|cpu|cuda]
-                       [--channels-last] [--mc-samples K]
+                       [--distrust-above T] [--batch-size N] [--size HxW] [--vmax V]
+                       [--device auto|cpu|cuda] [--channels-last] [--mc-samples K]
                        [--ood-reference PATH... [--ood-fpr F] [--ood-aggregator A]
                         | --ood-detector FILE]
 
@@ -78,6 +78,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"what to write per image, comma-separated: {', '.join(OUTPUT_KINDS)} (default: "
         "all), or none (predict.json only, e.g. for the OOD flags); the panels take most of "
         "the time",
+    )
+    parser.add_argument(
+        "--distrust-above",
+        type=float,
+        metavar="T",
+        help="write distrust/NAME.png: white where the uncertainty is >= T (probably wrong); "
+        "take T from `segdistill evaluate`'s error_operating_points for the share of errors "
+        "it must catch",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward (1)")
     parser.add_argument(
@@ -196,6 +204,7 @@ def run_predict(args: argparse.Namespace) -> int:
         size=args.size,
         vmax=args.vmax,
         ood=ood,
+        distrust_above=args.distrust_above,
         outputs=args.outputs,
     )
     print(
@@ -207,6 +216,11 @@ def run_predict(args: argparse.Namespace) -> int:
         print(
             f"OOD: {summary.flagged} of {summary.images} images flagged as unlike the "
             f"reference images (score above {ood.threshold:.4g}; predict.json: ood)"
+        )
+    if args.distrust_above is not None and summary.pixels:
+        print(
+            f"distrust: {summary.distrusted / summary.pixels:.1%} of the pixels have an "
+            f"uncertainty >= {args.distrust_above:g} (white in distrust/)"
         )
     if summary.notices:
         print(f"{len(summary.notices)} notice(s), listed above")

@@ -12,7 +12,9 @@ grow with it, everything needed for:
   pred_std, entropy, mutual information, ...; 1 - max softmax when none is given):
   per-class mean uncertainty of the pixels predicted as each class (DUDES Table 2,
   Holder & Shafique Table 1), misclassification detection with the wrong pixel as
-  positive (AUROC, AUPR, FPR at 95 % TPR), AURC / E-AURC, pAvPU over thresholds, the mIoU
+  positive (AUROC, AUPR, FPR at 95 % TPR), the thresholds that flag 50-95 % of the wrong
+  pixels as probably wrong and what they cost (`error_operating_points`, for `segdistill
+  predict --distrust-above`), AURC / E-AURC, pAvPU over thresholds, the mIoU
   after removing the x % most uncertain pixels of the whole data set (DUDES Fig. 4) and
   histograms of uncertainty for correct and wrong pixels (Holder & Shafique Fig. 4).
 
@@ -102,6 +104,46 @@ def iou_vs_removed(class_counts_by_bin: np.ndarray, fractions: tuple[float, ...]
         kept = cum_counts[k] + share * counts[k]
         result[i] = iou_from_counts(kept[_TP], kept[_GT], kept[_PRED])
     return result
+
+
+# Shares of the wrong pixels a "probably wrong" flag must catch (`error_operating_points`).
+ERROR_RECALLS = (0.5, 0.8, 0.9, 0.95)
+
+
+def error_operating_points(
+    wrong: np.ndarray, correct: np.ndarray, edges: np.ndarray, recalls: tuple[float, ...]
+) -> list[dict[str, float | None]]:
+    """Where to threshold the uncertainty to flag pixels as probably wrong.
+
+    wrong, correct: [K] pixel counts per uncertainty bin (ascending); edges: [K + 1] bin
+    edges. For each target recall r: the highest edge t such that flagging the pixels
+    with uncertainty >= t (the bins from t up) catches at least r of the wrong pixels,
+    and what that flag does: `recall` (share of wrong pixels flagged), `correct_flagged`
+    (share of correct pixels flagged), `flagged` (share of all pixels) and
+    `kept_accuracy` (accuracy of the pixels below t; None when none are). Exact at bin
+    edges, which is where the threshold lies. Without a wrong pixel every value is None.
+    """
+    wrong_from = np.concatenate([np.cumsum(wrong[::-1])[::-1], [0]]).astype(np.float64)
+    correct_from = np.concatenate([np.cumsum(correct[::-1])[::-1], [0]]).astype(np.float64)
+    num_wrong, num_correct = wrong_from[0], correct_from[0]
+    points: list[dict[str, float | None]] = []
+    for recall in recalls:
+        point: dict[str, float | None] = dict.fromkeys(
+            ("threshold", "recall", "correct_flagged", "flagged", "kept_accuracy")
+        )
+        if num_wrong > 0:
+            # wrong_from falls as k rises: the last k that still catches enough.
+            k = int(np.flatnonzero(wrong_from >= recall * num_wrong)[-1])
+            kept = num_wrong + num_correct - wrong_from[k] - correct_from[k]
+            point = {
+                "threshold": float(edges[k]),
+                "recall": wrong_from[k] / num_wrong,
+                "correct_flagged": correct_from[k] / num_correct if num_correct else None,
+                "flagged": (wrong_from[k] + correct_from[k]) / (num_wrong + num_correct),
+                "kept_accuracy": (num_correct - correct_from[k]) / kept if kept else None,
+            }
+        points.append({"target_recall": recall, **point})
+    return points
 
 
 def expected_calibration_error(
@@ -410,6 +452,9 @@ class SegmentationEvaluator(StreamingMetric):
                         wrong_hist, correct_hist, interpolate=True
                     ),
                     **risk_coverage_metrics(correct_hist + wrong_hist, wrong_hist),
+                    "error_operating_points": error_operating_points(
+                        wrong_hist, correct_hist, edges, ERROR_RECALLS
+                    ),
                     "pavpu": {
                         "max": pavpu[best] if best is not None else np.nan,
                         "threshold_at_max": edges[best] if best is not None else np.nan,
