@@ -105,6 +105,8 @@ def test_detector_file_round_trip_and_errors(tmp_path) -> None:
         (broken(passes=True), "'passes'"),
         (broken(reference_scores=[]), "'reference_scores'"),
         (broken(resize_to=[64]), "'resize_to'"),
+        (broken(resize_to=[True, False]), "'resize_to'"),
+        (broken(reference_scores=["x"] * 100), "got \\['x', .*\\.\\.\\.$"),
         (broken(threshold=document["threshold"] + 1.0), "was edited"),
         (broken(extra=1), "unknown keys \\['extra'\\]"),
     ]

@@ -34,9 +34,9 @@ from segdistill.pipeline import (
     _table_cells,
     baseline_config,
     claim_run_dir,
+    flagged_shares,
     load_experiment,
     metric_value,
-    ood_flag,
     paper_table,
     plan,
     prepare_unlabeled,
@@ -184,19 +184,18 @@ def test_every_model_gets_an_ood_flag_fitted_on_the_validation_images(
     assert claims.count("<table") == 3  # the paper table, the OOD flags, the steps
 
 
-def test_ood_flag_leaves_out_the_split_its_threshold_was_set_on() -> None:
-    detector = {"threshold": 0.5, "aggregator": "mean", "reference_split": "val", "fpr": 0.05}
-    scores = {"val": {"mean": [0.1, 0.6]}, "fog": {"mean": [0.4, 0.5, 0.7, 0.9]}}
-    flag = ood_flag(detector, {"ood": {"image_scores": scores}})
-    assert flag["flagged"] == {"fog": 0.5}  # strictly above the threshold
+def test_ood_flag_table_counts_the_scores_above_the_threshold() -> None:
+    shares = flagged_shares(0.5, {"fog": [0.4, 0.5, 0.7, 0.9], "empty": []})
+    assert shares == {"fog": 0.5}  # strictly above the threshold; a split without images: none
+    flag = {"threshold": 0.5, "flagged": shares}
     model = {"name": "m", "seed_offset": 0, "ood_flag": flag}
     assert _ood_flag_cells({"models": [model]}) == [
         ["model", "threshold", "fog"],
         ["m", "0.5", "50%"],
     ]
-    # A paper config evaluates only the validation split: no table.
-    only_val = ood_flag(detector, {"ood": {"image_scores": {"val": scores["val"]}}})
-    assert _ood_flag_cells({"models": [{**model, "ood_flag": only_val}]}) is None
+    # A paper config evaluates only the validation split, which the step leaves out: no table.
+    only_val = {**model, "ood_flag": {**flag, "flagged": {}}}
+    assert _ood_flag_cells({"models": [only_val]}) is None
 
 
 def test_ablation_rows_read_each_models_metrics(tiny_demo: tuple[list[str], Path]) -> None:

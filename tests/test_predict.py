@@ -4,6 +4,7 @@ image-level OOD flag."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,20 @@ CLASSES = 19
 CITY_IMAGE = "aachen_000000_000019_leftImg8bit.png"
 
 
-def save_tiny(path: Path, head: str | None = "scalar") -> Path:
+def save_tiny(path: Path, head: str | None = "scalar", mc_dropout: float = 0.0) -> Path:
     """A tiny DeepLabV3+ (ResNet-18 at width 0.125) saved as a weights file."""
     config = ModelConfig(
-        encoder_options={"output_stride": 16, "width": 0.125}, uncertainty_head=head
+        encoder_options={"output_stride": 16, "width": 0.125},
+        uncertainty_head=head,
+        mc_dropout=mc_dropout,
     )
     model = build_segmenter(
-        config.arch, config.encoder, CLASSES, head, encoder_options=config.encoder_options
+        config.arch,
+        config.encoder,
+        CLASSES,
+        head,
+        encoder_options=config.encoder_options,
+        mc_dropout=mc_dropout,
     )
     save_weights(path, model, config)
     return path
@@ -120,15 +128,26 @@ def test_only_the_chosen_outputs_are_written(tmp_path, student, capsys) -> None:
         assert np.array_equal(
             read(tmp_path / "some" / kind / "a.png"), read(tmp_path / "all" / kind / "a.png")
         )
-    with pytest.raises(ConfigError, match="unknown output kind\\(s\\) heat; choose from pred"):
+    with pytest.raises(ConfigError, match="unknown output kind\\(s\\) 'heat'; choose from pred"):
         predict_files(predictor, [tmp_path / "in" / "a.png"], tmp_path / "x", outputs=["heat"])
     argv = ["predict", str(student), str(tmp_path / "in"), "--out", str(tmp_path / "none")]
     assert main([*argv, "--outputs", "none"]) == 0
     assert [p.name for p in (tmp_path / "none").iterdir()] == ["predict.json"]
     assert main([*argv, "--outputs", "pred,panel"]) == 0
-    with pytest.raises(SystemExit):  # argparse's usage error, exit status 2
-        main([*argv, "--outputs", "pred,heat"])
-    assert "unknown output kind(s) heat" in capsys.readouterr().err
+    usage_errors = {
+        "pred,heat": "unknown output kind(s) 'heat'; choose from pred",
+        "pred,": "unknown output kind(s) ''",
+        "none,pred": "'none' stands alone",
+    }
+    for text, message in usage_errors.items():
+        with pytest.raises(SystemExit):  # argparse's usage error, exit status 2
+            main([*argv, "--outputs", text])
+        assert message in capsys.readouterr().err
+    # A kind the other arguments cannot make is refused, not silently skipped.
+    assert main([*argv, "--outputs", "pred,accuracy"]) == 2
+    assert "--outputs accuracy needs --labels" in capsys.readouterr().err
+    assert main([*argv, "--outputs", "distrust"]) == 2
+    assert "--outputs distrust needs --distrust-above" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "none").iterdir()) == [
         "panel",
         "pred",
@@ -164,8 +183,28 @@ def test_distrust_mask_marks_the_pixels_at_or_above_the_threshold(
     assert f"distrust: {sum(shares) / (40 * 70 + 32 * 48):.1%} of the pixels" in (
         capsys.readouterr().out
     )
+    # Without the masks, the share is still counted but no folder is named.
+    only_pred = ["--distrust-above", str(threshold), "--outputs", "pred"]
+    assert main([*argv[:-1], str(tmp_path / "d2"), *only_pred]) == 0
+    out = capsys.readouterr().out
+    assert "of the pixels have an uncertainty" in out and "distrust/" not in out
+    assert not (tmp_path / "d2" / "distrust").exists()
     assert main([*argv, "--distrust-above", "nan"]) == 2
     assert "--distrust-above must be a finite number" in capsys.readouterr().err
+
+
+def test_a_write_that_fails_leaves_no_truncated_picture(tmp_path, student, monkeypatch) -> None:
+    image = write_png(tmp_path / "in" / "a.png", rgb(32, 48))
+    predictor = load_predictor(student)
+
+    def save_half_then_fail(self, file, *args, **kwargs):
+        file.write(b"\x89PNG\r\n\x1a\n partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        predict_files(predictor, [image], tmp_path / "out", outputs=["pred"], progress=False)
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
 
 
 def test_outputs_match_the_predictor_on_the_padded_image(tmp_path, student) -> None:
@@ -201,6 +240,22 @@ def test_results_do_not_depend_on_the_batch(tmp_path, student) -> None:
         assert np.abs(one - three).max() <= 7  # 1e-4 of the 16-bit scale
         one, three = (read(tmp_path / b / "pred" / path.name) for b in ("b1", "b3"))
         assert (one == three).mean() > 0.99
+
+
+def test_mc_dropout_results_do_not_depend_on_the_batch(tmp_path) -> None:
+    # Its masks are drawn per call: in one call for a batch, an image's masks would be
+    # the slice of its place in the batch.
+    source = save_tiny(tmp_path / "mc.safetensors", head=None, mc_dropout=0.3)
+    paths = [write_png(tmp_path / "in" / f"{i}.png", rgb(32, 48, seed=i)) for i in range(3)]
+    predictor = load_predictor(source, mc_samples=4)
+    assert predictor.kind == "mc_dropout"
+    for batch_size in (1, 3):
+        predict_files(
+            predictor, paths, tmp_path / f"b{batch_size}", batch_size=batch_size, progress=False
+        )
+    for path in paths:
+        one, three = (read(tmp_path / b / "uncertainty16" / path.name) for b in ("b1", "b3"))
+        assert np.array_equal(one, three)
 
 
 @pytest.mark.parametrize(
@@ -467,5 +522,14 @@ def test_cli_fits_saves_and_reuses_an_ood_detector(
     assert "false-alarm rate" in capsys.readouterr().err
     assert main([*fit, "--ood-reference", str(tmp_path / "none")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+    # An output folder inside the reference folder is not read as references on a rerun.
+    refs = shutil.copytree(folder, tmp_path / "refs")
+    inside = ["predict", str(student), str(inputs), "--out", str(refs / "out")]
+    for _ in range(2):
+        assert main([*inside, "--ood-reference", str(refs)]) == 0
+        assert ImageOODDetector.load(refs / "out" / DETECTOR_FILE).reference_images == 10
+    capsys.readouterr()
+    assert main([*reuse, "--ood-fpr", "0.2"]) == 2
+    assert "give --ood-reference" in capsys.readouterr().err
     assert main([*reuse, "--ood-detector", str(tmp_path / "x")]) == 2
     assert "no such OOD detector file" in capsys.readouterr().err

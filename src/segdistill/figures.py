@@ -43,6 +43,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
+from segdistill.checkpoints import atomic_write
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.metrics.ranking import roc_curve
 from segdistill.metrics.segmentation import removal_point
@@ -110,10 +111,8 @@ def axes_grid(
 
 
 def save(figure: Figure, path: str | Path) -> None:
-    """Write the figure as PNG (folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
+    """Write the figure as PNG (folders created), all or nothing (`atomic_write`)."""
+    atomic_write(path, lambda file: figure.savefig(file, format="png"))
 
 
 def png_bytes(figure: Figure) -> bytes:

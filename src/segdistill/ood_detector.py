@@ -207,7 +207,9 @@ def _is_number(value: object) -> bool:
 
 def _check_types(document: dict[str, Any], path: Path) -> None:
     def fail(key: str, what: str) -> ConfigError:
-        return ConfigError(f"{path}: key {key!r} must be {what}, got {document[key]!r}")
+        got = repr(document[key])
+        got = got if len(got) <= 80 else f"{got[:77]}..."  # reference_scores: 100s of numbers
+        return ConfigError(f"{path}: key {key!r} must be {what}, got {got}")
 
     for key in ("model", "weights", "kind", "uncertainty_source", "aggregator"):
         if not isinstance(document[key], str):
@@ -231,6 +233,6 @@ def _check_types(document: dict[str, Any], path: Path) -> None:
         raise fail("reference_scores", "a non-empty list of finite numbers")
     size = document["resize_to"]
     if size is not None and not (
-        isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)
+        isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)
     ):
-        raise fail("resize_to", "null or [H, W]")
+        raise fail("resize_to", "null or [H, W] (positive integers)")

@@ -96,7 +96,7 @@ from segdistill.evaluate import (
 from segdistill.metrics.segmentation import removal_point
 from segdistill.models.teachers import MANIFEST_FILE, Ensemble
 from segdistill.ood_detector import DETECTOR_FILE
-from segdistill.predict import find_images, fit_ood_detector
+from segdistill.predict import find_images, fit_ood_detector, score_images
 from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, load_predictor
 from segdistill.report import Claims, dig, write_report
 from segdistill.train import train
@@ -1054,24 +1054,53 @@ def fit_ood_detectors(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
     """Every model's `ImageOODDetector`, its threshold flagging at most DEFAULT_FPR of the
     validation images (`segdistill.predict.fit_ood_detector`, as `segdistill predict
     --ood-reference` fits one), saved in the model's directory as ood_detector.json for
-    `predict --ood-detector`; their summaries in ood_detectors.json."""
-    settings = exp.spec.evaluate
+    `predict --ood-detector`; and the share of each evaluated split's images (the ones the
+    evaluation used) it flags, scored as `predict` scores them. Their summaries go to
+    ood_detectors.json."""
+    spec, settings = exp.spec, exp.spec.evaluate
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     val_split = teacher_config(exp, paths).data.val_split
-    references = find_images([Path(exp.spec.data.root) / "leftImg8bit" / val_split])
+    references = find_images([Path(spec.data.root) / "leftImg8bit" / val_split])
+    evaluated = json.loads((paths.evaluation / RESULTS_FILE).read_text())["data"]["splits"]
+    splits = find_splits(spec.data.root)
+    images = {
+        name: [files.image for files in splits[name].dataset().samples][: settings.max_images]
+        for name in evaluated
+        if name != val_split  # at most `fpr` there by construction
+    }
     detectors = {}
-    for predictor in load_models(exp, paths, exp.spec.seeds):
+    for predictor in load_models(exp, paths, spec.seeds):
         assert predictor.home is not None  # every model of an experiment has its directory
         predictor.to(device, settings.channels_last)
         detector = fit_ood_detector(predictor, references, batch_size=settings.batch_size)
         detector.save(predictor.home / DETECTOR_FILE)
+        scores = {
+            name: score_images(
+                predictor,
+                files,
+                detector.aggregator,
+                batch_size=settings.batch_size,
+                desc=f"OOD flags ({predictor.name}, {name})",
+            )
+            for name, files in images.items()
+        }
         detectors[predictor.name] = {
             **detector.summary(),
             "reference_split": val_split,
             "file": str(predictor.home / DETECTOR_FILE),
+            "flagged": flagged_shares(detector.threshold, scores),
         }
     _write_json(paths.ood_detectors, detectors)
     return {"results": str(paths.ood_detectors)}
+
+
+def flagged_shares(threshold: float, scores: dict[str, list[float]]) -> dict[str, float]:
+    """{split: share of its image scores strictly above `threshold`} (splits with images)."""
+    return {
+        split: float(np.mean(np.asarray(values) > threshold))
+        for split, values in scores.items()
+        if values
+    }
 
 
 def bench_models(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
@@ -1443,7 +1472,7 @@ def write_results(
             model["speed"] = _speed(model, bench, roles)
         model["figures"] = _rebase_figures(model.get("figures", {}), paths.evaluation.name)
         if model["name"] in detectors:
-            model["ood_flag"] = ood_flag(detectors[model["name"]], model)
+            model["ood_flag"] = detectors[model["name"]]
         by_model[name].append(model)
     markers = {
         p.stem: json.loads(p.read_text()) for p in sorted((paths.root / STAGES_DIR).glob("*.json"))
@@ -1498,22 +1527,6 @@ def write_results(
     report = paths.root / REPORT_FILE
     write_report([paths.root / RESULTS_FILE], report, title, experiment_claims(results))
     return {"results": str(paths.root / RESULTS_FILE), "report": str(paths.root / REPORT_FILE)}
-
-
-def ood_flag(detector: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
-    """A model's OOD detector (its summary in ood_detectors.json) and the share of the
-    evaluated images of every split it flags, from the evaluation's image scores
-    (`segdistill.evaluate` aggregates each image's uncertainty as `predict` does). The
-    split the threshold was set on is left out: its share is at most `fpr` by construction
-    (the paper configs evaluate on Cityscapes' val, whose test labels are not public)."""
-    threshold, aggregator = detector["threshold"], detector["aggregator"]
-    scores = model["ood"]["image_scores"] if model.get("ood") else {}
-    flagged = {
-        split: float(np.mean(np.asarray(values[aggregator]) > threshold))
-        for split, values in scores.items()
-        if values[aggregator] and split != detector["reference_split"]
-    }
-    return {**detector, "flagged": flagged}
 
 
 def _ood_flag_cells(results: dict[str, Any]) -> list[list[str]] | None:

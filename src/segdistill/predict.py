@@ -95,7 +95,12 @@ from segdistill.errors import ConfigError, DataError
 from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, accuracy_map
 from segdistill.metrics.ood import image_scores
 from segdistill.models import Segmenter
-from segdistill.ood_detector import DEFAULT_AGGREGATOR, DEFAULT_FPR, ImageOODDetector
+from segdistill.ood_detector import (
+    DEFAULT_AGGREGATOR,
+    DEFAULT_FPR,
+    ImageOODDetector,
+    check_aggregator,
+)
 from segdistill.predictor import Predictor
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -283,7 +288,8 @@ def predict_arrays(
     uncertainty float32 [H, W]), in one `predict` call (see the module docstring).
 
     Images of one network size are padded to it each on its own, so an image's result
-    does not depend on the others in its batch (global pooling sees the same padding)."""
+    does not depend on the others in its batch (global pooling sees the same padding); an
+    MC-dropout model predicts them one per call (its masks are drawn per call)."""
     sizes = {network_size(image.shape, multiple, size) for image in images}
     if len(sizes) != 1:
         raise ValueError(f"images of one batch must share a network size, got {sorted(sizes)}")
@@ -296,12 +302,17 @@ def predict_arrays(
     batch = torch.cat(
         [F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in tensors]
     )
-    prediction = predictor.predict(batch.to(predictor.device))
+    # MC dropout draws its masks once per call for the whole batch, so an image's masks
+    # would depend on its place in the batch: it predicts one image per call.
+    chunks = batch.split(1) if predictor.kind == "mc_dropout" else [batch]
+    predictions = [predictor.predict(chunk.to(predictor.device)) for chunk in chunks]
+    all_probs = torch.cat([prediction.probs for prediction in predictions])
+    all_uncertainty = torch.cat([prediction.uncertainty for prediction in predictions])
     results = []
     for i, (image, x) in enumerate(zip(images, tensors)):
         h, w = x.shape[-2:]
-        probs = prediction.probs[i : i + 1, :, :h, :w]
-        uncertainty = prediction.uncertainty[i : i + 1, :, :h, :w]
+        probs = all_probs[i : i + 1, :, :h, :w]
+        uncertainty = all_uncertainty[i : i + 1, :, :h, :w]
         if size is not None:
             probs = _resize(probs, image.shape[:2])
             uncertainty = _resize(uncertainty, image.shape[:2])
@@ -397,16 +408,15 @@ def draw_panel(
         ax.set_yticks([])
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=100))
 
 
 def _save_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None) -> None:
     info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, pnginfo=info)
+    # All or nothing: a killed run leaves no truncated picture behind.
+    atomic_write(path, lambda file: Image.fromarray(array).save(file, format="PNG", pnginfo=info))
 
 
 # ------------------------------------------------------------------------------- runs
@@ -449,6 +459,31 @@ def scores_of_map(uncertainty: np.ndarray) -> dict[str, float]:
     return {name: float(value[0]) for name, value in scores.items()}
 
 
+def score_images(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    aggregator: str,
+    *,
+    batch_size: int = 1,
+    size: tuple[int, int] | None = None,
+    progress: bool = True,
+    desc: str = "OOD scores",
+) -> list[float]:
+    """The `aggregator` image score of each image file, as `predict_files` scores its
+    images (the same padding, `size` and aggregation over the image's own pixels).
+    Conversion notices are printed."""
+    _check_batch_size(batch_size)
+    multiple = input_multiple(predictor.segmenters())
+    notify = _notifier([])  # printed only: predict.json lists the predicted images' notices
+    scores: list[float] = []
+    with tqdm(total=len(paths), desc=desc, unit="image", disable=not progress) as bar:
+        for batch in batches(paths, batch_size, multiple, size, notify):
+            results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
+            scores += [scores_of_map(uncertainty)[aggregator] for _, uncertainty in results]
+            bar.update(len(batch))
+    return scores
+
+
 def fit_ood_detector(
     predictor: Predictor,
     references: Sequence[Path],
@@ -460,23 +495,17 @@ def fit_ood_detector(
     progress: bool = True,
 ) -> ImageOODDetector:
     """An `ImageOODDetector` for `predictor` from in-distribution reference image files
-    (from `find_images`), each scored as `predict_files` scores its images (the same
-    padding, `size` and aggregation over the image's own pixels). Conversion notices are
-    printed."""
-    _check_batch_size(batch_size)
-    multiple = input_multiple(predictor.segmenters())
-    notify = _notifier([])  # printed only: predict.json lists the predicted images' notices
-    scores: list[float] = []
-    with tqdm(
-        total=len(references),
+    (from `find_images`), scored by `score_images`."""
+    check_aggregator(aggregator)
+    scores = score_images(
+        predictor,
+        references,
+        aggregator,
+        batch_size=batch_size,
+        size=size,
+        progress=progress,
         desc=f"OOD reference ({predictor.name})",
-        unit="image",
-        disable=not progress,
-    ) as bar:
-        for batch in batches(references, batch_size, multiple, size, notify):
-            results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
-            scores += [scores_of_map(uncertainty)[aggregator] for _, uncertainty in results]
-            bar.update(len(batch))
+    )
     return ImageOODDetector.fit(scores, predictor, aggregator=aggregator, fpr=fpr, resize_to=size)
 
 
@@ -536,7 +565,8 @@ def check_output_kinds(kinds: Collection[str]) -> list[str]:
     unknown = sorted(set(kinds) - set(OUTPUT_KINDS))
     if unknown:
         raise ConfigError(
-            f"unknown output kind(s) {', '.join(unknown)}; choose from {', '.join(OUTPUT_KINDS)}"
+            f"unknown output kind(s) {', '.join(map(repr, unknown))}; choose from "
+            f"{', '.join(OUTPUT_KINDS)}"
         )
     return [kind for kind in OUTPUT_KINDS if kind in kinds]
 

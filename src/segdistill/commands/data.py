@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segdistill.checkpoints import atomic_write
 from segdistill.data import shifts
 from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, colorize
 from segdistill.data.synthstreets import (
@@ -276,8 +277,8 @@ def contact_sheet(root: Path, out: Path, scenes: int) -> int:
         axes[r][0].set_ylabel(f"{city} {seq}", fontsize=8)
     figure.suptitle(f"SynthStreets {meta['version']}: {root} ({split})", fontsize=10)
     figure.tight_layout(pad=1.5)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
+    image_format = out.suffix.lstrip(".").lower() or "png"
+    atomic_write(out, lambda file: figure.savefig(file, format=image_format, dpi=100))
     return len(rows)
 
 

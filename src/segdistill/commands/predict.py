@@ -73,11 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--outputs",
         type=parse_outputs,
-        default=list(OUTPUT_KINDS),
         metavar="KIND,...",
         help=f"what to write per image, comma-separated: {', '.join(OUTPUT_KINDS)} (default: "
-        "all), or none (predict.json only, e.g. for the OOD flags); the panels take most of "
-        "the time",
+        "all that apply: accuracy needs --labels, distrust --distrust-above), or none "
+        "(predict.json only, e.g. for the OOD flags); the panels take most of the time",
     )
     parser.add_argument(
         "--distrust-above",
@@ -147,12 +146,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_outputs(text: str) -> list[str]:
     """ "pred,uncertainty16" -> the kinds (argparse type); "none" -> []."""
-    if text == "none":
+    kinds = [kind.strip() for kind in text.split(",")]
+    if kinds == ["none"]:
         return []
+    if "none" in kinds:
+        raise argparse.ArgumentTypeError(f"'none' stands alone, not in {text!r}")
     try:
-        return check_output_kinds([kind.strip() for kind in text.split(",")])
+        return check_output_kinds(kinds)
     except ConfigError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise argparse.ArgumentTypeError(f"{error}, or none") from None
+
+
+def _outputs(args: argparse.Namespace) -> list[str]:
+    """The kinds to write: --outputs, or every kind the other arguments allow; an asked-for
+    kind that cannot be made is an error."""
+    needs = {
+        "accuracy": ("--labels", args.labels),
+        "distrust": ("--distrust-above", args.distrust_above),
+    }
+    cannot = {kind: option for kind, (option, value) in needs.items() if value is None}
+    if args.outputs is None:
+        return [kind for kind in OUTPUT_KINDS if kind not in cannot]
+    for kind in args.outputs:
+        if kind in cannot:
+            raise ConfigError(f"--outputs {kind} needs {cannot[kind]}")
+    return list(args.outputs)
 
 
 def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDetector | None:
@@ -161,8 +179,8 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
     if args.ood_reference is None:
         if args.ood_fpr is not None or args.ood_aggregator is not None:
             raise ConfigError(
-                "--ood-fpr and --ood-aggregator set how --ood-reference fits a detector; a "
-                "saved --ood-detector keeps its own"
+                "--ood-fpr and --ood-aggregator set how --ood-reference fits a detector: give "
+                "--ood-reference (a saved --ood-detector keeps its own)"
             )
         if args.ood_detector is None:
             return None
@@ -171,7 +189,7 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
         return detector
     detector = fit_ood_detector(
         predictor,
-        find_images(args.ood_reference),
+        find_images(args.ood_reference, exclude=args.out),
         aggregator=args.ood_aggregator or DEFAULT_AGGREGATOR,
         fpr=check_fpr(DEFAULT_FPR if args.ood_fpr is None else args.ood_fpr),
         batch_size=args.batch_size,
@@ -180,13 +198,14 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
     detector.save(args.out / DETECTOR_FILE)
     print(
         f"OOD detector: threshold {detector.threshold:.4g} on the {detector.aggregator} "
-        f"uncertainty, at most {detector.fpr:.0%} of the {detector.reference_images} reference "
-        f"images above it; saved as {args.out / DETECTOR_FILE}"
+        f"uncertainty, at most {detector.fpr * 100:g} % of the {detector.reference_images} "
+        f"reference images above it; saved as {args.out / DETECTOR_FILE}"
     )
     return detector
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    outputs = _outputs(args)
     images = find_images(args.inputs, exclude=args.out)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -205,7 +224,7 @@ def run_predict(args: argparse.Namespace) -> int:
         vmax=args.vmax,
         ood=ood,
         distrust_above=args.distrust_above,
-        outputs=args.outputs,
+        outputs=outputs,
     )
     print(
         f"{predictor.name} ({predictor.kind}, uncertainty: {predictor.uncertainty_source}): "
@@ -218,9 +237,10 @@ def run_predict(args: argparse.Namespace) -> int:
             f"reference images (score above {ood.threshold:.4g}; predict.json: ood)"
         )
     if args.distrust_above is not None and summary.pixels:
+        where = " (white in distrust/)" if "distrust" in outputs else ""
         print(
             f"distrust: {summary.distrusted / summary.pixels:.1%} of the pixels have an "
-            f"uncertainty >= {args.distrust_above:g} (white in distrust/)"
+            f"uncertainty >= {args.distrust_above:g}{where}"
         )
     if summary.notices:
         print(f"{len(summary.notices)} notice(s), listed above")
