@@ -8,9 +8,10 @@ import pytest
 
 from segdistill.config import (
     SegConfig,
+    config_differences,
+    dump_config,
     load_config,
     replace_values,
-    save_config,
 )
 from segdistill.errors import ConfigError
 
@@ -63,10 +64,31 @@ def test_extends_and_overrides_merge_mappings_and_replace_values(tmp_path: Path)
     assert cfg.distill.methods[0].name == "kd" and cfg.distill.methods[0].weight == 2.0
 
 
-def test_saved_config_loads_back_equal(tmp_path: Path) -> None:
+def test_dumped_config_loads_back_equal(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path / "c.yaml", "seed: 3\n"), ["ensemble.vary={optim.lr: [1, 2]}"])
-    save_config(cfg, tmp_path / "out" / "config.yaml")
-    assert load_config(tmp_path / "out" / "config.yaml") == cfg
+    assert load_config(write(tmp_path / "out.yaml", dump_config(cfg))) == cfg
+
+
+def test_config_differences_list_the_changed_leaf_settings(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "seed: 3\n")
+    before = load_config(path)
+    after = load_config(
+        path,
+        [
+            "trainer.max_epochs=20",
+            "trainer.devices=2",
+            "model.encoder_options.width=0.5",
+            "ensemble.vary={optim.lr: [1, 2]}",
+        ],
+    )
+    assert config_differences(before, after, ignore=("trainer.devices",)) == [
+        ("model.encoder_options", before.model.encoder_options, after.model.encoder_options),
+        ("trainer.max_epochs", 10, 20),
+        ("ensemble.vary", {}, {"optim.lr": [1, 2]}),
+    ]
+    assert after.model.encoder_options["width"] == 0.5
+    assert config_differences(before, after, ignore=("trainer", "model", "ensemble")) == []
+    assert config_differences(before, before) == []
 
 
 @pytest.mark.parametrize(

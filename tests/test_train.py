@@ -11,6 +11,7 @@ import argparse
 import copy
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -251,6 +252,28 @@ def test_a_run_directory_is_not_overwritten_and_resume_needs_a_checkpoint(
         training.train(tiny_config(tmp_path, data_root), resume=True)
     with pytest.raises(ConfigError, match="run.dir is not set"):
         training.train(SegConfig())
+
+
+def test_resume_refuses_a_config_that_changes_what_the_run_computes(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    saved = replace_values(load_config(run / "config.yaml"), {"run.dir": str(run)}, "test")
+    state = (run / "checkpoints" / "last.ckpt").read_bytes()
+    for changes, listed in (
+        ({"trainer.max_epochs": 4}, "trainer.max_epochs: 2 -> 4"),
+        (
+            {"trainer.accumulate_grad_batches": 2, "optim.lr": 0.1},
+            "optim.lr: 0.01 -> 0.1; trainer.accumulate_grad_batches: 1 -> 2",
+        ),
+    ):
+        with pytest.raises(ConfigError, match="cannot resume") as error:
+            training.train(replace_values(saved, changes, "test"), resume=True)
+        assert listed in str(error.value) and "config.yaml" in str(error.value)
+    # Where it runs may change: the finished run resumes (and has nothing left to do).
+    allowed = {"trainer.log_every_n_steps": 5, "data.num_workers": 1}
+    assert training.train(replace_values(saved, allowed, "test"), resume=True) == run
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == state
 
 
 def test_decoder_gets_ten_times_the_encoder_lr_with_poly_decay() -> None:

@@ -39,6 +39,8 @@ ARCHITECTURE_KEY = "segdistill_architecture"
 RUN_WEIGHTS = ("checkpoints/best.safetensors", "checkpoints/last.safetensors")
 # Lightning's full training state of a run directory, which `--resume` continues from.
 RESUME_CHECKPOINT = "checkpoints/last.ckpt"
+# The run's resolved config, which `--resume` compares the new one with.
+CONFIG_FILE = "config.yaml"
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:

@@ -234,12 +234,41 @@ def dump_config(cfg: SegConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def save_config(cfg: SegConfig, path: str | Path) -> None:
-    """Write the resolved config (a record of the run; it is rewritten on every start and
-    nothing reads it back during training, so a plain write is enough)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_config(cfg))
+# Settings a resumed run may change: where and how visibly it runs, not what it computes.
+RESUME_MAY_CHANGE = (
+    "run.dir",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.accelerator",
+    "trainer.log_every_n_steps",
+    "trainer.checkpoint_every_n_steps",
+    "data.num_workers",
+)
+
+
+def config_differences(
+    before: SegConfig, after: SegConfig, ignore: tuple[str, ...] = ()
+) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value before, value after) for every setting that differs, a setting
+    being a field of the schema's sections (a mapping or list field is one setting), except
+    the keys in `ignore` and the settings below them."""
+
+    def settings(value: Any, prefix: str) -> dict[str, Any]:
+        if not dataclasses.is_dataclass(value):
+            return {prefix: value}
+        found: dict[str, Any] = {}
+        for item in dataclasses.fields(value):
+            key = f"{prefix}.{item.name}" if prefix else item.name
+            found |= settings(getattr(value, item.name), key)
+        return found
+
+    old, new = settings(before, ""), settings(after, "")
+    skipped = tuple(f"{key}." for key in ignore)
+    return [
+        (key, old.get(key), new.get(key))
+        for key in dict.fromkeys([*old, *new])
+        if old.get(key) != new.get(key) and key not in ignore and not key.startswith(skipped)
+    ]
 
 
 def _at_least(low: float) -> Callable[[Any], bool]:

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from segdistill.checkpoints import (
+    CONFIG_FILE,
     RESUME_CHECKPOINT,
     atomic_write,
     build_model,
@@ -56,7 +57,16 @@ from segdistill.checkpoints import (
     save_weights,
     weights_path,
 )
-from segdistill.config import DataConfig, ModelConfig, OptimConfig, SegConfig, save_config
+from segdistill.config import (
+    RESUME_MAY_CHANGE,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    SegConfig,
+    config_differences,
+    dump_config,
+    load_config,
+)
 from segdistill.data import (
     CityscapesDataset,
     FolderDataset,
@@ -140,7 +150,8 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
     torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
     trainer = build_trainer(cfg, run_dir)
     if trainer.is_global_zero:
-        save_config(cfg, run_dir / "config.yaml")
+        text = dump_config(cfg)
+        atomic_write(run_dir / CONFIG_FILE, lambda file: file.write(text.encode()))
     data = SegDataModule(training_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
     ckpt_path = run_dir / RESUME_CHECKPOINT if resume else None
     trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
@@ -152,6 +163,16 @@ def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
     checkpoint = run_dir / RESUME_CHECKPOINT
     if resume and not checkpoint.is_file():
         raise CheckpointError(f"cannot resume: {checkpoint} does not exist")
+    saved = run_dir / CONFIG_FILE
+    if resume and saved.is_file():
+        # Another schedule, batch or model would be mixed into the run's half-done training.
+        changed = config_differences(load_config(saved), cfg, ignore=RESUME_MAY_CHANGE)
+        if changed:
+            listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
+            raise ConfigError(
+                f"cannot resume {run_dir} with another config ({listed}; compared with "
+                f"{saved}): set them back, or train into a new --run-dir"
+            )
     if not resume and checkpoint.exists():
         raise ConfigError(
             f"{run_dir} already holds a run ({checkpoint}); pass --resume to continue it or "
