@@ -255,13 +255,13 @@ def test_a_run_directory_is_not_overwritten_and_resume_needs_a_checkpoint(
 
 
 def test_resume_refuses_a_config_that_changes_what_the_run_computes(
-    trained_run: Path, tmp_path: Path
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = shutil.copytree(trained_run, tmp_path / "run")
     saved = replace_values(load_config(run / "config.yaml"), {"run.dir": str(run)}, "test")
     state = (run / "checkpoints" / "last.ckpt").read_bytes()
     for changes, listed in (
-        ({"trainer.max_epochs": 4}, "trainer.max_epochs: 2 -> 4"),
+        ({"data.batch_size": 4}, "data.batch_size: 2 -> 4"),
         (
             {"trainer.accumulate_grad_batches": 2, "optim.lr": 0.1},
             "optim.lr: 0.01 -> 0.1; trainer.accumulate_grad_batches: 1 -> 2",
@@ -274,6 +274,11 @@ def test_resume_refuses_a_config_that_changes_what_the_run_computes(
     allowed = {"trainer.log_every_n_steps": 5, "data.num_workers": 1}
     assert training.train(replace_values(saved, allowed, "test"), resume=True) == run
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == state
+    # More epochs continue the run, with a notice that the schedule is stretched.
+    capsys.readouterr()
+    training.train(replace_values(saved, {"trainer.max_epochs": 3}, "test"), resume=True)
+    assert "trainer.max_epochs 2 -> 3: the poly learning-rate schedule" in capsys.readouterr().out
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
 
 
 def test_decoder_gets_ten_times_the_encoder_lr_with_poly_decay() -> None:

@@ -77,6 +77,7 @@ from segdistill.data import (
 from segdistill.data.base import LabelMapping, SampleFiles
 from segdistill.data.folder import require_images_below
 from segdistill.data.labels import IGNORE_INDEX
+from segdistill.distributed import print_once
 from segdistill.errors import CheckpointError, ConfigError, TrainingError
 from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
@@ -165,13 +166,21 @@ def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
         raise CheckpointError(f"cannot resume: {checkpoint} does not exist")
     saved = run_dir / CONFIG_FILE
     if resume and saved.is_file():
-        # Another schedule, batch or model would be mixed into the run's half-done training.
-        changed = config_differences(load_config(saved), cfg, ignore=RESUME_MAY_CHANGE)
+        # Another batch, model or recipe would be mixed into the run's half-done training.
+        before = load_config(saved)
+        allowed = (*RESUME_MAY_CHANGE, "trainer.max_epochs")
+        changed = config_differences(before, cfg, ignore=allowed)
         if changed:
             listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
             raise ConfigError(
                 f"cannot resume {run_dir} with another config ({listed}; compared with "
                 f"{saved}): set them back, or train into a new --run-dir"
+            )
+        if before.trainer.max_epochs != cfg.trainer.max_epochs:
+            print_once(
+                f"notice: resuming {run_dir} with trainer.max_epochs {before.trainer.max_epochs}"
+                f" -> {cfg.trainer.max_epochs}: the poly learning-rate schedule is recomputed "
+                "over the new length, so the learning rate changes where the run resumes"
             )
     if not resume and checkpoint.exists():
         raise ConfigError(
