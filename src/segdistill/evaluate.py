@@ -58,7 +58,7 @@ from segdistill.metrics import (
     image_scores,
     ood_metrics,
 )
-from segdistill.predictor import Prediction, Predictor, load_predictor
+from segdistill.predictor import Prediction, Predictor, default_device, load_predictor
 
 SCHEMA_MODEL = "segdistill.metrics/1"
 SCHEMA_RESULTS = "segdistill.results/1"
@@ -252,7 +252,7 @@ def evaluate(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if max_images is not None and max_images < 1:
         raise ConfigError(f"max_images must be >= 1, got {max_images}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     selected = select_splits(find_splits(data_root), splits)
     datasets = {s.name: s.dataset() for s in selected}
     predictors = _unique_names(

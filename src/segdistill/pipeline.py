@@ -97,7 +97,7 @@ from segdistill.metrics.segmentation import removal_point
 from segdistill.models.teachers import MANIFEST_FILE, Ensemble
 from segdistill.ood_detector import DETECTOR_FILE
 from segdistill.predict import find_images, fit_ood_detector, score_images
-from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, load_predictor
+from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, default_device, load_predictor
 from segdistill.report import Claims, dig, write_report
 from segdistill.train import train
 
@@ -1058,7 +1058,7 @@ def fit_ood_detectors(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
     evaluation used) it flags, scored as `predict` scores them. Their summaries go to
     ood_detectors.json."""
     spec, settings = exp.spec, exp.spec.evaluate
-    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(settings.device)
     val_split = teacher_config(exp, paths).data.val_split
     references = find_images([Path(spec.data.root) / "leftImg8bit" / val_split])
     evaluated = json.loads((paths.evaluation / RESULTS_FILE).read_text())["data"]["splits"]

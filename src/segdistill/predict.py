@@ -100,6 +100,7 @@ from segdistill.ood_detector import (
     DEFAULT_FPR,
     ImageOODDetector,
     check_aggregator,
+    check_fpr,
 )
 from segdistill.predictor import Predictor
 
@@ -496,7 +497,8 @@ def fit_ood_detector(
 ) -> ImageOODDetector:
     """An `ImageOODDetector` for `predictor` from in-distribution reference image files
     (from `find_images`), scored by `score_images`."""
-    check_aggregator(aggregator)
+    check_aggregator(aggregator)  # both before the references are scored
+    check_fpr(fpr)
     scores = score_images(
         predictor,
         references,

@@ -208,6 +208,11 @@ class Predictor:
         )
 
 
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` when given, else CUDA when available, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def load_predictor(source: str | Path, mc_samples: int = 8) -> Predictor:
     """Load a run directory, weights file or ensemble directory / manifest (module doc).
 

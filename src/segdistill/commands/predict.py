@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from segdistill.bench import resolve_device
 from segdistill.commands.arguments import MODEL_SOURCE_HELP, add_channels_last, add_mc_samples
 from segdistill.commands.data import parse_size
@@ -33,7 +31,6 @@ from segdistill.ood_detector import (
     DEFAULT_FPR,
     DETECTOR_FILE,
     ImageOODDetector,
-    check_fpr,
 )
 from segdistill.predict import (
     OUTPUT_KINDS,
@@ -43,7 +40,7 @@ from segdistill.predict import (
     fit_ood_detector,
     predict_files,
 )
-from segdistill.predictor import Predictor, load_predictor
+from segdistill.predictor import Predictor, default_device, load_predictor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -191,7 +188,7 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
         predictor,
         find_images(args.ood_reference, exclude=args.out),
         aggregator=args.ood_aggregator or DEFAULT_AGGREGATOR,
-        fpr=check_fpr(DEFAULT_FPR if args.ood_fpr is None else args.ood_fpr),
+        fpr=DEFAULT_FPR if args.ood_fpr is None else args.ood_fpr,
         batch_size=args.batch_size,
         size=args.size,
     )
@@ -207,10 +204,7 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
 def run_predict(args: argparse.Namespace) -> int:
     outputs = _outputs(args)
     images = find_images(args.inputs, exclude=args.out)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = resolve_device(args.device)
+    device = default_device() if args.device == "auto" else resolve_device(args.device)
     predictor = load_predictor(args.source, mc_samples=args.mc_samples)
     predictor.to(device, channels_last=args.channels_last)
     ood = _ood_detector(args, predictor)
