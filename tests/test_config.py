@@ -149,6 +149,10 @@ def test_unknown_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
             "trainer.limit_train_batches='abc' must be an integer or a number or null",
         ),
         ("distill.cache_signals=3", "distill.cache_signals=3 must be a list (each item a string)"),
+        (
+            "distill={teacher: {kind: mc_dropout, path: t, samples: 1}, methods: [{name: ukd}]}",
+            "distill.teacher.samples=1 must be >= 2",
+        ),
     ],
 )
 def test_invalid_values_are_named(tmp_path: Path, override: str, expected: str) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from segdistill.checkpoints import save_weights
 from segdistill.config import ModelConfig
-from segdistill.errors import CheckpointError
+from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter, build_segmenter
 from segdistill.models.teachers import Ensemble
 from segdistill.predictor import load_predictor
@@ -119,6 +119,8 @@ def test_mc_dropout_checkpoint_samples_reproducibly(zoo: Path, images: torch.Ten
     torch.testing.assert_close(first.uncertainty, second.uncertainty)
     assert first.uncertainty.max() > 0  # the dropout passes disagree somewhere
     assert set(first.extra) == {"entropy", "mutual_info"}
+    with pytest.raises(ConfigError, match="samples >= 2"):
+        load_predictor(zoo / "mc", mc_samples=1)
 
 
 @pytest.mark.parametrize(("source", "count"), [("run_scalar", 1), ("mc", 1), ("ens", 2)])

@@ -212,8 +212,10 @@ def test_constructor_errors() -> None:
         Ensemble([TinyNet()], unbiased_std=True)
     with pytest.raises(ConfigError, match="MC-dropout layer"):
         MCDropout(TinyNet())  # ordinary training dropout is not MC dropout
-    with pytest.raises(ConfigError, match="samples"):
-        MCDropout(TinyNet(dropout=0.5), samples=0)
+    # One pass has no spread: its std would be 0 everywhere, a degenerate uncertainty.
+    for samples in (0, 1):
+        with pytest.raises(ConfigError, match=f"samples >= 2.*got {samples}"):
+            MCDropout(TinyNet(dropout=0.5), samples=samples)
 
 
 def test_teachers_are_frozen_and_give_no_gradients() -> None:

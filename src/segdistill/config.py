@@ -351,11 +351,11 @@ def validate(cfg: SegConfig, source: str) -> None:
             "be in (0, 1]",
         )
         _require(
-            distill.teacher.samples >= 1,
+            distill.teacher.samples >= 2,
             source,
             "distill.teacher.samples",
             distill.teacher.samples,
-            "be >= 1",
+            "be >= 2 (an MC-dropout teacher's std over one pass is 0)",
         )
     for key, values in cfg.ensemble.vary.items():
         _require(bool(values), source, f"ensemble.vary.{key}", values, "be a non-empty list")

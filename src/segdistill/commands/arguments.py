@@ -21,7 +21,7 @@ def add_mc_samples(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=8,
         metavar="K",
-        help="dropout passes for an MC-dropout checkpoint (default %(default)s)",
+        help="dropout passes for an MC-dropout checkpoint, at least 2 (default %(default)s)",
     )
 
 

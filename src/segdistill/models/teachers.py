@@ -351,13 +351,12 @@ class MCDropout(Teacher):
         seed: int | None = None,
         unbiased_std: bool = False,
     ) -> None:
-        """model: a segmenter with at least one MC-dropout layer; samples: K passes;
+        """model: a segmenter with at least one MC-dropout layer; samples: K >= 2 passes;
         seed: see the class docstring; unbiased_std: as for `Ensemble`."""
         super().__init__()
-        if samples < 1:
-            raise ConfigError(f"MC dropout needs samples >= 1, got {samples}")
-        if unbiased_std and samples < 2:
-            raise ConfigError("the unbiased std needs at least two MC-dropout samples")
+        # Its uncertainty is the spread of the passes: one pass has none (std 0 everywhere).
+        if samples < 2:
+            raise ConfigError(f"MC dropout needs samples >= 2 (its std is 0 from one), got {samples}")
         if not mc_dropout_layers(model):
             raise ConfigError(
                 "the MC-dropout teacher has no MC-dropout layer (segdistill.models.MCDropout); "
