@@ -431,6 +431,7 @@ def test_config_errors_name_the_problem(tmp_path: Path, text: str, message: str)
     ("overrides", "message"),
     [
         (["teacher.members=0"], "teacher.members=0 must be >= 1"),
+        (["teacher.kind=mc_dropout", "teacher.samples=1"], "teacher.samples=1 must be >= 2"),
         (["baseline.member=0"], "baseline needs exactly one of `config`"),
         (["baseline.config=null", "baseline.member=7"], "baseline.member=7 is not a member"),
         (

@@ -409,6 +409,8 @@ def check_experiment(spec: Experiment, source: str) -> None:
         fail(f"model names must be unique, got {names} (and {seeded} for the other seeds)")
     if spec.teacher.kind == "ensemble" and spec.teacher.members < 1:
         fail(f"teacher.members={spec.teacher.members} must be >= 1")
+    if spec.teacher.kind == "mc_dropout" and spec.teacher.samples < 2:
+        fail(f"teacher.samples={spec.teacher.samples} must be >= 2 (the std of one pass is 0)")
     if spec.seeds < 1:
         fail(f"seeds={spec.seeds} must be >= 1")
     baseline = spec.baseline
