@@ -7,16 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from segdistill.data import (
-    CityscapesDataset,
-    FolderDataset,
-    GtFineMap,
-    SampleFiles,
-    SegmentationDataset,
-    build_train_transform,
-    load_classes,
-)
+from segdistill.data.base import SampleFiles, SegmentationDataset
+from segdistill.data.cityscapes import CityscapesDataset, GtFineMap
+from segdistill.data.folder import FolderDataset, load_classes
 from segdistill.data.labels import CLASS_NAMES
+from segdistill.data.transforms import build_train_transform
 from segdistill.errors import DataError
 
 H, W = 6, 8

@@ -17,18 +17,17 @@ from segdistill import figures
 from segdistill.checkpoints import save_weights
 from segdistill.cli import main
 from segdistill.config import ModelConfig
-from segdistill.data import CityscapesDataset
+from segdistill.data.cityscapes import CityscapesDataset
 from segdistill.data.synthstreets import SynthConfig, generate
+from segdistill.defaults import AGGREGATORS, RESULTS_FILE
 from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.evaluate import (
     METRICS_FILE,
-    RESULTS_FILE,
     ModelAccumulators,
     evaluate,
     find_splits,
     format_summary,
 )
-from segdistill.metrics import AGGREGATORS
 from segdistill.models import build_segmenter
 from segdistill.predictor import load_predictor
 

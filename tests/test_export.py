@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from segdistill import export as export_module
 from segdistill.checkpoints import save_weights
 from segdistill.cli import main
-from segdistill.commands import export as export_command
 from segdistill.config import ModelConfig
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.export import (
@@ -132,7 +132,7 @@ def test_cli_exits_non_zero_when_the_check_fails(tmp_path, monkeypatch, capsys) 
     source = save_tiny(tmp_path / "s.safetensors")
     check = CheckResult((3, 3, 91, 163), {"probs": 0.5, "uncertainty": 0.0}, 0, 1e-4, False)
     report = ExportReport(tmp_path / "s.onnx", "onnx", 20, "probs", (2, 3, 64, 128), check)
-    monkeypatch.setattr(export_command, "export_predictor", lambda *a, **k: report)
+    monkeypatch.setattr(export_module, "export_predictor", lambda *a, **k: report)
     assert main(["export", str(source), "--format", "onnx"]) == 1
     out = capsys.readouterr().out
     assert "probs 5.00e-01" in out and out.rstrip().endswith("FAILED")

@@ -8,13 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from segdistill.metrics import (
-    AGGREGATORS,
-    AnomalyEvaluator,
-    PairedUncertaintyStats,
-    image_scores,
-    ood_metrics,
-)
+from segdistill.defaults import AGGREGATORS
+from segdistill.metrics import AnomalyEvaluator, PairedUncertaintyStats, image_scores, ood_metrics
 
 IGNORE = 255
 

@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from segdistill.defaults import DETECTOR_FILE
 from segdistill.errors import ConfigError
-from segdistill.ood_detector import (
-    DETECTOR_FILE,
-    ImageOODDetector,
-    check_aggregator,
-    threshold_at_fpr,
-)
+from segdistill.ood_detector import ImageOODDetector, check_aggregator, threshold_at_fpr
 
 
 def brute_force_threshold(scores: np.ndarray, fpr: float) -> float:

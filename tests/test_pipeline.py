@@ -21,8 +21,9 @@ import yaml
 
 from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.cli import main
+from segdistill.defaults import DETECTOR_FILE
 from segdistill.errors import ConfigError, DataError
-from segdistill.ood_detector import DETECTOR_FILE, ImageOODDetector
+from segdistill.ood_detector import ImageOODDetector
 from segdistill.pipeline import (
     CheckSpec,
     RunPaths,

@@ -18,10 +18,10 @@ from segdistill.cli import main
 from segdistill.config import ModelConfig
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import build_eval_transform
+from segdistill.defaults import AGGREGATORS, DETECTOR_FILE
 from segdistill.errors import ConfigError, DataError
-from segdistill.metrics.ood import AGGREGATORS
 from segdistill.models import build_segmenter
-from segdistill.ood_detector import DETECTOR_FILE, ImageOODDetector, threshold_at_fpr
+from segdistill.ood_detector import ImageOODDetector, threshold_at_fpr
 from segdistill.predict import (
     ACCURACY_VOID,
     UINT16_MAX,

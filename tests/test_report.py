@@ -16,8 +16,9 @@ from segdistill.checkpoints import save_weights
 from segdistill.cli import main
 from segdistill.config import ModelConfig
 from segdistill.data.synthstreets import SynthConfig, generate
+from segdistill.defaults import RESULTS_FILE
 from segdistill.errors import SegdistillError
-from segdistill.evaluate import METRICS_FILE, RESULTS_FILE, evaluate
+from segdistill.evaluate import METRICS_FILE, evaluate
 from segdistill.models import build_segmenter
 from segdistill.report import DIGITS, load_models, write_report
 

@@ -20,8 +20,8 @@ from segdistill import memory
 from segdistill import teacher_cache as tc
 from segdistill.checkpoints import build_model, save_weights
 from segdistill.config import ModelConfig
-from segdistill.data import CityscapesDataset
 from segdistill.data import synthstreets as ss
+from segdistill.data.cityscapes import CityscapesDataset
 from segdistill.data.transforms import (
     Compose,
     Normalize,

@@ -17,13 +17,48 @@ The names most code needs, importable from the package (none of them imports Lig
 
 __version__ = "0.1.0"
 
-from segdistill.config import SegConfig, load_config
-from segdistill.metrics import SegmentationEvaluator
-from segdistill.models import Segmenter, build_segmenter
-from segdistill.models.teachers import Ensemble, MCDropout
-from segdistill.ood_detector import ImageOODDetector
-from segdistill.outputs import TeacherSignals
-from segdistill.predictor import Prediction, Predictor, load_predictor
+from typing import TYPE_CHECKING, Any
+
+# The names load on first use (PEP 562), so that `import segdistill.<module>`, and with it
+# `segdistill --help`, does not wait for torch.
+_LAZY_NAMES = {
+    "Ensemble": "segdistill.models.teachers",
+    "ImageOODDetector": "segdistill.ood_detector",
+    "MCDropout": "segdistill.models.teachers",
+    "Prediction": "segdistill.predictor",
+    "Predictor": "segdistill.predictor",
+    "SegConfig": "segdistill.config",
+    "SegmentationEvaluator": "segdistill.metrics",
+    "Segmenter": "segdistill.models",
+    "TeacherSignals": "segdistill.outputs",
+    "build_segmenter": "segdistill.models",
+    "load_config": "segdistill.config",
+    "load_predictor": "segdistill.predictor",
+}
+
+if TYPE_CHECKING:
+    from segdistill.config import SegConfig, load_config
+    from segdistill.metrics import SegmentationEvaluator
+    from segdistill.models import Segmenter, build_segmenter
+    from segdistill.models.teachers import Ensemble, MCDropout
+    from segdistill.ood_detector import ImageOODDetector
+    from segdistill.outputs import TeacherSignals
+    from segdistill.predictor import Prediction, Predictor, load_predictor
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_NAMES:
+        raise AttributeError(f"module 'segdistill' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY_NAMES])
+
 
 __all__ = [
     "Ensemble",

@@ -37,8 +37,6 @@ from segdistill.models import Segmenter, build_segmenter
 ARCHITECTURE_KEY = "segdistill_architecture"
 # Where a run directory keeps its weights; `load_segmenter(run_dir)` takes the first found.
 RUN_WEIGHTS = ("checkpoints/best.safetensors", "checkpoints/last.safetensors")
-# Lightning's full training state of a run directory, which `--resume` continues from.
-RESUME_CHECKPOINT = "checkpoints/last.ckpt"
 # The run's resolved config, which `--resume` compares the new one with.
 CONFIG_FILE = "config.yaml"
 

@@ -2,6 +2,11 @@
 
 Each command module exposes `register(subparsers)`, which adds its parser and sets
 `func` to the function that runs it. Follow a command from here into its module.
+
+Building the parser imports no torch, Lightning or matplotlib, so that `--help` and a
+mistyped argument answer at once: a command module imports what its work needs inside
+the function that does it, and the help texts' file names, choices and defaults come from
+`segdistill.defaults` (tests/test_cli.py checks this).
 """
 
 from __future__ import annotations

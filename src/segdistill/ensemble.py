@@ -19,8 +19,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from segdistill.checkpoints import RESUME_CHECKPOINT, atomic_write, weights_path
+from segdistill.checkpoints import atomic_write, weights_path
 from segdistill.config import SegConfig, replace_values
+from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import is_rank_zero, print_once
 from segdistill.models.teachers import MANIFEST_FILE
 from segdistill.train import train

@@ -46,12 +46,13 @@ from tqdm import tqdm
 
 from segdistill import figures
 from segdistill.checkpoints import atomic_write
-from segdistill.data import CityscapesDataset, GtFineMap, unnormalize
+from segdistill.data.cityscapes import CityscapesDataset, GtFineMap
 from segdistill.data.shifts import SHIFT_KINDS, expand_shifts
 from segdistill.data.synthstreets import SHIFTS_DIR
+from segdistill.data.transforms import unnormalize
+from segdistill.defaults import AGGREGATORS, RESULTS_FILE
 from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.metrics import (
-    AGGREGATORS,
     AnomalyEvaluator,
     PairedUncertaintyStats,
     SegmentationEvaluator,
@@ -64,7 +65,6 @@ SCHEMA_MODEL = "segdistill.metrics/1"
 SCHEMA_RESULTS = "segdistill.results/1"
 SCHEMA_EXPERIMENT = "segdistill.experiment/1"  # an experiment's results.json (pipeline.py)
 METRICS_FILE = "metrics.json"
-RESULTS_FILE = "results.json"
 FIGURES_DIR = "figures"
 REFERENCE_SPLIT = "test"
 ANOMALY_SUFFIX = "_gtFine_anomaly.png"

@@ -49,16 +49,14 @@ import torch
 from torch import Tensor, nn
 
 from segdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter
 from segdistill.models.teachers import Ensemble, MCDropout
 from segdistill.predict import input_multiple, pad_to_multiple
 from segdistill.predictor import Predictor, segmenter_prediction
 
-FORMATS = ("onnx", "torchscript")
-OUTPUTS = ("probs", "labels")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
-DEFAULT_ATOL = 1e-4
 METADATA_KEY = "segdistill"
 TORCHSCRIPT_METADATA = "segdistill.json"
 # ONNX files are protobuf messages of at most 2 GiB; bigger weights go to a .data file.
@@ -71,8 +69,10 @@ class ExportModule(nn.Module):
 
     def __init__(self, model: Segmenter, outputs: str = "probs") -> None:
         super().__init__()
-        if outputs not in OUTPUTS:
-            raise ConfigError(f"outputs must be one of {', '.join(OUTPUTS)}, not {outputs!r}")
+        if outputs not in EXPORT_OUTPUTS:
+            raise ConfigError(
+                f"outputs must be one of {', '.join(EXPORT_OUTPUTS)}, not {outputs!r}"
+            )
         self.model = model
         self.outputs = outputs
         self.multiple = input_multiple([model])
@@ -278,7 +278,7 @@ def compare(
 
 
 def check_export(
-    path: Path, fmt: str, module: ExportModule, shape: tuple[int, ...], atol: float = DEFAULT_ATOL
+    path: Path, fmt: str, module: ExportModule, shape: tuple[int, ...], atol: float = EXPORT_ATOL
 ) -> CheckResult:
     """Compare the exported file with PyTorch on a random normal input of `shape`."""
     images = torch.randn(shape, generator=torch.Generator().manual_seed(0))
@@ -297,11 +297,11 @@ def export_predictor(
     *,
     opset: int | None = None,
     outputs: str = "probs",
-    atol: float = DEFAULT_ATOL,
+    atol: float = EXPORT_ATOL,
 ) -> ExportReport:
     """Export the predictor's network to `out` (default `default_path`) and check it."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     if opset is not None and fmt != "onnx":
         raise ConfigError("--opset applies to ONNX only")
     model = exportable_network(predictor).to("cpu")

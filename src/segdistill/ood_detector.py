@@ -29,13 +29,11 @@ import numpy as np
 from torch import Tensor
 
 from segdistill.checkpoints import atomic_write
+from segdistill.defaults import AGGREGATORS, DEFAULT_AGGREGATOR, DEFAULT_FPR
 from segdistill.errors import ConfigError
-from segdistill.metrics.ood import AGGREGATORS, image_scores
+from segdistill.metrics.ood import image_scores
 from segdistill.predictor import Predictor
 
-DETECTOR_FILE = "ood_detector.json"
-DEFAULT_AGGREGATOR = "mean"
-DEFAULT_FPR = 0.05
 # A product like 0.29 * 100 comes out as 28.999999999999996; the share is meant exactly.
 _FPR_ROUNDING = 1e-9
 

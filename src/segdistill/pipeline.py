@@ -78,24 +78,17 @@ import yaml
 
 from segdistill import __version__, memory
 from segdistill.bench import benchmark, paired_ratio, to_json
-from segdistill.checkpoints import RESUME_CHECKPOINT, atomic_write, load_segmenter
+from segdistill.checkpoints import atomic_write, load_segmenter
 from segdistill.config import SegConfig, _convert, load_config, replace_values, to_dict
 from segdistill.data.folder import require_images_below
 from segdistill.data.shifts import SHIFT_KINDS
 from segdistill.data.synthstreets import SynthConfig, generate
+from segdistill.defaults import DETECTOR_FILE, RESULTS_FILE, RESUME_CHECKPOINT
 from segdistill.ensemble import train_member, write_manifest
 from segdistill.errors import ConfigError, DataError
-from segdistill.evaluate import (
-    REFERENCE_SPLIT,
-    RESULTS_FILE,
-    SCHEMA_EXPERIMENT,
-    evaluate,
-    find_splits,
-    json_text,
-)
+from segdistill.evaluate import REFERENCE_SPLIT, SCHEMA_EXPERIMENT, evaluate, find_splits, json_text
 from segdistill.metrics.segmentation import removal_point
 from segdistill.models.teachers import MANIFEST_FILE, Ensemble
-from segdistill.ood_detector import DETECTOR_FILE
 from segdistill.predict import find_images, fit_ood_detector, score_images
 from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, default_device, load_predictor
 from segdistill.report import Claims, dig, write_report

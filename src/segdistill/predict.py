@@ -91,38 +91,21 @@ from segdistill.data.cityscapes import (
 from segdistill.data.folder import IMAGE_SUFFIXES, images_below
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_eval_transform
+from segdistill.defaults import DEFAULT_AGGREGATOR, DEFAULT_FPR, OUTPUT_KINDS, UNCERTAINTY_VMAX
 from segdistill.errors import ConfigError, DataError
 from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, accuracy_map
 from segdistill.metrics.ood import image_scores
 from segdistill.models import Segmenter
-from segdistill.ood_detector import (
-    DEFAULT_AGGREGATOR,
-    DEFAULT_FPR,
-    ImageOODDetector,
-    check_aggregator,
-    check_fpr,
-)
+from segdistill.ood_detector import ImageOODDetector, check_aggregator, check_fpr
 from segdistill.predictor import Predictor
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 # Nominal downsampling of every encoder (ResNet, MobileNetV2, NfS-Net down to c5).
 MIN_INPUT_MULTIPLE = 32
-UNCERTAINTY_VMAX = 0.5
 UNCERTAINTY_COLORMAP = "magma"
 UINT16_MAX = 65535
 OVERLAY_ALPHA = 0.5
 SUMMARY_FILE = "predict.json"
-# What `predict` can write per image, one folder each (module docstring).
-OUTPUT_KINDS = (
-    "pred",
-    "seg",
-    "overlay",
-    "uncertainty",
-    "uncertainty16",
-    "accuracy",
-    "distrust",
-    "panel",
-)
 DISTRUST_FLAGGED = 255  # "probably wrong" in distrust/NAME.png; 0 elsewhere
 OOD_FIGURE = "ood_scores.png"
 _MODE_NAMES = {

@@ -37,8 +37,9 @@ from typing import Any
 
 from segdistill import figures
 from segdistill.checkpoints import atomic_write
+from segdistill.defaults import RESULTS_FILE
 from segdistill.errors import SegdistillError
-from segdistill.evaluate import METRICS_FILE, RESULTS_FILE, TEACHER_KINDS
+from segdistill.evaluate import METRICS_FILE, TEACHER_KINDS
 from segdistill.figures import AGGREGATOR_LABELS, pick_split
 
 DIGITS = 4

@@ -70,7 +70,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from segdistill.checkpoints import atomic_write
-from segdistill.data import SegmentationDataset
+from segdistill.data.base import SegmentationDataset
 from segdistill.data.transforms import Normalize, Sample, to_tensors
 from segdistill.distributed import print_once
 from segdistill.errors import DataError, TrainingError

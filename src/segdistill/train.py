@@ -49,7 +49,6 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from segdistill.checkpoints import (
     CONFIG_FILE,
-    RESUME_CHECKPOINT,
     atomic_write,
     build_model,
     load_segmenter,
@@ -67,16 +66,12 @@ from segdistill.config import (
     dump_config,
     load_config,
 )
-from segdistill.data import (
-    CityscapesDataset,
-    FolderDataset,
-    SegmentationDataset,
-    build_eval_transform,
-    build_train_transform,
-)
-from segdistill.data.base import LabelMapping, SampleFiles
-from segdistill.data.folder import require_images_below
+from segdistill.data.base import LabelMapping, SampleFiles, SegmentationDataset
+from segdistill.data.cityscapes import CityscapesDataset
+from segdistill.data.folder import FolderDataset, require_images_below
 from segdistill.data.labels import IGNORE_INDEX
+from segdistill.data.transforms import build_eval_transform, build_train_transform
+from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import print_once
 from segdistill.errors import CheckpointError, ConfigError, TrainingError
 from segdistill.methods import MethodSet, build_methods, train_translator

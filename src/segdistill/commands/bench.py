@@ -16,11 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-from segdistill.bench import benchmark, format_result, to_json
-from segdistill.checkpoints import atomic_write
 from segdistill.commands.arguments import add_channels_last, add_mc_samples, add_model_sources
 from segdistill.commands.data import parse_size
-from segdistill.predictor import load_predictor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from segdistill.bench import benchmark, format_result, to_json
+    from segdistill.checkpoints import atomic_write
+    from segdistill.predictor import load_predictor
+
     predictors = [load_predictor(source, mc_samples=args.mc_samples) for source in args.sources]
     result = benchmark(
         predictors,

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from segdistill.checkpoints import atomic_write
 from segdistill.data import shifts
 from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, colorize
 from segdistill.data.synthstreets import (
@@ -253,6 +252,8 @@ def contact_sheet(root: Path, out: Path, scenes: int) -> int:
     """Draw `scenes` rows of panels into a PNG (matplotlib, Agg). Returns the rows drawn."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from segdistill.checkpoints import atomic_write
 
     meta = read_meta(root)
     if meta is None:

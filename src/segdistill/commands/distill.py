@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 
-from segdistill.checkpoints import RESUME_CHECKPOINT
 from segdistill.commands.train import add_run_arguments, load_run_config
 from segdistill.config import replace_values
+from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import print_once
 from segdistill.errors import ConfigError
 

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from segdistill.commands.arguments import add_channels_last, add_mc_samples, add_model_sources
-from segdistill.evaluate import RESULTS_FILE, evaluate, format_summary
+from segdistill.defaults import RESULTS_FILE
 
 
 def _split_list(text: str) -> list[str]:
@@ -65,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from segdistill.evaluate import evaluate, format_summary
+
     results = evaluate(
         args.sources,
         args.data,

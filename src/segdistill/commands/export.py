@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from segdistill.export import DEFAULT_ATOL, FORMATS, OUTPUTS, ExportReport, export_predictor
-from segdistill.predictor import load_predictor
+from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
+
+if TYPE_CHECKING:
+    from segdistill.export import ExportReport
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "batch, height and width) and compare the file with PyTorch at another input size.",
     )
     parser.add_argument("source", type=Path, help="run directory or .safetensors weights")
-    parser.add_argument("--format", choices=FORMATS, required=True, help="file format")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="file format")
     parser.add_argument(
         "--out",
         type=Path,
@@ -37,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument(
         "--outputs",
-        choices=OUTPUTS,
+        choices=EXPORT_OUTPUTS,
         default="probs",
         help="first output: class probabilities [B, C, H, W] or labels [B, H, W] "
         "(default %(default)s); the second is always the uncertainty [B, 1, H, W]",
@@ -45,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--atol",
         type=float,
-        default=DEFAULT_ATOL,
+        default=EXPORT_ATOL,
         help="largest allowed difference from PyTorch (default %(default)s)",
     )
     parser.set_defaults(func=run_export)
@@ -78,6 +81,9 @@ def format_report(report: ExportReport) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from segdistill.export import export_predictor
+    from segdistill.predictor import load_predictor
+
     predictor = load_predictor(args.source)
     report = export_predictor(
         predictor, args.format, args.out, opset=args.opset, outputs=args.outputs, atol=args.atol

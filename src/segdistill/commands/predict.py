@@ -20,27 +20,23 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from segdistill.bench import resolve_device
 from segdistill.commands.arguments import MODEL_SOURCE_HELP, add_channels_last, add_mc_samples
 from segdistill.commands.data import parse_size
-from segdistill.errors import ConfigError
-from segdistill.metrics.ood import AGGREGATORS
-from segdistill.ood_detector import (
+from segdistill.defaults import (
+    AGGREGATORS,
     DEFAULT_AGGREGATOR,
     DEFAULT_FPR,
     DETECTOR_FILE,
-    ImageOODDetector,
-)
-from segdistill.predict import (
     OUTPUT_KINDS,
     UNCERTAINTY_VMAX,
-    check_output_kinds,
-    find_images,
-    fit_ood_detector,
-    predict_files,
 )
-from segdistill.predictor import Predictor, default_device, load_predictor
+from segdistill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from segdistill.ood_detector import ImageOODDetector
+    from segdistill.predictor import Predictor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -144,6 +140,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def parse_outputs(text: str) -> list[str]:
     """ "pred,uncertainty16" -> the kinds (argparse type); "none" -> []."""
     kinds = [kind.strip() for kind in text.split(",")]
+    from segdistill.predict import check_output_kinds
+
     if kinds == ["none"]:
         return []
     if "none" in kinds:
@@ -173,6 +171,9 @@ def _outputs(args: argparse.Namespace) -> list[str]:
 def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDetector | None:
     """The detector the OOD arguments ask for: fitted on --ood-reference (and saved in the
     output folder), loaded from --ood-detector, or None."""
+    from segdistill.ood_detector import ImageOODDetector
+    from segdistill.predict import find_images, fit_ood_detector
+
     if args.ood_reference is None:
         if args.ood_fpr is not None or args.ood_aggregator is not None:
             raise ConfigError(
@@ -202,6 +203,10 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from segdistill.bench import resolve_device
+    from segdistill.predict import find_images, predict_files
+    from segdistill.predictor import default_device, load_predictor
+
     outputs = _outputs(args)
     images = find_images(args.inputs, exclude=args.out)
     device = default_device() if args.device == "auto" else resolve_device(args.device)

@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from segdistill.evaluate import RESULTS_FILE, SCHEMA_EXPERIMENT
-from segdistill.report import Claims, write_report
+from segdistill.defaults import RESULTS_FILE
+
+if TYPE_CHECKING:
+    from segdistill.report import Claims
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _claims(inputs: list[str]) -> Claims | None:
     """The experiment's table and checks when the one input is an experiment's results.json
     (or its run directory); None otherwise (a broken file is reported by write_report)."""
+    from segdistill.evaluate import SCHEMA_EXPERIMENT
+
     if len(inputs) != 1:
         return None
     path = Path(inputs[0])
@@ -56,6 +61,8 @@ def _claims(inputs: list[str]) -> Claims | None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from segdistill.report import write_report
+
     path = write_report(args.inputs, args.out, args.title, _claims(args.inputs))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segdistill.checkpoints import RESUME_CHECKPOINT
 from segdistill.commands.arguments import add_overrides
 from segdistill.config import SegConfig, load_config, replace_values
+from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import is_rank_zero, print_once
 from segdistill.errors import ConfigError
-from segdistill.models.teachers import MANIFEST_FILE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -93,6 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_ensemble(args: argparse.Namespace) -> int:
     from segdistill.ensemble import train_member, write_manifest
+    from segdistill.models.teachers import MANIFEST_FILE
 
     cfg = load_run_config(args)
     if args.members is not None:

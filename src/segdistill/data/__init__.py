@@ -1,61 +1,12 @@
-"""Data sets (Cityscapes layout, image/mask folders) and joint transforms."""
+"""Data sets and joint transforms, one module each; import from the module:
 
-from segdistill.data.base import (
-    LabelMapping,
-    MapReader,
-    SampleFiles,
-    SegmentationDataset,
-    read_image,
-    read_mask,
-)
-from segdistill.data.cityscapes import CityscapesDataset, GtFineMap
-from segdistill.data.folder import ClassesSpec, FolderDataset, load_classes
-from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, TRAIN_ID_COLORS
-from segdistill.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ColorJitter,
-    Compose,
-    Normalize,
-    RandomCrop,
-    RandomHorizontalFlip,
-    RandomScale,
-    Sample,
-    build_eval_transform,
-    build_train_transform,
-    to_tensors,
-    unnormalize,
-    worker_rng,
-)
+- `base`: `SegmentationDataset` (images and masks -> tensors), `read_image`, `read_mask`;
+- `cityscapes`: `CityscapesDataset` (the official layout), `GtFineMap`;
+- `folder`: `FolderDataset` (image/mask folders with a classes file);
+- `labels`: the Cityscapes classes, `IGNORE_INDEX`, colours;
+- `transforms`: crops, flips, scaling, colour jitter, normalisation;
+- `synthstreets`: the procedural street-scene generator; `shifts`: its shifted copies.
 
-__all__ = [
-    "CLASS_NAMES",
-    "IGNORE_INDEX",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "NUM_CLASSES",
-    "TRAIN_ID_COLORS",
-    "CityscapesDataset",
-    "ClassesSpec",
-    "ColorJitter",
-    "Compose",
-    "FolderDataset",
-    "GtFineMap",
-    "LabelMapping",
-    "MapReader",
-    "Normalize",
-    "RandomCrop",
-    "RandomHorizontalFlip",
-    "RandomScale",
-    "Sample",
-    "SampleFiles",
-    "SegmentationDataset",
-    "build_eval_transform",
-    "build_train_transform",
-    "load_classes",
-    "read_image",
-    "read_mask",
-    "to_tensors",
-    "unnormalize",
-    "worker_rng",
-]
+The package itself imports none of them: the generator and the label tables do not need
+torch, and `segdistill data ...` starts without it.
+"""

@@ -10,7 +10,8 @@
 Every `compute()` returns plain JSON values with None where a metric is undefined.
 """
 
-from segdistill.metrics.ood import AGGREGATORS, AnomalyEvaluator, image_scores, ood_metrics
+from segdistill.defaults import AGGREGATORS
+from segdistill.metrics.ood import AnomalyEvaluator, image_scores, ood_metrics
 from segdistill.metrics.paired import PairedUncertaintyStats
 from segdistill.metrics.segmentation import SegmentationEvaluator
 from segdistill.metrics.state import StreamingMetric, to_json

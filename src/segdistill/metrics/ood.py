@@ -29,8 +29,6 @@ from segdistill.metrics.ranking import (
 )
 from segdistill.metrics.state import StreamingMetric, to_json
 
-AGGREGATORS = ("min", "mean", "median", "max", "median_plus_min_over_max")
-
 
 @torch.no_grad()
 def image_scores(uncertainty: Tensor, valid: Tensor | None = None) -> dict[str, Tensor]:

@@ -356,7 +356,9 @@ class MCDropout(Teacher):
         super().__init__()
         # Its uncertainty is the spread of the passes: one pass has none (std 0 everywhere).
         if samples < 2:
-            raise ConfigError(f"MC dropout needs samples >= 2 (its std is 0 from one), got {samples}")
+            raise ConfigError(
+                f"MC dropout needs samples >= 2 (its std is 0 from one), got {samples}"
+            )
         if not mc_dropout_layers(model):
             raise ConfigError(
                 "the MC-dropout teacher has no MC-dropout layer (segdistill.models.MCDropout); "
