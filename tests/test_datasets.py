@@ -383,3 +383,23 @@ def test_worker_augmentations_are_reproducible_and_differ_between_samples():
     torch.manual_seed(0)
     assert torch.equal(crops(), first)
     assert len({tuple(crop.flatten().tolist()) for crop in first}) == 4
+
+
+class _FailingAt2(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        if index == 2:
+            raise DataError("bad/img2.png: cannot read the image, corrupt or truncated")
+        return index
+
+
+def test_an_error_in_a_loader_worker_keeps_its_one_line_message() -> None:
+    # PyTorch re-raises it with the worker's whole traceback as the message; the CLI
+    # prints the message, which must name the file as it does without workers.
+    with pytest.raises(DataError) as error:
+        list(torch.utils.data.DataLoader(_FailingAt2(), num_workers=1))
+    assert str(error.value) == "bad/img2.png: cannot read the image, corrupt or truncated"
+    unrelated = "Caught DataError in DataLoader worker process 1. segdistill.errors.DataError: x"
+    assert str(DataError(unrelated)) == unrelated  # only the exact wrapper is unwrapped

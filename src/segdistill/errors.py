@@ -4,6 +4,24 @@
 class SegdistillError(Exception):
     """Base class: the message names the file, key or value that is wrong."""
 
+    def __init__(self, message: str = "") -> None:
+        super().__init__(_without_worker_traceback(message, type(self)))
+
+
+def _without_worker_traceback(message: str, error_type: type) -> str:
+    """The original message of an error raised in a DataLoader worker process.
+
+    PyTorch re-raises such an error in the main process as `error_type(text)`, where text
+    is "Caught DataError in DataLoader worker process 1. Original Traceback ...", the
+    worker's whole traceback, ending in "segdistill.errors.DataError: <message>". The user
+    should see the one line that names the file, as without workers.
+    """
+    marker = f"{error_type.__module__}.{error_type.__name__}: "
+    wrapped = message.startswith(f"Caught {error_type.__name__} in DataLoader worker process")
+    if not wrapped or "\nOriginal Traceback" not in message or marker not in message:
+        return message
+    return message.rsplit(marker, 1)[1].strip()
+
 
 class DataError(SegdistillError):
     """A data set file or folder is missing, corrupt or inconsistent."""
