@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import segdistill
-from segdistill.cli import COMMAND_MODULES
+from segdistill.cli import COMMAND_MODULES, main
 
 HEAVY_MODULES = ("torch", "lightning", "matplotlib")
 
@@ -61,3 +61,28 @@ def test_every_command_is_listed() -> None:
         "demo", "experiment", "data", "train", "distill", "evaluate", "predict", "export",
         "bench", "report",
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["predict", "m", "x.png", "--out", "o", "--size", "0x64"], "size must be positive"),
+        (["bench", "m", "--size", "64x-1"], "size must be positive"),
+        (["evaluate", "m", "--data", "d", "--workers", "-1"], "--workers: must be >= 0"),
+        (["evaluate", "m", "--data", "d", "--num-samples", "x"], "expected an integer"),
+    ],
+)
+def test_argument_values_are_checked_when_parsed(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_config_file_after_set_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    # --set takes every word after it, so argparse would only say "config is required".
+    with pytest.raises(SystemExit):
+        main(["train", "--set", "optim.lr=0.1", "my.yaml"])
+    assert "'my.yaml' is not KEY=VALUE" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from torch.utils.data import default_collate
 from segdistill import train as training
 from segdistill.checkpoints import build_model, save_weights
 from segdistill.cli import main
-from segdistill.config import SegConfig, load_config
+from segdistill.config import SegConfig, load_config, replace_values
 from segdistill.errors import ConfigError, DataError
 from segdistill.methods import build_methods
 from segdistill.models.teachers import MCDropout, mc_dropout_layers
@@ -472,3 +472,13 @@ def test_two_process_distillation_shares_one_cache_build_and_one_stage_one(
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 2  # 8 images, 4 per process, batches of 2
     assert state["state_dict"]["methods.methods.adaptation.translator.trained"].item()
+
+
+def test_a_teacher_of_another_class_count_is_refused_before_training(
+    tmp_path: Path, synth: Path, ensemble: Path
+) -> None:
+    # The ensemble predicts the 19 Cityscapes classes; this student is for 5.
+    cfg = tiny_config(tmp_path, synth, ensemble, ["distill.methods=[{name: kd}]"])
+    cfg = replace_values(cfg, {"data.num_classes": 5}, "test")
+    with pytest.raises(ConfigError, match="predicts 19 classes, but data.num_classes is 5"):
+        training.build_distillation(cfg, build_model(cfg.model, 5))

@@ -15,7 +15,7 @@ from segdistill.config import ModelConfig
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter, build_segmenter
 from segdistill.models.teachers import Ensemble
-from segdistill.predictor import load_predictor
+from segdistill.predictor import default_device, load_predictor
 
 CLASSES = 4
 TINY = {"width": 0.125}
@@ -220,3 +220,14 @@ def test_the_readmes_python_example_runs(tmp_path: Path, monkeypatch) -> None:
     # The loss reached the student's uncertainty head.
     head = namespace["network"].uncertainty_head
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def test_default_device_checks_the_device_it_is_given() -> None:
+    assert default_device("cpu") == torch.device("cpu")
+    assert default_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for unknown in ("gpu", "meta"):
+        with pytest.raises(ConfigError, match=f"device must be cpu or cuda, not '{unknown}'"):
+            default_device(unknown)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="'cuda:1': CUDA is not available"):
+            default_device("cuda:1")

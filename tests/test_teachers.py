@@ -415,3 +415,10 @@ def test_teachers_from_saved_segmenters(tmp_path) -> None:
     single = build_teacher("single", tmp_path / checkpoints[0]).signals(x, {"logits"})
     with torch.no_grad():
         torch.testing.assert_close(single.logits, members[0](x).logits)
+
+
+def test_a_weights_file_given_as_an_ensemble_says_which_kind_it_needs(tmp_path: Path) -> None:
+    weights = tmp_path / "best.safetensors"
+    weights.write_bytes(b"\xbb\x45\x00binary weights, not UTF-8 \xff\xfe")
+    with pytest.raises(CheckpointError, match=r"best.safetensors is not JSON .* kind 'single'"):
+        Ensemble.from_manifest(weights)

@@ -243,6 +243,23 @@ def test_too_few_training_images_for_one_batch_is_an_error(tmp_path: Path) -> No
         training.train(tiny_config(tmp_path, root))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_gpu_accelerator_without_cuda_is_refused_before_the_run_starts(
+    tmp_path: Path, data_root: Path
+) -> None:
+    cfg = tiny_config(tmp_path, data_root, ["trainer.accelerator=gpu"])
+    with pytest.raises(ConfigError, match="trainer.accelerator='gpu': CUDA is not available"):
+        training.train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")
+def test_settings_lightning_refuses_are_a_config_error(tmp_path: Path) -> None:
+    cfg = replace_values(SegConfig(), {"trainer.accelerator": "mps"}, "test")
+    with pytest.raises(ConfigError, match="Lightning refuses trainer.accelerator='mps'"):
+        training.build_trainer(cfg, tmp_path)
+
+
 def test_a_run_directory_is_not_overwritten_and_resume_needs_a_checkpoint(
     tmp_path: Path, data_root: Path, trained_run: Path
 ) -> None:
@@ -563,3 +580,17 @@ def test_each_epoch_order_depends_only_on_seed_and_epoch() -> None:
     shards = [epoch_order(0, 2, rank, 3) for rank in range(3)]
     assert [len(s) for s in shards] == [2, 2, 2]  # 3 per process, full batches of 2
     assert len(set(sum(shards, []))) == 6
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.arch=unet", r"model: unknown arch 'unet'"),
+        ("model.encoder_options={width: -1}", r"model: encoder_options.width=-1"),
+    ],
+)
+def test_a_network_setting_the_model_cannot_take_names_the_model_section(
+    tmp_path: Path, data_root: Path, override: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        training.train(tiny_config(tmp_path, data_root, [override]))

@@ -51,7 +51,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from segdistill.errors import ConfigError
-from segdistill.predictor import Predictor
+from segdistill.predictor import Predictor, default_device
 
 TEACHER_KINDS = ("ensemble", "mc_dropout")
 HEAD_OVERHEAD_GOAL = 1.02
@@ -143,15 +143,6 @@ def make_timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
         return (time.perf_counter() - start) * 1e3
 
     return time_cpu
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "cpu" or "cuda" (ConfigError when CUDA is not available)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available (no GPU, or a CPU-only torch)")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be cpu or cuda, not {name!r}")
-    return torch.device(name)
 
 
 def device_name(device: torch.device) -> str:
@@ -270,7 +261,7 @@ def benchmark(
         )
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
-    target = resolve_device(device)
+    target = default_device(device)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

@@ -31,7 +31,7 @@ import safetensors.torch
 from torch import nn
 
 from segdistill.config import ModelConfig
-from segdistill.errors import CheckpointError
+from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter, build_segmenter
 
 ARCHITECTURE_KEY = "segdistill_architecture"
@@ -98,17 +98,21 @@ def read_architecture(path: str | Path) -> tuple[ModelConfig, int]:
 
 def build_model(model_config: ModelConfig, num_classes: int) -> Segmenter:
     """The segmenter `model_config` describes, freshly initialised (the encoder from
-    `encoder_weights` when that is set)."""
-    return build_segmenter(
-        model_config.arch,
-        model_config.encoder,
-        num_classes,
-        uncertainty_head=model_config.uncertainty_head,
-        encoder_options=model_config.encoder_options,
-        mc_dropout=model_config.mc_dropout,
-        aux_heads=model_config.aux_heads,
-        encoder_weights=model_config.encoder_weights,
-    )
+    `encoder_weights` when that is set). A value the network cannot take is a ConfigError
+    that names the `model` section, e.g. "model: unknown arch 'unet': ..."."""
+    try:
+        return build_segmenter(
+            model_config.arch,
+            model_config.encoder,
+            num_classes,
+            uncertainty_head=model_config.uncertainty_head,
+            encoder_options=model_config.encoder_options,
+            mc_dropout=model_config.mc_dropout,
+            aux_heads=model_config.aux_heads,
+            encoder_weights=model_config.encoder_weights,
+        )
+    except ConfigError as error:
+        raise ConfigError(f"model: {error}") from error
 
 
 def load_segmenter(path_or_run_dir: str | Path) -> tuple[Segmenter, ModelConfig]:

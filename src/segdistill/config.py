@@ -289,7 +289,10 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         "be [low, high], 0 < low <= high",
     ),
     ("data.color_jitter", _at_least(0), "be >= 0"),
-    ("data.batch_size", _at_least(1), "be >= 1"),
+    # The decoders' image pooling (ASPP, PSP) normalises one value per channel and image:
+    # batch norm cannot train on a single image.
+    ("data.batch_size", _at_least(2), "be >= 2 (batch norm trains on 2 or more images)"),
+    ("data.ignore_index", lambda v: 0 <= v <= 255, "be in 0..255 (masks are read as 8 bit)"),
     ("data.num_workers", _at_least(0), "be >= 0"),
     ("data.num_classes", _at_least(1), "be >= 1"),
     ("model.mc_dropout", lambda v: 0 <= v < 1, "be in [0, 1)"),

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from segdistill.checkpoints import RUN_WEIGHTS, load_segmenter, weights_path
-from segdistill.errors import CheckpointError
+from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter, count_parameters
 from segdistill.models.teachers import MANIFEST_FILE, Ensemble, MCDropout, Teacher
 
@@ -209,8 +209,21 @@ class Predictor:
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` when given, else CUDA when available, else the CPU."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """`device` when given ("cpu", "cuda" or "cuda:N"), else CUDA when available, else the
+    CPU. ConfigError when the device is unknown or its CUDA is not available."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(f"device must be cpu or cuda, not {str(device)!r}") from error
+    if chosen.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda, not {str(device)!r}")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {str(device)!r}: CUDA is not available (no GPU, or a CPU-only torch)"
+        )
+    return chosen
 
 
 def load_predictor(source: str | Path, mc_samples: int = 8) -> Predictor:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -99,6 +100,11 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
     resume: continue from `RUN_DIR/checkpoints/last.ckpt`. Without it, a run directory that
     already holds a checkpoint is refused rather than overwritten.
     """
+    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={cfg.trainer.accelerator!r}: CUDA is not available (no GPU, "
+            "or a CPU-only torch); --set trainer.accelerator=auto trains on what there is"
+        )
     run_dir = _prepare_run_dir(cfg, resume)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
     if cfg.distill is not None and cfg.distill.unlabeled_root is not None:
@@ -228,8 +234,17 @@ def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Tea
     model.eval()  # batch norm cannot run in train mode on one 1x1 feature
     with torch.no_grad():
         student_taps = model(probe).features
-        teacher_taps = teacher.signals(probe, {"features"}).features
+        teacher_signals = teacher.signals(probe, {"features", "mean_probs"})
     model.train()
+    teacher_taps = teacher_signals.features
+    assert teacher_signals.mean_probs is not None  # asked for
+    teacher_classes = teacher_signals.mean_probs.shape[1]
+    if teacher_classes != cfg.data.num_classes:
+        # Caught here, the losses would fail on shapes, or (DUDES) train on nonsense.
+        raise ConfigError(
+            f"distill.teacher.path={spec.path!r} predicts {teacher_classes} classes, but "
+            f"data.num_classes is {cfg.data.num_classes}: distil a teacher of this data set"
+        )
     methods = build_methods(
         [dataclasses.asdict(method) for method in cfg.distill.methods],
         cfg.data.num_classes,
@@ -381,6 +396,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def build_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:
     """The Lightning Trainer of a run: loggers and checkpoints in `run_dir`."""
+    t = cfg.trainer
+    try:
+        return _lightning_trainer(cfg, run_dir)
+    except MisconfigurationException as error:  # e.g. more devices than the machine has
+        raise ConfigError(
+            f"Lightning refuses trainer.accelerator={t.accelerator!r}, devices={t.devices}, "
+            f"num_nodes={t.num_nodes}, precision={t.precision!r}: {error}"
+        ) from error
+
+
+def _lightning_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:
     t = cfg.trainer
     distributed = t.devices * t.num_nodes > 1
     return L.Trainer(
@@ -566,8 +592,8 @@ class SegmentationTask(L.LightningModule):
         raise TrainingError(
             f"the loss is not finite (here {loss.item()}) at global step {self.global_step}, "
             f"epoch {self.current_epoch}, batch {batch_idx}; training stopped before this "
-            "update and wrote no checkpoint after it (try a lower optim.lr; --resume "
-            "continues from the last checkpoint)"
+            "update and wrote no checkpoint after it (train again with a lower optim.lr in "
+            "a new --run-dir; --resume would continue with the same settings)"
         )
 
     def on_validation_epoch_start(self) -> None:

@@ -5,8 +5,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 MODEL_SOURCE_HELP = "run directory, .safetensors weights, or ensemble directory / manifest.json"
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (e.g. data loader workers)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
 
 
 def add_model_sources(parser: argparse.ArgumentParser, name: str, metavar: str) -> None:
@@ -34,13 +46,34 @@ def add_channels_last(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _ExtendOverrides(argparse._ExtendAction):
+    """Collects KEY=VALUE words. --set takes every word after it, so a file name there was
+    meant as the positional argument: say so instead of "config is required"."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        for value in values:
+            if "=" not in value:
+                raise argparse.ArgumentError(
+                    self,
+                    f"{value!r} is not KEY=VALUE (--set takes every word after it: put the "
+                    "config file before --set)",
+                )
+        super().__call__(parser, namespace, values, option_string)
+
+
 def add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
     """--set KEY=VALUE ... (repeatable), collected into `args.overrides`."""
     parser.add_argument(
         "--set",
         dest="overrides",
         nargs="+",
-        action="extend",
+        action=_ExtendOverrides,
         default=[],
         metavar="KEY=VALUE",
         help=f"override config keys, e.g. --set {example}",

@@ -49,6 +49,8 @@ def parse_size(text: str) -> tuple[int, int]:
         height, width = (int(part) for part in text.lower().split("x"))
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x256, not {text!r}") from err
+    if min(height, width) < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, not {text!r}")
     return height, width
 
 

@@ -17,7 +17,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segdistill.commands.arguments import add_channels_last, add_mc_samples, add_model_sources
+from segdistill.commands.arguments import (
+    add_channels_last,
+    add_mc_samples,
+    add_model_sources,
+    non_negative_int,
+)
 from segdistill.defaults import RESULTS_FILE
 
 
@@ -46,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--num-samples",
-        type=int,
+        type=non_negative_int,
         default=3,
         metavar="K",
         help="test images shown in the sample figures (default %(default)s)",
@@ -57,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_mc_samples(parser)
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument(
-        "--workers", type=int, default=2, help="data loader workers (default %(default)s)"
+        "--workers",
+        type=non_negative_int,
+        default=2,
+        help="data loader workers (default %(default)s)",
     )
     add_channels_last(parser)
     parser.add_argument("--no-figures", action="store_true", help="write metrics only")

@@ -203,13 +203,12 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from segdistill.bench import resolve_device
     from segdistill.predict import find_images, predict_files
     from segdistill.predictor import default_device, load_predictor
 
     outputs = _outputs(args)
     images = find_images(args.inputs, exclude=args.out)
-    device = default_device() if args.device == "auto" else resolve_device(args.device)
+    device = default_device(None if args.device == "auto" else args.device)
     predictor = load_predictor(args.source, mc_samples=args.mc_samples)
     predictor.to(device, channels_last=args.channels_last)
     ood = _ood_detector(args, predictor)

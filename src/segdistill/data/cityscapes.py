@@ -200,6 +200,7 @@ def _pair_with_labels(
         raise DataError(
             f"{len(missing)} of {len(images)} images have no mask, e.g. {missing[0]}: expected "
             f"{gt_path(missing[0], LABEL_IDS_SUFFIX)} or {gt_path(missing[0], TRAIN_IDS_SUFFIX)} "
-            "(pass allow_unlabeled=True to use images without masks)"
+            "(give every image of the split its mask; images without one can teach a student "
+            "as distill.unlabeled_root)"
         )
     return samples

@@ -203,7 +203,8 @@ class FolderDataset(SegmentationDataset):
             raise DataError(
                 f"{len(missing)} of {len(samples)} images in {self.images_dir} have no mask "
                 f"(stems {missing[:5]}; expected e.g. {self.mask_path(missing[0])}); "
-                "pass allow_unlabeled=True to use images without masks"
+                "give every image of the split its mask; images without one can teach a "
+                "student as distill.unlabeled_root"
             )
 
 

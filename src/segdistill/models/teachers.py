@@ -266,9 +266,11 @@ class Ensemble(Teacher):
             manifest = json.loads(manifest_path.read_text())
         except FileNotFoundError as error:
             raise CheckpointError(f"ensemble manifest {manifest_path} does not exist") from error
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CheckpointError(
-                f"ensemble manifest {manifest_path} is not JSON: {error}"
+                f"ensemble manifest {manifest_path} is not JSON ({error}); an ensemble is "
+                f"its directory or {MANIFEST_FILE}, a single network's weights are teacher "
+                "kind 'single' (or 'mc_dropout')"
             ) from error
         members = manifest.get("members") if isinstance(manifest, dict) else None
         if not members or not all(isinstance(m, dict) and "checkpoint" in m for m in members):
