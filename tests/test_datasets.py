@@ -321,8 +321,28 @@ def test_folder_bad_values_and_empty_folder(folder, tmp_path):
         make_folder(folder).load(0)
     assert "a.png" in str(err.value)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"empty matching \*\.png"):
+    with pytest.raises(DataError, match=r"empty or its sub-folders matching \*\.png"):
         FolderDataset(tmp_path / "empty", None, folder / "classes.yaml")
+
+
+def test_folder_sub_folders_are_searched_and_masks_matched_by_path(folder):
+    # Two cities with the same file name: two samples, each with the mask at its path.
+    for city, value in (("cityA", 0), ("cityB", 1)):
+        save(folder / "images" / city / "x.png", image_array(4, 4, 4))
+        save(folder / "masks" / city / "x.png", np.full((4, 4), value, np.uint8))
+    dataset = make_folder(folder)
+    assert dataset.names == ["a", "b", "cityA/x", "cityB/x"]
+    assert [int(dataset.load(i)["label"][0, 0]) for i in (2, 3)] == [0, 1]
+    (folder / "masks" / "cityB" / "x.png").unlink()
+    with pytest.raises(DataError, match=r"\['cityB/x'\].*masks/cityB/x\.png"):
+        make_folder(folder)
+
+
+def test_folder_masks_match_an_upper_case_suffix(folder):
+    (folder / "masks" / "a.png").rename(folder / "masks" / "a.PNG")
+    dataset = make_folder(folder)
+    assert dataset.samples[0].label == folder / "masks" / "a.PNG"
+    assert dataset.load(0)["label"][0].tolist() == [0, 1, 255, 1]
 
 
 def test_folder_duplicate_stems_are_an_error(folder):

@@ -1,8 +1,9 @@
-"""A data set from a folder of images and a folder of masks, matched by file stem.
+"""A data set from a folder of images and a folder of masks, matched by path and stem.
 
-    images_dir/{stem}.png|.jpg|.jpeg     RGB images (see segdistill.data.base for modes)
-    masks_dir/{stem}{mask_suffix}        single-channel PNG masks (mask_suffix ".png")
-    classes.yaml                         the classes, e.g.
+    images_dir/[sub/]{stem}.png|.jpg|.jpeg   RGB images (see segdistill.data.base for modes)
+    masks_dir/[sub/]{stem}{mask_suffix}      single-channel PNG masks (mask_suffix ".png",
+                                             in any case: .PNG too)
+    classes.yaml                             the classes, e.g.
 
         classes:                 # class id = position in this list
           - {name: road, color: [128, 64, 128]}
@@ -15,6 +16,10 @@
 
 Without `mask_values` a mask stores class ids (and `ignore_index`) directly. Any other stored
 value is an error naming the file and the values.
+
+Sub-folders (e.g. one per city or sequence) are searched; a mask sits at the same path
+below `masks_dir` as its image below `images_dir`, and a sample is named by that path
+without its suffix ("cityA/img2"), so equal file names in two sub-folders stay two samples.
 """
 
 from __future__ import annotations
@@ -150,7 +155,8 @@ def _check_mask_values(
 
 
 class FolderDataset(SegmentationDataset):
-    """Images and masks matched by file stem, classes from a YAML file; sorted by stem.
+    """Images and masks matched by path and stem (module docstring), classes from a YAML
+    file; sorted by path.
 
     masks_dir:       None for images without any masks (all labels ignore, for prediction or
                      unlabeled distillation).
@@ -175,8 +181,8 @@ class FolderDataset(SegmentationDataset):
         self.mask_suffix = mask_suffix
         spec = load_classes(classes_yaml)
         samples = [
-            SampleFiles(image.stem, image, self._existing_mask(image.stem), spec.mapping)
-            for image in _find_images(self.images_dir)
+            SampleFiles(name, image, self._existing_mask(name), spec.mapping)
+            for name, image in _find_images(self.images_dir)
         ]
         if self.masks_dir is not None and not allow_unlabeled:
             self._check_all_labeled(samples)
@@ -189,34 +195,44 @@ class FolderDataset(SegmentationDataset):
             maps=maps,
         )
 
-    def mask_path(self, stem: str) -> Path | None:
-        """Where the mask of image `stem` belongs (None without a masks folder)."""
-        return self.masks_dir / f"{stem}{self.mask_suffix}" if self.masks_dir else None
+    def mask_path(self, name: str) -> Path | None:
+        """Where the mask of the image named `name` ("cityA/img2": its path below
+        images_dir without suffix) belongs; None without a masks folder."""
+        return self.masks_dir / f"{name}{self.mask_suffix}" if self.masks_dir else None
 
-    def _existing_mask(self, stem: str) -> Path | None:
-        path = self.mask_path(stem)
-        return path if path is not None and path.is_file() else None
+    def _existing_mask(self, name: str) -> Path | None:
+        path = self.mask_path(name)
+        if path is None:
+            return None
+        # Cameras and tools write .PNG as often as .png; the images' suffixes match in any case.
+        for candidate in (path, path.with_suffix(path.suffix.upper())):
+            if candidate.is_file():
+                return candidate
+        return None
 
     def _check_all_labeled(self, samples: list[SampleFiles]) -> None:
         missing = [s.name for s in samples if s.label is None]
         if missing:
             raise DataError(
                 f"{len(missing)} of {len(samples)} images in {self.images_dir} have no mask "
-                f"(stems {missing[:5]}; expected e.g. {self.mask_path(missing[0])}); "
+                f"({missing[:5]}; expected e.g. {self.mask_path(missing[0])}); "
                 "give every image of the split its mask; images without one can teach a "
                 "student as distill.unlabeled_root"
             )
 
 
-def _find_images(images_dir: Path) -> list[Path]:
-    """Sorted image files of a folder; DataError if none or if two share a stem."""
+def _find_images(images_dir: Path) -> list[tuple[str, Path]]:
+    """(name, path) of every image in a folder and its sub-folders, sorted by path; the
+    name is the path below the folder without suffix. DataError if there is none, or if
+    two share a name (img.png and img.jpg)."""
     if not images_dir.is_dir():
         raise DataError(f"image folder {images_dir} does not exist or is not a folder")
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = images_below(images_dir)
     if not images:
         patterns = ", ".join(f"*{s}" for s in IMAGE_SUFFIXES)
-        raise DataError(f"no images in {images_dir} matching {patterns}")
-    duplicates = sorted(s for s, n in Counter(p.stem for p in images).items() if n > 1)
+        raise DataError(f"no images in {images_dir} or its sub-folders matching {patterns}")
+    named = [(p.relative_to(images_dir).with_suffix("").as_posix(), p) for p in images]
+    duplicates = sorted(s for s, n in Counter(name for name, _ in named).items() if n > 1)
     if duplicates:
-        raise DataError(f"{images_dir}: several images share the stems {duplicates[:5]}")
-    return images
+        raise DataError(f"{images_dir}: several images share the names {duplicates[:5]}")
+    return named
