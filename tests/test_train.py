@@ -558,6 +558,13 @@ def test_ensemble_members_differ_and_are_listed_in_the_manifest(
     run_ensemble(*common, *vary)  # everything finished: nothing is retrained
     assert (ensemble_dir / "member_00" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
     assert len(build_teacher("ensemble", ensemble_dir).members) == 2
+    # A finished member of another recipe is not mixed into the ensemble; where it runs may
+    # change.
+    with pytest.raises(ConfigError, match=r"member_00 finished with another config \(seed"):
+        run_ensemble(*common, *vary, "seed=5")
+    with pytest.raises(ConfigError, match=r"optim.momentum: 0.9 -> 0.5"):
+        run_ensemble(*common, *vary, "optim.momentum=0.5")
+    run_ensemble(*common, *vary, "data.num_workers=1", "trainer.log_every_n_steps=7")
 
 
 def test_each_epoch_order_depends_only_on_seed_and_epoch() -> None:

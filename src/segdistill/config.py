@@ -246,6 +246,11 @@ RESUME_MAY_CHANGE = (
 )
 
 
+def format_differences(differences: list[tuple[str, Any, Any]]) -> str:
+    """ "optim.lr: 0.01 -> 0.02; seed: 0 -> 1" from `config_differences`."""
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences)
+
+
 def config_differences(
     before: SegConfig, after: SegConfig, ignore: tuple[str, ...] = ()
 ) -> list[tuple[str, Any, Any]]:

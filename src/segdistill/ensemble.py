@@ -5,7 +5,8 @@ Member i is trained with seed + i (its own random initialisation, data order and
 augmentation) and the i-th value (cycling) of every list in `ensemble.vary`. Members are
 independent, so they can train in parallel: one process per member (`segdistill ensemble
 --member I`, e.g. `--member $SLURM_ARRAY_TASK_ID` in a SLURM array). A finished member
-writes `member_XX/member.json` and is skipped on a re-run; an interrupted one resumes from
+writes `member_XX/member.json` and is skipped on a re-run of the same config (another
+config is refused, as `--resume` refuses it); an interrupted one resumes from
 its last checkpoint. After each member, `manifest.json` (`MANIFEST_FILE`, which
 `Ensemble.from_manifest` reads) is rebuilt from all finished members under a file lock and
 replaced atomically, so parallel members never drop each other.
@@ -19,10 +20,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from segdistill.checkpoints import atomic_write, weights_path
-from segdistill.config import SegConfig, replace_values
+from segdistill.checkpoints import CONFIG_FILE, atomic_write, weights_path
+from segdistill.config import (
+    RESUME_MAY_CHANGE,
+    SegConfig,
+    config_differences,
+    format_differences,
+    load_config,
+    replace_values,
+)
 from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import is_rank_zero, print_once
+from segdistill.errors import ConfigError
 from segdistill.models.teachers import MANIFEST_FILE
 from segdistill.train import train
 
@@ -49,6 +58,15 @@ def train_member(cfg: SegConfig, ensemble_dir: Path, index: int) -> None:
     member_cfg = member_config(cfg, ensemble_dir, index)
     member_dir = member_cfg.run.path()
     if (member_dir / MEMBER_FILE).is_file():
+        # Skipped, a member of another recipe (or data set) would join this ensemble.
+        saved = member_dir / CONFIG_FILE
+        changed = config_differences(load_config(saved), member_cfg, ignore=RESUME_MAY_CHANGE)
+        if changed:
+            raise ConfigError(
+                f"{member_dir} finished with another config ({format_differences(changed)}; "
+                f"compared with {saved}): set them back, or train the ensemble into a new "
+                "directory"
+            )
         print_once(f"{member_dir}: finished before, skipped")
         return
     train(member_cfg, resume=(member_dir / RESUME_CHECKPOINT).is_file())

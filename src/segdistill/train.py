@@ -65,6 +65,7 @@ from segdistill.config import (
     SegConfig,
     config_differences,
     dump_config,
+    format_differences,
     load_config,
 )
 from segdistill.data.base import LabelMapping, SampleFiles, SegmentationDataset
@@ -172,10 +173,9 @@ def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
         allowed = (*RESUME_MAY_CHANGE, "trainer.max_epochs")
         changed = config_differences(before, cfg, ignore=allowed)
         if changed:
-            listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
             raise ConfigError(
-                f"cannot resume {run_dir} with another config ({listed}; compared with "
-                f"{saved}): set them back, or train into a new --run-dir"
+                f"cannot resume {run_dir} with another config ({format_differences(changed)}; "
+                f"compared with {saved}): set them back, or train into a new --run-dir"
             )
         if before.trainer.max_epochs != cfg.trainer.max_epochs:
             print_once(
