@@ -283,12 +283,16 @@ def test_resume_refuses_a_config_that_changes_what_the_run_computes(
             {"trainer.accumulate_grad_batches": 2, "optim.lr": 0.1},
             "optim.lr: 0.01 -> 0.1; trainer.accumulate_grad_batches: 1 -> 2",
         ),
+        # More processes: a larger batch per step, fewer steps, another schedule.
+        ({"trainer.devices": 2}, "trainer.devices: 1 -> 2"),
+        ({"data.num_workers": 1}, "data.num_workers: 0 -> 1"),  # other augmentations
+        ({"trainer.max_epochs": 1}, "trainer.max_epochs: 2 -> 1"),  # only longer
     ):
         with pytest.raises(ConfigError, match="cannot resume") as error:
             training.train(replace_values(saved, changes, "test"), resume=True)
         assert listed in str(error.value) and "config.yaml" in str(error.value)
     # Where it runs may change: the finished run resumes (and has nothing left to do).
-    allowed = {"trainer.log_every_n_steps": 5, "data.num_workers": 1}
+    allowed = {"trainer.log_every_n_steps": 5, "trainer.checkpoint_every_n_steps": 3}
     assert training.train(replace_values(saved, allowed, "test"), resume=True) == run
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == state
     # More epochs continue the run, with a notice that the schedule is stretched.

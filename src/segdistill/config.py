@@ -235,14 +235,14 @@ def dump_config(cfg: SegConfig) -> str:
 
 
 # Settings a resumed run may change: where and how visibly it runs, not what it computes.
+# Not the processes (devices x nodes): the batch of a step and the steps of an epoch, and
+# with them the poly schedule, follow from them. Not data.num_workers: the augmentations
+# are drawn per worker, so another count gives other (equally good) weights.
 RESUME_MAY_CHANGE = (
     "run.dir",
-    "trainer.devices",
-    "trainer.num_nodes",
     "trainer.accelerator",
     "trainer.log_every_n_steps",
     "trainer.checkpoint_every_n_steps",
-    "data.num_workers",
 )
 
 

@@ -58,9 +58,11 @@ def train_member(cfg: SegConfig, ensemble_dir: Path, index: int) -> None:
     member_cfg = member_config(cfg, ensemble_dir, index)
     member_dir = member_cfg.run.path()
     if (member_dir / MEMBER_FILE).is_file():
-        # Skipped, a member of another recipe (or data set) would join this ensemble.
+        # Skipped, a member of another recipe (or data set) would join this ensemble. The
+        # loader workers change its random draws only, not its recipe.
         saved = member_dir / CONFIG_FILE
-        changed = config_differences(load_config(saved), member_cfg, ignore=RESUME_MAY_CHANGE)
+        ignore = (*RESUME_MAY_CHANGE, "data.num_workers")
+        changed = config_differences(load_config(saved), member_cfg, ignore=ignore)
         if changed:
             raise ConfigError(
                 f"{member_dir} finished with another config ({format_differences(changed)}; "

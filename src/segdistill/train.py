@@ -172,6 +172,11 @@ def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
         before = load_config(saved)
         allowed = (*RESUME_MAY_CHANGE, "trainer.max_epochs")
         changed = config_differences(before, cfg, ignore=allowed)
+        if cfg.trainer.max_epochs < before.trainer.max_epochs:
+            # Fewer epochs would leave the weights of more under a config that says fewer.
+            changed.append(
+                ("trainer.max_epochs", before.trainer.max_epochs, cfg.trainer.max_epochs)
+            )
         if changed:
             raise ConfigError(
                 f"cannot resume {run_dir} with another config ({format_differences(changed)}; "
