@@ -306,6 +306,29 @@ def test_rerun_skips_every_step(
     assert (run_dir / "results.json").read_text() == before
 
 
+def test_a_finished_network_of_another_config_is_not_skipped(
+    tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As after editing a training config the experiment names: the finished student
+    would be skipped and reported as the new recipe's."""
+    args, run_dir = tiny_demo
+    saved = run_dir / "students" / "dudes" / "config.yaml"
+    text = saved.read_text()
+    edited = yaml.safe_load(text)
+    lr = edited["optim"]["lr"]
+    edited["optim"]["lr"] = 2 * lr
+    try:
+        saved.write_text(yaml.safe_dump(edited, sort_keys=False))
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "step 'student-dudes' trained" in err and f"optim.lr: {2 * lr} -> {lr}" in err
+        assert "stages/student-dudes.json" in err
+    finally:
+        saved.write_text(text)
+    assert main(args) == 0
+
+
 def test_continues_after_an_interruption(
     tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

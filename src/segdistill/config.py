@@ -244,6 +244,10 @@ RESUME_MAY_CHANGE = (
     "trainer.log_every_n_steps",
     "trainer.checkpoint_every_n_steps",
 )
+# Settings in which a finished network may differ from the config that would train it now
+# and still count as trained by it (an ensemble member, an experiment's step): the loader
+# workers change the random draws, not the recipe.
+SAME_RECIPE_MAY_CHANGE = (*RESUME_MAY_CHANGE, "data.num_workers")
 
 
 def format_differences(differences: list[tuple[str, Any, Any]]) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 from segdistill.checkpoints import CONFIG_FILE, atomic_write, weights_path
 from segdistill.config import (
-    RESUME_MAY_CHANGE,
+    SAME_RECIPE_MAY_CHANGE,
     SegConfig,
     config_differences,
     format_differences,
@@ -58,11 +58,9 @@ def train_member(cfg: SegConfig, ensemble_dir: Path, index: int) -> None:
     member_cfg = member_config(cfg, ensemble_dir, index)
     member_dir = member_cfg.run.path()
     if (member_dir / MEMBER_FILE).is_file():
-        # Skipped, a member of another recipe (or data set) would join this ensemble. The
-        # loader workers change its random draws only, not its recipe.
+        # Skipped, a member of another recipe (or data set) would join this ensemble.
         saved = member_dir / CONFIG_FILE
-        ignore = (*RESUME_MAY_CHANGE, "data.num_workers")
-        changed = config_differences(load_config(saved), member_cfg, ignore=ignore)
+        changed = config_differences(load_config(saved), member_cfg, ignore=SAME_RECIPE_MAY_CHANGE)
         if changed:
             raise ConfigError(
                 f"{member_dir} finished with another config ({format_differences(changed)}; "

@@ -78,13 +78,22 @@ import yaml
 
 from segdistill import __version__, memory
 from segdistill.bench import benchmark, paired_ratio, to_json
-from segdistill.checkpoints import atomic_write, load_segmenter
-from segdistill.config import SegConfig, _convert, load_config, replace_values, to_dict
+from segdistill.checkpoints import CONFIG_FILE, atomic_write, load_segmenter
+from segdistill.config import (
+    SAME_RECIPE_MAY_CHANGE,
+    SegConfig,
+    _convert,
+    config_differences,
+    format_differences,
+    load_config,
+    replace_values,
+    to_dict,
+)
 from segdistill.data.folder import require_images_below
 from segdistill.data.shifts import SHIFT_KINDS
 from segdistill.data.synthstreets import SynthConfig, generate
 from segdistill.defaults import DETECTOR_FILE, RESULTS_FILE, RESUME_CHECKPOINT
-from segdistill.ensemble import train_member, write_manifest
+from segdistill.ensemble import member_config, train_member, write_manifest
 from segdistill.errors import ConfigError, DataError
 from segdistill.evaluate import REFERENCE_SPLIT, SCHEMA_EXPERIMENT, evaluate, find_splits, json_text
 from segdistill.metrics.segmentation import removal_point
@@ -534,11 +543,14 @@ class RunPaths:
 
 @dataclass(frozen=True)
 class Step:
-    """One step: `run()` does the work and returns a small JSON-able summary of it."""
+    """One step: `run()` does the work and returns a small JSON-able summary of it.
+    `trains`: the configs of the networks it trains, which a finished step's networks must
+    still match (`check_finished_networks`)."""
 
     name: str
     title: str
     run: Callable[[], dict[str, Any]]
+    trains: tuple[SegConfig, ...] = ()
 
 
 def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
@@ -556,6 +568,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                 functools.partial(
                     pretrain_encoder, spec.pretrain.data, pretrain_config(exp, paths)
                 ),
+                (pretrain_config(exp, paths),),
             )
         )
         if spec.pretrain.teacher:
@@ -566,6 +579,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                     functools.partial(
                         pretrain_encoder, spec.pretrain.data, pretrain_teacher_config(exp, paths)
                     ),
+                    (pretrain_teacher_config(exp, paths),),
                 )
             )
     teacher = spec.teacher
@@ -575,6 +589,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             "teacher",
             f"train the teacher {teacher.name!r} ({what})",
             functools.partial(train_teacher, exp, paths),
+            teacher_networks(exp, paths),
         )
     )
     by_offset = [trained_configs(exp, paths, offset) for offset in range(spec.seeds)]
@@ -589,6 +604,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                     seeded_name("baseline", offset),
                     f"train the baseline {name!r} on labels only (seed {trained[name].seed})",
                     functools.partial(train_network, trained[name]),
+                    (trained[name],),
                 )
             )
         for student in spec.students:
@@ -601,6 +617,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                     f"student-{name}",
                     f"distil the student {name!r} ({methods}; seed {cfg.seed})",
                     functools.partial(train_network, cfg),
+                    (cfg,),
                 )
             )
     steps.append(
@@ -629,6 +646,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                         f"ablation {ablation.name}: train {ablation.student!r} with "
                         f"{ablation.key}={value}",
                         functools.partial(train_network, cfg),
+                        (cfg,),
                     )
                 )
             run = functools.partial(sweep, exp, paths, ablation)
@@ -658,6 +676,7 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
         marker = paths.stage(step.name)
         head = f"[{number}/{len(steps)}] {step.name}: {step.title}"
         if marker.is_file():
+            check_finished_networks(step, marker)
             print(f"{head} - done before, skipped", flush=True)
             continue
         print(f"{head} ...", flush=True)
@@ -963,6 +982,32 @@ def pretrain_encoder(data: DataSpec, cfg: SegConfig) -> dict[str, Any]:
     encoder = run_dir / ENCODER_FILE
     atomic_write(encoder, lambda file: file.write(data_bytes))
     return {"data": prepared, "run_dir": str(run_dir), "encoder": str(encoder)}
+
+
+def teacher_networks(exp: LoadedExperiment, paths: RunPaths) -> tuple[SegConfig, ...]:
+    """The config of every network of the teacher: each ensemble member's, or the one."""
+    cfg = teacher_config(exp, paths)
+    if exp.spec.teacher.kind != "ensemble":
+        return (cfg,)
+    return tuple(member_config(cfg, paths.teacher, i) for i in range(exp.spec.teacher.members))
+
+
+def check_finished_networks(step: Step, marker: Path) -> None:
+    """Refuse to skip a finished step whose networks were trained with another config than
+    the experiment now gives them (e.g. a training config it names was edited): they would
+    be mixed into the results as if they were the new ones."""
+    for cfg in step.trains:
+        saved = cfg.run.path() / CONFIG_FILE
+        if not saved.is_file():
+            continue
+        changed = config_differences(load_config(saved), cfg, ignore=SAME_RECIPE_MAY_CHANGE)
+        if changed:
+            raise ConfigError(
+                f"step {step.name!r} trained {cfg.run.dir} with another config than the "
+                f"experiment gives it now ({format_differences(changed)}; compared with "
+                f"{saved}): set it back, choose another --run-dir, or delete {marker} and "
+                f"{cfg.run.dir} to train it again"
+            )
 
 
 def train_teacher(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
