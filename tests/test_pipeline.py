@@ -21,12 +21,14 @@ import yaml
 
 from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.cli import main
+from segdistill.config import SegConfig, dump_config, replace_values
 from segdistill.defaults import DETECTOR_FILE
 from segdistill.errors import ConfigError, DataError
 from segdistill.ood_detector import ImageOODDetector
 from segdistill.pipeline import (
     CheckSpec,
     RunPaths,
+    Step,
     TableSpec,
     UnlabeledSpec,
     _ablation_rows,
@@ -34,6 +36,7 @@ from segdistill.pipeline import (
     _ood_flag_cells,
     _table_cells,
     baseline_config,
+    check_finished_networks,
     claim_run_dir,
     flagged_shares,
     load_experiment,
@@ -327,6 +330,24 @@ def test_a_finished_network_of_another_config_is_not_skipped(
     finally:
         saved.write_text(text)
     assert main(args) == 0
+
+
+def test_a_copied_step_may_name_its_own_copy_of_a_file(tmp_path: Path) -> None:
+    """A run directory started with another's steps names the same encoder weights at
+    another path: the same bytes pass, other bytes are another recipe."""
+    old, new = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
+    old.write_bytes(b"weights")
+    new.write_bytes(b"weights")
+    network = tmp_path / "net"
+    network.mkdir()
+    saved = {"run.dir": str(network), "model.encoder_weights": str(old)}
+    (network / "config.yaml").write_text(dump_config(replace_values(SegConfig(), saved, "t")))
+    now = replace_values(SegConfig(), {**saved, "model.encoder_weights": str(new)}, "t")
+    step = Step("teacher", "t", lambda: {}, (now,))
+    check_finished_networks(step, tmp_path / "teacher.json")
+    new.write_bytes(b"other weights")
+    with pytest.raises(ConfigError, match=r"model.encoder_weights: '.*old.safetensors' ->"):
+        check_finished_networks(step, tmp_path / "teacher.json")
 
 
 def test_continues_after_an_interruption(

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import filecmp
 import functools
 import json
 import math
@@ -1000,7 +1001,13 @@ def check_finished_networks(step: Step, marker: Path) -> None:
         saved = cfg.run.path() / CONFIG_FILE
         if not saved.is_file():
             continue
-        changed = config_differences(load_config(saved), cfg, ignore=SAME_RECIPE_MAY_CHANGE)
+        changed = [
+            (key, old, new)
+            for key, old, new in config_differences(
+                load_config(saved), cfg, ignore=SAME_RECIPE_MAY_CHANGE
+            )
+            if not _same_file(old, new)
+        ]
         if changed:
             raise ConfigError(
                 f"step {step.name!r} trained {cfg.run.dir} with another config than the "
@@ -1008,6 +1015,16 @@ def check_finished_networks(step: Step, marker: Path) -> None:
                 f"{saved}): set it back, choose another --run-dir, or delete {marker} and "
                 f"{cfg.run.dir} to train it again"
             )
+
+
+def _same_file(before: Any, after: Any) -> bool:
+    """Whether two settings name files with the same bytes: a run directory started with a
+    copy of another's steps (experiments.md) names its own copy of, e.g., the encoder
+    weights the network started from."""
+    if not (isinstance(before, str) and isinstance(after, str)):
+        return False
+    first, second = Path(before), Path(after)
+    return first.is_file() and second.is_file() and filecmp.cmp(first, second, shallow=False)
 
 
 def train_teacher(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
