@@ -95,6 +95,41 @@ def test_torchscript_matches_pytorch_at_another_size(tmp_path, head, outputs) ->
     assert read_description(report.path, "torchscript")["outputs"] == [outputs, "uncertainty"]
 
 
+def test_a_torchscript_files_outputs_need_no_gradient(tmp_path) -> None:
+    source = save_tiny(tmp_path / "net.safetensors")
+    report = export_predictor(load_predictor(source), "torchscript")
+    probs, uncertainty = torch.jit.load(str(report.path))(torch.randn(1, 3, 32, 32))
+    assert not probs.requires_grad and not uncertainty.requires_grad
+    probs.numpy()  # as a user would, without torch.no_grad()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_failed_export_leaves_the_previous_file_whole(tmp_path, monkeypatch, fmt) -> None:
+    source = save_tiny(tmp_path / "net.safetensors")
+    first = export_predictor(load_predictor(source), fmt)
+    before = first.path.read_bytes()
+
+    # A kill in the middle of writing: part of the file is there, then the process stops.
+    def killed_onnx(module, args, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    def killed_torchscript(module, file, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        file.write(b"partial")
+        raise KeyboardInterrupt
+
+    if fmt == "onnx":
+        monkeypatch.setattr(torch.onnx, "export", killed_onnx)
+    else:
+        monkeypatch.setattr(torch.jit, "save", killed_torchscript)
+    with pytest.raises(KeyboardInterrupt):
+        export_predictor(load_predictor(source), fmt)
+    assert first.path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["net.safetensors", first.path.name]
+    )
+
+
 def test_ensembles_and_mc_dropout_are_refused(tmp_path) -> None:
     members = [save_tiny(tmp_path / "ens" / f"m{i}.safetensors", head=None) for i in range(2)]
     manifest = {"members": [{"checkpoint": path.name} for path in members]}

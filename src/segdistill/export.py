@@ -39,6 +39,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +51,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from segdistill.checkpoints import atomic_write
 from segdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
 from segdistill.errors import CheckpointError, ConfigError
@@ -197,8 +201,6 @@ def export_onnx(
     module: ExportModule, sample: Tensor, path: Path, opset: int | None, metadata: str
 ) -> int:
     """Write `module` as ONNX with dynamic batch, height and width; returns the opset."""
-    import onnx
-
     pools = _unsupported_onnx_pools(module.model)
     if pools:
         raise ConfigError(
@@ -207,6 +209,39 @@ def export_onnx(
             "export it with --format torchscript"
         )
     parameter_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    # Written in a folder beside `path`, then moved into place: a killed export leaves the
+    # previous file (and its external weights) whole, not a truncated one.
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        opset_used = _export_onnx_into(
+            module,
+            sample,
+            staging / path.name,
+            opset,
+            metadata,
+            external=parameter_bytes > ONNX_SIZE_LIMIT,
+        )
+        produced = sorted(staging.iterdir(), key=lambda p: p.name == path.name)  # model last
+        for file in produced:
+            with open(file, "rb") as handle:  # on disk before the rename makes it current
+                os.fsync(handle.fileno())
+            os.replace(file, path.parent / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return opset_used
+
+
+def _export_onnx_into(
+    module: ExportModule,
+    sample: Tensor,
+    path: Path,
+    opset: int | None,
+    metadata: str,
+    external: bool,
+) -> int:
+    """`export_onnx`'s export and description into `path` (external weights beside it)."""
+    import onnx
+
     with _quiet_exporters():
         torch.onnx.export(
             module,
@@ -219,7 +254,7 @@ def export_onnx(
             dynamic_shapes=({0: "batch", 2: "height", 3: "width"},),
             opset_version=opset,
             dynamo=True,
-            external_data=parameter_bytes > ONNX_SIZE_LIMIT,
+            external_data=external,
             verbose=False,
         )
     # Add the description; external weights (if any) stay where the exporter put them.
@@ -231,10 +266,17 @@ def export_onnx(
 
 
 def export_torchscript(module: ExportModule, sample: Tensor, path: Path, metadata: str) -> None:
-    """Write `module` traced on `sample` as TorchScript, with the description."""
+    """Write `module` traced on `sample` as TorchScript, with the description, atomically."""
+    # Frozen weights: the file's outputs then need no gradient (`.numpy()` works on them).
+    module.requires_grad_(False)
     with _quiet_exporters(), torch.no_grad():
         traced = torch.jit.trace(module, (sample,), check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: metadata})
+        atomic_write(
+            path,
+            lambda file: torch.jit.save(
+                traced, file, _extra_files={TORCHSCRIPT_METADATA: metadata}
+            ),
+        )
 
 
 def run_exported(path: Path, fmt: str, images: Tensor) -> tuple[Tensor, Tensor]:
