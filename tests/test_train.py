@@ -12,6 +12,7 @@ import copy
 import csv
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -206,6 +207,44 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 4
     weights = load_file(checkpoints / "last.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_ctrl_c_ends_in_an_interrupt_that_resume_continues(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lightning shuts down on Ctrl-C and calls exit(1); the caller gets the interrupt.
+    def ctrl_c(output):
+        raise KeyboardInterrupt
+
+    fail_at_training_step(monkeypatch, 5, ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny_config(tmp_path, data_root))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
+    monkeypatch.undo()
+    training.train(tiny_config(tmp_path, data_root), resume=True)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 8  # 2 epochs of 4 steps
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"PK\x03\x04 truncated", "not a readable training checkpoint"),
+        (None, "refused, it holds objects other than tensors"),
+    ],
+)
+def test_an_unreadable_or_unsafe_resume_checkpoint_is_named(
+    trained_run: Path, tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    if content is None:  # a pickle that would run code when loaded without weights_only
+        torch.save({"state_dict": {}, "payload": Path("/tmp")}, checkpoint)
+    else:
+        checkpoint.write_bytes(content)
+    cfg = replace_values(load_config(run / "config.yaml"), {"run.dir": str(run)}, "test")
+    with pytest.raises(CheckpointError, match=f"last.ckpt: {message}"):
+        training.train(replace_values(cfg, {"trainer.max_epochs": 3}, "test"), resume=True)
 
 
 def write_tiny_folder(root: Path) -> Path:

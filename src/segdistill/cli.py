@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(
+            "interrupted: run the same command again to continue (train and distill with "
+            "--resume)",
+            file=sys.stderr,
+        )
         return 130
     except SegdistillError as err:
         print(f"error: {err}", file=sys.stderr)

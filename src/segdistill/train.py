@@ -31,7 +31,10 @@ import itertools
 import logging
 import math
 import os
+import pickle
 import random
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,7 +160,16 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
         atomic_write(run_dir / CONFIG_FILE, lambda file: file.write(text.encode()))
     data = SegDataModule(training_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
     ckpt_path = run_dir / RESUME_CHECKPOINT if resume else None
-    trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:
+        # Lightning ends a Ctrl-C with exit(1) after its shutdown, Ctrl-C ignored from then
+        # on: give the caller the interrupt (the CLI exits 130) and Ctrl-C back.
+        if not trainer.interrupted:
+            raise
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
     return run_dir
 
 
@@ -396,7 +408,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         # Lightning's default map location is the CPU; the strategy moves tensors later.
         location: Any = "cpu" if map_location is None else map_location
-        return super().load_checkpoint(path, map_location=location, weights_only=True)
+        try:
+            return super().load_checkpoint(path, map_location=location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            # torch's message suggests weights_only=False, which would run the file's code.
+            raise CheckpointError(
+                f"{path}: refused, it holds objects other than tensors and plain values "
+                "(weights_only loading); segdistill never unpickles arbitrary objects"
+            ) from error
+        except RuntimeError as error:  # torch reads a truncated or foreign file as a bad zip
+            raise CheckpointError(
+                f"{path}: not a readable training checkpoint ({error}); delete it to train "
+                "again from the start"
+            ) from error
 
 
 def build_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:
