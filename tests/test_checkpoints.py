@@ -14,6 +14,7 @@ from segdistill.checkpoints import (
     build_model,
     load_segmenter,
     load_weights_into,
+    remove_unfinished_writes,
     save_weights,
 )
 from segdistill.config import ModelConfig
@@ -77,6 +78,18 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path: Path, monkeypatc
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]  # no temp left
     assert load_segmenter(path)[0].num_classes == 3
+
+
+def test_a_killed_writes_leftover_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    # What atomic_write leaves when the process is killed between write and rename.
+    leftover = tmp_path / ".last.ckpt.4242.0a1b2c3d.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    kept = [tmp_path / "last.ckpt", tmp_path / "notes.tmp", tmp_path / ".hidden"]
+    for path in kept:
+        path.write_bytes(b"x")
+    remove_unfinished_writes(tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+    remove_unfinished_writes(tmp_path / "absent")  # no folder yet: nothing to do
 
 
 @pytest.mark.parametrize(

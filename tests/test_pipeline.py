@@ -350,6 +350,19 @@ def test_a_copied_step_may_name_its_own_copy_of_a_file(tmp_path: Path) -> None:
         check_finished_networks(step, tmp_path / "teacher.json")
 
 
+def test_a_missing_results_file_names_the_marker_to_delete(
+    tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args, run_dir = tiny_demo
+    (run_dir / "results.json").unlink()
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "delete that marker" in capsys.readouterr().err
+    (run_dir / "stages" / "report.json").unlink()
+    assert main(args) == 0
+    assert (run_dir / "results.json").is_file()
+
+
 def test_continues_after_an_interruption(
     tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -407,9 +420,10 @@ def test_another_experiment_in_the_same_run_dir_is_refused(tmp_path: Path) -> No
     first = load_experiment(DEMO_CONFIG)
     claim_run_dir(first.spec, RunPaths(tmp_path))
     claim_run_dir(first.spec, RunPaths(tmp_path))  # the same experiment: fine
-    other = load_experiment(DEMO_CONFIG, ["teacher.members=3"])
-    with pytest.raises(ConfigError, match="another experiment"):
+    other = load_experiment(DEMO_CONFIG, ["teacher.members=3", "evaluate.max_images=7"])
+    with pytest.raises(ConfigError, match="another experiment") as error:
         claim_run_dir(other.spec, RunPaths(tmp_path))
+    assert "teacher.members: 5 -> 3; evaluate.max_images: 32 -> 7" in str(error.value)
 
 
 @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -221,7 +221,10 @@ def test_ctrl_c_ends_in_an_interrupt_that_resume_continues(
         training.train(tiny_config(tmp_path, data_root))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
     monkeypatch.undo()
+    leftover = tmp_path / "run" / "checkpoints" / ".last.ckpt.1.0a1b2c3d.tmp"  # a killed write
+    leftover.write_bytes(b"half")
     training.train(tiny_config(tmp_path, data_root), resume=True)
+    assert not leftover.exists()
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 8  # 2 epochs of 4 steps
 

@@ -41,6 +41,18 @@ RUN_WEIGHTS = ("checkpoints/best.safetensors", "checkpoints/last.safetensors")
 CONFIG_FILE = "config.yaml"
 
 
+# The suffix of atomic_write's temporary files (".NAME.PID.RANDOM.tmp").
+_UNFINISHED = ".tmp"
+
+
+def remove_unfinished_writes(folder: Path) -> None:
+    """Delete the temporary files that `atomic_write`s killed before their rename left in
+    `folder`. Call it only where nothing is being written."""
+    for leftover in folder.glob(f".*{_UNFINISHED}"):
+        with contextlib.suppress(FileNotFoundError):  # another process removed it first
+            leftover.unlink()
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
     """Create or replace `path` with what `write(file)` writes, all or nothing.
 
@@ -50,7 +62,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique name opened with "x" (not mkstemp, whose files are private, mode 0600): the
     # file gets the usual permissions of the user's umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_UNFINISHED}")
     try:
         with open(tmp, "xb") as file:
             write(file)

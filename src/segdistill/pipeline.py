@@ -697,6 +697,11 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
             f"far), peak RSS {used['peak_rss_mib'] / 1024:.2f} GiB",
             flush=True,
         )
+    if not (paths.root / RESULTS_FILE).is_file():
+        raise ConfigError(
+            f"{paths.root / RESULTS_FILE} is missing although {paths.stage('report')} says it "
+            "was written: delete that marker to write it again"
+        )
     results = json.loads((paths.root / RESULTS_FILE).read_text())
     print()
     print(format_summary(results))
@@ -717,6 +722,18 @@ def _without_added_settings(current: Any, recorded: Any) -> Any:
     }
 
 
+def _differences(before: Any, after: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, before, after) of every value that differs between two plain-data
+    trees (mappings are descended into; a list is one value; a missing key is None)."""
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return [] if before == after else [(key, before, after)]
+    found = []
+    for name in [*before, *(k for k in after if k not in before)]:
+        below = f"{key}.{name}" if key else str(name)
+        found += _differences(before.get(name), after.get(name), below)
+    return found
+
+
 def claim_run_dir(spec: Experiment, paths: RunPaths) -> None:
     """Record the experiment in the run directory, or refuse a directory that holds
     another one (its finished steps would be skipped and mixed into the results)."""
@@ -725,11 +742,13 @@ def claim_run_dir(spec: Experiment, paths: RunPaths) -> None:
     text = yaml.safe_dump(current, sort_keys=False)
     if record.is_file():
         recorded = yaml.safe_load(record.read_text())
-        if recorded != _without_added_settings(current, recorded):
+        comparable = _without_added_settings(current, recorded)
+        if recorded != comparable:
+            changed = format_differences(_differences(recorded, comparable))
             raise ConfigError(
-                f"{paths.root} holds the results of another experiment config "
-                f"({record} differs): choose another --run-dir, or delete {paths.root} to "
-                "start again"
+                f"{paths.root} holds the results of another experiment config ({changed}; "
+                f"compared with {record}): choose another --run-dir, or delete {paths.root} "
+                "to start again"
             )
         return
     atomic_write(record, lambda file: file.write(text.encode()))

@@ -57,6 +57,7 @@ from segdistill.checkpoints import (
     build_model,
     load_segmenter,
     read_architecture,
+    remove_unfinished_writes,
     save_weights,
     weights_path,
 )
@@ -205,6 +206,9 @@ def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
             f"{run_dir} already holds a run ({checkpoint}); pass --resume to continue it or "
             "choose another --run-dir"
         )
+    # Nothing writes in the run directory before this run starts; a killed write's leftover
+    # is a checkpoint's size, and preemptions add them up.
+    remove_unfinished_writes(run_dir / "checkpoints")
     return run_dir
 
 
