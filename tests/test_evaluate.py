@@ -18,6 +18,7 @@ from segdistill.checkpoints import save_weights
 from segdistill.cli import main
 from segdistill.config import ModelConfig
 from segdistill.data.cityscapes import CityscapesDataset
+from segdistill.data.folder import FolderDataset
 from segdistill.data.synthstreets import SynthConfig, generate
 from segdistill.defaults import AGGREGATORS, RESULTS_FILE
 from segdistill.errors import CheckpointError, ConfigError, DataError
@@ -345,3 +346,47 @@ def test_paired_statistics_need_a_teacher() -> None:
         alone.paired_metrics()
     paired = ModelAccumulators(4, 255, anomaly=False, paired=True)
     assert paired.paired_metrics() == paired.paired.compute()
+
+
+def test_a_folder_data_set_is_evaluated_with_its_classes(tmp_path: Path, capsys) -> None:
+    """root/classes.yaml + root/{split}/images|masks: its mask values, ignore value, class
+    names and colours; mIoU against a direct count with the mapping applied by hand."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    stored = np.array([10, 20, 30, 0], np.uint8)  # road, car, sky, void
+    masks = {}
+    for split in ("val", "test"):
+        for i in range(2):
+            (tmp_path / "data" / split / "images" / "cam1").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "data" / split / "masks" / "cam1").mkdir(parents=True, exist_ok=True)
+            ids = rng.integers(0, 4, (32, 64))
+            image = (ids[..., None] * 60 + rng.integers(0, 30, (32, 64, 3))).astype(np.uint8)
+            Image.fromarray(image).save(tmp_path / "data" / split / "images" / "cam1" / f"{i}.jpg")
+            Image.fromarray(stored[ids]).save(
+                tmp_path / "data" / split / "masks" / "cam1" / f"{i}.png"
+            )
+            masks[(split, i)] = np.where(ids == 3, 255, ids)  # the mapping, by hand
+    (tmp_path / "data" / "classes.yaml").write_text(
+        "classes:\n  - {name: road, color: [1, 2, 3]}\n  - {name: car, color: [4, 5, 6]}\n"
+        "  - {name: sky, color: [7, 8, 9]}\nmask_values: {0: 255, 10: 0, 20: 1, 30: 2}\n"
+    )
+    torch.manual_seed(0)
+    save_run(tmp_path / "net", "scalar", classes=3)
+    assert main(["evaluate", str(tmp_path / "net"), "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "out"), "--workers", "0"]) == 0  # fmt: skip
+    results = json.loads((tmp_path / "out" / RESULTS_FILE).read_text())
+    (model,) = results["models"]
+    assert list(model["splits"]) == ["test"]  # the reference split; no shifted copies
+    predictor = load_predictor(tmp_path / "net")
+    confusion = np.zeros((3, 3), np.int64)
+    for i, sample in enumerate(FolderDataset.split(tmp_path / "data", "test")):
+        label = masks[("test", i)]
+        pred = predictor.predict(sample["image"][None]).probs[0].argmax(0).numpy()
+        valid = label != 255
+        np.add.at(confusion, (label[valid], pred[valid]), 1)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    miou = np.mean(tp[union > 0] / union[union > 0])
+    assert model["splits"]["test"]["segmentation"]["miou"] == pytest.approx(miou, abs=1e-12)
+    assert (tmp_path / "out" / "figures" / "net" / "samples_test.png").is_file()

@@ -21,7 +21,8 @@ paired with the teacher's of the same pixels), and writes, per model,
 Splits are looked up under `data_root`: `leftImg8bit/<split>/` of the tree itself and
 `shifts/<name>/leftImg8bit/<split>/` of each shifted copy (the SynthStreets layout, see
 `segdistill.data.synthstreets`). A split is named by its folder ("test", "val") or by its
-shift ("fog_0.02", "night", ...).
+shift ("fog_0.02", "night", ...). A folder data set (`DATA/classes.yaml`,
+`segdistill.data.folder`) has its sub-folders as splits and no shifted copies.
 
 Where results go: each model's own directory (`Predictor.home`, a run or ensemble
 directory) gets `metrics.json` and `figures/`; `out_dir` gets `results.json` with every
@@ -46,7 +47,15 @@ from tqdm import tqdm
 
 from segdistill import figures
 from segdistill.checkpoints import atomic_write
+from segdistill.data.base import SegmentationDataset
 from segdistill.data.cityscapes import CityscapesDataset, GtFineMap
+from segdistill.data.folder import (
+    CLASSES_FILE,
+    IMAGES_DIR,
+    FolderDataset,
+    folder_splits,
+    is_folder_data_set,
+)
 from segdistill.data.shifts import SHIFT_KINDS, expand_shifts
 from segdistill.data.synthstreets import SHIFTS_DIR
 from segdistill.data.transforms import unnormalize
@@ -82,15 +91,19 @@ _SHIFT_ORDER = [spec.name for spec in expand_shifts(SHIFT_KINDS)]
 @dataclass(frozen=True)
 class EvalSplit:
     """One evaluated set: `root`/leftImg8bit/`folder`/... with its name; `anomaly` when it
-    has pixel anomaly masks; `shifted` when it is a copy under `shifts/`."""
+    has pixel anomaly masks; `shifted` when it is a copy under `shifts/`. With `layout`
+    "folder", the split `folder` of a folder data set (`segdistill.data.folder`)."""
 
     name: str
     root: Path
     folder: str
     anomaly: bool
     shifted: bool
+    layout: str = "cityscapes"
 
-    def dataset(self) -> CityscapesDataset:
+    def dataset(self) -> SegmentationDataset:
+        if self.layout == "folder":
+            return FolderDataset.split(self.root, self.folder)
         maps = {"anomaly": GtFineMap(ANOMALY_SUFFIX)} if self.anomaly else None
         return CityscapesDataset(self.root, self.folder, maps=maps)
 
@@ -101,6 +114,13 @@ def find_splits(data_root: str | Path) -> dict[str, EvalSplit]:
     root = Path(data_root)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist or is not a folder")
+    if is_folder_data_set(root):
+        splits = folder_splits(root)
+        if not splits:
+            raise DataError(
+                f"{root} has {CLASSES_FILE} but no split: expected {root}/<split>/{IMAGES_DIR}/"
+            )
+        return {name: EvalSplit(name, root, name, False, False, "folder") for name in splits}
     found: dict[str, EvalSplit] = {}
     for folder in _split_folders(root):
         found[folder] = EvalSplit(folder, root, folder, _has_anomaly(root, folder), False)
@@ -118,7 +138,9 @@ def find_splits(data_root: str | Path) -> dict[str, EvalSplit]:
     if not found:
         raise DataError(
             f"no images under {root}: expected {root}/leftImg8bit/<split>/<city>/"
-            f"*_leftImg8bit.png or {root}/{SHIFTS_DIR}/<shift>/leftImg8bit/<split>/..."
+            f"*_leftImg8bit.png or {root}/{SHIFTS_DIR}/<shift>/leftImg8bit/<split>/... "
+            f"(Cityscapes layout), or {root}/{CLASSES_FILE} with {root}/<split>/{IMAGES_DIR}/ "
+            "and masks/ (a folder data set)"
         )
     return found
 
@@ -155,9 +177,12 @@ class SampleSet:
 
     images: [K, h, w, 3] uint8; labels: [K, h, w] class ids; predictions / uncertainty:
     {model: [K, h, w]} (uint8 classes / float32); all subsampled to SAMPLE_MAX_WIDTH.
+    palette [C, 3] and ignore_index: the data set's, to draw its classes.
     """
 
     split: str
+    palette: np.ndarray
+    ignore_index: int
     names: list[str] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
@@ -276,7 +301,7 @@ def evaluate(
     per_split: dict[str, dict[str, ModelAccumulators]] = {}
     samples: list[SampleSet] = []
     for spec in selected:
-        dataset: CityscapesDataset | Subset[Any] = datasets[spec.name]
+        dataset: SegmentationDataset | Subset[Any] = datasets[spec.name]
         if max_images is not None:
             dataset = Subset(dataset, range(min(max_images, len(dataset))))
         per_split[spec.name], sample_set = _run_split(
@@ -344,7 +369,9 @@ def _unique_names(predictors: list[Predictor]) -> list[Predictor]:
     return predictors
 
 
-def _check_classes(predictor: Predictor, dataset: CityscapesDataset, data_root: str | Path) -> None:
+def _check_classes(
+    predictor: Predictor, dataset: SegmentationDataset, data_root: str | Path
+) -> None:
     if predictor.num_classes != dataset.num_classes:
         raise CheckpointError(
             f"{predictor.source} predicts {predictor.num_classes} classes but the data set "
@@ -357,8 +384,8 @@ def _run_split(
     predictors: list[Predictor],
     teacher: Predictor | None,
     spec: EvalSplit,
-    dataset: CityscapesDataset | Subset[Any],
-    reference: CityscapesDataset,
+    dataset: SegmentationDataset | Subset[Any],
+    reference: SegmentationDataset,
     batch_size: int,
     num_samples: int,
     device: torch.device,
@@ -375,7 +402,7 @@ def _run_split(
         )
         for p in predictors
     }
-    samples = SampleSet(spec.name)
+    samples = SampleSet(spec.name, reference.colors, reference.ignore_index)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     bar = tqdm(
         loader, desc=f"{spec.name} ({len(dataset)} images)", unit="batch", disable=not progress
@@ -561,6 +588,8 @@ def _sample_rows(sample_sets: Sequence[SampleSet], name: str, first_only: bool) 
         "labels": np.stack(rows["labels"]),
         "predictions": np.stack(rows["pred"]),
         "uncertainty": np.stack(rows["unc"]),
+        "palette": sample_sets[0].palette,
+        "ignore_index": sample_sets[0].ignore_index,
     }
 
 

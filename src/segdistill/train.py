@@ -231,9 +231,7 @@ def build_dataset(data_cfg: DataConfig, split: str, train: bool) -> Segmentation
             root, split, transform, data_cfg.ignore_index
         )
     else:
-        dataset = FolderDataset(
-            root / split / "images", root / split / "masks", root / "classes.yaml", transform
-        )
+        dataset = FolderDataset.split(root, split, transform)
     for key, expected, found in (
         ("num_classes", data_cfg.num_classes, dataset.num_classes),
         ("ignore_index", data_cfg.ignore_index, dataset.ignore_index),

@@ -38,7 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OOD and anomaly metrics; writes metrics.json and figures.",
     )
     add_model_sources(parser, "sources", "RUN_OR_CHECKPOINT")
-    parser.add_argument("--data", type=Path, required=True, help="data set folder")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="data set folder: Cityscapes layout (and shifts/), or folder data set (classes.yaml)",
+    )
     parser.add_argument(
         "--splits",
         type=_split_list,

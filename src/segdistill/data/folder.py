@@ -39,6 +39,20 @@ from segdistill.data.transforms import Sample
 from segdistill.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# A folder data set's layout (`data.format: folder`): root/{split}/images,
+# root/{split}/masks and root/classes.yaml.
+CLASSES_FILE = "classes.yaml"
+IMAGES_DIR, MASKS_DIR = "images", "masks"
+
+
+def is_folder_data_set(root: Path) -> bool:
+    """Whether `root` holds a folder data set (its classes file), not the Cityscapes layout."""
+    return (root / CLASSES_FILE).is_file()
+
+
+def folder_splits(root: Path) -> list[str]:
+    """The splits of a folder data set: its sub-folders that hold an images folder."""
+    return sorted(d.name for d in root.iterdir() if (d / IMAGES_DIR).is_dir())
 
 
 def images_below(folder: Path) -> list[Path]:
@@ -193,6 +207,24 @@ class FolderDataset(SegmentationDataset):
             ignore_index=spec.ignore_index,
             transform=transform,
             maps=maps,
+        )
+
+    @classmethod
+    def split(
+        cls,
+        root: str | Path,
+        split: str,
+        transform: Callable[[Sample], Sample] | None = None,
+        **kwargs: Any,
+    ) -> FolderDataset:
+        """The `split` of the folder data set at `root` (its layout: `CLASSES_FILE`)."""
+        root = Path(root)
+        return cls(
+            root / split / IMAGES_DIR,
+            root / split / MASKS_DIR,
+            root / CLASSES_FILE,
+            transform,
+            **kwargs,
         )
 
     def mask_path(self, name: str) -> Path | None:
