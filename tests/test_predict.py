@@ -533,3 +533,32 @@ def test_cli_fits_saves_and_reuses_an_ood_detector(
     assert "give --ood-reference" in capsys.readouterr().err
     assert main([*reuse, "--ood-detector", str(tmp_path / "x")]) == 2
     assert "no such OOD detector file" in capsys.readouterr().err
+
+
+def test_a_classes_file_reads_the_labels_and_colours_the_classes(tmp_path, student, capsys) -> None:
+    # A folder data set storing class k as 100 + k and void as 0, with its own colours.
+    colours = [[k, 2 * k, 255 - k] for k in range(CLASSES)]
+    entries = "".join(f"  - {{name: c{k}, color: {colours[k]}}}\n" for k in range(CLASSES))
+    values = ", ".join([f"{100 + k}: {k}" for k in range(CLASSES)] + ["0: 255"])
+    classes = tmp_path / "classes.yaml"
+    classes.write_text(f"classes:\n{entries}mask_values: {{{values}}}\n")
+    write_png(tmp_path / "img" / "x.png", rgb(32, 64))
+    ids = np.random.default_rng(0).integers(0, CLASSES + 1, (32, 64))  # CLASSES: void
+    write_png(tmp_path / "gt" / "x.png", np.where(ids == CLASSES, 0, 100 + ids).astype(np.uint8))
+    out = tmp_path / "out"
+    argv = ["predict", str(student), str(tmp_path / "img"), "--out", str(out)]
+    assert main([*argv, "--labels", str(tmp_path / "gt"), "--classes", str(classes)]) == 0
+    pred = read(out / "pred" / "x.png")
+    assert np.array_equal(read(out / "seg" / "x.png"), np.array(colours, np.uint8)[pred])
+    label = np.where(ids == CLASSES, IGNORE_INDEX, ids)  # the mapping, by hand
+    expected = np.where(pred == label, figures.ACCURACY_RIGHT, figures.ACCURACY_WRONG)
+    expected[label == IGNORE_INDEX] = figures.ACCURACY_VOID
+    assert np.array_equal(read(out / "accuracy" / "x.png"), expected)
+    # Without it, the stored values 100.. are not class ids: refused, naming the file.
+    capsys.readouterr()
+    assert main([*argv, "--labels", str(tmp_path / "gt")]) == 2
+    assert "x.png: mask holds unknown values" in capsys.readouterr().err
+    three = tmp_path / "three.yaml"
+    three.write_text("classes: [{name: a, color: [0, 0, 0]}, {name: b, color: [1, 1, 1]}]\n")
+    assert main([*argv, "--classes", str(three)]) == 2
+    assert "lists 2 classes, but" in capsys.readouterr().err

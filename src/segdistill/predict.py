@@ -49,7 +49,8 @@ Labels (`labels`, a file for a single image or a folder searched with its sub-fo
 an image `X_leftImg8bit*.png` the Cityscapes files `X_gtFine_labelTrainIds.png` (preferred)
 or `X_gtFine_labelIds.png`, else a PNG with the image's stem. labelIds are mapped to train
 ids by the official table, other files hold class ids and `ignore_index` directly
-(`segdistill.data.cityscapes.label_mappings`); unknown values are an error naming the file.
+(`segdistill.data.cityscapes.label_mappings`), or what a classes file's mask_values say
+(`classes`); unknown values are an error naming the file.
 
 Sizes: images of any size. An image is padded at the bottom and right with 0 (the ImageNet
 mean colour after normalisation, as training crops are padded) to a multiple of
@@ -88,7 +89,7 @@ from segdistill.data.cityscapes import (
     base_name,
     label_mappings,
 )
-from segdistill.data.folder import IMAGE_SUFFIXES, images_below
+from segdistill.data.folder import IMAGE_SUFFIXES, ClassesSpec, images_below
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_eval_transform
 from segdistill.defaults import DEFAULT_AGGREGATOR, DEFAULT_FPR, OUTPUT_KINDS, UNCERTAINTY_VMAX
@@ -216,13 +217,21 @@ def match_labels(images: Sequence[Path], labels: Path) -> dict[Path, Path | None
 
 
 def read_label(
-    path: Path, size: tuple[int, int], num_classes: int, ignore_index: int = IGNORE_INDEX
+    path: Path,
+    size: tuple[int, int],
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
+    stored: LabelMapping | None = None,
 ) -> np.ndarray:
     """A label file -> int64 [H, W] class ids (`ignore_index` for void), checked against
-    the image size (H, W) and the values its kind may hold."""
+    the image size (H, W) and the values its kind may hold. `stored`: how a file other than
+    Cityscapes' stores its classes (a classes file's mask_values; default: as class ids)."""
     mappings = label_mappings(ignore_index)
     suffix = next((s for s in (LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX) if path.name.endswith(s)), None)
-    mapping = mappings[suffix] if suffix else LabelMapping.identity(num_classes, ignore_index)
+    if suffix:
+        mapping = mappings[suffix]
+    else:
+        mapping = stored or LabelMapping.identity(num_classes, ignore_index)
     raw = read_mask(path)
     if raw.shape != size:
         raise DataError(
@@ -566,6 +575,7 @@ def predict_files(
     size: tuple[int, int] | None = None,
     vmax: float = UNCERTAINTY_VMAX,
     ignore_index: int = IGNORE_INDEX,
+    classes: ClassesSpec | None = None,
     ood: ImageOODDetector | None = None,
     distrust_above: float | None = None,
     outputs: Collection[str] = OUTPUT_KINDS,
@@ -576,8 +586,10 @@ def predict_files(
     (a detector fitted for this predictor and `size`), each image is also flagged or not
     as unlike the detector's reference images. With `distrust_above` T, the pixels whose
     uncertainty is >= T are marked probably wrong (pick T from `segdistill evaluate`'s
-    error_operating_points). Notices go to stderr as they happen and into the summary.
-    DataError names the first image or label that cannot be used."""
+    error_operating_points). With `classes` (a folder data set's classes file,
+    `load_classes`), its colours draw the classes and its mask values and ignore value read
+    the labels. Notices go to stderr as they happen and into the summary. DataError names
+    the first image or label that cannot be used."""
     _check_batch_size(batch_size)
     if vmax <= 0:
         raise ConfigError(f"--vmax must be > 0, got {vmax}")
@@ -589,6 +601,14 @@ def predict_files(
     label_files = match_labels(images, labels) if labels is not None else {}
     multiple = input_multiple(predictor.segmenters())
     palette = class_palette(predictor.num_classes)
+    stored = None
+    if classes is not None:
+        if len(classes.names) != predictor.num_classes:
+            raise ConfigError(
+                f"the classes file lists {len(classes.names)} classes, but "
+                f"{predictor.source} predicts {predictor.num_classes}"
+            )
+        palette, ignore_index, stored = classes.colors, classes.ignore_index, classes.mapping
     title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
     summary = PredictSummary()
     notify = _notifier(summary.notices)
@@ -602,7 +622,9 @@ def predict_files(
                 if labels is not None and label_file is None:
                     notify(f"{path}: no label found under {labels}; no accuracy map")
                 label = (
-                    read_label(label_file, image.shape[:2], predictor.num_classes, ignore_index)
+                    read_label(
+                        label_file, image.shape[:2], predictor.num_classes, ignore_index, stored
+                    )
                     if label_file is not None
                     else None
                 )

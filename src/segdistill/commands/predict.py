@@ -1,7 +1,8 @@
 """`segdistill predict`: segmentation, uncertainty and accuracy pictures for image files.
 
-    segdistill predict SOURCE INPUT... --out DIR [--labels DIR_OR_FILE] [--outputs KIND,...]
-                       [--distrust-above T] [--batch-size N] [--size HxW] [--vmax V]
+    segdistill predict SOURCE INPUT... --out DIR [--labels DIR_OR_FILE] [--classes FILE]
+                       [--outputs KIND,...] [--distrust-above T] [--batch-size N]
+                       [--size HxW] [--vmax V]
                        [--device auto|cpu|cuda] [--channels-last] [--mc-samples K]
                        [--ood-reference PATH... [--ood-fpr F] [--ood-aggregator A]
                         | --ood-detector FILE]
@@ -62,6 +63,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR_OR_FILE",
         help="label folder (Cityscapes gtFine naming or the image's stem) or one label file; "
         "adds the binary accuracy map",
+    )
+    parser.add_argument(
+        "--classes",
+        type=Path,
+        metavar="FILE",
+        help="a folder data set's classes.yaml: its colours draw the classes, its mask "
+        "values and ignore value read --labels (default: Cityscapes colours, labels as ids)",
     )
     parser.add_argument(
         "--outputs",
@@ -203,6 +211,7 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from segdistill.data.folder import load_classes
     from segdistill.predict import find_images, predict_files
     from segdistill.predictor import default_device, load_predictor
 
@@ -217,6 +226,7 @@ def run_predict(args: argparse.Namespace) -> int:
         images,
         args.out,
         labels=args.labels,
+        classes=None if args.classes is None else load_classes(args.classes),
         batch_size=args.batch_size,
         size=args.size,
         vmax=args.vmax,
