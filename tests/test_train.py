@@ -26,7 +26,7 @@ from segdistill import train as training
 from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.commands import train as train_command
 from segdistill.config import ModelConfig, OptimConfig, SegConfig, load_config, replace_values
-from segdistill.errors import CheckpointError, ConfigError, TrainingError
+from segdistill.errors import CheckpointError, ConfigError, DataError, TrainingError
 from segdistill.methods import build_methods
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models.teachers import build_teacher
@@ -277,6 +277,24 @@ def test_training_on_a_folder_data_set(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     with pytest.raises(ConfigError, match=r"data.num_classes=19 but the data set in .* has 3"):
         training.train(tiny_config(tmp_path / "other", root, ["data.format=folder"]))
+
+
+@pytest.mark.parametrize("fault", ["junk image", "mask of another size", "RGB mask"])
+def test_a_bad_validation_file_stops_the_run_before_it_trains(
+    tmp_path: Path, fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_tiny_cityscapes(tmp_path / "data", train=4, val=2)
+    image = next((root / "leftImg8bit" / "val").rglob("*.png"))
+    mask = next((root / "gtFine" / "val").rglob("*.png"))
+    if fault == "junk image":
+        image.write_bytes(b"junk")
+    elif fault == "mask of another size":
+        Image.fromarray(np.zeros((16, 48), np.uint8)).save(mask)
+    else:
+        Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(mask)
+    monkeypatch.setattr(training, "build_trainer", None)  # never reached
+    with pytest.raises(DataError, match=(image if fault == "junk image" else mask).name):
+        training.train(tiny_config(tmp_path, root))
 
 
 def test_too_few_training_images_for_one_batch_is_an_error(tmp_path: Path) -> None:

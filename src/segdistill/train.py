@@ -72,7 +72,7 @@ from segdistill.config import (
     format_differences,
     load_config,
 )
-from segdistill.data.base import LabelMapping, SampleFiles, SegmentationDataset
+from segdistill.data.base import LabelMapping, SampleFiles, SegmentationDataset, check_headers
 from segdistill.data.cityscapes import CityscapesDataset
 from segdistill.data.folder import FolderDataset, require_images_below
 from segdistill.data.labels import IGNORE_INDEX
@@ -115,6 +115,9 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
     if cfg.distill is not None and cfg.distill.unlabeled_root is not None:
         train_set = add_unlabeled_images(train_set, Path(cfg.distill.unlabeled_root))
     val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    # A bad file would otherwise stop the run where a batch first reads it: a validation
+    # file after a whole epoch of training.
+    check_headers([*train_set.samples, *val_set.samples])
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes
     batches = batches_per_epoch(
         len(train_set), world_size, cfg.data.batch_size, cfg.trainer.limit_train_batches
