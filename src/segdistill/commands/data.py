@@ -27,6 +27,7 @@ from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, colorize
 from segdistill.data.synthstreets import (
     INTERIOR_RADIUS,
     META_FILE,
+    NOT_SYNTHSTREETS,
     SPLITS,
     GroupReport,
     SamplePaths,
@@ -259,7 +260,9 @@ def contact_sheet(root: Path, out: Path, scenes: int) -> int:
 
     meta = read_meta(root)
     if meta is None:
-        raise DataError(f"{root / META_FILE}: not found; run `segdistill data synth` first")
+        raise DataError(
+            f"{root / META_FILE}: not found; run `segdistill data synth` first ({NOT_SYNTHSTREETS})"
+        )
     split, images = _preview_images(root, meta, scenes)
     rows = [_scene_panels(root, meta, split, image) for image in images]
     height, width = meta["size"]

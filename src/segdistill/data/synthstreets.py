@@ -3013,6 +3013,13 @@ def _image_files(tree: Path, split: str) -> list[Path]:
     return sorted((tree / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
 
 
+# What a user pointing `data info` or `data preview` at their own data should know.
+NOT_SYNTHSTREETS = (
+    "these commands read a SynthStreets set; Cityscapes and folder data sets are checked "
+    "when training or `segdistill evaluate` reads them"
+)
+
+
 def check_dataset(root: str | Path, progress: bool = False) -> tuple[dict, list[GroupReport]]:
     """Check a SynthStreets folder against its meta.json; returns (meta, one report per
     split and shifted copy). Raises DataError naming the first bad file or count."""
@@ -3021,7 +3028,8 @@ def check_dataset(root: str | Path, progress: bool = False) -> tuple[dict, list[
     if meta is None:
         state = "interrupted generation" if (root / PARTIAL_FILE).exists() else "not found"
         raise DataError(
-            f"{root / META_FILE}: {state}; (re)run `segdistill data synth --out {root}`"
+            f"{root / META_FILE}: {state}; (re)run `segdistill data synth --out {root}` "
+            f"({NOT_SYNTHSTREETS})"
         )
     size = tuple(meta["size"])
     groups = _groups(root, meta)
