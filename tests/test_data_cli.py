@@ -120,3 +120,69 @@ def test_synth_object_scale_and_crowd_reach_the_meta(tmp_path: Path) -> None:
     assert main(["data", "synth", "--out", str(root), *args]) == 0
     params = ss.read_meta(root)["params"]
     assert params["object_scale"] == 2.5 and params["crowd"] == 2.0
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_info_of_a_folder_data_set_counts_its_classes_and_lists_every_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "own"
+    masks = {
+        "a": np.array([[0, 0, 1, 255]] * 4, np.uint8),  # 8 road, 4 car, 4 void
+        "b": np.array([[1, 1, 1, 1]] * 4, np.uint8),  # 16 car
+    }
+    for name, mask in masks.items():
+        _save(root / "train" / "images" / "cam" / f"{name}.png", np.zeros((4, 4, 3), np.uint8))
+        _save(root / "train" / "masks" / "cam" / f"{name}.png", mask)
+    (root / "classes.yaml").write_text(
+        "classes: [{name: road, color: [1, 1, 1]}, {name: car, color: [2, 2, 2]}]\n"
+    )
+    assert main(["data", "info", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "folder data set (classes.yaml), 2 classes" in out and "integrity: OK" in out
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in out.splitlines()
+        if line[:4] in ("road", "car ", "void")
+    }
+    # Pixels: 8, 20 and 4 of 32; images: road in 1 of 2, car in 2, void in 1.
+    assert rows["road"] == ["25.00", "50.00%"]
+    assert rows["car"] == ["62.50", "100.00%"]
+    assert rows["void"] == ["12.50", "50.00%"]
+
+    (root / "train" / "images" / "cam" / "a.png").write_bytes(b"junk")
+    _save(root / "train" / "masks" / "cam" / "b.png", np.full((4, 4), 9, np.uint8))
+    _save(root / "val" / "images" / "c.png", np.zeros((4, 4, 3), np.uint8))  # no mask
+    assert main(["data", "info", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "val             1 images (1 without a mask)" in out
+    assert "integrity: 2 of 3 images cannot be used" in out
+    assert (
+        "cam/a.png: cannot read the image" in out
+        and "cam/b.png: mask holds unknown values 9" in out
+    )
+
+
+def test_info_of_a_cityscapes_layout_maps_its_label_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = "city_000000_000000"
+    _save(
+        tmp_path / "leftImg8bit" / "val" / "city" / f"{base}_leftImg8bit.png",
+        np.zeros((2, 4, 3), np.uint8),
+    )
+    label_ids = np.array([[7, 7, 26, 0]] * 2, np.uint8)  # road, road, car, unlabeled (void)
+    _save(tmp_path / "gtFine" / "val" / "city" / f"{base}_gtFine_labelIds.png", label_ids)
+    assert main(["data", "info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Cityscapes layout, 19 classes" in out
+    rows = {
+        line.split()[0]: line.split()[1]
+        for line in out.splitlines()
+        if line.split()[:1] in (["road"], ["car"], ["void"])
+    }
+    assert rows == {"road": "50.00", "car": "25.00", "void": "25.00"}

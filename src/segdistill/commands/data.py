@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +30,7 @@ from segdistill.data.synthstreets import (
     INTERIOR_RADIUS,
     META_FILE,
     NOT_SYNTHSTREETS,
+    PARTIAL_FILE,
     SPLITS,
     GroupReport,
     SamplePaths,
@@ -40,6 +43,10 @@ from segdistill.data.synthstreets import (
     shift_root,
 )
 from segdistill.errors import DataError
+
+if TYPE_CHECKING:  # they import torch, which `--help` does not wait for (cli.py)
+    from segdistill.data.base import SegmentationDataset
+    from segdistill.data.survey import Survey
 
 DEFAULTS = SynthConfig()
 
@@ -125,8 +132,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--force", action="store_true", help="replace a different data set in --out")
     synth.set_defaults(func=run_synth)
 
-    info = commands.add_parser("info", help="check a SynthStreets folder, print its statistics")
-    info.add_argument("dir", type=Path, help="data set folder (holding meta.json)")
+    info = commands.add_parser(
+        "info",
+        help="check a data set file by file and print its class statistics",
+        description="Decode every image and mask of a SynthStreets, Cityscapes-layout or "
+        "folder data set; print the class pixel frequencies per split and every file that "
+        "cannot be used (exit status 1 then).",
+    )
+    info.add_argument("dir", type=Path, help="data set folder")
     info.set_defaults(func=run_info)
 
     preview = commands.add_parser("preview", help="draw a contact sheet of scenes and shifts")
@@ -164,28 +177,40 @@ def _percent(count: int, total: int) -> str:
     return f"{100.0 * count / max(total, 1):6.2f}"
 
 
-def format_class_table(reports: list[GroupReport]) -> str:
+def format_class_table(
+    reports: Sequence[GroupReport | Survey],
+    names: Sequence[str] = CLASS_NAMES,
+    ignore_index: int = IGNORE_INDEX,
+) -> str:
     """Class pixel frequencies (% of all pixels) per group and, for the first group, the
-    share of images each class occurs in and the share of its pixels at least
-    `INTERIOR_RADIUS` pixels from any other class, as an aligned text table."""
+    share of images each class occurs in and (SynthStreets) the share of its pixels at
+    least `INTERIOR_RADIUS` pixels from any other class, as an aligned text table. The
+    reports count pixels by class id, `ignore_index` for void."""
     first = reports[0]
-    head = f"{'class':<14}" + "".join(f"{r.name:>11}" for r in reports)
-    head += f"{'images (' + first.name + ')':>18}{'interior (' + first.name + ')':>20}"
+    interior = first.class_interior if isinstance(first, GroupReport) else None
+    width = max(14, *(len(name) + 2 for name in names))
+    head = f"{'class':<{width}}" + "".join(f"{r.name:>11}" for r in reports)
+    head += f"{'images (' + first.name + ')':>18}"
+    head += f"{'interior (' + first.name + ')':>20}" if interior is not None else ""
     lines = [head, "-" * len(head)]
-    ids = [*range(len(CLASS_NAMES)), IGNORE_INDEX]
-    for train_id, name in zip(ids, [*CLASS_NAMES, "void"]):
-        row = f"{name:<14}" + "".join(
-            f"{_percent(int(r.class_pixels[train_id]), int(r.class_pixels.sum())):>11}"
+    ids = [*range(len(names)), ignore_index]
+    for class_id, name in zip(ids, [*names, "void"]):
+        row = f"{name:<{width}}" + "".join(
+            f"{_percent(int(r.class_pixels[class_id]), int(r.class_pixels.sum())):>11}"
             for r in reports
         )
-        row += f"{_percent(int(first.class_images[train_id]), first.images):>17}%"
-        interior = int(first.class_interior[train_id])
-        row += f"{_percent(interior, int(first.class_pixels[train_id])):>19}%"
+        row += f"{_percent(int(first.class_images[class_id]), first.images):>17}%"
+        if interior is not None:
+            inside = int(interior[class_id])
+            row += f"{_percent(inside, int(first.class_pixels[class_id])):>19}%"
         lines.append(row)
     return "\n".join(lines)
 
 
 def run_info(args: argparse.Namespace) -> int:
+    own = _own_data_set(args.dir)
+    if own is not None:
+        return _info_of_own_data(args.dir, *own)
     meta, reports = check_dataset(args.dir, progress=True)
     height, width = meta["size"]
     print(f"{args.dir}: SynthStreets {meta['version']}, seed {meta['seed']}, {height}x{width}")
@@ -203,6 +228,60 @@ def run_info(args: argparse.Namespace) -> int:
     total = sum(report.images for report in reports)
     print(f"\nintegrity: OK ({total} images and their label, instance and depth files)")
     return 0
+
+
+def _own_data_set(root: Path) -> tuple[str, dict[str, SegmentationDataset]] | None:
+    """(kind, {split: data set}) of a Cityscapes-layout or folder data set that is not
+    SynthStreets (no meta.json); None for SynthStreets or anything else. Images without a
+    mask are kept, to be counted."""
+    from segdistill.data.cityscapes import CityscapesDataset
+    from segdistill.data.folder import (
+        CLASSES_FILE,
+        FolderDataset,
+        folder_splits,
+        is_folder_data_set,
+    )
+
+    if (root / META_FILE).exists() or (root / PARTIAL_FILE).exists():
+        return None
+    if is_folder_data_set(root):
+        splits = folder_splits(root)
+        kind = f"folder data set ({CLASSES_FILE})"
+        return kind, {s: FolderDataset.split(root, s, allow_unlabeled=True) for s in splits}
+    images = root / "leftImg8bit"
+    if images.is_dir():
+        splits = sorted(d.name for d in images.iterdir() if d.is_dir())
+        kind = "Cityscapes layout"
+        return kind, {s: CityscapesDataset(root, s, allow_unlabeled=True) for s in splits}
+    return None
+
+
+def _info_of_own_data(root: Path, kind: str, datasets: dict[str, SegmentationDataset]) -> int:
+    """`data info` of a Cityscapes-layout or folder data set: every file decoded, the class
+    statistics, and every file that cannot be used (exit status 1 if any)."""
+    from segdistill.data.survey import survey
+
+    if not datasets:
+        raise DataError(f"{root}: {kind} without any split folder")
+    first = next(iter(datasets.values()))
+    print(f"{root}: {kind}, {first.num_classes} classes, ignore value {first.ignore_index}")
+    surveys = [survey(dataset, split) for split, dataset in datasets.items()]
+    for found in surveys:
+        unlabeled = f" ({found.unlabeled} without a mask)" if found.unlabeled else ""
+        print(f"  {found.name:<10} {found.images:>6} images{unlabeled}")
+    labelled = [s for s in surveys if s.images > s.unlabeled]
+    if labelled:
+        print("\nclass pixel frequencies (%):")
+        print(format_class_table(labelled, first.classes, first.ignore_index))
+    problems = [problem for found in surveys for problem in found.problems]
+    total = sum(found.images for found in surveys)
+    if not problems:
+        print(f"\nintegrity: OK ({total} images and their masks, every file decoded)")
+        return 0
+    print(f"\nintegrity: {len(problems)} of {total} images cannot be used:")
+    for problem in problems:
+        print(f"  {problem}")
+    return 1
 
 
 def _depth_view(depth: np.ndarray) -> np.ndarray:

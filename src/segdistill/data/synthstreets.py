@@ -3015,8 +3015,8 @@ def _image_files(tree: Path, split: str) -> list[Path]:
 
 # What a user pointing `data info` or `data preview` at their own data should know.
 NOT_SYNTHSTREETS = (
-    "these commands read a SynthStreets set; Cityscapes and folder data sets are checked "
-    "when training or `segdistill evaluate` reads them"
+    "`data preview` draws SynthStreets sets only; `data info` also checks a Cityscapes-layout "
+    "folder (leftImg8bit/, gtFine/) or a folder data set (classes.yaml)"
 )
 
 

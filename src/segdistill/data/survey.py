@@ -1,0 +1,55 @@
+"""Checking a data set file by file, and its class statistics (`segdistill data info`).
+
+`survey(dataset)` decodes every sample of a `SegmentationDataset` as training reads it
+(image and mask, the mask's values through its mapping) and counts, per class id, its pixels
+and the images it occurs in. A sample that cannot be read does not stop the survey: its
+error, which names the file, is listed, so that one pass finds every bad file of a data
+set instead of one per training run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from segdistill.data.base import SegmentationDataset
+from segdistill.errors import DataError
+
+# Class ids and the ignore value all fit in 0..255 (data.ignore_index is checked so).
+ID_RANGE = 256
+
+
+@dataclass
+class Survey:
+    """What `survey` found in one split.
+
+    class_pixels / class_images: [256] pixels of each class id (the ignore value included)
+    and the number of images it occurs in; unlabeled: images without a mask; problems: the
+    errors of the samples that could not be read (each names its file).
+    """
+
+    name: str
+    images: int
+    unlabeled: int = 0
+    class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(ID_RANGE, np.int64))
+    class_images: np.ndarray = field(default_factory=lambda: np.zeros(ID_RANGE, np.int64))
+    problems: list[str] = field(default_factory=list)
+
+
+def survey(dataset: SegmentationDataset, name: str, progress: bool = True) -> Survey:
+    """Read every sample of `dataset` (module docstring); `name` labels the split."""
+    found = Survey(name, len(dataset))
+    for index in tqdm(range(len(dataset)), desc=name, unit="image", disable=not progress):
+        if dataset.samples[index].label is None:
+            found.unlabeled += 1
+        try:
+            label = dataset.load(index)["label"]
+        except DataError as error:
+            found.problems.append(str(error))
+            continue
+        counts = np.bincount(label.ravel().astype(np.int64), minlength=ID_RANGE)
+        found.class_pixels += counts
+        found.class_images += counts > 0
+    return found
