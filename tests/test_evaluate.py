@@ -203,6 +203,19 @@ def test_summary_table(setup: dict[str, Any]) -> None:
         assert row.split()[1:] == [f"{point['threshold']:.4g}", *expected]
 
 
+def test_the_summary_shows_the_split_evaluated_when_it_is_not_test(setup: dict[str, Any]) -> None:
+    # As `segdistill evaluate --splits val` (the paper configs evaluate Cityscapes val).
+    models = [
+        {**model, "splits": {"val": model["splits"]["test"]}}
+        for model in setup["results"]["models"]
+    ]
+    lines = format_summary(models).splitlines()
+    assert lines[0] == "metrics on 'val':"
+    miou = models[-1]["splits"]["val"]["segmentation"]["miou"]
+    assert f"{miou:.4f}" in next(line for line in lines if line.startswith("dudes"))
+    assert any(line.startswith("flagging pixels as probably wrong on 'val'") for line in lines)
+
+
 def test_cli_prints_the_summary(setup: dict[str, Any], tmp_path: Path, capsys) -> None:
     """A loose checkpoint (outside a run directory) writes only into --out."""
     loose = tmp_path / "student.safetensors"

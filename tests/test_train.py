@@ -360,6 +360,13 @@ def test_resume_refuses_a_config_that_changes_what_the_run_computes(
     training.train(replace_values(saved, {"trainer.max_epochs": 3}, "test"), resume=True)
     assert "trainer.max_epochs 2 -> 3: the poly learning-rate schedule" in capsys.readouterr().out
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+    # Its first step (8 of 12) already runs at the new schedule's rate, not the old one's 0.
+    latest = max((run / "logs" / "csv").glob("version_*"), key=lambda p: int(p.name[8:]))
+    with open(latest / "metrics.csv") as file:
+        rates = {
+            row["step"]: row["lr-SGD/pg1"] for row in csv.DictReader(file) if row["lr-SGD/pg1"]
+        }
+    assert float(rates["8"]) == pytest.approx(0.01 * (1 - 8 / 12) ** 0.9)
 
 
 def test_decoder_gets_ten_times_the_encoder_lr_with_poly_decay() -> None:

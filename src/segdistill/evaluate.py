@@ -694,9 +694,14 @@ def _text_table(rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def format_summary(models: Sequence[dict[str, Any]], split: str = REFERENCE_SPLIT) -> str:
+def format_summary(models: Sequence[dict[str, Any]], split: str | None = None) -> str:
     """Two aligned text tables: the SUMMARY_COLUMNS per model on `split`, then the best
-    aggregator's image-level OOD AUROC per model and shifted set ("-": not evaluated)."""
+    aggregator's image-level OOD AUROC per model and shifted set ("-": not evaluated).
+    `split` defaults to the reference split ("test") when it was evaluated, else the
+    first split that was (e.g. `--splits val`)."""
+    if split is None:
+        evaluated = list(models[0]["splits"]) if models else []
+        split = REFERENCE_SPLIT if REFERENCE_SPLIT in evaluated or not evaluated else evaluated[0]
     rows = [summary_row(model, split) for model in models]
     main = [[title for title, _, _ in SUMMARY_COLUMNS]]
     main += [

@@ -541,6 +541,20 @@ class SegmentationTask(L.LightningModule):
             self.teacher.to(self.device)
         self._train_translators()
 
+    def on_train_start(self) -> None:
+        # A resumed run restored its optimiser's learning rates from last.ckpt: those of the
+        # old schedule's next step. With a longer run (trainer.max_epochs raised) the poly
+        # schedule is another; set the rates of this one at the restored step, or the first
+        # step would run at the old rate (0 for a finished run). A fresh run is unchanged.
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            assert isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)  # the poly one
+            step = scheduler.last_epoch
+            for group, base, factor in zip(
+                scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
+            ):
+                group["lr"] = base * factor(step)
+
     def _train_translators(self) -> None:
         """He et al.'s stage 1, before the first step: every translator awaiting it
         (`MethodSet.translators_to_train`) trains for one epoch on the teacher's features of
