@@ -174,6 +174,7 @@ def test_night_is_darker_and_rain_adds_streaks(dataset: Path) -> None:
     night = ss.SamplePaths.of(root(dataset, "night"), "test", paths.image.parent.name, _stem(paths))
     assert np.asarray(Image.open(night.image)).mean() < 0.6 * clean.mean()
     depth = ss.read_depth(paths.depth)
+    assert np.array_equal(ss.read_depth(str(paths.depth)), depth, equal_nan=True)  # a str too
     rainy = shifts.rain(clean.astype(np.uint8), depth, np.random.default_rng(0))
     dry = shifts.rain(clean.astype(np.uint8), np.zeros_like(depth), np.random.default_rng(0))
     assert (rainy.astype(int) - dry).max() > 60  # streaks and veil where there is distance

@@ -41,7 +41,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="output folder (default: run_dir of the config, else runs/<config name>)",
     )
-    add_overrides(parser, "teacher.members=3 seeds=3 evaluate.max_images=20")
+    add_overrides(parser, "teacher.members=3 evaluate.max_images=20")
 
 
 def run_experiment_file(config: Path, overrides: list[str], run_dir: Path | None) -> int:

@@ -2646,8 +2646,9 @@ def decode_depth(stored: np.ndarray) -> np.ndarray:
     return depth
 
 
-def read_png(path: Path) -> np.ndarray:
+def read_png(path: str | Path) -> np.ndarray:
     """A PNG as an array, fully decoded; DataError naming the file if missing or corrupt."""
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"missing file {path}")
     try:
@@ -2658,7 +2659,7 @@ def read_png(path: Path) -> np.ndarray:
         raise DataError(f"cannot read {path}: {err}") from err
 
 
-def read_depth(path: Path) -> np.ndarray:
+def read_depth(path: str | Path) -> np.ndarray:
     """[H, W] float32 depth in metres from a `_depth.png` (inf for the sky)."""
     return decode_depth(read_png(path))
 
