@@ -482,3 +482,42 @@ def test_a_teacher_of_another_class_count_is_refused_before_training(
     cfg = replace_values(cfg, {"data.num_classes": 5}, "test")
     with pytest.raises(ConfigError, match="predicts 19 classes, but data.num_classes is 5"):
         training.build_distillation(cfg, build_model(cfg.model, 5))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # One network has no spread: DUDES would regress 0 everywhere, U-KD weigh nothing.
+        (
+            [
+                "distill.teacher.kind=single",
+                "distill.methods=[{name: dudes}, {name: kd}]",
+                *STUDENTS["dudes"],
+            ],
+            r"kind='single' gives one forward pass, whose spread is 0 .*\(dudes reads pred_std\)",
+        ),
+        (
+            [
+                "distill.teacher.kind=single",
+                "distill.methods=[{name: holder}]",
+                *STUDENTS["holder"],
+            ],
+            r"holder reads std",
+        ),
+        # The head a method reads is checked before any training or teacher cache.
+        (
+            ["distill.methods=[{name: holder}]", "model.uncertainty_head=scalar"],
+            r"method 'holder' needs a student with model.uncertainty_head: per_class",
+        ),
+        (["distill.methods=[{name: dudes}]"], r"method 'dudes' needs .*uncertainty_head: scalar"),
+    ],
+)
+def test_a_teacher_or_student_the_methods_cannot_use_is_refused_before_training(
+    tmp_path: Path, synth: Path, ensemble: Path, overrides: list[str], message: str
+) -> None:
+    cfg = tiny_config(tmp_path, synth, ensemble, overrides)
+    if cfg.distill is not None and cfg.distill.teacher.kind == "single":
+        member = str(ensemble / "member_00.safetensors")
+        cfg = replace_values(cfg, {"distill.teacher.path": member}, "test")
+    with pytest.raises(ConfigError, match=message):
+        training.build_distillation(cfg, build_model(cfg.model, 19))

@@ -95,6 +95,10 @@ class Method(nn.Module):
     def needs(self) -> frozenset[str]:
         return self.signals | ({"features"} if self.teacher_taps else frozenset())
 
+    def check_student(self, student: SegOutput) -> None:
+        """ConfigError when the student (one forward pass's output) lacks what the method
+        reads, e.g. an uncertainty head: checked before training, not at the first step."""
+
     def _student_uncertainty(self, student: SegOutput, channels: int, head: str) -> Tensor:
         """The student's uncertainty map [B, channels, H, W], or a ConfigError naming the head."""
         unc = student.uncertainty
@@ -249,7 +253,7 @@ class Holder(_PixelMethod):
         target: Tensor,
         teacher_valid: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        unc = self._student_uncertainty(student, student.logits.shape[1], "per_class")
+        unc = self._per_class_uncertainty(student)
         valid = self._valid(target, teacher_valid)
         log_mean = teacher.require("mean_probs").detach().log()
         std = teacher.require("std").detach()
@@ -257,6 +261,12 @@ class Holder(_PixelMethod):
             "dist": losses.kd(student.logits, log_mean, self.temperature, valid),
             "uncertainty_mse": self.beta * losses.uncertainty_mse(unc, std, valid),
         }
+
+    def check_student(self, student: SegOutput) -> None:
+        self._per_class_uncertainty(student)
+
+    def _per_class_uncertainty(self, student: SegOutput) -> Tensor:
+        return self._student_uncertainty(student, student.logits.shape[1], "per_class")
 
 
 class DUDES(_PixelMethod):
@@ -281,6 +291,9 @@ class DUDES(_PixelMethod):
         pred_std = teacher.require("pred_std").detach()
         valid = self._valid(target, teacher_valid)
         return {"uncertainty_rmsle": losses.rmsle(unc, pred_std, valid)}
+
+    def check_student(self, student: SegOutput) -> None:
+        self._student_uncertainty(student, 1, "scalar")
 
 
 class CWD(_FeatureMethod):
@@ -667,6 +680,11 @@ class MethodSet(nn.Module):
     @property
     def needs(self) -> frozenset[str]:
         return frozenset().union(*(m.needs for _, m in self.named_methods()))
+
+    def check_student(self, student: SegOutput) -> None:
+        """Every method's `check_student` on one forward pass of the student."""
+        for _, method in self.named_methods():
+            method.check_student(student)
 
     @property
     def pixel_needs(self) -> frozenset[str]:

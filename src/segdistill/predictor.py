@@ -157,9 +157,7 @@ class Predictor:
     @property
     def passes(self) -> int:
         """Forward passes of one prediction: ensemble members, MC-dropout samples, else 1."""
-        if isinstance(self.model, MCDropout):
-            return self.model.samples
-        return self.members
+        return self.model.passes if isinstance(self.model, Teacher) else 1
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of every weight and buffer (of every member), names included:

@@ -83,7 +83,7 @@ from segdistill.errors import CheckpointError, ConfigError, TrainingError
 from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models import Segmenter
-from segdistill.models.teachers import Teacher, build_teacher
+from segdistill.models.teachers import DISAGREEMENT_SIGNALS, Teacher, build_teacher
 from segdistill.outputs import SIGNAL_NAMES, TeacherSignals
 from segdistill.teacher_cache import TeacherCacheDataset, cache_key, open_or_build, valid_mask
 
@@ -247,7 +247,10 @@ def build_dataset(data_cfg: DataConfig, split: str, train: bool) -> Segmentation
 def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Teacher]:
     """The teacher and the methods of `cfg.distill`. Feature-level methods size their
     adapters from the channels of the feature taps, read from one forward pass of student
-    and teacher on a small dummy image."""
+    and teacher on a small dummy image. That pass also checks, before any training (or a
+    teacher cache that may take hours), that the teacher predicts the data set's classes,
+    that the student has what the methods read (e.g. an uncertainty head) and that the
+    teacher has the spread they read (ConfigError otherwise)."""
     assert cfg.distill is not None
     spec = cfg.distill.teacher
     assert spec.path is not None  # validate_config requires it
@@ -255,10 +258,9 @@ def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Tea
     probe = torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE)
     model.eval()  # batch norm cannot run in train mode on one 1x1 feature
     with torch.no_grad():
-        student_taps = model(probe).features
+        student_output = model(probe)
         teacher_signals = teacher.signals(probe, {"features", "mean_probs"})
     model.train()
-    teacher_taps = teacher_signals.features
     assert teacher_signals.mean_probs is not None  # asked for
     teacher_classes = teacher_signals.mean_probs.shape[1]
     if teacher_classes != cfg.data.num_classes:
@@ -270,11 +272,31 @@ def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Tea
     methods = build_methods(
         [dataclasses.asdict(method) for method in cfg.distill.methods],
         cfg.data.num_classes,
-        student_channels={name: t.shape[1] for name, t in student_taps.items()},
-        teacher_channels={name: t.shape[1] for name, t in teacher_taps.items()},
+        student_channels={name: t.shape[1] for name, t in student_output.features.items()},
+        teacher_channels={name: t.shape[1] for name, t in teacher_signals.features.items()},
         ignore_index=cfg.data.ignore_index,
     )
+    methods.check_student(student_output)
+    _check_teacher_disagrees(spec.kind, teacher, methods)
     return methods, teacher
+
+
+def _check_teacher_disagrees(kind: str, teacher: Teacher, methods: MethodSet) -> None:
+    """ConfigError when methods read the teacher's spread (DUDES' pred_std, Holder's std,
+    U-KD's variance) from a teacher of one pass, whose spread is zero everywhere: the
+    student would learn to be certain everywhere."""
+    readers = {
+        name: sorted(method.needs & DISAGREEMENT_SIGNALS)
+        for name, method in methods.named_methods()
+        if method.needs & DISAGREEMENT_SIGNALS
+    }
+    if readers and teacher.passes < 2:
+        read = "; ".join(f"{name} reads {', '.join(signals)}" for name, signals in readers.items())
+        raise ConfigError(
+            f"distill.teacher.kind={kind!r} gives one forward pass, whose spread is 0 "
+            f"everywhere ({read}): distil an ensemble (kind: ensemble) or an MC-dropout "
+            "network (kind: mc_dropout)"
+        )
 
 
 def add_unlabeled_images(dataset: SegmentationDataset, folder: Path) -> SegmentationDataset:

@@ -63,6 +63,8 @@ from segdistill.outputs import SIGNAL_NAMES, SegOutput, TeacherSignals
 MANIFEST_FILE = "manifest.json"
 # Signals that need the running sum of squared deviations (the per-class variance).
 _SPREAD_SIGNALS = frozenset({"std", "pred_std", "variance"})
+# Signals that measure how the passes disagree: zero everywhere for a single pass.
+DISAGREEMENT_SIGNALS = _SPREAD_SIGNALS | {"mutual_info"}
 
 
 def check_needs(needs: Collection[str]) -> frozenset[str]:
@@ -235,6 +237,12 @@ class Teacher(nn.Module, ABC):
     def _signals(self, images: Tensor, needs: frozenset[str]) -> TeacherSignals:
         """The signals for validated `needs`; called under no_grad."""
 
+    @property
+    @abstractmethod
+    def passes(self) -> int:
+        """Forward passes behind one signal: members, MC-dropout samples, or 1. With one,
+        the `DISAGREEMENT_SIGNALS` are zero everywhere."""
+
 
 class Ensemble(Teacher):
     """A deep ensemble: members run one after another, statistics accumulate per member."""
@@ -291,6 +299,10 @@ class Ensemble(Teacher):
         return accumulate_signals(
             (member(images) for member in members), needs, unbiased_std=self.unbiased_std
         )
+
+    @property
+    def passes(self) -> int:
+        return len(self.members)
 
 
 def mc_dropout_layers(model: nn.Module) -> list[MCDropoutLayer]:
@@ -390,6 +402,10 @@ class MCDropout(Teacher):
         signals.features = features
         return signals
 
+    @property
+    def passes(self) -> int:
+        return self.samples
+
 
 class Single(Teacher):
     """One network as teacher: its probabilities, entropy and logits; its spread signals
@@ -407,6 +423,10 @@ class Single(Teacher):
 
     def _signals(self, images: Tensor, needs: frozenset[str]) -> TeacherSignals:
         return accumulate_signals([self.model(images)], needs, raw_logits=True)
+
+    @property
+    def passes(self) -> int:
+        return 1
 
 
 # Teacher kind (config `distill.teacher.kind`) -> builder(path, samples).
