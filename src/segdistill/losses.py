@@ -26,7 +26,9 @@ MEDIAN_SCOPES = ("image", "batch")
 
 
 def _masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
-    """Mean of per-pixel `values` [B, H, W] over the `valid` pixels; 0 when there are none."""
+    """Mean of per-pixel `values` [B, H, W] over the `valid` pixels; 0 when there are none.
+    Summed in (at least) float32: a float16 sum of a crop's pixels passes 65504."""
+    values = _at_least_float32(values)
     if valid is None:
         return values.mean()
     mask = valid.to(values.dtype)
@@ -72,7 +74,10 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_IND
     Holder eq. 6). Unlike `F.cross_entropy(reduction="mean")`, a batch with no labelled
     pixel (unlabelled images distilled from teacher soft labels) gives 0, not NaN.
     """
-    total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+    # In (at least) float32: the sum over a crop's pixels overflows float16.
+    total = F.cross_entropy(
+        _at_least_float32(logits), target, ignore_index=ignore_index, reduction="sum"
+    )
     count = (target != ignore_index).sum().clamp_min(1)
     return total / count
 
