@@ -353,6 +353,14 @@ def test_a_cache_serves_the_pixel_methods_and_the_teacher_the_feature_methods(
     )
     with pytest.raises(ConfigError, match="none of the methods reads per-pixel teacher"):
         training.train(only_features)
+    # KD's logits are read by CWD (on the logits) too: they come from the online teacher.
+    kd_and_cwd = replace_values(
+        only_features, {"distill.methods": [{"name": "kd"}, {"name": "cwd"}]}, "test"
+    )
+    with pytest.raises(
+        ConfigError, match=r"pixel-wise methods read \(logits\) is read by an online"
+    ):
+        training.train(kd_and_cwd)
 
 
 def test_one_cache_with_more_signals_serves_students_with_other_methods(

@@ -690,9 +690,21 @@ class MethodSet(nn.Module):
     def pixel_needs(self) -> frozenset[str]:
         """The teacher signals read by pixel-wise methods only (kd, holder, dudes, ja_kd, ukd),
         which can skip pixels without them (`teacher_valid`): what a teacher cache may hold."""
+        pixel, other = self._needs_by_kind()
+        return pixel - other
+
+    @property
+    def pixel_needs_read_online(self) -> frozenset[str]:
+        """The signals pixel-wise methods read that another method reads too: those come
+        from the online teacher, so a cache does not hold them."""
+        pixel, other = self._needs_by_kind()
+        return pixel & other
+
+    def _needs_by_kind(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(what pixel-wise methods read, what the others read)."""
         pixel = [m.needs for _, m in self.named_methods() if isinstance(m, _PixelMethod)]
         other = [m.needs for _, m in self.named_methods() if not isinstance(m, _PixelMethod)]
-        return frozenset().union(*pixel) - frozenset().union(*other)
+        return frozenset().union(*pixel), frozenset().union(*other)
 
     @property
     def teacher_taps(self) -> frozenset[str]:

@@ -365,10 +365,17 @@ def attach_teacher_cache(
     assert cfg.distill is not None and cfg.distill.teacher_cache is not None
     signals = methods.pixel_needs
     if not signals:
+        shared = methods.pixel_needs_read_online
+        why = (
+            f"what the pixel-wise methods read ({', '.join(sorted(shared))}) is read by an "
+            "online method too, so it comes from the teacher"
+            if shared
+            else "none of the methods reads per-pixel teacher outputs a cache can hold (kd, "
+            "holder, dudes, ja_kd, ukd do); the others run the teacher online"
+        )
         raise ConfigError(
-            f"distill.teacher_cache={cfg.distill.teacher_cache!r}: none of the methods reads "
-            "per-pixel teacher outputs a cache can hold (kd, holder, dudes, ja_kd, ukd do); "
-            "the others run the teacher online: remove distill.teacher_cache"
+            f"distill.teacher_cache={cfg.distill.teacher_cache!r}: nothing to cache: {why}; "
+            "remove distill.teacher_cache"
         )
     stored = frozenset(cfg.distill.cache_signals or signals)
     cacheable = SIGNAL_NAMES - {"features"}
