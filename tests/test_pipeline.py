@@ -426,6 +426,15 @@ def test_another_experiment_in_the_same_run_dir_is_refused(tmp_path: Path) -> No
     assert "teacher.members: 5 -> 3; evaluate.max_images: 32 -> 7" in str(error.value)
 
 
+def test_a_teacher_without_spread_for_students_that_read_it_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    # The demo's DUDES and Holder students read the ensemble's spread; one member has none.
+    experiment = load_experiment(DEMO_CONFIG, ["teacher.members=1"])
+    with pytest.raises(ConfigError, match=r"student 'dudes' uses dudes, which read the teacher"):
+        plan(experiment, RunPaths(tmp_path))
+
+
 @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_experiment_configs_load_and_plan(config: Path, tmp_path: Path) -> None:
     """Every experiment config of configs/ resolves all its training configs (paths,

@@ -97,8 +97,9 @@ from segdistill.defaults import DETECTOR_FILE, RESULTS_FILE, RESUME_CHECKPOINT
 from segdistill.ensemble import member_config, train_member, write_manifest
 from segdistill.errors import ConfigError, DataError
 from segdistill.evaluate import REFERENCE_SPLIT, SCHEMA_EXPERIMENT, evaluate, find_splits, json_text
+from segdistill.methods import METHODS
 from segdistill.metrics.segmentation import removal_point
-from segdistill.models.teachers import MANIFEST_FILE, Ensemble
+from segdistill.models.teachers import DISAGREEMENT_SIGNALS, MANIFEST_FILE, Ensemble
 from segdistill.predict import find_images, fit_ood_detector, score_images
 from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, default_device, load_predictor
 from segdistill.report import Claims, dig, write_report
@@ -597,6 +598,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
     if spec.pretrain is not None:  # every seed has the same encoder: the first one tells
         check_pretrain_fits(exp, pretrain_config(exp, paths), by_offset[0])
     check_shared_caches(exp, by_offset[0])
+    check_teacher_spread(exp, by_offset[0])
     for offset, trained in enumerate(by_offset):
         if spec.baseline.member is None:
             name = seeded_name(spec.baseline.name, offset)
@@ -958,6 +960,29 @@ def check_shared_caches(exp: LoadedExperiment, configs: dict[str, SegConfig]) ->
                 f"{exp.path}: students {names} share the teacher cache {folder!r}: give each "
                 "the same distill.cache_signals (every signal any of them reads), cache_scale "
                 f"and unlabeled_root; they have {wanted}"
+            )
+
+
+def check_teacher_spread(exp: LoadedExperiment, configs: dict[str, SegConfig]) -> None:
+    """Refuse, before the teacher trains, students whose methods read the teacher's spread
+    (DUDES, Holder, U-KD) from a teacher of one pass (kind single, or a 1-member
+    ensemble), whose spread is 0 everywhere (`train.build_distillation` checks it too)."""
+    teacher = exp.spec.teacher
+    if not (teacher.kind == "single" or (teacher.kind == "ensemble" and teacher.members < 2)):
+        return
+    for student in exp.spec.students:
+        distill = configs[student.name].distill
+        assert distill is not None  # student_config refuses a config without it
+        spread = [
+            m.name
+            for m in distill.methods
+            if m.name in METHODS and METHODS[m.name].signals & DISAGREEMENT_SIGNALS
+        ]
+        if spread:
+            raise ConfigError(
+                f"{exp.path}: student {student.name!r} uses {', '.join(spread)}, which read "
+                f"the teacher's spread, but the teacher ({teacher.kind}, one forward pass) "
+                "has none: use an ensemble of 2 or more members or an MC-dropout teacher"
             )
 
 
