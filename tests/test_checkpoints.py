@@ -155,3 +155,13 @@ def test_lightning_checkpoint_io_is_atomic_and_loads_weights_only(
     io.save_checkpoint({"epoch": 3, "evil": NotATensor()}, path)
     with pytest.raises(Exception, match="(?i)weights.only"):
         io.load_checkpoint(path)
+
+
+def test_a_killed_exports_staging_folder_is_left_to_the_export(tmp_path: Path) -> None:
+    # export.py stages an ONNX file in a folder ".NAME.XXXX.export" beside it.
+    staging = tmp_path / ".best.onnx.ab12cd34.export"
+    staging.mkdir()
+    unfinished = tmp_path / ".last.ckpt.7.0a1b2c3d.tmp"
+    unfinished.write_bytes(b"half")
+    remove_unfinished_writes(tmp_path)
+    assert staging.is_dir() and not unfinished.exists()

@@ -171,3 +171,13 @@ def test_cli_exits_non_zero_when_the_check_fails(tmp_path, monkeypatch, capsys) 
     assert main(["export", str(source), "--format", "onnx"]) == 1
     out = capsys.readouterr().out
     assert "probs 5.00e-01" in out and out.rstrip().endswith("FAILED")
+
+
+def test_an_export_removes_the_staging_folder_a_killed_one_left(tmp_path) -> None:
+    source = save_tiny(tmp_path / "net.safetensors")
+    stale = tmp_path / ".net.onnx.x1y2z3.export"  # as a SIGKILL during an export leaves it
+    stale.mkdir()
+    (stale / "net.onnx").write_bytes(b"partial")
+    report = export_predictor(load_predictor(source), "onnx")
+    assert report.check.ok and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx", "net.safetensors"]

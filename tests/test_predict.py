@@ -562,3 +562,13 @@ def test_a_classes_file_reads_the_labels_and_colours_the_classes(tmp_path, stude
     three.write_text("classes: [{name: a, color: [0, 0, 0]}, {name: b, color: [1, 1, 1]}]\n")
     assert main([*argv, "--classes", str(three)]) == 2
     assert "lists 2 classes, but" in capsys.readouterr().err
+
+
+def test_a_label_with_an_upper_case_suffix_is_found(tmp_path, student) -> None:
+    write_png(tmp_path / "img" / "x.png", rgb(32, 64))
+    write_png(tmp_path / "gt" / "x.PNG", np.zeros((32, 64), np.uint8))
+    summary = predict_files(
+        load_predictor(student), [tmp_path / "img" / "x.png"], tmp_path / "out",
+        labels=tmp_path / "gt", progress=False,
+    )  # fmt: skip
+    assert summary.labelled == 1

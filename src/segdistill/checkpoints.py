@@ -49,6 +49,8 @@ def remove_unfinished_writes(folder: Path) -> None:
     """Delete the temporary files that `atomic_write`s killed before their rename left in
     `folder`. Call it only where nothing is being written."""
     for leftover in folder.glob(f".*{_UNFINISHED}"):
+        if not leftover.is_file():  # e.g. an export's staging folder (export.py)
+            continue
         with contextlib.suppress(FileNotFoundError):  # another process removed it first
             leftover.unlink()
 

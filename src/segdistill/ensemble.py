@@ -57,16 +57,8 @@ def train_member(cfg: SegConfig, ensemble_dir: Path, index: int) -> None:
     """Train member `index` unless it finished before (resume it if it was interrupted)."""
     member_cfg = member_config(cfg, ensemble_dir, index)
     member_dir = member_cfg.run.path()
+    check_finished_members(cfg, ensemble_dir)
     if (member_dir / MEMBER_FILE).is_file():
-        # Skipped, a member of another recipe (or data set) would join this ensemble.
-        saved = member_dir / CONFIG_FILE
-        changed = config_differences(load_config(saved), member_cfg, ignore=SAME_RECIPE_MAY_CHANGE)
-        if changed:
-            raise ConfigError(
-                f"{member_dir} finished with another config ({format_differences(changed)}; "
-                f"compared with {saved}): set them back, or train the ensemble into a new "
-                "directory"
-            )
         print_once(f"{member_dir}: finished before, skipped")
         return
     train(member_cfg, resume=(member_dir / RESUME_CHECKPOINT).is_file())
@@ -81,6 +73,25 @@ def train_member(cfg: SegConfig, ensemble_dir: Path, index: int) -> None:
             "num_classes": member_cfg.data.num_classes,
         }
         atomic_write(member_dir / MEMBER_FILE, lambda f: f.write(_json_bytes(entry)))
+
+
+def check_finished_members(cfg: SegConfig, ensemble_dir: Path) -> None:
+    """ConfigError when a finished member was trained with another config than `cfg` gives
+    it now (listing the differences): a member of another recipe or data set would join the
+    ensemble, whether it is skipped or a new member trains beside it (`--member I`). The
+    ensemble may grow (`ensemble.members`), and the loader workers may differ."""
+    ignore = (*SAME_RECIPE_MAY_CHANGE, "ensemble.members")
+    for marker in sorted(ensemble_dir.glob(f"member_*/{MEMBER_FILE}")):
+        index = int(marker.parent.name.removeprefix("member_"))
+        saved = marker.parent / CONFIG_FILE
+        now = member_config(cfg, ensemble_dir, index)
+        changed = config_differences(load_config(saved), now, ignore=ignore)
+        if changed:
+            raise ConfigError(
+                f"{marker.parent} finished with another config ({format_differences(changed)}; "
+                f"compared with {saved}): set them back, or train the ensemble into a new "
+                "directory"
+            )
 
 
 def write_manifest(ensemble_dir: Path, planned: int) -> int:

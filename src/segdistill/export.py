@@ -63,6 +63,8 @@ from segdistill.predictor import Predictor, segmenter_prediction
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 METADATA_KEY = "segdistill"
 TORCHSCRIPT_METADATA = "segdistill.json"
+# The suffix of the folder an ONNX export is written in before it moves into place.
+_STAGING = ".export"
 # ONNX files are protobuf messages of at most 2 GiB; bigger weights go to a .data file.
 ONNX_SIZE_LIMIT = 2**31 - 2**26
 
@@ -210,8 +212,11 @@ def export_onnx(
         )
     parameter_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     # Written in a folder beside `path`, then moved into place: a killed export leaves the
-    # previous file (and its external weights) whole, not a truncated one.
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    # previous file (and its external weights) whole, not a truncated one. A killed
+    # export's folder is removed by the next export of the same file.
+    for stale in path.parent.glob(f".{path.name}.*{_STAGING}"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=_STAGING, dir=path.parent))
     try:
         opset_used = _export_onnx_into(
             module,

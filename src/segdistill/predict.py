@@ -193,8 +193,10 @@ def match_labels(images: Sequence[Path], labels: Path) -> dict[Path, Path | None
     if not labels.is_dir():
         raise DataError(f"labels {labels}: no such file or folder")
     by_name: dict[str, list[Path]] = {}
-    for file in labels.rglob("*.png"):
-        by_name.setdefault(file.name, []).append(file)
+    for file in labels.rglob("*"):
+        # Keyed with a lower-case suffix: masks saved as .PNG match as the images' do.
+        if file.suffix.lower() == ".png" and file.is_file():
+            by_name.setdefault(file.with_suffix(".png").name, []).append(file)
     matches: dict[Path, Path | None] = {}
     for image in images:
         candidates = (

@@ -31,7 +31,6 @@ import itertools
 import logging
 import math
 import os
-import pickle
 import random
 import signal
 import threading
@@ -444,16 +443,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         location: Any = "cpu" if map_location is None else map_location
         try:
             return super().load_checkpoint(path, map_location=location, weights_only=True)
-        except pickle.UnpicklingError as error:
-            # torch's message suggests weights_only=False, which would run the file's code.
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # torch raises a different type for each kind of damage
+            # Not torch's message: it suggests weights_only=False, which runs a file's code.
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             raise CheckpointError(
-                f"{path}: refused, it holds objects other than tensors and plain values "
-                "(weights_only loading); segdistill never unpickles arbitrary objects"
-            ) from error
-        except RuntimeError as error:  # torch reads a truncated or foreign file as a bad zip
-            raise CheckpointError(
-                f"{path}: not a readable training checkpoint ({error}); delete it to train "
-                "again from the start"
+                f"{path}: cannot be read as a training checkpoint ({reason[:200]}): it is "
+                "truncated or corrupt, or holds objects other than tensors and plain values, "
+                "which segdistill never unpickles; delete it to train again from the start"
             ) from error
 
 
