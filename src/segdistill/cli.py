@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(
-            "interrupted: run the same command again to continue (train and distill with --resume)",
+            "interrupted: run the same command again to continue (train and distill with "
+            "--resume once the run has a checkpoint)",
             file=sys.stderr,
         )
         return 130
