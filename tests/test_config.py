@@ -10,6 +10,7 @@ from segdistill.config import (
     SegConfig,
     config_differences,
     dump_config,
+    format_differences,
     load_config,
     replace_values,
 )
@@ -89,6 +90,17 @@ def test_config_differences_list_the_changed_leaf_settings(tmp_path: Path) -> No
     assert after.model.encoder_options["width"] == 0.5
     assert config_differences(before, after, ignore=("trainer", "model", "ensemble")) == []
     assert config_differences(before, before) == []
+
+
+def test_differences_are_shown_as_the_config_file_writes_them(tmp_path: Path) -> None:
+    distill = "distill={teacher: {path: t}, methods: [{name: dudes}]}"
+    before = load_config(write(tmp_path / "c.yaml", ""), [distill])
+    after = replace_values(before, {"distill.methods": [{"name": "kd"}], "optim.lr": 0.02}, "t")
+    text = format_differences(config_differences(before, after))
+    assert (
+        "distill.methods: [{'name': 'dudes'" in text and "-> [{'name': 'kd', 'weight': 1.0" in text
+    )
+    assert "MethodSpec" not in text and "optim.lr: 0.01 -> 0.02" in text
 
 
 @pytest.mark.parametrize(

@@ -251,8 +251,20 @@ SAME_RECIPE_MAY_CHANGE = (*RESUME_MAY_CHANGE, "data.num_workers")
 
 
 def format_differences(differences: list[tuple[str, Any, Any]]) -> str:
-    """ "optim.lr: 0.01 -> 0.02; seed: 0 -> 1" from `config_differences`."""
-    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences)
+    """ "optim.lr: 0.01 -> 0.02; seed: 0 -> 1" from `config_differences`; values as the
+    config file writes them (a method as {'name': 'kd', ...}, not MethodSpec(...))."""
+
+    def shown(value: Any) -> str:
+        if isinstance(value, list):
+            return repr([_plain(item) for item in value])
+        return repr(_plain(value))
+
+    return "; ".join(f"{key}: {shown(old)} -> {shown(new)}" for key, old, new in differences)
+
+
+def _plain(value: Any) -> Any:
+    is_instance = dataclasses.is_dataclass(value) and not isinstance(value, type)
+    return dataclasses.asdict(value) if is_instance else value
 
 
 def config_differences(
