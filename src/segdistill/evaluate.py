@@ -48,7 +48,7 @@ from tqdm import tqdm
 from segdistill import figures
 from segdistill.checkpoints import atomic_write
 from segdistill.data.base import SegmentationDataset
-from segdistill.data.cityscapes import CityscapesDataset, GtFineMap
+from segdistill.data.cityscapes import CityscapesDataset, GtFineMap, split_folders
 from segdistill.data.folder import (
     CLASSES_FILE,
     IMAGES_DIR,
@@ -122,7 +122,7 @@ def find_splits(data_root: str | Path) -> dict[str, EvalSplit]:
             )
         return {name: EvalSplit(name, root, name, False, False, "folder") for name in splits}
     found: dict[str, EvalSplit] = {}
-    for folder in _split_folders(root):
+    for folder in split_folders(root):
         found[folder] = EvalSplit(folder, root, folder, _has_anomaly(root, folder), False)
     shift_dirs = sorted((root / SHIFTS_DIR).glob("*/leftImg8bit"))
     names = sorted(
@@ -131,7 +131,7 @@ def find_splits(data_root: str | Path) -> dict[str, EvalSplit]:
     )
     for name in names:
         tree = root / SHIFTS_DIR / name
-        folders = _split_folders(tree)
+        folders = split_folders(tree)
         if folders:
             folder = REFERENCE_SPLIT if REFERENCE_SPLIT in folders else folders[0]
             found[name] = EvalSplit(name, tree, folder, _has_anomaly(tree, folder), True)
@@ -143,11 +143,6 @@ def find_splits(data_root: str | Path) -> dict[str, EvalSplit]:
             "and masks/ (a folder data set)"
         )
     return found
-
-
-def _split_folders(tree: Path) -> list[str]:
-    images = tree / "leftImg8bit"
-    return sorted(d.name for d in images.iterdir() if d.is_dir()) if images.is_dir() else []
 
 
 def _has_anomaly(tree: Path, folder: str) -> bool:

@@ -234,7 +234,7 @@ def _own_data_set(root: Path) -> tuple[str, dict[str, SegmentationDataset]] | No
     """(kind, {split: data set}) of a Cityscapes-layout or folder data set that is not
     SynthStreets (no meta.json); None for SynthStreets or anything else. Images without a
     mask are kept, to be counted."""
-    from segdistill.data.cityscapes import CityscapesDataset
+    from segdistill.data.cityscapes import CityscapesDataset, split_folders
     from segdistill.data.folder import (
         CLASSES_FILE,
         FolderDataset,
@@ -248,9 +248,8 @@ def _own_data_set(root: Path) -> tuple[str, dict[str, SegmentationDataset]] | No
         splits = folder_splits(root)
         kind = f"folder data set ({CLASSES_FILE})"
         return kind, {s: FolderDataset.split(root, s, allow_unlabeled=True) for s in splits}
-    images = root / "leftImg8bit"
-    if images.is_dir():
-        splits = sorted(d.name for d in images.iterdir() if d.is_dir())
+    if (root / "leftImg8bit").is_dir():
+        splits = split_folders(root)
         kind = "Cityscapes layout"
         return kind, {s: CityscapesDataset(root, s, allow_unlabeled=True) for s in splits}
     return None

@@ -92,6 +92,12 @@ def label_mappings(ignore_index: int) -> dict[str, LabelMapping]:
     }
 
 
+def split_folders(root: Path) -> list[str]:
+    """The splits of a Cityscapes-layout tree: the folders in `root`/leftImg8bit, sorted."""
+    images = root / "leftImg8bit"
+    return sorted(d.name for d in images.iterdir() if d.is_dir()) if images.is_dir() else []
+
+
 class GtFineMap:
     """Map reader: the single-channel PNG gtFine/{split}/{city}/{base}{suffix}, times `scale`,
     as float32 [1, H, W].
