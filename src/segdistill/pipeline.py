@@ -1257,7 +1257,6 @@ def sub_ensembles(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec
             uncertainty_source=UNCERTAINTY_SOURCES["ensemble"],
             source=paths.teacher / MANIFEST_FILE,
             home=None,
-            members=k,
         )
         for k in ablation.sizes
     ]

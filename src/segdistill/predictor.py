@@ -127,7 +127,6 @@ class Predictor:
         uncertainty_source: str,
         source: Path,
         home: Path | None,
-        members: int = 1,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -137,7 +136,6 @@ class Predictor:
         self.uncertainty_source = uncertainty_source
         self.source = source
         self.home = home
-        self.members = members
         self.channels_last = False
 
     def segmenters(self) -> list[Segmenter]:
@@ -153,6 +151,11 @@ class Predictor:
     @property
     def num_classes(self) -> int:
         return self.segmenters()[0].num_classes
+
+    @property
+    def members(self) -> int:
+        """Networks of an ensemble, else 1 (an MC-dropout model is one network)."""
+        return len(self.model.members) if isinstance(self.model, Ensemble) else 1
 
     @property
     def passes(self) -> int:
@@ -252,7 +255,6 @@ def _load_ensemble(manifest: Path) -> Predictor:
         uncertainty_source=UNCERTAINTY_SOURCES["ensemble"],
         source=manifest,
         home=manifest.parent,
-        members=len(ensemble.members),
     )
 
 
