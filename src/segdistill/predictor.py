@@ -111,8 +111,7 @@ class Predictor:
     """A model source ready to predict: a segmenter, an ensemble or an MC-dropout teacher.
 
     name: display name (run / ensemble directory name, or checkpoint stem); kind: one of
-    KINDS; members: networks (ensemble size, MC samples count as one network);
-    uncertainty_source: how `uncertainty` is made (see the module rules); source: what was
+    KINDS; uncertainty_source: how `uncertainty` is made (see the module rules); source: what was
     loaded; home: the directory its results belong to (run or ensemble directory), None
     for a loose checkpoint file; model: the underlying nn.Module (a `Segmenter`, or the
     `Ensemble` / `MCDropout` teacher whose networks are `.members` / `.model`).
