@@ -186,3 +186,17 @@ def test_info_of_a_cityscapes_layout_maps_its_label_ids(
         if line.split()[:1] in (["road"], ["car"], ["void"])
     }
     assert rows == {"road": "50.00", "car": "25.00", "void": "25.00"}
+
+
+def test_an_image_without_a_mask_is_read_but_not_counted_as_void(tmp_path: Path) -> None:
+    from segdistill.data.folder import FolderDataset
+    from segdistill.data.survey import survey
+
+    _save(tmp_path / "val" / "images" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    _save(tmp_path / "val" / "masks" / "a.png", np.array([[0, 0, 255, 255]] * 4, np.uint8))
+    _save(tmp_path / "val" / "images" / "b.png", np.zeros((4, 4, 3), np.uint8))  # no mask
+    (tmp_path / "classes.yaml").write_text("classes: [{name: road, color: [1, 1, 1]}]\n")
+    found = survey(FolderDataset.split(tmp_path, "val", allow_unlabeled=True), "val", False)
+    assert (found.images, found.unlabeled, found.problems) == (2, 1, [])
+    assert (found.class_pixels[0], found.class_pixels[255]) == (8, 8)  # a.png only
+    assert (found.class_images[0], found.class_images[255]) == (1, 1)

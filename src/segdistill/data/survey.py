@@ -26,7 +26,8 @@ class Survey:
     """What `survey` found in one split.
 
     class_pixels / class_images: [256] pixels of each class id (the ignore value included)
-    and the number of images it occurs in; unlabeled: images without a mask; problems: the
+    and the number of labelled images it occurs in; unlabeled: readable images without a
+    mask (not counted in the class statistics); problems: the
     errors of the samples that could not be read (each names its file).
     """
 
@@ -42,12 +43,13 @@ def survey(dataset: SegmentationDataset, name: str, progress: bool = True) -> Su
     """Read every sample of `dataset` (module docstring); `name` labels the split."""
     found = Survey(name, len(dataset))
     for index in tqdm(range(len(dataset)), desc=name, unit="image", disable=not progress):
-        if dataset.samples[index].label is None:
-            found.unlabeled += 1
         try:
-            label = dataset.load(index)["label"]
+            label = dataset.load(index)["label"]  # an image without a mask is still read
         except DataError as error:
             found.problems.append(str(error))
+            continue
+        if dataset.samples[index].label is None:
+            found.unlabeled += 1  # its all-void label is no class statistic
             continue
         counts = np.bincount(label.ravel().astype(np.int64), minlength=ID_RANGE)
         found.class_pixels += counts
