@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from segdistill import checkpoints
@@ -14,10 +16,12 @@ from segdistill.checkpoints import (
     build_model,
     load_segmenter,
     load_weights_into,
+    read_classes,
     remove_unfinished_writes,
     save_weights,
 )
 from segdistill.config import ModelConfig
+from segdistill.data.base import ClassesSpec
 from segdistill.errors import CheckpointError
 from segdistill.train import AtomicCheckpointIO
 
@@ -165,3 +169,41 @@ def test_a_killed_exports_staging_folder_is_left_to_the_export(tmp_path: Path) -
     unfinished.write_bytes(b"half")
     remove_unfinished_writes(tmp_path)
     assert staging.is_dir() and not unfinished.exists()
+
+
+def test_weights_carry_the_classes_they_were_trained_on(tmp_path: Path) -> None:
+    classes = ClassesSpec(
+        ("road", "car", "pole"),
+        np.array([[128, 64, 128], [0, 0, 142], [153, 153, 153]], np.uint8),
+        ignore_index=200,
+        mask_values={0: 200, 7: 0, 26: 1, 300: 2},
+    )
+    path = tmp_path / "w.safetensors"
+    save_weights(path, tiny_model(3), TINY, classes)
+    stored = read_classes(path)
+    assert stored is not None and stored.names == classes.names
+    assert np.array_equal(stored.colors, classes.colors) and stored.ignore_index == 200
+    assert stored.mask_values == {0: 200, 7: 0, 26: 1, 300: 2}
+    raw = np.array([[0, 7], [26, 300]])
+    assert stored.mapping.decode(raw, path).tolist() == [[200, 0], [1, 2]]
+    # Weights written without classes (older files, or no data set) have none.
+    save_weights(tmp_path / "plain.safetensors", tiny_model(3), TINY)
+    assert read_classes(tmp_path / "plain.safetensors") is None
+    with pytest.raises(ValueError, match="3 class names for a network of 4 classes"):
+        save_weights(tmp_path / "x.safetensors", tiny_model(4), TINY, classes)
+
+
+@pytest.mark.parametrize(
+    ("stored", "message"),
+    [
+        ("{not json", "unreadable"),
+        ('{"classes": [{"name": "a", "color": [0, 0]}]}', r"classes\[0\].color must be"),
+        ('{"classes": [{"name": "a", "color": [0, 0, 0]}], "colour": 1}', "unknown keys"),
+    ],
+)
+def test_damaged_classes_metadata_is_named(tmp_path: Path, stored: str, message: str) -> None:
+    path = tmp_path / "w.safetensors"
+    tensors = {k: v.contiguous() for k, v in tiny_model(1).state_dict().items()}
+    safetensors.torch.save_file(tensors, path, metadata={checkpoints.CLASSES_KEY: stored})
+    with pytest.raises(CheckpointError, match=rf"w.safetensors \(metadata .*{message}"):
+        read_classes(path)

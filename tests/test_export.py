@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from segdistill import export as export_module
 from segdistill.checkpoints import save_weights
 from segdistill.cli import main
 from segdistill.config import ModelConfig
+from segdistill.data.base import ClassesSpec
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.export import (
     CheckResult,
@@ -26,12 +28,16 @@ from segdistill.predict import pad_to_multiple
 from segdistill.predictor import load_predictor
 
 CLASSES = 5
+FIVE_CLASSES = ClassesSpec(
+    ("road", "car", "person", "sky", "tree"), np.arange(15, dtype=np.uint8).reshape(5, 3) * 17
+)
 
 
 def save_tiny(
     path: Path, head: str | None = "scalar", arch: str = "deeplabv3plus", mc_dropout: float = 0.0
 ) -> Path:
-    """A tiny segmenter (ResNet-18 at width 0.125) saved as a weights file."""
+    """A tiny segmenter (ResNet-18 at width 0.125) saved as a weights file, with its
+    classes."""
     config = ModelConfig(
         arch,
         encoder_options={"width": 0.125},
@@ -41,7 +47,7 @@ def save_tiny(
     model = build_segmenter(
         arch, config.encoder, CLASSES, head, config.encoder_options, mc_dropout=mc_dropout
     )
-    save_weights(path, model, config)
+    save_weights(path, model, config, FIVE_CLASSES)
     return path
 
 
@@ -73,6 +79,8 @@ def test_onnx_matches_pytorch_at_another_size(tmp_path) -> None:
     assert (uncertainty - ref_uncertainty).abs().max() <= 1e-4
     description = read_description(report.path, "onnx")
     assert description["num_classes"] == CLASSES and description["kind"] == "student"
+    assert description["class_names"] == list(FIVE_CLASSES.names)
+    assert description["class_colors"] == FIVE_CLASSES.colors.tolist()
 
 
 @pytest.mark.parametrize(("head", "outputs"), [("scalar", "probs"), ("per_class", "labels")])

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from segdistill import figures
-from segdistill.checkpoints import save_weights
+from segdistill.checkpoints import load_segmenter, save_weights
 from segdistill.cli import main
 from segdistill.config import ModelConfig
+from segdistill.data.folder import load_classes
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import build_eval_transform
 from segdistill.defaults import AGGREGATORS, DETECTOR_FILE
@@ -562,6 +563,20 @@ def test_a_classes_file_reads_the_labels_and_colours_the_classes(tmp_path, stude
     three.write_text("classes: [{name: a, color: [0, 0, 0]}, {name: b, color: [1, 1, 1]}]\n")
     assert main([*argv, "--classes", str(three)]) == 2
     assert "lists 2 classes, but" in capsys.readouterr().err
+    # Weights that carry these classes (as a run on that data set writes them) need no
+    # --classes: the same pictures, and predict.json names the classes.
+    model, config = load_segmenter(student)
+    carried = tmp_path / "carried.safetensors"
+    save_weights(carried, model, config, load_classes(classes))
+    again = tmp_path / "again"
+    argv = ["predict", str(carried), str(tmp_path / "img"), "--out", str(again)]
+    assert main([*argv, "--labels", str(tmp_path / "gt")]) == 0
+    for kind in ("pred", "seg", "accuracy"):
+        assert np.array_equal(read(again / kind / "x.png"), read(out / kind / "x.png")), kind
+    summary = json.loads((again / "predict.json").read_text())
+    assert summary["class_names"] == [f"c{k}" for k in range(CLASSES)]
+    # An explicit --classes still wins over the stored ones.
+    assert main([*argv, "--classes", str(three)]) == 2
 
 
 def test_a_label_with_an_upper_case_suffix_is_found(tmp_path, student) -> None:

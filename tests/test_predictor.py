@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from segdistill.checkpoints import save_weights
 from segdistill.config import ModelConfig
+from segdistill.data.base import ClassesSpec
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter, build_segmenter
 from segdistill.models.teachers import Ensemble
@@ -19,12 +21,18 @@ from segdistill.predictor import default_device, load_predictor
 
 CLASSES = 4
 TINY = {"width": 0.125}
+ENSEMBLE_CLASSES = ClassesSpec(("a", "b", "c", "d"), np.arange(12, dtype=np.uint8).reshape(4, 3))
 
 
 def save_model(
-    path: Path, head: str | None = None, mc_dropout: float = 0.0, classes: int = CLASSES
+    path: Path,
+    head: str | None = None,
+    mc_dropout: float = 0.0,
+    classes: int = CLASSES,
+    spec: ClassesSpec | None = None,
 ) -> torch.nn.Module:
-    """A tiny random DeepLabV3+ written to `path` (a .safetensors file)."""
+    """A tiny random DeepLabV3+ written to `path` (a .safetensors file), with the classes
+    `spec` when given."""
     config = ModelConfig(encoder_options=TINY, uncertainty_head=head, mc_dropout=mc_dropout)
     model = build_segmenter(
         "deeplabv3plus",
@@ -34,7 +42,7 @@ def save_model(
         encoder_options=TINY,
         mc_dropout=mc_dropout,
     )
-    save_weights(path, model, config)
+    save_weights(path, model, config, spec)
     return model.eval()
 
 
@@ -47,7 +55,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_model(root / "mc" / "checkpoints" / "last.safetensors", mc_dropout=0.3)
     members = []
     for i in range(2):
-        save_model(root / "ens" / f"member_{i}.safetensors")
+        save_model(root / "ens" / f"member_{i}.safetensors", spec=ENSEMBLE_CLASSES)
         members.append({"checkpoint": f"member_{i}.safetensors"})
     (root / "ens" / "manifest.json").write_text(json.dumps({"members": members}))
     return root
@@ -110,6 +118,9 @@ def test_ensemble_uses_teacher_pred_std(zoo: Path, images: torch.Tensor, source:
     torch.testing.assert_close(prediction.extra["entropy"], signals.entropy)
     torch.testing.assert_close(prediction.extra["mutual_info"], signals.mutual_info)
     assert predictor.parameters == sum(p.numel() for p in reference.parameters())
+    # The classes its members' weights carry.
+    assert predictor.classes is not None and predictor.classes.names == ("a", "b", "c", "d")
+    assert load_predictor(zoo / "run_scalar").classes is None  # weights without them
 
 
 def test_mc_dropout_checkpoint_samples_reproducibly(zoo: Path, images: torch.Tensor) -> None:

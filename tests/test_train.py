@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from segdistill import train as training
-from segdistill.checkpoints import build_model, load_segmenter
+from segdistill.checkpoints import build_model, load_segmenter, read_classes
 from segdistill.commands import train as train_command
 from segdistill.config import ModelConfig, OptimConfig, SegConfig, load_config, replace_values
 from segdistill.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -277,6 +277,10 @@ def test_training_on_a_folder_data_set(tmp_path: Path) -> None:
     model, _ = load_segmenter(run_dir)
     assert model.num_classes == 3
     assert [row["val/miou"] for row in read_metrics(run_dir) if row["val/miou"]]
+    # The weights carry the data set's classes, for predict and export.
+    classes = read_classes(run_dir / "checkpoints" / "last.safetensors")
+    assert classes is not None and classes.names == ("class0", "class1", "class2")
+    assert classes.colors.tolist() == [[0, 0, 0], [255, 0, 0], [0, 255, 0]]
     # The config's classes must be the data set's.
     (tmp_path / "other").mkdir()
     with pytest.raises(ConfigError, match=r"data.num_classes=19 but the data set in .* has 3"):

@@ -3,7 +3,10 @@
 A weights file is a safetensors file of the segmenter's state dict whose metadata holds,
 under `ARCHITECTURE_KEY`, a JSON object {"model": ModelConfig fields, "num_classes": C}.
 `load_segmenter` rebuilds the network from that alone, so an evaluation, a teacher or an
-export needs nothing but the file. `load_weights_into` refuses weights that do not fit
+export needs nothing but the file. Under `CLASSES_KEY` it holds the training data set's
+classes (`ClassesSpec.document()`, a classes.yaml as JSON: names, colours, ignore value,
+mask values), which `read_classes` returns, so predictions are drawn and labels read the
+way the data set defines them. `load_weights_into` refuses weights that do not fit
 the network (another architecture, encoder or class count) and lists the keys and shapes
 that differ.
 
@@ -31,10 +34,13 @@ import safetensors.torch
 from torch import nn
 
 from segdistill.config import ModelConfig
-from segdistill.errors import CheckpointError, ConfigError
+from segdistill.data.base import ClassesSpec
+from segdistill.data.folder import parse_classes
+from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.models import Segmenter, build_segmenter
 
 ARCHITECTURE_KEY = "segdistill_architecture"
+CLASSES_KEY = "segdistill_classes"
 # Where a run directory keeps its weights; `load_segmenter(run_dir)` takes the first found.
 RUN_WEIGHTS = ("checkpoints/best.safetensors", "checkpoints/last.safetensors")
 # The run's resolved config, which `--resume` compares the new one with.
@@ -85,10 +91,25 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
             os.close(dir_fd)
 
 
-def save_weights(path: str | Path, model: Segmenter, model_config: ModelConfig) -> None:
-    """Write the segmenter's state dict and its architecture as one safetensors file."""
+def save_weights(
+    path: str | Path,
+    model: Segmenter,
+    model_config: ModelConfig,
+    classes: ClassesSpec | None = None,
+) -> None:
+    """Write the segmenter's state dict, its architecture and (when given) the classes it
+    was trained on as one safetensors file."""
     architecture = {"model": dataclasses.asdict(model_config), "num_classes": model.num_classes}
     metadata = {"format": "pt", ARCHITECTURE_KEY: json.dumps(architecture)}
+    if classes is not None:
+        if len(classes.names) != model.num_classes:
+            raise ValueError(
+                f"{len(classes.names)} class names for a network of {model.num_classes} classes"
+            )
+        document = classes.document()
+        if classes.mask_values is not None:  # JSON keys are strings; read_classes reverts
+            document["mask_values"] = {str(k): v for k, v in classes.mask_values.items()}
+        metadata[CLASSES_KEY] = json.dumps(document)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = safetensors.torch.save(tensors, metadata=metadata)
     atomic_write(path, lambda file: file.write(data))
@@ -108,6 +129,27 @@ def read_architecture(path: str | Path) -> tuple[ModelConfig, int]:
         return ModelConfig(**architecture["model"]), int(architecture["num_classes"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: unreadable architecture metadata ({error})") from error
+
+
+def read_classes(path_or_run_dir: str | Path) -> ClassesSpec | None:
+    """The classes a weights file (or a run directory's, `weights_path`) was trained on;
+    None for a file written without them (before segdistill stored them, or by a caller
+    that gave none)."""
+    path = weights_path(path_or_run_dir)
+    metadata = _open(path, lambda f: f.metadata()) or {}
+    if CLASSES_KEY not in metadata:
+        return None
+    where = f"{path} (metadata {CLASSES_KEY!r})"
+    try:
+        document = json.loads(metadata[CLASSES_KEY])
+        if isinstance(document.get("mask_values"), dict):
+            document["mask_values"] = {int(k): v for k, v in document["mask_values"].items()}
+    except (json.JSONDecodeError, AttributeError, ValueError) as error:
+        raise CheckpointError(f"{where}: unreadable ({error})") from error
+    try:
+        return parse_classes(document, where)
+    except DataError as error:
+        raise CheckpointError(str(error)) from error
 
 
 def build_model(model_config: ModelConfig, num_classes: int) -> Segmenter:

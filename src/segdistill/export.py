@@ -30,9 +30,10 @@ distil them into a student); ONNX for networks with adaptive average pooling to 
 one bin (PSPNet's pyramid pooling: ONNX has no such operator for dynamic sizes; TorchScript
 keeps the operator).
 
-Both files carry a JSON description (name, kind, classes, uncertainty source, outputs,
-input normalisation): ONNX in its `metadata_props` under "segdistill", TorchScript as the
-extra file "segdistill.json" (`torch.jit.load(path, _extra_files={"segdistill.json": ""})`).
+Both files carry a JSON description (name, kind, class count, names and colours,
+uncertainty source, outputs, input normalisation): ONNX in its `metadata_props` under
+"segdistill", TorchScript as the extra file "segdistill.json"
+(`torch.jit.load(path, _extra_files={"segdistill.json": ""})`).
 """
 
 from __future__ import annotations
@@ -154,6 +155,11 @@ def description(predictor: Predictor, outputs: str) -> dict[str, object]:
         "name": predictor.name,
         "kind": predictor.kind,
         "num_classes": predictor.num_classes,
+        # Class id -> name and display colour (None: weights written without them).
+        "class_names": None if predictor.classes is None else list(predictor.classes.names),
+        "class_colors": None
+        if predictor.classes is None
+        else predictor.classes.colors.astype(int).tolist(),
         "uncertainty_source": predictor.uncertainty_source,
         "input": "images float32 [B, 3, H, W]: RGB / 255, minus mean, divided by std",
         "mean": list(IMAGENET_MEAN),

@@ -6,7 +6,8 @@ per image NAME (the file stem), one PNG into one folder per kind (`outputs`: all
 default), so that a folder of video frames becomes one frame sequence per kind:
 
     pred/NAME.png           predicted class ids (8-bit; 16-bit beyond 256 classes)
-    seg/NAME.png            class colours (the Cityscapes palette for train ids)
+    seg/NAME.png            class colours (the training data set's, stored in the weights;
+                            the Cityscapes palette for weights written without them)
     overlay/NAME.png        the image blended 50/50 with the class colours
     uncertainty/NAME.png    heat map on a FIXED scale: magma colour map, 0 (black) to `vmax`
                             (pale yellow, default 0.5); larger values saturate
@@ -48,9 +49,9 @@ ffmpeg command that extracts its frames. Images follow the rules of
 Labels (`labels`, a file for a single image or a folder searched with its sub-folders): for
 an image `X_leftImg8bit*.png` the Cityscapes files `X_gtFine_labelTrainIds.png` (preferred)
 or `X_gtFine_labelIds.png`, else a PNG with the image's stem. labelIds are mapped to train
-ids by the official table, other files hold class ids and `ignore_index` directly
-(`segdistill.data.cityscapes.label_mappings`), or what a classes file's mask_values say
-(`classes`); unknown values are an error naming the file.
+ids by the official table; other files hold what the training data set's mask_values say
+(stored in the weights, or given as `classes`), else class ids and `ignore_index` directly
+(`segdistill.data.cityscapes.label_mappings`); unknown values are an error naming the file.
 
 Sizes: images of any size. An image is padded at the bottom and right with 0 (the ImageNet
 mean colour after normalisation, as training crops are padded) to a multiple of
@@ -82,14 +83,14 @@ from tqdm import tqdm
 
 from segdistill import figures
 from segdistill.checkpoints import atomic_write
-from segdistill.data.base import LabelMapping, read_image, read_mask
+from segdistill.data.base import ClassesSpec, LabelMapping, read_image, read_mask
 from segdistill.data.cityscapes import (
     LABEL_IDS_SUFFIX,
     TRAIN_IDS_SUFFIX,
     base_name,
     label_mappings,
 )
-from segdistill.data.folder import IMAGE_SUFFIXES, ClassesSpec, images_below
+from segdistill.data.folder import IMAGE_SUFFIXES, images_below
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_eval_transform
 from segdistill.defaults import DEFAULT_AGGREGATOR, DEFAULT_FPR, OUTPUT_KINDS, UNCERTAINTY_VMAX
@@ -588,10 +589,13 @@ def predict_files(
     (a detector fitted for this predictor and `size`), each image is also flagged or not
     as unlike the detector's reference images. With `distrust_above` T, the pixels whose
     uncertainty is >= T are marked probably wrong (pick T from `segdistill evaluate`'s
-    error_operating_points). With `classes` (a folder data set's classes file,
-    `load_classes`), its colours draw the classes and its mask values and ignore value read
-    the labels. Notices go to stderr as they happen and into the summary. DataError names
-    the first image or label that cannot be used."""
+    error_operating_points). `classes` (a folder data set's classes file, `load_classes`;
+    default: the classes the weights were trained on, `predictor.classes`) give the
+    colours that draw them and the mask values and ignore value that read the labels;
+    without either, the Cityscapes colours and labels as class ids. Notices go to stderr
+    as they happen and into the summary. DataError names the first image or label that
+    cannot be used.
+    """
     _check_batch_size(batch_size)
     if vmax <= 0:
         raise ConfigError(f"--vmax must be > 0, got {vmax}")
@@ -604,12 +608,13 @@ def predict_files(
     multiple = input_multiple(predictor.segmenters())
     palette = class_palette(predictor.num_classes)
     stored = None
+    if classes is not None and len(classes.names) != predictor.num_classes:
+        raise ConfigError(
+            f"the classes file lists {len(classes.names)} classes, but "
+            f"{predictor.source} predicts {predictor.num_classes}"
+        )
+    classes = classes or predictor.classes
     if classes is not None:
-        if len(classes.names) != predictor.num_classes:
-            raise ConfigError(
-                f"the classes file lists {len(classes.names)} classes, but "
-                f"{predictor.source} predicts {predictor.num_classes}"
-            )
         palette, ignore_index, stored = classes.colors, classes.ignore_index, classes.mapping
     title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
     summary = PredictSummary()
@@ -688,6 +693,7 @@ def predict_files(
         "kind": predictor.kind,
         "uncertainty_source": predictor.uncertainty_source,
         "num_classes": predictor.num_classes,
+        "class_names": None if classes is None else list(classes.names),
         "resize_to": None if size is None else list(size),
         "pad_multiple": multiple,
         "encodings": {

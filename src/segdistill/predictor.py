@@ -37,10 +37,11 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from segdistill.checkpoints import RUN_WEIGHTS, load_segmenter, weights_path
+from segdistill.checkpoints import RUN_WEIGHTS, load_segmenter, read_classes, weights_path
+from segdistill.data.base import ClassesSpec
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter, count_parameters
-from segdistill.models.teachers import MANIFEST_FILE, Ensemble, MCDropout, Teacher
+from segdistill.models.teachers import MANIFEST_FILE, Ensemble, MCDropout, Teacher, member_weights
 
 KINDS = ("student", "baseline", "ensemble", "mc_dropout")
 UNCERTAINTY_SOURCES = {
@@ -114,7 +115,9 @@ class Predictor:
     KINDS; uncertainty_source: how `uncertainty` is made (see the module rules); source: what was
     loaded; home: the directory its results belong to (run or ensemble directory), None
     for a loose checkpoint file; model: the underlying nn.Module (a `Segmenter`, or the
-    `Ensemble` / `MCDropout` teacher whose networks are `.members` / `.model`).
+    `Ensemble` / `MCDropout` teacher whose networks are `.members` / `.model`); classes:
+    the classes its weights were trained on (names, colours, how labels store them), None
+    for weights written without them.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class Predictor:
         uncertainty_source: str,
         source: Path,
         home: Path | None,
+        classes: ClassesSpec | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -135,6 +139,7 @@ class Predictor:
         self.uncertainty_source = uncertainty_source
         self.source = source
         self.home = home
+        self.classes = classes
         self.channels_last = False
 
     def segmenters(self) -> list[Segmenter]:
@@ -247,6 +252,8 @@ def load_predictor(source: str | Path, mc_samples: int = 8) -> Predictor:
 
 def _load_ensemble(manifest: Path) -> Predictor:
     ensemble = Ensemble.from_manifest(manifest)
+    # The members trained on one data set (`segdistill ensemble`); the first one's classes.
+    classes = read_classes(member_weights(manifest)[0])
     return Predictor(
         ensemble,
         name=manifest.parent.resolve().name,
@@ -254,6 +261,7 @@ def _load_ensemble(manifest: Path) -> Predictor:
         uncertainty_source=UNCERTAINTY_SOURCES["ensemble"],
         source=manifest,
         home=manifest.parent,
+        classes=classes,
     )
 
 
@@ -263,7 +271,12 @@ def _load_checkpoint(weights: Path, mc_samples: int) -> Predictor:
     run_dir = weights.parent.parent if weights.parent.name == "checkpoints" else None
     name = run_dir.resolve().name if run_dir is not None else weights.stem
     head = model_config.uncertainty_head
-    common: dict[str, Any] = {"name": name, "source": weights, "home": run_dir}
+    common: dict[str, Any] = {
+        "name": name,
+        "source": weights,
+        "home": run_dir,
+        "classes": read_classes(weights),
+    }
     if head is None and model_config.mc_dropout > 0:
         teacher = MCDropout(model, samples=mc_samples, seed=0)
         return Predictor(

@@ -71,7 +71,13 @@ from segdistill.config import (
     format_differences,
     load_config,
 )
-from segdistill.data.base import LabelMapping, SampleFiles, SegmentationDataset, check_headers
+from segdistill.data.base import (
+    ClassesSpec,
+    LabelMapping,
+    SampleFiles,
+    SegmentationDataset,
+    check_headers,
+)
 from segdistill.data.cityscapes import CityscapesDataset
 from segdistill.data.folder import FolderDataset, require_images_below
 from segdistill.data.labels import IGNORE_INDEX
@@ -157,7 +163,7 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
     # Set for every run, not only when changed: an experiment trains many networks in one
     # process and each must get its own config's setting.
     torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, classes=val_set.classes_spec)
     if trainer.is_global_zero:
         text = dump_config(cfg)
         atomic_write(run_dir / CONFIG_FILE, lambda file: file.write(text.encode()))
@@ -319,6 +325,7 @@ def add_unlabeled_images(dataset: SegmentationDataset, folder: Path) -> Segmenta
         dataset.colors,
         dataset.ignore_index,
         dataset.transform,
+        mask_values=dataset.mask_values,
     )
 
 
@@ -455,11 +462,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from error
 
 
-def build_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:
-    """The Lightning Trainer of a run: loggers and checkpoints in `run_dir`."""
+def build_trainer(cfg: SegConfig, run_dir: Path, classes: ClassesSpec | None = None) -> L.Trainer:
+    """The Lightning Trainer of a run: loggers and checkpoints in `run_dir`; the weights
+    files carry `classes` (the data set's) when given."""
     t = cfg.trainer
     try:
-        return _lightning_trainer(cfg, run_dir)
+        return _lightning_trainer(cfg, run_dir, classes)
     except MisconfigurationException as error:  # e.g. more devices than the machine has
         raise ConfigError(
             f"Lightning refuses trainer.accelerator={t.accelerator!r}, devices={t.devices}, "
@@ -467,7 +475,7 @@ def build_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:
         ) from error
 
 
-def _lightning_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:
+def _lightning_trainer(cfg: SegConfig, run_dir: Path, classes: ClassesSpec | None) -> L.Trainer:
     t = cfg.trainer
     distributed = t.devices * t.num_nodes > 1
     return L.Trainer(
@@ -498,7 +506,7 @@ def _lightning_trainer(cfg: SegConfig, run_dir: Path) -> L.Trainer:
             TensorBoardLogger(run_dir / "logs", name="tensorboard"),
         ],
         callbacks=[
-            RunCheckpoints(run_dir / "checkpoints", cfg.model, t.checkpoint_every_n_steps),
+            RunCheckpoints(run_dir / "checkpoints", cfg.model, classes, t.checkpoint_every_n_steps),
             LearningRateMonitor(logging_interval="step"),
         ],
         default_root_dir=run_dir,
@@ -747,17 +755,22 @@ class RunCheckpoints(Callback):
       progress, which also fixes the data order to come), after every epoch and every
       `every_n_steps` steps;
     - `last.safetensors` after every epoch, `best.safetensors` when `val/miou` improved
-      (weights with their architecture, `segdistill.checkpoints`).
+      (weights with their architecture and `classes`, `segdistill.checkpoints`).
 
     All writes are atomic. A step that raises (e.g. a NaN loss) never reaches these hooks,
     so no checkpoint is written after it.
     """
 
     def __init__(
-        self, directory: Path, model_config: ModelConfig, every_n_steps: int | None = None
+        self,
+        directory: Path,
+        model_config: ModelConfig,
+        classes: ClassesSpec | None = None,
+        every_n_steps: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.model_config = model_config
+        self.classes = classes
         self.every_n_steps = every_n_steps
         self.best_miou = -math.inf
 
@@ -780,9 +793,13 @@ class RunCheckpoints(Callback):
         if miou is not None and float(miou) > self.best_miou:
             self.best_miou, improved = float(miou), True
         if trainer.is_global_zero:
-            if improved:
-                save_weights(self.directory / "best.safetensors", task.model, self.model_config)
-            save_weights(self.directory / "last.safetensors", task.model, self.model_config)
+            for name in ("best", "last") if improved else ("last",):
+                save_weights(
+                    self.directory / f"{name}.safetensors",
+                    task.model,
+                    self.model_config,
+                    self.classes,
+                )
         self._save_resumable(trainer)
 
     def _save_resumable(self, trainer: L.Trainer) -> None:

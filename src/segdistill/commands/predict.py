@@ -69,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="FILE",
         help="a folder data set's classes.yaml: its colours draw the classes, its mask "
-        "values and ignore value read --labels (default: Cityscapes colours, labels as ids)",
+        "values and ignore value read --labels (default: the classes the weights were "
+        "trained on; for weights without them, Cityscapes colours and labels as ids)",
     )
     parser.add_argument(
         "--outputs",

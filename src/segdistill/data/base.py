@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from segdistill.data.labels import IGNORE_INDEX
+from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, TRAIN_ID_COLORS
 from segdistill.data.transforms import Sample, build_eval_transform, to_tensors
 from segdistill.errors import DataError
 
@@ -69,6 +70,48 @@ class LabelMapping:
                 f"(allowed stored values: {_preview(allowed, 40)})"
             )
         return self.lut[raw]
+
+
+@dataclass(frozen=True, eq=False)
+class ClassesSpec:
+    """What a data set's classes are: the contents of a folder data set's classes.yaml,
+    which also travel in every weights file a run writes (`segdistill.checkpoints`).
+
+    names:        [C] class names, indexed by class id.
+    colors:       [C, 3] uint8 display colours.
+    ignore_index: class id of void pixels.
+    mask_values:  stored mask value -> class id or ignore_index; None: masks store class
+                  ids (and ignore_index) directly.
+    """
+
+    names: tuple[str, ...]
+    colors: np.ndarray
+    ignore_index: int = IGNORE_INDEX
+    mask_values: Mapping[int, int] | None = None
+
+    @cached_property
+    def mapping(self) -> LabelMapping:
+        """How a mask of this data set stores its classes."""
+        if self.mask_values is None:
+            return LabelMapping.identity(len(self.names), self.ignore_index)
+        return LabelMapping(self.mask_values, self.ignore_index)
+
+    def document(self) -> dict[str, object]:
+        """The classes.yaml document (`segdistill.data.folder.parse_classes` reads it)."""
+        document: dict[str, object] = {
+            "classes": [
+                {"name": name, "color": [int(c) for c in color]}
+                for name, color in zip(self.names, self.colors)
+            ],
+            "ignore_index": self.ignore_index,
+        }
+        if self.mask_values is not None:
+            document["mask_values"] = {int(k): int(v) for k, v in self.mask_values.items()}
+        return document
+
+
+# The classes of a Cityscapes-layout data set (Cityscapes, SynthStreets): train ids 0..18.
+CITYSCAPES_CLASSES = ClassesSpec(CLASS_NAMES, TRAIN_ID_COLORS)
 
 
 @dataclass(frozen=True)
@@ -187,8 +230,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     `__getitem__` returns `to_tensors(transform(load(index)))`. Wrappers extend `load`
     (e.g. add cached teacher maps to `sample["maps"]`) and reuse `transform`.
 
-    transform: joint transform of a raw sample (None: `build_eval_transform()`).
-    maps:      extra dense maps, {name: reader(SampleFiles) -> [H, W] or [K, H, W]}.
+    transform:   joint transform of a raw sample (None: `build_eval_transform()`).
+    maps:        extra dense maps, {name: reader(SampleFiles) -> [H, W] or [K, H, W]}.
+    mask_values: the classes file's stored value -> class id (kept for `classes_spec`; the
+                 samples' own mappings decode the masks).
     """
 
     def __init__(
@@ -199,17 +244,24 @@ class SegmentationDataset(torch.utils.data.Dataset):
         ignore_index: int = IGNORE_INDEX,
         transform: Callable[[Sample], Sample] | None = None,
         maps: Mapping[str, MapReader] | None = None,
+        mask_values: Mapping[int, int] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.classes = tuple(classes)
         self.colors = np.asarray(colors, dtype=np.uint8)
         self.ignore_index = ignore_index
+        self.mask_values = mask_values
         self.transform = transform if transform is not None else build_eval_transform()
         self.map_readers = dict(maps or {})
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def classes_spec(self) -> ClassesSpec:
+        """Names, colours, ignore value and mask values, as the run's weights store them."""
+        return ClassesSpec(self.classes, self.colors, self.ignore_index, self.mask_values)
 
     @property
     def names(self) -> list[str]:

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from segdistill.data.base import LabelMapping, MapReader, SampleFiles, SegmentationDataset
+from segdistill.data.base import ClassesSpec, MapReader, SampleFiles, SegmentationDataset
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import Sample
 from segdistill.errors import DataError
@@ -79,48 +78,32 @@ def require_images_below(folder: Path, what: str) -> list[Path]:
 _CLASSES_KEYS = {"classes", "ignore_index", "mask_values"}
 
 
-@dataclass(frozen=True)
-class ClassesSpec:
-    """The contents of a classes YAML file.
-
-    names:        [C] class names, indexed by class id.
-    colors:       [C, 3] uint8 display colours.
-    ignore_index: class id of void pixels.
-    mapping:      stored mask value -> class id.
-    """
-
-    names: tuple[str, ...]
-    colors: np.ndarray
-    ignore_index: int
-    mapping: LabelMapping
-
-
 def load_classes(path: str | Path) -> ClassesSpec:
     """Read and check a classes YAML file (format in the module docstring)."""
-    path = Path(path)
-    document = _read_yaml(path)
+    return parse_classes(_read_yaml(Path(path)), path)
+
+
+def parse_classes(document: Mapping[str, Any], where: str | Path) -> ClassesSpec:
+    """Check a classes document (a classes.yaml's contents, or `ClassesSpec.document()`)
+    and return its spec; DataError naming `where` and the entry otherwise."""
     unknown = sorted(set(document) - _CLASSES_KEYS)
     if unknown:
-        raise DataError(f"{path}: unknown keys {unknown}; allowed: {sorted(_CLASSES_KEYS)}")
+        raise DataError(f"{where}: unknown keys {unknown}; allowed: {sorted(_CLASSES_KEYS)}")
     entries = document.get("classes")
     if not isinstance(entries, list) or not entries:
-        raise DataError(f"{path}: 'classes' must be a non-empty list of {{name, color}} entries")
-    names = tuple(_class_name(path, i, entry) for i, entry in enumerate(entries))
-    colors = np.array([_class_color(path, i, entry) for i, entry in enumerate(entries)], np.uint8)
+        raise DataError(f"{where}: 'classes' must be a non-empty list of {{name, color}} entries")
+    names = tuple(_class_name(where, i, entry) for i, entry in enumerate(entries))
+    colors = np.array([_class_color(where, i, entry) for i, entry in enumerate(entries)], np.uint8)
     ignore_index = document.get("ignore_index", IGNORE_INDEX)
     if not isinstance(ignore_index, int) or ignore_index < len(names):
         raise DataError(
-            f"{path}: ignore_index must be an integer >= the number of classes ({len(names)}), "
+            f"{where}: ignore_index must be an integer >= the number of classes ({len(names)}), "
             f"got {ignore_index!r}"
         )
     mask_values = document.get("mask_values")
-    if mask_values is None:
-        mapping = LabelMapping.identity(len(names), ignore_index)
-    else:
-        mapping = LabelMapping(
-            _check_mask_values(path, mask_values, len(names), ignore_index), ignore_index
-        )
-    return ClassesSpec(names, colors, ignore_index, mapping)
+    if mask_values is not None:
+        mask_values = _check_mask_values(where, mask_values, len(names), ignore_index)
+    return ClassesSpec(names, colors, ignore_index, mask_values)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -135,34 +118,38 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return document
 
 
-def _class_name(path: Path, index: int, entry: object) -> str:
+def _class_name(where: str | Path, index: int, entry: object) -> str:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise DataError(f"{path}: classes[{index}] needs a 'name' string, got {entry!r}")
+        raise DataError(f"{where}: classes[{index}] needs a 'name' string, got {entry!r}")
     return entry["name"]
 
 
-def _class_color(path: Path, index: int, entry: dict[str, Any]) -> list[int]:
+def _class_color(where: str | Path, index: int, entry: dict[str, Any]) -> list[int]:
     color = entry.get("color")
     if (
         not isinstance(color, list)
         or len(color) != 3
         or not all(isinstance(c, int) and 0 <= c <= 255 for c in color)
     ):
-        raise DataError(f"{path}: classes[{index}].color must be [r, g, b] (0..255), got {color!r}")
+        raise DataError(
+            f"{where}: classes[{index}].color must be [r, g, b] (0..255), got {color!r}"
+        )
     return color
 
 
 def _check_mask_values(
-    path: Path, mask_values: object, num_classes: int, ignore_index: int
+    where: str | Path, mask_values: object, num_classes: int, ignore_index: int
 ) -> dict[int, int]:
     """`mask_values` as {stored value >= 0: class id in 0..C-1 or ignore_index}."""
     if not isinstance(mask_values, dict) or not mask_values:
-        raise DataError(f"{path}: mask_values must be a non-empty mapping stored value -> class id")
+        raise DataError(
+            f"{where}: mask_values must be a non-empty mapping stored value -> class id"
+        )
     allowed = set(range(num_classes)) | {ignore_index}
     for stored, class_id in mask_values.items():
         if not isinstance(stored, int) or stored < 0 or class_id not in allowed:
             raise DataError(
-                f"{path}: mask_values entry {stored!r}: {class_id!r} must map a stored value "
+                f"{where}: mask_values entry {stored!r}: {class_id!r} must map a stored value "
                 f">= 0 to a class id 0..{num_classes - 1} or ignore_index {ignore_index}"
             )
     return dict(mask_values)
@@ -194,8 +181,9 @@ class FolderDataset(SegmentationDataset):
         self.masks_dir = Path(masks_dir) if masks_dir is not None else None
         self.mask_suffix = mask_suffix
         spec = load_classes(classes_yaml)
+        mapping = spec.mapping
         samples = [
-            SampleFiles(name, image, self._existing_mask(name), spec.mapping)
+            SampleFiles(name, image, self._existing_mask(name), mapping)
             for name, image in _find_images(self.images_dir)
         ]
         if self.masks_dir is not None and not allow_unlabeled:
@@ -207,6 +195,7 @@ class FolderDataset(SegmentationDataset):
             ignore_index=spec.ignore_index,
             transform=transform,
             maps=maps,
+            mask_values=spec.mask_values,
         )
 
     @classmethod

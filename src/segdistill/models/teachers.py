@@ -244,6 +244,35 @@ class Teacher(nn.Module, ABC):
         the `DISAGREEMENT_SIGNALS` are zero everywhere."""
 
 
+def member_weights(path: str | Path) -> list[Path]:
+    """The member weights files an ensemble manifest lists.
+
+    path: the manifest file or the directory holding it. The manifest is
+    `{"members": [{"checkpoint": "member_00/checkpoints/best.safetensors", ...}, ...]}`
+    with checkpoint paths relative to the manifest's directory.
+    """
+    manifest_path = Path(path)
+    if manifest_path.is_dir():
+        manifest_path = manifest_path / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError as error:
+        raise CheckpointError(f"ensemble manifest {manifest_path} does not exist") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(
+            f"ensemble manifest {manifest_path} is not JSON ({error}); an ensemble is "
+            f"its directory or {MANIFEST_FILE}, a single network's weights are teacher "
+            "kind 'single' (or 'mc_dropout')"
+        ) from error
+    members = manifest.get("members") if isinstance(manifest, dict) else None
+    if not members or not all(isinstance(m, dict) and "checkpoint" in m for m in members):
+        raise CheckpointError(
+            f"ensemble manifest {manifest_path} needs a non-empty 'members' list of "
+            "{'checkpoint': PATH} entries"
+        )
+    return [manifest_path.parent / member["checkpoint"] for member in members]
+
+
 class Ensemble(Teacher):
     """A deep ensemble: members run one after another, statistics accumulate per member."""
 
@@ -261,34 +290,9 @@ class Ensemble(Teacher):
 
     @classmethod
     def from_manifest(cls, path: str | Path, unbiased_std: bool = False) -> Ensemble:
-        """Load the members listed in `ENSEMBLE_DIR/manifest.json`.
-
-        path: the manifest file or the directory holding it. The manifest is
-        `{"members": [{"checkpoint": "member_00/checkpoints/best.safetensors", ...}, ...]}`
-        with checkpoint paths relative to the manifest's directory.
-        """
-        manifest_path = Path(path)
-        if manifest_path.is_dir():
-            manifest_path = manifest_path / MANIFEST_FILE
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except FileNotFoundError as error:
-            raise CheckpointError(f"ensemble manifest {manifest_path} does not exist") from error
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CheckpointError(
-                f"ensemble manifest {manifest_path} is not JSON ({error}); an ensemble is "
-                f"its directory or {MANIFEST_FILE}, a single network's weights are teacher "
-                "kind 'single' (or 'mc_dropout')"
-            ) from error
-        members = manifest.get("members") if isinstance(manifest, dict) else None
-        if not members or not all(isinstance(m, dict) and "checkpoint" in m for m in members):
-            raise CheckpointError(
-                f"ensemble manifest {manifest_path} needs a non-empty 'members' list of "
-                "{'checkpoint': PATH} entries"
-            )
-        root = manifest_path.parent
+        """Load the members listed in `ENSEMBLE_DIR/manifest.json` (`member_weights`)."""
         return cls(
-            [load_segmenter(root / member["checkpoint"])[0] for member in members],
+            [load_segmenter(weights)[0] for weights in member_weights(path)],
             unbiased_std=unbiased_std,
         )
 
