@@ -200,3 +200,37 @@ def test_an_image_without_a_mask_is_read_but_not_counted_as_void(tmp_path: Path)
     assert (found.images, found.unlabeled, found.problems) == (2, 1, [])
     assert (found.class_pixels[0], found.class_pixels[255]) == (8, 8)  # a.png only
     assert (found.class_images[0], found.class_images[255]) == (1, 1)
+
+
+def test_preview_of_a_folder_data_set_draws_images_masks_and_overlays(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "own"
+    for i in range(5):
+        _save(root / "train" / "images" / "cam" / f"{i}.png", np.full((8, 16, 3), 40 * i, np.uint8))
+        _save(root / "train" / "masks" / "cam" / f"{i}.png", np.full((8, 16), 7, np.uint8))
+    _save(root / "val" / "images" / "x.png", np.zeros((8, 16, 3), np.uint8))  # no mask
+    (root / "classes.yaml").write_text(
+        "classes: [{name: road, color: [1, 1, 1]}, {name: car, color: [2, 2, 2]}]\n"
+        "mask_values: {7: 1, 0: 255}\n"
+    )
+    sheet = tmp_path / "sheet.png"
+    assert main(["data", "preview", str(root), "--out", str(sheet), "--scenes", "3"]) == 0
+    assert "wrote" in capsys.readouterr().out and Image.open(sheet).size[0] > 500
+    # The val split has no mask to show; an unknown split is named with the known ones.
+    assert main(["data", "preview", str(root), "--out", str(sheet), "--split", "val"]) == 2
+    assert "no image with a mask in val" in capsys.readouterr().err
+    assert main(["data", "preview", str(root), "--out", str(sheet), "--split", "test"]) == 2
+    assert "no split 'test'; it has ['train', 'val']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "preview", str(root), "--out", str(sheet), "--scenes", "0"])
+
+
+@pytest.mark.parametrize(
+    ("count", "rows", "expected"),
+    [(10, 4, [0, 3, 6, 9]), (3, 5, [0, 1, 2]), (1, 4, [0]), (7, 1, [0])],
+)
+def test_preview_rows_are_spread_over_the_split(count: int, rows: int, expected: list) -> None:
+    from segdistill.commands.data import spread
+
+    assert spread(count, rows) == expected

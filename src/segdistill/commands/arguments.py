@@ -21,6 +21,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (e.g. rows of a picture)."""
+    value = non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
 def add_model_sources(parser: argparse.ArgumentParser, name: str, metavar: str) -> None:
     """Positional `name`: one or more models to load with `load_predictor`."""
     parser.add_argument(name, nargs="+", type=Path, metavar=metavar, help=MODEL_SOURCE_HELP)

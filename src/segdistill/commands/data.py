@@ -3,14 +3,16 @@
     segdistill data synth --out DIR [--size HxW --train N --val N --test N --seed S
                                      --shifts fog,rain,night,newcity,anomaly --workers K --force]
     segdistill data info DIR
-    segdistill data preview DIR --out sheet.png [--scenes N]
+    segdistill data preview DIR --out sheet.png [--scenes N] [--split S]
 
 `synth` writes a SynthStreets data set (see `segdistill.data.synthstreets`); run again with
 the same parameters it does nothing ("already there"); a folder holding a different data set
 is refused unless --force. `info` checks every file against meta.json and prints counts,
 class frequencies and interior shares; it exits non-zero naming the first bad file.
-`preview` draws a contact sheet: per scene the image, coloured labels, depth and every
-shifted copy.
+`preview` draws a contact sheet: per SynthStreets scene the image, coloured labels, depth
+and every shifted copy; per sample of a Cityscapes-layout or folder data set the image, its
+mask in the data set's colours and the two overlaid, with a legend of the classes shown, so
+that a wrong `mask_values` entry or a shifted mask shows at a glance.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from segdistill.commands.arguments import positive_int
 from segdistill.data import shifts
 from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, colorize
 from segdistill.data.synthstreets import (
@@ -142,10 +145,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("dir", type=Path, help="data set folder")
     info.set_defaults(func=run_info)
 
-    preview = commands.add_parser("preview", help="draw a contact sheet of scenes and shifts")
-    preview.add_argument("dir", type=Path, help="data set folder (holding meta.json)")
+    preview = commands.add_parser(
+        "preview",
+        help="draw a contact sheet of images and their masks (and SynthStreets' shifts)",
+        description="Draw a contact sheet: per sample of a SynthStreets data set the image, "
+        "labels, depth and every shifted copy; of a Cityscapes-layout or folder data set the "
+        "image, its mask in the data set's colours and both overlaid, with a class legend.",
+    )
+    preview.add_argument("dir", type=Path, help="data set folder")
     preview.add_argument("--out", type=Path, required=True, help="PNG file to write")
-    preview.add_argument("--scenes", type=int, default=4, help="rows (default %(default)s)")
+    preview.add_argument(
+        "--scenes", type=positive_int, default=4, help="rows (default %(default)s)"
+    )
+    preview.add_argument(
+        "--split",
+        help="split to draw from (default: SynthStreets' test split, which has the shifted "
+        "copies; otherwise the first split with masks); rows are spread over the split",
+    )
     preview.set_defaults(func=run_preview)
 
 
@@ -319,54 +335,134 @@ def _scene_panels(root: Path, meta: dict, split: str, image: Path) -> list[tuple
     return panels
 
 
-def _preview_images(root: Path, meta: dict, scenes: int) -> tuple[str, list[Path]]:
-    """(split, first `scenes` images): the test split when it has images (it has the
-    shifted copies), else the first split that has."""
-    for split in ("test", *SPLITS):
-        images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
-        if images and meta["splits"].get(split, {}).get("images"):
-            return split, images[:scenes]
-    raise DataError(f"{root}: no images to preview")
+def _preview_images(
+    root: Path, meta: dict, scenes: int, split: str | None
+) -> tuple[str, list[Path]]:
+    """(split, `scenes` images spread over it): `split`, else the test split when it has
+    images (it has the shifted copies), else the first split that has."""
+    for name in (split,) if split else ("test", *SPLITS):
+        images = sorted((root / "leftImg8bit" / name).glob("*/*_leftImg8bit.png"))
+        if images and meta["splits"].get(name, {}).get("images"):
+            return name, [images[i] for i in spread(len(images), scenes)]
+    raise DataError(f"{root}: no images to preview" + (f" in split {split!r}" if split else ""))
 
 
-def contact_sheet(root: Path, out: Path, scenes: int) -> int:
-    """Draw `scenes` rows of panels into a PNG (matplotlib, Agg). Returns the rows drawn."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def spread(count: int, rows: int) -> list[int]:
+    """Up to `rows` indices spread evenly over 0..count-1, the first and the last included."""
+    rows = min(rows, count)
+    return sorted({round(i * (count - 1) / max(rows - 1, 1)) for i in range(rows)})
 
-    from segdistill.checkpoints import atomic_write
 
+def synth_contact_sheet(root: Path, out: Path, scenes: int, split: str | None = None) -> int:
+    """Draw `scenes` rows of a SynthStreets data set's panels into `out`. Returns the rows."""
     meta = read_meta(root)
     if meta is None:
         raise DataError(
             f"{root / META_FILE}: not found; run `segdistill data synth` first ({NOT_SYNTHSTREETS})"
         )
-    split, images = _preview_images(root, meta, scenes)
+    split, images = _preview_images(root, meta, scenes, split)
     rows = [_scene_panels(root, meta, split, image) for image in images]
-    height, width = meta["size"]
-    cols = len(rows[0])
-    panel_w = 2.6
-    figure = Figure(figsize=(panel_w * cols, panel_w * height / width * len(rows) + 0.6))
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(len(rows), cols, squeeze=False)
-    for r, (image, panels) in enumerate(zip(images, rows)):
-        for c, (title, picture) in enumerate(panels):
-            ax = axes[r][c]
-            ax.imshow(picture, cmap="magma" if picture.ndim == 2 else None, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=9)
-        city, seq = image.name.split("_")[:2]
-        axes[r][0].set_ylabel(f"{city} {seq}", fontsize=8)
-    figure.suptitle(f"SynthStreets {meta['version']}: {root} ({split})", fontsize=10)
-    figure.tight_layout(pad=1.5)
-    image_format = out.suffix.lstrip(".").lower() or "png"
-    atomic_write(out, lambda file: figure.savefig(file, format=image_format, dpi=100))
+    labels = ["{} {}".format(*image.name.split("_")[:2]) for image in images]
+    title = f"SynthStreets {meta['version']}: {root} ({split})"
+    draw_sheet(rows, labels, title, out)
     return len(rows)
 
 
+def own_contact_sheet(
+    root: Path,
+    kind: str,
+    datasets: dict[str, SegmentationDataset],
+    out: Path,
+    scenes: int,
+    split: str | None = None,
+) -> int:
+    """Draw `scenes` labelled samples of a Cityscapes-layout or folder data set (image, mask,
+    overlay) into `out`, spread over `split` (default: the first split with masks), with a
+    legend of the classes they show. Returns the rows drawn."""
+    if split is not None and split not in datasets:
+        raise DataError(f"{root}: no split {split!r}; it has {sorted(datasets)}")
+    names = [split] if split is not None else list(datasets)
+    labelled: list[int] = []
+    for split in names:
+        dataset = datasets[split]
+        labelled = [i for i, files in enumerate(dataset.samples) if files.label is not None]
+        if labelled:
+            break
+    if not labelled:
+        raise DataError(f"{root}: no image with a mask in {', '.join(names)}")
+    rows, labels, shown = [], [], set()
+    for index in (labelled[i] for i in spread(len(labelled), scenes)):
+        sample = dataset.load(index)
+        image, label = sample["image"], sample["label"]
+        colours = colorize(label, dataset.colors)
+        valid = (label < dataset.num_classes)[..., None]
+        overlay = np.where(valid, image // 2 + colours // 2, image)
+        rows.append([("image", image), ("mask", colours), ("overlay", overlay)])
+        labels.append(sample["name"])
+        shown |= set(np.unique(label[label < dataset.num_classes]).tolist())
+    legend = [(dataset.classes[c], dataset.colors[c]) for c in sorted(shown)]
+    title = f"{root}: {kind}, split {split}, {len(rows)} of {len(dataset)} images"
+    draw_sheet(rows, labels, title, out, legend + [("void / ignore", np.zeros(3, np.uint8))])
+    return len(rows)
+
+
+def draw_sheet(
+    rows: list[list[tuple[str, np.ndarray]]],
+    row_labels: list[str],
+    title: str,
+    out: Path,
+    legend: list[tuple[str, np.ndarray]] | None = None,
+) -> None:
+    """Rows of (title, picture) panels into a PNG (matplotlib, Agg), written atomically.
+    A picture is [H, W, 3] uint8 or [H, W] in [0, 1] (magma); legend: (name, uint8 RGB)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from segdistill.checkpoints import atomic_write
+
+    height, width = rows[0][0][1].shape[:2]
+    cols = max(len(panels) for panels in rows)
+    panel_w = 2.6
+    legend_h = 0.0 if not legend else 0.22 * (1 + len(legend) // 6)
+    # Constrained layout leaves room for each row's label and the legend below the panels.
+    figure = Figure(
+        figsize=(panel_w * cols, (panel_w * height / width + 0.2) * len(rows) + 0.5 + legend_h),
+        layout="constrained",
+    )
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(rows), cols, squeeze=False)
+    for r, (label, panels) in enumerate(zip(row_labels, rows)):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(panels):
+                ax.set_axis_off()
+                continue
+            name, picture = panels[c]
+            ax.imshow(picture, cmap="magma" if picture.ndim == 2 else None, vmin=0, vmax=1)
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+        axes[r][0].set_xlabel(label, fontsize=8)  # horizontal: file names are long
+    figure.suptitle(title, fontsize=10)
+    if legend:
+        handles = [
+            Patch(facecolor=tuple(colour / 255.0), edgecolor="grey", label=name)
+            for name, colour in legend
+        ]
+        figure.legend(
+            handles=handles, loc="outside lower center", ncol=6, fontsize=8, frameon=False
+        )
+    image_format = out.suffix.lstrip(".").lower() or "png"
+    atomic_write(out, lambda file: figure.savefig(file, format=image_format, dpi=100))
+
+
 def run_preview(args: argparse.Namespace) -> int:
-    rows = contact_sheet(args.dir, args.out, args.scenes)
+    own = _own_data_set(args.dir)
+    if own is not None:
+        rows = own_contact_sheet(args.dir, *own, args.out, args.scenes, args.split)
+    else:
+        rows = synth_contact_sheet(args.dir, args.out, args.scenes, args.split)
     print(f"wrote {args.out} ({rows} scenes)")
     return 0

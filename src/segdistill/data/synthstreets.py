@@ -3016,8 +3016,8 @@ def _image_files(tree: Path, split: str) -> list[Path]:
 
 # What a user pointing `data info` or `data preview` at their own data should know.
 NOT_SYNTHSTREETS = (
-    "`data preview` draws SynthStreets sets only; `data info` also checks a Cityscapes-layout "
-    "folder (leftImg8bit/, gtFine/) or a folder data set (classes.yaml)"
+    "`data info` and `data preview` also take a Cityscapes-layout folder (leftImg8bit/, "
+    "gtFine/) or a folder data set (classes.yaml)"
 )
 
 
