@@ -435,7 +435,17 @@ def test_segdistill_distill_with_a_cache_writes_checkpoints_and_resumes(
 
     resume = [*command, "--teacher-cache", str(cache), "--resume"]
     assert main([*resume, "--set", *tiny, "trainer.max_epochs=2"]) == 0
-    assert "rebuilding" not in capsys.readouterr().out  # the cache was reused
+    out = capsys.readouterr().out
+    assert "rebuilding" not in out  # the cache was reused
+    # The last line names the best validation over both sessions' logs.
+    scores = [
+        (float(row["val/miou"]), int(row["epoch"]) + 1)
+        for version in (0, 1)
+        for row in read_metrics(run_dir, version)
+        if row.get("val/miou")
+    ]
+    best = max(scores, key=lambda score: score[0])
+    assert f"best val mIoU {best[0]:.4f} after epoch {best[1]}," in out
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     assert read_metrics(run_dir, version=1)
 

@@ -687,3 +687,19 @@ def test_a_network_setting_the_model_cannot_take_names_the_model_section(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         training.train(tiny_config(tmp_path, data_root, [override]))
+
+
+def test_best_validation_reads_every_session_of_a_run(tmp_path: Path) -> None:
+    logs = tmp_path / "logs" / "csv"
+    (logs / "version_0").mkdir(parents=True)
+    (logs / "version_1").mkdir(parents=True)
+    assert training.best_validation(tmp_path) is None  # no validation yet
+    (logs / "version_0" / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/miou\n0,9,2.1,\n0,9,,0.30\n1,19,,0.42\n"
+    )
+    # A resumed session: a later epoch equal to the best does not replace it (best.safetensors
+    # is written on improvement only), a better one does.
+    (logs / "version_1" / "metrics.csv").write_text("epoch,step,val/miou\n2,29,0.42\n")
+    assert training.best_validation(tmp_path) == (0.42, 2)
+    (logs / "version_1" / "metrics.csv").write_text("epoch,step,val/miou\n2,29,0.42\n3,39,0.5\n")
+    assert training.best_validation(tmp_path) == (0.5, 4)

@@ -26,6 +26,7 @@ teacher and the methods, then hands a `SegmentationTask` to a Lightning `Trainer
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import itertools
 import logging
@@ -89,7 +90,7 @@ from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models import Segmenter
 from segdistill.models.teachers import DISAGREEMENT_SIGNALS, Teacher, build_teacher
-from segdistill.outputs import SIGNAL_NAMES, TeacherSignals
+from segdistill.outputs import SIGNAL_NAMES, SegOutput, TeacherSignals
 from segdistill.teacher_cache import TeacherCacheDataset, cache_key, open_or_build, valid_mask
 
 if TYPE_CHECKING:
@@ -159,6 +160,7 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
         num_classes=cfg.data.num_classes,
         ignore_index=cfg.data.ignore_index,
         channels_last=cfg.trainer.channels_last,
+        example_size=tuple(cfg.data.crop_size),
     )
     # Set for every run, not only when changed: an experiment trains many networks in one
     # process and each must get its own config's setting.
@@ -462,6 +464,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from error
 
 
+def best_validation(run_dir: Path) -> tuple[float, int] | None:
+    """(best val/miou, the epoch it came after, counted from 1) over the run's CSV logs, a
+    resumed run's new version folders included: the epoch whose weights best.safetensors
+    holds. None before the first validation."""
+    best = None
+    for path in sorted((run_dir / "logs" / "csv").glob("version_*/metrics.csv")):
+        with open(path, newline="") as file:
+            for row in csv.DictReader(file):
+                if row.get("val/miou"):
+                    miou = float(row["val/miou"])
+                    if best is None or miou > best[0]:  # the first of equal ones, as saved
+                        best = (miou, int(row["epoch"]) + 1)
+    return best
+
+
 def build_trainer(cfg: SegConfig, run_dir: Path, classes: ClassesSpec | None = None) -> L.Trainer:
     """The Lightning Trainer of a run: loggers and checkpoints in `run_dir`; the weights
     files carry `classes` (the data set's) when given."""
@@ -524,6 +541,7 @@ class SegmentationTask(L.LightningModule):
     total_steps: optimiser steps of the whole run (the poly schedule reaches 0 there).
     channels_last: hold the model and the methods' modules, and each batch's images, in
                 the channels-last memory format (`trainer.channels_last`).
+    example_size: (H, W) of the training crops, for the model summary's FLOPs and sizes.
     """
 
     teacher: Teacher | None  # set past nn.Module's registration, see __init__
@@ -539,9 +557,14 @@ class SegmentationTask(L.LightningModule):
         num_classes: int,
         ignore_index: int = IGNORE_INDEX,
         channels_last: bool = False,
+        example_size: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        if example_size is not None:
+            # Lightning's model summary runs it once (eval mode, no grad) to count the
+            # network's FLOPs per crop and show its input and output sizes.
+            self.example_input_array = {"image": torch.zeros(1, 3, *example_size)}
         self.methods = methods if methods is not None else MethodSet(ignore_index=ignore_index)
         # Deliberately not a submodule: the teacher is not trained, must not be written
         # into every checkpoint, and DDP must not wrap it or broadcast its buffers each
@@ -555,6 +578,10 @@ class SegmentationTask(L.LightningModule):
         if channels_last:  # the student and the methods' adapters; not the teacher
             self.to(memory_format=torch.channels_last)
         self.val_evaluator = self._new_evaluator()
+
+    def forward(self, image: Tensor) -> SegOutput:
+        """The student's output for images [B, 3, H, W] (what the model summary runs)."""
+        return self.model(image)
 
     def _new_evaluator(self) -> SegmentationEvaluator:
         # Only the mIoU is read here; coarse uncertainty bins keep the update cheap.

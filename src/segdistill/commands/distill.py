@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 
-from segdistill.commands.train import add_run_arguments, load_run_config
+from segdistill.commands.train import add_run_arguments, load_run_config, train_and_report
 from segdistill.config import replace_values
 from segdistill.defaults import RESUME_CHECKPOINT
-from segdistill.distributed import print_once
 from segdistill.errors import ConfigError
 
 
@@ -49,8 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    from segdistill.train import train
-
     cfg = load_run_config(args)
     if cfg.distill is None:
         raise ConfigError(
@@ -59,6 +56,4 @@ def run_distill(args: argparse.Namespace) -> int:
         )
     if args.teacher_cache is not None:
         cfg = replace_values(cfg, {"distill.teacher_cache": args.teacher_cache}, "--teacher-cache")
-    run_dir = train(cfg, resume=args.resume)
-    print_once(f"run directory: {run_dir}")
-    return 0
+    return train_and_report(cfg, args.resume)

@@ -14,6 +14,7 @@ built: `segdistill --help` and the commands that do not train start without it.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from segdistill.commands.arguments import add_overrides
@@ -83,10 +84,23 @@ def load_run_config(args: argparse.Namespace) -> SegConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from segdistill.train import train
+    return train_and_report(load_run_config(args), args.resume)
 
-    run_dir = train(load_run_config(args), resume=args.resume)
-    print_once(f"run directory: {run_dir}")
+
+def train_and_report(cfg: SegConfig, resume: bool) -> int:
+    """Train (or distil) `cfg` and print where the run is, how long it took and its best
+    validation mIoU (train and distill end so)."""
+    from segdistill.train import best_validation, train
+
+    start = time.perf_counter()
+    run_dir = train(cfg, resume=resume)
+    took = f"{time.perf_counter() - start:.1f} s"
+    best = best_validation(run_dir)
+    if best is not None:
+        took += (
+            f"; best val mIoU {best[0]:.4f} after epoch {best[1]}, in checkpoints/best.safetensors"
+        )
+    print_once(f"run directory: {run_dir} ({took})")
     return 0
 
 
