@@ -199,6 +199,25 @@ def test_aurc_and_removal_curve_match_global_sort(batches: list, result: dict) -
     assert curve["miou"][-1] > curve["miou"][0] + 0.1  # informative uncertainty helps
 
 
+def test_a_rare_class_in_the_cut_bin_counts_as_absent_not_as_zero() -> None:
+    """Removing 20 % of 10 pixels removes exactly the two most uncertain, which hold the
+    only class-2 pixel; the four most uncertain share one bin, so the curve keeps half of
+    that bin's counts. Class 2 keeps half a ground-truth pixel: absent (the exact sort
+    drops it), not IoU 0. Class 1's IoU is the proportional share's (1.5 / 2)."""
+    target = torch.tensor([[[0] * 6 + [1, 1, 1, 2]]])
+    pred = torch.tensor([[[0] * 6 + [1, 1, 1, 1]]])
+    probs = torch.nn.functional.one_hot(pred, 3).permute(0, 3, 1, 2).float()
+    unc = torch.tensor([[[[0.1] * 6 + [0.5001, 0.5002, 0.5003, 0.5004]]]])
+    ev = SegmentationEvaluator(3, inputs="probs", removed_fractions=(0.0, 0.2, 0.4))
+    ev.update(probs, unc, target)
+    curve = ev.compute()["uncertainty"]["miou_vs_removed"]
+    assert curve["iou"][0] == pytest.approx([1.0, 0.75, 0.0])  # nothing removed: exact
+    assert curve["iou"][1][2] is None and curve["iou"][1][:2] == pytest.approx([1.0, 0.75])
+    assert curve["miou"][1] == pytest.approx(0.875)  # before: 0.583, class 2 counted as 0
+    # At a bin edge (the whole bin removed) the curve is exact: class 0 alone.
+    assert curve["iou"][2] == [1.0, None, None] and curve["miou"][2] == 1.0
+
+
 def test_per_class_uncertainty_and_histograms(batches: list, result: dict) -> None:
     ref = pooled(batches)
     unc = result["uncertainty"]

@@ -28,8 +28,11 @@ needs exactly these three numbers, so the mIoU of any "keep the pixels below an 
 threshold" subset is exact at bin edges; summing over classes gives the correct / wrong
 histograms. Between edges (a removed fraction that cuts a bin) the bin's counts are taken
 in proportion, i.e. its pixels are treated as uniformly mixed — the same assumption the
-ranking metrics make (see `segdistill.metrics.ranking`). The error is bounded by the
-pixels of one bin.
+ranking metrics make (see `segdistill.metrics.ranking`). The error in pixel counts is
+bounded by the pixels of one bin. A class left with less than one pixel (ground truth and
+prediction together) of such a share counts as absent, not as IoU 0: a rare class whose
+few pixels lie in the cut bin is removed in most orderings of that bin, and an IoU of 0
+would pull the mean down by a whole class.
 """
 
 from __future__ import annotations
@@ -86,8 +89,9 @@ def iou_vs_removed(class_counts_by_bin: np.ndarray, fractions: tuple[float, ...]
     class_counts_by_bin: [K, 3, C] ground-truth, predicted and true-positive counts per
     uncertainty bin (ascending) and class. The ranking is global over the data set. The
     kept pixels are the lowest bins plus a proportional share of the bin the cut falls in.
-    Returns [len(fractions), C] (NaN for a class absent from the kept pixels, and for every
-    class when nothing is kept).
+    Returns [len(fractions), C] (NaN for a class absent from the kept pixels, i.e. with
+    less than one kept pixel of ground truth or prediction, and for every class when
+    nothing is kept).
     """
     counts = class_counts_by_bin.astype(np.float64)
     per_bin = counts[:, _PRED].sum(axis=1)  # every valid pixel has exactly one prediction
@@ -102,7 +106,9 @@ def iou_vs_removed(class_counts_by_bin: np.ndarray, fractions: tuple[float, ...]
         k = min(int(np.searchsorted(cum_pixels, keep, side="right")) - 1, len(per_bin) - 1)
         share = (keep - cum_pixels[k]) / per_bin[k] if per_bin[k] > 0 else 0.0
         kept = cum_counts[k] + share * counts[k]
-        result[i] = iou_from_counts(kept[_TP], kept[_GT], kept[_PRED])
+        union = kept[_GT] + kept[_PRED] - kept[_TP]
+        iou = iou_from_counts(kept[_TP], kept[_GT], kept[_PRED])
+        result[i] = np.where(union >= 1.0, iou, np.nan)  # under one pixel: absent
     return result
 
 
