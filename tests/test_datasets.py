@@ -1,5 +1,7 @@
 """Cityscapes-layout and folder data sets on tiny trees written here, and their errors."""
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from segdistill.data.base import SampleFiles, SegmentationDataset
+from segdistill.data.base import (
+    LabelMapping,
+    SampleFiles,
+    SegmentationDataset,
+    check_headers,
+    read_image,
+)
 from segdistill.data.cityscapes import CityscapesDataset, GtFineMap
 from segdistill.data.folder import FolderDataset, load_classes
 from segdistill.data.labels import CLASS_NAMES
@@ -250,6 +258,57 @@ def test_16_bit_images_are_refused(cityscapes):
     with pytest.raises(DataError, match="16-bit") as err:
         CityscapesDataset(cityscapes, "val").load(0)
     assert str(path) in str(err.value)
+
+
+def write_png16(path: Path, pixels: np.ndarray) -> Path:
+    """A PNG with 16 bits per colour channel ([H, W, 3] RGB or [H, W, 4] RGBA uint16),
+    written by hand: PIL cannot write one, but opens it as 8-bit RGB."""
+    height, width, channels = pixels.shape
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    color_type = {3: 2, 4: 6}[channels]
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    png = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png)
+    return path
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16_bit_colour_pngs_are_refused_not_cut_to_8_bits(cityscapes, channels):
+    path = cityscapes / "leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png"
+    write_png16(path, np.full((H, W, channels), 4000, np.uint16))  # 12-bit sensor values
+    assert Image.open(path).mode in ("RGB", "RGBA")  # what PIL would decode silently
+    for read in (lambda: CityscapesDataset(cityscapes, "val").load(0), lambda: read_image(path)):
+        with pytest.raises(DataError, match="16-bit") as err:
+            read()
+        assert str(path) in str(err.value)
+    with pytest.raises(DataError, match="16-bit"):
+        check_headers(CityscapesDataset(cityscapes, "val").samples)
+
+
+def test_an_exif_rotated_photo_is_turned_upright(tmp_path):
+    """A camera JPEG stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to
+    view) is read as viewers show it; its mask must be the upright size."""
+    upright = np.zeros((20, 40, 3), np.uint8)
+    upright[:, :20] = 255  # left half white, as the viewer shows it
+    stored = np.rot90(upright, k=1)  # [40, 20]: what the camera wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "photo.jpg", exif=exif)
+    image = read_image(tmp_path / "photo.jpg")
+    assert image.shape == (20, 40, 3)
+    assert image[:, :18].mean() > 240 and image[:, 22:].mean() < 15  # JPEG rounding at the edge
+    # The header check compares the mask with the upright size, as loading will.
+    mapping = LabelMapping.identity(2, 255)
+    upright_mask = save(tmp_path / "upright.png", np.zeros((20, 40), np.uint8))
+    sideways_mask = save(tmp_path / "sideways.png", np.zeros((40, 20), np.uint8))
+    check_headers([SampleFiles("photo", tmp_path / "photo.jpg", upright_mask, mapping)])
+    with pytest.raises(DataError, match="sideways.png is 20x40"):
+        check_headers([SampleFiles("photo", tmp_path / "photo.jpg", sideways_mask, mapping)])
 
 
 def test_rgb_masks_are_refused(cityscapes):

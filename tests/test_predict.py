@@ -587,3 +587,15 @@ def test_a_label_with_an_upper_case_suffix_is_found(tmp_path, student) -> None:
         labels=tmp_path / "gt", progress=False,
     )  # fmt: skip
     assert summary.labelled == 1
+
+
+def test_a_sideways_camera_photo_is_predicted_upright_with_a_notice(tmp_path, student) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 90 degrees off: viewers turn it clockwise
+    stored = np.ascontiguousarray(np.rot90(rgb(32, 64), k=1))  # [64, 32]
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", exif=exif)
+    summary = predict_files(
+        load_predictor(student), [tmp_path / "photo.jpg"], tmp_path / "out", progress=False
+    )
+    assert read(tmp_path / "out" / "pred" / "photo.png").shape == (32, 64)
+    assert any("turned upright by its EXIF orientation 6" in n for n in summary.notices)

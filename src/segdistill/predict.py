@@ -44,7 +44,8 @@ natural order so frame_2 comes before frame_10) or folders of video frames. segd
 no video decoder (it does not depend on imageio or PyAV); a video file is refused with the
 ffmpeg command that extracts its frames. Images follow the rules of
 `segdistill.data.base.read_image`: grayscale, palette and RGBA images are converted to RGB
-(with a notice; alpha is dropped), 16-bit and float images are refused naming the file.
+(with a notice; alpha is dropped), an image with an EXIF orientation is turned upright
+(with a notice), 16-bit and float images are refused naming the file.
 
 Labels (`labels`, a file for a single image or a folder searched with its sub-folders): for
 an image `X_leftImg8bit*.png` the Cityscapes files `X_gtFine_labelTrainIds.png` (preferred)
@@ -83,7 +84,13 @@ from tqdm import tqdm
 
 from segdistill import figures
 from segdistill.checkpoints import atomic_write
-from segdistill.data.base import ClassesSpec, LabelMapping, read_image, read_mask
+from segdistill.data.base import (
+    ClassesSpec,
+    LabelMapping,
+    exif_orientation,
+    read_image,
+    read_mask,
+)
 from segdistill.data.cityscapes import (
     LABEL_IDS_SUFFIX,
     TRAIN_IDS_SUFFIX,
@@ -172,13 +179,14 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Pat
 
 def load_image(path: Path) -> tuple[np.ndarray, str | None]:
     """(uint8 [H, W, 3] RGB, notice or None): `read_image`'s rules, plus a notice saying
-    how an image that was not RGB was converted."""
+    how an image that was not RGB was converted or that it was turned upright."""
     image = read_image(path)
     with Image.open(path) as img:  # the header only: read_image has decoded it already
-        mode = img.mode
-    if mode == "RGB":
-        return image, None
-    return image, f"{path}: {_MODE_NAMES.get(mode, mode)} image converted to RGB"
+        mode, orientation = img.mode, exif_orientation(img)
+    changes = [] if mode == "RGB" else [f"{_MODE_NAMES.get(mode, mode)} image converted to RGB"]
+    if orientation != 1:
+        changes.append(f"turned upright by its EXIF orientation {orientation}")
+    return image, f"{path}: {'; '.join(changes)}" if changes else None
 
 
 def match_labels(images: Sequence[Path], labels: Path) -> dict[Path, Path | None]:

@@ -6,9 +6,12 @@ class names and colours, to `SegmentationDataset.__init__`. Reading, validation,
 dense maps and the `load` / `transform` / `__getitem__` contract live here.
 
 Image rules (documented for users): 8-bit grayscale, palette, RGBA and other 8-bit modes are
-converted to RGB (alpha is dropped); 16-bit and float images (PIL modes I;16, I, F) are
-refused with a DataError, because no single rescaling to 8 bits is right for all of them
-(12-bit sensor data, HDR, depth); convert them to 8-bit RGB yourself. Masks must be
+converted to RGB (alpha is dropped); 16-bit and float images (PIL modes I;16, I, F, and
+PNGs with 16 bits per colour channel, which PIL would silently cut to 8) are refused with a
+DataError, because no single rescaling to 8 bits is right for all of them (12-bit sensor
+data, HDR, depth); convert them to 8-bit RGB yourself. An image with an EXIF orientation
+(a phone or camera JPEG stored sideways) is turned upright as image viewers show it, so its
+mask must be the upright size. Masks must be
 single-channel (PIL modes L, P, 1, I;16 or I): palette PNGs give their palette indices.
 """
 
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, TRAIN_ID_COLORS
 from segdistill.data.transforms import Sample, build_eval_transform, to_tensors
@@ -141,11 +144,16 @@ def _preview(items: Sequence[object], limit: int = 10) -> str:
     return f"{shown} (and {more} more)" if more > 0 else shown
 
 
-def _open_image(path: Path, decode: bool = True) -> Image.Image:
+def _open_image(
+    path: Path, decode: bool = True, check: Callable[[Image.Image, Path], None] | None = None
+) -> Image.Image:
     """Open an image file and (with `decode`) decode its pixels; DataError if it is missing,
-    corrupt or (decoded) truncated. Without `decode` only its header is read."""
+    corrupt or (decoded) truncated. Without `decode` only its header is read. `check` sees
+    the header before the pixels are decoded."""
     try:
         with Image.open(path) as img:
+            if check is not None:
+                check(img, path)
             if decode:
                 img.load()
             return img
@@ -156,10 +164,30 @@ def _open_image(path: Path, decode: bool = True) -> Image.Image:
 
 
 def _check_image_mode(img: Image.Image, path: Path) -> None:
-    if img.mode.startswith(_HIGH_DEPTH_MODES):
+    """Refuse more than 8 bits per channel (an undecoded image: its tiles name how the file
+    stores pixels, e.g. "RGB;16B" for a 48-bit PNG that PIL decodes as 8-bit RGB)."""
+    stored = [str(tile.args) for tile in getattr(img, "tile", [])]  # ImageFile only
+    if img.mode.startswith(_HIGH_DEPTH_MODES) or any(";16" in args for args in stored):
+        mode = img.mode if img.mode.startswith(_HIGH_DEPTH_MODES) else f"{img.mode} 16-bit"
         raise DataError(
-            f"{path}: {img.mode} image (16-bit or float) is not supported; convert it to 8-bit RGB"
+            f"{path}: {mode} image (16-bit or float) is not supported; convert it to 8-bit RGB"
         )
+
+
+# EXIF orientations (tag 0x0112) that turn the image by 90 degrees: width and height swap.
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1: stored upright; read from the header)."""
+    return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+
+
+def _upright_size(img: Image.Image) -> tuple[int, int]:
+    """(H, W) of the image as `read_image` returns it: after its EXIF orientation."""
+    width, height = img.size
+    return (width, height) if exif_orientation(img) in _QUARTER_TURNS else (height, width)
 
 
 def _check_mask_mode(img: Image.Image, path: Path) -> None:
@@ -185,18 +213,18 @@ def check_headers(samples: Sequence[SampleFiles]) -> None:
     that is not single-channel or not the size of its image. Run before training, so that
     a bad validation file stops the run before its first epoch, not after it."""
     for files in samples:
-        image = _open_image(files.image, decode=False)
-        _check_image_mode(image, files.image)
+        image = _open_image(files.image, decode=False, check=_check_image_mode)
         if files.label is not None:
             mask = _open_image(files.label, decode=False)
             _check_mask_mode(mask, files.label)
-            _check_mask_size(mask.size[::-1], files, image.size[::-1])
+            _check_mask_size(mask.size[::-1], files, _upright_size(image))
 
 
 def read_image(path: Path) -> np.ndarray:
     """An image file -> uint8 [H, W, 3] RGB (see the module docstring for the mode rules)."""
-    img = _open_image(path)
-    _check_image_mode(img, path)
+    img = _open_image(path, check=_check_image_mode)
+    if exif_orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
