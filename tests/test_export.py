@@ -189,3 +189,13 @@ def test_an_export_removes_the_staging_folder_a_killed_one_left(tmp_path) -> Non
     report = export_predictor(load_predictor(source), "onnx")
     assert report.check.ok and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx", "net.safetensors"]
+
+
+def test_an_opset_the_exporter_cannot_write_is_refused_not_replaced(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    source = save_tiny(tmp_path / "net.safetensors")
+    with pytest.raises(ConfigError, match="--opset 17: .* wrote opset 18; nothing was written"):
+        export_predictor(load_predictor(source), "onnx", tmp_path / "old.onnx", opset=17)
+    assert list(tmp_path.iterdir()) == [source]
+    report = export_predictor(load_predictor(source), "onnx", tmp_path / "new.onnx", opset=18)
+    assert report.opset == 18 and report.check.ok

@@ -272,8 +272,17 @@ def _export_onnx_into(
     model = onnx.load(str(path), load_external_data=False)
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata
+    written = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    if opset is not None and written != opset:
+        # torch's exporter falls back to its own opset when it cannot convert the graph to
+        # the one asked for, and says so only in a log; a file of another opset is no export.
+        raise ConfigError(
+            f"--opset {opset}: torch's ONNX exporter could not convert the network to opset "
+            f"{opset} and wrote opset {written}; nothing was written (use --opset {written} "
+            "or omit it)"
+        )
     onnx.save(model, str(path))
-    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    return written
 
 
 def export_torchscript(module: ExportModule, sample: Tensor, path: Path, metadata: str) -> None:
