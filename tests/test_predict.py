@@ -599,3 +599,41 @@ def test_a_sideways_camera_photo_is_predicted_upright_with_a_notice(tmp_path, st
     )
     assert read(tmp_path / "out" / "pred" / "photo.png").shape == (32, 64)
     assert any("turned upright by its EXIF orientation 6" in n for n in summary.notices)
+
+
+def test_the_output_folder_never_overwrites_an_input_or_keeps_a_previous_runs_files(
+    tmp_path, student, capsys
+) -> None:
+    out = tmp_path / "out"
+    for name in ("a", "b"):
+        write_png(tmp_path / "in" / f"{name}.png", rgb(32, 64))
+    base = ["predict", str(student), "--out", str(out)]
+    assert main([*base, str(tmp_path / "in")]) == 0
+    # A named input inside the output folder (here where its own outputs go) is refused.
+    inside = write_png(out / "seg" / "cam.png", rgb(32, 64))
+    before = inside.read_bytes()
+    assert main([*base, str(inside)]) == 2
+    assert "lies in the output folder" in capsys.readouterr().err
+    assert inside.read_bytes() == before
+    # A folder whose images all lie in the output folder says so.
+    assert main(["predict", str(student), str(out), "--out", str(out)]) == 2
+    assert "images lie in the output folder" in capsys.readouterr().err
+    # A re-run with one image and one kind leaves none of the first run's pictures.
+    assert main([*base, str(tmp_path / "in" / "a.png"), "--outputs", "pred"]) == 0
+    assert "removed the" in capsys.readouterr().err
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["pred/a.png", "seg/cam.png"]  # the user's own file stays
+    # --out naming a file, and a missing --labels, are refused before any work.
+    assert main([*base[:-1], str(inside), str(tmp_path / "in")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    missing = [*base, str(tmp_path / "in"), "--labels", str(tmp_path / "none")]
+    assert main([*missing, "--ood-reference", str(tmp_path / "in")]) == 2
+    assert "--labels" in capsys.readouterr().err and not (out / DETECTOR_FILE).exists()
+
+
+def test_an_ood_fit_on_too_few_references_says_so(tmp_path, student, capsys) -> None:
+    write_png(tmp_path / "ref" / "r.png", rgb(32, 64))
+    write_png(tmp_path / "in" / "x.png", rgb(32, 64, seed=1))
+    argv = ["predict", str(student), str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--ood-reference", str(tmp_path / "ref"), "--outputs", "none"]) == 0
+    assert "1 reference images cannot resolve a 5 % false-alarm rate" in capsys.readouterr().err

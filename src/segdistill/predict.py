@@ -144,8 +144,9 @@ def _inside(path: Path, folder: Path | None) -> bool:
 def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Path]:
     """Image files of `inputs` (files, or folders searched with their sub-folders), in the
     order given, each folder in natural order; files under `exclude` (the output folder)
-    are skipped. DataError for a missing path, a video file, a folder without images or two
-    images with the same stem (their outputs would overwrite each other)."""
+    are skipped in folders and refused when named, as their outputs could overwrite them.
+    DataError for a missing path, a video file, a folder without images or two images with
+    the same stem (their outputs would overwrite each other)."""
     images: list[Path] = []
     for path in map(Path, inputs):
         if path.suffix.lower() in VIDEO_SUFFIXES:
@@ -155,14 +156,22 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Pat
                 "frames/%06d.png`, and pass the folder of frames"
             )
         if path.is_dir():
-            found = [file for file in images_below(path) if not _inside(file, exclude)]
+            below = images_below(path)
+            found = [file for file in below if not _inside(file, exclude)]
             if not found:
                 patterns = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
+                skipped = f"; its {len(below)} images lie in the output folder {exclude}"
                 raise DataError(
-                    f"{path}: no images found (searched it and its sub-folders for {patterns})"
+                    f"{path}: no images found (searched it and its sub-folders for {patterns}"
+                    f"{skipped if below else ''})"
                 )
             images += sorted(found, key=lambda file: _natural_key(file.relative_to(path)))
         elif path.is_file():
+            if _inside(path, exclude):
+                raise DataError(
+                    f"{path} lies in the output folder {exclude}, where its outputs could "
+                    "overwrite it: choose another --out"
+                )
             images.append(path)
         else:
             raise DataError(f"{path}: no such file or folder")
@@ -565,6 +574,30 @@ def write_outputs(
     return files
 
 
+def clear_previous_outputs(out: Path) -> int:
+    """Remove the pictures and OOD figure that a previous run listed in `out`/predict.json,
+    so that a re-run into the same folder leaves none of the old run's files beside the new
+    ones; other files stay. Returns how many were removed."""
+    summary = out / SUMMARY_FILE
+    if not summary.is_file():
+        return 0
+    try:
+        document = json.loads(summary.read_text())
+        listed = [out / name for record in document["images"] for name in record["files"].values()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DataError(
+            f"{summary}: not a predict.json segdistill can read ({error!r}); move it away or "
+            "choose another --out"
+        ) from error
+    listed.append(out / OOD_FIGURE)
+    removed = 0
+    for path in listed:
+        if _inside(path, out) and path.is_file():
+            path.unlink()
+            removed += 1
+    return removed
+
+
 def check_output_kinds(kinds: Collection[str]) -> list[str]:
     """`kinds` in the order of OUTPUT_KINDS; ConfigError naming an unknown one."""
     unknown = sorted(set(kinds) - set(OUTPUT_KINDS))
@@ -612,6 +645,8 @@ def predict_files(
         raise ConfigError(f"--distrust-above must be a finite number, got {distrust_above}")
     if ood is not None:
         ood.check_model(predictor, size, where="the OOD detector")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"the output folder {out} is a file")
     label_files = match_labels(images, labels) if labels is not None else {}
     multiple = input_multiple(predictor.segmenters())
     palette = class_palette(predictor.num_classes)
@@ -627,6 +662,9 @@ def predict_files(
     title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
     summary = PredictSummary()
     notify = _notifier(summary.notices)
+    removed = clear_previous_outputs(out)
+    if removed:
+        notify(f"{out}: removed the {removed} files of the previous run listed in {SUMMARY_FILE}")
     records = []
     ood_scores: list[float] = []
     with tqdm(total=len(images), desc="predict", unit="image", disable=not progress) as bar:

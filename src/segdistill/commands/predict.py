@@ -20,6 +20,8 @@ score is above its threshold; --ood-detector reuses a saved one (`segdistill.ood
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,11 +35,15 @@ from segdistill.defaults import (
     OUTPUT_KINDS,
     UNCERTAINTY_VMAX,
 )
-from segdistill.errors import ConfigError
+from segdistill.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from segdistill.ood_detector import ImageOODDetector
     from segdistill.predictor import Predictor
+
+# A false-alarm rate rests on the reference images above the threshold: with fewer than
+# this many expected there (images x rate), one image more or less moves it a lot.
+MIN_REFERENCES_ABOVE = 5
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -208,6 +214,14 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
         f"uncertainty, at most {detector.fpr * 100:g} % of the {detector.reference_images} "
         f"reference images above it; saved as {args.out / DETECTOR_FILE}"
     )
+    if detector.reference_images * detector.fpr < MIN_REFERENCES_ABOVE:
+        print(
+            f"notice: {detector.reference_images} reference images cannot resolve a "
+            f"{detector.fpr * 100:g} % false-alarm rate (fewer than {MIN_REFERENCES_ABOVE} "
+            f"would lie above the threshold); use at least "
+            f"{math.ceil(MIN_REFERENCES_ABOVE / detector.fpr)} in-distribution images",
+            file=sys.stderr,
+        )
     return detector
 
 
@@ -217,6 +231,11 @@ def run_predict(args: argparse.Namespace) -> int:
     from segdistill.predictor import default_device, load_predictor
 
     outputs = _outputs(args)
+    # Checked before the OOD detector is fitted, which can take minutes.
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give a folder")
+    if args.labels is not None and not args.labels.exists():
+        raise DataError(f"--labels {args.labels}: no such file or folder")
     images = find_images(args.inputs, exclude=args.out)
     device = default_device(None if args.device == "auto" else args.device)
     predictor = load_predictor(args.source, mc_samples=args.mc_samples)
