@@ -105,6 +105,8 @@ def test_detector_file_round_trip_and_errors(tmp_path) -> None:
         (broken(reference_scores=["x"] * 100), "got \\['x', .*\\.\\.\\.$"),
         (broken(threshold=document["threshold"] + 1.0), "was edited"),
         (broken(extra=1), "unknown keys \\['extra'\\]"),
+        (broken(reference_sizes=[[64, 0]]), "'reference_sizes'"),
+        (broken(reference_sizes=[64, 128]), "'reference_sizes'"),
     ]
     for bad, message in cases:
         with pytest.raises(ConfigError, match=message) as error:
@@ -117,3 +119,24 @@ def test_detector_file_round_trip_and_errors(tmp_path) -> None:
             ImageOODDetector.load(tmp_path / name)
     with pytest.raises(ConfigError, match="unknown OOD aggregator 'p99'"):
         check_aggregator("p99")
+
+
+def test_an_image_of_a_size_the_references_lacked_is_named() -> None:
+    detector = hand_made(reference_sizes=[[96, 160], [128, 256]])  # sorted, as fit stores them
+    assert detector.other_size((128, 256)) is None and detector.other_size([96, 160]) is None
+    message = detector.other_size((64, 128))
+    assert message is not None and message.startswith("64x128 images were not among")
+    assert "(96x160, 128x256 HxW)" in message
+    # Resized to one size for the network, or a file without the record: nothing to say.
+    assert hand_made(reference_sizes=[[128, 256]], resize_to=[64, 128]).other_size((1, 1)) is None
+    assert hand_made().other_size((64, 128)) is None
+
+
+def test_a_detector_file_without_reference_sizes_still_loads(tmp_path) -> None:
+    path = tmp_path / DETECTOR_FILE
+    hand_made(reference_sizes=[[4, 4]]).save(path)
+    document = json.loads(path.read_text())
+    assert document["reference_sizes"] == [[4, 4]]
+    del document["reference_sizes"]  # as written before the sizes were recorded
+    path.write_text(json.dumps(document))
+    assert ImageOODDetector.load(path).reference_sizes is None

@@ -512,6 +512,16 @@ def test_cli_fits_saves_and_reuses_an_ood_detector(
     assert [r["ood"] for r in second["images"]] == [r["ood"] for r in first["images"]]
     assert second["ood"] == first["ood"]
     assert not (tmp_path / "b" / DETECTOR_FILE).exists()
+    assert saved.reference_sizes == [[32, 48]]
+    assert not any("ood_not_calibrated" in record for record in second["images"])
+    # An image of a size the references lacked: flagged all the same, but said so.
+    write_png(tmp_path / "big" / "y.png", rgb(64, 96))
+    big = ["predict", str(student), str(tmp_path / "big"), "--out", str(tmp_path / "c")]
+    capsys.readouterr()
+    assert main([*big, "--ood-detector", str(tmp_path / "a" / DETECTOR_FILE)]) == 0
+    assert "64x96 images were not among the OOD references (32x48 HxW)" in capsys.readouterr().err
+    record = json.loads((tmp_path / "c" / "predict.json").read_text())["images"][0]
+    assert record["ood_not_calibrated"].startswith("64x96 images")
 
     capsys.readouterr()
     detector = str(tmp_path / "a" / DETECTOR_FILE)
@@ -620,7 +630,7 @@ def test_the_output_folder_never_overwrites_an_input_or_keeps_a_previous_runs_fi
     assert "images lie in the output folder" in capsys.readouterr().err
     # A re-run with one image and one kind leaves none of the first run's pictures.
     assert main([*base, str(tmp_path / "in" / "a.png"), "--outputs", "pred"]) == 0
-    assert "removed the" in capsys.readouterr().err
+    assert "removed 11 files of the previous run" in capsys.readouterr().err  # 12 - pred/a
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert written == ["pred/a.png", "seg/cam.png"]  # the user's own file stays
     # --out naming a file, and a missing --labels, are refused before any work.

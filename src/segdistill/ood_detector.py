@@ -13,7 +13,10 @@ The threshold is the smallest reference score that at most `floor(fpr * N)` of t
 reference scores exceed (`threshold_at_fpr`); an image is flagged when its score is
 strictly above it. The detector belongs to one model (its weights, by fingerprint), its
 uncertainty and input size (a score is only comparable to scores of the same map), so it
-records them and `check_model` refuses another. It is saved as JSON (`save`, `load`).
+records them and `check_model` refuses another. It also records the sizes of the reference
+images: an image of another size (without a fixed `resize_to`) gives the network another
+view of the scene, and its score another distribution, so `other_size` names it. It is
+saved as JSON (`save`, `load`).
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ class ImageOODDetector:
     kind, uncertainty_source, passes: the `Predictor` it was fitted for (an MC-dropout std
     from 8 passes is not one from 32); resize_to: the [H, W] the images were resized to for
     the network (None: full size). The reference images' scores are kept, so that `load`
-    can check the threshold follows from them.
+    can check the threshold follows from them. reference_sizes: the distinct [H, W] of the
+    reference images (None in files written before it was recorded).
     """
 
     aggregator: str
@@ -85,6 +89,7 @@ class ImageOODDetector:
     passes: int
     resize_to: list[int] | None
     reference_scores: list[float]
+    reference_sizes: list[list[int]] | None = None
 
     @classmethod
     def fit(
@@ -95,9 +100,11 @@ class ImageOODDetector:
         aggregator: str = DEFAULT_AGGREGATOR,
         fpr: float = DEFAULT_FPR,
         resize_to: Sequence[int] | None = None,
+        reference_sizes: Sequence[Sequence[int]] | None = None,
     ) -> ImageOODDetector:
         """The detector for `predictor` whose threshold flags at most `fpr` of
-        `reference_scores` ([N], the `aggregator` scores of in-distribution images)."""
+        `reference_scores` ([N], the `aggregator` scores of in-distribution images, whose
+        (H, W) are `reference_sizes`, any order and repeats)."""
         check_aggregator(aggregator)
         scores = [float(s) for s in reference_scores]
         return cls(
@@ -112,6 +119,25 @@ class ImageOODDetector:
             passes=predictor.passes,
             resize_to=None if resize_to is None else [int(v) for v in resize_to],
             reference_scores=scores,
+            reference_sizes=None
+            if reference_sizes is None
+            else [list(hw) for hw in sorted({(int(h), int(w)) for h, w in reference_sizes})],
+        )
+
+    def other_size(self, size: Sequence[int]) -> str | None:
+        """Why the flag of an image of `size` (H, W) is not calibrated: a sentence naming
+        the reference sizes when the images are not resized to `resize_to` and `size` is
+        none of them; None otherwise."""
+        if self.resize_to is not None or self.reference_sizes is None:
+            return None
+        if [int(v) for v in size] in self.reference_sizes:
+            return None
+        known = ", ".join(f"{h}x{w}" for h, w in self.reference_sizes[:4])
+        more = " ..." if len(self.reference_sizes) > 4 else ""
+        return (
+            f"{size[0]}x{size[1]} images were not among the OOD references ({known}{more} "
+            "HxW): their scores, and so their flags, are not calibrated; fit the detector on "
+            "images of this size, or give both runs the same --size"
         )
 
     def scores(self, uncertainty: Tensor) -> Tensor:
@@ -172,7 +198,8 @@ class ImageOODDetector:
         if not isinstance(document, dict):
             raise ConfigError(f"{path}: an OOD detector file holds a JSON object")
         names = [f.name for f in fields(cls)]
-        missing = [name for name in names if name not in document]
+        # reference_sizes came later: older files lack it.
+        missing = [name for name in names if name not in document and name != "reference_sizes"]
         unknown = sorted(set(document) - set(names))
         if missing or unknown:
             raise ConfigError(
@@ -229,8 +256,16 @@ def _check_types(document: dict[str, Any], path: Path) -> None:
         or not all(_is_number(s) and math.isfinite(s) for s in scores)
     ):
         raise fail("reference_scores", "a non-empty list of finite numbers")
-    size = document["resize_to"]
-    if size is not None and not (
-        isinstance(size, list) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)
-    ):
+
+    def is_size(value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(type(v) is int and v > 0 for v in value)
+        )
+
+    if document["resize_to"] is not None and not is_size(document["resize_to"]):
         raise fail("resize_to", "null or [H, W] (positive integers)")
+    sizes = document.get("reference_sizes")
+    if sizes is not None and not (isinstance(sizes, list) and all(map(is_size, sizes))):
+        raise fail("reference_sizes", "null or a list of [H, W] (positive integers)")

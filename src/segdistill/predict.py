@@ -88,6 +88,7 @@ from segdistill.data.base import (
     ClassesSpec,
     LabelMapping,
     exif_orientation,
+    image_size,
     read_image,
     read_mask,
 )
@@ -520,7 +521,14 @@ def fit_ood_detector(
         progress=progress,
         desc=f"OOD reference ({predictor.name})",
     )
-    return ImageOODDetector.fit(scores, predictor, aggregator=aggregator, fpr=fpr, resize_to=size)
+    return ImageOODDetector.fit(
+        scores,
+        predictor,
+        aggregator=aggregator,
+        fpr=fpr,
+        resize_to=size,
+        reference_sizes=[image_size(path) for path in references],
+    )
 
 
 def write_outputs(
@@ -574,28 +582,23 @@ def write_outputs(
     return files
 
 
-def clear_previous_outputs(out: Path) -> int:
-    """Remove the pictures and OOD figure that a previous run listed in `out`/predict.json,
-    so that a re-run into the same folder leaves none of the old run's files beside the new
-    ones; other files stay. Returns how many were removed."""
+def previous_outputs(out: Path) -> set[Path]:
+    """The pictures and OOD figure that a previous run listed in `out`/predict.json (an
+    empty set without one). A run removes those it did not write again once it has written
+    its own, so a re-run into the same folder leaves none of the old run's files beside the
+    new ones, and a failed one leaves the old run whole."""
     summary = out / SUMMARY_FILE
     if not summary.is_file():
-        return 0
+        return set()
     try:
         document = json.loads(summary.read_text())
-        listed = [out / name for record in document["images"] for name in record["files"].values()]
+        listed = {out / name for record in document["images"] for name in record["files"].values()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise DataError(
             f"{summary}: not a predict.json segdistill can read ({error!r}); move it away or "
             "choose another --out"
         ) from error
-    listed.append(out / OOD_FIGURE)
-    removed = 0
-    for path in listed:
-        if _inside(path, out) and path.is_file():
-            path.unlink()
-            removed += 1
-    return removed
+    return {path for path in listed | {out / OOD_FIGURE} if _inside(path, out)}
 
 
 def check_output_kinds(kinds: Collection[str]) -> list[str]:
@@ -662,11 +665,11 @@ def predict_files(
     title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
     summary = PredictSummary()
     notify = _notifier(summary.notices)
-    removed = clear_previous_outputs(out)
-    if removed:
-        notify(f"{out}: removed the {removed} files of the previous run listed in {SUMMARY_FILE}")
+    previous = previous_outputs(out)
+    written: set[Path] = set()
     records = []
     ood_scores: list[float] = []
+    other_sizes: set[tuple[int, ...]] = set()  # told once per size the OOD references lack
     with tqdm(total=len(images), desc="predict", unit="image", disable=not progress) as bar:
         for batch in batches(images, batch_size, multiple, size, notify):
             results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
@@ -697,6 +700,12 @@ def predict_files(
                     record["distrust_share"] = float(distrust.mean())
                     summary.distrusted += int(distrust.sum())
                 if ood is not None:
+                    uncalibrated = ood.other_size(image.shape[:2])
+                    if uncalibrated is not None:
+                        record["ood_not_calibrated"] = uncalibrated
+                        if image.shape[:2] not in other_sizes:
+                            notify(f"{path}: {uncalibrated}")
+                            other_sizes.add(image.shape[:2])
                     score = scores[ood.aggregator]
                     flagged = bool(ood.flags(score))
                     record |= {"ood_score": score, "ood": flagged}
@@ -705,7 +714,7 @@ def predict_files(
                     verdict = "> {}: flagged as OOD" if flagged else "<= {}: not flagged"
                     against = verdict.format(f"threshold {ood.threshold:.4g}")
                     panel_title += f"\nOOD score ({ood.aggregator}) {score:.4g} {against}"
-                record["files"] = write_outputs(
+                record["files"] = files = write_outputs(
                     out,
                     path.stem,
                     image,
@@ -719,6 +728,7 @@ def predict_files(
                     kinds=kinds,
                     distrust=distrust,
                 )
+                written |= {out / name for name in files.values()}
                 records.append(record)
                 summary.images += 1
                 summary.labelled += label is not None
@@ -732,6 +742,13 @@ def predict_files(
             f"{predictor.name}: which images are unlike the reference images",
         )
         figures.save(figure, out / OOD_FIGURE)
+    if ood is not None:
+        written.add(out / OOD_FIGURE)
+    stale = sorted(path for path in previous - written if path.is_file())
+    for path in stale:
+        path.unlink()
+    if stale:
+        notify(f"{out}: removed {len(stale)} files of the previous run that this one did not write")
     summary.summary = out / SUMMARY_FILE
     document = {
         "source": str(predictor.source),

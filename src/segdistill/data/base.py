@@ -180,8 +180,19 @@ _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 
 def exif_orientation(img: Image.Image) -> int:
-    """The EXIF orientation of an opened image (1: stored upright; read from the header)."""
-    return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    """The EXIF orientation of an opened image (1: stored upright), from the EXIF block its
+    header gave (`getexif` would decode a PNG's pixels to look for a late one)."""
+    block = img.info.get("exif")
+    if not block:
+        return 1
+    exif = Image.Exif()
+    exif.load(block)
+    return int(exif.get(_EXIF_ORIENTATION, 1))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file as `read_image` returns it, from its header alone."""
+    return _upright_size(_open_image(path, decode=False))
 
 
 def _upright_size(img: Image.Image) -> tuple[int, int]:
