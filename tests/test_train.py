@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from segdistill import train as training
-from segdistill.checkpoints import build_model, load_segmenter, read_classes
+from segdistill.checkpoints import build_model, load_segmenter, read_classes, weights_path
 from segdistill.commands import train as train_command
 from segdistill.config import ModelConfig, OptimConfig, SegConfig, load_config, replace_values
 from segdistill.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -703,3 +703,48 @@ def test_best_validation_reads_every_session_of_a_run(tmp_path: Path) -> None:
     assert training.best_validation(tmp_path) == (0.42, 2)
     (logs / "version_1" / "metrics.csv").write_text("epoch,step,val/miou\n2,29,0.42\n3,39,0.5\n")
     assert training.best_validation(tmp_path) == (0.5, 4)
+
+
+class _Built(Exception):
+    """Stops `train` right after it built the network (its initial weights)."""
+
+
+def initial_weights(cfg: SegConfig, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+    built: dict[str, torch.Tensor] = {}
+
+    def build_and_stop(model_config: ModelConfig, num_classes: int) -> torch.nn.Module:
+        model = build_model(model_config, num_classes)
+        built.update({k: v.clone() for k, v in model.state_dict().items()})
+        raise _Built
+
+    monkeypatch.setattr(training, "build_model", build_and_stop)
+    with pytest.raises(_Built):
+        training.train(cfg)
+    return built
+
+
+def test_same_init_members_start_from_the_same_weights(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segdistill.ensemble import member_config
+
+    cfg = tiny_config(tmp_path, data_root, ["seed=3"])
+    weights = {}
+    for same_init in (False, True):
+        ensemble = replace_values(cfg, {"ensemble.same_init": same_init}, "test")
+        members = [member_config(ensemble, tmp_path / str(same_init), i) for i in (0, 1)]
+        assert [m.seed for m in members] == [3, 4]  # data order and augmentation differ
+        assert [m.init_seed for m in members] == ([3, 3] if same_init else [None, None])
+        weights[same_init] = [initial_weights(m, monkeypatch) for m in members]
+    first, second = weights[True]
+    assert all(torch.equal(first[k], second[k]) for k in first)  # Holder: identical starts
+    first, second = weights[False]
+    assert not all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_without_keep_best_the_run_is_evaluated_on_its_last_weights(
+    tmp_path: Path, data_root: Path
+) -> None:
+    run_dir = training.train(tiny_config(tmp_path, data_root, ["trainer.keep_best=false"]))
+    assert not (run_dir / "checkpoints" / "best.safetensors").exists()
+    assert weights_path(run_dir).name == "last.safetensors"

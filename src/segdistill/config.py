@@ -99,7 +99,11 @@ class TrainerConfig:
     channels_last: train the network (and the methods' adapters) in the channels-last
     memory format, with images converted likewise: faster where the convolution kernels
     prefer it (benchmarks/README.md); gradients agree up to rounding, but dropout draws its
-    masks in memory order, so a run is another random draw than without."""
+    masks in memory order, so a run is another random draw than without; keep_best: write
+    `best.safetensors` whenever val/miou improves, which evaluation, teachers and
+    `init_from` then load (else the last weights); false for runs reported on their own
+    validation split (the paper configs on Cityscapes val), where picking the best epoch on
+    it would flatter the result."""
 
     max_epochs: int = 10
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
@@ -116,6 +120,7 @@ class TrainerConfig:
     gradient_clip_val: float | None = None
     matmul_precision: Literal["highest", "high", "medium"] = "highest"
     channels_last: bool = False
+    keep_best: bool = True
 
 
 @dataclass
@@ -181,18 +186,25 @@ class EnsembleConfig:
 
     vary: {dotted key: [values]}; member i takes values[i % len(values)], e.g.
     `{optim.lr: [0.01, 0.005], data.color_jitter: [0.2, 0.4]}` (Holder & Shafique vary
-    the optimiser, learning rate and augmentation). Every member also gets seed + i.
+    the optimiser, learning rate and augmentation). Every member also gets seed + i, which
+    draws its data order and augmentation and, unless `same_init`, its initial weights;
+    same_init: every member starts from the weights of init_seed (else seed), as Holder &
+    Shafique's "identically initialised" members.
     """
 
     members: int = 5
     vary: dict[str, list[Any]] = field(default_factory=dict)
+    same_init: bool = False
 
 
 @dataclass
 class SegConfig:
-    """A whole run. `distill` is None for supervised training."""
+    """A whole run. `distill` is None for supervised training. seed: draws the initial
+    weights, the data order and the augmentation; init_seed: draws the initial weights
+    instead, when set (the ensemble's `same_init`)."""
 
     seed: int = 0
+    init_seed: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -44,12 +44,15 @@ def member_variations(cfg: SegConfig, index: int) -> dict[str, Any]:
 
 
 def member_config(cfg: SegConfig, ensemble_dir: Path, index: int) -> SegConfig:
-    """Member `index`'s config: seed + index, its run directory and its variations."""
-    values = {
+    """Member `index`'s config: seed + index, its run directory and its variations (and,
+    with `ensemble.same_init`, the ensemble's initial weights)."""
+    values: dict[str, Any] = {
         "seed": cfg.seed + index,
         "run.dir": str(ensemble_dir / f"member_{index:02d}"),
         **member_variations(cfg, index),
     }
+    if cfg.ensemble.same_init:
+        values["init_seed"] = cfg.seed if cfg.init_seed is None else cfg.init_seed
     return replace_values(cfg, values, f"ensemble member {index}")
 
 

@@ -13,7 +13,8 @@ teacher and the methods, then hands a `SegmentationTask` to a Lightning `Trainer
   processes), logged as `val/miou` after every epoch.
 - Checkpoints (`RunCheckpoints`): `checkpoints/last.ckpt` (Lightning's resumable state)
   after every epoch (and every N steps if asked), `last.safetensors` after every epoch and
-  `best.safetensors` when `val/miou` improves. Written atomically; none after a failed step.
+  `best.safetensors` when `val/miou` improves (`trainer.keep_best`). Written atomically;
+  none after a failed step.
 - Reproducibility: every training epoch is a function of (seed, epoch) only
   (`EpochLoader`), so a run resumed from an end-of-epoch checkpoint ends with the same
   weights as an uninterrupted one (bit for bit on the CPU).
@@ -140,8 +141,10 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
             f"than the {world_size} processes"
         )
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the initial weights
+    init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
+    L.seed_everything(init_seed, workers=True, verbose=False)  # the initial weights
     model = build_model(cfg.model, cfg.data.num_classes)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the rest of the run
     methods, teacher = None, None
     training_set: TrainingSet = train_set
     if cfg.distill is not None:
@@ -523,7 +526,13 @@ def _lightning_trainer(cfg: SegConfig, run_dir: Path, classes: ClassesSpec | Non
             TensorBoardLogger(run_dir / "logs", name="tensorboard"),
         ],
         callbacks=[
-            RunCheckpoints(run_dir / "checkpoints", cfg.model, classes, t.checkpoint_every_n_steps),
+            RunCheckpoints(
+                run_dir / "checkpoints",
+                cfg.model,
+                classes,
+                t.checkpoint_every_n_steps,
+                t.keep_best,
+            ),
             LearningRateMonitor(logging_interval="step"),
         ],
         default_root_dir=run_dir,
@@ -782,7 +791,8 @@ class RunCheckpoints(Callback):
       progress, which also fixes the data order to come), after every epoch and every
       `every_n_steps` steps;
     - `last.safetensors` after every epoch, `best.safetensors` when `val/miou` improved
-      (weights with their architecture and `classes`, `segdistill.checkpoints`).
+      (unless not `keep_best`; weights with their architecture and `classes`,
+      `segdistill.checkpoints`).
 
     All writes are atomic. A step that raises (e.g. a NaN loss) never reaches these hooks,
     so no checkpoint is written after it.
@@ -794,10 +804,12 @@ class RunCheckpoints(Callback):
         model_config: ModelConfig,
         classes: ClassesSpec | None = None,
         every_n_steps: int | None = None,
+        keep_best: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.model_config = model_config
         self.classes = classes
+        self.keep_best = keep_best
         self.every_n_steps = every_n_steps
         self.best_miou = -math.inf
 
@@ -820,7 +832,7 @@ class RunCheckpoints(Callback):
         if miou is not None and float(miou) > self.best_miou:
             self.best_miou, improved = float(miou), True
         if trainer.is_global_zero:
-            for name in ("best", "last") if improved else ("last",):
+            for name in ("best", "last") if improved and self.keep_best else ("last",):
                 save_weights(
                     self.directory / f"{name}.safetensors",
                     task.model,

@@ -97,9 +97,8 @@ def train_and_report(cfg: SegConfig, resume: bool) -> int:
     took = f"{time.perf_counter() - start:.1f} s"
     best = best_validation(run_dir)
     if best is not None:
-        took += (
-            f"; best val mIoU {best[0]:.4f} after epoch {best[1]}, in checkpoints/best.safetensors"
-        )
+        kept = "in checkpoints/best.safetensors" if cfg.trainer.keep_best else "not kept"
+        took += f"; best val mIoU {best[0]:.4f} after epoch {best[1]}, {kept}"
     print_once(f"run directory: {run_dir} ({took})")
     return 0
 
