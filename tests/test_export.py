@@ -199,3 +199,23 @@ def test_an_opset_the_exporter_cannot_write_is_refused_not_replaced(tmp_path) ->
     assert list(tmp_path.iterdir()) == [source]
     report = export_predictor(load_predictor(source), "onnx", tmp_path / "new.onnx", opset=18)
     assert report.opset == 18 and report.check.ok
+
+
+def test_the_description_ties_the_file_to_its_weights_and_names_classes(tmp_path, capsys) -> None:
+    source = save_tiny(tmp_path / "net.safetensors")
+    predictor = load_predictor(source)
+    report = export_predictor(predictor, "torchscript", tmp_path / "net.pt")
+    description = read_description(report.path, "torchscript")
+    assert description["weights"] == predictor.fingerprint()
+    assert "higher = less certain" in description["uncertainty"]
+    # --classes names the classes of weights written without them; a wrong count is refused.
+    classes = tmp_path / "classes.yaml"
+    entries = "".join(f"  - {{name: k{k}, color: [{k}, {k}, {k}]}}\n" for k in range(CLASSES))
+    classes.write_text(f"classes:\n{entries}")
+    argv = ["export", str(source), "--format", "torchscript", "--out", str(tmp_path / "c.pt")]
+    assert main([*argv, "--classes", str(classes)]) == 0
+    named = read_description(tmp_path / "c.pt", "torchscript")["class_names"]
+    assert named == [f"k{k}" for k in range(CLASSES)]
+    classes.write_text("classes: [{name: a, color: [0, 0, 0]}]\n")
+    assert main([*argv, "--classes", str(classes)]) == 2
+    assert "lists 1 classes, but" in capsys.readouterr().err

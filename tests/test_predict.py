@@ -585,6 +585,11 @@ def test_a_classes_file_reads_the_labels_and_colours_the_classes(tmp_path, stude
         assert np.array_equal(read(again / kind / "x.png"), read(out / kind / "x.png")), kind
     summary = json.loads((again / "predict.json").read_text())
     assert summary["class_names"] == [f"c{k}" for k in range(CLASSES)]
+    # How the files were made, to audit them later.
+    run = summary["run"]
+    assert run["weights"] == load_predictor(carried).fingerprint() and run["passes"] == 1
+    assert run["batch_size"] == 1 and run["device"] == "cpu" and run["segdistill"]
+    assert summary["images"][0]["image"] == str((tmp_path / "img" / "x.png").resolve())
     # An explicit --classes still wins over the stored ones.
     assert main([*argv, "--classes", str(three)]) == 2
 

@@ -52,6 +52,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from segdistill import __version__
 from segdistill.checkpoints import atomic_write
 from segdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
@@ -154,6 +155,8 @@ def description(predictor: Predictor, outputs: str) -> dict[str, object]:
     return {
         "name": predictor.name,
         "kind": predictor.kind,
+        "weights": predictor.fingerprint(),  # as predict.json and ood_detector.json
+        "segdistill": __version__,
         "num_classes": predictor.num_classes,
         # Class id -> name and display colour (None: weights written without them).
         "class_names": None if predictor.classes is None else list(predictor.classes.names),
@@ -161,6 +164,7 @@ def description(predictor: Predictor, outputs: str) -> dict[str, object]:
         if predictor.classes is None
         else predictor.classes.colors.astype(int).tolist(),
         "uncertainty_source": predictor.uncertainty_source,
+        "uncertainty": "per pixel in [0, 1], higher = less certain (a map of the source above)",
         "input": "images float32 [B, 3, H, W]: RGB / 255, minus mean, divided by std",
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),

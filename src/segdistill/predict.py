@@ -72,6 +72,7 @@ import re
 import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
@@ -82,7 +83,7 @@ from PIL import Image, PngImagePlugin
 from torch import Tensor
 from tqdm import tqdm
 
-from segdistill import figures
+from segdistill import __version__, figures
 from segdistill.checkpoints import atomic_write
 from segdistill.data.base import (
     ClassesSpec,
@@ -582,6 +583,22 @@ def write_outputs(
     return files
 
 
+def provenance(predictor: Predictor, batch_size: int) -> dict[str, object]:
+    """What made a run's outputs: the weights' fingerprint (`Predictor.fingerprint`, the one
+    an OOD detector records), the passes per image (ensemble members or MC-dropout
+    samples), how it ran, the software and when (UTC)."""
+    return {
+        "weights": predictor.fingerprint(),
+        "passes": predictor.passes,
+        "device": str(predictor.device),
+        "channels_last": predictor.channels_last,
+        "batch_size": batch_size,
+        "segdistill": __version__,
+        "torch": torch.__version__,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def previous_outputs(out: Path) -> set[Path]:
     """The pictures and OOD figure that a previous run listed in `out`/predict.json (an
     empty set without one). A run removes those it did not write again once it has written
@@ -687,8 +704,8 @@ def predict_files(
                 scores = scores_of_map(uncertainty)
                 record: dict[str, object] = {
                     "name": path.stem,
-                    "image": str(path),
-                    "label": None if label_file is None else str(label_file),
+                    "image": str(path.resolve()),
+                    "label": None if label_file is None else str(label_file.resolve()),
                     "height": image.shape[0],
                     "width": image.shape[1],
                     "image_scores": scores,
@@ -751,7 +768,7 @@ def predict_files(
         notify(f"{out}: removed {len(stale)} files of the previous run that this one did not write")
     summary.summary = out / SUMMARY_FILE
     document = {
-        "source": str(predictor.source),
+        "source": str(predictor.source.resolve()),
         "name": predictor.name,
         "kind": predictor.kind,
         "uncertainty_source": predictor.uncertainty_source,
@@ -759,6 +776,8 @@ def predict_files(
         "class_names": None if classes is None else list(classes.names),
         "resize_to": None if size is None else list(size),
         "pad_multiple": multiple,
+        # Enough to tell later which model, passes and software made these files.
+        "run": provenance(predictor, batch_size),
         "encodings": {
             "pred": "class ids (train ids for Cityscapes models)",
             "uncertainty16": f"uncertainty = value / {UINT16_MAX}",

@@ -1,7 +1,7 @@
 """`segdistill export`: one network to ONNX or TorchScript, checked against PyTorch.
 
     segdistill export SOURCE --format onnx|torchscript [--out FILE] [--opset N]
-                      [--outputs probs|labels] [--atol 1e-4]
+                      [--outputs probs|labels] [--atol 1e-4] [--classes FILE]
 
 The file computes the class probabilities (or labels) and the uncertainty [B, 1, H, W]
 for any batch size and image size (`segdistill.export`). The command then runs it
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
+from segdistill.errors import ConfigError
 
 if TYPE_CHECKING:
     from segdistill.export import ExportReport
@@ -38,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="file to write (default: next to the weights, e.g. best.onnx, best.torchscript.pt)",
     )
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    parser.add_argument(
+        "--classes",
+        type=Path,
+        metavar="FILE",
+        help="a classes.yaml whose names and colours the file's description carries "
+        "(default: those the weights were trained on; for weights written without them)",
+    )
     parser.add_argument(
         "--outputs",
         choices=EXPORT_OUTPUTS,
@@ -81,10 +89,19 @@ def format_report(report: ExportReport) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from segdistill.data.folder import load_classes
     from segdistill.export import export_predictor
     from segdistill.predictor import load_predictor
 
     predictor = load_predictor(args.source)
+    if args.classes is not None:
+        classes = load_classes(args.classes)
+        if len(classes.names) != predictor.num_classes:
+            raise ConfigError(
+                f"{args.classes} lists {len(classes.names)} classes, but {predictor.source} "
+                f"predicts {predictor.num_classes}"
+            )
+        predictor.classes = classes
     report = export_predictor(
         predictor, args.format, args.out, opset=args.opset, outputs=args.outputs, atol=args.atol
     )
