@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -41,6 +42,7 @@ class OneConv(nn.Module):
     """A 'segmenter' that is a single 3x3 convolution (no head: a baseline)."""
 
     num_classes = CLASSES
+    encoder = SimpleNamespace(strides=(1,))  # inputs are padded to multiples of 32
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,7 +59,7 @@ def test_cli_bench_reports_every_model_and_the_ratios(tmp_path, capsys) -> None:
     manifest = {"members": [{"checkpoint": path.name} for path in members]}
     (tmp_path / "ens" / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "bench.json"
-    argv = [str(tmp_path / "ens"), str(student), str(baseline), "--size", "32x64"]
+    argv = [str(tmp_path / "ens"), str(student), str(baseline), "--size", "30x50"]
     argv += ["--batch", "2", "--repeats", "1", "--warmup", "0", "--threads", "1"]
     assert main(["bench", *argv, "--json", str(out)]) == 0
 
@@ -65,7 +67,8 @@ def test_cli_bench_reports_every_model_and_the_ratios(tmp_path, capsys) -> None:
     assert "teacher/student" in text and "student/baseline" in text and "1 threads" in text
     assert "channels-last" not in text
     result = json.loads(out.read_text())
-    assert result["settings"]["threads"] == 1 and result["settings"]["size"] == [32, 64]
+    assert result["settings"]["threads"] == 1 and result["settings"]["size"] == [30, 50]
+    assert result["settings"]["input_size"] == [32, 64]  # padded as predict pads it
     assert result["settings"]["channels_last"] is False
     models = {m["name"]: m for m in result["models"]}
     assert [m["kind"] for m in result["models"]] == ["ensemble", "student", "baseline"]
@@ -100,7 +103,7 @@ def test_flops_of_one_convolution_are_the_hand_formula() -> None:
         source=Path("conv.safetensors"),
         home=None,
     )
-    height, width, batch = 8, 12, 2
+    height, width, batch = 32, 64, 2
     result = benchmark([predictor], (height, width), batch, repeats=1, warmup=0)
     # 2 FLOPs per multiply-accumulate: C_out x C_in x k x k per output pixel.
     per_image = 2 * CLASSES * 3 * 3 * 3 * height * width

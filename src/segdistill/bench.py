@@ -5,7 +5,10 @@ For each source (a student, a baseline, an ensemble teacher or an MC-dropout tea
 the latency ratios teacher / student and student / baseline with their goals.
 
 Protocol:
-- One random normal batch [B, 3, H, W] (seed 0) on the device, the same for every model.
+- One random normal batch [B, 3, H, W] (seed 0) on the device, the same for every model,
+  padded as `segdistill predict` pads it (to the next multiple of 32, or of the largest
+  encoder stride of the models; `settings.input_size`), so that a size that is not a
+  multiple costs what it costs in deployment.
 - What is timed is one `Predictor.predict` call: the whole prediction with its
   uncertainty, i.e. a student's forward with its uncertainty head, a baseline's forward,
   an ensemble's N member forwards plus the statistics, MC dropout's K passes.
@@ -51,6 +54,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from segdistill.errors import ConfigError
+from segdistill.predict import input_multiple
 from segdistill.predictor import Predictor, default_device
 
 TEACHER_KINDS = ("ensemble", "mc_dropout")
@@ -210,7 +214,8 @@ def _measure(
     warmup: int,
     channels_last: bool,
 ) -> list[ModelBench]:
-    """Count FLOPs, warm up, then time `predict` round robin on one random batch."""
+    """Count FLOPs, warm up, then time `predict` round robin on one random batch of
+    `shape` (already padded)."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(shape, generator=generator).to(device)
     batch = shape[0]
@@ -262,16 +267,19 @@ def benchmark(
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     target = default_device(device)
+    multiple = input_multiple([net for p in predictors for net in p.segmenters()])
+    padded = tuple(-(-side // multiple) * multiple for side in size)  # as predict pads
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         used_threads = torch.get_num_threads()
-        models = _measure(predictors, (batch, 3, *size), target, repeats, warmup, channels_last)
+        models = _measure(predictors, (batch, 3, *padded), target, repeats, warmup, channels_last)
     finally:
         torch.set_num_threads(previous_threads)
     settings = {
         "size": list(size),
+        "input_size": list(padded),
         "batch": batch,
         "repeats": repeats,
         "warmup": warmup,
