@@ -3,6 +3,8 @@ against a direct recomputation, OOD / anomaly / teacher sections, figures, bad i
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_hex
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from segdistill import figures
@@ -19,12 +23,15 @@ from segdistill.cli import main
 from segdistill.config import ModelConfig
 from segdistill.data.cityscapes import CityscapesDataset
 from segdistill.data.folder import FolderDataset
+from segdistill.data.labels import TRAIN_ID_COLORS
 from segdistill.data.synthstreets import SynthConfig, generate
-from segdistill.defaults import AGGREGATORS, RESULTS_FILE
+from segdistill.defaults import AGGREGATORS, RESULTS_FILE, UNCERTAINTY_VMAX
 from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.evaluate import (
     METRICS_FILE,
     ModelAccumulators,
+    SampleSet,
+    _model_figures,
     evaluate,
     find_splits,
     format_summary,
@@ -327,30 +334,158 @@ def test_iou_after_removal_draws_each_models_kept_iou(setup: dict[str, Any]) -> 
     assert figures.iou_after_removal(models, "test", fraction=0.55) is None
 
 
-def test_sample_predictions_share_one_uncertainty_scale() -> None:
+def test_sample_predictions_draw_every_model_on_one_fixed_scale() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 8, 16, 3), dtype=np.uint8)
     labels = rng.integers(0, 4, (3, 8, 16))
     labels[1, 0, :5] = 255
-    predictions = rng.integers(0, 4, (3, 8, 16))
-    # Rows of different ranges: one scale for all, from 0 to the 99.5th percentile.
-    uncertainty = rng.random((3, 8, 16)) * np.array([0.2, 1.0, 3.0])[:, None, None]
+    predictions = rng.integers(0, 3, (3, 8, 16))
     names = ["a_1", "b_2", "c_3"]
-    figure = figures.sample_predictions(
-        names, images, labels, predictions, uncertainty, title="samples"
-    )
-    vmax = float(np.percentile(uncertainty, 99.5))
-    *panels, bar = figure.axes
-    assert len(panels) == 15
-    for r in range(3):
-        accuracy, unc = panels[5 * r + 3].images[0], panels[5 * r + 4].images[0]
-        expected = np.where(predictions[r] != labels[r], 255, 0)
-        expected[labels[r] == 255] = 128
-        np.testing.assert_array_equal(accuracy.get_array()[..., 0], expected)
-        np.testing.assert_array_equal(unc.get_array(), uncertainty[r])
-        assert unc.get_clim() == pytest.approx((0.0, vmax))
-    assert bar.get_ylim() == pytest.approx((0.0, vmax))
-    assert bar.get_ylabel() == "uncertainty"
+    classes = ["road", "car", "sky", "wall", "fence"]
+
+    def draw(uncertainty: np.ndarray) -> Any:
+        return figures.sample_predictions(
+            names,
+            images,
+            labels,
+            predictions,
+            uncertainty,
+            title="samples",
+            uncertainty_source="1 - max softmax",
+            class_names=classes,
+        )
+
+    # Maps of different ranges (as models of different measures or confidence): one
+    # scale, 0..UNCERTAINTY_VMAX as `segdistill predict` draws, whatever the values.
+    for scale in (0.05, 3.0):
+        uncertainty = rng.random((3, 8, 16)) * scale
+        figure = draw(uncertainty)
+        *panels, bar = figure.axes
+        assert len(panels) == 15
+        for r in range(3):
+            accuracy, unc = panels[5 * r + 3].images[0], panels[5 * r + 4].images[0]
+            expected = np.where(predictions[r] != labels[r], 255, 0)
+            expected[labels[r] == 255] = 128
+            np.testing.assert_array_equal(accuracy.get_array()[..., 0], expected)
+            np.testing.assert_array_equal(unc.get_array(), uncertainty[r])
+            assert unc.get_clim() == pytest.approx((0.0, UNCERTAINTY_VMAX))
+        assert bar.get_xlim() == pytest.approx((0.0, UNCERTAINTY_VMAX))
+        # The colour bar names the measure and the scale.
+        assert bar.get_xlabel() == (
+            "uncertainty: 1 - max softmax\nfixed scale 0 to 0.5, higher saturates"
+        )
+    # The class legend: the classes of labels and predictions (ids 0-3), then void.
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == [*classes[:4], "void / ignore"]
+    # The photographs' figure is saved at the lighter SAMPLE_DPI (below the others' 110).
+    saved = Image.open(io.BytesIO(figures.png_bytes(figure)))
+    assert saved.width == int(figure.get_figwidth() * figures.SAMPLE_DPI)
+    assert figures.SAMPLE_DPI < 110
+
+
+def test_sample_figures_name_each_models_measure(
+    setup: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate draws each model's samples with its own uncertainty measure and classes."""
+    drawn: list[dict[str, Any]] = []
+    original = figures.sample_predictions
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        drawn.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(figures, "sample_predictions", record)
+    monkeypatch.setattr(figures, "model_figures", lambda models: iter(()))
+    samples = SampleSet("test", TRAIN_ID_COLORS, 255, names=["x"])
+    samples.images = [np.zeros((8, 16, 3), np.uint8)]
+    samples.labels = [np.zeros((8, 16), np.int64)]
+    for model in setup["results"]["models"]:
+        samples.predictions[model["name"]] = [np.zeros((8, 16), np.uint8)]
+        samples.uncertainty[model["name"]] = [np.full((8, 16), 0.1, np.float32)]
+    for model in setup["results"]["models"]:
+        written = _model_figures([model], [samples], tmp_path / model["name"])
+        assert written["samples_test"].is_file()
+        assert drawn[-1]["uncertainty_source"] == model["uncertainty_source"]
+        assert drawn[-1]["class_names"] == model["class_names"]
+    assert {d["uncertainty_source"] for d in drawn} == {
+        "ensemble pred_std",
+        "student head (scalar)",
+    }
+
+
+def test_miou_vs_removed_says_how_many_classes_a_point_averages(setup: dict[str, Any]) -> None:
+    model = copy.deepcopy(setup["results"]["models"][-1])
+    curve = model["splits"]["test"]["uncertainty"]["miou_vs_removed"]
+    curve["iou"] = [[0.5] * 19 for _ in curve["removed_fraction"]]
+    curve["iou"][-1][:10] = [None] * 10  # the last point averages 9 of the 19 classes
+    curve["miou"] = [0.5 for _ in curve["removed_fraction"]]
+    (ax,) = figures.miou_vs_removed([model], "test").axes
+    marks = [t for t in ax.texts if "/" in t.get_text() and not t.get_text().startswith("n/C")]
+    assert [(m.get_text(), m.xy) for m in marks] == [
+        ("9/19", (100 * curve["removed_fraction"][-1], 0.5))
+    ]
+    assert "mean over the classes present" in ax.get_ylabel()
+    assert any(t.get_text().startswith("n/C: only n of the C classes") for t in ax.texts)
+
+
+def test_hist2d_titles_say_r_is_over_all_pixels(setup: dict[str, Any]) -> None:
+    student = next(m for m in setup["results"]["models"] if m.get("vs_teacher"))
+    figure = figures.teacher_student_hist2d([student], "test")
+    r = student["vs_teacher"]["splits"]["test"]["paired"]["pearson"]
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles == [
+        f"dudes: {group} pixels\nPearson r over all pixels = {r:.3f}"
+        for group in ("correct", "wrong")
+    ]
+    # Correct vs wrong in blue and orange, not green and red.
+    meshes = [ax.collections[0] for ax in figure.axes if ax.get_title()]  # not the bars
+    assert [mesh.get_cmap().name for mesh in meshes] == ["Blues", "Oranges"]
+
+
+def test_legends_name_roles_and_measures_and_stay_outside(setup: dict[str, Any]) -> None:
+    teacher, student = setup["results"]["models"]
+    # An experiment gives each model a role; a kind that repeats the name is left out.
+    roles = [{**teacher, "role": "teacher"}, {**student, "name": "kd", "role": "student"}]
+    plain = [{**teacher, "name": "ensemble"}, student]
+    legends = {
+        "roles": figures.miou_vs_removed(roles, "test").axes[0].get_legend(),
+        "plain": figures.miou_vs_removed(plain, "test").axes[0].get_legend(),
+        "measures": figures.per_class_uncertainty(roles, "test").axes[0].get_legend(),
+    }
+    texts = {k: [t.get_text() for t in v.get_texts()] for k, v in legends.items()}
+    assert texts["roles"] == ["ens (teacher)", "kd (student)"]
+    assert texts["plain"] == ["ensemble", "dudes (student)"]
+    assert texts["measures"] == ["ens (ensemble pred_std)", "kd (student head (scalar))"]
+    # Many models (seeds): the legend sits beside the axes, inside the figure.
+    many = [{**student, "name": f"dudes-s{k}"} for k in range(31)]
+    for figure in (
+        figures.reliability_diagram(many, "test"),
+        figures.misclassification_roc(many, "test"),
+        figures.miou_vs_removed(many, "test"),
+        figures.per_class_uncertainty(many, "test"),
+    ):
+        (ax,) = figure.axes
+        figure.canvas.draw()
+        box, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert box.x0 >= axes_box.x1
+        assert box.x1 <= figure.bbox.x1 and box.y0 >= figure.bbox.y0
+
+
+def test_model_styles_are_colour_blind_safe_and_distinct() -> None:
+    # Okabe-Ito: no tab10 red / green pair; past 8 models the line style and hatch change.
+    colors = [figures.model_color(i) for i in range(8)]
+    assert len(set(colors)) == 8 and not {"#2ca02c", "#d62728"} & set(colors)
+    styles = {tuple(sorted(figures.model_line(i).items())) for i in range(32)}
+    bars = {tuple(sorted(figures.model_bar(i).items())) for i in range(32)}
+    assert len(styles) == len(bars) == 32
+    assert (figures.GOOD_COLOR, figures.BAD_COLOR) == ("#0072B2", "#D55E00")
+
+
+def test_correct_and_wrong_histograms_are_blue_and_vermillion(setup: dict[str, Any]) -> None:
+    figure = figures.uncertainty_histograms(setup["results"]["models"][:1], "test")
+    (ax,) = figure.axes
+    colors = [to_hex(patch.get_facecolor(), keep_alpha=False) for patch in ax.patches]
+    assert colors == [figures.GOOD_COLOR.lower(), figures.BAD_COLOR.lower()]
 
 
 def test_paired_statistics_need_a_teacher() -> None:

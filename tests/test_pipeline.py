@@ -38,7 +38,10 @@ from segdistill.pipeline import (
     baseline_config,
     check_finished_networks,
     claim_run_dir,
+    experiment_claims,
     flagged_shares,
+    format_markdown,
+    format_summary,
     load_experiment,
     metric_value,
     paper_table,
@@ -901,3 +904,47 @@ def test_latency_checks_pair_the_calls_of_a_repeat() -> None:
     )
     (outcome,) = run_check(spec, {"student": [student], "baseline": [baseline]}, "test")
     assert outcome["value"] == pytest.approx(1.01) and outcome["passed"]
+    # The line says what the ratio is: it differs from the ratio of the medians (10.1 / 30).
+    line = _check_line(outcome, paired_calls=5)
+    assert "ratio 1.0100, the median of 5 per-call ratios paired within the bench run" in line
+    assert "not the ratio of the median latencies" in line
+
+
+def test_latency_is_explained_where_it_is_shown() -> None:
+    """The printed summary, table.md and the report's claims say how the bench measured
+    the table's latencies (one run, device, threads, size) and that a latency check's
+    ratio is the median of the paired per-call ratios."""
+    outcome = {
+        "name": "head", "metric": "latency_ms", "compare": "ratio", "model": "student",
+        "reference": "baseline", "min": None, "max": 1.02, "value": 0.97, "passed": True,
+    }  # fmt: skip
+    settings = {
+        "size": [512, 1024], "batch": 1, "repeats": 5, "device": "cpu",
+        "device_name": "AMD EPYC", "threads": 2, "torch": "2.13.0+cpu",
+    }  # fmt: skip
+    table = {
+        "title": "t", "split": "test", "columns": ["model", "label", "latency ms"],
+        "metrics": ["latency_ms"], "rows": [["student", "s", 126.5]], "std": [[None]],
+    }  # fmt: skip
+    results = {
+        "experiment": {"name": "e", "title": "e", "paper": ""},
+        "table": table,
+        "models": [],
+        "ablations": {},
+        "checks": [outcome],
+        "stages": {},
+        "bench": {"settings": settings},
+    }
+    bench = (
+        "Latency: median of 5 timed calls per model in one bench run, batch 1 x 3 x 512 x "
+        "1024 on cpu (AMD EPYC), 2 threads, torch 2.13.0+cpu"
+    )
+    check = "ratio 0.9700, the median of 5 per-call ratios paired within the bench run"
+    claims = experiment_claims(results)
+    for text in (format_summary(results), format_markdown(results), " ".join(claims.notes)):
+        assert bench in text
+    for text in (format_summary(results), format_markdown(results), claims.checks[0][1]):
+        assert check in text
+    # Without a latency in the table or the checks, no bench line.
+    quiet = {**results, "checks": [], "table": {**table, "metrics": ["miou"]}}
+    assert "bench run" not in format_summary(quiet) and experiment_claims(quiet).notes == []

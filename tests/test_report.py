@@ -20,7 +20,16 @@ from segdistill.defaults import RESULTS_FILE
 from segdistill.errors import SegdistillError
 from segdistill.evaluate import METRICS_FILE, evaluate
 from segdistill.models import build_segmenter
-from segdistill.report import DIGITS, load_models, write_report
+from segdistill.report import (
+    DIGITS,
+    Claims,
+    ReportModel,
+    build_report,
+    load_models,
+    per_class_table,
+    summary_table,
+    write_report,
+)
 
 TINY = {"width": 0.125}
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -244,3 +253,87 @@ def test_two_models_of_one_name_from_different_files_both_stay(
     models = load_models([evaluated / "dudes", evaluated / "dudes", tmp_path / "dudes"])
     assert [m.name for m in models] == ["dudes", "dudes_2"]
     assert models[0].metrics["splits"] == models[1].metrics["splits"]
+
+
+# ------------------------------------------------------------ tables, without a browser
+
+
+def fake_model(name: str, iou: list[float], unc: list[float], ece: float, source: str) -> dict:
+    """A results.json model with the numbers the summary and per-class tables read."""
+    return {
+        "name": name,
+        "kind": "student",
+        "members": 1,
+        "parameters": 10,
+        "uncertainty_source": source,
+        "class_names": ["road", "car", "wall"],
+        "splits": {
+            "test": {
+                "segmentation": {"iou": iou, "miou": sum(iou) / len(iou)},
+                "calibration": {"ece": ece},
+                "uncertainty": {"per_class_mean": unc, "class_mean": sum(unc) / len(unc)},
+            }
+        },
+        "anomaly": None,
+        "vs_teacher": None,
+    }
+
+
+def bold_keys(page: str) -> set[str]:
+    """The data-metric keys of the bold (best) cells of an HTML table."""
+    return set(re.findall(r'<td class="num best" data-metric="([^"]+)"', page))
+
+
+# road: a best, car: b best, wall: a tie of both (no best).
+MODELS = [
+    fake_model("a", [0.9, 0.2, 0.0], [0.1, 0.2, 0.3], 0.05, "ensemble pred_std"),
+    fake_model("b", [0.8, 0.5, 0.0], [0.4, 0.1, 0.2], 0.02, "1 - max softmax"),
+]
+
+
+def test_per_class_bold_marks_the_best_model_of_each_class() -> None:
+    page = per_class_table(MODELS, "test", "iou", "high", "IoU per class")
+    # Per class (row), not per model (column): a's road and b's car; the mean row (a
+    # 0.367, b 0.433) b's; the all-zero wall row nothing.
+    assert bold_keys(page) == {"a/test/iou/road", "b/test/iou/car", "b/test/iou/mean"}
+    assert "<caption>IoU per class (higher is better)</caption>" in page
+    # Mean uncertainty has no better direction (and the measures differ): no bold; each
+    # model's column names its measure.
+    page = per_class_table(MODELS, "test", "uncertainty", None, "Mean uncertainty")
+    assert bold_keys(page) == set()
+    assert "<th>a (ensemble pred_std)</th><th>b (1 - max softmax)</th>" in page
+
+
+def test_summary_headers_say_which_way_is_better() -> None:
+    page = summary_table(MODELS, "test")
+    assert "<th>mIoU ↑</th>" in page and "<th>ECE ↓</th>" in page
+    assert "<th>mean unc.</th>" in page  # no direction
+    # Per metric (column), the best model: b has the higher mIoU and the lower ECE.
+    assert {"b/test/miou", "b/test/ece"} <= bold_keys(page)
+    assert not {"a/test/miou", "a/test/ece"} & bold_keys(page)
+    assert not any(key.endswith("pixel_mean_uncertainty") for key in bold_keys(page))
+
+
+def test_report_explains_its_abbreviations_and_the_experiment_table(evaluated: Path) -> None:
+    models = load_models([evaluated / "out"])
+    dudes = models[1]
+    seeded = ReportModel(
+        {**dudes.metrics, "name": "dudes-s1", "seed_offset": 1}, dudes.base, dudes.origin
+    )
+    claims = Claims(
+        title="table",
+        header=["model", "mIoU", "latency ms"],
+        rows=[["a", "0.6000", "10.00"], ["b", "0.5000 ± 0.0100", "11.00"]],
+        checks=[(True, "PASS  a claim")],
+        notes=["Latency: how the bench measured it."],
+    )
+    page = build_report([*models, seeded], claims=claims)
+    glossary = page[page.index('id="glossary"') :]
+    for term in ("ECE", "FPR95", "AURC, E-AURC", "pAvPU", "mean unc., class-mean unc.", "misc."):
+        assert f"<li><b>{term}</b>: " in glossary
+    assert page.count('id="glossary"') == 1
+    claims_part = page[page.index('<section id="claims"') : page.index('<section id="summary"')]
+    assert '<p class="note">Latency: how the bench measured it.</p>' in claims_part
+    # Which model measures uncertainty how, and what "±" is (the seeds: offsets 0 and 1).
+    assert "ensemble pred_std: ens; student head (scalar): dudes, dudes-s1" in claims_part
+    assert "± sample standard deviation (n - 1) over the 2 seeds" in claims_part

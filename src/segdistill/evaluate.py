@@ -593,21 +593,31 @@ def _model_figures(
 ) -> dict[str, Path]:
     """One model's figures (the teacher's curves beside its own, when given), the sample
     predictions of the reference split ("samples_test") and the first image of every set
-    ("samples_sets": the same scene under each shift), saved in `folder`."""
-    name = shown[-1]["name"]
+    ("samples_sets": the same scene under each shift), saved in `folder`. The sample
+    maps are drawn on the fixed scale of `figures.sample_predictions`, the same for
+    every model, and named by the model's uncertainty measure."""
+    model = shown[-1]
+    name = model["name"]
     written = _save_all(figures.model_figures(shown), folder)
     sets = [s for s in samples if s.names]
     if not sets:
         return written
+    # What the maps measure and what the colours are, for the colour bar and the legend.
+    described = {
+        "uncertainty_source": model["uncertainty_source"],
+        "class_names": model["class_names"],
+    }
     reference = next((s for s in sets if s.split == REFERENCE_SPLIT), sets[0])
     figure = figures.sample_predictions(
         **_sample_rows([reference], name, first_only=False),
+        **described,
         title=f"{name}: {reference.split} images",
     )
     written[f"samples_{reference.split}"] = _save(figure, folder / f"samples_{reference.split}.png")
     if len(sets) > 1:
         figure = figures.sample_predictions(
             **_sample_rows(sets, name, first_only=True),
+            **described,
             title=f"{name}: the first image of every set",
         )
         written["samples_sets"] = _save(figure, folder / "samples_sets.png")

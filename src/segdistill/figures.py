@@ -4,7 +4,8 @@ Every plotting function is pure: it takes model results (the content of a metric
 or the "models" list of a results.json) and returns one matplotlib `Figure` (Agg canvas,
 no pyplot state), or None when the results hold nothing to draw. `save` and `png_bytes`
 write it and release it. Functions over `models` draw every model in one figure for
-comparison; a model keeps its colour (`model_color`, by position) across figures.
+comparison; a model keeps its colour and line style (`model_line`, `model_bar`, by
+position) across figures.
 
 | function                   | shows                                                      |
 |----------------------------|------------------------------------------------------------|
@@ -42,9 +43,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from segdistill.checkpoints import atomic_write
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
+from segdistill.defaults import UNCERTAINTY_VMAX
 from segdistill.metrics.ranking import roc_curve
 from segdistill.metrics.segmentation import removal_point
 
@@ -56,23 +59,56 @@ AGGREGATOR_LABELS = {
     "max": "max",
     "median_plus_min_over_max": "(median + min) / max",
 }
-# Qualitative colours (matplotlib's tab10), one per model by position.
+# Okabe & Ito's colour-blind-safe qualitative palette, one colour per model by position
+# (yellow last: it is faint on white). Past 8 models the colours repeat with the next line
+# style, marker and bar hatch (`model_line`, `model_bar`): an experiment with seeds shows
+# up to ~30 models, and 4 styles x 8 colours keep 32 apart.
 _COLORS = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7",
+    "#56B4E9", "#D55E00", "#000000", "#F0E442",
 )  # fmt: skip
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D")
+_HATCHES = ("", "//", "..", "xx")
+# Two pixel or image groups (correct / wrong, normal / anomalous, in / out of
+# distribution): blue and vermillion, told apart with any colour vision (red / green is not).
+GOOD_COLOR, BAD_COLOR = "#0072B2", "#D55E00"
 _DPI = 110
+# Sample figures hold photographs, which PNG hardly compresses: at 90 dpi their PNGs are
+# a third smaller than at _DPI (about 0.65 MB for 8 rows; they were most of a report's
+# size), and a 2.2-inch panel (~200 px) still shows a demo image (256 px wide) nearly whole.
+SAMPLE_DPI = 90
 
 
 def model_color(index: int) -> str:
     return _COLORS[index % len(_COLORS)]
 
 
-def new_figure(width: float, height: float) -> Figure:
+def _style(index: int, styles: tuple[str, ...]) -> str:
+    """The style of model `index`: the next one after every full cycle of colours."""
+    return styles[(index // len(_COLORS)) % len(styles)]
+
+
+def model_line(index: int, marker: bool = True) -> dict[str, str | None]:
+    """Line keywords (color, linestyle, marker) of model `index` in a curve plot; no
+    marker for dense curves (ROC)."""
+    return {
+        "color": model_color(index),
+        "linestyle": _style(index, _LINESTYLES),
+        "marker": _style(index, _MARKERS) if marker else None,
+    }
+
+
+def model_bar(index: int) -> dict[str, str]:
+    """Bar keywords (color, hatch; white hatch lines) of model `index` in a bar chart."""
+    return {"color": model_color(index), "hatch": _style(index, _HATCHES), "edgecolor": "white"}
+
+
+def new_figure(width: float, height: float, dpi: int = _DPI) -> Figure:
     """A figure of width x height inches on an Agg canvas, without a layout engine:
     margins are fixed in inches by `axes_grid` (constrained layout would double the
-    drawing time of every figure)."""
-    figure = Figure(figsize=(width, height), dpi=_DPI)
+    drawing time of every figure). It is saved at `dpi`."""
+    figure = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(figure)
     return figure
 
@@ -88,14 +124,15 @@ def axes_grid(
     top: float = 0.45,
     wgap: float = 0.75,
     hgap: float = 0.85,
+    dpi: int = _DPI,
 ) -> tuple[Figure, list[Any]]:
     """A figure holding `count` axes of `size` (w, h) inches in rows of at most `max_cols`,
-    with the given margins and gaps between axes in inches."""
+    with the given margins and gaps between axes in inches, saved at `dpi`."""
     cols = min(count, max_cols)
     rows = -(-count // cols)
     width = left + right + cols * size[0] + (cols - 1) * wgap
     height = bottom + top + rows * size[1] + (rows - 1) * hgap
-    figure = new_figure(width, height)
+    figure = new_figure(width, height, dpi)
     figure.subplots_adjust(
         left=left / width,
         right=1 - right / width,
@@ -133,7 +170,17 @@ def pick_split(models: Sequence[Model], split: str | None = None) -> str:
 
 
 def _label(model: Model) -> str:
-    return f"{model['name']} ({model['kind']})"
+    """A model in a legend: its name and its role in an experiment (teacher, baseline,
+    student: what the report's summary shows), else its kind; the role is left out where
+    it repeats the name ("ensemble", not "ensemble (ensemble)")."""
+    role = model.get("role", model["kind"])
+    return model["name"] if role == model["name"] else f"{model['name']} ({role})"
+
+
+def _measure_label(model: Model) -> str:
+    """A model in a legend of uncertainty values: its name and its uncertainty measure,
+    since models of one figure measure uncertainty differently (std, 1 - max softmax)."""
+    return f"{model['name']} ({model['uncertainty_source']})"
 
 
 def _values(items: Sequence[float | None]) -> np.ndarray:
@@ -153,13 +200,29 @@ def _occupied_limit(edges: np.ndarray, *histograms: np.ndarray) -> float:
     return float(min(edges[-1], edges[0] + (last - edges[0]) * 1.05))
 
 
-# Right margin (inches) of bar charts, whose legend sits outside the bars.
-RIGHT_LEGEND = 2.2
+# Lines of one column of a legend beside the axes (8 pt lines fill ~3 inches).
+LEGEND_ROWS = 16
+
+
+def legend_margin(labels: Sequence[str]) -> float:
+    """Right margin (inches) that holds `_legend_outside`'s legend of `labels`: columns
+    of LEGEND_ROWS lines, each as wide as the longest label (~0.058 in a character at
+    8 pt) plus its handle."""
+    columns = -(-len(labels) // LEGEND_ROWS)
+    return 0.25 + columns * (0.6 + 0.058 * max(map(len, labels), default=0))
 
 
 def _legend_outside(ax: Any) -> None:
-    """Legend to the right of the axes, where it hides no bar."""
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    """Legend to the right of the axes, where it hides no curve or bar however many
+    models there are (`legend_margin` makes room for it)."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    ax.legend(
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        borderaxespad=0.8,  # font sizes: a gap that does not grow with the axes' width
+        ncol=max(1, -(-entries // LEGEND_ROWS)),
+    )
 
 
 def _note_coarse(ax: Any, edges: np.ndarray, *histograms: Sequence[float]) -> None:
@@ -184,24 +247,19 @@ def reliability_diagram(models: Sequence[Model], split: str | None = None) -> Fi
     """Accuracy vs mean confidence of each non-empty ECE bin; the diagonal is perfect
     calibration. Legend: ECE per model."""
     split = pick_split(models, split)
-    figure, (ax,) = axes_grid(1, 1, (4.4, 3.6))
-    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
-    for i, model in enumerate(models):
-        calibration = model["splits"][split]["calibration"]
+    calibrations = [model["splits"][split]["calibration"] for model in models]
+    labels = [f"{_label(m)}  ECE {_fmt(c['ece'], 4)}" for m, c in zip(models, calibrations)]
+    reference = "perfect calibration"
+    figure, (ax,) = axes_grid(1, 1, (4.4, 3.6), right=legend_margin([reference, *labels]))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label=reference)
+    for i, (calibration, label) in enumerate(zip(calibrations, labels)):
         conf, acc = _values(calibration["confidence"]), _values(calibration["accuracy"])
         keep = ~np.isnan(conf)
-        ax.plot(
-            conf[keep],
-            acc[keep],
-            marker="o",
-            markersize=4,
-            color=model_color(i),
-            label=f"{_label(model)}  ECE {_fmt(calibration['ece'], 4)}",
-        )
+        ax.plot(conf[keep], acc[keep], markersize=4, label=label, **model_line(i))
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy")
     ax.set_title(f"Reliability diagram ({split})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    _legend_outside(ax)
     return figure
 
 
@@ -209,19 +267,22 @@ def misclassification_roc(models: Sequence[Model], split: str | None = None) -> 
     """ROC of detecting wrong pixels by thresholding the uncertainty (wrong = positive),
     drawn from the stored histograms; the legend gives the AUROC of the fine histograms."""
     split = pick_split(models, split)
-    figure, (ax,) = axes_grid(1, 1, (4.4, 3.6))
+    uncertainties = [model["splits"][split]["uncertainty"] for model in models]
+    labels = [
+        f"{_label(m)}  AUROC {_fmt(u['misclassification']['auroc'])}"
+        for m, u in zip(models, uncertainties)
+    ]
+    figure, (ax,) = axes_grid(1, 1, (4.4, 3.6), right=legend_margin(["chance", *labels]))
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance")
-    for i, model in enumerate(models):
-        unc = model["splits"][split]["uncertainty"]
+    for i, (unc, label) in enumerate(zip(uncertainties, labels)):
         hist = unc["histograms"]
         fpr, tpr = roc_curve(np.asarray(hist["wrong"]), np.asarray(hist["correct"]))
-        auroc = unc["misclassification"]["auroc"]
-        ax.plot(fpr, tpr, color=model_color(i), label=f"{_label(model)}  AUROC {_fmt(auroc)}")
+        ax.plot(fpr, tpr, label=label, **model_line(i, marker=False))
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (correct pixels flagged)")
     ax.set_ylabel("true positive rate (wrong pixels flagged)")
     ax.set_title(f"Misclassification detection ({split})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    _legend_outside(ax)
     return figure
 
 
@@ -251,48 +312,79 @@ def uncertainty_histograms(models: Sequence[Model], split: str | None = None) ->
     figure, axes = axes_grid(len(models), 3, (3.6, 2.8), top=0.75)
     for ax, model in zip(axes, models):
         hist = model["splits"][split]["uncertainty"]["histograms"]
-        _two_histograms(ax, hist, (("correct", "#2ca02c"), ("wrong", "#d62728")))
+        _two_histograms(ax, hist, (("correct", GOOD_COLOR), ("wrong", BAD_COLOR)))
         ax.set_xlabel(f"uncertainty ({model['uncertainty_source']})", fontsize=8)
         ax.set_title(model["name"], fontsize=10)
     figure.suptitle(f"Uncertainty of correct and wrong pixels ({split})")
     return figure
 
 
+def classes_present(curve: dict[str, Any]) -> list[int]:
+    """Per point of a `miou_vs_removed` curve: how many classes its mIoU averages, i.e.
+    have an IoU there ([F][C] `iou`, None for a class absent from the kept pixels)."""
+    return [sum(value is not None for value in row) for row in curve["iou"]]
+
+
 def miou_vs_removed(models: Sequence[Model], split: str | None = None) -> Figure:
     """mIoU of the pixels kept after removing the given share of the most uncertain
-    pixels of the data set (DUDES Fig. 4); rising curves mean useful uncertainty."""
+    pixels of the data set (DUDES Fig. 4); rising curves mean useful uncertainty.
+
+    The mean is over the classes present in the kept pixels (nanmean, as DUDES), so at a
+    high share removed a curve may jump because classes left the mean: each point where
+    fewer than all classes are averaged is labelled "n/C"."""
     split = pick_split(models, split)
-    figure, (ax,) = axes_grid(1, 1, (4.4, 3.4))
-    for i, model in enumerate(models):
+    labels = [_label(m) for m in models]
+    figure, (ax,) = axes_grid(1, 1, (4.4, 3.4), bottom=0.95, right=legend_margin(labels))
+    fewer = False
+    for i, (model, label) in enumerate(zip(models, labels)):
         curve = model["splits"][split]["uncertainty"]["miou_vs_removed"]
-        ax.plot(
-            100 * np.asarray(curve["removed_fraction"]),
-            _values(curve["miou"]),
-            marker="o",
-            markersize=4,
-            color=model_color(i),
-            label=_label(model),
-        )
-    ax.set(xlabel="most uncertain pixels removed (%)", ylabel="mIoU of the remaining pixels")
+        removed, miou = 100 * np.asarray(curve["removed_fraction"]), _values(curve["miou"])
+        ax.plot(removed, miou, markersize=4, label=label, **model_line(i))
+        total = len(model["class_names"])
+        for x, y, count in zip(removed, miou, classes_present(curve)):
+            if count < total and not np.isnan(y):
+                fewer = True
+                ax.annotate(
+                    f"{count}/{total}",
+                    (x, y),
+                    xytext=(-3, 4),
+                    textcoords="offset points",
+                    ha="right",
+                    fontsize=7,
+                    color=model_color(i),
+                )
+    ax.set(xlabel="most uncertain pixels removed (%)")
+    ax.set_ylabel("mIoU of the kept pixels\n(mean over the classes present in them)", fontsize=9)
     ax.set_title(f"mIoU vs removed pixels ({split})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if fewer:
+        ax.annotate(
+            "n/C: only n of the C classes are left in the kept pixels and averaged there",
+            (0, 0),
+            xycoords="axes fraction",
+            xytext=(0, -36),
+            textcoords="offset points",
+            va="top",
+            fontsize=7,
+        )
+    _legend_outside(ax)
     return figure
 
 
 def miou_per_split(models: Sequence[Model]) -> Figure:
     """Grouped bars: mIoU of each model on each evaluated set (Holder Table 2)."""
     splits = list(dict.fromkeys(s for m in models for s in m["splits"]))
+    labels = [_label(m) for m in models]
     figure, (ax,) = axes_grid(
         1,
         1,
         (max(4.4, 0.35 * len(splits) * (len(models) + 1)), 3.0),
         bottom=1.0,
-        right=RIGHT_LEGEND,
+        right=legend_margin(labels),
     )
     width = 0.8 / len(models)
     x = np.arange(len(splits))
-    for i, model in enumerate(models):
+    for i, (model, label) in enumerate(zip(models, labels)):
         values = [
             (model["splits"].get(s) or {}).get("segmentation", {}).get("miou") for s in splits
         ]
@@ -300,8 +392,8 @@ def miou_per_split(models: Sequence[Model]) -> Figure:
             x + (i - (len(models) - 1) / 2) * width,
             _values(values),
             width,
-            color=model_color(i),
-            label=_label(model),
+            label=label,
+            **model_bar(i),
         )
     ax.set_xticks(x, splits, rotation=30, ha="right")
     ax.set_ylabel("mIoU")
@@ -313,12 +405,17 @@ def miou_per_split(models: Sequence[Model]) -> Figure:
 
 def teacher_student_hist2d(models: Sequence[Model], split: str | None = None) -> Figure | None:
     """Per model compared with a teacher: 2D histograms of student vs teacher uncertainty
-    for correctly and wrongly labelled pixels (Holder Fig. 3), log colour scale."""
+    for correctly and wrongly labelled pixels (Holder Fig. 3), log colour scale. The
+    Pearson r in both panels' titles is one r over all the model's pixels (correct and
+    wrong together): metrics.json stores no r per group, and the binned counts cannot
+    give an exact one."""
     students = [m for m in models if m.get("vs_teacher")]
     if not students:
         return None
     split = pick_split(students, split)
-    figure, axes = axes_grid(2 * len(students), 4, (3.4, 2.8), top=0.75, wgap=1.2, left=0.85)
+    figure, axes = axes_grid(
+        2 * len(students), 4, (3.4, 2.8), top=0.95, wgap=1.2, hgap=1.05, left=0.85
+    )
     for s, model in enumerate(students):
         paired = model["vs_teacher"]["splits"][split]["paired"]
         hist = paired["hist2d"]
@@ -327,7 +424,7 @@ def teacher_student_hist2d(models: Sequence[Model], split: str | None = None) ->
         t_max = _occupied_limit(t_edges, (correct + wrong).sum(axis=1))
         s_max = _occupied_limit(s_edges, (correct + wrong).sum(axis=0))
         for k, (key, counts, cmap) in enumerate(
-            (("correct", correct, "Greens"), ("wrong", wrong, "Reds"))
+            (("correct", correct, "Blues"), ("wrong", wrong, "Oranges"))
         ):
             ax = axes[2 * s + k]
             if counts.sum():
@@ -345,34 +442,40 @@ def teacher_student_hist2d(models: Sequence[Model], split: str | None = None) ->
             ax.set_xlabel(f"teacher ({model['vs_teacher']['teacher']})", fontsize=8)
             ax.set_ylabel(f"student ({model['name']})", fontsize=8)
             ax.set_title(
-                f"{model['name']}: {key} pixels, r = {_fmt(paired['pearson'])}", fontsize=9
+                f"{model['name']}: {key} pixels\n"
+                f"Pearson r over all pixels = {_fmt(paired['pearson'])}",
+                fontsize=9,
             )
     figure.suptitle(f"Student vs teacher uncertainty per pixel ({split})")
     return figure
 
 
 def _per_class_bars(
-    models: Sequence[Model], per_model: Sequence[Sequence[float | None]], ylabel: str, title: str
+    models: Sequence[Model],
+    per_model: Sequence[Sequence[float | None]],
+    labels: Sequence[str],
+    ylabel: str,
+    title: str,
 ) -> Figure:
     """Grouped bars, one group per class and one bar per model; `per_model[i]` holds model
-    i's value of each class (None: no bar)."""
+    i's value of each class (None: no bar), `labels[i]` its legend entry."""
     names = models[0]["class_names"]
     figure, (ax,) = axes_grid(
         1,
         1,
         (max(6.0, 0.12 * len(names) * (len(models) + 1)), 3.0),
         bottom=0.85,
-        right=RIGHT_LEGEND,
+        right=legend_margin(labels),
     )
     width = 0.8 / len(models)
     x = np.arange(len(names))
-    for i, (model, values) in enumerate(zip(models, per_model)):
+    for i, (values, label) in enumerate(zip(per_model, labels)):
         ax.bar(
             x + (i - (len(models) - 1) / 2) * width,
             _values(values),
             width,
-            color=model_color(i),
-            label=_label(model),
+            label=label,
+            **model_bar(i),
         )
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
@@ -384,11 +487,14 @@ def _per_class_bars(
 
 def per_class_uncertainty(models: Sequence[Model], split: str | None = None) -> Figure:
     """Grouped bars: mean uncertainty of the pixels predicted as each class, per model
-    (DUDES Table 2). A class no pixel was predicted as has no bar."""
+    (DUDES Table 2). A class no pixel was predicted as has no bar. Each model's values
+    are in its own uncertainty measure, which its legend entry names."""
     split = pick_split(models, split)
     per_model = [m["splits"][split]["uncertainty"]["per_class_mean"] for m in models]
+    labels = [_measure_label(m) for m in models]
     title = f"Mean uncertainty per predicted class ({split})"
-    return _per_class_bars(models, per_model, "mean uncertainty", title)
+    ylabel = "mean uncertainty\n(each model's measure)"
+    return _per_class_bars(models, per_model, labels, ylabel, title)
 
 
 def iou_after_removal(
@@ -407,7 +513,8 @@ def iou_after_removal(
             return None
         per_model.append(curve["iou"][point])
     title = f"IoU per class, {100 * fraction:.0f} % most uncertain pixels removed ({split})"
-    return _per_class_bars(models, per_model, "IoU of the kept pixels", title)
+    labels = [_label(m) for m in models]
+    return _per_class_bars(models, per_model, labels, "IoU of the kept pixels", title)
 
 
 def ood_roc_curves(model: Model) -> Figure | None:
@@ -458,7 +565,7 @@ def ood_score_distributions(model: Model, aggregator: str | None = None) -> Figu
     ax.boxplot(data, showfliers=False, widths=0.55)
     rng = np.random.default_rng(0)  # fixed jitter: the same results draw the same figure
     for i, values in enumerate(data, start=1):
-        color = "#1f77b4" if names[i - 1] == ood["reference"] else "#d62728"
+        color = GOOD_COLOR if names[i - 1] == ood["reference"] else BAD_COLOR
         ax.scatter(i + rng.uniform(-0.18, 0.18, values.size), values, s=8, alpha=0.6, color=color)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
     ax.set_ylabel(f"image score: {AGGREGATOR_LABELS.get(aggregator, aggregator)}")
@@ -475,7 +582,7 @@ def ood_flags(
     title: str,
 ) -> Figure:
     """Histograms of the image scores of the in-distribution reference images (blue) and
-    of the predicted images (red) on shared bins, each as a share of its own images, with
+    of the predicted images (vermillion) on shared bins, each as a share of its own images, with
     the threshold above which an image is flagged (dashed)."""
     reference = np.asarray(reference_scores, dtype=np.float64)
     predicted = np.asarray(scores, dtype=np.float64)
@@ -485,8 +592,8 @@ def ood_flags(
     figure, (ax,) = axes_grid(1, 1, (5.6, 2.8))
     flagged = int(np.count_nonzero(predicted > threshold))
     groups = (
-        (reference, "#1f77b4", f"reference ({reference.size} images, in-distribution)"),
-        (predicted, "#d62728", f"predicted ({flagged} of {predicted.size} flagged)"),
+        (reference, GOOD_COLOR, f"reference ({reference.size} images, in-distribution)"),
+        (predicted, BAD_COLOR, f"predicted ({flagged} of {predicted.size} flagged)"),
     )
     for values, color, label in groups:
         counts, _ = np.histogram(values, edges)
@@ -506,12 +613,17 @@ def ood_auroc_bars(models: Sequence[Model]) -> Figure | None:
     if not with_ood:
         return None
     sets = list(dict.fromkeys(s for _, m in with_ood for s in m["ood"]["sets"]))
+    labels = [_label(m) for _, m in with_ood]
     figure, (ax,) = axes_grid(
-        1, 1, (max(4.4, 0.3 * len(sets) * (len(with_ood) + 1)), 3.0), bottom=1.0, right=RIGHT_LEGEND
+        1,
+        1,
+        (max(4.4, 0.3 * len(sets) * (len(with_ood) + 1)), 3.0),
+        bottom=1.0,
+        right=legend_margin(labels),
     )
     width = 0.8 / len(with_ood)
     x = np.arange(len(sets))
-    for k, (i, model) in enumerate(with_ood):
+    for k, ((i, model), label) in enumerate(zip(with_ood, labels)):
         values = []
         for name in sets:
             result = model["ood"]["sets"].get(name)
@@ -521,8 +633,8 @@ def ood_auroc_bars(models: Sequence[Model]) -> Figure | None:
             x + (k - (len(with_ood) - 1) / 2) * width,
             _values(values),
             width,
-            color=model_color(i),
-            label=_label(model),
+            label=label,
+            **model_bar(i),
         )
     ax.axhline(0.5, color="0.5", linestyle="--", linewidth=1)
     ax.set_xticks(x, sets, rotation=30, ha="right")
@@ -542,7 +654,7 @@ def anomaly_histograms(models: Sequence[Model]) -> Figure | None:
     figure, axes = axes_grid(len(with_anomaly), 3, (3.6, 2.8), top=0.75)
     for ax, model in zip(axes, with_anomaly):
         anomaly = model["anomaly"]
-        _two_histograms(ax, anomaly["histograms"], (("normal", "#1f77b4"), ("anomaly", "#d62728")))
+        _two_histograms(ax, anomaly["histograms"], (("normal", GOOD_COLOR), ("anomaly", BAD_COLOR)))
         ax.set_xlabel("uncertainty (anomaly score)")
         ax.set_title(
             f"{model['name']}: AP {_fmt(anomaly['ap'])}, AUROC {_fmt(anomaly['auroc'])}", fontsize=9
@@ -565,6 +677,29 @@ def accuracy_map(
     return out
 
 
+# Columns of the class legend under the label / prediction panels of a sample figure.
+LEGEND_CLASS_COLUMNS = 6
+
+
+def class_legend(
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    class_names: Sequence[str],
+    palette: np.ndarray,
+    ignore_index: int,
+) -> list[Patch]:
+    """Legend patches of the classes that labels or predictions ([K, H, W] ids) show, by
+    id, then "void / ignore" (drawn black) when labels have ignored pixels."""
+    shown = np.union1d(np.unique(labels[labels != ignore_index]), np.unique(predictions))
+    patches = [
+        Patch(facecolor=palette[c] / 255.0, edgecolor="0.5", label=class_names[c])
+        for c in shown.astype(np.int64)
+    ]
+    if np.any(labels == ignore_index):
+        patches.append(Patch(facecolor="black", edgecolor="0.5", label="void / ignore"))
+    return patches
+
+
 def sample_predictions(
     names: Sequence[str],
     images: np.ndarray,
@@ -573,28 +708,38 @@ def sample_predictions(
     uncertainty: np.ndarray,
     *,
     title: str,
+    uncertainty_source: str,
+    class_names: Sequence[str],
+    vmax: float = UNCERTAINTY_VMAX,
     ignore_index: int = IGNORE_INDEX,
     palette: np.ndarray = TRAIN_ID_COLORS,
 ) -> Figure:
     """Rows of image | ground truth | prediction | accuracy | uncertainty (Holder Fig. 2,
     DUDES Fig. 3). images [K, H, W, 3] uint8; labels, predictions [K, H, W] class ids;
-    uncertainty [K, H, W]. One colour scale for all uncertainty maps, from 0 to their
-    99.5th percentile, so rows compare."""
+    uncertainty [K, H, W] in the model's measure `uncertainty_source`.
+
+    Every uncertainty map of every model is drawn on one fixed scale, 0 to `vmax` (that of
+    `segdistill predict`'s heat maps; larger values saturate), so a hotter map is a more
+    uncertain model: a scale per model (to its own maximum) would make every model look
+    equally hot. Under the panels: a legend of the classes shown (class_names [C], palette
+    [C, 3] uint8) and the colour bar, labelled with the measure and the scale."""
     count, height, width = labels.shape
     panel = 2.2
+    legend = class_legend(labels, predictions, class_names, palette, ignore_index)
+    legend_rows = -(-len(legend) // LEGEND_CLASS_COLUMNS)
     figure, flat = axes_grid(
         5 * count,
         5,
         (panel, panel * height / width),
         left=0.35,
-        right=1.0,
-        bottom=0.1,
+        right=0.25,
+        bottom=max(0.95, 0.2 + 0.2 * legend_rows),
         top=0.6,
         wgap=0.08,
         hgap=0.3,
+        dpi=SAMPLE_DPI,
     )
     axes = np.array(flat).reshape(count, 5)
-    vmax = float(np.percentile(uncertainty, 99.5)) or 1e-6
     columns = ("image", "ground truth", "prediction", "accuracy (white = wrong)", "uncertainty")
     for r in range(count):
         label = labels[r].astype(np.int64)
@@ -614,18 +759,29 @@ def sample_predictions(
             ax.set_yticks([])
     for c, column in enumerate(columns):
         axes[0][c].set_title(column, fontsize=9)
-    # A colour bar in the right margin, as tall as the rows.
-    top, low = axes[0][4].get_position(), axes[-1][4].get_position()
-    bar = figure.add_axes(
-        (
-            top.x1 + 0.12 / figure.get_figwidth(),
-            low.y0,
-            0.12 / figure.get_figwidth(),
-            top.y1 - low.y0,
-        )
+    # Below the last row: the class legend under the label columns, a horizontal colour
+    # bar under the uncertainty column (its label fits there however few rows there are).
+    inch_y = 1 / figure.get_figheight()  # figure fraction of one inch, vertically
+    low = axes[-1][4].get_position()
+    figure.legend(
+        handles=legend,
+        loc="upper left",
+        bbox_to_anchor=(axes[-1][1].get_position().x0, low.y0 - 0.08 * inch_y),
+        ncol=LEGEND_CLASS_COLUMNS,
+        fontsize=7,
+        frameon=False,
+        borderaxespad=0,
+        handlelength=1.2,
+        columnspacing=1.0,
     )
-    scale = ScalarMappable(Normalize(0, vmax), "magma")  # the one scale of every row
-    figure.colorbar(scale, cax=bar, label="uncertainty")
+    bar = figure.add_axes((low.x0, low.y0 - 0.28 * inch_y, low.width, 0.1 * inch_y))
+    scale = ScalarMappable(Normalize(0, vmax), "magma")  # the one scale of every map
+    figure.colorbar(scale, cax=bar, orientation="horizontal", extend="max")
+    bar.tick_params(labelsize=7)
+    bar.set_xlabel(
+        f"uncertainty: {uncertainty_source}\nfixed scale 0 to {vmax:g}, higher saturates",
+        fontsize=7,
+    )
     figure.suptitle(title, fontsize=11)
     return figure
 

@@ -1659,12 +1659,15 @@ def experiment_claims(results: dict[str, Any]) -> Claims:
     """The table and the checks of an experiment's results.json, for the HTML report."""
     table = results["table"]
     flags = _ood_flag_cells(results)
+    bench = _bench_line(results)
+    calls = _paired_calls(results)
     return Claims(
         title=f"{table['title'] or results['experiment']['name']} (split {table['split']})",
         header=table["columns"],
         rows=_table_cells(table)[1:],
         tables=[(_ood_flag_title(results), flags[0], flags[1:])] if flags else [],
-        checks=[(outcome["passed"], _check_line(outcome)) for outcome in results["checks"]],
+        notes=[bench] if bench else [],
+        checks=[(outcome["passed"], _check_line(outcome, calls)) for outcome in results["checks"]],
         steps=[
             (name, seconds, results.get("stage_peak_rss_mib", {}).get(name))
             for name, seconds in results["stages"].items()
@@ -1708,8 +1711,43 @@ def _table_cells(table: dict[str, Any]) -> list[list[str]]:
     return [table["columns"], *body]
 
 
-def _check_line(outcome: dict[str, Any]) -> str:
-    """One check outcome in words: PASS/FAIL, the claim, the model and the measured value."""
+def _is_latency_ratio(outcome: dict[str, Any]) -> bool:
+    return outcome["metric"] == "latency_ms" and outcome["compare"] == "ratio"
+
+
+def _paired_calls(results: dict[str, Any]) -> int | None:
+    """How many paired calls a latency check's ratio is the median of: the bench's timed
+    calls per model (None in results.json without bench settings)."""
+    return ((results.get("bench") or {}).get("settings") or {}).get("repeats")
+
+
+def _bench_line(results: dict[str, Any]) -> str | None:
+    """Where the table or a check shows a latency: how the bench measured it (one run,
+    its device, threads and input size) and what a latency check's ratio is, so that a
+    ratio and the table's medians are not read as a contradiction. None otherwise."""
+    shown = any(
+        _metric_name(name, "table")[0] == "latency_ms" for name in results["table"]["metrics"]
+    )
+    checked = any(_is_latency_ratio(outcome) for outcome in results["checks"])
+    settings = (results.get("bench") or {}).get("settings")
+    if not (shown or checked) or not settings:
+        return None
+    height, width = settings["size"]
+    layout = ", channels-last" if settings.get("channels_last") else ""
+    return (
+        f"Latency: median of {settings['repeats']} timed calls per model in one bench run, "
+        f"batch {settings['batch']} x 3 x {height} x {width} on {settings['device']} "
+        f"({settings['device_name']}), {settings['threads']} threads{layout}, torch "
+        f"{settings['torch']}; the models' calls alternate (round robin), and a latency "
+        "check's ratio is the median of the per-call ratios of calls run back to back, "
+        "not the ratio of the medians above."
+    )
+
+
+def _check_line(outcome: dict[str, Any], paired_calls: int | None = None) -> str:
+    """One check outcome in words: PASS/FAIL, the claim, the model and the measured value.
+    A latency ratio says it is the median of `paired_calls` paired per-call ratios (the
+    bench's timed calls per model)."""
     verdict = "PASS" if outcome["passed"] else "FAIL"
     if outcome["compare"] == "order":
         values = ", ".join(f"{m} {_cell(v)}" for m, v in zip(outcome["models"], outcome["value"]))
@@ -1724,6 +1762,12 @@ def _check_line(outcome: dict[str, Any]) -> str:
         measured = (
             f"{outcome['value']} of {outcome['of']} classes {bounds} (need "
             f"{outcome['min_count']}; {outcome['defined']} have a value)"
+        )
+    elif _is_latency_ratio(outcome):
+        calls = f"{paired_calls} " if paired_calls else ""
+        measured = (
+            f"ratio {_cell(outcome['value'])}, the median of {calls}per-call ratios paired "
+            f"within the bench run, not the ratio of the median latencies (goal {bounds})"
         )
     else:
         measured = f"{outcome['compare']} {_cell(outcome['value'])} (goal {bounds})"
@@ -1745,6 +1789,9 @@ def format_summary(results: dict[str, Any]) -> str:
     table = results["table"]
     lines = [f"{table['title'] or results['experiment']['name']} ({table['split']}):"]
     lines += _text_table(_table_cells(table))
+    bench = _bench_line(results)
+    if bench:
+        lines += [bench]
     flags = _ood_flag_cells(results)
     if flags:
         lines += ["", _ood_flag_title(results), *_text_table(flags)]
@@ -1752,8 +1799,9 @@ def format_summary(results: dict[str, Any]) -> str:
         lines += ["", *_ablation_lines(name, ablation)]
     if results["checks"]:
         passed = sum(o["passed"] for o in results["checks"])
+        calls = _paired_calls(results)
         lines += ["", f"checks: {passed} of {len(results['checks'])} pass"]
-        lines += [_check_line(o) for o in results["checks"]]
+        lines += [_check_line(o, calls) for o in results["checks"]]
     return "\n".join(lines)
 
 
@@ -1766,13 +1814,17 @@ def format_markdown(results: dict[str, Any]) -> str:
     if experiment["paper"]:
         lines += [experiment["paper"], ""]
     lines += [f"{table['title']} (split {table['split']})", "", *_markdown_table(cells)]
+    bench = _bench_line(results)
+    if bench:
+        lines += ["", bench]
     flags = _ood_flag_cells(results)
     if flags:
         lines += ["", _ood_flag_title(results), "", *_markdown_table(flags)]
     for name, ablation in results["ablations"].items():
         lines += ["", "```", *_ablation_lines(name, ablation), "```"]
     if results["checks"]:
-        lines += ["", "Checks:", ""] + [f"- {_check_line(o)}" for o in results["checks"]]
+        calls = _paired_calls(results)
+        lines += ["", "Checks:", ""] + [f"- {_check_line(o, calls)}" for o in results["checks"]]
     return "\n".join(lines) + "\n"
 
 

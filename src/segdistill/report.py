@@ -117,9 +117,10 @@ def _load_input(path: Path) -> list[ReportModel]:
 @dataclass
 class Claims:
     """An experiment's verdict, as text the pipeline formats: the paper-shaped table
-    (`header`, `rows` of cells), more tables under it as (caption, header, rows), one
-    (passed, line) per check outcome, and the run's steps in order as (name, seconds, peak
-    resident MiB or None when not recorded)."""
+    (`header`, `rows` of cells), more tables under it as (caption, header, rows), notes
+    under the tables (how a column was measured), one (passed, line) per check outcome,
+    and the run's steps in order as (name, seconds, peak resident MiB or None when not
+    recorded)."""
 
     title: str
     header: list[str]
@@ -127,6 +128,7 @@ class Claims:
     checks: list[tuple[bool, str]]
     steps: list[tuple[str, float, float | None]] = field(default_factory=list)
     tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -156,28 +158,76 @@ def text(value: Any, header: bool = False) -> Cell:
     return Cell(str(value), header=header)
 
 
+# Which way a metric is better: "high", "low", or None (no direction, e.g. a mean
+# uncertainty, or values in different measures); shown as an arrow after a header.
+ARROWS = {"high": "↑", "low": "↓"}
+DIRECTION_WORDS = {"high": "higher is better", "low": "lower is better"}
+
+
+def directed(header: str, better: str | None) -> str:
+    """A metric column's header with the arrow of its better direction: "ECE ↓"."""
+    return f"{header} {ARROWS[better]}" if better else header
+
+
+def _caption(title: str, better: str | None) -> str:
+    """A caption naming the better direction, for tables whose columns are not metrics
+    (sets, models): "mIoU per set (higher is better)"."""
+    return f"{title} ({DIRECTION_WORDS[better]})" if better else title
+
+
+def _best(
+    cells: Sequence[tuple[tuple[int, int], float | None]], better: str | None
+) -> set[tuple[int, int]]:
+    """The (row, column) positions among `cells` ((position, value)) holding the best
+    value in direction `better`; none without a direction, with fewer than two values or
+    with all values equal (a lone value, or a tie of all, is best of nothing)."""
+    values = [value for _, value in cells if value is not None]
+    if better is None or len(set(values)) < 2:
+        return set()
+    top = max(values) if better == "high" else min(values)
+    return {at for at, value in cells if value == top}
+
+
+def best_in_columns(
+    rows: Sequence[Sequence[Cell]], better: Sequence[str | None]
+) -> set[tuple[int, int]]:
+    """Bold cells of a table whose rows are models and columns metrics: per column j, the
+    best model's cell in direction better[j]."""
+    return set().union(
+        *(
+            _best([((i, j), row[j].value) for i, row in enumerate(rows) if j < len(row)], b)
+            for j, b in enumerate(better)
+        )
+    )
+
+
+def best_in_rows(
+    rows: Sequence[Sequence[Cell]], columns: Sequence[int], better: str | None
+) -> set[tuple[int, int]]:
+    """Bold cells of a table whose rows are classes and `columns` models: per row, the
+    best model's cell in direction `better`."""
+    return set().union(
+        *(_best([((i, j), row[j].value) for j in columns], better) for i, row in enumerate(rows))
+    )
+
+
 def _table(
     headers: Sequence[str],
     rows: Sequence[Sequence[Cell]],
-    better: Sequence[str | None] | None = None,
+    best: set[tuple[int, int]] | None = None,
     caption: str | None = None,
 ) -> str:
-    """An HTML table; `better[j]` ("high" / "low" / None) marks the best value of column j
-    in bold when the column holds metrics of more than one row."""
-    best: dict[int, float] = {}
-    for j, direction in enumerate(better or []):
-        values = [v for r in rows if j < len(r) and (v := r[j].value) is not None]
-        if direction and len(values) > 1:
-            best[j] = max(values) if direction == "high" else min(values)
+    """An HTML table; the cells at the (row, column) positions `best` are bold (the best
+    model, from `best_in_columns` or `best_in_rows`)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = []
-    for row in rows:
+    for i, row in enumerate(rows):
         cells = []
         for j, cell in enumerate(row):
             classes = []
             if cell.metric is not None:
                 classes.append("num")
-            if j in best and cell.value is not None and cell.value == best[j]:
+            if best and (i, j) in best:
                 classes.append("best")
             attrs = f' class="{" ".join(classes)}"' if classes else ""
             if cell.metric is not None:
@@ -235,9 +285,10 @@ def summary_table(models: Sequence[dict[str, Any]], split: str) -> str:
     "kind" column gives an experiment's role (teacher, baseline, student) where the
     results have one: a student distilled without an uncertainty head loads as kind
     "baseline", which says how its uncertainty is made, not what it is."""
-    headers = ["model", "kind", "members", "parameters", "uncertainty"]
-    headers += [h for h, _, _, _ in SPLIT_COLUMNS] + ["anomaly AP", "anomaly AUROC"]
+    names = ["model", "kind", "members", "parameters", "uncertainty"]
+    names += [h for h, _, _, _ in SPLIT_COLUMNS] + ["anomaly AP", "anomaly AUROC"]
     better = [None] * 5 + [b for _, _, _, b in SPLIT_COLUMNS] + ["high", "high"]
+    headers = [directed(name, b) for name, b in zip(names, better)]
     rows = []
     for m in models:
         name = m["name"]
@@ -257,7 +308,7 @@ def summary_table(models: Sequence[dict[str, Any]], split: str) -> str:
             metric(f"{name}/pixel_anomaly/auroc", dig(m, "anomaly", "auroc")),
         ]
         rows.append(row)
-    return _table(headers, rows, better, caption=f"Metrics on {split}")
+    return _table(headers, rows, best_in_columns(rows, better), caption=f"Metrics on {split}")
 
 
 def per_split_table(
@@ -275,7 +326,8 @@ def per_split_table(
         for m in models
     ]
     # Best per column means best model on that set.
-    return _table(["model", *splits], rows, [None, *[better] * len(splits)], caption=title)
+    best = best_in_columns(rows, [None, *[better] * len(splits)])
+    return _table(["model", *splits], rows, best, caption=_caption(title, better))
 
 
 def _teacher_of(model: dict[str, Any], names: set[str]) -> str | None:
@@ -302,11 +354,18 @@ def per_class_table(
     """Rows: classes and their mean; columns: each model's value (`kind` "iou" or
     "uncertainty"), then student - teacher for each model evaluated against a teacher that
     is in the report (DUDES Tables 1-2). Keys "<model>/<split>/<kind>/<class>" and
-    "<model>/<split>/<kind>_diff/<class>", class "mean" for the last row."""
+    "<model>/<split>/<kind>_diff/<class>", class "mean" for the last row.
+
+    Bold: per class (row), the best model in direction `better` (None: no bold). The
+    uncertainty columns name each model's measure, which differ between models."""
     values, mean, diffs, mean_diff = PER_CLASS[kind]
     names = {m["name"] for m in models}
     students = [m for m in models if _teacher_of(m, names)]
-    headers = ["class", *(m["name"] for m in models)]
+    headers = ["class"]
+    headers += [
+        f"{m['name']} ({m['uncertainty_source']})" if kind == "uncertainty" else m["name"]
+        for m in models
+    ]
     headers += [f"{m['name']} − {m['vs_teacher']['teacher']}" for m in students]
     rows = []
     for c, cls in enumerate([*models[0]["class_names"], "mean"]):
@@ -328,7 +387,8 @@ def per_class_table(
             for m in students
         ]
         rows.append(row)
-    return _table(headers, rows, [None, *[better] * len(models)], caption=title)
+    best = best_in_rows(rows, range(1, 1 + len(models)), better)
+    return _table(headers, rows, best, caption=_caption(title, better))
 
 
 def teacher_table(models: Sequence[dict[str, Any]]) -> str | None:
@@ -351,8 +411,10 @@ def teacher_table(models: Sequence[dict[str, Any]]) -> str | None:
     return _table(
         ["model", "teacher", *splits],
         rows,
-        [None, None, *["high"] * len(splits)],
-        caption="Pearson correlation of student and teacher uncertainty per pixel",
+        best_in_columns(rows, [None, None, *["high"] * len(splits)]),
+        caption=_caption(
+            "Pearson correlation of student and teacher uncertainty per pixel", "high"
+        ),
     )
 
 
@@ -374,8 +436,10 @@ def ood_summary_table(models: Sequence[dict[str, Any]]) -> str | None:
     return _table(
         ["model", *sets],
         rows,
-        [None, *["high"] * len(sets)],
-        caption=f"Image-level OOD AUROC vs {reference}, best aggregator per model and set",
+        best_in_columns(rows, [None, *["high"] * len(sets)]),
+        caption=_caption(
+            f"Image-level OOD AUROC vs {reference}, best aggregator per model and set", "high"
+        ),
     )
 
 
@@ -387,8 +451,9 @@ def ood_set_table(models: Sequence[dict[str, Any]], name: str) -> str:
     better: list[str | None] = [None]
     for agg in aggregators:
         label = AGGREGATOR_LABELS.get(agg, agg)
-        headers += [f"{label} AUROC", f"{label} AUPR", f"{label} FPR95"]
-        better += ["high", "high", "low"]
+        for metric_name, direction in (("AUROC", "high"), ("AUPR", "high"), ("FPR95", "low")):
+            headers.append(directed(f"{label} {metric_name}", direction))
+            better.append(direction)
     rows = []
     for m in with_set:
         row = [text(m["name"], header=True)]
@@ -399,7 +464,8 @@ def ood_set_table(models: Sequence[dict[str, Any]], name: str) -> str:
                 for k in ("auroc", "aupr", "fpr95")
             ]
         rows.append(row)
-    return _table(headers, rows, better, caption=f"{name} vs {with_set[0]['ood']['reference']}")
+    caption = f"{name} vs {with_set[0]['ood']['reference']}"
+    return _table(headers, rows, best_in_columns(rows, better), caption=caption)
 
 
 def anomaly_table(models: Sequence[dict[str, Any]]) -> str | None:
@@ -422,10 +488,12 @@ def anomaly_table(models: Sequence[dict[str, Any]]) -> str | None:
         ]
         for m in with_anomaly
     ]
+    names = ["model", "score", "AP", "AUROC", "FPR95", "anomaly pixels", "normal pixels"]
+    better = [None, None, "high", "high", "low", None, None]
     return _table(
-        ["model", "score", "AP", "AUROC", "FPR95", "anomaly pixels", "normal pixels"],
+        [directed(name, b) for name, b in zip(names, better)],
         rows,
-        [None, None, "high", "high", "low", None, None],
+        best_in_columns(rows, better),
         caption=f"Pixel-level anomaly detection on {with_anomaly[0]['anomaly']['split']}",
     )
 
@@ -510,9 +578,81 @@ ul.checks li.fail{border-left-color:#c0392b;background:#fdf0ee}
 """
 
 
-def claims_html(claims: Claims) -> str:
-    """The paper-shaped table, the tables under it and the checks, each line marked PASS
-    (green) or FAIL (red)."""
+# The abbreviations of the tables, explained once under the summary table.
+GLOSSARY = (
+    (
+        "↑ / ↓",
+        "higher / lower is better. Bold: the best model on that metric (in a table with a "
+        "row per class: the best model of each class); no bold where no direction is better "
+        "(mean uncertainty)",
+    ),
+    (
+        "mIoU",
+        "mean over the classes of the intersection over union of prediction and label (a "
+        "class absent from both is left out)",
+    ),
+    ("pixel acc, class acc", "share of the labelled pixels predicted right; its mean per class"),
+    (
+        "ECE",
+        "expected calibration error: |accuracy - confidence| per confidence bin, weighted by "
+        "the bin's pixels",
+    ),
+    (
+        "misc.",
+        "misclassification detection: the uncertainty as the score of 'this pixel is "
+        "wrong' (wrong pixels are the positives)",
+    ),
+    ("AUROC, AUPR", "area under the ROC curve, under the precision-recall curve"),
+    ("FPR95", "false positive rate at the threshold that catches 95 % of the positives"),
+    (
+        "AURC, E-AURC",
+        "area under the risk-coverage curve (error rate of the pixels kept, most certain "
+        "first); E-AURC subtracts the AURC of a perfect ranking of the same errors (0: "
+        "perfect)",
+    ),
+    (
+        "pAvPU",
+        "patch accuracy vs patch uncertainty: share of the patches that are accurate and "
+        "certain or inaccurate and uncertain, at the best uncertainty threshold (max)",
+    ),
+    (
+        "mean unc., class-mean unc.",
+        "mean uncertainty of all pixels; mean over the classes of the mean uncertainty of "
+        "the pixels predicted as the class. Each model in its own measure (column "
+        "'uncertainty'): values of different measures do not compare",
+    ),
+    ("anomaly AP, AUROC", "pixel anomaly detection, the uncertainty as the anomaly score"),
+)
+
+
+def glossary_html() -> str:
+    items = "".join(
+        f"<li><b>{html.escape(term)}</b>: {html.escape(meaning)}</li>" for term, meaning in GLOSSARY
+    )
+    return f'<div class="note" id="glossary">Abbreviations<ul>{items}</ul></div>'
+
+
+def claims_notes(claims: Claims, models: Sequence[dict[str, Any]]) -> list[str]:
+    """Notes under an experiment's tables that its models give: the uncertainty measure
+    of each model, since the uncertainty columns compare different measures, and what
+    "±" is where a cell has one (the seeds: 1 + the largest seed offset)."""
+    by_measure: dict[str, list[str]] = {}
+    for model in models:
+        by_measure.setdefault(model["uncertainty_source"], []).append(model["name"])
+    measures = "; ".join(f"{source}: {', '.join(names)}" for source, names in by_measure.items())
+    notes = [f"Uncertainty columns score each model with its own measure ({measures})."]
+    if any("±" in cell for row in claims.rows for cell in row):
+        seeds = 1 + max(model.get("seed_offset", 0) for model in models)
+        notes.append(
+            f"Mean ± sample standard deviation (n - 1) over the {seeds} seeds of a model; a "
+            "model trained once (the teacher) has no ±."
+        )
+    return notes
+
+
+def claims_html(claims: Claims, notes: Sequence[str] = ()) -> str:
+    """The paper-shaped table, the tables under it, the claims' notes and `notes`, and
+    the checks, each line marked PASS (green) or FAIL (red)."""
 
     def cells(rows: list[list[str]]) -> list[list[Cell]]:
         return [[text(cell, header=j == 0) for j, cell in enumerate(row)] for row in rows]
@@ -531,7 +671,11 @@ def claims_html(claims: Claims) -> str:
     tables += [
         _table(header, cells(rows), caption=caption) for caption, header, rows in claims.tables
     ]
-    return "".join(tables) + checks + _steps_html(claims.steps)
+    paragraphs = "".join(
+        f'<p class="note">{html.escape(note)}</p>' for note in [*claims.notes, *notes]
+    )
+    paragraphs += '<p class="note">Abbreviations: <a href="#glossary">under the summary</a>.</p>'
+    return "".join(tables) + paragraphs + checks + _steps_html(claims.steps)
 
 
 def _steps_html(steps: list[tuple[str, float, float | None]]) -> str:
@@ -578,14 +722,18 @@ def build_report(
     teacher = next((m for m in metrics if m["kind"] in TEACHER_KINDS), None)
     ood_sets = list(dict.fromkeys(s for m in metrics if m.get("ood") for s in m["ood"]["sets"]))
     sections = [
-        _section("claims", "Paper table and checks", claims_html(claims) if claims else None),
+        _section(
+            "claims",
+            "Paper table and checks",
+            claims_html(claims, claims_notes(claims, metrics)) if claims else None,
+        ),
         _section(
             "summary",
             "Summary",
             summary_table(metrics, split),
-            '<p class="note">Bold: best value of the column. Uncertainty metrics treat a wrong '
-            "pixel as positive; each model is scored with its own uncertainty (column "
-            "&ldquo;uncertainty&rdquo;).</p>",
+            '<p class="note">Uncertainty metrics treat a wrong pixel as positive; each model '
+            "is scored with its own uncertainty (column &ldquo;uncertainty&rdquo;).</p>",
+            glossary_html(),
         ),
         _section(
             "sets",
@@ -610,11 +758,12 @@ def build_report(
                 split,
                 "uncertainty",
                 None,
-                f"Mean uncertainty of the pixels predicted as each class ({split})",
+                f"Mean uncertainty of the pixels predicted as each class ({split}), each model "
+                "in its own measure (column header)",
             ),
             _figure(
                 lambda: figures.per_class_uncertainty(metrics, split),
-                "Mean uncertainty per predicted class",
+                "Mean uncertainty per predicted class, each model in its own measure (legend)",
             ),
         ),
         _section(
@@ -622,7 +771,12 @@ def build_report(
             "Uncertainty quality",
             _figure(lambda: figures.reliability_diagram(metrics, split), "Reliability diagram"),
             _figure(lambda: figures.misclassification_roc(metrics, split), "Misclassification ROC"),
-            _figure(lambda: figures.miou_vs_removed(metrics, split), "mIoU vs removed pixels"),
+            _figure(
+                lambda: figures.miou_vs_removed(metrics, split),
+                "mIoU vs removed pixels: the mean over the classes present in the kept pixels "
+                "(as DUDES Fig. 4); n/C marks a point where only n of the C classes are left, "
+                "where the curve may jump",
+            ),
             _figure(
                 lambda: figures.iou_after_removal(metrics, split),
                 "IoU per class on the pixels kept, 50 % most uncertain removed",
@@ -638,7 +792,8 @@ def build_report(
             teacher_table(metrics),
             _figure(
                 lambda: figures.teacher_student_hist2d(metrics, split),
-                "Student vs teacher uncertainty per pixel",
+                "Student vs teacher uncertainty per pixel; r: Pearson's over all the model's "
+                "pixels, correct and wrong together",
             ),
         ),
         _section(
