@@ -538,3 +538,43 @@ def test_a_folder_data_set_is_evaluated_with_its_classes(tmp_path: Path, capsys)
     miou = np.mean(tp[union > 0] / union[union > 0])
     assert model["splits"]["test"]["segmentation"]["miou"] == pytest.approx(miou, abs=1e-12)
     assert (tmp_path / "out" / "figures" / "net" / "samples_test.png").is_file()
+
+
+def test_images_of_mixed_sizes_are_batched_by_size(tmp_path: Path) -> None:
+    """Your own photos come in several sizes: a batch holds images of one size, so any
+    batch size works and gives the numbers of one image at a time."""
+    from segdistill.evaluate import evaluate, size_batches
+
+    rng = np.random.default_rng(1)
+    sizes = [(32, 64), (32, 64), (40, 48), (32, 64), (101, 67)]
+    root = tmp_path / "data"
+    for i, (height, width) in enumerate(sizes):
+        for folder in ("images", "masks"):
+            (root / "test" / folder).mkdir(parents=True, exist_ok=True)
+        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "test" / "images" / f"{i}.png")
+        mask = rng.integers(0, 3, (height, width), dtype=np.uint8)
+        Image.fromarray(mask).save(root / "test" / "masks" / f"{i}.png")
+    classes = "".join(f"  - {{name: c{k}, color: [{k}, {k}, {k}]}}\n" for k in range(3))
+    (root / "classes.yaml").write_text(f"classes:\n{classes}")
+    assert size_batches(FolderDataset.split(root, "test"), 2) == [[0, 1], [2], [3], [4]]
+    torch.manual_seed(0)
+    save_run(tmp_path / "net", "scalar", classes=3)
+    results = [
+        evaluate(
+            [tmp_path / "net"],
+            root,
+            out_dir=tmp_path / f"out{batch}",
+            write_homes=False,
+            batch_size=batch,
+            make_figures=False,
+            progress=False,
+            num_workers=0,
+        )["models"][0]["splits"]["test"]
+        for batch in (1, 4)
+    ]
+    assert results[0]["num_images"] == 5
+    segmentation = [r["segmentation"] for r in results]
+    assert segmentation[1]["miou"] == pytest.approx(segmentation[0]["miou"], abs=1e-12)
+    aurocs = [r["uncertainty"]["misclassification"]["auroc"] for r in results]
+    assert aurocs[1] == pytest.approx(aurocs[0], abs=1e-9)

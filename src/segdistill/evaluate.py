@@ -37,7 +37,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from segdistill import figures
 from segdistill.checkpoints import atomic_write
-from segdistill.data.base import SegmentationDataset
+from segdistill.data.base import SegmentationDataset, image_size
 from segdistill.data.cityscapes import CityscapesDataset, GtFineMap, split_folders
 from segdistill.data.folder import (
     CLASSES_FILE,
@@ -398,7 +398,9 @@ def _run_split(
         for p in predictors
     }
     samples = SampleSet(spec.name, reference.colors, reference.ignore_index)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(
+        dataset, batch_sampler=size_batches(dataset, batch_size), num_workers=num_workers
+    )
     bar = tqdm(
         loader, desc=f"{spec.name} ({len(dataset)} images)", unit="batch", disable=not progress
     )
@@ -419,6 +421,23 @@ def _run_split(
                 samples.add_model(predictor.name, prediction, take, images.shape[-1])
             del prediction
     return accumulators, samples
+
+
+def size_batches(dataset: SegmentationDataset | Subset[Any], batch_size: int) -> list[list[int]]:
+    """The data set's indices in order, in batches of at most `batch_size` consecutive images
+    of one size (from the files' headers): a batch stacks its images, so a data set of
+    mixed sizes (your own photos) is evaluated as it is, without resizing or padding."""
+    if isinstance(dataset, Subset):
+        base, indices = cast(SegmentationDataset, dataset.dataset), list(dataset.indices)
+    else:
+        base, indices = dataset, list(range(len(dataset)))
+    sizes = [image_size(base.samples[i].image) for i in indices]
+    batches: list[list[int]] = []
+    for position, size in enumerate(sizes):
+        if not batches or len(batches[-1]) == batch_size or sizes[batches[-1][-1]] != size:
+            batches.append([])
+        batches[-1].append(position)
+    return batches
 
 
 def ood_results(
