@@ -198,6 +198,22 @@ def test_dudes_parity_counts() -> None:
     assert count_parameters(student) - count_parameters(baseline) == 257
 
 
+def test_he_student_has_no_aspp_and_no_decoder() -> None:
+    """He et al.'s student (arch plain): MobileNetV2-1.0 at stride 16 into the 1x1
+    classifier; 2,248,211 parameters = the encoder's 2,223,872 + 1280 x 19 + 19 (the paper's
+    S1 lists 2.11 M). Its decoder_out tap is the encoder's last map."""
+    model = build_segmenter("plain", "mobilenetv2", NUM_CLASSES)
+    encoder = count_parameters(model.encoder)
+    assert count_parameters(model) == 2_248_211 == encoder + 1280 * NUM_CLASSES + NUM_CLASSES
+    out = model.eval()(torch.randn(1, 3, 64, 96))
+    assert out.logits.shape == (1, NUM_CLASSES, 64, 96)
+    assert out.features["decoder_out"] is out.features["encoder_out"]
+    assert out.features["decoder_out"].shape == (1, 1280, 4, 6)  # stride 16
+    # With an uncertainty head and MC dropout the map is dropped once, by the Segmenter.
+    dropped = build_segmenter("plain", "mobilenetv2", 3, "scalar", mc_dropout=0.1)
+    assert sum(isinstance(m, torch.nn.Dropout2d) for m in dropped.modules()) == 1
+
+
 def test_holder_heads_follow_the_decoder_width() -> None:
     """Holder & Shafique: each head is a 3x3 conv-BN-ReLU with 256 channels then a 1x1 conv
     to C, on the full-width decoder; at width 0.25 the heads narrow with the decoder (64)."""

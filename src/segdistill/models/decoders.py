@@ -1,4 +1,4 @@
-"""Decoders: DeepLabV3+, PSPNet and NfS-SegNet's light asymmetric decoder.
+"""Decoders: DeepLabV3+, PSPNet, NfS-SegNet's light asymmetric decoder, and none (plain).
 
 Every decoder takes the encoder's feature list (fine to coarse, see `encoders.py`) and
 returns one feature map `[B, out_channels, h, w]` that the heads turn into class scores.
@@ -113,6 +113,26 @@ class ASPP(nn.Module):
         """x [B, in_ch, h, w] -> [B, out_ch, h, w]."""
         pooled = self.pooling(x).expand(-1, -1, *x.shape[-2:])
         return self.project(torch.cat([conv(x) for conv in self.convs] + [pooled], dim=1))
+
+
+class PlainDecoder(Decoder):
+    """No decoder: the encoder's last feature map goes to the heads as it is (He et al.'s
+    student, which "does not involve the ASPP and the decoder"). `channels` is unused, and
+    so is `mc_dropout`: the Segmenter's MC dropout after the encoder already drops this
+    map."""
+
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        encoder_strides: Sequence[int],
+        channels: int,
+        mc_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.out_channels = encoder_channels[-1]
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        return features[-1]
 
 
 class DeepLabV3PlusDecoder(Decoder):

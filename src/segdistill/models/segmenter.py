@@ -9,7 +9,8 @@ no copies):
   nominal stride 2**i (actual stride `encoder.strides[i - 1]`).
 - "encoder_out": the last encoder level, before the MC dropout.
 - "decoder_out": the decoder feature the heads read ([B, decoder.out_channels, h, w]:
-  stride 4 for DeepLabV3+, the encoder output stride for PSPNet, 32 for NfS-SegNet).
+  stride 4 for DeepLabV3+, the encoder output stride for PSPNet, 32 for NfS-SegNet; for
+  "plain" the encoder's last level itself).
 `SegOutput.aux_logits` is keyed by encoder level ("c4", "c5") when aux heads are on.
 """
 
@@ -27,6 +28,7 @@ from segdistill.models.decoders import (
     Decoder,
     DeepLabV3PlusDecoder,
     LightDecoder,
+    PlainDecoder,
     PSPDecoder,
     mc_dropout_layer,
     resize,
@@ -141,6 +143,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "pspnet": Architecture(PSPDecoder, 8, 512, ("c4",)),
     # Oh et al.: NfS-SegNet; JA-KD reads auxiliary outputs at strides 16 and 32.
     "nfs": Architecture(LightDecoder, None, 128, ("c4", "c5")),
+    # He et al.'s student: the encoder (output stride 16) straight into the 1x1 classifier,
+    # no ASPP, no decoder; "decoder_out" is then the encoder's last feature map.
+    "plain": Architecture(PlainDecoder, 16, 0, ("c4",)),
 }
 
 
@@ -155,7 +160,7 @@ def build_segmenter(
     encoder_weights: str | Path | None = None,
     decoder_channels: int | None = None,
 ) -> Segmenter:
-    """Build `arch` ("deeplabv3plus", "pspnet", "nfs") on `encoder` (see ENCODERS).
+    """Build `arch` ("deeplabv3plus", "pspnet", "nfs", "plain") on `encoder` (see ENCODERS).
 
     encoder_options:  `output_stride` (default: the architecture's) and `width`.
     encoder_weights:  optional local ImageNet state dict loaded into the encoder.
