@@ -652,3 +652,24 @@ def test_an_ood_fit_on_too_few_references_says_so(tmp_path, student, capsys) -> 
     argv = ["predict", str(student), str(tmp_path / "in"), "--out", str(tmp_path / "out")]
     assert main([*argv, "--ood-reference", str(tmp_path / "ref"), "--outputs", "none"]) == 0
     assert "1 reference images cannot resolve a 5 % false-alarm rate" in capsys.readouterr().err
+
+
+def test_an_unreadable_frame_stops_the_run_or_is_skipped(tmp_path, student, capsys) -> None:
+    for i in (1, 2, 4):
+        write_png(tmp_path / "frames" / f"f{i}.png", rgb(32, 64, seed=i))
+    (tmp_path / "frames" / "f3.png").write_text("not an image")
+    argv = ["predict", str(student), str(tmp_path / "frames"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--outputs", "pred"]) == 2
+    assert "f3.png: cannot read the image" in capsys.readouterr().err
+    assert main([*argv, "--outputs", "pred", "--skip-unreadable"]) == 0
+    assert "1 unreadable image(s) skipped" in capsys.readouterr().out
+    written = sorted(p.name for p in (tmp_path / "out" / "pred").iterdir())
+    assert written == ["f1.png", "f2.png", "f4.png"]
+    summary = json.loads((tmp_path / "out" / "predict.json").read_text())
+    (skipped,) = summary["skipped"]
+    assert skipped["image"].endswith("f3.png") and "cannot read" in skipped["error"]
+    assert [Path(record["image"]).name for record in summary["images"]] == [
+        "f1.png",
+        "f2.png",
+        "f4.png",
+    ]

@@ -343,12 +343,21 @@ def batches(
     multiple: int,
     size: tuple[int, int] | None,
     notify: Callable[[str], None],
+    skip: Callable[[Path, DataError], None] | None = None,
 ) -> Iterator[list[tuple[Path, np.ndarray]]]:
     """Read the images in order and group consecutive ones of one `network_size` into
-    batches of at most `batch_size` (path, uint8 [H, W, 3]); conversions go to `notify`."""
+    batches of at most `batch_size` (path, uint8 [H, W, 3]); conversions go to `notify`.
+    An image that cannot be read raises its DataError, or with `skip` is handed to it and
+    left out."""
     batch: list[tuple[Path, np.ndarray]] = []
     for path in paths:
-        image, notice = load_image(path)
+        try:
+            image, notice = load_image(path)
+        except DataError as error:
+            if skip is None:
+                raise
+            skip(path, error)
+            continue
         if notice:
             notify(notice)
         if batch and (
@@ -450,6 +459,7 @@ class PredictSummary:
     pixels: int = 0
     distrusted: int = 0
     notices: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
     summary: Path | None = None
 
 
@@ -644,6 +654,7 @@ def predict_files(
     distrust_above: float | None = None,
     outputs: Collection[str] = OUTPUT_KINDS,
     progress: bool = True,
+    skip_unreadable: bool = False,
 ) -> PredictSummary:
     """Predict `images` (files, from `find_images`) in batches and write the `outputs` of
     the module docstring (default: every kind) and predict.json under `out`. With `ood`
@@ -655,7 +666,8 @@ def predict_files(
     colours that draw them and the mask values and ignore value that read the labels;
     without either, the Cityscapes colours and labels as class ids. Notices go to stderr
     as they happen and into the summary. DataError names the first image or label that
-    cannot be used.
+    cannot be used; with `skip_unreadable`, an image that cannot be read (a corrupt or
+    truncated frame) is left out with a notice and listed as skipped instead.
     """
     _check_batch_size(batch_size)
     if vmax <= 0:
@@ -688,7 +700,15 @@ def predict_files(
     ood_scores: list[float] = []
     other_sizes: set[tuple[int, ...]] = set()  # told once per size the OOD references lack
     with tqdm(total=len(images), desc="predict", unit="image", disable=not progress) as bar:
-        for batch in batches(images, batch_size, multiple, size, notify):
+
+        def skip(path: Path, error: DataError) -> None:
+            notify(f"skipped: {error}")
+            summary.skipped.append({"image": str(path.resolve()), "error": str(error)})
+            bar.update(1)
+
+        for batch in batches(
+            images, batch_size, multiple, size, notify, skip if skip_unreadable else None
+        ):
             results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
             for (path, image), (pred, uncertainty) in zip(batch, results):
                 label_file = label_files.get(path)
@@ -792,6 +812,7 @@ def predict_files(
             "distrust": {"probably wrong (uncertainty >= distrust_above)": DISTRUST_FLAGGED},
         },
         "distrust_above": distrust_above,
+        "skipped": summary.skipped,
         "ood": None
         if ood is None
         else {

@@ -2,7 +2,7 @@
 
     segdistill predict SOURCE INPUT... --out DIR [--labels DIR_OR_FILE] [--classes FILE]
                        [--outputs KIND,...] [--distrust-above T] [--batch-size N]
-                       [--size HxW] [--vmax V]
+                       [--size HxW] [--vmax V] [--skip-unreadable]
                        [--device auto|cpu|cuda] [--channels-last] [--mc-samples K]
                        [--ood-reference PATH... [--ood-fpr F] [--ood-aggregator A]
                         | --ood-detector FILE]
@@ -95,6 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "it must catch",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward (1)")
+    parser.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="leave out an image that cannot be read (a corrupt or truncated frame) with a "
+        "notice, listed in predict.json, instead of stopping the run",
+    )
     parser.add_argument(
         "--size",
         type=parse_size,
@@ -253,6 +259,7 @@ def run_predict(args: argparse.Namespace) -> int:
         ood=ood,
         distrust_above=args.distrust_above,
         outputs=outputs,
+        skip_unreadable=args.skip_unreadable,
     )
     print(
         f"{predictor.name} ({predictor.kind}, uncertainty: {predictor.uncertainty_source}): "
@@ -270,6 +277,8 @@ def run_predict(args: argparse.Namespace) -> int:
             f"distrust: {summary.distrusted / summary.pixels:.1%} of the pixels have an "
             f"uncertainty >= {args.distrust_above:g}{where}"
         )
+    if summary.skipped:
+        print(f"{len(summary.skipped)} unreadable image(s) skipped (predict.json: skipped)")
     if summary.notices:
         print(f"{len(summary.notices)} notice(s), listed above")
     return 0
