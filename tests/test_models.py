@@ -136,6 +136,7 @@ def test_nfsnet_default_has_extra_stride_64_stage() -> None:
         ("deeplabv3plus", "mobilenetv2", "per_class", NUM_CLASSES),
         ("pspnet", "resnet18", None, 0),
         ("nfs", "nfsnet", "scalar", 1),
+        ("plain", "mobilenetv2", "per_class", NUM_CLASSES),
     ],
 )
 def test_segmenter_outputs(arch: str, encoder: str, head: str | None, channels: int) -> None:
@@ -152,7 +153,8 @@ def test_segmenter_outputs(arch: str, encoder: str, head: str | None, channels: 
         assert out.uncertainty.shape == (2, channels, 72, 88)
         assert 0.0 <= out.uncertainty.min() and out.uncertainty.max() <= 1.0
     levels = [f"encoder_c{i}" for i in range(1, len(model.encoder.out_channels) + 1)]
-    assert set(out.features) == {*levels, "encoder_out", "decoder_out"}
+    aspp = {"decoder_aspp"} if arch == "deeplabv3plus" else set()
+    assert set(out.features) == {*levels, "encoder_out", "decoder_out", *aspp}
     assert out.features["encoder_out"] is out.features[levels[-1]]
     assert out.features["decoder_out"].shape[1] == model.decoder.out_channels
     assert set(out.aux_logits) == ({"c4", "c5"} if arch == "nfs" else {"c4"})
@@ -212,6 +214,47 @@ def test_he_student_has_no_aspp_and_no_decoder() -> None:
     # With an uncertainty head and MC dropout the map is dropped once, by the Segmenter.
     dropped = build_segmenter("plain", "mobilenetv2", 3, "scalar", mc_dropout=0.1)
     assert sum(isinstance(m, torch.nn.Dropout2d) for m in dropped.modules()) == 1
+
+
+@pytest.mark.parametrize(
+    ("arch", "encoder", "options", "channels", "stride"),
+    [
+        ("deeplabv3plus", "resnet50", {"output_stride": 8}, 256, 4),
+        ("plain", "mobilenetv2", {}, 1280, 16),
+    ],
+)
+def test_decoder_out_is_the_classifiers_input(
+    arch: str, encoder: str, options: dict, channels: int, stride: int
+) -> None:
+    """The "decoder_out" tap is the last feature map before the classifier, the "last
+    convolution features" He et al. distil: 256 channels at stride 4 for the paper's
+    DeepLabV3+ ResNet-50 OS8 teacher, the encoder's 1280-channel stride-16 map for the
+    plain MobileNetV2 student. The classifier on it gives the logits."""
+    model = build_segmenter(arch, encoder, NUM_CLASSES, encoder_options=options).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 96))
+        decoded = out.features["decoder_out"]
+        logits = torch.nn.functional.interpolate(
+            model.seg_head(decoded), size=(64, 96), mode="bilinear", align_corners=False
+        )
+    assert decoded.shape == (1, channels, 64 // stride, 96 // stride)
+    torch.testing.assert_close(logits, out.logits)
+
+
+def test_decoder_aspp_is_the_aspp_output_at_the_encoder_stride() -> None:
+    """DeepLabV3+'s "decoder_aspp" tap: the ASPP block's output, 256 channels at the
+    encoder's output stride (8 for He et al.'s teacher), before the stride-4 fusion; the
+    other decoders expose no such tap."""
+    model = build_segmenter(
+        "deeplabv3plus", "resnet50", NUM_CLASSES, encoder_options={"output_stride": 8}
+    ).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 96))
+        expected = model.decoder.aspp(out.features["encoder_out"])
+    assert out.features["decoder_aspp"].shape == (1, 256, 8, 12)
+    torch.testing.assert_close(out.features["decoder_aspp"], expected)
+    plain = build_segmenter("plain", "mobilenetv2", NUM_CLASSES).eval()
+    assert "decoder_aspp" not in plain(torch.randn(1, 3, 64, 96)).features
 
 
 def test_holder_heads_follow_the_decoder_width() -> None:

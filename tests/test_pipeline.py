@@ -952,8 +952,8 @@ def test_latency_is_explained_where_it_is_shown() -> None:
 
 def test_the_paper_he_experiment_adapts_the_teachers_last_features(tmp_path: Path) -> None:
     """He et al.: the student has no ASPP and no decoder, the translator encodes the
-    teacher's 256-channel features before its classifier, and the KD students share one
-    teacher cache."""
+    teacher's 256-channel ASPP output at stride 8, and the KD students share one teacher
+    cache."""
     from segdistill.methods import Adaptation
     from segdistill.models import count_parameters
 
@@ -963,13 +963,13 @@ def test_the_paper_he_experiment_adapts_the_teachers_last_features(tmp_path: Pat
     adaptation = student_config(experiment, paths, students["adaptation"])
     assert adaptation.model.arch == "plain"
     (method,) = adaptation.distill.methods
-    assert method.options["teacher_tap"] == "decoder_out"
+    assert method.options["teacher_tap"] == "decoder_aspp"
     teacher_model = replace_values(
         teacher_config(experiment, paths), {"model.encoder_weights": None}, "test"
     ).model
     with torch.no_grad():
         features = build_model(teacher_model, 19).eval()(torch.zeros(1, 3, 64, 64)).features
-    assert features["decoder_out"].shape[1] == 256
+    assert features["decoder_aspp"].shape[1:] == (256, 8, 8)  # stride 8
     adapter = Adaptation(1280, 256, **method.options)
     assert count_parameters(adapter, trainable_only=False) < 8e6  # 326 M on encoder_out
     assert {students[name].cache for name in ("kd_t2", "kd_t4", "kd_t6")} == {"teacher"}

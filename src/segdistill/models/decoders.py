@@ -24,9 +24,13 @@ from segdistill.models.encoders import ConvBNPReLU, init_weights
 
 class Decoder(nn.Module):
     """The contract of every decoder (module docstring): `forward(features) -> [B,
-    out_channels, h, w]`."""
+    out_channels, h, w]`; `forward_taps` also returns named intermediate maps that the
+    Segmenter exposes as feature taps (none by default)."""
 
     out_channels: int
+
+    def forward_taps(self, features: Sequence[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        return self(features), {}
 
 
 class MCDropout(nn.Dropout2d):
@@ -173,9 +177,15 @@ class DeepLabV3PlusDecoder(Decoder):
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         """features (encoder levels) -> [B, channels, H/4, W/4]."""
+        return self.forward_taps(features)[0]
+
+    def forward_taps(self, features: Sequence[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The output and "decoder_aspp", the ASPP block's [B, channels, h, w] at the
+        encoder's output stride (He et al.'s teacher features at stride 8)."""
         low = self.block1(features[self.low_level])
-        deep = resize(self.dropout(self.aspp(features[-1])), low.shape[-2:])
-        return self.block2(torch.cat([deep, low], dim=1))
+        context = self.aspp(features[-1])
+        deep = resize(self.dropout(context), low.shape[-2:])
+        return self.block2(torch.cat([deep, low], dim=1)), {"decoder_aspp": context}
 
 
 # --------------------------------------------------------------------------- PSPNet
