@@ -108,7 +108,7 @@ from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, ac
 from segdistill.metrics.ood import image_scores
 from segdistill.models import Segmenter
 from segdistill.ood_detector import ImageOODDetector, check_aggregator, check_fpr
-from segdistill.predictor import Predictor
+from segdistill.predictor import Predictor, check_class_count
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 # Nominal downsampling of every encoder (ResNet, MobileNetV2, NfS-Net down to c5).
@@ -609,11 +609,17 @@ def provenance(predictor: Predictor, batch_size: int) -> dict[str, object]:
     }
 
 
+def check_output_folder(out: Path) -> None:
+    """ConfigError when the output folder `out` is an existing file."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder")
+
+
 def previous_outputs(out: Path) -> set[Path]:
     """The pictures and OOD figure that a previous run listed in `out`/predict.json (an
     empty set without one). A run removes those it did not write again once it has written
     its own, so a re-run into the same folder leaves none of the old run's files beside the
-    new ones, and a failed one leaves the old run whole."""
+    new ones, and a failed one removes nothing."""
     summary = out / SUMMARY_FILE
     if not summary.is_file():
         return set()
@@ -677,17 +683,13 @@ def predict_files(
         raise ConfigError(f"--distrust-above must be a finite number, got {distrust_above}")
     if ood is not None:
         ood.check_model(predictor, size, where="the OOD detector")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"the output folder {out} is a file")
+    check_output_folder(out)
     label_files = match_labels(images, labels) if labels is not None else {}
     multiple = input_multiple(predictor.segmenters())
     palette = class_palette(predictor.num_classes)
     stored = None
-    if classes is not None and len(classes.names) != predictor.num_classes:
-        raise ConfigError(
-            f"the classes file lists {len(classes.names)} classes, but "
-            f"{predictor.source} predicts {predictor.num_classes}"
-        )
+    if classes is not None:
+        check_class_count(classes, predictor, "the classes file")
     classes = classes or predictor.classes
     if classes is not None:
         palette, ignore_index, stored = classes.colors, classes.ignore_index, classes.mapping

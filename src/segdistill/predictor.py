@@ -213,6 +213,16 @@ class Predictor:
         )
 
 
+def check_class_count(classes: ClassesSpec, predictor: Predictor, where: str | Path) -> None:
+    """ConfigError when the classes file `where` lists another number of classes than the
+    predictor predicts."""
+    if len(classes.names) != predictor.num_classes:
+        raise ConfigError(
+            f"{where} lists {len(classes.names)} classes, but {predictor.source} predicts "
+            f"{predictor.num_classes}"
+        )
+
+
 def default_device(device: str | torch.device | None = None) -> torch.device:
     """`device` when given ("cpu", "cuda" or "cuda:N"), else CUDA when available, else the
     CPU. ConfigError when the device is unknown or its CUDA is not available."""

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
-from segdistill.errors import ConfigError
 
 if TYPE_CHECKING:
     from segdistill.export import ExportReport
@@ -91,16 +90,12 @@ def format_report(report: ExportReport) -> str:
 def run_export(args: argparse.Namespace) -> int:
     from segdistill.data.folder import load_classes
     from segdistill.export import export_predictor
-    from segdistill.predictor import load_predictor
+    from segdistill.predictor import check_class_count, load_predictor
 
     predictor = load_predictor(args.source)
     if args.classes is not None:
         classes = load_classes(args.classes)
-        if len(classes.names) != predictor.num_classes:
-            raise ConfigError(
-                f"{args.classes} lists {len(classes.names)} classes, but {predictor.source} "
-                f"predicts {predictor.num_classes}"
-            )
+        check_class_count(classes, predictor, args.classes)
         predictor.classes = classes
     report = export_predictor(
         predictor, args.format, args.out, opset=args.opset, outputs=args.outputs, atol=args.atol

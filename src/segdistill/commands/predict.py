@@ -233,13 +233,12 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
 
 def run_predict(args: argparse.Namespace) -> int:
     from segdistill.data.folder import load_classes
-    from segdistill.predict import find_images, predict_files
+    from segdistill.predict import check_output_folder, find_images, predict_files
     from segdistill.predictor import default_device, load_predictor
 
     outputs = _outputs(args)
     # Checked before the OOD detector is fitted, which can take minutes.
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a file; give a folder")
+    check_output_folder(args.out)
     if args.labels is not None and not args.labels.exists():
         raise DataError(f"--labels {args.labels}: no such file or folder")
     images = find_images(args.inputs, exclude=args.out)

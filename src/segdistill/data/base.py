@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, TRAIN_ID_COLORS
+from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import Sample, build_eval_transform, to_tensors
 from segdistill.errors import DataError
 
@@ -111,10 +111,6 @@ class ClassesSpec:
         if self.mask_values is not None:
             document["mask_values"] = {int(k): int(v) for k, v in self.mask_values.items()}
         return document
-
-
-# The classes of a Cityscapes-layout data set (Cityscapes, SynthStreets): train ids 0..18.
-CITYSCAPES_CLASSES = ClassesSpec(CLASS_NAMES, TRAIN_ID_COLORS)
 
 
 @dataclass(frozen=True)
