@@ -37,7 +37,7 @@ from segdistill.evaluate import (
     format_summary,
 )
 from segdistill.models import build_segmenter
-from segdistill.predictor import load_predictor
+from segdistill.predictor import PER_CLASS_OOD_SOURCE, load_predictor
 
 TINY = {"width": 0.125}
 SPLITS = ["test", "night", "anomaly"]
@@ -150,6 +150,39 @@ def test_numbers_match_a_direct_recomputation(setup: dict[str, Any]) -> None:
     paired = student["vs_teacher"]["splits"]["test"]["paired"]
     assert paired["pearson"] == pytest.approx(np.corrcoef(stacked)[0, 1], abs=1e-5)
     assert paired["num_pixels"] == stacked.shape[1]
+
+
+def test_a_per_class_student_is_scored_on_holders_eq_8_map(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """Image-level OOD of a Holder & Shafique student aggregates eq. 8's map (the mean of
+    its per-class std over the classes, their 5.3), recomputed here image by image."""
+    torch.manual_seed(0)
+    save_run(tmp_path / "holder", "per_class")
+    results = evaluate(
+        [tmp_path / "holder"],
+        setup["data"],
+        splits=["test", "night"],
+        batch_size=2,
+        progress=False,
+        make_figures=False,
+        device="cpu",
+    )
+    (model,) = results["models"]
+    assert model["ood_source"] == PER_CLASS_OOD_SOURCE
+    network = load_predictor(tmp_path / "holder").model
+    medians: dict[str, list[float]] = {"test": [], "night": []}
+    for split, tree in (("test", setup["data"]), ("night", setup["data"] / "shifts" / "night")):
+        for sample in CityscapesDataset(tree, "test"):
+            with torch.no_grad():
+                per_class = network(sample["image"][None]).uncertainty[0].numpy()
+            medians[split].append(float(np.median(per_class.mean(axis=0))))
+    labels = [0] * len(medians["test"]) + [1] * len(medians["night"])
+    auroc = roc_auc_score(labels, medians["test"] + medians["night"])
+    ood = model["ood"]["sets"]["night"]["by_aggregator"]["median"]
+    assert ood["auroc"] == pytest.approx(auroc, abs=1e-9)
+    scores = model["ood"]["image_scores"]["night"]["median"]
+    np.testing.assert_allclose(scores, medians["night"], rtol=1e-5)
 
 
 def test_teacher_differences(setup: dict[str, Any]) -> None:

@@ -62,6 +62,7 @@ def hand_made(**changes: object) -> ImageOODDetector:
         "weights": "0" * 64,
         "kind": "student",
         "uncertainty_source": "student head (scalar)",
+        "ood_source": "student head (scalar)",
         "passes": 1,
         "resize_to": None,
         "reference_scores": scores,
@@ -107,6 +108,7 @@ def test_detector_file_round_trip_and_errors(tmp_path) -> None:
         (broken(extra=1), "unknown keys \\['extra'\\]"),
         (broken(reference_sizes=[[64, 0]]), "'reference_sizes'"),
         (broken(reference_sizes=[64, 128]), "'reference_sizes'"),
+        (broken(ood_source=3), "'ood_source' must be null or a string"),
     ]
     for bad, message in cases:
         with pytest.raises(ConfigError, match=message) as error:
@@ -137,6 +139,7 @@ def test_a_detector_file_without_reference_sizes_still_loads(tmp_path) -> None:
     hand_made(reference_sizes=[[4, 4]]).save(path)
     document = json.loads(path.read_text())
     assert document["reference_sizes"] == [[4, 4]]
-    del document["reference_sizes"]  # as written before the sizes were recorded
+    del document["reference_sizes"], document["ood_source"]  # as written before both
     path.write_text(json.dumps(document))
-    assert ImageOODDetector.load(path).reference_sizes is None
+    loaded = ImageOODDetector.load(path)
+    assert loaded.reference_sizes is None and loaded.ood_source is None

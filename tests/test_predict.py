@@ -32,7 +32,7 @@ from segdistill.predict import (
     pad_to_multiple,
     predict_files,
 )
-from segdistill.predictor import load_predictor
+from segdistill.predictor import PER_CLASS_OOD_SOURCE, load_predictor
 
 CLASSES = 19
 CITY_IMAGE = "aachen_000000_000019_leftImg8bit.png"
@@ -488,6 +488,49 @@ def test_ood_detector_refuses_another_model_or_size(tmp_path, student, ood_refer
             ood=detector,
             progress=False,
         )
+
+
+def test_a_per_class_student_scores_ood_images_from_holders_eq_8_map(
+    tmp_path, student, ood_reference
+) -> None:
+    """Holder & Shafique 5.3 aggregate eq. 8's map, the mean over the classes of the head's
+    per-class std, not the predicted class's value that the uncertainty pictures show."""
+    weights = save_tiny(tmp_path / "holder.safetensors", head="per_class")
+    predictor = load_predictor(weights)
+    detector = fit_ood_detector(predictor, ood_reference, aggregator="median", progress=False)
+    assert detector.ood_source == PER_CLASS_OOD_SOURCE
+    summary = predict_files(predictor, ood_reference, tmp_path / "out", progress=False)
+    index = json.loads(summary.summary.read_text())
+    assert index["ood_source"] == PER_CLASS_OOD_SOURCE
+    network = load_segmenter(weights)[0].eval()
+    normalise = build_eval_transform()
+    for path, record, score in zip(ood_reference, index["images"], detector.reference_scores):
+        image = torch.from_numpy(normalise({"image": read(path)})["image"]).permute(2, 0, 1)
+        padded = torch.nn.functional.pad(image[None], (0, 16))  # 48 -> 64, as predict pads
+        with torch.no_grad():
+            per_class = network(padded).uncertainty[0, :, :, :48].numpy()  # [C, H, W]
+        eq8 = per_class.mean(axis=0)
+        expected = {"min": eq8.min(), "mean": eq8.mean(), "median": np.median(eq8)}
+        expected["max"] = eq8.max()
+        expected["median_plus_min_over_max"] = (np.median(eq8) + eq8.min()) / eq8.max()
+        for aggregator, value in expected.items():
+            assert record["image_scores"][aggregator] == pytest.approx(value, rel=1e-5)
+        assert score == pytest.approx(np.median(eq8), rel=1e-5)
+        shown = read(tmp_path / "out" / record["files"]["uncertainty16"]) / 65535.0
+        assert abs(np.median(shown) - np.median(eq8)) > 1e-3  # the other map
+    # A detector file from before ood_source scored the predicted class's value.
+    path = tmp_path / DETECTOR_FILE
+    detector.save(path)
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k != "ood_source"}
+    path.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="ood_source 'student head \\(per-class, predicted"):
+        ImageOODDetector.load(path).check_model(predictor, None, path)
+    # Such a file of any other model scored the map it still scores.
+    scalar = load_predictor(student)
+    fit_ood_detector(scalar, ood_reference[:2], progress=False).save(path)
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k != "ood_source"}
+    path.write_text(json.dumps(old))
+    ImageOODDetector.load(path).check_model(scalar, None, path)
 
 
 def test_cli_fits_saves_and_reuses_an_ood_detector(

@@ -17,7 +17,7 @@ from segdistill.data.base import ClassesSpec
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter, build_segmenter
 from segdistill.models.teachers import Ensemble
-from segdistill.predictor import default_device, load_predictor
+from segdistill.predictor import PER_CLASS_OOD_SOURCE, default_device, load_predictor
 
 CLASSES = 4
 TINY = {"width": 0.125}
@@ -91,9 +91,21 @@ def test_per_class_head_gathers_the_predicted_class(zoo: Path, images: torch.Ten
     )
     assert prediction.uncertainty.shape == (2, 1, 32, 48)
     torch.testing.assert_close(prediction.uncertainty[:, 0], expected)
-    torch.testing.assert_close(
-        prediction.extra["per_class_mean"], output.uncertainty.mean(1, keepdim=True)
-    )
+    per_class_mean = output.uncertainty.detach().numpy().mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(prediction.extra["per_class_mean"].numpy(), per_class_mean, 1e-6)
+    # Holder & Shafique score OOD images from eq. 8's map, the mean over the classes.
+    np.testing.assert_allclose(prediction.ood_map.numpy(), per_class_mean, rtol=1e-6)
+    assert predictor.ood_source == PER_CLASS_OOD_SOURCE != predictor.uncertainty_source
+
+
+@pytest.mark.parametrize("source", ["run_scalar", "run_None", "ens", "mc"])
+def test_other_models_score_ood_images_from_their_uncertainty(
+    zoo: Path, images: torch.Tensor, source: str
+) -> None:
+    predictor = load_predictor(zoo / source, mc_samples=2)
+    prediction = predictor.predict(images)
+    assert prediction.ood_map is prediction.uncertainty
+    assert predictor.ood_source == predictor.uncertainty_source
 
 
 def test_baseline_is_one_minus_max_softmax(zoo: Path, images: torch.Tensor) -> None:

@@ -26,6 +26,7 @@ from segdistill.report import (
     ReportModel,
     build_report,
     load_models,
+    ood_summary_table,
     per_class_table,
     summary_table,
     write_report,
@@ -312,6 +313,24 @@ def test_summary_headers_say_which_way_is_better() -> None:
     assert {"b/test/miou", "b/test/ece"} <= bold_keys(page)
     assert not {"a/test/miou", "a/test/ece"} & bold_keys(page)
     assert not any(key.endswith("pixel_mean_uncertainty") for key in bold_keys(page))
+
+
+def test_the_ood_table_names_a_model_that_scores_another_map() -> None:
+    night = {"best_aggregator": "mean", "by_aggregator": {"mean": {"auroc": 0.9}}}
+    ood = {"reference": "test", "sets": {"night": night}}
+    ensemble = {**MODELS[0], "ood": ood}  # written before ood_source: its uncertainty
+    holder = {
+        **MODELS[1],
+        "name": "holder",
+        "uncertainty_source": "student head (per-class, predicted class)",
+        "ood_source": "mean over the classes",
+        "ood": ood,
+    }
+    page = ood_summary_table([ensemble, holder])
+    assert page is not None
+    assert "holder scores its mean over the classes, the others their uncertainty" in page
+    plain = ood_summary_table([ensemble, {**MODELS[1], "ood_source": "1 - max softmax"}])
+    assert plain is not None and "scores its" not in plain
 
 
 def test_report_explains_its_abbreviations_and_the_experiment_table(evaluated: Path) -> None:

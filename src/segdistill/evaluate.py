@@ -9,8 +9,9 @@ paired with the teacher's of the same pixels), and writes, per model,
 - `ood`: image-level OOD detection of every shifted set (not `anomaly`) against the
   in-distribution `reference` split ("test"), for each aggregator of `image_scores`
   (Holder & Shafique 5.3, Fig. 6), and the image scores themselves (Fig. 7). The scores
-  aggregate every pixel of an image, void pixels included, since an OOD detector sees no
-  labels;
+  aggregate every pixel of an image's `Prediction.ood_map` (the uncertainty, or for a
+  per-class head Holder's eq. 8 mean over the classes; `ood_source` names it), void pixels
+  included, since an OOD detector sees no labels;
 - `anomaly`: pixel-level anomaly detection on the split with `_gtFine_anomaly.png` masks
   (SynthStreets' `anomaly`), the uncertainty as score, pixels pooled inside the mask's
   region of interest (`AnomalyEvaluator`);
@@ -224,7 +225,7 @@ class ModelAccumulators:
         teacher_uncertainty [B, 1, H, W] of the same batch (students only)."""
         unc = prediction.uncertainty
         self.segmentation.update(prediction.probs, unc, target)
-        for name, values in image_scores(unc).items():
+        for name, values in image_scores(prediction.ood_map).items():
             self.scores[name] += values.tolist()
         if self.anomaly is not None and anomaly_mask is not None:
             self.anomaly.update(unc, anomaly_mask)
@@ -521,6 +522,7 @@ def model_result(
         "kind": predictor.kind,
         "members": predictor.members,
         "uncertainty_source": predictor.uncertainty_source,
+        "ood_source": predictor.ood_source,
         "parameters": predictor.parameters,
         "source": str(predictor.source),
         "class_names": class_names,

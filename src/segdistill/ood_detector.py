@@ -12,8 +12,9 @@ can fix without having seen the shifts to come.
 The threshold is the smallest reference score that at most `floor(fpr * N)` of the N
 reference scores exceed (`threshold_at_fpr`); an image is flagged when its score is
 strictly above it. The detector belongs to one model (its weights, by fingerprint), its
-uncertainty and input size (a score is only comparable to scores of the same map), so it
-records them and `check_model` refuses another. It also records the sizes of the reference
+uncertainty, the map its scores aggregate (`Prediction.ood_map`) and input size (a score
+is only comparable to scores of the same map), so it records them and `check_model`
+refuses another. It also records the sizes of the reference
 images: an image of another size (without a fixed `resize_to`) gives the network another
 view of the scene, and its score another distribution, so `other_size` names it. It is
 saved as JSON (`save`, `load`).
@@ -75,7 +76,9 @@ class ImageOODDetector:
     from 8 passes is not one from 32); resize_to: the [H, W] the images were resized to for
     the network (None: full size). The reference images' scores are kept, so that `load`
     can check the threshold follows from them. reference_sizes: the distinct [H, W] of the
-    reference images (None in files written before it was recorded).
+    reference images (None in files written before it was recorded). ood_source: the map
+    the scores aggregate (`Predictor.ood_source`); None in files written before it was
+    recorded, whose scores aggregate the uncertainty map.
     """
 
     aggregator: str
@@ -90,6 +93,7 @@ class ImageOODDetector:
     resize_to: list[int] | None
     reference_scores: list[float]
     reference_sizes: list[list[int]] | None = None
+    ood_source: str | None = None
 
     @classmethod
     def fit(
@@ -122,6 +126,7 @@ class ImageOODDetector:
             reference_sizes=None
             if reference_sizes is None
             else [list(hw) for hw in sorted({(int(h), int(w)) for h, w in reference_sizes})],
+            ood_source=predictor.ood_source,
         )
 
     def other_size(self, size: Sequence[int]) -> str | None:
@@ -140,9 +145,10 @@ class ImageOODDetector:
             "images of this size, or give both runs the same --size"
         )
 
-    def scores(self, uncertainty: Tensor) -> Tensor:
-        """[B, 1, H, W] uncertainty maps -> float64 [B] scores by the detector's aggregator."""
-        return image_scores(uncertainty)[self.aggregator]
+    def scores(self, ood_maps: Tensor) -> Tensor:
+        """[B, 1, H, W] OOD maps (`Prediction.ood_map`) -> float64 [B] scores by the
+        detector's aggregator."""
+        return image_scores(ood_maps)[self.aggregator]
 
     def flags(self, scores: Tensor | np.ndarray | float) -> np.ndarray:
         """Scores ([B] or one) -> bool array, True where the image is flagged as OOD."""
@@ -158,12 +164,14 @@ class ImageOODDetector:
             "weights": predictor.fingerprint(),
             "kind": predictor.kind,
             "uncertainty_source": predictor.uncertainty_source,
+            "ood_source": predictor.ood_source,
             "passes": predictor.passes,
             "resize_to": None if resize_to is None else [int(v) for v in resize_to],
         }
+        fitted_for = {"ood_source": self.ood_source or self.uncertainty_source}
         differ = []
         for key, value in given.items():
-            fitted = getattr(self, key)
+            fitted = fitted_for.get(key, getattr(self, key))
             if fitted != value:
                 if key == "weights":  # a SHA-256's first digits tell two apart
                     fitted, value = f"{fitted[:12]}...", f"{value[:12]}..."
@@ -198,8 +206,9 @@ class ImageOODDetector:
         if not isinstance(document, dict):
             raise ConfigError(f"{path}: an OOD detector file holds a JSON object")
         names = [f.name for f in fields(cls)]
-        # reference_sizes came later: older files lack it.
-        missing = [name for name in names if name not in document and name != "reference_sizes"]
+        # These came later: older files lack them.
+        later = ("reference_sizes", "ood_source")
+        missing = [name for name in names if name not in document and name not in later]
         unknown = sorted(set(document) - set(names))
         if missing or unknown:
             raise ConfigError(
@@ -266,6 +275,8 @@ def _check_types(document: dict[str, Any], path: Path) -> None:
 
     if document["resize_to"] is not None and not is_size(document["resize_to"]):
         raise fail("resize_to", "null or [H, W] (positive integers)")
+    if not isinstance(document.get("ood_source", ""), str | None):
+        raise fail("ood_source", "null or a string")
     sizes = document.get("reference_sizes")
     if sizes is not None and not (isinstance(sizes, list) and all(map(is_size, sizes))):
         raise fail("reference_sizes", "null or a list of [H, W] (positive integers)")

@@ -24,7 +24,8 @@ default), so that a folder of video frames becomes one frame sequence per kind:
                             images' and the threshold
 
 Is an image unlike the training data? Every image gets one score per aggregator of its
-uncertainty map (`segdistill.metrics.ood.image_scores`, Holder & Shafique 5.3). With an
+uncertainty map (`segdistill.metrics.ood.image_scores`, Holder & Shafique 5.3; for a
+per-class head, of their eq. 8 map, the mean over the classes: `Prediction.ood_map`). With an
 `ImageOODDetector` (`segdistill.ood_detector`), fitted by `fit_ood_detector` on
 in-distribution reference images such as the validation split, an image is flagged when
 its score is above the threshold that at most a share `fpr` of the references exceed.
@@ -74,6 +75,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 import numpy as np
@@ -293,14 +295,24 @@ def network_size(
     return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
+class ImagePrediction(NamedTuple):
+    """One image's prediction at its own size: classes int64 [H, W], uncertainty and
+    ood_map float32 [H, W] (`Prediction.ood_map`; the same array as uncertainty where
+    the model scores OOD images from it)."""
+
+    classes: np.ndarray
+    uncertainty: np.ndarray
+    ood_map: np.ndarray
+
+
 def predict_arrays(
     predictor: Predictor,
     images: Sequence[np.ndarray],
     multiple: int,
     size: tuple[int, int] | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """uint8 [H, W, 3] images of one `network_size` -> per image (class ids int64 [H, W],
-    uncertainty float32 [H, W]), in one `predict` call (see the module docstring).
+) -> list[ImagePrediction]:
+    """uint8 [H, W, 3] images of one `network_size` -> an `ImagePrediction` per image, in
+    one `predict` call (see the module docstring).
 
     Images of one network size are padded to it each on its own, so an image's result
     does not depend on the others in its batch (global pooling sees the same padding); an
@@ -323,17 +335,25 @@ def predict_arrays(
     predictions = [predictor.predict(chunk.to(predictor.device)) for chunk in chunks]
     all_probs = torch.cat([prediction.probs for prediction in predictions])
     all_uncertainty = torch.cat([prediction.uncertainty for prediction in predictions])
+    all_ood_maps = torch.cat([prediction.ood_map for prediction in predictions])
+
+    def image_map(maps: Tensor, i: int, h: int, w: int, image: np.ndarray) -> np.ndarray:
+        crop = maps[i : i + 1, :, :h, :w]
+        crop = _resize(crop, image.shape[:2]) if size is not None else crop
+        return crop[0, 0].float().cpu().numpy()
+
     results = []
     for i, (image, x) in enumerate(zip(images, tensors)):
         h, w = x.shape[-2:]
         probs = all_probs[i : i + 1, :, :h, :w]
-        uncertainty = all_uncertainty[i : i + 1, :, :h, :w]
-        if size is not None:
-            probs = _resize(probs, image.shape[:2])
-            uncertainty = _resize(uncertainty, image.shape[:2])
-        results.append(
-            (probs.argmax(dim=1)[0].cpu().numpy(), uncertainty[0, 0].float().cpu().numpy())
+        probs = _resize(probs, image.shape[:2]) if size is not None else probs
+        uncertainty = image_map(all_uncertainty, i, h, w, image)
+        ood_map = (
+            uncertainty
+            if all_ood_maps is all_uncertainty
+            else image_map(all_ood_maps, i, h, w, image)
         )
+        results.append(ImagePrediction(probs.argmax(dim=1)[0].cpu().numpy(), uncertainty, ood_map))
     return results
 
 
@@ -478,9 +498,10 @@ def _notifier(notices: list[str]) -> Callable[[str], None]:
     return notify
 
 
-def scores_of_map(uncertainty: np.ndarray) -> dict[str, float]:
-    """[H, W] uncertainty of one image -> {aggregator: its image-level OOD score}."""
-    scores = image_scores(torch.from_numpy(uncertainty)[None, None])
+def scores_of_map(ood_map: np.ndarray) -> dict[str, float]:
+    """[H, W] OOD map of one image (`ImagePrediction.ood_map`) -> {aggregator: its
+    image-level OOD score}."""
+    scores = image_scores(torch.from_numpy(ood_map)[None, None])
     return {name: float(value[0]) for name, value in scores.items()}
 
 
@@ -504,7 +525,7 @@ def score_images(
     with tqdm(total=len(paths), desc=desc, unit="image", disable=not progress) as bar:
         for batch in batches(paths, batch_size, multiple, size, notify):
             results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
-            scores += [scores_of_map(uncertainty)[aggregator] for _, uncertainty in results]
+            scores += [scores_of_map(result.ood_map)[aggregator] for result in results]
             bar.update(len(batch))
     return scores
 
@@ -712,7 +733,7 @@ def predict_files(
             images, batch_size, multiple, size, notify, skip if skip_unreadable else None
         ):
             results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
-            for (path, image), (pred, uncertainty) in zip(batch, results):
+            for (path, image), (pred, uncertainty, ood_map) in zip(batch, results):
                 label_file = label_files.get(path)
                 if labels is not None and label_file is None:
                     notify(f"{path}: no label found under {labels}; no accuracy map")
@@ -723,7 +744,7 @@ def predict_files(
                     if label_file is not None
                     else None
                 )
-                scores = scores_of_map(uncertainty)
+                scores = scores_of_map(ood_map)
                 record: dict[str, object] = {
                     "name": path.stem,
                     "image": str(path.resolve()),
@@ -794,6 +815,7 @@ def predict_files(
         "name": predictor.name,
         "kind": predictor.kind,
         "uncertainty_source": predictor.uncertainty_source,
+        "ood_source": predictor.ood_source,
         "num_classes": predictor.num_classes,
         "class_names": None if classes is None else list(classes.names),
         "resize_to": None if size is None else list(size),
@@ -809,8 +831,8 @@ def predict_files(
                 "right": ACCURACY_RIGHT,
                 "void": ACCURACY_VOID,
             },
-            "image_scores": "per image and aggregator, its uncertainty map aggregated over "
-            "the image (segdistill.metrics.ood.image_scores)",
+            "image_scores": "per image and aggregator, its OOD map (ood_source) aggregated "
+            "over the image (segdistill.metrics.ood.image_scores)",
             "distrust": {"probably wrong (uncertainty >= distrust_above)": DISTRUST_FLAGGED},
         },
         "distrust_above": distrust_above,

@@ -25,6 +25,10 @@ population std (Holder eq. 3), at most 0.5. Ensembles and MC dropout also give
 `extra["entropy"]` (predictive entropy, nats, in [0, log C]) and `extra["mutual_info"]`
 (BALD); a per-class head gives `extra["per_class_mean"]`, the mean of its C channels.
 Probabilities are the softmax of a network's logits, or the member / sample mean.
+
+An image's OOD score aggregates `Prediction.ood_map`: `uncertainty`, except for a per-class
+head, whose map is Holder & Shafique's eq. 8, the mean over its C channels (their 5.3
+detects OOD images from it; `Predictor.ood_source` names the map).
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ UNCERTAINTY_SOURCES = {
     "ensemble": "ensemble pred_std",
     "mc_dropout": "MC-dropout pred_std",
 }
+# The map a per-class head's OOD scores aggregate (Holder & Shafique eq. 8 and 5.3).
+PER_CLASS_OOD_SOURCE = "student head (per-class, mean over the classes: Holder eq. 8)"
+PER_CLASS_MEAN = "per_class_mean"
 # Teacher statistics a Prediction is made of.
 _TEACHER_NEEDS = frozenset({"mean_probs", "pred_std", "entropy", "mutual_info"})
 
@@ -67,6 +74,12 @@ class Prediction:
     probs: Tensor
     uncertainty: Tensor
     extra: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def ood_map(self) -> Tensor:
+        """[B, 1, H, W] the map an image's OOD score aggregates: a per-class head's mean
+        over the classes (Holder & Shafique eq. 8), else `uncertainty`."""
+        return self.extra.get(PER_CLASS_MEAN, self.uncertainty)
 
 
 def max_softmax_uncertainty(probs: Tensor) -> Tensor:
@@ -93,7 +106,7 @@ def segmenter_prediction(model: Segmenter, images: Tensor) -> Prediction:
     return Prediction(
         probs,
         predicted_class_uncertainty(uncertainty, probs),
-        {"per_class_mean": uncertainty.mean(dim=1, keepdim=True)},
+        {PER_CLASS_MEAN: uncertainty.mean(dim=1, keepdim=True)},
     )
 
 
@@ -160,6 +173,14 @@ class Predictor:
     def members(self) -> int:
         """Networks of an ensemble, else 1 (an MC-dropout model is one network)."""
         return len(self.model.members) if isinstance(self.model, Ensemble) else 1
+
+    @property
+    def ood_source(self) -> str:
+        """What `Prediction.ood_map` holds, as `uncertainty_source` says what
+        `uncertainty` holds."""
+        if self.uncertainty_source == UNCERTAINTY_SOURCES["per_class"]:
+            return PER_CLASS_OOD_SOURCE
+        return self.uncertainty_source
 
     @property
     def passes(self) -> int:

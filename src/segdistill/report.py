@@ -433,12 +433,20 @@ def ood_summary_table(models: Sequence[dict[str, Any]]) -> str | None:
             row.append(metric(f"{m['name']}/ood/{s}/best/auroc", value))
         rows.append(row)
     reference = with_ood[0]["ood"]["reference"]
+    # Results written before ood_source was recorded scored the uncertainty map.
+    own_maps = [
+        f"{m['name']} scores its {m['ood_source']}"
+        for m in with_ood
+        if m.get("ood_source", m["uncertainty_source"]) != m["uncertainty_source"]
+    ]
+    maps = f"; {', '.join(own_maps)}, the others their uncertainty" if own_maps else ""
     return _table(
         ["model", *sets],
         rows,
         best_in_columns(rows, [None, *["high"] * len(sets)]),
         caption=_caption(
-            f"Image-level OOD AUROC vs {reference}, best aggregator per model and set", "high"
+            f"Image-level OOD AUROC vs {reference}, best aggregator per model and set{maps}",
+            "high",
         ),
     )
 
