@@ -123,6 +123,12 @@ def test_detector_file_round_trip_and_errors(tmp_path) -> None:
         check_aggregator("p99")
 
 
+def test_the_detector_says_which_map_its_scores_aggregate() -> None:
+    assert hand_made().scored_map == "uncertainty"
+    assert hand_made(ood_source=None).scored_map == "uncertainty"  # a file from before
+    assert hand_made(ood_source="mean over the classes").scored_map == "mean over the classes"
+
+
 def test_an_image_of_a_size_the_references_lacked_is_named() -> None:
     detector = hand_made(reference_sizes=[[96, 160], [128, 256]])  # sorted, as fit stores them
     assert detector.other_size((128, 256)) is None and detector.other_size([96, 160]) is None

@@ -185,6 +185,9 @@ def test_every_model_gets_an_ood_flag_fitted_on_the_validation_images(
     assert "images flagged as unlike the reference images" in out
     title = "images flagged as OOD (each model's threshold: at most 5% of the 2 val images"
     assert title in (run_dir / "table.md").read_text()
+    # The Holder student's flag aggregates eq. 8's map, and the title says so.
+    own_map = "(holder: student head (per-class, mean over the classes: Holder eq. 8));"
+    assert own_map in (run_dir / "table.md").read_text()
     report = (run_dir / "report.html").read_text()
     claims = report[report.index('<section id="claims"') : report.index('<section id="summary"')]
     assert html.escape(title) in claims

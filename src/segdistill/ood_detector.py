@@ -129,6 +129,12 @@ class ImageOODDetector:
             ood_source=predictor.ood_source,
         )
 
+    @property
+    def scored_map(self) -> str:
+        """What the scores aggregate, in words: "uncertainty", or the map that is not the
+        uncertainty (a per-class head's mean over the classes)."""
+        return scored_map(self.to_json())
+
     def other_size(self, size: Sequence[int]) -> str | None:
         """Why the flag of an image of `size` (H, W) is not calibrated: a sentence naming
         the reference sizes when the images are not resized to `resize_to` and `size` is
@@ -227,6 +233,12 @@ class ImageOODDetector:
                 "images): the file was edited; fit it again"
             )
         return detector
+
+
+def scored_map(detector: dict[str, Any]) -> str:
+    """`ImageOODDetector.scored_map` of a detector's JSON (or its summary)."""
+    source = detector.get("ood_source")
+    return "uncertainty" if source in (None, detector["uncertainty_source"]) else str(source)
 
 
 def check_aggregator(aggregator: str) -> str:

@@ -100,6 +100,7 @@ from segdistill.evaluate import REFERENCE_SPLIT, SCHEMA_EXPERIMENT, evaluate, fi
 from segdistill.methods import METHODS
 from segdistill.metrics.segmentation import removal_point
 from segdistill.models.teachers import DISAGREEMENT_SIGNALS, MANIFEST_FILE, Ensemble
+from segdistill.ood_detector import scored_map
 from segdistill.predict import find_images, fit_ood_detector, score_images
 from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, default_device, load_predictor
 from segdistill.report import Claims, dig, write_report
@@ -1647,11 +1648,18 @@ def _ood_flag_cells(results: dict[str, Any]) -> list[list[str]] | None:
 
 
 def _ood_flag_title(results: dict[str, Any]) -> str:
-    flag = next(m["ood_flag"] for m in results["models"] if m.get("ood_flag"))
+    flagged = [m for m in results["models"] if m.get("ood_flag")]
+    flag = flagged[0]["ood_flag"]
+    own_maps = [
+        f"{m['name']}: {scored_map(m['ood_flag'])}"
+        for m in flagged
+        if scored_map(m["ood_flag"]) != "uncertainty"
+    ]
+    maps = f" ({'; '.join(own_maps)})" if own_maps else ""
     return (
         f"images flagged as OOD (each model's threshold: at most {flag['fpr']:.0%} of the "
         f"{flag['reference_images']} {flag['reference_split']} images above it, "
-        f"{flag['aggregator']} uncertainty; `segdistill predict --ood-detector`):"
+        f"{flag['aggregator']} uncertainty{maps}; `segdistill predict --ood-detector`):"
     )
 
 

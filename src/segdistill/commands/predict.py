@@ -217,8 +217,9 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
     detector.save(args.out / DETECTOR_FILE)
     print(
         f"OOD detector: threshold {detector.threshold:.4g} on the {detector.aggregator} "
-        f"uncertainty, at most {detector.fpr * 100:g} % of the {detector.reference_images} "
-        f"reference images above it; saved as {args.out / DETECTOR_FILE}"
+        f"{detector.scored_map}, at most {detector.fpr * 100:g} % of the "
+        f"{detector.reference_images} reference images above it; saved as "
+        f"{args.out / DETECTOR_FILE}"
     )
     if detector.reference_images * detector.fpr < MIN_REFERENCES_ABOVE:
         print(
