@@ -70,6 +70,9 @@ def test_every_command_is_listed() -> None:
         (["bench", "m", "--size", "64x-1"], "size must be positive"),
         (["evaluate", "m", "--data", "d", "--workers", "-1"], "--workers: must be >= 0"),
         (["evaluate", "m", "--data", "d", "--num-samples", "x"], "expected an integer"),
+        (["data", "preview", "d", "--scenes", "0"], "--scenes: must be >= 1, not 0"),
+        # a negative count is measured against the bound it breaks, not the workers' 0
+        (["data", "preview", "d", "--scenes", "-2"], "--scenes: must be >= 1, not -2"),
     ],
 )
 def test_argument_values_are_checked_when_parsed(

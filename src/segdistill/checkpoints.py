@@ -106,10 +106,8 @@ def save_weights(
             raise ValueError(
                 f"{len(classes.names)} class names for a network of {model.num_classes} classes"
             )
-        document = classes.document()
-        if classes.mask_values is not None:  # JSON keys are strings; read_classes reverts
-            document["mask_values"] = {str(k): v for k, v in classes.mask_values.items()}
-        metadata[CLASSES_KEY] = json.dumps(document)
+        # json writes mask_values' int keys as strings; read_classes reverts them
+        metadata[CLASSES_KEY] = json.dumps(classes.document())
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = safetensors.torch.save(tensors, metadata=metadata)
     atomic_write(path, lambda file: file.write(data))

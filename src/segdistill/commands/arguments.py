@@ -10,23 +10,24 @@ from typing import Any
 MODEL_SOURCE_HELP = "run directory, .safetensors weights, or ensemble directory / manifest.json"
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (e.g. data loader workers)."""
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (e.g. data loader workers)."""
+    return _int_at_least(text, 0)
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (e.g. rows of a picture)."""
-    value = non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
-    return value
+    return _int_at_least(text, 1)
 
 
 def add_model_sources(parser: argparse.ArgumentParser, name: str, metavar: str) -> None:
