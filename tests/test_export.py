@@ -92,7 +92,7 @@ def test_torchscript_matches_pytorch_at_another_size(tmp_path, head, outputs) ->
     assert report.check.ok, report.check
     assert report.check.shape[2:] != report.sample_shape[2:]
     images = torch.randn(2, 3, 50, 33)
-    first, uncertainty = run_exported(report.path, "torchscript", images)
+    first, uncertainty, *rest = run_exported(report.path, "torchscript", images)
     ref_probs, ref_uncertainty = predictor_outputs(source, images)
     assert (uncertainty - ref_uncertainty).abs().max() <= 1e-4
     if outputs == "labels":
@@ -100,7 +100,24 @@ def test_torchscript_matches_pytorch_at_another_size(tmp_path, head, outputs) ->
         assert torch.equal(first, ref_probs.argmax(dim=1))
     else:
         assert (first - ref_probs).abs().max() <= 1e-4
-    assert read_description(report.path, "torchscript")["outputs"] == [outputs, "uncertainty"]
+    description = read_description(report.path, "torchscript")
+    if head == "per_class":
+        # Holder's eq. 8 map, the mean of the per-class head over the classes, computed here
+        # from the network's raw head output with numpy.
+        (ood_map,) = rest
+        network = load_predictor(source).model
+        with torch.no_grad():
+            head_maps = network(pad_to_multiple(images, 32)).uncertainty[..., :50, :33]
+        expected = head_maps.numpy().mean(axis=1, keepdims=True)
+        assert ood_map.shape == (2, 1, 50, 33)
+        np.testing.assert_allclose(ood_map.numpy(), expected, atol=1e-5)
+        assert description["outputs"] == [outputs, "uncertainty", "ood_map"]
+        assert "Holder eq. 8" in description["ood_source"]
+        assert "ood_map" in report.check.max_diff
+    else:
+        assert rest == []
+        assert description["outputs"] == [outputs, "uncertainty"]
+        assert description["ood_source"] == description["uncertainty_source"]
 
 
 def test_a_torchscript_files_outputs_need_no_gradient(tmp_path) -> None:
@@ -162,22 +179,31 @@ def test_compare_allows_only_near_ties() -> None:
     uncertainty = torch.zeros(1, 1, 1, 2)
     # Pixel 0 is a near tie (class 1 within 1e-4 of class 0), pixel 1 is not.
     tie = (torch.tensor([[[1, 0]]]), uncertainty + torch.tensor([0.3, 0.0]))
-    diff, ties, ok = compare(probs, uncertainty, tie, "labels", 1e-4)
+    diff, ties, ok = compare((probs, uncertainty), tie, "labels", 1e-4)
     assert ok and ties == 1 and diff == {"labels": 0.0, "uncertainty": 0.0}
     wrong = (torch.tensor([[[0, 1]]]), uncertainty)
-    diff, _, ok = compare(probs, uncertainty, wrong, "labels", 1e-4)
+    diff, _, ok = compare((probs, uncertainty), wrong, "labels", 1e-4)
     assert not ok and diff["labels"] == 1.0
     off = (probs + 2e-4, uncertainty)
-    assert not compare(probs, uncertainty, off, "probs", 1e-4)[2]
+    assert not compare((probs, uncertainty), off, "probs", 1e-4)[2]
+    # The OOD map does not depend on the class: compared at the near tie too.
+    ood_map = torch.zeros(1, 1, 1, 2)
+    shifted = (*tie, ood_map + torch.tensor([2e-4, 0.0]))
+    diff, _, ok = compare((probs, uncertainty, ood_map), shifted, "labels", 1e-4)
+    assert not ok and diff["ood_map"] == pytest.approx(2e-4)
+    with pytest.raises(CheckpointError, match="2 outputs where the network has 3"):
+        compare((probs, uncertainty, ood_map), tie, "labels", 1e-4)
 
 
 def test_cli_exits_non_zero_when_the_check_fails(tmp_path, monkeypatch, capsys) -> None:
     source = save_tiny(tmp_path / "s.safetensors")
     check = CheckResult((3, 3, 91, 163), {"probs": 0.5, "uncertainty": 0.0}, 0, 1e-4, False)
-    report = ExportReport(tmp_path / "s.onnx", "onnx", 20, "probs", (2, 3, 64, 128), check)
+    outputs = ("probs", "uncertainty")
+    report = ExportReport(tmp_path / "s.onnx", "onnx", 20, outputs, (2, 3, 64, 128), check)
     monkeypatch.setattr(export_module, "export_predictor", lambda *a, **k: report)
     assert main(["export", str(source), "--format", "onnx"]) == 1
     out = capsys.readouterr().out
+    assert "outputs probs, uncertainty;" in out
     assert "probs 5.00e-01" in out and out.rstrip().endswith("FAILED")
 
 

@@ -1,4 +1,4 @@
-"""Export one network to ONNX or TorchScript with both of its outputs, and check the file.
+"""Export one network to ONNX or TorchScript with all of its outputs, and check the file.
 
 `ExportModule` wraps a `Segmenter` so that the exported graph computes what
 `Predictor.predict` computes for it (`segdistill.predictor.segmenter_prediction`):
@@ -10,6 +10,9 @@
     uncertainty  float32 [B, 1, H, W] in [0, 1], higher = less certain (the predictor's
                  rule for the network's head: the scalar head, the per-class head at the
                  predicted class, or 1 - max softmax without a head)
+    ood_map      float32 [B, 1, H, W], a per-class head's networks only (Holder &
+                 Shafique): the head's mean over the classes (their eq. 8), the map whose
+                 image mean `segdistill predict --ood-detector` compares with its threshold
 
 Batch, height and width are dynamic: ONNX through the torch.export-based exporter with
 dynamic shapes, TorchScript by tracing (shapes are read from the input at run time). The
@@ -22,7 +25,8 @@ neither a multiple of 32, and compares with PyTorch: max |difference| <= atol (1
 probabilities and uncertainty, and the same labels, except at near ties: a pixel may get
 another class than PyTorch's argmax when PyTorch's probability of that class is within
 atol of the top one (either class is a right answer); such pixels are counted and left out
-of the uncertainty comparison (a per-class head's value depends on the class).
+of the uncertainty comparison (a per-class head's value depends on the class); `ood_map`
+does not depend on the class and is compared at every pixel.
 
 Limits, refused with an error that says why: ensembles and MC-dropout teachers (export is
 for single networks; their uncertainty is the spread of several networks or random passes;
@@ -31,8 +35,8 @@ one bin (PSPNet's pyramid pooling: ONNX has no such operator for dynamic sizes; 
 keeps the operator).
 
 Both files carry a JSON description (name, kind, class count, names and colours,
-uncertainty source, outputs, input normalisation): ONNX in its `metadata_props` under
-"segdistill", TorchScript as the extra file "segdistill.json"
+uncertainty source, the OOD map's source, outputs, input normalisation): ONNX in its
+`metadata_props` under "segdistill", TorchScript as the extra file "segdistill.json"
 (`torch.jit.load(path, _extra_files={"segdistill.json": ""})`).
 """
 
@@ -73,9 +77,10 @@ ONNX_SIZE_LIMIT = 2**31 - 2**26
 
 class ExportModule(nn.Module):
     """images [B, 3, H, W] -> (probs [B, C, H, W] or labels [B, H, W], uncertainty
-    [B, 1, H, W]) of one segmenter, for any B, H, W (see the module docstring)."""
+    [B, 1, H, W], and with `ood_map` the OOD map [B, 1, H, W]) of one segmenter, for any
+    B, H, W (see the module docstring); `output_names` names them in order."""
 
-    def __init__(self, model: Segmenter, outputs: str = "probs") -> None:
+    def __init__(self, model: Segmenter, outputs: str = "probs", ood_map: bool = False) -> None:
         super().__init__()
         if outputs not in EXPORT_OUTPUTS:
             raise ConfigError(
@@ -83,17 +88,20 @@ class ExportModule(nn.Module):
             )
         self.model = model
         self.outputs = outputs
+        self.ood_map = ood_map
+        self.output_names = [outputs, "uncertainty", *(["ood_map"] if ood_map else [])]
         self.multiple = input_multiple([model])
         self.eval()
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         height, width = images.shape[-2:]
         prediction = segmenter_prediction(self.model, pad_to_multiple(images, self.multiple))
         probs = prediction.probs[..., :height, :width]
+        first = probs.argmax(dim=1) if self.outputs == "labels" else probs
         uncertainty = prediction.uncertainty[..., :height, :width]
-        if self.outputs == "labels":
-            return probs.argmax(dim=1), uncertainty
-        return probs, uncertainty
+        if self.ood_map:
+            return first, uncertainty, prediction.ood_map[..., :height, :width]
+        return first, uncertainty
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,8 @@ class CheckResult:
     """An exported file compared with PyTorch on one random input.
 
     shape:       the input's shape [B, 3, H, W].
-    max_diff:    {output: max |exported - PyTorch|} over the compared pixels; for labels
+    max_diff:    {output: max |exported - PyTorch|} over the compared pixels (ood_map at
+                 every pixel); for labels
                  the number of pixels whose exported class is not a near tie (PyTorch's
                  probability of it is below the top one minus atol).
     near_ties:   pixels whose exported class differs from PyTorch's argmax (near ties);
@@ -118,12 +127,13 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class ExportReport:
-    """An exported file: where, which format (and ONNX opset), its outputs and its check."""
+    """An exported file: where, which format (and ONNX opset), its outputs' names in
+    order (e.g. ("probs", "uncertainty")) and its check."""
 
     path: Path
     format: str
     opset: int | None
-    outputs: str
+    outputs: tuple[str, ...]
     sample_shape: tuple[int, ...]
     check: CheckResult
 
@@ -150,7 +160,7 @@ def default_path(predictor: Predictor, fmt: str) -> Path:
     return predictor.source.with_name(predictor.source.stem + SUFFIXES[fmt])
 
 
-def description(predictor: Predictor, outputs: str) -> dict[str, object]:
+def description(predictor: Predictor, module: ExportModule) -> dict[str, object]:
     """The JSON stored in the exported file."""
     return {
         "name": predictor.name,
@@ -165,10 +175,13 @@ def description(predictor: Predictor, outputs: str) -> dict[str, object]:
         else predictor.classes.colors.astype(int).tolist(),
         "uncertainty_source": predictor.uncertainty_source,
         "uncertainty": "per pixel in [0, 1], higher = less certain (a map of the source above)",
+        # The map whose image mean is an image's OOD score (ood_detector.json's ood_source):
+        # the output "ood_map" where it is not the uncertainty.
+        "ood_source": predictor.ood_source,
         "input": "images float32 [B, 3, H, W]: RGB / 255, minus mean, divided by std",
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
-        "outputs": [outputs, "uncertainty"],
+        "outputs": module.output_names,
     }
 
 
@@ -263,7 +276,7 @@ def _export_onnx_into(
             (sample,),
             str(path),
             input_names=["images"],
-            output_names=[module.outputs, "uncertainty"],
+            output_names=module.output_names,
             # Named axes become Dim.DYNAMIC: torch.export may then refine their ranges with
             # the guards the network's shape arithmetic needs instead of failing on them.
             dynamic_shapes=({0: "batch", 2: "height", 3: "width"},),
@@ -303,29 +316,34 @@ def export_torchscript(module: ExportModule, sample: Tensor, path: Path, metadat
         )
 
 
-def run_exported(path: Path, fmt: str, images: Tensor) -> tuple[Tensor, Tensor]:
-    """Run an exported file on CPU: images -> its two outputs as tensors."""
+def run_exported(path: Path, fmt: str, images: Tensor) -> tuple[Tensor, ...]:
+    """Run an exported file on CPU: images -> its outputs as tensors, in the order of its
+    description's "outputs"."""
     if fmt == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        first, uncertainty = session.run(None, {"images": images.numpy()})
-        return torch.from_numpy(first), torch.from_numpy(uncertainty)
+        return tuple(torch.from_numpy(o) for o in session.run(None, {"images": images.numpy()}))
     with _quiet_exporters(), torch.no_grad():
-        first, uncertainty = torch.jit.load(str(path), map_location="cpu")(images)
-    return first, uncertainty
+        return tuple(torch.jit.load(str(path), map_location="cpu")(images))
 
 
 def compare(
-    probs: Tensor, uncertainty: Tensor, exported: tuple[Tensor, Tensor], outputs: str, atol: float
+    reference: tuple[Tensor, ...], exported: tuple[Tensor, ...], outputs: str, atol: float
 ) -> tuple[dict[str, float], int, bool]:
-    """PyTorch probs [B, C, H, W] and uncertainty [B, 1, H, W] vs an exported file's
-    outputs -> ({output: max difference}, near-tie pixels, ok); see the module docstring.
+    """PyTorch's (probs [B, C, H, W], uncertainty [B, 1, H, W][, ood_map [B, 1, H, W]]) vs
+    an exported file's outputs -> ({output: max difference}, near-tie pixels, ok); see the
+    module docstring.
 
     A pixel may get another label than PyTorch's argmax only when PyTorch gives that class a
     probability within `atol` of the top one (a near tie); such pixels are counted and left
     out of the uncertainty comparison (a per-class head's value depends on the class)."""
-    first, exported_uncertainty = exported
+    if len(exported) != len(reference):
+        raise CheckpointError(
+            f"the exported file has {len(exported)} outputs where the network has {len(reference)}"
+        )
+    probs, uncertainty = reference[:2]
+    first, exported_uncertainty = exported[:2]
     diff: dict[str, float] = {}
     if outputs == "labels":
         labels = first
@@ -339,6 +357,8 @@ def compare(
     ties = labels != probs.argmax(dim=1)
     unc = (exported_uncertainty - uncertainty).abs()[:, 0][~ties]
     diff["uncertainty"] = float(unc.max()) if unc.numel() else 0.0
+    if len(reference) == 3:
+        diff["ood_map"] = float((exported[2] - reference[2]).abs().max())
     ok = all(value == 0 if name == "labels" else value <= atol for name, value in diff.items())
     return diff, int(ties.sum()), ok
 
@@ -348,11 +368,11 @@ def check_export(
 ) -> CheckResult:
     """Compare the exported file with PyTorch on a random normal input of `shape`."""
     images = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    reference = ExportModule(module.model, "probs")
+    reference = ExportModule(module.model, "probs", module.ood_map)
     with torch.no_grad():
-        probs, uncertainty = reference(images)
+        expected = reference(images)
     exported = run_exported(path, fmt, images)
-    diff, ties, ok = compare(probs, uncertainty, exported, module.outputs, atol)
+    diff, ties, ok = compare(expected, exported, module.outputs, atol)
     return CheckResult(tuple(shape), diff, ties, atol, ok)
 
 
@@ -371,19 +391,22 @@ def export_predictor(
     if opset is not None and fmt != "onnx":
         raise ConfigError("--opset applies to ONNX only")
     model = exportable_network(predictor).to("cpu")
-    module = ExportModule(model, outputs)
+    # Holder's per-class head scores OOD images on its own map (eq. 8): export that too.
+    module = ExportModule(
+        model, outputs, ood_map=predictor.ood_source != predictor.uncertainty_source
+    )
     path = Path(out) if out is not None else default_path(predictor, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
     sample_shape, check_shape = sample_shapes(module.multiple)
     sample = torch.randn(sample_shape, generator=torch.Generator().manual_seed(1))
-    metadata = json.dumps(description(predictor, outputs))
+    metadata = json.dumps(description(predictor, module))
     used_opset = None
     if fmt == "onnx":
         used_opset = export_onnx(module, sample, path, opset, metadata)
     else:
         export_torchscript(module, sample, path, metadata)
     check = check_export(path, fmt, module, check_shape, atol)
-    return ExportReport(path, fmt, used_opset, outputs, sample_shape, check)
+    return ExportReport(path, fmt, used_opset, tuple(module.output_names), sample_shape, check)
 
 
 def read_description(path: Path, fmt: str) -> dict[str, object]:

@@ -4,7 +4,8 @@
                       [--outputs probs|labels] [--atol 1e-4] [--classes FILE]
 
 The file computes the class probabilities (or labels) and the uncertainty [B, 1, H, W]
-for any batch size and image size (`segdistill.export`). The command then runs it
+(for a Holder & Shafique student also its OOD map, eq. 8) for any batch size and image
+size (`segdistill.export`). The command then runs it
 (onnxruntime / torch.jit.load) on a random input of another size than the export sample,
 prints the largest difference from PyTorch and "OK", or "FAILED" with exit status 1.
 Ensembles and MC-dropout teachers are refused: export is for single networks.
@@ -27,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a student or baseline to ONNX / TorchScript and check it",
-        description="Export one network (probabilities or labels, and uncertainty; dynamic "
-        "batch, height and width) and compare the file with PyTorch at another input size.",
+        description="Export one network (probabilities or labels, and uncertainty; a Holder "
+        "student also its OOD map, eq. 8; dynamic batch, height and width) and compare the "
+        "file with PyTorch at another input size.",
     )
     parser.add_argument("source", type=Path, help="run directory or .safetensors weights")
     parser.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="file format")
@@ -80,7 +82,7 @@ def format_report(report: ExportReport) -> str:
     )
     verdict = "OK" if check.ok else "FAILED"
     return (
-        f"wrote {report.path} ({fmt}; outputs {report.outputs}, uncertainty; dynamic batch, "
+        f"wrote {report.path} ({fmt}; outputs {', '.join(report.outputs)}; dynamic batch, "
         f"height, width; traced on {sample})\n"
         f"check against PyTorch on a random {shape} input: max |difference| {diffs} "
         f"(tolerance {check.atol:g}){ties}: {verdict}"
