@@ -2,6 +2,7 @@
 
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from segdistill.data.base import (
     SampleFiles,
     SegmentationDataset,
     check_headers,
+    group_consecutive,
     read_image,
 )
 from segdistill.data.cityscapes import CityscapesDataset, GtFineMap
@@ -482,3 +484,24 @@ def test_an_error_in_a_loader_worker_keeps_its_one_line_message() -> None:
     assert str(error.value) == "bad/img2.png: cannot read the image, corrupt or truncated"
     unrelated = "Caught DataError in DataLoader worker process 1. segdistill.errors.DataError: x"
     assert str(DataError(unrelated)) == unrelated  # only the exact wrapper is unwrapped
+
+
+def test_group_consecutive_splits_at_max_size_and_at_each_key_change() -> None:
+    words = ["aa", "bb", "cc", "d", "ee", "f", "g"]
+    groups = [["aa", "bb"], ["cc"], ["d"], ["ee"], ["f", "g"]]  # key: the length
+    assert list(group_consecutive(words, len, 2)) == groups
+    assert list(group_consecutive(words, len, 5)) == [["aa", "bb", "cc"], ["d"], ["ee"], ["f", "g"]]
+    assert list(group_consecutive(words, lambda _: 0, 1)) == [[w] for w in words]
+    assert list(group_consecutive([], len, 2)) == []
+    # Lazy: a group comes out as soon as the item that cannot join it has been read.
+    read: list[str] = []
+
+    def stream() -> Iterator[str]:
+        for word in words:
+            read.append(word)
+            yield word
+
+    lazy = group_consecutive(stream(), len, 2)
+    assert next(lazy) == ["aa", "bb"] and read == ["aa", "bb", "cc"]
+    with pytest.raises(ValueError, match="max_size must be >= 1, got 0"):
+        next(group_consecutive(words, len, 0))

@@ -573,23 +573,29 @@ def test_a_folder_data_set_is_evaluated_with_its_classes(tmp_path: Path, capsys)
     assert (tmp_path / "out" / "figures" / "net" / "samples_test.png").is_file()
 
 
+def write_mixed_size_data(root: Path, sizes: dict[str, list[tuple[int, int]]]) -> None:
+    """A folder data set of 3 classes: per split, random images and masks of the given
+    (H, W), named 0.png, 1.png, ... in order."""
+    rng = np.random.default_rng(1)
+    for split, shapes in sizes.items():
+        for folder in ("images", "masks"):
+            (root / split / folder).mkdir(parents=True, exist_ok=True)
+        for i, (height, width) in enumerate(shapes):
+            image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+            Image.fromarray(image).save(root / split / "images" / f"{i}.png")
+            mask = rng.integers(0, 3, (height, width), dtype=np.uint8)
+            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
+    classes = "".join(f"  - {{name: c{k}, color: [{k}, {k}, {k}]}}\n" for k in range(3))
+    (root / "classes.yaml").write_text(f"classes:\n{classes}")
+
+
 def test_images_of_mixed_sizes_are_batched_by_size(tmp_path: Path) -> None:
     """Your own photos come in several sizes: a batch holds images of one size, so any
     batch size works and gives the numbers of one image at a time."""
     from segdistill.evaluate import evaluate, size_batches
 
-    rng = np.random.default_rng(1)
-    sizes = [(32, 64), (32, 64), (40, 48), (32, 64), (101, 67)]
     root = tmp_path / "data"
-    for i, (height, width) in enumerate(sizes):
-        for folder in ("images", "masks"):
-            (root / "test" / folder).mkdir(parents=True, exist_ok=True)
-        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-        Image.fromarray(image).save(root / "test" / "images" / f"{i}.png")
-        mask = rng.integers(0, 3, (height, width), dtype=np.uint8)
-        Image.fromarray(mask).save(root / "test" / "masks" / f"{i}.png")
-    classes = "".join(f"  - {{name: c{k}, color: [{k}, {k}, {k}]}}\n" for k in range(3))
-    (root / "classes.yaml").write_text(f"classes:\n{classes}")
+    write_mixed_size_data(root, {"test": [(32, 64), (32, 64), (40, 48), (32, 64), (101, 67)]})
     assert size_batches(FolderDataset.split(root, "test"), 2) == [[0, 1], [2], [3], [4]]
     torch.manual_seed(0)
     save_run(tmp_path / "net", "scalar", classes=3)
@@ -611,3 +617,40 @@ def test_images_of_mixed_sizes_are_batched_by_size(tmp_path: Path) -> None:
     assert segmentation[1]["miou"] == pytest.approx(segmentation[0]["miou"], abs=1e-12)
     aurocs = [r["uncertainty"]["misclassification"]["auroc"] for r in results]
     assert aurocs[1] == pytest.approx(aurocs[0], abs=1e-9)
+
+
+def test_sample_figures_of_images_of_mixed_sizes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sample figures of a data set of mixed sizes draw each image at its own size:
+    the test images (two sizes, in two batches) and the first image of each split."""
+    root = tmp_path / "data"
+    write_mixed_size_data(root, {"test": [(32, 64), (40, 48), (32, 64)], "val": [(48, 40)]})
+    torch.manual_seed(0)
+    save_run(tmp_path / "net", "scalar", classes=3)
+    drawn: list[list[tuple[int, ...]]] = []
+    original = figures.sample_predictions
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        figure = original(*args, **kwargs)
+        *panels, _ = figure.axes  # rows of 5 panels, then the colour bar
+        drawn.append([ax.images[0].get_array().shape for ax in panels[::5]])
+        return figure
+
+    monkeypatch.setattr(figures, "sample_predictions", record)
+    results = evaluate(
+        [tmp_path / "net"],
+        root,
+        ["test", "val"],
+        out_dir=tmp_path / "out",
+        write_homes=False,
+        batch_size=4,
+        num_samples=3,
+        progress=False,
+        device="cpu",
+    )
+    assert drawn == [[(32, 64, 3), (40, 48, 3), (32, 64, 3)], [(32, 64, 3), (48, 40, 3)]]
+    written = results["models"][0]["figures"]
+    assert {"samples_test", "samples_sets"} <= set(written)
+    for relative in written.values():
+        assert (tmp_path / "out" / relative).stat().st_size > 1000

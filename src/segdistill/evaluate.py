@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from segdistill import figures
 from segdistill.checkpoints import atomic_write
-from segdistill.data.base import SegmentationDataset, image_size
+from segdistill.data.base import SegmentationDataset, group_consecutive, image_size
 from segdistill.data.cityscapes import CityscapesDataset, GtFineMap, split_folders
 from segdistill.data.folder import (
     CLASSES_FILE,
@@ -171,8 +171,9 @@ def select_splits(
 class SampleSet:
     """The first images of one split with every model's prediction, for figures.
 
-    images: [K, h, w, 3] uint8; labels: [K, h, w] class ids; predictions / uncertainty:
-    {model: [K, h, w]} (uint8 classes / float32); all subsampled to SAMPLE_MAX_WIDTH.
+    images: K arrays [h, w, 3] uint8; labels: K arrays [h, w] class ids; predictions /
+    uncertainty: {model: K arrays [h, w]} (uint8 classes / float32); all subsampled to
+    SAMPLE_MAX_WIDTH. Images of different batches may differ in size.
     palette [C, 3] and ignore_index: the data set's, to draw its classes.
     """
 
@@ -432,13 +433,13 @@ def size_batches(dataset: SegmentationDataset | Subset[Any], batch_size: int) ->
         base, indices = cast(SegmentationDataset, dataset.dataset), list(dataset.indices)
     else:
         base, indices = dataset, list(range(len(dataset)))
-    sizes = [image_size(base.samples[i].image) for i in indices]
-    batches: list[list[int]] = []
-    for position, size in enumerate(sizes):
-        if not batches or len(batches[-1]) == batch_size or sizes[batches[-1][-1]] != size:
-            batches.append([])
-        batches[-1].append(position)
-    return batches
+    return list(
+        group_consecutive(
+            range(len(indices)),
+            lambda position: image_size(base.samples[indices[position]].image),
+            batch_size,
+        )
+    )
 
 
 def ood_results(
@@ -589,7 +590,8 @@ def _write(
 
 def _sample_rows(sample_sets: Sequence[SampleSet], name: str, first_only: bool) -> dict[str, Any]:
     """Arguments of `figures.sample_predictions` for model `name`: every collected image of
-    each set, or only the first of each (labelled with the set's name)."""
+    each set, or only the first of each (labelled with the set's name). The rows stay
+    lists: their sizes differ in a data set of mixed sizes."""
     count = 1 if first_only else None
     rows: dict[str, list[Any]] = {k: [] for k in ("names", "images", "labels", "pred", "unc")}
     for s in sample_sets:
@@ -600,10 +602,10 @@ def _sample_rows(sample_sets: Sequence[SampleSet], name: str, first_only: bool) 
         rows["unc"] += s.uncertainty[name][:count]
     return {
         "names": rows["names"],
-        "images": np.stack(rows["images"]),
-        "labels": np.stack(rows["labels"]),
-        "predictions": np.stack(rows["pred"]),
-        "uncertainty": np.stack(rows["unc"]),
+        "images": rows["images"],
+        "labels": rows["labels"],
+        "predictions": rows["pred"],
+        "uncertainty": rows["unc"],
         "palette": sample_sets[0].palette,
         "ignore_index": sample_sets[0].ignore_index,
     }

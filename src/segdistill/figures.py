@@ -688,8 +688,8 @@ def class_legend(
     palette: np.ndarray,
     ignore_index: int,
 ) -> list[Patch]:
-    """Legend patches of the classes that labels or predictions ([K, H, W] ids) show, by
-    id, then "void / ignore" (drawn black) when labels have ignored pixels."""
+    """Legend patches of the classes that labels or predictions (class ids of any shape)
+    show, by id, then "void / ignore" (drawn black) when labels have ignored pixels."""
     shown = np.union1d(np.unique(labels[labels != ignore_index]), np.unique(predictions))
     patches = [
         Patch(facecolor=palette[c] / 255.0, edgecolor="0.5", label=class_names[c])
@@ -702,10 +702,10 @@ def class_legend(
 
 def sample_predictions(
     names: Sequence[str],
-    images: np.ndarray,
-    labels: np.ndarray,
-    predictions: np.ndarray,
-    uncertainty: np.ndarray,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
+    uncertainty: Sequence[np.ndarray],
     *,
     title: str,
     uncertainty_source: str,
@@ -715,22 +715,34 @@ def sample_predictions(
     palette: np.ndarray = TRAIN_ID_COLORS,
 ) -> Figure:
     """Rows of image | ground truth | prediction | accuracy | uncertainty (Holder Fig. 2,
-    DUDES Fig. 3). images [K, H, W, 3] uint8; labels, predictions [K, H, W] class ids;
-    uncertainty [K, H, W] in the model's measure `uncertainty_source`.
+    DUDES Fig. 3). K rows, row k: images[k] [H_k, W_k, 3] uint8; labels[k], predictions[k]
+    [H_k, W_k] class ids; uncertainty[k] [H_k, W_k] in the model's measure
+    `uncertainty_source` (stacked [K, H, W, ...] arrays will do when the sizes agree).
+
+    Each row is drawn at its own size and aspect (your own photos come in several): the
+    panels are as tall as the tallest image asks (at the panel width), and an image of a
+    wider aspect is centred in its panel.
 
     Every uncertainty map of every model is drawn on one fixed scale, 0 to `vmax` (that of
     `segdistill predict`'s heat maps; larger values saturate), so a hotter map is a more
     uncertain model: a scale per model (to its own maximum) would make every model look
     equally hot. Under the panels: a legend of the classes shown (class_names [C], palette
     [C, 3] uint8) and the colour bar, labelled with the measure and the scale."""
-    count, height, width = labels.shape
+    count = len(labels)
     panel = 2.2
-    legend = class_legend(labels, predictions, class_names, palette, ignore_index)
+    aspect = max(label.shape[0] / label.shape[1] for label in labels)
+    legend = class_legend(
+        np.concatenate([np.ravel(label) for label in labels]),
+        np.concatenate([np.ravel(pred) for pred in predictions]),
+        class_names,
+        palette,
+        ignore_index,
+    )
     legend_rows = -(-len(legend) // LEGEND_CLASS_COLUMNS)
     figure, flat = axes_grid(
         5 * count,
         5,
-        (panel, panel * height / width),
+        (panel, panel * aspect),
         left=0.35,
         right=0.25,
         bottom=max(0.95, 0.2 + 0.2 * legend_rows),

@@ -91,6 +91,7 @@ from segdistill.data.base import (
     ClassesSpec,
     LabelMapping,
     exif_orientation,
+    group_consecutive,
     image_size,
     read_image,
     read_mask,
@@ -369,27 +370,23 @@ def batches(
     batches of at most `batch_size` (path, uint8 [H, W, 3]); conversions go to `notify`.
     An image that cannot be read raises its DataError, or with `skip` is handed to it and
     left out."""
-    batch: list[tuple[Path, np.ndarray]] = []
-    for path in paths:
-        try:
-            image, notice = load_image(path)
-        except DataError as error:
-            if skip is None:
-                raise
-            skip(path, error)
-            continue
-        if notice:
-            notify(notice)
-        if batch and (
-            len(batch) == batch_size
-            or network_size(image.shape, multiple, size)
-            != network_size(batch[0][1].shape, multiple, size)
-        ):
-            yield batch
-            batch = []
-        batch.append((path, image))
-    if batch:
-        yield batch
+
+    def read() -> Iterator[tuple[Path, np.ndarray]]:
+        for path in paths:
+            try:
+                image, notice = load_image(path)
+            except DataError as error:
+                if skip is None:
+                    raise
+                skip(path, error)
+                continue
+            if notice:
+                notify(notice)
+            yield path, image
+
+    yield from group_consecutive(
+        read(), lambda item: network_size(item[1].shape, multiple, size), batch_size
+    )
 
 
 # ---------------------------------------------------------------------------- pictures

@@ -3,7 +3,8 @@
 A data set subclass only finds its files: it builds a sorted list of `SampleFiles` (image,
 mask or None, name, and how stored mask values become class ids) and passes it, with the
 class names and colours, to `SegmentationDataset.__init__`. Reading, validation, extra
-dense maps and the `load` / `transform` / `__getitem__` contract live here.
+dense maps and the `load` / `transform` / `__getitem__` contract live here, and
+`group_consecutive`, which batches consecutive images of one size (evaluation, prediction).
 
 Image rules (documented for users): 8-bit grayscale, palette, RGBA and other 8-bit modes are
 converted to RGB (alpha is dropped); 16-bit and float images (PIL modes I;16, I, F, and
@@ -17,10 +18,11 @@ single-channel (PIL modes L, P, 1, I;16 or I): palette PNGs give their palette i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +37,8 @@ from segdistill.errors import DataError
 _HIGH_DEPTH_MODES = ("I", "F")
 # PIL modes a mask may use; each pixel is one stored integer value.
 _MASK_MODES = frozenset({"L", "P", "1", "I", "I;16", "I;16L", "I;16B"})
+
+T = TypeVar("T")
 
 
 class LabelMapping:
@@ -189,6 +193,32 @@ def exif_orientation(img: Image.Image) -> int:
 def image_size(path: Path) -> tuple[int, int]:
     """(H, W) of an image file as `read_image` returns it, from its header alone."""
     return _upright_size(_open_image(path, decode=False))
+
+
+def group_consecutive(
+    items: Iterable[T], key: Callable[[T], Hashable], max_size: int
+) -> Iterator[list[T]]:
+    """The items in order, in lists of at most `max_size` consecutive items of one `key`.
+
+    Batches images of one size (key: their size), which stack into one [B, C, H, W]
+    tensor without resizing or padding. Lazy: a group is given out when the next item
+    cannot join it (or the items end), so a stream of images is read one at a time and
+    only one group and one item are held.
+    """
+    if max_size < 1:
+        raise ValueError(f"max_size must be >= 1, got {max_size}")
+    group: list[T] = []
+    group_key: Hashable = None
+    for item in items:
+        item_key = key(item)
+        if group and (len(group) == max_size or item_key != group_key):
+            yield group
+            group = []
+        if not group:
+            group_key = item_key
+        group.append(item)
+    if group:
+        yield group
 
 
 def _upright_size(img: Image.Image) -> tuple[int, int]:
