@@ -35,6 +35,7 @@ from segdistill.evaluate import (
     evaluate,
     find_splits,
     format_summary,
+    select_splits,
 )
 from segdistill.models import build_segmenter
 from segdistill.predictor import PER_CLASS_OOD_SOURCE, load_predictor
@@ -654,3 +655,132 @@ def test_sample_figures_of_images_of_mixed_sizes(
     assert {"samples_test", "samples_sets"} <= set(written)
     for relative in written.values():
         assert (tmp_path / "out" / relative).stat().st_size > 1000
+
+
+CITYSCAPES_BASES = {
+    "val": ["aachen_000000_000019", "aachen_000001_000019"],
+    "test": ["bonn_000000_000019"],
+}
+FOG_BETAS = (0.005, 0.01, 0.02)
+
+
+def write_cityscapes(
+    root: Path, labelled: tuple[str, ...] = ("val",), weather: bool = True
+) -> None:
+    """A tiny tree in the official Cityscapes layout, 32x64 images with labelIds masks: val
+    (2 images) and test (1); the splits not in `labelled` have masks of void only, as the
+    official test split (0 unlabelled, 1 ego vehicle). With `weather`, Foggy Cityscapes of
+    both splits at the three betas and Rain Cityscapes of val in two patterns."""
+    rng = np.random.default_rng(2)
+    classes = rng.choice(np.array([7, 26, 0], np.uint8), (32, 64))  # road, car, void
+    void = np.zeros((32, 64), np.uint8)
+    void[-4:] = 1
+    suffixes = {"leftImg8bit": [""]}
+    if weather:
+        suffixes["leftImg8bit_foggy"] = [f"_foggy_beta_{beta}" for beta in FOG_BETAS]
+    rain = [f"_rain_alpha_0.01_beta_0.005_dropsize_0.01_pattern_{i}" for i in (1, 2)]
+    for split, bases in CITYSCAPES_BASES.items():
+        for base in bases:
+            city = base.split("_")[0]
+            folders = (
+                {**suffixes, "leftImg8bit_rain": rain} if weather and split == "val" else suffixes
+            )
+            mask = classes if split in labelled else void
+            files = {root / "gtFine" / split / city / f"{base}_gtFine_labelIds.png": mask}
+            for folder, ends in folders.items():
+                for end in ends:
+                    image = rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)
+                    files[root / folder / split / city / f"{base}_leftImg8bit{end}.png"] = image
+            for path, array in files.items():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(path)
+
+
+def test_foggy_and_rain_cityscapes_are_shifted_sets_on_the_labelled_split(tmp_path: Path) -> None:
+    """The official leftImg8bit_foggy/ and leftImg8bit_rain/ folders are found, named as
+    SynthStreets' copies (heaviest fog last), and read on val: test's masks are void."""
+    write_cityscapes(tmp_path)
+    found = find_splits(tmp_path)
+    shifted = ["fog_0.005", "fog_0.01", "fog_0.02", "rain"]
+    assert list(found) == ["test", "val", *shifted]
+    assert [s.name for s in select_splits(found, None)] == ["test", *shifted]
+    val = CityscapesDataset(tmp_path, "val")
+    for name, beta in zip(shifted, FOG_BETAS):
+        spec = found[name]
+        assert (spec.shifted, spec.folder, spec.variant, spec.beta) == (True, "val", "foggy", beta)
+        dataset = spec.dataset()
+        assert dataset.names == [f"{b}_foggy_beta_{beta}" for b in CITYSCAPES_BASES["val"]]
+        assert np.array_equal(dataset.load(1)["label"], val.load(1)["label"])
+    assert (found["rain"].folder, found["rain"].variant) == ("val", "rain")
+    assert len(found["rain"].dataset()) == 4  # every rain pattern
+    assert found["rain"].images == tmp_path / "leftImg8bit_rain" / "val"
+
+
+def test_foggy_and_rain_cityscapes_read_a_labelled_test_split(tmp_path: Path) -> None:
+    write_cityscapes(tmp_path, labelled=("val", "test"))
+    assert {s.folder for s in find_splits(tmp_path).values() if s.shifted} == {"test", "val"}
+    assert find_splits(tmp_path)["fog_0.02"].folder == "test"
+    assert find_splits(tmp_path)["rain"].folder == "val"  # Rain Cityscapes has no test
+
+
+def test_weather_sets_that_cannot_be_named(tmp_path: Path) -> None:
+    write_cityscapes(tmp_path)
+    city = tmp_path / "leftImg8bit_foggy" / "val" / "aachen"
+    odd = city / "aachen_000000_000019_leftImg8bit_foggy_beta_0.020.png"
+    shutil.copy(city / "aachen_000000_000019_leftImg8bit_foggy_beta_0.02.png", odd)
+    with pytest.raises(DataError, match=r"/aachen/\S+_beta_0\.020\.png: cannot read its fog beta"):
+        find_splits(tmp_path)
+    odd.unlink()
+    write_cityscapes(tmp_path / "shifts" / "rain", weather=False)
+    both = r"'rain': .*shifts/rain/leftImg8bit/val and .*/leftImg8bit_rain/val; keep one"
+    with pytest.raises(DataError, match=rf"two shifted sets are named {both}"):
+        find_splits(tmp_path)
+
+
+def test_a_shifted_copy_is_read_on_a_labelled_split(tmp_path: Path) -> None:
+    """A copy under shifts/ with Cityscapes' void test masks is read on its val; with test
+    labelled, on test (the reference); with nothing labelled, on test (OOD needs no labels)."""
+    for labelled, folder in ((("val",), "val"), (("val", "test"), "test"), ((), "test")):
+        root = tmp_path / "-".join(labelled)
+        write_cityscapes(root / "shifts" / "night", labelled, weather=False)
+        assert find_splits(root)["night"].folder == folder
+
+
+def test_an_unlabelled_split_gets_a_notice_and_the_summary_a_labelled_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cityscapes' test split (void masks) is the OOD reference of Foggy / Rain Cityscapes;
+    its pixel metrics are undefined, a notice says so, and the summary shows val."""
+    data = tmp_path / "data"
+    write_cityscapes(data)
+    torch.manual_seed(0)
+    save_run(tmp_path / "net", "scalar")
+    results = evaluate(
+        [tmp_path / "net"],
+        data,
+        ["test", "val", "fog_0.02", "rain"],
+        out_dir=tmp_path / "out",
+        write_homes=False,
+        num_samples=0,
+        make_figures=False,
+        progress=False,
+        device="cpu",
+    )
+    notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
+    assert len(notices) == 1
+    assert notices[0].startswith(
+        f"notice: no labelled pixels in split 'test' (masks in {data / 'gtFine' / 'test'}, "
+        "images evaluated: 1): its pixel metrics are undefined"
+    )
+    (model,) = results["models"]
+    splits = model["splits"]
+    assert splits["test"]["num_pixels"] == 0 and splits["test"]["segmentation"]["miou"] is None
+    assert splits["val"]["num_pixels"] == splits["fog_0.02"]["num_pixels"] > 0
+    assert splits["rain"]["num_images"] == 4
+    # Clean val is no OOD set; the weather sets are scored against test's images.
+    assert set(model["ood"]["sets"]) == {"fog_0.02", "rain"}
+    assert len(model["ood"]["image_scores"]["test"]["mean"]) == 1
+    lines = format_summary(results["models"]).splitlines()
+    assert lines[0] == "metrics on 'val':"
+    miou = splits["val"]["segmentation"]["miou"]
+    assert f"{miou:.4f}" in next(line for line in lines if line.startswith("net"))

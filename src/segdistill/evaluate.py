@@ -5,7 +5,8 @@ split once, runs all models on each batch (the teacher first, so the students' m
 paired with the teacher's of the same pixels), and writes, per model,
 
 - `splits`: `SegmentationEvaluator.compute()` per split (mIoU per set = Holder Table 2;
-  the uncertainty is the predictor's, see `segdistill.predictor`);
+  the uncertainty is the predictor's, see `segdistill.predictor`); a split without
+  labelled pixels (Cityscapes' test) has None for the pixel metrics, with a printed notice;
 - `ood`: image-level OOD detection of every shifted set (not `anomaly`) against the
   in-distribution `reference` split ("test"), for each aggregator of `image_scores`
   (Holder & Shafique 5.3, Fig. 6), and the image scores themselves (Fig. 7). The scores
@@ -19,10 +20,14 @@ paired with the teacher's of the same pixels), and writes, per model,
   model and split: `PairedUncertaintyStats` of its map against the teacher's (Holder Fig.
   3) and the per-class mean uncertainty differences student - teacher (DUDES Table 2).
 
-Splits are looked up under `data_root`: `leftImg8bit/<split>/` of the tree itself and
+Splits are looked up under `data_root`: `leftImg8bit/<split>/` of the tree itself,
 `shifts/<name>/leftImg8bit/<split>/` of each shifted copy (the SynthStreets layout, see
-`segdistill.data.synthstreets`). A split is named by its folder ("test", "val") or by its
-shift ("fog_0.02", "night", ...). A folder data set (`DATA/classes.yaml`,
+`segdistill.data.synthstreets`) and the official Foggy / Rain Cityscapes folders
+`leftImg8bit_foggy/` (one shifted set per fog beta) and `leftImg8bit_rain/` (every rain
+pattern). A split is named by its folder ("test", "val") or by its shift ("fog_0.02",
+"rain", "night", ...: Foggy Cityscapes' betas take the names of SynthStreets' fog copies).
+A shifted set is read on the reference split when its masks have labelled pixels, else on
+val (Cityscapes' test masks are all void). A folder data set (`DATA/classes.yaml`,
 `segdistill.data.folder`) has its sub-folders as splits and no shifted copies.
 
 Where results go: each model's own directory (`Predictor.home`, a run or ensemble
@@ -35,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,15 +55,24 @@ from tqdm import tqdm
 from segdistill import figures
 from segdistill.checkpoints import atomic_write
 from segdistill.data.base import SegmentationDataset, group_consecutive, image_size
-from segdistill.data.cityscapes import CityscapesDataset, GtFineMap, split_folders
+from segdistill.data.cityscapes import (
+    CityscapesDataset,
+    GtFineMap,
+    foggy_betas,
+    has_labelled_pixels,
+    image_location,
+    split_folders,
+    variant_splits,
+)
 from segdistill.data.folder import (
     CLASSES_FILE,
     IMAGES_DIR,
+    MASKS_DIR,
     FolderDataset,
     folder_splits,
     is_folder_data_set,
 )
-from segdistill.data.shifts import SHIFT_KINDS, expand_shifts
+from segdistill.data.shifts import SHIFT_KINDS, expand_shifts, fog_name
 from segdistill.data.synthstreets import SHIFTS_DIR
 from segdistill.data.transforms import unnormalize
 from segdistill.defaults import AGGREGATORS, RESULTS_FILE
@@ -92,8 +107,10 @@ _SHIFT_ORDER = [spec.name for spec in expand_shifts(SHIFT_KINDS)]
 @dataclass(frozen=True)
 class EvalSplit:
     """One evaluated set: `root`/leftImg8bit/`folder`/... with its name; `anomaly` when it
-    has pixel anomaly masks; `shifted` when it is a copy under `shifts/`. With `layout`
-    "folder", the split `folder` of a folder data set (`segdistill.data.folder`)."""
+    has pixel anomaly masks; `shifted` when it is a copy under `shifts/` or a Foggy / Rain
+    Cityscapes set (`variant` "foggy" with its `beta`, or "rain": `CityscapesDataset`).
+    With `layout` "folder", the split `folder` of a folder data set
+    (`segdistill.data.folder`)."""
 
     name: str
     root: Path
@@ -101,12 +118,30 @@ class EvalSplit:
     anomaly: bool
     shifted: bool
     layout: str = "cityscapes"
+    variant: str = "clean"
+    beta: float = 0.02
 
     def dataset(self) -> SegmentationDataset:
         if self.layout == "folder":
             return FolderDataset.split(self.root, self.folder)
         maps = {"anomaly": GtFineMap(ANOMALY_SUFFIX)} if self.anomaly else None
-        return CityscapesDataset(self.root, self.folder, maps=maps)
+        return CityscapesDataset(
+            self.root, self.folder, maps=maps, variant=self.variant, beta=self.beta
+        )
+
+    @property
+    def masks(self) -> Path:
+        """The folder of the split's masks."""
+        if self.layout == "folder":
+            return self.root / self.folder / MASKS_DIR
+        return self.root / "gtFine" / self.folder
+
+    @property
+    def images(self) -> Path:
+        """The folder of the split's images."""
+        if self.layout == "folder":
+            return self.root / self.folder / IMAGES_DIR
+        return self.root / image_location(self.variant)[0] / self.folder
 
 
 def find_splits(data_root: str | Path) -> dict[str, EvalSplit]:
@@ -125,17 +160,19 @@ def find_splits(data_root: str | Path) -> dict[str, EvalSplit]:
     found: dict[str, EvalSplit] = {}
     for folder in split_folders(root):
         found[folder] = EvalSplit(folder, root, folder, _has_anomaly(root, folder), False)
-    shift_dirs = sorted((root / SHIFTS_DIR).glob("*/leftImg8bit"))
-    names = sorted(
-        (d.parent.name for d in shift_dirs),
+    shifted: dict[str, EvalSplit] = {}
+    for spec in [*_shift_copies(root), *_weather_sets(root)]:
+        if spec.name in shifted:
+            raise DataError(
+                f"two shifted sets are named {spec.name!r}: {shifted[spec.name].images} and "
+                f"{spec.images}; keep one of them under {root}"
+            )
+        shifted[spec.name] = spec
+    for name in sorted(
+        shifted,
         key=lambda n: (_SHIFT_ORDER.index(n) if n in _SHIFT_ORDER else len(_SHIFT_ORDER), n),
-    )
-    for name in names:
-        tree = root / SHIFTS_DIR / name
-        folders = split_folders(tree)
-        if folders:
-            folder = REFERENCE_SPLIT if REFERENCE_SPLIT in folders else folders[0]
-            found[name] = EvalSplit(name, tree, folder, _has_anomaly(tree, folder), True)
+    ):
+        found[name] = shifted[name]
     if not found:
         raise DataError(
             f"no images under {root}: expected {root}/leftImg8bit/<split>/<city>/"
@@ -144,6 +181,50 @@ def find_splits(data_root: str | Path) -> dict[str, EvalSplit]:
             "and masks/ (a folder data set)"
         )
     return found
+
+
+def _shift_copies(root: Path) -> list[EvalSplit]:
+    """The shifted copies `root`/shifts/<name>/ (SynthStreets), each on its
+    `_labelled_folder`."""
+    copies = []
+    for images in sorted((root / SHIFTS_DIR).glob("*/leftImg8bit")):
+        tree = images.parent
+        folders = split_folders(tree)
+        if folders:
+            folder = _labelled_folder(tree, folders)
+            copies.append(EvalSplit(tree.name, tree, folder, _has_anomaly(tree, folder), True))
+    return copies
+
+
+def _weather_sets(root: Path) -> list[EvalSplit]:
+    """Foggy Cityscapes (one set per beta) and Rain Cityscapes (every rain pattern) under
+    `root`, each on its `_labelled_folder`. They are named as SynthStreets' copies of the
+    same shifts ("fog_0.02", "rain"), so that an experiment's checks (`ood_auroc@fog_0.02`)
+    read either data set."""
+    sets = []
+    for variant in ("foggy", "rain"):
+        folders = variant_splits(root, variant)
+        if not folders:
+            continue
+        folder = _labelled_folder(root, folders)
+        anomaly = _has_anomaly(root, folder)
+        if variant == "foggy":
+            sets += [
+                EvalSplit(fog_name(beta), root, folder, anomaly, True, variant=variant, beta=beta)
+                for beta in foggy_betas(root, folder)
+            ]
+        else:
+            sets.append(EvalSplit("rain", root, folder, anomaly, True, variant=variant))
+    return sets
+
+
+def _labelled_folder(tree: Path, folders: Sequence[str]) -> str:
+    """The split folder a shifted set is evaluated on: the reference split when its masks
+    have labelled pixels, else val, else the first labelled one (Cityscapes' test masks are
+    all void); with none labelled, the reference split (or the first), whose OOD scores
+    need no labels."""
+    preferred = sorted(folders, key=lambda f: (f != REFERENCE_SPLIT, f != "val"))
+    return next((f for f in preferred if has_labelled_pixels(tree, f)), preferred[0])
 
 
 def _has_anomaly(tree: Path, folder: str) -> bool:
@@ -321,12 +402,26 @@ def evaluate(
         name: {split: acc.segmentation.compute() for split, acc in accs.items()}
         for name, accs in mine.items()
     }
+    # Every model sees the same labels: any model's counts tell the unlabelled splits.
+    counts = next(iter(computed.values()), {})
+    for spec in selected:
+        if spec.name in counts and not counts[spec.name]["num_pixels"]:
+            tqdm.write(
+                f"notice: no labelled pixels in split {spec.name!r} (masks in {spec.masks}, "
+                f"images evaluated: {counts[spec.name]['num_images']}): its pixel metrics are "
+                "undefined ('-'); its image-level OOD scores need no labels and are still "
+                "computed",
+                file=sys.stderr,
+            )
+    # Clean splits other than the reference (e.g. val beside Cityscapes' test) are no OOD set.
+    shifted = [s.name for s in selected if s.shifted and not s.anomaly]
     models = [
         model_result(
             p,
             mine[p.name],
             computed[p.name],
             class_names,
+            shifted,
             None if teacher is None or p is teacher else (teacher, computed[teacher.name]),
         )
         for p in predictors
@@ -495,14 +590,15 @@ def model_result(
     accumulators: dict[str, ModelAccumulators],
     splits: dict[str, dict[str, Any]],
     class_names: list[str],
+    shifted: Sequence[str],
     teacher: tuple[Predictor, dict[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """The metrics.json content of one model (docs/evaluation.md has the schema).
 
     accumulators: {split: what the model accumulated}; splits: {split: its segmentation
-    results}; teacher: (teacher, its segmentation results per split) for a student.
+    results}; shifted: the evaluated shifted sets that are scored as OOD against the
+    reference split; teacher: (teacher, its segmentation results per split) for a student.
     """
-    shifted = [s for s, acc in accumulators.items() if s != REFERENCE_SPLIT and acc.anomaly is None]
     anomaly = next(((s, a.anomaly) for s, a in accumulators.items() if a.anomaly is not None), None)
     vs_teacher = None
     if teacher is not None:
@@ -725,11 +821,14 @@ def _text_table(rows: list[list[str]]) -> list[str]:
 def format_summary(models: Sequence[dict[str, Any]], split: str | None = None) -> str:
     """Two aligned text tables: the SUMMARY_COLUMNS per model on `split`, then the best
     aggregator's image-level OOD AUROC per model and shifted set ("-": not evaluated).
-    `split` defaults to the reference split ("test") when it was evaluated, else the
-    first split that was (e.g. `--splits val`)."""
+    `split` defaults to the first evaluated split with labelled pixels, the reference split
+    ("test") first (Cityscapes' test split has none: then e.g. val of `--splits test,val`);
+    with none labelled, the reference split when it was evaluated, else the first."""
     if split is None:
-        evaluated = list(models[0]["splits"]) if models else []
-        split = REFERENCE_SPLIT if REFERENCE_SPLIT in evaluated or not evaluated else evaluated[0]
+        results = models[0]["splits"] if models else {}
+        evaluated = sorted(results, key=lambda s: s != REFERENCE_SPLIT)
+        labelled = [s for s in evaluated if results[s].get("num_pixels")]
+        split = (labelled or evaluated or [REFERENCE_SPLIT])[0]
     rows = [summary_row(model, split) for model in models]
     main = [[title for title, _, _ in SUMMARY_COLUMNS]]
     main += [

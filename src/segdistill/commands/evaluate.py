@@ -9,7 +9,8 @@ Each source is a run directory, a .safetensors weights file or an ensemble direc
 its manifest.json); see `segdistill.predictor` for how each gives its uncertainty. A run
 or ensemble directory gets its own metrics.json and figures/; --out DIR gets results.json
 with every model and the comparison figures (needed for a loose weights file). The
-summary table is printed at the end. See docs/evaluation.md.
+summary table (on the first split with labelled pixels, "test" first) is printed at the
+end. See docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data",
         type=Path,
         required=True,
-        help="data set folder: Cityscapes layout (and shifts/), or folder data set (classes.yaml)",
+        help="data set folder: Cityscapes layout (shifted sets in shifts/<name>/, "
+        "leftImg8bit_foggy/, leftImg8bit_rain/), or folder data set (classes.yaml)",
     )
     parser.add_argument(
         "--splits",
         type=_split_list,
         metavar="LIST",
-        help="comma-separated splits (default: test and every shifted copy under DIR/shifts)",
+        help="comma-separated splits (default: test and every shifted set: DIR/shifts/<name>, "
+        "Foggy Cityscapes as fog_<beta>, Rain Cityscapes as rain)",
     )
     parser.add_argument("--batch-size", type=int, default=4, help="default %(default)s")
     parser.add_argument(

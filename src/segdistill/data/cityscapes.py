@@ -20,7 +20,9 @@ images and stays unique for the variants ("{base}_foggy_beta_0.02").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +52,11 @@ DEPTH_SCALE = 0.01  # depth PNGs (SynthStreets) store centimetres; maps["depth"]
 VARIANTS = ("clean", "foggy", "rain")
 
 
-def image_location(variant: str, beta: float = 0.02, rain_pattern: str = "*") -> tuple[str, str]:
-    """(image folder, file-name glob) of a variant: "clean", "foggy" or "rain"."""
+def image_location(
+    variant: str, beta: float | str = 0.02, rain_pattern: str = "*"
+) -> tuple[str, str]:
+    """(image folder, file-name glob) of a variant: "clean", "foggy" or "rain". `beta` may
+    be a glob too ("*": every fog density)."""
     if variant == "clean":
         return "leftImg8bit", "*_leftImg8bit.png"
     if variant == "foggy":
@@ -210,3 +215,57 @@ def _pair_with_labels(
             "as distill.unlabeled_root)"
         )
     return samples
+
+
+def variant_splits(root: Path, variant: str) -> list[str]:
+    """The split folders under `root` that hold images of `variant` ("foggy": any beta;
+    "rain": any rain pattern), sorted."""
+    folder, pattern = image_location(variant, beta="*")
+    images = root / folder
+    if not images.is_dir():
+        return []
+    return sorted(
+        d.name for d in images.iterdir() if d.is_dir() and next(d.glob(f"*/{pattern}"), None)
+    )
+
+
+def foggy_betas(root: Path, split: str) -> list[float]:
+    """The fog attenuations of the Foggy Cityscapes images in `split`, lightest first;
+    DataError naming a file whose beta does not read back as `image_location` names it."""
+    folder, pattern = image_location("foggy", beta="*")
+    betas = set()
+    for image in (root / folder / split).glob(f"*/{pattern}"):
+        text = image.name.removesuffix(".png").rsplit("_beta_", 1)[-1]
+        try:
+            beta = float(text)
+        except ValueError:
+            beta = math.nan
+        if not math.isfinite(beta) or not fnmatch(image.name, image_location("foggy", beta)[1]):
+            raise DataError(
+                f"{image}: cannot read its fog beta {text!r}; Foggy Cityscapes names its images "
+                "*_leftImg8bit_foggy_beta_{0.005,0.01,0.02}.png"
+            )
+        betas.add(beta)
+    return sorted(betas)
+
+
+# Masks read to tell a labelled split from an unlabelled one: a labelled split shows classes
+# in its first mask already, and an unlabelled one (all masks void) costs only these reads.
+LABEL_PROBE = 3
+
+
+def has_labelled_pixels(root: Path, split: str, probe: int = LABEL_PROBE) -> bool:
+    """Whether any of the first `probe` masks of gtFine/`split` (labelTrainIds when the split
+    has them, else labelIds) holds a pixel of a class. False without masks, and for the
+    official test split, whose masks mark only the ego vehicle and the rectification
+    border (void)."""
+    mappings = label_mappings(IGNORE_INDEX)
+    folder = root / "gtFine" / split
+    for suffix in (TRAIN_IDS_SUFFIX, LABEL_IDS_SUFFIX):
+        masks = sorted(folder.glob(f"*/*{suffix}"))[:probe]
+        if masks:
+            return any(
+                (mappings[suffix].decode(read_mask(mask), mask) != IGNORE_INDEX).any()
+                for mask in masks
+            )
+    return False

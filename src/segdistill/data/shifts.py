@@ -86,6 +86,12 @@ class ShiftSpec:
         return self.kind in PHOTOMETRIC_KINDS
 
 
+def fog_name(beta: float) -> str:
+    """The name of a fog shift of attenuation `beta` ("fog_0.02"); Foggy Cityscapes' sets are
+    evaluated under the same names."""
+    return f"fog_{beta}"
+
+
 def expand_shifts(kinds: Sequence[str]) -> list[ShiftSpec]:
     """Shift kinds as given on the command line -> the copies to write, in a fixed order.
 
@@ -101,7 +107,7 @@ def expand_shifts(kinds: Sequence[str]) -> list[ShiftSpec]:
         if kind not in kinds:
             continue
         if kind == "fog":
-            specs.extend(ShiftSpec(f"fog_{beta}", "fog", beta) for beta in FOG_BETAS)
+            specs.extend(ShiftSpec(fog_name(beta), "fog", beta) for beta in FOG_BETAS)
         else:
             specs.append(ShiftSpec(kind, kind))
     return specs
