@@ -703,7 +703,8 @@ def test_foggy_and_rain_cityscapes_are_shifted_sets_on_the_labelled_split(tmp_pa
     found = find_splits(tmp_path)
     shifted = ["fog_0.005", "fog_0.01", "fog_0.02", "rain"]
     assert list(found) == ["test", "val", *shifted]
-    assert [s.name for s in select_splits(found, None)] == ["test", *shifted]
+    # By default also val: the clean images of the weather sets' scenes, their OOD reference.
+    assert [s.name for s in select_splits(found, None)] == ["test", "val", *shifted]
     val = CityscapesDataset(tmp_path, "val")
     for name, beta in zip(shifted, FOG_BETAS):
         spec = found[name]
@@ -749,8 +750,9 @@ def test_a_shifted_copy_is_read_on_a_labelled_split(tmp_path: Path) -> None:
 def test_an_unlabelled_split_gets_a_notice_and_the_summary_a_labelled_split(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Cityscapes' test split (void masks) is the OOD reference of Foggy / Rain Cityscapes;
-    its pixel metrics are undefined, a notice says so, and the summary shows val."""
+    """Cityscapes' test split (void masks) has undefined pixel metrics, a notice says so,
+    and the summary shows val; Foggy / Rain Cityscapes, read on val, are scored as OOD
+    against the clean val images of the same scenes, not test's other cities."""
     data = tmp_path / "data"
     write_cityscapes(data)
     torch.manual_seed(0)
@@ -777,10 +779,18 @@ def test_an_unlabelled_split_gets_a_notice_and_the_summary_a_labelled_split(
     assert splits["test"]["num_pixels"] == 0 and splits["test"]["segmentation"]["miou"] is None
     assert splits["val"]["num_pixels"] == splits["fog_0.02"]["num_pixels"] > 0
     assert splits["rain"]["num_images"] == 4
-    # Clean val is no OOD set; the weather sets are scored against test's images.
-    assert set(model["ood"]["sets"]) == {"fog_0.02", "rain"}
-    assert len(model["ood"]["image_scores"]["test"]["mean"]) == 1
+    # Clean test and val are no OOD sets; the weather sets are scored against val's images.
+    ood = model["ood"]
+    assert set(ood["sets"]) == {"fog_0.02", "rain"}
+    assert ood["reference"] == results["data"]["reference"] == "val"
+    scores = ood["image_scores"]
+    assert len(scores["val"]["mean"]) == 2 and len(scores["test"]["mean"]) == 1
+    for name in ("fog_0.02", "rain"):
+        inliers, outliers = scores["val"]["mean"], scores[name]["mean"]
+        expected = roc_auc_score([0] * len(inliers) + [1] * len(outliers), [*inliers, *outliers])
+        assert ood["sets"][name]["by_aggregator"]["mean"]["auroc"] == pytest.approx(expected)
     lines = format_summary(results["models"]).splitlines()
     assert lines[0] == "metrics on 'val':"
+    assert "image-level OOD AUROC vs 'val' (best aggregator):" in lines
     miou = splits["val"]["segmentation"]["miou"]
     assert f"{miou:.4f}" in next(line for line in lines if line.startswith("net"))

@@ -227,6 +227,18 @@ def _labelled_folder(tree: Path, folders: Sequence[str]) -> str:
     return next((f for f in preferred if has_labelled_pixels(tree, f)), preferred[0])
 
 
+def ood_reference(selected: Sequence[EvalSplit]) -> str:
+    """The clean split the shifted sets are scored against as OOD: the split their images
+    are read on when it is evaluated and they all share it (Foggy / Rain Cityscapes: val,
+    the same scenes without the weather), else REFERENCE_SPLIT ("test"; SynthStreets'
+    copies are of its test images)."""
+    clean = {s.name for s in selected if not s.shifted}
+    sources = {s.folder for s in selected if s.shifted and not s.anomaly}
+    if len(sources) == 1 and (source := next(iter(sources))) in clean:
+        return source
+    return REFERENCE_SPLIT
+
+
 def _has_anomaly(tree: Path, folder: str) -> bool:
     return next((tree / "gtFine" / folder).glob(f"*/*{ANOMALY_SUFFIX}"), None) is not None
 
@@ -234,10 +246,14 @@ def _has_anomaly(tree: Path, folder: str) -> bool:
 def select_splits(
     available: dict[str, EvalSplit], requested: Sequence[str] | None
 ) -> list[EvalSplit]:
-    """The requested splits (default: the reference split and every shifted copy);
-    DataError naming the unknown ones and listing what is available."""
+    """The requested splits (default: the reference split, the clean splits the shifted sets
+    are read on, and every shifted set); DataError naming the unknown ones and listing what
+    is available."""
     if requested is None:
-        requested = [REFERENCE_SPLIT, *(n for n, s in available.items() if s.shifted)]
+        shifted = [s for s in available.values() if s.shifted]
+        # Foggy / Rain Cityscapes are read on val: its clean images are their OOD reference.
+        sources = [s.folder for s in shifted if s.folder in available]
+        requested = [REFERENCE_SPLIT, *sources, *(s.name for s in shifted)]
     unknown = [name for name in requested if name not in available]
     if unknown:
         root = next(iter(available.values())).root
@@ -413,8 +429,9 @@ def evaluate(
                 "computed",
                 file=sys.stderr,
             )
-    # Clean splits other than the reference (e.g. val beside Cityscapes' test) are no OOD set.
+    # Clean splits other than the reference (e.g. test beside Cityscapes' val) are no OOD set.
     shifted = [s.name for s in selected if s.shifted and not s.anomaly]
+    reference = ood_reference(selected)
     models = [
         model_result(
             p,
@@ -422,6 +439,7 @@ def evaluate(
             computed[p.name],
             class_names,
             shifted,
+            reference,
             None if teacher is None or p is teacher else (teacher, computed[teacher.name]),
         )
         for p in predictors
@@ -434,7 +452,7 @@ def evaluate(
             "class_names": class_names,
             "ignore_index": first.ignore_index,
             "splits": [s.name for s in selected],
-            "reference": REFERENCE_SPLIT,
+            "reference": reference,
         },
         # A GPU's TF32 convolutions move the last digits (docs/evaluation.md): say where.
         "settings": {
@@ -591,13 +609,15 @@ def model_result(
     splits: dict[str, dict[str, Any]],
     class_names: list[str],
     shifted: Sequence[str],
+    reference: str = REFERENCE_SPLIT,
     teacher: tuple[Predictor, dict[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """The metrics.json content of one model (docs/evaluation.md has the schema).
 
     accumulators: {split: what the model accumulated}; splits: {split: its segmentation
-    results}; shifted: the evaluated shifted sets that are scored as OOD against the
-    reference split; teacher: (teacher, its segmentation results per split) for a student.
+    results}; shifted: the evaluated shifted sets that are scored as OOD against the clean
+    split `reference` (`ood_reference`); teacher: (teacher, its segmentation results per
+    split) for a student.
     """
     anomaly = next(((s, a.anomaly) for s, a in accumulators.items() if a.anomaly is not None), None)
     vs_teacher = None
@@ -625,7 +645,7 @@ def model_result(
         "class_names": class_names,
         "splits": splits,
         "ood": ood_results(
-            {split: acc.scores for split, acc in accumulators.items()}, REFERENCE_SPLIT, shifted
+            {split: acc.scores for split, acc in accumulators.items()}, reference, shifted
         ),
         "anomaly": None if anomaly is None else {"split": anomaly[0], **anomaly[1].compute()},
         "vs_teacher": vs_teacher,
@@ -848,7 +868,8 @@ def format_summary(models: Sequence[dict[str, Any]], split: str | None = None) -
                     for c in cells
                 ]
             )
-        lines += ["", f"image-level OOD AUROC vs {REFERENCE_SPLIT!r} (best aggregator):"]
+        reference = next((m["ood"]["reference"] for m in models if m.get("ood")), REFERENCE_SPLIT)
+        lines += ["", f"image-level OOD AUROC vs {reference!r} (best aggregator):"]
         lines += _text_table(ood)
     flags = _distrust_cells(models, split)
     if flags:
