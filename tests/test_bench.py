@@ -14,13 +14,23 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from segdistill.bench import ModelBench, benchmark, compute_ratios, count_flops, paired_ratio
+from segdistill.bench import (
+    SIZE_NOTE,
+    ModelBench,
+    benchmark,
+    compute_ratios,
+    count_flops,
+    format_result,
+    paired_ratio,
+    to_json,
+)
 from segdistill.checkpoints import save_weights
 from segdistill.cli import main
 from segdistill.config import ModelConfig
 from segdistill.errors import ConfigError
 from segdistill.models import build_segmenter
 from segdistill.outputs import SegOutput
+from segdistill.pipeline import _bench_line
 from segdistill.predictor import Predictor
 
 CLASSES = 3
@@ -66,9 +76,14 @@ def test_cli_bench_reports_every_model_and_the_ratios(tmp_path, capsys) -> None:
     text = capsys.readouterr().out
     assert "teacher/student" in text and "student/baseline" in text and "1 threads" in text
     assert "channels-last" not in text
+    assert "batch 2 x 3 x 30 x 50 (padded to 32 x 64) on cpu" in text
     result = json.loads(out.read_text())
     assert result["settings"]["threads"] == 1 and result["settings"]["size"] == [30, 50]
-    assert result["settings"]["input_size"] == [32, 64]  # padded as predict pads it
+    # padded as predict pads it
+    assert result["settings"]["input_sizes"] == dict.fromkeys(
+        ["ens", "student", "baseline"], [32, 64]
+    )
+    assert all(m["input_size"] == [32, 64] for m in result["models"])
     assert result["settings"]["channels_last"] is False
     models = {m["name"]: m for m in result["models"]}
     assert [m["kind"] for m in result["models"]] == ["ensemble", "student", "baseline"]
@@ -115,7 +130,7 @@ def test_flops_of_one_convolution_are_the_hand_formula() -> None:
 
 def test_ratios_pair_the_calls_of_a_repeat_and_use_teacher_passes() -> None:
     def model(name: str, kind: str, runs: list[float], passes: int = 1) -> ModelBench:
-        return ModelBench(name, name, kind, passes, "", 0, 0.0, 1, runs)
+        return ModelBench(name, name, kind, passes, "", 0, 0.0, 1, (32, 32), runs)
 
     # The machine slows down 3x for the last two repeats (round robin: all models alike),
     # and the baseline's first call was interrupted (80 ms instead of 10).
@@ -135,6 +150,7 @@ def test_ratios_pair_the_calls_of_a_repeat_and_use_teacher_passes() -> None:
     # Per repeat: [10.1 / 80, 1.01, 1.01, 1.01, 1.01] -> 1.01; the ratio of the medians
     # (10.1 / 30) would compare a quiet repeat with a loaded one.
     assert ratios[1].value == pytest.approx(1.01) and ratios[1].met
+    assert ratios[0].same_input_size and ratios[1].same_input_size
     assert np.median(models[1].runs_ms) / np.median(models[2].runs_ms) == pytest.approx(10.1 / 30)
     with pytest.raises(ValueError, match="same number"):
         paired_ratio([1.0, 2.0], [1.0])
@@ -208,3 +224,82 @@ def test_cli_bench_channels_last_times_every_model_in_that_format(
     assert result["settings"]["channels_last"] is True
     assert [len(m["latency_ms"]["runs"]) for m in result["models"]] == [2, 2]
     assert formats and all(formats)  # the FLOP count and every timed call
+
+
+class WideStrideConv(OneConv):
+    """OneConv whose 'encoder' reaches stride 64 (as NfS-Net's c6): inputs padded to 64."""
+
+    encoder = SimpleNamespace(strides=(1, 64))
+
+
+def conv_predictor(network: nn.Module, name: str, kind: str) -> Predictor:
+    return Predictor(
+        network, name=name, kind=kind, uncertainty_source="", source=Path(name), home=None
+    )
+
+
+def test_each_model_is_padded_to_its_own_multiple() -> None:
+    """A model is timed on the input predict would give it, not on one padded for another
+    model's larger multiple; the report says which size each ran at and marks a ratio of
+    two models that ran at different sizes."""
+    predictors = [
+        conv_predictor(WideStrideConv(), "wide", "ensemble"),
+        conv_predictor(OneConv(), "student", "student"),
+        conv_predictor(OneConv(), "baseline", "baseline"),
+    ]
+    result = benchmark(predictors, (30, 50), repeats=1, warmup=0)
+    sizes = {m.name: m.input_size for m in result.models}
+    assert sizes == {"wide": (64, 64), "student": (32, 64), "baseline": (32, 64)}
+    for m in result.models:  # the FLOPs of the size it ran at: it really ran there
+        assert m.flops == 2 * CLASSES * 3 * 3 * 3 * m.input_size[0] * m.input_size[1]
+    same = {(r.numerator, r.denominator): r.same_input_size for r in result.ratios}
+    assert same == {("wide", "student"): False, ("student", "baseline"): True}
+
+    data = to_json(result)
+    assert data["settings"]["size"] == [30, 50]
+    assert data["settings"]["input_sizes"] == {
+        "wide": [64, 64], "student": [32, 64], "baseline": [32, 64]
+    }  # fmt: skip
+    assert [m["input_size"] for m in data["models"]] == [[64, 64], [32, 64], [32, 64]]
+    assert [r["same_input_size"] for r in data["ratios"]] == [False, True]
+
+    text = format_result(result)
+    assert (
+        "batch 1 x 3 x 30 x 50 (padded per model, as predict pads for it: 64 x 64 for wide; "
+        "32 x 64 for student, baseline) on cpu"
+    ) in text
+    wide, head = (line for line in text.splitlines() if " / " in line)
+    assert "*" in wide and "*" not in head
+    assert f"* {SIZE_NOTE}." in text
+
+
+def test_bench_line_says_what_size_each_model_ran_at() -> None:
+    """The experiment's latency note gives the padded size(s), per model where they
+    differ, and still reads results.json written with one input size or none."""
+    settings = {
+        "size": [90, 150], "batch": 1, "repeats": 5, "device": "cpu",
+        "device_name": "AMD EPYC", "threads": 2, "torch": "2.13.0+cpu",
+    }  # fmt: skip
+
+    def line(**sizes: object) -> str:
+        results = {
+            "table": {"metrics": ["latency_ms"]},
+            "checks": [],
+            "bench": {"settings": {**settings, **sizes}},
+        }
+        text = _bench_line(results)
+        assert text is not None
+        return text
+
+    same = line(input_sizes={"student": [96, 160], "baseline": [96, 160]})
+    assert "batch 1 x 3 x 90 x 150 (padded to 96 x 160) on cpu" in same
+    assert SIZE_NOTE not in same
+    mixed = line(input_sizes={"teacher": [128, 192], "student": [96, 160]})
+    assert (
+        "batch 1 x 3 x 90 x 150 (padded per model, as predict pads for it: 128 x 192 for "
+        "teacher; 96 x 160 for student) on cpu"
+    ) in mixed
+    assert f"the ratio of the medians above; {SIZE_NOTE}." in mixed
+    # Older results.json: one padded size for all models, or none recorded.
+    assert "batch 1 x 3 x 90 x 150 (padded to 96 x 160) on cpu" in line(input_size=[96, 160])
+    assert "batch 1 x 3 x 90 x 150 on cpu" in line()

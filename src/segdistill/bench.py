@@ -6,9 +6,11 @@ the latency ratios teacher / student and student / baseline with their goals.
 
 Protocol:
 - One random normal batch [B, 3, H, W] (seed 0) on the device, the same for every model,
-  padded as `segdistill predict` pads it (to the next multiple of 32, or of the largest
-  encoder stride of the models; `settings.input_size`), so that a size that is not a
-  multiple costs what it costs in deployment.
+  padded with 0 for each model as `segdistill predict` pads it for that model (to the
+  next multiple of 32, or of its largest encoder stride; `ModelBench.input_size`), so
+  that a size that is not a multiple costs what it costs in deployment. Models with
+  different multiples may then run at different sizes: the report says so, and marks
+  the ratios of such pairs (their ratio includes the larger input's cost).
 - What is timed is one `Predictor.predict` call: the whole prediction with its
   uncertainty, i.e. a student's forward with its uncertainty head, a baseline's forward,
   an ensemble's N member forwards plus the statistics, MC dropout's K passes.
@@ -54,7 +56,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from segdistill.errors import ConfigError
-from segdistill.predict import input_multiple
+from segdistill.predict import input_multiple, pad_to_multiple
 from segdistill.predictor import Predictor, default_device
 
 TEACHER_KINDS = ("ensemble", "mc_dropout")
@@ -63,11 +65,16 @@ FLOPS_CONVENTION = (
     "2 FLOPs per multiply-accumulate of convolutions and matrix products "
     "(torch.utils.flop_counter), per image; element-wise ops not counted"
 )
+SIZE_NOTE = (
+    "models padded to different input sizes: a latency ratio of two of them includes the "
+    "cost of the larger input"
+)
 
 
 @dataclass
 class ModelBench:
-    """One source's numbers. flops: per image; runs_ms: timed calls in order."""
+    """One source's numbers. flops: per image; input_size: the padded [H, W] it ran at;
+    runs_ms: timed calls in order."""
 
     name: str
     source: str
@@ -77,6 +84,7 @@ class ModelBench:
     parameters: int
     flops: float
     batch: int
+    input_size: tuple[int, int]
     runs_ms: list[float] = field(default_factory=list)
 
     def latency(self) -> dict[str, float]:
@@ -106,6 +114,7 @@ class Ratio:
     value: float
     goal: str  # e.g. ">= 5" or "<= 1.02"
     met: bool
+    same_input_size: bool  # else the ratio includes the larger input's cost (SIZE_NOTE)
 
 
 @dataclass
@@ -188,6 +197,7 @@ def compute_ratios(models: Sequence[ModelBench]) -> list[Ratio]:
                     value,
                     f">= {teacher.passes}",
                     value >= teacher.passes,
+                    teacher.input_size == student.input_size,
                 )
             )
     for student in students:
@@ -201,6 +211,7 @@ def compute_ratios(models: Sequence[ModelBench]) -> list[Ratio]:
                     value,
                     f"<= {HEAD_OVERHEAD_GOAL}",
                     value <= HEAD_OVERHEAD_GOAL,
+                    student.input_size == baseline.input_size,
                 )
             )
     return ratios
@@ -208,19 +219,26 @@ def compute_ratios(models: Sequence[ModelBench]) -> list[Ratio]:
 
 def _measure(
     predictors: Sequence[Predictor],
-    shape: tuple[int, ...],
+    shape: tuple[int, int, int, int],
     device: torch.device,
     repeats: int,
     warmup: int,
     channels_last: bool,
 ) -> list[ModelBench]:
     """Count FLOPs, warm up, then time `predict` round robin on one random batch of
-    `shape` (already padded)."""
+    `shape` [B, 3, H, W], padded for each model to its own multiple."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(shape, generator=generator).to(device)
     batch = shape[0]
-    models = []
+    by_multiple: dict[int, torch.Tensor] = {}  # models that pad alike share one copy
+    inputs = []
     for predictor in predictors:
+        multiple = input_multiple(predictor.segmenters())
+        if multiple not in by_multiple:
+            by_multiple[multiple] = pad_to_multiple(images, multiple)
+        inputs.append(by_multiple[multiple])
+    models = []
+    for predictor, padded in zip(predictors, inputs):
         predictor.to(device, channels_last)
         models.append(
             ModelBench(
@@ -230,17 +248,18 @@ def _measure(
                 passes=predictor.passes,
                 uncertainty_source=predictor.uncertainty_source,
                 parameters=predictor.parameters,
-                flops=count_flops(functools.partial(predictor.predict, images)) / batch,
+                flops=count_flops(functools.partial(predictor.predict, padded)) / batch,
                 batch=batch,
+                input_size=(padded.shape[-2], padded.shape[-1]),
             )
         )
     timer = make_timer(device)
     for _ in range(warmup):
-        for predictor in predictors:
-            predictor.predict(images)
+        for predictor, padded in zip(predictors, inputs):
+            predictor.predict(padded)
     for _ in range(repeats):
-        for predictor, model in zip(predictors, models):
-            model.runs_ms.append(timer(functools.partial(predictor.predict, images)))
+        for predictor, padded, model in zip(predictors, inputs, models):
+            model.runs_ms.append(timer(functools.partial(predictor.predict, padded)))
     return models
 
 
@@ -267,19 +286,18 @@ def benchmark(
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     target = default_device(device)
-    multiple = input_multiple([net for p in predictors for net in p.segmenters()])
-    padded = tuple(-(-side // multiple) * multiple for side in size)  # as predict pads
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         used_threads = torch.get_num_threads()
-        models = _measure(predictors, (batch, 3, *padded), target, repeats, warmup, channels_last)
+        models = _measure(predictors, (batch, 3, *size), target, repeats, warmup, channels_last)
     finally:
         torch.set_num_threads(previous_threads)
     settings = {
         "size": list(size),
-        "input_size": list(padded),
+        # What each model ran at; here too because results.json keeps only the settings.
+        "input_sizes": {m.name: list(m.input_size) for m in models},
         "batch": batch,
         "repeats": repeats,
         "warmup": warmup,
@@ -307,6 +325,7 @@ def to_json(result: BenchResult) -> dict[str, object]:
                 "passes": m.passes,
                 "uncertainty_source": m.uncertainty_source,
                 "parameters": m.parameters,
+                "input_size": list(m.input_size),
                 "gflops_per_image": m.flops / 1e9,
                 "latency_ms": {**m.latency(), "runs": m.runs_ms},
                 "images_per_s": m.throughput(),
@@ -321,6 +340,7 @@ def to_json(result: BenchResult) -> dict[str, object]:
                 "value": r.value,
                 "goal": r.goal,
                 "met": r.met,
+                "same_input_size": r.same_input_size,
             }
             for r in result.ratios
         ],
@@ -338,12 +358,37 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line(header), "-" * len(line(header)), *map(line, rows)]
 
 
+def input_groups(settings: dict[str, Any]) -> dict[tuple[int, int], list[str]]:
+    """Input size the models ran at -> their names, from bench settings of any version:
+    per model (`input_sizes`), one for all models (`input_size`, older results: no
+    names) or none recorded (older still: taken as the requested `size`)."""
+    sizes = settings.get("input_sizes") or {"": settings.get("input_size", settings["size"])}
+    groups: dict[tuple[int, int], list[str]] = {}
+    for name, (height, width) in sizes.items():
+        groups.setdefault((height, width), []).append(name)
+    return groups
+
+
+def input_text(settings: dict[str, Any]) -> str:
+    """The batch as requested, "B x 3 x H x W", and where padding changed it the padded
+    size(s): one for all models, or each size with its models where they differ."""
+    height, width = settings["size"]
+    text = f"{settings['batch']} x 3 x {height} x {width}"
+    groups = input_groups(settings)
+    if len(groups) > 1:
+        sizes = "; ".join(f"{h} x {w} for {', '.join(names)}" for (h, w), names in groups.items())
+        return f"{text} (padded per model, as predict pads for it: {sizes})"
+    ((padded_height, padded_width),) = groups
+    if (padded_height, padded_width) == (height, width):
+        return text
+    return f"{text} (padded to {padded_height} x {padded_width})"
+
+
 def format_result(result: BenchResult) -> str:
     """A readable report: settings, one row per model, the ratios with their goals."""
     s = result.settings
-    height, width = s["size"]
     lines = [
-        f"batch {s['batch']} x 3 x {height} x {width} on {s['device']} ({s['device_name']}), "
+        f"batch {input_text(s)} on {s['device']} ({s['device_name']}), "
         f"{s['threads']} threads{', channels-last' if s['channels_last'] else ''}, torch "
         f"{s['torch']}; {s['warmup']} warm-up + "
         f"{s['repeats']} timed calls per model, round robin; timer {s['timer']}",
@@ -386,13 +431,15 @@ def format_result(result: BenchResult) -> str:
                 [
                     r.label,
                     f"{r.numerator} / {r.denominator}",
-                    f"{r.value:.3f}",
+                    f"{r.value:.3f}" + ("" if r.same_input_size else "*"),
                     r.goal,
                     "yes" if r.met else "NO",
                 ]
                 for r in result.ratios
             ],
         )
+        if not all(r.same_input_size for r in result.ratios):
+            lines.append(f"* {SIZE_NOTE}.")
     else:
         lines.append("no ratios: give a teacher and a student, or a student and a baseline")
     return "\n".join(lines)

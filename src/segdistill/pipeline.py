@@ -78,7 +78,14 @@ import torch
 import yaml
 
 from segdistill import __version__, memory
-from segdistill.bench import benchmark, paired_ratio, to_json
+from segdistill.bench import (
+    SIZE_NOTE,
+    benchmark,
+    input_groups,
+    input_text,
+    paired_ratio,
+    to_json,
+)
 from segdistill.checkpoints import CONFIG_FILE, atomic_write, load_segmenter
 from segdistill.config import (
     SAME_RECIPE_MAY_CHANGE,
@@ -1731,8 +1738,9 @@ def _paired_calls(results: dict[str, Any]) -> int | None:
 
 def _bench_line(results: dict[str, Any]) -> str | None:
     """Where the table or a check shows a latency: how the bench measured it (one run,
-    its device, threads and input size) and what a latency check's ratio is, so that a
-    ratio and the table's medians are not read as a contradiction. None otherwise."""
+    its device, threads and input size, padded per model) and what a latency check's
+    ratio is, so that a ratio and the table's medians are not read as a contradiction.
+    None otherwise."""
     shown = any(
         _metric_name(name, "table")[0] == "latency_ms" for name in results["table"]["metrics"]
     )
@@ -1740,15 +1748,15 @@ def _bench_line(results: dict[str, Any]) -> str | None:
     settings = (results.get("bench") or {}).get("settings")
     if not (shown or checked) or not settings:
         return None
-    height, width = settings["size"]
     layout = ", channels-last" if settings.get("channels_last") else ""
+    sizes = f"; {SIZE_NOTE}" if len(input_groups(settings)) > 1 else ""
     return (
         f"Latency: median of {settings['repeats']} timed calls per model in one bench run, "
-        f"batch {settings['batch']} x 3 x {height} x {width} on {settings['device']} "
+        f"batch {input_text(settings)} on {settings['device']} "
         f"({settings['device_name']}), {settings['threads']} threads{layout}, torch "
         f"{settings['torch']}; the models' calls alternate (round robin), and a latency "
         "check's ratio is the median of the per-call ratios of calls run back to back, "
-        "not the ratio of the medians above."
+        f"not the ratio of the medians above{sizes}."
     )
 
 
