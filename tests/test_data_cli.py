@@ -10,6 +10,7 @@ from PIL import Image
 
 from segdistill.cli import main
 from segdistill.data import synthstreets as ss
+from test_datasets import TRAIN_IDS, cityscapes_image, gt_file
 
 TINY = ["--size", "64x128", "--train", "2", "--val", "1", "--test", "2", "--workers", "1"]
 
@@ -159,7 +160,7 @@ def test_info_of_a_folder_data_set_counts_its_classes_and_lists_every_bad_file(
     _save(root / "val" / "images" / "c.png", np.zeros((4, 4, 3), np.uint8))  # no mask
     assert main(["data", "info", str(root)]) == 1
     out = capsys.readouterr().out
-    assert "val             1 images (1 without a mask)" in out
+    assert "val             1 images, none with a mask (unlabelled" in out
     assert "integrity: 2 of 3 images cannot be used" in out
     assert (
         "cam/a.png: cannot read the image" in out
@@ -197,7 +198,10 @@ def test_an_image_without_a_mask_is_read_but_not_counted_as_void(tmp_path: Path)
     _save(tmp_path / "val" / "images" / "b.png", np.zeros((4, 4, 3), np.uint8))  # no mask
     (tmp_path / "classes.yaml").write_text("classes: [{name: road, color: [1, 1, 1]}]\n")
     found = survey(FolderDataset.split(tmp_path, "val", allow_unlabeled=True), "val", False)
-    assert (found.images, found.unlabeled, found.problems) == (2, 1, [])
+    assert (found.images, found.masks, found.unlabeled) == (2, 1, 1)
+    assert found.problems == [
+        f"{tmp_path}/val/images/b.png: no mask, though 1 of the 2 images of val have one"
+    ]
     assert (found.class_pixels[0], found.class_pixels[255]) == (8, 8)  # a.png only
     assert (found.class_images[0], found.class_images[255]) == (1, 1)
 
@@ -219,7 +223,9 @@ def test_preview_of_a_folder_data_set_draws_images_masks_and_overlays(
     assert "wrote" in capsys.readouterr().out and Image.open(sheet).size[0] > 500
     # The val split has no mask to show; an unknown split is named with the known ones.
     assert main(["data", "preview", str(root), "--out", str(sheet), "--split", "val"]) == 2
-    assert "no image with a mask in val" in capsys.readouterr().err
+    assert (
+        "nothing to preview; split val: none of its 1 images has a mask" in capsys.readouterr().err
+    )
     assert main(["data", "preview", str(root), "--out", str(sheet), "--split", "test"]) == 2
     assert "no split 'test'; it has ['train', 'val']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -234,3 +240,129 @@ def test_preview_rows_are_spread_over_the_split(count: int, rows: int, expected:
     from segdistill.commands.data import spread
 
     assert spread(count, rows) == expected
+
+
+def _cityscapes(root: Path, split: str, masks: list[np.ndarray | None]) -> None:
+    """One image per mask in root/leftImg8bit/split/city/, and its labelTrainIds mask
+    (None: no mask)."""
+    for i, mask in enumerate(masks):
+        base = f"city_{i:06d}_000019"
+        cityscapes_image(root, split, base)
+        if mask is not None:
+            gt_file(root, split, base, "labelTrainIds", mask)
+
+
+ROAD_CAR = TRAIN_IDS  # 3/8 road, 3/8 car, 2/8 void
+VOID = np.full_like(TRAIN_IDS, 255)  # as Cityscapes' test masks
+
+
+@pytest.fixture
+def sheets(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The title and legend labels of each contact sheet `data preview` draws."""
+    drawn: list[dict] = []
+
+    def draw(rows: list, labels: list, title: str, out: Path, legend: list) -> None:
+        drawn.append({"title": title, "legend": [patch.get_label() for patch in legend]})
+
+    monkeypatch.setattr("segdistill.commands.data.draw_sheet", draw)
+    return drawn
+
+
+def test_preview_prefers_val_and_passes_over_splits_of_void_masks(
+    tmp_path: Path, sheets: list[dict], capsys: pytest.CaptureFixture
+) -> None:
+    _cityscapes(tmp_path, "test", [VOID, VOID])
+    _cityscapes(tmp_path, "train", [ROAD_CAR])
+    _cityscapes(tmp_path, "val", [ROAD_CAR, ROAD_CAR])
+    preview = ["data", "preview", str(tmp_path), "--out", str(tmp_path / "sheet.png")]
+    assert main(preview) == 0
+    assert "split val, 2 of 2 images" in sheets[-1]["title"]
+    assert sheets[-1]["legend"] == ["road", "car", "void / ignore"]  # figures.class_legend's
+
+    _cityscapes(tmp_path, "val", [VOID, VOID])
+    assert main(preview) == 0
+    assert "split train" in sheets[-1]["title"]
+    assert "passes over split val: the 2 masks drawn show no class (all void)" in (
+        capsys.readouterr().err
+    )
+
+    # Asked for, a split of void masks is drawn, with a note.
+    assert main([*preview, "--split", "test"]) == 0
+    assert "split test" in sheets[-1]["title"] and sheets[-1]["legend"] == ["void / ignore"]
+    assert "note: split test: the 2 masks drawn show no class" in capsys.readouterr().err
+
+    _cityscapes(tmp_path, "train", [VOID])
+    assert main(preview) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: nothing to preview; split val: the 2 masks drawn show no class" in err
+    assert "split train: the 1 masks drawn" in err and "split test: the 2 masks drawn" in err
+
+
+def test_preview_names_the_folder_of_a_split_without_images(
+    tmp_path: Path, sheets: list[dict], capsys: pytest.CaptureFixture
+) -> None:
+    _cityscapes(tmp_path, "train", [ROAD_CAR])
+    (tmp_path / "leftImg8bit" / "val").mkdir()
+    (tmp_path / "leftImg8bit" / "__MACOSX").mkdir()
+    preview = ["data", "preview", str(tmp_path), "--out", str(tmp_path / "sheet.png")]
+    assert main([*preview, "--split", "val"]) == 2
+    assert f"{tmp_path}/leftImg8bit/val: split 'val' holds no images (expected " in (
+        capsys.readouterr().err
+    )
+    assert main(preview) == 0 and "split train" in sheets[-1]["title"]
+
+
+def test_preview_opens_only_the_split_it_draws(tmp_path: Path, sheets: list[dict]) -> None:
+    _save(tmp_path / "train" / "images" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    _save(tmp_path / "train" / "masks" / "a.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "val" / "images").mkdir(parents=True)  # no image: a broken split
+    (tmp_path / "classes.yaml").write_text("classes: [{name: road, color: [1, 1, 1]}]\n")
+    preview = ["data", "preview", str(tmp_path), "--out", str(tmp_path / "sheet.png")]
+    assert main([*preview, "--split", "train"]) == 0
+    assert main(preview) == 0 and "split train" in sheets[-1]["title"]
+
+
+def test_info_lists_each_missing_mask_of_a_labelled_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _cityscapes(tmp_path, "train", [ROAD_CAR, None, ROAD_CAR, None])
+    _cityscapes(tmp_path, "test", [None, None])  # unlabelled: a note, no problem
+    assert main(["data", "info", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "test            2 images, none with a mask (unlabelled" in out
+    assert "train           4 images, 2 without a mask (listed below)" in out
+    assert "integrity: 2 of 6 images cannot be used" in out
+    for i in (1, 3):
+        image = tmp_path / "leftImg8bit" / "train" / "city" / f"city_{i:06d}_000019_leftImg8bit.png"
+        assert f"{image}: no mask, though 2 of the 4 images of train have one" in out
+
+
+def test_info_skips_folders_without_images_and_tabulates_train_per_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from segdistill.data.cityscapes import split_folders
+
+    _cityscapes(tmp_path, "test", [VOID])
+    _cityscapes(tmp_path, "train", [ROAD_CAR])
+    (tmp_path / "leftImg8bit" / "__MACOSX" / "city").mkdir(parents=True)
+    (tmp_path / "leftImg8bit" / "__MACOSX" / "city" / "._x_leftImg8bit.jpg").write_bytes(b"")
+    assert split_folders(tmp_path) == ["test", "train"]
+    assert main(["data", "info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped {tmp_path}/leftImg8bit/__MACOSX: no images (leftImg8bit/<split>/" in out
+    assert "images (train)" in out and "images (test)" not in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:4] == "road"}
+    assert rows["road"] == ["0.00", "37.50", "100.00%"]  # test, train, images (train)
+    assert "images (train): the share of the masks of train that show each class" in out
+
+
+def test_info_without_any_split_of_images_names_the_layout(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "leftImg8bit" / "__MACOSX").mkdir(parents=True)
+    assert main(["data", "info", str(tmp_path)]) == 2
+    assert (
+        f"{tmp_path}: Cityscapes layout without any split folder holding images: expected "
+        f"{tmp_path}/leftImg8bit/<split>/<city>/*_leftImg8bit.png "
+        f"({tmp_path}/leftImg8bit/__MACOSX hold none)"
+    ) in capsys.readouterr().err

@@ -8,19 +8,25 @@
 `synth` writes a SynthStreets data set (see `segdistill.data.synthstreets`); run again with
 the same parameters it does nothing ("already there"); a folder holding a different data set
 is refused unless --force. `info` checks every file against meta.json and prints counts,
-class frequencies and interior shares; it exits non-zero naming the first bad file.
+class frequencies and interior shares; it exits non-zero naming the first bad file. Of a
+Cityscapes-layout or folder data set it lists every unusable file instead (an image without
+a mask counts in a split where other images have one) and exits 1.
 `preview` draws a contact sheet: per SynthStreets scene the image, coloured labels, depth
 and every shifted copy; per sample of a Cityscapes-layout or folder data set the image, its
 mask in the data set's colours and the two overlaid, with a legend of the classes shown, so
-that a wrong `mask_values` entry or a shifted mask shows at a glance.
+that a wrong `mask_values` entry or a shifted mask shows at a glance. Its default split is
+val, else train, else another one whose masks show a class (Cityscapes' test masks are all
+void).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +54,8 @@ from segdistill.data.synthstreets import (
 from segdistill.errors import DataError
 
 if TYPE_CHECKING:  # they import torch, which `--help` does not wait for (cli.py)
+    from matplotlib.patches import Patch
+
     from segdistill.data.base import SegmentationDataset
     from segdistill.data.survey import Survey
 
@@ -140,7 +148,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="check a data set file by file and print its class statistics",
         description="Decode every image and mask of a SynthStreets, Cityscapes-layout or "
         "folder data set; print the class pixel frequencies per split and every file that "
-        "cannot be used (exit status 1 then).",
+        "cannot be used, an image without a mask in a split where other images have one "
+        "included (exit status 1 then); a split without any mask is unlabelled, not an "
+        "error.",
     )
     info.add_argument("dir", type=Path, help="data set folder")
     info.set_defaults(func=run_info)
@@ -160,7 +170,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preview.add_argument(
         "--split",
         help="split to draw from (default: SynthStreets' test split, which has the shifted "
-        "copies; otherwise the first split with masks); rows are spread over the split",
+        "copies; otherwise val, else train, else the first other split whose masks show a "
+        "class); rows are spread over the split",
     )
     preview.set_defaults(func=run_preview)
 
@@ -193,16 +204,31 @@ def _percent(count: int, total: int) -> str:
     return f"{100.0 * count / max(total, 1):6.2f}"
 
 
+def per_image_report(
+    reports: Sequence[GroupReport | Survey], ignore_index: int = IGNORE_INDEX
+) -> GroupReport | Survey:
+    """The group whose per-image columns `format_class_table` shows: the first with a pixel
+    of a class, train before val before the others (Cityscapes' test masks are all void,
+    and alphabetically test comes first)."""
+
+    def rank(report: GroupReport | Survey) -> tuple[bool, bool, bool]:
+        void_only = report.class_pixels.sum() == report.class_pixels[ignore_index]
+        return bool(void_only), report.name != "train", report.name != "val"
+
+    return min(reports, key=rank)
+
+
 def format_class_table(
     reports: Sequence[GroupReport | Survey],
     names: Sequence[str] = CLASS_NAMES,
     ignore_index: int = IGNORE_INDEX,
 ) -> str:
-    """Class pixel frequencies (% of all pixels) per group and, for the first group, the
-    share of images each class occurs in and (SynthStreets) the share of its pixels at
-    least `INTERIOR_RADIUS` pixels from any other class, as an aligned text table. The
-    reports count pixels by class id, `ignore_index` for void."""
-    first = reports[0]
+    """Class pixel frequencies (% of all pixels) per group and, for the `per_image_report`
+    group (named in the column heads), the share of images each class occurs in and
+    (SynthStreets) the share of its pixels at least `INTERIOR_RADIUS` pixels from any
+    other class, as an aligned text table. The reports count pixels by class id,
+    `ignore_index` for void."""
+    first = per_image_report(reports, ignore_index)
     interior = first.class_interior if isinstance(first, GroupReport) else None
     width = max(14, *(len(name) + 2 for name in names))
     head = f"{'class':<{width}}" + "".join(f"{r.name:>11}" for r in reports)
@@ -226,7 +252,7 @@ def format_class_table(
 def run_info(args: argparse.Namespace) -> int:
     own = _own_data_set(args.dir)
     if own is not None:
-        return _info_of_own_data(args.dir, *own)
+        return _info_of_own_data(own)
     meta, reports = check_dataset(args.dir, progress=True)
     height, width = meta["size"]
     print(f"{args.dir}: SynthStreets {meta['version']}, seed {meta['seed']}, {height}x{width}")
@@ -246,13 +272,31 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _own_data_set(root: Path) -> tuple[str, dict[str, SegmentationDataset]] | None:
-    """(kind, {split: data set}) of a Cityscapes-layout or folder data set that is not
-    SynthStreets (no meta.json); None for SynthStreets or anything else. Images without a
-    mask are kept, to be counted."""
-    from segdistill.data.cityscapes import CityscapesDataset, split_folders
+@dataclass(frozen=True)
+class OwnDataSet:
+    """A Cityscapes-layout or folder data set that is not SynthStreets.
+
+    layout: where a split's images lie, below `root`; splits: the split folders holding
+    images; skipped: the folders where splits lie that hold none (`__MACOSX`, an empty
+    folder); open: a split's data set, images without a mask kept (to be counted). Splits
+    are opened one at a time, so that a bad split stops only what reads it.
+    """
+
+    root: Path
+    kind: str
+    layout: str
+    splits: list[str]
+    skipped: list[Path]
+    open: Callable[[str], SegmentationDataset]
+
+
+def _own_data_set(root: Path) -> OwnDataSet | None:
+    """The Cityscapes-layout or folder data set at `root` (no meta.json); None for
+    SynthStreets or anything else. DataError when no split folder holds images."""
+    from segdistill.data.cityscapes import CityscapesDataset, image_location, split_folders
     from segdistill.data.folder import (
         CLASSES_FILE,
+        IMAGES_DIR,
         FolderDataset,
         folder_splits,
         is_folder_data_set,
@@ -261,33 +305,63 @@ def _own_data_set(root: Path) -> tuple[str, dict[str, SegmentationDataset]] | No
     if (root / META_FILE).exists() or (root / PARTIAL_FILE).exists():
         return None
     if is_folder_data_set(root):
-        splits = folder_splits(root)
-        kind = f"folder data set ({CLASSES_FILE})"
-        return kind, {s: FolderDataset.split(root, s, allow_unlabeled=True) for s in splits}
-    if (root / "leftImg8bit").is_dir():
+        data = OwnDataSet(
+            root,
+            f"folder data set ({CLASSES_FILE})",
+            f"<split>/{IMAGES_DIR}/",
+            folder_splits(root),
+            [],
+            lambda split: FolderDataset.split(root, split, allow_unlabeled=True),
+        )
+    elif (root / "leftImg8bit").is_dir():
         splits = split_folders(root)
-        kind = "Cityscapes layout"
-        return kind, {s: CityscapesDataset(root, s, allow_unlabeled=True) for s in splits}
-    return None
+        folders = sorted(d for d in (root / "leftImg8bit").iterdir() if d.is_dir())
+        data = OwnDataSet(
+            root,
+            "Cityscapes layout",
+            f"leftImg8bit/<split>/<city>/{image_location('clean')[1]}",
+            splits,
+            [folder for folder in folders if folder.name not in splits],
+            lambda split: CityscapesDataset(root, split, allow_unlabeled=True),
+        )
+    else:
+        return None
+    if not data.splits:
+        skipped = f" ({', '.join(map(str, data.skipped))} hold none)" if data.skipped else ""
+        raise DataError(
+            f"{root}: {data.kind} without any split folder holding images: expected "
+            f"{root}/{data.layout}{skipped}"
+        )
+    return data
 
 
-def _info_of_own_data(root: Path, kind: str, datasets: dict[str, SegmentationDataset]) -> int:
+def _info_of_own_data(data: OwnDataSet) -> int:
     """`data info` of a Cityscapes-layout or folder data set: every file decoded, the class
     statistics, and every file that cannot be used (exit status 1 if any)."""
     from segdistill.data.survey import survey
 
-    if not datasets:
-        raise DataError(f"{root}: {kind} without any split folder")
+    datasets = {split: data.open(split) for split in data.splits}
     first = next(iter(datasets.values()))
-    print(f"{root}: {kind}, {first.num_classes} classes, ignore value {first.ignore_index}")
+    print(
+        f"{data.root}: {data.kind}, {first.num_classes} classes, ignore value {first.ignore_index}"
+    )
     surveys = [survey(dataset, split) for split, dataset in datasets.items()]
     for found in surveys:
-        unlabeled = f" ({found.unlabeled} without a mask)" if found.unlabeled else ""
+        if not found.masks:
+            unlabeled = ", none with a mask (unlabelled: no class statistics)"
+        elif found.unlabeled:
+            unlabeled = f", {found.unlabeled} without a mask (listed below)"
+        else:
+            unlabeled = ""
         print(f"  {found.name:<10} {found.images:>6} images{unlabeled}")
-    labelled = [s for s in surveys if s.images > s.unlabeled]
+    for folder in data.skipped:
+        print(f"  note: skipped {folder}: no images ({data.layout})")
+    labelled = [s for s in surveys if s.masks]
     if labelled:
         print("\nclass pixel frequencies (%):")
         print(format_class_table(labelled, first.classes, first.ignore_index))
+        shown = per_image_report(labelled, first.ignore_index).name
+        print(f"images ({shown}): the share of the masks of {shown} that show each class")
     problems = [problem for found in surveys for problem in found.problems]
     total = sum(found.images for found in surveys)
     if not problems:
@@ -368,41 +442,76 @@ def synth_contact_sheet(root: Path, out: Path, scenes: int, split: str | None = 
     return len(rows)
 
 
-def own_contact_sheet(
-    root: Path,
-    kind: str,
-    datasets: dict[str, SegmentationDataset],
-    out: Path,
-    scenes: int,
-    split: str | None = None,
-) -> int:
+def _preview_split(data: OwnDataSet, split: str) -> str:
+    """`split` when it is one of `data`'s splits; else DataError naming the folder that
+    holds no images, or the splits there are."""
+    if split in data.splits:
+        return split
+    empty = next((folder for folder in data.skipped if folder.name == split), None)
+    if empty is not None:
+        raise DataError(
+            f"{empty}: split {split!r} holds no images (expected {data.root}/{data.layout}); "
+            f"splits with images: {', '.join(data.splits)}"
+        )
+    raise DataError(f"{data.root}: no split {split!r}; it has {data.splits}")
+
+
+def own_contact_sheet(data: OwnDataSet, out: Path, scenes: int, split: str | None = None) -> int:
     """Draw `scenes` labelled samples of a Cityscapes-layout or folder data set (image, mask,
-    overlay) into `out`, spread over `split` (default: the first split with masks), with a
-    legend of the classes they show. Returns the rows drawn."""
-    if split is not None and split not in datasets:
-        raise DataError(f"{root}: no split {split!r}; it has {sorted(datasets)}")
-    names = [split] if split is not None else list(datasets)
-    labelled: list[int] = []
-    for split in names:
-        dataset = datasets[split]
+    overlay) into `out`, spread over `split`, with a legend of the classes they show.
+    Without `split`: val, else train, else the other splits in order, passing over a split
+    that cannot be opened, has no mask, or whose masks drawn show no class (all void, as
+    Cityscapes' test masks). Returns the rows drawn."""
+    from segdistill.figures import class_legend
+
+    # Only the split drawn is opened, so that a bad other split does not stop the preview.
+    names = (
+        [_preview_split(data, split)]
+        if split
+        else sorted(data.splits, key=lambda name: (name != "val", name != "train", name))
+    )
+    passed: list[str] = []  # why each split before the one drawn was passed over
+    for name in names:
+        try:
+            dataset = data.open(name)
+        except DataError as error:
+            if split:
+                raise
+            passed.append(f"split {name}: {error}")
+            continue
         labelled = [i for i, files in enumerate(dataset.samples) if files.label is not None]
-        if labelled:
+        samples = [dataset.load(labelled[i]) for i in spread(len(labelled), scenes)]
+        reason = None
+        if not samples:
+            reason = f"split {name}: none of its {len(dataset)} images has a mask"
+        elif all(np.all(sample["label"] == dataset.ignore_index) for sample in samples):
+            reason = f"split {name}: the {len(samples)} masks drawn show no class (all void)"
+        if reason is None or (split and samples):  # a split asked for is drawn even so
+            if reason is not None:
+                print(f"note: {reason}", file=sys.stderr)
             break
-    if not labelled:
-        raise DataError(f"{root}: no image with a mask in {', '.join(names)}")
-    rows, labels, shown = [], [], set()
-    for index in (labelled[i] for i in spread(len(labelled), scenes)):
-        sample = dataset.load(index)
+        passed.append(reason)
+    else:
+        raise DataError(f"{data.root}: nothing to preview; " + "; ".join(passed))
+    for reason in passed:
+        print(f"note: preview passes over {reason}", file=sys.stderr)
+    rows, labels = [], []
+    for sample in samples:
         image, label = sample["image"], sample["label"]
         colours = colorize(label, dataset.colors)
         valid = (label < dataset.num_classes)[..., None]
         overlay = np.where(valid, image // 2 + colours // 2, image)
         rows.append([("image", image), ("mask", colours), ("overlay", overlay)])
         labels.append(sample["name"])
-        shown |= set(np.unique(label[label < dataset.num_classes]).tolist())
-    legend = [(dataset.classes[c], dataset.colors[c]) for c in sorted(shown)]
-    title = f"{root}: {kind}, split {split}, {len(rows)} of {len(dataset)} images"
-    draw_sheet(rows, labels, title, out, legend + [("void / ignore", np.zeros(3, np.uint8))])
+    legend = class_legend(
+        np.concatenate([sample["label"].ravel() for sample in samples]),
+        np.empty(0, np.int64),  # no predictions: the classes of the masks alone
+        dataset.classes,
+        dataset.colors,
+        dataset.ignore_index,
+    )
+    title = f"{data.root}: {data.kind}, split {name}, {len(rows)} of {len(dataset)} images"
+    draw_sheet(rows, labels, title, out, legend)
     return len(rows)
 
 
@@ -411,20 +520,21 @@ def draw_sheet(
     row_labels: list[str],
     title: str,
     out: Path,
-    legend: list[tuple[str, np.ndarray]] | None = None,
+    legend: list[Patch] | None = None,
 ) -> None:
     """Rows of (title, picture) panels into a PNG (matplotlib, Agg), written atomically.
-    A picture is [H, W, 3] uint8 or [H, W] in [0, 1] (magma); legend: (name, uint8 RGB)."""
+    A picture is [H, W, 3] uint8 or [H, W] in [0, 1] (magma); legend: patches drawn under
+    the panels (`figures.class_legend`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     from segdistill.checkpoints import atomic_write
+    from segdistill.figures import LEGEND_CLASS_COLUMNS
 
     height, width = rows[0][0][1].shape[:2]
     cols = max(len(panels) for panels in rows)
     panel_w = 2.6
-    legend_h = 0.0 if not legend else 0.22 * (1 + len(legend) // 6)
+    legend_h = 0.0 if not legend else 0.22 * (1 + len(legend) // LEGEND_CLASS_COLUMNS)
     # Constrained layout leaves room for each row's label and the legend below the panels.
     figure = Figure(
         figsize=(panel_w * cols, (panel_w * height / width + 0.2) * len(rows) + 0.5 + legend_h),
@@ -447,12 +557,12 @@ def draw_sheet(
         axes[r][0].set_xlabel(label, fontsize=8)  # horizontal: file names are long
     figure.suptitle(title, fontsize=10)
     if legend:
-        handles = [
-            Patch(facecolor=tuple(colour / 255.0), edgecolor="grey", label=name)
-            for name, colour in legend
-        ]
         figure.legend(
-            handles=handles, loc="outside lower center", ncol=6, fontsize=8, frameon=False
+            handles=legend,
+            loc="outside lower center",
+            ncol=LEGEND_CLASS_COLUMNS,
+            fontsize=8,
+            frameon=False,
         )
     image_format = out.suffix.lstrip(".").lower() or "png"
     atomic_write(out, lambda file: figure.savefig(file, format=image_format, dpi=100))
@@ -461,7 +571,7 @@ def draw_sheet(
 def run_preview(args: argparse.Namespace) -> int:
     own = _own_data_set(args.dir)
     if own is not None:
-        rows = own_contact_sheet(args.dir, *own, args.out, args.scenes, args.split)
+        rows = own_contact_sheet(own, args.out, args.scenes, args.split)
     else:
         rows = synth_contact_sheet(args.dir, args.out, args.scenes, args.split)
     print(f"wrote {args.out} ({rows} scenes)")

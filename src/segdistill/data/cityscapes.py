@@ -98,9 +98,10 @@ def label_mappings(ignore_index: int) -> dict[str, LabelMapping]:
 
 
 def split_folders(root: Path) -> list[str]:
-    """The splits of a Cityscapes-layout tree: the folders in `root`/leftImg8bit, sorted."""
-    images = root / "leftImg8bit"
-    return sorted(d.name for d in images.iterdir() if d.is_dir()) if images.is_dir() else []
+    """The splits of a Cityscapes-layout tree: the folders in `root`/leftImg8bit that hold
+    clean images (<city>/*_leftImg8bit.png), sorted. Other folders there (`__MACOSX` of an
+    unpacked archive, an empty folder) are no split."""
+    return variant_splits(root, "clean")
 
 
 class GtFineMap:

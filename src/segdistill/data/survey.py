@@ -4,7 +4,9 @@
 (image and mask, the mask's values through its mapping) and counts, per class id, its pixels
 and the images it occurs in. A sample that cannot be read does not stop the survey: its
 error, which names the file, is listed, so that one pass finds every bad file of a data
-set instead of one per training run.
+set instead of one per training run. In a split where some images have a mask, each image
+without one is listed too (its mask is missing); a split without any mask is unlabelled
+(e.g. a test split), which is no problem.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ ID_RANGE = 256
 class Survey:
     """What `survey` found in one split.
 
-    class_pixels / class_images: [256] pixels of each class id (the ignore value included)
-    and the number of labelled images it occurs in; unlabeled: readable images without a
-    mask (not counted in the class statistics); problems: the
-    errors of the samples that could not be read (each names its file).
+    masks: images with a mask file; class_pixels / class_images: [256] pixels of each class
+    id (the ignore value included) and the number of labelled images it occurs in;
+    unlabeled: readable images without a mask (not counted in the class statistics);
+    problems: the errors of the samples that could not be read and, in a split with masks,
+    the images without one (each names its file).
     """
 
     name: str
     images: int
+    masks: int = 0
     unlabeled: int = 0
     class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(ID_RANGE, np.int64))
     class_images: np.ndarray = field(default_factory=lambda: np.zeros(ID_RANGE, np.int64))
@@ -41,15 +45,22 @@ class Survey:
 
 def survey(dataset: SegmentationDataset, name: str, progress: bool = True) -> Survey:
     """Read every sample of `dataset` (module docstring); `name` labels the split."""
-    found = Survey(name, len(dataset))
+    masks = sum(files.label is not None for files in dataset.samples)
+    found = Survey(name, len(dataset), masks)
     for index in tqdm(range(len(dataset)), desc=name, unit="image", disable=not progress):
         try:
             label = dataset.load(index)["label"]  # an image without a mask is still read
         except DataError as error:
             found.problems.append(str(error))
             continue
-        if dataset.samples[index].label is None:
+        files = dataset.samples[index]
+        if files.label is None:
             found.unlabeled += 1  # its all-void label is no class statistic
+            if masks:
+                found.problems.append(
+                    f"{files.image}: no mask, though {masks} of the {len(dataset)} images "
+                    f"of {name} have one"
+                )
             continue
         counts = np.bincount(label.ravel().astype(np.int64), minlength=ID_RANGE)
         found.class_pixels += counts
