@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import html
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +21,10 @@ import safetensors.torch
 import torch
 import yaml
 
+from segdistill import pipeline
 from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.cli import main
+from segdistill.commands.demo import members_overrides
 from segdistill.config import SegConfig, dump_config, replace_values
 from segdistill.defaults import DETECTOR_FILE
 from segdistill.errors import ConfigError, DataError
@@ -49,6 +53,7 @@ from segdistill.pipeline import (
     prepare_unlabeled,
     pretrain_teacher_config,
     run_check,
+    run_pipeline,
     student_config,
     teacher_config,
 )
@@ -422,14 +427,48 @@ def test_seeds_train_baseline_and_students_again(tmp_path: Path) -> None:
     assert len(check["per_seed"]) == 2
 
 
+def finish_a_step(run_dir: Path) -> None:
+    """The marker `run_pipeline` writes when a step has finished."""
+    paths = RunPaths(run_dir)
+    paths.stage("data").parent.mkdir(parents=True, exist_ok=True)
+    paths.stage("data").write_text("{}")
+
+
 def test_another_experiment_in_the_same_run_dir_is_refused(tmp_path: Path) -> None:
     first = load_experiment(DEMO_CONFIG)
     claim_run_dir(first.spec, RunPaths(tmp_path))
+    finish_a_step(tmp_path)
     claim_run_dir(first.spec, RunPaths(tmp_path))  # the same experiment: fine
     other = load_experiment(DEMO_CONFIG, ["teacher.members=3", "evaluate.max_images=7"])
     with pytest.raises(ConfigError, match="another experiment") as error:
         claim_run_dir(other.spec, RunPaths(tmp_path))
     assert "teacher.members: 5 -> 3; evaluate.max_images: 32 -> 7" in str(error.value)
+    assert "finished steps: data" in str(error.value)
+
+
+def test_a_run_that_stopped_before_its_first_step_finished_does_not_hold_the_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong data.root fails in the data step: the corrected command runs there."""
+
+    def missing(spec: object) -> None:
+        raise DataError(f"data folder {tmp_path / 'nothing'} does not exist")
+
+    monkeypatch.setattr(pipeline, "prepare_all_data", missing)
+    wrong = load_experiment(DEMO_CONFIG, [f"data.root={tmp_path / 'nothing'}"])
+    with pytest.raises(DataError, match="nothing"):
+        run_pipeline(wrong, tmp_path / "run")
+    assert not (tmp_path / "run" / "stages").exists()
+    right = load_experiment(DEMO_CONFIG)
+    claim_run_dir(right.spec, RunPaths(tmp_path / "run"))
+    assert "no step of the experiment recorded there had finished" in capsys.readouterr().out
+    recorded = yaml.safe_load((tmp_path / "run" / "experiment.yaml").read_text())
+    assert recorded["data"]["root"] == right.spec.data.root
+    # A config the plan refuses leaves no record at all.
+    refused = load_experiment(DEMO_CONFIG, ["teacher.members=1"])
+    with pytest.raises(ConfigError):
+        run_pipeline(refused, tmp_path / "other")
+    assert not (tmp_path / "other" / "experiment.yaml").exists()
 
 
 def test_a_teacher_without_spread_for_students_that_read_it_is_refused_before_training(
@@ -733,6 +772,7 @@ def test_a_run_started_before_a_new_schema_section_goes_on(tmp_path: Path) -> No
     resume in that directory; turned on, they make another experiment."""
     spec = load_experiment(DEMO_CONFIG).spec
     claim_run_dir(spec, RunPaths(tmp_path))
+    finish_a_step(tmp_path)
     record = tmp_path / "experiment.yaml"
     old_text = record.read_text().replace("unlabeled: null\n", "")
     assert "  channels_last: false\n" in old_text
@@ -976,3 +1016,33 @@ def test_the_paper_he_experiment_adapts_the_teachers_last_features(tmp_path: Pat
     adapter = Adaptation(1280, 256, **method.options)
     assert count_parameters(adapter, trainable_only=False) < 8e6  # 326 M on encoder_out
     assert {students[name].cache for name in ("kd_t2", "kd_t4", "kd_t6")} == {"teacher"}
+
+
+def test_an_n_member_demo_checks_the_teacher_student_ratio_against_n() -> None:
+    """`segdistill demo --members 3`: the ensemble costs 3 networks, so the latency goal is
+    3, not the config's 5."""
+    experiment = load_experiment(DEMO_CONFIG, members_overrides(DEMO_CONFIG, 3))
+    assert experiment.spec.teacher.members == 3
+    (check,) = [c for c in experiment.spec.checks if c.metric == "latency_ms" and c.min]
+    assert check.models == ["ensemble"] and check.compare == "ratio"
+    assert check.min == 3 and "N = 3 members" in check.name
+    (default,) = [
+        c
+        for c in load_experiment(DEMO_CONFIG).spec.checks
+        if c.name == check.name.replace("3", "5")
+    ]
+    assert default.min == 5
+
+
+def test_the_reference_config_of_experiments_md_loads_and_plans(tmp_path: Path) -> None:
+    """The annotated config in docs/experiments.md is a working experiment (beside the
+    quick training configs it names)."""
+    text = (REPO / "docs" / "experiments.md").read_text()
+    match = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert match is not None
+    for config in (REPO / "configs" / "quick").glob("*.yaml"):
+        shutil.copy(config, tmp_path)
+    (tmp_path / "reference.yaml").write_text(match.group(1))
+    experiment = load_experiment(tmp_path / "reference.yaml")
+    steps = [step.name for step in plan(experiment, RunPaths(tmp_path / "run"))]
+    assert "ablation-lr-0.05" in steps and steps[-1] == "report"

@@ -678,8 +678,8 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     """Run every step of `exp` not finished before into `run_dir`; print progress and the
     summary; return the content of results.json."""
     paths = RunPaths(Path(run_dir))
+    steps = plan(exp, paths)  # a config the plan refuses leaves the directory as it was
     claim_run_dir(exp.spec, paths)
-    steps = plan(exp, paths)
     start = time.perf_counter()
     title = exp.spec.title or exp.spec.name
     print(f"{title}: {len(steps)} steps into {paths.root}", flush=True)
@@ -745,22 +745,31 @@ def _differences(before: Any, after: Any, key: str = "") -> list[tuple[str, Any,
 
 
 def claim_run_dir(spec: Experiment, paths: RunPaths) -> None:
-    """Record the experiment in the run directory, or refuse a directory that holds
-    another one (its finished steps would be skipped and mixed into the results)."""
+    """Record the experiment in the run directory, or refuse a directory where another one
+    finished a step (its finished steps would be skipped and mixed into the results). A
+    directory whose run stopped before its first step finished (e.g. a wrong data.root)
+    holds nothing of it: the new experiment replaces the record."""
     record = paths.root / EXPERIMENT_FILE
     current = dataclasses.asdict(spec)
     text = yaml.safe_dump(current, sort_keys=False)
     if record.is_file():
         recorded = yaml.safe_load(record.read_text())
         comparable = _without_added_settings(current, recorded)
-        if recorded != comparable:
-            changed = format_differences(_differences(recorded, comparable))
+        if recorded == comparable:
+            return
+        finished = sorted(p.stem for p in (paths.root / STAGES_DIR).glob("*.json"))
+        changed = format_differences(_differences(recorded, comparable))
+        if finished:
             raise ConfigError(
                 f"{paths.root} holds the results of another experiment config ({changed}; "
-                f"compared with {record}): choose another --run-dir, or delete {paths.root} "
-                "to start again"
+                f"compared with {record}; finished steps: {', '.join(finished)}): choose "
+                f"another --run-dir, or delete {paths.root} to start again"
             )
-        return
+        print(
+            f"{paths.root}: no step of the experiment recorded there had finished; "
+            f"starting this one instead ({changed})",
+            flush=True,
+        )
     atomic_write(record, lambda file: file.write(text.encode()))
 
 
