@@ -26,6 +26,7 @@ from segdistill.ood_detector import ImageOODDetector, threshold_at_fpr
 from segdistill.predict import (
     ACCURACY_VOID,
     UINT16_MAX,
+    UNFINISHED_FILE,
     PredictSummary,
     find_images,
     fit_ood_detector,
@@ -70,6 +71,11 @@ def rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def student(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("student") / "student.safetensors")
+
+
+def files_in(folder: Path) -> set[str]:
+    """The files under `folder`, as POSIX paths relative to it."""
+    return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
 
 
 def read(path: Path) -> np.ndarray:
@@ -205,7 +211,8 @@ def test_a_write_that_fails_leaves_no_truncated_picture(tmp_path, student, monke
     monkeypatch.setattr(Image.Image, "save", save_half_then_fail)
     with pytest.raises(OSError, match="No space left"):
         predict_files(predictor, [image], tmp_path / "out", outputs=["pred"], progress=False)
-    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+    # No picture; only the record of what the next run is to remove.
+    assert [p.name for p in (tmp_path / "out").rglob("*") if p.is_file()] == [UNFINISHED_FILE]
 
 
 def test_outputs_match_the_predictor_on_the_padded_image(tmp_path, student) -> None:
@@ -678,7 +685,7 @@ def test_the_output_folder_never_overwrites_an_input_or_keeps_a_previous_runs_fi
     assert "images lie in the output folder" in capsys.readouterr().err
     # A re-run with one image and one kind leaves none of the first run's pictures.
     assert main([*base, str(tmp_path / "in" / "a.png"), "--outputs", "pred"]) == 0
-    assert "removed 11 files of the previous run" in capsys.readouterr().err  # 12 - pred/a
+    assert "removed 11 files of earlier runs" in capsys.readouterr().err  # 12 - pred/a
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert written == ["pred/a.png", "seg/cam.png"]  # the user's own file stays
     # --out naming a file, and a missing --labels, are refused before any work.
@@ -716,3 +723,47 @@ def test_an_unreadable_frame_stops_the_run_or_is_skipped(tmp_path, student, caps
         "f2.png",
         "f4.png",
     ]
+
+
+def test_a_failed_runs_outputs_are_removed_by_the_next_run(tmp_path, student, capsys) -> None:
+    out = tmp_path / "out"
+    mine = write_png(out / "pred" / "mine.png", rgb(8, 8))  # the user's own file
+    argv = ["predict", str(student), "--out", str(out), "--outputs", "pred,seg"]
+    # Runs that stop half way (the last of three images is corrupt) leave the pictures of
+    # the images before it, and no predict.json lists them.
+    for name in ("f", "h"):
+        for i in (1, 2):
+            write_png(tmp_path / name / f"{name}{i}.png", rgb(32, 64, seed=i))
+        (tmp_path / name / f"{name}3.png").write_text("not an image")
+        assert main([*argv, str(tmp_path / name)]) == 2
+        assert {"pred/f1.png", "seg/f1.png", f"pred/{name}1.png"} <= files_in(out)
+    assert not (out / "predict.json").exists()
+    failed = files_in(out) - {"pred/mine.png", UNFINISHED_FILE}
+    # A record line that a stopped run left half written lists nothing.
+    with (out / UNFINISHED_FILE).open("a") as record:
+        record.write('"pred/mi')
+    # The next run, on other images, removes both failed runs' pictures, not the user's.
+    write_png(tmp_path / "g" / "g.png", rgb(32, 64))
+    capsys.readouterr()
+    assert main([*argv, str(tmp_path / "g")]) == 0
+    assert f"removed {len(failed)} files of earlier runs" in capsys.readouterr().err
+    assert files_in(out) == {"pred/g.png", "pred/mine.png", "predict.json", "seg/g.png"}
+    assert mine.is_file()
+
+
+def test_a_classes_file_of_another_count_is_refused_before_the_ood_fit(
+    tmp_path, student, capsys, monkeypatch
+) -> None:
+    def fit(*args: object, **kwargs: object) -> None:
+        pytest.fail("the OOD detector was fitted before the classes file was checked")
+
+    monkeypatch.setattr("segdistill.predict.fit_ood_detector", fit)
+    write_png(tmp_path / "in" / "x.png", rgb(32, 64))
+    two = tmp_path / "two.yaml"
+    two.write_text("classes: [{name: a, color: [0, 0, 0]}, {name: b, color: [1, 1, 1]}]\n")
+    out = tmp_path / "out"
+    argv = ["predict", str(student), str(tmp_path / "in"), "--out", str(out)]
+    assert main([*argv, "--classes", str(two), "--ood-reference", str(tmp_path / "in")]) == 2
+    err = capsys.readouterr().err
+    assert f"{two} lists 2 classes, but" in err and f"predicts {CLASSES}" in err
+    assert not out.exists()  # no detector, no pictures

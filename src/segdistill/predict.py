@@ -22,6 +22,10 @@ default), so that a folder of video frames becomes one frame sequence per kind:
                             image-level OOD scores and (with a detector) its OOD flag
     ood_scores.png          with a detector: the images' scores against the reference
                             images' and the threshold
+    predict.unfinished.jsonl  while a run writes (and after one that failed or was
+                            stopped): the files it and earlier unfinished runs began to
+                            write, so that the next run removes those it does not write
+                            again (`previous_outputs`); gone once predict.json is written
 
 Is an image unlike the training data? Every image gets one score per aggregator of its
 uncertainty map (`segdistill.metrics.ood.image_scores`, Holder & Shafique 5.3; for a
@@ -69,9 +73,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -120,6 +126,7 @@ UNCERTAINTY_COLORMAP = "magma"
 UINT16_MAX = 65535
 OVERLAY_ALPHA = 0.5
 SUMMARY_FILE = "predict.json"
+UNFINISHED_FILE = "predict.unfinished.jsonl"  # one JSON string (a file under --out) per line
 DISTRUST_FLAGGED = 255  # "probably wrong" in distrust/NAME.png; 0 elsewhere
 OOD_FIGURE = "ood_scores.png"
 _MODE_NAMES = {
@@ -560,6 +567,20 @@ def fit_ood_detector(
     )
 
 
+def output_files(
+    name: str, kinds: Collection[str], *, labelled: bool, distrusted: bool
+) -> dict[str, str]:
+    """{kind: file under the output folder} that `write_outputs` writes for the image
+    `name`: the `kinds` that apply ("accuracy" only when `labelled`, "distrust" only when
+    `distrusted`), in the order of OUTPUT_KINDS."""
+    applies = {"accuracy": labelled, "distrust": distrusted}
+    return {
+        kind: f"{kind}/{name}.png"
+        for kind in OUTPUT_KINDS
+        if kind in kinds and applies.get(kind, True)
+    }
+
+
 def write_outputs(
     out: Path,
     name: str,
@@ -576,7 +597,8 @@ def write_outputs(
     distrust: np.ndarray | None = None,
 ) -> dict[str, str]:
     """Write the output pictures `kinds` of one image (module docstring; "accuracy" only
-    with a label, "distrust" only with its bool [H, W] mask) -> {kind: file}."""
+    with a label, "distrust" only with its bool [H, W] mask) -> {kind: file}, the
+    `output_files`."""
     colours = colorize(pred, palette)
     accuracy = accuracy_map(pred, label, ignore_index) if label is not None else None
     # Made only when asked for: a folder of video frames often wants one or two kinds.
@@ -591,13 +613,12 @@ def write_outputs(
         makers["accuracy"] = lambda: accuracy
     if distrust is not None:
         makers["distrust"] = lambda: np.where(distrust, DISTRUST_FLAGGED, 0).astype(np.uint8)
-    files: dict[str, str] = {}
-    for kind, make in makers.items():
-        if kind in kinds:
-            files[kind] = f"{kind}/{name}.png"
+    files = output_files(name, kinds, labelled=label is not None, distrusted=distrust is not None)
+    for kind, file in files.items():
+        if kind in makers:
             text = {"uncertainty": f"value / {UINT16_MAX}"} if kind == "uncertainty16" else None
-            _save_png(out / files[kind], make(), text)
-    if "panel" in kinds:
+            _save_png(out / file, makers[kind](), text)
+    if "panel" in files:
         panels = [("image", image)]
         if label is not None:
             panels.append(("label", colorize(label, palette)))
@@ -606,7 +627,6 @@ def write_outputs(
             panels.append(("accuracy (white = wrong)", accuracy))
         if distrust is not None:
             panels.append(("distrust (white = probably wrong)", makers["distrust"]()))
-        files["panel"] = f"panel/{name}.png"
         draw_panel(out / files["panel"], title, panels, uncertainty, vmax)
     return files
 
@@ -634,22 +654,80 @@ def check_output_folder(out: Path) -> None:
 
 
 def previous_outputs(out: Path) -> set[Path]:
-    """The pictures and OOD figure that a previous run listed in `out`/predict.json (an
-    empty set without one). A run removes those it did not write again once it has written
-    its own, so a re-run into the same folder leaves none of the old run's files beside the
-    new ones, and a failed one removes nothing."""
+    """The files that earlier runs wrote in `out`: the pictures and OOD figure listed in
+    predict.json (the last finished run's) and in predict.unfinished.jsonl (the files that
+    runs which failed or were stopped since then began to write, `unfinished_record`); an
+    empty set without either. A run removes those it did not write again once it has
+    written its own, so a re-run into the same folder leaves none of an earlier run's files
+    beside the new ones, whether that run finished or not; a failed run removes nothing
+    (the next one does), and files no run listed are never removed."""
+    listed: set[Path] = set()
     summary = out / SUMMARY_FILE
-    if not summary.is_file():
-        return set()
+    if summary.is_file():
+        try:
+            document = json.loads(summary.read_text())
+            listed = {
+                out / name for record in document["images"] for name in record["files"].values()
+            }
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise DataError(
+                f"{summary}: not a predict.json segdistill can read ({error!r}); move it away "
+                "or choose another --out"
+            ) from error
+        listed.add(out / OOD_FIGURE)
+    listed |= {out / name for name in _unfinished_files(out / UNFINISHED_FILE)}
+    return {path for path in listed if _inside(path, out)}
+
+
+def _unfinished_files(record: Path) -> list[str]:
+    """The files (relative to the output folder) that `record`, a predict.unfinished.jsonl,
+    lists; none without it. A last line without its newline is left out: a run stopped
+    while writing it had not begun to write those files yet."""
+    if not record.is_file():
+        return []
     try:
-        document = json.loads(summary.read_text())
-        listed = {out / name for record in document["images"] for name in record["files"].values()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise DataError(
-            f"{summary}: not a predict.json segdistill can read ({error!r}); move it away or "
-            "choose another --out"
-        ) from error
-    return {path for path in listed | {out / OOD_FIGURE} if _inside(path, out)}
+        lines = record.read_text(encoding="utf-8").split("\n")[:-1]
+    except (OSError, ValueError) as error:
+        raise DataError(f"{record}: cannot read it ({error!r}); move it away") from error
+    names = []
+    for number, line in enumerate(lines, 1):
+        try:
+            name = json.loads(line)
+        except ValueError:
+            name = None
+        if not isinstance(name, str):
+            raise DataError(
+                f"{record}, line {number}: {line[:80]!r} is not a file name in JSON; move the "
+                "record away (the files it lists stay then) or choose another --out"
+            )
+        names.append(name)
+    return names
+
+
+@contextmanager
+def unfinished_record(
+    out: Path, files: Iterable[Path]
+) -> Iterator[Callable[[Iterable[str]], None]]:
+    """Write `out`/predict.unfinished.jsonl listing `files` (paths under `out`: what earlier
+    runs left, and what this run knows it will write) and yield `will_write(names)`, which
+    adds files (relative to `out`) before they are written. The caller removes the record
+    once predict.json lists what the run wrote; until then the next run finds there the
+    files of a run that failed or was stopped (`previous_outputs`)."""
+    record = out / UNFINISHED_FILE
+    # Written whole first, atomically: it keeps the earlier runs' files and drops a last
+    # line that a stopped run left half written, which the appends would otherwise extend.
+    names = sorted(Path(os.path.relpath(path, out)).as_posix() for path in files)
+    text = "".join(json.dumps(name) + "\n" for name in names)
+    atomic_write(record, lambda file: file.write(text.encode()))
+    with open(record, "a", encoding="utf-8") as log:
+
+        def will_write(new: Iterable[str]) -> None:
+            log.write("".join(json.dumps(name) + "\n" for name in new))
+            log.flush()
+            # On disk before the files are: a crash must not leave a file it does not list.
+            os.fsync(log.fileno())
+
+        yield will_write
 
 
 def check_output_kinds(kinds: Collection[str]) -> list[str]:
@@ -691,7 +769,9 @@ def predict_files(
     without either, the Cityscapes colours and labels as class ids. Notices go to stderr
     as they happen and into the summary. DataError names the first image or label that
     cannot be used; with `skip_unreadable`, an image that cannot be read (a corrupt or
-    truncated frame) is left out with a notice and listed as skipped instead.
+    truncated frame) is left out with a notice and listed as skipped instead. Once the
+    outputs are written, the files of earlier runs (`previous_outputs`, finished or not)
+    that this one did not write again are removed.
     """
     _check_batch_size(batch_size)
     if vmax <= 0:
@@ -719,7 +799,12 @@ def predict_files(
     records = []
     ood_scores: list[float] = []
     other_sizes: set[tuple[int, ...]] = set()  # told once per size the OOD references lack
-    with tqdm(total=len(images), desc="predict", unit="image", disable=not progress) as bar:
+    # The OOD figure is listed from the start, as it is written after the last image.
+    ood_file = {out / OOD_FIGURE} if ood is not None else set()
+    with (
+        unfinished_record(out, previous | ood_file) as will_write,
+        tqdm(total=len(images), desc="predict", unit="image", disable=not progress) as bar,
+    ):
 
         def skip(path: Path, error: DataError) -> None:
             notify(f"skipped: {error}")
@@ -771,6 +856,14 @@ def predict_files(
                     verdict = "> {}: flagged as OOD" if flagged else "<= {}: not flagged"
                     against = verdict.format(f"threshold {ood.threshold:.4g}")
                     panel_title += f"\nOOD score ({ood.aggregator}) {score:.4g} {against}"
+                will_write(
+                    output_files(
+                        path.stem,
+                        kinds,
+                        labelled=label is not None,
+                        distrusted=distrust is not None,
+                    ).values()
+                )
                 record["files"] = files = write_outputs(
                     out,
                     path.stem,
@@ -799,13 +892,12 @@ def predict_files(
             f"{predictor.name}: which images are unlike the reference images",
         )
         figures.save(figure, out / OOD_FIGURE)
-    if ood is not None:
         written.add(out / OOD_FIGURE)
     stale = sorted(path for path in previous - written if path.is_file())
     for path in stale:
         path.unlink()
     if stale:
-        notify(f"{out}: removed {len(stale)} files of the previous run that this one did not write")
+        notify(f"{out}: removed {len(stale)} files of earlier runs that this one did not write")
     summary.summary = out / SUMMARY_FILE
     document = {
         "source": str(predictor.source.resolve()),
@@ -844,4 +936,6 @@ def predict_files(
     }
     text = json.dumps(document, indent=2) + "\n"
     atomic_write(summary.summary, lambda file: file.write(text.encode()))
+    # predict.json lists this run's files now, and the earlier runs' are gone.
+    (out / UNFINISHED_FILE).unlink(missing_ok=True)
     return summary

@@ -235,7 +235,7 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
 def run_predict(args: argparse.Namespace) -> int:
     from segdistill.data.folder import load_classes
     from segdistill.predict import check_output_folder, find_images, predict_files
-    from segdistill.predictor import default_device, load_predictor
+    from segdistill.predictor import check_class_count, default_device, load_predictor
 
     outputs = _outputs(args)
     # Checked before the OOD detector is fitted, which can take minutes.
@@ -243,8 +243,12 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.labels is not None and not args.labels.exists():
         raise DataError(f"--labels {args.labels}: no such file or folder")
     images = find_images(args.inputs, exclude=args.out)
+    classes = None if args.classes is None else load_classes(args.classes)
     device = default_device(None if args.device == "auto" else args.device)
     predictor = load_predictor(args.source, mc_samples=args.mc_samples)
+    if classes is not None:
+        # Here, not only in predict_files: before the OOD detector is fitted (minutes).
+        check_class_count(classes, predictor, args.classes)
     predictor.to(device, channels_last=args.channels_last)
     ood = _ood_detector(args, predictor)
     summary = predict_files(
@@ -252,7 +256,7 @@ def run_predict(args: argparse.Namespace) -> int:
         images,
         args.out,
         labels=args.labels,
-        classes=None if args.classes is None else load_classes(args.classes),
+        classes=classes,
         batch_size=args.batch_size,
         size=args.size,
         vmax=args.vmax,
