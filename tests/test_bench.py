@@ -303,3 +303,15 @@ def test_bench_line_says_what_size_each_model_ran_at() -> None:
     # Older results.json: one padded size for all models, or none recorded.
     assert "batch 1 x 3 x 90 x 150 (padded to 96 x 160) on cpu" in line(input_size=[96, 160])
     assert "batch 1 x 3 x 90 x 150 on cpu" in line()
+
+
+def test_models_of_one_name_keep_their_own_input_size() -> None:
+    """Two checkpoints both named "best" are told apart, as evaluate tells them apart: each
+    keeps its own padded size in the settings."""
+    predictors = [
+        conv_predictor(WideStrideConv(), "best", "student"),
+        conv_predictor(OneConv(), "best", "baseline"),
+    ]
+    result = benchmark(predictors, (30, 50), repeats=1, warmup=0)
+    assert [m.name for m in result.models] == ["best", "best_2"]
+    assert to_json(result)["settings"]["input_sizes"] == {"best": [64, 64], "best_2": [32, 64]}

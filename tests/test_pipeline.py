@@ -24,7 +24,6 @@ import yaml
 from segdistill import pipeline
 from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.cli import main
-from segdistill.commands.demo import members_overrides
 from segdistill.config import SegConfig, dump_config, replace_values
 from segdistill.defaults import DETECTOR_FILE
 from segdistill.errors import ConfigError, DataError
@@ -1018,20 +1017,26 @@ def test_the_paper_he_experiment_adapts_the_teachers_last_features(tmp_path: Pat
     assert {students[name].cache for name in ("kd_t2", "kd_t4", "kd_t6")} == {"teacher"}
 
 
-def test_an_n_member_demo_checks_the_teacher_student_ratio_against_n() -> None:
-    """`segdistill demo --members 3`: the ensemble costs 3 networks, so the latency goal is
-    3, not the config's 5."""
-    experiment = load_experiment(DEMO_CONFIG, members_overrides(DEMO_CONFIG, 3))
-    assert experiment.spec.teacher.members == 3
-    (check,) = [c for c in experiment.spec.checks if c.metric == "latency_ms" and c.min]
-    assert check.models == ["ensemble"] and check.compare == "ratio"
-    assert check.min == 3 and "N = 3 members" in check.name
-    (default,) = [
-        c
-        for c in load_experiment(DEMO_CONFIG).spec.checks
-        if c.name == check.name.replace("3", "5")
-    ]
-    assert default.min == 5
+def test_the_teacher_student_latency_goal_is_the_number_of_members() -> None:
+    """`min: members` (every config's teacher / student latency check): `segdistill demo
+    --members 3` checks >= 3, not the default 5."""
+    for members, overrides in ((5, []), (3, ["teacher.members=3"])):
+        experiment = load_experiment(DEMO_CONFIG, overrides)
+        assert experiment.spec.teacher.members == members
+        (check,) = [c for c in experiment.spec.checks if c.models == ["ensemble"]]
+        assert (check.metric, check.compare, check.min) == ("latency_ms", "ratio", members)
+        assert check.name == f"teacher / student latency >= N = {members} members at 512x1024"
+    for config in (
+        "quick/dudes.yaml",
+        "quick/holder.yaml",
+        "paper/dudes.yaml",
+        "paper/holder.yaml",
+    ):
+        spec = load_experiment(REPO / "configs" / config).spec
+        (check,) = [c for c in spec.checks if c.metric == "latency_ms" and c.min is not None]
+        assert (
+            check.min == spec.teacher.members and f">= {spec.teacher.members} members" in check.name
+        )
 
 
 def test_the_reference_config_of_experiments_md_loads_and_plans(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segdistill.errors import ConfigError
 from segdistill.predict import input_multiple, pad_to_multiple
-from segdistill.predictor import Predictor, default_device
+from segdistill.predictor import Predictor, default_device, unique_names
 
 TEACHER_KINDS = ("ensemble", "mc_dropout")
 HEAD_OVERHEAD_GOAL = 1.02
@@ -289,9 +289,11 @@ def benchmark(
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    # Names key the input sizes and the ratios: two "best" checkpoints must not share one.
+    named = unique_names(list(predictors))
     try:
         used_threads = torch.get_num_threads()
-        models = _measure(predictors, (batch, 3, *size), target, repeats, warmup, channels_last)
+        models = _measure(named, (batch, 3, *size), target, repeats, warmup, channels_last)
     finally:
         torch.set_num_threads(previous_threads)
     settings = {

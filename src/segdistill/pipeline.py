@@ -295,7 +295,10 @@ class CheckSpec:
     - order: the models' values must not increase along the list (no bounds).
 
     The quantity must lie within [min, max] (either may be null). For a per-class metric
-    (a list), at least `min_count` classes (default: all) must lie within the bounds."""
+    (a list), at least `min_count` classes (default: all) must lie within the bounds.
+    In the file, `min: members` is the teacher's member count and "{members}" in `name`
+    that number (`load_experiment`): an ensemble costs as many networks as it has members,
+    so its latency over one student's should be at least that (DUDES Table 3)."""
 
     name: str
     metric: str
@@ -362,10 +365,28 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> LoadedEx
     raw.setdefault("name", path.stem)
     for assignment in overrides:
         _set_dotted(raw, assignment, path)
+    _resolve_members(raw)
     source = f"{path} (with --set overrides)" if overrides else str(path)
     spec = _convert(Experiment, raw, "", source)
     check_experiment(spec, source)
     return LoadedExperiment(spec, path)
+
+
+_MEMBERS_DEFAULT = next(f.default for f in dataclasses.fields(TeacherSpec) if f.name == "members")
+
+
+def _resolve_members(raw: dict[str, Any]) -> None:
+    """Put the teacher's member count (`teacher.members`, after the overrides) in place of
+    a check's `min: members` and of "{members}" in its name (`CheckSpec`)."""
+    teacher = raw.get("teacher")
+    members = teacher.get("members", _MEMBERS_DEFAULT) if isinstance(teacher, dict) else None
+    for check in raw.get("checks") or []:
+        if not isinstance(check, dict):
+            continue  # the schema check names it
+        if check.get("min") == "members":
+            check["min"] = members
+        if isinstance(check.get("name"), str):
+            check["name"] = check["name"].replace("{members}", str(members))
 
 
 def _set_dotted(raw: dict[str, Any], assignment: str, path: Path) -> None:

@@ -234,6 +234,18 @@ class Predictor:
         )
 
 
+def unique_names(predictors: list[Predictor]) -> list[Predictor]:
+    """Give repeated names a suffix (_2, _3, ...), in place: names key the results of
+    several models (evaluate's, bench's)."""
+    seen: dict[str, int] = {}
+    for predictor in predictors:
+        count = seen.get(predictor.name, 0) + 1
+        seen[predictor.name] = count
+        if count > 1:
+            predictor.name = f"{predictor.name}_{count}"
+    return predictors
+
+
 def check_class_count(classes: ClassesSpec, predictor: Predictor, where: str | Path) -> None:
     """ConfigError when the classes file `where` lists another number of classes than the
     predictor predicts."""

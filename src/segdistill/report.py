@@ -41,6 +41,7 @@ from segdistill.defaults import RESULTS_FILE
 from segdistill.errors import SegdistillError
 from segdistill.evaluate import METRICS_FILE, TEACHER_KINDS
 from segdistill.figures import AGGREGATOR_LABELS, pick_split
+from segdistill.ood_detector import scored_map
 
 DIGITS = 4
 # Sample figures evaluate writes per model (shown as image files, not redrawn).
@@ -433,11 +434,10 @@ def ood_summary_table(models: Sequence[dict[str, Any]]) -> str | None:
             row.append(metric(f"{m['name']}/ood/{s}/best/auroc", value))
         rows.append(row)
     reference = with_ood[0]["ood"]["reference"]
-    # Results written before ood_source was recorded scored the uncertainty map.
     own_maps = [
-        f"{m['name']} scores its {m['ood_source']}"
+        f"{m['name']} scores its {scored_map(m)}"
         for m in with_ood
-        if m.get("ood_source", m["uncertainty_source"]) != m["uncertainty_source"]
+        if scored_map(m) != "uncertainty"
     ]
     maps = f"; {', '.join(own_maps)}, the others their uncertainty" if own_maps else ""
     return _table(

@@ -13,10 +13,7 @@ table. Interrupted, it continues where it stopped when run again.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
-
-import yaml
 
 from segdistill.commands.experiment import add_pipeline_arguments, run_experiment_file
 from segdistill.errors import ConfigError
@@ -53,23 +50,5 @@ def run_demo(args: argparse.Namespace) -> int:
         )
     overrides = list(args.overrides)
     if args.members is not None:
-        overrides += members_overrides(args.config, args.members)
+        overrides.append(f"teacher.members={args.members}")
     return run_experiment_file(args.config, overrides, args.run_dir)
-
-
-def members_overrides(config: Path, members: int) -> list[str]:
-    """--set overrides of an N-member demo: the ensemble's size, and the goal of each
-    teacher / student latency check, which is the number of members (an ensemble costs N
-    networks), so that a 3-member demo is not checked against 5."""
-    document = yaml.safe_load(config.read_text()) or {}
-    teacher = (document.get("teacher") or {}).get("name")
-    overrides = [f"teacher.members={members}"]
-    for index, check in enumerate(document.get("checks") or []):
-        if (check.get("metric"), check.get("compare"), check.get("models")) == (
-            "latency_ms",
-            "ratio",
-            [teacher],
-        ):
-            name = re.sub(r"N = \d+", f"N = {members}", check["name"])
-            overrides += [f"checks.{index}.min={members}", f"checks.{index}.name={name}"]
-    return overrides
