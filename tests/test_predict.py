@@ -30,7 +30,9 @@ from segdistill.predict import (
     PredictSummary,
     find_images,
     fit_ood_detector,
+    input_multiple,
     pad_to_multiple,
+    predict_arrays,
     predict_files,
 )
 from segdistill.predictor import PER_CLASS_OOD_SOURCE, load_predictor
@@ -538,6 +540,37 @@ def test_a_per_class_student_scores_ood_images_from_holders_eq_8_map(
     old = {k: v for k, v in json.loads(path.read_text()).items() if k != "ood_source"}
     path.write_text(json.dumps(old))
     ImageOODDetector.load(path).check_model(scalar, None, path)
+
+
+def test_predict_arrays_computes_an_ood_map_only_where_it_is_not_the_uncertainty(
+    tmp_path, student
+) -> None:
+    """A scalar head's OOD map IS its uncertainty: one array, not a second copy cut from a
+    second batch; a per-class head's is eq. 8's map, the mean of its head over the classes,
+    an array of its own."""
+    images = [rgb(40, 48, seed=1), rgb(33, 60, seed=2)]  # both enter the network at 64x64
+    scalar = load_predictor(student)
+    multiple = input_multiple(scalar.segmenters())
+    for size in (None, (32, 32)):
+        for image, result in zip(images, predict_arrays(scalar, images, multiple, size)):
+            assert result.uncertainty.shape == image.shape[:2]
+            assert result.ood_map is result.uncertainty
+    weights = save_tiny(tmp_path / "holder.safetensors", head="per_class")
+    holder = load_predictor(weights)
+    network = load_segmenter(weights)[0].eval()
+    normalise = build_eval_transform()
+    for image, result in zip(images, predict_arrays(holder, images, multiple)):
+        x = torch.from_numpy(normalise({"image": image})["image"]).permute(2, 0, 1)[None]
+        height, width = image.shape[:2]
+        padded = torch.nn.functional.pad(x, (0, 64 - width, 0, 64 - height))
+        with torch.no_grad():
+            per_class = network(padded).uncertainty[0, :, :height, :width].numpy()
+        assert not np.shares_memory(result.ood_map, result.uncertainty)
+        np.testing.assert_allclose(result.ood_map, per_class.mean(axis=0), rtol=1e-5)
+        assert np.abs(result.ood_map - result.uncertainty).max() > 1e-3
+    for image, result in zip(images, predict_arrays(holder, images, multiple, (32, 32))):
+        assert result.ood_map.shape == result.uncertainty.shape == image.shape[:2]
+        assert not np.shares_memory(result.ood_map, result.uncertainty)
 
 
 def test_cli_fits_saves_and_reuses_an_ood_detector(

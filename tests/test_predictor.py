@@ -17,7 +17,13 @@ from segdistill.data.base import ClassesSpec
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter, build_segmenter
 from segdistill.models.teachers import Ensemble
-from segdistill.predictor import PER_CLASS_OOD_SOURCE, default_device, load_predictor
+from segdistill.predictor import (
+    PER_CLASS_OOD_SOURCE,
+    UNCERTAINTY_SOURCES,
+    Predictor,
+    default_device,
+    load_predictor,
+)
 
 CLASSES = 4
 TINY = {"width": 0.125}
@@ -106,6 +112,32 @@ def test_other_models_score_ood_images_from_their_uncertainty(
     prediction = predictor.predict(images)
     assert prediction.ood_map is prediction.uncertainty
     assert predictor.ood_source == predictor.uncertainty_source
+
+
+@pytest.mark.parametrize(
+    ("head", "named"), [("scalar", "per_class"), ("per_class", "scalar"), (None, "per_class")]
+)
+def test_ood_source_follows_the_network_not_the_name_it_was_given(
+    tmp_path: Path, images: torch.Tensor, head: str | None, named: str
+) -> None:
+    """A Predictor built directly with another head's uncertainty_source names the map its
+    predictions' ood_map holds, as a loaded one does."""
+    model = save_model(tmp_path / "model.safetensors", head)
+    predictor = Predictor(
+        model,
+        name="m",
+        kind="student",
+        uncertainty_source=UNCERTAINTY_SOURCES[named],
+        source=tmp_path / "model.safetensors",
+        home=None,
+    )
+    prediction = predictor.predict(images)
+    if head == "per_class":
+        assert prediction.ood_map is not prediction.uncertainty
+        assert predictor.ood_source == PER_CLASS_OOD_SOURCE
+    else:
+        assert prediction.ood_map is prediction.uncertainty
+        assert predictor.ood_source == predictor.uncertainty_source
 
 
 def test_baseline_is_one_minus_max_softmax(zoo: Path, images: torch.Tensor) -> None:

@@ -305,8 +305,8 @@ def network_size(
 
 class ImagePrediction(NamedTuple):
     """One image's prediction at its own size: classes int64 [H, W], uncertainty and
-    ood_map float32 [H, W] (`Prediction.ood_map`; the same array as uncertainty where
-    the model scores OOD images from it)."""
+    ood_map float32 [H, W] (`Prediction.ood_map`; the very same array object as
+    uncertainty where the model scores OOD images from it, i.e. all but a per-class head)."""
 
     classes: np.ndarray
     uncertainty: np.ndarray
@@ -343,7 +343,10 @@ def predict_arrays(
     predictions = [predictor.predict(chunk.to(predictor.device)) for chunk in chunks]
     all_probs = torch.cat([prediction.probs for prediction in predictions])
     all_uncertainty = torch.cat([prediction.uncertainty for prediction in predictions])
-    all_ood_maps = torch.cat([prediction.ood_map for prediction in predictions])
+    # Only a per-class head scores OOD images from a map of its own (eq. 8); every other
+    # model's OOD map IS its uncertainty, and each image gets that one array for both.
+    separate = any(prediction.ood_map is not prediction.uncertainty for prediction in predictions)
+    all_ood_maps = torch.cat([p.ood_map for p in predictions]) if separate else None
 
     def image_map(maps: Tensor, i: int, h: int, w: int, image: np.ndarray) -> np.ndarray:
         crop = maps[i : i + 1, :, :h, :w]
@@ -356,11 +359,7 @@ def predict_arrays(
         probs = all_probs[i : i + 1, :, :h, :w]
         probs = _resize(probs, image.shape[:2]) if size is not None else probs
         uncertainty = image_map(all_uncertainty, i, h, w, image)
-        ood_map = (
-            uncertainty
-            if all_ood_maps is all_uncertainty
-            else image_map(all_ood_maps, i, h, w, image)
-        )
+        ood_map = uncertainty if all_ood_maps is None else image_map(all_ood_maps, i, h, w, image)
         results.append(ImagePrediction(probs.argmax(dim=1)[0].cpu().numpy(), uncertainty, ood_map))
     return results
 

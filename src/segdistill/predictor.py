@@ -94,6 +94,18 @@ def predicted_class_uncertainty(per_class: Tensor, probs: Tensor) -> Tensor:
     return per_class.gather(1, probs.argmax(dim=1, keepdim=True))
 
 
+def has_per_class_head(model: torch.nn.Module) -> bool:
+    """Whether `model`'s predictions carry eq. 8's map as their `ood_map`: a segmenter
+    whose uncertainty head ends in more than one channel, the fact `segmenter_prediction`
+    goes by (its output's channel count). False for no head, a scalar head and a teacher
+    (an ensemble or MC dropout, whose maps are pred_std)."""
+    head = getattr(model, "uncertainty_head", None)
+    if isinstance(model, Teacher) or not isinstance(head, torch.nn.Module):
+        return False
+    convs = [layer for layer in head.modules() if isinstance(layer, torch.nn.Conv2d)]
+    return bool(convs) and convs[-1].out_channels > 1
+
+
 def segmenter_prediction(model: Segmenter, images: Tensor) -> Prediction:
     """A segmenter's prediction by its uncertainty head (scalar, per_class or none)."""
     output = model(images)
@@ -177,8 +189,9 @@ class Predictor:
     @property
     def ood_source(self) -> str:
         """What `Prediction.ood_map` holds, as `uncertainty_source` says what
-        `uncertainty` holds."""
-        if self.uncertainty_source == UNCERTAINTY_SOURCES["per_class"]:
+        `uncertainty` holds, decided by the network's head as `predict` decides it
+        (`has_per_class_head`), not by the `uncertainty_source` a caller passed."""
+        if has_per_class_head(self.model):
             return PER_CLASS_OOD_SOURCE
         return self.uncertainty_source
 
