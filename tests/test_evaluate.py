@@ -706,8 +706,9 @@ def test_foggy_and_rain_cityscapes_are_shifted_sets_on_the_labelled_split(tmp_pa
     found = find_splits(tmp_path)
     shifted = ["fog_0.005", "fog_0.01", "fog_0.02", "rain"]
     assert list(found) == ["test", "val", *shifted]
-    # By default also val: the clean images of the weather sets' scenes, their OOD reference.
-    assert [s.name for s in select_splits(found, None)] == ["test", "val", *shifted]
+    # By default val, the clean images of the weather sets' scenes (their OOD reference),
+    # not test: its masks are void and no set is scored against it.
+    assert [s.name for s in select_splits(found, None)] == ["val", *shifted]
     val = CityscapesDataset(tmp_path, "val")
     for name, beta in zip(shifted, FOG_BETAS):
         spec = found[name]
@@ -786,6 +787,10 @@ def test_an_unlabelled_split_gets_a_notice_and_the_summary_a_labelled_split(
     ood = model["ood"]
     assert set(ood["sets"]) == {"fog_0.02", "rain"}
     assert ood["reference"] == results["data"]["reference"] == "val"
+    assert {name: s["reference"] for name, s in ood["sets"].items()} == {
+        "fog_0.02": "val",
+        "rain": "val",
+    }
     scores = ood["image_scores"]
     assert len(scores["val"]["mean"]) == 2 and len(scores["test"]["mean"]) == 1
     for name in ("fog_0.02", "rain"):
@@ -797,3 +802,109 @@ def test_an_unlabelled_split_gets_a_notice_and_the_summary_a_labelled_split(
     assert "image-level OOD AUROC vs 'val' (best aggregator):" in lines
     miou = splits["val"]["segmentation"]["miou"]
     assert f"{miou:.4f}" in next(line for line in lines if line.startswith("net"))
+
+
+def test_the_default_splits_are_the_shifted_sets_and_their_clean_splits(tmp_path: Path) -> None:
+    """By default, the clean splits the shifted sets are scored against, then the sets:
+    Cityscapes' void test is left out (and may be missing), a labelled test that Foggy
+    Cityscapes is read on is in; without shifted sets, test."""
+    shifted = ["fog_0.005", "fog_0.01", "fog_0.02", "rain"]
+    cases = {
+        "void_test": ((("val",), True), ["val", *shifted]),
+        "labelled_test": ((("val", "test"), True), ["test", "val", *shifted]),
+        "no_weather": ((("val",), False), ["test"]),
+    }
+    for name, ((labelled, weather), expected) in cases.items():
+        write_cityscapes(tmp_path / name, labelled, weather)
+        assert [s.name for s in select_splits(find_splits(tmp_path / name), None)] == expected
+    # A tree without a test split: the weather sets on val, as before.
+    for folder in ("leftImg8bit", "gtFine", "leftImg8bit_foggy"):
+        shutil.rmtree(tmp_path / "void_test" / folder / "test")
+    found = find_splits(tmp_path / "void_test")
+    assert "test" not in found
+    assert [s.name for s in select_splits(found, None)] == ["val", *shifted]
+    shutil.rmtree(tmp_path / "no_weather" / "leftImg8bit" / "test")
+    with pytest.raises(DataError, match=r"split 'test' not found .* available: val"):
+        select_splits(find_splits(tmp_path / "no_weather"), None)
+
+
+def test_each_weather_set_is_scored_against_its_own_clean_split(tmp_path: Path) -> None:
+    """With a labelled test, Foggy Cityscapes is read on test and Rain Cityscapes (no test
+    folder) on val: fog is scored against clean test, rain against clean val (the same
+    scenes), not against test's other cities; the summary and figures name both."""
+    data = tmp_path / "data"
+    write_cityscapes(data, labelled=("val", "test"))
+    torch.manual_seed(0)
+    save_run(tmp_path / "net", "scalar")
+    results = evaluate(
+        [tmp_path / "net"],
+        data,
+        out_dir=tmp_path / "out",
+        write_homes=False,
+        num_samples=0,
+        make_figures=False,
+        progress=False,
+        device="cpu",
+    )
+    fogs = ["fog_0.005", "fog_0.01", "fog_0.02"]
+    assert results["data"]["splits"] == ["test", "val", *fogs, "rain"]
+    references = {**dict.fromkeys(fogs, "test"), "rain": "val"}
+    assert results["data"]["references"] == references
+    (model,) = results["models"]
+    ood = model["ood"]
+    assert {name: s["reference"] for name, s in ood["sets"].items()} == references
+    # The split most sets are scored against, for captions that name one.
+    assert ood["reference"] == results["data"]["reference"] == "test"
+    scores = ood["image_scores"]
+    for name, reference in references.items():
+        inliers, outliers = scores[reference]["mean"], scores[name]["mean"]
+        expected = roc_auc_score([0] * len(inliers) + [1] * len(outliers), [*inliers, *outliers])
+        assert ood["sets"][name]["by_aggregator"]["mean"]["auroc"] == pytest.approx(expected)
+    lines = format_summary(results["models"]).splitlines()
+    assert (
+        "image-level OOD AUROC vs 'test' (fog_0.005, fog_0.01, fog_0.02) and 'val' (rain) "
+        "(best aggregator):"
+    ) in lines
+    roc = figures.ood_roc_curves(model)
+    assert roc is not None
+    titles = [ax.get_title() for ax in roc.axes if ax.get_title()]
+    assert titles == [f"{references[n]} vs {n}" for n in ood["sets"]]
+    bars = figures.ood_auroc_bars([model])
+    assert bars is not None
+    ticks = [t.get_text() for t in bars.axes[0].get_xticklabels()]
+    assert ticks == [f"{n} vs {references[n]}" for n in ood["sets"]]
+    assert bars.axes[0].get_title() == "Image-level OOD detection vs each set's clean split"
+
+
+def test_the_sample_figure_shows_a_labelled_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cityscapes' test masks are void: the sample figure is drawn from val, the split the
+    summary shows, not from test, whose ground-truth column would be empty."""
+    drawn: list[str] = []
+    monkeypatch.setattr(figures, "model_figures", lambda models: iter(()))
+    monkeypatch.setattr(
+        figures, "sample_predictions", lambda **kwargs: drawn.append(kwargs["title"])
+    )
+    monkeypatch.setattr("segdistill.evaluate._save", lambda figure, path: path)
+    sets = []
+    for split in ("test", "val"):
+        samples = SampleSet(split, TRAIN_ID_COLORS, 255, names=[f"{split}_0"])
+        samples.images = [np.zeros((8, 16, 3), np.uint8)]
+        samples.labels = [np.full((8, 16), 255 if split == "test" else 0, np.int64)]
+        samples.predictions["net"] = [np.zeros((8, 16), np.uint8)]
+        samples.uncertainty["net"] = [np.zeros((8, 16), np.float32)]
+        sets.append(samples)
+    model = {
+        "name": "net",
+        "uncertainty_source": "student head (scalar)",
+        "class_names": ["road"],
+        "splits": {"test": {"num_pixels": 0}, "val": {"num_pixels": 128}},
+    }
+    written = _model_figures([model], sets, tmp_path)
+    assert set(written) == {"samples_val", "samples_sets"}
+    assert written["samples_val"] == tmp_path / "samples_val.png"
+    assert drawn[0] == "net: val images"
+    # With test labelled (SynthStreets), test as before.
+    model["splits"]["test"]["num_pixels"] = 128
+    assert set(_model_figures([model], sets, tmp_path)) == {"samples_test", "samples_sets"}

@@ -3,6 +3,7 @@ loaded, and every data-metric cell equal to the number in metrics.json as displa
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from segdistill.report import (
     ReportModel,
     build_report,
     load_models,
+    ood_set_table,
     ood_summary_table,
     per_class_table,
     summary_table,
@@ -356,3 +358,25 @@ def test_report_explains_its_abbreviations_and_the_experiment_table(evaluated: P
     # Which model measures uncertainty how, and what "±" is (the seeds: offsets 0 and 1).
     assert "ensemble pred_std: ens; student head (scalar): dudes, dudes-s1" in claims_part
     assert "± sample standard deviation (n - 1) over the 2 seeds" in claims_part
+
+
+def test_the_ood_tables_name_each_sets_clean_split() -> None:
+    """Foggy Cityscapes read on a labelled test and Rain Cityscapes on val (it has no test):
+    each set's captions name its own clean split; an old file has only the shared one."""
+    result = {"best_aggregator": "mean", "by_aggregator": {"mean": {"auroc": 0.9}}}
+    ood = {
+        "reference": "test",
+        "aggregators": ["mean"],
+        "sets": {
+            "fog_0.02": {**result, "reference": "test"},
+            "rain": {**result, "reference": "val"},
+        },
+    }
+    model = {**MODELS[0], "ood": ood}
+    summary = ood_summary_table([model])
+    assert summary is not None
+    assert "vs 'test' (fog_0.02) and 'val' (rain)" in html.unescape(summary)
+    assert "rain vs val" in ood_set_table([model], "rain")
+    assert "fog_0.02 vs test" in ood_set_table([model], "fog_0.02")
+    old = {**MODELS[0], "ood": {**ood, "sets": {"rain": result}}}
+    assert "rain vs test" in ood_set_table([old], "rain")

@@ -1,4 +1,4 @@
-"""Evaluation runs: models over the test split and every shifted copy -> metrics.json.
+"""Evaluation runs: models over the clean splits and every shifted copy -> metrics.json.
 
 `evaluate(sources, data_root)` loads each source with `load_predictor`, streams every
 split once, runs all models on each batch (the teacher first, so the students' maps are
@@ -7,9 +7,10 @@ paired with the teacher's of the same pixels), and writes, per model,
 - `splits`: `SegmentationEvaluator.compute()` per split (mIoU per set = Holder Table 2;
   the uncertainty is the predictor's, see `segdistill.predictor`); a split without
   labelled pixels (Cityscapes' test) has None for the pixel metrics, with a printed notice;
-- `ood`: image-level OOD detection of every shifted set (not `anomaly`) against the
-  in-distribution `reference` split ("test"), for each aggregator of `image_scores`
-  (Holder & Shafique 5.3, Fig. 6), and the image scores themselves (Fig. 7). The scores
+- `ood`: image-level OOD detection of every shifted set (not `anomaly`) against its own
+  in-distribution clean split (`ood_references`: the split it is read on when evaluated,
+  else "test"), for each aggregator of `image_scores` (Holder & Shafique 5.3, Fig. 6),
+  and the image scores themselves (Fig. 7). The scores
   aggregate every pixel of an image's `Prediction.ood_map` (the uncertainty, or for a
   per-class head Holder's eq. 8 mean over the classes; `ood_source` names it), void pixels
   included, since an OOD detector sees no labels;
@@ -27,8 +28,10 @@ Splits are looked up under `data_root`: `leftImg8bit/<split>/` of the tree itsel
 pattern). A split is named by its folder ("test", "val") or by its shift ("fog_0.02",
 "rain", "night", ...: Foggy Cityscapes' betas take the names of SynthStreets' fog copies).
 A shifted set is read on the reference split when its masks have labelled pixels, else on
-val (Cityscapes' test masks are all void). A folder data set (`DATA/classes.yaml`,
-`segdistill.data.folder`) has its sub-folders as splits and no shifted copies.
+val (Cityscapes' test masks are all void). By default (`select_splits`) the clean splits
+the shifted sets are scored against are evaluated, then the sets; "test" without shifted
+sets. A folder data set (`DATA/classes.yaml`, `segdistill.data.folder`) has its
+sub-folders as splits and no shifted copies.
 
 Where results go: each model's own directory (`Predictor.home`, a run or ensemble
 directory) gets `metrics.json` and `figures/`; `out_dir` gets `results.json` with every
@@ -84,7 +87,13 @@ from segdistill.metrics import (
     image_scores,
     ood_metrics,
 )
-from segdistill.predictor import Prediction, Predictor, default_device, load_predictor
+from segdistill.predictor import (
+    Prediction,
+    Predictor,
+    default_device,
+    load_predictor,
+    unique_names,
+)
 
 SCHEMA_MODEL = "segdistill.metrics/1"
 SCHEMA_RESULTS = "segdistill.results/1"
@@ -227,16 +236,30 @@ def _labelled_folder(tree: Path, folders: Sequence[str]) -> str:
     return next((f for f in preferred if has_labelled_pixels(tree, f)), preferred[0])
 
 
-def ood_reference(selected: Sequence[EvalSplit]) -> str:
-    """The clean split the shifted sets are scored against as OOD: the split their images
-    are read on when it is evaluated and they all share it (Foggy / Rain Cityscapes: val,
-    the same scenes without the weather), else REFERENCE_SPLIT ("test"; SynthStreets'
-    copies are of its test images)."""
-    clean = {s.name for s in selected if not s.shifted}
-    sources = {s.folder for s in selected if s.shifted and not s.anomaly}
-    if len(sources) == 1 and (source := next(iter(sources))) in clean:
-        return source
-    return REFERENCE_SPLIT
+def _clean_split(spec: EvalSplit, clean: Sequence[str]) -> str:
+    """The clean split a shifted set is scored against as OOD: the split its images are
+    read on when that one is among `clean` (Foggy / Rain Cityscapes: val, the same scenes
+    without the weather), else REFERENCE_SPLIT ("test"; SynthStreets' copies are of its
+    test images)."""
+    return spec.folder if spec.folder in clean else REFERENCE_SPLIT
+
+
+def ood_references(selected: Sequence[EvalSplit]) -> dict[str, str]:
+    """{shifted set: the clean split it is scored against as OOD (`_clean_split`)} for each
+    selected shifted set but the pixel-anomaly one whose clean split is selected too. Each
+    set has its own: with a labelled Cityscapes test, Foggy Cityscapes is read on test but
+    Rain Cityscapes (which has no test) on val, and rain against test would compare other
+    cities, not the weather."""
+    clean = [s.name for s in selected if not s.shifted]
+    references = {s.name: _clean_split(s, clean) for s in selected if s.shifted and not s.anomaly}
+    return {name: split for name, split in references.items() if split in clean}
+
+
+def main_reference(references: dict[str, str]) -> str | None:
+    """The clean split most shifted sets are scored against (the first of a tie), for the
+    captions that name one (`ood.reference`); None without a set."""
+    splits = list(references.values())
+    return max(dict.fromkeys(splits), key=splits.count) if splits else None
 
 
 def _has_anomaly(tree: Path, folder: str) -> bool:
@@ -246,14 +269,19 @@ def _has_anomaly(tree: Path, folder: str) -> bool:
 def select_splits(
     available: dict[str, EvalSplit], requested: Sequence[str] | None
 ) -> list[EvalSplit]:
-    """The requested splits (default: the reference split, the clean splits the shifted sets
-    are read on, and every shifted set); DataError naming the unknown ones and listing what
-    is available."""
+    """The requested splits; DataError naming the unknown ones and listing what is
+    available. The default: with shifted sets, the clean splits they are scored against
+    (`_clean_split`: SynthStreets' test, Foggy / Rain Cityscapes' val) and then every
+    shifted set; without, REFERENCE_SPLIT ("test")."""
     if requested is None:
         shifted = [s for s in available.values() if s.shifted]
-        # Foggy / Rain Cityscapes are read on val: its clean images are their OOD reference.
-        sources = [s.folder for s in shifted if s.folder in available]
-        requested = [REFERENCE_SPLIT, *sources, *(s.name for s in shifted)]
+        clean = [name for name, s in available.items() if not s.shifted]
+        # Only the clean splits that serve as a reference: Cityscapes' test, when the
+        # weather sets are read on val, is ~1500 images of void masks that neither a pixel
+        # metric nor an OOD score would use, and a tree may have no test at all.
+        references = {_clean_split(s, clean) for s in shifted}
+        sources = [name for name in clean if name in references]
+        requested = [*sources, *(s.name for s in shifted)] if shifted else [REFERENCE_SPLIT]
     unknown = [name for name in requested if name not in available]
     if unknown:
         root = next(iter(available.values())).root
@@ -357,7 +385,8 @@ def evaluate(
     """Evaluate every source on every split; returns the combined results (module doc).
 
     sources: run directories, weights files, ensemble directories / manifests, or loaded
-    predictors. splits: names from `find_splits` (default: "test" and every shifted copy).
+    predictors. splits: names from `find_splits` (default, `select_splits`: the clean
+    splits the shifted sets are scored against, then every shifted set; "test" without).
     out_dir: where results.json and comparison figures go (needed when a source has no
     directory of its own). write_homes: write metrics.json / figures into each model's
     directory. max_images: evaluate only the first N images of each split. num_samples:
@@ -374,7 +403,7 @@ def evaluate(
     device = default_device(device)
     selected = select_splits(find_splits(data_root), splits)
     datasets = {s.name: s.dataset() for s in selected}
-    predictors = _unique_names(
+    predictors = unique_names(
         [s if isinstance(s, Predictor) else load_predictor(s, mc_samples) for s in sources]
     )
     first = next(iter(datasets.values()))
@@ -429,17 +458,16 @@ def evaluate(
                 "computed",
                 file=sys.stderr,
             )
-    # Clean splits other than the reference (e.g. test beside Cityscapes' val) are no OOD set.
-    shifted = [s.name for s in selected if s.shifted and not s.anomaly]
-    reference = ood_reference(selected)
+    # Clean splits (e.g. test beside Cityscapes' val) are no OOD set; each shifted set is
+    # scored against its own clean split.
+    references = ood_references(selected)
     models = [
         model_result(
             p,
             mine[p.name],
             computed[p.name],
             class_names,
-            shifted,
-            reference,
+            references,
             None if teacher is None or p is teacher else (teacher, computed[teacher.name]),
         )
         for p in predictors
@@ -452,7 +480,8 @@ def evaluate(
             "class_names": class_names,
             "ignore_index": first.ignore_index,
             "splits": [s.name for s in selected],
-            "reference": reference,
+            "reference": main_reference(references),
+            "references": references,
         },
         # A GPU's TF32 convolutions move the last digits (docs/evaluation.md): say where.
         "settings": {
@@ -466,17 +495,6 @@ def evaluate(
     }
     files = _write(results, predictors, samples, out_dir, write_homes, make_figures)
     return {**results, "files": [str(f) for f in files]}
-
-
-def _unique_names(predictors: list[Predictor]) -> list[Predictor]:
-    """Give repeated names a suffix (_2, _3, ...): names key the combined results."""
-    seen: dict[str, int] = {}
-    for predictor in predictors:
-        count = seen.get(predictor.name, 0) + 1
-        seen[predictor.name] = count
-        if count > 1:
-            predictor.name = f"{predictor.name}_{count}"
-    return predictors
 
 
 def _check_classes(
@@ -556,27 +574,34 @@ def size_batches(dataset: SegmentationDataset | Subset[Any], batch_size: int) ->
 
 
 def ood_results(
-    scores: dict[str, dict[str, list[float]]], reference: str, shifted: Sequence[str]
+    scores: dict[str, dict[str, list[float]]], references: dict[str, str]
 ) -> dict[str, Any] | None:
-    """Image-level OOD detection of each shifted set against `reference`.
+    """Image-level OOD detection of each shifted set against its clean split.
 
-    scores: {split: {aggregator: [image scores]}}. Returns {"reference", "aggregators",
-    "image_scores": scores, "sets": {set: {"best_aggregator", "by_aggregator": {aggregator:
-    ood_metrics(...)}}}}; the best aggregator has the highest AUROC. None without the
-    reference split or without a shifted set.
+    scores: {split: {aggregator: [image scores]}}; references: {shifted set: its clean
+    split} (`ood_references`). Returns {"reference" (`main_reference`), "aggregators",
+    "image_scores": scores, "sets": {set: {"reference", "best_aggregator", "by_aggregator":
+    {aggregator: ood_metrics(...)}}}}; the best aggregator has the highest AUROC. A set
+    without the scores of both its images and its clean split's is left out; None
+    without a set.
     """
-    if reference not in scores or not shifted:
+    scored = {n: r for n, r in references.items() if n in scores and r in scores}
+    if not scored:
         return None
     sets = {}
-    for name in shifted:
+    for name, reference in scored.items():
         by_aggregator = {
             agg: ood_metrics(scores[reference][agg], scores[name][agg]) for agg in AGGREGATORS
         }
         aurocs = {agg: m["auroc"] for agg, m in by_aggregator.items() if m["auroc"] is not None}
         best = max(aurocs, key=aurocs.__getitem__) if aurocs else None
-        sets[name] = {"best_aggregator": best, "by_aggregator": by_aggregator}
+        sets[name] = {
+            "reference": reference,
+            "best_aggregator": best,
+            "by_aggregator": by_aggregator,
+        }
     return {
-        "reference": reference,
+        "reference": main_reference(scored),
         "aggregators": list(AGGREGATORS),
         "image_scores": scores,
         "sets": sets,
@@ -608,15 +633,14 @@ def model_result(
     accumulators: dict[str, ModelAccumulators],
     splits: dict[str, dict[str, Any]],
     class_names: list[str],
-    shifted: Sequence[str],
-    reference: str = REFERENCE_SPLIT,
+    references: dict[str, str],
     teacher: tuple[Predictor, dict[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """The metrics.json content of one model (docs/evaluation.md has the schema).
 
     accumulators: {split: what the model accumulated}; splits: {split: its segmentation
-    results}; shifted: the evaluated shifted sets that are scored as OOD against the clean
-    split `reference` (`ood_reference`); teacher: (teacher, its segmentation results per
+    results}; references: {evaluated shifted set scored as OOD: the clean split it is
+    scored against} (`ood_references`); teacher: (teacher, its segmentation results per
     split) for a student.
     """
     anomaly = next(((s, a.anomaly) for s, a in accumulators.items() if a.anomaly is not None), None)
@@ -644,9 +668,7 @@ def model_result(
         "source": str(predictor.source),
         "class_names": class_names,
         "splits": splits,
-        "ood": ood_results(
-            {split: acc.scores for split, acc in accumulators.items()}, reference, shifted
-        ),
+        "ood": ood_results({split: acc.scores for split, acc in accumulators.items()}, references),
         "anomaly": None if anomaly is None else {"split": anomaly[0], **anomaly[1].compute()},
         "vs_teacher": vs_teacher,
         "figures": {},
@@ -731,8 +753,9 @@ def _model_figures(
     shown: list[dict[str, Any]], samples: list[SampleSet], folder: Path
 ) -> dict[str, Path]:
     """One model's figures (the teacher's curves beside its own, when given), the sample
-    predictions of the reference split ("samples_test") and the first image of every set
-    ("samples_sets": the same scene under each shift), saved in `folder`. The sample
+    predictions of its `summary_split` ("samples_<split>", e.g. "samples_test"; on
+    Cityscapes "samples_val", as its test masks are all void) and the first image of every
+    set ("samples_sets": the same scene under each shift), saved in `folder`. The sample
     maps are drawn on the fixed scale of `figures.sample_predictions`, the same for
     every model, and named by the model's uncertainty measure."""
     model = shown[-1]
@@ -746,13 +769,15 @@ def _model_figures(
         "uncertainty_source": model["uncertainty_source"],
         "class_names": model["class_names"],
     }
-    reference = next((s for s in sets if s.split == REFERENCE_SPLIT), sets[0])
+    # The split the summary shows: a ground-truth column of void only would show nothing.
+    split = summary_split(model["splits"])
+    shown_set = next((s for s in sets if s.split == split), sets[0])
     figure = figures.sample_predictions(
-        **_sample_rows([reference], name, first_only=False),
+        **_sample_rows([shown_set], name, first_only=False),
         **described,
-        title=f"{name}: {reference.split} images",
+        title=f"{name}: {shown_set.split} images",
     )
-    written[f"samples_{reference.split}"] = _save(figure, folder / f"samples_{reference.split}.png")
+    written[f"samples_{shown_set.split}"] = _save(figure, folder / f"samples_{shown_set.split}.png")
     if len(sets) > 1:
         figure = figures.sample_predictions(
             **_sample_rows(sets, name, first_only=True),
@@ -838,17 +863,24 @@ def _text_table(rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def summary_split(results: dict[str, dict[str, Any]]) -> str:
+    """The split a model's numbers are shown on (the summary table, the sample figure):
+    of its `results` ({split: metrics}), the first evaluated split with labelled pixels,
+    the reference split ("test") first (Cityscapes' test split has none: then e.g. val of
+    `--splits test,val`); with none labelled, the reference split when it was evaluated,
+    else the first; REFERENCE_SPLIT when none was."""
+    evaluated = sorted(results, key=lambda s: s != REFERENCE_SPLIT)
+    labelled = [s for s in evaluated if results[s].get("num_pixels")]
+    return (labelled or evaluated or [REFERENCE_SPLIT])[0]
+
+
 def format_summary(models: Sequence[dict[str, Any]], split: str | None = None) -> str:
     """Two aligned text tables: the SUMMARY_COLUMNS per model on `split`, then the best
-    aggregator's image-level OOD AUROC per model and shifted set ("-": not evaluated).
-    `split` defaults to the first evaluated split with labelled pixels, the reference split
-    ("test") first (Cityscapes' test split has none: then e.g. val of `--splits test,val`);
-    with none labelled, the reference split when it was evaluated, else the first."""
+    aggregator's image-level OOD AUROC per model and shifted set ("-": not evaluated),
+    with the clean split each set is scored against. `split` defaults to the first
+    model's `summary_split`."""
     if split is None:
-        results = models[0]["splits"] if models else {}
-        evaluated = sorted(results, key=lambda s: s != REFERENCE_SPLIT)
-        labelled = [s for s in evaluated if results[s].get("num_pixels")]
-        split = (labelled or evaluated or [REFERENCE_SPLIT])[0]
+        split = summary_split(models[0]["splits"] if models else {})
     rows = [summary_row(model, split) for model in models]
     main = [[title for title, _, _ in SUMMARY_COLUMNS]]
     main += [
@@ -868,8 +900,7 @@ def format_summary(models: Sequence[dict[str, Any]], split: str | None = None) -
                     for c in cells
                 ]
             )
-        reference = next((m["ood"]["reference"] for m in models if m.get("ood")), REFERENCE_SPLIT)
-        lines += ["", f"image-level OOD AUROC vs {reference!r} (best aggregator):"]
+        lines += ["", f"image-level OOD AUROC {ood_versus(models)} (best aggregator):"]
         lines += _text_table(ood)
     flags = _distrust_cells(models, split)
     if flags:
@@ -880,6 +911,22 @@ def format_summary(models: Sequence[dict[str, Any]], split: str | None = None) -
             *_text_table(flags),
         ]
     return "\n".join(lines)
+
+
+def ood_versus(models: Sequence[dict[str, Any]]) -> str:
+    """The clean splits of an OOD table's caption: "vs 'val'" when every shifted set is
+    scored against one, else "vs 'test' (fog_0.02, ...) and 'val' (rain)"."""
+    by_reference: dict[str, list[str]] = {}
+    for model in models:
+        ood = model.get("ood") or {"sets": {}}
+        for name in ood["sets"]:
+            reference = figures.set_reference(ood, name)
+            if name not in by_reference.setdefault(reference, []):
+                by_reference[reference].append(name)
+    if len(by_reference) <= 1:
+        return f"vs {next(iter(by_reference), REFERENCE_SPLIT)!r}"
+    parts = [f"{ref!r} ({', '.join(names)})" for ref, names in by_reference.items()]
+    return f"vs {', '.join(parts[:-1])} and {parts[-1]}"
 
 
 # The error recall whose operating point the printed summary shows (all are in metrics.json).

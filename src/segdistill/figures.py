@@ -517,9 +517,16 @@ def iou_after_removal(
     return _per_class_bars(models, per_model, labels, "IoU of the kept pixels", title)
 
 
+def set_reference(ood: dict[str, Any], name: str) -> str:
+    """The clean split the shifted set `name` of a model's `ood` results is scored against
+    (metrics.json files written before each set recorded its own have only the shared
+    `ood.reference`)."""
+    return str(ood["sets"][name].get("reference", ood["reference"]))
+
+
 def ood_roc_curves(model: Model) -> Figure | None:
-    """One panel per shifted set: image-level OOD ROC of each aggregator vs the reference
-    split (Holder Fig. 6)."""
+    """One panel per shifted set: image-level OOD ROC of each aggregator vs the set's
+    clean split (Holder Fig. 6)."""
     ood = model.get("ood")
     if not ood or not ood["sets"]:
         return None
@@ -536,7 +543,7 @@ def ood_roc_curves(model: Model) -> Figure | None:
                 label=f"{AGGREGATOR_LABELS.get(agg, agg)} {_fmt(metrics['auroc'])}",
             )
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="FPR", ylabel="TPR")
-        ax.set_title(f"{ood['reference']} vs {name}", fontsize=10)
+        ax.set_title(f"{set_reference(ood, name)} vs {name}", fontsize=10)
         ax.legend(fontsize=7, loc="lower right", title="AUROC", title_fontsize=7)
     figure.suptitle(f"{model['name']}: image-level OOD detection by aggregator")
     return figure
@@ -564,8 +571,10 @@ def ood_score_distributions(model: Model, aggregator: str | None = None) -> Figu
     data = [np.asarray(scores[n][aggregator], dtype=np.float64) for n in names]
     ax.boxplot(data, showfliers=False, widths=0.55)
     rng = np.random.default_rng(0)  # fixed jitter: the same results draw the same figure
+    # Every clean split some set is scored against is in-distribution.
+    clean = {ood["reference"], *(set_reference(ood, n) for n in ood["sets"])}
     for i, values in enumerate(data, start=1):
-        color = GOOD_COLOR if names[i - 1] == ood["reference"] else BAD_COLOR
+        color = GOOD_COLOR if names[i - 1] in clean else BAD_COLOR
         ax.scatter(i + rng.uniform(-0.18, 0.18, values.size), values, s=8, alpha=0.6, color=color)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
     ax.set_ylabel(f"image score: {AGGREGATOR_LABELS.get(aggregator, aggregator)}")
@@ -637,9 +646,17 @@ def ood_auroc_bars(models: Sequence[Model]) -> Figure | None:
             **model_bar(i),
         )
     ax.axhline(0.5, color="0.5", linestyle="--", linewidth=1)
-    ax.set_xticks(x, sets, rotation=30, ha="right")
+    # Each set's clean split (the same for every model: it follows the evaluated splits);
+    # one title names it when all sets share it, else each tick its own.
+    references = {
+        name: set_reference(m["ood"], name) for _, m in with_ood for name in m["ood"]["sets"]
+    }
+    shared = set(references.values())
+    ticks = sets if len(shared) == 1 else [f"{n} vs {references[n]}" for n in sets]
+    ax.set_xticks(x, ticks, rotation=30, ha="right")
     ax.set(ylim=(0, 1), ylabel="AUROC (best aggregator)")
-    ax.set_title(f"Image-level OOD detection vs {with_ood[0][1]['ood']['reference']}")
+    against = f"vs {next(iter(shared))}" if len(shared) == 1 else "vs each set's clean split"
+    ax.set_title(f"Image-level OOD detection {against}")
     ax.grid(axis="y", alpha=0.3)
     _legend_outside(ax)
     return figure

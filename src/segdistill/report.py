@@ -39,7 +39,7 @@ from segdistill import figures
 from segdistill.checkpoints import atomic_write
 from segdistill.defaults import RESULTS_FILE
 from segdistill.errors import SegdistillError
-from segdistill.evaluate import METRICS_FILE, TEACHER_KINDS
+from segdistill.evaluate import METRICS_FILE, TEACHER_KINDS, ood_versus
 from segdistill.figures import AGGREGATOR_LABELS, pick_split
 from segdistill.ood_detector import scored_map
 
@@ -433,7 +433,6 @@ def ood_summary_table(models: Sequence[dict[str, Any]]) -> str | None:
             value = dig(m, "ood", "sets", s, "by_aggregator", best, "auroc") if best else None
             row.append(metric(f"{m['name']}/ood/{s}/best/auroc", value))
         rows.append(row)
-    reference = with_ood[0]["ood"]["reference"]
     own_maps = [
         f"{m['name']} scores its {scored_map(m)}"
         for m in with_ood
@@ -445,7 +444,8 @@ def ood_summary_table(models: Sequence[dict[str, Any]]) -> str | None:
         rows,
         best_in_columns(rows, [None, *["high"] * len(sets)]),
         caption=_caption(
-            f"Image-level OOD AUROC vs {reference}, best aggregator per model and set{maps}",
+            f"Image-level OOD AUROC {ood_versus(with_ood)}, best aggregator per model and "
+            f"set{maps}",
             "high",
         ),
     )
@@ -472,7 +472,7 @@ def ood_set_table(models: Sequence[dict[str, Any]], name: str) -> str:
                 for k in ("auroc", "aupr", "fpr95")
             ]
         rows.append(row)
-    caption = f"{name} vs {with_set[0]['ood']['reference']}"
+    caption = f"{name} vs {figures.set_reference(with_set[0]['ood'], name)}"
     return _table(headers, rows, best_in_columns(rows, better), caption=caption)
 
 

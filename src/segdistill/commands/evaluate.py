@@ -50,8 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--splits",
         type=_split_list,
         metavar="LIST",
-        help="comma-separated splits (default: test and every shifted set: DIR/shifts/<name>, "
-        "Foggy Cityscapes as fog_<beta>, Rain Cityscapes as rain)",
+        help="comma-separated splits (default: every shifted set, DIR/shifts/<name>, Foggy "
+        "Cityscapes as fog_<beta>, Rain Cityscapes as rain, after the clean splits they are "
+        "scored against: test for SynthStreets, val for Foggy / Rain Cityscapes; test without "
+        "shifted sets)",
     )
     parser.add_argument("--batch-size", type=int, default=4, help="default %(default)s")
     parser.add_argument(
