@@ -36,6 +36,7 @@ from segdistill.evaluate import (
     find_splits,
     format_summary,
     select_splits,
+    summary_split,
 )
 from segdistill.models import build_segmenter
 from segdistill.predictor import PER_CLASS_OOD_SOURCE, load_predictor
@@ -908,3 +909,27 @@ def test_the_sample_figure_shows_a_labelled_split(
     # With test labelled (SynthStreets), test as before.
     model["splits"]["test"]["num_pixels"] = 128
     assert set(_model_figures([model], sets, tmp_path)) == {"samples_test", "samples_sets"}
+
+
+def test_the_per_model_figures_show_a_split_with_labelled_pixels() -> None:
+    """The reliability, removal and histogram figures (`figures.pick_split`) show the
+    summary's split: not Cityscapes' all-void test beside val, test where it is labelled,
+    and only a split every model has."""
+    void_test = {
+        "test": {"num_pixels": 0},
+        "val": {"num_pixels": 128},
+        "fog_0.02": {"num_pixels": 64},
+    }
+    models = [{"splits": void_test}, {"splits": dict(void_test)}]
+    assert figures.pick_split(models) == "val"
+    assert summary_split(void_test) == "val"
+    labelled = {**void_test, "test": {"num_pixels": 128}}
+    assert figures.pick_split([{"splits": labelled}]) == summary_split(labelled) == "test"
+    only_one_has_val = [
+        {"splits": void_test},
+        {"splits": {"test": {}, "fog_0.02": {"num_pixels": 1}}},
+    ]
+    assert figures.pick_split(only_one_has_val) == "fog_0.02"
+    unlabelled = {"val": {"num_pixels": 0}, "test": {"num_pixels": 0}}
+    assert figures.pick_split([{"splits": unlabelled}]) == "test"
+    assert figures.pick_split(models, "fog_0.02") == "fog_0.02"

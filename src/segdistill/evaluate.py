@@ -869,9 +869,7 @@ def summary_split(results: dict[str, dict[str, Any]]) -> str:
     the reference split ("test") first (Cityscapes' test split has none: then e.g. val of
     `--splits test,val`); with none labelled, the reference split when it was evaluated,
     else the first; REFERENCE_SPLIT when none was."""
-    evaluated = sorted(results, key=lambda s: s != REFERENCE_SPLIT)
-    labelled = [s for s in evaluated if results[s].get("num_pixels")]
-    return (labelled or evaluated or [REFERENCE_SPLIT])[0]
+    return figures.pick_split([{"splits": results}]) if results else REFERENCE_SPLIT
 
 
 def format_summary(models: Sequence[dict[str, Any]], split: str | None = None) -> str:

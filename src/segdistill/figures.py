@@ -160,13 +160,18 @@ def png_bytes(figure: Figure) -> bytes:
 
 
 def pick_split(models: Sequence[Model], split: str | None = None) -> str:
-    """`split` when given, else "test" when every model has it, else the first split of
-    the first model."""
+    """`split` when given, else the first split every model has whose ground truth has
+    labelled pixels, "test" first (Cityscapes' test masks are all void: then e.g. val);
+    with none labelled, "test" when every model has it, else the first split of the first
+    model."""
     if split is not None:
         return split
-    if all("test" in m["splits"] for m in models):
-        return "test"
-    return next(iter(models[0]["splits"]))
+    first = models[0]["splits"]
+    common = sorted(
+        (s for s in first if all(s in m["splits"] for m in models)), key=lambda s: s != "test"
+    )
+    labelled = [s for s in common if first[s].get("num_pixels")]
+    return (labelled or common or list(first))[0]
 
 
 def _label(model: Model) -> str:
