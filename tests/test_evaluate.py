@@ -700,6 +700,26 @@ def write_cityscapes(
                 Image.fromarray(array).save(path)
 
 
+def evaluate_a_tiny_student(
+    tmp_path: Path, data: Path, splits: list[str] | None = None
+) -> dict[str, Any]:
+    """A tiny scalar-head student evaluated on `data` (default splits unless given), with
+    no figures and no progress bar."""
+    torch.manual_seed(0)
+    save_run(tmp_path / "net", "scalar")
+    return evaluate(
+        [tmp_path / "net"],
+        data,
+        splits,
+        out_dir=tmp_path / "out",
+        write_homes=False,
+        num_samples=0,
+        make_figures=False,
+        progress=False,
+        device="cpu",
+    )
+
+
 def test_foggy_and_rain_cityscapes_are_shifted_sets_on_the_labelled_split(tmp_path: Path) -> None:
     """The official leftImg8bit_foggy/ and leftImg8bit_rain/ folders are found, named as
     SynthStreets' copies (heaviest fog last), and read on val: test's masks are void."""
@@ -760,19 +780,7 @@ def test_an_unlabelled_split_gets_a_notice_and_the_summary_a_labelled_split(
     against the clean val images of the same scenes, not test's other cities."""
     data = tmp_path / "data"
     write_cityscapes(data)
-    torch.manual_seed(0)
-    save_run(tmp_path / "net", "scalar")
-    results = evaluate(
-        [tmp_path / "net"],
-        data,
-        ["test", "val", "fog_0.02", "rain"],
-        out_dir=tmp_path / "out",
-        write_homes=False,
-        num_samples=0,
-        make_figures=False,
-        progress=False,
-        device="cpu",
-    )
+    results = evaluate_a_tiny_student(tmp_path, data, ["test", "val", "fog_0.02", "rain"])
     notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
     assert len(notices) == 1
     assert notices[0].startswith(
@@ -835,18 +843,7 @@ def test_each_weather_set_is_scored_against_its_own_clean_split(tmp_path: Path) 
     scenes), not against test's other cities; the summary and figures name both."""
     data = tmp_path / "data"
     write_cityscapes(data, labelled=("val", "test"))
-    torch.manual_seed(0)
-    save_run(tmp_path / "net", "scalar")
-    results = evaluate(
-        [tmp_path / "net"],
-        data,
-        out_dir=tmp_path / "out",
-        write_homes=False,
-        num_samples=0,
-        make_figures=False,
-        progress=False,
-        device="cpu",
-    )
+    results = evaluate_a_tiny_student(tmp_path, data)
     fogs = ["fog_0.005", "fog_0.01", "fog_0.02"]
     assert results["data"]["splits"] == ["test", "val", *fogs, "rain"]
     references = {**dict.fromkeys(fogs, "test"), "rain": "val"}
