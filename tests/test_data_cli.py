@@ -10,6 +10,7 @@ from PIL import Image
 
 from segdistill.cli import main
 from segdistill.data import synthstreets as ss
+from segdistill.errors import DataError
 from test_datasets import TRAIN_IDS, cityscapes_image, gt_file
 
 TINY = ["--size", "64x128", "--train", "2", "--val", "1", "--test", "2", "--workers", "1"]
@@ -54,8 +55,8 @@ def test_info_names_a_truncated_png(tmp_path: Path, capsys: pytest.CaptureFixtur
     victim = sorted((root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))[0]
     victim.write_bytes(victim.read_bytes()[:200])
     capsys.readouterr()
-    assert main(["data", "info", str(root)]) != 0
-    assert victim.name in capsys.readouterr().err
+    assert main(["data", "info", str(root)]) == 1
+    assert victim.name in capsys.readouterr().out
 
 
 def test_info_names_a_label_file_of_the_wrong_size(
@@ -66,8 +67,31 @@ def test_info_names_a_label_file_of_the_wrong_size(
     victim = sorted((root / "gtFine" / "train").glob("*/*_gtFine_labelTrainIds.png"))[0]
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(victim)
     capsys.readouterr()
-    assert main(["data", "info", str(root)]) != 0
-    assert victim.name in capsys.readouterr().err
+    assert main(["data", "info", str(root)]) == 1
+    assert victim.name in capsys.readouterr().out
+
+
+def test_info_lists_every_bad_file_of_synthstreets(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Not only the first: a truncated label in val and a wrong-size one in train are both
+    named, with the class table still printed from the good files; the library call
+    without a problems list still stops at the first."""
+    root = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(root), *TINY, "--shifts", "none"]) == 0
+    truncated = sorted((root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))[0]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    small = sorted((root / "gtFine" / "train").glob("*/*_gtFine_labelTrainIds.png"))[0]
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(small)
+    capsys.readouterr()
+    assert main(["data", "info", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "integrity: 2 problem(s) in 5 images:" in out
+    listed = out.split("integrity:")[1]
+    assert truncated.name in listed and small.name in listed
+    assert "class pixel frequencies" in out
+    with pytest.raises(DataError, match=small.name):
+        ss.check_dataset(root)  # train is checked before val
 
 
 def test_preview_writes_a_contact_sheet(dataset: Path, tmp_path: Path) -> None:

@@ -253,7 +253,8 @@ def run_info(args: argparse.Namespace) -> int:
     own = _own_data_set(args.dir)
     if own is not None:
         return _info_of_own_data(own)
-    meta, reports = check_dataset(args.dir, progress=True)
+    problems: list[str] = []
+    meta, reports = check_dataset(args.dir, progress=True, problems=problems)
     height, width = meta["size"]
     print(f"{args.dir}: SynthStreets {meta['version']}, seed {meta['seed']}, {height}x{width}")
     for report in reports:
@@ -268,8 +269,13 @@ def run_info(args: argparse.Namespace) -> int:
             "any other class (the rest lie on boundaries)"
         )
     total = sum(report.images for report in reports)
-    print(f"\nintegrity: OK ({total} images and their label, instance and depth files)")
-    return 0
+    if not problems:
+        print(f"\nintegrity: OK ({total} images and their label, instance and depth files)")
+        return 0
+    print(f"\nintegrity: {len(problems)} problem(s) in {total} images:")
+    for problem in problems:
+        print(f"  {problem}")
+    return 1
 
 
 @dataclass(frozen=True)

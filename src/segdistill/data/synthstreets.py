@@ -3021,9 +3021,19 @@ NOT_SYNTHSTREETS = (
 )
 
 
-def check_dataset(root: str | Path, progress: bool = False) -> tuple[dict, list[GroupReport]]:
+def check_dataset(
+    root: str | Path, progress: bool = False, problems: list[str] | None = None
+) -> tuple[dict, list[GroupReport]]:
     """Check a SynthStreets folder against its meta.json; returns (meta, one report per
-    split and shifted copy). Raises DataError naming the first bad file or count."""
+    split and shifted copy). Raises DataError naming the first bad file or count, or with
+    a `problems` list appends each one to it and goes on (`segdistill data info` lists
+    them all); the statistics then leave the bad files out."""
+
+    def bad(error: DataError) -> None:
+        if problems is None:
+            raise error
+        problems.append(str(error))
+
     root = Path(root)
     meta = read_meta(root)
     if meta is None:
@@ -3039,24 +3049,33 @@ def check_dataset(root: str | Path, progress: bool = False) -> tuple[dict, list[
     reports = []
     for name, tree, split, kind in tqdm(groups, desc="checking", disable=not progress):
         images = _image_files(tree, split)
-        if len(images) != expected[name]:
-            raise DataError(
-                f"{tree / 'leftImg8bit' / split}: {len(images)} images, meta.json says "
-                f"{expected[name]}"
+        whole = len(images) == expected[name]
+        if not whole:
+            bad(
+                DataError(
+                    f"{tree / 'leftImg8bit' / split}: {len(images)} images, meta.json says "
+                    f"{expected[name]}"
+                )
             )
         stats = _Stats()
         interior = np.zeros(256, np.int64)
         for image in images:
             stem = image.name.removesuffix("_leftImg8bit.png")
             paths = SamplePaths.of(tree, split, image.parent.name, stem)
-            counts, inside = _check_sample(paths, size, kind == "anomaly")
+            try:
+                counts, inside = _check_sample(paths, size, kind == "anomaly")
+            except DataError as error:
+                bad(error)
+                whole = False
+                continue
             stats.add(name, counts)
             interior += inside
         pixels = stats.pixels.get(name, np.zeros(256, np.int64))
         class_images = stats.images.get(name, np.zeros(256, np.int64))
         stored = meta.get("class_pixels", {}).get(name)
-        if stored is not None and stored != _Stats.named(pixels):
-            raise DataError(f"{root / META_FILE}: class pixel counts of {name} do not match files")
+        # Counts without the bad files cannot match meta.json's: those files were named.
+        if whole and stored is not None and stored != _Stats.named(pixels):
+            bad(DataError(f"{root / META_FILE}: class pixel counts of {name} do not match files"))
         reports.append(
             GroupReport(name, kind, tree, split, len(images), pixels, class_images, interior)
         )
