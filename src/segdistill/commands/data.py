@@ -269,10 +269,19 @@ def run_info(args: argparse.Namespace) -> int:
             "any other class (the rest lie on boundaries)"
         )
     total = sum(report.images for report in reports)
+    return _integrity(
+        problems,
+        f"OK ({total} images and their label, instance and depth files)",
+        f"{len(problems)} problem(s) in {total} images",
+    )
+
+
+def _integrity(problems: list[str], ok: str, bad: str) -> int:
+    """Print the integrity verdict `ok`, or `bad` and every problem; the exit status."""
     if not problems:
-        print(f"\nintegrity: OK ({total} images and their label, instance and depth files)")
+        print(f"\nintegrity: {ok}")
         return 0
-    print(f"\nintegrity: {len(problems)} problem(s) in {total} images:")
+    print(f"\nintegrity: {bad}:")
     for problem in problems:
         print(f"  {problem}")
     return 1
@@ -370,13 +379,11 @@ def _info_of_own_data(data: OwnDataSet) -> int:
         print(f"images ({shown}): the share of the masks of {shown} that show each class")
     problems = [problem for found in surveys for problem in found.problems]
     total = sum(found.images for found in surveys)
-    if not problems:
-        print(f"\nintegrity: OK ({total} images and their masks, every file decoded)")
-        return 0
-    print(f"\nintegrity: {len(problems)} of {total} images cannot be used:")
-    for problem in problems:
-        print(f"  {problem}")
-    return 1
+    return _integrity(
+        problems,
+        f"OK ({total} images and their masks, every file decoded)",
+        f"{len(problems)} of {total} images cannot be used",
+    )
 
 
 def _depth_view(depth: np.ndarray) -> np.ndarray:
