@@ -96,14 +96,9 @@ def predicted_class_uncertainty(per_class: Tensor, probs: Tensor) -> Tensor:
 
 def has_per_class_head(model: torch.nn.Module) -> bool:
     """Whether `model`'s predictions carry eq. 8's map as their `ood_map`: a segmenter
-    whose uncertainty head ends in more than one channel, the fact `segmenter_prediction`
-    goes by (its output's channel count). False for no head, a scalar head and a teacher
-    (an ensemble or MC dropout, whose maps are pred_std)."""
-    head = getattr(model, "uncertainty_head", None)
-    if isinstance(model, Teacher) or not isinstance(head, torch.nn.Module):
-        return False
-    convs = [layer for layer in head.modules() if isinstance(layer, torch.nn.Conv2d)]
-    return bool(convs) and convs[-1].out_channels > 1
+    with Holder & Shafique's per-class head. False for no head, a scalar head and a
+    teacher (an ensemble or MC dropout, whose maps are pred_std)."""
+    return isinstance(model, Segmenter) and model.uncertainty_kind == "per_class"
 
 
 def segmenter_prediction(model: Segmenter, images: Tensor) -> Prediction:
@@ -113,7 +108,7 @@ def segmenter_prediction(model: Segmenter, images: Tensor) -> Prediction:
     if output.uncertainty is None:
         return Prediction(probs, max_softmax_uncertainty(probs))
     uncertainty = output.uncertainty.float()
-    if uncertainty.shape[1] == 1:
+    if not has_per_class_head(model):
         return Prediction(probs, uncertainty)
     return Prediction(
         probs,

@@ -83,6 +83,9 @@ class Segmenter(nn.Module):
         self.encoder_dropout = mc_dropout_layer(mc_dropout)
         self.decoder = decoder
         self.num_classes = num_classes
+        # The head's kind, for callers that must know what its channels mean (eq. 8's
+        # OOD map needs the per-class head) without inspecting its layers.
+        self.uncertainty_kind = uncertainty_head
         self.level_names = [f"c{i}" for i in range(1, len(encoder.out_channels) + 1)]
         self.seg_head, self.uncertainty_head = build_heads(
             uncertainty_head, decoder.out_channels, num_classes
