@@ -164,6 +164,7 @@ def build_model(model_config: ModelConfig, num_classes: int) -> Segmenter:
             mc_dropout=model_config.mc_dropout,
             aux_heads=model_config.aux_heads,
             encoder_weights=model_config.encoder_weights,
+            decoder_channels=model_config.decoder_channels,
         )
     except ConfigError as error:
         raise ConfigError(f"model: {error}") from error

@@ -53,7 +53,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """The network, as `segdistill.models.build_segmenter` takes it (plus the class count,
-    which lives in `data.num_classes`). encoder_weights: a local ImageNet state dict."""
+    which lives in `data.num_classes`). encoder_weights: a local ImageNet state dict.
+    decoder_channels: the decoder's width; None: the architecture's (256 for DeepLabV3+,
+    512 for PSPNet, 128 for NfS-SegNet) times the encoder width when that is below 1."""
 
     arch: str = "deeplabv3plus"
     encoder: str = "resnet18"
@@ -64,6 +66,7 @@ class ModelConfig:
     uncertainty_head: Literal["scalar", "per_class"] | None = None
     mc_dropout: float = 0.0
     aux_heads: bool = False
+    decoder_channels: int | None = None
 
 
 @dataclass
@@ -329,6 +332,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.num_workers", _at_least(0), "be >= 0"),
     ("data.num_classes", _at_least(1), "be >= 1"),
     ("model.mc_dropout", lambda v: 0 <= v < 1, "be in [0, 1)"),
+    ("model.decoder_channels", _positive_or_none, "be > 0 or null"),
     ("optim.lr", lambda v: v > 0, "be > 0"),
     ("optim.momentum", lambda v: 0 <= v < 1, "be in [0, 1)"),
     ("optim.weight_decay", _at_least(0), "be >= 0"),
