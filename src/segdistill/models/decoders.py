@@ -91,6 +91,9 @@ def level_with_stride(strides: Sequence[int], stride: int, decoder: str) -> int:
 # --------------------------------------------------------------------------- DeepLabV3+
 
 # ASPP rates of Chen et al. (2018) per output stride: (6, 12, 18) at 16, doubled at 8.
+# segmentation_models_pytorch (whose DeepLabV3+ DUDES adapts) takes (12, 24, 36) at any
+# stride: the same parameters, a wider view. Chen et al.'s keep the taps inside the small
+# maps of the quick scale (8 x 16 at stride 16), where rate 12 would read mostly padding.
 ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
 
 
