@@ -16,6 +16,7 @@ from segdistill.data.base import (
     SegmentationDataset,
     check_headers,
     group_consecutive,
+    image_size,
     read_image,
 )
 from segdistill.data.cityscapes import CityscapesDataset, GtFineMap
@@ -311,6 +312,22 @@ def test_an_exif_rotated_photo_is_turned_upright(tmp_path):
     check_headers([SampleFiles("photo", tmp_path / "photo.jpg", upright_mask, mapping)])
     with pytest.raises(DataError, match="sideways.png is 20x40"):
         check_headers([SampleFiles("photo", tmp_path / "photo.jpg", sideways_mask, mapping)])
+
+
+def test_a_damaged_exif_block_is_a_data_error_naming_the_file(tmp_path):
+    """Intact pixels behind an EXIF block PIL cannot decode: every reader names the file
+    instead of raising PIL's SyntaxError."""
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(path, exif=b"Exif\0\0GARBAGEGARBAGE")
+    mask = save(tmp_path / "mask.png", np.zeros((20, 40), np.uint8))
+    samples = [SampleFiles("photo", path, mask, LabelMapping.identity(2, 255))]
+    for read in (
+        lambda: read_image(path),
+        lambda: image_size(path),
+        lambda: check_headers(samples),
+    ):
+        with pytest.raises(DataError, match="photo.png: damaged EXIF block"):
+            read()
 
 
 def test_rgb_masks_are_refused(cityscapes):

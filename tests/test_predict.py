@@ -741,16 +741,23 @@ def test_an_unreadable_frame_stops_the_run_or_is_skipped(tmp_path, student, caps
     for i in (1, 2, 4):
         write_png(tmp_path / "frames" / f"f{i}.png", rgb(32, 64, seed=i))
     (tmp_path / "frames" / "f3.png").write_text("not an image")
+    # Pixels intact, EXIF block damaged: which way is up is unknown.
+    Image.fromarray(rgb(32, 64, seed=5)).save(tmp_path / "frames" / "f5.png", exif=b"Exif\0\0bad")
     argv = ["predict", str(student), str(tmp_path / "frames"), "--out", str(tmp_path / "out")]
     assert main([*argv, "--outputs", "pred"]) == 2
     assert "f3.png: cannot read the image" in capsys.readouterr().err
+    (tmp_path / "frames" / "f3.png").rename(tmp_path / "f3.png")
+    assert main([*argv, "--outputs", "pred"]) == 2
+    assert "f5.png: damaged EXIF block" in capsys.readouterr().err
+    (tmp_path / "f3.png").rename(tmp_path / "frames" / "f3.png")
     assert main([*argv, "--outputs", "pred", "--skip-unreadable"]) == 0
-    assert "1 unreadable image(s) skipped" in capsys.readouterr().out
+    assert "2 unreadable image(s) skipped" in capsys.readouterr().out
     written = sorted(p.name for p in (tmp_path / "out" / "pred").iterdir())
     assert written == ["f1.png", "f2.png", "f4.png"]
     summary = json.loads((tmp_path / "out" / "predict.json").read_text())
-    (skipped,) = summary["skipped"]
-    assert skipped["image"].endswith("f3.png") and "cannot read" in skipped["error"]
+    skipped = [(Path(s["image"]).name, s["error"]) for s in summary["skipped"]]
+    assert [name for name, _ in skipped] == ["f3.png", "f5.png"]
+    assert "cannot read" in skipped[0][1] and "damaged EXIF block" in skipped[1][1]
     assert [Path(record["image"]).name for record in summary["images"]] == [
         "f1.png",
         "f2.png",

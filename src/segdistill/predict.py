@@ -203,7 +203,7 @@ def load_image(path: Path) -> tuple[np.ndarray, str | None]:
     how an image that was not RGB was converted or that it was turned upright."""
     image = read_image(path)
     with Image.open(path) as img:  # the header only: read_image has decoded it already
-        mode, orientation = img.mode, exif_orientation(img)
+        mode, orientation = img.mode, exif_orientation(img, path)
     changes = [] if mode == "RGB" else [f"{_MODE_NAMES.get(mode, mode)} image converted to RGB"]
     if orientation != 1:
         changes.append(f"turned upright by its EXIF orientation {orientation}")

@@ -18,6 +18,7 @@ single-channel (PIL modes L, P, 1, I;16 or I): palette PNGs give their palette i
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -179,20 +180,27 @@ _EXIF_ORIENTATION = 0x0112
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 
-def exif_orientation(img: Image.Image) -> int:
-    """The EXIF orientation of an opened image (1: stored upright), from the EXIF block its
-    header gave (`getexif` would decode a PNG's pixels to look for a late one)."""
+def exif_orientation(img: Image.Image, path: Path) -> int:
+    """The EXIF orientation of the image opened from `path` (1: stored upright), from the
+    EXIF block its header gave (`getexif` would decode a PNG's pixels to look for a late
+    one). A block that cannot be decoded is a DataError: which way is up is unknown."""
     block = img.info.get("exif")
     if not block:
         return 1
     exif = Image.Exif()
-    exif.load(block)
-    return int(exif.get(_EXIF_ORIENTATION, 1))
+    try:
+        exif.load(block)
+        return int(exif.get(_EXIF_ORIENTATION, 1))
+    except (SyntaxError, OSError, ValueError, TypeError, struct.error) as error:
+        raise DataError(
+            f"{path}: damaged EXIF block ({error}), so its orientation is unknown; "
+            "save the image again without EXIF"
+        ) from error
 
 
 def image_size(path: Path) -> tuple[int, int]:
     """(H, W) of an image file as `read_image` returns it, from its header alone."""
-    return _upright_size(_open_image(path, decode=False))
+    return _upright_size(_open_image(path, decode=False), path)
 
 
 def group_consecutive(
@@ -221,10 +229,11 @@ def group_consecutive(
         yield group
 
 
-def _upright_size(img: Image.Image) -> tuple[int, int]:
-    """(H, W) of the image as `read_image` returns it: after its EXIF orientation."""
+def _upright_size(img: Image.Image, path: Path) -> tuple[int, int]:
+    """(H, W) of the image opened from `path` as `read_image` returns it: after its EXIF
+    orientation."""
     width, height = img.size
-    return (width, height) if exif_orientation(img) in _QUARTER_TURNS else (height, width)
+    return (width, height) if exif_orientation(img, path) in _QUARTER_TURNS else (height, width)
 
 
 def _check_mask_mode(img: Image.Image, path: Path) -> None:
@@ -254,13 +263,13 @@ def check_headers(samples: Sequence[SampleFiles]) -> None:
         if files.label is not None:
             mask = _open_image(files.label, decode=False)
             _check_mask_mode(mask, files.label)
-            _check_mask_size(mask.size[::-1], files, _upright_size(image))
+            _check_mask_size(mask.size[::-1], files, _upright_size(image, files.image))
 
 
 def read_image(path: Path) -> np.ndarray:
     """An image file -> uint8 [H, W, 3] RGB (see the module docstring for the mode rules)."""
     img = _open_image(path, check=_check_image_mode)
-    if exif_orientation(img) != 1:
+    if exif_orientation(img, path) != 1:
         img = ImageOps.exif_transpose(img)
     if img.mode != "RGB":
         img = img.convert("RGB")
