@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from segdistill.cli import main
 from segdistill.config import (
     SegConfig,
     config_differences,
@@ -14,7 +16,9 @@ from segdistill.config import (
     load_config,
     replace_values,
 )
-from segdistill.errors import ConfigError
+from segdistill.data.folder import load_classes
+from segdistill.errors import ConfigError, DataError
+from segdistill.pipeline import load_experiment
 
 
 def write(path: Path, text: str) -> Path:
@@ -195,6 +199,33 @@ def test_extends_cycle_and_missing_file_are_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "a.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("reader", "what", "error"),
+    [
+        (load_config, "config file", ConfigError),
+        (load_experiment, "experiment config", ConfigError),
+        (load_classes, "classes file", DataError),
+    ],
+)
+def test_a_folder_or_a_binary_file_for_a_yaml_file_is_named(
+    tmp_path: Path, reader: Callable[[Path], object], what: str, error: type[Exception]
+) -> None:
+    """A checkpoint, an image or a run folder given where a YAML file belongs."""
+    binary = tmp_path / "best.safetensors"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(error, match=f"best.safetensors: not a text file, so not a {what}"):
+        reader(binary)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(error, match=f"{what} .*run is a folder; give the file"):
+        reader(tmp_path / "run")
+
+
+def test_the_cli_names_a_binary_config_in_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "best.safetensors").write_bytes(bytes(range(128, 256)))
+    assert main(["train", str(tmp_path / "best.safetensors")]) == 2
+    assert capsys.readouterr().err.strip().endswith("not a text file, so not a config file")
 
 
 def test_replace_values_validates(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from segdistill.errors import ConfigError
+from segdistill.errors import ConfigError, read_text
 
 
 @dataclass
@@ -438,10 +438,9 @@ def _read_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
         raise ConfigError(f"{path}: `extends` forms a cycle: {cycle}")
+    text = read_text(path, "config file", ConfigError)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as error:
-        raise ConfigError(f"config file {path} does not exist") from error
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
     raw = {} if raw is None else raw

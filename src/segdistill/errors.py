@@ -1,5 +1,9 @@
 """Errors a user can act on. The CLI prints them as one line, without a traceback."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 class SegdistillError(Exception):
     """Base class: the message names the file, key or value that is wrong."""
@@ -37,3 +41,19 @@ class CheckpointError(SegdistillError):
 
 class TrainingError(SegdistillError):
     """Training cannot go on (e.g. a NaN loss)."""
+
+
+def read_text(path: Path, what: str, error: type[SegdistillError]) -> str:
+    """The text of the file at `path`, else `error` naming it: missing, a folder, not
+    readable, or not text (a checkpoint or an image given where a YAML file belongs).
+    `what` says what the file should be, e.g. "config file"."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder; give the file") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file, so not a {what}") from None
+    except OSError as failure:
+        raise error(f"{what} {path}: cannot read it ({failure.strerror or failure})") from None

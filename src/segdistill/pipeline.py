@@ -102,7 +102,7 @@ from segdistill.data.shifts import SHIFT_KINDS
 from segdistill.data.synthstreets import SynthConfig, generate
 from segdistill.defaults import DETECTOR_FILE, RESULTS_FILE, RESUME_CHECKPOINT
 from segdistill.ensemble import member_config, train_member, write_manifest
-from segdistill.errors import ConfigError, DataError
+from segdistill.errors import ConfigError, DataError, read_text
 from segdistill.evaluate import REFERENCE_SPLIT, SCHEMA_EXPERIMENT, evaluate, find_splits, json_text
 from segdistill.methods import METHODS
 from segdistill.metrics.segmentation import removal_point
@@ -354,10 +354,9 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> LoadedEx
     """Read an experiment YAML, apply `KEY=VALUE` overrides (VALUE is YAML, e.g.
     `teacher.members=3`), check it. ConfigError names the file and the key."""
     path = Path(path)
+    text = read_text(path, "experiment config", ConfigError)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as error:
-        raise ConfigError(f"experiment config {path} does not exist") from error
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(raw, dict):

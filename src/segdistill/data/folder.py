@@ -35,7 +35,7 @@ import yaml
 from segdistill.data.base import ClassesSpec, MapReader, SampleFiles, SegmentationDataset
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import Sample
-from segdistill.errors import DataError
+from segdistill.errors import DataError, read_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # A folder data set's layout (`data.format: folder`): root/{split}/images,
@@ -107,10 +107,9 @@ def parse_classes(document: Mapping[str, Any], where: str | Path) -> ClassesSpec
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    text = read_text(path, "classes file", DataError)
     try:
-        document = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise DataError(f"classes file {path} not found") from exc
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise DataError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(document, dict):
