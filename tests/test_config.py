@@ -166,6 +166,9 @@ def test_unknown_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
             "trainer.limit_train_batches='abc' must be an integer or a number or null",
         ),
         ("distill.cache_signals=3", "distill.cache_signals=3 must be a list (each item a string)"),
+        ("seed=4294967296", "seed=4294967296 must be in 0..4294967295 (numpy's seed range)"),
+        ("seed=-1", "seed=-1 must be in 0..4294967295"),
+        ("init_seed=-5", "init_seed=-5 must be in 0..4294967295 or null"),
         (
             "distill={teacher: {kind: mc_dropout, path: t, samples: 1}, methods: [{name: ukd}]}",
             "distill.teacher.samples=1 must be >= 2",

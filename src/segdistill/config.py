@@ -315,9 +315,18 @@ def _positive_or_none(value: Any) -> bool:
     return value is None or value > 0
 
 
+# numpy (and so Lightning's seed_everything) takes seeds of 32 bits.
+MAX_SEED = 2**32 - 1
+
+
+def _seed(value: int) -> bool:
+    return 0 <= value <= MAX_SEED
+
+
 # Value rules the types cannot express: (dotted key, check, what the value must be).
 _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("seed", _at_least(0), "be >= 0"),
+    ("seed", _seed, f"be in 0..{MAX_SEED} (numpy's seed range)"),
+    ("init_seed", lambda v: v is None or _seed(v), f"be in 0..{MAX_SEED} or null"),
     ("data.crop_size", lambda v: len(v) == 2 and min(v) >= 1, "be [height, width], both >= 1"),
     (
         "data.scale_range",
