@@ -315,6 +315,14 @@ def test_load_encoder_weights_refuses_other_arch(tmp_path) -> None:
         load_encoder_weights(build_encoder("resnet18", **TINY), path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_encoder_weights(build_encoder("resnet18", **TINY), tmp_path / "absent.pth")
+    # An image or a text file: one line naming it, never torch's advice to unpickle it.
+    for name, content in [("photo.png", b"\x89PNG\r\n\x1a\n" + bytes(64)), ("notes.pth", b"e")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError) as err:
+            load_encoder_weights(build_encoder("resnet18", **TINY), tmp_path / name)
+        message = str(err.value)
+        assert f"{name}': not a PyTorch or safetensors state dict (" in message
+        assert "\n" not in message and "weights_only" not in message
 
 
 # ----------------------------------------------------------------- configuration errors

@@ -57,3 +57,18 @@ def read_text(path: Path, what: str, error: type[SegdistillError]) -> str:
         raise error(f"{path}: not a text file, so not a {what}") from None
     except OSError as failure:
         raise error(f"{what} {path}: cannot read it ({failure.strerror or failure})") from None
+
+
+def short_reason(error: BaseException, limit: int = 200) -> str:
+    """The "type: what went wrong" of a reader's error, one line, for a message that names the
+    file. Of torch.load's refusal only what it found: its preamble advises weights_only=False,
+    which would run the file's code."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        marker = "WeightsUnpickler error:"
+        at = next((i for i, line in enumerate(lines) if marker in line), None)
+        found = "" if at is None else lines[at].split(marker, 1)[1].strip()
+        if at is not None and not found and at + 1 < len(lines):
+            found = lines[at + 1]
+        lines = [f"not plain tensors{': ' + found if found else ''}"]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:limit]

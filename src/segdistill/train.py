@@ -86,7 +86,7 @@ from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import build_eval_transform, build_train_transform
 from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import print_once
-from segdistill.errors import CheckpointError, ConfigError, TrainingError
+from segdistill.errors import CheckpointError, ConfigError, TrainingError, short_reason
 from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models import Segmenter
@@ -458,10 +458,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except FileNotFoundError:
             raise
         except Exception as error:  # torch raises a different type for each kind of damage
-            # Not torch's message: it suggests weights_only=False, which runs a file's code.
-            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             raise CheckpointError(
-                f"{path}: cannot be read as a training checkpoint ({reason[:200]}): it is "
+                f"{path}: cannot be read as a training checkpoint ({short_reason(error)}): it is "
                 "truncated or corrupt, or holds objects other than tensors and plain values, "
                 "which segdistill never unpickles; delete it to train again from the start"
             ) from error

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
-from segdistill.errors import CheckpointError, ConfigError
+from segdistill.errors import CheckpointError, ConfigError, short_reason
 
 T = TypeVar("T")
 
@@ -520,7 +520,10 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any reader failure means the file is not usable weights
-        raise CheckpointError(f"cannot read encoder weights {str(path)!r}: {err}") from err
+        raise CheckpointError(
+            f"encoder weights {str(path)!r}: not a PyTorch or safetensors state dict "
+            f"({short_reason(err)})"
+        ) from err
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{str(path)!r} is not a state dict (a mapping of names to tensors)")
     return dict(state)
