@@ -359,6 +359,11 @@ def test_resume_refuses_a_config_that_changes_what_the_run_computes(
         with pytest.raises(ConfigError, match="cannot resume") as error:
             training.train(replace_values(saved, changes, "test"), resume=True)
         assert listed in str(error.value) and "config.yaml" in str(error.value)
+    # Without its config.yaml nothing says the checkpoint is this config's network.
+    (run / "config.yaml").rename(run / "config.yaml.bak")
+    with pytest.raises(CheckpointError, match="config.yaml is missing, so the checkpoint cannot"):
+        training.train(replace_values(saved, {"model.encoder_options.width": 0.25}, "t"), True)
+    (run / "config.yaml.bak").rename(run / "config.yaml")
     # Where it runs may change: the finished run resumes (and has nothing left to do).
     allowed = {"trainer.log_every_n_steps": 5, "trainer.checkpoint_every_n_steps": 3}
     assert training.train(replace_values(saved, allowed, "test"), resume=True) == run

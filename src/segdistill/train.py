@@ -193,7 +193,14 @@ def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
     if resume and not checkpoint.is_file():
         raise CheckpointError(f"cannot resume: {checkpoint} does not exist")
     saved = run_dir / CONFIG_FILE
-    if resume and saved.is_file():
+    if resume and not saved.is_file():
+        # Training writes it before its first checkpoint: without it nothing says that the
+        # checkpoint's network and recipe are this config's.
+        raise CheckpointError(
+            f"cannot resume {run_dir}: its {CONFIG_FILE} is missing, so the checkpoint cannot "
+            "be checked against this config; put it back, or train into a new --run-dir"
+        )
+    if resume:
         # Another batch, model or recipe would be mixed into the run's half-done training.
         before = load_config(saved)
         allowed = (*RESUME_MAY_CHANGE, "trainer.max_epochs")
