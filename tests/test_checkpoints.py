@@ -22,7 +22,7 @@ from segdistill.checkpoints import (
 )
 from segdistill.config import ModelConfig
 from segdistill.data.base import ClassesSpec
-from segdistill.errors import CheckpointError
+from segdistill.errors import CheckpointError, OutputError
 from segdistill.train import AtomicCheckpointIO
 
 TINY = ModelConfig(encoder_options={"output_stride": 16, "width": 0.125})
@@ -68,7 +68,7 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path: Path, monkeypatc
         file.write(b"partial")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"cannot write .*w.safetensors \(disk full\)"):
         atomic_write(path, half_then_fail)
 
     # The bytes are written, but the flush to disk fails.
@@ -76,12 +76,15 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path: Path, monkeypatc
         raise OSError("I/O error")
 
     monkeypatch.setattr(checkpoints.os, "fsync", fsync_fails)
-    with pytest.raises(OSError, match="I/O error"):
+    with pytest.raises(OutputError, match="I/O error"):
         save_weights(path, tiny_model(7), TINY)
 
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]  # no temp left
     assert load_segmenter(path)[0].num_classes == 3
+    # A file where the folder should be made: named, nothing written.
+    with pytest.raises(OutputError, match=r"cannot write .*w.safetensors/x.json \(File exists\)"):
+        atomic_write(path / "x.json", lambda file: file.write(b"{}"))
 
 
 def test_a_killed_writes_leftover_is_removed_and_nothing_else(tmp_path: Path) -> None:
@@ -150,7 +153,7 @@ def test_lightning_checkpoint_io_is_atomic_and_loads_weights_only(
         raise OSError("rename failed")
 
     monkeypatch.setattr(checkpoints.os, "replace", rename_fails)
-    with pytest.raises(OSError, match="rename failed"):
+    with pytest.raises(OutputError, match=r"cannot write .*last.ckpt \(rename failed\)"):
         io.save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert io.load_checkpoint(path)["epoch"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +83,41 @@ def test_argument_values_are_checked_when_parsed(
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind"),
+    [
+        (["evaluate", "m", "--data", "d", "--out", "{file}"], "folder"),
+        (["predict", "m", "x.png", "--out", "{file}"], "folder"),
+        (["train", "c.yaml", "--run-dir", "{file}"], "folder"),
+        (["experiment", "c.yaml", "--run-dir", "{file}/run"], "folder"),
+        (["data", "synth", "--out", "{file}"], "folder"),
+        (["export", "m", "--out", "{folder}"], "file"),
+        (["bench", "m", "--json", "{folder}"], "file"),
+        (["report", "m", "--out", "{folder}"], "file"),
+        (["data", "preview", "d", "--out", "{folder}"], "file"),
+        (["report", "m", "--out", "{file}/report.html"], "file"),
+    ],
+)
+def test_an_output_path_that_cannot_be_written_is_refused_when_parsed(
+    argv: list[str], kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before any work: not at the end of an evaluation, with an OSError traceback."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "afolder").mkdir()
+    paths = {"file": tmp_path / "afile", "folder": tmp_path / "afolder"}
+    argv = [word.format(file=paths["file"], folder=paths["folder"]) for word in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    if argv[-1].startswith(str(paths["file"]) + "/"):
+        assert f"{paths['file']} is a file, so no folder can be made there" in error
+    elif kind == "folder":
+        assert f"{paths['file']} is a file; give a folder" in error
+    else:
+        assert f"{paths['folder']} is a folder; give a file name" in error
 
 
 def test_a_config_file_after_set_is_named(capsys: pytest.CaptureFixture[str]) -> None:

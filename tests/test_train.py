@@ -337,6 +337,12 @@ def test_a_run_directory_is_not_overwritten_and_resume_needs_a_checkpoint(
         training.train(tiny_config(tmp_path, data_root), resume=True)
     with pytest.raises(ConfigError, match="run.dir is not set"):
         training.train(SegConfig())
+    (tmp_path / "a_file").write_text("x")
+    in_the_way = replace_values(
+        tiny_config(tmp_path, data_root), {"run.dir": str(tmp_path / "a_file")}, "t"
+    )
+    with pytest.raises(ConfigError, match="run.dir .*a_file is a file; give a folder"):
+        training.train(in_the_way)
 
 
 def test_resume_refuses_a_config_that_changes_what_the_run_computes(

@@ -36,7 +36,7 @@ from torch import nn
 from segdistill.config import ModelConfig
 from segdistill.data.base import ClassesSpec
 from segdistill.data.folder import parse_classes
-from segdistill.errors import CheckpointError, ConfigError, DataError
+from segdistill.errors import CheckpointError, ConfigError, DataError, OutputError
 from segdistill.models import Segmenter, build_segmenter
 
 ARCHITECTURE_KEY = "segdistill_architecture"
@@ -64,10 +64,14 @@ def remove_unfinished_writes(folder: Path) -> None:
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
     """Create or replace `path` with what `write(file)` writes, all or nothing.
 
-    `write`'s return value is ignored (`file.write` returns a byte count).
+    `write`'s return value is ignored (`file.write` returns a byte count). An OSError (the
+    folder cannot be made, no permission, a full disk) becomes an OutputError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot write {path} ({error.strerror or error})") from error
     # A unique name opened with "x" (not mkstemp, whose files are private, mode 0600): the
     # file gets the usual permissions of the user's umask.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_UNFINISHED}")
@@ -77,9 +81,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise OutputError(f"cannot write {path} ({error.strerror or error})") from error
         raise
     # Persist the rename itself (the directory entry). Some file systems cannot fsync a
     # directory; the file is complete either way, so that is not an error.

@@ -39,6 +39,10 @@ class CheckpointError(SegdistillError):
     """A checkpoint is missing, corrupt or belongs to another architecture."""
 
 
+class OutputError(SegdistillError):
+    """A file cannot be written where it was asked (no permission, a full disk, ...)."""
+
+
 class TrainingError(SegdistillError):
     """Training cannot go on (e.g. a NaN loss)."""
 

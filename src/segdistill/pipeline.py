@@ -108,6 +108,7 @@ from segdistill.methods import METHODS
 from segdistill.metrics.segmentation import removal_point
 from segdistill.models.teachers import DISAGREEMENT_SIGNALS, MANIFEST_FILE, Ensemble
 from segdistill.ood_detector import scored_map
+from segdistill.output_paths import check_output_folder
 from segdistill.predict import find_images, fit_ood_detector, score_images
 from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, default_device, load_predictor
 from segdistill.report import Claims, dig, write_report
@@ -698,6 +699,7 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     """Run every step of `exp` not finished before into `run_dir`; print progress and the
     summary; return the content of results.json."""
     paths = RunPaths(Path(run_dir))
+    check_output_folder(paths.root, "run directory")
     steps = plan(exp, paths)  # a config the plan refuses leaves the directory as it was
     claim_run_dir(exp.spec, paths)
     start = time.perf_counter()

@@ -117,6 +117,7 @@ from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, ac
 from segdistill.metrics.ood import image_scores
 from segdistill.models import Segmenter
 from segdistill.ood_detector import ImageOODDetector, check_aggregator, check_fpr
+from segdistill.output_paths import check_output_folder
 from segdistill.predictor import Predictor, check_class_count
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -646,12 +647,6 @@ def provenance(predictor: Predictor, batch_size: int) -> dict[str, object]:
     }
 
 
-def check_output_folder(out: Path) -> None:
-    """ConfigError when the output folder `out` is an existing file."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder")
-
-
 def previous_outputs(out: Path) -> set[Path]:
     """The files that earlier runs wrote in `out`: the pictures and OOD figure listed in
     predict.json (the last finished run's) and in predict.unfinished.jsonl (the files that
@@ -780,7 +775,7 @@ def predict_files(
         raise ConfigError(f"--distrust-above must be a finite number, got {distrust_above}")
     if ood is not None:
         ood.check_model(predictor, size, where="the OOD detector")
-    check_output_folder(out)
+    check_output_folder(out, "--out")
     label_files = match_labels(images, labels) if labels is not None else {}
     multiple = input_multiple(predictor.segmenters())
     palette = class_palette(predictor.num_classes)

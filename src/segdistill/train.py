@@ -91,6 +91,7 @@ from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models import Segmenter
 from segdistill.models.teachers import DISAGREEMENT_SIGNALS, Teacher, build_teacher
+from segdistill.output_paths import check_output_folder
 from segdistill.outputs import SIGNAL_NAMES, SegOutput, TeacherSignals
 from segdistill.teacher_cache import TeacherCacheDataset, cache_key, open_or_build, valid_mask
 
@@ -189,6 +190,7 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
 
 def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
     run_dir = cfg.run.path()
+    check_output_folder(run_dir, "run.dir")
     checkpoint = run_dir / RESUME_CHECKPOINT
     if resume and not checkpoint.is_file():
         raise CheckpointError(f"cannot resume: {checkpoint} does not exist")

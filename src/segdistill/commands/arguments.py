@@ -4,8 +4,12 @@ defaults and help texts cannot drift apart."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from segdistill.errors import ConfigError
+from segdistill.output_paths import check_output_file, check_output_folder
 
 MODEL_SOURCE_HELP = "run directory, .safetensors weights, or ensemble directory / manifest.json"
 
@@ -28,6 +32,25 @@ def non_negative_int(text: str) -> int:
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (e.g. rows of a picture)."""
     return _int_at_least(text, 1)
+
+
+def _checked_path(text: str, check: Callable[[Path, str], None]) -> Path:
+    path = Path(text)
+    try:
+        check(path, "")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error).strip()) from None
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """argparse type: a folder to write into (it exists, or can be made)."""
+    return _checked_path(text, check_output_folder)
+
+
+def output_file(text: str) -> Path:
+    """argparse type: a file to write (new, or one to replace; not a folder)."""
+    return _checked_path(text, check_output_file)
 
 
 def add_model_sources(parser: argparse.ArgumentParser, name: str, metavar: str) -> None:

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from segdistill.commands.arguments import add_channels_last, add_mc_samples, add_model_sources
+from segdistill.commands.arguments import (
+    add_channels_last,
+    add_mc_samples,
+    add_model_sources,
+    output_file,
+)
 from segdistill.commands.data import parse_size
 
 
@@ -40,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
     add_channels_last(parser)
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument(
+        "--json", type=output_file, metavar="FILE", help="also write the results here"
+    )
     add_mc_samples(parser)
     parser.set_defaults(func=run_bench)
 

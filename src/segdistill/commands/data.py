@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segdistill.commands.arguments import positive_int
+from segdistill.commands.arguments import output_file, output_folder, positive_int
 from segdistill.data import shifts
 from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, colorize
 from segdistill.data.synthstreets import (
@@ -91,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     synth = commands.add_parser("synth", help="generate SynthStreets (Cityscapes layout)")
-    synth.add_argument("--out", type=Path, required=True, help="output folder")
+    synth.add_argument("--out", type=output_folder, required=True, help="output folder")
     synth.add_argument(
         "--size",
         type=parse_size,
@@ -163,7 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "image, its mask in the data set's colours and both overlaid, with a class legend.",
     )
     preview.add_argument("dir", type=Path, help="data set folder")
-    preview.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    preview.add_argument("--out", type=output_file, required=True, help="PNG file to write")
     preview.add_argument(
         "--scenes", type=positive_int, default=4, help="rows (default %(default)s)"
     )

@@ -23,6 +23,7 @@ from segdistill.commands.arguments import (
     add_mc_samples,
     add_model_sources,
     non_negative_int,
+    output_folder,
 )
 from segdistill.defaults import RESULTS_FILE
 
@@ -57,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=4, help="default %(default)s")
     parser.add_argument(
-        "--out", type=Path, help=f"folder for {RESULTS_FILE} and comparison figures"
+        "--out", type=output_folder, help=f"folder for {RESULTS_FILE} and comparison figures"
     )
     parser.add_argument(
         "--num-samples",

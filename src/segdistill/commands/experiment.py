@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segdistill.commands.arguments import add_overrides
+from segdistill.commands.arguments import add_overrides, output_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     """--run-dir and --set, shared with `segdistill demo`."""
     parser.add_argument(
         "--run-dir",
-        type=Path,
+        type=output_folder,
         metavar="DIR",
         help="output folder (default: run_dir of the config, else runs/<config name>)",
     )

@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from segdistill.commands.arguments import output_file
 from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="file format")
     parser.add_argument(
         "--out",
-        type=Path,
+        type=output_file,
         help="file to write (default: next to the weights, e.g. best.onnx, best.torchscript.pt)",
     )
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")

@@ -25,7 +25,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segdistill.commands.arguments import MODEL_SOURCE_HELP, add_channels_last, add_mc_samples
+from segdistill.commands.arguments import (
+    MODEL_SOURCE_HELP,
+    add_channels_last,
+    add_mc_samples,
+    output_folder,
+)
 from segdistill.commands.data import parse_size
 from segdistill.defaults import (
     AGGREGATORS,
@@ -62,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="INPUT",
         help="image files (.png, .jpg) or folders of them (e.g. video frames)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--out", type=output_folder, required=True, help="output folder")
     parser.add_argument(
         "--labels",
         type=Path,
@@ -234,12 +239,11 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
 
 def run_predict(args: argparse.Namespace) -> int:
     from segdistill.data.folder import load_classes
-    from segdistill.predict import check_output_folder, find_images, predict_files
+    from segdistill.predict import find_images, predict_files
     from segdistill.predictor import check_class_count, default_device, load_predictor
 
     outputs = _outputs(args)
     # Checked before the OOD detector is fitted, which can take minutes.
-    check_output_folder(args.out)
     if args.labels is not None and not args.labels.exists():
         raise DataError(f"--labels {args.labels}: no such file or folder")
     images = find_images(args.inputs, exclude=args.out)

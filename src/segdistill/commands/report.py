@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from segdistill.commands.arguments import output_file
 from segdistill.defaults import RESULTS_FILE
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="RUN_DIR_OR_RESULTS",
         help="run / ensemble directory with metrics.json, a metrics.json, or a results.json",
     )
-    parser.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    parser.add_argument("--out", type=output_file, required=True, help="HTML file to write")
     parser.add_argument("--title", default="segdistill report", help="page title")
     parser.set_defaults(func=run_report)
 

@@ -17,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from segdistill.commands.arguments import add_overrides
+from segdistill.commands.arguments import add_overrides, output_folder
 from segdistill.config import SegConfig, load_config, replace_values
 from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import is_rank_zero, print_once
@@ -61,7 +61,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the YAML config file")
     add_overrides(parser, "optim.lr=0.02 data.crop_size=[64,128]")
     parser.add_argument(
-        "--run-dir", metavar="DIR", help="output directory (default: run.dir, else runs/NAME)"
+        "--run-dir",
+        type=output_folder,
+        metavar="DIR",
+        help="output directory (default: run.dir, else runs/NAME)",
     )
     parser.add_argument(
         "--devices", type=int, metavar="N", help="GPUs (or CPU processes) per node; > 1: DDP"
