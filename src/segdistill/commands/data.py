@@ -1,16 +1,17 @@
 """`segdistill data`: make, check and look at data sets.
 
     segdistill data synth --out DIR [--size HxW --train N --val N --test N --seed S
-                                     --shifts fog,rain,night,newcity,anomaly --workers K --force]
+                                     --shifts fog,rain,night,newcity,anomaly
+                                     --object-scale F --crowd F --workers K --force]
     segdistill data info DIR
     segdistill data preview DIR --out sheet.png [--scenes N] [--split S]
 
 `synth` writes a SynthStreets data set (see `segdistill.data.synthstreets`); run again with
 the same parameters it does nothing ("already there"); a folder holding a different data set
 is refused unless --force. `info` checks every file against meta.json and prints counts,
-class frequencies and interior shares; it exits non-zero naming the first bad file. Of a
-Cityscapes-layout or folder data set it lists every unusable file instead (an image without
-a mask counts in a split where other images have one) and exits 1.
+class frequencies and interior shares; it lists every bad file and exits 1. So it does for
+a Cityscapes-layout or folder data set, whose unusable files include an image without a
+mask in a split where other images have one.
 `preview` draws a contact sheet: per SynthStreets scene the image, coloured labels, depth
 and every shifted copy; per sample of a Cityscapes-layout or folder data set the image, its
 mask in the data set's colours and the two overlaid, with a legend of the classes shown, so

@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=non_negative_int,
         default=3,
         metavar="K",
-        help="test images shown in the sample figures (default %(default)s)",
+        help="images of the summary split shown in the sample figures (default %(default)s)",
     )
     parser.add_argument(
         "--max-images", type=int, metavar="N", help="evaluate only the first N images of each split"
