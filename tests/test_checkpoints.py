@@ -130,11 +130,16 @@ def test_unreadable_files_are_checkpoint_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_segmenter(tmp_path / "junk.safetensors")
-    from safetensors.torch import save_file
-
-    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    safetensors.torch.save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="no architecture metadata"):
         load_segmenter(tmp_path / "plain.safetensors")
+    # Metadata naming an architecture this version lacks (written by hand, or by another
+    # version): the error names the file.
+    unknown = '{"model": {"arch": "unet"}, "num_classes": 3}'
+    metadata = {checkpoints.ARCHITECTURE_KEY: unknown}
+    safetensors.torch.save_file({"x": torch.zeros(1)}, str(tmp_path / "u.safetensors"), metadata)
+    with pytest.raises(CheckpointError, match=r"u.safetensors: its architecture .*'unet'"):
+        load_segmenter(tmp_path / "u.safetensors")
 
 
 class NotATensor:

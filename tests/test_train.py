@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from segdistill import train as training
 from segdistill.checkpoints import build_model, load_segmenter, read_classes, weights_path
@@ -98,7 +99,8 @@ def test_run_directory_holds_config_checkpoints_and_logs(trained_run: Path) -> N
 
 
 def fail_at_training_step(monkeypatch: pytest.MonkeyPatch, step: int, poison) -> None:
-    """Make the `step`-th (0-based) training forward pass call `poison(output)`."""
+    """Make the `step`-th (0-based) training forward pass call `poison(output)`, or
+    `poison(output, model)` when it takes two arguments."""
     real_build_model = training.build_model
 
     def build_model_with_hook(model_config, num_classes):
@@ -109,7 +111,8 @@ def fail_at_training_step(monkeypatch: pytest.MonkeyPatch, step: int, poison) ->
             if module.training:
                 calls.append(None)
                 if len(calls) == step + 1:
-                    return poison(output)
+                    takes_model = poison.__code__.co_argcount == 2
+                    return poison(output, module) if takes_model else poison(output)
             return output
 
         model.register_forward_hook(hook)
@@ -207,6 +210,40 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 4
     weights = load_file(checkpoints / "last.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+@pytest.mark.parametrize("validates", [True, False])
+def test_weights_that_diverge_with_finite_losses_stop_training_before_a_checkpoint(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch, validates: bool
+) -> None:
+    """A batch-norm statistic overflows: every training loss stays finite (training uses
+    the batch's statistics) but evaluation would give NaN. The run stops before it
+    validates or writes those weights, whether or not the epoch ends with a validation."""
+
+    def overflow_a_statistic(output, model):
+        batch_norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        # A new tensor: the forward pass's autograd graph holds the old one.
+        batch_norm.running_var = torch.full_like(batch_norm.running_var, float("inf"))
+        return output
+
+    fail_at_training_step(monkeypatch, 5, overflow_a_statistic)
+    cfg = tiny_config(
+        tmp_path, data_root, [] if validates else ["trainer.check_val_every_n_epoch=5"]
+    )
+    with pytest.raises(TrainingError, match=r"weights are not finite \(encoder\..*running_var"):
+        training.train(cfg)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 4
+    weights = load_file(checkpoints / "last.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+    # Weights that diverged anyway (written by hand here) are refused when loaded.
+    weights["seg_head.weight"][0, 0] = float("nan")
+    with safe_open(str(checkpoints / "last.safetensors"), framework="pt") as saved:
+        save_file(weights, str(tmp_path / "nan.safetensors"), saved.metadata())
+    with pytest.raises(
+        CheckpointError, match="holds NaN or infinite weights \\(seg_head.weight\\)"
+    ):
+        load_segmenter(tmp_path / "nan.safetensors")
 
 
 def test_ctrl_c_ends_in_an_interrupt_that_resume_continues(

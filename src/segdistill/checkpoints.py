@@ -31,6 +31,7 @@ from typing import IO, Any
 
 import safetensors
 import safetensors.torch
+import torch
 from torch import nn
 
 from segdistill.config import ModelConfig
@@ -182,7 +183,10 @@ def load_segmenter(path_or_run_dir: str | Path) -> tuple[Segmenter, ModelConfig]
     path = weights_path(path_or_run_dir)
     model_config, num_classes = read_architecture(path)
     # All weights come from the file: skip the ImageNet encoder file (it may be absent).
-    model = build_model(dataclasses.replace(model_config, encoder_weights=None), num_classes)
+    try:
+        model = build_model(dataclasses.replace(model_config, encoder_weights=None), num_classes)
+    except ConfigError as error:  # metadata written by hand or by another version
+        raise CheckpointError(f"{path}: its architecture metadata is invalid: {error}") from error
     load_weights_into(model, path)
     return model.eval(), model_config
 
@@ -199,7 +203,8 @@ def weights_path(path_or_run_dir: str | Path) -> Path:
 
 
 def load_weights_into(model: nn.Module, path: str | Path) -> None:
-    """Load a weights file into `model`; CheckpointError unless keys and shapes all match."""
+    """Load a weights file into `model`; CheckpointError unless keys and shapes all match
+    and every value is finite."""
     path = Path(path)
     tensors = _open(path, lambda f: {key: f.get_tensor(key) for key in f.keys()})
     expected = model.state_dict()
@@ -222,6 +227,18 @@ def load_weights_into(model: nn.Module, path: str | Path) -> None:
         ]
         raise CheckpointError(
             f"{path} does not fit this model ({_saved_from(path)}); " + "; ".join(problems)
+        )
+    # A run can diverge with every loss finite (the last update overflows): its weights
+    # would turn every prediction into NaN.
+    diverged = [
+        key
+        for key, tensor in tensors.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if diverged:
+        raise CheckpointError(
+            f"{path} holds NaN or infinite weights ({_listing(diverged)}): the training that "
+            "wrote it diverged; train again with a lower optim.lr"
         )
     model.load_state_dict(tensors)
 

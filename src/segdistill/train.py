@@ -18,7 +18,9 @@ teacher and the methods, then hands a `SegmentationTask` to a Lightning `Trainer
 - Reproducibility: every training epoch is a function of (seed, epoch) only
   (`EpochLoader`), so a run resumed from an end-of-epoch checkpoint ends with the same
   weights as an uninterrupted one (bit for bit on the CPU).
-- A NaN or infinite loss stops the run with a `TrainingError` naming the step.
+- A NaN or infinite loss stops the run with a `TrainingError` naming the step; so do
+  weights that are not finite (a divergence whose losses were finite), before validation
+  or a checkpoint.
 - Distillation extras (`cfg.distill`): a student initialised from a pre-trained one
   (`init_from`, Holder & Shafique), unlabelled images (`unlabeled_root`), cached teacher
   targets (`teacher_cache`, `segdistill.teacher_cache`) and He et al.'s stage 1 (the
@@ -722,7 +724,28 @@ class SegmentationTask(L.LightningModule):
             "a new --run-dir; --resume would continue with the same settings)"
         )
 
+    def stop_unless_weights_finite(self) -> None:
+        """TrainingError when a weight or statistic of the network is NaN or infinite: a run
+        can diverge with every loss finite (the last update overflows), and such weights
+        would be validated into NaN and saved. Every process holds the same weights, so
+        all stop together."""
+        tensors = itertools.chain(self.model.named_parameters(), self.model.named_buffers())
+        diverged = [
+            name
+            for name, tensor in tensors
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+        ]
+        if diverged:
+            more = f" and {len(diverged) - 1} more" if len(diverged) > 1 else ""
+            raise TrainingError(
+                f"the network's weights are not finite ({diverged[0]}{more}) at global step "
+                f"{self.global_step}, epoch {self.current_epoch}: training diverged although "
+                "every loss was finite; no checkpoint was written after it (train again with "
+                "a lower optim.lr in a new --run-dir)"
+            )
+
     def on_validation_epoch_start(self) -> None:
+        self.stop_unless_weights_finite()
         self.val_evaluator.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -802,7 +825,8 @@ class RunCheckpoints(Callback):
       `segdistill.checkpoints`).
 
     All writes are atomic. A step that raises (e.g. a NaN loss) never reaches these hooks,
-    so no checkpoint is written after it.
+    and weights that are not finite stop the run before a write, so no checkpoint is
+    written after a divergence.
     """
 
     def __init__(
@@ -830,10 +854,13 @@ class RunCheckpoints(Callback):
             idx + 1 == trainer.num_training_batches
         )
         if self.every_n_steps and stepped and trainer.global_step % self.every_n_steps == 0:
+            assert isinstance(task, SegmentationTask)
+            task.stop_unless_weights_finite()
             self._save_resumable(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
         assert isinstance(task, SegmentationTask)
+        task.stop_unless_weights_finite()
         miou = trainer.callback_metrics.get("val/miou")
         improved = False
         if miou is not None and float(miou) > self.best_miou:
