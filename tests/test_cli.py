@@ -74,6 +74,9 @@ def test_every_command_is_listed() -> None:
         (["data", "preview", "d", "--scenes", "0"], "--scenes: must be >= 1, not 0"),
         # a negative count is measured against the bound it breaks, not the workers' 0
         (["data", "preview", "d", "--scenes", "-2"], "--scenes: must be >= 1, not -2"),
+        (["predict", "m", "x.png", "--out", "o", "--vmax", "nan"], "--vmax: must be a finite"),
+        (["export", "m", "--atol", "-1"], "--atol: must be a finite number > 0, not -1"),
+        (["export", "m", "--atol", "x"], "--atol: expected a number, not 'x'"),
     ],
 )
 def test_argument_values_are_checked_when_parsed(

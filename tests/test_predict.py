@@ -374,7 +374,7 @@ def test_label_errors_name_the_files(tmp_path, student) -> None:
         run([a], tmp_path / "small")
     with pytest.raises(ConfigError, match="--batch-size must be >= 1, got 0"):
         run([a], label, batch_size=0)
-    with pytest.raises(ConfigError, match="--vmax must be > 0, got 0"):
+    with pytest.raises(ConfigError, match="--vmax must be a finite number > 0, got 0"):
         run([a], label, vmax=0)
 
 

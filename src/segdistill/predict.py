@@ -768,8 +768,8 @@ def predict_files(
     that this one did not write again are removed.
     """
     _check_batch_size(batch_size)
-    if vmax <= 0:
-        raise ConfigError(f"--vmax must be > 0, got {vmax}")
+    if not (math.isfinite(vmax) and vmax > 0):
+        raise ConfigError(f"--vmax must be a finite number > 0, got {vmax}")
     kinds = check_output_kinds(outputs)
     if distrust_above is not None and not math.isfinite(distrust_above):
         raise ConfigError(f"--distrust-above must be a finite number, got {distrust_above}")

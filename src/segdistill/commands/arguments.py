@@ -4,6 +4,7 @@ defaults and help texts cannot drift apart."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,17 @@ def non_negative_int(text: str) -> int:
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (e.g. rows of a picture)."""
     return _int_at_least(text, 1)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (e.g. a tolerance, the top of a colour scale)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
+    return value
 
 
 def _checked_path(text: str, check: Callable[[Path, str], None]) -> Path:

@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segdistill.commands.arguments import output_file
+from segdistill.commands.arguments import output_file, positive_float
 from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--atol",
-        type=float,
+        type=positive_float,
         default=EXPORT_ATOL,
         help="largest allowed difference from PyTorch (default %(default)s)",
     )

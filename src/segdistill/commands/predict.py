@@ -30,6 +30,7 @@ from segdistill.commands.arguments import (
     add_channels_last,
     add_mc_samples,
     output_folder,
+    positive_float,
 )
 from segdistill.commands.data import parse_size
 from segdistill.defaults import (
@@ -115,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--vmax",
-        type=float,
+        type=positive_float,
         default=UNCERTAINTY_VMAX,
         help="top of the fixed heat-map colour scale 0..vmax (default %(default)s, the "
         "largest possible pred_std)",
