@@ -11,8 +11,12 @@ import argparse
 import copy
 import csv
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -264,6 +268,55 @@ def test_ctrl_c_ends_in_an_interrupt_that_resume_continues(
     assert not leftover.exists()
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 8  # 2 epochs of 4 steps
+
+
+def test_a_terminals_ctrl_c_with_loader_workers_stops_cleanly_and_resumes(
+    tmp_path: Path, data_root: Path
+) -> None:
+    """A terminal's Ctrl-C reaches every process of its group, the DataLoader workers too.
+    Sent as the first epoch ends (validation and the next epoch's loaders start: a worker
+    killed by it then broke the run with "DataLoader worker exited unexpectedly" and a
+    traceback), the run stops through Lightning's shutdown: exit 130, one line, and
+    --resume continues it."""
+    config = tiny_config(tmp_path, data_root)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "segdistill.cli", "train", str(tmp_path / "tiny.yaml")]
+    command += ["--run-dir", str(run), "--set", "data.num_workers=2", "trainer.max_epochs=10"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,  # its own process group, as a terminal's job
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.ckpt").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output[-3000:]
+    assert "interrupted: run the same command again" in output
+    assert "Traceback" not in output and "exited unexpectedly" not in output
+    stopped_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 4 <= stopped_at < 40
+    resumed = replace_values(config, {"data.num_workers": 2, "trainer.max_epochs": 10}, "t")
+    training.train(resumed, resume=True)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 40
+
+
+def test_the_first_ctrl_c_stops_at_the_next_batch_a_second_at_once() -> None:
+    ctrl_c = training.CtrlC()
+    with ctrl_c.watching():
+        handler = signal.getsignal(signal.SIGINT)
+        assert callable(handler)
+        handler(signal.SIGINT, None)  # recorded, not raised where it landed
+        assert ctrl_c.pressed
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.on_train_batch_start()
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.on_validation_batch_start()
+        with pytest.raises(KeyboardInterrupt):
+            handler(signal.SIGINT, None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.parametrize(

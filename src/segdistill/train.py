@@ -29,8 +29,10 @@ teacher and the methods, then hands a `SegmentationTask` to a Lightning `Trainer
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import functools
 import itertools
 import logging
 import math
@@ -46,6 +48,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -177,17 +180,85 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
         atomic_write(run_dir / CONFIG_FILE, lambda file: file.write(text.encode()))
     data = SegDataModule(training_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
     ckpt_path = run_dir / RESUME_CHECKPOINT if resume else None
+    ctrl_c = next(c for c in trainer.callbacks if isinstance(c, CtrlC))  # type: ignore[attr-defined]
     try:
-        trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        with ctrl_c.watching():
+            trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:
         # Lightning ends a Ctrl-C with exit(1) after its shutdown, Ctrl-C ignored from then
         # on: give the caller the interrupt (the CLI exits 130) and Ctrl-C back.
         if not trainer.interrupted:
             raise
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        _restore_ctrl_c()
+        raise KeyboardInterrupt from None
+    except Exception:
+        # Whatever broke while the interrupt was on its way (a loader that lost its
+        # workers), the user pressed Ctrl-C: say that, not the error it caused.
+        if not ctrl_c.pressed:
+            raise
+        _restore_ctrl_c()
         raise KeyboardInterrupt from None
     return run_dir
+
+
+def _restore_ctrl_c() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def worker_init(rank: int, worker_id: int) -> None:
+    """A DataLoader worker's start: Lightning's seeding of its generators (the draws of
+    the worker_init_fn `seed_everything(workers=True)` adds; with one of ours it adds none),
+    and Ctrl-C left to the main process (`CtrlC`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pl_worker_init_function(worker_id, rank=rank)
+
+
+class CtrlC(Callback):
+    """Ctrl-C stops training through Lightning's shutdown, at the next batch.
+
+    A terminal sends SIGINT to every process of its group. A DataLoader worker killed by
+    it makes the main process fail with "DataLoader worker exited unexpectedly" before its
+    own interrupt is handled: the workers ignore SIGINT (`worker_init`). In the main
+    process a KeyboardInterrupt raised where the signal lands can fall in a finaliser (a
+    loader's `__del__`) or a fork, where Python only prints it and training goes on: so
+    the first Ctrl-C is recorded and raised at the start of the next training or
+    validation batch, a second one at once (a stuck loader).
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Record Ctrl-C while training (main thread only: signals go there)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupt(signum: int, frame: object) -> None:
+            if self.pressed:
+                raise KeyboardInterrupt
+            self.pressed = True
+            print("\nCtrl-C: stopping after this batch (press again to stop at once)", flush=True)
+
+        previous = signal.signal(signal.SIGINT, interrupt)
+        try:
+            yield
+        finally:
+            # Lightning ignores Ctrl-C during its shutdown; leave that to the caller.
+            if signal.getsignal(signal.SIGINT) is interrupt:
+                signal.signal(signal.SIGINT, previous)
+
+    def _raise_if_pressed(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self._raise_if_pressed()
+
+    def on_validation_batch_start(self, *args: Any) -> None:
+        self._raise_if_pressed()
 
 
 def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
@@ -535,6 +606,7 @@ def _lightning_trainer(cfg: SegConfig, run_dir: Path, classes: ClassesSpec | Non
             TensorBoardLogger(run_dir / "logs", name="tensorboard"),
         ],
         callbacks=[
+            CtrlC(),
             RunCheckpoints(
                 run_dir / "checkpoints",
                 cfg.model,
@@ -930,7 +1002,12 @@ class SegDataModule(L.LightningDataModule):
         trainer = self._fitting()
         rank, world_size = trainer.global_rank, trainer.world_size
         share = Subset(self.val_set, range(rank, len(self.val_set), world_size))
-        return DataLoader(share, batch_size=1, num_workers=self.num_workers)
+        return DataLoader(
+            share,
+            batch_size=1,
+            num_workers=self.num_workers,
+            worker_init_fn=functools.partial(worker_init, rank),
+        )
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -996,6 +1073,7 @@ class EpochLoader(DataLoader):
             batch_size=batch_size,
             sampler=shard,
             num_workers=num_workers,
+            worker_init_fn=functools.partial(worker_init, rank),
             drop_last=True,
             pin_memory=torch.cuda.is_available(),
         )
