@@ -40,7 +40,7 @@ import os
 import random
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,13 +174,13 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
     # Set for every run, not only when changed: an experiment trains many networks in one
     # process and each must get its own config's setting.
     torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
-    trainer = build_trainer(cfg, run_dir, classes=val_set.classes_spec)
+    ctrl_c = CtrlC()
+    trainer = build_trainer(cfg, run_dir, classes=val_set.classes_spec, callbacks=[ctrl_c])
     if trainer.is_global_zero:
         text = dump_config(cfg)
         atomic_write(run_dir / CONFIG_FILE, lambda file: file.write(text.encode()))
     data = SegDataModule(training_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
     ckpt_path = run_dir / RESUME_CHECKPOINT if resume else None
-    ctrl_c = next(c for c in trainer.callbacks if isinstance(c, CtrlC))  # type: ignore[attr-defined]
     try:
         with ctrl_c.watching():
             trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
@@ -240,7 +240,9 @@ class CtrlC(Callback):
             if self.pressed:
                 raise KeyboardInterrupt
             self.pressed = True
-            print("\nCtrl-C: stopping after this batch (press again to stop at once)", flush=True)
+            # Unbuffered: a print here could land inside another write to the same stream.
+            with contextlib.suppress(OSError):
+                os.write(2, b"\nCtrl-C: stopping after this batch (press again to stop at once)\n")
 
         previous = signal.signal(signal.SIGINT, interrupt)
         try:
@@ -562,12 +564,17 @@ def best_validation(run_dir: Path) -> tuple[float, int] | None:
     return best
 
 
-def build_trainer(cfg: SegConfig, run_dir: Path, classes: ClassesSpec | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: SegConfig,
+    run_dir: Path,
+    classes: ClassesSpec | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> L.Trainer:
     """The Lightning Trainer of a run: loggers and checkpoints in `run_dir`; the weights
-    files carry `classes` (the data set's) when given."""
+    files carry `classes` (the data set's) when given; `callbacks` run first."""
     t = cfg.trainer
     try:
-        return _lightning_trainer(cfg, run_dir, classes)
+        return _lightning_trainer(cfg, run_dir, classes, callbacks)
     except MisconfigurationException as error:  # e.g. more devices than the machine has
         raise ConfigError(
             f"Lightning refuses trainer.accelerator={t.accelerator!r}, devices={t.devices}, "
@@ -575,7 +582,9 @@ def build_trainer(cfg: SegConfig, run_dir: Path, classes: ClassesSpec | None = N
         ) from error
 
 
-def _lightning_trainer(cfg: SegConfig, run_dir: Path, classes: ClassesSpec | None) -> L.Trainer:
+def _lightning_trainer(
+    cfg: SegConfig, run_dir: Path, classes: ClassesSpec | None, callbacks: Sequence[Callback]
+) -> L.Trainer:
     t = cfg.trainer
     distributed = t.devices * t.num_nodes > 1
     return L.Trainer(
@@ -606,7 +615,7 @@ def _lightning_trainer(cfg: SegConfig, run_dir: Path, classes: ClassesSpec | Non
             TensorBoardLogger(run_dir / "logs", name="tensorboard"),
         ],
         callbacks=[
-            CtrlC(),
+            *callbacks,
             RunCheckpoints(
                 run_dir / "checkpoints",
                 cfg.model,
