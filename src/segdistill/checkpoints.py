@@ -69,21 +69,18 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
     folder cannot be made, no permission, a full disk) becomes an OutputError naming `path`.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(f"cannot write {path} ({error.strerror or error})") from error
     # A unique name opened with "x" (not mkstemp, whose files are private, mode 0600): the
     # file gets the usual permissions of the user's umask.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_UNFINISHED}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException as error:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(tmp)
         if isinstance(error, OSError):
             raise OutputError(f"cannot write {path} ({error.strerror or error})") from error
