@@ -1,5 +1,6 @@
 """Cityscapes-layout and folder data sets on tiny trees written here, and their errors."""
 
+import signal
 import struct
 import zlib
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from segdistill.data.base import (
     SegmentationDataset,
     check_headers,
     group_consecutive,
+    ignore_ctrl_c,
     image_size,
     read_image,
 )
@@ -522,3 +524,20 @@ def test_group_consecutive_splits_at_max_size_and_at_each_key_change() -> None:
     assert next(lazy) == ["aa", "bb"] and read == ["aa", "bb", "cc"]
     with pytest.raises(ValueError, match="max_size must be >= 1, got 0"):
         next(group_consecutive(words, len, 0))
+
+
+class _CtrlCProbe(torch.utils.data.Dataset):
+    """Each item: whether the process that loads it ignores Ctrl-C."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        return int(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process():
+    """A terminal's Ctrl-C reaches the workers too; with `ignore_ctrl_c` none dies of it."""
+    loader = torch.utils.data.DataLoader(_CtrlCProbe(), num_workers=1, worker_init_fn=ignore_ctrl_c)
+    assert [int(flag) for flag in loader] == [1, 1]
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the main process keeps it

@@ -57,7 +57,12 @@ from tqdm import tqdm
 
 from segdistill import figures
 from segdistill.checkpoints import atomic_write
-from segdistill.data.base import SegmentationDataset, group_consecutive, image_size
+from segdistill.data.base import (
+    SegmentationDataset,
+    group_consecutive,
+    ignore_ctrl_c,
+    image_size,
+)
 from segdistill.data.cityscapes import (
     CityscapesDataset,
     GtFineMap,
@@ -532,7 +537,10 @@ def _run_split(
     }
     samples = SampleSet(spec.name, reference.colors, reference.ignore_index)
     loader = DataLoader(
-        dataset, batch_sampler=size_batches(dataset, batch_size), num_workers=num_workers
+        dataset,
+        batch_sampler=size_batches(dataset, batch_size),
+        num_workers=num_workers,
+        worker_init_fn=ignore_ctrl_c,
     )
     bar = tqdm(
         loader, desc=f"{spec.name} ({len(dataset)} images)", unit="batch", disable=not progress

@@ -84,6 +84,7 @@ from segdistill.data.base import (
     SampleFiles,
     SegmentationDataset,
     check_headers,
+    ignore_ctrl_c,
 )
 from segdistill.data.cityscapes import CityscapesDataset
 from segdistill.data.folder import FolderDataset, require_images_below
@@ -207,10 +208,10 @@ def _restore_ctrl_c() -> None:
 
 
 def worker_init(rank: int, worker_id: int) -> None:
-    """A DataLoader worker's start: Lightning's seeding of its generators (the draws of
-    the worker_init_fn `seed_everything(workers=True)` adds; with one of ours it adds none),
-    and Ctrl-C left to the main process (`CtrlC`)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """A training DataLoader worker's start: Lightning's seeding of its generators (the
+    draws of the worker_init_fn `seed_everything(workers=True)` adds; with one of ours it
+    adds none), and Ctrl-C left to the main process (`ignore_ctrl_c`, `CtrlC`)."""
+    ignore_ctrl_c(worker_id)
     pl_worker_init_function(worker_id, rank=rank)
 
 
@@ -736,6 +737,7 @@ class SegmentationTask(L.LightningModule):
             batch_size=data.batch_size,
             shuffle=True,
             num_workers=data.num_workers,
+            worker_init_fn=ignore_ctrl_c,
             drop_last=True,  # batch norm in the translator needs full batches
         )
         batches = batches_per_epoch(

@@ -18,6 +18,7 @@ single-channel (PIL modes L, P, 1, I;16 or I): palette PNGs give their palette i
 
 from __future__ import annotations
 
+import signal
 import struct
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -196,6 +197,14 @@ def exif_orientation(img: Image.Image, path: Path) -> int:
             f"{path}: damaged EXIF block ({error}), so its orientation is unknown; "
             "save the image again without EXIF"
         ) from error
+
+
+def ignore_ctrl_c(worker_id: int) -> None:
+    """A DataLoader `worker_init_fn`: the worker ignores Ctrl-C, which a terminal sends to
+    every process of its group, and leaves it to the main process; a worker killed by it
+    would make the main process fail with "DataLoader worker exited unexpectedly" before
+    it handles its own interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def image_size(path: Path) -> tuple[int, int]:
