@@ -32,6 +32,7 @@ from segdistill.checkpoints import build_model, load_segmenter, read_classes, we
 from segdistill.commands import train as train_command
 from segdistill.config import ModelConfig, OptimConfig, SegConfig, load_config, replace_values
 from segdistill.errors import CheckpointError, ConfigError, DataError, TrainingError
+from segdistill.interrupts import CtrlC, stop_on_ctrl_c
 from segdistill.methods import build_methods
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models.teachers import build_teacher
@@ -304,18 +305,33 @@ def test_a_terminals_ctrl_c_with_loader_workers_stops_cleanly_and_resumes(
 
 
 def test_the_first_ctrl_c_stops_at_the_next_batch_a_second_at_once() -> None:
-    ctrl_c = training.CtrlC()
+    ctrl_c = CtrlC()
+    stop = training.StopOnCtrlC(ctrl_c)
     with ctrl_c.watching():
         handler = signal.getsignal(signal.SIGINT)
         assert callable(handler)
+        stop.on_train_batch_start()  # nothing pressed: training goes on
         handler(signal.SIGINT, None)  # recorded, not raised where it landed
         assert ctrl_c.pressed
         with pytest.raises(KeyboardInterrupt):
-            ctrl_c.on_train_batch_start()
+            stop.on_train_batch_start()
         with pytest.raises(KeyboardInterrupt):
-            ctrl_c.on_validation_batch_start()
+            stop.on_validation_batch_start()
         with pytest.raises(KeyboardInterrupt):
             handler(signal.SIGINT, None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_watched_loop_gives_out_no_item_after_ctrl_c() -> None:
+    """Evaluate's batches and predict's images: the item being worked on is finished,
+    the next is not started."""
+    given = []
+    with pytest.raises(KeyboardInterrupt):
+        for item in stop_on_ctrl_c(range(5)):
+            given.append(item)
+            if item == 1:
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # type: ignore[operator]
+    assert given == [0, 1]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

@@ -85,6 +85,7 @@ from segdistill.data.synthstreets import SHIFTS_DIR
 from segdistill.data.transforms import unnormalize
 from segdistill.defaults import AGGREGATORS, RESULTS_FILE
 from segdistill.errors import CheckpointError, ConfigError, DataError
+from segdistill.interrupts import stop_on_ctrl_c
 from segdistill.metrics import (
     AnomalyEvaluator,
     PairedUncertaintyStats,
@@ -545,7 +546,7 @@ def _run_split(
     bar = tqdm(
         loader, desc=f"{spec.name} ({len(dataset)} images)", unit="batch", disable=not progress
     )
-    for batch in bar:
+    for batch in stop_on_ctrl_c(bar):
         images = batch["image"].to(device)
         target = batch["label"].to(device)
         mask = batch["maps"]["anomaly"][:, 0].to(device).long() if spec.anomaly else None

@@ -114,6 +114,7 @@ from segdistill.data.transforms import build_eval_transform
 from segdistill.defaults import DEFAULT_AGGREGATOR, DEFAULT_FPR, OUTPUT_KINDS, UNCERTAINTY_VMAX
 from segdistill.errors import ConfigError, DataError
 from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, accuracy_map
+from segdistill.interrupts import stop_on_ctrl_c
 from segdistill.metrics.ood import image_scores
 from segdistill.models import Segmenter
 from segdistill.ood_detector import ImageOODDetector, check_aggregator, check_fpr
@@ -805,8 +806,8 @@ def predict_files(
             summary.skipped.append({"image": str(path.resolve()), "error": str(error)})
             bar.update(1)
 
-        for batch in batches(
-            images, batch_size, multiple, size, notify, skip if skip_unreadable else None
+        for batch in stop_on_ctrl_c(
+            batches(images, batch_size, multiple, size, notify, skip if skip_unreadable else None)
         ):
             results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
             for (path, image), (pred, uncertainty, ood_map) in zip(batch, results):

@@ -29,7 +29,6 @@ teacher and the methods, then hands a `SegmentationTask` to a Lightning `Trainer
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import functools
@@ -93,6 +92,7 @@ from segdistill.data.transforms import build_eval_transform, build_train_transfo
 from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import print_once
 from segdistill.errors import CheckpointError, ConfigError, TrainingError, short_reason
+from segdistill.interrupts import CtrlC
 from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models import Segmenter
@@ -176,7 +176,9 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
     # process and each must get its own config's setting.
     torch.set_float32_matmul_precision(cfg.trainer.matmul_precision)
     ctrl_c = CtrlC()
-    trainer = build_trainer(cfg, run_dir, classes=val_set.classes_spec, callbacks=[ctrl_c])
+    trainer = build_trainer(
+        cfg, run_dir, classes=val_set.classes_spec, callbacks=[StopOnCtrlC(ctrl_c)]
+    )
     if trainer.is_global_zero:
         text = dump_config(cfg)
         atomic_write(run_dir / CONFIG_FILE, lambda file: file.write(text.encode()))
@@ -210,58 +212,23 @@ def _restore_ctrl_c() -> None:
 def worker_init(rank: int, worker_id: int) -> None:
     """A training DataLoader worker's start: Lightning's seeding of its generators (the
     draws of the worker_init_fn `seed_everything(workers=True)` adds; with one of ours it
-    adds none), and Ctrl-C left to the main process (`ignore_ctrl_c`, `CtrlC`)."""
+    adds none), and Ctrl-C left to the main process (`ignore_ctrl_c`, `StopOnCtrlC`)."""
     ignore_ctrl_c(worker_id)
     pl_worker_init_function(worker_id, rank=rank)
 
 
-class CtrlC(Callback):
-    """Ctrl-C stops training through Lightning's shutdown, at the next batch.
+class StopOnCtrlC(Callback):
+    """Raises a recorded Ctrl-C (`interrupts.CtrlC`) at the start of the next training or
+    validation batch, inside Lightning's fit, so that its shutdown handles it."""
 
-    A terminal sends SIGINT to every process of its group. A DataLoader worker killed by
-    it makes the main process fail with "DataLoader worker exited unexpectedly" before its
-    own interrupt is handled: the workers ignore SIGINT (`worker_init`). In the main
-    process a KeyboardInterrupt raised where the signal lands can fall in a finaliser (a
-    loader's `__del__`) or a fork, where Python only prints it and training goes on: so
-    the first Ctrl-C is recorded and raised at the start of the next training or
-    validation batch, a second one at once (a stuck loader).
-    """
-
-    def __init__(self) -> None:
-        self.pressed = False
-
-    @contextlib.contextmanager
-    def watching(self) -> Iterator[None]:
-        """Record Ctrl-C while training (main thread only: signals go there)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def interrupt(signum: int, frame: object) -> None:
-            if self.pressed:
-                raise KeyboardInterrupt
-            self.pressed = True
-            # Unbuffered: a print here could land inside another write to the same stream.
-            with contextlib.suppress(OSError):
-                os.write(2, b"\nCtrl-C: stopping after this batch (press again to stop at once)\n")
-
-        previous = signal.signal(signal.SIGINT, interrupt)
-        try:
-            yield
-        finally:
-            # Lightning ignores Ctrl-C during its shutdown; leave that to the caller.
-            if signal.getsignal(signal.SIGINT) is interrupt:
-                signal.signal(signal.SIGINT, previous)
-
-    def _raise_if_pressed(self) -> None:
-        if self.pressed:
-            raise KeyboardInterrupt
+    def __init__(self, ctrl_c: CtrlC) -> None:
+        self.ctrl_c = ctrl_c
 
     def on_train_batch_start(self, *args: Any) -> None:
-        self._raise_if_pressed()
+        self.ctrl_c.check()
 
     def on_validation_batch_start(self, *args: Any) -> None:
-        self._raise_if_pressed()
+        self.ctrl_c.check()
 
 
 def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:

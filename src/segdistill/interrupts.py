@@ -1,0 +1,68 @@
+"""Ctrl-C that stops long work where it is safe to stop, and is never lost.
+
+Python raises KeyboardInterrupt wherever the signal lands. In a finaliser (a DataLoader's
+`__del__`, a weakref callback) or a fork it is only printed ("Exception ignored in ...")
+and the work goes on. So while a loop is watched the first Ctrl-C is recorded, with a
+notice, and raised where the loop checks (before its next batch or image); a second one
+is raised at once, for a loop stuck where it does not check. The DataLoader workers
+ignore Ctrl-C (`segdistill.data.base.ignore_ctrl_c`): it is the main process's to
+handle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+NOTICE = b"\nCtrl-C: stopping after this step (press again to stop at once)\n"
+
+
+class CtrlC:
+    """One watched stretch of work: `watching()` around it, `check()` where it may stop."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Record Ctrl-C while inside (main thread only: signals go there; elsewhere
+        nothing changes)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupt(signum: int, frame: object) -> None:
+            if self.pressed:
+                raise KeyboardInterrupt
+            self.pressed = True
+            # Unbuffered: a print here could land inside another write to the same stream.
+            with contextlib.suppress(OSError):
+                os.write(2, NOTICE)
+
+        previous = signal.signal(signal.SIGINT, interrupt)
+        try:
+            yield
+        finally:
+            # Lightning ignores Ctrl-C during its shutdown; leave that to the caller.
+            if signal.getsignal(signal.SIGINT) is interrupt:
+                signal.signal(signal.SIGINT, previous)
+
+    def check(self) -> None:
+        """KeyboardInterrupt if Ctrl-C was pressed."""
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+def stop_on_ctrl_c(items: Iterable[T]) -> Iterator[T]:
+    """The items of a long loop, watched: after a Ctrl-C no further item is given out."""
+    ctrl_c = CtrlC()
+    with ctrl_c.watching():
+        for item in items:
+            ctrl_c.check()
+            yield item
