@@ -145,3 +145,10 @@ def test_paired_stats_constant_map_has_no_correlation() -> None:
     target = torch.zeros(1, 4, 4, dtype=torch.long)
     stats.update(torch.full((1, 1, 4, 4), 0.2), torch.rand(1, 1, 4, 4), target, target)
     assert stats.compute()["pearson"] is None
+
+
+def test_scores_closer_than_float32_resolves_stay_apart() -> None:
+    """Python floats are taken as float64 (they passed through float32: a tie)."""
+    result = ood_metrics([0.5], [0.5 + 1e-9])
+    assert result["auroc"] == roc_auc_score([0, 1], [0.5, 0.5 + 1e-9]) == 1.0
+    assert result["roc"]["thresholds"][1] == 0.5 + 1e-9

@@ -23,6 +23,7 @@ from segdistill.predictor import (
     Predictor,
     default_device,
     load_predictor,
+    unique_names,
 )
 
 CLASSES = 4
@@ -286,3 +287,16 @@ def test_default_device_checks_the_device_it_is_given() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="'cuda:1': CUDA is not available"):
             default_device("cuda:1")
+
+
+def test_repeated_names_get_a_suffix_no_other_model_has() -> None:
+    """a/dudes, b/dudes and c/dudes_2: the second must not become a second "dudes_2",
+    which would pool two networks' results under one name."""
+
+    class Named:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    named = [Named(n) for n in ("dudes", "dudes", "dudes_2", "dudes")]
+    unique_names(named)  # type: ignore[arg-type]
+    assert [p.name for p in named] == ["dudes", "dudes_2", "dudes_2_2", "dudes_3"]

@@ -380,3 +380,14 @@ def test_the_ood_tables_name_each_sets_clean_split() -> None:
     assert "fog_0.02 vs test" in ood_set_table([model], "fog_0.02")
     old = {**MODELS[0], "ood": {**ood, "sets": {"rain": result}}}
     assert "rain vs test" in ood_set_table([old], "rain")
+
+
+def test_models_that_share_no_evaluated_split_are_refused_by_name(tmp_path: Path) -> None:
+    """Every comparison figure is drawn on one split all models have: with none, a clear
+    error naming each model's splits, not a KeyError from the first figure."""
+    models = [
+        ReportModel({"name": "a", "kind": "student", "splits": {"wrong": {}}}, tmp_path, tmp_path),
+        ReportModel({"name": "b", "kind": "student", "splits": {"test": {}}}, tmp_path, tmp_path),
+    ]
+    with pytest.raises(SegdistillError, match=r"share no evaluated split \(a: wrong; b: test\)"):
+        build_report(models)

@@ -245,12 +245,15 @@ class Predictor:
 def unique_names(predictors: list[Predictor]) -> list[Predictor]:
     """Give repeated names a suffix (_2, _3, ...), in place: names key the results of
     several models (evaluate's, bench's)."""
-    seen: dict[str, int] = {}
+    taken: set[str] = set()
     for predictor in predictors:
-        count = seen.get(predictor.name, 0) + 1
-        seen[predictor.name] = count
-        if count > 1:
-            predictor.name = f"{predictor.name}_{count}"
+        name, count = predictor.name, 1
+        # A suffix another model already has as its name would merge their results.
+        while name in taken:
+            count += 1
+            name = f"{predictor.name}_{count}"
+        predictor.name = name
+        taken.add(name)
     return predictors
 
 

@@ -720,6 +720,13 @@ def build_report(
     if not models:
         raise SegdistillError("no models to report")
     metrics = [m.metrics for m in models]
+    if not set.intersection(*(set(m["splits"]) for m in metrics)):
+        # Every comparison figure is drawn on one split all the models have.
+        evaluated = "; ".join(f"{m.name}: {', '.join(m.metrics['splits'])}" for m in models)
+        raise SegdistillError(
+            f"the models share no evaluated split ({evaluated}): report models evaluated on "
+            "the same data"
+        )
     split = pick_split(metrics)
     names = ", ".join(m.name for m in models)
     inputs = "".join(

@@ -73,7 +73,8 @@ def ood_metrics(
     (nothing flagged), and point k flags the scores >= thresholds[k].
     """
     scores_in, scores_out = (
-        torch.as_tensor(s).detach().cpu().to(torch.float64).numpy().ravel()
+        # float64 from the start: a list of Python floats would pass through float32.
+        torch.as_tensor(s, dtype=torch.float64).detach().cpu().numpy().ravel()
         for s in (in_scores, out_scores)
     )
     if not (np.isfinite(scores_in).all() and np.isfinite(scores_out).all()):
