@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +129,29 @@ def test_an_interrupted_generation_is_redone(tmp_path: Path) -> None:
     assert main(["data", "info", str(root)]) == 2
     assert main(args) == 0
     assert main(["data", "info", str(root)]) == 0
+
+
+def test_a_terminals_ctrl_c_stops_a_generation_in_workers_cleanly(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the pool's workers too: each printed its own traceback
+    before the main process said "interrupted"."""
+    root = tmp_path / "synth"
+    command = [sys.executable, "-m", "segdistill.cli", "data", "synth", "--out", str(root)]
+    command += ["--train", "2000", "--val", "1", "--test", "1", "--shifts", "none"]
+    command += ["--workers", "2"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group, as a terminal's job
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any(root.glob("leftImg8bit/train/*/*.png")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no image after 120 s"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output[-3000:]
+    assert "interrupted: run the same command again" in output
+    assert "Traceback" not in output and "PoolWorker" not in output, output[-3000:]
+    assert not (root / ss.META_FILE).exists()  # unfinished: the next run redoes it
 
 
 def test_a_foreign_cityscapes_folder_is_refused(tmp_path: Path, capsys) -> None:

@@ -335,6 +335,30 @@ def test_a_watched_loop_gives_out_no_item_after_ctrl_c() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_loop_inside_a_watched_run_stops_on_the_runs_ctrl_c() -> None:
+    """He et al.'s stage 1 runs inside the training run's watch: a Ctrl-C pressed during
+    it, or before it began, stops it before the next batch instead of after its epoch."""
+
+    class FeatureTeacher:
+        def signals(self, images: torch.Tensor, wanted: set[str]) -> TeacherSignals:
+            return TeacherSignals(features={"tap": images})
+
+    batches = [{"image": torch.full((1, 1, 2, 2), float(i))} for i in range(4)]
+    features = training.TeacherFeatures(FeatureTeacher(), batches, "tap", torch.device("cpu"))
+    run = CtrlC()
+    with run.watching():
+        seen = []
+        with pytest.raises(KeyboardInterrupt):
+            for tapped in features:
+                seen.append(int(tapped.max()))
+                if len(seen) == 2:
+                    signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # type: ignore[operator]
+        assert seen == [0, 1] and run.pressed  # the run's own Ctrl-C recorded it
+        with pytest.raises(KeyboardInterrupt):
+            next(iter(features))  # pressed before the loop: not one batch
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

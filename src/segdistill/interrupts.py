@@ -22,6 +22,9 @@ T = TypeVar("T")
 
 NOTICE = b"\nCtrl-C: stopping after this step (press again to stop at once)\n"
 
+# The stretches being watched, innermost last (nested ones share the outer one's Ctrl-C).
+_watching: list[CtrlC] = []
+
 
 class CtrlC:
     """One watched stretch of work: `watching()` around it, `check()` where it may stop."""
@@ -46,9 +49,11 @@ class CtrlC:
                 os.write(2, NOTICE)
 
         previous = signal.signal(signal.SIGINT, interrupt)
+        _watching.append(self)
         try:
             yield
         finally:
+            _watching.remove(self)
             # Lightning ignores Ctrl-C during its shutdown; leave that to the caller.
             if signal.getsignal(signal.SIGINT) is interrupt:
                 signal.signal(signal.SIGINT, previous)
@@ -60,9 +65,11 @@ class CtrlC:
 
 
 def stop_on_ctrl_c(items: Iterable[T]) -> Iterator[T]:
-    """The items of a long loop, watched: after a Ctrl-C no further item is given out."""
-    ctrl_c = CtrlC()
-    with ctrl_c.watching():
+    """The items of a long loop, watched: after a Ctrl-C no further item is given out.
+    Inside a stretch already watched (He et al.'s stage 1 inside a training run) the loop
+    checks that one's Ctrl-C, so a press before the loop began counts too."""
+    ctrl_c = _watching[-1] if _watching else CtrlC()
+    with contextlib.nullcontext() if _watching else ctrl_c.watching():
         for item in items:
             ctrl_c.check()
             yield item

@@ -528,7 +528,7 @@ def score_images(
     notify = _notifier([])  # printed only: predict.json lists the predicted images' notices
     scores: list[float] = []
     with tqdm(total=len(paths), desc=desc, unit="image", disable=not progress) as bar:
-        for batch in batches(paths, batch_size, multiple, size, notify):
+        for batch in stop_on_ctrl_c(batches(paths, batch_size, multiple, size, notify)):
             results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
             scores += [scores_of_map(result.ood_map)[aggregator] for result in results]
             bar.update(len(batch))

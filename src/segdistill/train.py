@@ -92,7 +92,7 @@ from segdistill.data.transforms import build_eval_transform, build_train_transfo
 from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import print_once
 from segdistill.errors import CheckpointError, ConfigError, TrainingError, short_reason
-from segdistill.interrupts import CtrlC
+from segdistill.interrupts import CtrlC, stop_on_ctrl_c
 from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models import Segmenter
@@ -859,7 +859,7 @@ class TeacherFeatures:
         self.max_batches = max_batches
 
     def __iter__(self) -> Iterator[Tensor]:
-        for batch in itertools.islice(self.loader, self.max_batches):
+        for batch in stop_on_ctrl_c(itertools.islice(self.loader, self.max_batches)):
             images = batch["image"].to(self.device)
             yield self.teacher.signals(images, {"features"}).features[self.tap]
 

@@ -199,11 +199,12 @@ def exif_orientation(img: Image.Image, path: Path) -> int:
         ) from error
 
 
-def ignore_ctrl_c(worker_id: int) -> None:
-    """A DataLoader `worker_init_fn`: the worker ignores Ctrl-C, which a terminal sends to
-    every process of its group, and leaves it to the main process; a worker killed by it
-    would make the main process fail with "DataLoader worker exited unexpectedly" before
-    it handles its own interrupt."""
+def ignore_ctrl_c(worker_id: int = 0) -> None:
+    """A DataLoader `worker_init_fn` (or a process pool's initializer): the worker ignores
+    Ctrl-C, which a terminal sends to every process of its group, and leaves it to the main
+    process; a worker killed by it would make the main process fail with "DataLoader worker
+    exited unexpectedly" (a pool worker prints its traceback) before it handles its own
+    interrupt."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 

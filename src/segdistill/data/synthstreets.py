@@ -58,6 +58,7 @@ from scipy.ndimage import maximum_filter, minimum_filter, uniform_filter
 from tqdm import tqdm
 
 from segdistill.data import shifts
+from segdistill.data.base import ignore_ctrl_c
 from segdistill.data.labels import (
     CLASS_NAMES,
     IGNORE_INDEX,
@@ -2804,7 +2805,8 @@ def _render_all(root: Path, config: SynthConfig, workers: int, progress: bool) -
     stats = _Stats()
     bar = tqdm(total=len(jobs), desc="synthstreets", unit="img", disable=not progress)
     if workers > 1:
-        with multiprocessing.get_context(START_METHOD).Pool(workers) as pool:
+        context = multiprocessing.get_context(START_METHOD)
+        with context.Pool(workers, initializer=ignore_ctrl_c) as pool:
             results = pool.imap(_run_job, jobs, chunksize=4)
             for counts in results:
                 _collect(stats, counts, bar)
