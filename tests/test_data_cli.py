@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +13,7 @@ from segdistill.cli import main
 from segdistill.data import synthstreets as ss
 from segdistill.errors import DataError
 from test_datasets import TRAIN_IDS, cityscapes_image, gt_file
+from test_train import ctrl_c_when
 
 TINY = ["--size", "64x128", "--train", "2", "--val", "1", "--test", "2", "--workers", "1"]
 
@@ -138,17 +135,8 @@ def test_a_terminals_ctrl_c_stops_a_generation_in_workers_cleanly(tmp_path: Path
     command = [sys.executable, "-m", "segdistill.cli", "data", "synth", "--out", str(root)]
     command += ["--train", "2000", "--val", "1", "--test", "1", "--shifts", "none"]
     command += ["--workers", "2"]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,  # its own process group, as a terminal's job
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not any(root.glob("leftImg8bit/train/*/*.png")) and process.poll() is None:
-        assert time.monotonic() < deadline, "no image after 120 s"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode == 130, output[-3000:]
+    returncode, output = ctrl_c_when(lambda: any(root.glob("leftImg8bit/train/*/*.png")), command)
+    assert returncode == 130, output[-3000:]
     assert "interrupted: run the same command again" in output
     assert "Traceback" not in output and "PoolWorker" not in output, output[-3000:]
     assert not (root / ss.META_FILE).exists()  # unfinished: the next run redoes it

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -271,6 +272,24 @@ def test_ctrl_c_ends_in_an_interrupt_that_resume_continues(
     assert checkpoint["global_step"] == 8  # 2 epochs of 4 steps
 
 
+def ctrl_c_when(
+    ready: Callable[[], bool], command: list[str], env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Run `command` as a terminal's job (its own process group), press Ctrl-C there (the
+    whole group gets SIGINT) once `ready()`, and return its exit code and output."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not ready() and process.poll() is None:
+        assert time.monotonic() < deadline, f"not ready after 120 s: {command}"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    return process.returncode, output
+
+
 def test_a_terminals_ctrl_c_with_loader_workers_stops_cleanly_and_resumes(
     tmp_path: Path, data_root: Path
 ) -> None:
@@ -284,17 +303,8 @@ def test_a_terminals_ctrl_c_with_loader_workers_stops_cleanly_and_resumes(
     command = [sys.executable, "-m", "segdistill.cli", "train", str(tmp_path / "tiny.yaml")]
     command += ["--run-dir", str(run), "--set", "data.num_workers=2", "trainer.max_epochs=10"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        start_new_session=True,  # its own process group, as a terminal's job
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoints" / "last.ckpt").exists() and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint after 120 s"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode == 130, output[-3000:]
+    returncode, output = ctrl_c_when((run / "checkpoints" / "last.ckpt").exists, command, env)
+    assert returncode == 130, output[-3000:]
     assert "interrupted: run the same command again" in output
     assert "Traceback" not in output and "exited unexpectedly" not in output
     stopped_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
