@@ -17,7 +17,6 @@ from segdistill.data.base import (
     SegmentationDataset,
     check_headers,
     group_consecutive,
-    ignore_ctrl_c,
     image_size,
     read_image,
 )
@@ -26,6 +25,7 @@ from segdistill.data.folder import FolderDataset, load_classes
 from segdistill.data.labels import CLASS_NAMES
 from segdistill.data.transforms import build_train_transform
 from segdistill.errors import DataError
+from segdistill.interrupts import ignore_ctrl_c
 
 H, W = 6, 8
 # Label ids: 7 road (train id 0), 26 car (13), 0 unlabeled (void).

@@ -317,7 +317,7 @@ def test_a_terminals_ctrl_c_with_loader_workers_stops_cleanly_and_resumes(
 def test_the_first_ctrl_c_stops_at_the_next_batch_a_second_at_once() -> None:
     ctrl_c = CtrlC()
     stop = training.StopOnCtrlC(ctrl_c)
-    with ctrl_c.watching():
+    with pytest.raises(KeyboardInterrupt), ctrl_c.watching():  # still pressed on leaving
         handler = signal.getsignal(signal.SIGINT)
         assert callable(handler)
         stop.on_train_batch_start()  # nothing pressed: training goes on
@@ -345,6 +345,24 @@ def test_a_watched_loop_gives_out_no_item_after_ctrl_c() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_ctrl_c_during_the_last_item_still_stops_the_work_after_it() -> None:
+    """No check follows the last batch of a loop or of a training run: the press was
+    reported ("stopping after this step") and then lost, and the work after it ran on."""
+    given = []
+    with pytest.raises(KeyboardInterrupt):
+        for item in stop_on_ctrl_c(range(3)):
+            given.append(item)
+            if item == 2:
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # type: ignore[operator]
+    assert given == [0, 1, 2]
+    run = CtrlC()
+    with pytest.raises(KeyboardInterrupt), run.watching():
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # type: ignore[operator]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with CtrlC().watching():
+        pass  # nothing pressed: nothing raised
+
+
 def test_a_loop_inside_a_watched_run_stops_on_the_runs_ctrl_c() -> None:
     """He et al.'s stage 1 runs inside the training run's watch: a Ctrl-C pressed during
     it, or before it began, stops it before the next batch instead of after its epoch."""
@@ -356,7 +374,7 @@ def test_a_loop_inside_a_watched_run_stops_on_the_runs_ctrl_c() -> None:
     batches = [{"image": torch.full((1, 1, 2, 2), float(i))} for i in range(4)]
     features = training.TeacherFeatures(FeatureTeacher(), batches, "tap", torch.device("cpu"))
     run = CtrlC()
-    with run.watching():
+    with pytest.raises(KeyboardInterrupt), run.watching():  # and on leaving
         seen = []
         with pytest.raises(KeyboardInterrupt):
             for tapped in features:

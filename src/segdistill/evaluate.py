@@ -60,7 +60,6 @@ from segdistill.checkpoints import atomic_write
 from segdistill.data.base import (
     SegmentationDataset,
     group_consecutive,
-    ignore_ctrl_c,
     image_size,
 )
 from segdistill.data.cityscapes import (
@@ -85,7 +84,7 @@ from segdistill.data.synthstreets import SHIFTS_DIR
 from segdistill.data.transforms import unnormalize
 from segdistill.defaults import AGGREGATORS, RESULTS_FILE
 from segdistill.errors import CheckpointError, ConfigError, DataError
-from segdistill.interrupts import stop_on_ctrl_c
+from segdistill.interrupts import ignore_ctrl_c, stop_on_ctrl_c
 from segdistill.metrics import (
     AnomalyEvaluator,
     PairedUncertaintyStats,

@@ -5,7 +5,7 @@ Python raises KeyboardInterrupt wherever the signal lands. In a finaliser (a Dat
 and the work goes on. So while a loop is watched the first Ctrl-C is recorded, with a
 notice, and raised where the loop checks (before its next batch or image); a second one
 is raised at once, for a loop stuck where it does not check. The DataLoader workers
-ignore Ctrl-C (`segdistill.data.base.ignore_ctrl_c`): it is the main process's to
+ignore Ctrl-C (`ignore_ctrl_c`): it is the main process's to
 handle.
 """
 
@@ -35,7 +35,7 @@ class CtrlC:
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
         """Record Ctrl-C while inside (main thread only: signals go there; elsewhere
-        nothing changes)."""
+        nothing changes); KeyboardInterrupt on leaving if it was pressed."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -57,6 +57,9 @@ class CtrlC:
             # Lightning ignores Ctrl-C during its shutdown; leave that to the caller.
             if signal.getsignal(signal.SIGINT) is interrupt:
                 signal.signal(signal.SIGINT, previous)
+        # Reached when the work ended without an error: a press during its last item (no
+        # check came after it) still stops what follows.
+        self.check()
 
     def check(self) -> None:
         """KeyboardInterrupt if Ctrl-C was pressed."""
@@ -73,3 +76,12 @@ def stop_on_ctrl_c(items: Iterable[T]) -> Iterator[T]:
         for item in items:
             ctrl_c.check()
             yield item
+
+
+def ignore_ctrl_c(worker_id: int = 0) -> None:
+    """A DataLoader `worker_init_fn` (or a process pool's initializer): the worker ignores
+    Ctrl-C, which a terminal sends to every process of its group, and leaves it to the main
+    process; a worker killed by it would make the main process fail with "DataLoader worker
+    exited unexpectedly" (a pool worker prints its traceback) before it handles its own
+    interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

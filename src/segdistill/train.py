@@ -83,7 +83,6 @@ from segdistill.data.base import (
     SampleFiles,
     SegmentationDataset,
     check_headers,
-    ignore_ctrl_c,
 )
 from segdistill.data.cityscapes import CityscapesDataset
 from segdistill.data.folder import FolderDataset, require_images_below
@@ -92,7 +91,7 @@ from segdistill.data.transforms import build_eval_transform, build_train_transfo
 from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import print_once
 from segdistill.errors import CheckpointError, ConfigError, TrainingError, short_reason
-from segdistill.interrupts import CtrlC, stop_on_ctrl_c
+from segdistill.interrupts import CtrlC, ignore_ctrl_c, stop_on_ctrl_c
 from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models import Segmenter

@@ -18,7 +18,6 @@ single-channel (PIL modes L, P, 1, I;16 or I): palette PNGs give their palette i
 
 from __future__ import annotations
 
-import signal
 import struct
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -197,15 +196,6 @@ def exif_orientation(img: Image.Image, path: Path) -> int:
             f"{path}: damaged EXIF block ({error}), so its orientation is unknown; "
             "save the image again without EXIF"
         ) from error
-
-
-def ignore_ctrl_c(worker_id: int = 0) -> None:
-    """A DataLoader `worker_init_fn` (or a process pool's initializer): the worker ignores
-    Ctrl-C, which a terminal sends to every process of its group, and leaves it to the main
-    process; a worker killed by it would make the main process fail with "DataLoader worker
-    exited unexpectedly" (a pool worker prints its traceback) before it handles its own
-    interrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def image_size(path: Path) -> tuple[int, int]:

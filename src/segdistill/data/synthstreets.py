@@ -58,7 +58,6 @@ from scipy.ndimage import maximum_filter, minimum_filter, uniform_filter
 from tqdm import tqdm
 
 from segdistill.data import shifts
-from segdistill.data.base import ignore_ctrl_c
 from segdistill.data.labels import (
     CLASS_NAMES,
     IGNORE_INDEX,
@@ -67,6 +66,7 @@ from segdistill.data.labels import (
 )
 from segdistill.data.shifts import ShiftSpec
 from segdistill.errors import DataError
+from segdistill.interrupts import ignore_ctrl_c
 
 GENERATOR_VERSION = "1.1"
 SPLITS = ("train", "val", "test")
