@@ -9,6 +9,7 @@ The full-size demo is marked slow.
 
 from __future__ import annotations
 
+import fcntl
 import html
 import json
 import re
@@ -41,6 +42,7 @@ from segdistill.pipeline import (
     baseline_config,
     check_finished_networks,
     claim_run_dir,
+    dependents,
     experiment_claims,
     flagged_shares,
     format_markdown,
@@ -55,6 +57,7 @@ from segdistill.pipeline import (
     run_pipeline,
     student_config,
     teacher_config,
+    teacher_networks,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,7 +317,8 @@ def test_rerun_skips_every_step(
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.count("done before, skipped") == 8
+    assert out.count("done before, skipped") == 7  # all but the data step, checked each run
+    assert "already there (same SynthStreets parameters)" in out
     assert "checks:" in out and "mIoU" in out  # the summary is printed again
     assert (run_dir / "results.json").read_text() == before
 
@@ -360,17 +364,55 @@ def test_a_copied_step_may_name_its_own_copy_of_a_file(tmp_path: Path) -> None:
         check_finished_networks(step, tmp_path / "teacher.json")
 
 
-def test_a_missing_results_file_names_the_marker_to_delete(
+def test_a_deleted_output_is_written_again(
     tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A finished step whose output is gone runs again; before, its marker was trusted:
+    report.json without results.json, or evaluation.json without evaluation/results.json,
+    crashed the report with a FileNotFoundError traceback."""
     args, run_dir = tiny_demo
     (run_dir / "results.json").unlink()
+    (run_dir / "evaluation" / "results.json").unlink()
     capsys.readouterr()
-    assert main(args) == 2
-    assert "delete that marker" in capsys.readouterr().err
-    (run_dir / "stages" / "report.json").unlink()
     assert main(args) == 0
-    assert (run_dir / "results.json").is_file()
+    out = capsys.readouterr().out
+    assert "evaluate: evaluate every model ... (again: evaluation/results.json is missing)" in out
+    assert "then again, as they read what it writes: ood-detectors, report" in out
+    assert out.count("done before, skipped") == 4  # teacher, both students, bench
+    assert (run_dir / "results.json").is_file() and (
+        run_dir / "evaluation" / "results.json"
+    ).is_file()
+
+
+def test_a_retrained_student_is_evaluated_again_and_so_is_the_report(
+    tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The pipeline audit: deleting a student (or its marker, as the error messages say to
+    redo it) retrained it, and then the evaluation, the OOD flags, the benchmark and the
+    report were skipped, so results.json described the network that was deleted, and its
+    ood_detector.json was never written again. A data folder deleted meanwhile is made
+    again, and a killed write's temporary file is removed."""
+    args, run_dir = tiny_demo
+    student = run_dir / "students" / "dudes"
+    shutil.rmtree(student)
+    leftover = run_dir / "evaluation" / "figures" / ".samples_test.png.123.0a1b2c3d.tmp"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"half")
+    data_root = Path(yaml.safe_load((run_dir / "experiment.yaml").read_text())["data"]["root"])
+    shutil.rmtree(data_root)
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "student-dudes: distil the student 'dudes'" in out
+    assert "(again: students/dudes/checkpoints/last.safetensors is missing)" in out
+    assert "then again, as they read what it writes: evaluate, ood-detectors, bench, report" in out
+    assert "student-holder: distil the student 'holder' (dudes" not in out
+    assert out.count("done before, skipped") == 2  # the teacher and the other student
+    assert not leftover.exists() and (data_root / "meta.json").is_file()
+    weights = (student / "checkpoints" / "last.safetensors").stat().st_mtime_ns
+    for later in ("evaluation/results.json", "ood_detectors.json", "bench.json", "results.json"):
+        assert (run_dir / later).stat().st_mtime_ns > weights, later
+    assert (student / "ood_detector.json").is_file()
 
 
 def test_continues_after_an_interruption(
@@ -384,7 +426,7 @@ def test_continues_after_an_interruption(
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.count("done before, skipped") == 6
+    assert out.count("done before, skipped") == 5
     assert "bench: done in" in out and "report: done in" in out
 
 
@@ -426,11 +468,11 @@ def test_seeds_train_baseline_and_students_again(tmp_path: Path) -> None:
     assert len(check["per_seed"]) == 2
 
 
-def finish_a_step(run_dir: Path) -> None:
+def finish_a_step(run_dir: Path, step: str = "data") -> None:
     """The marker `run_pipeline` writes when a step has finished."""
     paths = RunPaths(run_dir)
-    paths.stage("data").parent.mkdir(parents=True, exist_ok=True)
-    paths.stage("data").write_text("{}")
+    paths.stage(step).parent.mkdir(parents=True, exist_ok=True)
+    paths.stage(step).write_text("{}")
 
 
 def test_another_experiment_in_the_same_run_dir_is_refused(tmp_path: Path) -> None:
@@ -443,6 +485,80 @@ def test_another_experiment_in_the_same_run_dir_is_refused(tmp_path: Path) -> No
         claim_run_dir(other.spec, RunPaths(tmp_path))
     assert "teacher.members: 5 -> 3; evaluate.max_images: 32 -> 7" in str(error.value)
     assert "finished steps: data" in str(error.value)
+
+
+def test_without_an_experiment_record_only_checked_steps_are_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With experiment.yaml deleted any config was taken as the finished steps' own: an
+    evaluation with other settings was kept. Networks are checked against their own
+    config.yaml, so their steps stay (experiments.md: a run directory started with a copy
+    of another's teacher); evaluate, bench, report and the like run again."""
+    experiment = load_experiment(DEMO_CONFIG)
+    paths = RunPaths(tmp_path)
+    for step in ("data", "teacher", "evaluate", "report"):
+        paths.stage(step).parent.mkdir(parents=True, exist_ok=True)
+        paths.stage(step).write_text("{}")
+    claim_run_dir(experiment.spec, paths, plan(experiment, paths))
+    assert "running again those that cannot be checked: evaluate, report" in capsys.readouterr().out
+    assert {p.stem for p in (tmp_path / "stages").glob("*.json")} == {"data", "teacher"}
+    assert (tmp_path / "experiment.yaml").is_file()
+
+
+def test_a_finished_network_of_another_config_records_no_experiment(tmp_path: Path) -> None:
+    """The refusal came after experiment.yaml was written, which then refused the config
+    that had trained the network."""
+    experiment = load_experiment(DEMO_CONFIG)
+    paths = RunPaths(tmp_path)
+    member = teacher_networks(experiment, paths)[0]
+    other = replace_values(member, {"optim.lr": member.optim.lr * 2}, "t")
+    member.run.path().mkdir(parents=True)
+    (member.run.path() / "config.yaml").write_text(dump_config(other))
+    finish_a_step(tmp_path, "teacher")
+    with pytest.raises(ConfigError, match="step 'teacher' trained"):
+        run_pipeline(experiment, tmp_path)
+    assert not (tmp_path / "experiment.yaml").exists()
+
+
+def test_a_second_run_into_a_run_directory_in_use_is_refused(tmp_path: Path) -> None:
+    """Two runs into one directory trained every network twice into the same folders."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write("pid 4242 on somewhere")
+        lock.flush()
+        with pytest.raises(ConfigError, match=r"in use by another run \(pid 4242 on somewhere"):
+            run_pipeline(load_experiment(DEMO_CONFIG), run_dir)
+    assert not (run_dir / "experiment.yaml").exists()
+
+
+def test_a_step_that_runs_again_takes_the_steps_that_read_it_along() -> None:
+    """Who reads whom, on the demo with a trained baseline, two seeds and a sweep."""
+    overrides = ["baseline.member=null", "baseline.config=train_baseline.yaml", "seeds=2"]
+    overrides.append(
+        "ablations=[{name: w, kind: sweep, student: holder, key: model.encoder_options.width,"
+        " values: [0.5]}]"
+    )
+    steps = {
+        step.name: step
+        for step in plan(load_experiment(DEMO_CONFIG, overrides), RunPaths(Path("r")))
+    }
+    after = {
+        name: [s.name for s in dependents(list(steps.values()), step)]
+        for name, step in steps.items()
+    }
+    assert after["student-dudes-s1"] == ["evaluate", "ood-detectors", "report"]  # not benchmarked
+    assert after["student-dudes"] == ["evaluate", "ood-detectors", "bench", "report"]
+    # Holder starts from its seed's baseline, as does the sweep's network.
+    assert after["baseline"] == [
+        "student-holder", "evaluate", "ood-detectors", "bench", "ablation-w-0.5", "ablation-w",
+        "report",
+    ]  # fmt: skip
+    assert after["baseline-s1"] == ["student-holder-s1", "evaluate", "ood-detectors", "report"]
+    assert set(after["teacher"]) == set(steps) - {"data", "teacher", "baseline", "baseline-s1"}
+    assert after["data"] == [] and steps["data"].every_run
+    assert after["report"] == []
 
 
 def test_a_run_that_stopped_before_its_first_step_finished_does_not_hold_the_dir(

@@ -52,10 +52,11 @@ CONFIG_FILE = "config.yaml"
 _UNFINISHED = ".tmp"
 
 
-def remove_unfinished_writes(folder: Path) -> None:
+def remove_unfinished_writes(folder: Path, recursive: bool = False) -> None:
     """Delete the temporary files that `atomic_write`s killed before their rename left in
-    `folder`. Call it only where nothing is being written."""
-    for leftover in folder.glob(f".*{_UNFINISHED}"):
+    `folder` (and below it with `recursive`). Call it only where nothing is being written."""
+    pattern = f".*{_UNFINISHED}"
+    for leftover in folder.rglob(pattern) if recursive else folder.glob(pattern):
         if not leftover.is_file():  # e.g. an export's staging folder (export.py)
             continue
         with contextlib.suppress(FileNotFoundError):  # another process removed it first

@@ -28,10 +28,14 @@ The steps, in order, each one a function of this module:
     report       results.json, table.md and report.html (`write_results`)
 
 Resumable: a step writes `stages/<step>.json` (its duration and outputs) when it has
-finished, and a later run skips every step that has one. A network whose training was
-interrupted resumes from its last checkpoint; a finished ensemble member is skipped.
-The run directory remembers its experiment (`experiment.yaml`): running another
-experiment config into it is refused rather than mixing the two.
+finished, and a later run skips every step that has one and whose outputs are all there
+(`Step.outputs`; the data step is checked on every run). A step that runs again first
+deletes the markers of the steps that read its outputs (`Step.needs`), so they run
+again after it. A network whose training was interrupted resumes from its last
+checkpoint; a finished ensemble member is skipped. The run directory remembers its
+experiment (`experiment.yaml`): running another experiment config into it is refused
+rather than mixing the two, and so is a second run while one is writing there
+(`RUN_DIR/.lock`).
 
 Run directory:
 
@@ -57,8 +61,10 @@ Run directory:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import filecmp
 import functools
 import json
@@ -66,7 +72,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -86,7 +92,13 @@ from segdistill.bench import (
     paired_ratio,
     to_json,
 )
-from segdistill.checkpoints import CONFIG_FILE, atomic_write, load_segmenter
+from segdistill.checkpoints import (
+    CONFIG_FILE,
+    RUN_WEIGHTS,
+    atomic_write,
+    load_segmenter,
+    remove_unfinished_writes,
+)
 from segdistill.config import (
     SAME_RECIPE_MAY_CHANGE,
     SegConfig,
@@ -119,6 +131,8 @@ EXPERIMENT_FILE = "experiment.yaml"
 ENCODER_FILE = "encoder.safetensors"  # a pre-training run's encoder (`pretrain_encoder`)
 REPORT_FILE = "report.html"
 TABLE_FILE = "table.md"
+LOCK_FILE = ".lock"  # held by the run writing in the run directory
+ABLATION_ROWS = "rows.json"  # an ablation's rows, in its folder
 
 # ----------------------------------------------------------------------------------------
 # The experiment config
@@ -576,12 +590,23 @@ class RunPaths:
 class Step:
     """One step: `run()` does the work and returns a small JSON-able summary of it.
     `trains`: the configs of the networks it trains, which a finished step's networks must
-    still match (`check_finished_networks`)."""
+    still match (`check_finished_networks`). `needs`: the steps whose outputs it reads;
+    when one of them runs again, so does this one. `outputs`: the files it leaves; a
+    finished step with one missing runs again. `every_run`: run it even when finished (the
+    data step: cheap, and it finds a data folder that was deleted or replaced)."""
 
     name: str
     title: str
     run: Callable[[], dict[str, Any]]
     trains: tuple[SegConfig, ...] = ()
+    needs: tuple[str, ...] = ()
+    outputs: tuple[Path, ...] = ()
+    every_run: bool = False
+
+
+def network_outputs(configs: Sequence[SegConfig]) -> tuple[Path, ...]:
+    """The weights file each trained network leaves (written after every epoch)."""
+    return tuple(cfg.run.path() / RUN_WEIGHTS[-1] for cfg in configs)
 
 
 def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
@@ -590,8 +615,19 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
     where = spec.data.root
     if spec.unlabeled is not None:
         where += f", unlabeled images in {spec.unlabeled.images}"
-    steps = [Step("data", f"data set in {where}", functools.partial(prepare_all_data, spec))]
+    steps = [
+        Step(
+            "data",
+            f"data set in {where}",
+            functools.partial(prepare_all_data, spec),
+            every_run=True,
+        )
+    ]
+    # What the baseline and the students start from, and the teacher with pretrain.teacher.
+    encoder_start: tuple[str, ...] = ()
+    teacher_start: tuple[str, ...] = ()
     if spec.pretrain is not None:
+        encoder_start = ("pretrain",)
         steps.append(
             Step(
                 "pretrain",
@@ -600,9 +636,11 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                     pretrain_encoder, spec.pretrain.data, pretrain_config(exp, paths)
                 ),
                 (pretrain_config(exp, paths),),
+                outputs=(paths.pretrained_encoder,),
             )
         )
         if spec.pretrain.teacher:
+            teacher_start = ("pretrain-teacher",)
             steps.append(
                 Step(
                     "pretrain-teacher",
@@ -611,16 +649,21 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                         pretrain_encoder, spec.pretrain.data, pretrain_teacher_config(exp, paths)
                     ),
                     (pretrain_teacher_config(exp, paths),),
+                    outputs=(paths.pretrained_teacher_encoder,),
                 )
             )
     teacher = spec.teacher
     what = f"{teacher.members}-member ensemble" if teacher.kind == "ensemble" else teacher.kind
+    members = teacher_networks(exp, paths)
+    manifest = (paths.teacher / MANIFEST_FILE,) if teacher.kind == "ensemble" else ()
     steps.append(
         Step(
             "teacher",
             f"train the teacher {teacher.name!r} ({what})",
             functools.partial(train_teacher, exp, paths),
-            teacher_networks(exp, paths),
+            members,
+            needs=teacher_start,
+            outputs=(*network_outputs(members), *manifest),
         )
     )
     by_offset = [trained_configs(exp, paths, offset) for offset in range(spec.seeds)]
@@ -628,68 +671,114 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
         check_pretrain_fits(exp, pretrain_config(exp, paths), by_offset[0])
     check_shared_caches(exp, by_offset[0])
     check_teacher_spread(exp, by_offset[0])
+    # The networks every model of the results is, and those of the first seed (benchmarked).
+    networks, first_seed, first_baseline = ["teacher"], ["teacher"], "teacher"
     for offset, trained in enumerate(by_offset):
+        baseline_step = "teacher"  # the baseline is an ensemble member
         if spec.baseline.member is None:
             name = seeded_name(spec.baseline.name, offset)
+            baseline_step = seeded_name("baseline", offset)
             steps.append(
                 Step(
-                    seeded_name("baseline", offset),
+                    baseline_step,
                     f"train the baseline {name!r} on labels only (seed {trained[name].seed})",
                     functools.partial(train_network, trained[name]),
                     (trained[name],),
+                    needs=encoder_start,
+                    outputs=network_outputs([trained[name]]),
                 )
             )
+            networks.append(baseline_step)
         for student in spec.students:
             name = seeded_name(student.name, offset)
             cfg = trained[name]
             assert cfg.distill is not None  # a student's config always has one
             methods = ", ".join(m.name for m in cfg.distill.methods)
+            starts = (baseline_step,) if student.init_from_baseline else ()
             steps.append(
                 Step(
                     f"student-{name}",
                     f"distil the student {name!r} ({methods}; seed {cfg.seed})",
                     functools.partial(train_network, cfg),
                     (cfg,),
+                    needs=("teacher", *encoder_start, *starts),
+                    outputs=network_outputs([cfg]),
                 )
             )
+            networks.append(f"student-{name}")
+        if offset == 0:
+            first_seed, first_baseline = list(dict.fromkeys(networks)), baseline_step
+    networks = list(dict.fromkeys(networks))
+    homes = [source for _, source in model_sources(exp, paths, spec.seeds)]
     steps.append(
-        Step("evaluate", "evaluate every model", functools.partial(evaluate_models, exp, paths))
+        Step(
+            "evaluate",
+            "evaluate every model",
+            functools.partial(evaluate_models, exp, paths),
+            needs=tuple(networks),
+            outputs=(paths.evaluation / RESULTS_FILE,),
+        )
     )
     steps.append(
         Step(
             "ood-detectors",
             "fit each model's OOD flag on the validation images",
             functools.partial(fit_ood_detectors, exp, paths),
+            needs=("evaluate", *networks),
+            outputs=(paths.ood_detectors, *(home / DETECTOR_FILE for home in homes)),
         )
     )
     size = "x".join(map(str, spec.bench.size))
     steps.append(
         Step(
-            "bench", f"benchmark every model at {size}", functools.partial(bench_models, exp, paths)
+            "bench",
+            f"benchmark every model at {size}",
+            functools.partial(bench_models, exp, paths),
+            needs=tuple(first_seed),
+            outputs=(paths.bench,),
         )
     )
     for ablation in spec.ablations:
+        rows = (paths.ablation(ablation.name) / ABLATION_ROWS,)
         if ablation.kind == "sweep":
+            student = next(s for s in spec.students if s.name == ablation.student)
+            starts = (first_baseline,) if student.init_from_baseline else ()
+            trained_steps = []
             for value in ablation.values:
                 cfg = sweep_config(exp, paths, ablation, value)
+                trained_steps.append(f"ablation-{ablation.name}-{value}")
                 steps.append(
                     Step(
-                        f"ablation-{ablation.name}-{value}",
+                        trained_steps[-1],
                         f"ablation {ablation.name}: train {ablation.student!r} with "
                         f"{ablation.key}={value}",
                         functools.partial(train_network, cfg),
                         (cfg,),
+                        needs=("teacher", *encoder_start, *starts),
+                        outputs=network_outputs([cfg]),
                     )
                 )
             run = functools.partial(sweep, exp, paths, ablation)
+            needs = tuple(trained_steps)
         else:
             run = functools.partial(sub_ensembles, exp, paths, ablation)
-        steps.append(Step(f"ablation-{ablation.name}", f"ablation {ablation.name}", run))
+            needs = ("teacher",)
+        steps.append(
+            Step(
+                f"ablation-{ablation.name}",
+                f"ablation {ablation.name}",
+                run,
+                needs=needs,
+                outputs=rows,
+            )
+        )
     steps.append(
         Step(
             "report",
             "write results.json and report.html",
             functools.partial(write_results, exp, paths, [step.name for step in steps]),
+            needs=tuple(step.name for step in steps if not step.every_run),
+            outputs=(paths.root / RESULTS_FILE, paths.root / TABLE_FILE, paths.root / REPORT_FILE),
         )
     )
     return steps
@@ -697,48 +786,117 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
 
 def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     """Run every step of `exp` not finished before into `run_dir`; print progress and the
-    summary; return the content of results.json."""
+    summary; return the content of results.json.
+
+    A finished step (its marker written) is skipped unless one of its outputs is missing
+    or a step it needs runs again; before a step runs, the markers of every step that
+    reads its outputs are deleted, so that they run after it, in this run or, if this one
+    is stopped, in the next."""
     paths = RunPaths(Path(run_dir))
     check_output_folder(paths.root, "run directory")
     steps = plan(exp, paths)  # a config the plan refuses leaves the directory as it was
-    claim_run_dir(exp.spec, paths)
-    start = time.perf_counter()
-    title = exp.spec.title or exp.spec.name
-    print(f"{title}: {len(steps)} steps into {paths.root}", flush=True)
-    for number, step in enumerate(steps, 1):
-        marker = paths.stage(step.name)
-        head = f"[{number}/{len(steps)}] {step.name}: {step.title}"
-        if marker.is_file():
-            check_finished_networks(step, marker)
-            print(f"{head} - done before, skipped", flush=True)
-            continue
-        print(f"{head} ...", flush=True)
-        began = time.perf_counter()
-        with memory.StepPeak() as peak:
-            outputs = step.run()
-        seconds = time.perf_counter() - began
-        used = peak.usage()
-        finished = datetime.datetime.now().isoformat(timespec="seconds")
-        _write_json(
-            marker,
-            {"step": step.name, "seconds": seconds, "finished": finished, **used, **outputs},
-        )
-        total = time.perf_counter() - start
-        print(
-            f"[{number}/{len(steps)}] {step.name}: done in {seconds:.1f} s ({total:.1f} s so "
-            f"far), peak RSS {used['peak_rss_mib'] / 1024:.2f} GiB",
-            flush=True,
-        )
-    if not (paths.root / RESULTS_FILE).is_file():
-        raise ConfigError(
-            f"{paths.root / RESULTS_FILE} is missing although {paths.stage('report')} says it "
-            "was written: delete that marker to write it again"
-        )
+    with _run_dir_lock(paths.root):
+        for step in steps:  # before the claim: a config refused here records nothing
+            if paths.stage(step.name).is_file():
+                check_finished_networks(step, paths.stage(step.name))
+        claim_run_dir(exp.spec, paths, steps)
+        # No other run writes here (the lock): any temporary file is a killed write's.
+        remove_unfinished_writes(paths.root, recursive=True)
+        start = time.perf_counter()
+        title = exp.spec.title or exp.spec.name
+        print(f"{title}: {len(steps)} steps into {paths.root}", flush=True)
+        for number, step in enumerate(steps, 1):
+            marker = paths.stage(step.name)
+            head = f"[{number}/{len(steps)}] {step.name}: {step.title}"
+            missing = [path for path in step.outputs if not path.exists()]
+            if marker.is_file() and not missing and not step.every_run:
+                print(f"{head} - done before, skipped", flush=True)
+                continue
+            again = f" (again: {_short(missing[0], paths.root)} is missing)" if missing else ""
+            print(f"{head} ...{again if marker.is_file() else ''}", flush=True)
+            if not step.every_run:
+                _forget_dependents(steps, step, paths)
+            marker.unlink(missing_ok=True)
+            _run_step(step, marker, number, len(steps), start)
     results = json.loads((paths.root / RESULTS_FILE).read_text())
     print()
     print(format_summary(results))
     print(f"\nresults: {paths.root / RESULTS_FILE}\nreport:  {paths.root / REPORT_FILE}")
     return results
+
+
+def _run_step(step: Step, marker: Path, number: int, count: int, start: float) -> None:
+    """Run `step`, then write its marker (its time, peak memory and summary)."""
+    began = time.perf_counter()
+    with memory.StepPeak() as peak:
+        outputs = step.run()
+    seconds = time.perf_counter() - began
+    missing = [path for path in step.outputs if not path.exists()]
+    if missing:  # e.g. a finished training whose weights file was deleted: nothing to resume
+        raise ConfigError(
+            f"step {step.name!r} ended without {missing[0]}: delete what the step wrote "
+            f"before ({missing[0].parent}) to run it from nothing"
+        )
+    used = peak.usage()
+    finished = datetime.datetime.now().isoformat(timespec="seconds")
+    _write_json(
+        marker,
+        {"step": step.name, "seconds": seconds, "finished": finished, **used, **outputs},
+    )
+    total = time.perf_counter() - start
+    print(
+        f"[{number}/{count}] {step.name}: done in {seconds:.1f} s ({total:.1f} s so "
+        f"far), peak RSS {used['peak_rss_mib'] / 1024:.2f} GiB",
+        flush=True,
+    )
+
+
+def dependents(steps: Sequence[Step], step: Step) -> list[Step]:
+    """The steps that read what `step` writes, directly or through another step."""
+    reached, found = {step.name}, []
+    for later in steps:
+        if reached & set(later.needs):
+            reached.add(later.name)
+            found.append(later)
+    return found
+
+
+def _forget_dependents(steps: Sequence[Step], step: Step, paths: RunPaths) -> None:
+    """Delete the markers of the finished steps that read what `step` is about to write."""
+    forgotten = []
+    for later in dependents(steps, step):
+        marker = paths.stage(later.name)
+        if marker.is_file():
+            marker.unlink()
+            forgotten.append(later.name)
+    if forgotten:
+        print(f"  then again, as they read what it writes: {', '.join(forgotten)}", flush=True)
+
+
+def _short(path: Path, root: Path) -> str:
+    """`path` relative to `root` where it lies below it."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+@contextlib.contextmanager
+def _run_dir_lock(root: Path) -> Iterator[None]:
+    """Hold RUN_DIR/.lock for the whole run: a second run into the same directory is
+    refused (its steps would train and write the same files at the same time)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ConfigError(
+                f"{root} is in use by another run ({holder}, holding {root / LOCK_FILE}): "
+                "wait for it to end, or choose another --run-dir"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {platform.node()}")
+        lock.flush()
+        yield
 
 
 def _without_added_settings(current: Any, recorded: Any) -> Any:
@@ -766,20 +924,35 @@ def _differences(before: Any, after: Any, key: str = "") -> list[tuple[str, Any,
     return found
 
 
-def claim_run_dir(spec: Experiment, paths: RunPaths) -> None:
+def claim_run_dir(spec: Experiment, paths: RunPaths, steps: Sequence[Step] = ()) -> None:
     """Record the experiment in the run directory, or refuse a directory where another one
     finished a step (its finished steps would be skipped and mixed into the results). A
     directory whose run stopped before its first step finished (e.g. a wrong data.root)
-    holds nothing of it: the new experiment replaces the record."""
+    holds nothing of it: the new experiment replaces the record.
+
+    Finished steps without a record (a run directory started with a copy of another's
+    steps, or whose experiment.yaml was deleted): those of `steps` that train networks
+    are kept, as `check_finished_networks` compares each network with its config; the
+    others (evaluate, bench, report, ...) cannot be checked and run again."""
     record = paths.root / EXPERIMENT_FILE
     current = dataclasses.asdict(spec)
     text = yaml.safe_dump(current, sort_keys=False)
+    finished = sorted(p.stem for p in (paths.root / STAGES_DIR).glob("*.json"))
+    if finished and not record.is_file():
+        unchecked = [s.name for s in steps if s.name in finished and not (s.trains or s.every_run)]
+        for name in unchecked:
+            paths.stage(name).unlink()
+        if unchecked:
+            print(
+                f"{paths.root}: no {EXPERIMENT_FILE} says which experiment ran its steps "
+                f"there; running again those that cannot be checked: {', '.join(unchecked)}",
+                flush=True,
+            )
     if record.is_file():
         recorded = yaml.safe_load(record.read_text())
         comparable = _without_added_settings(current, recorded)
         if recorded == comparable:
             return
-        finished = sorted(p.stem for p in (paths.root / STAGES_DIR).glob("*.json"))
         changed = format_differences(_differences(recorded, comparable))
         if finished:
             raise ConfigError(
@@ -1139,9 +1312,10 @@ def sweep_config(
 # ----------------------------------------------------------------------------------------
 
 
-def load_models(exp: LoadedExperiment, paths: RunPaths, seeds: int = 1) -> list[Predictor]:
-    """The teacher, then the baseline and the students trained with each of the first
-    `seeds` seed offsets, named as in the experiment (`seeded_name`)."""
+def model_sources(exp: LoadedExperiment, paths: RunPaths, seeds: int = 1) -> list[tuple[str, Path]]:
+    """(name, directory) of the teacher, then of the baseline and the students trained
+    with each of the first `seeds` seed offsets, named as in the experiment
+    (`seeded_name`)."""
     spec = exp.spec
     sources = [(spec.teacher.name, paths.teacher)]
     for offset in range(seeds):
@@ -1150,8 +1324,14 @@ def load_models(exp: LoadedExperiment, paths: RunPaths, seeds: int = 1) -> list[
             (seeded_name(s.name, offset), paths.student(s.name, offset)) for s in spec.students
         ]
         sources += [baseline, *students]
+    return sources
+
+
+def load_models(exp: LoadedExperiment, paths: RunPaths, seeds: int = 1) -> list[Predictor]:
+    """The models of `model_sources`, loaded and named."""
+    spec = exp.spec
     predictors = []
-    for name, source in sources:
+    for name, source in model_sources(exp, paths, seeds):
         predictor = load_predictor(source, mc_samples=spec.teacher.samples)
         predictor.name = name
         predictors.append(predictor)
@@ -1302,8 +1482,8 @@ def sub_ensembles(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec
     out = paths.ablation(ablation.name)
     results = _evaluate(exp, predictors, out, [ablation.split], False)
     rows = _ablation_rows(results, ablation.split, [("members", k) for k in ablation.sizes])
-    _write_json(out / "rows.json", {"kind": ablation.kind, "split": ablation.split, "rows": rows})
-    return {"rows": str(out / "rows.json")}
+    _write_json(out / ABLATION_ROWS, {"kind": ablation.kind, "split": ablation.split, "rows": rows})
+    return {"rows": str(out / ABLATION_ROWS)}
 
 
 def sweep(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dict[str, Any]:
@@ -1318,8 +1498,8 @@ def sweep(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dic
     keys = [(str(ablation.key), value) for value in ablation.values]
     rows = _ablation_rows(results, ablation.split, keys)
     content = {"kind": ablation.kind, "student": ablation.student, "split": ablation.split}
-    _write_json(out / "rows.json", {**content, "rows": rows})
-    return {"rows": str(out / "rows.json")}
+    _write_json(out / ABLATION_ROWS, {**content, "rows": rows})
+    return {"rows": str(out / ABLATION_ROWS)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -1587,8 +1767,7 @@ def write_results(
     spec = exp.spec
     evaluation = json.loads((paths.evaluation / RESULTS_FILE).read_text())
     bench = json.loads(paths.bench.read_text())
-    # Absent in a run directory whose report was written before the step existed.
-    detectors = json.loads(paths.ood_detectors.read_text()) if paths.ood_detectors.is_file() else {}
+    detectors = json.loads(paths.ood_detectors.read_text())
     roles = {spec.teacher.name: "teacher", spec.baseline.name: "baseline"}
     labels = {spec.teacher.name: "teacher", spec.baseline.name: "labels only"}
     for student in spec.students:
@@ -1619,7 +1798,7 @@ def write_results(
     order = {name: i for i, name in enumerate(step_order)}
     markers = dict(sorted(markers.items(), key=lambda item: order.get(item[0], len(order))))
     ablations = {
-        a.name: json.loads((paths.ablation(a.name) / "rows.json").read_text())
+        a.name: json.loads((paths.ablation(a.name) / ABLATION_ROWS).read_text())
         for a in spec.ablations
     }
     networks = {spec.teacher.name: teacher_config(exp, paths)}
