@@ -39,10 +39,10 @@ from segdistill.pipeline import (
     _check_line,
     _ood_flag_cells,
     _table_cells,
+    _why_again,
     baseline_config,
     check_finished_networks,
     claim_run_dir,
-    dependents,
     experiment_claims,
     flagged_shares,
     format_markdown,
@@ -377,21 +377,61 @@ def test_a_deleted_output_is_written_again(
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "evaluate: evaluate every model ... (again: evaluation/results.json is missing)" in out
-    assert "then again, as they read what it writes: ood-detectors, report" in out
-    assert out.count("done before, skipped") == 4  # teacher, both students, bench
+    assert "report: write results.json and report.html ... (again: results.json is missing)" in out
+    # The evaluation wrote the same bytes again: the OOD flags, which read it, are kept.
+    assert "ood-detectors: fit each model's OOD flag on the validation images - done" in out
+    assert out.count("done before, skipped") == 5  # teacher, students, OOD flags, bench
     assert (run_dir / "results.json").is_file() and (
         run_dir / "evaluation" / "results.json"
     ).is_file()
 
 
-def test_a_retrained_student_is_evaluated_again_and_so_is_the_report(
+def test_a_network_with_other_weights_is_evaluated_again_and_so_is_the_report(
     tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The pipeline audit: deleting a student (or its marker, as the error messages say to
-    redo it) retrained it, and then the evaluation, the OOD flags, the benchmark and the
-    report were skipped, so results.json described the network that was deleted, and its
-    ood_detector.json was never written again. A data folder deleted meanwhile is made
-    again, and a killed write's temporary file is removed."""
+    """The pipeline audit: a student trained again (its run directory or its marker
+    deleted, as the error messages say to redo it) was not evaluated again: evaluate, the
+    OOD flags, the benchmark and the report were skipped and results.json described the
+    network that was deleted. Now each marker records what its step read."""
+    args, run_dir = tiny_demo
+    weights = run_dir / "students" / "dudes" / "checkpoints"
+    (weights / "best.safetensors").unlink()  # so that the evaluation loads the new last
+    with safetensors.safe_open(weights / "last.safetensors", "pt") as file:
+        metadata = file.metadata()
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    first = next(key for key, tensor in tensors.items() if tensor.is_floating_point())
+    tensors[first] = tensors[first] * 1.5  # as if trained again, to other weights
+    safetensors.torch.save_file(tensors, weights / "last.safetensors", metadata)
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    started = [line for line in out.splitlines() if line.startswith("[") and "(again: " in line]
+    lines = {line.split(": ")[0].split("] ")[-1]: line for line in started}
+    for step in ("evaluate", "ood-detectors", "bench"):  # the OOD flags read both
+        assert "students/dudes/checkpoints/last.safetensors" in lines[step]
+        assert lines[step].endswith("changed since it ran)")
+    assert "report: write results.json and report.html ... (again: " in out
+    assert out.count("done before, skipped") == 3  # the teacher and both students
+    written = (weights / "last.safetensors").stat().st_mtime_ns
+    for later in ("evaluation/results.json", "ood_detectors.json", "bench.json", "results.json"):
+        assert (run_dir / later).stat().st_mtime_ns > written, later
+    # The same bytes written again (a network trained again to the same weights, a
+    # deleted file made again) change nothing.
+    content = (weights / "last.safetensors").read_bytes()
+    (weights / "last.safetensors").unlink()
+    (weights / "last.safetensors").write_bytes(content)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 7
+
+
+def test_a_deleted_student_and_data_folder_are_made_again(
+    tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Deleting a student's run directory retrained it (its marker was trusted before, and
+    the summary showed a model that no longer existed); a deleted data folder is
+    generated again (the data step's marker was trusted, and the next step failed on the
+    missing folder); a killed write's temporary file is removed."""
     args, run_dir = tiny_demo
     student = run_dir / "students" / "dudes"
     shutil.rmtree(student)
@@ -403,16 +443,36 @@ def test_a_retrained_student_is_evaluated_again_and_so_is_the_report(
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "student-dudes: distil the student 'dudes'" in out
-    assert "(again: students/dudes/checkpoints/last.safetensors is missing)" in out
-    assert "then again, as they read what it writes: evaluate, ood-detectors, bench, report" in out
-    assert "student-holder: distil the student 'holder' (dudes" not in out
-    assert out.count("done before, skipped") == 2  # the teacher and the other student
+    assert (
+        "student-dudes: distil the student 'dudes' (dudes; seed 0) ... (again: "
+        "students/dudes/checkpoints/last.safetensors is missing)" in out
+    )
+    assert "student-holder: distil the student 'holder' (holder; seed 0) - done before" in out
+    assert "ood-detectors: fit each model's OOD flag on the validation images ... (again: " in out
     assert not leftover.exists() and (data_root / "meta.json").is_file()
-    weights = (student / "checkpoints" / "last.safetensors").stat().st_mtime_ns
-    for later in ("evaluation/results.json", "ood_detectors.json", "bench.json", "results.json"):
-        assert (run_dir / later).stat().st_mtime_ns > weights, later
     assert (student / "ood_detector.json").is_file()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 7
+
+
+def test_why_a_finished_step_runs_again(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    out.write_text("{}")
+    step = Step("s", "t", lambda: {}, outputs=(out,))
+    marker = tmp_path / "stages" / "s.json"
+    assert _why_again(step, marker, {}, tmp_path) is None  # never finished
+    marker.parent.mkdir()
+    marker.write_text(json.dumps({"step": "s"}))  # written before inputs were recorded
+    assert _why_again(step, marker, {"a": "1"}, tmp_path) == ""
+    marker.write_text(json.dumps({"step": "s", "inputs": {"a": "1", "b": "2"}}))
+    assert _why_again(step, marker, {"a": "1", "b": "2"}, tmp_path) == ""
+    assert _why_again(step, marker, {"a": "1", "b": "3"}, tmp_path) == "b changed since it ran"
+    assert _why_again(step, marker, {"a": "1"}, tmp_path) == "b changed since it ran"  # gone
+    out.unlink()
+    assert _why_again(step, marker, {"a": "1", "b": "2"}, tmp_path) == "out.json is missing"
+    every = Step("d", "t", lambda: {}, every_run=True)
+    assert _why_again(every, marker, {}, tmp_path) is None
 
 
 def test_continues_after_an_interruption(
@@ -533,32 +593,33 @@ def test_a_second_run_into_a_run_directory_in_use_is_refused(tmp_path: Path) -> 
     assert not (run_dir / "experiment.yaml").exists()
 
 
-def test_a_step_that_runs_again_takes_the_steps_that_read_it_along() -> None:
-    """Who reads whom, on the demo with a trained baseline, two seeds and a sweep."""
+def test_each_step_needs_the_steps_whose_outputs_it_reads() -> None:
+    """On the demo with a trained baseline, two seeds and a sweep."""
     overrides = ["baseline.member=null", "baseline.config=train_baseline.yaml", "seeds=2"]
     overrides.append(
         "ablations=[{name: w, kind: sweep, student: holder, key: model.encoder_options.width,"
         " values: [0.5]}]"
     )
-    steps = {
-        step.name: step
-        for step in plan(load_experiment(DEMO_CONFIG, overrides), RunPaths(Path("r")))
-    }
-    after = {
-        name: [s.name for s in dependents(list(steps.values()), step)]
-        for name, step in steps.items()
-    }
-    assert after["student-dudes-s1"] == ["evaluate", "ood-detectors", "report"]  # not benchmarked
-    assert after["student-dudes"] == ["evaluate", "ood-detectors", "bench", "report"]
+    experiment = load_experiment(DEMO_CONFIG, overrides)
+    steps = {step.name: step for step in plan(experiment, RunPaths(Path("r")))}
+    needs = {name: step.needs for name, step in steps.items()}
+    networks = ("teacher", "baseline", "student-dudes", "student-holder")
+    seeded = ("baseline-s1", "student-dudes-s1", "student-holder-s1")
+    assert needs["data"] == () and steps["data"].every_run
+    assert needs["teacher"] == needs["baseline"] == needs["baseline-s1"] == ()
+    assert needs["student-dudes-s1"] == ("teacher",)
     # Holder starts from its seed's baseline, as does the sweep's network.
-    assert after["baseline"] == [
-        "student-holder", "evaluate", "ood-detectors", "bench", "ablation-w-0.5", "ablation-w",
-        "report",
-    ]  # fmt: skip
-    assert after["baseline-s1"] == ["student-holder-s1", "evaluate", "ood-detectors", "report"]
-    assert set(after["teacher"]) == set(steps) - {"data", "teacher", "baseline", "baseline-s1"}
-    assert after["data"] == [] and steps["data"].every_run
-    assert after["report"] == []
+    assert needs["student-holder"] == ("teacher", "baseline")
+    assert needs["student-holder-s1"] == ("teacher", "baseline-s1")
+    assert needs["ablation-w-0.5"] == ("teacher", "baseline")
+    assert needs["ablation-w"] == ("ablation-w-0.5",)
+    assert needs["evaluate"] == networks + seeded
+    assert needs["ood-detectors"] == ("evaluate", *networks, *seeded)
+    assert needs["bench"] == networks  # only the first seed is benchmarked
+    assert needs["report"] == tuple(name for name in steps if name not in ("data", "report"))
+    assert steps["student-dudes-s1"].outputs == (
+        Path("r/students/dudes-s1/checkpoints/last.safetensors"),
+    )
 
 
 def test_a_run_that_stopped_before_its_first_step_finished_does_not_hold_the_dir(

@@ -28,19 +28,21 @@ The steps, in order, each one a function of this module:
     report       results.json, table.md and report.html (`write_results`)
 
 Resumable: a step writes `stages/<step>.json` (its duration and outputs) when it has
-finished, and a later run skips every step that has one and whose outputs are all there
-(`Step.outputs`; the data step is checked on every run). A step that runs again first
-deletes the markers of the steps that read its outputs (`Step.needs`), so they run
-again after it. A network whose training was interrupted resumes from its last
-checkpoint; a finished ensemble member is skipped. The run directory remembers its
-experiment (`experiment.yaml`): running another experiment config into it is refused
+finished, and a later run skips every step that has one, whose outputs are all there
+(`Step.outputs`) and whose inputs, the outputs of the steps it needs (`Step.needs`), are
+the bytes it read (`OutputDigests`); the data step is checked on every run. A network
+whose training was interrupted resumes from its last checkpoint; a finished ensemble
+member is skipped. The run directory remembers its experiment (`experiment.yaml`): running
+another experiment config into it is refused
 rather than mixing the two, and so is a second run while one is writing there
 (`RUN_DIR/.lock`).
 
 Run directory:
 
     RUN_DIR/experiment.yaml     the experiment config as run (overrides applied)
-    RUN_DIR/stages/<step>.json  one marker per finished step (its time and peak memory)
+    RUN_DIR/.lock               held by the run writing there
+    RUN_DIR/stages/<step>.json  one marker per finished step (its time, peak memory and
+                                the digests of what it read)
     RUN_DIR/pretrain/           run directory of the pre-training network and its
                                 encoder.safetensors (only with a `pretrain` section)
     RUN_DIR/pretrain-teacher/   the same for the teacher (only with `pretrain.teacher`)
@@ -67,6 +69,7 @@ import datetime
 import fcntl
 import filecmp
 import functools
+import hashlib
 import json
 import math
 import os
@@ -591,8 +594,9 @@ class Step:
     """One step: `run()` does the work and returns a small JSON-able summary of it.
     `trains`: the configs of the networks it trains, which a finished step's networks must
     still match (`check_finished_networks`). `needs`: the steps whose outputs it reads;
-    when one of them runs again, so does this one. `outputs`: the files it leaves; a
-    finished step with one missing runs again. `every_run`: run it even when finished (the
+    when one of them has written other bytes since this one ran, this one runs again
+    (`OutputDigests`). `outputs`: the files it leaves; a finished step with one missing
+    runs again. `every_run`: run it even when finished (the
     data step: cheap, and it finds a data folder that was deleted or replaced)."""
 
     name: str
@@ -789,9 +793,8 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     summary; return the content of results.json.
 
     A finished step (its marker written) is skipped unless one of its outputs is missing
-    or a step it needs runs again; before a step runs, the markers of every step that
-    reads its outputs are deleted, so that they run after it, in this run or, if this one
-    is stopped, in the next."""
+    or what it read has changed since (`_why_again`): a student trained again is
+    evaluated again, in this run or, if this one is stopped, in the next."""
     paths = RunPaths(Path(run_dir))
     check_output_folder(paths.root, "run directory")
     steps = plan(exp, paths)  # a config the plan refuses leaves the directory as it was
@@ -805,19 +808,18 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
         start = time.perf_counter()
         title = exp.spec.title or exp.spec.name
         print(f"{title}: {len(steps)} steps into {paths.root}", flush=True)
+        digests = OutputDigests(paths.root, {step.name: step for step in steps})
         for number, step in enumerate(steps, 1):
             marker = paths.stage(step.name)
             head = f"[{number}/{len(steps)}] {step.name}: {step.title}"
-            missing = [path for path in step.outputs if not path.exists()]
-            if marker.is_file() and not missing and not step.every_run:
+            inputs = digests.inputs(step)
+            again = _why_again(step, marker, inputs, paths.root)
+            if again == "":
                 print(f"{head} - done before, skipped", flush=True)
                 continue
-            again = f" (again: {_short(missing[0], paths.root)} is missing)" if missing else ""
-            print(f"{head} ...{again if marker.is_file() else ''}", flush=True)
-            if not step.every_run:
-                _forget_dependents(steps, step, paths)
+            print(f"{head} ...{f' (again: {again})' if again else ''}", flush=True)
             marker.unlink(missing_ok=True)
-            _run_step(step, marker, number, len(steps), start)
+            _run_step(step, marker, inputs, number, len(steps), start)
     results = json.loads((paths.root / RESULTS_FILE).read_text())
     print()
     print(format_summary(results))
@@ -825,8 +827,10 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     return results
 
 
-def _run_step(step: Step, marker: Path, number: int, count: int, start: float) -> None:
-    """Run `step`, then write its marker (its time, peak memory and summary)."""
+def _run_step(
+    step: Step, marker: Path, inputs: dict[str, str], number: int, count: int, start: float
+) -> None:
+    """Run `step`, then write its marker (its time, peak memory, summary and `inputs`)."""
     began = time.perf_counter()
     with memory.StepPeak() as peak:
         outputs = step.run()
@@ -841,7 +845,14 @@ def _run_step(step: Step, marker: Path, number: int, count: int, start: float) -
     finished = datetime.datetime.now().isoformat(timespec="seconds")
     _write_json(
         marker,
-        {"step": step.name, "seconds": seconds, "finished": finished, **used, **outputs},
+        {
+            "step": step.name,
+            "seconds": seconds,
+            "finished": finished,
+            **used,
+            **outputs,
+            "inputs": inputs,
+        },
     )
     total = time.perf_counter() - start
     print(
@@ -851,26 +862,54 @@ def _run_step(step: Step, marker: Path, number: int, count: int, start: float) -
     )
 
 
-def dependents(steps: Sequence[Step], step: Step) -> list[Step]:
-    """The steps that read what `step` writes, directly or through another step."""
-    reached, found = {step.name}, []
-    for later in steps:
-        if reached & set(later.needs):
-            reached.add(later.name)
-            found.append(later)
-    return found
+def _why_again(step: Step, marker: Path, inputs: dict[str, str], root: Path) -> str | None:
+    """ "" when the finished `step` may be skipped; else why it runs: None when it never
+    finished (or runs on every run), else what changed since it did."""
+    if step.every_run or not marker.is_file():
+        return None
+    missing = [path for path in step.outputs if not path.exists()]
+    if missing:
+        return f"{_short(missing[0], root)} is missing"
+    # A marker written before the inputs were recorded is trusted, as it was then.
+    recorded = json.loads(marker.read_text()).get("inputs", inputs)
+    changed = sorted(
+        name for name in {*inputs, *recorded} if inputs.get(name) != recorded.get(name)
+    )
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        return f"{', '.join(changed[:3])}{more} changed since it ran"
+    return ""
 
 
-def _forget_dependents(steps: Sequence[Step], step: Step, paths: RunPaths) -> None:
-    """Delete the markers of the finished steps that read what `step` is about to write."""
-    forgotten = []
-    for later in dependents(steps, step):
-        marker = paths.stage(later.name)
-        if marker.is_file():
-            marker.unlink()
-            forgotten.append(later.name)
-    if forgotten:
-        print(f"  then again, as they read what it writes: {', '.join(forgotten)}", flush=True)
+class OutputDigests:
+    """SHA-256 of the steps' output files, each read once while it stays the same file
+    (size and modification time). A step's marker records the digests of what it read
+    (`inputs`): when a step it needs ran again and wrote other bytes (a retrained student,
+    a new evaluation), it runs again; when the bytes are the same (a deleted encoder file
+    written again), it need not."""
+
+    def __init__(self, root: Path, steps: dict[str, Step]) -> None:
+        self.root = root
+        self.steps = steps
+        self.known: dict[Path, tuple[tuple[int, int], str]] = {}
+
+    def inputs(self, step: Step) -> dict[str, str]:
+        """{output of a step that `step` needs, relative to the run directory: SHA-256};
+        outputs not written yet are left out (the step that writes them runs first)."""
+        paths = [path for need in step.needs for path in self.steps[need].outputs]
+        return {_short(path, self.root): self.of(path) for path in paths if path.is_file()}
+
+    def of(self, path: Path) -> str:
+        stat = path.stat()
+        key = (stat.st_size, stat.st_mtime_ns)
+        if path in self.known and self.known[path][0] == key:
+            return self.known[path][1]
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        self.known[path] = (key, digest.hexdigest())
+        return self.known[path][1]
 
 
 def _short(path: Path, root: Path) -> str:
