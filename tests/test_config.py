@@ -236,3 +236,11 @@ def test_replace_values_validates(tmp_path: Path) -> None:
     assert replace_values(cfg, {"seed": 4, "optim.lr": 0.5}, "test").optim.lr == 0.5
     with pytest.raises(ConfigError, match="member 1: optim.lr=-1.0 must be > 0"):
         replace_values(cfg, {"optim.lr": -1}, "member 1")
+
+
+def test_overrides_given_as_one_string_are_refused(tmp_path: Path) -> None:
+    """'seed=3' was read one character at a time ("--set s: expected KEY=VALUE")."""
+    path = write(tmp_path / "c.yaml", "")
+    with pytest.raises(TypeError, match="list of KEY=VALUE strings, not the string 'seed=3'"):
+        load_config(path, "seed=3")  # type: ignore[arg-type]
+    assert load_config(path, ["seed=3"]).seed == 3

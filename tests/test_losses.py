@@ -347,3 +347,22 @@ def test_half_precision_inputs_give_the_full_precision_values():
         assert torch.isfinite(half) and half.item() == pytest.approx(full.item(), rel=2e-3)
     same = torch.full((1, 1, 8, 8), 0.2).half()
     assert losses.rmsle(same, same).item() < 1e-18
+
+
+def test_maps_of_other_shapes_are_refused_not_broadcast() -> None:
+    """A [B, 1, H, W] mask broadcast against [B, H, W] pixel losses to [B, B, H, W]: KD
+    gave 1.98 for 0.67. A [B, H, W] uncertainty against a [B, 1, H, W] target likewise."""
+    student, teacher = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    valid = torch.rand(2, 4, 4) > 0.3
+    with pytest.raises(
+        ValueError, match=r"valid must be \[B, H, W\] = \[2, 4, 4\], not \[2, 1, 4, 4\]"
+    ):
+        losses.kd(student, teacher, 1.0, valid[:, None])
+    with pytest.raises(ValueError, match="student_logits and teacher_logits must have the same"):
+        losses.kd(student, teacher[:, :2])
+    pred, target = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"pred and target must have the same shape"):
+        losses.rmsle(pred[:, 0], target)
+    with pytest.raises(ValueError, match=r"pred and target must have the same shape"):
+        losses.uncertainty_mse(pred, target[:, 0])
+    assert torch.isfinite(losses.kd(student, teacher, 1.0, valid))

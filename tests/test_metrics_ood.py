@@ -152,3 +152,10 @@ def test_scores_closer_than_float32_resolves_stay_apart() -> None:
     result = ood_metrics([0.5], [0.5 + 1e-9])
     assert result["auroc"] == roc_auc_score([0, 1], [0.5, 0.5 + 1e-9]) == 1.0
     assert result["roc"]["thresholds"][1] == 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 16), (2, 3, 16, 16)])
+def test_image_scores_refuse_a_map_that_is_not_one_per_image(shape: tuple[int, ...]) -> None:
+    """A [B, H, W] map was scored on its first row, a [B, C, H, W] one on its class 0."""
+    with pytest.raises(ValueError, match=r"one map per image \[B, 1, H, W\]"):
+        image_scores(torch.rand(shape))

@@ -398,3 +398,26 @@ def test_removal_point_finds_a_fraction_as_json_may_round_it() -> None:
     assert removal_point(curve, 0.3) == 3
     assert removal_point({"removed_fraction": [0.0, 0.333333]}, 1 / 3) == 1
     assert removal_point(curve, 0.55) is None
+
+
+def test_a_refused_batch_leaves_no_trace() -> None:
+    """A NaN probability passed the checks, the pixel counts were added, and then the ECE
+    histogram raised: a caller who went on counted the batch's pixels twice."""
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(1, 3, 4, 4), dim=1)
+    target = torch.randint(0, 3, (1, 4, 4))
+    uncertainty = torch.rand(1, 1, 4, 4)
+    evaluator = SegmentationEvaluator(3, inputs="probs")
+    bad = probs.clone()
+    bad[0, :, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"scores \(probs\) hold NaN or inf"):
+        evaluator.update(bad, uncertainty, target)
+    logits = torch.randn(1, 3, 4, 4) * 5  # not probabilities: the ECE came out 4.4
+    with pytest.raises(ValueError, match="scores are not probabilities"):
+        evaluator.update(logits, uncertainty, target)
+    evaluator.update(probs, uncertainty, target)
+    result = evaluator.compute()
+    assert result["num_pixels"] == 16 and result["num_images"] == 1
+    fresh = SegmentationEvaluator(3, inputs="probs")
+    fresh.update(probs, uncertainty, target)
+    assert json.dumps(result, default=str) == json.dumps(fresh.compute(), default=str)

@@ -17,6 +17,7 @@ from segdistill.data.base import ClassesSpec
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter, build_segmenter
 from segdistill.models.teachers import Ensemble
+from segdistill.ood_detector import ImageOODDetector
 from segdistill.predictor import (
     PER_CLASS_OOD_SOURCE,
     UNCERTAINTY_SOURCES,
@@ -300,3 +301,69 @@ def test_repeated_names_get_a_suffix_no_other_model_has() -> None:
     named = [Named(n) for n in ("dudes", "dudes", "dudes_2", "dudes")]
     unique_names(named)  # type: ignore[arg-type]
     assert [p.name for p in named] == ["dudes", "dudes_2", "dudes_2_2", "dudes_3"]
+
+
+def test_predict_runs_in_eval_mode_and_leaves_the_modes_as_they_were(
+    zoo: Path, images: torch.Tensor
+) -> None:
+    """The README trains `segmenters()[0].train()`: predict then ran in train mode, so
+    its predictions changed with the batch, a batch of one raised, and predicting moved
+    the batch-norm statistics (so the fingerprint, and a fitted OOD detector refused it)."""
+    predictor = load_predictor(zoo / "run_scalar")
+    before, fingerprint = predictor.predict(images), predictor.fingerprint()
+    network = predictor.segmenters()[0].train()
+    after = predictor.predict(images)
+    torch.testing.assert_close(after.probs, before.probs)
+    torch.testing.assert_close(predictor.predict(images[:1]).probs, before.probs[:1])
+    assert predictor.fingerprint() == fingerprint
+    assert network.training and all(module.training for module in network.modules())
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        (np.zeros((1, 3, 8, 8), np.float32), TypeError, "must be a torch.Tensor"),
+        (torch.zeros(3, 32, 48), ValueError, r"\[B, 3, H, W\].*not \[3, 32, 48\]"),
+        (torch.zeros(1, 32, 48, 3), ValueError, r"not \[1, 32, 48, 3\]"),
+        (torch.zeros(1, 3, 32, 48, dtype=torch.uint8), ValueError, "float32.*not torch.uint8"),
+        (torch.zeros(1, 3, 32, 48, dtype=torch.float64), ValueError, "not torch.float64"),
+    ],
+)
+def test_predict_names_what_is_wrong_with_the_images(
+    zoo: Path, bad: object, error: type, message: str
+) -> None:
+    predictor = load_predictor(zoo / "run_scalar")
+    with pytest.raises(error, match=message):
+        predictor.predict(bad)  # type: ignore[arg-type]
+
+
+def test_a_non_finite_pixel_is_refused_not_turned_into_an_in_distribution_image(
+    zoo: Path, images: torch.Tensor
+) -> None:
+    """One NaN pixel made its whole image NaN (the global pooling spreads it); its OOD
+    score was NaN, and NaN > threshold is False: 'in distribution'."""
+    predictor = load_predictor(zoo / "ens")
+    bad = images.clone()
+    bad[1, 1, 5, 7] = float("nan")
+    with pytest.raises(ValueError, match=r"images \[1\] of the batch hold NaN or infinite"):
+        predictor.predict(bad)
+    detector = ImageOODDetector.fit(torch.rand(20), predictor)
+    with pytest.raises(ValueError, match=r"OOD scores \[1\] are NaN"):
+        detector.flags(torch.tensor([0.2, float("nan")]))
+
+
+def test_to_takes_a_device_and_names_an_unavailable_one(zoo: Path) -> None:
+    predictor = load_predictor(zoo / "run_scalar")
+    with pytest.raises(TypeError, match="takes a device, not the dtype torch.float64"):
+        predictor.to(torch.float64)  # type: ignore[arg-type]
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            predictor.to("cuda")
+    assert predictor.to("cpu").device == torch.device("cpu")
+
+
+def test_an_ensemble_of_members_with_different_class_counts_is_refused(tmp_path: Path) -> None:
+    first = save_model(tmp_path / "a.safetensors", classes=4)
+    second = save_model(tmp_path / "b.safetensors", classes=6)
+    with pytest.raises(ConfigError, match=r"different numbers of classes: \[4, 6\]"):
+        Ensemble([first, second])

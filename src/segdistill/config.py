@@ -218,7 +218,12 @@ class SegConfig:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SegConfig:
-    """Read a config file (following `extends`), apply `--set` overrides, validate."""
+    """Read a config file (following `extends`), apply `--set` overrides (a list of
+    "KEY=VALUE" strings), validate."""
+    if isinstance(overrides, str):  # would be read one character at a time
+        raise TypeError(
+            f"overrides must be a list of KEY=VALUE strings, not the string {overrides!r}"
+        )
     raw = _merge(to_dict(SegConfig()), _read_file(Path(path), chain=()))
     for assignment in overrides:
         raw = _merge(raw, _parse_override(assignment))

@@ -31,9 +31,20 @@ def _masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
     values = _at_least_float32(values)
     if valid is None:
         return values.mean()
+    if valid.shape != values.shape:  # [B, 1, H, W] would broadcast to [B, B, H, W]
+        raise ValueError(f"valid must be [B, H, W] = {list(values.shape)}, not {list(valid.shape)}")
     mask = valid.to(values.dtype)
     # clamp: an all-invalid batch gives 0 / 1 = 0 with a (zero) gradient, not 0 / 0 = NaN.
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def _same_shape(first: Tensor, second: Tensor, names: str) -> None:
+    """ValueError unless the two maps compared pixel by pixel have one shape (a [B, H, W]
+    against a [B, 1, H, W] map would broadcast to [B, B, H, W] and give a wrong number)."""
+    if first.shape != second.shape:
+        raise ValueError(
+            f"{names} must have the same shape, not {list(first.shape)} and {list(second.shape)}"
+        )
 
 
 def _full_precision(x: Tensor) -> AbstractContextManager:
@@ -97,6 +108,7 @@ def kd(
     exactly at T = 1. Zero teacher probabilities (log = -inf) contribute 0. The result is
     averaged over the `valid` pixels [B, H, W]. Also Holder & Shafique's T^2 L_dist (eq. 4-5).
     """
+    _same_shape(student_logits, teacher_logits, "student_logits and teacher_logits")
     log_q = F.log_softmax(student_logits / temperature, dim=1)
     log_p = F.log_softmax(_finite(teacher_logits) / temperature, dim=1)
     per_pixel = _kl_terms(log_p, log_q).sum(dim=1)
@@ -109,6 +121,7 @@ def uncertainty_mse(pred: Tensor, target: Tensor, valid: Tensor | None = None) -
     pred, target: [B, K, H, W] (K = C: the per-class head against the ensemble std Sigma).
     Averaged over the K channels and the `valid` pixels of the batch.
     """
+    _same_shape(pred, target, "pred and target")
     per_pixel = (pred - target).pow(2).mean(dim=1)
     return _masked_mean(per_pixel, valid)
 
@@ -120,6 +133,7 @@ def rmsle(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
     mean runs over the channels and the `valid` pixels of the whole batch (the paper writes
     it per image; with a batch of one image both agree).
     """
+    _same_shape(pred, target, "pred and target")
     per_pixel = (torch.log1p(pred) - torch.log1p(target)).pow(2).mean(dim=1)
     mse = _masked_mean(per_pixel, valid)
     # sqrt has an infinite slope at 0 (perfect student, empty mask); the clamp keeps the

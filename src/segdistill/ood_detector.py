@@ -157,9 +157,15 @@ class ImageOODDetector:
         return image_scores(ood_maps)[self.aggregator]
 
     def flags(self, scores: Tensor | np.ndarray | float) -> np.ndarray:
-        """Scores ([B] or one) -> bool array, True where the image is flagged as OOD."""
+        """Scores ([B] or one) -> bool array, True where the image is flagged as OOD.
+        ValueError for a NaN score (a map without a valid pixel, or not finite): it can be
+        called neither in nor out of distribution."""
         values = scores.detach().cpu().numpy() if isinstance(scores, Tensor) else scores
-        return np.asarray(values, dtype=np.float64) > self.threshold
+        values = np.asarray(values, dtype=np.float64)
+        if np.isnan(values).any():
+            bad = np.flatnonzero(np.isnan(values)).tolist()
+            raise ValueError(f"OOD scores {bad[:10]} are NaN: no image to flag there")
+        return values > self.threshold
 
     def check_model(
         self, predictor: Predictor, resize_to: Sequence[int] | None, where: str | Path

@@ -33,7 +33,9 @@ detects OOD images from it; `Predictor.ood_source` names the map).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -216,30 +218,74 @@ class Predictor:
         return next(self.model.parameters()).device
 
     def to(self, device: torch.device | str, channels_last: bool = False) -> Predictor:
-        """Move the model to `device`. channels_last: hold it, and the images `predict` gets,
-        in the channels-last memory format (faster for most networks on a CPU, see
+        """Move the model to `device` ("cpu", "cuda", "cuda:N"; ConfigError when its CUDA
+        is not available). channels_last: hold it, and the images `predict` gets, in the
+        channels-last memory format (faster for most networks on a CPU, see
         benchmarks/README.md; the same predictions up to rounding, except that MC dropout
-        draws its masks in memory order)."""
+        draws its masks in memory order). The weights stay float32."""
+        if isinstance(device, torch.dtype):
+            raise TypeError(
+                f"Predictor.to takes a device, not the dtype {device}: a predictor holds "
+                "float32 weights and takes float32 images"
+            )
         layout = torch.channels_last if channels_last else torch.contiguous_format
         # Module.to takes memory_format (its documented signature); torch's stubs omit it.
-        self.model.to(device, memory_format=layout)  # type: ignore[call-overload]
+        self.model.to(default_device(device), memory_format=layout)  # type: ignore[call-overload]
         self.channels_last = channels_last
         return self
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Prediction:
-        """images [B, 3, H, W] ImageNet-normalised, on `device` -> Prediction."""
+        """images float32 [B, 3, H, W] ImageNet-normalised, finite, on `device` ->
+        Prediction. The networks predict in eval mode whatever mode they are in (and are
+        left in it): one being fine-tuned predicts as it will after training, and its
+        batch-norm statistics are not moved by predicting."""
+        check_images(images)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        if isinstance(self.model, Teacher):
-            return teacher_prediction(self.model, images)
-        return segmenter_prediction(self.model, images)
+        with eval_mode(self.model):
+            if isinstance(self.model, Teacher):
+                return teacher_prediction(self.model, images)
+            return segmenter_prediction(self.model, images)
 
     def __repr__(self) -> str:
         return (
             f"Predictor({self.name!r}, kind={self.kind!r}, members={self.members}, "
             f"uncertainty={self.uncertainty_source!r})"
         )
+
+
+def check_images(images: Any) -> None:
+    """ValueError (TypeError for what is no tensor) unless `images` is a finite float32
+    tensor [B, 3, H, W]: a NaN pixel would make its whole image NaN (the global pooling
+    spreads it) and an OOD flag would call that image in-distribution."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"images must be a torch.Tensor [B, 3, H, W], not {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"images must be [B, 3, H, W] (RGB, channels first), not {list(images.shape)}"
+        )
+    if images.dtype != torch.float32:
+        raise ValueError(
+            f"images must be float32, ImageNet-normalised (segdistill.data.transforms."
+            f"IMAGENET_MEAN and IMAGENET_STD on values in [0, 1]), not {images.dtype}"
+        )
+    finite = torch.isfinite(images).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise ValueError(f"images {bad[:10]} of the batch hold NaN or infinite values")
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """`model` in eval mode inside, each module's own mode restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.train(training)
 
 
 def unique_names(predictors: list[Predictor]) -> list[Predictor]:

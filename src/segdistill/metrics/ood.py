@@ -40,6 +40,10 @@ def image_scores(uncertainty: Tensor, valid: Tensor | None = None) -> dict[str, 
     (median + min) / max is taken as 2 where max is 0: the value of every other constant
     map. An image without a valid pixel gets NaN for every aggregator.
     """
+    if uncertainty.dim() != 4 or uncertainty.shape[1] != 1:
+        raise ValueError(
+            f"uncertainty must be one map per image [B, 1, H, W], not {list(uncertainty.shape)}"
+        )
     b = uncertainty.shape[0]
     values = uncertainty.detach()[:, 0].reshape(b, -1).to(torch.float64)
     valid = torch.ones_like(values, dtype=torch.bool) if valid is None else valid.reshape(b, -1)

@@ -332,6 +332,16 @@ class SegmentationEvaluator(StreamingMetric):
                 f"ignore_index={self.ignore_index}"
             )
         pred_v, unc_v, conf_v = pred[valid], pixel_unc[valid], confidence[valid]
+        # Every check before the first count is added: a refused batch leaves no trace.
+        if not torch.isfinite(conf_v).all():
+            raise ValueError(f"scores ({self.inputs}) hold NaN or inf at evaluated pixels")
+        if self.inputs == "probs":
+            in_range = scores.min() >= -1e-4 and scores.max() <= 1 + 1e-4
+            if not in_range or (scores.sum(dim=1) - 1).abs().max() > 1e-3:
+                raise ValueError(
+                    "scores are not probabilities (each pixel's in [0, 1], summing to 1): "
+                    "give the softmax, or make the evaluator with inputs='logits'"
+                )
         if not torch.isfinite(unc_v).all():
             raise ValueError("uncertainty holds NaN or inf at evaluated pixels")
         correct_v = pred_v == target_v

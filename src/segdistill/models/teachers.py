@@ -284,6 +284,11 @@ class Ensemble(Teacher):
             raise ConfigError("an ensemble needs at least one member")
         if unbiased_std and len(members) < 2:
             raise ConfigError("the unbiased std needs an ensemble of at least two members")
+        classes = [getattr(member, "num_classes", None) for member in members]
+        if len({count for count in classes if count is not None}) > 1:
+            raise ConfigError(
+                f"the ensemble's members predict different numbers of classes: {classes}"
+            )
         self.members = nn.ModuleList(members)
         self.unbiased_std = unbiased_std
         _freeze(self)
