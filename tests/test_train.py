@@ -37,6 +37,7 @@ from segdistill.interrupts import CtrlC, stop_on_ctrl_c
 from segdistill.methods import build_methods
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models.teachers import build_teacher
+from segdistill.output_paths import held_folder
 from segdistill.outputs import TeacherSignals
 
 TINY_CONFIG = """\
@@ -477,6 +478,19 @@ def test_a_gpu_accelerator_without_cuda_is_refused_before_the_run_starts(
     with pytest.raises(ConfigError, match="trainer.accelerator='gpu': CUDA is not available"):
         training.train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_run_into_a_run_directory_in_use_is_refused(
+    tmp_path: Path, data_root: Path
+) -> None:
+    """Two runs into one run directory wrote the same checkpoints, and one's start deleted
+    the other's unfinished writes."""
+    cfg = tiny_config(tmp_path, data_root)
+    with held_folder(tmp_path / "run"):
+        with pytest.raises(ConfigError, match=r"run is in use by another run \(pid \d+ on "):
+            training.train(cfg)
+    training.train(cfg)  # free again
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")

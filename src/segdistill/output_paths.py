@@ -4,9 +4,16 @@ its --out names a folder, or a file sits where a folder must be made."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import platform
+from collections.abc import Iterator
 from pathlib import Path
 
 from segdistill.errors import ConfigError
+
+LOCK_FILE = ".lock"  # in a folder being written: who writes there
 
 
 def _file_in_the_way(path: Path) -> Path | None:
@@ -35,3 +42,38 @@ def check_output_file(path: Path, what: str) -> None:
     blocker = _file_in_the_way(path)
     if blocker is not None:
         raise ConfigError(f"{what} {path}: {blocker} is a file, so no folder can be made there")
+
+
+@contextlib.contextmanager
+def held_folder(folder: Path) -> Iterator[None]:
+    """Hold FOLDER/.lock while a run writes in `folder` (made if need be): a second run
+    into the same folder is refused, naming the process that holds it, instead of both
+    writing the same files. The lock goes with the process, however it ends; a folder
+    made here that the run left empty (e.g. its config was refused) is removed again."""
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with _lock(folder):
+            yield
+    finally:
+        if made and [path.name for path in folder.iterdir()] == [LOCK_FILE]:
+            (folder / LOCK_FILE).unlink()
+            folder.rmdir()
+
+
+@contextlib.contextmanager
+def _lock(folder: Path) -> Iterator[None]:
+    with open(folder / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ConfigError(
+                f"{folder} is in use by another run ({holder}, holding {folder / LOCK_FILE}): "
+                "wait for it to end, or choose another folder"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {platform.node()}")
+        lock.flush()
+        yield

@@ -63,10 +63,8 @@ Run directory:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import fcntl
 import filecmp
 import functools
 import hashlib
@@ -75,7 +73,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -123,7 +121,7 @@ from segdistill.methods import METHODS
 from segdistill.metrics.segmentation import removal_point
 from segdistill.models.teachers import DISAGREEMENT_SIGNALS, MANIFEST_FILE, Ensemble
 from segdistill.ood_detector import scored_map
-from segdistill.output_paths import check_output_folder
+from segdistill.output_paths import check_output_folder, held_folder
 from segdistill.predict import find_images, fit_ood_detector, score_images
 from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, default_device, load_predictor
 from segdistill.report import Claims, dig, write_report
@@ -134,7 +132,6 @@ EXPERIMENT_FILE = "experiment.yaml"
 ENCODER_FILE = "encoder.safetensors"  # a pre-training run's encoder (`pretrain_encoder`)
 REPORT_FILE = "report.html"
 TABLE_FILE = "table.md"
-LOCK_FILE = ".lock"  # held by the run writing in the run directory
 ABLATION_ROWS = "rows.json"  # an ablation's rows, in its folder
 
 # ----------------------------------------------------------------------------------------
@@ -798,7 +795,7 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     paths = RunPaths(Path(run_dir))
     check_output_folder(paths.root, "run directory")
     steps = plan(exp, paths)  # a config the plan refuses leaves the directory as it was
-    with _run_dir_lock(paths.root):
+    with held_folder(paths.root):
         for step in steps:  # before the claim: a config refused here records nothing
             if paths.stage(step.name).is_file():
                 check_finished_networks(step, paths.stage(step.name))
@@ -915,27 +912,6 @@ class OutputDigests:
 def _short(path: Path, root: Path) -> str:
     """`path` relative to `root` where it lies below it."""
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-
-
-@contextlib.contextmanager
-def _run_dir_lock(root: Path) -> Iterator[None]:
-    """Hold RUN_DIR/.lock for the whole run: a second run into the same directory is
-    refused (its steps would train and write the same files at the same time)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_FILE, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            raise ConfigError(
-                f"{root} is in use by another run ({holder}, holding {root / LOCK_FILE}): "
-                "wait for it to end, or choose another --run-dir"
-            ) from None
-        lock.truncate(0)
-        lock.write(f"pid {os.getpid()} on {platform.node()}")
-        lock.flush()
-        yield
 
 
 def _without_added_settings(current: Any, recorded: Any) -> Any:

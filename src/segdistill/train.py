@@ -29,6 +29,7 @@ teacher and the methods, then hands a `SegmentationTask` to a Lightning `Trainer
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -52,7 +53,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, Subset
 
@@ -96,7 +97,7 @@ from segdistill.methods import MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models import Segmenter
 from segdistill.models.teachers import DISAGREEMENT_SIGNALS, Teacher, build_teacher
-from segdistill.output_paths import check_output_folder
+from segdistill.output_paths import check_output_folder, held_folder
 from segdistill.outputs import SIGNAL_NAMES, SegOutput, TeacherSignals
 from segdistill.teacher_cache import TeacherCacheDataset, cache_key, open_or_build, valid_mask
 
@@ -116,8 +117,20 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
     """Train (or distil, when `cfg.distill` is set) into `cfg.run.dir`; return that folder.
 
     resume: continue from `RUN_DIR/checkpoints/last.ckpt`. Without it, a run directory that
-    already holds a checkpoint is refused rather than overwritten.
+    already holds a checkpoint is refused rather than overwritten. A second run into a run
+    directory in use is refused (`output_paths.held_folder`).
     """
+    run_dir = cfg.run.path()
+    check_output_folder(run_dir, "run.dir")
+    # DDP's other processes write in rank 0's run directory: rank 0 holds it for them.
+    # (`rank` is set from the launcher's environment when Lightning is imported.)
+    rank = rank_zero_only.rank  # type: ignore[attr-defined]
+    held = held_folder(run_dir) if rank == 0 else contextlib.nullcontext()
+    with held:
+        return _train(cfg, resume)
+
+
+def _train(cfg: SegConfig, resume: bool) -> Path:
     if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={cfg.trainer.accelerator!r}: CUDA is not available (no GPU, "
@@ -232,7 +245,6 @@ class StopOnCtrlC(Callback):
 
 def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
     run_dir = cfg.run.path()
-    check_output_folder(run_dir, "run.dir")
     checkpoint = run_dir / RESUME_CHECKPOINT
     if resume and not checkpoint.is_file():
         raise CheckpointError(f"cannot resume: {checkpoint} does not exist")
