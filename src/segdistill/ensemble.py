@@ -15,7 +15,6 @@ replaced atomically, so parallel members never drop each other.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import is_rank_zero, print_once
 from segdistill.errors import ConfigError
 from segdistill.models.teachers import MANIFEST_FILE
+from segdistill.output_paths import waiting_lock
 from segdistill.train import train
 
 MEMBER_FILE = "member.json"
@@ -103,8 +103,7 @@ def write_manifest(ensemble_dir: Path, planned: int) -> int:
     The lock serialises the scan and the write of parallel members: without it, one could
     write a scan made before another member finished, after that member's own write.
     """
-    with open(ensemble_dir / ".manifest.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with waiting_lock(ensemble_dir / ".manifest.lock"):
         entries = [
             json.loads(path.read_text())
             for path in sorted(ensemble_dir.glob(f"member_*/{MEMBER_FILE}"))

@@ -1,6 +1,9 @@
 """Checks that a file or folder can be written where the user asked, made before the work
 that fills it: an evaluation or an export should not end in an OSError traceback because
-its --out names a folder, or a file sits where a folder must be made."""
+its --out names a folder, or a file sits where a folder must be made. And the locks of
+outputs that several processes could write: a run directory is held by one run
+(`held_folder`); a teacher cache or an ensemble's manifest is written in turns
+(`waiting_lock`)."""
 
 from __future__ import annotations
 
@@ -76,4 +79,15 @@ def _lock(folder: Path) -> Iterator[None]:
         lock.truncate(0)
         lock.write(f"pid {os.getpid()} on {platform.node()}")
         lock.flush()
+        yield
+
+
+@contextlib.contextmanager
+def waiting_lock(lock_path: Path) -> Iterator[None]:
+    """Wait for, then hold, an exclusive lock on the file `lock_path` (made, with its
+    folder, if need be): for writers that take turns (the builds of one teacher cache,
+    the members of one ensemble writing its manifest)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         yield

@@ -52,12 +52,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +74,7 @@ from segdistill.data.transforms import Normalize, Sample, to_tensors
 from segdistill.distributed import print_once
 from segdistill.errors import DataError, TrainingError
 from segdistill.models.teachers import Teacher
+from segdistill.output_paths import waiting_lock
 
 CACHE_VERSION = 2  # 2: images keyed by content (1: by path and modification time)
 META_FILE = "cache.json"
@@ -273,7 +273,8 @@ def open_or_build(
     matching and sound one is there. The teacher runs on `device` while building."""
     directory = Path(directory)
     what = f"{len(dataset)} images, {', '.join(key.signals)}"
-    with _locked(directory):
+    # DIR.lock beside DIR, which a build replaces.
+    with waiting_lock(directory.with_name(f"{directory.name}.lock")):
         meta, problem = _inspect(directory, key)
         if meta is not None:
             print_once(f"teacher cache {directory}: {what}")
@@ -282,16 +283,6 @@ def open_or_build(
         print(f"teacher cache {directory}: {action} ({what})")
         meta = _build(directory, teacher, key, dataset, torch.device(device), progress)
         return TeacherCache(directory, meta)
-
-
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on DIR.lock (next to DIR, which a build replaces)."""
-    lock_path = directory.with_name(f"{directory.name}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        yield
 
 
 def _inspect(directory: Path, key: CacheKey) -> tuple[dict[str, Any] | None, str]:
