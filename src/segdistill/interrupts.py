@@ -5,8 +5,7 @@ Python raises KeyboardInterrupt wherever the signal lands. In a finaliser (a Dat
 and the work goes on. So while a loop is watched the first Ctrl-C is recorded, with a
 notice, and raised where the loop checks (before its next batch or image); a second one
 is raised at once, for a loop stuck where it does not check. The DataLoader workers
-ignore Ctrl-C (`ignore_ctrl_c`): it is the main process's to
-handle.
+ignore Ctrl-C (`ignore_ctrl_c`): it is the main process's to handle.
 """
 
 from __future__ import annotations

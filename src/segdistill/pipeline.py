@@ -33,9 +33,8 @@ finished, and a later run skips every step that has one, whose outputs are all t
 the bytes it read (`OutputDigests`); the data step is checked on every run. A network
 whose training was interrupted resumes from its last checkpoint; a finished ensemble
 member is skipped. The run directory remembers its experiment (`experiment.yaml`): running
-another experiment config into it is refused
-rather than mixing the two, and so is a second run while one is writing there
-(`RUN_DIR/.lock`).
+another experiment config into it is refused rather than mixing the two, and so is a
+second run while one is writing there (`RUN_DIR/.lock`).
 
 Run directory:
 
@@ -593,8 +592,8 @@ class Step:
     still match (`check_finished_networks`). `needs`: the steps whose outputs it reads;
     when one of them has written other bytes since this one ran, this one runs again
     (`OutputDigests`). `outputs`: the files it leaves; a finished step with one missing
-    runs again. `every_run`: run it even when finished (the
-    data step: cheap, and it finds a data folder that was deleted or replaced)."""
+    runs again. `every_run`: run it even when finished (the data step: cheap, and it finds
+    a data folder that was deleted or replaced)."""
 
     name: str
     title: str
@@ -603,6 +602,10 @@ class Step:
     needs: tuple[str, ...] = ()
     outputs: tuple[Path, ...] = ()
     every_run: bool = False
+
+    def missing_outputs(self) -> list[Path]:
+        """The `outputs` not on disk."""
+        return [path for path in self.outputs if not path.exists()]
 
 
 def network_outputs(configs: Sequence[SegConfig]) -> tuple[Path, ...]:
@@ -708,8 +711,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             )
             networks.append(f"student-{name}")
         if offset == 0:
-            first_seed, first_baseline = list(dict.fromkeys(networks)), baseline_step
-    networks = list(dict.fromkeys(networks))
+            first_seed, first_baseline = list(networks), baseline_step
     homes = [source for _, source in model_sources(exp, paths, spec.seeds)]
     steps.append(
         Step(
@@ -832,7 +834,7 @@ def _run_step(
     with memory.StepPeak() as peak:
         outputs = step.run()
     seconds = time.perf_counter() - began
-    missing = [path for path in step.outputs if not path.exists()]
+    missing = step.missing_outputs()
     if missing:  # e.g. a finished training whose weights file was deleted: nothing to resume
         raise ConfigError(
             f"step {step.name!r} ended without {missing[0]}: delete what the step wrote "
@@ -860,11 +862,11 @@ def _run_step(
 
 
 def _why_again(step: Step, marker: Path, inputs: dict[str, str], root: Path) -> str | None:
-    """ "" when the finished `step` may be skipped; else why it runs: None when it never
-    finished (or runs on every run), else what changed since it did."""
+    """Why `step` runs: None when it never finished (or runs on every run), else what has
+    changed since it finished; "" when nothing has and it may be skipped."""
     if step.every_run or not marker.is_file():
         return None
-    missing = [path for path in step.outputs if not path.exists()]
+    missing = step.missing_outputs()
     if missing:
         return f"{_short(missing[0], root)} is missing"
     # A marker written before the inputs were recorded is trusted, as it was then.
