@@ -30,7 +30,7 @@ from segdistill.config import ModelConfig
 from segdistill.errors import ConfigError
 from segdistill.models import build_segmenter
 from segdistill.outputs import SegOutput
-from segdistill.pipeline import _bench_line
+from segdistill.pipeline.results import _bench_line
 from segdistill.predictor import Predictor
 
 CLASSES = 3

@@ -18,7 +18,7 @@ from segdistill.config import (
 )
 from segdistill.data.folder import load_classes
 from segdistill.errors import ConfigError, DataError
-from segdistill.pipeline import load_experiment
+from segdistill.pipeline.experiment import load_experiment
 
 
 def write(path: Path, text: str) -> Path:

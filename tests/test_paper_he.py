@@ -14,8 +14,10 @@ from segdistill.checkpoints import build_model, save_weights
 from segdistill.config import SegConfig, replace_values
 from segdistill.methods import Adaptation, build_methods
 from segdistill.models import count_parameters
-from segdistill.pipeline import LoadedExperiment, RunPaths, load_experiment, student_config
-from segdistill.pipeline import teacher_config as planned_teacher_config
+from segdistill.pipeline.experiment import LoadedExperiment, load_experiment
+from segdistill.pipeline.networks import student_config
+from segdistill.pipeline.networks import teacher_config as planned_teacher_config
+from segdistill.pipeline.run_dir import RunPaths
 
 HE = Path(__file__).resolve().parents[1] / "configs" / "paper" / "he.yaml"
 NUM_CLASSES = 19

@@ -12,13 +12,9 @@ from segdistill.checkpoints import build_model, load_segmenter, save_weights
 from segdistill.config import SegConfig, replace_values
 from segdistill.errors import ConfigError
 from segdistill.models import build_segmenter, count_parameters
-from segdistill.pipeline import (
-    RunPaths,
-    baseline_config,
-    load_experiment,
-    student_config,
-    teacher_config,
-)
+from segdistill.pipeline.experiment import load_experiment
+from segdistill.pipeline.networks import baseline_config, student_config, teacher_config
+from segdistill.pipeline.run_dir import RunPaths
 
 KARINE = Path(__file__).resolve().parents[1] / "configs" / "paper" / "karine.yaml"
 NUM_CLASSES = 19

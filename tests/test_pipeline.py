@@ -22,43 +22,36 @@ import safetensors.torch
 import torch
 import yaml
 
-from segdistill import pipeline
 from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.cli import main
 from segdistill.config import SegConfig, dump_config, replace_values
 from segdistill.defaults import DETECTOR_FILE
 from segdistill.errors import ConfigError, DataError
 from segdistill.ood_detector import ImageOODDetector
-from segdistill.pipeline import (
-    CheckSpec,
-    RunPaths,
-    Step,
-    TableSpec,
-    UnlabeledSpec,
-    _ablation_rows,
-    _check_line,
-    _ood_flag_cells,
-    _table_cells,
-    _why_again,
+from segdistill.pipeline import run as pipeline_run
+from segdistill.pipeline.checks import metric_value, run_check
+from segdistill.pipeline.evaluation import _ablation_rows, flagged_shares
+from segdistill.pipeline.experiment import CheckSpec, TableSpec, UnlabeledSpec, load_experiment
+from segdistill.pipeline.networks import (
     baseline_config,
     check_finished_networks,
-    claim_run_dir,
-    experiment_claims,
-    flagged_shares,
-    format_markdown,
-    format_summary,
-    load_experiment,
-    metric_value,
-    paper_table,
-    plan,
     prepare_unlabeled,
     pretrain_teacher_config,
-    run_check,
-    run_pipeline,
     student_config,
     teacher_config,
     teacher_networks,
 )
+from segdistill.pipeline.results import (
+    _check_line,
+    _ood_flag_cells,
+    _table_cells,
+    experiment_claims,
+    format_markdown,
+    format_summary,
+    paper_table,
+)
+from segdistill.pipeline.run import plan, run_pipeline
+from segdistill.pipeline.run_dir import RunPaths, Step, claim_run_dir, why_again
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "quick" / "demo.yaml"
@@ -461,18 +454,18 @@ def test_why_a_finished_step_runs_again(tmp_path: Path) -> None:
     out.write_text("{}")
     step = Step("s", "t", lambda: {}, outputs=(out,))
     marker = tmp_path / "stages" / "s.json"
-    assert _why_again(step, marker, {}, tmp_path) is None  # never finished
+    assert why_again(step, marker, {}, tmp_path) is None  # never finished
     marker.parent.mkdir()
     marker.write_text(json.dumps({"step": "s"}))  # written before inputs were recorded
-    assert _why_again(step, marker, {"a": "1"}, tmp_path) == ""
+    assert why_again(step, marker, {"a": "1"}, tmp_path) == ""
     marker.write_text(json.dumps({"step": "s", "inputs": {"a": "1", "b": "2"}}))
-    assert _why_again(step, marker, {"a": "1", "b": "2"}, tmp_path) == ""
-    assert _why_again(step, marker, {"a": "1", "b": "3"}, tmp_path) == "b changed since it ran"
-    assert _why_again(step, marker, {"a": "1"}, tmp_path) == "b changed since it ran"  # gone
+    assert why_again(step, marker, {"a": "1", "b": "2"}, tmp_path) == ""
+    assert why_again(step, marker, {"a": "1", "b": "3"}, tmp_path) == "b changed since it ran"
+    assert why_again(step, marker, {"a": "1"}, tmp_path) == "b changed since it ran"  # gone
     out.unlink()
-    assert _why_again(step, marker, {"a": "1", "b": "2"}, tmp_path) == "out.json is missing"
+    assert why_again(step, marker, {"a": "1", "b": "2"}, tmp_path) == "out.json is missing"
     every = Step("d", "t", lambda: {}, every_run=True)
-    assert _why_again(every, marker, {}, tmp_path) is None
+    assert why_again(every, marker, {}, tmp_path) is None
 
 
 def test_continues_after_an_interruption(
@@ -630,7 +623,7 @@ def test_a_run_that_stopped_before_its_first_step_finished_does_not_hold_the_dir
     def missing(spec: object) -> None:
         raise DataError(f"data folder {tmp_path / 'nothing'} does not exist")
 
-    monkeypatch.setattr(pipeline, "prepare_all_data", missing)
+    monkeypatch.setattr(pipeline_run, "prepare_all_data", missing)
     wrong = load_experiment(DEMO_CONFIG, [f"data.root={tmp_path / 'nothing'}"])
     with pytest.raises(DataError, match="nothing"):
         run_pipeline(wrong, tmp_path / "run")

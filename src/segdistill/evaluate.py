@@ -102,7 +102,7 @@ from segdistill.predictor import (
 
 SCHEMA_MODEL = "segdistill.metrics/1"
 SCHEMA_RESULTS = "segdistill.results/1"
-SCHEMA_EXPERIMENT = "segdistill.experiment/1"  # an experiment's results.json (pipeline.py)
+SCHEMA_EXPERIMENT = "segdistill.experiment/1"  # an experiment's results.json (pipeline/results.py)
 METRICS_FILE = "metrics.json"
 FIGURES_DIR = "figures"
 REFERENCE_SPLIT = "test"

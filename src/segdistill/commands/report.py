@@ -56,7 +56,7 @@ def _claims(inputs: list[str]) -> Claims | None:
         return None
     if not isinstance(content, dict) or content.get("schema") != SCHEMA_EXPERIMENT:
         return None
-    from segdistill.pipeline import experiment_claims
+    from segdistill.pipeline.results import experiment_claims
 
     return experiment_claims(content)
 
