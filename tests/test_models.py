@@ -161,6 +161,29 @@ def test_segmenter_outputs(arch: str, encoder: str, head: str | None, channels: 
     assert all(a.shape == out.logits.shape for a in out.aux_logits.values())
 
 
+@pytest.mark.parametrize(
+    ("arch", "encoder"),
+    [
+        ("deeplabv3plus", "resnet18"),
+        ("deeplabv3plus", "mobilenetv2"),
+        ("pspnet", "resnet18"),
+        ("nfs", "nfsnet"),
+        ("plain", "resnet18"),
+    ],
+)
+def test_every_segmenter_takes_tiny_and_odd_image_sizes(arch: str, encoder: str) -> None:
+    """Any image size gives maps of that size. NfS-Net's 2x2 max-pools flooring odd sides
+    failed below 64 px (a 34x34 image reached its stride-64 stage at 0x0)."""
+    model = build_segmenter(arch, encoder, NUM_CLASSES, encoder_options=TINY, aux_heads=True)
+    model.eval()
+    for size in [(1, 1), (5, 3), (33, 33), (34, 200), (37, 53), (32, 1024)]:
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, *size))
+        assert out.logits.shape == (1, NUM_CLASSES, *size), (size, out.logits.shape)
+        assert torch.isfinite(out.logits).all()
+        assert all(a.shape == out.logits.shape for a in out.aux_logits.values())
+
+
 def test_a_channels_last_segmenter_gives_its_full_size_maps_in_the_default_layout() -> None:
     """The network runs channels-last, its upsampled maps do not (a softmax over the classes
     of a full-size channels-last map is much slower on the CPU)."""

@@ -412,7 +412,9 @@ class DenseStage(nn.Module):
         self, in_ch: int, layers: int, growth: int, out_ch: int, stride: int, dilation: int
     ) -> None:
         super().__init__()
-        self.pool = nn.MaxPool2d(2) if stride == 2 else nn.Identity()
+        # ceil_mode: an odd side keeps its last row (1 -> 1, 5 -> 3), as the strided stem
+        # conv does, so any image size works; sides divisible by 64 are unaffected.
+        self.pool = nn.MaxPool2d(2, ceil_mode=True) if stride == 2 else nn.Identity()
         self.dense = nn.ModuleList(
             ConvBNPReLU(in_ch + j * growth, growth, 3, dilation=dilation) for j in range(layers)
         )
