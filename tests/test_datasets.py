@@ -418,6 +418,21 @@ def test_folder_sub_folders_are_searched_and_masks_matched_by_path(folder):
         make_folder(folder)
 
 
+def test_folder_masks_without_their_image_are_named(folder):
+    """A mask whose image is missing, misnamed or in a format not read (.tif) would drop
+    its sample in silence: an error naming the masks; `data info`'s mode lists them."""
+    (folder / "images" / "b.jpg").rename(folder / "images" / "b.tif")
+    save(folder / "masks" / "sub" / "c.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError) as error:
+        make_folder(folder)
+    message = str(error.value)
+    assert "2 masks in" in message and "['b.png', 'c.png']" in message
+    assert f"expected e.g. {folder / 'images' / 'b'} with one of .png/.jpg/.jpeg" in message
+    listed = make_folder(folder, allow_unlabeled=True)
+    assert listed.names == ["a"]
+    assert listed.masks_without_image == [folder / "masks" / "b.png", folder / "masks/sub/c.png"]
+
+
 def test_folder_masks_match_an_upper_case_suffix(folder):
     (folder / "masks" / "a.png").rename(folder / "masks" / "a.PNG")
     dataset = make_folder(folder)

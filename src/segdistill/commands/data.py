@@ -315,18 +315,20 @@ def _own_data_set(root: Path) -> OwnDataSet | None:
         IMAGES_DIR,
         FolderDataset,
         folder_splits,
+        images_below,
         is_folder_data_set,
     )
 
     if (root / META_FILE).exists() or (root / PARTIAL_FILE).exists():
         return None
     if is_folder_data_set(root):
+        folders = [root / split / IMAGES_DIR for split in folder_splits(root)]
         data = OwnDataSet(
             root,
             f"folder data set ({CLASSES_FILE})",
             f"<split>/{IMAGES_DIR}/",
-            folder_splits(root),
-            [],
+            [folder.parent.name for folder in folders if images_below(folder)],
+            [folder for folder in folders if not images_below(folder)],
             lambda split: FolderDataset.split(root, split, allow_unlabeled=True),
         )
     elif (root / "leftImg8bit").is_dir():
@@ -379,11 +381,15 @@ def _info_of_own_data(data: OwnDataSet) -> int:
         shown = per_image_report(labelled, first.ignore_index).name
         print(f"images ({shown}): the share of the masks of {shown} that show each class")
     problems = [problem for found in surveys for problem in found.problems]
+    orphans = [path for found in surveys for path in found.masks_without_image]
     total = sum(found.images for found in surveys)
+    bad = f"{len(problems)} of {total} images cannot be used"
+    if orphans:
+        bad += f", {len(orphans)} masks have no image"
     return _integrity(
-        problems,
+        problems + [f"{path}: a mask without its image" for path in orphans],
         f"OK ({total} images and their masks, every file decoded)",
-        f"{len(problems)} of {total} images cannot be used",
+        bad,
     )
 
 

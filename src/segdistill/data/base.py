@@ -308,7 +308,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
     maps:        extra dense maps, {name: reader(SampleFiles) -> [H, W] or [K, H, W]}.
     mask_values: the classes file's stored value -> class id (kept for `classes_spec`; the
                  samples' own mappings decode the masks).
+    masks_without_image: label files no sample uses (a loader that lists them sets them,
+                 for `data info` to report).
     """
+
+    masks_without_image: Sequence[Path] = ()
 
     def __init__(
         self,

@@ -161,7 +161,9 @@ class FolderDataset(SegmentationDataset):
     masks_dir:       None for images without any masks (all labels ignore, for prediction or
                      unlabeled distillation).
     mask_suffix:     what follows the stem in a mask's file name (".png", "_mask.png", ...).
-    allow_unlabeled: images without a mask get an all-ignore label instead of an error.
+    allow_unlabeled: images without a mask get an all-ignore label, and masks without an
+                     image are listed in `masks_without_image`, instead of an error (what
+                     `data info` reports).
     maps:            extra dense maps {name: reader(SampleFiles) -> [H, W] | [K, H, W]}.
     """
 
@@ -185,7 +187,9 @@ class FolderDataset(SegmentationDataset):
             SampleFiles(name, image, self._existing_mask(name), mapping)
             for name, image in _find_images(self.images_dir)
         ]
+        orphans = self._masks_without_image(samples)
         if self.masks_dir is not None and not allow_unlabeled:
+            self._check_every_mask_has_its_image(orphans)
             self._check_all_labeled(samples)
         super().__init__(
             samples=samples,
@@ -196,6 +200,7 @@ class FolderDataset(SegmentationDataset):
             maps=maps,
             mask_values=spec.mask_values,
         )
+        self.masks_without_image = orphans
 
     @classmethod
     def split(
@@ -229,6 +234,32 @@ class FolderDataset(SegmentationDataset):
             if candidate.is_file():
                 return candidate
         return None
+
+    def _masks_without_image(self, samples: list[SampleFiles]) -> list[Path]:
+        """The mask files (`mask_suffix`, any case) below masks_dir that no image matches."""
+        if self.masks_dir is None or not self.masks_dir.is_dir():
+            return []
+        suffix = self.mask_suffix.lower()
+        used = {sample.label.resolve() for sample in samples if sample.label is not None}
+        return sorted(
+            path
+            for path in self.masks_dir.rglob("*")
+            if path.name.lower().endswith(suffix) and path.is_file() and path.resolve() not in used
+        )
+
+    def _check_every_mask_has_its_image(self, orphans: list[Path]) -> None:
+        """DataError naming the masks no image matches: their images are missing, in a
+        format not read (e.g. .tif), or misnamed, and would be left out in silence."""
+        assert self.masks_dir is not None
+        if orphans:
+            suffix = self.mask_suffix
+            name = orphans[0].relative_to(self.masks_dir).as_posix()[: -len(suffix)]
+            formats = "/".join(IMAGE_SUFFIXES)
+            raise DataError(
+                f"{len(orphans)} masks in {self.masks_dir} have no image "
+                f"({[p.name for p in orphans[:5]]}; expected e.g. {self.images_dir / name}"
+                f" with one of {formats}): add or rename their images, or remove the masks"
+            )
 
     def _check_all_labeled(self, samples: list[SampleFiles]) -> None:
         missing = [s.name for s in samples if s.label is None]

@@ -12,6 +12,7 @@ without one is listed too (its mask is missing); a split without any mask is unl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -31,7 +32,8 @@ class Survey:
     id (the ignore value included) and the number of labelled images it occurs in;
     unlabeled: readable images without a mask (not counted in the class statistics);
     problems: the errors of the samples that could not be read and, in a split with masks,
-    the images without one (each names its file).
+    the images without one (each names its file); masks_without_image: the mask files no
+    image matches (`SegmentationDataset.masks_without_image`).
     """
 
     name: str
@@ -41,6 +43,7 @@ class Survey:
     class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(ID_RANGE, np.int64))
     class_images: np.ndarray = field(default_factory=lambda: np.zeros(ID_RANGE, np.int64))
     problems: list[str] = field(default_factory=list)
+    masks_without_image: list[Path] = field(default_factory=list)
 
 
 def survey(dataset: SegmentationDataset, name: str, progress: bool = True) -> Survey:
@@ -65,4 +68,5 @@ def survey(dataset: SegmentationDataset, name: str, progress: bool = True) -> Su
         counts = np.bincount(label.ravel().astype(np.int64), minlength=ID_RANGE)
         found.class_pixels += counts
         found.class_images += counts > 0
+    found.masks_without_image = list(dataset.masks_without_image)
     return found
