@@ -173,6 +173,13 @@ def test_unknown_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
             "distill={teacher: {kind: mc_dropout, path: t, samples: 1}, methods: [{name: ukd}]}",
             "distill.teacher.samples=1 must be >= 2",
         ),
+        ("model.aux_loss_weight=-0.4", "model.aux_loss_weight=-0.4 must be >= 0"),
+        ("model.aux_loss_weight=.nan", "model.aux_loss_weight=nan must be >= 0"),
+        (
+            "model.aux_loss_weight=0.4",
+            "model.aux_loss_weight=0.4 must be 0 without auxiliary heads (set model.aux_heads: "
+            "true)",
+        ),
     ],
 )
 def test_invalid_values_are_named(tmp_path: Path, override: str, expected: str) -> None:

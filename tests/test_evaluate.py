@@ -624,6 +624,50 @@ def test_images_of_mixed_sizes_are_batched_by_size(tmp_path: Path) -> None:
     assert aurocs[1] == pytest.approx(aurocs[0], abs=1e-9)
 
 
+def test_evaluate_scores_what_predict_gives_on_sizes_not_multiples_of_32(tmp_path: Path) -> None:
+    """`evaluate` pads a batch as `segdistill predict` pads each image (to a multiple of
+    32), so its mIoU is that of predict's class maps. Fed unpadded, the network saw other
+    borders and the two disagreed on such sizes."""
+    from segdistill.evaluate import evaluate
+    from segdistill.predict import predict_arrays
+    from segdistill.predictor import input_multiple
+
+    root = tmp_path / "data"
+    write_mixed_size_data(root, {"test": [(37, 53), (37, 53), (70, 41)]})
+    torch.manual_seed(0)
+    save_run(tmp_path / "net", "scalar", classes=3)
+    result = evaluate(
+        [tmp_path / "net"],
+        root,
+        out_dir=tmp_path / "out",
+        write_homes=False,
+        batch_size=2,
+        make_figures=False,
+        progress=False,
+        num_workers=0,
+    )["models"][0]["splits"]["test"]
+    predictor = load_predictor(tmp_path / "net")
+    multiple = input_multiple(predictor.segmenters())
+    confusion = np.zeros((3, 3), np.int64)
+    unpadded = np.zeros((3, 3), np.int64)
+    for i in range(3):
+        image = np.asarray(Image.open(root / "test" / "images" / f"{i}.png").convert("RGB"))
+        label = np.asarray(Image.open(root / "test" / "masks" / f"{i}.png")).astype(np.int64)
+        (predicted,) = predict_arrays(predictor, [image], multiple)
+        np.add.at(confusion, (label.ravel(), predicted.classes.ravel()), 1)
+        sample = FolderDataset.split(root, "test")[i]
+        direct = predictor.predict(sample["image"][None]).probs[0].argmax(0).numpy()
+        np.add.at(unpadded, (label.ravel(), direct.ravel()), 1)
+
+    def miou(counts: np.ndarray) -> float:
+        tp = np.diag(counts)
+        union = counts.sum(0) + counts.sum(1) - tp
+        return float(np.mean(tp[union > 0] / union[union > 0]))
+
+    assert result["segmentation"]["miou"] == pytest.approx(miou(confusion), abs=1e-12)
+    assert miou(unpadded) != pytest.approx(miou(confusion), abs=1e-6)
+
+
 def test_sample_figures_of_images_of_mixed_sizes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

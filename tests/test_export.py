@@ -24,8 +24,7 @@ from segdistill.export import (
     run_exported,
 )
 from segdistill.models import build_segmenter
-from segdistill.predict import pad_to_multiple
-from segdistill.predictor import load_predictor
+from segdistill.predictor import load_predictor, pad_to_multiple
 
 CLASSES = 5
 FIVE_CLASSES = ClassesSpec(

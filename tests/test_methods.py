@@ -313,6 +313,44 @@ def test_method_set_ce_weight_rule():
         methods.MethodSet([], ce_weight=0.0)
 
 
+def _numpy_ce(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean cross-entropy over the non-ignored pixels, in numpy (float64)."""
+    x = logits.detach().double().numpy()
+    t = target.numpy()
+    log_probs = x - x.max(1, keepdims=True)
+    log_probs = log_probs - np.log(np.exp(log_probs).sum(1, keepdims=True))
+    b, h, w = np.nonzero(t != IGNORE_INDEX)
+    return float(-log_probs[b, t[b, h, w], h, w].mean())
+
+
+def test_aux_ce_weight_adds_each_aux_outputs_label_ce():
+    """Deep supervision (`model.aux_loss_weight`): w x CE of every auxiliary output on the
+    labels, void pixels ignored, beside the CE of the main output."""
+    student, target = _student(aux=True), _target()
+    student.aux_logits["deep"] = torch.randn(B, C, H, W, requires_grad=True)
+    out = methods.MethodSet(aux_ce_weight=0.4)(student, _teacher(), target)
+    assert set(out) == {"loss", "task/ce", "task/aux_ce_mid", "task/aux_ce_deep"}
+    assert out["task/ce"].item() == pytest.approx(_numpy_ce(student.logits, target), rel=1e-5)
+    for level in ("mid", "deep"):
+        expected = 0.4 * _numpy_ce(student.aux_logits[level], target)
+        assert out[f"task/aux_ce_{level}"].item() == pytest.approx(expected, rel=1e-5)
+    parts = sum(v for k, v in out.items() if k != "loss")
+    assert out["loss"].item() == pytest.approx(parts.item())
+    out["loss"].backward()
+    assert student.aux_logits["deep"].grad is not None
+    # Without the weight the aux outputs get no term (ja_kd / ukd distil them instead).
+    assert set(methods.MethodSet()(_student(aux=True), _teacher(), target)) == {"loss", "task/ce"}
+
+
+def test_aux_ce_weight_needs_aux_outputs():
+    with pytest.raises(ConfigError, match=r"model.aux_loss_weight=0.4 .*model.aux_heads: true"):
+        methods.build_methods([{"name": "kd"}], num_classes=C, aux_ce_weight=0.4).check_student(
+            _student()
+        )
+    with pytest.raises(ConfigError, match="aux_ce_weight"):
+        methods.MethodSet(aux_ce_weight=-1.0)
+
+
 def test_all_ignore_batch_gives_finite_loss_and_gradients():
     ms = methods.build_methods(
         [{"name": "dudes"}, {"name": "ja_kd", "options": {"distill_void": False}}],

@@ -30,12 +30,15 @@ from segdistill.predict import (
     PredictSummary,
     find_images,
     fit_ood_detector,
-    input_multiple,
-    pad_to_multiple,
     predict_arrays,
     predict_files,
 )
-from segdistill.predictor import PER_CLASS_OOD_SOURCE, load_predictor
+from segdistill.predictor import (
+    PER_CLASS_OOD_SOURCE,
+    input_multiple,
+    load_predictor,
+    pad_to_multiple,
+)
 
 CLASSES = 19
 CITY_IMAGE = "aachen_000000_000019_leftImg8bit.png"

@@ -39,6 +39,7 @@ from segdistill.metrics import SegmentationEvaluator
 from segdistill.models.teachers import build_teacher
 from segdistill.output_paths import held_folder
 from segdistill.outputs import TeacherSignals
+from segdistill.predictor import load_predictor
 
 TINY_CONFIG = """\
 data: {{root: {root}, crop_size: [32, 32], batch_size: 2, num_workers: 0}}
@@ -690,18 +691,23 @@ def test_validation_miou_is_computed_over_the_whole_set(trained_run: Path) -> No
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     logged = trainer.validate(task, datamodule=data, verbose=False)[0]["val/miou"]
 
-    whole = SegmentationEvaluator(19, inputs="logits")
+    # What `segdistill evaluate` measures: the images (32x48, not multiples of 32) padded.
+    predictor = load_predictor(trained_run)
+    whole = SegmentationEvaluator(19, inputs="probs")
+    unpadded = SegmentationEvaluator(19, inputs="logits")
     per_image = []
     with torch.no_grad():
         for index in range(len(val_set)):
             sample = val_set[index]
-            logits = model(sample["image"][None]).logits
-            whole.update(logits, None, sample["label"][None])
-            one = SegmentationEvaluator(19, inputs="logits")
-            one.update(logits, None, sample["label"][None])
+            probs = predictor.predict_padded(sample["image"][None]).probs
+            whole.update(probs, None, sample["label"][None])
+            unpadded.update(model.eval()(sample["image"][None]).logits, None, sample["label"][None])
+            one = SegmentationEvaluator(19, inputs="probs")
+            one.update(probs, None, sample["label"][None])
             per_image.append(one.compute()["segmentation"]["miou"])
     assert logged == pytest.approx(whole.compute()["segmentation"]["miou"])
     assert logged != pytest.approx(float(np.mean(per_image)))
+    assert logged != pytest.approx(unpadded.compute()["segmentation"]["miou"])
 
 
 class FrozenTeacher(torch.nn.Module):
@@ -762,6 +768,30 @@ def test_distillation_logs_every_method_term(
     columns = set(read_metrics(run_dir)[0])
     assert {"train/loss", "train/task/ce", "train/ja_kd/out", "train/kd/kl"} <= columns
     assert load_segmenter(run_dir)[1].uncertainty_head == "scalar"
+
+
+def test_aux_loss_weight_trains_the_aux_heads_on_the_labels(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deep supervision: with `model.aux_loss_weight` the aux head learns from the labels
+    (its CE logged per level); without it nothing trains a plain run's aux head."""
+    trained = {}
+    for weight in (0.0, 0.4):
+        (tmp_path / str(weight)).mkdir()
+        cfg = tiny_config(
+            tmp_path / str(weight),
+            data_root,
+            ["trainer.max_epochs=1", "model.aux_heads=true", f"model.aux_loss_weight={weight}"],
+        )
+        start = initial_weights(cfg, monkeypatch)
+        monkeypatch.undo()
+        run_dir = training.train(cfg)
+        end = load_segmenter(run_dir)[0].state_dict()
+        aux = [k for k in start if k.startswith("aux_heads.") and k.endswith(".weight")]
+        trained[weight] = any(not torch.equal(start[k], end[k]) for k in aux)
+        columns = set(read_metrics(run_dir)[0])
+        assert ("train/task/aux_ce_c4" in columns) == (weight > 0)
+    assert trained == {0.0: False, 0.4: True}
 
 
 def run_ensemble(*argv: str) -> None:

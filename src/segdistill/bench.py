@@ -56,8 +56,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from segdistill.errors import ConfigError
-from segdistill.predict import input_multiple, pad_to_multiple
-from segdistill.predictor import Predictor, default_device, unique_names
+from segdistill.predictor import (
+    Predictor,
+    default_device,
+    input_multiple,
+    pad_to_multiple,
+    unique_names,
+)
 
 TEACHER_KINDS = ("ensemble", "mc_dropout")
 HEAD_OVERHEAD_GOAL = 1.02

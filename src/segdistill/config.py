@@ -55,7 +55,11 @@ class ModelConfig:
     """The network, as `segdistill.models.build_segmenter` takes it (plus the class count,
     which lives in `data.num_classes`). encoder_weights: a local ImageNet state dict.
     decoder_channels: the decoder's width; None: the architecture's (256 for DeepLabV3+,
-    512 for PSPNet, 128 for NfS-SegNet) times the encoder width when that is below 1."""
+    512 for PSPNet, 128 for NfS-SegNet) times the encoder width when that is below 1.
+    aux_heads: auxiliary classifiers on inner encoder levels (PSPNet's on layer3, NfS's at
+    strides 16 and 32); they are trained by `aux_loss_weight` times the label cross-entropy
+    on each (deep supervision; PSPNet's paper uses 0.4) and by the ja_kd / ukd terms, and
+    are not part of the prediction."""
 
     arch: str = "deeplabv3plus"
     encoder: str = "resnet18"
@@ -66,6 +70,7 @@ class ModelConfig:
     uncertainty_head: Literal["scalar", "per_class"] | None = None
     mc_dropout: float = 0.0
     aux_heads: bool = False
+    aux_loss_weight: float = 0.0
     decoder_channels: int | None = None
 
 
@@ -347,6 +352,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.num_classes", _at_least(1), "be >= 1"),
     ("model.mc_dropout", lambda v: 0 <= v < 1, "be in [0, 1)"),
     ("model.decoder_channels", _positive_or_none, "be > 0 or null"),
+    ("model.aux_loss_weight", _at_least(0), "be >= 0"),
     ("optim.lr", lambda v: v > 0, "be > 0"),
     ("optim.momentum", lambda v: 0 <= v < 1, "be in [0, 1)"),
     ("optim.weight_decay", _at_least(0), "be >= 0"),
@@ -380,6 +386,13 @@ def validate(cfg: SegConfig, source: str) -> None:
         "data.ignore_index",
         data.ignore_index,
         f"not be a class id (0..{data.num_classes - 1})",
+    )
+    _require(
+        cfg.model.aux_loss_weight == 0 or cfg.model.aux_heads,
+        source,
+        "model.aux_loss_weight",
+        cfg.model.aux_loss_weight,
+        "be 0 without auxiliary heads (set model.aux_heads: true)",
     )
     if cfg.distill is not None:
         distill = cfg.distill

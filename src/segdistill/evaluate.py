@@ -554,7 +554,7 @@ def _run_split(
             samples.add(batch, take)
         teacher_unc = None
         for predictor in predictors:
-            prediction = predictor.predict(images)
+            prediction = predictor.predict_padded(images)
             accumulators[predictor.name].update(prediction, target, mask, teacher_unc)
             if predictor is teacher:
                 teacher_unc = prediction.uncertainty
@@ -567,7 +567,8 @@ def _run_split(
 def size_batches(dataset: SegmentationDataset | Subset[Any], batch_size: int) -> list[list[int]]:
     """The data set's indices in order, in batches of at most `batch_size` consecutive images
     of one size (from the files' headers): a batch stacks its images, so a data set of
-    mixed sizes (your own photos) is evaluated as it is, without resizing or padding."""
+    mixed sizes (your own photos) is evaluated without resizing, each batch padded as
+    `segdistill predict` pads its images (`Predictor.predict_padded`)."""
     if isinstance(dataset, Subset):
         base, indices = cast(SegmentationDataset, dataset.dataset), list(dataset.indices)
     else:

@@ -63,8 +63,12 @@ from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter
 from segdistill.models.teachers import Ensemble, MCDropout
-from segdistill.predict import input_multiple, pad_to_multiple
-from segdistill.predictor import Predictor, segmenter_prediction
+from segdistill.predictor import (
+    Predictor,
+    input_multiple,
+    pad_to_multiple,
+    segmenter_prediction,
+)
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 METADATA_KEY = "segdistill"

@@ -643,6 +643,9 @@ class MethodSet(nn.Module):
     weight. The label cross-entropy is added once, as "task/ce", with weight `ce_weight`;
     by default the largest `weight * method.ce_weight` of the set (1 with no method, i.e.
     plain supervised training), so a method used alone gets its paper's total loss.
+    `aux_ce_weight` > 0 adds the label cross-entropy of each auxiliary output
+    (`SegOutput.aux_logits`, deep supervision: `model.aux_loss_weight`) as
+    "task/aux_ce_<level>" with that weight.
     forward returns {"loss": total, "task/ce": ..., "<name>/<term>": ...}, every value a
     weighted scalar, the non-"loss" ones summing to "loss". Its optional `teacher_valid`
     (bool [B, H, W], pixels where the teacher's signals exist) reaches the pixel-wise
@@ -655,6 +658,7 @@ class MethodSet(nn.Module):
         methods: Sequence[tuple[str, Method, float]] = (),
         ce_weight: float | None = None,
         ignore_index: int = IGNORE_INDEX,
+        aux_ce_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.methods = nn.ModuleDict()
@@ -669,7 +673,8 @@ class MethodSet(nn.Module):
                 (self.weights[n] * m.ce_weight for n, m in self.named_methods()), default=1.0
             )
         self.ce_weight = _number("task", "ce_weight", ce_weight)
-        if self.ce_weight == 0 and not self.methods:
+        self.aux_ce_weight = _number("task", "aux_ce_weight", aux_ce_weight)
+        if self.ce_weight == 0 and self.aux_ce_weight == 0 and not self.methods:
             raise ConfigError("nothing to train: no distillation method and a CE weight of 0")
         self.ignore_index = ignore_index
 
@@ -682,7 +687,13 @@ class MethodSet(nn.Module):
         return frozenset().union(*(m.needs for _, m in self.named_methods()))
 
     def check_student(self, student: SegOutput) -> None:
-        """Every method's `check_student` on one forward pass of the student."""
+        """Every method's `check_student` on one forward pass of the student, and that it
+        has the auxiliary outputs `aux_ce_weight` trains."""
+        if self.aux_ce_weight > 0 and not student.aux_logits:
+            raise ConfigError(
+                f"model.aux_loss_weight={self.aux_ce_weight} needs a network with "
+                "auxiliary heads (model.aux_heads: true); this one has none"
+            )
         for _, method in self.named_methods():
             method.check_student(student)
 
@@ -733,6 +744,10 @@ class MethodSet(nn.Module):
         if self.ce_weight > 0:
             ce = losses.cross_entropy(student.logits, target, self.ignore_index)
             terms["task/ce"] = self.ce_weight * ce
+        if self.aux_ce_weight > 0:
+            for level, aux_logits in student.aux_logits.items():
+                aux_ce = losses.cross_entropy(aux_logits, target, self.ignore_index)
+                terms[f"task/aux_ce_{level}"] = self.aux_ce_weight * aux_ce
         for name, method in self.named_methods():
             if isinstance(method, _PixelMethod):
                 method_terms = method(student, teacher, target, teacher_valid)
@@ -793,12 +808,14 @@ def build_methods(
     teacher_channels: Mapping[str, int] | None = None,
     ignore_index: int = IGNORE_INDEX,
     ce_weight: float | None = None,
+    aux_ce_weight: float = 0.0,
 ) -> MethodSet:
     """A MethodSet from config entries `{name, weight (default 1), options (default {})}`.
 
     student_channels / teacher_channels map each feature tap name to its channel count
     ("logits" has `num_classes`). Unknown names, keys or options raise a ConfigError naming
-    them with the closest valid one; `ce_weight` overrides the set's CE weight.
+    them with the closest valid one; `ce_weight` overrides the set's CE weight;
+    `aux_ce_weight` is the auxiliary outputs' (`MethodSet`).
     """
     built: list[tuple[str, Method, float]] = []
     for index, raw in enumerate(specs):
@@ -828,4 +845,6 @@ def build_methods(
                 tap = options.get(f"{side}_tap", params[f"{side}_tap"].default)
                 kwargs[f"{side}_channels"] = _tap_channels(tap, channels, num_classes, where, side)
         built.append((name, cls(**kwargs), spec.get("weight", 1.0)))
-    return MethodSet(built, ce_weight=ce_weight, ignore_index=ignore_index)
+    return MethodSet(
+        built, ce_weight=ce_weight, ignore_index=ignore_index, aux_ce_weight=aux_ce_weight
+    )

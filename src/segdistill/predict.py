@@ -116,14 +116,11 @@ from segdistill.errors import ConfigError, DataError
 from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, accuracy_map
 from segdistill.interrupts import stop_on_ctrl_c
 from segdistill.metrics.ood import image_scores
-from segdistill.models import Segmenter
 from segdistill.ood_detector import ImageOODDetector, check_aggregator, check_fpr
 from segdistill.output_paths import check_output_folder
-from segdistill.predictor import Predictor, check_class_count
+from segdistill.predictor import Predictor, check_class_count, input_multiple
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-# Nominal downsampling of every encoder (ResNet, MobileNetV2, NfS-Net down to c5).
-MIN_INPUT_MULTIPLE = 32
 UNCERTAINTY_COLORMAP = "magma"
 UINT16_MAX = 65535
 OVERLAY_ALPHA = 0.5
@@ -276,19 +273,6 @@ def read_label(
 
 
 # ------------------------------------------------------------------------- inference
-
-
-def input_multiple(networks: Sequence[Segmenter]) -> int:
-    """The size multiple inputs are padded to: 32, or the largest encoder stride if larger
-    (NfS-Net's c6 is at 64), so every level's grid divides the image exactly."""
-    return max(MIN_INPUT_MULTIPLE, *(max(net.encoder.strides) for net in networks))
-
-
-def pad_to_multiple(images: Tensor, multiple: int) -> Tensor:
-    """[B, C, H, W] -> [B, C, H', W'] with H', W' the next multiples of `multiple`, padded
-    with 0 at the bottom and right (crop outputs back with [..., :H, :W])."""
-    height, width = images.shape[-2:]
-    return F.pad(images, (0, (-width) % multiple, 0, (-height) % multiple))
 
 
 def _resize(x: Tensor, size: Sequence[int]) -> Tensor:

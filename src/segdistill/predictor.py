@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from segdistill.checkpoints import RUN_WEIGHTS, load_segmenter, read_classes, weights_path
@@ -60,6 +61,8 @@ UNCERTAINTY_SOURCES = {
 # The map a per-class head's OOD scores aggregate (Holder & Shafique eq. 8 and 5.3).
 PER_CLASS_OOD_SOURCE = "student head (per-class, mean over the classes: Holder eq. 8)"
 PER_CLASS_MEAN = "per_class_mean"
+# Nominal downsampling of every encoder (ResNet, MobileNetV2, NfS-Net down to c5).
+MIN_INPUT_MULTIPLE = 32
 # Teacher statistics a Prediction is made of.
 _TEACHER_NEEDS = frozenset({"mean_probs", "pred_std", "entropy", "mutual_info"})
 
@@ -82,6 +85,15 @@ class Prediction:
         """[B, 1, H, W] the map an image's OOD score aggregates: a per-class head's mean
         over the classes (Holder & Shafique eq. 8), else `uncertainty`."""
         return self.extra.get(PER_CLASS_MEAN, self.uncertainty)
+
+    def cropped(self, height: int, width: int) -> Prediction:
+        """Every map's top-left height x width (what a padded input's prediction holds of
+        the image)."""
+        return Prediction(
+            self.probs[..., :height, :width],
+            self.uncertainty[..., :height, :width],
+            {name: x[..., :height, :width] for name, x in self.extra.items()},
+        )
 
 
 def max_softmax_uncertainty(probs: Tensor) -> Tensor:
@@ -248,11 +260,34 @@ class Predictor:
                 return teacher_prediction(self.model, images)
             return segmenter_prediction(self.model, images)
 
+    def predict_padded(self, images: Tensor) -> Prediction:
+        """`predict` for images of any size, as `segdistill predict`, `bench` and the
+        exported networks run them: padded at the bottom and right with 0 (the mean colour
+        once normalised, as training crops are padded) to a multiple of `input_multiple`,
+        every map cropped back to the images' H x W. Sides already multiples predict as
+        with `predict`."""
+        height, width = images.shape[-2:]
+        padded = pad_to_multiple(images, input_multiple(self.segmenters()))
+        return self.predict(padded).cropped(height, width)
+
     def __repr__(self) -> str:
         return (
             f"Predictor({self.name!r}, kind={self.kind!r}, members={self.members}, "
             f"uncertainty={self.uncertainty_source!r})"
         )
+
+
+def input_multiple(networks: Sequence[Segmenter]) -> int:
+    """The size multiple inputs are padded to: 32, or the largest encoder stride if larger
+    (NfS-Net's c6 is at 64), so every level's grid divides the image exactly."""
+    return max(MIN_INPUT_MULTIPLE, *(max(net.encoder.strides) for net in networks))
+
+
+def pad_to_multiple(images: Tensor, multiple: int) -> Tensor:
+    """[B, C, H, W] -> [B, C, H', W'] with H', W' the next multiples of `multiple`, padded
+    with 0 at the bottom and right (crop outputs back with [..., :H, :W])."""
+    height, width = images.shape[-2:]
+    return F.pad(images, (0, (-width) % multiple, 0, (-height) % multiple))
 
 
 def check_images(images: Any) -> None:

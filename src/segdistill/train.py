@@ -99,6 +99,7 @@ from segdistill.models import Segmenter
 from segdistill.models.teachers import DISAGREEMENT_SIGNALS, Teacher, build_teacher
 from segdistill.output_paths import check_output_folder, held_folder
 from segdistill.outputs import SIGNAL_NAMES, SegOutput, TeacherSignals
+from segdistill.predictor import input_multiple, pad_to_multiple
 from segdistill.teacher_cache import TeacherCacheDataset, cache_key, open_or_build, valid_mask
 
 if TYPE_CHECKING:
@@ -164,7 +165,8 @@ def _train(cfg: SegConfig, resume: bool) -> Path:
     L.seed_everything(init_seed, workers=True, verbose=False)  # the initial weights
     model = build_model(cfg.model, cfg.data.num_classes)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # the rest of the run
-    methods, teacher = None, None
+    methods = MethodSet(ignore_index=cfg.data.ignore_index, aux_ce_weight=cfg.model.aux_loss_weight)
+    teacher: Teacher | None = None
     training_set: TrainingSet = train_set
     if cfg.distill is not None:
         if cfg.distill.init_from is not None and not resume:  # resumed: weights from last.ckpt
@@ -348,6 +350,7 @@ def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Tea
         student_channels={name: t.shape[1] for name, t in student_output.features.items()},
         teacher_channels={name: t.shape[1] for name, t in teacher_signals.features.items()},
         ignore_index=cfg.data.ignore_index,
+        aux_ce_weight=cfg.model.aux_loss_weight,
     )
     methods.check_student(student_output)
     _check_teacher_disagrees(spec.kind, teacher, methods)
@@ -570,8 +573,9 @@ def _lightning_trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        # static_graph: heads no loss reads (aux or uncertainty heads in plain supervised
-        # training) are found once instead of failing DDP's gradient reduction.
+        # static_graph: heads no loss reads (aux heads without an aux loss, uncertainty heads
+        # in plain supervised training) are found once instead of failing DDP's gradient
+        # reduction.
         strategy=DDPStrategy(static_graph=True) if distributed else "auto",
         precision=t.precision,
         max_epochs=t.max_epochs,
@@ -810,7 +814,12 @@ class SegmentationTask(L.LightningModule):
         self.val_evaluator.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self.model(batch["image"]).logits
+        # Whole images, padded as `segdistill evaluate` and `predict` pad them, so the
+        # validation mIoU is the one they would measure.
+        images = batch["image"]
+        height, width = images.shape[-2:]
+        padded = pad_to_multiple(images, input_multiple([self.model]))
+        logits = self.model(padded).logits[..., :height, :width]
         self.val_evaluator.update(logits, None, batch["label"])
 
     def on_validation_epoch_end(self) -> None:
