@@ -168,6 +168,8 @@ def test_segmenter_outputs(arch: str, encoder: str, head: str | None, channels: 
         ("deeplabv3plus", "mobilenetv2"),
         ("pspnet", "resnet18"),
         ("nfs", "nfsnet"),
+        ("deeplabv3plus", "nfsnet"),
+        ("plain", "nfsnet"),
         ("plain", "resnet18"),
     ],
 )
