@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
-from cityscapesscripts.helpers.labels import id2label
+from cityscapesscripts.helpers.labels import id2label, name2label
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
 from segdistill.data import shifts
 from segdistill.data import synthstreets as ss
 from segdistill.data.labels import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES
+from segdistill.data.synthstreets import buildings, constants, layout, people
 from segdistill.errors import DataError
 
 SIZE = (64, 128)
@@ -93,8 +94,8 @@ def test_label_files_follow_the_official_table(dataset: Path) -> None:
         np.testing.assert_array_equal(instances[~things], label_ids[~things])
         assert all(id2label[int(i) // 1000].hasInstances for i in np.unique(instances[things]))
         depth = ss.read_depth(paths.depth)
-        assert np.isinf(depth[label_ids == ss.SKY]).all()
-        assert (depth[label_ids != ss.SKY] > 0).all()
+        assert np.isinf(depth[label_ids == constants.SKY]).all()
+        assert (depth[label_ids != constants.SKY] > 0).all()
     ss.check_dataset(dataset)  # every split and shift passes the integrity check
 
 
@@ -123,7 +124,7 @@ def test_official_evaluation_scores_ground_truth_as_perfect(
     assert scores["averageScoreInstClasses"] == pytest.approx(1.0)
 
     for path in results.iterdir():  # a constant "road" prediction must score far lower
-        road = np.full(SIZE, ss.ROAD, dtype=np.uint8)
+        road = np.full(SIZE, constants.ROAD, dtype=np.uint8)
         Image.fromarray(road).save(path)
     monkeypatch.setattr(args, "predictionWalk", None)
     scores = cs_eval.evaluateImgLists(predictions, [str(p) for p in ground_truth], args)
@@ -276,9 +277,9 @@ def test_object_scale_and_crowd_enlarge_the_small_classes() -> None:
 
     crowded = ss.SynthConfig(size=SIZE, seed=1, crowd=2.0)
     for label, measure in (
-        (ss.WALL, lambda s: (s.s1 - s.s0) * (s.t1 - s.t0)),
-        (ss.FENCE, lambda s: (s.s1 - s.s0) * (s.t1 - s.t0)),
-        (ss.MOTORCYCLE, lambda s: 1),
+        (constants.WALL, lambda s: (s.s1 - s.s0) * (s.t1 - s.t0)),
+        (constants.FENCE, lambda s: (s.s1 - s.s0) * (s.t1 - s.t0)),
+        (constants.MOTORCYCLE, lambda s: 1),
     ):
         assert drawn(crowded, label, measure) > 1.5 * drawn(base, label, measure), label
     assert base.style(ss.DEFAULT_STYLE) == ss.DEFAULT_STYLE
@@ -289,7 +290,7 @@ def _lone_objects(add) -> tuple[ss.Frame, ss.Frame]:
     """A sampled scene's street with only the objects `add(builder)` makes, rendered with
     the outlines of see-through objects and without them (outline=None)."""
     scene = ss.sample_scene(ss.image_rng(0, "val", 1))
-    builder = ss._Builder(np.random.default_rng(0), scene.style, scene.street)
+    builder = layout._Builder(np.random.default_rng(0), scene.style, scene.street)
     add(builder)
     with_outline = replace(scene, surfaces=tuple(builder.surfaces), casters=())
     plain = tuple(replace(s, outline=None) for s in builder.surfaces)
@@ -300,17 +301,17 @@ def _lone_objects(add) -> tuple[ss.Frame, ss.Frame]:
 @pytest.mark.parametrize(
     "name, add, gain",
     [
-        ("fence", lambda b: ss._add_fence(b, -5.0, 6.0, 40.0, 2.0), 1.5),
+        ("fence", lambda b: buildings._add_fence(b, -5.0, 6.0, 40.0, 2.0), 1.5),
         (
             "bicycle",
-            lambda b: ss._add_two_wheeler(
+            lambda b: people._add_two_wheeler(
                 b, "side", -3.0, 5.0, forward=True, motor=False, rider=False
             ),
             1.5,
         ),
         (
             "motorcycle",
-            lambda b: ss._add_two_wheeler(
+            lambda b: people._add_two_wheeler(
                 b, "side", 3.0, 5.0, forward=False, motor=True, rider=False
             ),
             1.1,  # engine and tank are solid; only the wheels fill
@@ -320,7 +321,7 @@ def _lone_objects(add) -> tuple[ss.Frame, ss.Frame]:
 def test_see_through_objects_are_labelled_by_their_outline(name: str, add, gain: float):
     """The gaps of a fence and the wheels of a two-wheeler carry its label, as an
     annotator's polygon would, while their pixels still show what is behind."""
-    label_id = ss.name2label[name].id
+    label_id = name2label[name].id
     outlined, plain = _lone_objects(add)
     inside = outlined.label_ids == label_id
     drawn = plain.label_ids == label_id
@@ -329,10 +330,10 @@ def test_see_through_objects_are_labelled_by_their_outline(name: str, add, gain:
     assert inside.sum() > gain * drawn.sum(), (inside.sum(), drawn.sum())
     gaps = inside & ~drawn
     assert set(np.unique(plain.label_ids[gaps]).tolist()) <= {
-        ss.ROAD,
-        ss.SIDEWALK,
-        ss.TERRAIN,
-        ss.SKY,
+        constants.ROAD,
+        constants.SIDEWALK,
+        constants.TERRAIN,
+        constants.SKY,
     }
     # Only the labels change: the gaps show what is behind. (The haze follows the depth of
     # the sample whose label wins a pixel, which may move at the object's border.)
@@ -343,8 +344,8 @@ def test_see_through_objects_are_labelled_by_their_outline(name: str, add, gain:
 def test_walls_show_masonry_courses() -> None:
     """Free-standing walls are not facade-coloured plaster: blocks in courses, lighter
     mortar joints and a coping along the top."""
-    rgb = np.asarray(ss._WALL_STONES[0], np.float32)
-    material = ss._masonry(rgb, np.random.default_rng(0), height=2.0)
+    rgb = np.asarray(buildings._WALL_STONES[0], np.float32)
+    material = buildings._masonry(rgb, np.random.default_rng(0), height=2.0)
     mortar_rgb = np.clip(rgb * 1.35, 0, 1)
     y = np.linspace(0.0, 1.8, 400, dtype=np.float32)
     across = material(np.full_like(y, 0.37), y)
