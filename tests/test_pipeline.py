@@ -49,6 +49,7 @@ from segdistill.pipeline.results import (
     format_markdown,
     format_summary,
     paper_table,
+    write_results,
 )
 from segdistill.pipeline.run import plan, run_pipeline
 from segdistill.pipeline.run_dir import RunPaths, Step, claim_run_dir, why_again
@@ -255,6 +256,25 @@ def test_ablations_evaluate_sub_ensembles_and_train_a_sweep(tmp_path: Path, caps
     for text in (printed, table):
         assert "ablation members (sub_ensembles, test)" in text
         assert "ablation width (sweep, test)" in text
+
+
+def test_results_list_the_plans_steps_only(
+    tiny_demo: tuple[list[str], Path], tmp_path: Path
+) -> None:
+    """A marker an earlier plan left (a sweep value since renamed) is not one of this
+    run's steps: results.json listed every marker in stages/."""
+    args, run_dir = tiny_demo
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "stages" / "ablation-width-1.0.json").write_text('{"seconds": 9.0}')
+    overrides = args[args.index("--set") + 1 :] + ["teacher.members=2"]
+    experiment = load_experiment(DEMO_CONFIG, overrides)
+    paths = RunPaths(copy)
+    order = [step.name for step in plan(experiment, paths)]
+    write_results(experiment, paths, order)
+    results = json.loads((copy / "results.json").read_text())
+    assert list(results["stages"]) == [name for name in order if paths.stage(name).is_file()]
+    assert "ablation-width-1.0" not in results["stages"]
 
 
 def test_outputs_and_markers(tiny_demo: tuple[list[str], Path]) -> None:
@@ -540,6 +560,21 @@ def test_another_experiment_in_the_same_run_dir_is_refused(tmp_path: Path) -> No
     assert "finished steps: data" in str(error.value)
 
 
+def test_a_value_of_another_type_is_another_experiment(tmp_path: Path) -> None:
+    """A sweep value 1 written 1.0 names other steps and folders (`width-1.0`): it was
+    taken for the same experiment, trained the network again beside the first and left
+    both steps in results.json."""
+    nfs = REPO / "configs" / "quick" / "nfs.yaml"
+    first = load_experiment(nfs, ["ablations.0.values=[0.25, 1]"])
+    claim_run_dir(first.spec, RunPaths(tmp_path))
+    finish_a_step(tmp_path)
+    claim_run_dir(load_experiment(nfs, ["ablations.0.values=[0.25, 1]"]).spec, RunPaths(tmp_path))
+    other = load_experiment(nfs, ["ablations.0.values=[0.25, 1.0]"])
+    with pytest.raises(ConfigError, match="another experiment") as error:
+        claim_run_dir(other.spec, RunPaths(tmp_path))
+    assert "ablations: [{'name': 'width'" in str(error.value)
+
+
 def test_without_an_experiment_record_only_checked_steps_are_kept(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -696,7 +731,20 @@ def write_experiment(tmp_path: Path, text: str) -> Path:
         ("unlabeled: {root: extra}\n", "there are no students"),
         (
             "unlabeled: {root: data/synthstreets}\nstudents: [{name: s, config: d.yaml}]\n",
-            "unlabeled.root must be another folder than data.root",
+            "unlabeled.root='data/synthstreets' must be another folder than data.root",
+        ),
+        (  # inside the data set: its val and test images would be training images
+            "unlabeled: {root: data/synthstreets/leftImg8bit}\n"
+            "students: [{name: s, config: d.yaml}]\n",
+            "neither inside the other",
+        ),
+        (  # the data set inside it, the same folder written another way
+            "unlabeled: {root: ./data/../data}\nstudents: [{name: s, config: d.yaml}]\n",
+            "unlabeled.root='./data/../data' must be another folder",
+        ),
+        (
+            "pretrain: {config: train.yaml, data: {root: data/synthstreets/pre}}\n",
+            "pretrain.data.root='data/synthstreets/pre' must be another folder",
         ),
         (
             "students: [{name: s-s1, config: d.yaml}, {name: s, config: d.yaml}]\nseeds: 2\n",

@@ -349,7 +349,8 @@ def test_a_watched_loop_gives_out_no_item_after_ctrl_c() -> None:
 
 def test_a_ctrl_c_during_the_last_item_still_stops_the_work_after_it() -> None:
     """No check follows the last batch of a loop or of a training run: the press was
-    reported ("stopping after this step") and then lost, and the work after it ran on."""
+    reported ("stopping before the next batch or image") and then lost, and the work
+    after it ran on."""
     given = []
     with pytest.raises(KeyboardInterrupt):
         for item in stop_on_ctrl_c(range(3)):

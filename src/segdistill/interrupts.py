@@ -19,7 +19,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-NOTICE = b"\nCtrl-C: stopping after this step (press again to stop at once)\n"
+NOTICE = b"\nCtrl-C: stopping before the next batch or image (press again to stop at once)\n"
 
 # The stretches being watched, innermost last (nested ones share the outer one's Ctrl-C).
 _watching: list[CtrlC] = []

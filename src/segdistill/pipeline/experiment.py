@@ -321,6 +321,13 @@ def _list_index(items: list[Any], part: str, assignment: str, path: Path) -> int
     return int(part)
 
 
+def _overlap(folder: str, other: str) -> bool:
+    """Whether two folders are one, or one lies inside the other (paths as given, made
+    absolute, `..` and links resolved)."""
+    a, b = Path(folder).resolve(), Path(other).resolve()
+    return a.is_relative_to(b) or b.is_relative_to(a)
+
+
 def check_experiment(spec: Experiment, source: str) -> None:
     """The rules the types cannot express: unique model names, references that exist,
     known metric names."""
@@ -352,13 +359,20 @@ def check_experiment(spec: Experiment, source: str) -> None:
     ):
         fail(f"baseline.member={baseline.member} is not a member of the teacher ensemble")
     if spec.unlabeled is not None:
-        if Path(spec.unlabeled.root) == Path(spec.data.root):
-            fail("unlabeled.root must be another folder than data.root (other images)")
+        if _overlap(spec.unlabeled.root, spec.data.root):
+            fail(
+                f"unlabeled.root={spec.unlabeled.root!r} must be another folder than "
+                f"data.root={spec.data.root!r}, neither inside the other (other images: the "
+                "students would learn from the validation and test images)"
+            )
         if not spec.students:
             fail("unlabeled images are for the students' distillation: there are no students")
     if spec.pretrain is not None:
-        if Path(spec.pretrain.data.root) == Path(spec.data.root):
-            fail("pretrain.data.root must be another folder than data.root (other data)")
+        if _overlap(spec.pretrain.data.root, spec.data.root):
+            fail(
+                f"pretrain.data.root={spec.pretrain.data.root!r} must be another folder than "
+                f"data.root={spec.data.root!r}, neither inside the other (other data)"
+            )
         if baseline.member is not None:
             fail(
                 "with `pretrain` the baseline must be trained (`config`), so that it starts "

@@ -36,7 +36,6 @@ from segdistill.pipeline.networks import (
 from segdistill.pipeline.run_dir import (
     ABLATION_ROWS,
     REPORT_FILE,
-    STAGES_DIR,
     TABLE_FILE,
     RunPaths,
     write_json,
@@ -130,11 +129,12 @@ def write_results(
         if model["name"] in detectors:
             model["ood_flag"] = detectors[model["name"]]
         by_model[name].append(model)
+    # The plan's steps only: a marker left by a step of an earlier plan describes nothing here.
     markers = {
-        p.stem: json.loads(p.read_text()) for p in sorted((paths.root / STAGES_DIR).glob("*.json"))
+        name: json.loads(paths.stage(name).read_text())
+        for name in step_order
+        if paths.stage(name).is_file()
     }
-    order = {name: i for i, name in enumerate(step_order)}
-    markers = dict(sorted(markers.items(), key=lambda item: order.get(item[0], len(order))))
     ablations = {
         a.name: json.loads((paths.ablation(a.name) / ABLATION_ROWS).read_text())
         for a in spec.ablations

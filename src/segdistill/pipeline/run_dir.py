@@ -217,11 +217,23 @@ def _without_added_settings(current: Any, recorded: Any) -> Any:
     }
 
 
+def _same(before: Any, after: Any) -> bool:
+    """Equal plain data, of the same types at every depth: in a config 1 and 1.0 (or 1 and
+    true) are other values, as YAML writes them, and a sweep names its steps and folders
+    after them (`width-1`, `width-1.0`)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return before.keys() == after.keys() and all(_same(before[k], after[k]) for k in before)
+    if isinstance(before, (list, tuple)) and isinstance(after, (list, tuple)):
+        return len(before) == len(after) and all(map(_same, before, after))
+    return type(before) is type(after) and before == after
+
+
 def _differences(before: Any, after: Any, key: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, before, after) of every value that differs between two plain-data
-    trees (mappings are descended into; a list is one value; a missing key is None)."""
+    """(dotted key, before, after) of every value that differs (`_same`) between two
+    plain-data trees (mappings are descended into; a list is one value; a missing key is
+    None)."""
     if not (isinstance(before, dict) and isinstance(after, dict)):
-        return [] if before == after else [(key, before, after)]
+        return [] if _same(before, after) else [(key, before, after)]
     found = []
     for name in [*before, *(k for k in after if k not in before)]:
         below = f"{key}.{name}" if key else str(name)
@@ -256,7 +268,7 @@ def claim_run_dir(spec: Experiment, paths: RunPaths, steps: Sequence[Step] = ())
     if record.is_file():
         recorded = yaml.safe_load(record.read_text())
         comparable = _without_added_settings(current, recorded)
-        if recorded == comparable:
+        if _same(recorded, comparable):
             return
         changed = format_differences(_differences(recorded, comparable))
         if finished:
