@@ -217,13 +217,18 @@ def test_info_lists_masks_without_their_image_and_surveys_past_an_empty_split(
         _save(root / "train" / "masks" / f"{name}.png", np.zeros((4, 4), np.uint8))
     (root / "train" / "images" / "b.png").unlink()  # its mask stays
     (root / "test" / "images").mkdir(parents=True)  # an empty split
+    (root / "val" / "images").mkdir(parents=True)  # images not read (.tif), their masks
+    (root / "val" / "images" / "c.tif").write_bytes(b"II*\x00")
+    _save(root / "val" / "masks" / "c.png", np.zeros((4, 4), np.uint8))
     (root / "classes.yaml").write_text("classes: [{name: road, color: [1, 1, 1]}]\n")
     assert main(["data", "info", str(root)]) == 1
     out = capsys.readouterr().out
     assert "train           1 images" in out
     assert f"note: skipped {root / 'test' / 'images'}: no images" in out
-    assert "integrity: 0 of 1 images cannot be used, 1 masks have no image:" in out
+    assert f"note: skipped {root / 'val' / 'images'}: no images" in out
+    assert "integrity: 0 of 1 images cannot be used, 2 masks have no image:" in out
     assert f"{root / 'train' / 'masks' / 'b.png'}: a mask without its image" in out
+    assert f"{root / 'val' / 'masks' / 'c.png'}: a mask without its image" in out
 
 
 def test_info_of_a_cityscapes_layout_maps_its_label_ids(

@@ -335,6 +335,8 @@ def test_predict_names_what_is_wrong_with_the_images(
     predictor = load_predictor(zoo / "run_scalar")
     with pytest.raises(error, match=message):
         predictor.predict(bad)  # type: ignore[arg-type]
+    with pytest.raises(error, match=message):  # checked before padding: the shape given
+        predictor.predict_padded(bad)  # type: ignore[arg-type]
 
 
 def test_a_non_finite_pixel_is_refused_not_turned_into_an_in_distribution_image(

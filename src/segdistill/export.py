@@ -99,13 +99,13 @@ class ExportModule(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         height, width = images.shape[-2:]
-        prediction = segmenter_prediction(self.model, pad_to_multiple(images, self.multiple))
-        probs = prediction.probs[..., :height, :width]
+        padded = pad_to_multiple(images, self.multiple)
+        prediction = segmenter_prediction(self.model, padded).cropped(height, width)
+        probs = prediction.probs
         first = probs.argmax(dim=1) if self.outputs == "labels" else probs
-        uncertainty = prediction.uncertainty[..., :height, :width]
         if self.ood_map:
-            return first, uncertainty, prediction.ood_map[..., :height, :width]
-        return first, uncertainty
+            return first, prediction.uncertainty, prediction.ood_map
+        return first, prediction.uncertainty
 
 
 @dataclass(frozen=True)

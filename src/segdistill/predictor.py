@@ -266,6 +266,7 @@ class Predictor:
         once normalised, as training crops are padded) to a multiple of `input_multiple`,
         every map cropped back to the images' H x W. Sides already multiples predict as
         with `predict`."""
+        check_images(images)  # before padding: name the shape the caller gave
         height, width = images.shape[-2:]
         padded = pad_to_multiple(images, input_multiple(self.segmenters()))
         return self.predict(padded).cropped(height, width)

@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -296,6 +296,8 @@ class OwnDataSet:
     images; skipped: the folders where splits lie that hold none (`__MACOSX`, an empty
     folder); open: a split's data set, images without a mask kept (to be counted). Splits
     are opened one at a time, so that a bad split stops only what reads it.
+    masks_without_image: the masks of the skipped folders' splits (a folder data set's
+    `masks/` beside an `images/` without images, e.g. all .tif).
     """
 
     root: Path
@@ -304,6 +306,7 @@ class OwnDataSet:
     splits: list[str]
     skipped: list[Path]
     open: Callable[[str], SegmentationDataset]
+    masks_without_image: list[Path] = field(default_factory=list)
 
 
 def _own_data_set(root: Path) -> OwnDataSet | None:
@@ -313,23 +316,27 @@ def _own_data_set(root: Path) -> OwnDataSet | None:
     from segdistill.data.folder import (
         CLASSES_FILE,
         IMAGES_DIR,
+        MASKS_DIR,
         FolderDataset,
         folder_splits,
         images_below,
         is_folder_data_set,
+        masks_below,
     )
 
     if (root / META_FILE).exists() or (root / PARTIAL_FILE).exists():
         return None
     if is_folder_data_set(root):
-        folders = [root / split / IMAGES_DIR for split in folder_splits(root)]
+        holding = {root / split / IMAGES_DIR: split for split in folder_splits(root)}
+        empty = [folder for folder in holding if not images_below(folder)]
         data = OwnDataSet(
             root,
             f"folder data set ({CLASSES_FILE})",
             f"<split>/{IMAGES_DIR}/",
-            [folder.parent.name for folder in folders if images_below(folder)],
-            [folder for folder in folders if not images_below(folder)],
+            [split for folder, split in holding.items() if folder not in empty],
+            empty,
             lambda split: FolderDataset.split(root, split, allow_unlabeled=True),
+            [path for folder in empty for _, path in masks_below(folder.parent / MASKS_DIR)],
         )
     elif (root / "leftImg8bit").is_dir():
         splits = split_folders(root)
@@ -382,6 +389,7 @@ def _info_of_own_data(data: OwnDataSet) -> int:
         print(f"images ({shown}): the share of the masks of {shown} that show each class")
     problems = [problem for found in surveys for problem in found.problems]
     orphans = [path for found in surveys for path in found.masks_without_image]
+    orphans += data.masks_without_image
     total = sum(found.images for found in surveys)
     bad = f"{len(problems)} of {total} images cannot be used"
     if orphans:

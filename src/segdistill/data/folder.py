@@ -62,6 +62,18 @@ def images_below(folder: Path) -> list[Path]:
     )
 
 
+def masks_below(folder: Path, suffix: str = ".png") -> list[tuple[str, Path]]:
+    """(name, path) of every file in `folder` and its sub-folders whose name ends in
+    `suffix` (any case), sorted by path; the name is the path below the folder without
+    the suffix (an image's name, `FolderDataset`); none when the folder is absent."""
+    if not folder.is_dir():
+        return []
+    found = sorted(
+        p for p in folder.rglob("*") if p.name.lower().endswith(suffix.lower()) and p.is_file()
+    )
+    return [(p.relative_to(folder).as_posix()[: -len(suffix)], p) for p in found]
+
+
 def require_images_below(folder: Path, what: str) -> list[Path]:
     """`images_below(folder)`, which must find one: DataError naming `what` (the setting
     that gave the folder) and the folder otherwise."""
@@ -236,16 +248,14 @@ class FolderDataset(SegmentationDataset):
         return None
 
     def _masks_without_image(self, samples: list[SampleFiles]) -> list[Path]:
-        """The mask files (`mask_suffix`, any case) below masks_dir that no image matches."""
-        if self.masks_dir is None or not self.masks_dir.is_dir():
+        """The mask files (`mask_suffix`, any case) below masks_dir that no image matches:
+        by name (the path below the folder without the suffix), as `_existing_mask` pairs
+        them, so a case-insensitive file system does not make a used `.PNG` one."""
+        if self.masks_dir is None:
             return []
-        suffix = self.mask_suffix.lower()
-        used = {sample.label.resolve() for sample in samples if sample.label is not None}
-        return sorted(
-            path
-            for path in self.masks_dir.rglob("*")
-            if path.name.lower().endswith(suffix) and path.is_file() and path.resolve() not in used
-        )
+        names = {sample.name for sample in samples}
+        masks = masks_below(self.masks_dir, self.mask_suffix)
+        return [path for name, path in masks if name not in names]
 
     def _check_every_mask_has_its_image(self, orphans: list[Path]) -> None:
         """DataError naming the masks no image matches: their images are missing, in a

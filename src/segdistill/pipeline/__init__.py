@@ -2,7 +2,8 @@
 
 `segdistill demo` and `segdistill experiment CONFIG` both call `run_pipeline`; they differ
 only in the experiment config (schema: `experiment.py` and docs/experiments.md). The
-steps, in order (`run.plan`), each one a function of `networks.py` or `evaluation.py`:
+steps, in order (`run.plan`), each one a function of `networks.py`, `evaluation.py` or
+`results.py`:
 
     data         generate SynthStreets into data.root unless it is there (`prepare_data`),
                  and the students' unlabelled images with an `unlabeled` section
