@@ -96,6 +96,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None
             os.close(dir_fd)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write` of a text file (UTF-8)."""
+    atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
 def save_weights(
     path: str | Path,
     model: Segmenter,

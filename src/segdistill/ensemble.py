@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from segdistill.checkpoints import CONFIG_FILE, atomic_write, weights_path
+from segdistill.checkpoints import CONFIG_FILE, weights_path
 from segdistill.config import (
     SAME_RECIPE_MAY_CHANGE,
     SegConfig,
@@ -31,6 +31,7 @@ from segdistill.config import (
 from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import is_rank_zero, print_once
 from segdistill.errors import ConfigError
+from segdistill.jsonfiles import write_json
 from segdistill.models.teachers import MANIFEST_FILE
 from segdistill.output_paths import waiting_lock
 from segdistill.train import train
@@ -75,7 +76,7 @@ def train_member(cfg: SegConfig, ensemble_dir: Path, index: int) -> None:
             "model": dataclasses.asdict(member_cfg.model),
             "num_classes": member_cfg.data.num_classes,
         }
-        atomic_write(member_dir / MEMBER_FILE, lambda f: f.write(_json_bytes(entry)))
+        write_json(member_dir / MEMBER_FILE, entry)
 
 
 def check_finished_members(cfg: SegConfig, ensemble_dir: Path) -> None:
@@ -109,9 +110,5 @@ def write_manifest(ensemble_dir: Path, planned: int) -> int:
             for path in sorted(ensemble_dir.glob(f"member_*/{MEMBER_FILE}"))
         ]
         manifest = {"planned_members": planned, "members": entries}
-        atomic_write(ensemble_dir / MANIFEST_FILE, lambda f: f.write(_json_bytes(manifest)))
+        write_json(ensemble_dir / MANIFEST_FILE, manifest)
     return len(entries)
-
-
-def _json_bytes(value: Any) -> bytes:
-    return (json.dumps(value, indent=2) + "\n").encode()

@@ -40,7 +40,6 @@ model, comparison figures in `figures/` and each model's figures in `figures/<na
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import sys
@@ -56,7 +55,6 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from segdistill import figures
-from segdistill.checkpoints import atomic_write
 from segdistill.data.base import (
     SegmentationDataset,
     group_consecutive,
@@ -85,6 +83,7 @@ from segdistill.data.transforms import unnormalize
 from segdistill.defaults import AGGREGATORS, RESULTS_FILE
 from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.interrupts import ignore_ctrl_c, stop_on_ctrl_c
+from segdistill.jsonfiles import write_json
 from segdistill.metrics import (
     AnomalyEvaluator,
     PairedUncertaintyStats,
@@ -715,7 +714,7 @@ def _write(
             drawn = _model_figures(shown, samples, folder)
         if write_homes and predictor.home is not None:
             relative = {k: str(p.relative_to(predictor.home)) for k, p in drawn.items()}
-            _write_json(predictor.home / METRICS_FILE, {**model, "figures": relative})
+            write_json(predictor.home / METRICS_FILE, {**model, "figures": relative})
             files.append(predictor.home / METRICS_FILE)
         if out is not None:
             folder = out / FIGURES_DIR / model["name"]
@@ -731,7 +730,7 @@ def _write(
     if make_figures:
         comparison = _save_all(figures.comparison_figures(models), out / FIGURES_DIR)
         results["figures"] = {k: str(p.relative_to(out)) for k, p in comparison.items()}
-    _write_json(out / RESULTS_FILE, results)
+    write_json(out / RESULTS_FILE, results)
     return [*files, out / RESULTS_FILE]
 
 
@@ -804,24 +803,6 @@ def _save_all(named: Iterable[tuple[str, Any]], folder: Path) -> dict[str, Path]
 def _save(figure: Any, path: Path) -> Path:
     figures.save(figure, path)
     return path
-
-
-def json_text(value: Any, indent: int = 0) -> str:
-    """JSON with nested objects indented and lists of numbers / strings on one line, so a
-    metrics file stays readable without one line per histogram bin. NaN is refused."""
-    pad = " " * (indent + 1)
-    if isinstance(value, dict) and value:
-        items = [f"{pad}{json.dumps(k)}: {json_text(v, indent + 1)}" for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
-    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-        items = [pad + json_text(v, indent + 1) for v in value]
-        return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
-    return json.dumps(value, allow_nan=False)
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    text = json_text(content) + "\n"
-    atomic_write(path, lambda file: file.write(text.encode()))
 
 
 # Columns of the summary table: (header, key of `summary_row`, format).

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from segdistill.checkpoints import atomic_write
 from segdistill.defaults import AGGREGATORS, DEFAULT_AGGREGATOR, DEFAULT_FPR
 from segdistill.errors import ConfigError
+from segdistill.jsonfiles import write_json
 from segdistill.metrics.ood import image_scores
 from segdistill.predictor import Predictor
 
@@ -202,8 +202,7 @@ class ImageOODDetector:
         return {k: v for k, v in self.to_json().items() if k != "reference_scores"}
 
     def save(self, path: Path) -> None:
-        text = json.dumps(self.to_json(), indent=2) + "\n"
-        atomic_write(path, lambda file: file.write(text.encode()))
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> ImageOODDetector:

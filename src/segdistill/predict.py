@@ -92,7 +92,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from segdistill import __version__, figures
-from segdistill.checkpoints import atomic_write
+from segdistill.checkpoints import atomic_write, atomic_write_text
 from segdistill.data.base import (
     ClassesSpec,
     LabelMapping,
@@ -115,6 +115,7 @@ from segdistill.defaults import DEFAULT_AGGREGATOR, DEFAULT_FPR, OUTPUT_KINDS, U
 from segdistill.errors import ConfigError, DataError
 from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, accuracy_map
 from segdistill.interrupts import stop_on_ctrl_c
+from segdistill.jsonfiles import write_json
 from segdistill.metrics.ood import image_scores
 from segdistill.ood_detector import ImageOODDetector, check_aggregator, check_fpr
 from segdistill.output_paths import check_output_folder
@@ -697,7 +698,7 @@ def unfinished_record(
     # line that a stopped run left half written, which the appends would otherwise extend.
     names = sorted(Path(os.path.relpath(path, out)).as_posix() for path in files)
     text = "".join(json.dumps(name) + "\n" for name in names)
-    atomic_write(record, lambda file: file.write(text.encode()))
+    atomic_write_text(record, text)
     with open(record, "a", encoding="utf-8") as log:
 
         def will_write(new: Iterable[str]) -> None:
@@ -913,8 +914,7 @@ def predict_files(
         },
         "images": records,
     }
-    text = json.dumps(document, indent=2) + "\n"
-    atomic_write(summary.summary, lambda file: file.write(text.encode()))
+    write_json(summary.summary, document)
     # predict.json lists this run's files now, and the earlier runs' are gone.
     (out / UNFINISHED_FILE).unlink(missing_ok=True)
     return summary

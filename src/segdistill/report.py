@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from segdistill import figures
-from segdistill.checkpoints import atomic_write
+from segdistill.checkpoints import atomic_write_text
 from segdistill.defaults import RESULTS_FILE
 from segdistill.errors import SegdistillError
 from segdistill.evaluate import METRICS_FILE, TEACHER_KINDS, ood_versus
@@ -880,5 +880,5 @@ def write_report(
     """Read the inputs (module doc), write the HTML report to `out`; returns its path."""
     page = build_report(load_models(inputs), title, claims)
     out = Path(out)
-    atomic_write(out, lambda file: file.write(page.encode("utf-8")))
+    atomic_write_text(out, page)
     return out

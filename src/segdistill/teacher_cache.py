@@ -68,11 +68,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from segdistill.checkpoints import atomic_write
 from segdistill.data.base import SegmentationDataset
 from segdistill.data.transforms import Normalize, Sample, to_tensors
 from segdistill.distributed import print_once
 from segdistill.errors import DataError, TrainingError
+from segdistill.jsonfiles import write_json
 from segdistill.models.teachers import Teacher
 from segdistill.output_paths import waiting_lock
 
@@ -451,7 +451,7 @@ def _build(
             f"{len(sizes)} of {len(dataset)} images; {_SPACE_HINT}"
         ) from error
     meta = {"key": asdict(key), "channels": channels, "sizes": sizes}
-    atomic_write(partial / META_FILE, lambda f: f.write(json.dumps(meta).encode()))
+    write_json(partial / META_FILE, meta)
     if directory.exists():
         stale = directory.with_name(f"{directory.name}.stale-{os.getpid()}")
         directory.rename(stale)

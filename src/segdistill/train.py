@@ -60,6 +60,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from segdistill.checkpoints import (
     CONFIG_FILE,
     atomic_write,
+    atomic_write_text,
     build_model,
     load_segmenter,
     read_architecture,
@@ -195,7 +196,7 @@ def _train(cfg: SegConfig, resume: bool) -> Path:
     )
     if trainer.is_global_zero:
         text = dump_config(cfg)
-        atomic_write(run_dir / CONFIG_FILE, lambda file: file.write(text.encode()))
+        atomic_write_text(run_dir / CONFIG_FILE, text)
     data = SegDataModule(training_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
     ckpt_path = run_dir / RESUME_CHECKPOINT if resume else None
     try:

@@ -13,7 +13,6 @@ the FLOP convention are in `segdistill.bench` and docs/deployment.md.
 from __future__ import annotations
 
 import argparse
-import json
 
 from segdistill.commands.arguments import (
     add_channels_last,
@@ -53,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     from segdistill.bench import benchmark, format_result, to_json
-    from segdistill.checkpoints import atomic_write
+    from segdistill.jsonfiles import write_json
     from segdistill.predictor import load_predictor
 
     predictors = [load_predictor(source, mc_samples=args.mc_samples) for source in args.sources]
@@ -69,7 +68,6 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     print(format_result(result))
     if args.json is not None:
-        text = json.dumps(to_json(result), indent=2) + "\n"
-        atomic_write(args.json, lambda file: file.write(text.encode()))
+        write_json(args.json, to_json(result))
         print(f"wrote {args.json}")
     return 0

@@ -11,11 +11,12 @@ import numpy as np
 from segdistill.bench import benchmark, to_json
 from segdistill.defaults import DETECTOR_FILE, RESULTS_FILE
 from segdistill.evaluate import evaluate, find_splits
+from segdistill.jsonfiles import write_json
 from segdistill.models.teachers import MANIFEST_FILE, Ensemble
 from segdistill.pipeline.checks import metric_value
 from segdistill.pipeline.experiment import AblationSpec, LoadedExperiment, seeded_name
 from segdistill.pipeline.networks import sweep_config, teacher_config
-from segdistill.pipeline.run_dir import ABLATION_ROWS, RunPaths, write_json
+from segdistill.pipeline.run_dir import ABLATION_ROWS, RunPaths
 from segdistill.predict import find_images, fit_ood_detector, score_images
 from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, default_device, load_predictor
 

@@ -17,6 +17,7 @@ from segdistill.bench import SIZE_NOTE, input_groups, input_text, paired_ratio
 from segdistill.config import to_dict
 from segdistill.defaults import RESULTS_FILE
 from segdistill.evaluate import SCHEMA_EXPERIMENT
+from segdistill.jsonfiles import write_json
 from segdistill.ood_detector import scored_map
 from segdistill.pipeline.checks import (
     mean_over_seeds,
@@ -38,7 +39,6 @@ from segdistill.pipeline.run_dir import (
     REPORT_FILE,
     TABLE_FILE,
     RunPaths,
-    write_json,
 )
 from segdistill.report import Claims, write_report
 

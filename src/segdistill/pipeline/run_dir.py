@@ -16,10 +16,10 @@ from typing import Any
 import yaml
 
 from segdistill import memory
-from segdistill.checkpoints import RUN_WEIGHTS, atomic_write
+from segdistill.checkpoints import RUN_WEIGHTS, atomic_write_text
 from segdistill.config import SegConfig, format_differences
 from segdistill.errors import ConfigError
-from segdistill.evaluate import json_text
+from segdistill.jsonfiles import write_json
 from segdistill.pipeline.experiment import BaselineSpec, Experiment, seeded_name
 
 STAGES_DIR = "stages"
@@ -282,9 +282,4 @@ def claim_run_dir(spec: Experiment, paths: RunPaths, steps: Sequence[Step] = ())
             f"starting this one instead ({changed})",
             flush=True,
         )
-    atomic_write(record, lambda file: file.write(text.encode()))
-
-
-def write_json(path: Path, content: dict[str, Any]) -> None:
-    text = json_text(content) + "\n"
-    atomic_write(path, lambda file: file.write(text.encode()))
+    atomic_write_text(record, text)
