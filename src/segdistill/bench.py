@@ -63,6 +63,7 @@ from segdistill.predictor import (
     pad_to_multiple,
     unique_names,
 )
+from segdistill.tables import text_table
 
 TEACHER_KINDS = ("ensemble", "mc_dropout")
 HEAD_OVERHEAD_GOAL = 1.02
@@ -354,17 +355,6 @@ def to_json(result: BenchResult) -> dict[str, object]:
     }
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Aligned text columns: the first left-aligned, the rest right-aligned."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        return "  ".join(cells)
-
-    return [line(header), "-" * len(line(header)), *map(line, rows)]
-
-
 def input_groups(settings: dict[str, Any]) -> dict[tuple[int, int], list[str]]:
     """Input size the models ran at -> their names, from bench settings of any version:
     per model (`input_sizes`), one for all models (`input_size`, older results: no
@@ -428,23 +418,22 @@ def format_result(result: BenchResult) -> str:
         "min..max ms",
         "images/s",
     ]
-    lines += _table(header, rows)
+    lines += text_table([header, *rows], right_aligned=True)
     lines.append(f"GFLOPs: {FLOPS_CONVENTION}.")
     if result.ratios:
         lines += ["", "latency ratios (median, this run):"]
-        lines += _table(
-            ["ratio", "models", "value", "goal", "met"],
+        ratio_rows = [
             [
-                [
-                    r.label,
-                    f"{r.numerator} / {r.denominator}",
-                    f"{r.value:.3f}" + ("" if r.same_input_size else "*"),
-                    r.goal,
-                    "yes" if r.met else "NO",
-                ]
-                for r in result.ratios
-            ],
-        )
+                r.label,
+                f"{r.numerator} / {r.denominator}",
+                f"{r.value:.3f}" + ("" if r.same_input_size else "*"),
+                r.goal,
+                "yes" if r.met else "NO",
+            ]
+            for r in result.ratios
+        ]
+        header = ["ratio", "models", "value", "goal", "met"]
+        lines += text_table([header, *ratio_rows], right_aligned=True)
         if not all(r.same_input_size for r in result.ratios):
             lines.append(f"* {SIZE_NOTE}.")
     else:

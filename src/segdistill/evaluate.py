@@ -98,6 +98,7 @@ from segdistill.predictor import (
     load_predictor,
     unique_names,
 )
+from segdistill.tables import text_table
 
 SCHEMA_MODEL = "segdistill.metrics/1"
 SCHEMA_RESULTS = "segdistill.results/1"
@@ -845,14 +846,6 @@ def summary_row(model: dict[str, Any], split: str = REFERENCE_SPLIT) -> dict[str
     }
 
 
-def _text_table(rows: list[list[str]]) -> list[str]:
-    """Left-aligned columns, a rule under the header row."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "-" * max(len(line) for line in lines))
-    return lines
-
-
 def summary_split(results: dict[str, dict[str, Any]]) -> str:
     """The split a model's numbers are shown on (the summary table, the sample figure):
     of its `results` ({split: metrics}), the first evaluated split with labelled pixels,
@@ -875,7 +868,7 @@ def format_summary(models: Sequence[dict[str, Any]], split: str | None = None) -
         ["-" if row[key] is None else fmt.format(row[key]) for _, key, fmt in SUMMARY_COLUMNS]
         for row in rows
     ]
-    lines = [f"metrics on {split!r}:", *_text_table(main)]
+    lines = [f"metrics on {split!r}:", *text_table(main)]
     sets = list(dict.fromkeys(name for row in rows for name in row["ood_auroc"]))
     if sets:
         ood = [["model", *sets]]
@@ -889,14 +882,14 @@ def format_summary(models: Sequence[dict[str, Any]], split: str | None = None) -
                 ]
             )
         lines += ["", f"image-level OOD AUROC {ood_versus(models)} (best aggregator):"]
-        lines += _text_table(ood)
+        lines += text_table(ood)
     flags = _distrust_cells(models, split)
     if flags:
         lines += [
             "",
             f"flagging pixels as probably wrong on {split!r}: the uncertainty threshold that "
             f"catches {DISTRUST_RECALL:.0%} of the wrong pixels (predict --distrust-above):",
-            *_text_table(flags),
+            *text_table(flags),
         ]
     return "\n".join(lines)
 

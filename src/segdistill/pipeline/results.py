@@ -41,6 +41,7 @@ from segdistill.pipeline.run_dir import (
     RunPaths,
 )
 from segdistill.report import Claims, write_report
+from segdistill.tables import markdown_table, text_table
 
 
 def versions() -> dict[str, str]:
@@ -248,19 +249,6 @@ def _cell(value: Any, name: str = "") -> str:
     return str(value)
 
 
-def _text_table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "-" * max(len(line) for line in lines))
-    return lines
-
-
-def _markdown_table(rows: list[list[str]]) -> list[str]:
-    """Header row and body rows as a Markdown (pipe) table."""
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows[1:]]
-
-
 def _table_cells(table: dict[str, Any]) -> list[list[str]]:
     """Header and rows as text: mean +- std where a model has several seeds."""
     names = ["", "", *table["metrics"]]
@@ -345,20 +333,20 @@ def _ablation_lines(name: str, ablation: dict[str, Any]) -> list[str]:
     rows = ablation["rows"]
     keys = list(rows[0])
     cells = [keys, *([_cell(row[k], k) for k in keys] for row in rows)]
-    return [f"ablation {name} ({ablation['kind']}, {ablation['split']}):", *_text_table(cells)]
+    return [f"ablation {name} ({ablation['kind']}, {ablation['split']}):", *text_table(cells)]
 
 
 def format_summary(results: dict[str, Any]) -> str:
     """The printed summary: the paper-shaped table, the ablations and the checks."""
     table = results["table"]
     lines = [f"{table['title'] or results['experiment']['name']} ({table['split']}):"]
-    lines += _text_table(_table_cells(table))
+    lines += text_table(_table_cells(table))
     bench = _bench_line(results)
     if bench:
         lines += [bench]
     flags = _ood_flag_cells(results)
     if flags:
-        lines += ["", _ood_flag_title(results), *_text_table(flags)]
+        lines += ["", _ood_flag_title(results), *text_table(flags)]
     for name, ablation in results["ablations"].items():
         lines += ["", *_ablation_lines(name, ablation)]
     if results["checks"]:
@@ -377,13 +365,13 @@ def format_markdown(results: dict[str, Any]) -> str:
     lines = [f"# {experiment['title'] or experiment['name']}", ""]
     if experiment["paper"]:
         lines += [experiment["paper"], ""]
-    lines += [f"{table['title']} (split {table['split']})", "", *_markdown_table(cells)]
+    lines += [f"{table['title']} (split {table['split']})", "", *markdown_table(cells)]
     bench = _bench_line(results)
     if bench:
         lines += ["", bench]
     flags = _ood_flag_cells(results)
     if flags:
-        lines += ["", _ood_flag_title(results), "", *_markdown_table(flags)]
+        lines += ["", _ood_flag_title(results), "", *markdown_table(flags)]
     for name, ablation in results["ablations"].items():
         lines += ["", "```", *_ablation_lines(name, ablation), "```"]
     if results["checks"]:
