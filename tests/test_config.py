@@ -145,6 +145,11 @@ def test_unknown_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
     [
         ("data.batch_size=true", "data.batch_size=True must be an integer"),
         ("optim.name=adam", "must be one of 'sgd', 'adamw'; did you mean 'adamw'?"),
+        (
+            "distill.teacher.kind=ensembel",
+            "distill.teacher.kind='ensembel' must be one of 'ensemble', 'mc_dropout', 'single'; "
+            "did you mean 'ensemble'?",
+        ),
         ("data.batch_size=1", "data.batch_size=1 must be >= 2"),
         ("data.ignore_index=-1", "data.ignore_index=-1 must be in 0..255"),
         ("data.scale_range=[2.0, 0.5]", "data.scale_range=[2.0, 0.5] must be [low, high]"),

@@ -57,6 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segdistill.errors import ConfigError
 from segdistill.predictor import (
+    TEACHER_KINDS,
     Predictor,
     default_device,
     input_multiple,
@@ -65,7 +66,6 @@ from segdistill.predictor import (
 )
 from segdistill.tables import text_table
 
-TEACHER_KINDS = ("ensemble", "mc_dropout")
 HEAD_OVERHEAD_GOAL = 1.02
 FLOPS_CONVENTION = (
     "2 FLOPs per multiply-accumulate of convolutions and matrix products "

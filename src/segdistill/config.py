@@ -24,7 +24,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from segdistill.errors import ConfigError, read_text
+from segdistill.defaults import DEFAULT_MC_SAMPLES
+from segdistill.errors import ConfigError, did_you_mean, read_text
 
 
 @dataclass
@@ -149,9 +150,9 @@ class TeacherConfig:
     """The teacher of a distillation: kind "ensemble" (path: an ensemble directory or its
     manifest.json), "mc_dropout" (path: a checkpoint; `samples` passes) or "single"."""
 
-    kind: str = "ensemble"
+    kind: Literal["ensemble", "mc_dropout", "single"] = "ensemble"
     path: str | None = None
-    samples: int = 8
+    samples: int = DEFAULT_MC_SAMPLES
 
 
 @dataclass
@@ -516,7 +517,7 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     if origin is Literal:
         if value in get_args(tp):
             return value
-        raise _type_error(tp, value, key, source, _closest(value, get_args(tp)))
+        raise _type_error(tp, value, key, source, did_you_mean(value, get_args(tp)))
     if origin is list:
         if not isinstance(value, list):
             raise _type_error(tp, value, key, source)
@@ -552,7 +553,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, source: str) -> Any:
             # A close key of the same section first, then the closest key anywhere.
             close = difflib.get_close_matches(str(key), names, n=1)
             sibling = [f"{prefix}.{close[0]}" if prefix else close[0]] if close else []
-            suggestion = _closest(dotted, sibling or _dotted_keys(SegConfig))
+            suggestion = did_you_mean(dotted, sibling or _dotted_keys(SegConfig))
             raise ConfigError(f"{source}: unknown key {dotted!r}{suggestion}")
     for f in fields(cls):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -580,12 +581,6 @@ def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
         if section:
             keys += _dotted_keys(section[0], f"{dotted}.")
     return keys
-
-
-def _closest(value: Any, choices: Any) -> str:
-    """ "; did you mean 'x'?" for the closest choice, or "" when none is close."""
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _type_error(tp: Any, value: Any, key: str, source: str, hint: str = "") -> ConfigError:

@@ -10,6 +10,9 @@ RESUME_CHECKPOINT = "checkpoints/last.ckpt"
 # The metrics of `segdistill evaluate --out DIR`, and of an experiment's run directory.
 RESULTS_FILE = "results.json"
 
+# Stochastic passes of an MC-dropout teacher or model (NfS-SegNet U-KD uses 8).
+DEFAULT_MC_SAMPLES = 8
+
 # How an uncertainty map becomes one image-level OOD score (Holder & Shafique 5.3).
 AGGREGATORS = ("min", "mean", "median", "max", "median_plus_min_over_max")
 # A saved `ImageOODDetector`, and the aggregator and false-alarm rate it is fitted with

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 class SegdistillError(Exception):
@@ -45,6 +48,13 @@ class OutputError(SegdistillError):
 
 class TrainingError(SegdistillError):
     """Training cannot go on (e.g. a NaN loss)."""
+
+
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """ "; did you mean 'x'?" for the choice closest to `value`, or "" when none is close
+    (the end of an "unknown name" message)."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def read_text(path: Path, what: str, error: type[SegdistillError]) -> str:

@@ -80,7 +80,7 @@ from segdistill.data.folder import (
 from segdistill.data.shifts import SHIFT_KINDS, expand_shifts, fog_name
 from segdistill.data.synthstreets import SHIFTS_DIR
 from segdistill.data.transforms import unnormalize
-from segdistill.defaults import AGGREGATORS, RESULTS_FILE
+from segdistill.defaults import AGGREGATORS, DEFAULT_MC_SAMPLES, RESULTS_FILE
 from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.interrupts import ignore_ctrl_c, stop_on_ctrl_c
 from segdistill.jsonfiles import write_json
@@ -92,6 +92,7 @@ from segdistill.metrics import (
     ood_metrics,
 )
 from segdistill.predictor import (
+    TEACHER_KINDS,
     Prediction,
     Predictor,
     default_device,
@@ -107,7 +108,6 @@ METRICS_FILE = "metrics.json"
 FIGURES_DIR = "figures"
 REFERENCE_SPLIT = "test"
 ANOMALY_SUFFIX = "_gtFine_anomaly.png"
-TEACHER_KINDS = ("ensemble", "mc_dropout")
 # Uncertainty histograms: 1000 fine bins for the metrics, 200 kept in the JSON so that the
 # figures can zoom into the narrow range a std occupies (pred_std <= 0.5).
 PLOT_BINS = 200
@@ -380,7 +380,7 @@ def evaluate(
     write_homes: bool = True,
     max_images: int | None = None,
     num_samples: int = 3,
-    mc_samples: int = 8,
+    mc_samples: int = DEFAULT_MC_SAMPLES,
     device: str | torch.device | None = None,
     channels_last: bool = False,
     num_workers: int = 0,

@@ -16,7 +16,6 @@ a paper is ambiguous.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, cast
@@ -27,7 +26,7 @@ from torch import Tensor, nn
 
 from segdistill import losses
 from segdistill.data.labels import IGNORE_INDEX
-from segdistill.errors import ConfigError, TrainingError
+from segdistill.errors import ConfigError, TrainingError, did_you_mean
 from segdistill.outputs import SegOutput, TeacherSignals
 
 # The pseudo tap naming the class scores, for methods that can work on logits or features.
@@ -768,11 +767,6 @@ _SPEC_KEYS = ("name", "weight", "options")
 _BUILT_ARGS = ("student_channels", "teacher_channels", "ignore_index")
 
 
-def _did_you_mean(value: Any, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _spec_dict(spec: Any, where: str) -> dict[str, Any]:
     if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
         spec = dataclasses.asdict(spec)
@@ -781,7 +775,7 @@ def _spec_dict(spec: Any, where: str) -> dict[str, Any]:
     for key in spec:
         if key not in _SPEC_KEYS:
             raise ConfigError(
-                f"{where}.{key}: unknown key{_did_you_mean(key, _SPEC_KEYS)} "
+                f"{where}.{key}: unknown key{did_you_mean(key, _SPEC_KEYS)} "
                 f"(valid: {list(_SPEC_KEYS)})"
             )
     return dict(spec)
@@ -796,7 +790,7 @@ def _tap_channels(
     if tap not in known:
         raise ConfigError(
             f"{where}.options.{side}_tap: the {side} has no feature tap {tap!r}"
-            f"{_did_you_mean(tap, known)} (known: {sorted(known)})"
+            f"{did_you_mean(tap, known)} (known: {sorted(known)})"
         )
     return known[tap]
 
@@ -824,7 +818,7 @@ def build_methods(
         name = spec.get("name")
         if not isinstance(name, str) or name not in METHODS:
             raise ConfigError(
-                f"{where}.name: unknown method {name!r}{_did_you_mean(name, METHODS)} "
+                f"{where}.name: unknown method {name!r}{did_you_mean(name, METHODS)} "
                 f"(valid: {sorted(METHODS)})"
             )
         cls = METHODS[name]
@@ -837,7 +831,7 @@ def build_methods(
             if key not in allowed:
                 raise ConfigError(
                     f"{where}.options.{key}: not an option of method {name!r}"
-                    f"{_did_you_mean(key, allowed)} (valid: {allowed})"
+                    f"{did_you_mean(key, allowed)} (valid: {allowed})"
                 )
         kwargs = dict(options, ignore_index=ignore_index)
         for side, channels in (("student", student_channels), ("teacher", teacher_channels)):

@@ -46,11 +46,13 @@ from torch import Tensor
 
 from segdistill.checkpoints import RUN_WEIGHTS, load_segmenter, read_classes, weights_path
 from segdistill.data.base import ClassesSpec
+from segdistill.defaults import DEFAULT_MC_SAMPLES
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter, count_parameters
 from segdistill.models.teachers import MANIFEST_FILE, Ensemble, MCDropout, Teacher, member_weights
 
 KINDS = ("student", "baseline", "ensemble", "mc_dropout")
+TEACHER_KINDS = ("ensemble", "mc_dropout")  # the kinds that run several passes
 UNCERTAINTY_SOURCES = {
     "scalar": "student head (scalar)",
     "per_class": "student head (per-class, predicted class)",
@@ -367,7 +369,7 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     return chosen
 
 
-def load_predictor(source: str | Path, mc_samples: int = 8) -> Predictor:
+def load_predictor(source: str | Path, mc_samples: int = DEFAULT_MC_SAMPLES) -> Predictor:
     """Load a run directory, weights file or ensemble directory / manifest (module doc).
 
     mc_samples: dropout passes of an MC-dropout checkpoint (ignored otherwise).

@@ -39,9 +39,10 @@ from segdistill import figures
 from segdistill.checkpoints import atomic_write_text
 from segdistill.defaults import RESULTS_FILE
 from segdistill.errors import SegdistillError
-from segdistill.evaluate import METRICS_FILE, TEACHER_KINDS, ood_versus
+from segdistill.evaluate import METRICS_FILE, ood_versus
 from segdistill.figures import AGGREGATOR_LABELS, pick_split
 from segdistill.ood_detector import scored_map
+from segdistill.predictor import TEACHER_KINDS
 
 DIGITS = 4
 # Sample figures evaluate writes per model (shown as image files, not redrawn).

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from segdistill.defaults import DEFAULT_MC_SAMPLES
 from segdistill.errors import ConfigError
 from segdistill.output_paths import check_output_file, check_output_folder
 
@@ -75,7 +76,7 @@ def add_mc_samples(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mc-samples",
         type=int,
-        default=8,
+        default=DEFAULT_MC_SAMPLES,
         metavar="K",
         help="dropout passes for an MC-dropout checkpoint, at least 2 (default %(default)s)",
     )

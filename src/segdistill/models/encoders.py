@@ -18,7 +18,6 @@ unchanged, shapes scaled); width 1 is exactly torchvision's network.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 
-from segdistill.errors import CheckpointError, ConfigError, short_reason
+from segdistill.errors import CheckpointError, ConfigError, did_you_mean, short_reason
 
 T = TypeVar("T")
 
@@ -51,8 +50,7 @@ def lookup(table: Mapping[str, T], name: str, what: str) -> T:
     """`table[name]`, or a ConfigError that lists the valid names and the closest one."""
     if name in table:
         return table[name]
-    close = difflib.get_close_matches(str(name), list(table), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, table)
     raise ConfigError(f"unknown {what} {name!r}: choose one of {sorted(table)}{hint}")
 
 

@@ -44,7 +44,6 @@ runs its members one after another on it.
 
 from __future__ import annotations
 
-import difflib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -55,8 +54,10 @@ import torch
 from torch import Tensor, nn
 
 from segdistill.checkpoints import load_segmenter
+from segdistill.defaults import DEFAULT_MC_SAMPLES
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import MCDropout as MCDropoutLayer
+from segdistill.models.encoders import lookup
 from segdistill.outputs import SIGNAL_NAMES, SegOutput, TeacherSignals
 
 # An ensemble directory's list of members (`segdistill.ensemble` writes it).
@@ -370,7 +371,7 @@ class MCDropout(Teacher):
     def __init__(
         self,
         model: nn.Module,
-        samples: int = 8,
+        samples: int = DEFAULT_MC_SAMPLES,
         seed: int | None = None,
         unbiased_std: bool = False,
     ) -> None:
@@ -394,7 +395,7 @@ class MCDropout(Teacher):
         _freeze(self)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, samples: int = 8) -> MCDropout:
+    def from_checkpoint(cls, path: str | Path, samples: int = DEFAULT_MC_SAMPLES) -> MCDropout:
         """Load a segmenter checkpoint (safetensors) as an MC-dropout teacher."""
         return cls(load_segmenter(Path(path))[0], samples=samples)
 
@@ -446,15 +447,8 @@ TEACHER_BUILDERS: dict[str, Callable[[Path, int], Teacher]] = {
 }
 
 
-def build_teacher(kind: str, path: str | Path, samples: int = 8) -> Teacher:
+def build_teacher(kind: str, path: str | Path, samples: int = DEFAULT_MC_SAMPLES) -> Teacher:
     """The teacher of `kind` loaded from `path`: an ensemble directory (or its
     manifest.json) for "ensemble", a segmenter checkpoint for "mc_dropout" and "single".
     `samples` is the number of MC-dropout passes (ignored by the other kinds)."""
-    builder = TEACHER_BUILDERS.get(kind)
-    if builder is None:
-        close = difflib.get_close_matches(kind, TEACHER_BUILDERS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"unknown teacher kind {kind!r} (known: {', '.join(TEACHER_BUILDERS)}){hint}"
-        )
-    return builder(Path(path), samples)
+    return lookup(TEACHER_BUILDERS, kind, "teacher kind")(Path(path), samples)

@@ -13,6 +13,7 @@ import yaml
 
 from segdistill.config import _convert
 from segdistill.data.shifts import SHIFT_KINDS
+from segdistill.defaults import DEFAULT_MC_SAMPLES
 from segdistill.errors import ConfigError, read_text
 from segdistill.evaluate import REFERENCE_SPLIT
 from segdistill.pipeline.checks import split_metric_name
@@ -92,7 +93,7 @@ class TeacherSpec:
     config: str
     set: dict[str, Any] = field(default_factory=dict)
     members: int = 5
-    samples: int = 8
+    samples: int = DEFAULT_MC_SAMPLES
 
 
 @dataclass(kw_only=True)
