@@ -47,10 +47,9 @@ class _Builder:
         outline: Shape | None = None,
     ) -> None:
         """Add a camera-facing patch at depth z over X range xs and height range ys; the
-        instance id is a new one (instance classes) unless given, e.g. to share it."""
-        instance = self.instance(label) if instance is None else instance
-        surface = Surface("front", z, *xs, *ys, label, instance, material, shape, outline)
-        self.surfaces.append(surface)
+        instance id is a new one (instance classes) unless given, e.g. to share it;
+        `outline` (see-through objects) is what its label covers (see `Surface`)."""
+        self._add("front", z, xs, ys, label, material, shape, instance, outline)
 
     def side(
         self,
@@ -63,9 +62,24 @@ class _Builder:
         instance: int | None = None,
         outline: Shape | None = None,
     ) -> None:
-        """Add a street-facing patch in the plane X = x over Z range zs, heights ys."""
+        """Add a street-facing patch in the plane X = x over Z range zs, heights ys (the
+        rest as `front`)."""
+        self._add("side", x, zs, ys, label, material, shape, instance, outline)
+
+    def _add(
+        self,
+        facing: str,
+        pos: float,
+        span: tuple[float, float],
+        ys: tuple[float, float],
+        label: int,
+        material: Material,
+        shape: Shape | None,
+        instance: int | None,
+        outline: Shape | None,
+    ) -> None:
         instance = self.instance(label) if instance is None else instance
-        surface = Surface("side", x, *zs, *ys, label, instance, material, shape, outline)
+        surface = Surface(facing, pos, *span, *ys, label, instance, material, shape, outline)
         self.surfaces.append(surface)
 
     def shadow(

@@ -20,6 +20,7 @@ from segdistill.data.synthstreets.shapes import (
     _color,
     _discs,
     _mirrored,
+    _mirrored_material,
     _pick,
     _rings,
     _union,
@@ -184,7 +185,7 @@ def _add_two_wheeler(
     make_shape = _motorcycle_shape if motor else _bicycle_shape
     shape, outline = _scaled(make_shape(), scale), _scaled(make_shape(outline=True), scale)
     paint = _pick(rng, ((0.1, 0.1, 0.1), (0.6, 0.1, 0.1), (0.15, 0.25, 0.55), (0.7, 0.7, 0.7)))
-    material = _two_wheeler_material(rng, paint, geo, scale)
+    material = _two_wheeler_material(paint, geo, scale)
     if not forward:
         shape, material = _mirrored(shape, length), _mirrored_material(material, length)
         outline = _mirrored(outline, length)
@@ -290,9 +291,7 @@ def _add_two_wheeler_rear(b: _Builder, x: float, z: float, *, motor: bool, rider
     b.shadow(x - 0.3, x + 0.3, z, z + (2.1 if motor else 1.75), 0.0, 1.6 if rider else 1.1)
 
 
-def _two_wheeler_material(
-    rng: np.random.Generator, paint: np.ndarray, geo: dict, scale: float
-) -> Material:
+def _two_wheeler_material(paint: np.ndarray, geo: dict, scale: float) -> Material:
     """Black tyres, metal hubs, painted frame or body."""
     tyre, metal = _color((0.06, 0.06, 0.07)), _color((0.6, 0.6, 0.62))
     radius = geo["radius"] * scale
@@ -307,7 +306,3 @@ def _two_wheeler_material(
         return out
 
     return material
-
-
-def _mirrored_material(material: Material, length: float) -> Material:
-    return lambda x, y: material(length - x, y)

@@ -146,3 +146,8 @@ def _union(*shapes: Shape) -> Shape:
 def _mirrored(shape: Shape, length: float) -> Shape:
     """The same outline facing the other way along x."""
     return lambda x, y: shape(length - x, y)
+
+
+def _mirrored_material(material: Material, length: float) -> Material:
+    """The same material facing the other way along x (goes with `_mirrored`)."""
+    return lambda x, y: material(length - x, y)

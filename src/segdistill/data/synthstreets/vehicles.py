@@ -8,12 +8,12 @@ import numpy as np
 
 from segdistill.data.synthstreets.constants import BUS, CAR, TRAIN, TRUCK, Material, Shape
 from segdistill.data.synthstreets.layout import _Builder
-from segdistill.data.synthstreets.people import _mirrored_material
 from segdistill.data.synthstreets.shapes import (
     _capsules,
     _color,
     _jitter,
     _mirrored,
+    _mirrored_material,
     _pick,
     _textured,
 )
