@@ -290,7 +290,7 @@ def _lone_objects(add) -> tuple[ss.Frame, ss.Frame]:
     """A sampled scene's street with only the objects `add(builder)` makes, rendered with
     the outlines of see-through objects and without them (outline=None)."""
     scene = ss.sample_scene(ss.image_rng(0, "val", 1))
-    builder = layout._Builder(np.random.default_rng(0), scene.style, scene.street)
+    builder = layout.Builder(np.random.default_rng(0), scene.style, scene.street)
     add(builder)
     with_outline = replace(scene, surfaces=tuple(builder.surfaces), casters=())
     plain = tuple(replace(s, outline=None) for s in builder.surfaces)
@@ -304,14 +304,14 @@ def _lone_objects(add) -> tuple[ss.Frame, ss.Frame]:
         ("fence", lambda b: buildings._add_fence(b, -5.0, 6.0, 40.0, 2.0), 1.5),
         (
             "bicycle",
-            lambda b: people._add_two_wheeler(
+            lambda b: people.add_two_wheeler(
                 b, "side", -3.0, 5.0, forward=True, motor=False, rider=False
             ),
             1.5,
         ),
         (
             "motorcycle",
-            lambda b: people._add_two_wheeler(
+            lambda b: people.add_two_wheeler(
                 b, "side", 3.0, 5.0, forward=False, motor=True, rider=False
             ),
             1.1,  # engine and tank are solid; only the wheels fill

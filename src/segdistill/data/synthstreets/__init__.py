@@ -43,7 +43,7 @@ Modules, in the order they build on one another:
     textures    the tileable noise table surfaces sample
     scene       the scene description (camera, lighting, sky, street, surfaces, casters)
     shapes      outlines and materials of surfaces
-    layout      the `_Builder` objects are added through; camera, lanes, lots, street
+    layout      the `Builder` objects are added through; camera, lanes, lots, street
     buildings, furniture, people, vehicles   the objects of a street
     sampling    a whole scene (`sample_scene`)
     anomalies   objects that never occur in training, pasted into test scenes
@@ -77,7 +77,8 @@ from segdistill.data.synthstreets.render import Frame, render
 from segdistill.data.synthstreets.sampling import sample_scene
 from segdistill.data.synthstreets.styles import DEFAULT_STYLE, NEWCITY_STYLE, Style
 
-# The generator's public names; the modules hold the rest.
+# The generator's user-facing names; the modules hold the rest (public names there are
+# shared between modules, not part of this API).
 __all__ = [
     "DEFAULT_STYLE",
     "GENERATOR_VERSION",

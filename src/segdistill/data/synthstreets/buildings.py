@@ -16,23 +16,23 @@ from segdistill.data.synthstreets.constants import (
     Material,
     Shape,
 )
-from segdistill.data.synthstreets.layout import _Builder, _Lot
+from segdistill.data.synthstreets.layout import Builder, Lot
 from segdistill.data.synthstreets.shapes import (
-    _blob,
-    _facade,
-    _jitter,
-    _leafy,
-    _pick,
-    _textured,
-    _whole,
+    blob,
+    facade,
+    jitter,
+    leafy,
+    pick,
+    textured,
+    whole,
 )
-from segdistill.data.synthstreets.textures import _offset, _tex
+from segdistill.data.synthstreets.textures import tex, tex_offset
 
 
-def _add_building(b: _Builder, x: float, z0: float, z1: float, side: int, height: float) -> None:
+def _add_building(b: Builder, x: float, z0: float, z1: float, side: int, height: float) -> None:
     """A block: its facade along the street at X = x, its front wall facing the camera."""
-    wall = _pick(b.rng, b.style.facades)
-    material = _facade(b.rng, b.style, wall)
+    wall = pick(b.rng, b.style.facades)
+    material = facade(b.rng, b.style, wall)
     depth = b.rng.uniform(12, 25)
     x_back = x + side * depth
     b.side(x, (z0, z1), (0.0, height), BUILDING, material)
@@ -53,14 +53,14 @@ _WALL_STONES: tuple[RGB, ...] = (
 def _masonry(rgb: np.ndarray, rng: np.random.Generator, height: float) -> Material:
     """Material: blocks in staggered courses with lighter mortar joints, under a coping
     (a cap band of another shade) along the top."""
-    offset = _offset(rng)
+    offset = tex_offset(rng)
     course = rng.uniform(0.25, 0.6)
     block = course * rng.uniform(1.5, 3.0)
     mortar = np.clip(rgb * 1.35, 0, 1)
     coping = np.clip(rgb * rng.choice([0.6, 1.4]), 0, 1)
 
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        out = rgb * (1.0 + 0.1 * _tex(x, y, 12.0, offset))[:, None]
+        out = rgb * (1.0 + 0.1 * tex(x, y, 12.0, offset))[:, None]
         row, fy = np.divmod(y / course, 1.0)
         fx = np.mod(x / block + 0.5 * (row % 2), 1.0)
         out[(fy < 0.12) | (fx < 0.06)] = mortar
@@ -70,9 +70,9 @@ def _masonry(rgb: np.ndarray, rng: np.random.Generator, height: float) -> Materi
     return material
 
 
-def _add_wall(b: _Builder, x: float, z0: float, z1: float, height: float) -> None:
+def _add_wall(b: Builder, x: float, z0: float, z1: float, height: float) -> None:
     """A free-standing wall along the street: masonry courses and a coping, low."""
-    material = _masonry(_pick(b.rng, _WALL_STONES), b.rng, height)
+    material = _masonry(pick(b.rng, _WALL_STONES), b.rng, height)
     b.side(x, (z0, z1), (0.0, height), WALL, material)
     b.shadow(x, x, z0, z1, 0.0, height)
 
@@ -94,9 +94,9 @@ def _fence_shape(rng: np.random.Generator, height: float, scale: float) -> Shape
     return shape
 
 
-def _add_fence(b: _Builder, x: float, z0: float, z1: float, height: float) -> None:
-    rgb = _pick(b.rng, ((0.35, 0.35, 0.35), (0.18, 0.28, 0.20), (0.45, 0.34, 0.24), (0.6,) * 3))
-    material = _textured(rgb, b.rng, 0.08, 20.0)
+def _add_fence(b: Builder, x: float, z0: float, z1: float, height: float) -> None:
+    rgb = pick(b.rng, ((0.35, 0.35, 0.35), (0.18, 0.28, 0.20), (0.45, 0.34, 0.24), (0.6,) * 3))
+    material = textured(rgb, b.rng, 0.08, 20.0)
     b.side(
         x,
         (z0, z1),
@@ -104,16 +104,16 @@ def _add_fence(b: _Builder, x: float, z0: float, z1: float, height: float) -> No
         FENCE,
         material,
         _fence_shape(b.rng, height, b.style.object_scale),
-        outline=_whole,
+        outline=whole,
     )
 
 
-def _add_hedge(b: _Builder, x: float, z0: float, z1: float, height: float) -> None:
-    material = _leafy(_pick(b.rng, b.style.foliage), b.rng)
-    offset = _offset(b.rng)
+def _add_hedge(b: Builder, x: float, z0: float, z1: float, height: float) -> None:
+    material = leafy(pick(b.rng, b.style.foliage), b.rng)
+    offset = tex_offset(b.rng)
 
     def shape(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        return ys < height * (0.85 + 0.15 * _tex(xs, ys * 0, 3.0, offset))
+        return ys < height * (0.85 + 0.15 * tex(xs, ys * 0, 3.0, offset))
 
     b.side(x, (z0, z1), (0.0, height), VEGETATION, material, shape)
     b.shadow(x, x, z0, z1, 0.0, height)
@@ -121,10 +121,10 @@ def _add_hedge(b: _Builder, x: float, z0: float, z1: float, height: float) -> No
 
 def _crown_shape(blobs: Sequence[tuple[float, float, float]], rng: np.random.Generator) -> Shape:
     """A tree crown: overlapping discs (cx, cy, r in local metres) with ragged rims."""
-    offset = _offset(rng)
+    offset = tex_offset(rng)
 
     def shape(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        shrink = 1.0 - 0.35 * (0.5 + 0.5 * _tex(x, y, 12.0, offset))
+        shrink = 1.0 - 0.35 * (0.5 + 0.5 * tex(x, y, 12.0, offset))
         inside = np.zeros(x.shape, dtype=bool)
         for cx, cy, r in blobs:
             inside |= (x - cx) ** 2 + (y - cy) ** 2 <= r * r * shrink
@@ -135,10 +135,10 @@ def _crown_shape(blobs: Sequence[tuple[float, float, float]], rng: np.random.Gen
 
 def _crown_material(rgb: np.ndarray, rng: np.random.Generator, base: float, top: float) -> Material:
     """Foliage that is darker low in the crown (heights base..top), where it shades itself."""
-    leafy = _leafy(rgb, rng)
+    foliage = leafy(rgb, rng)
 
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return leafy(x, y) * (0.7 + 0.45 * np.clip((y - base) / (top - base), 0, 1))[:, None]
+        return foliage(x, y) * (0.7 + 0.45 * np.clip((y - base) / (top - base), 0, 1))[:, None]
 
     return material
 
@@ -156,7 +156,7 @@ def _tree_material(trunk: np.ndarray, crown: Material, radius: float, trunk_top:
     return material
 
 
-def _add_tree(b: _Builder, x: float, z: float, height: float, radius: float) -> None:
+def add_tree(b: Builder, x: float, z: float, height: float, radius: float) -> None:
     """A tree as one surface: a trunk and a crown of overlapping ragged blobs (vegetation).
 
     Local box: 3 radii across (trunk in the middle), from the ground to the crown top.
@@ -183,25 +183,25 @@ def _add_tree(b: _Builder, x: float, z: float, height: float, radius: float) -> 
         return inside
 
     top = crown_base + 2.2 * radius
-    foliage = _crown_material(_pick(rng, b.style.foliage), rng, crown_base, top)
-    material = _tree_material(_jitter(rng, (0.30, 0.24, 0.18)), foliage, radius, trunk_top)
+    foliage = _crown_material(pick(rng, b.style.foliage), rng, crown_base, top)
+    material = _tree_material(jitter(rng, (0.30, 0.24, 0.18)), foliage, radius, trunk_top)
     b.front(z, (x - 1.5 * radius, x + 1.5 * radius), (0.0, top), VEGETATION, material, shape)
     b.shadow(x - radius, x + radius, z - radius, z + radius, crown_base, height, round=True)
 
 
-def _add_bush(b: _Builder, x: float, z: float) -> None:
+def _add_bush(b: Builder, x: float, z: float) -> None:
     w, h = b.rng.uniform(0.8, 2.5), b.rng.uniform(0.5, 1.4)
     b.front(
         z,
         (x - w / 2, x + w / 2),
         (-0.1, h),
         VEGETATION,
-        _leafy(_pick(b.rng, b.style.foliage), b.rng),
-        _blob(w, 2 * (h + 0.1), b.rng, 0.3),
+        leafy(pick(b.rng, b.style.foliage), b.rng),
+        blob(w, 2 * (h + 0.1), b.rng, 0.3),
     )
 
 
-def _add_park(b: _Builder, lot: _Lot, edge: float, side: int) -> None:
+def _add_park(b: Builder, lot: Lot, edge: float, side: int) -> None:
     """Grass (the ground), trees and bushes, a boundary along the sidewalk, and buildings
     far behind."""
     rng = b.rng
@@ -214,7 +214,7 @@ def _add_park(b: _Builder, lot: _Lot, edge: float, side: int) -> None:
     elif boundary == "wall":
         _add_wall(b, edge, lot.z0, lot.z1, rng.uniform(0.6, 2.2))
     for _ in range(int(rng.integers(1, 5))):
-        _add_tree(
+        add_tree(
             b,
             edge + side * rng.uniform(2, 15),
             rng.uniform(lot.z0, lot.z1),
@@ -227,7 +227,7 @@ def _add_park(b: _Builder, lot: _Lot, edge: float, side: int) -> None:
     _add_building(b, x_far, lot.z0, lot.z1, side, rng.uniform(8, 30))
 
 
-def _add_lots(b: _Builder, lots: Sequence[_Lot], edge: float, side: int) -> None:
+def add_lots(b: Builder, lots: Sequence[Lot], edge: float, side: int) -> None:
     """Fill one side of the street: buildings (with gaps holding a wall or fence), parks."""
     rng = b.rng
     for lot in lots:
@@ -257,7 +257,7 @@ def _add_lots(b: _Builder, lots: Sequence[_Lot], edge: float, side: int) -> None
             )
 
 
-def _add_street_end(b: _Builder, z_end: float) -> None:
+def add_street_end(b: Builder, z_end: float) -> None:
     """Where the street ends: a row of buildings across (T-junction), or a tree line and
     the skyline far away."""
     rng = b.rng
@@ -272,11 +272,11 @@ def _add_street_end(b: _Builder, z_end: float) -> None:
                 (x, x + w),
                 (0.0, height),
                 BUILDING,
-                _facade(rng, b.style, _pick(rng, b.style.facades)),
+                facade(rng, b.style, pick(rng, b.style.facades)),
             )
             x += w
     for _ in range(int(rng.integers(3, 9))):
-        _add_tree(
+        add_tree(
             b,
             rng.uniform(-60, 60),
             z_end + rng.uniform(20, 60),
@@ -286,14 +286,14 @@ def _add_street_end(b: _Builder, z_end: float) -> None:
     _add_skyline(b)
 
 
-def _add_skyline(b: _Builder) -> None:
+def _add_skyline(b: Builder) -> None:
     """Distant blocks along the horizon as one surface; the haze turns them pale."""
     rng = b.rng
     widths = rng.uniform(15, 60, 40)
     edges = np.cumsum(widths) - 400.0  # right edges of the blocks, from X = -400
     heights = np.where(rng.random(40) < 0.7, rng.uniform(10, 70, 40), 0.0).astype(np.float32)
-    colors = np.stack([_pick(rng, b.style.facades) for _ in range(40)])
-    offset = _offset(rng)
+    colors = np.stack([pick(rng, b.style.facades) for _ in range(40)])
+    offset = tex_offset(rng)
 
     def block(x: np.ndarray) -> np.ndarray:
         return np.minimum(np.searchsorted(edges, x - 400.0), 39)
@@ -302,6 +302,6 @@ def _add_skyline(b: _Builder) -> None:
         return y < heights[block(x)]
 
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return colors[block(x)] * (1.0 + 0.1 * _tex(x, y, 2.0, offset))[:, None]
+        return colors[block(x)] * (1.0 + 0.1 * tex(x, y, 2.0, offset))[:, None]
 
     b.front(450.0, (-400.0, 400.0), (0.0, 70.0), BUILDING, material, shape)

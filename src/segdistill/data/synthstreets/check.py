@@ -20,11 +20,11 @@ from segdistill.data.synthstreets.files import (
     PARTIAL_FILE,
     VALID_LABEL_IDS,
     SamplePaths,
-    _Stats,
-    _train_id_counts,
+    Stats,
     interior_counts,
     read_meta,
     read_png,
+    train_id_counts,
 )
 from segdistill.errors import DataError
 
@@ -102,7 +102,7 @@ def _check_sample(
         _check_shape(paths.anomaly, mask, size, np.uint8)
         if not np.array_equal(mask, shifts.anomaly_mask(label_ids)):
             raise DataError(f"{paths.anomaly}: anomaly mask does not match the void labels")
-    return _train_id_counts(label_ids), interior_counts(train_ids)
+    return train_id_counts(label_ids), interior_counts(train_ids)
 
 
 def _image_files(tree: Path, split: str) -> list[Path]:
@@ -152,7 +152,7 @@ def check_dataset(
                     f"{expected[name]}"
                 )
             )
-        stats = _Stats()
+        stats = Stats()
         interior = np.zeros(256, np.int64)
         for image in images:
             stem = image.name.removesuffix("_leftImg8bit.png")
@@ -169,7 +169,7 @@ def check_dataset(
         class_images = stats.images.get(name, np.zeros(256, np.int64))
         stored = meta.get("class_pixels", {}).get(name)
         # Counts without the bad files cannot match meta.json's: those files were named.
-        if whole and stored is not None and stored != _Stats.named(pixels):
+        if whole and stored is not None and stored != Stats.named(pixels):
             bad(DataError(f"{root / META_FILE}: class pixel counts of {name} do not match files"))
         reports.append(
             GroupReport(name, kind, tree, split, len(images), pixels, class_images, interior)

@@ -234,7 +234,7 @@ def image_rng(seed: int, split: str, index: int, stream: str = "scene") -> np.ra
     return np.random.default_rng([seed, SPLIT_CODES[split], index, zlib.crc32(stream.encode())])
 
 
-def _train_id_counts(label_ids: np.ndarray) -> np.ndarray:
+def train_id_counts(label_ids: np.ndarray) -> np.ndarray:
     """[256] pixel count of each train id (255 = void)."""
     return np.bincount(LABEL_ID_TO_TRAIN_ID[label_ids].ravel(), minlength=256)
 
@@ -276,7 +276,7 @@ def _run_job(job: _Job) -> dict[str, np.ndarray]:
     frame = render(scene, height, width)
     paths = SamplePaths.of(job.root, job.split, city, stem)
     write_frame(frame, paths)
-    counts = {job.split: _train_id_counts(frame.label_ids)}
+    counts = {job.split: train_id_counts(frame.label_ids)}
     for spec in config.shift_specs() if job.split == "test" else []:
         target = SamplePaths.of(shift_root(job.root, spec.name), job.split, city, stem)
         rng = image_rng(config.seed, job.split, job.index, spec.name)
@@ -294,11 +294,11 @@ def _run_job(job: _Job) -> dict[str, np.ndarray]:
             shifted = add_anomalies(scene, rng)
         shifted_frame = render(shifted, height, width)
         write_frame(shifted_frame, target, anomaly=spec.kind == "anomaly")
-        counts[spec.name] = _train_id_counts(shifted_frame.label_ids)
+        counts[spec.name] = train_id_counts(shifted_frame.label_ids)
     return counts
 
 
-class _Stats:
+class Stats:
     """Per group: summed train id pixel counts and the number of images each id occurs in."""
 
     def __init__(self) -> None:
@@ -335,10 +335,10 @@ def _jobs(root: Path, config: SynthConfig) -> list[_Job]:
     ]
 
 
-def _render_all(root: Path, config: SynthConfig, workers: int, progress: bool) -> _Stats:
+def _render_all(root: Path, config: SynthConfig, workers: int, progress: bool) -> Stats:
     """Run every job, in worker processes when workers > 1, with a progress bar."""
     jobs = _jobs(root, config)
-    stats = _Stats()
+    stats = Stats()
     bar = tqdm(total=len(jobs), desc="synthstreets", unit="img", disable=not progress)
     if workers > 1:
         context = multiprocessing.get_context(START_METHOD)
@@ -353,13 +353,13 @@ def _render_all(root: Path, config: SynthConfig, workers: int, progress: bool) -
     return stats
 
 
-def _collect(stats: _Stats, counts: dict[str, np.ndarray], bar: tqdm) -> None:
+def _collect(stats: Stats, counts: dict[str, np.ndarray], bar: tqdm) -> None:
     for group, group_counts in counts.items():
         stats.add(group, group_counts)
     bar.update()
 
 
-def _meta(config: SynthConfig, stats: _Stats) -> dict:
+def _meta(config: SynthConfig, stats: Stats) -> dict:
     """The meta.json content: parameters, layout, counts and class statistics."""
     return {
         "generator": "segdistill synthstreets",

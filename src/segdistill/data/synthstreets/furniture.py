@@ -13,25 +13,25 @@ from segdistill.data.synthstreets.constants import (
     Material,
     Shape,
 )
-from segdistill.data.synthstreets.layout import _Builder
-from segdistill.data.synthstreets.shapes import _color, _jitter, _pick, _textured
+from segdistill.data.synthstreets.layout import Builder
+from segdistill.data.synthstreets.shapes import color, jitter, pick, textured
 
 
-def _add_pole(b: _Builder, x: float, z: float, height: float, width: float) -> None:
-    rgb = _pick(b.rng, ((0.45, 0.45, 0.46), (0.22, 0.22, 0.24), (0.20, 0.28, 0.22)))
+def _add_pole(b: Builder, x: float, z: float, height: float, width: float) -> None:
+    rgb = pick(b.rng, ((0.45, 0.45, 0.46), (0.22, 0.22, 0.24), (0.20, 0.28, 0.22)))
     width *= b.style.object_scale
     b.front(
-        z, (x - width / 2, x + width / 2), (0.0, height), POLE, _textured(rgb, b.rng, 0.05, 30.0)
+        z, (x - width / 2, x + width / 2), (0.0, height), POLE, textured(rgb, b.rng, 0.05, 30.0)
     )
     b.shadow(x - width / 2, x + width / 2, z - width / 2, z + width / 2, 0.0, height)
 
 
-def _add_lamp(b: _Builder, x: float, z: float, side: int) -> None:
+def add_lamp(b: Builder, x: float, z: float, side: int) -> None:
     """A street lamp: a tall pole with an arm over the road and a lamp head (all pole)."""
     height = b.rng.uniform(6, 9)
     _add_pole(b, x, z, height, b.rng.uniform(0.12, 0.2))
     reach = b.rng.uniform(1.0, 2.2)
-    arm = _textured(_color((0.4, 0.4, 0.42)), b.rng, 0.05)
+    arm = textured(color((0.4, 0.4, 0.42)), b.rng, 0.05)
     x_end = x - side * reach
     thick = 0.12 * b.style.object_scale
     b.front(z - 0.01, (min(x, x_end), max(x, x_end)), (height - thick, height), POLE, arm)
@@ -80,7 +80,7 @@ def _sign_look(rng: np.random.Generator, scale: float) -> tuple[Shape, Material,
     w = rng.uniform(0.5, 0.8)
     h = w * rng.uniform(0.7, 1.3) if measure is _square_measure else w
     w, h = w * scale, h * scale
-    rim_rgb, inner_rgb = _color(rim), _color(inner)
+    rim_rgb, inner_rgb = color(rim), color(inner)
 
     def centred(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return measure(2 * x / w - 1, 2 * y / h - 1)
@@ -94,7 +94,7 @@ def _sign_look(rng: np.random.Generator, scale: float) -> tuple[Shape, Material,
     return shape, material, w, h
 
 
-def _add_sign_post(b: _Builder, x: float, z: float) -> None:
+def add_sign_post(b: Builder, x: float, z: float) -> None:
     # A taller post when the faces are drawn larger, so that a stack of two stays clear
     # of the ground.
     height = b.rng.uniform(2.0, 2.8) * max(1.0, b.style.object_scale**0.5)
@@ -108,9 +108,9 @@ def _add_sign_post(b: _Builder, x: float, z: float) -> None:
 
 def _light_material(rng: np.random.Generator, w: float, h: float, lamps: bool) -> Material:
     """A traffic light housing; facing the camera it shows three lamps, one lit."""
-    housing = _jitter(rng, (0.1, 0.1, 0.1) if rng.random() < 0.7 else (0.5, 0.45, 0.15), 0.03)
+    housing = jitter(rng, (0.1, 0.1, 0.1) if rng.random() < 0.7 else (0.5, 0.45, 0.15), 0.03)
     lit = int(rng.integers(3))
-    colors = [_color(c) for c in ((0.95, 0.15, 0.1), (0.95, 0.7, 0.1), (0.2, 0.9, 0.4))]
+    colors = [color(c) for c in ((0.95, 0.15, 0.1), (0.95, 0.7, 0.1), (0.2, 0.9, 0.4))]
 
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         out = np.broadcast_to(housing, (x.size, 3)).copy()
@@ -124,7 +124,7 @@ def _light_material(rng: np.random.Generator, w: float, h: float, lamps: bool) -
     return material
 
 
-def _add_traffic_light(b: _Builder, x: float, z: float, overhead_to: float | None) -> None:
+def add_traffic_light(b: Builder, x: float, z: float, overhead_to: float | None) -> None:
     """A light on its pole; with `overhead_to`, a tall pole with an arm reaching that X and
     a second light hanging above the lanes."""
     rng = b.rng
@@ -141,7 +141,7 @@ def _add_traffic_light(b: _Builder, x: float, z: float, overhead_to: float | Non
         _light_material(rng, w, h, lamps),
     )
     if overhead_to is not None:
-        arm = _textured(_color((0.35, 0.35, 0.37)), rng, 0.05)
+        arm = textured(color((0.35, 0.35, 0.37)), rng, 0.05)
         top = pole_height - 0.2
         b.front(z - 0.01, (min(x, overhead_to), max(x, overhead_to)), (top - 0.14, top), POLE, arm)
         b.front(
@@ -153,7 +153,7 @@ def _add_traffic_light(b: _Builder, x: float, z: float, overhead_to: float | Non
         )
 
 
-def _add_clutter(b: _Builder, x: float, z: float) -> None:
+def add_clutter(b: Builder, x: float, z: float) -> None:
     """Void street clutter: bins, benches, utility boxes (static) and advertising
     columns (unlabeled)."""
     rng = b.rng
@@ -165,6 +165,6 @@ def _add_clutter(b: _Builder, x: float, z: float) -> None:
         "column": (1.2, 3.0, UNLABELED),
     }[str(kind)]
     palette = ((0.25, 0.3, 0.25), (0.5, 0.5, 0.5), (0.6, 0.45, 0.2), (0.75, 0.72, 0.6))
-    material = _textured(_pick(rng, palette), rng, 0.15, 8.0)
+    material = textured(pick(rng, palette), rng, 0.15, 8.0)
     b.front(z, (x - w / 2, x + w / 2), (0.0, h), label, material)
     b.shadow(x - w / 2, x + w / 2, z, z + 0.5, 0.0, h)

@@ -1,4 +1,4 @@
-"""Scene sampling, the base: the `_Builder` objects are added through, and the camera,
+"""Scene sampling, the base: the `Builder` objects are added through, and the camera,
 lighting, sky, lanes, lots and street of a scene."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from cityscapesscripts.helpers.labels import id2label
 
 from segdistill.data.synthstreets.constants import FAR, ROAD, SIDEWALK, TERRAIN, Material, Shape
 from segdistill.data.synthstreets.scene import Camera, Caster, Lighting, Lots, Sky, Street, Surface
-from segdistill.data.synthstreets.shapes import _jitter, _pick, _textured
+from segdistill.data.synthstreets.shapes import jitter, pick, textured
 from segdistill.data.synthstreets.styles import Style
-from segdistill.data.synthstreets.textures import _cell_noise, _offset, _tex
+from segdistill.data.synthstreets.textures import cell_noise, tex, tex_offset
 
 
-class _Builder:
+class Builder:
     """Collects surfaces and shadow casters and numbers instances (id * 1000 + k)."""
 
     def __init__(self, rng: np.random.Generator, style: Style, street: Street) -> None:
@@ -95,7 +95,7 @@ class _Builder:
         self.casters.append(Caster(min(x0, x1), max(x0, x1), z0, z1, y0, y1, round))
 
 
-def _sample_camera(rng: np.random.Generator, style: Style) -> Camera:
+def sample_camera(rng: np.random.Generator, style: Style) -> Camera:
     return Camera(
         height=rng.uniform(*style.camera_height),
         focal=style.focal,
@@ -103,7 +103,7 @@ def _sample_camera(rng: np.random.Generator, style: Style) -> Camera:
     )
 
 
-def _sample_lighting(rng: np.random.Generator) -> Lighting:
+def sample_lighting(rng: np.random.Generator) -> Lighting:
     """Sunny (low to high sun, any direction) or overcast (soft light, no shadows)."""
     elevation = np.radians(rng.uniform(15, 60))
     azimuth = rng.uniform(0, 2 * np.pi)
@@ -125,15 +125,15 @@ def _sample_lighting(rng: np.random.Generator) -> Lighting:
     )
 
 
-def _sample_sky(rng: np.random.Generator, style: Style, lighting: Lighting) -> Sky:
+def sample_sky(rng: np.random.Generator, style: Style, lighting: Lighting) -> Sky:
     grey = lighting.direct[0] < 0.3  # overcast: a pale grey sky
-    zenith = _jitter(rng, (0.68, 0.70, 0.73) if grey else style.sky_zenith, 0.04)
-    horizon = _jitter(rng, (0.80, 0.81, 0.82) if grey else style.sky_horizon, 0.03)
-    return Sky(tuple(zenith), tuple(horizon), rng.uniform(0.0, 0.8), _offset(rng))
+    zenith = jitter(rng, (0.68, 0.70, 0.73) if grey else style.sky_zenith, 0.04)
+    horizon = jitter(rng, (0.80, 0.81, 0.82) if grey else style.sky_horizon, 0.03)
+    return Sky(tuple(zenith), tuple(horizon), rng.uniform(0.0, 0.8), tex_offset(rng))
 
 
 @dataclass(frozen=True)
-class _Lanes:
+class Lanes:
     """The carriageway, lane by lane from the left: lane centres (X), lane width; the first
     `oncoming` lanes carry oncoming traffic; the camera drives in lane `ego`; a tram runs
     in lane `tram` (None: no tram)."""
@@ -172,21 +172,21 @@ class _Lanes:
 def _road_material(
     rng: np.random.Generator,
     style: Style,
-    lanes: _Lanes,
+    lanes: Lanes,
     crossings: tuple[tuple[float, float], ...],
 ) -> Material:
     """Asphalt with wear, lane markings, crosswalks with stop lines, tram rails (world X, Z)."""
-    asphalt = _jitter(rng, style.asphalt, 0.04)
-    marking = _jitter(rng, style.marking, 0.03)
-    centre = _jitter(rng, style.centre_marking, 0.03)
-    offset = _offset(rng)
+    asphalt = jitter(rng, style.asphalt, 0.04)
+    marking = jitter(rng, style.marking, 0.03)
+    centre = jitter(rng, style.centre_marking, 0.03)
+    offset = tex_offset(rng)
     dividers, centre_x, rails = lanes.dividers(), lanes.centre_line(), lanes.rails()
     edges = (lanes.left + 0.3, lanes.right - 0.3)
     forward_from = lanes.left + lanes.oncoming * lanes.width  # stop lines span these lanes
     dash, gap = rng.uniform(2.5, 4.0), rng.uniform(5.0, 9.0)
 
     def material(x: np.ndarray, z: np.ndarray) -> np.ndarray:
-        wear = 0.06 * _tex(x, z, 30.0, offset) + 0.08 * _tex(x, z, 1.5, offset)
+        wear = 0.06 * tex(x, z, 30.0, offset) + 0.08 * tex(x, z, 1.5, offset)
         out = asphalt * (1.0 + wear)[:, None]
         dashed = (z % (dash + gap)) < dash
         for dx in dividers:
@@ -210,17 +210,17 @@ def _sidewalk_material(
     rng: np.random.Generator, style: Style, road: tuple[float, float]
 ) -> Material:
     """Paving tiles (or plain concrete) with a curb stone band along the road."""
-    stone = _jitter(rng, style.sidewalk, 0.04)
-    curb = _jitter(rng, style.curb, 0.03)
+    stone = jitter(rng, style.sidewalk, 0.04)
+    curb = jitter(rng, style.curb, 0.03)
     tile = style.sidewalk_tile * rng.uniform(0.8, 1.3)
     tiled = rng.random() < 0.7  # plain slabs look even more like asphalt
-    offset = _offset(rng)
+    offset = tex_offset(rng)
 
     def material(x: np.ndarray, z: np.ndarray) -> np.ndarray:
-        out = stone * (1.0 + 0.07 * _tex(x, z, 30.0, offset))[:, None]
+        out = stone * (1.0 + 0.07 * tex(x, z, 30.0, offset))[:, None]
         if tiled:
             fx, fz = (x / tile) % 1.0, (z / tile) % 1.0
-            cell = _cell_noise((x // tile).astype(np.int32), (z // tile).astype(np.int32), offset)
+            cell = cell_noise((x // tile).astype(np.int32), (z // tile).astype(np.int32), offset)
             out *= (1.0 + 0.05 * cell)[:, None]
             out[(fx < 0.06) | (fz < 0.06)] *= 0.8
         near_curb = (np.abs(x - road[0]) < 0.22) | (np.abs(x - road[1]) < 0.22)
@@ -243,7 +243,7 @@ def _sample_crossings(rng: np.random.Generator, z_end: float) -> tuple[tuple[flo
 
 
 @dataclass(frozen=True)
-class _Lot:
+class Lot:
     z0: float
     z1: float
     kind: str  # "building", "park" or "crossing"
@@ -254,22 +254,22 @@ def _sample_lots(
     style: Style,
     z_end: float,
     crossings: tuple[tuple[float, float], ...],
-) -> list[_Lot]:
+) -> list[Lot]:
     """Slices of one side of the street from the camera to z_end (and one far slice)."""
-    lots: list[_Lot] = []
+    lots: list[Lot] = []
     z = 0.0
     for c0, c1 in [*crossings, (z_end, FAR)]:
         while z < c0 - 1.0:
             end = min(z + rng.uniform(8, 32), c0)
             kind = "park" if rng.random() < style.park_share else "building"
-            lots.append(_Lot(z, end, kind))
+            lots.append(Lot(z, end, kind))
             z = end
-        lots.append(_Lot(c0, c1, "crossing"))
+        lots.append(Lot(c0, c1, "crossing"))
         z = c1
     return lots
 
 
-def _lots_ground(lots: Sequence[_Lot]) -> Lots:
+def _lots_ground(lots: Sequence[Lot]) -> Lots:
     label = {"building": SIDEWALK, "park": TERRAIN, "crossing": ROAD}
     return Lots(tuple(lot.z0 for lot in lots), tuple(label[lot.kind] for lot in lots))
 
@@ -279,22 +279,22 @@ class _Layout:
     """What object placement needs beyond the Street: lanes, the lots of each side (-1
     left, 1 right), and where the street ends."""
 
-    lanes: _Lanes
-    lots: dict[int, list[_Lot]]
+    lanes: Lanes
+    lots: dict[int, list[Lot]]
     z_end: float
 
 
-def _sample_lanes(rng: np.random.Generator, style: Style) -> _Lanes:
+def _sample_lanes(rng: np.random.Generator, style: Style) -> Lanes:
     count = int(rng.choice(style.lanes))
     width = rng.uniform(*style.lane_width)
     oncoming = count // 2 if rng.random() < 0.75 else 0
     ego = int(rng.integers(oncoming, count))
     left = -(ego + 0.5) * width + rng.uniform(-0.4, 0.4)
     tram = int(rng.integers(count)) if rng.random() < 0.1 else None
-    return _Lanes(tuple(left + (k + 0.5) * width for k in range(count)), width, oncoming, ego, tram)
+    return Lanes(tuple(left + (k + 0.5) * width for k in range(count)), width, oncoming, ego, tram)
 
 
-def _sample_street(rng: np.random.Generator, style: Style) -> tuple[Street, _Layout]:
+def sample_street(rng: np.random.Generator, style: Style) -> tuple[Street, _Layout]:
     """The road cross-section, cross streets and lots."""
     lanes = _sample_lanes(rng, style)
     z_end = rng.uniform(120, 240)
@@ -312,6 +312,6 @@ def _sample_street(rng: np.random.Generator, style: Style) -> tuple[Street, _Lay
         lots_right=_lots_ground(lots[1]),
         road_material=_road_material(rng, style, lanes, crossings),
         sidewalk_material=_sidewalk_material(rng, style, (lanes.left, lanes.right)),
-        terrain_material=_textured(_pick(rng, style.grass), rng, 0.12, 35.0),
+        terrain_material=textured(pick(rng, style.grass), rng, 0.12, 35.0),
     )
     return street, _Layout(lanes, lots, z_end)

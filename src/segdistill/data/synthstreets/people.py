@@ -14,18 +14,18 @@ from segdistill.data.synthstreets.constants import (
     Material,
     Shape,
 )
-from segdistill.data.synthstreets.layout import _Builder
+from segdistill.data.synthstreets.layout import Builder
 from segdistill.data.synthstreets.shapes import (
-    _capsules,
-    _color,
-    _discs,
-    _mirrored,
-    _mirrored_material,
-    _pick,
-    _rings,
-    _union,
+    capsules,
+    color,
+    discs,
+    mirrored,
+    mirrored_material,
+    pick,
+    rings,
+    union,
 )
-from segdistill.data.synthstreets.textures import _offset, _tex
+from segdistill.data.synthstreets.textures import tex, tex_offset
 
 
 def _clothes(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -40,9 +40,9 @@ def _clothes(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarr
         (0.15, 0.25, 0.50),
         (0.70, 0.55, 0.25),
     )
-    skin = _pick(rng, ((0.85, 0.66, 0.52), (0.62, 0.44, 0.32), (0.36, 0.24, 0.17)), 0.03)
-    hair = _pick(rng, ((0.1, 0.08, 0.06), (0.35, 0.25, 0.15), (0.7, 0.6, 0.4)), 0.03)
-    return _pick(rng, palette), _pick(rng, palette), skin, hair
+    skin = pick(rng, ((0.85, 0.66, 0.52), (0.62, 0.44, 0.32), (0.36, 0.24, 0.17)), 0.03)
+    hair = pick(rng, ((0.1, 0.08, 0.06), (0.35, 0.25, 0.15), (0.7, 0.6, 0.4)), 0.03)
+    return pick(rng, palette), pick(rng, palette), skin, hair
 
 
 def _body_material(
@@ -53,18 +53,18 @@ def _body_material(
 ) -> Material:
     """Trousers below `trousers_top`, a top up to `neck`, skin and hair above (metres)."""
     trousers, top, skin, hair = clothes
-    offset = _offset(rng)
+    offset = tex_offset(rng)
 
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         out = np.where((y < trousers_top)[:, None], trousers, top)
         out = np.where((y >= neck)[:, None], skin, out)
         out = np.where((y >= neck + 0.12)[:, None], hair, out)
-        return out * (1.0 + 0.06 * _tex(x, y, 40.0, offset))[:, None]
+        return out * (1.0 + 0.06 * tex(x, y, 40.0, offset))[:, None]
 
     return material
 
 
-def _add_person(b: _Builder, x: float, z: float) -> None:
+def add_person(b: Builder, x: float, z: float) -> None:
     """A pedestrian seen from the front or back: legs (standing or mid-stride), torso,
     arms and head, one camera-facing surface."""
     rng = b.rng
@@ -83,7 +83,7 @@ def _add_person(b: _Builder, x: float, z: float) -> None:
         ((c, 0.92 * h), (c, 0.94 * h), 0.06 * h),
     ]
     material = _body_material(rng, hip, 0.85 * h, _clothes(rng))
-    b.front(z, (x - c, x + c), (0.0, h), PERSON, material, _capsules(parts))
+    b.front(z, (x - c, x + c), (0.0, h), PERSON, material, capsules(parts))
     b.shadow(x - 0.2, x + 0.2, z - 0.15, z + 0.15, 0.0, h)
 
 
@@ -128,14 +128,14 @@ _MOTORCYCLE: dict[str, Any] = {
 def _bicycle_shape(outline: bool = False) -> Shape:
     """Frame tubes and tyres; the outline fills the wheels."""
     geo = _BICYCLE
-    frame = _capsules([(a, b, geo["tube"]) for a, b in geo["frame"]])
+    frame = capsules([(a, b, geo["tube"]) for a, b in geo["frame"]])
     wheels = geo["wheels"], geo["radius"]
-    return _union(_discs(*wheels) if outline else _rings(*wheels, 0.05), frame)
+    return union(discs(*wheels) if outline else rings(*wheels, 0.05), frame)
 
 
 def _motorcycle_shape(outline: bool = False) -> Shape:
     """Engine, tank, seat, fork and tyres; the outline fills the wheels."""
-    body = _capsules(
+    body = capsules(
         [
             ((0.75, 0.45), (1.15, 0.45), 0.17),
             ((1.00, 0.82), (1.35, 0.86), 0.13),
@@ -148,12 +148,12 @@ def _motorcycle_shape(outline: bool = False) -> Shape:
         ]
     )
     wheels = _MOTORCYCLE["wheels"], _MOTORCYCLE["radius"]
-    return _union(_discs(*wheels) if outline else _rings(*wheels, 0.1), body)
+    return union(discs(*wheels) if outline else rings(*wheels, 0.1), body)
 
 
 def _rider_shape(pose: dict) -> Shape:
     """A seated rider's profile: torso leaning to the handlebar, bent legs, head."""
-    return _capsules(
+    return capsules(
         [
             (pose["hip"], pose["shoulder"], 0.14),
             (pose["hip"], pose["knee"], 0.08),
@@ -168,8 +168,8 @@ def _scaled(shape: Shape, scale: float) -> Shape:
     return lambda x, y: shape(x / scale, y / scale)
 
 
-def _add_two_wheeler(
-    b: _Builder, facing: str, pos: float, start: float, *, forward: bool, motor: bool, rider: bool
+def add_two_wheeler(
+    b: Builder, facing: str, pos: float, start: float, *, forward: bool, motor: bool, rider: bool
 ) -> None:
     """A bicycle or motorcycle in profile, with or without its rider.
 
@@ -184,11 +184,11 @@ def _add_two_wheeler(
     length, height = (2.1 if motor else 1.75) * scale, 1.25 * scale
     make_shape = _motorcycle_shape if motor else _bicycle_shape
     shape, outline = _scaled(make_shape(), scale), _scaled(make_shape(outline=True), scale)
-    paint = _pick(rng, ((0.1, 0.1, 0.1), (0.6, 0.1, 0.1), (0.15, 0.25, 0.55), (0.7, 0.7, 0.7)))
+    paint = pick(rng, ((0.1, 0.1, 0.1), (0.6, 0.1, 0.1), (0.15, 0.25, 0.55), (0.7, 0.7, 0.7)))
     material = _two_wheeler_material(paint, geo, scale)
     if not forward:
-        shape, material = _mirrored(shape, length), _mirrored_material(material, length)
-        outline = _mirrored(outline, length)
+        shape, material = mirrored(shape, length), mirrored_material(material, length)
+        outline = mirrored(outline, length)
     add = b.side if facing == "side" else b.front
     add(pos, (start, start + length), (0.0, height), label, material, shape, outline=outline)
     if rider:
@@ -198,7 +198,7 @@ def _add_two_wheeler(
             rng, geo["rider"]["hip"][1] * scale + 0.1, 1.56 * scale, clothes
         )
         if not forward:
-            body = _mirrored(body, length)
+            body = mirrored(body, length)
         # The rider is a hair nearer than the machine so legs cover the frame.
         near = pos - 0.05 if facing == "front" else pos - 0.05 * np.sign(pos)
         add(near, (start, start + length), (0.0, 1.85 * scale), RIDER, r_material, body)
@@ -255,8 +255,8 @@ _REAR_RIDER = {
 
 def _rear_machine_material(rng: np.random.Generator, motor: bool) -> Material:
     """Black tyre below, painted above, a red tail light on motorcycles."""
-    paint = _pick(rng, ((0.1, 0.1, 0.1), (0.6, 0.1, 0.1), (0.15, 0.25, 0.55), (0.7, 0.7, 0.7)))
-    tyre, lamp = _color((0.06, 0.06, 0.07)), _color((0.8, 0.08, 0.06))
+    paint = pick(rng, ((0.1, 0.1, 0.1), (0.6, 0.1, 0.1), (0.15, 0.25, 0.55), (0.7, 0.7, 0.7)))
+    tyre, lamp = color((0.06, 0.06, 0.07)), color((0.8, 0.08, 0.06))
     tyre_top = 0.62 if motor else 0.68
 
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -268,14 +268,14 @@ def _rear_machine_material(rng: np.random.Generator, motor: bool) -> Material:
     return material
 
 
-def _add_two_wheeler_rear(b: _Builder, x: float, z: float, *, motor: bool, rider: bool) -> None:
+def add_two_wheeler_rear(b: Builder, x: float, z: float, *, motor: bool, rider: bool) -> None:
     """A bicycle or motorcycle seen from behind (or the front) at X = x, Z = z, with or
     without its rider, as camera-facing surfaces."""
     rng = b.rng
     scale = rng.uniform(0.9, 1.1) * b.style.object_scale
     w = _REAR_WIDTH * scale
     label = MOTORCYCLE if motor else BICYCLE
-    machine = _scaled(_capsules(_REAR_MACHINE[motor]), scale)
+    machine = _scaled(capsules(_REAR_MACHINE[motor]), scale)
     b.front(
         z,
         (x - w / 2, x + w / 2),
@@ -285,7 +285,7 @@ def _add_two_wheeler_rear(b: _Builder, x: float, z: float, *, motor: bool, rider
         machine,
     )
     if rider:
-        body = _scaled(_capsules(_REAR_RIDER[motor]), scale)
+        body = _scaled(capsules(_REAR_RIDER[motor]), scale)
         material = _body_material(rng, 1.0 * scale, 1.5 * scale, _clothes(rng))
         b.front(z - 0.05, (x - w / 2, x + w / 2), (0.0, 1.85 * scale), RIDER, material, body)
     b.shadow(x - 0.3, x + 0.3, z, z + (2.1 if motor else 1.75), 0.0, 1.6 if rider else 1.1)
@@ -293,7 +293,7 @@ def _add_two_wheeler_rear(b: _Builder, x: float, z: float, *, motor: bool, rider
 
 def _two_wheeler_material(paint: np.ndarray, geo: dict, scale: float) -> Material:
     """Black tyres, metal hubs, painted frame or body."""
-    tyre, metal = _color((0.06, 0.06, 0.07)), _color((0.6, 0.6, 0.62))
+    tyre, metal = color((0.06, 0.06, 0.07)), color((0.6, 0.6, 0.62))
     radius = geo["radius"] * scale
     centres = [(cx * scale, cy * scale) for cx, cy in geo["wheels"]]
 

@@ -21,9 +21,9 @@ from segdistill.data.synthstreets.constants import (
     TERRAIN,
 )
 from segdistill.data.synthstreets.scene import Camera, Caster, Scene, Sky, Street, Surface
-from segdistill.data.synthstreets.shapes import _segments_distance2
+from segdistill.data.synthstreets.shapes import segments_distance2
 from segdistill.data.synthstreets.styles import Style
-from segdistill.data.synthstreets.textures import _tex
+from segdistill.data.synthstreets.textures import tex
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def _draw_sky(canvas: _Canvas, view: _View, sky: Sky) -> None:
     az = (cols.astype(np.float32) + 0.5 - view.cx) / view.f
     t = (np.clip(el / 0.4, 0, 1) ** 0.7)[:, None]
     base = np.asarray(sky.horizon, np.float32) * (1 - t) + np.asarray(sky.zenith, np.float32) * t
-    cloud = _tex(az * 3.0, el * 8.0, 20.0, sky.offset)
+    cloud = tex(az * 3.0, el * 8.0, 20.0, sky.offset)
     cover = np.clip((cloud - 1.2 + 2.0 * sky.clouds) * 0.6, 0, 0.85)[:, None]
     canvas.color[rows, cols] = base * (1 - cover) + np.float32(0.9) * cover
 
@@ -235,7 +235,7 @@ def _in_shadow(c: Caster, x: np.ndarray, z: np.ndarray, step: tuple[float, float
         centre = np.array([(c.x0 + c.x1) / 2, (c.z0 + c.z1) / 2], np.float32)
         a = centre + c.y0 * np.asarray(step, np.float32)
         b = centre + c.y1 * np.asarray(step, np.float32)
-        return _segments_distance2(x, z, a, b) <= ((c.x1 - c.x0) / 2) ** 2
+        return segments_distance2(x, z, a, b) <= ((c.x1 - c.x0) / 2) ** 2
     lo = np.full(x.shape, c.y0, np.float32)
     hi = np.full(x.shape, c.y1, np.float32)
     for coord, start, end, d in ((x, c.x0, c.x1, step[0]), (z, c.z0, c.z1, step[1])):

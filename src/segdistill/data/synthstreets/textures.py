@@ -28,20 +28,20 @@ def _noise_table() -> np.ndarray:
     return ((table - table.mean()) / table.std()).astype(np.float32)
 
 
-def _offset(rng: np.random.Generator) -> tuple[float, float]:
+def tex_offset(rng: np.random.Generator) -> tuple[float, float]:
     """A random texture origin (texels)."""
     u, v = rng.uniform(0, _TEX, 2)
     return float(u) + _TEX_ORIGIN, float(v) + _TEX_ORIGIN
 
 
-def _tex(x: np.ndarray, y: np.ndarray, scale: float, offset: tuple[float, float]) -> np.ndarray:
+def tex(x: np.ndarray, y: np.ndarray, scale: float, offset: tuple[float, float]) -> np.ndarray:
     """Noise at coordinates x, y (metres, same shape) with `scale` texels per metre."""
     i = (x * scale + offset[0]).astype(np.int32) & (_TEX - 1)
     j = (y * scale + offset[1]).astype(np.int32) & (_TEX - 1)
     return _noise_table().ravel()[(j << 8) | i]  # one flat lookup (_TEX = 256)
 
 
-def _cell_noise(i: np.ndarray, j: np.ndarray, offset: tuple[float, float]) -> np.ndarray:
+def cell_noise(i: np.ndarray, j: np.ndarray, offset: tuple[float, float]) -> np.ndarray:
     """One noise value per integer cell (i, j): window panes, paving tiles."""
     row = (j * 37 + int(offset[1])) & (_TEX - 1)
     return _noise_table().ravel()[(row << 8) | ((i * 23 + int(offset[0])) & (_TEX - 1))]

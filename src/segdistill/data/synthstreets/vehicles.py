@@ -7,17 +7,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from segdistill.data.synthstreets.constants import BUS, CAR, TRAIN, TRUCK, Material, Shape
-from segdistill.data.synthstreets.layout import _Builder
+from segdistill.data.synthstreets.layout import Builder
 from segdistill.data.synthstreets.shapes import (
-    _capsules,
-    _color,
-    _jitter,
-    _mirrored,
-    _mirrored_material,
-    _pick,
-    _textured,
+    capsules,
+    color,
+    jitter,
+    mirrored,
+    mirrored_material,
+    pick,
+    textured,
 )
-from segdistill.data.synthstreets.textures import _offset, _tex
+from segdistill.data.synthstreets.textures import tex, tex_offset
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,11 @@ def _end_face(
     Cars taper to a cabin above the belt line; trucks show a tall blind box over a bumper
     bar; vans, buses and trams a tall body with a large window. Lights at the lower corners.
     """
-    glass = _jitter(rng, _GLASS, 0.03)
-    lamp = _color((0.95, 0.92, 0.8)) if front else _color((0.7, 0.06, 0.05))
+    glass = jitter(rng, _GLASS, 0.03)
+    lamp = color((0.95, 0.92, 0.8)) if front else color((0.7, 0.06, 0.05))
     clearance, belt, window_top = kind.clearance, kind.belt * h, kind.rear_window * h
     lamp_y = clearance + 0.3 if kind.name == "truck" else belt - 0.12 * h
-    offset = _offset(rng)
+    offset = tex_offset(rng)
 
     def half_width(y: np.ndarray) -> np.ndarray:
         above = np.clip((y - belt) / max(h - belt, 1e-3), 0, 1)
@@ -135,7 +135,7 @@ def _end_face(
         return body | wheels
 
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        out = paint * (1.0 + 0.04 * _tex(x, y, 20.0, offset))[:, None]
+        out = paint * (1.0 + 0.04 * tex(x, y, 20.0, offset))[:, None]
         edge = np.abs(x - w / 2)
         window = (y > belt + 0.05 * h) & (y < window_top) & (edge < half_width(y) - 0.1)
         out[window] = glass * (1.0 + 0.5 * np.clip((y[window] - belt) / h, 0, 1))[:, None]
@@ -156,10 +156,10 @@ def _side_face(
     Cars have a cabin between the pillars; trucks a windowless cargo box behind a cab;
     vans, buses and trams a long band of windows (how buses differ from trucks) and doors.
     """
-    glass = _jitter(rng, _GLASS, 0.03)
+    glass = jitter(rng, _GLASS, 0.03)
     clearance, belt, wheel_r = kind.clearance, kind.belt * h, kind.wheel
     wheels = [(a * length, wheel_r) for a in kind.axles]
-    offset = _offset(rng)
+    offset = tex_offset(rng)
 
     def body(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         a = x / length
@@ -181,7 +181,7 @@ def _side_face(
         return inside
 
     def material(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        out = paint * (1.0 + 0.04 * _tex(x, y, 20.0, offset))[:, None]
+        out = paint * (1.0 + 0.04 * tex(x, y, 20.0, offset))[:, None]
         a = x / length
         if kind.name == "car":
             window = (y > belt + 0.04) & (y < h - 0.08) & (a > 0.23) & (a < 0.72)
@@ -201,14 +201,14 @@ def _side_face(
     return shape, material
 
 
-def _add_vehicle(b: _Builder, kind: str, x: float, z: float, oncoming: bool) -> float:
+def add_vehicle(b: Builder, kind: str, x: float, z: float, oncoming: bool) -> float:
     """A box-like vehicle centred at X = x whose near end is at Z = z: its end face and,
     if it is beside the camera axis, the flank facing the camera. Returns its length."""
     rng = b.rng
     spec = _VEHICLES[kind]
     length, w, h = (rng.uniform(*r) for r in (spec.length, spec.width, spec.height))
     palette = b.style.car_paints if spec.label == CAR else b.style.big_paints
-    paint = _pick(rng, palette, 0.04)
+    paint = pick(rng, palette, 0.04)
     instance = b.instance(spec.label)
     shape, material = _end_face(spec, w, h, oncoming, paint, rng)
     b.front(z, (x - w / 2, x + w / 2), (0.0, h), spec.label, material, shape, instance=instance)
@@ -216,10 +216,10 @@ def _add_vehicle(b: _Builder, kind: str, x: float, z: float, oncoming: bool) -> 
     if flank_x is not None:
         shape, material = _side_face(spec, length, h, paint, rng)
         if oncoming:  # the near end is the front: mirror the profile
-            shape, material = _mirrored(shape, length), _mirrored_material(material, length)
+            shape, material = mirrored(shape, length), mirrored_material(material, length)
         b.side(flank_x, (z, z + length), (0.0, h), spec.label, material, shape, instance=instance)
     if kind == "tram":  # the pantograph: thin bars above the roof
-        bars = _capsules(
+        bars = capsules(
             [
                 ((0.3, 0.0), (1.2, 0.7), 0.03),
                 ((1.2, 0.7), (0.6, 0.9), 0.03),
@@ -231,7 +231,7 @@ def _add_vehicle(b: _Builder, kind: str, x: float, z: float, oncoming: bool) -> 
             (x - 0.7, x + 0.7),
             (h, h + 1.0),
             TRAIN,
-            _textured(_color((0.2, 0.2, 0.2)), rng, 0.05),
+            textured(color((0.2, 0.2, 0.2)), rng, 0.05),
             bars,
             instance=instance,
         )
@@ -239,7 +239,7 @@ def _add_vehicle(b: _Builder, kind: str, x: float, z: float, oncoming: bool) -> 
     return length
 
 
-def _vehicle_kind(rng: np.random.Generator, crowd: float) -> str:
+def vehicle_kind(rng: np.random.Generator, crowd: float) -> str:
     """Cars mostly; `crowd` multiplies the shares of trucks and buses."""
     truck, bus = min(0.3, 0.03 * crowd), min(0.2, 0.02 * crowd)
     shares = [1.0 - 0.08 - truck - bus, 0.08, truck, bus]
