@@ -16,17 +16,18 @@
 
 Batch, height and width are dynamic: ONNX through the torch.export-based exporter with
 dynamic shapes, TorchScript by tracing (shapes are read from the input at run time). The
-padding of `segdistill.predict` (to a multiple of 32, cropped back) is part of the graph,
-so any image size works and gives exactly what `segdistill predict` gives.
+padding of `segdistill.predict` (to a multiple of 32, 64 for NfS-Net: `input_multiple`;
+cropped back) is part of the graph, so any image size works and gives exactly what
+`segdistill predict` gives.
 
 `check_export` runs the file (onnxruntime for ONNX, `torch.jit.load` for TorchScript) on a
 random input of another batch size and another height and width than the export sample,
-neither a multiple of 32, and compares with PyTorch: max |difference| <= atol (1e-4) for
-probabilities and uncertainty, and the same labels, except at near ties: a pixel may get
-another class than PyTorch's argmax when PyTorch's probability of that class is within
-atol of the top one (either class is a right answer); such pixels are counted and left out
-of the uncertainty comparison (a per-class head's value depends on the class); `ood_map`
-does not depend on the class and is compared at every pixel.
+neither a multiple of the padding multiple, and compares with PyTorch: max |difference| <=
+atol (1e-4) for probabilities and uncertainty, and the same labels, except at near ties: a
+pixel may get another class than PyTorch's argmax when PyTorch's probability of that class
+is within atol of the top one (either class is a right answer); such pixels are counted
+and left out of the uncertainty comparison (a per-class head's value depends on the
+class); `ood_map` does not depend on the class and is compared at every pixel.
 
 Limits, refused with an error that says why: ensembles and MC-dropout teachers (export is
 for single networks; their uncertainty is the spread of several networks or random passes;
@@ -66,8 +67,7 @@ from segdistill.models.teachers import Ensemble, MCDropout
 from segdistill.predictor import (
     Predictor,
     input_multiple,
-    pad_to_multiple,
-    segmenter_prediction,
+    padded_segmenter_prediction,
 )
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -94,13 +94,11 @@ class ExportModule(nn.Module):
         self.outputs = outputs
         self.ood_map = ood_map
         self.output_names = [outputs, "uncertainty", *(["ood_map"] if ood_map else [])]
-        self.multiple = input_multiple([model])
+        self.multiple = input_multiple([model])  # sizes of the sample and the check
         self.eval()
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        height, width = images.shape[-2:]
-        padded = pad_to_multiple(images, self.multiple)
-        prediction = segmenter_prediction(self.model, padded).cropped(height, width)
+        prediction = padded_segmenter_prediction(self.model, images)
         probs = prediction.probs
         first = probs.argmax(dim=1) if self.outputs == "labels" else probs
         if self.ood_map:

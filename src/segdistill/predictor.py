@@ -133,6 +133,14 @@ def segmenter_prediction(model: Segmenter, images: Tensor) -> Prediction:
     )
 
 
+def padded_segmenter_prediction(model: Segmenter, images: Tensor) -> Prediction:
+    """`segmenter_prediction` for images float32 [B, 3, H, W] of any H, W: padded as
+    `Predictor.predict_padded` pads them, maps cropped back to [B, *, H, W]."""
+    height, width = images.shape[-2:]
+    padded = pad_to_multiple(images, input_multiple([model]))
+    return segmenter_prediction(model, padded).cropped(height, width)
+
+
 def teacher_prediction(teacher: Teacher, images: Tensor) -> Prediction:
     """An ensemble's or MC-dropout network's prediction: mean probabilities, pred_std,
     with entropy and mutual information as extra maps."""

@@ -100,7 +100,7 @@ from segdistill.models import Segmenter
 from segdistill.models.teachers import DISAGREEMENT_SIGNALS, Teacher, build_teacher
 from segdistill.output_paths import check_output_folder, held_folder
 from segdistill.outputs import SIGNAL_NAMES, SegOutput, TeacherSignals
-from segdistill.predictor import input_multiple, pad_to_multiple
+from segdistill.predictor import padded_segmenter_prediction
 from segdistill.teacher_cache import TeacherCacheDataset, cache_key, open_or_build, valid_mask
 
 if TYPE_CHECKING:
@@ -670,7 +670,7 @@ class SegmentationTask(L.LightningModule):
         # Only the mIoU is read here; coarse uncertainty bins keep the update cheap.
         return SegmentationEvaluator(
             self.num_classes,
-            inputs="logits",
+            inputs="probs",
             ignore_index=self.ignore_index,
             num_bins=10,
             plot_bins=10,
@@ -817,11 +817,8 @@ class SegmentationTask(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # Whole images, padded as `segdistill evaluate` and `predict` pad them, so the
         # validation mIoU is the one they would measure.
-        images = batch["image"]
-        height, width = images.shape[-2:]
-        padded = pad_to_multiple(images, input_multiple([self.model]))
-        logits = self.model(padded).logits[..., :height, :width]
-        self.val_evaluator.update(logits, None, batch["label"])
+        probs = padded_segmenter_prediction(self.model, batch["image"]).probs
+        self.val_evaluator.update(probs, None, batch["label"])
 
     def on_validation_epoch_end(self) -> None:
         evaluator = self.val_evaluator

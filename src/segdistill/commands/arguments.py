@@ -47,6 +47,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """ "128x256" -> (128, 256), height x width."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x256, not {text!r}") from err
+    if min(height, width) < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, not {text!r}")
+    return height, width
+
+
 def _checked_path(text: str, check: Callable[[Path, str], None]) -> Path:
     path = Path(text)
     try:

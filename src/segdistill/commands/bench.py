@@ -18,9 +18,11 @@ from segdistill.commands.arguments import (
     add_channels_last,
     add_mc_samples,
     add_model_sources,
+    non_negative_int,
     output_file,
+    parse_size,
+    positive_int,
 )
-from segdistill.commands.data import parse_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,15 +35,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_sources(parser, "sources", "SOURCE")
     parser.add_argument("--size", type=parse_size, required=True, metavar="HxW", help="input size")
-    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument(
-        "--repeats", type=int, default=25, help="timed calls per model (default %(default)s)"
+        "--batch", type=positive_int, default=1, help="batch size (default %(default)s)"
     )
     parser.add_argument(
-        "--warmup", type=int, default=5, help="untimed calls per model first (%(default)s)"
+        "--repeats",
+        type=positive_int,
+        default=25,
+        help="timed calls per model (default %(default)s)",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(cpu)")
+    parser.add_argument(
+        "--warmup",
+        type=non_negative_int,
+        default=5,
+        help="untimed calls per model first (default %(default)s)",
+    )
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="(default %(default)s)"
+    )
     add_channels_last(parser)
     parser.add_argument(
         "--json", type=output_file, metavar="FILE", help="also write the results here"

@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segdistill.commands.arguments import output_file, output_folder, positive_int
+from segdistill.commands.arguments import (
+    non_negative_int,
+    output_file,
+    output_folder,
+    parse_size,
+    positive_int,
+)
 from segdistill.data import shifts
 from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, colorize
 from segdistill.data.synthstreets import (
@@ -61,17 +67,6 @@ if TYPE_CHECKING:  # they import torch, which `--help` does not wait for (cli.py
     from segdistill.data.survey import Survey
 
 DEFAULTS = SynthConfig()
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """ "128x256" -> (128, 256), height x width."""
-    try:
-        height, width = (int(part) for part in text.lower().split("x"))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 128x256, not {text!r}") from err
-    if min(height, width) < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, not {text!r}")
-    return height, width
 
 
 def parse_shifts(text: str) -> tuple[str, ...]:
@@ -104,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for split in SPLITS:
         synth.add_argument(
             f"--{split}",
-            type=int,
+            type=non_negative_int,
             default=DEFAULTS.count(split),
             metavar="N",
             help=f"{split} images (default %(default)s)",
@@ -136,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     synth.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         metavar="K",
         help="worker processes (default: all cores; the files do not depend on it)",

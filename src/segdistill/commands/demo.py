@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from segdistill.commands.arguments import positive_int
 from segdistill.commands.experiment import add_pipeline_arguments, run_experiment_file
 from segdistill.errors import ConfigError
 
@@ -29,7 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "data generation to runs/demo/report.html (resumable).",
     )
     parser.add_argument(
-        "--members", type=int, metavar="N", help="ensemble members (default: the config's, 5)"
+        "--members",
+        type=positive_int,
+        metavar="N",
+        help="ensemble members (default: the config's, 5)",
     )
     parser.add_argument(
         "--config",

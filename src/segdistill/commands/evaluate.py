@@ -24,6 +24,7 @@ from segdistill.commands.arguments import (
     add_model_sources,
     non_negative_int,
     output_folder,
+    positive_int,
 )
 from segdistill.defaults import RESULTS_FILE
 
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "scored against: test for SynthStreets, val for Foggy / Rain Cityscapes; test without "
         "shifted sets)",
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="default %(default)s")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="default %(default)s")
     parser.add_argument(
         "--out", type=output_folder, help=f"folder for {RESULTS_FILE} and comparison figures"
     )
@@ -68,7 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="images of the summary split shown in the sample figures (default %(default)s)",
     )
     parser.add_argument(
-        "--max-images", type=int, metavar="N", help="evaluate only the first N images of each split"
+        "--max-images",
+        type=positive_int,
+        metavar="N",
+        help="evaluate only the first N images of each split",
     )
     add_mc_samples(parser)
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")

@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="FILE",
         help="a classes.yaml whose names and colours the file's description carries "
-        "(default: those the weights were trained on; for weights written without them)",
+        "(default: those the weights were trained on; none for weights written without them)",
     )
     parser.add_argument(
         "--outputs",

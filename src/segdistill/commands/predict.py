@@ -30,9 +30,10 @@ from segdistill.commands.arguments import (
     add_channels_last,
     add_mc_samples,
     output_folder,
+    parse_size,
     positive_float,
+    positive_int,
 )
-from segdistill.commands.data import parse_size
 from segdistill.defaults import (
     AGGREGATORS,
     DEFAULT_AGGREGATOR,
@@ -100,7 +101,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "take T from `segdistill evaluate`'s error_operating_points for the share of errors "
         "it must catch",
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward (1)")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        help="images per forward (default %(default)s)",
+    )
     parser.add_argument(
         "--skip-unreadable",
         action="store_true",
@@ -112,7 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=parse_size,
         metavar="HxW",
         help="resize images to HxW for the network (outputs keep the image size); default: "
-        "full size, padded to a multiple of 32",
+        "full size, padded to a multiple of 32 (64 for NfS-Net)",
     )
     parser.add_argument(
         "--vmax",

@@ -17,7 +17,12 @@ import argparse
 import time
 from pathlib import Path
 
-from segdistill.commands.arguments import add_overrides, output_folder
+from segdistill.commands.arguments import (
+    add_overrides,
+    non_negative_int,
+    output_folder,
+    positive_int,
+)
 from segdistill.config import SegConfig, load_config, replace_values
 from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import is_rank_zero, print_once
@@ -47,12 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_arguments(parser)
     parser.add_argument(
         "--members",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="number of members (default: ensemble.members of the config)",
     )
     parser.add_argument(
-        "--member", type=int, metavar="I", help="train only member I (0-based), e.g. one per GPU"
+        "--member",
+        type=non_negative_int,
+        metavar="I",
+        help="train only member I (0-based), e.g. one per GPU",
     )
     parser.set_defaults(func=run_ensemble)
 
@@ -67,10 +75,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="output directory (default: run.dir, else runs/NAME)",
     )
     parser.add_argument(
-        "--devices", type=int, metavar="N", help="GPUs (or CPU processes) per node; > 1: DDP"
+        "--devices",
+        type=positive_int,
+        metavar="N",
+        help="GPUs (or CPU processes) per node; > 1: DDP",
     )
     parser.add_argument(
-        "--num-nodes", type=int, metavar="N", help="number of nodes (multi-node DDP)"
+        "--num-nodes", type=positive_int, metavar="N", help="number of nodes (multi-node DDP)"
     )
 
 

@@ -8,8 +8,9 @@ no copies):
 - "encoder_c1" .. "encoder_c5" ("encoder_c6" for NfS-Net): every encoder level, c_i at
   nominal stride 2**i (actual stride `encoder.strides[i - 1]`).
 - "encoder_out": the last encoder level, before the MC dropout.
-- "decoder_aspp" (DeepLabV3+): the ASPP block's output, [B, 256, h, w] at the encoder's
-  output stride, before the decoder fuses the stride-4 level.
+- "decoder_aspp" (DeepLabV3+): the ASPP block's output, [B, model.decoder_channels, h, w]
+  (256 by default) at the encoder's output stride, before the decoder fuses the stride-4
+  level.
 - "decoder_out": the decoder feature the heads read ([B, decoder.out_channels, h, w]:
   stride 4 for DeepLabV3+, the encoder output stride for PSPNet, 32 for NfS-SegNet; for
   "plain" the encoder's last level itself).
