@@ -20,12 +20,14 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from segdistill.defaults import DEFAULT_MC_SAMPLES
-from segdistill.errors import ConfigError, did_you_mean, read_text
+from segdistill.errors import ConfigError, did_you_mean, read_yaml
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -436,17 +438,22 @@ def _require(ok: bool, source: str, key: str, value: Any, rule: str) -> None:
         raise ConfigError(f"{source}: {key}={value!r} must {rule}")
 
 
+def parse_assignment(assignment: str, example: str) -> tuple[str, Any]:
+    """ "a.b=VALUE" -> ("a.b", VALUE read as YAML), a `--set` override; ConfigError naming
+    it when it is no KEY=VALUE (`example` shows one) or VALUE is not valid YAML."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. {example}")
+    try:
+        return key.strip(), yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {assignment}: the value is not valid YAML ({error})") from None
+
+
 def _parse_override(assignment: str) -> dict[str, Any]:
     """ "a.b=VALUE" -> {"a": {"b": VALUE}} with VALUE read as YAML; key and type checked."""
-    key, sep, text = assignment.partition("=")
-    source = f"--set {assignment}"
-    if not sep or not key.strip():
-        raise ConfigError(f"{source}: expected KEY=VALUE, e.g. optim.lr=0.02")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source}: the value is not valid YAML ({error})") from error
-    return _nested(key.strip(), value, source)
+    key, value = parse_assignment(assignment, "optim.lr=0.02")
+    return _nested(key, value, f"--set {assignment}")
 
 
 def _nested(key: str, value: Any, source: str) -> dict[str, Any]:
@@ -466,11 +473,7 @@ def _read_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if resolved in chain:
         cycle = " -> ".join(str(p) for p in (*chain, resolved))
         raise ConfigError(f"{path}: `extends` forms a cycle: {cycle}")
-    text = read_text(path, "config file", ConfigError)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    raw = read_yaml(path, "config file", ConfigError)
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {raw!r}")
@@ -492,6 +495,14 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+def from_dict(cls: type[T], raw: Any, source: str) -> T:
+    """An instance of the config dataclass `cls` (e.g. `SegConfig`) from the raw mapping
+    `raw` (parsed YAML): unknown keys, missing keys and wrong types are ConfigErrors that
+    name `source` and the key."""
+    converted: T = _convert(cls, raw, "", source)
+    return converted
 
 
 def _convert(tp: Any, value: Any, key: str, source: str) -> Any:

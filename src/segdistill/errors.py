@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 
 class SegdistillError(Exception):
     """Base class: the message names the file, key or value that is wrong."""
@@ -71,6 +73,16 @@ def read_text(path: Path, what: str, error: type[SegdistillError]) -> str:
         raise error(f"{path}: not a text file, so not a {what}") from None
     except OSError as failure:
         raise error(f"{what} {path}: cannot read it ({failure.strerror or failure})") from None
+
+
+def read_yaml(path: Path, what: str, error: type[SegdistillError]) -> Any:
+    """The YAML document in the file at `path` (`read_text`'s errors), else `error` naming
+    the file when it is not valid YAML."""
+    text = read_text(path, what, error)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as failure:
+        raise error(f"{path}: not valid YAML ({failure})") from None
 
 
 def short_reason(error: BaseException, limit: int = 200) -> str:

@@ -21,12 +21,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segdistill import losses
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.errors import ConfigError, TrainingError, did_you_mean
+from segdistill.models.decoders import resize
 from segdistill.outputs import SegOutput, TeacherSignals
 
 # The pseudo tap naming the class scores, for methods that can work on logits or features.
@@ -43,13 +43,6 @@ def _number(method: str, key: str, value: Any, *, positive: bool = False) -> flo
         bound = "> 0" if positive else ">= 0"
         raise ConfigError(f"method {method!r}: option {key}={value!r} must be {bound}")
     return float(value)
-
-
-def _resize_to(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear resize of [B, C, h, w] to `size` (a no-op when the sizes already match)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def _conv_bn_relu(
@@ -326,7 +319,7 @@ class CWD(_FeatureMethod):
         self, student: SegOutput, teacher: TeacherSignals, target: Tensor
     ) -> dict[str, Tensor]:
         t = self._teacher_map(teacher)
-        s = _resize_to(self.adapter(self._student_map(student)), t.shape[-2:])
+        s = resize(self.adapter(self._student_map(student)), t.shape[-2:])
         return {"cwd": self.lambda_cwd * losses.cwd(s, t, self.temperature)}
 
 
@@ -375,7 +368,7 @@ class SelfAttention(_FeatureMethod):
         self, student: SegOutput, teacher: TeacherSignals, target: Tensor
     ) -> dict[str, Tensor]:
         t = self._teacher_map(teacher)
-        s = _resize_to(self.adapter(self._student_map(student)), t.shape[-2:])
+        s = resize(self.adapter(self._student_map(student)), t.shape[-2:])
         t_logits = teacher.require(LOGITS).detach()
         return {
             "sa": self.lambda_sa
@@ -531,7 +524,7 @@ class Adaptation(_FeatureMethod):
             )
         with torch.no_grad():
             code = self.translator.encode(self._teacher_map(teacher))
-        s = _resize_to(self.adapter(self._student_map(student)), code.shape[-2:])
+        s = resize(self.adapter(self._student_map(student)), code.shape[-2:])
         return {
             "adapt": self.lambda_adapt * losses.adaptation_loss(s, code),
             "affinity": self.lambda_affinity * losses.affinity_loss(s, code),

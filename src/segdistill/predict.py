@@ -117,6 +117,7 @@ from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, ac
 from segdistill.interrupts import stop_on_ctrl_c
 from segdistill.jsonfiles import write_json
 from segdistill.metrics.ood import image_scores
+from segdistill.models.decoders import resize
 from segdistill.ood_detector import ImageOODDetector, check_aggregator, check_fpr
 from segdistill.output_paths import check_output_folder
 from segdistill.predictor import Predictor, check_class_count, input_multiple
@@ -276,11 +277,6 @@ def read_label(
 # ------------------------------------------------------------------------- inference
 
 
-def _resize(x: Tensor, size: Sequence[int]) -> Tensor:
-    """Bilinear [B, C, h, w] -> [B, C, *size], as the training transforms resize."""
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
 def network_size(
     image_shape: Sequence[int], multiple: int, size: tuple[int, int] | None = None
 ) -> tuple[int, int]:
@@ -320,7 +316,7 @@ def predict_arrays(
     tensors = []
     for image in images:
         x = torch.from_numpy(normalise({"image": image})["image"]).permute(2, 0, 1)[None]
-        tensors.append(_resize(x, size) if size is not None else x)
+        tensors.append(resize(x, size) if size is not None else x)
     batch = torch.cat(
         [F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in tensors]
     )
@@ -337,14 +333,14 @@ def predict_arrays(
 
     def image_map(maps: Tensor, i: int, h: int, w: int, image: np.ndarray) -> np.ndarray:
         crop = maps[i : i + 1, :, :h, :w]
-        crop = _resize(crop, image.shape[:2]) if size is not None else crop
+        crop = resize(crop, image.shape[:2]) if size is not None else crop
         return crop[0, 0].float().cpu().numpy()
 
     results = []
     for i, (image, x) in enumerate(zip(images, tensors)):
         h, w = x.shape[-2:]
         probs = all_probs[i : i + 1, :, :h, :w]
-        probs = _resize(probs, image.shape[:2]) if size is not None else probs
+        probs = resize(probs, image.shape[:2]) if size is not None else probs
         uncertainty = image_map(all_uncertainty, i, h, w, image)
         ood_map = uncertainty if all_ood_maps is None else image_map(all_ood_maps, i, h, w, image)
         results.append(ImagePrediction(probs.argmax(dim=1)[0].cpu().numpy(), uncertainty, ood_map))

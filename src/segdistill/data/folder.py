@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from segdistill.data.base import ClassesSpec, MapReader, SampleFiles, SegmentationDataset
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import Sample
-from segdistill.errors import DataError, read_text
+from segdistill.errors import DataError, read_yaml
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # A folder data set's layout (`data.format: folder`): root/{split}/images,
@@ -119,11 +118,7 @@ def parse_classes(document: Mapping[str, Any], where: str | Path) -> ClassesSpec
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    text = read_text(path, "classes file", DataError)
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: not valid YAML ({exc})") from exc
+    document = read_yaml(path, "classes file", DataError)
     if not isinstance(document, dict):
         raise DataError(f"{path}: expected a mapping with a 'classes' list")
     return document

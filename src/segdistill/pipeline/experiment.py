@@ -9,12 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from segdistill.config import _convert
+from segdistill.config import from_dict, parse_assignment
 from segdistill.data.shifts import SHIFT_KINDS
 from segdistill.defaults import DEFAULT_MC_SAMPLES
-from segdistill.errors import ConfigError, read_text
+from segdistill.errors import ConfigError, read_yaml
 from segdistill.evaluate import REFERENCE_SPLIT
 from segdistill.pipeline.checks import split_metric_name
 
@@ -249,11 +247,7 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> LoadedEx
     """Read an experiment YAML, apply `KEY=VALUE` overrides (VALUE is YAML, e.g.
     `teacher.members=3`), check it. ConfigError names the file and the key."""
     path = Path(path)
-    text = read_text(path, "experiment config", ConfigError)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    raw = read_yaml(path, "experiment config", ConfigError)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment config must be a mapping, got {raw!r}")
     raw.setdefault("name", path.stem)
@@ -261,7 +255,7 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> LoadedEx
         _set_dotted(raw, assignment, path)
     _resolve_members(raw)
     source = f"{path} (with --set overrides)" if overrides else str(path)
-    spec = _convert(Experiment, raw, "", source)
+    spec = from_dict(Experiment, raw, source)
     check_experiment(spec, source)
     return LoadedExperiment(spec, path)
 
@@ -286,14 +280,8 @@ def _resolve_members(raw: dict[str, Any]) -> None:
 def _set_dotted(raw: dict[str, Any], assignment: str, path: Path) -> None:
     """Apply "a.b=VALUE" to the raw mapping (VALUE read as YAML); a number indexes a list,
     e.g. `students.0.set.seed=1`."""
-    key, sep, text = assignment.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. teacher.members=3")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"--set {assignment}: the value is not valid YAML ({error})") from error
-    parts = key.strip().split(".")
+    key, value = parse_assignment(assignment, "teacher.members=3")
+    parts = key.split(".")
     # Below a `set` mapping the rest is one dotted training-config key:
     # set.trainer.max_epochs=1 -> raw["set"]["trainer.max_epochs"] = 1.
     if "set" in parts[:-1]:
