@@ -180,6 +180,20 @@ def test_mc_dropout_checkpoint_samples_reproducibly(zoo: Path, images: torch.Ten
         load_predictor(zoo / "mc", mc_samples=1)
 
 
+def test_mc_dropout_prediction_of_an_image_does_not_depend_on_its_batch(zoo: Path) -> None:
+    # Masks are drawn (seeded) per call: in a shared call, an image's masks would be those
+    # of its place in the batch, and evaluate's metrics would depend on --batch-size.
+    predictor = load_predictor(zoo / "mc", mc_samples=4)
+    batch = torch.randn(3, 3, 32, 48)
+    together = predictor.predict(batch)
+    for i in range(3):
+        alone = predictor.predict(batch[i : i + 1])
+        torch.testing.assert_close(together.probs[i : i + 1], alone.probs)
+        torch.testing.assert_close(together.uncertainty[i : i + 1], alone.uncertainty)
+        torch.testing.assert_close(together.extra["entropy"][i : i + 1], alone.extra["entropy"])
+    assert together.ood_map is together.uncertainty
+
+
 @pytest.mark.parametrize(("source", "count"), [("run_scalar", 1), ("mc", 1), ("ens", 2)])
 def test_segmenters_are_the_networks_behind_a_source(zoo: Path, source: str, count: int) -> None:
     predictor = load_predictor(zoo / source)

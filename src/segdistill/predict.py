@@ -306,8 +306,8 @@ def predict_arrays(
     one `predict` call (see the module docstring).
 
     Images of one network size are padded to it each on its own, so an image's result
-    does not depend on the others in its batch (global pooling sees the same padding); an
-    MC-dropout model predicts them one per call (its masks are drawn per call)."""
+    does not depend on the others in its batch (global pooling sees the same padding; an
+    MC-dropout model predicts one image per call, `Predictor.predict`)."""
     sizes = {network_size(image.shape, multiple, size) for image in images}
     if len(sizes) != 1:
         raise ValueError(f"images of one batch must share a network size, got {sorted(sizes)}")
@@ -320,16 +320,12 @@ def predict_arrays(
     batch = torch.cat(
         [F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in tensors]
     )
-    # MC dropout draws its masks once per call for the whole batch, so an image's masks
-    # would depend on its place in the batch: it predicts one image per call.
-    chunks = batch.split(1) if predictor.kind == "mc_dropout" else [batch]
-    predictions = [predictor.predict(chunk.to(predictor.device)) for chunk in chunks]
-    all_probs = torch.cat([prediction.probs for prediction in predictions])
-    all_uncertainty = torch.cat([prediction.uncertainty for prediction in predictions])
+    prediction = predictor.predict(batch.to(predictor.device))
+    all_probs = prediction.probs
+    all_uncertainty = prediction.uncertainty
     # Only a per-class head scores OOD images from a map of its own (eq. 8); every other
     # model's OOD map IS its uncertainty, and each image gets that one array for both.
-    separate = any(prediction.ood_map is not prediction.uncertainty for prediction in predictions)
-    all_ood_maps = torch.cat([p.ood_map for p in predictions]) if separate else None
+    all_ood_maps = None if prediction.ood_map is prediction.uncertainty else prediction.ood_map
 
     def image_map(maps: Tensor, i: int, h: int, w: int, image: np.ndarray) -> np.ndarray:
         crop = maps[i : i + 1, :, :h, :w]

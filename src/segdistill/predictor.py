@@ -88,6 +88,15 @@ class Prediction:
         over the classes (Holder & Shafique eq. 8), else `uncertainty`."""
         return self.extra.get(PER_CLASS_MEAN, self.uncertainty)
 
+    @staticmethod
+    def concatenated(parts: Sequence[Prediction]) -> Prediction:
+        """The predictions of consecutive batches as one (maps concatenated along B)."""
+        return Prediction(
+            torch.cat([p.probs for p in parts]),
+            torch.cat([p.uncertainty for p in parts]),
+            {name: torch.cat([p.extra[name] for p in parts]) for name in parts[0].extra},
+        )
+
     def cropped(self, height: int, width: int) -> Prediction:
         """Every map's top-left height x width (what a padded input's prediction holds of
         the image)."""
@@ -261,11 +270,16 @@ class Predictor:
         """images float32 [B, 3, H, W] ImageNet-normalised, finite, on `device` ->
         Prediction. The networks predict in eval mode whatever mode they are in (and are
         left in it): one being fine-tuned predicts as it will after training, and its
-        batch-norm statistics are not moved by predicting."""
+        batch-norm statistics are not moved by predicting. An MC-dropout model predicts one
+        image per call: it draws its masks (seeded) per call, and in a shared call an
+        image's masks would depend on its place in the batch and on the batch size."""
         check_images(images)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with eval_mode(self.model):
+            if isinstance(self.model, MCDropout):
+                parts = [teacher_prediction(self.model, image) for image in images.split(1)]
+                return Prediction.concatenated(parts)
             if isinstance(self.model, Teacher):
                 return teacher_prediction(self.model, images)
             return segmenter_prediction(self.model, images)
