@@ -84,17 +84,22 @@ def load_models(inputs: Sequence[str | Path]) -> list[ReportModel]:
     return unique
 
 
+def input_file(path: Path) -> Path:
+    """The JSON file a report input names: the file itself, or a directory's metrics.json
+    (a run or ensemble), else its results.json (an evaluation or an experiment)."""
+    if not path.is_dir():
+        return path
+    for name in (METRICS_FILE, RESULTS_FILE):
+        if (path / name).is_file():
+            return path / name
+    raise SegdistillError(
+        f"{path} has no {METRICS_FILE} or {RESULTS_FILE}: run `segdistill evaluate "
+        f"{path} --data DATA_DIR` first"
+    )
+
+
 def _load_input(path: Path) -> list[ReportModel]:
-    if path.is_dir():
-        if (path / METRICS_FILE).is_file():
-            path = path / METRICS_FILE
-        elif (path / RESULTS_FILE).is_file():
-            path = path / RESULTS_FILE
-        else:
-            raise SegdistillError(
-                f"{path} has no {METRICS_FILE} or {RESULTS_FILE}: run `segdistill evaluate "
-                f"{path} --data DATA_DIR` first"
-            )
+    path = input_file(path)
     if not path.is_file():
         raise SegdistillError(f"{path} does not exist")
     try:

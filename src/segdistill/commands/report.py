@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segdistill.commands.arguments import output_file
-from segdistill.defaults import RESULTS_FILE
 
 if TYPE_CHECKING:
     from segdistill.report import Claims
@@ -44,15 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _claims(inputs: list[str]) -> Claims | None:
     """The experiment's table and checks when the one input is an experiment's results.json
     (or its run directory); None otherwise (a broken file is reported by write_report)."""
+    from segdistill.errors import SegdistillError
     from segdistill.evaluate import SCHEMA_EXPERIMENT
+    from segdistill.report import input_file
 
     if len(inputs) != 1:
         return None
-    path = Path(inputs[0])
-    path = path / RESULTS_FILE if path.is_dir() else path
     try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
+        content = json.loads(input_file(Path(inputs[0])).read_text())
+    except (OSError, ValueError, SegdistillError):
         return None
     if not isinstance(content, dict) or content.get("schema") != SCHEMA_EXPERIMENT:
         return None
