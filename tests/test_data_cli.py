@@ -300,7 +300,7 @@ def test_preview_of_a_folder_data_set_draws_images_masks_and_overlays(
     [(10, 4, [0, 3, 6, 9]), (3, 5, [0, 1, 2]), (1, 4, [0]), (7, 1, [0])],
 )
 def test_preview_rows_are_spread_over_the_split(count: int, rows: int, expected: list) -> None:
-    from segdistill.commands.data import spread
+    from segdistill.data.preview import spread
 
     assert spread(count, rows) == expected
 
@@ -327,7 +327,7 @@ def sheets(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     def draw(rows: list, labels: list, title: str, out: Path, legend: list) -> None:
         drawn.append({"title": title, "legend": [patch.get_label() for patch in legend]})
 
-    monkeypatch.setattr("segdistill.commands.data.draw_sheet", draw)
+    monkeypatch.setattr("segdistill.data.preview.draw_sheet", draw)
     return drawn
 
 
