@@ -379,31 +379,16 @@ def miou_vs_removed(models: Sequence[Model], split: str | None = None) -> Figure
 def miou_per_split(models: Sequence[Model]) -> Figure:
     """Grouped bars: mIoU of each model on each evaluated set (Holder Table 2)."""
     splits = list(dict.fromkeys(s for m in models for s in m["splits"]))
-    labels = [_label(m) for m in models]
-    figure, (ax,) = axes_grid(
-        1,
-        1,
-        (max(4.4, 0.35 * len(splits) * (len(models) + 1)), 3.0),
-        bottom=1.0,
-        right=legend_margin(labels),
+    per_model = [
+        [(model["splits"].get(s) or {}).get("segmentation", {}).get("miou") for s in splits]
+        for model in models
+    ]
+    figure, ax, x = _grouped_bars(
+        len(splits), per_model, [_label(m) for m in models], range(len(models)), 0.35, 4.4, 1.0
     )
-    width = 0.8 / len(models)
-    x = np.arange(len(splits))
-    for i, (model, label) in enumerate(zip(models, labels)):
-        values = [
-            (model["splits"].get(s) or {}).get("segmentation", {}).get("miou") for s in splits
-        ]
-        ax.bar(
-            x + (i - (len(models) - 1) / 2) * width,
-            _values(values),
-            width,
-            label=label,
-            **model_bar(i),
-        )
     ax.set_xticks(x, splits, rotation=30, ha="right")
     ax.set_ylabel("mIoU")
     ax.set_title("mIoU per evaluated set")
-    ax.grid(axis="y", alpha=0.3)
     _legend_outside(ax)
     return figure
 
@@ -455,6 +440,35 @@ def teacher_student_hist2d(models: Sequence[Model], split: str | None = None) ->
     return figure
 
 
+def _grouped_bars(
+    groups: int,
+    per_model: Sequence[Sequence[float | None]],
+    labels: Sequence[str],
+    styles: Sequence[int],
+    inches_per_bar: float,
+    min_width: float,
+    bottom: float,
+) -> tuple[Figure, Axes, np.ndarray]:
+    """A figure of grouped bars: `groups` groups at x = 0, 1, ..., in each one bar per
+    model; `per_model[k]` holds model k's value in each group (None: no bar), `labels[k]`
+    its legend entry and `styles[k]` its `model_bar` style. Returns (figure, axes, x) for
+    the caller's ticks, labels and legend."""
+    figure, (ax,) = axes_grid(
+        1,
+        1,
+        (max(min_width, inches_per_bar * groups * (len(per_model) + 1)), 3.0),
+        bottom=bottom,
+        right=legend_margin(labels),
+    )
+    width = 0.8 / len(per_model)
+    x = np.arange(groups)
+    for k, (values, label, style) in enumerate(zip(per_model, labels, styles)):
+        offset = (k - (len(per_model) - 1) / 2) * width
+        ax.bar(x + offset, _values(values), width, label=label, **model_bar(style))
+    ax.grid(axis="y", alpha=0.3)
+    return figure, ax, x
+
+
 def _per_class_bars(
     models: Sequence[Model],
     per_model: Sequence[Sequence[float | None]],
@@ -465,27 +479,12 @@ def _per_class_bars(
     """Grouped bars, one group per class and one bar per model; `per_model[i]` holds model
     i's value of each class (None: no bar), `labels[i]` its legend entry."""
     names = models[0]["class_names"]
-    figure, (ax,) = axes_grid(
-        1,
-        1,
-        (max(6.0, 0.12 * len(names) * (len(models) + 1)), 3.0),
-        bottom=0.85,
-        right=legend_margin(labels),
+    figure, ax, x = _grouped_bars(
+        len(names), per_model, labels, range(len(models)), 0.12, 6.0, 0.85
     )
-    width = 0.8 / len(models)
-    x = np.arange(len(names))
-    for i, (values, label) in enumerate(zip(per_model, labels)):
-        ax.bar(
-            x + (i - (len(models) - 1) / 2) * width,
-            _values(values),
-            width,
-            label=label,
-            **model_bar(i),
-        )
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
     _legend_outside(ax)
     return figure
 
@@ -627,29 +626,17 @@ def ood_auroc_bars(models: Sequence[Model]) -> Figure | None:
     if not with_ood:
         return None
     sets = list(dict.fromkeys(s for _, m in with_ood for s in m["ood"]["sets"]))
-    labels = [_label(m) for _, m in with_ood]
-    figure, (ax,) = axes_grid(
-        1,
-        1,
-        (max(4.4, 0.3 * len(sets) * (len(with_ood) + 1)), 3.0),
-        bottom=1.0,
-        right=legend_margin(labels),
-    )
-    width = 0.8 / len(with_ood)
-    x = np.arange(len(sets))
-    for k, ((i, model), label) in enumerate(zip(with_ood, labels)):
+    per_model = []
+    for _, model in with_ood:
         values = []
         for name in sets:
             result = model["ood"]["sets"].get(name)
             best = result and result["best_aggregator"]
             values.append(result["by_aggregator"][best]["auroc"] if best else None)
-        ax.bar(
-            x + (k - (len(with_ood) - 1) / 2) * width,
-            _values(values),
-            width,
-            label=label,
-            **model_bar(i),
-        )
+        per_model.append(values)
+    labels = [_label(m) for _, m in with_ood]
+    styles = [i for i, _ in with_ood]  # a model keeps its colour when others have no OOD
+    figure, ax, x = _grouped_bars(len(sets), per_model, labels, styles, 0.3, 4.4, 1.0)
     ax.axhline(0.5, color="0.5", linestyle="--", linewidth=1)
     # Each set's clean split (the same for every model: it follows the evaluated splits);
     # one title names it when all sets share it, else each tick its own.
@@ -662,7 +649,6 @@ def ood_auroc_bars(models: Sequence[Model]) -> Figure | None:
     ax.set(ylim=(0, 1), ylabel="AUROC (best aggregator)")
     against = f"vs {next(iter(shared))}" if len(shared) == 1 else "vs each set's clean split"
     ax.set_title(f"Image-level OOD detection {against}")
-    ax.grid(axis="y", alpha=0.3)
     _legend_outside(ax)
     return figure
 
