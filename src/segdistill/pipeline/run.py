@@ -70,27 +70,25 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
     teacher_start: tuple[str, ...] = ()
     if spec.pretrain is not None:
         encoder_start = ("pretrain",)
+        students_pretrain = pretrain_config(exp, paths)
         steps.append(
             Step(
                 "pretrain",
                 f"pre-train the students' encoder on {spec.pretrain.data.root}",
-                functools.partial(
-                    pretrain_encoder, spec.pretrain.data, pretrain_config(exp, paths)
-                ),
-                (pretrain_config(exp, paths),),
+                functools.partial(pretrain_encoder, spec.pretrain.data, students_pretrain),
+                (students_pretrain,),
                 outputs=(paths.pretrained_encoder,),
             )
         )
         if spec.pretrain.teacher:
             teacher_start = ("pretrain-teacher",)
+            teacher_pretrain = pretrain_teacher_config(exp, paths)
             steps.append(
                 Step(
                     "pretrain-teacher",
                     f"pre-train the teacher's encoder on {spec.pretrain.data.root}",
-                    functools.partial(
-                        pretrain_encoder, spec.pretrain.data, pretrain_teacher_config(exp, paths)
-                    ),
-                    (pretrain_teacher_config(exp, paths),),
+                    functools.partial(pretrain_encoder, spec.pretrain.data, teacher_pretrain),
+                    (teacher_pretrain,),
                     outputs=(paths.pretrained_teacher_encoder,),
                 )
             )
