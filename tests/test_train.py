@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import gc
 import json
 import os
 import shutil
@@ -332,6 +333,45 @@ def test_the_first_ctrl_c_stops_at_the_next_batch_a_second_at_once() -> None:
         with pytest.raises(KeyboardInterrupt):
             handler(signal.SIGINT, None)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_in_a_finaliser_gets_a_notice_and_stops_at_the_next_check(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A DataLoader's `__del__` or a fork hook (each epoch with workers) cannot raise: Python
+    printed "Exception ignored in ..." with a traceback, and the press seemed lost."""
+    hook = sys.unraisablehook
+    ctrl_c = CtrlC()
+    with pytest.raises(KeyboardInterrupt), ctrl_c.watching():
+        handler = signal.getsignal(signal.SIGINT)
+        assert callable(handler)
+        handler(signal.SIGINT, None)  # the first press, recorded
+
+        class Finalised:
+            def __del__(self) -> None:
+                handler(signal.SIGINT, None)  # the second press lands in a finaliser
+
+        Finalised()  # dropped at once: its __del__ runs here
+        gc.collect()
+        assert ctrl_c.pressed
+    err = capfd.readouterr().err
+    assert "landed while Python was cleaning up" in err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert sys.unraisablehook is hook
+
+
+def test_other_errors_in_finalisers_are_still_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    reported: list[type[BaseException] | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda report: reported.append(report.exc_type))
+
+    class Broken:
+        def __del__(self) -> None:
+            raise ValueError("a real bug")
+
+    with CtrlC().watching():
+        Broken()
+        gc.collect()
+    assert reported == [ValueError]
 
 
 def test_a_watched_loop_gives_out_no_item_after_ctrl_c() -> None:

@@ -1,11 +1,14 @@
 """Ctrl-C that stops long work where it is safe to stop, and is never lost.
 
 Python raises KeyboardInterrupt wherever the signal lands. In a finaliser (a DataLoader's
-`__del__`, a weakref callback) or a fork it is only printed ("Exception ignored in ...")
-and the work goes on. So while a loop is watched the first Ctrl-C is recorded, with a
-notice, and raised where the loop checks (before its next batch or image); a second one
-is raised at once, for a loop stuck where it does not check. The DataLoader workers
-ignore Ctrl-C (`ignore_ctrl_c`): it is the main process's to handle.
+`__del__`, a weakref callback) or a fork hook it is only printed ("Exception ignored in
+...", with a traceback) and the work goes on. So while a loop is watched the first Ctrl-C
+is recorded, with a notice, and raised where the loop checks (before its next batch or
+image); a second one is raised at once, for a loop stuck where it does not check. A
+second one that lands in a finaliser or fork hook (at every epoch's start and end with
+DataLoader workers) cannot stop the work there: instead of Python's traceback it gets a
+notice, and the work stops at its next check, as after the first press. The DataLoader
+workers ignore Ctrl-C (`ignore_ctrl_c`): it is the main process's to handle.
 """
 
 from __future__ import annotations
@@ -13,13 +16,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 NOTICE = b"\nCtrl-C: stopping before the next batch or image (press again to stop at once)\n"
+SWALLOWED = (
+    b"\nCtrl-C landed while Python was cleaning up (a finaliser or fork hook), where it "
+    b"cannot stop the work: stopping before the next batch or image\n"
+)
 
 # The stretches being watched, innermost last (nested ones share the outer one's Ctrl-C).
 _watching: list[CtrlC] = []
@@ -47,12 +55,26 @@ class CtrlC:
             with contextlib.suppress(OSError):
                 os.write(2, NOTICE)
 
+        previous_hook = sys.unraisablehook
+
+        def unraisable(report: Any) -> None:
+            # Our own KeyboardInterrupt, raised in a finaliser or fork hook: Python would
+            # print it with a traceback and go on. The press stays recorded.
+            if report.exc_type is KeyboardInterrupt:
+                with contextlib.suppress(OSError):
+                    os.write(2, SWALLOWED)
+                return
+            previous_hook(report)
+
         previous = signal.signal(signal.SIGINT, interrupt)
+        sys.unraisablehook = unraisable
         _watching.append(self)
         try:
             yield
         finally:
             _watching.remove(self)
+            if sys.unraisablehook is unraisable:
+                sys.unraisablehook = previous_hook
             # Lightning ignores Ctrl-C during its shutdown; leave that to the caller.
             if signal.getsignal(signal.SIGINT) is interrupt:
                 signal.signal(signal.SIGINT, previous)
