@@ -575,6 +575,34 @@ def test_a_value_of_another_type_is_another_experiment(tmp_path: Path) -> None:
     assert "ablations: [{'name': 'width'" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("values", "repeated"),
+    [("[0.25, 0.5, 0.25]", "0.25 and 0.25"), ("[1, 0.5, 1.0]", "1 and 1.0")],
+)
+def test_a_sweep_value_given_twice_is_refused(tmp_path: Path, values: str, repeated: str) -> None:
+    """The network trained twice (the second step "done before, skipped") and its row
+    showed twice in the ablation table."""
+    nfs = REPO / "configs" / "quick" / "nfs.yaml"
+    experiment = load_experiment(nfs, [f"ablations.0.values={values}"])
+    with pytest.raises(ConfigError, match=f"the values {repeated} both set") as error:
+        plan(experiment, RunPaths(tmp_path))
+    assert "ablation 'width'" in str(error.value) and str(nfs) in str(error.value)
+    assert plan(load_experiment(nfs, ["ablations.0.values=[0.25, 0.5]"]), RunPaths(tmp_path))
+
+
+def test_a_string_sweep_value_the_schema_converts_is_compared_converted(tmp_path: Path) -> None:
+    # PyYAML reads 1e-3 (no dot) as a string; the training config reads it as 0.001.
+    experiment = load_experiment(
+        DEMO_CONFIG,
+        [
+            "ablations=[{name: lr, kind: sweep, student: dudes, key: optim.lr,"
+            " values: [0.001, 1e-3]}]"
+        ],
+    )
+    with pytest.raises(ConfigError, match="the values 0.001 and '1e-3' both set optim.lr=0.001"):
+        plan(experiment, RunPaths(tmp_path))
+
+
 def test_without_an_experiment_record_only_checked_steps_are_kept(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

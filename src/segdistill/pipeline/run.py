@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from segdistill.checkpoints import remove_unfinished_writes
+from segdistill.config import SegConfig, to_dict
 from segdistill.defaults import DETECTOR_FILE, RESULTS_FILE
+from segdistill.errors import ConfigError
 from segdistill.models.teachers import MANIFEST_FILE
 from segdistill.output_paths import check_output_folder, held_folder
 from segdistill.pipeline.evaluation import (
@@ -183,8 +185,10 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             student = next(s for s in spec.students if s.name == ablation.student)
             starts = (first_baseline,) if student.init_from_baseline else ()
             trained_steps = []
+            trained_values: list[tuple[Any, Any]] = []  # (as given, as the config holds it)
             for value in ablation.values:
                 cfg = sweep_config(exp, paths, ablation, value)
+                _refuse_repeated_value(exp, ablation.name, ablation.key, value, cfg, trained_values)
                 trained_steps.append(f"ablation-{ablation.name}-{value}")
                 steps.append(
                     Step(
@@ -260,3 +264,27 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     print(format_summary(results))
     print(f"\nresults: {paths.root / RESULTS_FILE}\nreport:  {paths.root / REPORT_FILE}")
     return results
+
+
+def _refuse_repeated_value(
+    exp: LoadedExperiment,
+    name: str,
+    key: str | None,
+    value: Any,
+    cfg: SegConfig,
+    trained: list[tuple[Any, Any]],
+) -> None:
+    """ConfigError when a sweep value sets `key` as an earlier one did (0.001 and 1.0e-3, 1
+    and 1.0): the same network would train twice and its row show twice. Compared as the
+    training config holds them, after conversion to the key's type."""
+    assert key is not None
+    held: Any = to_dict(cfg)
+    for part in key.split("."):
+        held = held[part]
+    for given, earlier in trained:
+        if earlier == held:
+            raise ConfigError(
+                f"{exp.path}: ablation {name!r}: the values {given!r} and {value!r} both set "
+                f"{key}={held!r}; give each value once"
+            )
+    trained.append((value, held))
