@@ -221,6 +221,39 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
+def test_a_start_stopped_before_its_first_checkpoint_is_not_taken_for_the_next(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped in its first epoch leaves its config, logs and maybe weights but no
+    last.ckpt. Trained again, the summary reported the abandoned start's best mIoU, and a
+    run of another config was accepted over its files."""
+
+    def nan_logits(output):
+        output.logits = output.logits * float("nan")
+        return output
+
+    with monkeypatch.context() as patch:
+        fail_at_training_step(patch, 2, nan_logits)
+        with pytest.raises(TrainingError):
+            training.train(tiny_config(tmp_path, data_root))
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and not (run / "checkpoints" / "last.ckpt").exists()
+    # As a start that validated once before it stopped would leave them:
+    abandoned = run / "logs" / "csv" / "version_0"
+    abandoned.mkdir(parents=True, exist_ok=True)
+    (abandoned / "metrics.csv").write_text("epoch,step,val/miou\n0,3,0.99\n")
+    (run / "checkpoints").mkdir(exist_ok=True)
+    (run / "checkpoints" / "best.safetensors").write_bytes(b"an abandoned start's weights")
+    with pytest.raises(ConfigError, match=r"start of another run.*optim\.lr: 0\.01 -> 0\.02"):
+        training.train(tiny_config(tmp_path, data_root, ["optim.lr=0.02"]))
+    assert (abandoned / "metrics.csv").is_file()  # refused: nothing of it removed
+    training.train(tiny_config(tmp_path, data_root))
+    best = training.best_validation(run)
+    assert best is not None and best[0] != 0.99
+    assert [p.name for p in (run / "logs" / "csv").iterdir()] == ["version_0"]
+    load_segmenter(run / "checkpoints" / "best.safetensors")  # this run's weights
+
+
 @pytest.mark.parametrize("validates", [True, False])
 def test_weights_that_diverge_with_finite_losses_stop_training_before_a_checkpoint(
     tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch, validates: bool

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(
             "interrupted: run the same command again to continue (train and distill with "
-            "--resume once the run has a checkpoint)",
+            "--resume once the run has checkpoints/last.ckpt; before it, without)",
             file=sys.stderr,
         )
         return 130

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -285,10 +286,40 @@ def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
             f"{run_dir} already holds a run ({checkpoint}); pass --resume to continue it or "
             "choose another --run-dir"
         )
+    if not resume and saved.is_file() and rank_zero_only.rank == 0:  # type: ignore[attr-defined]
+        _clear_unresumable_start(run_dir, load_config(saved), cfg)
     # Nothing writes in the run directory before this run starts; a killed write's leftover
     # is a checkpoint's size, and preemptions add them up.
     remove_unfinished_writes(run_dir / "checkpoints")
     return run_dir
+
+
+def _clear_unresumable_start(run_dir: Path, before: SegConfig, cfg: SegConfig) -> None:
+    """A start of a run that stopped before its first resumable checkpoint (a Ctrl-C, a
+    kill or a NaN loss in its first epoch) left its config, its logs and maybe weights.
+    Started again with the same config, it starts from nothing: the earlier start's weights
+    and logs go, or they would pass for this run's (`best_validation` read the abandoned
+    start's mIoU). With another config it is refused: the files are another run's."""
+    changed = config_differences(before, cfg, ignore=RESUME_MAY_CHANGE)
+    if changed:
+        raise ConfigError(
+            f"{run_dir} holds the start of another run, stopped before its first resumable "
+            f"checkpoint ({format_differences(changed)}; compared with {run_dir / CONFIG_FILE}"
+            "): set them back to start it again, or choose another --run-dir"
+        )
+    stale = [*sorted((run_dir / "checkpoints").glob("*.safetensors")), run_dir / "logs"]
+    stale = [path for path in stale if path.exists()]
+    if not stale:
+        return
+    print_once(
+        f"notice: {run_dir} holds a start of this run that stopped before its first "
+        "resumable checkpoint; starting it again from nothing (its weights and logs go)"
+    )
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def build_dataset(data_cfg: DataConfig, split: str, train: bool) -> SegmentationDataset:
