@@ -255,7 +255,9 @@ def test_ablations_evaluate_sub_ensembles_and_train_a_sweep(tmp_path: Path, caps
     table = (tmp_path / "run" / "table.md").read_text()
     for text in (printed, table):
         assert "ablation members (sub_ensembles, test)" in text
-        assert "ablation width (sweep, test)" in text
+        # A sweep trains each value once, of the student's seed, whatever `seeds` says.
+        assert "ablation width (sweep, test, one network per value, seed 0)" in text
+    assert results["ablations"]["width"]["seed"] == 0
 
 
 def test_results_list_the_plans_steps_only(

@@ -196,16 +196,25 @@ def sub_ensembles(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec
 
 
 def sweep(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dict[str, Any]:
-    """The sweep's networks (trained by the steps before) evaluated on `split`."""
+    """The sweep's networks (trained by the steps before) evaluated on `split`. Each value
+    trains once, with the student's seed (not once per `seeds`): rows.json records it."""
     predictors = []
+    seeds = set()
     for value in ablation.values:
-        predictor = load_predictor(sweep_config(exp, paths, ablation, value).run.path())
+        cfg = sweep_config(exp, paths, ablation, value)
+        seeds.add(cfg.seed)
+        predictor = load_predictor(cfg.run.path())
         predictor.name = f"{ablation.key}={value}"
         predictors.append(predictor)
     out = paths.ablation(ablation.name)
     results = _evaluate(exp, predictors, out, [ablation.split], False)
     keys = [(str(ablation.key), value) for value in ablation.values]
     rows = _ablation_rows(results, ablation.split, keys)
-    content = {"kind": ablation.kind, "student": ablation.student, "split": ablation.split}
+    content = {
+        "kind": ablation.kind,
+        "student": ablation.student,
+        "split": ablation.split,
+        "seed": seeds.pop(),  # one network per value, of this seed
+    }
     write_json(out / ABLATION_ROWS, {**content, "rows": rows})
     return {"rows": str(out / ABLATION_ROWS)}

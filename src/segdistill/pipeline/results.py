@@ -333,7 +333,9 @@ def _ablation_lines(name: str, ablation: dict[str, Any]) -> list[str]:
     rows = ablation["rows"]
     keys = list(rows[0])
     cells = [keys, *([_cell(row[k], k) for k in keys] for row in rows)]
-    return [f"ablation {name} ({ablation['kind']}, {ablation['split']}):", *text_table(cells)]
+    trained = f", one network per value, seed {ablation['seed']}" if "seed" in ablation else ""
+    title = f"ablation {name} ({ablation['kind']}, {ablation['split']}{trained}):"
+    return [title, *text_table(cells)]
 
 
 def format_summary(results: dict[str, Any]) -> str:
