@@ -255,9 +255,17 @@ def test_ablations_evaluate_sub_ensembles_and_train_a_sweep(tmp_path: Path, caps
     table = (tmp_path / "run" / "table.md").read_text()
     for text in (printed, table):
         assert "ablation members (sub_ensembles, test)" in text
-        # A sweep trains each value once, of the student's seed, whatever `seeds` says.
-        assert "ablation width (sweep, test, one network per value, seed 0)" in text
-    assert results["ablations"]["width"]["seed"] == 0
+        # A sweep trains each value once, of the student's seed, unless every_seed.
+        assert "ablation width (sweep, test, seed 0)" in text
+    assert results["ablations"]["width"]["seeds"] == [0]
+
+
+def test_every_seed_is_for_sweeps() -> None:
+    with pytest.raises(ConfigError, match="every_seed is for sweeps"):
+        load_experiment(
+            DEMO_CONFIG,
+            ["ablations=[{name: m, kind: sub_ensembles, sizes: [1, 2], every_seed: true}]"],
+        )
 
 
 def test_results_list_the_plans_steps_only(
@@ -505,7 +513,7 @@ def test_continues_after_an_interruption(
     assert "bench: done in" in out and "report: done in" in out
 
 
-def test_seeds_train_baseline_and_students_again(tmp_path: Path) -> None:
+def test_seeds_train_baseline_and_students_again(tmp_path: Path, capsys) -> None:
     """`seeds: 2` (tiny demo, trained baseline): the baseline and both students train a
     second time with seed + 1 (Holder's from that seed's baseline, both reading the one
     teacher cache); everything is evaluated, only the first seed benchmarked; the table
@@ -513,7 +521,14 @@ def test_seeds_train_baseline_and_students_again(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = tiny_demo_args(tmp_path / "data", run_dir)
     args += ["baseline.member=null", "baseline.config=train_baseline.yaml", "seeds=2"]
+    # A sweep with every_seed trains each value per seed (it trained seed 0 only, and its
+    # rows sat beside the table's means as if they were means too).
+    args.append(
+        "ablations=[{name: width, kind: sweep, student: dudes, every_seed: true,"
+        " key: model.encoder_options.width, values: [0.125, 0.25]}]"
+    )
     assert main(args) == 0
+    printed = capsys.readouterr().out
     results = json.loads((run_dir / "results.json").read_text())
     models = {m["name"]: m for m in results["models"]}
     seeded = {"baseline-s1", "dudes-s1", "holder-s1"}
@@ -541,6 +556,17 @@ def test_seeds_train_baseline_and_students_again(tmp_path: Path) -> None:
     assert row[miou] == pytest.approx(np.mean(values))
     (check,) = [c for c in results["checks"] if c["name"].startswith("DUDES student mIoU")]
     assert len(check["per_seed"]) == 2
+
+    width = results["ablations"]["width"]
+    assert width["seeds"] == [0, 1] and len(width["rows"]) == 2
+    # At the student's own width, seed by seed, the sweep's networks are the students.
+    sweep = width["rows"][0]
+    assert sweep["miou"] == pytest.approx(np.mean(values), abs=1e-12)
+    assert sweep["std"]["miou"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    assert {"ablation-width-0.25", "ablation-width-0.25-s1"} <= steps
+    assert (run_dir / "ablations" / "width" / "width=0.25-s1").is_dir()
+    assert "ablation width (sweep, test, mean ± std of seeds [0, 1]):" in printed
+    assert f"{sweep['miou']:.4f} ± {sweep['std']['miou']:.4f}" in printed
 
 
 def finish_a_step(run_dir: Path, step: str = "data") -> None:

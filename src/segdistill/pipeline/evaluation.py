@@ -13,9 +13,9 @@ from segdistill.defaults import DETECTOR_FILE, RESULTS_FILE
 from segdistill.evaluate import evaluate, find_splits
 from segdistill.jsonfiles import write_json
 from segdistill.models.teachers import MANIFEST_FILE, Ensemble
-from segdistill.pipeline.checks import metric_value
+from segdistill.pipeline.checks import mean_over_seeds, metric_value, std_over_seeds
 from segdistill.pipeline.experiment import AblationSpec, LoadedExperiment, seeded_name
-from segdistill.pipeline.networks import sweep_config, teacher_config
+from segdistill.pipeline.networks import sweep_config, sweep_seed_offsets, teacher_config
 from segdistill.pipeline.run_dir import ABLATION_ROWS, RunPaths
 from segdistill.predict import find_images, fit_ood_detector, score_images
 from segdistill.predictor import UNCERTAINTY_SOURCES, Predictor, default_device, load_predictor
@@ -196,25 +196,42 @@ def sub_ensembles(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec
 
 
 def sweep(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dict[str, Any]:
-    """The sweep's networks (trained by the steps before) evaluated on `split`. Each value
-    trains once, with the student's seed (not once per `seeds`): rows.json records it."""
-    predictors = []
-    seeds = set()
+    """The sweep's networks (trained by the steps before) evaluated on `split`: a row per
+    value, of the student's seed, or with every_seed the mean over the seeds (its sample
+    std under "std", the seeds under "seeds"). rows.json records the seeds."""
+    offsets = sweep_seed_offsets(exp, ablation)
+    predictors: list[Predictor] = []
+    keys: list[tuple[str, Any]] = []
+    seeds: list[int] = []
     for value in ablation.values:
-        cfg = sweep_config(exp, paths, ablation, value)
-        seeds.add(cfg.seed)
-        predictor = load_predictor(cfg.run.path())
-        predictor.name = f"{ablation.key}={value}"
-        predictors.append(predictor)
+        for offset in offsets:
+            cfg = sweep_config(exp, paths, ablation, value, offset)
+            predictor = load_predictor(cfg.run.path())
+            predictor.name = seeded_name(f"{ablation.key}={value}", offset)
+            predictors.append(predictor)
+            keys.append((str(ablation.key), value))
+            if len(seeds) < len(offsets):
+                seeds.append(cfg.seed)
     out = paths.ablation(ablation.name)
     results = _evaluate(exp, predictors, out, [ablation.split], False)
-    keys = [(str(ablation.key), value) for value in ablation.values]
-    rows = _ablation_rows(results, ablation.split, keys)
+    per_network = _ablation_rows(results, ablation.split, keys)
+    rows = [_mean_row(per_network[i : i + len(offsets)]) for i in range(0, len(keys), len(offsets))]
     content = {
         "kind": ablation.kind,
         "student": ablation.student,
         "split": ablation.split,
-        "seed": seeds.pop(),  # one network per value, of this seed
+        "seeds": seeds,  # the seeds of each value's networks
     }
     write_json(out / ABLATION_ROWS, {**content, "rows": rows})
     return {"rows": str(out / ABLATION_ROWS)}
+
+
+def _mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One value's row from its seeds' rows: the metrics' means and, over several seeds,
+    their sample std under "std"."""
+    if len(rows) == 1:
+        return rows[0]
+    mean = {**rows[0]}
+    mean.update({name: mean_over_seeds([row[name] for row in rows]) for name in ABLATION_METRICS})
+    mean["std"] = {name: std_over_seeds([row[name] for row in rows]) for name in ABLATION_METRICS}
+    return mean

@@ -156,7 +156,9 @@ class AblationSpec:
     """An ablation. kind "sub_ensembles": the teacher ensemble's first k members for each
     k in `sizes`, evaluated without retraining (DUDES Fig. 5). kind "sweep": `student`
     retrained with the dotted config `key` set to each of `values` (NfS-SegNet Fig. 8:
-    model.encoder_options.width). Both are evaluated on `split`."""
+    model.encoder_options.width), once with the student's seed, or with `every_seed` once
+    per seed of the experiment (`seeds`; the rows then hold the mean and sample std over
+    them). Both are evaluated on `split`."""
 
     name: str
     kind: Literal["sub_ensembles", "sweep"]
@@ -164,6 +166,7 @@ class AblationSpec:
     student: str | None = None
     key: str | None = None
     values: list[Any] = field(default_factory=list)
+    every_seed: bool = False
     split: str = REFERENCE_SPLIT
 
 
@@ -378,6 +381,8 @@ def check_experiment(spec: Experiment, source: str) -> None:
             ):
                 members = spec.teacher.members
                 fail(f"{where}: sizes={ablation.sizes} must be member counts 1..{members}")
+            if ablation.every_seed:
+                fail(f"{where}: every_seed is for sweeps (sub_ensembles retrain nothing)")
         elif ablation.student not in students or not ablation.key or not ablation.values:
             fail(
                 f"{where}: a sweep needs `student` (one of {sorted(students)}), `key` and `values`"

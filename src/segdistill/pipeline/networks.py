@@ -366,10 +366,21 @@ def train_teacher(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
 
 
 def sweep_config(
-    exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec, value: Any
+    exp: LoadedExperiment,
+    paths: RunPaths,
+    ablation: AblationSpec,
+    value: Any,
+    seed_offset: int = 0,
 ) -> SegConfig:
-    """The config of one sweep network: the student's, with `key` set to `value`."""
+    """The config of one sweep network: the student's of that seed offset, with `key` set
+    to `value`, in `ablations/<name>/<key's last part>=<value>[-s<offset>]`."""
     assert ablation.key is not None
     student = next(s for s in exp.spec.students if s.name == ablation.student)
-    run_dir = paths.ablation(ablation.name) / f"{ablation.key.rsplit('.', 1)[-1]}={value}"
-    return student_config(exp, paths, student, {ablation.key: value}, run_dir)
+    folder = seeded_name(f"{ablation.key.rsplit('.', 1)[-1]}={value}", seed_offset)
+    run_dir = paths.ablation(ablation.name) / folder
+    return student_config(exp, paths, student, {ablation.key: value}, run_dir, seed_offset)
+
+
+def sweep_seed_offsets(exp: LoadedExperiment, ablation: AblationSpec) -> range:
+    """The seed offsets a sweep trains each value with: 0, or every one with every_seed."""
+    return range(exp.spec.seeds if ablation.every_seed else 1)

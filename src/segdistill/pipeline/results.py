@@ -331,9 +331,21 @@ def _check_line(outcome: dict[str, Any], paired_calls: int | None = None) -> str
 
 def _ablation_lines(name: str, ablation: dict[str, Any]) -> list[str]:
     rows = ablation["rows"]
-    keys = list(rows[0])
-    cells = [keys, *([_cell(row[k], k) for k in keys] for row in rows)]
-    trained = f", one network per value, seed {ablation['seed']}" if "seed" in ablation else ""
+    keys = [key for key in rows[0] if key != "std"]
+    cells = [keys]
+    for row in rows:
+        spread = row.get("std", {})
+        cells.append(
+            [
+                _cell(row[k], k)
+                + (f" ± {_cell(spread[k], k)}" if spread.get(k) is not None else "")
+                for k in keys
+            ]
+        )
+    seeds = ablation.get("seeds")
+    trained = ""
+    if seeds is not None:  # a sweep: the networks it trained per value
+        trained = f", seed {seeds[0]}" if len(seeds) == 1 else f", mean ± std of seeds {seeds}"
     title = f"ablation {name} ({ablation['kind']}, {ablation['split']}{trained}):"
     return [title, *text_table(cells)]
 

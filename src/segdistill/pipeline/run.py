@@ -33,6 +33,7 @@ from segdistill.pipeline.networks import (
     pretrain_encoder,
     pretrain_teacher_config,
     sweep_config,
+    sweep_seed_offsets,
     teacher_networks,
     train_network,
     train_teacher,
@@ -114,7 +115,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
     check_shared_caches(exp, by_offset[0])
     check_teacher_spread(exp, by_offset[0])
     # The networks every model of the results is, and those of the first seed (benchmarked).
-    networks, first_seed, first_baseline = ["teacher"], ["teacher"], "teacher"
+    networks, first_seed, baseline_steps = ["teacher"], ["teacher"], []
     for offset, trained in enumerate(by_offset):
         baseline_step = "teacher"  # the baseline is an ensemble member
         if spec.baseline.member is None:
@@ -148,8 +149,9 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                 )
             )
             networks.append(f"student-{name}")
+        baseline_steps.append(baseline_step)
         if offset == 0:
-            first_seed, first_baseline = list(networks), baseline_step
+            first_seed = list(networks)
     homes = [source for _, source in model_sources(exp, paths, spec.seeds)]
     steps.append(
         Step(
@@ -183,24 +185,28 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
         rows = (paths.ablation(ablation.name) / ABLATION_ROWS,)
         if ablation.kind == "sweep":
             student = next(s for s in spec.students if s.name == ablation.student)
-            starts = (first_baseline,) if student.init_from_baseline else ()
             trained_steps = []
             trained_values: list[tuple[Any, Any]] = []  # (as given, as the config holds it)
             for value in ablation.values:
-                cfg = sweep_config(exp, paths, ablation, value)
-                _refuse_repeated_value(exp, ablation.name, ablation.key, value, cfg, trained_values)
-                trained_steps.append(f"ablation-{ablation.name}-{value}")
-                steps.append(
-                    Step(
-                        trained_steps[-1],
-                        f"ablation {ablation.name}: train {ablation.student!r} with "
-                        f"{ablation.key}={value}",
-                        functools.partial(train_network, cfg),
-                        (cfg,),
-                        needs=("teacher", *encoder_start, *starts),
-                        outputs=network_outputs([cfg]),
+                for offset in sweep_seed_offsets(exp, ablation):
+                    cfg = sweep_config(exp, paths, ablation, value, offset)
+                    if offset == 0:
+                        _refuse_repeated_value(
+                            exp, ablation.name, ablation.key, value, cfg, trained_values
+                        )
+                    starts = (baseline_steps[offset],) if student.init_from_baseline else ()
+                    trained_steps.append(seeded_name(f"ablation-{ablation.name}-{value}", offset))
+                    steps.append(
+                        Step(
+                            trained_steps[-1],
+                            f"ablation {ablation.name}: train {ablation.student!r} with "
+                            f"{ablation.key}={value} (seed {cfg.seed})",
+                            functools.partial(train_network, cfg),
+                            (cfg,),
+                            needs=("teacher", *encoder_start, *starts),
+                            outputs=network_outputs([cfg]),
+                        )
                     )
-                )
             run = functools.partial(sweep, exp, paths, ablation)
             needs = tuple(trained_steps)
         else:
