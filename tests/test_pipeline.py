@@ -230,7 +230,8 @@ def test_ablations_evaluate_sub_ensembles_and_train_a_sweep(tmp_path: Path, caps
     args = tiny_demo_args(tmp_path / "data", tmp_path / "run")
     args.append(
         "ablations=[{name: members, kind: sub_ensembles, sizes: [1, 2]}, {name: width, "
-        "kind: sweep, student: dudes, key: model.encoder_options.width, values: [0.125, 0.25]}]"
+        "kind: sweep, student: dudes, key: model.encoder_options.width, values: [0.125, 0.25]},"
+        " {name: seed, kind: sweep, student: dudes, key: seed, values: [0, 7]}]"
     )
     assert main(args) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -257,7 +258,10 @@ def test_ablations_evaluate_sub_ensembles_and_train_a_sweep(tmp_path: Path, caps
         assert "ablation members (sub_ensembles, test)" in text
         # A sweep trains each value once, of the student's seed, unless every_seed.
         assert "ablation width (sweep, test, seed 0)" in text
+        assert "ablation seed (sweep, test):" in text  # its rows name their seeds
     assert results["ablations"]["width"]["seeds"] == [0]
+    assert "seeds" not in results["ablations"]["seed"]
+    assert [row["seed"] for row in results["ablations"]["seed"]["rows"]] == [0, 7]
 
 
 def test_every_seed_is_for_sweeps() -> None:

@@ -221,12 +221,12 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
-def test_a_start_stopped_before_its_first_checkpoint_is_not_taken_for_the_next(
-    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_start_stopped_before_its_first_checkpoint_is_set_aside_by_the_next(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     """A run stopped in its first epoch leaves its config, logs and maybe weights but no
-    last.ckpt. Trained again, the summary reported the abandoned start's best mIoU, and a
-    run of another config was accepted over its files."""
+    last.ckpt. Trained again, the summary reported the abandoned start's best mIoU; its
+    files now move aside, also when the restart fixes the config (here the lr)."""
 
     def nan_logits(output):
         output.logits = output.logits * float("nan")
@@ -244,10 +244,15 @@ def test_a_start_stopped_before_its_first_checkpoint_is_not_taken_for_the_next(
     (abandoned / "metrics.csv").write_text("epoch,step,val/miou\n0,3,0.99\n")
     (run / "checkpoints").mkdir(exist_ok=True)
     (run / "checkpoints" / "best.safetensors").write_bytes(b"an abandoned start's weights")
-    with pytest.raises(ConfigError, match=r"start of another run.*optim\.lr: 0\.01 -> 0\.02"):
-        training.train(tiny_config(tmp_path, data_root, ["optim.lr=0.02"]))
-    assert (abandoned / "metrics.csv").is_file()  # refused: nothing of it removed
-    training.train(tiny_config(tmp_path, data_root))
+    capsys.readouterr()
+    training.train(tiny_config(tmp_path, data_root, ["optim.lr=0.02"]))
+    out = capsys.readouterr().out
+    assert "starting it again from nothing with another config (optim.lr: 0.01 -> 0.02)" in out
+    (kept,) = (run / "earlier_starts").iterdir()
+    assert str(kept) in out
+    assert (kept / "best.safetensors").read_bytes() == b"an abandoned start's weights"
+    assert (kept / "logs" / "csv" / "version_0" / "metrics.csv").is_file()
+    assert load_config(kept / "config.yaml").optim.lr == 0.01
     best = training.best_validation(run)
     assert best is not None and best[0] != 0.99
     assert [p.name for p in (run / "logs" / "csv").iterdir()] == ["version_0"]

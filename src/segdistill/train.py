@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import datetime
 import functools
 import itertools
 import logging
@@ -286,40 +287,51 @@ def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
             f"{run_dir} already holds a run ({checkpoint}); pass --resume to continue it or "
             "choose another --run-dir"
         )
-    if not resume and saved.is_file() and rank_zero_only.rank == 0:  # type: ignore[attr-defined]
-        _clear_unresumable_start(run_dir, load_config(saved), cfg)
+    # Rank 0 of the first node only: the others start when it has begun, or at once on
+    # other nodes of a shared file system.
+    rank = rank_zero_only.rank  # type: ignore[attr-defined]
+    first = rank == 0 and os.environ.get("NODE_RANK", "0") == "0"
+    if not resume and saved.is_file() and first:
+        _set_aside_earlier_start(run_dir, load_config(saved), cfg)
     # Nothing writes in the run directory before this run starts; a killed write's leftover
     # is a checkpoint's size, and preemptions add them up.
     remove_unfinished_writes(run_dir / "checkpoints")
     return run_dir
 
 
-def _clear_unresumable_start(run_dir: Path, before: SegConfig, cfg: SegConfig) -> None:
+EARLIER_STARTS = "earlier_starts"  # where a restarted run's abandoned start is kept
+
+
+def _set_aside_earlier_start(run_dir: Path, before: SegConfig, cfg: SegConfig) -> None:
     """A start of a run that stopped before its first resumable checkpoint (a Ctrl-C, a
-    kill or a NaN loss in its first epoch) left its config, its logs and maybe weights.
-    Started again with the same config, it starts from nothing: the earlier start's weights
-    and logs go, or they would pass for this run's (`best_validation` read the abandoned
-    start's mIoU). With another config it is refused: the files are another run's."""
-    changed = config_differences(before, cfg, ignore=RESUME_MAY_CHANGE)
-    if changed:
-        raise ConfigError(
-            f"{run_dir} holds the start of another run, stopped before its first resumable "
-            f"checkpoint ({format_differences(changed)}; compared with {run_dir / CONFIG_FILE}"
-            "): set them back to start it again, or choose another --run-dir"
-        )
+    kill, an out-of-memory error or a NaN loss in its first epoch) left its config, its logs
+    and maybe weights, but nothing to resume. Started again (the same config, or one fixed:
+    a smaller batch, a lower learning rate), the run starts from nothing, and the earlier
+    start's weights, logs and config move to `RUN/earlier_starts/<time>/`: left in place
+    they would pass for this run's (`best_validation` read the abandoned start's mIoU), and
+    deleted they might be a model whose last.ckpt was removed to save space."""
     stale = [*sorted((run_dir / "checkpoints").glob("*.safetensors")), run_dir / "logs"]
     stale = [path for path in stale if path.exists()]
     if not stale:
         return
-    print_once(
-        f"notice: {run_dir} holds a start of this run that stopped before its first "
-        "resumable checkpoint; starting it again from nothing (its weights and logs go)"
-    )
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    kept = run_dir / EARLIER_STARTS / stamp
+    suffix = 1
+    while kept.exists():  # two restarts within a second
+        kept = run_dir / EARLIER_STARTS / f"{stamp}-{suffix}"
+        suffix += 1
+    kept.mkdir(parents=True)
+    shutil.copy2(run_dir / CONFIG_FILE, kept / CONFIG_FILE)
     for path in stale:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        with contextlib.suppress(FileNotFoundError):  # another node's process moved it
+            shutil.move(path, kept / path.name)
+    changed = config_differences(before, cfg, ignore=RESUME_MAY_CHANGE)
+    differences = f" with another config ({format_differences(changed)})" if changed else ""
+    print_once(
+        f"notice: {run_dir} held a start of this run that stopped before its first resumable "
+        f"checkpoint; starting it again from nothing{differences}. The earlier start's "
+        f"weights and logs are in {kept}"
+    )
 
 
 def build_dataset(data_cfg: DataConfig, split: str, train: bool) -> SegmentationDataset:

@@ -210,18 +210,19 @@ def sweep(exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dic
             predictor.name = seeded_name(f"{ablation.key}={value}", offset)
             predictors.append(predictor)
             keys.append((str(ablation.key), value))
-            if len(seeds) < len(offsets):
-                seeds.append(cfg.seed)
+            seeds.append(cfg.seed)
     out = paths.ablation(ablation.name)
     results = _evaluate(exp, predictors, out, [ablation.split], False)
     per_network = _ablation_rows(results, ablation.split, keys)
     rows = [_mean_row(per_network[i : i + len(offsets)]) for i in range(0, len(keys), len(offsets))]
-    content = {
+    content: dict[str, Any] = {
         "kind": ablation.kind,
         "student": ablation.student,
         "split": ablation.split,
-        "seeds": seeds,  # the seeds of each value's networks
     }
+    per_value = [seeds[i : i + len(offsets)] for i in range(0, len(seeds), len(offsets))]
+    if all(value_seeds == per_value[0] for value_seeds in per_value):
+        content["seeds"] = per_value[0]  # the seeds of each value's networks (not when swept)
     write_json(out / ABLATION_ROWS, {**content, "rows": rows})
     return {"rows": str(out / ABLATION_ROWS)}
 
