@@ -27,10 +27,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from models import NETWORKS, NUM_CLASSES, cpu_name, parse_size
+from models import NETWORKS, NUM_CLASSES, cpu_name
 from torch import nn
 
 from segdistill.bench import make_timer, paired_ratio
+from segdistill.commands.arguments import parse_size
 from segdistill.models import build_segmenter
 from segdistill.predictor import Predictor, load_predictor
 
@@ -91,8 +92,8 @@ def time_predict(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="512x1024", help="inference size")
-    parser.add_argument("--train-size", default="128x256")
+    parser.add_argument("--size", type=parse_size, default=(512, 1024), help="inference size")
+    parser.add_argument("--train-size", type=parse_size, default=(128, 256))
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=10, help="paired repeats")
     parser.add_argument("--threads", type=int, default=2)
@@ -104,7 +105,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    size, train_size = parse_size(args.size), parse_size(args.train_size)
+    size, train_size = args.size, args.train_size
     channels_last = torch.channels_last
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segdistill.commands.arguments import parse_size
 from segdistill.models import build_segmenter, count_parameters
 
 NUM_CLASSES = 19
@@ -40,12 +41,6 @@ NETWORKS = (
 SLOW = {("resnet101", (1024, 2048))}
 
 MACS_SIZE = (1024, 2048)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'512x1024' -> (512, 1024) as (height, width)."""
-    height, width = text.lower().split("x")
-    return int(height), int(width)
 
 
 def conv_gmacs(arch: str, encoder: str, size: tuple[int, int]) -> float:
@@ -112,18 +107,19 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["512x1024", "1024x2048"])
+    parser.add_argument(
+        "--sizes", nargs="+", type=parse_size, default=[(512, 1024), (1024, 2048)]
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--train-size", default="128x256")
+    parser.add_argument("--train-size", type=parse_size, default=(128, 256))
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--all", action="store_true", help="also run the slow combinations")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    sizes = [parse_size(s) for s in args.sizes]
-    train_size = parse_size(args.train_size)
+    sizes, train_size = args.sizes, args.train_size
     print(
         f"# {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{args.repeats} timed runs (median), {NUM_CLASSES} classes\n"
