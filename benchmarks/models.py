@@ -107,9 +107,7 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--sizes", nargs="+", type=parse_size, default=[(512, 1024), (1024, 2048)]
-    )
+    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(512, 1024), (1024, 2048)])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-size", type=parse_size, default=(128, 256))

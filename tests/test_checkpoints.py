@@ -10,14 +10,13 @@ import pytest
 import safetensors.torch
 import torch
 
-from segdistill import checkpoints
+from segdistill import atomic, checkpoints
+from segdistill.atomic import atomic_write, remove_unfinished_writes
 from segdistill.checkpoints import (
-    atomic_write,
     build_model,
     load_segmenter,
     load_weights_into,
     read_classes,
-    remove_unfinished_writes,
     save_weights,
 )
 from segdistill.config import ModelConfig
@@ -75,7 +74,7 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path: Path, monkeypatc
     def fsync_fails(fd: int) -> None:
         raise OSError("I/O error")
 
-    monkeypatch.setattr(checkpoints.os, "fsync", fsync_fails)
+    monkeypatch.setattr(atomic.os, "fsync", fsync_fails)
     with pytest.raises(OutputError, match="I/O error"):
         save_weights(path, tiny_model(7), TINY)
 
@@ -157,7 +156,7 @@ def test_lightning_checkpoint_io_is_atomic_and_loads_weights_only(
     def rename_fails(*args: object) -> None:
         raise OSError("rename failed")
 
-    monkeypatch.setattr(checkpoints.os, "replace", rename_fails)
+    monkeypatch.setattr(atomic.os, "replace", rename_fails)
     with pytest.raises(OutputError, match=r"cannot write .*last.ckpt \(rename failed\)"):
         io.save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()

@@ -123,9 +123,12 @@ def test_an_interrupted_generation_is_redone(tmp_path: Path) -> None:
     assert main(args) == 0
     (root / ss.META_FILE).unlink()  # as if killed before the last step
     (root / ss.PARTIAL_FILE).write_text("{}")
+    leftover = root / f".{ss.META_FILE}.123.0a1b2c3d.tmp"  # killed while writing it
+    leftover.write_text('{"half": ')
     assert main(["data", "info", str(root)]) == 2
     assert main(args) == 0
     assert main(["data", "info", str(root)]) == 0
+    assert not leftover.exists()
 
 
 def test_a_terminals_ctrl_c_stops_a_generation_in_workers_cleanly(tmp_path: Path) -> None:

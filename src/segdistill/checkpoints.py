@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, safetensors weights that carry their architecture.
+"""Checkpoint files: safetensors weights that carry their architecture, written atomically.
 
 A weights file is a safetensors file of the segmenter's state dict whose metadata holds,
 under `ARCHITECTURE_KEY`, a JSON object {"model": ModelConfig fields, "num_classes": C}.
@@ -10,9 +10,8 @@ way the data set defines them. `load_weights_into` refuses weights that do not f
 the network (another architecture, encoder or class count) and lists the keys and shapes
 that differ.
 
-Every file here is written atomically (`atomic_write`): to a temporary file in the same
-folder, flushed to disk, then renamed over the target. A crash or a full disk leaves the
-previous file intact, never a truncated one. Lightning's resumable checkpoint goes through
+Every file here is written atomically (`segdistill.atomic`): a crash or a full disk leaves
+the previous file intact, never a truncated one. Lightning's resumable checkpoint goes through
 `train.AtomicCheckpointIO`, which writes the same way and loads with
 `torch.load(..., weights_only=True)` (tensors and plain containers only, no arbitrary code).
 This module does not import Lightning, so loading a model for inference does not either.
@@ -20,24 +19,22 @@ This module does not import Lightning, so loading a model for inference does not
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import safetensors
 import safetensors.torch
 import torch
 from torch import nn
 
+from segdistill.atomic import atomic_write
 from segdistill.config import ModelConfig
 from segdistill.data.base import ClassesSpec
 from segdistill.data.folder import parse_classes
-from segdistill.errors import CheckpointError, ConfigError, DataError, OutputError
+from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.models import Segmenter, build_segmenter
 
 ARCHITECTURE_KEY = "segdistill_architecture"
@@ -46,59 +43,6 @@ CLASSES_KEY = "segdistill_classes"
 RUN_WEIGHTS = ("checkpoints/best.safetensors", "checkpoints/last.safetensors")
 # The run's resolved config, which `--resume` compares the new one with.
 CONFIG_FILE = "config.yaml"
-
-
-# The suffix of atomic_write's temporary files (".NAME.PID.RANDOM.tmp").
-_UNFINISHED = ".tmp"
-
-
-def remove_unfinished_writes(folder: Path, recursive: bool = False) -> None:
-    """Delete the temporary files that `atomic_write`s killed before their rename left in
-    `folder` (and below it with `recursive`). Call it only where nothing is being written."""
-    pattern = f".*{_UNFINISHED}"
-    for leftover in folder.rglob(pattern) if recursive else folder.glob(pattern):
-        if not leftover.is_file():  # e.g. an export's staging folder (export.py)
-            continue
-        with contextlib.suppress(FileNotFoundError):  # another process removed it first
-            leftover.unlink()
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Create or replace `path` with what `write(file)` writes, all or nothing.
-
-    `write`'s return value is ignored (`file.write` returns a byte count). An OSError (the
-    folder cannot be made, no permission, a full disk) becomes an OutputError naming `path`.
-    """
-    path = Path(path)
-    # A unique name opened with "x" (not mkstemp, whose files are private, mode 0600): the
-    # file gets the usual permissions of the user's umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_UNFINISHED}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            os.unlink(tmp)
-        if isinstance(error, OSError):
-            raise OutputError(f"cannot write {path} ({error.strerror or error})") from error
-        raise
-    # Persist the rename itself (the directory entry). Some file systems cannot fsync a
-    # directory; the file is complete either way, so that is not an error.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """`atomic_write` of a text file (UTF-8)."""
-    atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
 
 def save_weights(

@@ -58,7 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from segdistill import __version__
-from segdistill.checkpoints import atomic_write
+from segdistill.atomic import atomic_write
 from segdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
 from segdistill.errors import CheckpointError, ConfigError

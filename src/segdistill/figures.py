@@ -45,7 +45,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from segdistill.checkpoints import atomic_write
+from segdistill.atomic import atomic_write
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.defaults import UNCERTAINTY_VMAX
 from segdistill.metrics.ranking import roc_curve

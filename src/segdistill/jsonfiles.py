@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from segdistill.checkpoints import atomic_write_text
+from segdistill.atomic import atomic_write_text
 from segdistill.metrics.state import to_json
 
 

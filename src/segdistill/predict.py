@@ -92,7 +92,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from segdistill import __version__, figures
-from segdistill.checkpoints import atomic_write, atomic_write_text
+from segdistill.atomic import atomic_write, atomic_write_text
 from segdistill.data.base import (
     ClassesSpec,
     LabelMapping,

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from segdistill import figures
-from segdistill.checkpoints import atomic_write_text
+from segdistill.atomic import atomic_write_text
 from segdistill.defaults import RESULTS_FILE
 from segdistill.errors import SegdistillError
 from segdistill.evaluate import METRICS_FILE, ood_versus

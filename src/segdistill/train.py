@@ -59,14 +59,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, Subset
 
+from segdistill.atomic import atomic_write, atomic_write_text, remove_unfinished_writes
 from segdistill.checkpoints import (
     CONFIG_FILE,
-    atomic_write,
-    atomic_write_text,
     build_model,
     load_segmenter,
     read_architecture,
-    remove_unfinished_writes,
     save_weights,
     weights_path,
 )

@@ -190,7 +190,7 @@ def draw_sheet(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from segdistill.checkpoints import atomic_write
+    from segdistill.atomic import atomic_write
     from segdistill.figures import LEGEND_CLASS_COLUMNS
 
     height, width = rows[0][0][1].shape[:2]

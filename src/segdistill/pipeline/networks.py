@@ -11,7 +11,8 @@ from typing import Any
 
 import safetensors.torch
 
-from segdistill.checkpoints import CONFIG_FILE, atomic_write, load_segmenter
+from segdistill.atomic import atomic_write
+from segdistill.checkpoints import CONFIG_FILE, load_segmenter
 from segdistill.config import (
     SAME_RECIPE_MAY_CHANGE,
     SegConfig,

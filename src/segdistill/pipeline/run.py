@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from segdistill.checkpoints import remove_unfinished_writes
+from segdistill.atomic import remove_unfinished_writes
 from segdistill.config import SegConfig, to_dict
 from segdistill.defaults import DETECTOR_FILE, RESULTS_FILE
 from segdistill.errors import ConfigError

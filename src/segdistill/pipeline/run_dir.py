@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from segdistill import memory
-from segdistill.checkpoints import RUN_WEIGHTS, atomic_write_text
+from segdistill.atomic import atomic_write_text
+from segdistill.checkpoints import RUN_WEIGHTS
 from segdistill.config import SegConfig, format_differences
 from segdistill.errors import ConfigError
 from segdistill.jsonfiles import write_json

@@ -16,6 +16,7 @@ from PIL import Image
 from scipy.ndimage import maximum_filter, minimum_filter
 from tqdm import tqdm
 
+from segdistill.atomic import atomic_write_text, remove_unfinished_writes
 from segdistill.data import shifts
 from segdistill.data.labels import (
     CLASS_NAMES,
@@ -406,10 +407,8 @@ def read_meta(root: Path) -> dict | None:
 
 
 def _write_json(path: Path, content: dict) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(temporary, path)
+    """Write JSON all or nothing (`atomic_write_text`), so a reader never sees half."""
+    atomic_write_text(path, json.dumps(content, indent=2) + "\n")
 
 
 def _clear(root: Path) -> None:
@@ -418,6 +417,8 @@ def _clear(root: Path) -> None:
         shutil.rmtree(root / name, ignore_errors=True)
     for name in (META_FILE, PARTIAL_FILE):
         (root / name).unlink(missing_ok=True)
+    if root.is_dir():
+        remove_unfinished_writes(root)  # of those two files, by a killed generation
 
 
 def _check_target(root: Path, config: SynthConfig, force: bool) -> bool:
