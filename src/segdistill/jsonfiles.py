@@ -4,7 +4,7 @@ layout, valid JSON, written atomically.
 `json_text` keeps a metrics file readable: nested objects indented, lists of numbers on
 one line instead of one line per histogram bin. `write_json` turns NaN (an undefined
 metric) into null first (`metrics.state.to_json`), so every file is standard JSON that
-any reader accepts, and writes through `checkpoints.atomic_write_text`, so a reader never
+any reader accepts, and writes through `atomic.atomic_write_text`, so a reader never
 sees half a file.
 """
 
