@@ -103,6 +103,16 @@ def test_preview_writes_a_contact_sheet(dataset: Path, tmp_path: Path) -> None:
     assert width > 1000 and height > 200  # 10 panels (image, labels, depth, 7 shifts) per row
 
 
+@pytest.mark.parametrize("command", ["info", "preview"])
+def test_a_data_folder_that_is_not_there_is_said_so(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture
+) -> None:
+    """It was reported as a SynthStreets set without its meta.json."""
+    out = ["--out", str(tmp_path / "sheet.png")] if command == "preview" else []
+    assert main(["data", command, str(tmp_path / "nowhere"), *out]) == 2
+    assert f"data folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
 def test_a_different_data_set_is_refused_without_force(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -446,6 +446,14 @@ def test_folder_duplicate_stems_are_an_error(folder):
         make_folder(folder)
 
 
+def test_the_readmes_classes_yaml_is_a_valid_classes_file(tmp_path):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = readme.split("**A folder data set.**")[1].split("```yaml\n")[1].split("```")[0]
+    (tmp_path / "classes.yaml").write_text(example)
+    spec = load_classes(tmp_path / "classes.yaml")
+    assert spec.names == ("road", "car") and spec.ignore_index == 255
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

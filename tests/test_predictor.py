@@ -221,6 +221,12 @@ def test_bad_sources_name_the_path(zoo: Path, tmp_path: Path) -> None:
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="junk.safetensors"):
         load_predictor(tmp_path / "junk.safetensors")
+    # The resumable state a run directory shows first: said so, not "header too large".
+    resumable = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    resumable.parent.mkdir(parents=True)
+    resumable.write_bytes(b"lightning state")
+    with pytest.raises(CheckpointError, match=r"last.ckpt is Lightning's resumable training"):
+        load_predictor(resumable)
 
 
 @pytest.mark.parametrize("source", ["run_per_class", "ens"])

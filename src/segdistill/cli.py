@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(
-            "interrupted: run the same command again to continue (train and distill with "
-            "--resume once the run has checkpoints/last.ckpt; before it, without)",
+            "interrupted: run the same command again (finished work is kept where it can be: "
+            "train and distill go on with --resume once the run has checkpoints/last.ckpt, "
+            "an experiment after its last finished step; data synth starts the set again)",
             file=sys.stderr,
         )
         return 130

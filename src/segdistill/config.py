@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from segdistill.defaults import DEFAULT_MC_SAMPLES
-from segdistill.errors import ConfigError, did_you_mean, read_yaml
+from segdistill.errors import ConfigError, did_you_mean, read_yaml, yaml_problem
 
 T = TypeVar("T")
 
@@ -447,7 +447,9 @@ def parse_assignment(assignment: str, example: str) -> tuple[str, Any]:
     try:
         return key.strip(), yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"--set {assignment}: the value is not valid YAML ({error})") from None
+        raise ConfigError(
+            f"--set {assignment}: the value is not valid YAML ({yaml_problem(error)})"
+        ) from None
 
 
 def _parse_override(assignment: str) -> dict[str, Any]:

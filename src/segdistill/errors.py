@@ -82,7 +82,19 @@ def read_yaml(path: Path, what: str, error: type[SegdistillError]) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as failure:
-        raise error(f"{path}: not valid YAML ({failure})") from None
+        raise error(f"{path}: not valid YAML ({yaml_problem(failure)})") from None
+
+
+def yaml_problem(failure: yaml.YAMLError) -> str:
+    """One line of a YAML parser's error: what it found and where (PyYAML's own text spans
+    several lines and quotes the input with a caret under it)."""
+    problem = getattr(failure, "problem", None)
+    mark = getattr(failure, "problem_mark", None)
+    if problem is None or mark is None:
+        return " ".join(str(failure).split())
+    context = getattr(failure, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}"
+    return f"{context}: {problem} at {where}" if context else f"{problem} at {where}"
 
 
 def short_reason(error: BaseException, limit: int = 200) -> str:

@@ -407,6 +407,11 @@ def load_predictor(source: str | Path, mc_samples: int = DEFAULT_MC_SAMPLES) -> 
             f"{path} is neither a run directory (no {' or '.join(RUN_WEIGHTS)}) nor an "
             f"ensemble directory (no {MANIFEST_FILE})"
         )
+    if path.suffix == ".ckpt":  # a run's last.ckpt, the file a newcomer sees first
+        raise CheckpointError(
+            f"{path} is Lightning's resumable training state, not weights: give the run "
+            f"directory ({path.parent.parent}) or its {' or '.join(RUN_WEIGHTS)}"
+        )
     return _load_checkpoint(weights_path(path), mc_samples)
 
 

@@ -111,7 +111,11 @@ class OwnDataSet:
 
 def own_data_set(root: Path) -> OwnDataSet | None:
     """The Cityscapes-layout or folder data set at `root` (no meta.json); None for
-    SynthStreets or anything else. DataError when no split folder holds images."""
+    SynthStreets or anything else. DataError when `root` is no folder, or when no split
+    folder holds images."""
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data folder {root} {what}")
     if (root / META_FILE).exists() or (root / PARTIAL_FILE).exists():
         return None
     if is_folder_data_set(root):
