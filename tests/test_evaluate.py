@@ -245,6 +245,19 @@ def test_summary_table(setup: dict[str, Any]) -> None:
         assert row.split()[1:] == [f"{point['threshold']:.4g}", *expected]
 
 
+def test_a_threshold_below_the_bins_is_not_shown_as_zero(setup: dict[str, Any]) -> None:
+    """A barely trained ensemble's pred_std lies in the lowest of the 1000 bins where the
+    errors are: the table said `--distrust-above 0`, which flags every pixel."""
+    model = copy.deepcopy(setup["results"]["models"][0])
+    points = model["splits"]["test"]["uncertainty"]["error_operating_points"]
+    for point in points:
+        point.update(threshold=0.0, flagged=1.0, correct_flagged=1.0, kept_accuracy=None)
+    lines = format_summary([model]).splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("flagging pixels")))
+    row = next(line for line in lines[start:] if line.startswith(model["name"] + " "))
+    assert row.split()[1:3] == ["<", "0.001"] and "finer than the metrics' bins" in row
+
+
 def test_the_summary_shows_the_split_evaluated_when_it_is_not_test(setup: dict[str, Any]) -> None:
     # As `segdistill evaluate --splits val` (the paper configs evaluate Cityscapes val).
     models = [

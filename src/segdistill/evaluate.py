@@ -108,8 +108,9 @@ METRICS_FILE = "metrics.json"
 FIGURES_DIR = "figures"
 REFERENCE_SPLIT = "test"
 ANOMALY_SUFFIX = "_gtFine_anomaly.png"
-# Uncertainty histograms: 1000 fine bins for the metrics, 200 kept in the JSON so that the
-# figures can zoom into the narrow range a std occupies (pred_std <= 0.5).
+# Uncertainty histograms over [0, 1]: 1000 fine bins for the metrics, 200 kept in the JSON
+# so that the figures can zoom into the narrow range a std occupies (pred_std <= 0.5).
+UNCERTAINTY_BINS = 1000
 PLOT_BINS = 200
 PAIRED_BINS = 50
 # Sample images in figures are subsampled to at most this width (figures are small).
@@ -335,7 +336,11 @@ class ModelAccumulators:
 
     def __init__(self, num_classes: int, ignore_index: int, anomaly: bool, paired: bool) -> None:
         self.segmentation = SegmentationEvaluator(
-            num_classes, inputs="probs", ignore_index=ignore_index, plot_bins=PLOT_BINS
+            num_classes,
+            inputs="probs",
+            ignore_index=ignore_index,
+            num_bins=UNCERTAINTY_BINS,
+            plot_bins=PLOT_BINS,
         )
         self.scores: dict[str, list[float]] = {name: [] for name in AGGREGATORS}
         self.anomaly = AnomalyEvaluator(ignore_index=ignore_index) if anomaly else None
@@ -924,6 +929,12 @@ def _distrust_cells(models: Sequence[dict[str, Any]], split: str) -> list[list[s
         points = uncertainty.get("error_operating_points") or []
         point = next((p for p in points if p["target_recall"] == DISTRUST_RECALL), None)
         if point is None or point["threshold"] is None:
+            continue
+        if point["threshold"] == 0.0 and point["flagged"] == 1.0:
+            # The errors' uncertainty lies in the lowest bin (a barely trained ensemble's
+            # pred_std): a threshold that flags less lies below the bins' resolution.
+            below = f"< {1 / UNCERTAINTY_BINS:g}"
+            rows.append([model["name"], below, "(finer than the metrics' bins)", "", ""])
             continue
         values = (point["flagged"], point["correct_flagged"], point["kept_accuracy"])
         shares = ["-" if v is None else f"{v:.1%}" for v in values]
