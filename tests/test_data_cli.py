@@ -214,7 +214,7 @@ def test_info_of_a_folder_data_set_counts_its_classes_and_lists_every_bad_file(
     assert main(["data", "info", str(root)]) == 1
     out = capsys.readouterr().out
     assert "val             1 images, none with a mask (unlabelled" in out
-    assert "integrity: 2 of 3 images cannot be used" in out
+    assert "integrity: images that cannot be used: 2 of 3" in out
     assert (
         "cam/a.png: cannot read the image" in out
         and "cam/b.png: mask holds unknown values 9" in out
@@ -239,7 +239,7 @@ def test_info_lists_masks_without_their_image_and_surveys_past_an_empty_split(
     assert "train           1 images" in out
     assert f"note: skipped {root / 'test' / 'images'}: no images" in out
     assert f"note: skipped {root / 'val' / 'images'}: no images" in out
-    assert "integrity: 0 of 1 images cannot be used, 2 masks have no image:" in out
+    assert "integrity: images that cannot be used: 0 of 1; masks without an image: 2:" in out
     assert f"{root / 'train' / 'masks' / 'b.png'}: a mask without its image" in out
     assert f"{root / 'val' / 'masks' / 'c.png'}: a mask without its image" in out
 
@@ -276,7 +276,8 @@ def test_an_image_without_a_mask_is_read_but_not_counted_as_void(tmp_path: Path)
     found = survey(FolderDataset.split(tmp_path, "val", allow_unlabeled=True), "val", False)
     assert (found.images, found.masks, found.unlabeled) == (2, 1, 1)
     assert found.problems == [
-        f"{tmp_path}/val/images/b.png: no mask, though 1 of the 2 images of val have one"
+        f"{tmp_path}/val/images/b.png: no mask, though other images of val have one "
+        "(images with a mask: 1 of 2)"
     ]
     assert (found.class_pixels[0], found.class_pixels[255]) == (8, 8)  # a.png only
     assert (found.class_images[0], found.class_images[255]) == (1, 1)
@@ -407,10 +408,13 @@ def test_info_lists_each_missing_mask_of_a_labelled_split(
     out = capsys.readouterr().out
     assert "test            2 images, none with a mask (unlabelled" in out
     assert "train           4 images, 2 without a mask (listed below)" in out
-    assert "integrity: 2 of 6 images cannot be used" in out
+    assert "integrity: images that cannot be used: 2 of 6" in out
     for i in (1, 3):
         image = tmp_path / "leftImg8bit" / "train" / "city" / f"city_{i:06d}_000019_leftImg8bit.png"
-        assert f"{image}: no mask, though 2 of the 4 images of train have one" in out
+        assert (
+            f"{image}: no mask, though other images of train have one (images with a mask: 2 of 4)"
+            in out
+        )
 
 
 def test_info_skips_folders_without_images_and_tabulates_train_per_image(

@@ -301,9 +301,9 @@ def _info_of_own_data(data: OwnDataSet) -> int:
     orphans = [path for found in surveys for path in found.masks_without_image]
     orphans += data.masks_without_image
     total = sum(found.images for found in surveys)
-    bad = f"{len(problems)} of {total} images cannot be used"
+    bad = f"images that cannot be used: {len(problems)} of {total}"
     if orphans:
-        bad += f", {len(orphans)} masks have no image"
+        bad += f"; masks without an image: {len(orphans)}"
     return _integrity(
         problems + [f"{path}: a mask without its image" for path in orphans],
         f"OK ({total} images and their masks, every file decoded)",

@@ -210,7 +210,7 @@ def _pair_with_labels(
             samples.append(SampleFiles(name, image, found[0], mappings[found[1]]))
     if missing and not allow_unlabeled:
         raise DataError(
-            f"{len(missing)} of {len(images)} images have no mask, e.g. {missing[0]}: expected "
+            f"images without a mask: {len(missing)} of {len(images)}, e.g. {missing[0]}: expected "
             f"{gt_path(missing[0], LABEL_IDS_SUFFIX)} or {gt_path(missing[0], TRAIN_IDS_SUFFIX)} "
             "(give every image of the split its mask; images without one can teach a student "
             "as distill.unlabeled_root)"

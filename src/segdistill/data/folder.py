@@ -261,7 +261,7 @@ class FolderDataset(SegmentationDataset):
             name = orphans[0].relative_to(self.masks_dir).as_posix()[: -len(suffix)]
             formats = "/".join(IMAGE_SUFFIXES)
             raise DataError(
-                f"{len(orphans)} masks in {self.masks_dir} have no image "
+                f"masks without an image in {self.masks_dir}: {len(orphans)} "
                 f"({[p.name for p in orphans[:5]]}; expected e.g. {self.images_dir / name}"
                 f" with one of {formats}): add or rename their images, or remove the masks"
             )
@@ -270,7 +270,7 @@ class FolderDataset(SegmentationDataset):
         missing = [s.name for s in samples if s.label is None]
         if missing:
             raise DataError(
-                f"{len(missing)} of {len(samples)} images in {self.images_dir} have no mask "
+                f"images without a mask in {self.images_dir}: {len(missing)} of {len(samples)} "
                 f"({missing[:5]}; expected e.g. {self.mask_path(missing[0])}); "
                 "give every image of the split its mask; images without one can teach a "
                 "student as distill.unlabeled_root"

@@ -77,8 +77,8 @@ def survey(dataset: SegmentationDataset, name: str, progress: bool = True) -> Su
             found.unlabeled += 1  # its all-void label is no class statistic
             if masks:
                 found.problems.append(
-                    f"{files.image}: no mask, though {masks} of the {len(dataset)} images "
-                    f"of {name} have one"
+                    f"{files.image}: no mask, though other images of {name} have one "
+                    f"(images with a mask: {masks} of {len(dataset)})"
                 )
             continue
         counts = np.bincount(label.ravel().astype(np.int64), minlength=ID_RANGE)
