@@ -71,6 +71,10 @@ def test_info_names_a_label_file_of_the_wrong_size(
     capsys.readouterr()
     assert main(["data", "info", str(root)]) == 1
     assert victim.name in capsys.readouterr().out
+    # The preview drew it stretched to its panel, unnoticed.
+    sheet = ["--out", str(tmp_path / "sheet.png"), "--split", "train", "--scenes", "99"]
+    assert main(["data", "preview", str(root), *sheet]) == 2
+    assert f"{victim} is 10x10 (WxH) but the data set's images are" in capsys.readouterr().err
 
 
 def test_info_lists_every_bad_file_of_synthstreets(

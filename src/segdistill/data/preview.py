@@ -54,18 +54,31 @@ def _scene_panels(root: Path, meta: dict, split: str, image: Path) -> list[tuple
     """(title, array) panels of one scene: image, labels, depth, then each shifted copy."""
     stem = image.name.removesuffix("_leftImg8bit.png")
     paths = SamplePaths.of(root, split, image.parent.name, stem)
+    height, width = meta["size"]
+
+    def read(path: Path) -> np.ndarray:
+        # A file of another size would be drawn stretched to its panel, unnoticed.
+        array = read_png(path)
+        if array.shape[:2] != (height, width):
+            raise DataError(
+                f"{path} is {array.shape[1]}x{array.shape[0]} (WxH) but the data set's images "
+                f"are {width}x{height} ({META_FILE}); `segdistill data info {root}` lists "
+                "every such file"
+            )
+        return array
+
     panels: list[tuple[str, np.ndarray]] = [
-        ("image", read_png(paths.image)),
-        ("labels", colorize(read_png(paths.train_ids))),
-        ("depth (log)", _depth_view(decode_depth(read_png(paths.depth)))),
+        ("image", read(paths.image)),
+        ("labels", colorize(read(paths.train_ids))),
+        ("depth (log)", _depth_view(decode_depth(read(paths.depth)))),
     ]
     for name, info in meta["shifts"].items():
         if info["split"] != split:
             continue
         shifted = SamplePaths.of(shift_root(root, name), split, image.parent.name, stem)
-        picture = read_png(shifted.image)
+        picture = read(shifted.image)
         if info["kind"] == "anomaly":
-            picture = _anomaly_view(picture, read_png(shifted.anomaly))
+            picture = _anomaly_view(picture, read(shifted.anomaly))
             name = "anomaly (red)"
         panels.append((name, picture))
     return panels
