@@ -158,11 +158,16 @@ def test_ensemble_uses_teacher_pred_std(zoo: Path, images: torch.Tensor, source:
     assert predictor.home == zoo / "ens" and predictor.num_classes == CLASSES
     reference = Ensemble.from_manifest(zoo / "ens")
     signals = reference.signals(images, {"mean_probs", "pred_std", "entropy", "mutual_info"})
-    prediction = predictor.predict(images)
+    prediction = predictor.predict(images, entropy_maps=True)
     torch.testing.assert_close(prediction.uncertainty, signals.pred_std)
     torch.testing.assert_close(prediction.probs, signals.mean_probs)
     torch.testing.assert_close(prediction.extra["entropy"], signals.entropy)
     torch.testing.assert_close(prediction.extra["mutual_info"], signals.mutual_info)
+    # Without them (what the commands and the benchmarks run): the same maps, no extras.
+    plain = predictor.predict(images)
+    assert plain.extra == {}
+    torch.testing.assert_close(plain.uncertainty, prediction.uncertainty, rtol=0, atol=0)
+    torch.testing.assert_close(plain.probs, prediction.probs, rtol=0, atol=0)
     assert predictor.parameters == sum(p.numel() for p in reference.parameters())
     # The classes its members' weights carry.
     assert predictor.classes is not None and predictor.classes.names == ("a", "b", "c", "d")
@@ -172,10 +177,10 @@ def test_ensemble_uses_teacher_pred_std(zoo: Path, images: torch.Tensor, source:
 def test_mc_dropout_checkpoint_samples_reproducibly(zoo: Path, images: torch.Tensor) -> None:
     predictor = load_predictor(zoo / "mc", mc_samples=4)  # falls back to last.safetensors
     assert predictor.kind == "mc_dropout" and predictor.name == "mc"
-    first, second = predictor.predict(images), predictor.predict(images)
+    first, second = predictor.predict(images, entropy_maps=True), predictor.predict(images)
     torch.testing.assert_close(first.uncertainty, second.uncertainty)
     assert first.uncertainty.max() > 0  # the dropout passes disagree somewhere
-    assert set(first.extra) == {"entropy", "mutual_info"}
+    assert set(first.extra) == {"entropy", "mutual_info"} and second.extra == {}
     with pytest.raises(ConfigError, match="samples >= 2"):
         load_predictor(zoo / "mc", mc_samples=1)
 
@@ -185,9 +190,9 @@ def test_mc_dropout_prediction_of_an_image_does_not_depend_on_its_batch(zoo: Pat
     # of its place in the batch, and evaluate's metrics would depend on --batch-size.
     predictor = load_predictor(zoo / "mc", mc_samples=4)
     batch = torch.randn(3, 3, 32, 48)
-    together = predictor.predict(batch)
+    together = predictor.predict(batch, entropy_maps=True)
     for i in range(3):
-        alone = predictor.predict(batch[i : i + 1])
+        alone = predictor.predict(batch[i : i + 1], entropy_maps=True)
         torch.testing.assert_close(together.probs[i : i + 1], alone.probs)
         torch.testing.assert_close(together.uncertainty[i : i + 1], alone.uncertainty)
         torch.testing.assert_close(together.extra["entropy"][i : i + 1], alone.extra["entropy"])

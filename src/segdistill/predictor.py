@@ -21,9 +21,11 @@ Uncertainty rules (higher = less certain, always `[B, 1, H, W]` in [0, 1]):
 | "ensemble"   | ensemble directory / manifest                    | pred_std over the members      |
 
 pred_std is the std of the probability of the class the mean predicts (DUDES), a
-population std (Holder eq. 3), at most 0.5. Ensembles and MC dropout also give
-`extra["entropy"]` (predictive entropy, nats, in [0, log C]) and `extra["mutual_info"]`
-(BALD); a per-class head gives `extra["per_class_mean"]`, the mean of its C channels.
+population std (Holder eq. 3), at most 0.5. Ensembles and MC dropout also give, when asked
+(`entropy_maps`), `extra["entropy"]` (predictive entropy, nats, in [0, log C]) and
+`extra["mutual_info"]` (BALD): no command uses them, and they cost about 15 % of an
+ensemble's prediction, which the latency benchmarks would count as the teacher's. A
+per-class head gives `extra["per_class_mean"]`, the mean of its C channels.
 Probabilities are the softmax of a network's logits, or the member / sample mean.
 
 An image's OOD score aggregates `Prediction.ood_map`: `uncertainty`, except for a per-class
@@ -66,7 +68,8 @@ PER_CLASS_MEAN = "per_class_mean"
 # Nominal downsampling of every encoder (ResNet, MobileNetV2, NfS-Net down to c5).
 MIN_INPUT_MULTIPLE = 32
 # Teacher statistics a Prediction is made of.
-_TEACHER_NEEDS = frozenset({"mean_probs", "pred_std", "entropy", "mutual_info"})
+_TEACHER_NEEDS = frozenset({"mean_probs", "pred_std"})
+_ENTROPY_MAPS = frozenset({"entropy", "mutual_info"})
 
 
 @dataclass
@@ -150,15 +153,13 @@ def padded_segmenter_prediction(model: Segmenter, images: Tensor) -> Prediction:
     return segmenter_prediction(model, padded).cropped(height, width)
 
 
-def teacher_prediction(teacher: Teacher, images: Tensor) -> Prediction:
-    """An ensemble's or MC-dropout network's prediction: mean probabilities, pred_std,
-    with entropy and mutual information as extra maps."""
-    signals = teacher.signals(images, _TEACHER_NEEDS)
-    return Prediction(
-        signals.require("mean_probs"),
-        signals.require("pred_std"),
-        {"entropy": signals.require("entropy"), "mutual_info": signals.require("mutual_info")},
-    )
+def teacher_prediction(teacher: Teacher, images: Tensor, entropy_maps: bool = False) -> Prediction:
+    """An ensemble's or MC-dropout network's prediction: mean probabilities and pred_std;
+    with `entropy_maps` also entropy and mutual information as extra maps."""
+    maps = _ENTROPY_MAPS if entropy_maps else frozenset()
+    signals = teacher.signals(images, _TEACHER_NEEDS | maps)
+    extra = {name: signals.require(name) for name in sorted(maps)}
+    return Prediction(signals.require("mean_probs"), signals.require("pred_std"), extra)
 
 
 class Predictor:
@@ -266,10 +267,11 @@ class Predictor:
         return self
 
     @torch.no_grad()
-    def predict(self, images: Tensor) -> Prediction:
+    def predict(self, images: Tensor, entropy_maps: bool = False) -> Prediction:
         """images float32 [B, 3, H, W] ImageNet-normalised, finite, on `device` ->
-        Prediction. The networks predict in eval mode whatever mode they are in (and are
-        left in it): one being fine-tuned predicts as it will after training, and its
+        Prediction (a teacher's with its entropy and mutual information maps as `extra`
+        when `entropy_maps`). The networks predict in eval mode whatever mode they are in
+        (and are left in it): one being fine-tuned predicts as it will after training, and its
         batch-norm statistics are not moved by predicting. An MC-dropout model predicts one
         image per call: it draws its masks (seeded) per call, and in a shared call an
         image's masks would depend on its place in the batch and on the batch size."""
@@ -278,13 +280,15 @@ class Predictor:
             images = images.contiguous(memory_format=torch.channels_last)
         with eval_mode(self.model):
             if isinstance(self.model, MCDropout):
-                parts = [teacher_prediction(self.model, image) for image in images.split(1)]
+                parts = [
+                    teacher_prediction(self.model, image, entropy_maps) for image in images.split(1)
+                ]
                 return Prediction.concatenated(parts)
             if isinstance(self.model, Teacher):
-                return teacher_prediction(self.model, images)
+                return teacher_prediction(self.model, images, entropy_maps)
             return segmenter_prediction(self.model, images)
 
-    def predict_padded(self, images: Tensor) -> Prediction:
+    def predict_padded(self, images: Tensor, entropy_maps: bool = False) -> Prediction:
         """`predict` for images of any size, as `segdistill predict`, `bench` and the
         exported networks run them: padded at the bottom and right with 0 (the mean colour
         once normalised, as training crops are padded) to a multiple of `input_multiple`,
@@ -293,7 +297,7 @@ class Predictor:
         check_images(images)  # before padding: name the shape the caller gave
         height, width = images.shape[-2:]
         padded = pad_to_multiple(images, input_multiple(self.segmenters()))
-        return self.predict(padded).cropped(height, width)
+        return self.predict(padded, entropy_maps).cropped(height, width)
 
     def __repr__(self) -> str:
         return (
