@@ -321,11 +321,9 @@ def predict_arrays(
         [F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2])) for x in tensors]
     )
     prediction = predictor.predict(batch.to(predictor.device))
-    all_probs = prediction.probs
-    all_uncertainty = prediction.uncertainty
     # Only a per-class head scores OOD images from a map of its own (eq. 8); every other
     # model's OOD map IS its uncertainty, and each image gets that one array for both.
-    all_ood_maps = None if prediction.ood_map is prediction.uncertainty else prediction.ood_map
+    separate_ood_map = prediction.ood_map is not prediction.uncertainty
 
     def image_map(maps: Tensor, i: int, h: int, w: int, image: np.ndarray) -> np.ndarray:
         crop = maps[i : i + 1, :, :h, :w]
@@ -335,10 +333,10 @@ def predict_arrays(
     results = []
     for i, (image, x) in enumerate(zip(images, tensors)):
         h, w = x.shape[-2:]
-        probs = all_probs[i : i + 1, :, :h, :w]
+        probs = prediction.probs[i : i + 1, :, :h, :w]
         probs = resize(probs, image.shape[:2]) if size is not None else probs
-        uncertainty = image_map(all_uncertainty, i, h, w, image)
-        ood_map = uncertainty if all_ood_maps is None else image_map(all_ood_maps, i, h, w, image)
+        uncertainty = image_map(prediction.uncertainty, i, h, w, image)
+        ood_map = image_map(prediction.ood_map, i, h, w, image) if separate_ood_map else uncertainty
         results.append(ImagePrediction(probs.argmax(dim=1)[0].cpu().numpy(), uncertainty, ood_map))
     return results
 

@@ -72,29 +72,30 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
     encoder_start: tuple[str, ...] = ()
     teacher_start: tuple[str, ...] = ()
     if spec.pretrain is not None:
-        encoder_start = ("pretrain",)
-        students_pretrain = pretrain_config(exp, paths)
-        steps.append(
-            Step(
-                "pretrain",
-                f"pre-train the students' encoder on {spec.pretrain.data.root}",
-                functools.partial(pretrain_encoder, spec.pretrain.data, students_pretrain),
-                (students_pretrain,),
-                outputs=(paths.pretrained_encoder,),
-            )
-        )
-        if spec.pretrain.teacher:
-            teacher_start = ("pretrain-teacher",)
-            teacher_pretrain = pretrain_teacher_config(exp, paths)
-            steps.append(
-                Step(
+        pretrain = spec.pretrain
+        pretrains = [("pretrain", "students'", pretrain_config, paths.pretrained_encoder)]
+        if pretrain.teacher:
+            pretrains.append(
+                (
                     "pretrain-teacher",
-                    f"pre-train the teacher's encoder on {spec.pretrain.data.root}",
-                    functools.partial(pretrain_encoder, spec.pretrain.data, teacher_pretrain),
-                    (teacher_pretrain,),
-                    outputs=(paths.pretrained_teacher_encoder,),
+                    "teacher's",
+                    pretrain_teacher_config,
+                    paths.pretrained_teacher_encoder,
                 )
             )
+        for name, whose, make_config, encoder in pretrains:
+            cfg = make_config(exp, paths)
+            steps.append(
+                Step(
+                    name,
+                    f"pre-train the {whose} encoder on {pretrain.data.root}",
+                    functools.partial(pretrain_encoder, pretrain.data, cfg),
+                    (cfg,),
+                    outputs=(encoder,),
+                )
+            )
+        encoder_start = ("pretrain",)
+        teacher_start = ("pretrain-teacher",) if pretrain.teacher else ()
     teacher = spec.teacher
     what = f"{teacher.members}-member ensemble" if teacher.kind == "ensemble" else teacher.kind
     members = teacher_networks(exp, paths)
