@@ -27,6 +27,7 @@ from segdistill.predict import (
     ACCURACY_VOID,
     UINT16_MAX,
     UNFINISHED_FILE,
+    InputImage,
     PredictSummary,
     find_images,
     fit_ood_detector,
@@ -107,7 +108,9 @@ def test_writes_every_output_at_the_image_size(tmp_path, student) -> None:
     assert any("grayscale" in n and "gray.png" in n for n in summary.notices)
     assert any("RGBA" in n and "rgba.png" in n for n in summary.notices)
     assert any("no label" in n and "gray.png" in n for n in summary.notices)
-    sizes = {"aachen_000000_000019_leftImg8bit": (32, 64), "gray": (40, 70), "rgba": (33, 65)}
+    # Named by the path below the input folder: the outputs mirror its sub-folders.
+    city_name = "aachen/aachen_000000_000019_leftImg8bit"
+    sizes = {city_name: (32, 64), "gray": (40, 70), "rgba": (33, 65)}
     for name, size in sizes.items():
         assert read(out / "pred" / f"{name}.png").shape == size
         for kind in ("seg", "overlay", "uncertainty"):
@@ -115,7 +118,9 @@ def test_writes_every_output_at_the_image_size(tmp_path, student) -> None:
         raw = Image.open(out / "uncertainty16" / f"{name}.png")
         assert raw.mode == "I;16" and raw.size == size[::-1]
         assert (out / "panel" / f"{name}.png").is_file()
-    assert [p.name for p in (out / "accuracy").iterdir()] == [f"{CITY_IMAGE}"]
+    assert [p.relative_to(out) for p in (out / "accuracy").rglob("*.png")] == [
+        Path("accuracy", "aachen", CITY_IMAGE)
+    ]
     index = json.loads((out / "predict.json").read_text())
     assert index["kind"] == "student" and index["encodings"]["uncertainty"]["max"] == 0.5
     assert [entry["name"] for entry in index["images"]] == list(sizes)
@@ -348,15 +353,27 @@ def test_input_errors(tmp_path) -> None:
         find_images([tmp_path / "missing.png"])
     write_png(tmp_path / "a" / "x.png", rgb(4, 4))
     write_png(tmp_path / "b" / "x.png", rgb(4, 4))
-    with pytest.raises(DataError, match="same name 'x'"):
+    with pytest.raises(
+        DataError, match=r"a/x\.png and .*b/x\.png would both write outputs named 'x'"
+    ):
         find_images([tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(DataError, match=r"a/x\.png and .*b/x\.png would both write"):
+        find_images([tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"])
+    # The folder that holds both tells them apart by their sub-folders.
+    assert [image.name for image in find_images([tmp_path])] == ["a/x", "b/x"]
+    with pytest.raises(
+        DataError, match=r"x\.png is among the inputs twice \(named 'a/x' and 'x'\)"
+    ):
+        find_images([tmp_path, tmp_path / "a"])
+    with pytest.raises(DataError, match="among the inputs twice"):
+        find_images([tmp_path / "a" / "x.png", tmp_path / "a" / "x.png"])
 
 
 def test_label_errors_name_the_files(tmp_path, student) -> None:
     predictor = load_predictor(student)
     a = write_png(tmp_path / "img" / "a.png", rgb(32, 64))
     b = write_png(tmp_path / "img" / "b.png", rgb(32, 64, seed=1))
-    assert find_images([a]) == [a]  # a single image file
+    assert find_images([a]) == [InputImage(a, "a")]  # a single image file
     label = write_png(tmp_path / "a_label.png", np.zeros((32, 64), np.uint8))
 
     def run(images: list[Path], labels: Path, **options: float) -> PredictSummary:
@@ -387,7 +404,53 @@ def test_frames_in_natural_order_and_output_folder_skipped(tmp_path) -> None:
         write_png(frames / f"frame_{index}.png", rgb(4, 4))
     write_png(frames / "out" / "pred" / "frame_1.png", rgb(4, 4))
     found = find_images([frames], exclude=frames / "out")
-    assert [p.name for p in found] == ["frame_1.png", "frame_2.png", "frame_10.png"]
+    assert [image.name for image in found] == ["frame_1", "frame_2", "frame_10"]
+
+
+def test_outputs_and_labels_mirror_the_input_sub_folders(tmp_path, student, capsys) -> None:
+    # Two drives whose frames share file names: each keeps its own outputs and label.
+    frames, gt, out = tmp_path / "frames", tmp_path / "gt", tmp_path / "out"
+    for drive in (1, 2):
+        for frame in (1, 2):
+            write_png(frames / f"drive_{drive}" / f"{frame:06d}.png", rgb(32, 64, seed=frame))
+        write_png(gt / f"drive_{drive}" / "000001.png", np.full((32, 64), drive, np.uint8))
+    predictor = load_predictor(student)
+    summary = predict_files(
+        predictor,
+        find_images([frames]),
+        out,
+        labels=gt,
+        outputs=["pred", "accuracy"],
+        progress=False,
+    )
+    assert (summary.images, summary.labelled) == (4, 2)
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == [
+        f"{kind}/drive_{drive}/{frame:06d}.png"
+        for kind, frames_of_kind in (("accuracy", (1,)), ("pred", (1, 2)))
+        for drive in (1, 2)
+        for frame in frames_of_kind
+    ]
+    index = json.loads((out / "predict.json").read_text())
+    labels = {entry["name"]: entry["label"] for entry in index["images"]}
+    assert labels["drive_2/000001"] == str((gt / "drive_2" / "000001.png").resolve())
+    assert labels["drive_1/000002"] is None
+    # Each accuracy map is read against its own drive's label (class 1 or 2 everywhere).
+    for drive in (1, 2):
+        pred = read(out / "pred" / f"drive_{drive}" / "000001.png")
+        accuracy = read(out / "accuracy" / f"drive_{drive}" / "000001.png")
+        assert np.array_equal(accuracy == 0, pred == drive)
+    # A re-run of one drive removes the other's files and the folders they leave empty.
+    predict_files(predictor, find_images([frames]), out, outputs=["pred"], progress=False)
+    predict_files(
+        predictor, find_images([frames / "drive_1"]), out, outputs=["pred"], progress=False
+    )
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "pred",
+        "pred/000001.png",
+        "pred/000002.png",
+        "predict.json",
+    ]
 
 
 def test_cli_predict_with_an_ensemble(tmp_path, capsys) -> None:

@@ -2,8 +2,10 @@
 
 `predict_files(predictor, images, out)` runs `Predictor.predict` (a student, a baseline, an
 ensemble or an MC-dropout teacher, see `segdistill.predictor`) over image files and writes,
-per image NAME (the file stem), one PNG into one folder per kind (`outputs`: all kinds by
-default), so that a folder of video frames becomes one frame sequence per kind:
+per image NAME (`InputImage`: its path below the input folder without the suffix, so the
+outputs mirror the input tree; a file given by itself, its stem), one PNG into one folder
+per kind (`outputs`: all kinds by default), so that a folder of video frames becomes one
+frame sequence per kind:
 
     pred/NAME.png           predicted class ids (8-bit; 16-bit beyond 256 classes)
     seg/NAME.png            class colours (the training data set's, stored in the weights;
@@ -54,7 +56,8 @@ ffmpeg command that extracts its frames. Images follow the rules of
 
 Labels (`labels`, a file for a single image or a folder searched with its sub-folders): for
 an image `X_leftImg8bit*.png` the Cityscapes files `X_gtFine_labelTrainIds.png` (preferred)
-or `X_gtFine_labelIds.png`, else a PNG with the image's stem. labelIds are mapped to train
+or `X_gtFine_labelIds.png`, else a PNG with the image's stem; of several such files, the
+one at the image's place in the tree (labels/NAME's folder). labelIds are mapped to train
 ids by the official table; other files hold what the training data set's mask_values say
 (stored in the weights, or given as `classes`), else class ids and `ignore_index` directly
 (`segdistill.data.cityscapes.label_mappings`); unknown values are an error naming the file.
@@ -154,13 +157,22 @@ def _inside(path: Path, folder: Path | None) -> bool:
     return folder is not None and path.resolve().is_relative_to(folder.resolve())
 
 
-def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Path]:
+class InputImage(NamedTuple):
+    """An image file to predict and the NAME its outputs take (`output_files`): its path
+    below the input folder it was found in, without the suffix ("drive_1/000001" for
+    frames/drive_1/000001.png found in frames), or for a file given by itself its stem."""
+
+    path: Path
+    name: str
+
+
+def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[InputImage]:
     """Image files of `inputs` (files, or folders searched with their sub-folders), in the
     order given, each folder in natural order; files under `exclude` (the output folder)
     are skipped in folders and refused when named, as their outputs could overwrite them.
     DataError for a missing path, a video file, a folder without images or two images with
-    the same stem (their outputs would overwrite each other)."""
-    images: list[Path] = []
+    the same output name (`InputImage`; their outputs would overwrite each other)."""
+    images: list[InputImage] = []
     for path in map(Path, inputs):
         if path.suffix.lower() in VIDEO_SUFFIXES:
             raise DataError(
@@ -178,25 +190,53 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Pat
                     f"{path}: no images found (searched it and its sub-folders for {patterns}"
                     f"{skipped if below else ''})"
                 )
-            images += sorted(found, key=lambda file: _natural_key(file.relative_to(path)))
+            relative = sorted((file.relative_to(path) for file in found), key=_natural_key)
+            images += [
+                InputImage(path / file, file.with_suffix("").as_posix()) for file in relative
+            ]
         elif path.is_file():
             if _inside(path, exclude):
                 raise DataError(
                     f"{path} lies in the output folder {exclude}, where its outputs could "
                     "overwrite it: choose another --out"
                 )
-            images.append(path)
+            images.append(InputImage(path, path.stem))
         else:
             raise DataError(f"{path}: no such file or folder")
-    seen: dict[str, Path] = {}
-    for image in images:
-        if image.stem in seen:
-            raise DataError(
-                f"{seen[image.stem]} and {image} have the same name {image.stem!r}; their "
-                "outputs would overwrite each other, predict them in separate runs"
-            )
-        seen[image.stem] = image
+    check_output_names(images)
     return images
+
+
+def as_input_images(images: Sequence[InputImage | Path]) -> list[InputImage]:
+    """`images` as `InputImage`s: a bare path is named by its stem, as a file given by
+    itself is."""
+    return [
+        image if isinstance(image, InputImage) else InputImage(Path(image), Path(image).stem)
+        for image in images
+    ]
+
+
+def check_output_names(images: Sequence[InputImage]) -> None:
+    """DataError naming an image found twice (a folder given with one of its sub-folders)
+    or two images of the same output name: their outputs would overwrite each other."""
+    seen: dict[str, Path] = {}
+    found: dict[Path, str] = {}
+    for image in images:
+        path = image.path.resolve()
+        if path in found:
+            raise DataError(
+                f"{image.path} is among the inputs twice (named {found[path]!r} and "
+                f"{image.name!r}): a file or folder given twice, or a folder given with one of "
+                "its sub-folders"
+            )
+        found[path] = image.name
+        if image.name in seen:
+            raise DataError(
+                f"{seen[image.name]} and {image.path} would both write outputs named "
+                f"{image.name!r}; predict them in separate runs (or --out folders), or pass "
+                "the folder that holds both, whose sub-folders then tell them apart"
+            )
+        seen[image.name] = image.path
 
 
 def load_image(path: Path) -> tuple[np.ndarray, str | None]:
@@ -211,16 +251,17 @@ def load_image(path: Path) -> tuple[np.ndarray, str | None]:
     return image, f"{path}: {'; '.join(changes)}" if changes else None
 
 
-def match_labels(images: Sequence[Path], labels: Path) -> dict[Path, Path | None]:
-    """The label file of each image (None when there is none), see the module docstring.
-    `labels` is one file (only for a single image) or a folder searched recursively."""
+def match_labels(images: Sequence[InputImage], labels: Path) -> dict[Path, Path | None]:
+    """The label file of each image path (None when there is none), see the module
+    docstring. `labels` is one file (only for a single image) or a folder searched
+    recursively."""
     if labels.is_file():
         if len(images) != 1:
             raise DataError(
                 f"labels {labels} is one file but there are {len(images)} images; give the "
                 "folder that holds their labels"
             )
-        return {images[0]: labels}
+        return {images[0].path: labels}
     if not labels.is_dir():
         raise DataError(f"labels {labels}: no such file or folder")
     by_name: dict[str, list[Path]] = {}
@@ -229,23 +270,28 @@ def match_labels(images: Sequence[Path], labels: Path) -> dict[Path, Path | None
         if file.suffix.lower() == ".png" and file.is_file():
             by_name.setdefault(file.with_suffix(".png").name, []).append(file)
     matches: dict[Path, Path | None] = {}
-    for image in images:
+    for path, name in images:
         candidates = (
-            f"{base_name(image)}{TRAIN_IDS_SUFFIX}",
-            f"{base_name(image)}{LABEL_IDS_SUFFIX}",
-            f"{image.stem}.png",
+            f"{base_name(path)}{TRAIN_IDS_SUFFIX}",
+            f"{base_name(path)}{LABEL_IDS_SUFFIX}",
+            f"{path.stem}.png",
         )
         # A labels folder that also holds the images must not match an image to itself.
         found = [
-            [file for file in by_name.get(name, []) if file.resolve() != image.resolve()]
-            for name in candidates
+            [file for file in by_name.get(candidate, []) if file.resolve() != path.resolve()]
+            for candidate in candidates
         ]
         files = next((files for files in found if files), [])
         if len(files) > 1:
+            # Labels laid out as the images are (labels/drive_1/000001.png for the image
+            # named drive_1/000001) tell apart images of one file name in other sub-folders.
+            mirrored = [file for file in files if file.parent == labels / Path(name).parent]
+            files = mirrored if len(mirrored) == 1 else files
+        if len(files) > 1:
             raise DataError(
-                f"{image}: several label files match under {labels}: {', '.join(map(str, files))}"
+                f"{path}: several label files match under {labels}: {', '.join(map(str, files))}"
             )
-        matches[image] = files[0] if files else None
+        matches[path] = files[0] if files else None
     return matches
 
 
@@ -713,7 +759,7 @@ def check_output_kinds(kinds: Collection[str]) -> list[str]:
 
 def predict_files(
     predictor: Predictor,
-    images: Sequence[Path],
+    images: Sequence[InputImage | Path],
     out: Path,
     *,
     labels: Path | None = None,
@@ -728,8 +774,9 @@ def predict_files(
     progress: bool = True,
     skip_unreadable: bool = False,
 ) -> PredictSummary:
-    """Predict `images` (files, from `find_images`) in batches and write the `outputs` of
-    the module docstring (default: every kind) and predict.json under `out`. With `ood`
+    """Predict `images` (from `find_images`, or image files, each then named by its stem)
+    in batches and write the `outputs` of the module docstring (default: every kind) and
+    predict.json under `out`. With `ood`
     (a detector fitted for this predictor and `size`), each image is also flagged or not
     as unlike the detector's reference images. With `distrust_above` T, the pixels whose
     uncertainty is >= T are marked probably wrong (pick T from `segdistill evaluate`'s
@@ -744,6 +791,9 @@ def predict_files(
     that this one did not write again are removed.
     """
     _check_batch_size(batch_size)
+    images = as_input_images(images)
+    check_output_names(images)
+    names = dict(images)
     if not (math.isfinite(vmax) and vmax > 0):
         raise ConfigError(f"--vmax must be a finite number > 0, got {vmax}")
     kinds = check_output_kinds(outputs)
@@ -782,10 +832,18 @@ def predict_files(
             bar.update(1)
 
         for batch in stop_on_ctrl_c(
-            batches(images, batch_size, multiple, size, notify, skip if skip_unreadable else None)
+            batches(
+                [path for path, _ in images],
+                batch_size,
+                multiple,
+                size,
+                notify,
+                skip if skip_unreadable else None,
+            )
         ):
             results = predict_arrays(predictor, [image for _, image in batch], multiple, size)
             for (path, image), (pred, uncertainty, ood_map) in zip(batch, results):
+                name = names[path]
                 label_file = label_files.get(path)
                 if labels is not None and label_file is None:
                     notify(f"{path}: no label found under {labels}; no accuracy map")
@@ -798,14 +856,14 @@ def predict_files(
                 )
                 scores = scores_of_map(ood_map)
                 record: dict[str, object] = {
-                    "name": path.stem,
+                    "name": name,
                     "image": str(path.resolve()),
                     "label": None if label_file is None else str(label_file.resolve()),
                     "height": image.shape[0],
                     "width": image.shape[1],
                     "image_scores": scores,
                 }
-                panel_title = f"{path.stem}: {title}"
+                panel_title = f"{name}: {title}"
                 distrust = None if distrust_above is None else uncertainty >= distrust_above
                 summary.pixels += uncertainty.size
                 if distrust is not None:
@@ -828,7 +886,7 @@ def predict_files(
                     panel_title += f"\nOOD score ({ood.aggregator}) {score:.4g} {against}"
                 will_write(
                     output_files(
-                        path.stem,
+                        name,
                         kinds,
                         labelled=label is not None,
                         distrusted=distrust is not None,
@@ -836,7 +894,7 @@ def predict_files(
                 )
                 record["files"] = files = write_outputs(
                     out,
-                    path.stem,
+                    name,
                     image,
                     pred,
                     uncertainty,
@@ -866,6 +924,11 @@ def predict_files(
     stale = sorted(path for path in previous - written if path.is_file())
     for path in stale:
         path.unlink()
+        # A sub-folder that held only an earlier run's files goes with them.
+        for folder in path.parents:
+            if folder == out or any(folder.iterdir()):
+                break
+            folder.rmdir()
     if stale:
         notify(f"{out}: removed {len(stale)} files of earlier runs that this one did not write")
     summary.summary = out / SUMMARY_FILE

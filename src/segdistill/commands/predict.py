@@ -8,9 +8,9 @@
                         | --ood-detector FILE]
 
 SOURCE is a run directory, a .safetensors weights file, or an ensemble directory (or its
-manifest.json). INPUT is image files and folders (searched with their sub-folders; a
-folder of video frames works the same). What is written, the input rules and the label
-naming are described in `segdistill.predict` and docs/deployment.md.
+manifest.json). INPUT is image files and folders (searched with their sub-folders, which
+the outputs mirror; a folder of video frames works the same). What is written, the input
+rules and the label naming are described in `segdistill.predict` and docs/deployment.md.
 
 --ood-reference fits an image-level OOD detector on in-distribution images (e.g. the
 validation split), saves it as DIR/ood_detector.json and flags the INPUT images whose
@@ -67,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         type=Path,
         metavar="INPUT",
-        help="image files (.png, .jpg) or folders of them (e.g. video frames)",
+        help="image files (.png, .jpg) or folders of them (e.g. video frames); the outputs "
+        "mirror a folder's sub-folders",
     )
     parser.add_argument("--out", type=output_folder, required=True, help="output folder")
     parser.add_argument(
@@ -220,7 +221,7 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
         return detector
     detector = fit_ood_detector(
         predictor,
-        find_images(args.ood_reference, exclude=args.out),
+        [image.path for image in find_images(args.ood_reference, exclude=args.out)],
         aggregator=args.ood_aggregator or DEFAULT_AGGREGATOR,
         fpr=DEFAULT_FPR if args.ood_fpr is None else args.ood_fpr,
         batch_size=args.batch_size,

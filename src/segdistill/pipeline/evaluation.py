@@ -89,7 +89,9 @@ def fit_ood_detectors(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
     spec, settings = exp.spec, exp.spec.evaluate
     device = default_device(settings.device)
     val_split = teacher_config(exp, paths).data.val_split
-    references = find_images([Path(spec.data.root) / "leftImg8bit" / val_split])
+    references = [
+        image.path for image in find_images([Path(spec.data.root) / "leftImg8bit" / val_split])
+    ]
     evaluated = json.loads((paths.evaluation / RESULTS_FILE).read_text())["data"]["splits"]
     splits = find_splits(spec.data.root)
     images = {
