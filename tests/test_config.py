@@ -6,7 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
+from segdistill.checkpoints import build_model
 from segdistill.cli import main
 from segdistill.config import (
     SegConfig,
@@ -261,3 +263,19 @@ def test_overrides_given_as_one_string_are_refused(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="list of KEY=VALUE strings, not the string 'seed=3'"):
         load_config(path, "seed=3")  # type: ignore[arg-type]
     assert load_config(path, ["seed=3"]).seed == 3
+
+
+@pytest.mark.parametrize(
+    ("arch", "encoder", "stride"),
+    [("deeplabv3plus", "resnet18", 16), ("pspnet", "resnet18", 8), ("nfs", "nfsnet", 64)],
+)
+def test_an_output_stride_no_config_gives_is_the_architectures(
+    arch: str, encoder: str, stride: int
+) -> None:
+    # The default config names none, so `--set model.arch=pspnet` builds the PSPNet of
+    # Karine et al. (stride 8) and `model.arch=nfs` NfS-SegNet (64), not DeepLabV3+'s 16.
+    values = {"model.arch": arch, "model.encoder": encoder, "model.encoder_options.width": 0.125}
+    cfg = replace_values(SegConfig(), values, "test")
+    with torch.device("meta"):
+        network = build_model(cfg.model, 3)
+    assert network.encoder.strides[-1] == stride

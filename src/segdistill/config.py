@@ -67,9 +67,8 @@ class ModelConfig:
     arch: str = "deeplabv3plus"
     encoder: str = "resnet18"
     encoder_weights: str | None = None
-    encoder_options: dict[str, Any] = field(
-        default_factory=lambda: {"output_stride": 16, "width": 1.0}
-    )
+    # No output_stride: the architecture's unless a config gives one (models.segmenter).
+    encoder_options: dict[str, Any] = field(default_factory=lambda: {"width": 1.0})
     uncertainty_head: Literal["scalar", "per_class"] | None = None
     mc_dropout: float = 0.0
     aux_heads: bool = False

@@ -253,6 +253,7 @@ def ja_kd_map(student_logits: Tensor, teacher_probs: Tensor, alpha: float = 0.5)
 
     student_logits: [B, C, H, W] (p = softmax), teacher_probs p_hat: [B, C, H, W]. Returns
     [B, H, W]. Eq. 1 prints `+ p_hat log p`; the cross-entropy it names is its negative.
+    On probabilities |p - p_hat| <= 1, so smooth-L1 is 0.5 (p - p_hat)^2 here (methods.md).
     """
     log_p = F.log_softmax(student_logits, dim=1)
     regression = F.smooth_l1_loss(log_p.exp(), teacher_probs, reduction="none", beta=1.0)
