@@ -31,6 +31,7 @@ from segdistill.data.transforms import (
     to_tensors,
 )
 from segdistill.errors import DataError
+from segdistill.losses import median_mask
 from segdistill.methods import build_methods
 from segdistill.models.teachers import Ensemble
 from segdistill.outputs import SegOutput, TeacherSignals
@@ -102,6 +103,35 @@ def test_cached_maps_equal_the_online_teacher_on_unaugmented_images(
             assert_fp16_close(sample["maps"][name], online.require(name)[0])
         assert torch.equal(sample["maps"][tc.VALID_MAP], torch.ones(1, *SIZE))
     assert (tmp_path / "cache" / "pred_std.f16").stat().st_size == 2 * len(dataset) * 32 * 64
+
+
+def test_a_weak_mc_dropout_teachers_variance_keeps_its_median_mask(
+    tmp_path: Path, synth: Path, teacher: Ensemble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 1 % MC-dropout teacher's variance lies far below float16's normal range (6e-5),
+    # where 6e-8 steps would leave a few levels and zeros to U-KD's median threshold.
+    dataset = CityscapesDataset(synth, "train")
+    real_signals = teacher.signals
+
+    def weak_variance(images: torch.Tensor, needs: set[str]) -> TeacherSignals:
+        signals = real_signals(images, needs)
+        signals.variance = signals.variance * 1e-6
+        return signals
+
+    monkeypatch.setattr(teacher, "signals", weak_variance)
+    cache = open_cache(tmp_path / "cache", teacher, dataset, ("mean_probs", "variance"))
+    wrapped = tc.TeacherCacheDataset(dataset, cache)
+    for index in range(len(dataset)):
+        sample = wrapped[index]
+        online = weak_variance(sample["image"][None], {"variance"}).variance
+        assert online.median() < 1e-7
+        torch.testing.assert_close(sample["maps"]["variance"][None], online, rtol=1e-6, atol=0)
+        assert torch.equal(median_mask(sample["maps"]["variance"][None]), median_mask(online))
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "cache.json",
+        "mean_probs.f16",
+        "variance.f32",
+    ]
 
 
 def test_joint_transforms_move_cached_maps_with_the_image_and_padding_is_invalid(
@@ -350,7 +380,8 @@ def test_a_disk_that_fills_up_during_a_build_says_so_and_keeps_the_old_cache(
 
     def room_for_two_images(path, mode="r", *args, **kwargs):
         file = open(path, mode, *args, **kwargs)
-        return _FillsUp(file, 2 * image_bytes) if str(path).endswith(tc.MAP_SUFFIX) else file
+        map_file = str(path).endswith(tuple(tc.MAP_SUFFIXES.values()))
+        return _FillsUp(file, 2 * image_bytes) if map_file else file
 
     monkeypatch.setattr(tc, "open", room_for_two_images, raising=False)
     with pytest.raises(DataError, match="the disk filled up after .*, 2 of 4 images"):
@@ -370,6 +401,12 @@ def _write_nan(directory: Path) -> None:
     values.flush()
 
 
+def _write_inf_variance(directory: Path) -> None:
+    values = np.memmap(directory / "variance.f32", np.float32, mode="r+")
+    values[7] = np.inf
+    values.flush()
+
+
 def _garble_meta(directory: Path) -> None:
     (directory / tc.META_FILE).write_text("{not json")
 
@@ -379,6 +416,7 @@ def _garble_meta(directory: Path) -> None:
     [
         (_truncate, "corrupt: pred_std.f16 has"),
         (_write_nan, "corrupt: std.f16 holds NaN or infinite values"),
+        (_write_inf_variance, "corrupt: variance.f32 holds NaN or infinite values"),
         (_garble_meta, "corrupt: unreadable cache.json"),
     ],
 )
@@ -507,7 +545,7 @@ def test_reading_and_checking_a_cache_leaves_it_out_of_the_resident_set(tmp_path
         for index in range(images):
             maps = cache.maps(index, (height, width))
             assert maps["pred_std"].shape == (1, height, width) and not maps["pred_std"].any()
-        assert not tc._has_nonfinite(tmp_path / "pred_std.f16")
+        assert not tc._has_nonfinite(tmp_path / "pred_std.f16", np.dtype(np.float16))
     assert _rss_file_mib() - before < 16
     # The peak holds one image's maps and the scan's buffer, not the file.
     assert step.usage()["peak_rss_mib"] - max(start, before) < 64

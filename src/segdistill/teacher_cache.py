@@ -1,6 +1,6 @@
 """Cached teacher targets: the teacher's per-pixel signals on every training image, computed
-once, stored as float16 and read back image by image, so output-level distillation trains
-without running the teacher.
+once, stored as float16 (the variance as float32, see FLOAT32_SIGNALS) and read back image
+by image, so output-level distillation trains without running the teacher.
 
 What is cached: the signals that only pixel-wise methods read (`MethodSet.pixel_needs`:
 pred_std for DUDES, mean_probs and std for Holder, logits for KD, mean_probs for JA-KD,
@@ -10,7 +10,8 @@ teacher online in the same step, so a config may mix both kinds of methods.
 
 How: the teacher runs on each *un-augmented* training image (normalised as for training,
 one image at a time, float32, in eval mode); each signal is resized bilinearly
-(antialiased) to `scale` times the image size and stored as float16.
+(antialiased) to `scale` times the image size and stored as float16, or float32 for the
+signals in FLOAT32_SIGNALS.
 
 Reading (`TeacherCacheDataset.load`): the maps of image i are read from their files with
 one positioned read each (not a memory map: a mapped file's pages count in the process's
@@ -30,6 +31,7 @@ Layout of a cache folder DIR:
 
     DIR/cache.json     written last: the key, the channels of each signal, the image sizes
     DIR/{signal}.f16   float16 [K, h, w] maps of every image, back to back in index order
+    DIR/variance.f32   the same in float32
 
 The key: the teacher (kind, MC-dropout samples and a SHA-256 of every tensor of every
 member), the signal names, the scale and the training images (each sample's name and the
@@ -76,9 +78,15 @@ from segdistill.jsonfiles import write_json
 from segdistill.models.teachers import Teacher
 from segdistill.output_paths import waiting_lock
 
-CACHE_VERSION = 2  # 2: images keyed by content (1: by path and modification time)
+# 3: variance stored as float32; 2: images keyed by content (1: by path and modification time)
+CACHE_VERSION = 3
 META_FILE = "cache.json"
-MAP_SUFFIX = ".f16"
+MAP_SUFFIXES = {np.dtype(np.float16): ".f16", np.dtype(np.float32): ".f32"}
+# float16 halves the bytes and keeps 11 significant bits down to 6e-5, below which its
+# steps are 6e-8. The variance (U-KD's) is a mean of squared deviations: a teacher with
+# weak MC dropout (NfS-SegNet's 1 %) has values far below that range, where a handful of
+# levels and zeros would decide U-KD's median mask; it is one channel, so float32 is cheap.
+FLOAT32_SIGNALS = frozenset({"variance"})
 # The map of ones added to every cached sample; the crop pads it with 0.
 VALID_MAP = "teacher_valid"
 # A cache is a function of its key: MC-dropout sampling during a build uses this seed.
@@ -159,6 +167,16 @@ def cache_key(
     )
 
 
+def stored_dtype(signal: str) -> np.dtype:
+    """The dtype a signal is stored in: float32 for FLOAT32_SIGNALS, else float16."""
+    return np.dtype(np.float32 if signal in FLOAT32_SIGNALS else np.float16)
+
+
+def map_file(directory: Path, signal: str) -> Path:
+    """The file of a signal's maps in a cache folder (its suffix names its dtype)."""
+    return directory / f"{signal}{MAP_SUFFIXES[stored_dtype(signal)]}"
+
+
 def stored_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     """(h, w) of the stored maps of an image of `size` (H, W)."""
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
@@ -205,9 +223,9 @@ class TeacherCache:
             )
         start, maps = self.offsets[index], {}
         for name, k in self.channels.items():
-            path = self.directory / f"{name}{MAP_SUFFIX}"
+            path, dtype = map_file(self.directory, name), stored_dtype(name)
             count = k * h * w
-            values = np.fromfile(path, np.float16, count=count, offset=2 * k * start)
+            values = np.fromfile(path, dtype, count=count, offset=dtype.itemsize * k * start)
             if values.size != count:  # the file shrank after the cache was checked
                 raise DataError(
                     f"teacher cache {path}: image {index} ends past the end of the file; "
@@ -303,23 +321,24 @@ def _inspect(directory: Path, key: CacheKey) -> tuple[dict[str, Any] | None, str
         return None, stale
     pixels = sum(h * w for _, _, h, w in sizes)
     for name, k in channels.items():
-        path = directory / f"{name}{MAP_SUFFIX}"
-        expected = 2 * k * pixels
+        path = map_file(directory, name)
+        expected = stored_dtype(name).itemsize * k * pixels
         found = path.stat().st_size if path.is_file() else None
         if found != expected:
             return None, f"corrupt: {path.name} has {found} bytes, expected {expected}"
-        if _has_nonfinite(path):
+        if _has_nonfinite(path, stored_dtype(name)):
             return None, f"corrupt: {path.name} holds NaN or infinite values"
     return meta, ""
 
 
-def _has_nonfinite(path: Path) -> bool:
+def _has_nonfinite(path: Path, dtype: np.dtype) -> bool:
     # Chunks read into one buffer: a memory map would add the whole file to the resident set.
-    bits = np.empty(_SCAN_CHUNK, np.uint16)
+    # A float with all exponent bits set is inf or NaN; integer ops beat isfinite.
+    exponent = {2: 0x7C00, 4: 0x7F800000}[dtype.itemsize]
+    bits = np.empty(_SCAN_CHUNK, np.dtype(f"u{dtype.itemsize}"))
     with open(path, "rb") as file:
-        while count := file.readinto(bits.data) // 2:
-            # float16 with all exponent bits set is inf or NaN; integer ops beat isfinite.
-            if ((bits[:count] & 0x7C00) == 0x7C00).any():
+        while count := file.readinto(bits.data) // dtype.itemsize:
+            if ((bits[:count] & exponent) == exponent).any():
                 return True
     return False
 
@@ -335,7 +354,7 @@ def _clear_for_build(directory: Path) -> None:
         foreign = [
             p.name
             for p in directory.iterdir()
-            if not (p.name == META_FILE or p.name.endswith(MAP_SUFFIX))
+            if not (p.name == META_FILE or p.suffix in MAP_SUFFIXES.values())
         ]
         if foreign:
             raise DataError(
@@ -375,7 +394,7 @@ def _stored_maps(
     image_name: str,
 ) -> dict[str, np.ndarray]:
     """The teacher's signals `names` on one normalised image [1, 3, H, W], resized to the
-    stored size (h, w) and in float16: {signal: [K, h, w]}."""
+    stored size (h, w) and in their `stored_dtype`: {signal: [K, h, w]}."""
     signals = teacher.signals(image, set(names))
     h, w = stored
     maps = {}
@@ -383,11 +402,13 @@ def _stored_maps(
         x = signals.require(name).float()
         if (h, w) != tuple(image.shape[-2:]):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        maps[name] = x[0].cpu().numpy().astype(np.float16)
+        dtype = stored_dtype(name)
+        maps[name] = x[0].cpu().numpy().astype(dtype)
         if not np.isfinite(maps[name]).all():
             raise TrainingError(
                 f"the teacher's {name} on training image {image_name} is not "
-                "finite in float16 (NaN, or beyond +-65504); no cache was written"
+                f"finite in {dtype} (NaN, or beyond +-{np.finfo(dtype).max:.6g}); no cache "
+                "was written"
             )
     return maps
 
@@ -422,7 +443,7 @@ def _build(
         with contextlib.ExitStack() as files, torch.random.fork_rng(devices=cuda_devices):
             torch.manual_seed(BUILD_SEED)
             outputs = {
-                name: files.enter_context(open(partial / f"{name}{MAP_SUFFIX}", "wb"))
+                name: files.enter_context(open(map_file(partial, name), "wb"))
                 for name in key.signals
             }
             for index in bar:

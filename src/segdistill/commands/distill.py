@@ -10,9 +10,9 @@ or a single checkpoint) and the methods with their weights; `model` is the stude
 What distillation adds happens there too: He et al.'s translator trains before the first
 step (stage 1), `distill.init_from` starts the student from a pre-trained one (Holder &
 Shafique), `distill.unlabeled_root` adds unlabelled images, and `--teacher-cache DIR`
-(`distill.teacher_cache`) reads the output-level teacher signals from a float16 cache
-built on first use (`segdistill.teacher_cache`). Lightning is imported when the command
-runs (see `commands/train.py`).
+(`distill.teacher_cache`) reads the output-level teacher signals from a cache (float16;
+the variance float32) built on first use (`segdistill.teacher_cache`). Lightning is
+imported when the command runs (see `commands/train.py`).
 """
 
 from __future__ import annotations
