@@ -10,7 +10,7 @@ RESUME_CHECKPOINT = "checkpoints/last.ckpt"
 # The metrics of `segdistill evaluate --out DIR`, and of an experiment's run directory.
 RESULTS_FILE = "results.json"
 
-# Stochastic passes of an MC-dropout teacher or model (NfS-SegNet U-KD uses 8).
+# Stochastic passes of an MC-dropout teacher or model (NfS-SegNet U-KD uses 5, its configs say so).
 DEFAULT_MC_SAMPLES = 8
 
 # How an uncertainty map becomes one image-level OOD score (Holder & Shafique 5.3).
