@@ -32,7 +32,7 @@ def test_empty_file_gives_the_documented_defaults(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path / "empty.yaml", ""))
     assert cfg == SegConfig()
     assert cfg.data.crop_size == [128, 256] and cfg.data.ignore_index == 255
-    assert cfg.model.encoder_options == {"output_stride": 16, "width": 1.0}
+    assert cfg.model.encoder_options == {"width": 1.0}  # output_stride: the architecture's
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 0.01, 0.9)
     assert (cfg.optim.weight_decay, cfg.optim.poly_power, cfg.optim.decoder_lr_mult) == (
         0.0005,
