@@ -774,21 +774,20 @@ def predict_files(
     progress: bool = True,
     skip_unreadable: bool = False,
 ) -> PredictSummary:
-    """Predict `images` (from `find_images`, or image files, each then named by its stem)
-    in batches and write the `outputs` of the module docstring (default: every kind) and
-    predict.json under `out`. With `ood`
-    (a detector fitted for this predictor and `size`), each image is also flagged or not
-    as unlike the detector's reference images. With `distrust_above` T, the pixels whose
-    uncertainty is >= T are marked probably wrong (pick T from `segdistill evaluate`'s
-    error_operating_points). `classes` (a folder data set's classes file, `load_classes`;
-    default: the classes the weights were trained on, `predictor.classes`) give the
-    colours that draw them and the mask values and ignore value that read the labels;
-    without either, the Cityscapes colours and labels as class ids. Notices go to stderr
-    as they happen and into the summary. DataError names the first image or label that
-    cannot be used; with `skip_unreadable`, an image that cannot be read (a corrupt or
-    truncated frame) is left out with a notice and listed as skipped instead. Once the
-    outputs are written, the files of earlier runs (`previous_outputs`, finished or not)
-    that this one did not write again are removed.
+    """Predict `images` (from `find_images`, or image files, each then named by its stem) in
+    batches and write the `outputs` of the module docstring (default: every kind) and
+    predict.json under `out`. With `ood` (a detector fitted for this predictor and `size`),
+    each image is also flagged or not as unlike the detector's reference images. With
+    `distrust_above` T, the pixels whose uncertainty is >= T are marked probably wrong (pick
+    T from `segdistill evaluate`'s error_operating_points). `classes` (a folder data set's
+    classes file, `load_classes`; default: the classes the weights were trained on,
+    `predictor.classes`) give the colours that draw them and the mask values and ignore
+    value that read the labels; without either, the Cityscapes colours and labels as class
+    ids. Notices go to stderr as they happen and into the summary. DataError names the first
+    image or label that cannot be used; with `skip_unreadable`, an image that cannot be read
+    (a corrupt or truncated frame) is left out with a notice and listed as skipped instead.
+    Once the outputs are written, the files of earlier runs (`previous_outputs`, finished or
+    not) that this one did not write again are removed.
     """
     _check_batch_size(batch_size)
     images = as_input_images(images)
