@@ -142,6 +142,18 @@ def test_rmsle_matches_numpy(rng, target):
     assert losses.rmsle(_t(pred), _t(z)).item() == pytest.approx(full, rel=1e-10)
 
 
+def test_rmsle_averages_over_channels_and_pixels(rng, target):
+    # K = 3 channels: the mean runs over every (channel, valid pixel) pair, not a sum over
+    # the channels (DUDES has K = 1, where both agree).
+    pred = rng.uniform(size=(B, 3, H, W))
+    z = rng.uniform(size=(B, 3, H, W)) * 0.5
+    valid = _np_valid(target)
+    squared = (np.log1p(pred) - np.log1p(z)) ** 2  # [B, K, H, W]
+    expected = np.sqrt(squared.transpose(0, 2, 3, 1)[valid].mean())
+    got = losses.rmsle(_t(pred), _t(z), torch.tensor(valid))
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
 def test_rmsle_perfect_and_empty_have_finite_gradients(rng):
     z = rng.uniform(size=(B, 1, H, W))
     pred = _t(z, grad=True)
