@@ -416,3 +416,143 @@ def test_missing_feature_tap_at_forward_is_a_config_error():
     method = methods.SelfAttention(3, 5, student_tap="decoder_out")
     with pytest.raises(ConfigError, match="student_tap='decoder_out'"):
         method(_student(), _teacher(), _target())
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
+
+
+def _np_log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _np_ja_kd_map(s: np.ndarray, p_hat: np.ndarray, alpha: float) -> np.ndarray:
+    log_p = _np_log_softmax(s)
+    diff = np.exp(log_p) - p_hat
+    smooth = np.where(np.abs(diff) < 1, 0.5 * diff**2, np.abs(diff) - 0.5)
+    return (-p_hat * log_p + alpha * smooth).sum(axis=1)
+
+
+def _cropped_teacher_valid() -> torch.Tensor:
+    """A cache's crop padding: image 1's right three columns have no teacher output."""
+    teacher_valid = torch.ones(B, H, W, dtype=torch.bool)
+    teacher_valid[1, :, 5:] = False
+    return teacher_valid
+
+
+@pytest.mark.parametrize("distill_void", [True, False])
+def test_pixel_terms_average_over_the_labelled_pixels_where_the_teacher_exists(distill_void):
+    """Each pixel-wise term against numpy over the pixels that count: where the teacher's
+    signals exist (`teacher_valid`) and, with distill_void false, that are labelled. The
+    teacher's values elsewhere are noise, not a constant that softens to a uniform
+    distribution like the padding's zeros, so a term that reads them shows it."""
+    torch.manual_seed(1)
+    student, teacher, target = _student(C), _teacher(), _target()
+    target[1, 6:, :2] = IGNORE_INDEX  # void where the teacher exists (image 0's: `_target`)
+    teacher_valid = _cropped_teacher_valid()  # labelled pixels without a teacher output
+    mask = teacher_valid.numpy()
+    if not distill_void:
+        mask = mask & (target != IGNORE_INDEX).numpy()
+    s, m = _np(student.logits), _np(teacher.mean_probs)
+    log_q = _np_log_softmax(s)
+
+    kd = methods.KD(temperature=2.0, distill_void=distill_void)
+    got = kd(student, teacher, target, teacher_valid)["kl"]
+    log_p2, log_q2 = _np_log_softmax(np.log(m) / 2.0), _np_log_softmax(s / 2.0)
+    kl_t2 = (np.exp(log_p2) * (log_p2 - log_q2)).sum(axis=1)
+    assert got.item() == pytest.approx(4.0 * kl_t2[mask].mean(), rel=1e-5)
+
+    holder = methods.Holder(distill_void=distill_void)(student, teacher, target, teacher_valid)
+    kl = (m * (np.log(m) - log_q)).sum(axis=1)
+    assert holder["dist"].item() == pytest.approx(kl[mask].mean(), rel=1e-5)
+    squared = ((_np(student.uncertainty) - _np(teacher.std)) ** 2).mean(axis=1)
+    assert holder["uncertainty_mse"].item() == pytest.approx(1.1 * squared[mask].mean(), rel=1e-5)
+
+    dudes_student = _student(1)
+    dudes = methods.DUDES(distill_void=distill_void)(dudes_student, teacher, target, teacher_valid)
+    log_diff = np.log1p(_np(dudes_student.uncertainty)) - np.log1p(_np(teacher.pred_std))
+    expected = np.sqrt((log_diff[:, 0] ** 2)[mask].mean())
+    assert dudes["uncertainty_rmsle"].item() == pytest.approx(expected, rel=1e-5)
+
+    ja_kd = methods.JAKD(alpha=0.3, distill_void=distill_void)
+    got = ja_kd(student, teacher, target, teacher_valid)["out"]
+    assert got.item() == pytest.approx(_np_ja_kd_map(s, m, 0.3)[mask].mean(), rel=1e-5)
+
+
+def _np_lower_median(values: np.ndarray) -> float:
+    ordered = np.sort(values.ravel())
+    return ordered[(ordered.size - 1) // 2]
+
+
+@pytest.mark.parametrize("median_over", ["image", "batch"])
+def test_ukd_thresholds_at_the_median_of_the_pixels_where_the_teacher_exists(median_over):
+    """U-KD (NfS-SegNet eq. 3) with a cache's crop padding: the variance is binarised at
+    the (lower) median of the valid pixels, of each image or of the batch, with alpha as
+    given; the images' variances differ in scale, so the two medians select differently."""
+    torch.manual_seed(2)
+    student, teacher, target = _student(), _teacher(), _target()
+    teacher.variance = (teacher.variance * torch.tensor([1.0, 10.0])[:, None, None, None]).detach()
+    teacher_valid = _cropped_teacher_valid()
+    valid = teacher_valid.numpy()
+    variance = _np(teacher.variance)[:, 0]
+    if median_over == "image":
+        thresholds = [_np_lower_median(variance[b][valid[b]]) for b in range(B)]
+    else:
+        thresholds = [_np_lower_median(variance[valid])] * B
+    uncertain = np.stack([variance[b] > thresholds[b] for b in range(B)])
+    per_pixel = _np_ja_kd_map(_np(student.logits), _np(teacher.mean_probs), 0.3)
+    expected = (uncertain * per_pixel)[valid].mean()
+    ukd = methods.UKD(alpha=0.3, median_over=median_over)
+    got = ukd(student, teacher, target, teacher_valid)["out"]
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_method_options_reach_their_terms():
+    """Coefficients and hyper-parameters other than the papers' defaults are the ones the
+    terms use (each loss is checked against its equation in test_losses.py)."""
+    student, teacher, target = _student(C), _teacher(), _target()
+    holder = methods.Holder(temperature=3.0, beta=0.7)(student, teacher, target)
+    log_mean = teacher.mean_probs.log()
+    expected = losses.kd(student.logits, log_mean, 3.0)
+    assert holder["dist"].item() == pytest.approx(expected.item(), rel=1e-6)
+    expected = 0.7 * losses.uncertainty_mse(student.uncertainty, teacher.std)
+    assert holder["uncertainty_mse"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+    cwd = methods.CWD(C, C, temperature=2.0, lambda_cwd=0.5)(student, teacher, target)["cwd"]
+    expected = 0.5 * losses.cwd(student.logits, teacher.logits, 2.0)
+    assert cwd.item() == pytest.approx(expected.item(), rel=1e-6)
+
+    sa = methods.SelfAttention(5, 5, temperature=2.0, beta=0.9, lambda_sa=2.0, lambda_kd=5.0)
+    five = SegOutput(  # the teacher's channels and size: no adapter, no resize
+        logits=student.logits, features={"encoder_out": torch.randn(B, 5, H // 2, W // 2)}
+    )
+    out = sa(five, teacher, target)
+    expected = 2.0 * losses.self_attention_loss(
+        five.features["encoder_out"], teacher.features["encoder_out"], 2.0, 0.9
+    )
+    assert out["sa"].item() == pytest.approx(expected.item(), rel=1e-6)
+    expected = 5.0 * losses.cwd(student.logits, teacher.logits, 2.0)
+    assert out["cwd"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+    adaptation = _trained_adaptation(lambda_adapt=7.0, lambda_affinity=2.0)
+    adaptation.eval()
+    out = adaptation(student, teacher, target)
+    code = adaptation.translator.encode(teacher.features["encoder_out"])
+    adapted = adaptation.adapter(student.features["encoder_out"])
+    expected = 7.0 * losses.adaptation_loss(adapted, code)
+    assert out["adapt"].item() == pytest.approx(expected.item(), rel=1e-6)
+    expected = 2.0 * losses.affinity_loss(adapted, code)
+    assert out["affinity"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_translator_loss_is_eq1_with_the_given_sparsity_weight():
+    translator = methods.Translator(4).eval()
+    features = torch.rand(2, 4, 6, 8, dtype=torch.float64)
+    translator.double()
+    code, reconstruction = translator(features)
+    mse = ((_np(reconstruction) - _np(features)) ** 2).mean()
+    for weight in (1e-7, 0.5):
+        expected = mse + weight * np.abs(_np(code)).sum()
+        got = translator.reconstruction_loss(features, sparsity_weight=weight)
+        assert got.item() == pytest.approx(expected, rel=1e-10)
