@@ -421,3 +421,89 @@ def test_a_refused_batch_leaves_no_trace() -> None:
     fresh = SegmentationEvaluator(3, inputs="probs")
     fresh.update(probs, uncertainty, target)
     assert json.dumps(result, default=str) == json.dumps(fresh.compute(), default=str)
+
+
+def test_calibration_bins_match_numpy_with_confidences_on_the_edges() -> None:
+    """ECE over 4 bins (lo, hi] (Guo et al.), with confidences exactly on bin edges (0.5,
+    0.75, 1) and between, some bins over- and some under-confident (so |gap| is taken per
+    bin), and ignore pixels that hold the most confident, wrong predictions."""
+    rng = np.random.default_rng(7)
+    rows = np.array(
+        [
+            [0.5, 0.25, 0.25],  # confidence 0.5: the top edge of bin (0.25, 0.5]
+            [0.4, 0.35, 0.25],
+            [0.75, 0.125, 0.125],  # 0.75: the top edge of bin (0.5, 0.75]
+            [0.6, 0.3, 0.1],
+            [1.0, 0.0, 0.0],  # 1: the top edge of the last bin
+            [0.9, 0.05, 0.05],
+        ]
+    )
+    kind = rng.integers(0, len(rows), (2, 8, 10))
+    probs = rows[kind].transpose(0, 3, 1, 2)  # [B, 3, H, W], class 0 predicted
+    right_share = np.array([0.9, 0.9, 0.3, 0.3, 0.6, 0.6])[kind]  # under / over / over
+    target = np.where(rng.random(kind.shape) < right_share, 0, rng.integers(1, 3, kind.shape))
+    probs[0, :, :2] = np.array([1.0, 0.0, 0.0])[:, None, None]
+    target[0, :2] = IGNORE
+    probs32 = torch.tensor(probs, dtype=torch.float32)
+    ev = SegmentationEvaluator(3, inputs="probs", ece_bins=4)
+    ev.update(probs32, None, torch.tensor(target))
+    got = ev.compute()["calibration"]
+
+    valid = target != IGNORE
+    conf = probs32.numpy().max(1).astype(np.float64)[valid]
+    correct = (target == 0)[valid]
+    edges = np.linspace(0, 1, 5)
+    count, accuracy, confidence, ece = [], [], [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (conf > lo) & (conf <= hi)
+        count.append(int(in_bin.sum()))
+        accuracy.append(correct[in_bin].mean() if in_bin.any() else np.nan)
+        confidence.append(conf[in_bin].mean() if in_bin.any() else np.nan)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(accuracy[-1] - confidence[-1])
+    assert got["count"] == count and count[0] == 0 and min(count[1:]) > 0
+    np.testing.assert_allclose(nan_list(got["accuracy"]), accuracy, atol=1e-12)
+    np.testing.assert_allclose(nan_list(got["confidence"]), confidence, atol=1e-12)
+    assert got["ece"] == pytest.approx(ece, abs=1e-12)
+    gaps = np.array(accuracy[1:]) - np.array(confidence[1:])
+    assert gaps.min() < 0 < gaps.max()  # the bins' gaps cancel in a plain sum
+
+
+def test_error_operating_points_reach_the_target_recall_exactly() -> None:
+    """20 wrong pixels, one per bin: each target recall (10, 16, 18, 19 of 20) is reached
+    exactly by one threshold, which must flag that many, not one more. Ignore pixels, with
+    the highest uncertainty, take no part."""
+    rng = np.random.default_rng(8)
+    wrong_unc = (rng.choice(np.arange(300, 1000), 20, replace=False) + 0.5) / 1000
+    correct_unc = (rng.choice(np.arange(0, 700), 30, replace=False) + 0.5) / 1000
+    unc = np.concatenate([wrong_unc, correct_unc, [0.9995, 0.9985]])
+    target = np.concatenate([np.ones(20), np.zeros(30), [IGNORE, IGNORE]]).astype(np.int64)
+    probs = np.zeros((1, 2, 1, unc.size))
+    probs[0, 0] = 1.0  # class 0 everywhere: the class-1 pixels are the wrong ones
+    ev = SegmentationEvaluator(2, inputs="probs")
+    ev.update(
+        torch.tensor(probs, dtype=torch.float32),
+        torch.tensor(unc[None, None, None], dtype=torch.float64),
+        torch.tensor(target[None, None]),
+    )
+    points = ev.compute()["uncertainty"]["error_operating_points"]
+    edges = np.linspace(0.0, 1.0, 1001)
+    for point in points:
+        needed = round(point["target_recall"] * 20)
+        threshold = max(e for e in edges if np.sum(wrong_unc >= e) >= needed)
+        assert point["threshold"] == pytest.approx(threshold, abs=1e-12)
+        assert point["recall"] == needed / 20
+        assert point["correct_flagged"] == pytest.approx(np.mean(correct_unc >= threshold))
+
+
+def test_values_on_the_range_ends_are_not_clipped() -> None:
+    """lo and hi belong to the range (the first and last bins); only values outside count
+    as clipped."""
+    unc = torch.tensor([[[[0.0, 1.0, 0.5, 1.0, -0.25, 1.5, 0.0, 0.7]]]])
+    target = torch.tensor([[[0, 0, 0, 0, 0, 0, IGNORE, IGNORE]]])
+    logits = torch.zeros(1, 2, 1, 8)
+    ev = SegmentationEvaluator(2, inputs="logits")
+    ev.update(logits, unc, target)
+    result = ev.compute()["uncertainty"]
+    assert result["num_clipped"] == 2
+    assert (result["min"], result["max"]) == (-0.25, 1.5)
