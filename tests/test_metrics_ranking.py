@@ -50,11 +50,57 @@ def test_fine_bins_approximate_sklearn() -> None:
     assert got["fpr95"] == pytest.approx(fpr_at_tpr(labels, scores), abs=1e-3)
 
 
-def test_one_level_gives_chance_values() -> None:
-    got = ranking_metrics(np.array([0, 30, 0]), np.array([0, 70, 0]), interpolate=True)
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_one_level_gives_chance_values(level: int) -> None:
+    # Wherever the level lies, the highest bin included (the ROC's first segment).
+    pos, neg = np.zeros(3, dtype=int), np.zeros(3, dtype=int)
+    pos[level], neg[level] = 30, 70
+    got = ranking_metrics(pos, neg, interpolate=True)
     assert got["auroc"] == 0.5
     assert got["aupr"] == pytest.approx(0.3)  # the positive rate, as sklearn for a constant
     assert got["fpr95"] == pytest.approx(0.95)
+
+
+def test_exact_fpr_where_the_tpr_is_exactly_95_percent() -> None:
+    # 20 positives with distinct scores: the 19th from the top reaches TPR 0.95 exactly,
+    # and FPR95 is read there (sklearn's roc_curve point), not one threshold lower.
+    rng = np.random.default_rng(4)
+    scores = rng.permutation(200).astype(float)
+    labels = np.zeros(200, dtype=bool)
+    labels[rng.choice(200, 20, replace=False)] = True
+    pos, neg = counts_per_level(labels, scores)
+    for interpolate in (False, True):  # one sample per level: bins are exact
+        got = ranking_metrics(pos, neg, interpolate=interpolate)
+        assert got["fpr95"] == pytest.approx(fpr_at_tpr(labels, scores), abs=1e-12)
+        assert got["aupr"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    assert 0.95 in tpr and fpr[np.searchsorted(tpr, 0.95)] < fpr[np.searchsorted(tpr, 0.95) + 1]
+
+
+def interleaved_ap(pos: np.ndarray, neg: np.ndarray) -> float:
+    """The module docstring's binned AP by brute force: from the highest bin down, a bin's
+    b positives and f negatives are b groups of f / b negatives, each followed by one
+    positive; AP is the mean precision at the positives of that sequence."""
+    seen_pos = seen = 0.0
+    precisions = []
+    for b, f in zip(pos[::-1].tolist(), neg[::-1].tolist()):
+        step = (b + f) / b if b else 0.0
+        precisions += [(seen_pos + j) / (seen + j * step) for j in range(1, b + 1)]
+        seen_pos, seen = seen_pos + b, seen + b + f
+    return float(np.mean(precisions))
+
+
+def test_binned_ap_is_the_step_ap_of_evenly_interleaved_bins() -> None:
+    # Bins of few samples (the digamma form) and one after 6,008 samples (x > 1000: the
+    # asymptotic series), each term of which moves the result by more than 1e-9.
+    pos = np.array([3, 0, 2, 5, 1, 4, 1])
+    neg = np.array([40, 7, 3, 5, 6000, 2, 0])
+    got = ranking_metrics(pos, neg, interpolate=True)
+    assert got["aupr"] == pytest.approx(interleaved_ap(pos, neg), abs=1e-12)
+    rng = np.random.default_rng(5)
+    pos, neg = rng.integers(0, 40, 50), rng.integers(0, 3000, 50)
+    got = ranking_metrics(pos, neg, interpolate=True)
+    assert got["aupr"] == pytest.approx(interleaved_ap(pos, neg), abs=1e-12)
 
 
 def test_undefined_without_positives_or_negatives() -> None:
