@@ -159,3 +159,40 @@ def test_image_scores_refuse_a_map_that_is_not_one_per_image(shape: tuple[int, .
     """A [B, H, W] map was scored on its first row, a [B, C, H, W] one on its class 0."""
     with pytest.raises(ValueError, match=r"one map per image \[B, 1, H, W\]"):
         image_scores(torch.rand(shape))
+
+
+def test_scores_on_the_range_ends_are_not_clipped() -> None:
+    """lo and hi belong to the score range (first and last bins); only scores outside it
+    count as clipped, ignore pixels not at all."""
+    ev = AnomalyEvaluator()
+    scores = torch.tensor([[[0.0, 1.0, 0.3, 1.0, -0.5, 1.25, 7.0]]])
+    mask = torch.tensor([[[0, 1, 0, 1, 0, 1, IGNORE]]])
+    ev.update(scores, mask)
+    got = ev.compute()
+    assert got["num_clipped"] == 2
+    assert (got["min"], got["max"]) == (-0.5, 1.25)
+
+
+def test_paired_stats_count_the_values_outside_either_range() -> None:
+    student = torch.tensor([[[[-0.1, 0.0, 1.0, 1.2, 0.5, 0.5, 2.0]]]])
+    teacher = torch.tensor([[[[0.2, 0.6, 0.6, 0.6, 0.8, 0.3, 0.1]]]])
+    target = torch.tensor([[[0, 0, 0, 0, 0, 0, IGNORE]]])
+    stats = PairedUncertaintyStats(teacher_range=(0.0, 0.5))
+    stats.update(student, teacher, target, target)
+    # student: -0.1 and 1.2 outside (0, 1); teacher: 0.6, 0.6, 0.6, 0.8 outside (0, 0.5)
+    assert stats.compute()["num_clipped"] == 2 + 4
+    assert stats.compute()["num_pixels"] == 6
+
+
+def test_paired_correlation_of_maps_far_from_zero_keeps_its_precision() -> None:
+    """Values 1000.5 +- 1e-4 in a range (1000, 1001): sums of squares around 0 would lose
+    the variance (1e-8) to the squared mean (1e6) in float64; around the range's middle
+    they keep it."""
+    rng = np.random.default_rng(4)
+    x = 1000.5 + rng.normal(0, 1e-4, (1, 1, 40, 50))
+    y = x + rng.normal(0, 1e-4, x.shape)
+    target = torch.zeros(1, 40, 50, dtype=torch.long)
+    stats = PairedUncertaintyStats(student_range=(1000.0, 1001.0), teacher_range=(1000.0, 1001.0))
+    stats.update(torch.tensor(x), torch.tensor(y), target, target)
+    expected = np.corrcoef(x.ravel(), y.ravel())[0, 1]
+    assert stats.compute()["pearson"] == pytest.approx(expected, abs=1e-8)
