@@ -175,6 +175,17 @@ def test_single_member_has_no_spread() -> None:
         torch.testing.assert_close(signals.mean_probs, torch.softmax(member(x).logits, 1))
 
 
+def test_mutual_information_of_agreeing_members_is_zero_not_negative() -> None:
+    """Identical members: H(mean) - mean H(p_i) is 0, and float32 rounding of the mean of
+    the members' entropies (which left -1e-7 at hundreds of these pixels) must not make
+    it negative (mutual information is >= 0, Jensen)."""
+    logits = torch.randn(2, 19, 16, 16, generator=torch.Generator().manual_seed(0)) * 3
+    members = [FixedLogits(logits) for _ in range(3)]
+    signals = Ensemble(members).signals(images(2, 16, 16), {"mutual_info", "entropy"})
+    assert signals.mutual_info.min() >= 0.0 and signals.mutual_info.max() < 1e-6
+    assert signals.entropy.max() > 0.1
+
+
 @pytest.mark.parametrize("name", sorted(SIGNAL_NAMES))
 def test_computes_only_what_was_asked(name: str) -> None:
     signals = Ensemble([TinyNet(), TinyNet()]).signals(images(), {name})
@@ -255,17 +266,18 @@ def test_mc_dropout_switches_only_dropout_and_restores_modes() -> None:
         torch.testing.assert_close(signals.features["hidden"], model(x).features["hidden"])
 
 
-def test_mc_dropout_samples_differ_and_match_their_stack() -> None:
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_mc_dropout_samples_differ_and_match_their_stack(unbiased: bool) -> None:
     model = TinyNet(dropout=0.5)
     x = images()
-    signals = MCDropout(model, samples=6, seed=3).signals(x, STATISTICS)
+    signals = MCDropout(model, samples=6, seed=3, unbiased_std=unbiased).signals(x, STATISTICS)
     assert signals.std.max() > 0.05 and signals.mutual_info.max() > 0.0
 
     # The same seed gives the same samples, so the stacked reference sees them too.
     model.mc.train()
     with torch.random.fork_rng():
         torch.manual_seed(3)
-        reference = stacked_reference([model] * 6, x)
+        reference = stacked_reference([model] * 6, x, unbiased)
     model.mc.eval()
     assert_matches(signals, reference)
 
