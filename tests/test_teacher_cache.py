@@ -558,3 +558,19 @@ def test_a_cache_file_cut_short_after_its_check_says_so(tmp_path: Path) -> None:
     assert cache.maps(2, (4, 4))["pred_std"].shape == (1, 4, 4)
     with pytest.raises(DataError, match=r"pred_std\.f16: image 3 ends past the end"):
         cache.maps(3, (4, 4))
+
+
+def test_maps_stored_at_a_lower_scale_are_upsampled_bilinearly(tmp_path: Path) -> None:
+    """Maps stored at half size come back at the image size by bilinear interpolation
+    (pixel centres, align_corners false), which reproduces a linear ramp exactly; the
+    second image's maps start after the first's two channels."""
+    first = np.arange(2 * 2 * 2, dtype=np.float16).reshape(2, 2, 2)  # K = 2: 4 * k + 2 * y + x
+    second = np.full((2, 1, 3), 5.0, dtype=np.float16)
+    (tmp_path / "std.f16").write_bytes(first.tobytes() + second.tobytes())
+    meta = {"channels": {"std": 2}, "sizes": [[4, 4, 2, 2], [2, 6, 1, 3]]}
+    cache = tc.TeacherCache(tmp_path, meta)
+    coords = np.clip((np.arange(4) + 0.5) / 2 - 0.5, 0.0, 1.0)  # source position of each pixel
+    ramp = 2 * coords[:, None] + coords[None, :]
+    got = cache.maps(0, (4, 4))["std"]
+    np.testing.assert_allclose(got, np.stack([ramp, 4 + ramp]), atol=1e-6)
+    np.testing.assert_array_equal(cache.maps(1, (2, 6))["std"], np.full((2, 2, 6), 5.0))
