@@ -145,6 +145,21 @@ def test_paired_stats_constant_map_has_no_correlation() -> None:
     target = torch.zeros(1, 4, 4, dtype=torch.long)
     stats.update(torch.full((1, 1, 4, 4), 0.2), torch.rand(1, 1, 4, 4), target, target)
     assert stats.compute()["pearson"] is None
+    # 19 pixels of 0.1: the variance from the sums is 2.8e-17, not 0, and r came out as
+    # a number (1e-9) for a map that has none.
+    rng = np.random.default_rng(5)
+    target = torch.zeros(1, 1, 19, dtype=torch.long)
+    teacher = torch.tensor(rng.random((1, 1, 1, 19)), dtype=torch.float32)
+    constant = torch.full((1, 1, 1, 19), 0.1)
+    for student, other in ((constant, teacher), (teacher, constant)):
+        stats = PairedUncertaintyStats()
+        stats.update(student, other, target, target)
+        assert stats.compute()["pearson"] is None
+    # Constant in each batch but not over the data set: defined.
+    stats = PairedUncertaintyStats()
+    for value in (0.1, 0.3):
+        stats.update(torch.full((1, 1, 1, 19), value), teacher, target, target)
+    assert stats.compute()["pearson"] is not None
 
 
 def test_scores_closer_than_float32_resolves_stay_apart() -> None:

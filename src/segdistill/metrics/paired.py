@@ -19,10 +19,14 @@ from segdistill.metrics.ranking import bin_edges, bin_indices
 from segdistill.metrics.state import StreamingMetric, to_json
 
 
-def pearson_from_sums(sums: np.ndarray) -> float:
-    """Pearson r from [n, sx, sy, sxx, syy, sxy]; NaN when either variable is constant."""
+def pearson_from_sums(sums: np.ndarray, constant: bool = False) -> float:
+    """Pearson r from [n, sx, sy, sxx, syy, sxy]; NaN when either variable is constant.
+
+    constant: whether one of them is known to be constant (its min equals its max): its
+    variance from the sums is then round-off (1e-17, either sign), not 0.
+    """
     n, sx, sy, sxx, syy, sxy = sums
-    if n == 0:
+    if n == 0 or constant:
         return float("nan")
     cov = sxy / n - (sx / n) * (sy / n)
     var_x = sxx / n - (sx / n) ** 2
@@ -39,7 +43,8 @@ class PairedUncertaintyStats(StreamingMetric):
     bins and counted); num_bins: bins per axis. Only pixels with a ground truth other than
     `ignore_index` count. The correlation uses the raw (unclipped) values.
 
-    State: sums [6] (float64) and hist [2, num_bins, num_bins] (int64).
+    State: sums [6] (float64), hist [2, num_bins, num_bins] (int64), and the extremes of
+    both maps (float64 [2] each), which tell a constant map.
     """
 
     def __init__(
@@ -62,6 +67,9 @@ class PairedUncertaintyStats(StreamingMetric):
         # [correct / wrong, teacher bin, student bin]
         self._register("hist", torch.zeros(2, num_bins, num_bins, dtype=torch.int64), "sum")
         self._register("num_clipped", torch.zeros((), dtype=torch.int64), "sum")
+        # [student, teacher] minima and maxima of the raw values.
+        self._register("mins", torch.full((2,), float("inf"), dtype=torch.float64), "min")
+        self._register("maxs", torch.full((2,), float("-inf"), dtype=torch.float64), "max")
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -106,6 +114,11 @@ class PairedUncertaintyStats(StreamingMetric):
         (x_lo, x_hi), (y_lo, y_hi) = self.student_range, self.teacher_range
         clipped = ((x < x_lo) | (x > x_hi)).sum() + ((y < y_lo) | (y > y_hi)).sum()
         self._state["num_clipped"] += clipped.cpu()
+        if x.numel():
+            mins = torch.stack([x.min(), y.min()]).cpu()
+            maxs = torch.stack([x.max(), y.max()]).cpu()
+            self._state["mins"] = torch.minimum(self._state["mins"], mins)
+            self._state["maxs"] = torch.maximum(self._state["maxs"], maxs)
 
     def compute(self) -> dict[str, Any]:
         """{"pearson", "num_pixels", "num_clipped", "hist2d": {"teacher_edges",
@@ -113,9 +126,10 @@ class PairedUncertaintyStats(StreamingMetric):
         (teacher on the x axis as in Holder & Shafique Fig. 3). None when undefined."""
         sums = self._state["sums"].numpy()
         hist = self._state["hist"].numpy()
+        constant = bool((self._state["mins"] == self._state["maxs"]).any())
         return to_json(
             {
-                "pearson": pearson_from_sums(sums),
+                "pearson": pearson_from_sums(sums, constant),
                 "num_pixels": int(sums[0]),
                 "num_clipped": int(self._state["num_clipped"]),
                 "hist2d": {
