@@ -288,7 +288,7 @@ def _np_smooth_l1(x: np.ndarray) -> np.ndarray:
     return np.where(np.abs(x) < 1, 0.5 * x**2, np.abs(x) - 0.5)
 
 
-def _np_ja_kd_map(s: np.ndarray, p_hat: np.ndarray, alpha: float) -> np.ndarray:
+def np_ja_kd_map(s: np.ndarray, p_hat: np.ndarray, alpha: float) -> np.ndarray:
     p = _softmax(s, axis=1)
     return (-p_hat * np.log(p) + alpha * _np_smooth_l1(p - p_hat)).sum(axis=1)
 
@@ -297,7 +297,7 @@ def test_ja_kd_matches_eq1(rng, target):
     s = rng.normal(size=(B, C, H, W)) * 3
     p_hat = _softmax(rng.normal(size=(B, C, H, W)), axis=1)
     valid = _np_valid(target)
-    expected = _np_ja_kd_map(s, p_hat, 0.5)[valid].mean()
+    expected = np_ja_kd_map(s, p_hat, 0.5)[valid].mean()
     got = losses.ja_kd(_t(s), _t(p_hat), 0.5, torch.tensor(valid))
     assert got.item() == pytest.approx(expected, rel=1e-10)
 
@@ -307,22 +307,22 @@ def test_smooth_l1_branch_beyond_one():
     s = torch.tensor([[[[30.0]], [[-30.0]]]], dtype=torch.float64)
     p_hat = torch.tensor([[[[0.0]], [[1.0]]]], dtype=torch.float64)
     got = losses.ja_kd_map(s, p_hat, alpha=1.0)
-    expected = _np_ja_kd_map(s.numpy(), p_hat.numpy(), 1.0)
+    expected = np_ja_kd_map(s.numpy(), p_hat.numpy(), 1.0)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
 
 
-def _np_lower_median(v: np.ndarray) -> float:
+def np_lower_median(v: np.ndarray) -> float:
     flat = np.sort(v.ravel())
     return flat[(flat.size - 1) // 2]
 
 
 def test_median_mask_per_image_and_batch(rng):
     variance = rng.uniform(size=(B, 1, 4, 4)) * np.array([1.0, 10.0])[:, None, None, None]
-    per_image = np.stack([variance[b, 0] > _np_lower_median(variance[b]) for b in range(B)])
+    per_image = np.stack([variance[b, 0] > np_lower_median(variance[b]) for b in range(B)])
     got = losses.median_mask(_t(variance), "image")
     np.testing.assert_array_equal(got.numpy(), per_image)
     assert got.sum().item() == B * 8  # 16 distinct values: 8 above the lower median
-    per_batch = variance[:, 0] > _np_lower_median(variance)
+    per_batch = variance[:, 0] > np_lower_median(variance)
     np.testing.assert_array_equal(losses.median_mask(_t(variance), "batch").numpy(), per_batch)
     assert not losses.median_mask(torch.ones(B, 1, H, W)).any()
     with pytest.raises(ValueError, match="median_over"):
@@ -334,8 +334,8 @@ def test_u_kd_matches_eq3(rng, target):
     p_hat = _softmax(rng.normal(size=(B, C, H, W)), axis=1)
     variance = rng.uniform(size=(B, 1, H, W))
     valid = _np_valid(target)
-    u = np.stack([variance[b, 0] > _np_lower_median(variance[b]) for b in range(B)])
-    expected = (u * _np_ja_kd_map(s, p_hat, 0.5))[valid].mean()
+    u = np.stack([variance[b, 0] > np_lower_median(variance[b]) for b in range(B)])
+    expected = (u * np_ja_kd_map(s, p_hat, 0.5))[valid].mean()
     got = losses.u_kd(_t(s), _t(p_hat), _t(variance), 0.5, torch.tensor(valid))
     assert got.item() == pytest.approx(expected, rel=1e-10)
 

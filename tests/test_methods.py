@@ -10,6 +10,7 @@ from segdistill import losses, methods
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.errors import ConfigError, TrainingError
 from segdistill.outputs import SIGNAL_NAMES, SegOutput, TeacherSignals
+from test_losses import np_ja_kd_map, np_lower_median
 
 B, C, H, W = 2, 4, 8, 8
 
@@ -427,13 +428,6 @@ def _np_log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def _np_ja_kd_map(s: np.ndarray, p_hat: np.ndarray, alpha: float) -> np.ndarray:
-    log_p = _np_log_softmax(s)
-    diff = np.exp(log_p) - p_hat
-    smooth = np.where(np.abs(diff) < 1, 0.5 * diff**2, np.abs(diff) - 0.5)
-    return (-p_hat * log_p + alpha * smooth).sum(axis=1)
-
-
 def _cropped_teacher_valid() -> torch.Tensor:
     """A cache's crop padding: image 1's right three columns have no teacher output."""
     teacher_valid = torch.ones(B, H, W, dtype=torch.bool)
@@ -477,12 +471,7 @@ def test_pixel_terms_average_over_the_labelled_pixels_where_the_teacher_exists(d
 
     ja_kd = methods.JAKD(alpha=0.3, distill_void=distill_void)
     got = ja_kd(student, teacher, target, teacher_valid)["out"]
-    assert got.item() == pytest.approx(_np_ja_kd_map(s, m, 0.3)[mask].mean(), rel=1e-5)
-
-
-def _np_lower_median(values: np.ndarray) -> float:
-    ordered = np.sort(values.ravel())
-    return ordered[(ordered.size - 1) // 2]
+    assert got.item() == pytest.approx(np_ja_kd_map(s, m, 0.3)[mask].mean(), rel=1e-5)
 
 
 @pytest.mark.parametrize("median_over", ["image", "batch"])
@@ -497,11 +486,11 @@ def test_ukd_thresholds_at_the_median_of_the_pixels_where_the_teacher_exists(med
     valid = teacher_valid.numpy()
     variance = _np(teacher.variance)[:, 0]
     if median_over == "image":
-        thresholds = [_np_lower_median(variance[b][valid[b]]) for b in range(B)]
+        thresholds = [np_lower_median(variance[b][valid[b]]) for b in range(B)]
     else:
-        thresholds = [_np_lower_median(variance[valid])] * B
+        thresholds = [np_lower_median(variance[valid])] * B
     uncertain = np.stack([variance[b] > thresholds[b] for b in range(B)])
-    per_pixel = _np_ja_kd_map(_np(student.logits), _np(teacher.mean_probs), 0.3)
+    per_pixel = np_ja_kd_map(_np(student.logits), _np(teacher.mean_probs), 0.3)
     expected = (uncertain * per_pixel)[valid].mean()
     ukd = methods.UKD(alpha=0.3, median_over=median_over)
     got = ukd(student, teacher, target, teacher_valid)["out"]
