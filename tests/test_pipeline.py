@@ -521,18 +521,28 @@ def test_seeds_train_baseline_and_students_again(tmp_path: Path, capsys) -> None
     """`seeds: 2` (tiny demo, trained baseline): the baseline and both students train a
     second time with seed + 1 (Holder's from that seed's baseline, both reading the one
     teacher cache); everything is evaluated, only the first seed benchmarked; the table
-    shows means and checks compare them."""
+    shows means and checks compare them. The second seed is added to a finished run of
+    one seed in the same run directory: the first seed's networks are kept."""
     run_dir = tmp_path / "run"
     args = tiny_demo_args(tmp_path / "data", run_dir)
-    args += ["baseline.member=null", "baseline.config=train_baseline.yaml", "seeds=2"]
+    args += ["baseline.member=null", "baseline.config=train_baseline.yaml"]
     # A sweep with every_seed trains each value per seed (it trained seed 0 only, and its
     # rows sat beside the table's means as if they were means too).
     args.append(
         "ablations=[{name: width, kind: sweep, student: dudes, every_seed: true,"
         " key: model.encoder_options.width, values: [0.125, 0.25]}]"
     )
-    assert main(args) == 0
+    assert main([*args, "seeds=1"]) == 0
+    first_seed = run_dir / "students" / "dudes" / "checkpoints" / "last.safetensors"
+    trained = first_seed.read_bytes()
+    capsys.readouterr()
+    assert main([*args, "seeds=2"]) == 0
     printed = capsys.readouterr().out
+    assert "seeds: 1 -> 2; the networks trained there are kept" in printed
+    for step in ("baseline", "student-dudes", "student-holder", "ablation-width-0.25"):
+        assert re.search(rf"\] {step}: .* - done before, skipped", printed), step
+    assert first_seed.read_bytes() == trained
+    assert "] evaluate: evaluate every model ... (again: " in printed
     results = json.loads((run_dir / "results.json").read_text())
     models = {m["name"]: m for m in results["models"]}
     seeded = {"baseline-s1", "dudes-s1", "holder-s1"}
@@ -590,6 +600,22 @@ def test_another_experiment_in_the_same_run_dir_is_refused(tmp_path: Path) -> No
         claim_run_dir(other.spec, RunPaths(tmp_path))
     assert "teacher.members: 5 -> 3; evaluate.max_images: 32 -> 7" in str(error.value)
     assert "finished steps: data" in str(error.value)
+
+
+def test_only_the_seeds_may_change_in_a_run_dir_with_finished_steps(tmp_path: Path, capsys) -> None:
+    """More seeds add networks beside the trained ones (each still checked against its
+    config when its step is skipped); any other change beside them is refused."""
+    trained = ["baseline.member=null", "baseline.config=train_baseline.yaml"]
+    claim_run_dir(load_experiment(DEMO_CONFIG, trained).spec, RunPaths(tmp_path))
+    finish_a_step(tmp_path)
+    more = load_experiment(DEMO_CONFIG, [*trained, "seeds=3"]).spec
+    claim_run_dir(more, RunPaths(tmp_path))
+    assert "seeds: 1 -> 3; the networks trained there are kept" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "experiment.yaml").read_text())["seeds"] == 3
+    other = load_experiment(DEMO_CONFIG, [*trained, "seeds=4", "evaluate.max_images=7"])
+    with pytest.raises(ConfigError, match="another experiment") as error:
+        claim_run_dir(other.spec, RunPaths(tmp_path))
+    assert "seeds: 3 -> 4; evaluate.max_images: 32 -> 7" in str(error.value)
 
 
 def test_a_value_of_another_type_is_another_experiment(tmp_path: Path) -> None:

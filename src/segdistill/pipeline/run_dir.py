@@ -242,11 +242,21 @@ def _differences(before: Any, after: Any, key: str = "") -> list[tuple[str, Any,
     return found
 
 
+# Experiment settings that may change in a run directory holding finished steps. More
+# seeds add networks beside the trained ones, whose steps are the same: each network is
+# still compared with its config before its step is skipped (`check_finished_networks`),
+# and the steps that read the networks (evaluation, report) run again because their
+# recorded inputs change.
+MAY_CHANGE_IN_PLACE = ("seeds",)
+
+
 def claim_run_dir(spec: Experiment, paths: RunPaths, steps: Sequence[Step] = ()) -> None:
     """Record the experiment in the run directory, or refuse a directory where another one
     finished a step (its finished steps would be skipped and mixed into the results). A
     directory whose run stopped before its first step finished (e.g. a wrong data.root)
     holds nothing of it: the new experiment replaces the record.
+
+    `seeds` may change (MAY_CHANGE_IN_PLACE): 3 seeds become 10 by training 7 more.
 
     Finished steps without a record (a run directory started with a copy of another's
     steps, or whose experiment.yaml was deleted): those of `steps` that train networks
@@ -271,16 +281,24 @@ def claim_run_dir(spec: Experiment, paths: RunPaths, steps: Sequence[Step] = ())
         comparable = _without_added_settings(current, recorded)
         if _same(recorded, comparable):
             return
-        changed = format_differences(_differences(recorded, comparable))
-        if finished:
+        differences = _differences(recorded, comparable)
+        changed = format_differences(differences)
+        if finished and any(key not in MAY_CHANGE_IN_PLACE for key, _, _ in differences):
             raise ConfigError(
                 f"{paths.root} holds the results of another experiment config ({changed}; "
                 f"compared with {record}; finished steps: {', '.join(finished)}): choose "
                 f"another --run-dir, or delete {paths.root} to start again"
             )
-        print(
-            f"{paths.root}: no step of the experiment recorded there had finished; "
-            f"starting this one instead ({changed})",
-            flush=True,
-        )
+        if finished:
+            print(
+                f"{paths.root}: {changed}; the networks trained there are kept, each "
+                "checked against its config, and the steps that read them run again",
+                flush=True,
+            )
+        else:
+            print(
+                f"{paths.root}: no step of the experiment recorded there had finished; "
+                f"starting this one instead ({changed})",
+                flush=True,
+            )
     atomic_write_text(record, text)
