@@ -391,6 +391,49 @@ def test_a_copied_step_may_name_its_own_copy_of_a_file(tmp_path: Path) -> None:
         check_finished_networks(step, tmp_path / "teacher.json")
 
 
+def test_a_copied_run_directory_holds_the_same_experiment(
+    tiny_demo: tuple[list[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cp -r RUN COPY`, then the same command with `--run-dir COPY`: every step is
+    skipped. The students there were trained naming RUN's teacher, teacher cache and
+    baseline, which lie at the same places in COPY (it was refused: another config)."""
+    args, run_dir = tiny_demo
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    moved = [*args]
+    moved[moved.index("--run-dir") + 1] = str(copy)
+    capsys.readouterr()
+    assert main(moved) == 0
+    printed = capsys.readouterr().out
+    for step in ("teacher", "student-dudes", "student-holder", "evaluate", "report"):
+        assert re.search(rf"\] {step}: .* - done before, skipped", printed), step
+
+
+def test_a_moved_network_may_name_places_in_its_own_run_directory(tmp_path: Path) -> None:
+    """A setting naming a place in the run directory the network was trained in (old/...)
+    matches the same place in the directory it lies in now (new/...), nothing else."""
+    network = tmp_path / "new" / "students" / "kd"
+    network.mkdir(parents=True)
+    old_encoder = tmp_path / "old" / "pretrain" / "encoder.safetensors"
+    saved = {
+        "run.dir": str(tmp_path / "old" / "students" / "kd"),
+        "model.encoder_weights": str(old_encoder),
+    }
+    (network / "config.yaml").write_text(dump_config(replace_values(SegConfig(), saved, "t")))
+    places = {"new/pretrain": True, "new/other": False, "other/pretrain": False}
+    for place, accepted in places.items():
+        now = {
+            "run.dir": str(network),
+            "model.encoder_weights": str(tmp_path / place / "encoder.safetensors"),
+        }
+        step = Step("student-kd", "t", lambda: {}, (replace_values(SegConfig(), now, "t"),))
+        if accepted:
+            check_finished_networks(step, tmp_path / "student-kd.json")
+        else:
+            with pytest.raises(ConfigError, match="model.encoder_weights"):
+                check_finished_networks(step, tmp_path / "student-kd.json")
+
+
 def test_a_deleted_output_is_written_again(
     tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

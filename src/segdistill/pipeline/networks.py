@@ -326,12 +326,12 @@ def check_finished_networks(step: Step, marker: Path) -> None:
         saved = cfg.run.path() / CONFIG_FILE
         if not saved.is_file():
             continue
+        before = load_config(saved)
+        moved = _moved_run_dir(before.run.dir, cfg.run.dir)
         changed = [
             (key, old, new)
-            for key, old, new in config_differences(
-                load_config(saved), cfg, ignore=SAME_RECIPE_MAY_CHANGE
-            )
-            if not _same_file(old, new)
+            for key, old, new in config_differences(before, cfg, ignore=SAME_RECIPE_MAY_CHANGE)
+            if not (_same_file(old, new) or _same_place(old, new, moved))
         ]
         if changed:
             raise ConfigError(
@@ -340,6 +340,34 @@ def check_finished_networks(step: Step, marker: Path) -> None:
                 f"{saved}): set it back, choose another --run-dir, or delete {marker} and "
                 f"{cfg.run.dir} to train it again"
             )
+
+
+def _moved_run_dir(before: str, after: str) -> tuple[Path, Path] | None:
+    """(old, new) experiment run directory when a network trained at `before` now lies at
+    `after` in a copy or a move of it (`runs/a/students/kd` -> `runs/b/students/kd`: the
+    parts they end with are its place in the run directory); None when it has not moved."""
+    old, new = Path(before).parts, Path(after).parts
+    common = 0
+    while common < min(len(old), len(new)) and old[-1 - common] == new[-1 - common]:
+        common += 1
+    if common in (0, len(old), len(new)):
+        return None
+    return Path(*old[:-common]), Path(*new[:-common])
+
+
+def _same_place(before: Any, after: Any, moved: tuple[Path, Path] | None) -> bool:
+    """Whether two settings name the same place in a moved or copied run directory (the
+    teacher, its cache, the baseline a student starts from): `segdistill experiment
+    --run-dir B` on a copy B of A finds A's networks naming A's paths."""
+    if moved is None or not (isinstance(before, str) and isinstance(after, str)):
+        return False
+    old_root, new_root = moved
+    first, second = Path(before), Path(after)
+    return (
+        first.is_relative_to(old_root)
+        and second.is_relative_to(new_root)
+        and first.relative_to(old_root) == second.relative_to(new_root)
+    )
 
 
 def _same_file(before: Any, after: Any) -> bool:
