@@ -342,10 +342,13 @@ def check_finished_networks(step: Step, marker: Path) -> None:
             )
 
 
-def _moved_run_dir(before: str, after: str) -> tuple[Path, Path] | None:
+def _moved_run_dir(before: str | None, after: str | None) -> tuple[Path, Path] | None:
     """(old, new) experiment run directory when a network trained at `before` now lies at
     `after` in a copy or a move of it (`runs/a/students/kd` -> `runs/b/students/kd`: the
-    parts they end with are its place in the run directory); None when it has not moved."""
+    parts they end with are its place in the run directory); None when it has not moved
+    (or either is unset)."""
+    if before is None or after is None:
+        return None
     old, new = Path(before).parts, Path(after).parts
     common = 0
     while common < min(len(old), len(new)) and old[-1 - common] == new[-1 - common]:
