@@ -16,6 +16,7 @@ from segdistill.config import (
     dump_config,
     format_differences,
     load_config,
+    network_differences,
     replace_values,
 )
 from segdistill.data.folder import load_classes
@@ -96,6 +97,52 @@ def test_config_differences_list_the_changed_leaf_settings(tmp_path: Path) -> No
     assert after.model.encoder_options["width"] == 0.5
     assert config_differences(before, after, ignore=("trainer", "model", "ensemble")) == []
     assert config_differences(before, before) == []
+
+
+def test_a_network_of_a_moved_run_directory_names_the_same_places(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path below the experiment run directory a network was trained in matches the same
+    place below the one it lies in now, however the two are spelled (copied, moved up or
+    down, relative or absolute); a path elsewhere only when it names the same bytes."""
+    monkeypatch.chdir(tmp_path)
+
+    def network(root: str, weights: str) -> SegConfig:
+        values = {
+            "run.dir": f"{root}/students/kd",
+            "run.experiment_dir": root,
+            "model.encoder_weights": weights,
+        }
+        return replace_values(SegConfig(), values, "t")
+
+    moves = {
+        "runs/a": "runs/b",  # cp -r runs/a runs/b
+        "a": "runs/a",  # mv a runs/a
+        "runs/a_": "a_",  # mv runs/a_ a_
+        "runs/c": str(tmp_path / "runs" / "c"),  # the same directory, given absolute
+    }
+    for old, new in moves.items():
+        before = network(old, f"{old}/pretrain/encoder.safetensors")
+        copied = network(new, f"{new}/pretrain/encoder.safetensors")
+        assert network_differences(before, copied) == []
+        elsewhere = network(new, f"{new}/other/encoder.safetensors")
+        assert [key for key, _, _ in network_differences(before, elsewhere)] == [
+            "model.encoder_weights"
+        ]
+
+    # old/exp copied to new/exp: old/w and new/w lie outside both, so only their bytes count.
+    for folder, content in (("old", b"weights"), ("new", b"other weights")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "w.safetensors").write_bytes(content)
+    before, after = network("old/exp", "old/w.safetensors"), network("new/exp", "new/w.safetensors")
+    assert [key for key, _, _ in network_differences(before, after)] == ["model.encoder_weights"]
+    (tmp_path / "new" / "w.safetensors").write_bytes(b"weights")
+    assert network_differences(before, after) == []
+
+    # Trained outside an experiment (no run.experiment_dir): a path is just a path.
+    alone = replace_values(before, {"run.experiment_dir": None}, "t")
+    moved = replace_values(alone, {"model.encoder_weights": "runs/b/pretrain/w"}, "t")
+    assert [key for key, _, _ in network_differences(alone, moved)] == ["model.encoder_weights"]
 
 
 def test_differences_are_shown_as_the_config_file_writes_them(tmp_path: Path) -> None:

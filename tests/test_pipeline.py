@@ -166,7 +166,7 @@ def test_every_model_gets_an_ood_flag_fitted_on_the_validation_images(
     for model in results["models"]:
         flag = model["ood_flag"]
         detector = ImageOODDetector.load(homes[model["name"]] / DETECTOR_FILE)
-        assert flag["file"] == str(homes[model["name"]] / DETECTOR_FILE)
+        assert run_dir / flag["file"] == homes[model["name"]] / DETECTOR_FILE
         assert (flag["threshold"], flag["reference_split"]) == (detector.threshold, "val")
         assert detector.reference_images == 2 and detector.model == model["name"]
         # Its share of each evaluated split, recounted from the evaluation's image scores.
@@ -394,44 +394,34 @@ def test_a_copied_step_may_name_its_own_copy_of_a_file(tmp_path: Path) -> None:
 def test_a_copied_run_directory_holds_the_same_experiment(
     tiny_demo: tuple[list[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`cp -r RUN COPY`, then the same command with `--run-dir COPY`: every step is
-    skipped. The students there were trained naming RUN's teacher, teacher cache and
-    baseline, which lie at the same places in COPY (it was refused: another config)."""
+    """`cp -r RUN COPY`, then the same command with `--run-dir COPY`: every network is
+    kept, an interrupted training resumes there, and the report names COPY's files. The
+    students were trained naming RUN's teacher, teacher cache and baseline, which lie at
+    the same places in COPY (it was refused: another config; and the resumed student:
+    'cannot resume ... with another config')."""
     args, run_dir = tiny_demo
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
+    (copy / "stages" / "student-dudes.json").unlink()  # as if stopped in its training
+    assert (copy / "students" / "dudes" / "checkpoints" / "last.ckpt").is_file()
     moved = [*args]
     moved[moved.index("--run-dir") + 1] = str(copy)
     capsys.readouterr()
     assert main(moved) == 0
     printed = capsys.readouterr().out
-    for step in ("teacher", "student-dudes", "student-holder", "evaluate", "report"):
+    for step in ("teacher", "student-holder"):
         assert re.search(rf"\] {step}: .* - done before, skipped", printed), step
-
-
-def test_a_moved_network_may_name_places_in_its_own_run_directory(tmp_path: Path) -> None:
-    """A setting naming a place in the run directory the network was trained in (old/...)
-    matches the same place in the directory it lies in now (new/...), nothing else."""
-    network = tmp_path / "new" / "students" / "kd"
-    network.mkdir(parents=True)
-    old_encoder = tmp_path / "old" / "pretrain" / "encoder.safetensors"
-    saved = {
-        "run.dir": str(tmp_path / "old" / "students" / "kd"),
-        "model.encoder_weights": str(old_encoder),
-    }
-    (network / "config.yaml").write_text(dump_config(replace_values(SegConfig(), saved, "t")))
-    places = {"new/pretrain": True, "new/other": False, "other/pretrain": False}
-    for place, accepted in places.items():
-        now = {
-            "run.dir": str(network),
-            "model.encoder_weights": str(tmp_path / place / "encoder.safetensors"),
-        }
-        step = Step("student-kd", "t", lambda: {}, (replace_values(SegConfig(), now, "t"),))
-        if accepted:
-            check_finished_networks(step, tmp_path / "student-kd.json")
-        else:
-            with pytest.raises(ConfigError, match="model.encoder_weights"):
-                check_finished_networks(step, tmp_path / "student-kd.json")
+    assert re.search(r"\] student-dudes: .* \.\.\.\n", printed)
+    assert "report: write results.json and report.html ... (again: run directory changed" in (
+        printed
+    )
+    results = json.loads((copy / "results.json").read_text())
+    networks = results["experiment"]["networks"].values()
+    assert {Path(cfg["run"]["experiment_dir"]) for cfg in networks} == {copy}
+    assert all(Path(cfg["run"]["dir"]).is_relative_to(copy) for cfg in networks)
+    for model in results["models"]:
+        assert (copy / model["ood_flag"]["file"]).is_file()
+    assert str(run_dir) not in (copy / "ood_detectors.json").read_text()
 
 
 def test_a_deleted_output_is_written_again(

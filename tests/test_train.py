@@ -32,7 +32,15 @@ from safetensors.torch import load_file, save_file
 from segdistill import train as training
 from segdistill.checkpoints import build_model, load_segmenter, read_classes, weights_path
 from segdistill.commands import train as train_command
-from segdistill.config import ModelConfig, OptimConfig, SegConfig, load_config, replace_values
+from segdistill.config import (
+    ModelConfig,
+    OptimConfig,
+    SegConfig,
+    dump_config,
+    load_config,
+    replace_values,
+)
+from segdistill.ensemble import MEMBER_FILE, check_finished_members, member_config
 from segdistill.errors import CheckpointError, ConfigError, DataError, TrainingError
 from segdistill.interrupts import CtrlC, stop_on_ctrl_c
 from segdistill.methods import build_methods
@@ -1013,6 +1021,33 @@ def initial_weights(cfg: SegConfig, monkeypatch: pytest.MonkeyPatch) -> dict[str
     with pytest.raises(_Built):
         training.train(cfg)
     return built
+
+
+def test_a_copied_experiments_finished_member_names_its_places_in_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ensemble teacher half trained in runs/a (members start from runs/a's pre-trained
+    encoder), copied to runs/b: the finished member is kept there, not refused for naming
+    runs/a's encoder; a member naming another place is."""
+    monkeypatch.chdir(tmp_path)
+
+    def teacher(root: str, encoder: str = "pretrain-teacher") -> SegConfig:
+        values = {
+            "run.dir": f"{root}/teacher",
+            "run.experiment_dir": root,
+            "model.encoder_weights": f"{root}/{encoder}/encoder.safetensors",
+            "ensemble.members": 2,
+        }
+        return replace_values(SegConfig(), values, "t")
+
+    member = member_config(teacher("runs/a"), Path("runs/a/teacher"), 0)
+    copied = tmp_path / "runs/b/teacher/member_00"
+    copied.mkdir(parents=True)
+    (copied / "config.yaml").write_text(dump_config(member))
+    (copied / MEMBER_FILE).write_text("{}")
+    check_finished_members(teacher("runs/b"), Path("runs/b/teacher"))
+    with pytest.raises(ConfigError, match="model.encoder_weights: 'runs/a/pretrain-teacher"):
+        check_finished_members(teacher("runs/b", "pretrain"), Path("runs/b/teacher"))
 
 
 def test_same_init_members_start_from_the_same_weights(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import filecmp
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -135,9 +136,13 @@ class TrainerConfig:
 
 @dataclass
 class RunConfig:
-    """Where the run writes: `dir` (the CLI fills it from --run-dir or runs/<config name>)."""
+    """Where the run writes: `dir` (the CLI fills it from --run-dir or runs/<config name>).
+    `experiment_dir`: the experiment run directory the network belongs to (`segdistill
+    experiment` sets it): the paths below it in a saved config are compared by their place
+    in it, so a copied or moved run directory holds the same networks."""
 
     dir: str | None = None
+    experiment_dir: str | None = None
 
     def path(self) -> Path:
         """`dir` as a Path; ConfigError when it is not set."""
@@ -267,6 +272,7 @@ def dump_config(cfg: SegConfig) -> str:
 # are drawn per worker, so another count gives other (equally good) weights.
 RESUME_MAY_CHANGE = (
     "run.dir",
+    "run.experiment_dir",
     "trainer.accelerator",
     "trainer.log_every_n_steps",
     "trainer.checkpoint_every_n_steps",
@@ -317,6 +323,44 @@ def config_differences(
         for key in dict.fromkeys([*old, *new])
         if old.get(key) != new.get(key) and key not in ignore and not key.startswith(skipped)
     ]
+
+
+def network_differences(
+    before: SegConfig, after: SegConfig, ignore: tuple[str, ...] = ()
+) -> list[tuple[str, Any, Any]]:
+    """`config_differences` of a trained network's saved config (`before`) and the config
+    that would train it now, less the paths that name the same thing: the same place in
+    its experiment run directory after a copy or a move of it (`run.experiment_dir`), or
+    files with the same bytes (a run directory started with a copy of another's steps
+    names its own copy of, e.g., the encoder weights)."""
+    roots = before.run.experiment_dir, after.run.experiment_dir
+    return [
+        (key, old, new)
+        for key, old, new in config_differences(before, after, ignore)
+        if not (_same_place(old, new, *roots) or _same_file(old, new))
+    ]
+
+
+def _same_place(before: Any, after: Any, old_root: str | None, new_root: str | None) -> bool:
+    """Whether two path settings lie at the same place below two experiment run
+    directories (`runs/a/teacher` and `runs/b/teacher` for runs/a copied to runs/b)."""
+    if not (isinstance(before, str) and isinstance(after, str) and old_root and new_root):
+        return False
+    first, second = Path(before), Path(after)
+    old, new = Path(old_root), Path(new_root)
+    return (
+        first.is_relative_to(old)
+        and second.is_relative_to(new)
+        and first.relative_to(old) == second.relative_to(new)
+    )
+
+
+def _same_file(before: Any, after: Any) -> bool:
+    """Whether two settings name files with the same bytes."""
+    if not (isinstance(before, str) and isinstance(after, str)):
+        return False
+    first, second = Path(before), Path(after)
+    return first.is_file() and second.is_file() and filecmp.cmp(first, second, shallow=False)
 
 
 def _at_least(low: float) -> Callable[[Any], bool]:

@@ -23,9 +23,9 @@ from segdistill.checkpoints import CONFIG_FILE, weights_path
 from segdistill.config import (
     SAME_RECIPE_MAY_CHANGE,
     SegConfig,
-    config_differences,
     format_differences,
     load_config,
+    network_differences,
     replace_values,
 )
 from segdistill.defaults import RESUME_CHECKPOINT
@@ -89,7 +89,7 @@ def check_finished_members(cfg: SegConfig, ensemble_dir: Path) -> None:
         index = int(marker.parent.name.removeprefix("member_"))
         saved = marker.parent / CONFIG_FILE
         now = member_config(cfg, ensemble_dir, index)
-        changed = config_differences(load_config(saved), now, ignore=ignore)
+        changed = network_differences(load_config(saved), now, ignore=ignore)
         if changed:
             raise ConfigError(
                 f"{marker.parent} finished with another config ({format_differences(changed)}; "

@@ -78,6 +78,7 @@ from segdistill.config import (
     dump_config,
     format_differences,
     load_config,
+    network_differences,
 )
 from segdistill.data.base import (
     ClassesSpec,
@@ -263,7 +264,7 @@ def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
         # Another batch, model or recipe would be mixed into the run's half-done training.
         before = load_config(saved)
         allowed = (*RESUME_MAY_CHANGE, "trainer.max_epochs")
-        changed = config_differences(before, cfg, ignore=allowed)
+        changed = network_differences(before, cfg, ignore=allowed)
         if cfg.trainer.max_epochs < before.trainer.max_epochs:
             # Fewer epochs would leave the weights of more under a config that says fewer.
             changed.append(

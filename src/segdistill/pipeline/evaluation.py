@@ -118,7 +118,7 @@ def fit_ood_detectors(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:
         detectors[predictor.name] = {
             **detector.summary(),
             "reference_split": val_split,
-            "file": str(predictor.home / DETECTOR_FILE),
+            "file": (predictor.home / DETECTOR_FILE).relative_to(paths.root).as_posix(),
             "flagged": flagged_shares(detector.threshold, scores),
         }
     write_json(paths.ood_detectors, detectors)

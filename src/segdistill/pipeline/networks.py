@@ -4,7 +4,6 @@ the checks that a finished network still matches them."""
 from __future__ import annotations
 
 import dataclasses
-import filecmp
 import os
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,9 @@ from segdistill.checkpoints import CONFIG_FILE, load_segmenter
 from segdistill.config import (
     SAME_RECIPE_MAY_CHANGE,
     SegConfig,
-    config_differences,
     format_differences,
     load_config,
+    network_differences,
     replace_values,
 )
 from segdistill.data.folder import require_images_below
@@ -84,15 +83,20 @@ def network_config(
     exp: LoadedExperiment,
     config: str,
     values: dict[str, Any],
+    paths: RunPaths,
     run_dir: Path,
     role: str,
     data_root: str | None = None,
 ) -> SegConfig:
     """A network's training config: the file `config` (relative to the experiment file),
-    then the experiment's `set`, then `values`; data.root (default: the experiment's) and
-    run.dir are forced."""
+    then the experiment's `set`, then `values`; data.root (default: the experiment's),
+    run.dir and run.experiment_dir are forced."""
     cfg = load_config(exp.config_path(config))
-    forced = {"data.root": data_root or exp.spec.data.root, "run.dir": str(run_dir)}
+    forced = {
+        "data.root": data_root or exp.spec.data.root,
+        "run.dir": str(run_dir),
+        "run.experiment_dir": str(paths.root),
+    }
     return replace_values(cfg, {**exp.spec.set, **values, **forced}, f"{exp.path} ({role})")
 
 
@@ -103,7 +107,7 @@ def teacher_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
     values = {**teacher.set, "ensemble.members": teacher.members}
     if exp.spec.pretrain is not None and exp.spec.pretrain.teacher:
         values["model.encoder_weights"] = str(paths.pretrained_teacher_encoder)
-    return network_config(exp, teacher.config, values, paths.teacher, "teacher")
+    return network_config(exp, teacher.config, values, paths, paths.teacher, "teacher")
 
 
 def pretrain_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
@@ -112,7 +116,7 @@ def pretrain_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig:
     pretrain = exp.spec.pretrain
     assert pretrain is not None
     return network_config(
-        exp, pretrain.config, pretrain.set, paths.pretrain, "pretrain", pretrain.data.root
+        exp, pretrain.config, pretrain.set, paths, paths.pretrain, "pretrain", pretrain.data.root
     )
 
 
@@ -121,7 +125,7 @@ def pretrain_teacher_config(exp: LoadedExperiment, paths: RunPaths) -> SegConfig
     (`pretrain_config`) with the teacher's whole `model` section (architecture, encoder,
     width, output stride), from random weights."""
     teacher = exp.spec.teacher
-    teacher_cfg = network_config(exp, teacher.config, teacher.set, paths.teacher, "teacher")
+    teacher_cfg = network_config(exp, teacher.config, teacher.set, paths, paths.teacher, "teacher")
     cfg = pretrain_config(exp, paths)
     # Replaced whole, not merged: no encoder option of the students' network may leak in.
     return dataclasses.replace(
@@ -152,7 +156,7 @@ def baseline_config(exp: LoadedExperiment, paths: RunPaths, seed_offset: int = 0
     assert baseline.config is not None
     values = {**baseline.set, **_encoder_start(exp, paths)}
     run_dir = paths.baseline(baseline, seed_offset)
-    cfg = network_config(exp, baseline.config, values, run_dir, "baseline")
+    cfg = network_config(exp, baseline.config, values, paths, run_dir, "baseline")
     return _offset_seed(cfg, seed_offset, f"{exp.path} (baseline)")
 
 
@@ -193,6 +197,7 @@ def student_config(
         exp,
         student.config,
         {**student.set, **(values or {}), **distill, **_encoder_start(exp, paths)},
+        paths,
         run_dir or paths.student(student.name, seed_offset),
         f"student {student.name}",
     )
@@ -326,13 +331,7 @@ def check_finished_networks(step: Step, marker: Path) -> None:
         saved = cfg.run.path() / CONFIG_FILE
         if not saved.is_file():
             continue
-        before = load_config(saved)
-        moved = _moved_run_dir(before.run.dir, cfg.run.dir)
-        changed = [
-            (key, old, new)
-            for key, old, new in config_differences(before, cfg, ignore=SAME_RECIPE_MAY_CHANGE)
-            if not (_same_file(old, new) or _same_place(old, new, moved))
-        ]
+        changed = network_differences(load_config(saved), cfg, ignore=SAME_RECIPE_MAY_CHANGE)
         if changed:
             raise ConfigError(
                 f"step {step.name!r} trained {cfg.run.dir} with another config than the "
@@ -340,47 +339,6 @@ def check_finished_networks(step: Step, marker: Path) -> None:
                 f"{saved}): set it back, choose another --run-dir, or delete {marker} and "
                 f"{cfg.run.dir} to train it again"
             )
-
-
-def _moved_run_dir(before: str | None, after: str | None) -> tuple[Path, Path] | None:
-    """(old, new) experiment run directory when a network trained at `before` now lies at
-    `after` in a copy or a move of it (`runs/a/students/kd` -> `runs/b/students/kd`: the
-    parts they end with are its place in the run directory); None when it has not moved
-    (or either is unset)."""
-    if before is None or after is None:
-        return None
-    old, new = Path(before).parts, Path(after).parts
-    common = 0
-    while common < min(len(old), len(new)) and old[-1 - common] == new[-1 - common]:
-        common += 1
-    if common in (0, len(old), len(new)):
-        return None
-    return Path(*old[:-common]), Path(*new[:-common])
-
-
-def _same_place(before: Any, after: Any, moved: tuple[Path, Path] | None) -> bool:
-    """Whether two settings name the same place in a moved or copied run directory (the
-    teacher, its cache, the baseline a student starts from): `segdistill experiment
-    --run-dir B` on a copy B of A finds A's networks naming A's paths."""
-    if moved is None or not (isinstance(before, str) and isinstance(after, str)):
-        return False
-    old_root, new_root = moved
-    first, second = Path(before), Path(after)
-    return (
-        first.is_relative_to(old_root)
-        and second.is_relative_to(new_root)
-        and first.relative_to(old_root) == second.relative_to(new_root)
-    )
-
-
-def _same_file(before: Any, after: Any) -> bool:
-    """Whether two settings name files with the same bytes: a run directory started with a
-    copy of another's steps (experiments.md) names its own copy of, e.g., the encoder
-    weights the network started from."""
-    if not (isinstance(before, str) and isinstance(after, str)):
-        return False
-    first, second = Path(before), Path(after)
-    return first.is_file() and second.is_file() and filecmp.cmp(first, second, shallow=False)
 
 
 def train_teacher(exp: LoadedExperiment, paths: RunPaths) -> dict[str, Any]:

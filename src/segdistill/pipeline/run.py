@@ -229,6 +229,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             functools.partial(write_results, exp, paths, [step.name for step in steps]),
             needs=tuple(step.name for step in steps if not step.every_run),
             outputs=(paths.root / RESULTS_FILE, paths.root / TABLE_FILE, paths.root / REPORT_FILE),
+            names_run_dir=True,
         )
     )
     return steps

@@ -95,7 +95,9 @@ class Step:
     when one of them has written other bytes since this one ran, this one runs again
     (`OutputDigests`). `outputs`: the files it leaves; a finished step with one missing
     runs again. `every_run`: run it even when finished (the data step: cheap, and it finds
-    a data folder that was deleted or replaced)."""
+    a data folder that was deleted or replaced). `names_run_dir`: its outputs name the
+    run directory's paths (the report's results.json): it runs again when the run
+    directory was copied or moved, or is given another spelling."""
 
     name: str
     title: str
@@ -104,6 +106,7 @@ class Step:
     needs: tuple[str, ...] = ()
     outputs: tuple[Path, ...] = ()
     every_run: bool = False
+    names_run_dir: bool = False
 
     def missing_outputs(self) -> list[Path]:
         """The `outputs` not on disk."""
@@ -169,6 +172,9 @@ def why_again(step: Step, marker: Path, inputs: dict[str, str], root: Path) -> s
     return ""
 
 
+RUN_DIR_INPUT = "run directory"  # a step input that is no file (`Step.names_run_dir`)
+
+
 class OutputDigests:
     """SHA-256 of the steps' output files, each read once while it stays the same file
     (size and modification time). A step's marker records the digests of what it read
@@ -183,9 +189,13 @@ class OutputDigests:
 
     def inputs(self, step: Step) -> dict[str, str]:
         """{output of a step that `step` needs, relative to the run directory: SHA-256};
-        outputs not written yet are left out (the step that writes them runs first)."""
+        outputs not written yet are left out (the step that writes them runs first). With
+        `names_run_dir`, also {"run directory": its path as given}."""
         paths = [path for need in step.needs for path in self.steps[need].outputs]
-        return {_short(path, self.root): self.of(path) for path in paths if path.is_file()}
+        found = {_short(path, self.root): self.of(path) for path in paths if path.is_file()}
+        if step.names_run_dir:
+            found[RUN_DIR_INPUT] = str(self.root)
+        return found
 
     def of(self, path: Path) -> str:
         stat = path.stat()
