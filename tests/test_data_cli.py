@@ -413,6 +413,9 @@ def test_info_lists_each_missing_mask_of_a_labelled_split(
     assert "test            2 images, none with a mask (unlabelled" in out
     assert "train           4 images, 2 without a mask (listed below)" in out
     assert "integrity: images that cannot be used: 2 of 6" in out
+    # Every mask shows road: the images without one do not count (it said 50 %).
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:4] == "road"}
+    assert rows["road"][-1] == "100.00%"
     for i in (1, 3):
         image = tmp_path / "leftImg8bit" / "train" / "city" / f"city_{i:06d}_000019_leftImg8bit.png"
         assert (

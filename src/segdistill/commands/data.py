@@ -216,13 +216,15 @@ def format_class_table(
     head += f"{'images (' + first.name + ')':>18}"
     head += f"{'interior (' + first.name + ')':>20}" if interior is not None else ""
     lines = [head, "-" * len(head)]
+    # A split's images without a mask (a problem data info lists) show no class.
+    labelled = first.images if isinstance(first, GroupReport) else first.masks
     ids = [*range(len(names)), ignore_index]
     for class_id, name in zip(ids, [*names, "void"]):
         row = f"{name:<{width}}" + "".join(
             f"{_percent(int(r.class_pixels[class_id]), int(r.class_pixels.sum())):>11}"
             for r in reports
         )
-        row += f"{_percent(int(first.class_images[class_id]), first.images):>17}%"
+        row += f"{_percent(int(first.class_images[class_id]), labelled):>17}%"
         if interior is not None:
             inside = int(interior[class_id])
             row += f"{_percent(inside, int(first.class_pixels[class_id])):>19}%"

@@ -36,7 +36,8 @@ def _split_list(text: str) -> list[str]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="evaluate models on the test split and its shifted copies",
+        help="evaluate models on the test split (val on Foggy / Rain Cityscapes) and its "
+        "shifted copies",
         description="Evaluate runs, checkpoints and ensembles: segmentation, uncertainty, "
         "OOD and anomaly metrics; writes metrics.json and figures.",
     )

@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         type=Path,
         metavar="INPUT",
-        help="image files (.png, .jpg) or folders of them (e.g. video frames); the outputs "
+        help="image files (.png, .jpg, .jpeg) or folders of them (e.g. video frames); the outputs "
         "mirror a folder's sub-folders",
     )
     parser.add_argument("--out", type=output_folder, required=True, help="output folder")

@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inputs",
         nargs="+",
         metavar="RUN_DIR_OR_RESULTS",
-        help="run / ensemble directory with metrics.json, a metrics.json, or a results.json",
+        help="run / ensemble directory with metrics.json, a metrics.json, a results.json, or "
+        "the folder holding one",
     )
     parser.add_argument("--out", type=output_file, required=True, help="HTML file to write")
     parser.add_argument("--title", default="segdistill report", help="page title")
