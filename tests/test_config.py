@@ -231,6 +231,11 @@ def test_unknown_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
             "distill={teacher: {kind: mc_dropout, path: t, samples: 1}, methods: [{name: ukd}]}",
             "distill.teacher.samples=1 must be >= 2",
         ),
+        (
+            "distill={teacher: {kind: ensemble, path: t, samples: 5}, methods: [{name: kd}]}",
+            "distill.teacher.samples=5 must be left out: an MC-dropout teacher reads it, kind "
+            "'ensemble' ignores it",
+        ),
         ("model.aux_loss_weight=-0.4", "model.aux_loss_weight=-0.4 must be >= 0"),
         ("model.aux_loss_weight=.nan", "model.aux_loss_weight=nan must be >= 0"),
         (

@@ -881,6 +881,17 @@ def test_config_errors_name_the_problem(tmp_path: Path, text: str, message: str)
     [
         (["teacher.members=0"], "teacher.members=0 must be >= 1"),
         (["teacher.kind=mc_dropout", "teacher.samples=1"], "teacher.samples=1 must be >= 2"),
+        (
+            ["teacher.kind=mc_dropout", "teacher.members=10"],
+            "teacher.members=10 is read by a teacher of kind 'ensemble' only; this teacher is "
+            "kind='mc_dropout', which would ignore it",
+        ),
+        (
+            ["teacher.kind=single", "teacher.samples=5"],
+            "teacher.samples=5 is read by a teacher of kind 'mc_dropout' only; this teacher "
+            "is kind='single'",
+        ),
+        (["teacher.samples=5"], "teacher.samples=5 is read by a teacher of kind 'mc_dropout'"),
         (["baseline.member=0"], "baseline needs exactly one of `config`"),
         (["baseline.config=null", "baseline.member=7"], "baseline.member=7 is not a member"),
         (

@@ -154,7 +154,8 @@ class RunConfig:
 @dataclass
 class TeacherConfig:
     """The teacher of a distillation: kind "ensemble" (path: an ensemble directory or its
-    manifest.json), "mc_dropout" (path: a checkpoint; `samples` passes) or "single"."""
+    manifest.json), "mc_dropout" (path: a checkpoint; `samples` passes) or "single".
+    Another `samples` than the default for a teacher that is not MC dropout is an error."""
 
     kind: Literal["ensemble", "mc_dropout", "single"] = "ensemble"
     path: str | None = None
@@ -469,6 +470,14 @@ def validate(cfg: SegConfig, source: str) -> None:
             "distill.teacher.samples",
             distill.teacher.samples,
             "be >= 2 (an MC-dropout teacher's std over one pass is 0)",
+        )
+        _require(
+            distill.teacher.kind == "mc_dropout" or distill.teacher.samples == DEFAULT_MC_SAMPLES,
+            source,
+            "distill.teacher.samples",
+            distill.teacher.samples,
+            "be left out: an MC-dropout teacher reads it, "
+            f"kind {distill.teacher.kind!r} ignores it",
         )
     for key, values in cfg.ensemble.vary.items():
         _require(bool(values), source, f"ensemble.vary.{key}", values, "be a non-empty list")

@@ -84,7 +84,9 @@ class TeacherSpec:
     """The teacher. config: a training config file (relative to the experiment file);
     set: dotted overrides of it; kind: "ensemble" (`members` networks, member i with seed
     + i), "mc_dropout" (one network with model.mc_dropout > 0, `samples` passes) or
-    "single" (one network)."""
+    "single" (one network). `members` is read by an ensemble only and `samples` by an
+    MC-dropout teacher only: another value than the default for a kind that ignores it is
+    an error (`check_experiment`), as it would change nothing."""
 
     name: str = "teacher"
     kind: Literal["ensemble", "mc_dropout", "single"] = "ensemble"
@@ -263,14 +265,16 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> LoadedEx
     return LoadedExperiment(spec, path)
 
 
-_MEMBERS_DEFAULT = next(f.default for f in dataclasses.fields(TeacherSpec) if f.name == "members")
+_TEACHER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TeacherSpec)}
 
 
 def _resolve_members(raw: dict[str, Any]) -> None:
     """Put the teacher's member count (`teacher.members`, after the overrides) in place of
     a check's `min: members` and of "{members}" in its name (`CheckSpec`)."""
     teacher = raw.get("teacher")
-    members = teacher.get("members", _MEMBERS_DEFAULT) if isinstance(teacher, dict) else None
+    members = (
+        teacher.get("members", _TEACHER_DEFAULTS["members"]) if isinstance(teacher, dict) else None
+    )
     for check in raw.get("checks") or []:
         if not isinstance(check, dict):
             continue  # the schema check names it
@@ -336,6 +340,13 @@ def check_experiment(spec: Experiment, source: str) -> None:
         fail(f"teacher.members={spec.teacher.members} must be >= 1")
     if spec.teacher.kind == "mc_dropout" and spec.teacher.samples < 2:
         fail(f"teacher.samples={spec.teacher.samples} must be >= 2 (the std of one pass is 0)")
+    for key, reader in (("members", "ensemble"), ("samples", "mc_dropout")):
+        value = getattr(spec.teacher, key)
+        if spec.teacher.kind != reader and value != _TEACHER_DEFAULTS[key]:
+            fail(
+                f"teacher.{key}={value} is read by a teacher of kind {reader!r} only; this "
+                f"teacher is kind={spec.teacher.kind!r}, which would ignore it"
+            )
     if spec.seeds < 1:
         fail(f"seeds={spec.seeds} must be >= 1")
     baseline = spec.baseline
