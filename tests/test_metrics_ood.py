@@ -211,3 +211,45 @@ def test_paired_correlation_of_maps_far_from_zero_keeps_its_precision() -> None:
     stats.update(torch.tensor(x), torch.tensor(y), target, target)
     expected = np.corrcoef(x.ravel(), y.ravel())[0, 1]
     assert stats.compute()["pearson"] == pytest.approx(expected, abs=1e-8)
+
+
+def test_anomaly_extremes_and_binned_fpr95_over_several_batches() -> None:
+    """The exact max and min are kept over all batches (the max in the first, the min in
+    the second, an ignore pixel with a higher score in the last); a constant score gives
+    the chance ROC, read on the bin's segment: FPR at 95 % TPR 0.95, AP the anomaly rate."""
+    ev = AnomalyEvaluator()
+    masks = [torch.tensor([[[0, 1, 0, 1]]]), torch.tensor([[[0, 0, 1, 0]]])]
+    masks.append(torch.tensor([[[0, 0, 0, IGNORE]]]))
+    scores = [torch.tensor([[[0.4, 0.9, 0.2, 0.5]]]), torch.tensor([[[0.1, 0.3, 0.6, 0.3]]])]
+    scores.append(torch.tensor([[[0.3, 0.5, 0.7, 5.0]]]))
+    for s, m in zip(scores, masks):
+        ev.update(s, m)
+    got = ev.compute()
+    assert got["max"] == pytest.approx(0.9) and got["min"] == pytest.approx(0.1)
+
+    constant = AnomalyEvaluator()
+    for m in masks:
+        constant.update(torch.full(m.shape, 0.42), m)
+    got = constant.compute()
+    assert got["auroc"] == 0.5 and got["fpr95"] == pytest.approx(0.95, abs=1e-12)
+    assert got["ap"] == pytest.approx(3 / 11)
+
+
+def test_paired_correlation_of_a_map_constant_to_float64_round_off_is_undefined() -> None:
+    """Student values a few ulps apart (not constant: min < max) whose variance from the
+    sums is exactly 0: r is undefined (None), not an infinite number that breaks JSON."""
+    a = 0.05856803480519435
+    x = a + np.array([2, 1, 1, 0, 2, 1, 2, 2, 2, 0, 2, 0, 1]) * np.spacing(a)
+    y = np.linspace(0.1, 0.9, 13)
+    target = torch.zeros(1, 1, 14, dtype=torch.long)
+    target[0, 0, -1] = IGNORE
+    stats = PairedUncertaintyStats()
+    stats.update(
+        torch.tensor(np.r_[x, 0.9]).view(1, 1, 1, 14),
+        torch.tensor(np.r_[y, 0.0]).view(1, 1, 1, 14),
+        target,
+        target,
+    )
+    got = stats.compute()
+    json.dumps(got, allow_nan=False)
+    assert got["num_pixels"] == 13 and got["pearson"] is None

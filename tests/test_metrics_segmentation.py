@@ -423,6 +423,34 @@ def test_a_refused_batch_leaves_no_trace() -> None:
     assert json.dumps(result, default=str) == json.dumps(fresh.compute(), default=str)
 
 
+def test_ignore_pixels_may_hold_anything_with_probability_inputs() -> None:
+    """Only pixels whose ground truth is not ignore_index take part, also in the checks:
+    zeros or NaN at ignore pixels (a padded border) gave "scores are not probabilities"
+    with inputs='probs', where logits with NaN there were accepted. The results equal
+    those of the same batch with ordinary probabilities at the ignore pixels."""
+    torch.manual_seed(1)
+    probs = torch.softmax(torch.randn(2, 3, 5, 6), dim=1)
+    target = torch.randint(0, 3, (2, 5, 6))
+    target[:, :, -2:] = 255  # a padded right border
+    padded = probs.clone()
+    padded[0, :, :, -2:] = 0.0
+    padded[1, :, :, -2:] = float("nan")
+    uncertainty = torch.rand(2, 1, 5, 6)
+    results = []
+    for scores in (probs, padded):
+        evaluator = SegmentationEvaluator(3, inputs="probs")
+        evaluator.update(scores, uncertainty, target)
+        results.append(json.dumps(evaluator.compute(), default=str))
+    assert results[0] == results[1]
+    everything_ignored = torch.full_like(target, 255)
+    evaluator = SegmentationEvaluator(3, inputs="probs")
+    evaluator.update(padded, uncertainty, everything_ignored)  # no evaluated pixel: no check
+    assert evaluator.compute()["num_pixels"] == 0
+    bad = probs * 2  # still refused where it is evaluated
+    with pytest.raises(ValueError, match="scores are not probabilities"):
+        evaluator.update(bad, uncertainty, target)
+
+
 def test_calibration_bins_match_numpy_with_confidences_on_the_edges() -> None:
     """ECE over 4 bins (lo, hi] (Guo et al.), with confidences exactly on bin edges (0.5,
     0.75, 1) and between, some bins over- and some under-confident (so |gap| is taken per
@@ -507,3 +535,87 @@ def test_values_on_the_range_ends_are_not_clipped() -> None:
     result = ev.compute()["uncertainty"]
     assert result["num_clipped"] == 2
     assert (result["min"], result["max"]) == (-0.25, 1.5)
+
+
+def test_a_class_only_predicted_and_a_class_never_predicted() -> None:
+    """Class 4 is predicted but never in the ground truth: its mean uncertainty (by
+    predicted class) is defined. Class 5 is in the ground truth but never predicted: its
+    accuracy is 0 and counts in the mean class accuracy. Four batches, ignore pixels."""
+    batches = make_batches(seed=11)
+    for logits, _, target in batches:
+        target[target == 4] = 0
+        logits[:, 5] -= 10.0
+    ref = pooled(batches)
+    assert (ref["pred"] == 4).any() and (ref["target"] == 5).any()
+    assert not (ref["pred"] == 5).any() and not (ref["target"] == 4).any()
+    result = evaluate(batches)
+    per_class = nan_list(result["uncertainty"]["per_class_mean"])
+    expected = [
+        ref["unc"][ref["pred"] == k].mean() if (ref["pred"] == k).any() else np.nan
+        for k in range(6)
+    ]
+    np.testing.assert_allclose(per_class, expected, atol=1e-9)
+    assert not math.isnan(per_class[4])
+    correct = ref["pred"] == ref["target"]
+    class_acc = [correct[ref["target"] == k].mean() for k in range(6) if k != 4]
+    assert class_acc[-1] == 0.0
+    seg = result["segmentation"]
+    assert seg["mean_class_accuracy"] == pytest.approx(np.mean(class_acc), abs=1e-12)
+    np.testing.assert_allclose(
+        nan_list(seg["iou"]), reference_iou(ref["pred"], ref["target"], 6), atol=1e-12
+    )
+
+
+def test_probabilities_a_little_above_one_fall_in_the_last_calibration_bin() -> None:
+    """Probabilities within the accepted tolerance above 1 (float round-off of a softmax)
+    count in the last ECE bin (0.8, 1], as a confidence of exactly 1 does."""
+    rows = np.array([[1.00005, 0.0, 0.0], [0.5, 0.3, 0.2], [0.875, 0.125, 0.0]])
+    ev = SegmentationEvaluator(3, inputs="probs", ece_bins=5)
+    conf, correct = [], []
+    rng = np.random.default_rng(12)
+    for _ in range(2):
+        kind = rng.integers(0, 3, (1, 4, 5))
+        probs = torch.tensor(rows[kind].transpose(0, 3, 1, 2), dtype=torch.float32)
+        target = torch.tensor(rng.integers(0, 2, (1, 4, 5)))
+        target[0, 0] = IGNORE
+        ev.update(probs, None, target)
+        valid = (target != IGNORE).numpy()
+        conf.append(probs.numpy().max(1).astype(np.float64)[valid])
+        correct.append((target.numpy() == 0)[valid])
+    conf, correct = np.concatenate(conf), np.concatenate(correct)
+    assert (conf > 1).any()
+    got = ev.compute()["calibration"]
+    last = conf > 0.8
+    assert got["count"] == [0, 0, int((conf == 0.5).sum()), 0, int(last.sum())]
+    assert got["confidence"][-1] == pytest.approx(conf[last].mean(), abs=1e-12)
+    assert got["accuracy"][-1] == pytest.approx(correct[last].mean(), abs=1e-12)
+
+
+def test_binned_fpr95_of_a_constant_uncertainty_is_read_on_the_bin_segment() -> None:
+    """All pixels in one uncertainty bin: the ROC is the straight chance line, so FPR at
+    95 % TPR is 0.95 (the evenly-interleaved reading of a bin), not 1 (a step)."""
+    ev = SegmentationEvaluator(6, inputs="logits")
+    for logits, unc, target in make_batches(seed=13):
+        ev.update(logits, torch.full_like(unc, 0.3), target)
+    got = ev.compute()["uncertainty"]["misclassification"]
+    assert got["auroc"] == 0.5 and got["fpr95"] == pytest.approx(0.95, abs=1e-12)
+
+
+def test_pavpu_maximum_between_the_plotted_thresholds() -> None:
+    """One-pixel patches: accurate ones at uncertainty 0.305, inaccurate ones at 0.315.
+    Every patch is classified right for thresholds in (0.305, 0.315], which lies between
+    the plotted thresholds 0.30 and 0.32: the maximum is taken on all 1000 edges."""
+    ev = SegmentationEvaluator(2, inputs="probs", patch_size=1)
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        target = torch.tensor(rng.integers(0, 2, (1, 3, 8)))
+        target[0, 0, :2] = IGNORE
+        probs = torch.zeros(1, 2, 3, 8)
+        probs[:, 0] = 1.0  # class 0 predicted everywhere
+        unc = torch.where(target == 0, 0.305, 0.315)[:, None].double()
+        unc[0, 0, 0, :2] = 0.999  # ignore pixels: no patch
+        ev.update(probs, unc, target)
+    pavpu = ev.compute()["uncertainty"]["pavpu"]
+    assert pavpu["num_patches"] == 2 * 22
+    assert max(pavpu["values"]) < 1.0
+    assert pavpu["max"] == 1.0 and pavpu["threshold_at_max"] == pytest.approx(0.306)

@@ -335,9 +335,10 @@ class SegmentationEvaluator(StreamingMetric):
         # Every check before the first count is added: a refused batch leaves no trace.
         if not torch.isfinite(conf_v).all():
             raise ValueError(f"scores ({self.inputs}) hold NaN or inf at evaluated pixels")
-        if self.inputs == "probs":
-            in_range = scores.min() >= -1e-4 and scores.max() <= 1 + 1e-4
-            if not in_range or (scores.sum(dim=1) - 1).abs().max() > 1e-3:
+        if self.inputs == "probs" and pred_v.numel():
+            probs_v = scores.movedim(1, -1)[valid]  # [N, C]: ignore pixels may hold anything
+            in_range = probs_v.min() >= -1e-4 and probs_v.max() <= 1 + 1e-4
+            if not in_range or (probs_v.sum(dim=1) - 1).abs().max() > 1e-3:
                 raise ValueError(
                     "scores are not probabilities (each pixel's in [0, 1], summing to 1): "
                     "give the softmax, or make the evaluator with inputs='logits'"
