@@ -16,6 +16,7 @@ from segdistill import figures
 from segdistill.checkpoints import load_segmenter, save_weights
 from segdistill.cli import main
 from segdistill.config import ModelConfig
+from segdistill.data.base import ClassesSpec, LabelMapping
 from segdistill.data.folder import load_classes
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import build_eval_transform
@@ -33,6 +34,7 @@ from segdistill.predict import (
     fit_ood_detector,
     predict_arrays,
     predict_files,
+    read_label,
 )
 from segdistill.predictor import (
     PER_CLASS_OOD_SOURCE,
@@ -396,6 +398,38 @@ def test_label_errors_name_the_files(tmp_path, student) -> None:
         run([a], label, batch_size=0)
     with pytest.raises(ConfigError, match="--vmax must be a finite number > 0, got 0"):
         run([a], label, vmax=0)
+
+
+def test_a_cityscapes_named_label_is_read_by_the_classes_of_the_network(tmp_path, student) -> None:
+    """A Cityscapes-named labelIds file was always read by the official 19-class table: a
+    6-class model of a folder data set made from Cityscapes labelIds had its accuracy map
+    scored against train ids 0..18, every pixel of ids 6..18 counted wrong, without a word."""
+    label_ids = np.array([[7, 26, 0], [8, 26, 7]], np.uint8)  # road, car, unlabeled, sidewalk
+    path = write_png(tmp_path / "gt" / "aachen_000000_000019_gtFine_labelIds.png", label_ids)
+    official = read_label(path, (2, 3), 19)
+    assert official.tolist() == [[0, 13, IGNORE_INDEX], [1, 13, 0]]
+    with pytest.raises(DataError, match=r"holds class ids \[13\] but the network predicts 6"):
+        read_label(path, (2, 3), 6)  # car is train id 13: scored, it would count as wrong
+    mine = LabelMapping({7: 0, 8: 1, 26: 2, 0: IGNORE_INDEX}, IGNORE_INDEX)  # mask_values
+    assert read_label(path, (2, 3), 6, stored=mine).tolist() == [[0, 2, 255], [1, 2, 0]]
+    plain = write_png(tmp_path / "gt" / "plain.png", np.array([[0, 5, 9]], np.uint8))
+    with pytest.raises(DataError, match=r"plain\.png: mask holds unknown values 9"):
+        read_label(plain, (1, 3), 6)  # class ids: the identity of 6 classes
+    # Classes without mask_values (a Cityscapes-layout run's) keep the official table.
+    write_png(tmp_path / "img" / CITY_IMAGE, rgb(2, 3))
+    names = tuple(f"c{k}" for k in range(CLASSES))
+    cityscapes = ClassesSpec(names, np.zeros((CLASSES, 3), np.uint8))
+    out = tmp_path / "out"
+    images = [tmp_path / "img" / CITY_IMAGE]
+    predict_files(
+        load_predictor(student), images, out, labels=tmp_path / "gt", classes=cityscapes,
+        outputs=("pred", "accuracy"), progress=False,
+    )  # fmt: skip
+    accuracy = read(out / "accuracy" / CITY_IMAGE)
+    pred = read(out / "pred" / CITY_IMAGE)
+    expected = np.where(pred == official, figures.ACCURACY_RIGHT, figures.ACCURACY_WRONG)
+    expected[official == IGNORE_INDEX] = figures.ACCURACY_VOID
+    assert np.array_equal(accuracy, expected)
 
 
 def test_frames_in_natural_order_and_output_folder_skipped(tmp_path) -> None:

@@ -57,10 +57,12 @@ ffmpeg command that extracts its frames. Images follow the rules of
 Labels (`labels`, a file for a single image or a folder searched with its sub-folders): for
 an image `X_leftImg8bit*.png` the Cityscapes files `X_gtFine_labelTrainIds.png` (preferred)
 or `X_gtFine_labelIds.png`, else a PNG with the image's stem; of several such files, the
-one at the image's place in the tree (labels/NAME's folder). labelIds are mapped to train
-ids by the official table; other files hold what the training data set's mask_values say
-(stored in the weights, or given as `classes`), else class ids and `ignore_index` directly
-(`segdistill.data.cityscapes.label_mappings`); unknown values are an error naming the file.
+one at the image's place in the tree (labels/NAME's folder). Where the training data set's
+classes file has mask_values (stored in the weights, or given as `classes`), they read every
+label file; otherwise labelIds are mapped to train ids by the official table
+(`segdistill.data.cityscapes.label_mappings`) and other files hold class ids and
+`ignore_index` directly. Unknown values, and class ids the network does not predict, are
+an error naming the file (`read_label`).
 
 Sizes: images of any size. An image is padded at the bottom and right with 0 (the ImageNet
 mean colour after normalisation, as training crops are padded) to a multiple of
@@ -303,21 +305,36 @@ def read_label(
     stored: LabelMapping | None = None,
 ) -> np.ndarray:
     """A label file -> int64 [H, W] class ids (`ignore_index` for void), checked against
-    the image size (H, W) and the values its kind may hold. `stored`: how a file other than
-    Cityscapes' stores its classes (a classes file's mask_values; default: as class ids)."""
-    mappings = label_mappings(ignore_index)
+    the image size (H, W), the values its kind may hold and the network's `num_classes`.
+    `stored`: how the labels store the classes, where a classes file says so (its
+    mask_values): it reads every file, whatever its name, since a Cityscapes-named file of
+    a folder data set holds what its mask_values map. Without it a Cityscapes file
+    (`*_gtFine_labelIds.png`, `*_gtFine_labelTrainIds.png`) is read by the official table
+    and any other holds class ids."""
     suffix = next((s for s in (LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX) if path.name.endswith(s)), None)
-    if suffix:
-        mapping = mappings[suffix]
+    if stored is not None:
+        mapping = stored
+    elif suffix:
+        mapping = label_mappings(ignore_index)[suffix]
     else:
-        mapping = stored or LabelMapping.identity(num_classes, ignore_index)
+        mapping = LabelMapping.identity(num_classes, ignore_index)
     raw = read_mask(path)
     if raw.shape != size:
         raise DataError(
             f"label {path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image is "
             f"{size[1]}x{size[0]}"
         )
-    return mapping.decode(raw, path).astype(np.int64)
+    ids = mapping.decode(raw, path).astype(np.int64)
+    beyond = np.unique(ids[(ids != ignore_index) & ((ids < 0) | (ids >= num_classes))])
+    if beyond.size:
+        # Cityscapes' 19 train ids against a network of fewer classes: scored, every such
+        # pixel would count as wrong.
+        raise DataError(
+            f"label {path} holds class ids {beyond.tolist()[:10]} but the network predicts "
+            f"{num_classes} classes (0..{num_classes - 1}); give the classes file that says "
+            "how these labels store the classes (--classes)"
+        )
+    return ids
 
 
 # ------------------------------------------------------------------------- inference
@@ -809,7 +826,8 @@ def predict_files(
         check_class_count(classes, predictor, "the classes file")
     classes = classes or predictor.classes
     if classes is not None:
-        palette, ignore_index, stored = classes.colors, classes.ignore_index, classes.mapping
+        palette, ignore_index = classes.colors, classes.ignore_index
+        stored = classes.mapping if classes.mask_values is not None else None
     title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
     summary = PredictSummary()
     notify = _notifier(summary.notices)
