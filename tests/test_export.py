@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +204,35 @@ def test_cli_exits_non_zero_when_the_check_fails(tmp_path, monkeypatch, capsys) 
     assert main(["export", str(source), "--format", "onnx"]) == 1
     out = capsys.readouterr().out
     assert "outputs probs, uncertainty;" in out
-    assert "probs 5.00e-01" in out and out.rstrip().endswith("FAILED")
+    assert "probs 5.00e-01" in out and "(tolerance 0.0001): FAILED\n" in out
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_export_that_fails_its_check_writes_nothing(tmp_path, monkeypatch, capsys, fmt) -> None:
+    """A failed check printed FAILED (exit 1) after the file had replaced the previous,
+    good one: the default place (checkpoints/best.onnx) then held a file known to differ."""
+    source = save_tiny(tmp_path / "net.safetensors")
+    first = export_predictor(load_predictor(source), fmt)
+    before = first.path.read_bytes()
+    checked = []
+
+    def failing(reference, exported, outputs, atol):  # noqa: ANN001, ANN202
+        checked.append(len(exported))
+        return {"probs": 0.5, "uncertainty": 0.0}, 0, False
+
+    monkeypatch.setattr(export_module, "compare", failing)
+    report = export_predictor(load_predictor(source), fmt)
+    assert checked and not report.check.ok and not report.written
+    assert first.path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["net.safetensors", first.path.name]
+    )
+    other = tmp_path / "new" / f"n{first.path.suffix}"
+    assert main(["export", str(source), "--format", fmt, "--out", str(other)]) == 1
+    out = capsys.readouterr().out
+    assert f"exported (not written: the check below failed) {other}" in out
+    assert "FAILED" in out and f"{other} was left as it was" in out
+    assert not other.exists() and not list(other.parent.iterdir())
 
 
 def test_an_export_removes_the_staging_folder_a_killed_one_left(tmp_path) -> None:
@@ -216,12 +245,14 @@ def test_an_export_removes_the_staging_folder_a_killed_one_left(tmp_path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx", "net.safetensors"]
 
 
-def test_an_opset_the_exporter_cannot_write_is_refused_not_replaced(tmp_path) -> None:
+def test_an_opset_the_exporter_cannot_write_is_refused_not_replaced(tmp_path, caplog) -> None:
     pytest.importorskip("onnxruntime")
     source = save_tiny(tmp_path / "net.safetensors")
     with pytest.raises(ConfigError, match="--opset 17: .* wrote opset 18; nothing was written"):
         export_predictor(load_predictor(source), "onnx", tmp_path / "old.onnx", opset=17)
     assert list(tmp_path.iterdir()) == [source]
+    # The error says it in one line: the converter's own log and traceback stay quiet.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     report = export_predictor(load_predictor(source), "onnx", tmp_path / "new.onnx", opset=18)
     assert report.opset == 18 and report.check.ok
 

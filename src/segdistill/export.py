@@ -27,7 +27,10 @@ atol (1e-4) for probabilities and uncertainty, and the same labels, except at ne
 pixel may get another class than PyTorch's argmax when PyTorch's probability of that class
 is within atol of the top one (either class is a right answer); such pixels are counted
 and left out of the uncertainty comparison (a per-class head's value depends on the
-class); `ood_map` does not depend on the class and is compared at every pixel.
+class); `ood_map` does not depend on the class and is compared at every pixel. The file is
+written in a folder beside its place and checked there; it replaces the file at `out` only
+when the check passes, so neither a killed export nor one that fails its check leaves
+anything but the previous file (a failed check says so and writes nothing).
 
 Limits, refused with an error that says why: ensembles and MC-dropout teachers (export is
 for single networks; their uncertainty is the spread of several networks or random passes;
@@ -58,7 +61,6 @@ import torch
 from torch import Tensor, nn
 
 from segdistill import __version__
-from segdistill.atomic import atomic_write
 from segdistill.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
 from segdistill.errors import CheckpointError, ConfigError
@@ -73,7 +75,7 @@ from segdistill.predictor import (
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 METADATA_KEY = "segdistill"
 TORCHSCRIPT_METADATA = "segdistill.json"
-# The suffix of the folder an ONNX export is written in before it moves into place.
+# The suffix of the folder an export is written and checked in before it moves into place.
 _STAGING = ".export"
 # ONNX files are protobuf messages of at most 2 GiB; bigger weights go to a .data file.
 ONNX_SIZE_LIMIT = 2**31 - 2**26
@@ -129,8 +131,9 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class ExportReport:
-    """An exported file: where, which format (and ONNX opset), its outputs' names in
-    order (e.g. ("probs", "uncertainty")) and its check."""
+    """An export: where it is (or would be, when its check failed and nothing was
+    written), which format (and ONNX opset), its outputs' names in order (e.g. ("probs",
+    "uncertainty")) and its check."""
 
     path: Path
     format: str
@@ -138,6 +141,11 @@ class ExportReport:
     outputs: tuple[str, ...]
     sample_shape: tuple[int, ...]
     check: CheckResult
+
+    @property
+    def written(self) -> bool:
+        """Whether the file is at `path`: only an export that passed its check is."""
+        return self.check.ok
 
 
 def exportable_network(predictor: Predictor) -> Segmenter:
@@ -198,18 +206,27 @@ def sample_shapes(multiple: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
 def _quiet_exporters() -> Iterator[None]:
     """Silence what the exporters say about torch itself, not about the model: deprecation
     notices (torch.jit is deprecated upstream), the ONNX registry's note that torchvision
-    ops are skipped, and tracer warnings about Python conditions on shapes (the check at
-    another input size is what tells whether the graph generalises)."""
-    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registry.level
-    registry.setLevel(logging.ERROR)
+    ops are skipped, tracer warnings about Python conditions on shapes (the check at
+    another input size is what tells whether the graph generalises), and the opset
+    converter's notes and traceback when it cannot reach the opset asked for
+    (`export_onnx` reads the opset written and says so in one line)."""
+    quiet = {
+        "torch.onnx._internal.exporter._registration": logging.ERROR,
+        "torch.onnx._internal.exporter._compat": logging.ERROR,
+        "onnxscript.version_converter": logging.CRITICAL,
+    }
+    loggers = {logging.getLogger(name): level for name, level in quiet.items()}
+    before = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(level)
     try:
         with warnings.catch_warnings():
             for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
                 warnings.simplefilter("ignore", category)
             yield
     finally:
-        registry.setLevel(level)
+        for logger, level in before.items():
+            logger.setLevel(level)
 
 
 def _unsupported_onnx_pools(model: nn.Module) -> list[str]:
@@ -227,7 +244,10 @@ def _unsupported_onnx_pools(model: nn.Module) -> list[str]:
 def export_onnx(
     module: ExportModule, sample: Tensor, path: Path, opset: int | None, metadata: str
 ) -> int:
-    """Write `module` as ONNX with dynamic batch, height and width; returns the opset."""
+    """Write `module` as ONNX with dynamic batch, height and width (weights beyond
+    protobuf's 2 GiB in a .data file beside `path`); returns the opset."""
+    import onnx
+
     pools = _unsupported_onnx_pools(module.model)
     if pools:
         raise ConfigError(
@@ -236,42 +256,7 @@ def export_onnx(
             "export it with --format torchscript"
         )
     parameter_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-    # Written in a folder beside `path`, then moved into place: a killed export leaves the
-    # previous file (and its external weights) whole, not a truncated one. A killed
-    # export's folder is removed by the next export of the same file.
-    for stale in path.parent.glob(f".{path.name}.*{_STAGING}"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=_STAGING, dir=path.parent))
-    try:
-        opset_used = _export_onnx_into(
-            module,
-            sample,
-            staging / path.name,
-            opset,
-            metadata,
-            external=parameter_bytes > ONNX_SIZE_LIMIT,
-        )
-        produced = sorted(staging.iterdir(), key=lambda p: p.name == path.name)  # model last
-        for file in produced:
-            with open(file, "rb") as handle:  # on disk before the rename makes it current
-                os.fsync(handle.fileno())
-            os.replace(file, path.parent / file.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return opset_used
-
-
-def _export_onnx_into(
-    module: ExportModule,
-    sample: Tensor,
-    path: Path,
-    opset: int | None,
-    metadata: str,
-    external: bool,
-) -> int:
-    """`export_onnx`'s export and description into `path` (external weights beside it)."""
-    import onnx
-
+    external = parameter_bytes > ONNX_SIZE_LIMIT
     with _quiet_exporters():
         torch.onnx.export(
             module,
@@ -305,17 +290,13 @@ def _export_onnx_into(
 
 
 def export_torchscript(module: ExportModule, sample: Tensor, path: Path, metadata: str) -> None:
-    """Write `module` traced on `sample` as TorchScript, with the description, atomically."""
+    """Write `module` traced on `sample` as TorchScript, with the description, to `path`."""
     # Frozen weights: the file's outputs then need no gradient (`.numpy()` works on them).
     module.requires_grad_(False)
     with _quiet_exporters(), torch.no_grad():
         traced = torch.jit.trace(module, (sample,), check_trace=False)
-        atomic_write(
-            path,
-            lambda file: torch.jit.save(
-                traced, file, _extra_files={TORCHSCRIPT_METADATA: metadata}
-            ),
-        )
+        with open(path, "wb") as file:
+            torch.jit.save(traced, file, _extra_files={TORCHSCRIPT_METADATA: metadata})
 
 
 def run_exported(path: Path, fmt: str, images: Tensor) -> tuple[Tensor, ...]:
@@ -403,12 +384,38 @@ def export_predictor(
     sample = torch.randn(sample_shape, generator=torch.Generator().manual_seed(1))
     metadata = json.dumps(description(predictor, module))
     used_opset = None
-    if fmt == "onnx":
-        used_opset = export_onnx(module, sample, path, opset, metadata)
-    else:
-        export_torchscript(module, sample, path, metadata)
-    check = check_export(path, fmt, module, check_shape, atol)
+    with _staging_folder(path) as staging:
+        staged = staging / path.name
+        if fmt == "onnx":
+            used_opset = export_onnx(module, sample, staged, opset, metadata)
+        else:
+            export_torchscript(module, sample, staged, metadata)
+        check = check_export(staged, fmt, module, check_shape, atol)
+        if check.ok:
+            _install(staging, path)
     return ExportReport(path, fmt, used_opset, tuple(module.output_names), sample_shape, check)
+
+
+@contextmanager
+def _staging_folder(path: Path) -> Iterator[Path]:
+    """A new folder beside `path` to write and check an export in, removed afterwards; a
+    killed export's folder is removed by the next export of the same file."""
+    for stale in path.parent.glob(f".{path.name}.*{_STAGING}"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=_STAGING, dir=path.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _install(staging: Path, path: Path) -> None:
+    """Move the files of `staging` beside `path` (ONNX's external weights first, the model
+    last), each on disk before its rename makes it current."""
+    for file in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(file, path.parent / file.name)
 
 
 def read_description(path: Path, fmt: str) -> dict[str, object]:

@@ -7,7 +7,8 @@ The file computes the class probabilities (or labels) and the uncertainty [B, 1,
 (for a Holder & Shafique student also its OOD map, eq. 8) for any batch size and image
 size (`segdistill.export`). The command then runs it
 (onnxruntime / torch.jit.load) on a random input of another size than the export sample,
-prints the largest difference from PyTorch and "OK", or "FAILED" with exit status 1.
+prints the largest difference from PyTorch and "OK", or "FAILED" with exit status 1; a file
+that fails the check is not written (a previous file at that place is left as it was).
 Ensembles and MC-dropout teachers are refused: export is for single networks.
 """
 
@@ -65,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def format_report(report: ExportReport) -> str:
-    """Two lines: what was written, and the check's differences and verdict."""
+    """What was written (or not, when the check failed), and the check's differences and
+    verdict."""
     check = report.check
     fmt = f"ONNX opset {report.opset}" if report.format == "onnx" else "TorchScript"
     shape = "x".join(map(str, check.shape))
@@ -82,12 +84,19 @@ def format_report(report: ExportReport) -> str:
         else ""
     )
     verdict = "OK" if check.ok else "FAILED"
-    return (
-        f"wrote {report.path} ({fmt}; outputs {', '.join(report.outputs)}; dynamic batch, "
-        f"height, width; traced on {sample})\n"
+    what = "wrote" if report.written else "exported (not written: the check below failed)"
+    lines = [
+        f"{what} {report.path} ({fmt}; outputs {', '.join(report.outputs)}; dynamic batch, "
+        f"height, width; traced on {sample})",
         f"check against PyTorch on a random {shape} input: max |difference| {diffs} "
-        f"(tolerance {check.atol:g}){ties}: {verdict}"
-    )
+        f"(tolerance {check.atol:g}){ties}: {verdict}",
+    ]
+    if not report.written:
+        lines.append(
+            f"{report.path} was left as it was; a larger --atol writes the file if these "
+            "differences are acceptable"
+        )
+    return "\n".join(lines)
 
 
 def run_export(args: argparse.Namespace) -> int:
