@@ -69,6 +69,21 @@ def test_cross_entropy_ignore_index_is_a_parameter():
     assert losses.cross_entropy(logits, target, ignore_index=7).item() == 0.0
 
 
+def test_cross_entropy_averages_over_the_pixels_not_labelled_the_given_ignore_index(rng, target):
+    # data.ignore_index may be any value outside the classes, not only 255: the pixels
+    # labelled with it are skipped and the mean runs over the others (a batch of only void
+    # pixels, as above, cannot tell the count of the labelled pixels from the count of all).
+    logits = rng.normal(size=(B, C, H, W))
+    void = C
+    coded = np.where(target == IGNORE_INDEX, void, target)
+    log_probs = logits - logits.max(axis=1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+    b, y, x = np.nonzero(coded != void)
+    expected = -log_probs[b, coded[b, y, x], y, x].mean()
+    got = losses.cross_entropy(_t(logits), torch.tensor(coded), ignore_index=void)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
 def test_kd_matches_numpy(rng, target, temperature):
     s = rng.normal(size=(B, C, H, W))
@@ -378,3 +393,18 @@ def test_maps_of_other_shapes_are_refused_not_broadcast() -> None:
     with pytest.raises(ValueError, match=r"pred and target must have the same shape"):
         losses.uncertainty_mse(pred, target[:, 0])
     assert torch.isfinite(losses.kd(student, teacher, 1.0, valid))
+
+
+def test_attention_and_affinity_products_ignore_autocast(rng):
+    """Under a mixed-precision autocast the channel self-attention (Karine eq. 1-2) and the
+    affinity (He eq. 3) give their float32 values: their dot products over all positions
+    run with autocast off, not in bfloat16 / float16."""
+    a = torch.tensor(rng.normal(size=(B, C, 6, 8)), dtype=torch.float32)
+    expected_attention = losses.channel_self_attention(a, 4.0, 0.4)
+    expected_affinity = losses.affinity(a)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_attention = losses.channel_self_attention(a, 4.0, 0.4)
+        got_affinity = losses.affinity(a)
+    assert got_attention.dtype == got_affinity.dtype == torch.float32
+    torch.testing.assert_close(got_attention, expected_attention)
+    torch.testing.assert_close(got_affinity, expected_affinity)

@@ -314,13 +314,15 @@ def test_method_set_ce_weight_rule():
         methods.MethodSet([], ce_weight=0.0)
 
 
-def _numpy_ce(logits: torch.Tensor, target: torch.Tensor) -> float:
+def _numpy_ce(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> float:
     """Mean cross-entropy over the non-ignored pixels, in numpy (float64)."""
     x = logits.detach().double().numpy()
     t = target.numpy()
     log_probs = x - x.max(1, keepdims=True)
     log_probs = log_probs - np.log(np.exp(log_probs).sum(1, keepdims=True))
-    b, h, w = np.nonzero(t != IGNORE_INDEX)
+    b, h, w = np.nonzero(t != ignore_index)
     return float(-log_probs[b, t[b, h, w], h, w].mean())
 
 
@@ -545,3 +547,65 @@ def test_translator_loss_is_eq1_with_the_given_sparsity_weight():
         expected = mse + weight * np.abs(_np(code)).sum()
         got = translator.reconstruction_loss(features, sparsity_weight=weight)
         assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_a_configured_ignore_index_reaches_the_ce_terms_and_the_methods():
+    """data.ignore_index may be any value outside the classes: build_methods hands it to
+    the set's label cross-entropies (main and auxiliary) and to each method's mask of the
+    labelled pixels (distill_void false), none of which may fall back to 255."""
+    torch.manual_seed(4)
+    void = C
+    student, teacher, target = _student(C, aux=True), _teacher(), _target()
+    target[target == IGNORE_INDEX] = void
+    specs = [
+        {"name": "kd", "options": {"temperature": 1.0, "distill_void": False}},
+        {"name": "holder", "options": {"distill_void": False}},
+    ]
+    ms = methods.build_methods(specs, num_classes=C, ignore_index=void, aux_ce_weight=0.4)
+    out = ms(student, teacher, target)
+    labelled = (target != void).numpy()
+    s, m = _np(student.logits), _np(teacher.mean_probs)
+    kl = (m * (np.log(m) - _np_log_softmax(s))).sum(axis=1)
+    assert out["kd/kl"].item() == pytest.approx(kl[labelled].mean(), rel=1e-5)
+    squared = ((_np(student.uncertainty) - _np(teacher.std)) ** 2).mean(axis=1)
+    expected = 1.1 * squared[labelled].mean()
+    assert out["holder/uncertainty_mse"].item() == pytest.approx(expected, rel=1e-5)
+    expected = _numpy_ce(student.logits, target, void)  # ce_weight max(1 * 1, 1 * 0.1)
+    assert out["task/ce"].item() == pytest.approx(expected, rel=1e-5)
+    expected = 0.4 * _numpy_ce(student.aux_logits["mid"], target, void)
+    assert out["task/aux_ce_mid"].item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ja_kd", "ukd"])
+def test_aux_terms_count_the_same_pixels_as_the_output_term(name):
+    """NfS-SegNet's auxiliary JA-KD / U-KD terms average over the pixels the output term
+    does: labelled (distill_void false) and where the teacher's signals exist."""
+    torch.manual_seed(3)
+    student, teacher, target = _student(aux=True), _teacher(), _target()
+    teacher_valid = _cropped_teacher_valid()
+    valid = teacher_valid.numpy()
+    mask = valid & (target != IGNORE_INDEX).numpy()
+    uncertain = np.ones((B, H, W), dtype=bool)
+    if name == "ukd":
+        variance = _np(teacher.variance)[:, 0]
+        thresholds = [np_lower_median(variance[b][valid[b]]) for b in range(B)]
+        uncertain = np.stack([variance[b] > thresholds[b] for b in range(B)])
+    method = methods.METHODS[name](alpha=0.3, aux_weight=0.4, distill_void=False)
+    out = method(student, teacher, target, teacher_valid)
+    m = _np(teacher.mean_probs)
+    for key, logits in (("out", student.logits), ("aux_mid", student.aux_logits["mid"])):
+        per_pixel = uncertain * np_ja_kd_map(_np(logits), m, 0.3)
+        weight = 0.4 if key == "aux_mid" else 1.0
+        assert out[key].item() == pytest.approx(weight * per_pixel[mask].mean(), rel=1e-5)
+
+
+def test_kd_defaults_to_t_2_on_every_pixel():
+    """KD's default (He et al. Table 3's best pixel-wise T = 2, void pixels distilled):
+    4 KL(softmax(t / 2) || softmax(s / 2)) averaged over all pixels."""
+    torch.manual_seed(5)
+    student, teacher, target = _student(), _teacher(), _target()
+    out = methods.build_methods([{"name": "kd"}], num_classes=C)(student, teacher, target)
+    log_p = _np_log_softmax(np.log(_np(teacher.mean_probs)) / 2.0)
+    log_q = _np_log_softmax(_np(student.logits) / 2.0)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=1)
+    assert out["kd/kl"].item() == pytest.approx(4.0 * kl.mean(), rel=1e-5)

@@ -219,7 +219,8 @@ class Holder(_PixelMethod):
 
     M = mean_probs and Sigma = std of the ensemble (eq. 3); the student needs the
     `per_class` uncertainty head. alpha is this method's `ce_weight` (0.1); beta = 1.1.
-    The paper gives no T; the default T = 1 makes M exactly the ensemble mean.
+    The paper gives no T; the default T = 1 makes M exactly the ensemble mean. At T != 1
+    only M is softened: Sigma is the std at T = 1 (the paper's eq. 3 takes it at T too).
     Terms: "dist" (T^2 L_dist, all pixels), "uncertainty_mse" (beta L_unc, all pixels).
     """
 
