@@ -916,6 +916,11 @@ def test_ensemble_members_differ_and_are_listed_in_the_manifest(
     run_ensemble(*common, "--member", "1", *vary)  # e.g. one SLURM array task
     manifest = json.loads((ensemble_dir / "manifest.json").read_text())
     assert [m["name"] for m in manifest["members"]] == ["member_01"]
+    # One of two planned members is no 1-member teacher (a stopped run, an array task
+    # still training): loading it says so and how to go on.
+    unfinished = rf"ensemble {ensemble_dir} is unfinished: 1 of its 2 planned members"
+    with pytest.raises(CheckpointError, match=unfinished + r".* keep the 1 with `... --members 1`"):
+        build_teacher("ensemble", ensemble_dir)
 
     run_ensemble(*common, *vary)  # member 1 is skipped, member 0 trained
     manifest = json.loads((ensemble_dir / "manifest.json").read_text())

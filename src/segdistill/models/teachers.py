@@ -249,8 +249,11 @@ def member_weights(path: str | Path) -> list[Path]:
     """The member weights files an ensemble manifest lists.
 
     path: the manifest file or the directory holding it. The manifest is
-    `{"members": [{"checkpoint": "member_00/checkpoints/best.safetensors", ...}, ...]}`
-    with checkpoint paths relative to the manifest's directory.
+    `{"planned_members": N, "members": [{"checkpoint":
+    "member_00/checkpoints/best.safetensors", ...}, ...]}` with checkpoint paths relative
+    to the manifest's directory. An unfinished ensemble (fewer members than planned: one
+    stopped, or members of a SLURM array still training) is a CheckpointError, not a
+    smaller teacher used without a word.
     """
     manifest_path = Path(path)
     if manifest_path.is_dir():
@@ -270,6 +273,15 @@ def member_weights(path: str | Path) -> list[Path]:
         raise CheckpointError(
             f"ensemble manifest {manifest_path} needs a non-empty 'members' list of "
             "{'checkpoint': PATH} entries"
+        )
+    planned = manifest.get("planned_members")
+    if isinstance(planned, int) and planned > len(members):
+        folder = manifest_path.parent
+        raise CheckpointError(
+            f"ensemble {folder} is unfinished: {len(members)} of its {planned} planned "
+            f"members are trained ({MANIFEST_FILE}). Finish it with `segdistill ensemble "
+            f"CONFIG --run-dir {folder}` (finished members are skipped), or keep the "
+            f"{len(members)} with `... --members {len(members)}`"
         )
     return [manifest_path.parent / member["checkpoint"] for member in members]
 
