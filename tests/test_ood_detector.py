@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from segdistill.defaults import DETECTOR_FILE
+from segdistill.defaults import AGGREGATORS, DETECTOR_FILE
 from segdistill.errors import ConfigError
 from segdistill.ood_detector import ImageOODDetector, check_aggregator, threshold_at_fpr
 
@@ -149,3 +150,48 @@ def test_a_detector_file_without_reference_sizes_still_loads(tmp_path) -> None:
     path.write_text(json.dumps(document))
     loaded = ImageOODDetector.load(path)
     assert loaded.reference_sizes is None and loaded.ood_source is None
+
+
+def test_scores_use_the_detectors_aggregator() -> None:
+    rng = np.random.default_rng(0)
+    maps = rng.random((3, 1, 5, 7))
+    for aggregator in AGGREGATORS:
+        got = hand_made(aggregator=aggregator).scores(torch.from_numpy(maps)).numpy()
+        v = maps.reshape(3, -1)
+        expected = {
+            "min": v.min(1),
+            "mean": v.mean(1),
+            "median": np.median(v, 1),
+            "max": v.max(1),
+            "median_plus_min_over_max": (np.median(v, 1) + v.min(1)) / v.max(1),
+        }[aggregator]
+        np.testing.assert_allclose(got, expected, rtol=1e-12, err_msg=aggregator)
+
+
+def test_check_model_refuses_another_number_of_passes_or_other_weights() -> None:
+    detector = hand_made()
+
+    def predictor(**changes: object) -> SimpleNamespace:
+        fields = {
+            "weights": detector.weights,
+            "kind": detector.kind,
+            "uncertainty_source": detector.uncertainty_source,
+            "ood_source": detector.ood_source,
+            "passes": detector.passes,
+        }
+        fields.update(changes)
+        weights = fields.pop("weights")
+        return SimpleNamespace(fingerprint=lambda: weights, **fields)
+
+    detector.check_model(predictor(), None, "det.json")  # the same predictor: accepted
+    for changes, message in (
+        ({"passes": 8}, r"passes 1 \(given 8\)"),
+        ({"weights": "f" * 64}, r"weights '000000000000\.\.\.' \(given 'ffffffffffff\.\.\.'\)"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            detector.check_model(predictor(**changes), None, "det.json")
+
+
+def test_a_nan_score_is_refused_not_silently_unflagged() -> None:
+    with pytest.raises(ValueError, match=r"OOD scores \[1\] are NaN"):
+        hand_made().flags(np.array([0.1, np.nan, 0.9]))

@@ -5,6 +5,8 @@ corrupt. `write_synthstreets` and `write_ensemble` are shared with test_distill.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import errno
 import json
 import os
@@ -33,7 +35,7 @@ from segdistill.data.transforms import (
 from segdistill.errors import DataError
 from segdistill.losses import median_mask
 from segdistill.methods import build_methods
-from segdistill.models.teachers import Ensemble
+from segdistill.models.teachers import Ensemble, MCDropout
 from segdistill.outputs import SegOutput, TeacherSignals
 
 TINY_MODEL = ModelConfig(encoder_options={"output_stride": 16, "width": 0.125})
@@ -574,3 +576,106 @@ def test_maps_stored_at_a_lower_scale_are_upsampled_bilinearly(tmp_path: Path) -
     got = cache.maps(0, (4, 4))["std"]
     np.testing.assert_allclose(got, np.stack([ramp, 4 + ramp]), atol=1e-6)
     np.testing.assert_array_equal(cache.maps(1, (2, 6))["std"], np.full((2, 2, 6), 5.0))
+
+
+def test_the_key_covers_every_member_and_every_buffer(synth: Path, teacher: Ensemble) -> None:
+    """A teacher that differs only in a batch-norm running statistic, or only in its second
+    member, is another teacher: its cache must not be reused."""
+    dataset = CityscapesDataset(synth, "train")
+    base = tc.cache_key(teacher, "ensemble", SIGNALS, 1.0, dataset)
+    stored = json.loads(json.dumps(dataclasses.asdict(base)))  # as cache.json holds it
+    assert base.difference(stored) is None
+
+    buffers = copy.deepcopy(teacher)
+    name = next(n for n, _ in buffers.named_buffers() if n.endswith("running_var"))
+    buffers.get_buffer(name).mul_(2.0)
+    second = copy.deepcopy(teacher)
+    with torch.no_grad():
+        next(second.members[1].parameters()).add_(1.0)
+    for changed in (buffers, second):
+        key = tc.cache_key(changed, "ensemble", SIGNALS, 1.0, dataset)
+        assert key.difference(stored) == "stale: the teacher (its kind or weights) differs"
+
+
+def test_the_key_does_not_depend_on_the_order_of_the_signals(
+    synth: Path, teacher: Ensemble
+) -> None:
+    # Signals come as a set (MethodSet.pixel_needs): their iteration order changes with
+    # PYTHONHASHSEED, from one process to the next.
+    dataset = CityscapesDataset(synth, "train")
+    one = tc.cache_key(teacher, "ensemble", ["std", "mean_probs", "logits"], 1.0, dataset)
+    other = tc.cache_key(teacher, "ensemble", ["logits", "mean_probs", "std"], 1.0, dataset)
+    assert one.difference(json.loads(json.dumps(dataclasses.asdict(other)))) is None
+    assert one.signals == ("logits", "mean_probs", "std")
+
+
+def test_a_cache_of_another_version_is_rebuilt(
+    tmp_path: Path, synth: Path, teacher: Ensemble, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # E.g. version 2 stored the variance as float16.
+    dataset = CityscapesDataset(synth, "train")
+    open_cache(tmp_path / "cache", teacher, dataset, ("pred_std",))
+    meta_path = tmp_path / "cache" / tc.META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["key"]["version"] = tc.CACHE_VERSION - 1
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    open_cache(tmp_path / "cache", teacher, dataset, ("pred_std",))
+    out = capsys.readouterr().out
+    assert "stale: it was written by another segdistill cache version; rebuilding it" in out
+
+
+def test_maps_are_stored_antialiased_bilinear_at_pixel_centres(
+    tmp_path: Path, synth: Path, teacher: Ensemble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At scale 0.5 a unit impulse at (16, 32) spreads, per axis, over the two stored pixels
+    whose 4-pixel triangle filter covers it: weight 3/8 at the stored pixel it falls in
+    (16 // 2, 32 // 2), 1/8 at the one before (centres 2 i + 0.5 in the image)."""
+    dataset = CityscapesDataset(synth, "train")
+    impulse = torch.zeros(1, 1, *SIZE)
+    impulse[0, 0, 16, 32] = 1.0
+    monkeypatch.setattr(teacher, "signals", lambda images, needs: TeacherSignals(pred_std=impulse))
+    open_cache(tmp_path / "cache", teacher, dataset, ("pred_std",), scale=0.5)
+    stored = np.fromfile(tmp_path / "cache" / "pred_std.f16", np.float16)[: 16 * 32]
+    expected = np.zeros((16, 32))
+    expected[7:9, 15:17] = np.outer([1 / 8, 3 / 8], [1 / 8, 3 / 8])
+    np.testing.assert_allclose(stored.reshape(16, 32).astype(np.float64), expected, atol=1e-4)
+
+
+def test_reading_an_image_of_another_size_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pred_std.f16").write_bytes(bytes(2 * 4 * 4))
+    cache = tc.TeacherCache(tmp_path, {"channels": {"pred_std": 1}, "sizes": [[4, 4, 4, 4]]})
+    with pytest.raises(DataError, match=r"image 0 is 5x4 \(WxH\) but was 4x4"):
+        cache.maps(0, (4, 5))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_the_scan_finds_every_non_finite_value(tmp_path: Path, dtype: type) -> None:
+    finfo = np.finfo(dtype)
+    finite = np.array([0.0, -0.0, finfo.max, -finfo.max, finfo.tiny, finfo.smallest_subnormal])
+    path = tmp_path / "map"
+    for bad in (None, np.inf, -np.inf, np.nan):
+        values = finite if bad is None else np.append(finite, bad)
+        path.write_bytes(values.astype(dtype).tobytes())
+        assert tc._has_nonfinite(path, np.dtype(dtype)) == (not np.isfinite(values).all()), bad
+
+
+def test_an_mc_dropout_cache_is_a_function_of_its_key_and_leaves_the_rng_alone(
+    tmp_path: Path, synth: Path
+) -> None:
+    """The build seeds MC-dropout sampling itself (BUILD_SEED): two builds from different
+    global RNG states write the same bytes, and neither moves the global RNG."""
+    config = ModelConfig(encoder_options={"output_stride": 16, "width": 0.125}, mc_dropout=0.5)
+    torch.manual_seed(0)
+    mc = MCDropout(build_model(config, 19), samples=3)
+    dataset = CityscapesDataset(synth, "train")
+    key = tc.cache_key(mc, "mc_dropout(samples=3)", ("std",), 1.0, dataset)
+    files = []
+    for seed, name in ((1, "a"), (2, "b")):
+        torch.manual_seed(seed)
+        state = torch.random.get_rng_state()
+        tc.open_or_build(tmp_path / name, mc, key, dataset, progress=False)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        files.append((tmp_path / name / "std.f16").read_bytes())
+    assert files[0] == files[1]
+    assert np.frombuffer(files[0], np.float16).max() > 0  # the samples did differ

@@ -7,6 +7,7 @@ import json
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -156,6 +157,20 @@ def test_features_alone_run_only_the_first_member() -> None:
     torch.testing.assert_close(signals.features["hidden"], members[0](x).features["hidden"])
     Ensemble(members).signals(x, {"features", "mean_probs"})
     assert [len(m.calls) for m in members] == [3, 1, 1]
+
+
+def test_features_alone_take_one_deterministic_pass_of_an_mc_dropout_teacher() -> None:
+    """The K sampling passes ran and were thrown away when only the taps were asked for
+    (a cached distillation's online part, He's translator training): K + 1 forwards for
+    one (found by a mutation audit)."""
+    model = TinyNet(dropout=0.5)
+    x = images()
+    signals = MCDropout(model, samples=5).signals(x, {"features"})
+    assert len(model.calls) == 1 and not any(model.calls[0])  # dropout off: as trained
+    torch.testing.assert_close(signals.features["hidden"], model(x).features["hidden"])
+    model.calls.clear()
+    MCDropout(model, samples=5).signals(x, {"features", "std"})
+    assert len(model.calls) == 6
 
 
 def test_ensemble_logits_stay_finite_when_a_probability_underflows() -> None:
@@ -434,3 +449,35 @@ def test_a_weights_file_given_as_an_ensemble_says_which_kind_it_needs(tmp_path: 
     weights.write_bytes(b"\xbb\x45\x00binary weights, not UTF-8 \xff\xfe")
     with pytest.raises(CheckpointError, match=r"best.safetensors is not JSON .* kind 'single'"):
         Ensemble.from_manifest(weights)
+
+
+@pytest.mark.parametrize("name", ["mean_probs", "entropy", "logits"])
+def test_signals_without_spread_match_numpy(name: str) -> None:
+    """Asked without std/pred_std/variance, the mean is accumulated on its own path (no
+    m2): it must still be the mean of every member's softmax, checked in numpy float64."""
+    members = [TinyNet() for _ in range(4)]
+    x = images()
+    signals = Ensemble(members).signals(x, {name})
+    with torch.no_grad():
+        logits = np.stack([m(x).logits.double().numpy() for m in members])  # [N, B, C, H, W]
+    probs = np.exp(logits - logits.max(2, keepdims=True))
+    probs /= probs.sum(2, keepdims=True)
+    mean = probs.mean(0)
+    expected = {
+        "mean_probs": mean,
+        "entropy": -(mean * np.log(mean)).sum(1, keepdims=True),
+        "logits": np.log(mean),
+    }[name]
+    np.testing.assert_allclose(getattr(signals, name).numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_logits_give_float32_statistics(dtype: torch.dtype) -> None:
+    """Members may return bf16/fp16 logits (autocast); the statistics are float32, computed
+    from the logits upcast before the softmax."""
+    gen = torch.Generator().manual_seed(0)
+    logits = [(torch.randn(1, CLASSES, 3, 4, generator=gen) * 4).to(dtype) for _ in range(3)]
+    x = images(1, 3, 4)
+    signals = Ensemble([FixedLogits(v) for v in logits]).signals(x, STATISTICS)
+    reference = stacked_reference([FixedLogits(v.float()) for v in logits], x)
+    assert_matches(signals, reference)

@@ -414,14 +414,19 @@ class MCDropout(Teacher):
     def _signals(self, images: Tensor, needs: frozenset[str]) -> TeacherSignals:
         # Taps come from a deterministic pass (dropout off), the network as trained, at the
         # cost of one more forward when they are asked for.
-        features = self.model(images).features if "features" in needs else {}
+        deterministic = self.model(images) if "features" in needs else None
+        sampled = needs - {"features"}
+        if deterministic is not None and not sampled:
+            # Taps alone (a cached distillation's online part, the translator's training):
+            # the K sampling passes would be thrown away, as an Ensemble's other members.
+            return accumulate_signals(iter([deterministic]), needs)
         with _dropout_sampling(self.model), _seeded(self.seed, images.device):
             signals = accumulate_signals(
                 (self.model(images) for _ in range(self.samples)),
-                needs - {"features"},
+                sampled,
                 unbiased_std=self.unbiased_std,
             )
-        signals.features = features
+        signals.features = deterministic.features if deterministic is not None else {}
         return signals
 
     @property
