@@ -464,6 +464,11 @@ def test_the_readmes_classes_yaml_is_a_valid_classes_file(tmp_path):
         ("classes:\n  - {name: a, color: [1, 2, 3]}\nmask_values: {3: 4}\n", "mask_values entry 3"),
         ("classes:\n  - {name: a, color: [1, 2, 3]}\nignore: 255\n", r"unknown keys \['ignore'\]"),
         ("classes: [\n", "not valid YAML"),
+        (
+            "classes:\n  - {name: road, color: [1, 2, 3]}\n  - {name: car, color: [4, 5, 6]}\n"
+            "  - {name: road, color: [7, 8, 9]}\n",
+            r"classes\[2\] is named 'road' like classes\[0\]",
+        ),
     ],
 )
 def test_classes_yaml_errors_name_the_file_and_key(tmp_path, text, message):

@@ -326,6 +326,10 @@ def test_bad_settings_and_models_of_one_name(setup: dict[str, Any], tmp_path: Pa
         evaluate([run], setup["data"], batch_size=0, progress=False)
     with pytest.raises(ConfigError, match="max_images must be >= 1, got 0"):
         evaluate([run], setup["data"], max_images=0, progress=False)
+    # The same run twice (another spelling too) was evaluated twice, as dudes and dudes_2.
+    respelled = run.parent / ".." / run.parent.name / run.name
+    with pytest.raises(ConfigError, match=f"models given more than once: {run.resolve()}; give"):
+        evaluate([run, respelled], setup["data"], progress=False)
     # Two runs called "dudes" (another folder's): the second is reported as dudes_2.
     shutil.copytree(run, tmp_path / "dudes")
     results = evaluate(

@@ -359,7 +359,11 @@ def test_load_encoder_weights_refuses_other_arch(tmp_path) -> None:
         (lambda: build_segmenter("deeplabv3", "resnet18", 19), "did you mean 'deeplabv3plus'"),
         (lambda: build_segmenter("pspnet", "resnet19", 19), "did you mean 'resnet18'"),
         (lambda: build_segmenter("nfs", "nfsnet", 19, "scaler"), "did you mean 'scalar'"),
-        (lambda: build_encoder("resnet18", outputstride=16), "unknown encoder_options"),
+        (
+            lambda: build_encoder("resnet18", outputstride=16),
+            "unknown encoder_options ['outputstride'] for 'resnet18': valid options are "
+            "['output_stride', 'width']; did you mean 'output_stride'?",
+        ),
         (lambda: build_encoder("mobilenetv2", output_stride=4), "output_stride=4"),
         (lambda: build_encoder("resnet18", width=0), "width=0"),
         (lambda: build_segmenter("nfs", "nfsnet", 19, mc_dropout=1.0), "mc_dropout=1.0"),

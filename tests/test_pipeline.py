@@ -1367,13 +1367,15 @@ def test_the_paper_he_experiment_adapts_the_teachers_last_features(tmp_path: Pat
 
 def test_the_teacher_student_latency_goal_is_the_number_of_members() -> None:
     """`min: members` (every config's teacher / student latency check): `segdistill demo
-    --members 3` checks >= 3, not the default 5."""
-    for members, overrides in ((5, []), (3, ["teacher.members=3"])):
+    --members 3` checks >= 3, not the default 5; "{size}" in a check's name is bench.size."""
+    sizes = ((5, "512x1024", []), (3, "64x128", ["teacher.members=3", "bench.size=[64,128]"]))
+    for members, size, overrides in sizes:
         experiment = load_experiment(DEMO_CONFIG, overrides)
         assert experiment.spec.teacher.members == members
         (check,) = [c for c in experiment.spec.checks if c.models == ["ensemble"]]
         assert (check.metric, check.compare, check.min) == ("latency_ms", "ratio", members)
-        assert check.name == f"teacher / student latency >= N = {members} members at 512x1024"
+        # The size the benchmark ran at, not the default's "512x1024" written in the name.
+        assert check.name == f"teacher / student latency >= N = {members} members at {size}"
     for config in (
         "quick/dudes.yaml",
         "quick/holder.yaml",

@@ -410,6 +410,11 @@ def evaluate(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if max_images is not None and max_images < 1:
         raise ConfigError(f"max_images must be >= 1, got {max_images}")
+    given = [Path(s).resolve() for s in sources if not isinstance(s, Predictor)]
+    twice = sorted({str(path) for path in given if given.count(path) > 1})
+    if twice:
+        # It would be evaluated twice and write its metrics.json twice, under two names.
+        raise ConfigError(f"models given more than once: {', '.join(twice)}; give each once")
     device = default_device(device)
     selected = select_splits(find_splits(data_root), splits)
     datasets = {s.name: s.dataset() for s in selected}

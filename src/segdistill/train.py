@@ -251,7 +251,11 @@ def _prepare_run_dir(cfg: SegConfig, resume: bool) -> Path:
     run_dir = cfg.run.path()
     checkpoint = run_dir / RESUME_CHECKPOINT
     if resume and not checkpoint.is_file():
-        raise CheckpointError(f"cannot resume: {checkpoint} does not exist")
+        raise CheckpointError(
+            f"cannot resume: {checkpoint} does not exist (the run stopped before its first "
+            "checkpoint, or never started): run the same command without --resume, which "
+            "starts it from nothing"
+        )
     saved = run_dir / CONFIG_FILE
     if resume and not saved.is_file():
         # Training writes it before its first checkpoint: without it nothing says that the
@@ -358,7 +362,12 @@ def build_dataset(data_cfg: DataConfig, split: str, train: bool) -> Segmentation
         ("ignore_index", data_cfg.ignore_index, dataset.ignore_index),
     ):
         if expected != found:
-            raise ConfigError(f"data.{key}={expected} but the data set in {root} has {found}")
+            # The config states the class set (the model is built from it before any data
+            # is read); the error gives the setting that fits the data.
+            raise ConfigError(
+                f"data.{key}={expected} but the data set in {root} has {found}: set "
+                f"data.{key}: {found} in the config, or --set data.{key}={found}"
+            )
     return dataset
 
 

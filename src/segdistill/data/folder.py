@@ -104,6 +104,13 @@ def parse_classes(document: Mapping[str, Any], where: str | Path) -> ClassesSpec
     if not isinstance(entries, list) or not entries:
         raise DataError(f"{where}: 'classes' must be a non-empty list of {{name, color}} entries")
     names = tuple(_class_name(where, i, entry) for i, entry in enumerate(entries))
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            # Results name classes (per-class IoU, "<split>/iou/<class>" in the report).
+            raise DataError(
+                f"{where}: classes[{index}] is named {name!r} like classes"
+                f"[{names.index(name)}]; every class needs its own name"
+            )
     colors = np.array([_class_color(where, i, entry) for i, entry in enumerate(entries)], np.uint8)
     ignore_index = document.get("ignore_index", IGNORE_INDEX)
     if not isinstance(ignore_index, int) or ignore_index < len(names):

@@ -506,7 +506,7 @@ def build_encoder(name: str, **options: float) -> Encoder:
     if unknown:
         raise ConfigError(
             f"unknown encoder_options {unknown} for {name!r}: valid options are "
-            f"{list(ENCODER_OPTIONS)}"
+            f"{list(ENCODER_OPTIONS)}{did_you_mean(unknown[0], ENCODER_OPTIONS)}"
         )
     return constructor(**options)
 

@@ -196,7 +196,8 @@ class CheckSpec:
     (a list), at least `min_count` classes (default: all) must lie within the bounds.
     In the file, `min: members` is the teacher's member count and "{members}" in `name`
     that number (`load_experiment`): an ensemble costs as many networks as it has members,
-    so its latency over one student's should be at least that (DUDES Table 3)."""
+    so its latency over one student's should be at least that (DUDES Table 3). "{size}"
+    in `name` is the benchmark's `bench.size`, e.g. 512x1024."""
 
     name: str
     metric: str
@@ -258,7 +259,7 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> LoadedEx
     raw.setdefault("name", path.stem)
     for assignment in overrides:
         _set_dotted(raw, assignment, path)
-    _resolve_members(raw)
+    _resolve_checks(raw)
     source = f"{path} (with --set overrides)" if overrides else str(path)
     spec = from_dict(Experiment, raw, source)
     check_experiment(spec, source)
@@ -268,20 +269,25 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> LoadedEx
 _TEACHER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TeacherSpec)}
 
 
-def _resolve_members(raw: dict[str, Any]) -> None:
+def _resolve_checks(raw: dict[str, Any]) -> None:
     """Put the teacher's member count (`teacher.members`, after the overrides) in place of
-    a check's `min: members` and of "{members}" in its name (`CheckSpec`)."""
+    a check's `min: members` and of "{members}" in its name, and the benchmark's size
+    (`bench.size`, e.g. "512x1024") in place of "{size}" (`CheckSpec`)."""
     teacher = raw.get("teacher")
     members = (
         teacher.get("members", _TEACHER_DEFAULTS["members"]) if isinstance(teacher, dict) else None
     )
+    bench = raw.get("bench")
+    size = bench.get("size", BenchSpec().size) if isinstance(bench, dict) else BenchSpec().size
+    size_text = "x".join(map(str, size)) if isinstance(size, list) else str(size)
     for check in raw.get("checks") or []:
         if not isinstance(check, dict):
             continue  # the schema check names it
         if check.get("min") == "members":
             check["min"] = members
         if isinstance(check.get("name"), str):
-            check["name"] = check["name"].replace("{members}", str(members))
+            name = check["name"].replace("{members}", str(members))
+            check["name"] = name.replace("{size}", size_text)
 
 
 def _set_dotted(raw: dict[str, Any], assignment: str, path: Path) -> None:
