@@ -117,6 +117,28 @@ def test_metrics_json_schema(setup: dict[str, Any]) -> None:
     assert combined["data"]["class_names"][0] == "road"
 
 
+def test_a_report_warns_when_the_weights_changed_after_the_evaluation(
+    setup: dict[str, Any], tmp_path: Path, capsys
+) -> None:
+    """metrics.json named only its source: a run trained on (or resumed) after `segdistill
+    evaluate` showed the old figures in `segdistill report` without a word."""
+    root = setup["root"]
+    model = json.loads((root / "dudes" / METRICS_FILE).read_text())
+    assert model["weights"] == load_predictor(root / "dudes").fingerprint()
+    run = tmp_path / "dudes"
+    shutil.copytree(root / "dudes", run)
+    metrics = {**model, "source": str(run)}
+    (run / METRICS_FILE).write_text(json.dumps(metrics))
+    assert main(["report", str(run), "--out", str(tmp_path / "a.html")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    torch.manual_seed(1)
+    save_run(run, "scalar")  # trained on: other weights at the same place
+    assert main(["report", str(run), "--out", str(tmp_path / "b.html")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: dudes: its metrics ({run / METRICS_FILE}) were measured on other " in err
+    assert "run `segdistill evaluate` on it again" in err
+
+
 def test_numbers_match_a_direct_recomputation(setup: dict[str, Any]) -> None:
     """mIoU, pixel accuracy, OOD AUROC and the teacher pairing of the student, from the
     predictors run image by image here."""

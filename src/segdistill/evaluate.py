@@ -685,6 +685,7 @@ def model_result(
         "ood_source": predictor.ood_source,
         "parameters": predictor.parameters,
         "source": str(predictor.source),
+        "weights": predictor.fingerprint(),
         "class_names": class_names,
         "splits": splits,
         "ood": ood_results({split: acc.scores for split, acc in accumulators.items()}, references),

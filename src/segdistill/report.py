@@ -84,6 +84,31 @@ def load_models(inputs: Sequence[str | Path]) -> list[ReportModel]:
     return unique
 
 
+def changed_weights(models: Sequence[ReportModel]) -> list[str]:
+    """A line for each model whose weights are no longer those its metrics were measured
+    on (`weights`, the evaluated predictor's fingerprint, against its `source` now): a run
+    trained on, or resumed, after `segdistill evaluate` would show old figures under its
+    name. Models of older files (no fingerprint) or whose source is gone are not checked."""
+    from segdistill.predictor import load_predictor
+
+    lines = []
+    for model in models:
+        recorded, source = model.metrics.get("weights"), model.metrics.get("source")
+        if not recorded or not source or not Path(source).exists():
+            continue
+        try:
+            now = load_predictor(source).fingerprint()
+        except SegdistillError as error:
+            lines.append(f"{model.name}: its weights cannot be checked ({error})")
+            continue
+        if now != recorded:
+            lines.append(
+                f"{model.name}: its metrics ({model.origin}) were measured on other weights "
+                f"than {source} holds now; run `segdistill evaluate` on it again"
+            )
+    return lines
+
+
 def input_file(path: Path) -> Path:
     """The JSON file a report input names: the file itself, or a directory's metrics.json
     (a run or ensemble), else its results.json (an evaluation or an experiment)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,8 +63,10 @@ def _claims(inputs: list[str]) -> Claims | None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from segdistill.report import write_report
+    from segdistill.report import changed_weights, load_models, write_report
 
+    for line in changed_weights(load_models(args.inputs)):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     path = write_report(args.inputs, args.out, args.title, _claims(args.inputs))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
