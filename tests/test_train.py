@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -227,6 +228,35 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 4
     weights = load_file(checkpoints / "last.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_an_error_ends_the_progress_bars_lines_before_it_is_printed(tmp_path: Path) -> None:
+    """Lightning leaves its bars open on an error: 'error: ...' went on the bar's line and
+    the bar was drawn again after it (stdout and stderr to one file, or a terminal)."""
+    closed: list[str] = []
+
+    class Bar:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    class Bars:
+        train_progress_bar = Bar("train")
+
+        @property
+        def val_progress_bar(self) -> Bar:
+            raise TypeError("not set yet")  # as Lightning's before the first validation
+
+    trainer = types.SimpleNamespace(progress_bar_callback=Bars())
+    training.EndProgressBarsOnError().on_exception(trainer, None, RuntimeError("x"))
+    assert closed == ["train"]
+    training.EndProgressBarsOnError().on_exception(
+        types.SimpleNamespace(progress_bar_callback=None), None, RuntimeError("x")
+    )  # no progress bar at all
+    trainer = training.build_trainer(SegConfig(), tmp_path)
+    assert any(isinstance(c, training.EndProgressBarsOnError) for c in trainer.callbacks)
 
 
 def test_a_start_stopped_before_its_first_checkpoint_is_set_aside_by_the_next(

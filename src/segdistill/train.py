@@ -233,6 +233,21 @@ def worker_init(rank: int, worker_id: int) -> None:
     pl_worker_init_function(worker_id, rank=rank)
 
 
+class EndProgressBarsOnError(Callback):
+    """On an error or an interrupt, end the progress bars' lines before the error is
+    printed. Lightning leaves them open: "error: ..." went on the bar's line, and the bar
+    was drawn once more under it when it was garbage-collected, so a run that had stopped
+    ended on a bar (at 100 % after a validation error)."""
+
+    def on_exception(self, trainer: L.Trainer, *args: Any) -> None:
+        bars = trainer.progress_bar_callback
+        for name in ("val_progress_bar", "train_progress_bar"):
+            try:
+                getattr(bars, name).close()
+            except (AttributeError, TypeError):  # no such bar, or not started yet
+                continue
+
+
 class StopOnCtrlC(Callback):
     """Raises a recorded Ctrl-C (`interrupts.CtrlC`) at the start of the next training or
     validation batch, inside Lightning's fit, so that its shutdown handles it."""
@@ -659,6 +674,7 @@ def _lightning_trainer(
                 t.keep_best,
             ),
             LearningRateMonitor(logging_interval="step"),
+            EndProgressBarsOnError(),
         ],
         default_root_dir=run_dir,
     )

@@ -112,7 +112,9 @@ def train_and_report(cfg: SegConfig, resume: bool) -> int:
     best = best_validation(run_dir)
     if best is not None:
         kept = "in checkpoints/best.safetensors" if cfg.trainer.keep_best else "not kept"
-        took += f"; best val mIoU {best[0]:.4f} after epoch {best[1]}, {kept}"
+        # "after N epochs", not "epoch N": Lightning's bar and metrics.csv count from 0.
+        epochs = f"{best[1]} epoch" + ("s" if best[1] != 1 else "")
+        took += f"; best val mIoU {best[0]:.4f} after {epochs}, {kept}"
     print_once(f"run directory: {run_dir} ({took})")
     return 0
 
