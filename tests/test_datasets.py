@@ -1,5 +1,6 @@
 """Cityscapes-layout and folder data sets on tiny trees written here, and their errors."""
 
+import shutil
 import signal
 import struct
 import zlib
@@ -393,6 +394,10 @@ def test_folder_missing_masks_list_stems(folder):
     assert np.all(dataset.load(2)["label"] == 255)
     unlabeled = FolderDataset(folder / "images", None, folder / "classes.yaml")
     assert all(s.label is None for s in unlabeled.samples)
+    # A split without any mask is unlabelled, and said so (not "give every image its mask").
+    shutil.rmtree(folder / "masks")
+    with pytest.raises(DataError, match=r"images: an unlabelled split \(3 images, no mask; "):
+        make_folder(folder)
 
 
 def test_folder_bad_values_and_empty_folder(folder, tmp_path):

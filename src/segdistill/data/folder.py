@@ -275,6 +275,14 @@ class FolderDataset(SegmentationDataset):
 
     def _check_all_labeled(self, samples: list[SampleFiles]) -> None:
         missing = [s.name for s in samples if s.label is None]
+        if missing and len(missing) == len(samples):
+            # A split without any mask is unlabelled (`data info` says so), not a broken one.
+            raise DataError(
+                f"{self.images_dir}: an unlabelled split ({len(samples)} images, no mask; "
+                f"expected e.g. {self.mask_path(missing[0])}): training and evaluation need "
+                "a mask per image; choose a labelled split (evaluate --splits val), or give "
+                "these images to a student as distill.unlabeled_root"
+            )
         if missing:
             raise DataError(
                 f"images without a mask in {self.images_dir}: {len(missing)} of {len(samples)} "
