@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -257,6 +258,16 @@ def test_an_error_ends_the_progress_bars_lines_before_it_is_printed(tmp_path: Pa
     )  # no progress bar at all
     trainer = training.build_trainer(SegConfig(), tmp_path)
     assert any(isinstance(c, training.EndProgressBarsOnError) for c in trainer.callbacks)
+
+
+def test_lightnings_notes_about_its_own_code_are_not_shown(tmp_path: Path, data_root: Path) -> None:
+    """Every training printed two warnings about Lightning's internals that no setting
+    changes (on_after_batch_transfer is overridden by design; a deprecated torch name)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        training.train(tiny_config(tmp_path, data_root))
+    shown = [str(w.message) for w in caught]
+    assert not [m for m in shown if "on_after_batch_transfer" in m or "LeafSpec" in m], shown
 
 
 def test_a_start_stopped_before_its_first_checkpoint_is_set_aside_by_the_next(

@@ -42,6 +42,7 @@ import random
 import shutil
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,7 +202,7 @@ def _train(cfg: SegConfig, resume: bool) -> Path:
     data = SegDataModule(training_set, val_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
     ckpt_path = run_dir / RESUME_CHECKPOINT if resume else None
     try:
-        with ctrl_c.watching():
+        with ctrl_c.watching(), _quiet_lightning():
             trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:
         # Lightning ends a Ctrl-C with exit(1) after its shutdown, Ctrl-C ignored from then
@@ -231,6 +232,23 @@ def worker_init(rank: int, worker_id: int) -> None:
     adds none), and Ctrl-C left to the main process (`ignore_ctrl_c`, `StopOnCtrlC`)."""
     ignore_ctrl_c(worker_id)
     pl_worker_init_function(worker_id, rank=rank)
+
+
+# What Lightning says about its own code at every fit, which no setting of ours changes:
+# SegmentationTask moves batches itself (on_after_batch_transfer, by design) and
+# Lightning's pytree helper uses a deprecated torch name.
+_LIGHTNING_NOISE = (
+    r"You have overridden `on_after_batch_transfer` in `LightningModule`",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for message in _LIGHTNING_NOISE:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 class EndProgressBarsOnError(Callback):
