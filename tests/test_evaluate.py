@@ -39,6 +39,7 @@ from segdistill.evaluate import (
     summary_split,
 )
 from segdistill.models import build_segmenter
+from segdistill.output_paths import held_folder
 from segdistill.predictor import PER_CLASS_OOD_SOURCE, load_predictor
 
 TINY = {"width": 0.125}
@@ -137,6 +138,21 @@ def test_a_report_warns_when_the_weights_changed_after_the_evaluation(
     err = capsys.readouterr().err
     assert f"warning: dudes: its metrics ({run / METRICS_FILE}) were measured on other " in err
     assert "run `segdistill evaluate` on it again" in err
+
+
+def test_a_run_still_training_is_evaluated_with_a_notice(
+    setup: dict[str, Any], tmp_path: Path, capsys
+) -> None:
+    """Evaluating a run directory while its training goes on gave the mid-training figures
+    without a word."""
+    run = tmp_path / "dudes"
+    shutil.copytree(setup["root"] / "dudes", run)
+    options = {"out_dir": tmp_path / "out", "write_homes": False, "make_figures": False}
+    with held_folder(run):  # as `segdistill train` holds its run directory
+        evaluate([run], setup["data"], ["test"], progress=False, device="cpu", **options)
+    assert f"notice: {run} is still being written by a run (pid " in capsys.readouterr().err
+    evaluate([run], setup["data"], ["test"], progress=False, device="cpu", **options)
+    assert "still being written" not in capsys.readouterr().err  # the lock file stays
 
 
 def test_numbers_match_a_direct_recomputation(setup: dict[str, Any]) -> None:

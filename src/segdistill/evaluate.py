@@ -91,6 +91,7 @@ from segdistill.metrics import (
     image_scores,
     ood_metrics,
 )
+from segdistill.output_paths import folder_user
 from segdistill.predictor import (
     TEACHER_KINDS,
     Prediction,
@@ -424,6 +425,14 @@ def evaluate(
     first = next(iter(datasets.values()))
     for predictor in predictors:
         _check_classes(predictor, first, data_root)
+        user = folder_user(predictor.home) if predictor.home is not None else None
+        if user is not None:
+            tqdm.write(
+                f"notice: {predictor.home} is still being written by a run ({user}): its "
+                "metrics are of the weights it holds now; evaluate it again when the run "
+                "has ended",
+                file=sys.stderr,
+            )
     if out_dir is None and any(p.home is None or not write_homes for p in predictors):
         loose = [str(p.source) for p in predictors if p.home is None or not write_homes]
         raise ConfigError(

@@ -64,6 +64,20 @@ def held_folder(folder: Path) -> Iterator[None]:
             folder.rmdir()
 
 
+def folder_user(folder: Path) -> str | None:
+    """Who holds `folder` (`held_folder`), e.g. "pid 4242 on host"; None when no live
+    process does (a lock file left by an ended run holds nothing)."""
+    path = folder / LOCK_FILE
+    if not path.is_file():
+        return None
+    with open(path) as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lock.read().strip() or "another process"
+    return None
+
+
 @contextlib.contextmanager
 def _lock(folder: Path) -> Iterator[None]:
     with open(folder / LOCK_FILE, "a+") as lock:
