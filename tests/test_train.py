@@ -573,7 +573,7 @@ def test_training_on_a_folder_data_set(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     with pytest.raises(
         ConfigError,
-        match=r"data.num_classes=19 but the data set in .* has 3 .*--set data.num_classes=3",
+        match=r"data.num_classes=19 but the data set in .* has 3: set .*--set data.num_classes=3",
     ):
         training.train(tiny_config(tmp_path / "other", root, ["data.format=folder"]))
 
