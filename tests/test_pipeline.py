@@ -727,6 +727,26 @@ def test_a_finished_network_of_another_config_records_no_experiment(tmp_path: Pa
     assert not (tmp_path / "experiment.yaml").exists()
 
 
+def test_a_changed_experiment_is_refused_whole_before_any_network_is_checked(
+    tmp_path: Path,
+) -> None:
+    """The first error named one network's difference and said to delete it; deleting it
+    led to the next network, and then to the experiment's own refusal: delete RUN_DIR."""
+    experiment = load_experiment(DEMO_CONFIG)
+    paths = RunPaths(tmp_path)
+    member = teacher_networks(experiment, paths)[0]
+    member.run.path().mkdir(parents=True)
+    (member.run.path() / "config.yaml").write_text(dump_config(member))
+    finish_a_step(tmp_path, "teacher")
+    claim_run_dir(experiment.spec, paths)
+    changed = load_experiment(DEMO_CONFIG, ["set.trainer.max_epochs=9", "bench.repeats=7"])
+    with pytest.raises(ConfigError, match="holds the results of another experiment") as error:
+        run_pipeline(changed, tmp_path)
+    message = str(error.value)
+    assert "bench.repeats: " in message and "-> 7" in message and "max_epochs" in message
+    assert "step 'teacher' trained" not in message and "stages/ markers" in message
+
+
 def test_a_second_run_into_a_run_directory_in_use_is_refused(tmp_path: Path) -> None:
     """Two runs into one directory trained every network twice into the same folders."""
     run_dir = tmp_path / "run"

@@ -49,6 +49,7 @@ from segdistill.pipeline.run_dir import (
     Step,
     claim_run_dir,
     network_outputs,
+    refuse_another_experiment,
     run_step,
     why_again,
 )
@@ -246,6 +247,7 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     check_output_folder(paths.root, "run directory")
     steps = plan(exp, paths)  # a config the plan refuses leaves the directory as it was
     with held_folder(paths.root):
+        refuse_another_experiment(exp.spec, paths)  # the whole change, before any one step
         for step in steps:  # before the claim: a config refused here records nothing
             if paths.stage(step.name).is_file():
                 check_finished_networks(step, paths.stage(step.name))

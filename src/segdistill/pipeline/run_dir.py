@@ -260,6 +260,30 @@ def _differences(before: Any, after: Any, key: str = "") -> list[tuple[str, Any,
 MAY_CHANGE_IN_PLACE = ("seeds",)
 
 
+def refuse_another_experiment(spec: Experiment, paths: RunPaths) -> None:
+    """ConfigError when the run directory records another experiment than `spec` (beyond
+    MAY_CHANGE_IN_PLACE) and a step of it has finished, with every difference and the way
+    to keep the steps the change does not touch. Checked before each finished network is
+    compared with its config, so the first error names the whole change."""
+    record = paths.root / EXPERIMENT_FILE
+    finished = sorted(p.stem for p in (paths.root / STAGES_DIR).glob("*.json"))
+    if not (finished and record.is_file()):
+        return
+    recorded = yaml.safe_load(record.read_text())
+    differences = _differences(
+        recorded, _without_added_settings(dataclasses.asdict(spec), recorded)
+    )
+    if any(key not in MAY_CHANGE_IN_PLACE for key, _, _ in differences):
+        raise ConfigError(
+            f"{paths.root} holds the results of another experiment config "
+            f"({format_differences(differences)}; compared with {record}; finished steps: "
+            f"{', '.join(finished)}): choose another --run-dir (a step this change does not "
+            "touch, e.g. the teacher, is kept by starting the new one with its folder and "
+            "stages/ markers: docs/experiments.md, 'One experiment per run directory'), or "
+            f"delete {paths.root} to start again"
+        )
+
+
 def claim_run_dir(spec: Experiment, paths: RunPaths, steps: Sequence[Step] = ()) -> None:
     """Record the experiment in the run directory, or refuse a directory where another one
     finished a step (its finished steps would be skipped and mixed into the results). A
@@ -287,18 +311,12 @@ def claim_run_dir(spec: Experiment, paths: RunPaths, steps: Sequence[Step] = ())
                 flush=True,
             )
     if record.is_file():
+        refuse_another_experiment(spec, paths)
         recorded = yaml.safe_load(record.read_text())
         comparable = _without_added_settings(current, recorded)
         if _same(recorded, comparable):
             return
-        differences = _differences(recorded, comparable)
-        changed = format_differences(differences)
-        if finished and any(key not in MAY_CHANGE_IN_PLACE for key, _, _ in differences):
-            raise ConfigError(
-                f"{paths.root} holds the results of another experiment config ({changed}; "
-                f"compared with {record}; finished steps: {', '.join(finished)}): choose "
-                f"another --run-dir, or delete {paths.root} to start again"
-            )
+        changed = format_differences(_differences(recorded, comparable))
         if finished:
             print(
                 f"{paths.root}: {changed}; the networks trained there are kept, each "
