@@ -25,6 +25,7 @@ import yaml
 from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.cli import main
 from segdistill.config import SegConfig, dump_config, replace_values
+from segdistill.data.synthstreets import SynthConfig, generate
 from segdistill.defaults import DETECTOR_FILE
 from segdistill.errors import ConfigError, DataError
 from segdistill.ood_detector import ImageOODDetector
@@ -35,6 +36,7 @@ from segdistill.pipeline.experiment import CheckSpec, TableSpec, UnlabeledSpec, 
 from segdistill.pipeline.networks import (
     baseline_config,
     check_finished_networks,
+    check_split_names,
     prepare_unlabeled,
     pretrain_teacher_config,
     student_config,
@@ -747,6 +749,38 @@ def test_a_changed_experiment_is_refused_whole_before_any_network_is_checked(
     assert "step 'teacher' trained" not in message and "stages/ markers" in message
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["evaluate.splits=[test,snow]"], r"evaluate.splits: split 'snow' not found under"),
+        (["table.columns=[miou,ood_auroc@snow]"], r"table.columns 'ood_auroc@snow': split"),
+        (["checks.0.metric=miou@fog_0.3"], r"check .*: split 'fog_0.3' is not evaluated"),
+        (["evaluate.splits=[test]", "table.columns=[miou@night]"], r"'night' is not evaluated"),
+        (["table.split=val"], r"table.split: split 'val' is not evaluated \(evaluate.splits"),
+        (
+            ["ablations=[{name: m, kind: sub_ensembles, sizes: [2], split: vall}]"],
+            r"ablation 'm': split 'vall' not found under .*; available: ",
+        ),
+    ],
+)
+def test_split_names_are_checked_in_the_data_step_before_anything_trains(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    """A split name the data set lacks (a typo in evaluate.splits, a check's @split) was
+    found after the teacher and students had trained, or not at all: a check on a split
+    never evaluated printed FAIL with '-'. The corrected config was then refused there."""
+    data = tmp_path / "data"
+    demo = load_experiment(DEMO_CONFIG).spec.data.synth
+    assert demo is not None
+    config = SynthConfig(size=(32, 64), train=1, val=1, test=1, shifts=tuple(demo.shifts))
+    generate(data, config, workers=1, progress=False)
+    fine = load_experiment(DEMO_CONFIG, [f"data.root={data}"]).spec
+    check_split_names(fine)  # the demo's own names: test and its shifted sets
+    spec = load_experiment(DEMO_CONFIG, [f"data.root={data}", *overrides]).spec
+    with pytest.raises(ConfigError, match=message):
+        check_split_names(spec)
+
+
 def test_a_second_run_into_a_run_directory_in_use_is_refused(tmp_path: Path) -> None:
     """Two runs into one directory trained every network twice into the same folders."""
     run_dir = tmp_path / "run"
@@ -938,6 +972,13 @@ def test_config_errors_name_the_problem(tmp_path: Path, text: str, message: str)
             ["checks=[{name: c, metric: miou, models: [baseline], compare: difference, min: 0}]"],
             "compare=difference needs a reference model",
         ),
+        (["bench.size=[32]"], r"bench.size=\[32\] must be \[height, width\], two positive"),
+        (["bench.size=[0,64]"], r"bench.size=\[0, 64\] must be"),
+        (["bench.size=[32,64,3]"], r"bench.size=\[32, 64, 3\] must be"),
+        (["bench.repeats=0"], "bench.repeats=0 must be >= 1"),
+        (["bench.warmup=-1"], "bench.warmup=-1 must be >= 0"),
+        (["evaluate.max_images=0"], "evaluate.max_images=0 must be >= 1"),
+        (["evaluate.batch_size=0"], "evaluate.batch_size=0 must be >= 1"),
         (["teacher"], "--set teacher: expected KEY=VALUE"),
         (["teacher.members=[1,"], "--set teacher.members=\\[1,: the value is not valid YAML"),
         (["seeds.x=1"], "--set seeds.x=1: 'seeds' of .*exp.yaml is not a mapping or list"),

@@ -409,6 +409,20 @@ def check_experiment(spec: Experiment, source: str) -> None:
                 f"{where}: sweeping {ablation.key} changes the encoder, which then no longer "
                 "fits the pre-trained one (`pretrain`)"
             )
+    # The settings of the steps that come last, checked before anything trains.
+    bench, evaluation = spec.bench, spec.evaluate
+    if len(bench.size) != 2 or not all(isinstance(v, int) and v > 0 for v in bench.size):
+        fail(f"bench.size={bench.size} must be [height, width], two positive integers")
+    for key, value, low in (
+        ("bench.batch", bench.batch, 1),
+        ("bench.repeats", bench.repeats, 1),
+        ("bench.warmup", bench.warmup, 0),
+        ("evaluate.batch_size", evaluation.batch_size, 1),
+        ("evaluate.num_samples", evaluation.num_samples, 0),
+        ("evaluate.max_images", 1 if evaluation.max_images is None else evaluation.max_images, 1),
+    ):
+        if value < low:
+            fail(f"{key}={value} must be >= {low}")
     for column in spec.table.columns:
         split_metric_name(column, f"{source}: table.columns")
     for check in spec.checks:

@@ -25,9 +25,10 @@ from segdistill.data.synthstreets import SynthConfig, generate
 from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.ensemble import member_config, train_member, write_manifest
 from segdistill.errors import ConfigError, DataError
-from segdistill.evaluate import find_splits
+from segdistill.evaluate import find_splits, select_splits
 from segdistill.methods import METHODS
 from segdistill.models.teachers import DISAGREEMENT_SIGNALS
+from segdistill.pipeline.checks import split_metric_name
 from segdistill.pipeline.experiment import (
     AblationSpec,
     DataSpec,
@@ -43,11 +44,42 @@ from segdistill.train import train
 
 def prepare_all_data(spec: Experiment) -> dict[str, Any]:
     """The `data` step: the data set of every network and, with an `unlabeled` section, the
-    students' unlabelled images."""
+    students' unlabelled images; then the split names the experiment reads are checked
+    against it (`check_split_names`), before any network trains."""
     prepared = prepare_data(spec.data)
     if spec.unlabeled is not None:
         prepared["unlabeled"] = prepare_unlabeled(spec.unlabeled)
+    check_split_names(spec)
     return prepared
+
+
+def check_split_names(spec: Experiment) -> None:
+    """ConfigError naming a split that `evaluate.splits`, the table, a check or an ablation
+    reads and the data set (or the evaluation) does not have. Found after training, such a
+    typo cost the training: the corrected config is another experiment, refused in that
+    run directory."""
+    available = find_splits(Path(spec.data.root))
+    try:
+        evaluated = [split.name for split in select_splits(available, spec.evaluate.splits)]
+    except DataError as error:
+        raise ConfigError(f"evaluate.splits: {error}") from None
+    named: list[tuple[str, str | None]] = [("table.split", spec.table.split)]
+    named += [
+        (f"table.columns {c!r}", split_metric_name(c, "table")[1]) for c in spec.table.columns
+    ]
+    named += [(f"check {c.name!r}", split_metric_name(c.metric, "check")[1]) for c in spec.checks]
+    for where, split in named:
+        if split is not None and split not in evaluated:
+            raise ConfigError(
+                f"{where}: split {split!r} is not evaluated (evaluate.splits gives "
+                f"{', '.join(evaluated)}); its values would be missing ('-') and the check fail"
+            )
+    for ablation in spec.ablations:
+        if ablation.split not in available:
+            raise ConfigError(
+                f"ablation {ablation.name!r}: split {ablation.split!r} not found under "
+                f"{spec.data.root}; available: {', '.join(available)}"
+            )
 
 
 def prepare_unlabeled(unlabeled: UnlabeledSpec) -> dict[str, Any]:
