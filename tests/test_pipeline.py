@@ -781,6 +781,17 @@ def test_split_names_are_checked_in_the_data_step_before_anything_trains(
         check_split_names(spec)
 
 
+def test_a_missing_training_config_names_the_experiment_and_its_network(tmp_path: Path) -> None:
+    """It said only 'config file configs/quick/distill_dudez.yaml does not exist'."""
+    experiment = load_experiment(DEMO_CONFIG, ["students.0.config=distill_dudez.yaml"])
+    with pytest.raises(ConfigError) as error:
+        plan(experiment, RunPaths(tmp_path))
+    assert str(error.value).startswith(
+        f"{DEMO_CONFIG}: the student dudes names the training config 'distill_dudez.yaml', "
+        f"but {DEMO_CONFIG.parent / 'distill_dudez.yaml'} does not exist"
+    )
+
+
 def test_a_second_run_into_a_run_directory_in_use_is_refused(tmp_path: Path) -> None:
     """Two runs into one directory trained every network twice into the same folders."""
     run_dir = tmp_path / "run"

@@ -243,6 +243,14 @@ def test_config_validation() -> None:
         ss.SynthConfig(crowd=0.0)
 
 
+def test_a_file_where_the_data_set_goes_is_named_by_its_path(tmp_path: Path) -> None:
+    """It said '--out PATH is a file' also to an experiment, whose setting is data.root."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(DataError, match=f"^{afile} is a file, not a folder: the data set"):
+        ss.generate(afile, ss.SynthConfig(size=(32, 64), train=1, val=0, test=0), progress=False)
+
+
 def _train_id_pixels(config: ss.SynthConfig, images: int) -> np.ndarray:
     """[NUM_CLASSES] pixels of each class over the first `images` training scenes."""
     counts = np.zeros(NUM_CLASSES, dtype=np.int64)

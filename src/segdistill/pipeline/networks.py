@@ -123,7 +123,14 @@ def network_config(
     """A network's training config: the file `config` (relative to the experiment file),
     then the experiment's `set`, then `values`; data.root (default: the experiment's),
     run.dir and run.experiment_dir are forced."""
-    cfg = load_config(exp.config_path(config))
+    path = exp.config_path(config)
+    if not path.is_file():
+        # load_config's own error would name the file only, not the experiment's key.
+        raise ConfigError(
+            f"{exp.path}: the {role} names the training config {config!r}, but {path} "
+            "does not exist (config paths are relative to the experiment file)"
+        )
+    cfg = load_config(path)
     forced = {
         "data.root": data_root or exp.spec.data.root,
         "run.dir": str(run_dir),

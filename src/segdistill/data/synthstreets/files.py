@@ -425,7 +425,8 @@ def _check_target(root: Path, config: SynthConfig, force: bool) -> bool:
     """Whether to generate into `root`: False when the same data set is already there;
     DataError when another one (or foreign Cityscapes folders) is there without force."""
     if root.exists() and not root.is_dir():
-        raise DataError(f"--out {root} is a file, not a folder")
+        # Named by its path only: `data synth --out` and an experiment's data.root lead here.
+        raise DataError(f"{root} is a file, not a folder: the data set needs a folder there")
     meta = read_meta(root)
     if meta is not None:
         if meta.get("params") == config.params():
