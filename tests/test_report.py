@@ -234,6 +234,12 @@ def test_run_without_metrics(tmp_path: Path, capsys) -> None:
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(SegdistillError, match="not written by `segdistill evaluate`"):
         load_models([tmp_path / "other.json"])
+    # A network of an experiment points at the experiment's results.json.
+    student = tmp_path / "exp" / "students" / "dudes"
+    student.mkdir(parents=True)
+    (tmp_path / "exp" / "results.json").write_text("{}")
+    with pytest.raises(SegdistillError, match=f"part of the experiment in {tmp_path / 'exp'}"):
+        load_models([student])
     with pytest.raises(SegdistillError, match=r"missing\.json does not exist"):
         load_models([tmp_path / "missing.json"])
     (tmp_path / "broken.json").write_text('{"models": [')

@@ -117,9 +117,12 @@ def input_file(path: Path) -> Path:
     for name in (METRICS_FILE, RESULTS_FILE):
         if (path / name).is_file():
             return path / name
+    # A network of an experiment: its results are in the experiment's results.json.
+    experiment = next((p for p in path.resolve().parents if (p / RESULTS_FILE).is_file()), None)
+    inside = f"; it is part of the experiment in {experiment}: give that" if experiment else ""
     raise SegdistillError(
         f"{path} has no {METRICS_FILE} or {RESULTS_FILE}: run `segdistill evaluate "
-        f"{path} --data DATA_DIR` first"
+        f"{path} --data DATA_DIR` first{inside}"
     )
 
 
