@@ -264,6 +264,11 @@ def test_ablations_evaluate_sub_ensembles_and_train_a_sweep(tmp_path: Path, caps
     assert results["ablations"]["width"]["seeds"] == [0]
     assert "seeds" not in results["ablations"]["seed"]
     assert [row["seed"] for row in results["ablations"]["seed"]["rows"]] == [0, 7]
+    # The HTML report shows them too (DUDES Fig. 5, NfS Fig. 8 are part of the comparison).
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "ablation members (sub_ensembles, test)" in page
+    assert "ablation width (sweep, test, seed 0)" in page
+    assert f">{members[1]['miou']:.4f}<" in page and ">0.1250<" in page
 
 
 def test_every_seed_is_for_sweeps() -> None:

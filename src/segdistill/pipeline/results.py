@@ -229,7 +229,16 @@ def experiment_claims(results: dict[str, Any]) -> Claims:
         title=f"{table['title'] or results['experiment']['name']} (split {table['split']})",
         header=table["columns"],
         rows=_table_cells(table)[1:],
-        tables=[(_ood_flag_title(results), flags[0], flags[1:])] if flags else [],
+        tables=[
+            *([(_ood_flag_title(results), flags[0], flags[1:])] if flags else []),
+            *(
+                (title, cells[0], cells[1:])
+                for title, cells in (
+                    _ablation_table(name, ablation)
+                    for name, ablation in results["ablations"].items()
+                )
+            ),
+        ],
         notes=[bench] if bench else [],
         checks=[(outcome["passed"], _check_line(outcome, calls)) for outcome in results["checks"]],
         steps=[
@@ -330,6 +339,13 @@ def _check_line(outcome: dict[str, Any], paired_calls: int | None = None) -> str
 
 
 def _ablation_lines(name: str, ablation: dict[str, Any]) -> list[str]:
+    title, cells = _ablation_table(name, ablation)
+    return [f"{title}:", *text_table(cells)]
+
+
+def _ablation_table(name: str, ablation: dict[str, Any]) -> tuple[str, list[list[str]]]:
+    """An ablation's title and its table as text cells (header first), for the printed
+    summary, table.md and the HTML report."""
     rows = ablation["rows"]
     keys = [key for key in rows[0] if key != "std"]
     cells = [keys]
@@ -346,8 +362,7 @@ def _ablation_lines(name: str, ablation: dict[str, Any]) -> list[str]:
     trained = ""
     if seeds is not None:  # a sweep: the networks it trained per value
         trained = f", seed {seeds[0]}" if len(seeds) == 1 else f", mean ± std of seeds {seeds}"
-    title = f"ablation {name} ({ablation['kind']}, {ablation['split']}{trained}):"
-    return [title, *text_table(cells)]
+    return f"ablation {name} ({ablation['kind']}, {ablation['split']}{trained})", cells
 
 
 def format_summary(results: dict[str, Any]) -> str:
