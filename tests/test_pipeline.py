@@ -578,7 +578,7 @@ def test_seeds_train_baseline_and_students_again(tmp_path: Path, capsys) -> None
     capsys.readouterr()
     assert main([*args, "seeds=2"]) == 0
     printed = capsys.readouterr().out
-    assert "seeds: 1 -> 2; the networks trained there are kept" in printed
+    assert "seeds: 1 -> 2; the finished steps are kept (each network checked" in printed
     for step in ("baseline", "student-dudes", "student-holder", "ablation-width-0.25"):
         assert re.search(rf"\] {step}: .* - done before, skipped", printed), step
     assert first_seed.read_bytes() == trained
@@ -621,6 +621,18 @@ def test_seeds_train_baseline_and_students_again(tmp_path: Path, capsys) -> None
     assert (run_dir / "ablations" / "width" / "width=0.25-s1").is_dir()
     assert "ablation width (sweep, test, mean ± std of seeds [0, 1]):" in printed
     assert f"{sweep['miou']:.4f} ± {sweep['std']['miou']:.4f}" in printed
+
+    # What only the report reads (a check's goal, the table's columns) may change there
+    # too: it was refused with "delete RUN_DIR", though nothing needs to train again.
+    name = results["checks"][0]["name"]
+    assert main([*args, "seeds=2", "checks.0.min=-0.5", "table.columns=[miou, ece]"]) == 0
+    printed = capsys.readouterr().out
+    ran = re.findall(r"\] ([\w.-]+): .* \.\.\.", printed)
+    assert ran == ["data", "report"], ran  # the data step runs every time
+    again = json.loads((run_dir / "results.json").read_text())
+    assert [c["min"] for c in again["checks"] if c["name"] == name][0] == -0.5
+    assert again["table"]["metrics"] == ["miou", "ece"]
+    assert again["models"] == results["models"]
 
 
 def finish_a_step(run_dir: Path, step: str = "data") -> None:

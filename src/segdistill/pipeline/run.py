@@ -50,6 +50,7 @@ from segdistill.pipeline.run_dir import (
     claim_run_dir,
     network_outputs,
     refuse_another_experiment,
+    report_settings,
     run_step,
     why_again,
 )
@@ -231,6 +232,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             needs=tuple(step.name for step in steps if not step.every_run),
             outputs=(paths.root / RESULTS_FILE, paths.root / TABLE_FILE, paths.root / REPORT_FILE),
             names_run_dir=True,
+            settings=report_settings(exp.spec),
         )
     )
     return steps

@@ -97,7 +97,9 @@ class Step:
     runs again. `every_run`: run it even when finished (the data step: cheap, and it finds
     a data folder that was deleted or replaced). `names_run_dir`: its outputs name the
     run directory's paths (the report's results.json): it runs again when the run
-    directory was copied or moved, or is given another spelling."""
+    directory was copied or moved, or is given another spelling. `settings`: experiment
+    settings it reads beyond its inputs' files, as text (the report's table and checks):
+    recorded with its inputs, so that a change runs it again."""
 
     name: str
     title: str
@@ -107,6 +109,7 @@ class Step:
     outputs: tuple[Path, ...] = ()
     every_run: bool = False
     names_run_dir: bool = False
+    settings: str = ""
 
     def missing_outputs(self) -> list[Path]:
         """The `outputs` not on disk."""
@@ -173,6 +176,7 @@ def why_again(step: Step, marker: Path, inputs: dict[str, str], root: Path) -> s
 
 
 RUN_DIR_INPUT = "run directory"  # a step input that is no file (`Step.names_run_dir`)
+SETTINGS_INPUT = "settings"  # another (`Step.settings`, as its SHA-256)
 
 
 class OutputDigests:
@@ -190,11 +194,14 @@ class OutputDigests:
     def inputs(self, step: Step) -> dict[str, str]:
         """{output of a step that `step` needs, relative to the run directory: SHA-256};
         outputs not written yet are left out (the step that writes them runs first). With
-        `names_run_dir`, also {"run directory": its path as given}."""
+        `names_run_dir`, also {"run directory": its path as given}; with `settings`,
+        {"settings": their SHA-256}."""
         paths = [path for need in step.needs for path in self.steps[need].outputs]
         found = {_short(path, self.root): self.of(path) for path in paths if path.is_file()}
         if step.names_run_dir:
             found[RUN_DIR_INPUT] = str(self.root)
+        if step.settings:
+            found[SETTINGS_INPUT] = hashlib.sha256(step.settings.encode()).hexdigest()
         return found
 
     def of(self, path: Path) -> str:
@@ -252,12 +259,24 @@ def _differences(before: Any, after: Any, key: str = "") -> list[tuple[str, Any,
     return found
 
 
-# Experiment settings that may change in a run directory holding finished steps. More
-# seeds add networks beside the trained ones, whose steps are the same: each network is
-# still compared with its config before its step is skipped (`check_finished_networks`),
-# and the steps that read the networks (evaluation, report) run again because their
-# recorded inputs change.
-MAY_CHANGE_IN_PLACE = ("seeds",)
+# Experiment settings (top-level keys) that may change in a run directory holding finished
+# steps. More seeds add networks beside the trained ones, whose steps are the same: each
+# network is still compared with its config before its step is skipped
+# (`check_finished_networks`), and the steps that read the networks (evaluation, report)
+# run again because their recorded inputs change. The title, the table and the checks are
+# read by the report step alone, which records them (`Step.settings`) and runs again.
+MAY_CHANGE_IN_PLACE = ("seeds", "title", "paper", "table", "checks")
+REPORT_SETTINGS = ("title", "paper", "table", "checks")
+
+
+def report_settings(spec: Experiment) -> str:
+    """The settings only the report step reads, as text (`Step.settings`)."""
+    values = dataclasses.asdict(spec)
+    return json.dumps({key: values[key] for key in REPORT_SETTINGS}, sort_keys=True)
+
+
+def _may_change_in_place(key: str) -> bool:
+    return key.split(".")[0] in MAY_CHANGE_IN_PLACE
 
 
 def refuse_another_experiment(spec: Experiment, paths: RunPaths) -> None:
@@ -273,7 +292,7 @@ def refuse_another_experiment(spec: Experiment, paths: RunPaths) -> None:
     differences = _differences(
         recorded, _without_added_settings(dataclasses.asdict(spec), recorded)
     )
-    if any(key not in MAY_CHANGE_IN_PLACE for key, _, _ in differences):
+    if not all(_may_change_in_place(key) for key, _, _ in differences):
         raise ConfigError(
             f"{paths.root} holds the results of another experiment config "
             f"({format_differences(differences)}; compared with {record}; finished steps: "
@@ -290,7 +309,8 @@ def claim_run_dir(spec: Experiment, paths: RunPaths, steps: Sequence[Step] = ())
     directory whose run stopped before its first step finished (e.g. a wrong data.root)
     holds nothing of it: the new experiment replaces the record.
 
-    `seeds` may change (MAY_CHANGE_IN_PLACE): 3 seeds become 10 by training 7 more.
+    `seeds` may change (MAY_CHANGE_IN_PLACE): 3 seeds become 10 by training 7 more; so may
+    the title, the table and the checks, which only the report reads.
 
     Finished steps without a record (a run directory started with a copy of another's
     steps, or whose experiment.yaml was deleted): those of `steps` that train networks
@@ -319,8 +339,8 @@ def claim_run_dir(spec: Experiment, paths: RunPaths, steps: Sequence[Step] = ())
         changed = format_differences(_differences(recorded, comparable))
         if finished:
             print(
-                f"{paths.root}: {changed}; the networks trained there are kept, each "
-                "checked against its config, and the steps that read them run again",
+                f"{paths.root}: {changed}; the finished steps are kept (each network "
+                "checked against its config), and those that read what changed run again",
                 flush=True,
             )
         else:
