@@ -248,14 +248,18 @@ def _same(before: Any, after: Any) -> bool:
 
 def _differences(before: Any, after: Any, key: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted key, before, after) of every value that differs (`_same`) between two
-    plain-data trees (mappings are descended into; a list is one value; a missing key is
-    None)."""
-    if not (isinstance(before, dict) and isinstance(after, dict)):
+    plain-data trees (mappings are descended into, and lists of one length item by item,
+    `students.0.label`; a list that grew or shrank is one value; a missing key is None)."""
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        pairs = [(str(index), b, a) for index, (b, a) in enumerate(zip(before, after))]
+    elif isinstance(before, dict) and isinstance(after, dict):
+        names = [*before, *(k for k in after if k not in before)]
+        pairs = [(str(name), before.get(name), after.get(name)) for name in names]
+    else:
         return [] if _same(before, after) else [(key, before, after)]
     found = []
-    for name in [*before, *(k for k in after if k not in before)]:
-        below = f"{key}.{name}" if key else str(name)
-        found += _differences(before.get(name), after.get(name), below)
+    for name, b, a in pairs:
+        found += _differences(b, a, f"{key}.{name}" if key else name)
     return found
 
 
