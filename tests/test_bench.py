@@ -16,11 +16,13 @@ from torch import Tensor, nn
 
 from segdistill.bench import (
     SIZE_NOTE,
+    BenchResult,
     ModelBench,
     benchmark,
     compute_ratios,
     count_flops,
     format_result,
+    make_timer,
     paired_ratio,
     to_json,
 )
@@ -315,3 +317,69 @@ def test_models_of_one_name_keep_their_own_input_size() -> None:
     result = benchmark(predictors, (30, 50), repeats=1, warmup=0)
     assert [m.name for m in result.models] == ["best", "best_2"]
     assert to_json(result)["settings"]["input_sizes"] == {"best": [64, 64], "best_2": [32, 64]}
+
+
+def test_latency_statistics_of_the_timed_calls() -> None:
+    """median, quartiles, min, max and throughput of several calls (one call hides them
+    all). Expected values by hand: sorted runs 1, 2, 3, 5, 100; numpy's linear quartiles of
+    five values are the 2nd and 4th."""
+    runs = [5.0, 1.0, 3.0, 100.0, 2.0]
+    model = ModelBench("m", "m", "baseline", 1, "", 0, 0.0, 2, (32, 32), runs)
+    assert model.latency() == {"median": 3.0, "q25": 2.0, "q75": 5.0, "min": 1.0, "max": 100.0}
+    assert model.throughput() == pytest.approx(2 / 0.003)  # batch 2 at the median, 3 ms
+
+
+def test_ratio_goals_are_met_on_the_bound() -> None:
+    """teacher / student >= passes and student / baseline <= 1.02, both inclusive."""
+
+    def model(name: str, kind: str, runs: list[float], passes: int = 1) -> ModelBench:
+        return ModelBench(name, name, kind, passes, "", 0, 0.0, 1, (32, 32), runs)
+
+    ratios = compute_ratios(
+        [
+            model("ens", "ensemble", [100.0, 150.0], passes=2),
+            model("student", "student", [51.0, 76.5]),
+            model("baseline", "baseline", [50.0, 75.0]),
+        ]
+    )
+    assert [r.value for r in ratios] == [100.0 / 51.0, 51.0 / 50.0]
+    assert not ratios[0].met  # 1.96 < 2
+    assert ratios[1].value == 1.02 and ratios[1].met
+    exact = compute_ratios(
+        [model("ens", "ensemble", [102.0], passes=2), model("student", "student", [51.0])]
+    )
+    assert exact[0].value == 2.0 and exact[0].met
+
+
+def test_gflops_per_image_are_flops_over_1e9() -> None:
+    model = ModelBench("m", "m", "baseline", 1, "", 0, 3.5e9, 1, (32, 32), [1.0])
+    assert to_json(BenchResult({}, [model], []))["models"][0]["gflops_per_image"] == 3.5
+
+
+def test_a_ratio_of_models_at_different_sizes_is_marked() -> None:
+    def model(name: str, kind: str, size: tuple[int, int]) -> ModelBench:
+        return ModelBench(name, name, kind, 1, "", 0, 0.0, 1, size, [1.0])
+
+    ratios = compute_ratios([model("s", "student", (64, 64)), model("b", "baseline", (32, 64))])
+    assert [r.same_input_size for r in ratios] == [False]
+
+
+def test_the_thread_count_is_restored_after_the_run() -> None:
+    predictor = Predictor(
+        OneConv(), name="c", kind="baseline", uncertainty_source="", source=Path("c"), home=None
+    )
+    before = torch.get_num_threads()
+    try:
+        wanted = 1 if before != 1 else 2
+        result = benchmark([predictor], (8, 8), repeats=1, warmup=0, threads=wanted)
+        assert result.settings["threads"] == wanted
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_cpu_timer_gives_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """perf_counter seconds -> ms (a fake clock: 0.25 s between start and end)."""
+    clock = iter([10.0, 10.25])
+    monkeypatch.setattr("segdistill.bench.time.perf_counter", lambda: next(clock))
+    assert make_timer(torch.device("cpu"))(lambda: None) == pytest.approx(250.0)

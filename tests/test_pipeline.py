@@ -46,6 +46,7 @@ from segdistill.pipeline.networks import (
 from segdistill.pipeline.results import (
     _check_line,
     _ood_flag_cells,
+    _speed,
     _table_cells,
     experiment_claims,
     format_markdown,
@@ -1494,3 +1495,131 @@ def test_the_reference_config_of_experiments_md_loads_and_plans(tmp_path: Path) 
     experiment = load_experiment(tmp_path / "reference.yaml")
     steps = [step.name for step in plan(experiment, RunPaths(tmp_path / "run"))]
     assert "ablation-lr-0.05" in steps and steps[-1] == "report"
+
+
+# ------------------------------------------ verdicts: bounds, compares, formatting
+def _value_check(**spec: object) -> dict:
+    (outcome,) = run_check(CheckSpec(name="c", models=["student"], **spec), MODELS, "test")
+    return outcome
+
+
+def test_check_bounds_are_inclusive_and_nan_fails() -> None:
+    """docs/experiments.md: the quantity must lie in [min, max], both inclusive; a NaN
+    (an undefined metric) fails whatever the bounds."""
+    miou = MODELS["student"][0]["splits"]["test"]["segmentation"]["miou"]  # 0.595
+    assert _value_check(metric="miou", min=miou)["passed"] is True
+    assert _value_check(metric="miou", max=miou)["passed"] is True
+    assert _value_check(metric="miou", min=miou, max=miou)["passed"] is True
+    assert _value_check(metric="miou", min=float(np.nextafter(miou, 1.0)))["passed"] is False
+    nan = {"student": [model("student", float("nan"), [0.1], 10.0)]}
+    for bounds in ({"min": 0.0}, {"max": 1.0}, {"min": 0.0, "max": 1.0}):
+        spec = CheckSpec(name="n", metric="miou", models=["student"], **bounds)
+        assert run_check(spec, nan, "test")[0]["passed"] is False
+
+
+def test_a_ratio_of_a_metric_is_model_over_reference() -> None:
+    """`ratio` on a metric other than latency: model / reference (0.595 / 0.60)."""
+    outcome = _value_check(metric="miou", compare="ratio", reference="baseline", min=0.99)
+    assert outcome["value"] == pytest.approx(0.595 / 0.60)
+    assert outcome["passed"] is True  # 0.9917; the inverse, 1.0084, would pass too
+    assert (
+        _value_check(metric="miou", compare="ratio", reference="baseline", max=0.995)["passed"]
+        is True
+    )  # the inverse (1.0084) would fail
+
+
+def test_order_allows_ties_and_fails_on_a_missing_value() -> None:
+    """`order`: the values must not increase (a tie passes); a model without the metric
+    fails the check (it does not crash the report)."""
+    tie = CheckSpec(name="o", metric="miou", models=["teacher", "baseline"], compare="order")
+    assert run_check(tie, MODELS, "test")[0]["passed"] is True  # 0.60, 0.60
+    models = {**MODELS, "missing": [model("missing", None, [0.1], 10.0)]}
+    for names in (["teacher", "missing"], ["missing", "teacher"]):
+        spec = CheckSpec(name="o", metric="miou", models=names, compare="order")
+        assert run_check(spec, models, "test")[0]["passed"] is False
+
+
+def test_a_per_class_check_needs_every_class_by_default() -> None:
+    """Without `min_count` every class must be within the bounds (CheckSpec: "default:
+    all"), so a class without a value fails the default."""
+    outcome = _value_check(
+        metric="per_class_mean_uncertainty", compare="abs_difference", reference="teacher",
+        max=0.06,
+    )  # fmt: skip
+    # |0.11 - 0.10|, |0.25 - 0.20| within 0.06; the third class has no value.
+    assert (outcome["value"], outcome["of"], outcome["defined"]) == (2, 3, 2)
+    assert outcome["min_count"] == 3 and outcome["passed"] is False
+
+
+def test_one_seed_gives_no_per_seed_list() -> None:
+    """docs/experiments.md: only with several seeds does a check list `per_seed`."""
+    outcome = _value_check(metric="miou", compare="difference", reference="baseline", min=-1)
+    assert "per_seed" not in outcome
+    assert "seeds" not in _check_line(outcome)
+
+
+def test_ood_auroc_reads_the_best_aggregator_and_none_without_one() -> None:
+    entry = model("m", 0.5, [0.1], 10.0)
+    by_aggregator = {"mean": {"auroc": 0.7}, "max": {"auroc": 0.9}}
+    entry["ood"] = {"sets": {"fog": {"best_aggregator": "max", "by_aggregator": by_aggregator}}}
+    assert metric_value(entry, "ood_auroc@fog") == 0.9
+    entry["ood"]["sets"]["fog"]["best_aggregator"] = None  # no aggregator could be scored
+    assert metric_value(entry, "ood_auroc@fog") is None
+    spec = CheckSpec(name="o", metric="ood_auroc@fog", models=["m"], min=0.0)
+    assert run_check(spec, {"m": [entry]}, "test")[0]["passed"] is False
+
+
+def test_check_lines_give_the_verdict_the_goal_and_the_counts() -> None:
+    passing = _value_check(metric="miou", compare="difference", reference="baseline", min=-0.01)
+    failing = _value_check(metric="miou", max=0.5)
+    assert _check_line(passing).startswith("PASS  c - student vs baseline: difference -0.0050")
+    assert "(goal >= -0.01)" in _check_line(passing)
+    assert _check_line(failing).startswith("FAIL  c - student: value 0.5950 (goal <= 0.5)")
+    per_class = _value_check(
+        metric="per_class_mean_uncertainty", compare="abs_difference", reference="teacher",
+        max=0.03, min_count=1,
+    )  # fmt: skip
+    assert "1 of 3 classes <= 0.03 (need 1; 2 have a value)" in _check_line(per_class)
+    table = {
+        "title": "t", "split": "test", "columns": ["model", "label", "mIoU", "latency ms"],
+        "metrics": ["miou", "latency_ms"], "rows": [["student", "s", 0.595, 10.1]],
+        "std": [[None, None]],
+    }  # fmt: skip
+    results = {
+        "experiment": {"name": "e", "title": "e", "paper": ""}, "table": table,
+        "models": [], "ablations": {}, "checks": [passing, failing], "stages": {},
+    }  # fmt: skip
+    assert _table_cells(table)[1] == ["student", "s", "0.5950", "10.10"]
+    summary = format_summary(results)
+    assert "checks: 1 of 2 pass" in summary
+    markdown = format_markdown(results)
+    assert "- PASS  c - student vs baseline" in markdown and "- FAIL  c - student:" in markdown
+
+
+def test_speed_latency_ratios_pair_mine_over_the_others() -> None:
+    """results.json speed.latency_vs_teacher / _vs_baseline: this model's calls over the
+    other's, median of the per-repeat ratios."""
+    runs = {"t": [50.0, 40.0, 90.0], "b": [10.0, 20.0, 10.0], "s": [11.0, 22.0, 30.0]}
+    bench = {
+        "models": [
+            {"name": n, "passes": 1, "gflops_per_image": 1.0, "images_per_s": 1.0,
+             "latency_ms": {"median": float(np.median(r)), "runs": r}}
+            for n, r in runs.items()
+        ]
+    }  # fmt: skip
+    speed = _speed({"name": "s"}, bench, {"t": "teacher", "b": "baseline", "s": "student"})
+    s, t, b = (np.asarray(runs[n]) for n in "stb")
+    assert speed["latency_vs_teacher"] == pytest.approx(np.median(s / t))  # 0.55, not 0.333
+    assert speed["latency_vs_baseline"] == pytest.approx(np.median(s / b))  # 1.1
+
+
+def test_the_ood_flag_table_shows_the_first_seed_only() -> None:
+    flag = {"threshold": 0.5, "flagged": {"fog": 0.5}}
+    models = [
+        {"name": "m", "seed_offset": 0, "ood_flag": flag},
+        {"name": "m-s1", "seed_offset": 1, "ood_flag": {**flag, "flagged": {"fog": 0.25}}},
+    ]
+    assert _ood_flag_cells({"models": models}) == [
+        ["model", "threshold", "fog"],
+        ["m", "0.5", "50%"],
+    ]

@@ -203,3 +203,90 @@ def test_train_transform_output_contract():
     out = to_tensors(build_train_transform((16, 24))(pattern_sample(10, 30, 3)))
     assert out["image"].shape == (3, 16, 24) and out["label"].shape == (16, 24)
     assert out["maps"]["field"].shape == (2, 16, 24)
+
+
+def test_scale_rounds_the_size_to_the_nearest_pixel():
+    """round(H * s) x round(W * s): 3 x 6 at 1.3 -> 3.9 x 7.8 -> 4 x 8 (not 3 x 7)."""
+    sample = pattern_sample(3, 6, 2)
+    out = RandomScale(1.3, 1.3)(sample, np.random.default_rng(0))
+    expected = tuple(int(np.floor(n * 1.3 + 0.5)) for n in (3, 6))
+    assert expected == (4, 8) and out["label"].shape == expected
+    assert out["image"].shape == (*expected, 3) and out["maps"]["field"].shape == (2, *expected)
+    # A fixed scale of 1 (scale_range [1, 1], as the tiny demo uses) is allowed.
+    same = RandomScale(1.0, 1.0)(sample, np.random.default_rng(0))
+    assert np.array_equal(same["label"], sample["label"])
+
+
+def test_scale_is_bilinear_for_image_and_maps_and_nearest_for_the_label():
+    """A 1 x 2 sample doubled: bilinear (half-pixel centres) samples the source at
+    x = -0.25, 0.25, 0.75, 1.25 -> weights of the right pixel 0, 1/4, 3/4, 1; the label
+    takes the nearest source pixel. The uint8 image is rounded, not truncated."""
+    image = np.zeros((1, 2, 3), np.uint8)
+    image[0, :, 0] = [0, 3]
+    image[0, :, 1] = [0, 200]
+    sample = {
+        "image": image,
+        "label": np.array([[1, 2]], np.uint8),
+        "maps": {"m": np.array([[[0.0, 4.0]]], np.float32)},
+    }
+    out = RandomScale(2.0, 2.0)(sample, np.random.default_rng(0))
+    right = np.array([0.0, 0.25, 0.75, 1.0])  # weight of the right source pixel
+    assert out["label"].tolist() == [[1, 1, 2, 2]] * 2
+    np.testing.assert_allclose(out["maps"]["m"][0], np.tile(4.0 * right, (2, 1)), atol=1e-6)
+    assert out["image"][0, :, 0].tolist() == np.rint(3 * right).tolist() == [0, 1, 2, 3]
+    assert out["image"][0, :, 1].tolist() == (200 * right).tolist()
+
+
+def _jitter_factors(seed: int, brightness: float, contrast: float, saturation: float):
+    """The factors ColorJitter draws, in its order, each from [max(0, 1 - x), 1 + x]."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(max(0.0, 1.0 - x), 1.0 + x) for x in (brightness, contrast, saturation)]
+
+
+# Saturated colours: their mean luma (121) is far from their mean RGB value (108).
+COLOURS = np.array([[[250, 10, 10], [10, 10, 250]], [[10, 250, 10], [240, 240, 10]]], np.uint8)
+
+
+def test_color_jitter_contrast_blends_with_the_mean_luma():
+    """Contrast: f * image + (1 - f) * the mean of the image's luma (ITU-R 601 weights)."""
+    _, factor, _ = _jitter_factors(3, 0.0, 0.8, 0.0)
+    pixels = COLOURS.astype(np.float64)
+    grey = (pixels[..., 0] * 0.299 + pixels[..., 1] * 0.587 + pixels[..., 2] * 0.114).mean()
+    expected = np.clip(np.rint(factor * pixels + (1 - factor) * grey), 0, 255)
+    out = ColorJitter(contrast=0.8)({"image": COLOURS}, np.random.default_rng(3))
+    np.testing.assert_allclose(out["image"], expected, atol=1)
+    assert factor < 0.7  # lower contrast: no channel clips
+
+
+def test_color_jitter_saturation_blends_each_pixel_with_its_own_grey():
+    _, _, factor = _jitter_factors(0, 0.0, 0.0, 0.9)
+    pixels = COLOURS.astype(np.float64)
+    grey = pixels @ np.array([0.299, 0.587, 0.114])
+    expected = np.clip(np.rint(factor * pixels + (1 - factor) * grey[..., None]), 0, 255)
+    out = ColorJitter(saturation=0.9)({"image": COLOURS}, np.random.default_rng(0))
+    np.testing.assert_allclose(out["image"], expected, atol=1)
+    assert factor < 0.7  # desaturated: no channel clips
+
+
+def test_strong_brightness_never_goes_negative_and_saturates_at_255():
+    """strength 1.5: factors from [0, 2.5] (never negative); bright pixels clip at 255."""
+    image = np.array([[[100, 200, 20]]], np.uint8)
+    clipped = False
+    for seed in range(20):
+        factor, _, _ = _jitter_factors(seed, 1.5, 0.0, 0.0)
+        expected = np.clip(np.rint(factor * image.astype(np.float64)), 0, 255)
+        out = ColorJitter(brightness=1.5)({"image": image}, np.random.default_rng(seed))
+        np.testing.assert_allclose(out["image"], expected, atol=1)
+        clipped |= bool(expected.max() == 255)
+    assert clipped
+
+
+def test_train_transform_passes_its_settings_on():
+    """color_jitter is the strength of all three jitters; ignore_index pads the label."""
+    transform = build_train_transform((4, 4), color_jitter=0.5)
+    assert "ColorJitter(0.5, 0.5, 0.5)" in repr(transform)
+    padded = build_train_transform((4, 4), scale_range=(1.0, 1.0), hflip=False, ignore_index=7)
+    out = padded(pattern_sample(2, 2, 1), np.random.default_rng(0))
+    assert (
+        out["label"][2:].tolist() == [[7] * 4] * 2 and out["label"][:, 2:].tolist() == [[7] * 2] * 4
+    )
