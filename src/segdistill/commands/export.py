@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export a student or baseline to ONNX / TorchScript and check it",
         description="Export one network (probabilities or labels, and uncertainty; a Holder "
         "student also its OOD map, eq. 8; dynamic batch, height and width) and compare the "
-        "file with PyTorch at another input size.",
+        "file with PyTorch at another input size; it is written only when it passes.",
     )
     parser.add_argument("source", type=Path, help="run directory or .safetensors weights")
     parser.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="file format")
@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--atol",
         type=positive_float,
         default=EXPORT_ATOL,
-        help="largest allowed difference from PyTorch (default %(default)s)",
+        help="largest allowed difference from PyTorch; beyond it nothing is written "
+        "(default %(default)s)",
     )
     parser.set_defaults(func=run_export)
 
