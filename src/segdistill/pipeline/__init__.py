@@ -34,8 +34,9 @@ finished, and a later run skips every step that has one, whose outputs are all t
 the bytes it read (`OutputDigests`); the data step is checked on every run. A network
 whose training was interrupted resumes from its last checkpoint; a finished ensemble
 member is skipped. The run directory remembers its experiment (`experiment.yaml`): running
-another experiment config into it is refused rather than mixing the two, and so is a
-second run while one is writing there (`RUN_DIR/.lock`).
+another experiment config into it is refused rather than mixing the two (but the seeds,
+and the title, table and checks only the report reads, may change: `MAY_CHANGE_IN_PLACE`),
+and so is a second run while one is writing there (`RUN_DIR/.lock`).
 
 Run directory:
 
