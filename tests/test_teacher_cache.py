@@ -592,9 +592,12 @@ def test_the_key_covers_every_member_and_every_buffer(synth: Path, teacher: Ense
     second = copy.deepcopy(teacher)
     with torch.no_grad():
         next(second.members[1].parameters()).add_(1.0)
-    for changed in (buffers, second):
+    # The unbiased std (Python API) changes the std maps, not the weights.
+    unbiased = Ensemble(list(teacher.members), unbiased_std=True)
+    for changed in (buffers, second, unbiased):
         key = tc.cache_key(changed, "ensemble", SIGNALS, 1.0, dataset)
         assert key.difference(stored) == "stale: the teacher (its kind or weights) differs"
+    assert base.teacher == f"ensemble:{tc.teacher_digest(teacher)}"  # earlier keys stay valid
 
 
 def test_the_key_does_not_depend_on_the_order_of_the_signals(

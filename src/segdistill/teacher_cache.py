@@ -158,9 +158,12 @@ def cache_key(
     dataset: SegmentationDataset,
 ) -> CacheKey:
     """The key of a cache of `signals` of `teacher` on `dataset`; teacher_kind names the
-    kind and anything else that changes its outputs (e.g. "mc_dropout(samples=8)")."""
+    kind and anything else that changes its outputs (e.g. "mc_dropout(samples=8)"). A
+    teacher's unbiased std (an option of the Python API) is named here, as its weights do
+    not tell it; the default population std adds nothing, so earlier keys stay valid."""
+    unbiased = "(unbiased std)" if getattr(teacher, "unbiased_std", False) else ""
     return CacheKey(
-        teacher=f"{teacher_kind}:{teacher_digest(teacher)}",
+        teacher=f"{teacher_kind}{unbiased}:{teacher_digest(teacher)}",
         signals=tuple(sorted(signals)),
         scale=float(scale),
         images=images_digest(dataset),
