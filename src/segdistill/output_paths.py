@@ -13,6 +13,7 @@ import os
 import platform
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from segdistill.errors import ConfigError
 
@@ -74,8 +75,14 @@ def folder_user(folder: Path) -> str | None:
         try:
             fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return lock.read().strip() or "another process"
+            return _holder(lock)
     return None
+
+
+def _holder(lock: TextIO) -> str:
+    """Who holds an open lock file, as its holder wrote it (`_lock`)."""
+    lock.seek(0)
+    return lock.read().strip() or "another process"
 
 
 @contextlib.contextmanager
@@ -84,11 +91,9 @@ def _lock(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
         except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
             raise ConfigError(
-                f"{folder} is in use by another run ({holder}, holding {folder / LOCK_FILE}): "
-                "wait for it to end, or choose another folder"
+                f"{folder} is in use by another run ({_holder(lock)}, holding "
+                f"{folder / LOCK_FILE}): wait for it to end, or choose another folder"
             ) from None
         lock.truncate(0)
         lock.write(f"pid {os.getpid()} on {platform.node()}")

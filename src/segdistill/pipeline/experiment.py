@@ -278,7 +278,7 @@ def _resolve_checks(raw: dict[str, Any]) -> None:
         teacher.get("members", _TEACHER_DEFAULTS["members"]) if isinstance(teacher, dict) else None
     )
     bench = raw.get("bench")
-    size = bench.get("size", BenchSpec().size) if isinstance(bench, dict) else BenchSpec().size
+    size = (bench if isinstance(bench, dict) else {}).get("size", BenchSpec().size)
     size_text = "x".join(map(str, size)) if isinstance(size, list) else str(size)
     for check in raw.get("checks") or []:
         if not isinstance(check, dict):

@@ -269,8 +269,8 @@ def _differences(before: Any, after: Any, key: str = "") -> list[tuple[str, Any,
 # (`check_finished_networks`), and the steps that read the networks (evaluation, report)
 # run again because their recorded inputs change. The title, the table and the checks are
 # read by the report step alone, which records them (`Step.settings`) and runs again.
-MAY_CHANGE_IN_PLACE = ("seeds", "title", "paper", "table", "checks")
 REPORT_SETTINGS = ("title", "paper", "table", "checks")
+MAY_CHANGE_IN_PLACE = ("seeds", *REPORT_SETTINGS)
 
 
 def report_settings(spec: Experiment) -> str:
