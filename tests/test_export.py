@@ -91,6 +91,7 @@ def test_torchscript_matches_pytorch_at_another_size(tmp_path, head, outputs) ->
     assert report.path == tmp_path / "net.torchscript.pt"
     assert report.check.ok, report.check
     assert report.check.shape[2:] != report.sample_shape[2:]
+    assert report.check.shape[2] % 32 and report.check.shape[3] % 32  # the padding runs
     images = torch.randn(2, 3, 50, 33)
     first, uncertainty, *rest = run_exported(report.path, "torchscript", images)
     ref_probs, ref_uncertainty = predictor_outputs(source, images)
@@ -113,6 +114,7 @@ def test_torchscript_matches_pytorch_at_another_size(tmp_path, head, outputs) ->
         np.testing.assert_allclose(ood_map.numpy(), expected, atol=1e-5)
         assert description["outputs"] == [outputs, "uncertainty", "ood_map"]
         assert "Holder eq. 8" in description["ood_source"]
+        assert description["uncertainty_source"] == "student head (per-class, predicted class)"
         assert "ood_map" in report.check.max_diff
     else:
         assert rest == []
@@ -126,6 +128,30 @@ def test_a_torchscript_files_outputs_need_no_gradient(tmp_path) -> None:
     probs, uncertainty = torch.jit.load(str(report.path))(torch.randn(1, 3, 32, 32))
     assert not probs.requires_grad and not uncertainty.requires_grad
     probs.numpy()  # as a user would, without torch.no_grad()
+
+
+def test_exporting_leaves_the_callers_network_as_it_was(tmp_path) -> None:
+    predictor = load_predictor(save_tiny(tmp_path / "net.safetensors"))
+    network = predictor.model
+    network.train()
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    export_predictor(predictor, "torchscript")
+    # A Python user who exports and then fine-tunes finds the network as it was.
+    assert network.training
+    assert all(parameter.requires_grad for parameter in network.parameters())
+    assert all(torch.equal(value, before[name]) for name, value in network.state_dict().items())
+
+
+def test_a_killed_exports_folder_is_matched_by_the_file_name_literally(tmp_path) -> None:
+    """`[1]` in a file name is no glob pattern: the export of net[1].onnx removes its own
+    stale folder, not that of net1.onnx (another export in progress)."""
+    other = tmp_path / ".net1.onnx.abc.export"
+    own = tmp_path / ".net[1].onnx.xyz.export"
+    other.mkdir()
+    own.mkdir()
+    with export_module._staging_folder(tmp_path / "net[1].onnx") as staging:
+        assert staging.parent == tmp_path
+    assert other.exists() and not own.exists()
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
@@ -164,6 +190,8 @@ def test_ensembles_and_mc_dropout_are_refused(tmp_path) -> None:
     mc = save_tiny(tmp_path / "mc.safetensors", head=None, mc_dropout=0.2)
     with pytest.raises(CheckpointError, match="MC-dropout"):
         export_predictor(load_predictor(mc), "torchscript")
+    with pytest.raises(ConfigError, match="--opset applies to ONNX only"):
+        export_predictor(load_predictor(members[0]), "torchscript", opset=18)
     assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.pt"))
 
 
@@ -191,6 +219,15 @@ def test_compare_allows_only_near_ties() -> None:
     shifted = (*tie, ood_map + torch.tensor([2e-4, 0.0]))
     diff, _, ok = compare((probs, uncertainty, ood_map), shifted, "labels", 1e-4)
     assert not ok and diff["ood_map"] == pytest.approx(2e-4)
+    # The uncertainty at a pixel that is no tie must match too.
+    uncertain = (probs, uncertainty + torch.tensor([0.0, 2e-4]))
+    diff, ties, ok = compare((probs, uncertainty), uncertain, "probs", 1e-4)
+    assert not ok and ties == 0 and diff["uncertainty"] == pytest.approx(2e-4)
+    # A class 2e-4 below the top one is beyond a tolerance of 1e-4: no near tie.
+    close = torch.tensor([0.5, 0.4998, 0.0002]).reshape(1, 3, 1, 1)
+    zero = torch.zeros(1, 1, 1, 1)
+    diff, _, ok = compare((close, zero), (torch.tensor([[[1]]]), zero), "labels", 1e-4)
+    assert not ok and diff["labels"] == 1.0
     with pytest.raises(CheckpointError, match="2 outputs where the network has 3"):
         compare((probs, uncertainty, ood_map), tie, "labels", 1e-4)
 
@@ -264,6 +301,9 @@ def test_the_description_ties_the_file_to_its_weights_and_names_classes(tmp_path
     description = read_description(report.path, "torchscript")
     assert description["weights"] == predictor.fingerprint()
     assert "higher = less certain" in description["uncertainty"]
+    # What a deployment normalises its images with: the ImageNet mean and std, by hand.
+    assert description["mean"] == [0.485, 0.456, 0.406]
+    assert description["std"] == [0.229, 0.224, 0.225]
     # --classes names the classes of weights written without them; a wrong count is refused.
     classes = tmp_path / "classes.yaml"
     entries = "".join(f"  - {{name: k{k}, color: [{k}, {k}, {k}]}}\n" for k in range(CLASSES))

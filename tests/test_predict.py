@@ -7,9 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from segdistill import figures
@@ -18,7 +20,7 @@ from segdistill.cli import main
 from segdistill.config import ModelConfig
 from segdistill.data.base import ClassesSpec, LabelMapping
 from segdistill.data.folder import load_classes
-from segdistill.data.labels import IGNORE_INDEX
+from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS
 from segdistill.data.transforms import build_eval_transform
 from segdistill.defaults import AGGREGATORS, DETECTOR_FILE
 from segdistill.errors import ConfigError, DataError, OutputError
@@ -32,9 +34,11 @@ from segdistill.predict import (
     PredictSummary,
     find_images,
     fit_ood_detector,
+    match_labels,
     predict_arrays,
     predict_files,
     read_label,
+    write_outputs,
 )
 from segdistill.predictor import (
     PER_CLASS_OOD_SOURCE,
@@ -353,6 +357,13 @@ def test_input_errors(tmp_path) -> None:
         find_images([tmp_path / "drive.mp4"])
     with pytest.raises(DataError, match="no such file"):
         find_images([tmp_path / "missing.png"])
+    with pytest.raises(DataError, match=r"DRIVE\.MP4: segdistill has no video decoder"):
+        find_images([tmp_path / "DRIVE.MP4"])
+    # A folder of frames named like a video is a folder.
+    frame = write_png(tmp_path / "drive.mp4" / "000001.png", rgb(4, 4))
+    assert find_images([tmp_path / "drive.mp4"]) == [InputImage(frame, "000001")]
+    frame.unlink()
+    (tmp_path / "drive.mp4").rmdir()
     write_png(tmp_path / "a" / "x.png", rgb(4, 4))
     write_png(tmp_path / "b" / "x.png", rgb(4, 4))
     with pytest.raises(
@@ -408,11 +419,22 @@ def test_a_cityscapes_named_label_is_read_by_the_classes_of_the_network(tmp_path
     path = write_png(tmp_path / "gt" / "aachen_000000_000019_gtFine_labelIds.png", label_ids)
     official = read_label(path, (2, 3), 19)
     assert official.tolist() == [[0, 13, IGNORE_INDEX], [1, 13, 0]]
+    # Matched case-insensitively, so read as Cityscapes' in upper case too.
+    upper = write_png(tmp_path / "upper" / "aachen_000000_000019_gtFine_labelIds.PNG", label_ids)
+    assert read_label(upper, (2, 3), 19).tolist() == official.tolist()
     with pytest.raises(DataError, match=r"holds class ids \[13\] but the network predicts 6"):
         read_label(path, (2, 3), 6)  # car is train id 13: scored, it would count as wrong
     mine = LabelMapping({7: 0, 8: 1, 26: 2, 0: IGNORE_INDEX}, IGNORE_INDEX)  # mask_values
     assert read_label(path, (2, 3), 6, stored=mine).tolist() == [[0, 2, 255], [1, 2, 0]]
     plain = write_png(tmp_path / "gt" / "plain.png", np.array([[0, 5, 9]], np.uint8))
+    # A train id the network does not predict (6 for 6 classes) is refused, not scored.
+    train_ids = write_png(
+        tmp_path / "gt" / "aachen_000000_000019_gtFine_labelTrainIds.png",
+        np.array([[0, 5, 6]], np.uint8),
+    )
+    with pytest.raises(DataError, match=r"holds class ids \[6\] but the network predicts 6"):
+        read_label(train_ids, (1, 3), 6)
+    train_ids.unlink()
     with pytest.raises(DataError, match=r"plain\.png: mask holds unknown values 9"):
         read_label(plain, (1, 3), 6)  # class ids: the identity of 6 classes
     # Classes without mask_values (a Cityscapes-layout run's) keep the official table.
@@ -908,3 +930,173 @@ def test_a_classes_file_of_another_count_is_refused_before_the_ood_fit(
     err = capsys.readouterr().err
     assert f"{two} lists 2 classes, but" in err and f"predicts {CLASSES}" in err
     assert not out.exists()  # no detector, no pictures
+
+
+# ------------------------------------------------ what the pictures hold, value by value
+
+IMAGENET_MEAN_BY_HAND = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD_BY_HAND = np.array([0.229, 0.224, 0.225])
+
+
+def test_size_resizes_the_image_bilinearly_and_every_map_back_from_its_crop(
+    tmp_path, student
+) -> None:
+    """--size H x W, here neither a multiple of 32 nor the image's aspect: the normalised
+    image is resized bilinearly to H x W, padded at the bottom and right, and the H x W crop
+    of the probabilities and the uncertainty is resized bilinearly back to the image size.
+    Computed here from the network's raw output with numpy and torch's interpolate."""
+    image = rgb(30, 50)
+    write_png(tmp_path / "a.png", image)
+    out = tmp_path / "out"
+    kinds = ["pred", "uncertainty16"]
+    predict_files(
+        load_predictor(student), [tmp_path / "a.png"], out, size=(40, 24), outputs=kinds,
+        progress=False,
+    )  # fmt: skip
+    normalised = (image / 255.0 - IMAGENET_MEAN_BY_HAND) / IMAGENET_STD_BY_HAND
+    x = torch.from_numpy(normalised.astype(np.float32)).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(40, 24), mode="bilinear", align_corners=False)
+    x = F.pad(x, (0, 32 - 24, 0, 64 - 40))  # to multiples of 32: 64 x 32
+    with torch.no_grad():
+        output = load_segmenter(student)[0].eval()(x)
+
+    def back(maps: torch.Tensor) -> np.ndarray:
+        crop = maps[..., :40, :24]
+        return F.interpolate(crop, size=(30, 50), mode="bilinear", align_corners=False)[0].numpy()
+
+    probs = back(output.logits.softmax(dim=1))
+    top2 = np.sort(probs, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1e-4  # not a near tie
+    pred = read(out / "pred" / "a.png")
+    assert pred.shape == (30, 50) and clear.mean() > 0.9
+    assert np.array_equal(pred[clear], probs.argmax(axis=0)[clear])
+    u16 = read(out / "uncertainty16" / "a.png") / UINT16_MAX
+    np.testing.assert_allclose(u16, back(output.uncertainty)[0], atol=1e-4)
+
+
+def test_the_pictures_hold_the_documented_colours(tmp_path, student) -> None:
+    """seg: the Cityscapes train-id colours for weights without classes; overlay: the image
+    and those colours 50/50; uncertainty: magma on the fixed scale 0..vmax."""
+    image = rgb(32, 48)
+    write_png(tmp_path / "a.png", image)
+    out = tmp_path / "out"
+    vmax = 0.6  # above this student's uncertainty (about 0.45): nothing saturates
+    kinds = ["pred", "seg", "overlay", "uncertainty", "uncertainty16"]
+    predict_files(
+        load_predictor(student), [tmp_path / "a.png"], out, vmax=vmax, outputs=kinds,
+        progress=False,
+    )  # fmt: skip
+    pred = read(out / "pred" / "a.png")
+    assert TRAIN_ID_COLORS[[0, 1, 13]].tolist() == [[128, 64, 128], [244, 35, 232], [0, 0, 142]]
+    seg = read(out / "seg" / "a.png")
+    assert np.array_equal(seg, TRAIN_ID_COLORS[pred])
+    blend = (image.astype(np.int64) + seg.astype(np.int64)) / 2
+    assert np.array_equal(read(out / "overlay" / "a.png"), np.rint(blend))
+    u = read(out / "uncertainty16" / "a.png") / UINT16_MAX
+    assert u.max() < vmax
+    expected = matplotlib.colormaps["magma"](u / vmax, bytes=True)[..., :3].astype(np.int64)
+    heat = read(out / "uncertainty" / "a.png").astype(np.int64)
+    # The 16-bit rounding of u may move a pixel to the neighbouring entry of the colour map.
+    assert np.abs(heat - expected).max() <= 6 and (heat == expected).all(axis=2).mean() > 0.9
+
+
+def test_class_ids_beyond_255_and_the_uncertainty_extremes_survive_the_files(tmp_path) -> None:
+    pred = np.array([[0, 255, 256, 299]])
+    uncertainty = np.array([[0.0, 0.5, 1.0, 1.0]], np.float32)
+    kinds = ["pred", "uncertainty16"]
+    palette = np.zeros((300, 3), np.uint8)  # a 300-class network: 16-bit class ids
+    write_outputs(tmp_path, "x", rgb(1, 4), pred, uncertainty, None, palette=palette,
+                  title="x", kinds=kinds)  # fmt: skip
+    assert read(tmp_path / "pred" / "x.png").tolist() == [[0, 255, 256, 299]]
+    assert read(tmp_path / "uncertainty16" / "x.png").tolist() == [[0, 32768, 65535, 65535]]
+    write_outputs(tmp_path, "y", rgb(1, 4), pred % 256, uncertainty, None,
+                  palette=palette[:256], title="y", kinds=kinds)  # fmt: skip
+    with Image.open(tmp_path / "pred" / "y.png") as img:
+        assert img.mode == "L"  # up to 256 classes: 8-bit
+    assert read(tmp_path / "pred" / "y.png").tolist() == [[0, 255, 0, 43]]
+
+
+def test_the_distrust_threshold_itself_is_distrusted(tmp_path, student) -> None:
+    """'>= T': with T the image's smallest uncertainty, every pixel is marked."""
+    image = write_png(tmp_path / "a.png", rgb(32, 48))
+    predictor = load_predictor(student)
+    (result,) = predict_arrays(predictor, [read(image)], 32)
+    lowest = float(result.uncertainty.min())
+    summary = predict_files(
+        predictor, [image], tmp_path / "out", distrust_above=lowest, outputs=["distrust"],
+        progress=False,
+    )  # fmt: skip
+    assert (read(tmp_path / "out" / "distrust" / "a.png") == 255).all()
+    assert summary.distrusted == summary.pixels == 32 * 48
+
+
+def test_train_ids_are_preferred_to_label_ids_and_both_to_the_stem(tmp_path) -> None:
+    image = InputImage(write_png(tmp_path / "img" / CITY_IMAGE, rgb(4, 4)), "x")
+    gt = tmp_path / "gt"
+    blank = np.zeros((4, 4), np.uint8)
+    stem = write_png(gt / CITY_IMAGE, blank)
+    label_ids = write_png(gt / "aachen_000000_000019_gtFine_labelIds.png", blank)
+    train_ids = write_png(gt / "aachen_000000_000019_gtFine_labelTrainIds.png", blank)
+    assert match_labels([image], gt) == {image.path: train_ids}
+    train_ids.unlink()
+    assert match_labels([image], gt) == {image.path: label_ids}
+    label_ids.unlink()
+    assert match_labels([image], gt) == {image.path: stem}
+    # A labels folder that is the images' folder does not match an image to itself.
+    assert match_labels([image], tmp_path / "img") == {image.path: None}
+
+
+def test_explicit_classes_win_over_those_the_weights_carry(tmp_path, student) -> None:
+    """Their colours draw the classes and their ignore value reads the labels, not the
+    weights' own classes."""
+    write_png(tmp_path / "img" / "a.png", rgb(32, 48))
+    ids = np.random.default_rng(4).integers(0, CLASSES + 1, (32, 48))  # CLASSES: void
+    label = write_png(tmp_path / "gt.png", np.where(ids == CLASSES, 100, ids).astype(np.uint8))
+    predictor = load_predictor(student)
+    names = tuple(f"c{k}" for k in range(CLASSES))
+    predictor.classes = ClassesSpec(names, np.zeros((CLASSES, 3), np.uint8))  # as stored
+    colours = np.arange(3 * CLASSES, dtype=np.uint8).reshape(CLASSES, 3) * 4
+    given = ClassesSpec(names, colours, ignore_index=100)
+    out = tmp_path / "out"
+    predict_files(
+        predictor, [tmp_path / "img" / "a.png"], out, labels=label, classes=given,
+        outputs=["pred", "seg", "accuracy"], progress=False,
+    )  # fmt: skip
+    pred = read(out / "pred" / "a.png")
+    assert np.array_equal(read(out / "seg" / "a.png"), colours[pred])
+    expected = np.where(pred == ids, figures.ACCURACY_RIGHT, figures.ACCURACY_WRONG)
+    expected[ids == CLASSES] = figures.ACCURACY_VOID
+    assert np.array_equal(read(out / "accuracy" / "a.png"), expected)
+
+
+def test_cli_options_reach_the_run_and_its_record(tmp_path, student) -> None:
+    """--size, --vmax, --batch-size and --channels-last as predict.json records them."""
+    for i in range(2):
+        write_png(tmp_path / "in" / f"{i}.png", rgb(30, 50, seed=i))
+    out = tmp_path / "out"
+    argv = ["predict", str(student), str(tmp_path / "in"), "--out", str(out), "--device", "cpu"]
+    options = ["--size", "40x24", "--vmax", "0.25", "--batch-size", "2", "--channels-last"]
+    assert main([*argv, *options, "--outputs", "pred"]) == 0
+    index = json.loads((out / "predict.json").read_text())
+    assert index["resize_to"] == [40, 24] and index["encodings"]["uncertainty"]["max"] == 0.25
+    assert index["run"]["batch_size"] == 2 and index["run"]["channels_last"] is True
+    assert read(out / "pred" / "0.png").shape == (30, 50)
+    mc = save_tiny(tmp_path / "mc.safetensors", head=None, mc_dropout=0.3)
+    argv = ["predict", str(mc), str(tmp_path / "in" / "0.png"), "--out", str(tmp_path / "mc")]
+    assert main([*argv, "--mc-samples", "3", "--outputs", "none"]) == 0
+    assert json.loads((tmp_path / "mc" / "predict.json").read_text())["run"]["passes"] == 3
+
+
+def test_the_ood_flag_scores_images_with_the_detectors_aggregator(
+    tmp_path, student, ood_reference
+) -> None:
+    predictor = load_predictor(student)
+    references = ood_reference[:4]
+    detector = fit_ood_detector(predictor, references, aggregator="max", fpr=0.25, progress=False)
+    summary = predict_files(
+        predictor, references, tmp_path / "out", ood=detector, outputs=[], progress=False
+    )
+    for record in json.loads(summary.summary.read_text())["images"]:
+        scores = record["image_scores"]
+        assert record["ood_score"] == scores["max"] != scores["mean"]
+        assert record["ood"] == (record["ood_score"] > detector.threshold)

@@ -23,7 +23,9 @@ from segdistill.predictor import (
     UNCERTAINTY_SOURCES,
     Predictor,
     default_device,
+    input_multiple,
     load_predictor,
+    pad_to_multiple,
     unique_names,
 )
 
@@ -169,6 +171,7 @@ def test_ensemble_uses_teacher_pred_std(zoo: Path, images: torch.Tensor, source:
     torch.testing.assert_close(plain.uncertainty, prediction.uncertainty, rtol=0, atol=0)
     torch.testing.assert_close(plain.probs, prediction.probs, rtol=0, atol=0)
     assert predictor.parameters == sum(p.numel() for p in reference.parameters())
+    assert predictor.passes == 2  # one pass per member, as predict.json records it
     # The classes its members' weights carry.
     assert predictor.classes is not None and predictor.classes.names == ("a", "b", "c", "d")
     assert load_predictor(zoo / "run_scalar").classes is None  # weights without them
@@ -176,7 +179,7 @@ def test_ensemble_uses_teacher_pred_std(zoo: Path, images: torch.Tensor, source:
 
 def test_mc_dropout_checkpoint_samples_reproducibly(zoo: Path, images: torch.Tensor) -> None:
     predictor = load_predictor(zoo / "mc", mc_samples=4)  # falls back to last.safetensors
-    assert predictor.kind == "mc_dropout" and predictor.name == "mc"
+    assert predictor.kind == "mc_dropout" and predictor.name == "mc" and predictor.passes == 4
     first, second = predictor.predict(images, entropy_maps=True), predictor.predict(images)
     torch.testing.assert_close(first.uncertainty, second.uncertainty)
     assert first.uncertainty.max() > 0  # the dropout passes disagree somewhere
@@ -243,6 +246,7 @@ def test_channels_last_predicts_the_same_and_can_be_undone(
     convs = [p for p in predictor.model.parameters() if p.dim() == 4]
     predictor.to("cpu", channels_last=True)
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert predictor.channels_last  # predict.json's provenance says so
     got = predictor.predict(images)  # given contiguous images, as every caller has them
     torch.testing.assert_close(got.probs, expected.probs, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(got.uncertainty, expected.uncertainty, rtol=1e-4, atol=1e-6)
@@ -263,6 +267,11 @@ def test_fingerprint_follows_the_weights_not_the_name_or_memory_format(
     changed = load_predictor(source)
     with torch.no_grad():
         next(changed.model.parameters()).view(-1)[0] += 1e-6
+    # Batch-norm statistics are weights as well: other statistics, other predictions.
+    statistics = load_predictor(source)
+    running_mean = next(b for n, b in statistics.model.named_buffers() if "running_mean" in n)
+    running_mean[0] += 1e-3
+    assert statistics.fingerprint() != fingerprint
     prints = {changed.fingerprint(), fingerprint}
     prints |= {load_predictor(zoo / name).fingerprint() for name in ("run_per_class", "ens")}
     assert len(prints) == 4
@@ -394,3 +403,26 @@ def test_an_ensemble_of_members_with_different_class_counts_is_refused(tmp_path:
     second = save_model(tmp_path / "b.safetensors", classes=6)
     with pytest.raises(ConfigError, match=r"different numbers of classes: \[4, 6\]"):
         Ensemble([first, second])
+
+
+def test_padding_keeps_the_image_top_left_to_a_multiple_of_the_deepest_stride() -> None:
+    """predict_padded (bench, export) pads as `segdistill predict` does: zeros at the bottom
+    and right to a multiple of 32, or of 64 for NfS-Net's stride-64 stage; maps cropped
+    back to the image."""
+    x = torch.randn(1, 3, 40, 70)
+    padded = pad_to_multiple(x, 32)
+    assert padded.shape == (1, 3, 64, 96) and torch.equal(padded[..., :40, :70], x)
+    assert not padded[..., 40:, :].any() and not padded[..., 70:].any()
+    nfs = build_segmenter("nfs", "nfsnet", CLASSES, "scalar", encoder_options=TINY).eval()
+    predictor = Predictor(
+        nfs, name="n", kind="student", uncertainty_source=UNCERTAINTY_SOURCES["scalar"],
+        source=Path("n.safetensors"), home=None,
+    )  # fmt: skip
+    assert input_multiple(predictor.segmenters()) == 64
+    got = predictor.predict_padded(x)
+    by_hand = torch.zeros(1, 3, 64, 128)
+    by_hand[..., :40, :70] = x
+    with torch.no_grad():
+        output = nfs(by_hand)
+    torch.testing.assert_close(got.probs, output.logits.softmax(1)[..., :40, :70])
+    torch.testing.assert_close(got.uncertainty, output.uncertainty[..., :40, :70])

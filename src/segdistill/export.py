@@ -46,6 +46,8 @@ uncertainty source, the OOD map's source, outputs, input normalisation): ONNX in
 
 from __future__ import annotations
 
+import copy
+import glob
 import json
 import logging
 import os
@@ -373,7 +375,8 @@ def export_predictor(
         raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     if opset is not None and fmt != "onnx":
         raise ConfigError("--opset applies to ONNX only")
-    model = exportable_network(predictor).to("cpu")
+    # A copy: exporting must not move, freeze or switch the mode of the caller's network.
+    model = copy.deepcopy(exportable_network(predictor)).to("cpu")
     # Holder's per-class head scores OOD images on its own map (eq. 8): export that too.
     module = ExportModule(
         model, outputs, ood_map=predictor.ood_source != predictor.uncertainty_source
@@ -400,7 +403,7 @@ def export_predictor(
 def _staging_folder(path: Path) -> Iterator[Path]:
     """A new folder beside `path` to write and check an export in, removed afterwards; a
     killed export's folder is removed by the next export of the same file."""
-    for stale in path.parent.glob(f".{path.name}.*{_STAGING}"):
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*{_STAGING}"):
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=_STAGING, dir=path.parent))
     try:

@@ -176,7 +176,8 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Inp
     the same output name (`InputImage`; their outputs would overwrite each other)."""
     images: list[InputImage] = []
     for path in map(Path, inputs):
-        if path.suffix.lower() in VIDEO_SUFFIXES:
+        # A folder of frames may be named like a video (drive.mp4/).
+        if path.suffix.lower() in VIDEO_SUFFIXES and not path.is_dir():
             raise DataError(
                 f"{path}: segdistill has no video decoder (it does not depend on imageio or "
                 f"PyAV); extract the frames first, e.g. `mkdir frames && ffmpeg -i {path} "
@@ -311,7 +312,9 @@ def read_label(
     a folder data set holds what its mask_values map. Without it a Cityscapes file
     (`*_gtFine_labelIds.png`, `*_gtFine_labelTrainIds.png`) is read by the official table
     and any other holds class ids."""
-    suffix = next((s for s in (LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX) if path.name.endswith(s)), None)
+    # A lower-case suffix, as `match_labels` matches them: X_gtFine_labelIds.PNG is Cityscapes'.
+    name = path.with_suffix(path.suffix.lower()).name
+    suffix = next((s for s in (LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX) if name.endswith(s)), None)
     if stored is not None:
         mapping = stored
     elif suffix:
