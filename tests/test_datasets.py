@@ -1,5 +1,6 @@
 """Cityscapes-layout and folder data sets on tiny trees written here, and their errors."""
 
+import io
 import shutil
 import signal
 import struct
@@ -21,9 +22,14 @@ from segdistill.data.base import (
     image_size,
     read_image,
 )
-from segdistill.data.cityscapes import CityscapesDataset, GtFineMap
-from segdistill.data.folder import FolderDataset, load_classes
-from segdistill.data.labels import CLASS_NAMES
+from segdistill.data.cityscapes import (
+    CityscapesDataset,
+    GtFineMap,
+    foggy_betas,
+    has_labelled_pixels,
+)
+from segdistill.data.folder import FolderDataset, folder_splits, load_classes
+from segdistill.data.labels import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_train_transform
 from segdistill.errors import DataError
 from segdistill.interrupts import ignore_ctrl_c
@@ -339,6 +345,198 @@ def test_rgb_masks_are_refused(cityscapes):
         CityscapesDataset(cityscapes, "val").load(0)
 
 
+# --- the official label table, boundaries of the stored values ---------------------------
+
+# The official Cityscapes table (cityscapesscripts/helpers/labels.py), written out by hand:
+# train id of each label id 0..33 (255: void).
+OFFICIAL_TRAIN_IDS = [
+    255, 255, 255, 255, 255, 255, 255,  # unlabeled, ego vehicle, rectification border,
+    # out of roi, static, dynamic, ground
+    0, 1, 255, 255, 2, 3, 4,  # road, sidewalk, parking, rail track, building, wall, fence
+    255, 255, 255, 5, 255, 6, 7,  # guard rail, bridge, tunnel, pole, polegroup, light, sign
+    8, 9, 10, 11, 12, 13, 14, 15,  # vegetation, terrain, sky, person, rider, car, truck, bus
+    255, 255, 16, 17, 18,  # caravan, trailer, train, motorcycle, bicycle
+]  # fmt: skip
+
+
+def test_every_label_id_becomes_its_official_train_id(cityscapes):
+    """All 34 label ids in one labelIds mask, each decoded as the official table says
+    (bicycle, id 33, is last in the table and next to the void license plate, id -1)."""
+    ids = np.arange(34, dtype=np.uint8).reshape(2, 17)
+    gt_file(cityscapes, "val", "aachen_000000_000019", "labelIds", ids)
+    image = cityscapes / "leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png"
+    save(image, image_array(0, 2, 17))
+    label = CityscapesDataset(cityscapes, "val").load(0)["label"]
+    assert label.tolist() == np.reshape(OFFICIAL_TRAIN_IDS, (2, 17)).tolist()
+    assert LABEL_ID_TO_TRAIN_ID[:34].tolist() == OFFICIAL_TRAIN_IDS
+    assert CLASS_NAMES[:3] == ("road", "sidewalk", "building") and CLASS_NAMES[-1] == "bicycle"
+
+
+def test_every_train_id_and_void_pass_through_a_train_ids_mask(cityscapes):
+    values = np.array([[*range(19), 255]] * 2, np.uint8)  # 0..18 and void
+    gt_file(cityscapes, "val", "aachen_000000_000019", "labelTrainIds", values)
+    save(
+        cityscapes / "leftImg8bit/val/aachen/aachen_000000_000019_leftImg8bit.png",
+        image_array(0, 2, 20),
+    )
+    assert CityscapesDataset(cityscapes, "val").load(0)["label"].tolist() == values.tolist()
+    relabelled = CityscapesDataset(cityscapes, "val", ignore_index=250).load(0)["label"]
+    assert relabelled[:, :19].tolist() == values[:, :19].tolist()
+    assert (relabelled[:, 19] == 250).all()
+
+
+@pytest.mark.parametrize("value", [34, 255])
+def test_the_first_label_id_past_the_table_is_an_error_not_a_crash(cityscapes, value):
+    """Label ids stop at 33: 34 (the table's length) and 255 are unknown."""
+    bad = LABEL_IDS.copy()
+    bad[0, 0] = value
+    path = gt_file(cityscapes, "val", "aachen_000000_000019", "labelIds", bad)
+    with pytest.raises(DataError, match=rf"mask holds unknown values {value} \(allowed") as err:
+        CityscapesDataset(cityscapes, "val").load(0)
+    assert str(path) in str(err.value)
+
+
+def test_negative_stored_values_are_unknown_not_read_from_the_end_of_the_table():
+    """A 32-bit mask (e.g. a TIFF) may hold -1; numpy would index the table from its end
+    (identity's last entry is the ignore value 255, so -1 would pass as void)."""
+    mapping = LabelMapping.identity(2, 255)
+    with pytest.raises(DataError, match=r"m\.png: mask holds unknown values -1 \(allowed"):
+        mapping.decode(np.array([[0, 1, -1]], np.int32), Path("m.png"))
+    assert mapping.decode(np.array([[0, 1, 255]], np.int32), Path("m.png")).tolist() == [
+        [0, 1, 255]
+    ]
+
+
+def test_a_bilevel_mask_stores_0_and_1(folder):
+    """A mode "1" PNG (what some tools write for two classes) reads as class ids 0 and 1."""
+    mask = np.array([[0, 1, 1, 0]] * 4, bool)
+    Image.fromarray(mask).save(folder / "masks" / "a.png")
+    assert Image.open(folder / "masks" / "a.png").mode == "1"
+    check_headers(make_folder(folder).samples)
+    label = make_folder(folder).load(0)["label"]
+    assert label.dtype == np.uint8 and label.tolist() == mask.astype(int).tolist()
+
+
+def test_a_decompression_bomb_header_is_a_data_error_naming_the_file(tmp_path):
+    """A PNG header claiming 30000 x 30000 pixels: PIL refuses it before decoding."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    for read in (lambda: read_image(path), lambda: image_size(path)):
+        with pytest.raises(DataError, match="bomb.png: cannot read the image"):
+            read()
+
+
+@pytest.mark.parametrize("mode", ["F", "I"])
+def test_float_and_32_bit_images_are_refused(tmp_path, mode):
+    """A TIFF of floats or 32-bit integers (`predict` reads any file it is given)."""
+    path = tmp_path / "depth.tif"
+    Image.fromarray(np.full((4, 6), 1000, np.float32 if mode == "F" else np.int32)).save(path)
+    assert Image.open(path).mode == mode
+    with pytest.raises(DataError, match=rf"depth\.tif: {mode} image \(16-bit or float\)"):
+        read_image(path)
+
+
+# EXIF orientation -> the upright view of the stored pixels, from the EXIF specification
+# (where the stored 0th row and 0th column lie in the view).
+UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: a.transpose(1, 0, 2)[::-1],
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_every_exif_orientation_is_read_upright_and_checked_at_the_upright_size(
+    tmp_path, orientation
+):
+    stored = image_array(orientation, 3, 5)  # 3 x 5: every turn and mirror differs
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.png"  # lossless, so every pixel can be compared
+    Image.fromarray(stored).save(path, exif=exif)
+    upright = UPRIGHT[orientation](stored)
+    assert np.array_equal(read_image(path), upright)
+    assert image_size(path) == upright.shape[:2]
+    mapping = LabelMapping.identity(2, 255)
+    mask = save(tmp_path / "mask.png", np.zeros(upright.shape[:2], np.uint8))
+    check_headers([SampleFiles("photo", path, mask, mapping)])
+    if orientation >= 5:  # a mask of the stored (sideways) size is refused
+        sideways = save(tmp_path / "sideways.png", np.zeros(stored.shape[:2], np.uint8))
+        with pytest.raises(DataError, match="sideways.png is 5x3"):
+            check_headers([SampleFiles("photo", path, sideways, mapping)])
+
+
+def test_an_exif_block_after_the_pixels_is_read_by_every_reader_alike(tmp_path):
+    """A PNG may store its eXIf chunk after the pixel data; decoding finds it, the header
+    does not. `read_image` follows the header as `image_size` and `check_headers` do, so a
+    mask checked before training is not refused by the loader mid-run."""
+    stored = image_array(1, 2, 4)
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "PNG")
+    data = buffer.getvalue()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a quarter turn, were it applied
+    payload = exif.tobytes().removeprefix(b"Exif\x00\x00")
+    chunk = b"eXIf" + payload
+    late = struct.pack(">I", len(payload)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    end = data.rindex(b"IEND") - 4  # before the IEND chunk's length
+    path = tmp_path / "late.png"
+    path.write_bytes(data[:end] + late + data[end:])
+    assert Image.open(path).getexif().get(0x0112) == 6  # PIL does see it after decoding
+    assert image_size(path) == (2, 4)
+    assert np.array_equal(read_image(path), stored)
+    mask = save(tmp_path / "mask.png", np.zeros((2, 4), np.uint8))
+    check_headers([SampleFiles("late", path, mask, LabelMapping.identity(2, 255))])
+
+
+def test_the_header_check_refuses_a_mask_that_is_not_single_channel(cityscapes):
+    mask = gt_file(cityscapes, "val", "aachen_000000_000019", "labelIds", image_array(1))
+    with pytest.raises(DataError, match="mode RGB; store class values in a single-channel") as err:
+        check_headers(CityscapesDataset(cityscapes, "val").samples)
+    assert str(mask) in str(err.value)
+
+
+def test_a_map_of_more_than_three_dimensions_is_named(cityscapes):
+    maps = {"deep": lambda files: np.zeros((1, 2, H, W))}
+    with pytest.raises(DataError, match=r"map 'deep' .*expected \[H, W\] or \[K, H, W\]"):
+        CityscapesDataset(cityscapes, "val", maps=maps).load(0)
+
+
+def test_labelled_pixels_are_looked_for_in_the_first_masks(tmp_path):
+    void = np.full((H, W), 255, np.uint8)
+    for i, mask in enumerate([void, void, TRAIN_IDS]):
+        gt_file(tmp_path, "val", f"city_{i:06d}_000019", "labelTrainIds", mask)
+    assert has_labelled_pixels(tmp_path, "val")  # the third mask shows road and car
+    for i, label_ids in enumerate([np.zeros((H, W), np.uint8), np.full((H, W), 1, np.uint8)]):
+        gt_file(tmp_path, "test", f"city_{i:06d}_000019", "labelIds", label_ids)
+    assert not has_labelled_pixels(tmp_path, "test")  # unlabeled, ego vehicle: void
+    gt_file(tmp_path, "test", "city_000002_000019", "labelIds", LABEL_IDS)
+    assert has_labelled_pixels(tmp_path, "test")
+    assert not has_labelled_pixels(tmp_path, "train")  # no masks
+
+
+def test_foggy_betas_come_lightest_first_and_must_be_numbers(cityscapes):
+    for beta in ("0.02", "0.005", "0.01"):
+        suffix = f"_foggy_beta_{beta}"
+        cityscapes_image(cityscapes, "val", "aachen_000000_000019", suffix, "leftImg8bit_foggy")
+    assert foggy_betas(cityscapes, "val") == [0.005, 0.01, 0.02]
+    suffix = "_foggy_beta_nan"
+    cityscapes_image(cityscapes, "val", "aachen_000000_000020", suffix, "leftImg8bit_foggy")
+    with pytest.raises(DataError, match=r"beta_nan\.png: cannot read its fog beta 'nan'"):
+        foggy_betas(cityscapes, "val")
+
+
 # --- FolderDataset -----------------------------------------------------------------------
 
 CLASSES_YAML = """\
@@ -469,6 +667,9 @@ def test_the_readmes_classes_yaml_is_a_valid_classes_file(tmp_path):
         ("classes:\n  - {name: a, color: [1, 2, 3]}\nmask_values: {3: 4}\n", "mask_values entry 3"),
         ("classes:\n  - {name: a, color: [1, 2, 3]}\nignore: 255\n", r"unknown keys \['ignore'\]"),
         ("classes: [\n", "not valid YAML"),
+        ("classes:\n  - {name: a, color: [256, 0, 0]}\n", r"classes\[0\]\.color must be"),
+        ("classes:\n  - {name: a, color: [1.5, 0, 0]}\n", r"classes\[0\]\.color must be"),
+        ("classes:\n  - {name: a, color: [1, 2]}\n", r"classes\[0\]\.color must be"),
         (
             "classes:\n  - {name: road, color: [1, 2, 3]}\n  - {name: car, color: [4, 5, 6]}\n"
             "  - {name: road, color: [7, 8, 9]}\n",
@@ -482,6 +683,108 @@ def test_classes_yaml_errors_name_the_file_and_key(tmp_path, text, message):
     with pytest.raises(DataError, match=message) as err:
         load_classes(path)
     assert str(path) in str(err.value)
+
+
+def test_folder_images_with_upper_case_suffixes_are_found(folder):
+    """Cameras write IMG_1.JPG: without a mask folder (prediction, unlabeled distillation)
+    nothing else would name an image left out."""
+    save(folder / "images" / "c.JPG", image_array(2, 4, 4))
+    save(folder / "images" / "d.PNG", image_array(3, 4, 4))
+    unlabeled = FolderDataset(folder / "images", None, folder / "classes.yaml")
+    assert unlabeled.names == ["a", "b", "c", "d"]
+
+
+def test_folder_mask_suffix_pairs_masks_named_after_their_image(folder):
+    for name in ("a", "b"):
+        (folder / "masks" / f"{name}.png").rename(folder / "masks" / f"{name}_mask.png")
+    (folder / "masks" / "b_mask.png").rename(folder / "masks" / "b_mask.PNG")
+    dataset = make_folder(folder, mask_suffix="_mask.png")
+    assert [s.label for s in dataset.samples] == [
+        folder / "masks" / "a_mask.png",
+        folder / "masks" / "b_mask.PNG",
+    ]
+    assert dataset.load(0)["label"][0].tolist() == [0, 1, 255, 1]
+    # The suffix in any case, as `data info` counts masks: a_MASK.png is a's mask.
+    (folder / "masks" / "a_mask.png").rename(folder / "masks" / "a_MASK.png")
+    assert make_folder(folder, mask_suffix="_mask.png").samples[0].label == (
+        folder / "masks" / "a_MASK.png"
+    )
+    save(folder / "masks" / "a_mask.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(
+        DataError, match=r"two masks for the image named 'a': a_MASK\.png and a_mask\.png"
+    ):
+        make_folder(folder, mask_suffix="_mask.png")
+    (folder / "masks" / "a_MASK.png").unlink()
+    save(folder / "masks" / "c_mask.png", np.zeros((4, 4), np.uint8))  # no image c
+    with pytest.raises(DataError, match=r"masks without an image .*: 1 \(\['c_mask.png'\]"):
+        make_folder(folder, mask_suffix="_mask.png")
+
+
+def test_folder_classes_spec_keeps_the_mask_values(folder):
+    """The run's weights store the classes with their mask_values (`classes_spec`)."""
+    (folder / "classes.yaml").write_text(CLASSES_YAML + "mask_values: {0: 0, 1: 1, 255: 255}\n")
+    spec = make_folder(folder).classes_spec
+    assert spec.names == ("background", "object") and spec.ignore_index == 255
+    assert dict(spec.mask_values) == {0: 0, 1: 1, 255: 255}
+    assert spec.document()["mask_values"] == {0: 0, 1: 1, 255: 255}
+
+
+def test_the_ignore_index_may_be_the_first_value_past_the_classes(tmp_path):
+    path = tmp_path / "classes.yaml"
+    path.write_text("classes:\n  - {name: a, color: [1, 2, 3]}\n  - {name: b, color: [4, 5, 6]}\n")
+    assert load_classes(path).ignore_index == 255  # the default
+    path.write_text(path.read_text() + "ignore_index: 2\n")
+    assert load_classes(path).ignore_index == 2
+    path.write_text(path.read_text().replace("ignore_index: 2", "ignore_index: 1"))
+    with pytest.raises(
+        DataError, match=r"ignore_index must be an integer from the number of classes \(2\) to 255"
+    ):
+        load_classes(path)
+    # Past 255 a survey (`data info`) and the saved maps could not hold it.
+    path.write_text(path.read_text().replace("ignore_index: 1", "ignore_index: 300"))
+    with pytest.raises(DataError, match=r"classes\.yaml: ignore_index .* to 255, got 300"):
+        load_classes(path)
+    many = "".join(f"  - {{name: c{k}, color: [0, 0, 0]}}\n" for k in range(256))
+    path.write_text("classes:\n" + many)
+    with pytest.raises(
+        DataError, match=r"classes\.yaml: 256 classes; a folder data set holds at most 255"
+    ):
+        load_classes(path)
+
+
+@pytest.mark.parametrize(
+    "mask_values",
+    [
+        "{-1: 0}",  # numpy would write the table's last entry
+        "{'7': 0}",  # a quoted key: a string, not a stored value
+        "{7: 2}",  # class ids are 0..1: 2 is one past them
+        "{}",
+    ],
+)
+def test_mask_values_entries_that_are_refused(tmp_path, mask_values):
+    path = tmp_path / "classes.yaml"
+    path.write_text(CLASSES_YAML + f"mask_values: {mask_values}\n")
+    with pytest.raises(DataError, match="mask_values") as err:
+        load_classes(path)
+    assert str(path) in str(err.value)
+
+
+def test_folder_splits_are_the_folders_holding_an_images_folder(folder, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(folder, root / "train")
+    (root / "train" / "classes.yaml").rename(root / "classes.yaml")
+    (root / "notes").mkdir()  # no images/ inside: no split
+    (root / "val" / "images").mkdir(parents=True)
+    assert folder_splits(root) == ["train", "val"]
+
+
+def test_colorize_paints_classes_and_leaves_an_ignore_value_past_them_black():
+    """A folder data set's ignore value may be the first id past its classes (2 here)."""
+    palette = np.array([[10, 20, 30], [40, 50, 60]], np.uint8)
+    out = colorize(np.array([[0, 1, 2, 255]], np.uint8), palette)
+    assert out.tolist() == [[[10, 20, 30], [40, 50, 60], [0, 0, 0], [0, 0, 0]]]
+    assert TRAIN_ID_COLORS[0].tolist() == [128, 64, 128]  # road
+    assert TRAIN_ID_COLORS[18].tolist() == [119, 11, 32]  # bicycle
 
 
 # --- extending load, DataLoader workers --------------------------------------------------

@@ -16,7 +16,7 @@ from scipy.ndimage import binary_dilation
 
 from segdistill.data import shifts
 from segdistill.data import synthstreets as ss
-from segdistill.data.labels import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES
+from segdistill.data.labels import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, VOID_LABEL_IDS
 from segdistill.data.synthstreets import buildings, constants, layout, people
 from segdistill.errors import DataError
 
@@ -394,3 +394,106 @@ def test_interior_counts_match_a_neighbourhood_loop(radius: int) -> None:
     assert got.sum() < train_ids.size
     if radius == 2:
         assert got[5] == 0
+
+
+def test_rain_follows_its_model_with_the_generator_constants(monkeypatch) -> None:
+    """I = R' (1 - S - A) + g S + L A with R' = 0.7 R, A = 1 - exp(-0.015 d), S the streak
+    layer times 0.45 (1 - exp(-0.05 d)), L = 0.65 (the module's generator 1.1 constants);
+    the random streak layer is fixed here so that every pixel can be recomputed."""
+    layer = np.linspace(0.0, 1.0, 12).reshape(3, 4)
+    monkeypatch.setattr(shifts, "_streak_layer", lambda shape, rng: layer)
+    image = np.random.default_rng(0).integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    depth = np.array([[0, 1, 5, 10], [20, 40, 80, 160], [300, 1000, np.inf, np.inf]])
+    veil = (1 - np.exp(-0.015 * depth))[..., None]
+    streaks = (0.45 * layer * (1 - np.exp(-0.05 * depth)))[..., None]
+    clean = 0.7 * image / 255.0
+    expected = np.rint(255 * np.clip(clean * (1 - streaks - veil) + streaks + 0.65 * veil, 0, 1))
+    out = shifts.rain(image, depth.astype(np.float32), np.random.default_rng(0))
+    assert np.abs(out.astype(int) - expected).max() <= 1  # float32 vs float64 rounding
+
+
+def test_rain_streaks_cover_about_their_density_times_their_length() -> None:
+    """Drops of density 0.01 smeared over round(0.07 H) = 14 rows: about 1 - 0.99^14 = 13 %
+    of the pixels lie on a streak."""
+    layer = shifts._streak_layer((200, 300), np.random.default_rng(0))
+    assert 0.0 <= layer.min() and layer.max() <= 1.0
+    assert 0.10 < (layer > 0).mean() < 0.16
+
+
+class _FixedDraws:
+    """A generator stand-in: exposure 0.1, no sensor noise."""
+
+    def uniform(self, low: float, high: float) -> float:
+        assert (low, high) == (0.08, 0.16)  # the module's NIGHT_EXPOSURE
+        return 0.1
+
+    def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.zeros(shape)
+
+
+def test_night_darkens_linear_light_and_paints_the_sky() -> None:
+    """Far from the headlights the linear scene light (gamma 2.2) is scaled by the
+    exposure; the sky becomes the night sky colour (0.010, 0.012, 0.025) in linear light."""
+    image = np.random.default_rng(1).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    depth = np.full((4, 6), 1e6, np.float32)  # far: no headlight reaches it
+    depth[0, :2] = np.inf
+    out = night_of(image, depth)
+    linear = (image / 255.0) ** 2.2
+    expected = np.rint(255 * (0.1 * linear) ** (1 / 2.2))
+    expected[0, :2] = np.rint(255 * np.array([0.010, 0.012, 0.025]) ** (1 / 2.2))
+    assert np.abs(out.astype(int) - expected).max() <= 1
+
+
+def test_night_headlights_light_the_near_lower_image() -> None:
+    """Dipped beams: nothing in the top 35 % of the image; below, near pixels are lit more
+    than far ones, falling off as 1 / (1 + (d / 12)^2)."""
+    image = np.full((20, 21, 3), 128, np.uint8)
+    near = night_of(image, np.full((20, 21), 6.0, np.float32)).astype(float)
+    far = night_of(image, np.full((20, 21), 60.0, np.float32)).astype(float)
+    dark = night_of(image, np.full((20, 21), 1e6, np.float32)).astype(float)
+    assert np.array_equal(near[:7], dark[:7])  # rows whose centres lie above 0.35 H
+    assert (near[14:, 10] > far[14:, 10]).all() and (far[14:, 10] > dark[14:, 10]).all()
+    # The centre column of the bottom rows has the full beam (vertical and lateral 1).
+    linear = (128 / 255) ** 2.2
+    for depth, lit in ((6.0, near), (60.0, far)):
+        light = 0.1 + 1.6 / (1 + (depth / 12) ** 2)
+        assert abs(lit[19, 10, 0] - np.rint(255 * min(1.0, linear * light) ** (1 / 2.2))) <= 1
+
+
+def night_of(image: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    return shifts.night(image, depth, _FixedDraws())  # type: ignore[arg-type]
+
+
+def test_void_label_ids_are_the_official_ones() -> None:
+    """The generator's void labels (and the anomalies' "dynamic") carry the ids the official
+    table gives their names, and all are void."""
+    assert {name: name2label[name].id for name in VOID_LABEL_IDS} == VOID_LABEL_IDS
+    assert all(name2label[name].trainId in (255, -1) for name in VOID_LABEL_IDS)
+    assert shifts.ANOMALY_LABEL_ID == name2label["dynamic"].id
+
+
+def test_fog_of_the_sky_is_the_overcast_airlight() -> None:
+    """Infinitely far (t = 0) only the atmospheric light is seen: 0.8 of white, 204."""
+    image = np.random.default_rng(2).integers(0, 256, (2, 3, 3), dtype=np.uint8)
+    out = shifts.fog(image, np.full((2, 3), np.inf, np.float32), beta=0.005)
+    assert (out == 204).all()
+
+
+def test_shifts_are_expanded_in_a_fixed_order_and_dispatched_by_kind() -> None:
+    specs = shifts.expand_shifts(["night", "anomaly", "fog"])
+    assert [(s.name, s.beta, s.photometric) for s in specs] == [
+        ("fog_0.005", 0.005, True),
+        ("fog_0.01", 0.01, True),
+        ("fog_0.02", 0.02, True),
+        ("night", None, True),
+        ("anomaly", None, False),
+    ]
+    image = np.random.default_rng(3).integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    depth = np.full((8, 10), 30.0, np.float32)
+    for spec, model in ((specs[1], "fog"), (shifts.ShiftSpec("rain", "rain"), "rain")):
+        out = shifts.apply_photometric(spec, image, depth, np.random.default_rng(4))
+        if model == "fog":
+            expected = shifts.fog(image, depth, 0.01)
+        else:
+            expected = shifts.rain(image, depth, np.random.default_rng(4))
+        assert np.array_equal(out, expected), spec.name

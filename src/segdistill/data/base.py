@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import Sample, build_eval_transform, to_tensors
@@ -266,11 +266,32 @@ def check_headers(samples: Sequence[SampleFiles]) -> None:
             _check_mask_size(mask.size[::-1], files, _upright_size(image, files.image))
 
 
+# How to turn an image stored with each EXIF orientation upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 def read_image(path: Path) -> np.ndarray:
     """An image file -> uint8 [H, W, 3] RGB (see the module docstring for the mode rules)."""
-    img = _open_image(path, check=_check_image_mode)
-    if exif_orientation(img, path) != 1:
-        img = ImageOps.exif_transpose(img)
+    orientation = 1
+
+    def check(img: Image.Image, path: Path) -> None:
+        # From the header, as `image_size` and `check_headers` read it: decoding a PNG
+        # would add an EXIF block stored after its pixels.
+        nonlocal orientation
+        _check_image_mode(img, path)
+        orientation = exif_orientation(img, path)
+
+    img = _open_image(path, check=check)
+    if orientation in _UPRIGHT:
+        img = img.transpose(_UPRIGHT[orientation])
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)

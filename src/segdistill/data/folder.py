@@ -113,10 +113,13 @@ def parse_classes(document: Mapping[str, Any], where: str | Path) -> ClassesSpec
             )
     colors = np.array([_class_color(where, i, entry) for i, entry in enumerate(entries)], np.uint8)
     ignore_index = document.get("ignore_index", IGNORE_INDEX)
-    if not isinstance(ignore_index, int) or ignore_index < len(names):
+    # At most 255: class ids and void share the 8 bits a survey or a saved map holds.
+    if len(names) > 255:
+        raise DataError(f"{where}: {len(names)} classes; a folder data set holds at most 255")
+    if not isinstance(ignore_index, int) or not len(names) <= ignore_index <= 255:
         raise DataError(
-            f"{where}: ignore_index must be an integer >= the number of classes ({len(names)}), "
-            f"got {ignore_index!r}"
+            f"{where}: ignore_index must be an integer from the number of classes "
+            f"({len(names)}) to 255, got {ignore_index!r}"
         )
     mask_values = document.get("mask_values")
     if mask_values is not None:
@@ -197,11 +200,12 @@ class FolderDataset(SegmentationDataset):
         self.mask_suffix = mask_suffix
         spec = load_classes(classes_yaml)
         mapping = spec.mapping
+        masks = self._masks_by_name()
         samples = [
-            SampleFiles(name, image, self._existing_mask(name), mapping)
+            SampleFiles(name, image, masks.pop(name, None), mapping)
             for name, image in _find_images(self.images_dir)
         ]
-        orphans = self._masks_without_image(samples)
+        orphans = sorted(masks.values())  # the masks no image took
         if self.masks_dir is not None and not allow_unlabeled:
             self._check_every_mask_has_its_image(orphans)
             self._check_all_labeled(samples)
@@ -239,25 +243,21 @@ class FolderDataset(SegmentationDataset):
         images_dir without suffix) belongs; None without a masks folder."""
         return self.masks_dir / f"{name}{self.mask_suffix}" if self.masks_dir else None
 
-    def _existing_mask(self, name: str) -> Path | None:
-        path = self.mask_path(name)
-        if path is None:
-            return None
-        # Cameras and tools write .PNG as often as .png; the images' suffixes match in any case.
-        for candidate in (path, path.with_suffix(path.suffix.upper())):
-            if candidate.is_file():
-                return candidate
-        return None
-
-    def _masks_without_image(self, samples: list[SampleFiles]) -> list[Path]:
-        """The mask files (`mask_suffix`, any case) below masks_dir that no image matches:
-        by name (the path below the folder without the suffix), as `_existing_mask` pairs
-        them, so a case-insensitive file system does not make a used `.PNG` one."""
+    def _masks_by_name(self) -> dict[str, Path]:
+        """{image name: mask file} of the files below masks_dir ending in `mask_suffix` in
+        any case (cameras and tools write .PNG as often as .png, and the images' suffixes
+        match in any case too); DataError for two masks of one name (a.png and a.PNG)."""
         if self.masks_dir is None:
-            return []
-        names = {sample.name for sample in samples}
-        masks = masks_below(self.masks_dir, self.mask_suffix)
-        return [path for name, path in masks if name not in names]
+            return {}
+        masks: dict[str, Path] = {}
+        for name, path in masks_below(self.masks_dir, self.mask_suffix):
+            if name in masks:
+                raise DataError(
+                    f"{self.masks_dir}: two masks for the image named {name!r}: "
+                    f"{masks[name].name} and {path.name}; keep one"
+                )
+            masks[name] = path
+        return masks
 
     def _check_every_mask_has_its_image(self, orphans: list[Path]) -> None:
         """DataError naming the masks no image matches: their images are missing, in a
