@@ -8,7 +8,7 @@
         classes:                 # class id = position in this list
           - {name: road, color: [128, 64, 128]}
           - {name: car, color: [0, 0, 142]}
-        ignore_index: 255        # optional (255); the class id of void pixels
+        ignore_index: 255        # optional (255); the class id of void pixels, <= 255
         mask_values:             # optional: stored mask value -> class id or ignore_index
           0: 255
           7: 0
