@@ -22,6 +22,7 @@ from segdistill.checkpoints import (
 from segdistill.config import ModelConfig
 from segdistill.data.base import ClassesSpec
 from segdistill.errors import CheckpointError, OutputError
+from segdistill.models import MCDropout
 from segdistill.train import AtomicCheckpointIO
 
 TINY = ModelConfig(encoder_options={"output_stride": 16, "width": 0.125})
@@ -174,10 +175,12 @@ def test_a_killed_exports_staging_folder_is_left_to_the_export(tmp_path: Path) -
     # export.py stages an ONNX file in a folder ".NAME.XXXX.export" beside it.
     staging = tmp_path / ".best.onnx.ab12cd34.export"
     staging.mkdir()
+    folder = tmp_path / ".named.like.a.write.tmp"  # a folder is never a write's leftover
+    folder.mkdir()
     unfinished = tmp_path / ".last.ckpt.7.0a1b2c3d.tmp"
     unfinished.write_bytes(b"half")
     remove_unfinished_writes(tmp_path)
-    assert staging.is_dir() and not unfinished.exists()
+    assert staging.is_dir() and folder.is_dir() and not unfinished.exists()
 
 
 def test_weights_carry_the_classes_they_were_trained_on(tmp_path: Path) -> None:
@@ -216,3 +219,56 @@ def test_damaged_classes_metadata_is_named(tmp_path: Path, stored: str, message:
     safetensors.torch.save_file(tensors, path, metadata={checkpoints.CLASSES_KEY: stored})
     with pytest.raises(CheckpointError, match=rf"w.safetensors \(metadata .*{message}"):
         read_classes(path)
+
+
+def test_the_network_is_built_as_its_model_config_says() -> None:
+    """Every network setting reaches the network: one left at the architecture's default
+    would train and save another network than the config and the file's metadata say."""
+    config = ModelConfig(
+        encoder_options={"output_stride": 16, "width": 0.125},
+        decoder_channels=16,
+        mc_dropout=0.25,
+        aux_heads=True,
+        uncertainty_head="per_class",
+    )
+    model = build_model(config, 3)
+    state = model.state_dict()
+    assert state["decoder.aspp.0.convs.0.0.weight"].shape[0] == 16  # default: 256 x 0.125
+    assert {m.p for m in model.modules() if isinstance(m, MCDropout)} == {0.25}
+    assert any(key.startswith("aux_heads.") for key in state)
+    output = model.eval()(torch.zeros(1, 3, 32, 32))
+    assert output.uncertainty.shape == (1, 3, 32, 32) and output.aux_logits
+
+
+def test_weights_with_keys_the_network_lacks_are_refused(tmp_path: Path) -> None:
+    """Extra tensors (here the auxiliary heads) mean another network, even when every
+    tensor the model has is there."""
+    with_aux = ModelConfig(encoder_options=TINY.encoder_options, aux_heads=True)
+    save_weights(tmp_path / "w.safetensors", tiny_model(3, with_aux), with_aux)
+    with pytest.raises(CheckpointError, match=r"unexpected keys \(\d+\): aux_heads\."):
+        load_weights_into(tiny_model(3), tmp_path / "w.safetensors")
+
+
+def test_weights_load_without_the_encoder_file_they_started_from(tmp_path: Path) -> None:
+    """The ImageNet encoder file of model.encoder_weights is only the start of training:
+    a teacher or evaluation loads every weight from the checkpoint, also once that file
+    is gone."""
+    model = tiny_model(3)
+    started_from = ModelConfig(
+        encoder_options=TINY.encoder_options, encoder_weights=str(tmp_path / "gone.pth")
+    )
+    save_weights(tmp_path / "w.safetensors", model, started_from)
+    loaded, config = load_segmenter(tmp_path / "w.safetensors")
+    assert config.encoder_weights == str(tmp_path / "gone.pth")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_infinite_weights_are_refused_like_nan_ones(tmp_path: Path) -> None:
+    """A batch-norm statistic that overflowed to inf turns every prediction into NaN."""
+    model = tiny_model(3)
+    batch_norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    batch_norm.running_var.fill_(float("inf"))
+    save_weights(tmp_path / "w.safetensors", model, TINY)
+    with pytest.raises(CheckpointError, match=r"NaN or infinite weights \(encoder\..*running_var"):
+        load_segmenter(tmp_path / "w.safetensors")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from segdistill.checkpoints import build_model
 from segdistill.cli import main
@@ -15,6 +16,7 @@ from segdistill.config import (
     config_differences,
     dump_config,
     format_differences,
+    from_dict,
     load_config,
     network_differences,
     replace_values,
@@ -200,6 +202,26 @@ def test_unknown_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
             "did you mean 'ensemble'?",
         ),
         ("data.batch_size=1", "data.batch_size=1 must be >= 2"),
+        # Values that would train silently wrong: nothing learned (lr 0), momentum that
+        # never forgets, a network that drops every activation, no epoch at all.
+        ("optim.lr=0", "optim.lr=0.0 must be > 0"),
+        ("optim.momentum=1", "optim.momentum=1.0 must be in [0, 1)"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 must be >= 0"),
+        ("optim.decoder_lr_mult=0", "optim.decoder_lr_mult=0.0 must be > 0"),
+        ("model.mc_dropout=1", "model.mc_dropout=1.0 must be in [0, 1)"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be >= 1"),
+        ("trainer.limit_train_batches=0", "trainer.limit_train_batches=0 must be > 0 or null"),
+        (
+            "trainer.checkpoint_every_n_steps=0",
+            "trainer.checkpoint_every_n_steps=0 must be > 0 or null",
+        ),
+        ("data.crop_size=[32]", "data.crop_size=[32] must be [height, width], both >= 1"),
+        ("data.scale_range=[0, 2]", "data.scale_range=[0.0, 2.0] must be [low, high], 0 < low"),
+        ("data.ignore_index=256", "data.ignore_index=256 must be in 0..255"),
+        (
+            "distill={teacher: {path: t}, methods: [{name: kd}], cache_scale: 1.5}",
+            "distill.cache_scale=1.5 must be in (0, 1]",
+        ),
         ("data.ignore_index=-1", "data.ignore_index=-1 must be in 0..255"),
         ("data.scale_range=[2.0, 0.5]", "data.scale_range=[2.0, 0.5] must be [low, high]"),
         ("data.ignore_index=3", "data.ignore_index=3 must not be a class id"),
@@ -237,7 +259,10 @@ def test_unknown_key_in_a_base_file_names_that_file(tmp_path: Path) -> None:
             "'ensemble' ignores it",
         ),
         ("model.aux_loss_weight=-0.4", "model.aux_loss_weight=-0.4 must be >= 0"),
-        ("model.aux_loss_weight=.nan", "model.aux_loss_weight=nan must be >= 0"),
+        ("model.aux_loss_weight=.nan", "model.aux_loss_weight=nan must be a number (a finite"),
+        ("optim.poly_power=inf", "optim.poly_power=inf must be a number (a finite number)"),
+        ("optim.lr=.inf", "optim.lr=inf must be a number (a finite number)"),
+        ("data.scale_range=[0.5, .inf]", "data.scale_range[1]=inf must be a number (a finite"),
         (
             "model.aux_loss_weight=0.4",
             "model.aux_loss_weight=0.4 must be 0 without auxiliary heads (set model.aux_heads: "
@@ -331,3 +356,23 @@ def test_an_output_stride_no_config_gives_is_the_architectures(
     with torch.device("meta"):
         network = build_model(cfg.model, 3)
     assert network.encoder.strides[-1] == stride
+
+
+def test_the_documented_defaults_are_the_code_defaults() -> None:
+    """docs/training.md shows every key with its default: a default changed in the code
+    alone (a shorter run, no flip, no best checkpoint) would silently train another recipe
+    than the one users read."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    block = text.split("## Config", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    documented = yaml.safe_load(block)
+    assert documented["optim"]["poly_power"] == 0.9  # the block is the one meant
+    assert SegConfig() == from_dict(SegConfig, documented, "docs/training.md")
+
+
+def test_a_file_overrides_the_file_it_extends(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", "optim: {lr: 0.5, momentum: 0.5}\ntrainer: {max_epochs: 7}\n")
+    write(tmp_path / "middle.yaml", "extends: base.yaml\noptim: {lr: 0.2}\n")
+    child = write(tmp_path / "child.yaml", "extends: middle.yaml\ntrainer: {max_epochs: 3}\n")
+    cfg = load_config(child)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.trainer.max_epochs) == (0.2, 0.5, 3)
+    assert load_config(child, ["optim.lr=0.1"]).optim.lr == 0.1

@@ -277,6 +277,12 @@ def test_init_from_loads_encoder_and_decoder_and_keeps_the_new_heads_fresh(
         training.init_from_pretrained(
             build_model(wider, 19), wider, str(tmp_path / "pre.safetensors")
         )
+    # Another decoder width: named, not torch's size-mismatch traceback.
+    slimmer = TINY_MODEL.__class__(**{**vars(TINY_MODEL), "decoder_channels": 8})
+    with pytest.raises(ConfigError, match="its model.decoder_channels is None, this student's 8"):
+        training.init_from_pretrained(
+            build_model(slimmer, 19), slimmer, str(tmp_path / "pre.safetensors")
+        )
 
 
 def test_unlabelled_images_are_distilled_from_the_teacher_alone(

@@ -665,6 +665,12 @@ def test_resume_refuses_a_config_that_changes_what_the_run_computes(
         ({"trainer.devices": 2}, "trainer.devices: 1 -> 2"),
         ({"data.num_workers": 1}, "data.num_workers: 0 -> 1"),  # other augmentations
         ({"trainer.max_epochs": 1}, "trainer.max_epochs: 2 -> 1"),  # only longer
+        # Another data order, another precision or clipping of the steps, and a network
+        # whose weights load all the same (dropout has none) would go on unnoticed.
+        ({"seed": 1}, "seed: 0 -> 1"),
+        ({"trainer.precision": "bf16-mixed"}, "trainer.precision: '32-true' -> 'bf16-mixed'"),
+        ({"trainer.gradient_clip_val": 1.0}, "trainer.gradient_clip_val: None -> 1.0"),
+        ({"model.mc_dropout": 0.1}, "model.mc_dropout: 0.0 -> 0.1"),
     ):
         with pytest.raises(ConfigError, match="cannot resume") as error:
             training.train(replace_values(saved, changes, "test"), resume=True)
@@ -687,9 +693,13 @@ def test_resume_refuses_a_config_that_changes_what_the_run_computes(
     latest = max((run / "logs" / "csv").glob("version_*"), key=lambda p: int(p.name[8:]))
     with open(latest / "metrics.csv") as file:
         rates = {
-            row["step"]: row["lr-SGD/pg1"] for row in csv.DictReader(file) if row["lr-SGD/pg1"]
+            row["step"]: (row["lr-SGD/pg1"], row["lr-SGD/pg2"])
+            for row in csv.DictReader(file)
+            if row["lr-SGD/pg1"]
         }
-    assert float(rates["8"]) == pytest.approx(0.01 * (1 - 8 / 12) ** 0.9)
+    encoder, rest = (float(rate) for rate in rates["8"])
+    assert encoder == pytest.approx(0.01 * (1 - 8 / 12) ** 0.9)
+    assert rest == pytest.approx(0.1 * (1 - 8 / 12) ** 0.9)  # the decoder's group too
 
 
 def test_decoder_gets_ten_times_the_encoder_lr_with_poly_decay() -> None:
@@ -716,10 +726,17 @@ def test_decoder_gets_ten_times_the_encoder_lr_with_poly_decay() -> None:
         schedule.step()
     assert encoder["lr"] == pytest.approx(0.01 * 0.5**0.9)
     assert rest["lr"] == pytest.approx(0.1 * 0.5**0.9)
+    adamw_cfg = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.03, decoder_lr_mult=5)
     adamw = training.SegmentationTask(
-        model, OptimConfig(name="adamw", lr=1e-4), total_steps=10, num_classes=3
+        model, adamw_cfg, total_steps=10, num_classes=3
     ).configure_optimizers()["optimizer"]
     assert isinstance(adamw, torch.optim.AdamW)
+    # The config's weight decay, not AdamW's default (0.01), in both groups.
+    assert [group["weight_decay"] for group in adamw.param_groups] == [0.03, 0.03]
+    assert [group["lr"] for group in adamw.param_groups] == [
+        pytest.approx(1e-4),
+        pytest.approx(5e-4),
+    ]
 
 
 def test_gradient_clipping_reaches_the_trainer(tmp_path: Path) -> None:
@@ -1052,6 +1069,12 @@ def test_best_validation_reads_every_session_of_a_run(tmp_path: Path) -> None:
     assert training.best_validation(tmp_path) == (0.42, 2)
     (logs / "version_1" / "metrics.csv").write_text("epoch,step,val/miou\n2,29,0.42\n3,39,0.5\n")
     assert training.best_validation(tmp_path) == (0.5, 4)
+    # Sessions in the order they ran, not as text sorts their folders: a tie in the 11th
+    # session (version_10) does not displace the 3rd's (version_2) earlier epoch.
+    for version, row in ((2, "5,59,0.6"), (10, "20,209,0.6")):
+        (logs / f"version_{version}").mkdir()
+        (logs / f"version_{version}" / "metrics.csv").write_text(f"epoch,step,val/miou\n{row}\n")
+    assert training.best_validation(tmp_path) == (0.6, 6)
 
 
 class _Built(Exception):
@@ -1124,3 +1147,147 @@ def test_without_keep_best_the_run_is_evaluated_on_its_last_weights(
     run_dir = training.train(tiny_config(tmp_path, data_root, ["trainer.keep_best=false"]))
     assert not (run_dir / "checkpoints" / "best.safetensors").exists()
     assert weights_path(run_dir).name == "last.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "steps_per_epoch"),
+    [
+        # 4 batches an epoch, one optimiser step per 3: steps after batches 3 and 4.
+        (["trainer.accumulate_grad_batches=3"], 2),
+        # 60 % of the 4 batches: Lightning runs int(2.4) = 2 of them.
+        (["trainer.limit_train_batches=0.6"], 2),
+    ],
+)
+def test_every_step_runs_at_the_poly_rate_of_the_steps_the_run_takes(
+    tmp_path: Path, data_root: Path, overrides: list[str], steps_per_epoch: int
+) -> None:
+    """lr * (1 - step / total) ** power, the total being the optimiser steps the run
+    really takes; the decoder group at decoder_lr_mult times that."""
+    recipe = ["optim.lr=0.02", "optim.poly_power=2.0", "optim.decoder_lr_mult=4"]
+    run = training.train(tiny_config(tmp_path, data_root, [*overrides, *recipe]))
+    total = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert total == 2 * steps_per_epoch
+    rates = {
+        int(row["step"]): (float(row["lr-SGD/pg1"]), float(row["lr-SGD/pg2"]))
+        for row in read_metrics(run)
+        if row["lr-SGD/pg1"]
+    }
+    assert sorted(rates) == list(range(total))
+    for step, (encoder, rest) in rates.items():
+        expected = 0.02 * (1 - step / total) ** 2.0
+        assert encoder == pytest.approx(expected), step
+        assert rest == pytest.approx(4 * expected), step
+
+
+def test_best_weights_are_the_best_validations_and_a_resume_keeps_them(tmp_path: Path) -> None:
+    """best.safetensors holds the epoch of the highest val/miou (the first of equal ones);
+    the best score so far travels in last.ckpt, so a resumed run does not take a worse
+    epoch for the best one."""
+    model_config = ModelConfig(encoder_options={"output_stride": 16, "width": 0.125})
+    model = build_model(model_config, 3)
+    task = training.SegmentationTask(model, OptimConfig(), total_steps=1, num_classes=3)
+    resumable: list[bool] = []
+    trainer = types.SimpleNamespace(
+        callback_metrics={},
+        is_global_zero=True,
+        save_checkpoint=lambda path, weights_only: resumable.append(weights_only),
+    )
+
+    def end_epoch(callback: training.RunCheckpoints, epoch: int, miou: float | None) -> None:
+        with torch.no_grad():
+            model.seg_head.weight.fill_(epoch)  # the weights say which epoch wrote them
+        trainer.callback_metrics = {} if miou is None else {"val/miou": torch.tensor(miou)}
+        callback.on_train_epoch_end(trainer, task)
+
+    def epoch_in(name: str) -> float:
+        return float(load_file(tmp_path / f"{name}.safetensors")["seg_head.weight"].flatten()[0])
+
+    callback = training.RunCheckpoints(tmp_path, model_config)
+    for epoch, miou in enumerate([0.25, 0.5, None, 0.375, 0.5]):
+        end_epoch(callback, epoch, miou)
+    assert (epoch_in("best"), epoch_in("last")) == (1, 4)
+    assert resumable == [False] * 5  # the full training state, every epoch
+
+    resumed = training.RunCheckpoints(tmp_path, model_config)
+    resumed.load_state_dict(callback.state_dict())
+    end_epoch(resumed, 5, 0.375)
+    assert (epoch_in("best"), epoch_in("last")) == (1, 5)
+    end_epoch(resumed, 6, 0.75)
+    assert (epoch_in("best"), epoch_in("last")) == (6, 6)
+
+
+def test_the_resumable_checkpoint_holds_the_best_validation_so_far(trained_run: Path) -> None:
+    state = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    (best,) = [s["best_miou"] for key, s in state["callbacks"].items() if "RunCheckpoints" in key]
+    mious = [float(row["val/miou"]) for row in read_metrics(trained_run) if row["val/miou"]]
+    assert best == pytest.approx(max(mious))
+
+
+def test_each_epoch_is_seeded_from_the_run_seed_and_its_index(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every epoch draws other crops, flips and order (not epoch 0's again), also the
+    first epoch of a resumed run."""
+    seeds: list[int] = []
+    real_seed_all = training.seed_all
+
+    def record(seed: int) -> None:
+        seeds.append(seed)
+        real_seed_all(seed)
+
+    monkeypatch.setattr(training, "seed_all", record)
+    expected = [int(np.random.SeedSequence([5, e]).generate_state(1)[0]) for e in range(3)]
+    cfg = tiny_config(tmp_path, data_root, ["seed=5"])
+    training.train(cfg)
+    assert seeds == expected[:2]
+    seeds.clear()
+    training.train(replace_values(cfg, {"trainer.max_epochs": 3}, "test"), resume=True)
+    assert seeds == expected[2:]
+
+
+def test_the_trainer_takes_the_configs_trainer_settings(tmp_path: Path) -> None:
+    values = {
+        "trainer.accelerator": "cpu",
+        "trainer.max_epochs": 6,
+        "trainer.limit_train_batches": 3,
+        "trainer.limit_val_batches": 0.5,
+        "trainer.check_val_every_n_epoch": 2,
+        "trainer.log_every_n_steps": 7,
+        "trainer.accumulate_grad_batches": 4,
+        "trainer.precision": "bf16-mixed",
+    }
+    trainer = training.build_trainer(replace_values(SegConfig(), values, "test"), tmp_path)
+    assert (trainer.max_epochs, trainer.limit_train_batches, trainer.limit_val_batches) == (
+        6,
+        3,
+        0.5,
+    )
+    assert (trainer.check_val_every_n_epoch, trainer.log_every_n_steps) == (2, 7)
+    assert (trainer.accumulate_grad_batches, trainer.precision) == (4, "bf16-mixed")
+
+
+def test_loader_workers_leave_ctrl_c_to_the_main_process() -> None:
+    """A terminal's Ctrl-C reaches the DataLoader workers too; one killed by it broke the
+    run ("DataLoader worker exited unexpectedly") before the main process could stop it."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        training.worker_init(0, 0)  # what every training and validation worker runs first
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_an_infinite_loss_stops_training_like_a_nan_one(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_forward = training.MethodSet.forward
+
+    def overflowing(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        terms = real_forward(self, *args, **kwargs)
+        terms["loss"] = terms["loss"] + float("inf")
+        return terms
+
+    monkeypatch.setattr(training.MethodSet, "forward", overflowing)
+    with pytest.raises(TrainingError, match=r"not finite \(here inf\) at global step 0"):
+        training.train(tiny_config(tmp_path, data_root))
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import filecmp
+import math
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -598,11 +599,14 @@ def _convert(tp: Any, value: Any, key: str, source: str) -> Any:
     if tp is float and isinstance(value, str):
         # PyYAML reads `1e-3` (no dot) as a string (YAML 1.1); accept it as the number.
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise _type_error(tp, value, key, source) from None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        # No setting means anything at inf or nan (`optim.poly_power=inf` trains one step).
+        raise _type_error(tp, value, key, source, " (a finite number)")
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise _type_error(tp, value, key, source)

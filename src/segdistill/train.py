@@ -493,7 +493,7 @@ def init_from_pretrained(model: nn.Module, model_cfg: ModelConfig, source: str) 
     ConfigError otherwise); its head weights are skipped, whatever their shapes."""
     path = weights_path(source)
     pretrained_cfg, _ = read_architecture(path)
-    for key in ("arch", "encoder", "encoder_options"):
+    for key in ("arch", "encoder", "encoder_options", "decoder_channels"):
         theirs, ours = getattr(pretrained_cfg, key), getattr(model_cfg, key)
         if theirs != ours:
             raise ConfigError(
@@ -621,7 +621,9 @@ def best_validation(run_dir: Path) -> tuple[float, int] | None:
     resumed run's new version folders included: the epoch whose weights best.safetensors
     holds. None before the first validation."""
     best = None
-    for path in sorted((run_dir / "logs" / "csv").glob("version_*/metrics.csv")):
+    logs = (run_dir / "logs" / "csv").glob("version_*/metrics.csv")
+    # In the order the sessions ran: version_10 after version_2.
+    for path in sorted(logs, key=lambda log: int(log.parent.name.removeprefix("version_"))):
         with open(path, newline="") as file:
             for row in csv.DictReader(file):
                 if row.get("val/miou"):
