@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from segdistill.errors import CheckpointError, ConfigError
@@ -15,6 +16,7 @@ from segdistill.models import (
     count_parameters,
     load_encoder_weights,
 )
+from segdistill.models.decoders import DeepLabV3PlusDecoder, LightDecoder, PSPDecoder
 from segdistill.models.teachers import mc_dropout_layers
 
 NUM_CLASSES = 19
@@ -103,6 +105,49 @@ def test_width_keeps_names(name: str) -> None:
     assert count_parameters(tiny) < count_parameters(full) / 4
 
 
+@pytest.mark.parametrize(
+    ("width", "stem", "channels"),
+    [
+        # torchvision / Sandler et al.: channels x width rounded to the nearest multiple of
+        # 8, raised by 8 where that loses over 10 % (0.35: 32 x 0.35 = 11.2 -> 16); the last
+        # 1x1 conv keeps 1280 below width 1 and widens above (MobileNetV2-1.4: 1792).
+        (0.35, 16, [8, 8, 16, 32, 1280]),
+        (0.5, 16, [8, 16, 16, 48, 1280]),
+        (1.4, 48, [24, 32, 48, 136, 1792]),
+    ],
+)
+def test_mobilenetv2_width_multiplier(width: float, stem: int, channels: list[int]) -> None:
+    with torch.device("meta"):
+        encoder = build_encoder("mobilenetv2", width=width)
+    assert encoder.features[0][0].out_channels == stem
+    assert encoder.out_channels == channels
+
+
+@pytest.mark.parametrize("name", ["resnet50", "nfsnet"])
+def test_width_scales_every_layer(name: str) -> None:
+    """ResNet and NfS-Net multiply every channel count by `width` (rounded), the image's
+    3 input channels aside: layer by layer against the full-width network."""
+    with torch.device("meta"):
+        full, narrow = build_encoder(name), build_encoder(name, width=0.75)
+    pairs = [
+        (a, b)
+        for a, b in zip(full.modules(), narrow.modules(), strict=True)
+        if isinstance(a, torch.nn.Conv2d)
+    ]
+    assert pairs
+    for a, b in pairs:
+        assert b.out_channels == round(a.out_channels * 0.75)
+        assert b.in_channels == (3 if a.in_channels == 3 else round(a.in_channels * 0.75))
+
+
+def test_nfs_segnet_convolutions_have_no_bias() -> None:
+    """Oh et al.: "we perform all convolutions without bias terms" (encoder and decoder;
+    only the 1x1 classifiers have one)."""
+    model = build_segmenter("nfs", "nfsnet", NUM_CLASSES, "scalar", TINY)
+    for part in (model.encoder, model.decoder):
+        assert all(m.bias is None for m in part.modules() if isinstance(m, torch.nn.Conv2d))
+
+
 # ----------------------------------------------------------------- strides and shapes
 
 
@@ -124,6 +169,377 @@ def test_nfsnet_default_has_extra_stride_64_stage() -> None:
     encoder = build_encoder("nfsnet", **TINY)
     assert encoder.strides == [2, 4, 8, 16, 32, 64]
     assert encoder.output_stride == 64
+
+
+# ----------------------------------------------------------------- dilation schedule
+# (kernel, stride, dilation, padding) of every convolution larger than 1x1, in order, written
+# out by hand from torchvision's / DeepLab's rule: once the running stride reaches the output
+# stride, a stride-2 step becomes stride 1, the layer where it would have stepped keeps the
+# previous dilation and the layers after it double it.
+
+
+def _spatial_convs(module: torch.nn.Module) -> list[tuple[int, int, int, int]]:
+    return [
+        (m.kernel_size[0], m.stride[0], m.dilation[0], m.padding[0])
+        for m in module.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1
+    ]
+
+
+def _k3(stride: int, dilation: int) -> tuple[int, int, int, int]:
+    return (3, stride, dilation, dilation)
+
+
+def _stage(first: tuple, rest: tuple, count: int) -> list[tuple]:
+    """A stage's layers: the one where it (would) step, then the others."""
+    return [first] + [rest] * (count - 1)
+
+
+RESNET18_OS8 = [
+    (7, 2, 1, 3),
+    *_stage(_k3(1, 1), _k3(1, 1), 4),  # layer1 (two blocks, two 3x3 each)
+    *_stage(_k3(2, 1), _k3(1, 1), 4),  # layer2: stride 8
+    *_stage(_k3(1, 1), _k3(1, 2), 4),  # layer3: its first conv keeps dilation 1
+    *_stage(_k3(1, 2), _k3(1, 4), 4),  # layer4: its first conv keeps dilation 2
+]
+RESNET50_OS16 = [
+    (7, 2, 1, 3),
+    *_stage(_k3(1, 1), _k3(1, 1), 3),  # layer1: one 3x3 (conv2) per bottleneck
+    *_stage(_k3(2, 1), _k3(1, 1), 4),  # layer2
+    *_stage(_k3(2, 1), _k3(1, 1), 6),  # layer3: stride 16
+    *_stage(_k3(1, 1), _k3(1, 2), 3),  # layer4: dilated
+]
+# MobileNetV2: stem, then the depthwise conv of features.1..17 (Sandler et al., Table 2).
+MOBILENETV2_OS8 = [
+    _k3(2, 1),
+    _k3(1, 1),  # features.1
+    *_stage(_k3(2, 1), _k3(1, 1), 2),  # features.2-3: stride 4
+    *_stage(_k3(2, 1), _k3(1, 1), 3),  # features.4-6: stride 8
+    *_stage(_k3(1, 1), _k3(1, 2), 4),  # features.7-10 (64 channels): dilation 2 after
+    *_stage(_k3(1, 2), _k3(1, 2), 3),  # features.11-13 (96)
+    *_stage(_k3(1, 2), _k3(1, 4), 3),  # features.14-16 (160): dilation 4 after
+    _k3(1, 4),  # features.17 (320)
+]
+# NfS-Net: the stem, then 2 + 3 + 4 + 4 + 2 dense 3x3 layers; c5 and c6 would pool.
+NFSNET_OS16 = [_k3(2, 1)] + [_k3(1, 1)] * 9 + [_k3(1, 2)] * 4 + [_k3(1, 4)] * 2
+
+
+@pytest.mark.parametrize(
+    ("name", "output_stride", "expected"),
+    [
+        ("resnet18", 8, RESNET18_OS8),
+        ("resnet50", 16, RESNET50_OS16),
+        ("mobilenetv2", 8, MOBILENETV2_OS8),
+        ("nfsnet", 16, NFSNET_OS16),
+    ],
+)
+def test_dilated_levels_follow_the_deeplab_schedule(
+    name: str, output_stride: int, expected: list
+) -> None:
+    """The receptive field the output stride promises: strides and dilations per conv."""
+    with torch.device("meta"):
+        encoder = build_encoder(name, output_stride=output_stride)
+    assert _spatial_convs(encoder) == expected
+    if name == "nfsnet":  # the pools of the dilated stages are gone, the others stay
+        pools = [isinstance(s.pool, torch.nn.MaxPool2d) for s in encoder.stages]
+        assert pools == [True, True, True, False, False]
+
+
+@pytest.mark.parametrize(("output_stride", "rates"), [(8, [12, 24, 36]), (16, [6, 12, 18])])
+def test_aspp_rates_follow_chen_et_al(output_stride: int, rates: list[int]) -> None:
+    """Chen et al. (2018): atrous rates 6, 12, 18 at output stride 16, doubled at 8, on
+    the three separable 3x3 branches; the separable conv after the ASPP is not dilated."""
+    options = {"output_stride": output_stride}
+    with torch.device("meta"):
+        model = build_segmenter("deeplabv3plus", "resnet18", NUM_CLASSES, encoder_options=options)
+    depthwise = [
+        (m.dilation[0], m.padding[0], m.groups == m.in_channels == m.out_channels)
+        for m in model.decoder.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
+    # three ASPP branches, the conv after the ASPP, block2 (all depthwise separable)
+    assert depthwise == [(r, r, True) for r in [*rates, 1, 1]]
+
+
+# ----------------------------------------------------------------- forward references
+# The encoders' forward written a second way, with torch.nn.functional from the state dict
+# (torchvision's ResNet and MobileNetV2, NfS-Net as its docstring describes it), in eval
+# mode with random batch-norm statistics so that every ReLU and every shortcut shows.
+
+
+def _randomise_batch_norms(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+            elif isinstance(m, torch.nn.PReLU):
+                m.weight.uniform_(0.0, 0.5)
+
+
+def _bn(x: torch.Tensor, s: dict, prefix: str) -> torch.Tensor:
+    return F.batch_norm(
+        x,
+        s[f"{prefix}.running_mean"],
+        s[f"{prefix}.running_var"],
+        s[f"{prefix}.weight"],
+        s[f"{prefix}.bias"],
+        training=False,
+        eps=1e-5,
+    )
+
+
+def reference_resnet(s: dict, x: torch.Tensor, layers: list[int], bottleneck: bool) -> list:
+    """torchvision's ResNet (v1.5: the stride in the 3x3 conv), output stride 32."""
+    x = F.relu(_bn(F.conv2d(x, s["conv1.weight"], stride=2, padding=3), s, "bn1"))
+    features = [x]
+    x = F.max_pool2d(x, 3, stride=2, padding=1)
+    for index, blocks in enumerate(layers, start=1):
+        for b in range(blocks):
+            p, stride = f"layer{index}.{b}", 2 if b == 0 and index > 1 else 1
+            identity = x
+            if f"{p}.downsample.0.weight" in s:
+                shortcut = F.conv2d(x, s[f"{p}.downsample.0.weight"], stride=stride)
+                identity = _bn(shortcut, s, f"{p}.downsample.1")
+            if bottleneck:
+                out = F.relu(_bn(F.conv2d(x, s[f"{p}.conv1.weight"]), s, f"{p}.bn1"))
+                out = F.conv2d(out, s[f"{p}.conv2.weight"], stride=stride, padding=1)
+                out = F.relu(_bn(out, s, f"{p}.bn2"))
+                out = _bn(F.conv2d(out, s[f"{p}.conv3.weight"]), s, f"{p}.bn3")
+            else:
+                out = F.conv2d(x, s[f"{p}.conv1.weight"], stride=stride, padding=1)
+                out = F.relu(_bn(out, s, f"{p}.bn1"))
+                out = _bn(F.conv2d(out, s[f"{p}.conv2.weight"], padding=1), s, f"{p}.bn2")
+            x = F.relu(out + identity)
+        features.append(x)
+    return features
+
+
+# (t, nominal stride) of features.1..17, Sandler et al. Table 2.
+MOBILENETV2_BLOCKS = [
+    (1, 1),  # features.1 (16 channels)
+    *_stage((6, 2), (6, 1), 2),  # 24
+    *_stage((6, 2), (6, 1), 3),  # 32
+    *_stage((6, 2), (6, 1), 4),  # 64
+    *[(6, 1)] * 3,  # 96
+    *_stage((6, 2), (6, 1), 3),  # 160
+    (6, 1),  # 320
+]
+
+
+def reference_mobilenetv2(s: dict, x: torch.Tensor, output_stride: int) -> list:
+    """torchvision's MobileNetV2 with DeepLab's output stride rule (TF slim mobilenet: once
+    the stride reaches output_stride, a stride-2 layer takes stride 1 at the current rate and
+    the rate doubles for the layers after it); a level ends before each stride-2 block."""
+    x = F.relu6(_bn(F.conv2d(x, s["features.0.0.weight"], stride=2, padding=1), s, "features.0.1"))
+    features, current, rate = [], 2, 1
+    for index, (t, nominal) in enumerate(MOBILENETV2_BLOCKS, start=1):
+        if nominal == 2:
+            features.append(x)
+        stride, r = 1, rate
+        if nominal == 2 and current < output_stride:
+            stride, current = 2, current * 2
+        elif nominal == 2:
+            rate *= 2
+        p, j, h = f"features.{index}.conv", 0, x
+        if t != 1:
+            h = F.relu6(_bn(F.conv2d(h, s[f"{p}.0.0.weight"]), s, f"{p}.0.1"))
+            j = 1
+        w = s[f"{p}.{j}.0.weight"]
+        h = F.conv2d(h, w, stride=stride, padding=r, dilation=r, groups=w.shape[0])
+        h = F.relu6(_bn(h, s, f"{p}.{j}.1"))
+        h = _bn(F.conv2d(h, s[f"{p}.{j + 1}.weight"]), s, f"{p}.{j + 2}")  # linear bottleneck
+        x = x + h if nominal == 1 and x.shape[1] == h.shape[1] else h
+    x = F.relu6(_bn(F.conv2d(x, s["features.18.0.weight"]), s, "features.18.1"))
+    return [*features, x]
+
+
+def reference_nfsnet(s: dict, x: torch.Tensor, stages: list[int]) -> list:
+    """NfS-Net at output stride 64: a 3x3 stride-2 stem, then per stage a 2x2 max-pool
+    (ceil), dense layers (3x3, each output concatenated to its input) and a 1x1
+    compression; every conv without bias, then BN and a per-channel PReLU."""
+
+    def cbp(x: torch.Tensor, p: str, padding: int = 0, stride: int = 1) -> torch.Tensor:
+        out = _bn(F.conv2d(x, s[f"{p}.0.weight"], stride=stride, padding=padding), s, f"{p}.1")
+        assert s[f"{p}.2.weight"].shape == (out.shape[1],)  # one PReLU slope per channel
+        return F.prelu(out, s[f"{p}.2.weight"])
+
+    x = cbp(x, "stem", padding=1, stride=2)
+    features = [x]
+    for i, layers in enumerate(stages):
+        x = F.max_pool2d(x, 2, ceil_mode=True)
+        for j in range(layers):
+            x = torch.cat([x, cbp(x, f"stages.{i}.dense.{j}", padding=1)], dim=1)
+        x = cbp(x, f"stages.{i}.compress")
+        features.append(x)
+    return features
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "reference"),
+    [
+        ("resnet18", {}, lambda s, x: reference_resnet(s, x, [2, 2, 2, 2], False)),
+        ("resnet50", {}, lambda s, x: reference_resnet(s, x, [3, 4, 6, 3], True)),
+        ("mobilenetv2", {}, lambda s, x: reference_mobilenetv2(s, x, 32)),
+        ("mobilenetv2", {"output_stride": 8}, lambda s, x: reference_mobilenetv2(s, x, 8)),
+        # width 0.05: 96 and 160 channels both round to 8, so the block that would step to
+        # stride 32 keeps its shape at output stride 16 yet has no shortcut (torchvision)
+        (
+            "mobilenetv2",
+            {"output_stride": 16, "width": 0.05},
+            lambda s, x: reference_mobilenetv2(s, x, 16),
+        ),
+        ("nfsnet", {}, lambda s, x: reference_nfsnet(s, x, [2, 3, 4, 4, 2])),
+    ],
+)
+def test_encoder_forward_matches_a_functional_reference(
+    name: str, options: dict, reference
+) -> None:
+    encoder = build_encoder(name, **{"width": 0.25, **options}).eval()
+    _randomise_batch_norms(encoder)
+    x = torch.randn(2, 3, 67, 45)  # odd sides: padding, pooling and ceil modes show
+    with torch.no_grad():
+        features = encoder(x)
+        expected = reference(encoder.state_dict(), x)
+    assert len(features) == len(expected)
+    for level, (got, want) in enumerate(zip(features, expected), start=1):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=f"level c{level}")
+
+
+# ----------------------------------------------------------------- decoder references
+# Each decoder's forward written again from its state dict, on random encoder features
+# large enough (40 x 40 at the deepest level) that every atrous rate reads real pixels.
+
+
+def _cbr(x: torch.Tensor, s: dict, p: str, act=F.relu, padding: int = 0) -> torch.Tensor:
+    """conv (no bias) - BN - activation, the layers `p.0`, `p.1`."""
+    return act(_bn(F.conv2d(x, s[f"{p}.0.weight"], padding=padding), s, f"{p}.1"))
+
+
+def _separable(x: torch.Tensor, s: dict, p: str, rate: int = 1) -> torch.Tensor:
+    """smp's SeparableConv2d (3x3 depthwise at `rate`, 1x1 pointwise) - BN - ReLU."""
+    depthwise = s[f"{p}.0.0.weight"]
+    x = F.conv2d(x, depthwise, padding=rate, dilation=rate, groups=depthwise.shape[0])
+    return F.relu(_bn(F.conv2d(x, s[f"{p}.0.1.weight"]), s, f"{p}.1"))
+
+
+def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def reference_deeplabv3plus(s: dict, features: list, rates: tuple) -> tuple:
+    """Chen et al. (2018) / smp: ASPP (1x1, three separable atrous 3x3, image pooling) on
+    the last level, 1x1 projection, separable 3x3; upsampled to the stride-4 level and
+    concatenated (deep first) with its 48-channel 1x1 projection; separable 3x3."""
+    c5, c2 = features[-1], features[1]
+    branches = [_cbr(c5, s, "aspp.0.convs.0")]
+    branches += [_separable(c5, s, f"aspp.0.convs.{i}", r) for i, r in enumerate(rates, 1)]
+    pooled = _cbr(c5.mean(dim=(2, 3), keepdim=True), s, "aspp.0.pooling.1")
+    branches.append(pooled.expand_as(branches[0]))
+    aspp = _separable(_cbr(torch.cat(branches, 1), s, "aspp.0.project.0"), s, "aspp.1")
+    low = _cbr(c2, s, "block1")
+    return _separable(torch.cat([_up(aspp, low), low], 1), s, "block2"), aspp
+
+
+def reference_pspnet(s: dict, features: list) -> torch.Tensor:
+    """Zhao et al.: average-pool the last level to 1, 2, 3, 6 bins, 1x1 conv-BN-ReLU each,
+    upsample, concatenate after the input; 3x3 conv-BN-ReLU."""
+    c5 = features[-1]
+    pyramid = [c5] + [
+        _up(_cbr(F.adaptive_avg_pool2d(c5, b), s, f"ppm.branches.{i}.1"), c5)
+        for i, b in enumerate((1, 2, 3, 6))
+    ]
+    return _cbr(torch.cat(pyramid, 1), s, "bottleneck.0", padding=1)
+
+
+def reference_light(s: dict, features: list) -> torch.Tensor:
+    """Oh et al.'s shallow decoder: the last level (1x1) doubled onto the one before it
+    (1x1), concatenated (deep first), fused by a 3x3; conv-BN-PReLU throughout."""
+
+    def cbp(x: torch.Tensor, p: str, padding: int = 0) -> torch.Tensor:
+        return _cbr(x, s, p, lambda y: F.prelu(y, s[f"{p}.2.weight"]), padding)
+
+    skip = cbp(features[-2], "skip")
+    return cbp(torch.cat([_up(cbp(features[-1], "deep"), skip), skip], 1), "fuse", padding=1)
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_deeplabv3plus_decoder_matches_a_functional_reference(output_stride: int) -> None:
+    channels, strides = [8, 12, 16, 20, 24], [2, 4, 8, min(16, output_stride), output_stride]
+    decoder = DeepLabV3PlusDecoder(channels, strides, channels=16).eval()
+    _randomise_batch_norms(decoder)
+    side = 40 * output_stride  # the input side that gives 40 x 40 at the last level
+    features = [torch.randn(1, c, side // s, side // s) for c, s in zip(channels, strides)]
+    rates = {8: (12, 24, 36), 16: (6, 12, 18)}[output_stride]
+    with torch.no_grad():
+        out, taps = decoder.forward_taps(features)
+        expected, aspp = reference_deeplabv3plus(decoder.state_dict(), features, rates)
+    assert out.shape == (1, 16, side // 4, side // 4)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(taps["decoder_aspp"], aspp, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("decoder_class", "reference", "strides"),
+    [
+        (PSPDecoder, reference_pspnet, [2, 4, 8, 8, 8]),
+        (LightDecoder, reference_light, [2, 4, 8, 16, 32, 64]),
+    ],
+)
+def test_psp_and_light_decoders_match_a_functional_reference(
+    decoder_class, reference, strides: list[int]
+) -> None:
+    channels = [8 + 4 * i for i in range(len(strides))]
+    decoder = decoder_class(channels, strides, channels=16).eval()
+    _randomise_batch_norms(decoder)
+    features = [torch.randn(2, c, 384 // s, 256 // s) for c, s in zip(channels, strides)]
+    with torch.no_grad():
+        out = decoder(features)
+        expected = reference(decoder.state_dict(), features)
+    assert out.shape == (2, 16, *features[-1 if decoder_class is PSPDecoder else -2].shape[-2:])
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3plus", "pspnet", "nfs"])
+def test_mc_dropout_drops_whole_channels_of_the_deepest_maps(arch: str) -> None:
+    """MC dropout (Oh et al.: at the most compressed, lowest-resolution features): the
+    Segmenter's drops the last encoder level after its taps were taken, the decoder's the
+    deepest decoder map (DeepLabV3+: the ASPP output; PSPNet: the pyramid; NfS-SegNet: the
+    projected stride-64 map), each a channel dropout that the decoder output depends on."""
+    encoder = "nfsnet" if arch == "nfs" else "resnet18"
+    model = build_segmenter(arch, encoder, NUM_CLASSES, encoder_options=TINY, mc_dropout=0.5)
+    model.eval()
+    layers = mc_dropout_layers(model)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for layer in layers:
+        layer.register_forward_hook(lambda m, i, o: seen.append((i[0], o)))
+        layer.train()
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        out = model(x)
+    assert len(seen) == 2
+    (encoder_in, encoder_dropped), (decoder_in, decoder_dropped) = seen
+    assert encoder_in is out.features["encoder_out"]
+    assert encoder_in is out.features[f"encoder_c{len(model.encoder.out_channels)}"]
+    for inp, dropped in seen:  # each channel is either zero or scaled by 1 / (1 - p)
+        zero = (dropped == 0).flatten(2).all(-1)
+        kept = torch.isclose(dropped, 2 * inp).flatten(2).all(-1)
+        assert (zero | kept).all() and zero.any() and kept.any()
+    c5 = model.encoder.out_channels[-1]
+    if arch == "deeplabv3plus":
+        assert decoder_in is out.features["decoder_aspp"]
+    elif arch == "pspnet":  # the pyramid, whose first channels are the (dropped) last level
+        assert decoder_in.shape == (2, 2 * c5, 16, 16)
+        torch.testing.assert_close(decoder_in[:, :c5], encoder_dropped)
+    else:
+        assert decoder_in.shape == (2, model.decoder.out_channels, 2, 2)
+    for layer in layers:
+        layer.eval()
+    with torch.no_grad():
+        deterministic = model(x).features["decoder_out"]
+    assert not torch.allclose(deterministic, out.features["decoder_out"])
 
 
 # ----------------------------------------------------------------- segmenters
@@ -295,6 +711,149 @@ def test_holder_heads_follow_the_decoder_width() -> None:
         assert count_parameters(holder) - count_parameters(plain) == 2 * per_head - plain_head
 
 
+def test_encoders_and_decoders_start_from_torchvisions_initialisation() -> None:
+    """He-normal convolutions with fan_out (std sqrt(2 / (out_channels * k * k))), zero conv
+    biases, unit / zero batch norm, in every encoder and decoder layer."""
+    for arch, encoder in [("deeplabv3plus", "resnet18"), ("nfs", "nfsnet")]:
+        model = build_segmenter(arch, encoder, NUM_CLASSES)
+        for part in (model.encoder, model.decoder):
+            for m in part.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    assert torch.equal(m.weight, torch.ones_like(m.weight))
+                    assert torch.equal(m.bias, torch.zeros_like(m.bias))
+                elif isinstance(m, torch.nn.Conv2d):
+                    assert m.bias is None or not m.bias.any()
+                    w = m.weight.detach()
+                    if w.numel() >= 20_000:  # enough samples for a 5 % check of the std
+                        expected = (2.0 / (w.shape[0] * w.shape[2] * w.shape[3])) ** 0.5
+                        assert abs(w.std().item() / expected - 1) < 0.05, m
+                        assert abs(w.mean().item()) < 0.05 * expected, m
+
+
+def _holder_head(x: torch.Tensor, s: dict, p: str) -> torch.Tensor:
+    """Holder & Shafique's head: 3x3 conv-BN-ReLU (same width), 1x1 conv with bias."""
+    x = F.relu(_bn(F.conv2d(x, s[f"{p}.0.weight"], padding=1), s, f"{p}.1"))
+    return F.conv2d(x, s[f"{p}.3.weight"], s[f"{p}.3.bias"])
+
+
+@pytest.mark.parametrize(("head", "channels"), [("scalar", 1), ("per_class", NUM_CLASSES)])
+def test_uncertainty_is_the_sigmoid_of_the_upsampled_head(head: str, channels: int) -> None:
+    """DUDES: the segmentation head's 1x1 conv again, with 1 output channel; Holder: two
+    3x3 conv-BN-ReLU + 1x1 heads. A sigmoid bounds the uncertainty: as smp's head, the map
+    is upsampled (bilinear) first and squashed after, so every pixel is inside (0, 1)."""
+    model = build_segmenter("deeplabv3plus", "resnet18", NUM_CLASSES, head, TINY).eval()
+    _randomise_batch_norms(model)
+    s = model.state_dict()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 96))
+        decoded = out.features["decoder_out"]
+        if head == "scalar":
+            logits = F.conv2d(decoded, s["seg_head.weight"], s["seg_head.bias"])
+            raw = F.conv2d(decoded, s["uncertainty_head.weight"], s["uncertainty_head.bias"])
+        else:
+            logits = _holder_head(decoded, s, "seg_head")
+            raw = _holder_head(decoded, s, "uncertainty_head")
+    assert model.uncertainty_kind == head
+    assert raw.shape == (2, channels, 16, 24)
+
+    def up(t: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(t, size=(64, 96), mode="bilinear", align_corners=False)
+
+    torch.testing.assert_close(out.logits, up(logits), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.uncertainty, 1 / (1 + torch.exp(-up(raw))))
+    assert 0 < out.uncertainty.min() and out.uncertainty.max() < 1
+
+
+@pytest.mark.parametrize(
+    ("arch", "encoder", "stride", "decoder_stride"),
+    [
+        ("deeplabv3plus", "resnet18", 16, 4),
+        ("pspnet", "resnet18", 8, 8),
+        ("nfs", "nfsnet", 64, 32),
+        ("plain", "mobilenetv2", 16, 16),
+    ],
+)
+def test_architectures_default_output_strides(
+    arch: str, encoder: str, stride: int, decoder_stride: int
+) -> None:
+    """docs/training.md: unset, the output stride is the arch's (DeepLabV3+ 16, PSPNet 8,
+    NfS 64, plain 16), measured on the maps of a 128 x 192 image."""
+    model = build_segmenter(arch, encoder, NUM_CLASSES, encoder_options=TINY).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 128, 192))
+    assert out.features["encoder_out"].shape[-2:] == (128 // stride, 192 // stride)
+    assert out.features["decoder_out"].shape[-2:] == (128 // decoder_stride, 192 // decoder_stride)
+
+
+def test_pspnet_aux_head_is_zhao_et_als() -> None:
+    """PSPNet's auxiliary head on layer3 (1024 channels for ResNet-50): 3x3 conv to 256,
+    BN, ReLU, dropout, 1x1 conv to the classes."""
+    with torch.device("meta"):
+        model = build_segmenter("pspnet", "resnet50", NUM_CLASSES, aux_heads=True)
+    head = model.aux_heads["c4"]
+    assert count_parameters(head) == 1024 * 9 * 256 + 2 * 256 + 256 * NUM_CLASSES + NUM_CLASSES
+
+
+@pytest.mark.parametrize(
+    ("encoder", "modules"),
+    [
+        ("resnet18", ["relu", "layer1", "layer2", "layer3", "layer4"]),
+        # segdistill's MobileNetV2 levels: features.0-1, 2-3, 4-6, 7-13, 14-18
+        ("mobilenetv2", ["features.1", "features.3", "features.6", "features.13", "features.18"]),
+        ("nfsnet", ["stem", *[f"stages.{i}" for i in range(5)]]),
+    ],
+)
+def test_encoder_taps_are_the_outputs_of_their_stages(encoder: str, modules: list[str]) -> None:
+    """Feature taps "encoder_c<i>" are the very tensors the stage that ends level i returns
+    (a forward hook on that module), what feature distillation reads."""
+    model = build_segmenter("deeplabv3plus", encoder, NUM_CLASSES, encoder_options=TINY).eval()
+    outputs: dict[str, torch.Tensor] = {}
+    for name in modules:
+        module = model.encoder.get_submodule(name)
+        module.register_forward_hook(lambda m, i, o, name=name: outputs.setdefault(name, o))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    for level, name in enumerate(modules, start=1):
+        assert out.features[f"encoder_c{level}"] is outputs[name], (level, name)
+
+
+def test_decoder_channels_scale_with_width_below_one_only() -> None:
+    """build_segmenter: the arch's decoder channels times the width when it is below 1
+    (DeepLabV3+ 256 -> 128 at 0.5), unchanged above (MobileNetV2-1.4 of He et al.)."""
+    for width, channels in ((0.5, 128), (1.0, 256), (1.4, 256)):
+        with torch.device("meta"):
+            model = build_segmenter(
+                "deeplabv3plus", "mobilenetv2", NUM_CLASSES, encoder_options={"width": width}
+            )
+        assert model.decoder.out_channels == channels
+
+
+def test_count_parameters_counts_trainable_ones() -> None:
+    """The papers count trainable parameters: a frozen encoder leaves the rest."""
+    model = build_segmenter("plain", "mobilenetv2", NUM_CLASSES)
+    model.encoder.requires_grad_(False)
+    assert count_parameters(model) == 1280 * NUM_CLASSES + NUM_CLASSES
+    assert count_parameters(model, trainable_only=False) == 2_248_211
+
+
+def test_training_dropout_follows_the_reference_code() -> None:
+    """Ordinary (non-MC) dropout: smp's ASPP Dropout(0.5); PSPNet's Dropout2d(0.1) before
+    the classifier and in the auxiliary head (Zhao et al.'s reference code)."""
+
+    def dropouts(model: torch.nn.Module) -> list[tuple[str, float]]:
+        return [
+            (type(m).__name__, m.p)
+            for m in model.modules()
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd)
+        ]
+
+    with torch.device("meta"):
+        deeplab = build_segmenter("deeplabv3plus", "resnet18", NUM_CLASSES)
+        pspnet = build_segmenter("pspnet", "resnet18", NUM_CLASSES, aux_heads=True)
+    assert dropouts(deeplab) == [("Dropout", 0.5)]
+    assert dropouts(pspnet) == [("Dropout2d", 0.1), ("Dropout2d", 0.1)]
+
+
 def test_mc_dropout_only_when_switched_on() -> None:
     model = build_segmenter("nfs", "nfsnet", NUM_CLASSES, encoder_options=TINY, mc_dropout=0.5)
     model.eval()
@@ -326,6 +885,33 @@ def test_load_encoder_weights_round_trip(tmp_path, suffix: str) -> None:
     target = build_encoder("resnet18", output_stride=8, **TINY)  # dilation changes no shape
     load_encoder_weights(target, path)
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
+
+
+def test_weights_saved_before_batchnorm_counted_its_steps_load(tmp_path) -> None:
+    """torchvision's resnet18-5c106cde.pth (smp's, so DUDES') predates PyTorch 0.4.1 and
+    has no `num_batches_tracked`: load_state_dict accepts it, and so must we."""
+    source = build_encoder("resnet18", **TINY)
+    state = {k: v for k, v in source.state_dict().items() if "num_batches_tracked" not in k}
+    assert len(state) < len(source.state_dict())
+    path = tmp_path / "resnet18-old.pth"
+    torch.save(state, path)
+    target = build_encoder("resnet18", **TINY)
+    load_encoder_weights(target, path)
+    loaded = target.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    del state["bn1.running_mean"]  # a real key missing is still refused
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"missing keys: bn1\.running_mean$"):
+        load_encoder_weights(build_encoder("resnet18", **TINY), path)
+
+
+def test_build_segmenter_loads_the_encoder_weights(tmp_path) -> None:
+    source = build_encoder("resnet18", **TINY)
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = build_segmenter("deeplabv3plus", "resnet18", 3, None, TINY, encoder_weights=path)
+    state = model.encoder.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in source.state_dict().items())
 
 
 def test_load_encoder_weights_refuses_other_arch(tmp_path) -> None:

@@ -547,7 +547,9 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
         k: v for k, v in _read_state_dict(path).items() if not k.startswith(CLASSIFIER_PREFIXES)
     }
     expected = encoder.state_dict()
-    missing = [k for k in expected if k not in state]
+    # Files saved before PyTorch 0.4.1 (torchvision's resnet18-5c106cde.pth, smp's and so
+    # DUDES') lack BatchNorm's step counters, which load_state_dict fills in itself.
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     misshaped = [
         f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"

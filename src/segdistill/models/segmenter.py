@@ -145,6 +145,10 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     # DUDES / Holder / He: smp's DeepLabV3Plus defaults (output stride 16, 256 channels).
+    # Two differences from smp, with the same parameters: bilinear upsampling with
+    # align_corners=False (smp's UpsamplingBilinear2d: True), and a dilated stage keeps its
+    # first conv at the previous dilation as torchvision's replace_stride_with_dilation
+    # does (smp dilates every conv of it): a slightly different receptive field.
     "deeplabv3plus": Architecture(DeepLabV3PlusDecoder, 16, 256, ("c4",)),
     # Karine et al.: PSPNet at output stride 8 with the layer3 (c4) auxiliary head.
     "pspnet": Architecture(PSPDecoder, 8, 512, ("c4",)),
