@@ -1,6 +1,7 @@
 """Cityscapes-layout and folder data sets on tiny trees written here, and their errors."""
 
 import io
+import json
 import shutil
 import signal
 import struct
@@ -228,6 +229,39 @@ def test_train_ids_outside_the_classes_are_listed(cityscapes):
     with pytest.raises(DataError, match="19, 32") as err:
         CityscapesDataset(cityscapes, "val").load(0)
     assert str(path) in str(err.value)
+
+
+def test_official_label_ids_and_train_ids_files_decode_to_the_same_train_ids(tmp_path):
+    """One polygons file holding every label of the official table (group and negative-id
+    labels included), rendered by cityscapesscripts as `_gtFine_labelIds.png` in one tree and
+    as `_gtFine_labelTrainIds.png` (what createTrainIdLabelImgs writes) in another: both
+    trees give the train ids of the official rendering, every class among them."""
+    from cityscapesscripts.helpers.annotation import Annotation
+    from cityscapesscripts.helpers.labels import labels as official
+    from cityscapesscripts.preparation.json2labelImg import createLabelImage
+
+    names = [label.name for label in official] + ["cargroup"]
+    height, width = 4, 2 * len(names)
+    objects = [
+        {"label": name, "polygon": [[2 * i, 0], [2 * i + 1, 0], [2 * i + 1, 3], [2 * i, 3]]}
+        for i, name in enumerate(names)
+    ]
+    annotation = Annotation()
+    annotation.fromJsonText(
+        json.dumps({"imgHeight": height, "imgWidth": width, "objects": objects})
+    )
+    label_ids = np.asarray(createLabelImage(annotation, "ids"), dtype=np.uint8)
+    train_ids = np.asarray(createLabelImage(annotation, "trainIds"), dtype=np.uint8)
+    assert set(range(19)) <= set(np.unique(train_ids).tolist())
+    labels = {}
+    for kind, array in (("labelIds", label_ids), ("labelTrainIds", train_ids)):
+        root = tmp_path / kind
+        image = root / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png"
+        save(image, image_array(0, height, width))
+        gt_file(root, "train", "aachen_000000_000019", kind, array)
+        labels[kind] = CityscapesDataset(root, "train").load(0)["label"]
+    assert np.array_equal(labels["labelTrainIds"], train_ids)
+    assert np.array_equal(labels["labelIds"], train_ids)
 
 
 def test_size_mismatch_names_both_files_and_sizes(cityscapes):

@@ -285,6 +285,35 @@ def test_init_from_loads_encoder_and_decoder_and_keeps_the_new_heads_fresh(
         )
 
 
+class _Started(Exception):
+    """Stops `train` where the distillation is built, right after the student's start."""
+
+
+def test_a_distillation_with_init_from_starts_from_the_pretrained_body(
+    tmp_path: Path, synth: Path, ensemble: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holder's stage 2 through `train`: the student's encoder and decoder are the
+    pre-trained ones when distillation starts, its heads the fresh ones."""
+    cfg = tiny_config(tmp_path, synth, ensemble, ["distill.methods=[{name: kd}]"])
+    torch.manual_seed(1)
+    pretrained = build_model(cfg.model, cfg.data.num_classes)
+    save_weights(tmp_path / "pre.safetensors", pretrained, cfg.model)
+    cfg = replace_values(cfg, {"distill.init_from": str(tmp_path / "pre.safetensors")}, "t")
+    started: dict[str, torch.Tensor] = {}
+
+    def capture(cfg: SegConfig, model: torch.nn.Module) -> None:
+        started.update({k: v.clone() for k, v in model.state_dict().items()})
+        raise _Started
+
+    monkeypatch.setattr(training, "build_distillation", capture)
+    with pytest.raises(_Started):
+        training.train(cfg)
+    theirs = pretrained.state_dict()
+    body = [key for key in theirs if key.startswith(("encoder.", "decoder."))]
+    assert body and all(torch.equal(started[key], theirs[key]) for key in body)
+    assert not torch.equal(started["seg_head.weight"], theirs["seg_head.weight"])
+
+
 def test_unlabelled_images_are_distilled_from_the_teacher_alone(
     tmp_path: Path, synth: Path, ensemble: Path
 ) -> None:

@@ -210,9 +210,44 @@ def test_accumulated_batches_make_one_step_and_the_schedule_counts_steps(
     # The poly schedule spans the 4 optimiser steps, not the 8 batches: it ends at lr 0.
     schedule = state["lr_schedulers"][0]
     assert schedule["last_epoch"] == 4 and schedule["_last_lr"] == [0.0, 0.0]
-    # One mid-epoch checkpoint per optimiser step (none between accumulated batches),
-    # plus one at each epoch's end.
-    assert saved_at == [1, 2, 2, 3, 4, 4]
+    # One mid-epoch checkpoint per optimiser step (none between accumulated batches), and
+    # at each epoch's end the epoch's own only: one written at its last batch, before its
+    # validation, would resume without that validation and with the wrong epoch's seed.
+    assert saved_at == [1, 2, 3, 4]
+
+
+def test_a_run_killed_in_validation_resumes_with_that_validation_and_the_epochs_seeds(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step checkpoint written at an epoch's last batch (step 4 of 4, every 2 steps),
+    then a kill in that epoch's validation: the resume skipped the validation and trained
+    epoch 1 with epoch 0's seed. Now the last step checkpoint is step 2's."""
+    cfg = tiny_config(tmp_path, data_root, ["trainer.checkpoint_every_n_steps=2"])
+    real_validation_step = training.SegmentationTask.validation_step
+
+    def killed(self, *args):
+        if self.trainer.sanity_checking:
+            return real_validation_step(self, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.SegmentationTask, "validation_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg)
+    checkpoint = Path(cfg.run.dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 2
+    monkeypatch.setattr(training.SegmentationTask, "validation_step", real_validation_step)
+    seeds: list[int] = []
+    real_seed_all = training.seed_all
+    monkeypatch.setattr(
+        training, "seed_all", lambda seed: (seeds.append(seed), real_seed_all(seed))
+    )
+    run = training.train(cfg, resume=True)
+    epoch_seeds = [int(np.random.SeedSequence([cfg.seed, e]).generate_state(1)[0]) for e in (0, 1)]
+    assert seeds[-2:] == epoch_seeds
+    validated = set()
+    for log in (run / "logs" / "csv").glob("version_*/metrics.csv"):
+        validated |= {row["epoch"] for row in csv.DictReader(log.open()) if row.get("val/miou")}
+    assert validated == {"0", "1"}
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
@@ -340,6 +375,27 @@ def test_weights_that_diverge_with_finite_losses_stop_training_before_a_checkpoi
         CheckpointError, match="holds NaN or infinite weights \\(seg_head.weight\\)"
     ):
         load_segmenter(tmp_path / "nan.safetensors")
+
+
+def test_a_mid_epoch_checkpoint_is_not_written_after_the_weights_diverged(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trainer.checkpoint_every_n_steps writes last.ckpt between validations: weights that
+    diverged with finite losses stop the run there too, and the last good one stays."""
+
+    def overflow_a_statistic(output, model):
+        batch_norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        batch_norm.running_var = torch.full_like(batch_norm.running_var, float("inf"))
+        return output
+
+    fail_at_training_step(monkeypatch, 1, overflow_a_statistic)  # the second step
+    overrides = ["trainer.checkpoint_every_n_steps=1", "trainer.max_epochs=1"]
+    with pytest.raises(TrainingError, match=r"weights are not finite .* at global step 2, epoch 0"):
+        training.train(tiny_config(tmp_path, data_root, overrides))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 1
+    weights = [w for w in state["state_dict"].values() if w.is_floating_point()]
+    assert weights and all(torch.isfinite(w).all() for w in weights)
 
 
 def test_ctrl_c_ends_in_an_interrupt_that_resume_continues(
@@ -665,6 +721,8 @@ def test_resume_refuses_a_config_that_changes_what_the_run_computes(
         ({"trainer.devices": 2}, "trainer.devices: 1 -> 2"),
         ({"data.num_workers": 1}, "data.num_workers: 0 -> 1"),  # other augmentations
         ({"trainer.max_epochs": 1}, "trainer.max_epochs: 2 -> 1"),  # only longer
+        # Fewer batches an epoch: fewer steps, another poly schedule.
+        ({"trainer.limit_train_batches": 2}, "trainer.limit_train_batches: None -> 2"),
         # Another data order, another precision or clipping of the steps, and a network
         # whose weights load all the same (dropout has none) would go on unnoticed.
         ({"seed": 1}, "seed: 0 -> 1"),
@@ -726,6 +784,11 @@ def test_decoder_gets_ten_times_the_encoder_lr_with_poly_decay() -> None:
         schedule.step()
     assert encoder["lr"] == pytest.approx(0.01 * 0.5**0.9)
     assert rest["lr"] == pytest.approx(0.1 * 0.5**0.9)
+    # The config's momentum and weight decay, not DUDES' values, in both groups.
+    sgd = training.SegmentationTask(
+        model, OptimConfig(momentum=0.5, weight_decay=0.002), total_steps=10, num_classes=3
+    ).configure_optimizers()["optimizer"]
+    assert [(g["momentum"], g["weight_decay"]) for g in sgd.param_groups] == [(0.5, 0.002)] * 2
     adamw_cfg = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.03, decoder_lr_mult=5)
     adamw = training.SegmentationTask(
         model, adamw_cfg, total_steps=10, num_classes=3
@@ -1291,3 +1354,22 @@ def test_an_infinite_loss_stops_training_like_a_nan_one(
     with pytest.raises(TrainingError, match=r"not finite \(here inf\) at global step 0"):
         training.train(tiny_config(tmp_path, data_root))
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_loss_that_is_not_finite_on_another_process_stops_every_process() -> None:
+    """Each process's verdict on its loss is combined with the others' (all must be
+    finite): a NaN on one process, all-reduced into every gradient, must stop all of
+    them before the update, not only the process that computed it."""
+    model = build_model(ModelConfig(encoder_options={"output_stride": 16, "width": 0.125}), 3)
+    task = training.SegmentationTask(model, OptimConfig(), total_steps=1, num_classes=3)
+
+    class TwoProcesses:
+        """This process and one whose loss is NaN, reduced as DDPStrategy reduces."""
+
+        def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+            finite_count = int(decision) + int(False)  # the other one: not finite
+            return finite_count == 2 if all else finite_count > 0
+
+    task.trainer = types.SimpleNamespace(strategy=TwoProcesses(), global_step=7, current_epoch=1)
+    with pytest.raises(TrainingError, match=r"not finite .* global step 7, epoch 1, batch 3"):
+        task._stop_unless_finite(torch.tensor(0.5), 3)

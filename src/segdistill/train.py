@@ -1003,10 +1003,13 @@ class RunCheckpoints(Callback):
         self, trainer: L.Trainer, task: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
         # With gradient accumulation only some batches end with an optimiser step (Lightning
-        # steps after every `accumulate_grad_batches` and after the epoch's last batch); a
-        # checkpoint between them would lose the gradients summed so far.
-        stepped = (idx + 1) % trainer.accumulate_grad_batches == 0 or (
-            idx + 1 == trainer.num_training_batches
+        # steps after every `accumulate_grad_batches`); a checkpoint between them would lose
+        # the gradients summed so far. None at the epoch's last batch: the epoch's own
+        # checkpoint follows its validation, and a resume from one written before it would
+        # skip that validation and train the next epoch with this epoch's seed (Lightning
+        # counts the epoch done only after it made the next epoch's loader).
+        stepped = (idx + 1) % trainer.accumulate_grad_batches == 0 and (
+            idx + 1 != trainer.num_training_batches
         )
         if self.every_n_steps and stepped and trainer.global_step % self.every_n_steps == 0:
             assert isinstance(task, SegmentationTask)
