@@ -881,6 +881,32 @@ def test_a_run_that_stopped_before_its_first_step_finished_does_not_hold_the_dir
     assert not (tmp_path / "other" / "experiment.yaml").exists()
 
 
+def test_what_would_fail_after_the_teacher_is_refused_before_anything_runs(
+    tmp_path: Path, capsys
+) -> None:
+    """At paper scale these failed at the baseline or the benchmark, after the ensemble had
+    trained for days; several processes killed the run (Lightning runs the command again)."""
+    run_dir = tmp_path / "run"
+
+    def refused(overrides: list[str], message: str) -> None:
+        with pytest.raises(ConfigError, match=message) as error:
+            run_pipeline(load_experiment(DEMO_CONFIG, overrides), run_dir)
+        assert str(error.value).startswith(str(DEMO_CONFIG))
+        assert not run_dir.exists()  # nothing ran, nothing was claimed
+
+    refused(["set.trainer.devices=2"], r"trainer.devices=2 x num_nodes=1: an experiment trains")
+    weights = tmp_path / "resnet18-imagenet.pth"
+    refused([f"set.model.encoder_weights={weights}"], r"model.encoder_weights: .*does not exist")
+    torch.save(build_model(SegConfig().model, 19).encoder.state_dict(), weights)  # width 1
+    refused(
+        [f"set.model.encoder_weights={weights}"],
+        r"do not fit ResNetEncoder: mis-shaped .* \(the file must be a resnet18 at "
+        r"model.encoder_options \{'width': 0.25",
+    )
+    refused(["bench.device=cuda"], r"bench.device: device 'cuda': CUDA is not available")
+    assert "steps into" not in capsys.readouterr().out
+
+
 def test_a_teacher_without_spread_for_students_that_read_it_is_refused_before_training(
     tmp_path: Path,
 ) -> None:

@@ -24,9 +24,10 @@ from segdistill.data.folder import require_images_below
 from segdistill.data.synthstreets import SynthConfig, generate
 from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.ensemble import member_config, train_member, write_manifest
-from segdistill.errors import ConfigError, DataError
+from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.evaluate import find_splits, select_splits
 from segdistill.methods import METHODS
+from segdistill.models import build_encoder, load_encoder_weights
 from segdistill.models.teachers import DISAGREEMENT_SIGNALS
 from segdistill.pipeline.checks import split_metric_name
 from segdistill.pipeline.experiment import (
@@ -39,6 +40,7 @@ from segdistill.pipeline.experiment import (
     seeded_name,
 )
 from segdistill.pipeline.run_dir import ENCODER_FILE, RunPaths, Step
+from segdistill.predictor import default_device
 from segdistill.train import train
 
 
@@ -286,6 +288,50 @@ def check_shared_caches(exp: LoadedExperiment, configs: dict[str, SegConfig]) ->
                 "the same distill.cache_signals (every signal any of them reads), cache_scale "
                 f"and unlabeled_root; they have {wanted}"
             )
+
+
+def check_before_training(exp: LoadedExperiment, unfinished: list[Step], steps: list[Step]) -> None:
+    """What would otherwise fail after the teacher has trained (GPU-days at paper scale),
+    for the `unfinished` steps of the plan `steps`: several processes for a network, an
+    encoder weights file that is missing or does not fit its encoder (unless a step writes
+    it, e.g. a pre-trained encoder), a benchmark or evaluation on a CUDA device this
+    machine does not have."""
+    configs = [cfg for step in unfinished for cfg in step.trains]
+    for cfg in configs:
+        if cfg.trainer.devices * cfg.trainer.num_nodes > 1:
+            # Lightning starts the extra processes by running the command line again: here
+            # the whole experiment, which then finds its own run directory in use.
+            raise ConfigError(
+                f"{exp.path}: {cfg.run.dir}: trainer.devices={cfg.trainer.devices} x "
+                f"num_nodes={cfg.trainer.num_nodes}: an experiment trains each network in one "
+                "process; train ensemble members in parallel with `segdistill ensemble ... "
+                "--member I --run-dir RUN_DIR/teacher` first (docs/experiments.md), or a "
+                "network with `segdistill train --devices N`"
+            )
+    made = {path.resolve() for step in steps for path in step.outputs}
+    checked: set[tuple[str, str, str]] = set()
+    for cfg in configs:
+        model = cfg.model
+        weights = model.encoder_weights
+        key = (str(weights), model.encoder, repr(sorted(model.encoder_options.items())))
+        if weights is None or key in checked or Path(weights).resolve() in made:
+            continue
+        checked.add(key)
+        try:
+            load_encoder_weights(build_encoder(model.encoder, **model.encoder_options), weights)
+        except CheckpointError as error:
+            raise ConfigError(
+                f"{exp.path}: {cfg.run.dir}: model.encoder_weights: {error} (the file must "
+                f"be a {model.encoder} at model.encoder_options {model.encoder_options})"
+            ) from None
+    spec = exp.spec
+    readers = {"bench.device": spec.bench.device, "evaluate.device": spec.evaluate.device}
+    if any(step.name not in ("data", "report") for step in unfinished):
+        for setting, device in readers.items():
+            try:
+                default_device(device)
+            except ConfigError as error:
+                raise ConfigError(f"{exp.path}: {setting}: {error}") from None
 
 
 def check_teacher_spread(exp: LoadedExperiment, configs: dict[str, SegConfig]) -> None:

@@ -24,6 +24,7 @@ from segdistill.pipeline.evaluation import (
 )
 from segdistill.pipeline.experiment import LoadedExperiment, seeded_name
 from segdistill.pipeline.networks import (
+    check_before_training,
     check_finished_networks,
     check_pretrain_fits,
     check_shared_caches,
@@ -248,6 +249,7 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     paths = RunPaths(Path(run_dir))
     check_output_folder(paths.root, "run directory")
     steps = plan(exp, paths)  # a config the plan refuses leaves the directory as it was
+    check_before_training(exp, [s for s in steps if not paths.stage(s.name).is_file()], steps)
     with held_folder(paths.root):
         refuse_another_experiment(exp.spec, paths)  # the whole change, before any one step
         for step in steps:  # before the claim: a config refused here records nothing
