@@ -25,10 +25,12 @@ from segdistill.data.cityscapes import CityscapesDataset
 from segdistill.data.folder import FolderDataset
 from segdistill.data.labels import TRAIN_ID_COLORS
 from segdistill.data.synthstreets import SynthConfig, generate
+from segdistill.data.transforms import unnormalize
 from segdistill.defaults import AGGREGATORS, RESULTS_FILE, UNCERTAINTY_VMAX
 from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.evaluate import (
     METRICS_FILE,
+    SAMPLE_MAX_WIDTH,
     ModelAccumulators,
     SampleSet,
     _model_figures,
@@ -40,7 +42,7 @@ from segdistill.evaluate import (
 )
 from segdistill.models import build_segmenter
 from segdistill.output_paths import held_folder
-from segdistill.predictor import PER_CLASS_OOD_SOURCE, load_predictor
+from segdistill.predictor import PER_CLASS_MEAN, PER_CLASS_OOD_SOURCE, Prediction, load_predictor
 
 TINY = {"width": 0.125}
 SPLITS = ["test", "night", "anomaly"]
@@ -236,6 +238,21 @@ def test_teacher_differences(setup: dict[str, Any]) -> None:
     diffs = comparison["splits"]["test"]["per_class_mean_uncertainty"]
     for a, b, d in zip(s, t, diffs):
         assert d is None if a is None or b is None else d == pytest.approx(a - b)
+    # Every difference is student - teacher, on every split, of the same quantity.
+    for split in SPLITS:
+        differences = comparison["splits"][split]
+        for key, section, quantity in (
+            ("class_mean_uncertainty", "uncertainty", "class_mean"),
+            ("pixel_mean_uncertainty", "uncertainty", "pixel_mean"),
+            ("miou", "segmentation", "miou"),
+            ("iou", "segmentation", "iou"),
+        ):
+            mine = np.array(student["splits"][split][section][quantity], dtype=float)
+            theirs = np.array(teacher["splits"][split][section][quantity], dtype=float)
+            expected = mine - theirs
+            got = np.array(differences[key], dtype=float)
+            np.testing.assert_allclose(got, expected, rtol=1e-12, equal_nan=True)
+            assert np.isfinite(expected).any()
 
 
 def test_figures_written(setup: dict[str, Any]) -> None:
@@ -335,6 +352,7 @@ def test_cli_prints_the_summary(setup: dict[str, Any], tmp_path: Path, capsys) -
     result = json.loads((tmp_path / RESULTS_FILE).read_text())
     assert result["models"][0]["name"] == "student"
     assert result["models"][0]["splits"]["test"]["num_images"] == 1
+    assert result["settings"]["max_images"] == 1
     assert sorted(tmp_path.iterdir()) == sorted([loose, tmp_path / RESULTS_FILE])
 
 
@@ -457,6 +475,8 @@ def test_sample_predictions_draw_every_model_on_one_fixed_scale() -> None:
         assert len(panels) == 15
         for r in range(3):
             accuracy, unc = panels[5 * r + 3].images[0], panels[5 * r + 4].images[0]
+            drawn_classes = panels[5 * r + 2].images[0].get_array()
+            np.testing.assert_array_equal(drawn_classes, TRAIN_ID_COLORS[predictions[r]])
             expected = np.where(predictions[r] != labels[r], 255, 0)
             expected[labels[r] == 255] = 128
             np.testing.assert_array_equal(accuracy.get_array()[..., 0], expected)
@@ -479,7 +499,8 @@ def test_sample_predictions_draw_every_model_on_one_fixed_scale() -> None:
 def test_sample_figures_name_each_models_measure(
     setup: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """evaluate draws each model's samples with its own uncertainty measure and classes."""
+    """evaluate draws each model's samples with its own uncertainty measure, classes,
+    class maps and uncertainty maps."""
     drawn: list[dict[str, Any]] = []
     original = figures.sample_predictions
 
@@ -492,12 +513,14 @@ def test_sample_figures_name_each_models_measure(
     samples = SampleSet("test", TRAIN_ID_COLORS, 255, names=["x"])
     samples.images = [np.zeros((8, 16, 3), np.uint8)]
     samples.labels = [np.zeros((8, 16), np.int64)]
-    for model in setup["results"]["models"]:
-        samples.predictions[model["name"]] = [np.zeros((8, 16), np.uint8)]
-        samples.uncertainty[model["name"]] = [np.full((8, 16), 0.1, np.float32)]
+    for k, model in enumerate(setup["results"]["models"]):
+        samples.predictions[model["name"]] = [np.full((8, 16), k, np.uint8)]
+        samples.uncertainty[model["name"]] = [np.full((8, 16), 0.1 * (k + 1), np.float32)]
     for model in setup["results"]["models"]:
         written = _model_figures([model], [samples], tmp_path / model["name"])
         assert written["samples_test"].is_file()
+        assert drawn[-1]["predictions"] == samples.predictions[model["name"]]
+        assert drawn[-1]["uncertainty"] == samples.uncertainty[model["name"]]
         assert drawn[-1]["uncertainty_source"] == model["uncertainty_source"]
         assert drawn[-1]["class_names"] == model["class_names"]
     assert {d["uncertainty_source"] for d in drawn} == {
@@ -705,11 +728,13 @@ def test_evaluate_scores_what_predict_gives_on_sizes_not_multiples_of_32(tmp_pat
     multiple = input_multiple(predictor.segmenters())
     confusion = np.zeros((3, 3), np.int64)
     unpadded = np.zeros((3, 3), np.int64)
+    uncertainty = []
     for i in range(3):
         image = np.asarray(Image.open(root / "test" / "images" / f"{i}.png").convert("RGB"))
         label = np.asarray(Image.open(root / "test" / "masks" / f"{i}.png")).astype(np.int64)
         (predicted,) = predict_arrays(predictor, [image], multiple)
         np.add.at(confusion, (label.ravel(), predicted.classes.ravel()), 1)
+        uncertainty.append(predicted.uncertainty.astype(np.float64).ravel())
         sample = FolderDataset.split(root, "test")[i]
         direct = predictor.predict(sample["image"][None]).probs[0].argmax(0).numpy()
         np.add.at(unpadded, (label.ravel(), direct.ravel()), 1)
@@ -720,6 +745,9 @@ def test_evaluate_scores_what_predict_gives_on_sizes_not_multiples_of_32(tmp_pat
         return float(np.mean(tp[union > 0] / union[union > 0]))
 
     assert result["segmentation"]["miou"] == pytest.approx(miou(confusion), abs=1e-12)
+    # The uncertainty too is the images' own part of the padded map (the top left).
+    pixel_mean = np.concatenate(uncertainty).mean()
+    assert result["uncertainty"]["pixel_mean"] == pytest.approx(pixel_mean, rel=1e-6)
     assert miou(unpadded) != pytest.approx(miou(confusion), abs=1e-6)
 
 
@@ -749,11 +777,12 @@ def test_sample_figures_of_images_of_mixed_sizes(
         out_dir=tmp_path / "out",
         write_homes=False,
         batch_size=4,
-        num_samples=3,
+        num_samples=2,
         progress=False,
         device="cpu",
     )
-    assert drawn == [[(32, 64, 3), (40, 48, 3), (32, 64, 3)], [(32, 64, 3), (48, 40, 3)]]
+    # Two of the three test images (of two sizes, in two batches), then each split's first.
+    assert drawn == [[(32, 64, 3), (40, 48, 3)], [(32, 64, 3), (48, 40, 3)]]
     written = results["models"][0]["figures"]
     assert {"samples_test", "samples_sets"} <= set(written)
     for relative in written.values():
@@ -1029,3 +1058,347 @@ def test_the_per_model_figures_show_a_split_with_labelled_pixels() -> None:
     unlabelled = {"val": {"num_pixels": 0}, "test": {"num_pixels": 0}}
     assert figures.pick_split([{"splits": unlabelled}]) == "test"
     assert figures.pick_split(models, "fog_0.02") == "fog_0.02"
+
+
+def _batched_maps(predictor: Any, tree: Path, anomaly: bool = False) -> dict[str, np.ndarray]:
+    """A predictor run over `tree`'s test images in evaluate's batches of 2 (padded as
+    evaluate pads them): every pixel's uncertainty, OOD map, predicted class and label,
+    flattened, and the anomaly mask read from its PNG files."""
+    dataset = CityscapesDataset(tree, "test")
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("unc", "ood", "pred", "label", "mask")}
+    for start in range(0, len(dataset), 2):
+        samples = [dataset[i] for i in range(start, min(start + 2, len(dataset)))]
+        prediction = predictor.predict_padded(torch.stack([s["image"] for s in samples]))
+        out["unc"].append(prediction.uncertainty[:, 0].numpy().ravel())
+        out["ood"].append(prediction.ood_map[:, 0].numpy().ravel())
+        out["pred"].append(prediction.probs.argmax(1).numpy().ravel())
+        out["label"].append(torch.stack([s["label"] for s in samples]).numpy().ravel())
+    if anomaly:
+        for name in dataset.names:
+            city = name.split("_")[0]
+            path = tree / "gtFine" / "test" / city / f"{name}_gtFine_anomaly.png"
+            out["mask"].append(np.asarray(Image.open(path)).ravel())
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def test_each_models_uncertainty_metrics_are_of_its_own_map(setup: dict[str, Any]) -> None:
+    """The uncertainty section of every model is of its own map (the ensemble's pred_std,
+    the student's head), not 1 - max softmax, over the labelled pixels: the extremes, the
+    means by predicted class and the misclassification AUROC of the metrics' 1000 bins,
+    recomputed here with numpy and scikit-learn."""
+    compared = 0
+    for model in setup["results"]["models"]:
+        maps = _batched_maps(load_predictor(setup["root"] / model["name"]), setup["data"])
+        valid = maps["label"] != 255
+        unc = maps["unc"][valid].astype(np.float64)
+        pred, label = maps["pred"][valid], maps["label"][valid]
+        result = model["splits"]["test"]["uncertainty"]
+        assert result["source"] == "given"
+        assert (result["min"], result["max"]) == pytest.approx((unc.min(), unc.max()), rel=1e-6)
+        assert result["pixel_mean"] == pytest.approx(unc.mean(), rel=1e-9)
+        for c, got in enumerate(result["per_class_mean"]):
+            assert got == (pytest.approx(unc[pred == c].mean()) if (pred == c).any() else None)
+        wrong = pred != label
+        if wrong.all():  # an untrained network may get no pixel right: no AUROC
+            assert result["misclassification"]["auroc"] is None
+            continue
+        binned = np.clip(np.floor(unc * 1000), 0, 999)  # the metrics' bins over [0, 1]
+        auroc = roc_auc_score(wrong, binned)
+        assert result["misclassification"]["auroc"] == pytest.approx(auroc, abs=1e-9)
+        compared += 1
+    assert compared  # one model at least was told apart from the other measures
+
+
+def test_the_student_is_paired_with_the_teachers_map_of_the_same_pixels(
+    setup: dict[str, Any],
+) -> None:
+    """vs_teacher's 2D histograms count [teacher bin][student bin] of the labelled pixels,
+    split by whether the student's class is right, as a direct count over 50 bins."""
+    root, data = setup["root"], setup["data"]
+    (model,) = [m for m in setup["results"]["models"] if m["name"] == "dudes"]
+    for split, tree in (("test", data), ("night", data / "shifts" / "night")):
+        student = _batched_maps(load_predictor(root / "dudes"), tree)
+        teacher = _batched_maps(load_predictor(root / "ens"), tree)
+        valid = student["label"] != 255
+        bins = [
+            np.clip(np.floor(m["unc"][valid] * 50), 0, 49).astype(int) for m in (teacher, student)
+        ]
+        wrong = (student["pred"] != student["label"])[valid]
+        expected = np.zeros((2, 50, 50), np.int64)
+        np.add.at(expected, (wrong.astype(int), *bins), 1)
+        hist = model["vs_teacher"]["splits"][split]["paired"]["hist2d"]
+        np.testing.assert_array_equal(hist["correct"], expected[0])
+        np.testing.assert_array_equal(hist["wrong"], expected[1])
+
+
+def test_pixel_anomaly_scores_are_the_uncertainty_inside_the_masks_region(
+    setup: dict[str, Any],
+) -> None:
+    """The anomaly section pools the uncertainty of the anomaly set's pixels whose mask is
+    0 (normal) or 1 (anomaly), not its void (255); AUROC over the evaluator's 10000 bins by
+    scikit-learn."""
+    for model in setup["results"]["models"]:
+        predictor = load_predictor(setup["root"] / model["name"])
+        maps = _batched_maps(predictor, setup["data"] / "shifts" / "anomaly", anomaly=True)
+        inside = maps["mask"] != 255
+        assert not inside.all()  # the test is blind to the region of interest without void
+        is_anomaly = maps["mask"][inside] == 1
+        scores = np.clip(np.floor(maps["unc"][inside].astype(np.float64) * 10000), 0, 9999)
+        anomaly = model["anomaly"]
+        assert anomaly["split"] == "anomaly"
+        assert anomaly["num_anomaly_pixels"] == is_anomaly.sum()
+        assert anomaly["num_normal_pixels"] == (~is_anomaly).sum()
+        assert anomaly["auroc"] == pytest.approx(roc_auc_score(is_anomaly, scores), abs=1e-9)
+
+
+def test_the_summary_rows_are_the_models_numbers(setup: dict[str, Any]) -> None:
+    """Every column of the printed summary and each set's OOD cell (the AUROC of the
+    aggregator with the highest one, and its name) are the model's numbers."""
+    models = setup["results"]["models"]
+    lines = format_summary(models).splitlines()
+    for model in models:
+        test = model["splits"]["test"]
+        unc = test["uncertainty"]
+        expected = [
+            test["segmentation"]["miou"],
+            test["segmentation"]["pixel_accuracy"],
+            test["calibration"]["ece"],
+            unc["misclassification"]["auroc"],
+            unc["aurc"],
+            unc["pavpu"]["max"],
+            model["anomaly"]["ap"],
+        ]
+        rows = [line.split() for line in lines if line.startswith(model["name"] + " ")]
+        assert rows[0][2:] == ["-" if v is None else f"{v:.4f}" for v in expected]
+        night = model["ood"]["sets"]["night"]["by_aggregator"]
+        best = max(AGGREGATORS, key=lambda agg: night[agg]["auroc"])
+        assert model["ood"]["sets"]["night"]["best_aggregator"] == best
+        cell = f"{night[best]['auroc']:.3f} {figures.AGGREGATOR_LABELS[best]}"
+        assert " ".join(rows[1][1:]) == cell
+
+
+def _nan(values: list[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def test_the_curve_figures_plot_each_models_numbers(setup: dict[str, Any]) -> None:
+    """Reliability (x confidence, y accuracy), misclassification ROC (wrong = positive,
+    from the stored histograms), mIoU vs removed and the correct / wrong histograms (each
+    a share of its own pixels) draw each model's own numbers, read back from the axes."""
+    models = setup["results"]["models"]
+    results = [m["splits"]["test"] for m in models]
+    (ax,) = figures.reliability_diagram(models, "test").axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("confidence (max probability)", "accuracy")
+    for line, result in zip(ax.get_lines()[1:], results, strict=True):
+        conf, acc = (
+            _nan(result["calibration"]["confidence"]),
+            _nan(result["calibration"]["accuracy"]),
+        )
+        np.testing.assert_array_equal(line.get_xdata(), conf[~np.isnan(conf)])
+        np.testing.assert_array_equal(line.get_ydata(), acc[~np.isnan(conf)])
+    (ax,) = figures.misclassification_roc(models, "test").axes
+    for line, result in zip(ax.get_lines()[1:], results, strict=True):
+        hist = result["uncertainty"]["histograms"]
+        # Thresholds from the highest bin down: the wrong pixels flagged / all wrong ones.
+        flagged_wrong = np.cumsum([0, *hist["wrong"][::-1]])
+        flagged_correct = np.cumsum([0, *hist["correct"][::-1]])
+        with np.errstate(invalid="ignore"):  # no correct pixel: an undefined FPR
+            np.testing.assert_allclose(line.get_xdata(), flagged_correct / flagged_correct[-1])
+            np.testing.assert_allclose(line.get_ydata(), flagged_wrong / flagged_wrong[-1])
+    (ax,) = figures.miou_vs_removed(models, "test").axes
+    for line, result in zip(ax.get_lines(), results, strict=True):
+        curve = result["uncertainty"]["miou_vs_removed"]
+        np.testing.assert_allclose(line.get_xdata(), 100 * np.array(curve["removed_fraction"]))
+        np.testing.assert_array_equal(line.get_ydata(), _nan(curve["miou"]))
+    axes = figures.uncertainty_histograms(models, "test").axes
+    for ax, result in zip(axes, results, strict=True):
+        hist = result["uncertainty"]["histograms"]
+        for patch, key in zip(ax.patches, ("correct", "wrong"), strict=True):
+            counts = np.array(hist[key], dtype=np.float64)
+            share = counts / counts.sum() if counts.sum() else counts  # no pixel: no bar
+            np.testing.assert_allclose(patch.get_data().values, share)
+    axes = figures.anomaly_histograms(models).axes
+    colours = (figures.GOOD_COLOR.lower(), figures.BAD_COLOR.lower())
+    for ax, model in zip(axes, models, strict=True):
+        hist = model["anomaly"]["histograms"]
+        for patch, key, colour in zip(ax.patches, ("normal", "anomaly"), colours, strict=True):
+            counts = np.array(hist[key], dtype=np.float64)
+            np.testing.assert_allclose(patch.get_data().values, counts / counts.sum())
+            assert to_hex(patch.get_facecolor(), keep_alpha=False) == colour
+            np.testing.assert_allclose(patch.get_data().edges, hist["edges"])
+
+
+def test_the_bar_figures_plot_each_models_numbers(setup: dict[str, Any]) -> None:
+    """mIoU per set, mean uncertainty per predicted class and the best aggregator's OOD
+    AUROC: one bar per model and group, in the model's order, at the model's value."""
+    models = setup["results"]["models"]
+
+    def heights(figure: Any) -> np.ndarray:
+        (ax,) = figure.axes
+        return np.array([bar.get_height() for bar in ax.patches]).reshape(len(models), -1)
+
+    per_split = [[m["splits"][s]["segmentation"]["miou"] for s in SPLITS] for m in models]
+    np.testing.assert_array_equal(heights(figures.miou_per_split(models)), per_split)
+    per_class = [_nan(m["splits"]["test"]["uncertainty"]["per_class_mean"]) for m in models]
+    np.testing.assert_array_equal(heights(figures.per_class_uncertainty(models, "test")), per_class)
+    aurocs = [
+        [max(a["auroc"] for a in m["ood"]["sets"]["night"]["by_aggregator"].values())]
+        for m in models
+    ]
+    np.testing.assert_array_equal(heights(figures.ood_auroc_bars(models)), aurocs)
+
+
+def test_the_teacher_student_histograms_draw_teacher_across_and_student_up(
+    setup: dict[str, Any],
+) -> None:
+    student = next(m for m in setup["results"]["models"] if m.get("vs_teacher"))
+    hist = student["vs_teacher"]["splits"]["test"]["paired"]["hist2d"]
+    panels = [ax for ax in figures.teacher_student_hist2d([student], "test").axes if ax.get_title()]
+    for ax, key in zip(panels, ("correct", "wrong"), strict=True):
+        (mesh,) = ax.collections
+        counts = np.array(hist[key])  # [teacher bin][student bin]
+        # pcolormesh's rows are y (student) and its columns x (teacher).
+        np.testing.assert_array_equal(np.asarray(mesh.get_array()).reshape(50, 50), counts.T)
+        assert ax.get_xlabel() == "teacher (ens)" and ax.get_ylabel() == "student (dudes)"
+
+
+def test_the_ood_figures_plot_the_models_scores(setup: dict[str, Any]) -> None:
+    """OOD ROC: each aggregator's stored curve (x FPR, y TPR), the best one thick; image
+    scores: every set's scores of the aggregator best on most sets, clean sets blue."""
+    for model in setup["results"]["models"]:
+        ood = model["ood"]
+        night = ood["sets"]["night"]
+        roc = figures.ood_roc_curves(model)
+        assert roc is not None and model["name"] in roc.get_suptitle()
+        (ax,) = [a for a in roc.axes if a.get_title()]
+        for line, agg in zip(ax.get_lines()[1:], AGGREGATORS, strict=True):
+            curve = night["by_aggregator"][agg]["roc"]
+            np.testing.assert_array_equal(line.get_xdata(), curve["fpr"])
+            np.testing.assert_array_equal(line.get_ydata(), curve["tpr"])
+            assert line.get_linewidth() == (2.2 if agg == night["best_aggregator"] else 1.1)
+        scores = figures.ood_score_distributions(model)
+        assert scores is not None
+        (ax,) = scores.axes
+        best = night["best_aggregator"]  # the only set: best on most sets
+        assert ax.get_ylabel() == f"image score: {figures.AGGREGATOR_LABELS[best]}"
+        dots = ax.collections
+        assert len(dots) == len(SPLITS)
+        for dots_of_set, split in zip(dots, SPLITS):
+            offsets = np.asarray(dots_of_set.get_offsets())
+            np.testing.assert_array_equal(offsets[:, 1], ood["image_scores"][split][best])
+            colour = to_hex(dots_of_set.get_facecolor()[0], keep_alpha=False)
+            clean = figures.GOOD_COLOR if split == "test" else figures.BAD_COLOR
+            assert colour == clean.lower()
+
+
+def test_a_students_own_figures_are_of_the_student(setup: dict[str, Any]) -> None:
+    """A student's figures show the teacher's curves beside its own, but its OOD and
+    pairing figures are its own, not the teacher's."""
+    teacher, student = setup["results"]["models"]
+    drawn = dict(figures.model_figures([teacher, student]))
+    assert drawn["ood_roc"].get_suptitle().startswith("dudes:")
+    assert drawn["ood_scores"].axes[0].get_title().startswith("dudes:")
+    ax = drawn["reliability"].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()][1:] == [
+        f"ens (ensemble)  ECE {teacher['splits']['test']['calibration']['ece']:.4f}",
+        f"dudes (student)  ECE {student['splits']['test']['calibration']['ece']:.4f}",
+    ]
+
+
+def test_sample_maps_are_the_first_images_subsampled_as_the_photographs() -> None:
+    """SampleSet keeps the first `count` images of a batch and every map at the step the
+    photograph is subsampled with (a width over SAMPLE_MAX_WIDTH), the class of the highest
+    probability and the model's `uncertainty` (a per-class head's predicted-class std, the
+    measure the colour bar names), not its OOD map."""
+    generator = torch.Generator().manual_seed(0)
+    width = 2 * SAMPLE_MAX_WIDTH + 3  # subsampled by 3
+    images = torch.randn(3, 3, 7, width, generator=generator)
+    labels = torch.randint(0, 4, (3, 7, width), generator=generator)
+    probs = torch.rand(3, 4, 7, width, generator=generator).softmax(1)
+    uncertainty = torch.rand(3, 1, 7, width, generator=generator)
+    per_class_mean = torch.rand(3, 1, 7, width, generator=generator)
+    prediction = Prediction(probs, uncertainty, {PER_CLASS_MEAN: per_class_mean})
+    samples = SampleSet("test", TRAIN_ID_COLORS, 255)
+    samples.add({"image": images, "label": labels, "name": ["a", "b", "c"]}, 2)
+    samples.add_model("net", prediction, 2, width)
+    assert samples.names == ["a", "b"]
+    for k in range(2):
+        assert samples.images[k].shape == (3, 343, 3)
+        np.testing.assert_array_equal(samples.labels[k], labels[k, ::3, ::3].numpy())
+        classes = probs[k, :, ::3, ::3].numpy().argmax(0)
+        np.testing.assert_array_equal(samples.predictions["net"][k], classes)
+        np.testing.assert_array_equal(
+            samples.uncertainty["net"][k], uncertainty[k, 0, ::3, ::3].numpy()
+        )
+    expected = unnormalize(images[:2, :, ::3, ::3])
+    np.testing.assert_array_equal(np.stack(samples.images), expected)
+
+
+def test_a_folder_data_sets_own_ignore_index_leaves_its_void_pixels_out(tmp_path: Path) -> None:
+    """A classes file's ignore_index other than 255 (3, the first id past 3 classes) is
+    the void of every metric: the pixel counts, the student-teacher pairing and the
+    results' data section."""
+    root = tmp_path / "data"
+    write_mixed_size_data(root, {"test": [(32, 64), (32, 64)]})
+    masks = root / "test" / "masks"
+    void = 0
+    for i in range(2):
+        mask = np.asarray(Image.open(masks / f"{i}.png")).copy()
+        mask[: 4 + 3 * i] = 3
+        void += int((mask == 3).sum())
+        Image.fromarray(mask).save(masks / f"{i}.png")
+    classes = (root / "classes.yaml").read_text()
+    (root / "classes.yaml").write_text(classes + "ignore_index: 3\n")
+    torch.manual_seed(0)
+    for i in range(2):
+        save_run(tmp_path / "ens" / f"member_{i}", None, classes=3)
+    manifest = {"members": [{"checkpoint": f"member_{i}"} for i in range(2)]}
+    (tmp_path / "ens" / "manifest.json").write_text(json.dumps(manifest))
+    save_run(tmp_path / "net", "scalar", classes=3)
+    results = evaluate(
+        [tmp_path / "ens", tmp_path / "net"],
+        root,
+        out_dir=tmp_path / "out",
+        write_homes=False,
+        make_figures=False,
+        progress=False,
+        device="cpu",
+    )
+    assert results["data"]["ignore_index"] == 3
+    labelled = 2 * 32 * 64 - void
+    for model in results["models"]:
+        assert model["splits"]["test"]["num_pixels"] == labelled
+    student = results["models"][1]
+    assert student["vs_teacher"]["splits"]["test"]["paired"]["num_pixels"] == labelled
+
+
+def test_the_samples_of_a_wide_image_are_subsampled_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image wider than SAMPLE_MAX_WIDTH is drawn subsampled by the step its width
+    asks (here 3), and so are its labels and the model's class and uncertainty maps."""
+    root = tmp_path / "data"
+    width = 2 * SAMPLE_MAX_WIDTH + 6
+    write_mixed_size_data(root, {"test": [(32, width)]})
+    torch.manual_seed(0)
+    save_run(tmp_path / "net", "scalar", classes=3)
+    drawn: list[dict[str, Any]] = []
+    monkeypatch.setattr(figures, "sample_predictions", lambda **kwargs: drawn.append(kwargs))
+    monkeypatch.setattr(figures, "model_figures", lambda models: iter(()))
+    monkeypatch.setattr("segdistill.evaluate._save", lambda figure, path: path)
+    evaluate(
+        [tmp_path / "net"],
+        root,
+        out_dir=tmp_path / "out",
+        write_homes=False,
+        num_samples=1,
+        progress=False,
+        device="cpu",
+    )
+    (kwargs,) = drawn
+    shape = (-(-32 // 3), -(-width // 3))
+    assert kwargs["images"][0].shape == (*shape, 3)
+    for key in ("labels", "predictions", "uncertainty"):
+        assert kwargs[key][0].shape == shape, key
+    label = np.asarray(Image.open(root / "test" / "masks" / "0.png"))
+    np.testing.assert_array_equal(kwargs["labels"][0], label[::3, ::3])
