@@ -944,12 +944,15 @@ def test_an_unlabelled_split_gets_a_notice_and_the_summary_a_labelled_split(
 def test_the_default_splits_are_the_shifted_sets_and_their_clean_splits(tmp_path: Path) -> None:
     """By default, the clean splits the shifted sets are scored against, then the sets:
     Cityscapes' void test is left out (and may be missing), a labelled test that Foggy
-    Cityscapes is read on is in; without shifted sets, test."""
+    Cityscapes is read on is in; without shifted sets, test when labelled, else val (plain
+    Cityscapes evaluated its void test, a table of '-'), test when neither is."""
     shifted = ["fog_0.005", "fog_0.01", "fog_0.02", "rain"]
     cases = {
         "void_test": ((("val",), True), ["val", *shifted]),
         "labelled_test": ((("val", "test"), True), ["test", "val", *shifted]),
-        "no_weather": ((("val",), False), ["test"]),
+        "no_weather": ((("val",), False), ["val"]),
+        "labelled_no_weather": ((("val", "test"), False), ["test"]),
+        "all_void": (((), False), ["test"]),
     }
     for name, ((labelled, weather), expected) in cases.items():
         write_cityscapes(tmp_path / name, labelled, weather)
@@ -960,9 +963,11 @@ def test_the_default_splits_are_the_shifted_sets_and_their_clean_splits(tmp_path
     found = find_splits(tmp_path / "void_test")
     assert "test" not in found
     assert [s.name for s in select_splits(found, None)] == ["val", *shifted]
+    # Train and val only (no shifted set): val, where a missing test was an error.
     shutil.rmtree(tmp_path / "no_weather" / "leftImg8bit" / "test")
+    assert [s.name for s in select_splits(find_splits(tmp_path / "no_weather"), None)] == ["val"]
     with pytest.raises(DataError, match=r"split 'test' not found .* available: val"):
-        select_splits(find_splits(tmp_path / "no_weather"), None)
+        select_splits(find_splits(tmp_path / "no_weather"), ["test"])
 
 
 def test_each_weather_set_is_scored_against_its_own_clean_split(tmp_path: Path) -> None:

@@ -29,9 +29,10 @@ pattern). A split is named by its folder ("test", "val") or by its shift ("fog_0
 "rain", "night", ...: Foggy Cityscapes' betas take the names of SynthStreets' fog copies).
 A shifted set is read on the reference split when its masks have labelled pixels, else on
 val (Cityscapes' test masks are all void). By default (`select_splits`) the clean splits
-the shifted sets are scored against are evaluated, then the sets; "test" without shifted
-sets. A folder data set (`DATA/classes.yaml`, `segdistill.data.folder`) has its
-sub-folders as splits and no shifted copies.
+the shifted sets are scored against are evaluated, then the sets; without shifted sets
+"test", or "val" where test's masks are void (Cityscapes) or there is no test. A folder
+data set (`DATA/classes.yaml`, `segdistill.data.folder`) has its sub-folders as splits and
+no shifted copies.
 
 Where results go: each model's own directory (`Predictor.home`, a run or ensemble
 directory) gets `metrics.json` and `figures/`; `out_dir` gets `results.json` with every
@@ -279,7 +280,7 @@ def select_splits(
     """The requested splits; DataError naming the unknown ones and listing what is
     available. The default: with shifted sets, the clean splits they are scored against
     (`_clean_split`: SynthStreets' test, Foggy / Rain Cityscapes' val) and then every
-    shifted set; without, REFERENCE_SPLIT ("test")."""
+    shifted set; without, `_labelled_clean_split` (test, or val for Cityscapes)."""
     if requested is None:
         shifted = [s for s in available.values() if s.shifted]
         clean = [name for name, s in available.items() if not s.shifted]
@@ -288,7 +289,8 @@ def select_splits(
         # metric nor an OOD score would use, and a tree may have no test at all.
         references = {_clean_split(s, clean) for s in shifted}
         sources = [name for name in clean if name in references]
-        requested = [*sources, *(s.name for s in shifted)] if shifted else [REFERENCE_SPLIT]
+        default = [*sources, *(s.name for s in shifted)]
+        requested = default if shifted else [_labelled_clean_split(available)]
     unknown = [name for name in requested if name not in available]
     if unknown:
         root = next(iter(available.values())).root
@@ -298,6 +300,17 @@ def select_splits(
         )
     return [available[name] for name in dict.fromkeys(requested)]
 
+
+
+def _labelled_clean_split(available: dict[str, EvalSplit]) -> str:
+    """REFERENCE_SPLIT ("test"), or val when test is absent or its masks are void
+    (Cityscapes' official test): the first of them with labelled pixels, else the first
+    of them (a notice then says its pixel metrics are undefined), else REFERENCE_SPLIT."""
+    candidates = [available[name] for name in (REFERENCE_SPLIT, "val") if name in available]
+    for split in candidates:  # a folder data set's splits hold a mask per image
+        if split.layout == "folder" or has_labelled_pixels(split.root, split.folder):
+            return split.name
+    return candidates[0].name if candidates else REFERENCE_SPLIT
 
 @dataclass
 class SampleSet:

@@ -55,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="LIST",
         help="comma-separated splits (default: every shifted set, DIR/shifts/<name>, Foggy "
         "Cityscapes as fog_<beta>, Rain Cityscapes as rain, after the clean splits they are "
-        "scored against: test for SynthStreets, val for Foggy / Rain Cityscapes; test without "
-        "shifted sets)",
+        "scored against: test for SynthStreets, val for Foggy / Rain Cityscapes; without "
+        "shifted sets test, or val where test's masks are void (Cityscapes) or absent)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=4, help="default %(default)s")
     parser.add_argument(
