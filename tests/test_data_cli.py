@@ -267,6 +267,17 @@ def test_info_of_a_cityscapes_layout_maps_its_label_ids(
         if line.split()[:1] in (["road"], ["car"], ["void"])
     }
     assert rows == {"road": "50.00", "car": "25.00", "void": "25.00"}
+    assert "integrity: OK (1 images, 1 with a mask, every file decoded)" in out
+    assert "note: split train" not in out
+    # The gtFine zip not unpacked: OK (every file decoded) said 'and their masks'.
+    _save(
+        tmp_path / "leftImg8bit" / "train" / "city" / f"{base}_leftImg8bit.png",
+        np.zeros((2, 4, 3), np.uint8),
+    )
+    assert main(["data", "info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "note: split train has no masks: training needs them" in out
+    assert "integrity: OK (2 images, 1 with a mask, every file decoded)" in out
 
 
 def test_an_image_without_a_mask_is_read_but_not_counted_as_void(tmp_path: Path) -> None:

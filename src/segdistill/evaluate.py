@@ -301,7 +301,6 @@ def select_splits(
     return [available[name] for name in dict.fromkeys(requested)]
 
 
-
 def _labelled_clean_split(available: dict[str, EvalSplit]) -> str:
     """REFERENCE_SPLIT ("test"), or val when test is absent or its masks are void
     (Cityscapes' official test): the first of them with labelled pixels, else the first
@@ -311,6 +310,7 @@ def _labelled_clean_split(available: dict[str, EvalSplit]) -> str:
         if split.layout == "folder" or has_labelled_pixels(split.root, split.folder):
             return split.name
     return candidates[0].name if candidates else REFERENCE_SPLIT
+
 
 @dataclass
 class SampleSet:
