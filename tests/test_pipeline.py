@@ -14,6 +14,7 @@ import html
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,23 @@ from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.cli import main
 from segdistill.config import SegConfig, dump_config, replace_values
 from segdistill.data.synthstreets import SynthConfig, generate
-from segdistill.defaults import DETECTOR_FILE
+from segdistill.defaults import DETECTOR_FILE, RESUME_CHECKPOINT
 from segdistill.errors import ConfigError, DataError
 from segdistill.ood_detector import ImageOODDetector
+from segdistill.output_paths import folder_user
+from segdistill.pipeline import evaluation as pipeline_evaluation
+from segdistill.pipeline import networks as pipeline_networks
 from segdistill.pipeline import run as pipeline_run
 from segdistill.pipeline.checks import metric_value, run_check
 from segdistill.pipeline.evaluation import _ablation_rows, flagged_shares
-from segdistill.pipeline.experiment import CheckSpec, TableSpec, UnlabeledSpec, load_experiment
+from segdistill.pipeline.experiment import (
+    AblationSpec,
+    CheckSpec,
+    LoadedExperiment,
+    TableSpec,
+    UnlabeledSpec,
+    load_experiment,
+)
 from segdistill.pipeline.networks import (
     baseline_config,
     check_finished_networks,
@@ -703,6 +714,22 @@ def test_a_sweep_value_given_twice_is_refused(tmp_path: Path, values: str, repea
         plan(experiment, RunPaths(tmp_path))
     assert "ablation 'width'" in str(error.value) and str(nfs) in str(error.value)
     assert plan(load_experiment(nfs, ["ablations.0.values=[0.25, 0.5]"]), RunPaths(tmp_path))
+
+
+def test_ablations_whose_steps_would_share_a_name_are_refused(tmp_path: Path) -> None:
+    """The second of two ablations named alike was "done before, skipped": its rows never
+    computed, the first's shown for both."""
+    twice = "ablations=[{name: m, kind: sub_ensembles, sizes: [1, 2]}, " \
+        "{name: m, kind: sub_ensembles, sizes: [3]}]"  # fmt: skip
+    with pytest.raises(ConfigError, match=r"ablation names must be unique, got \['m', 'm'\]"):
+        load_experiment(DEMO_CONFIG, [twice])
+    # A sweep "w" of the value 0.125 and an ablation named "w-0.125": one step name.
+    clash = (
+        "ablations=[{name: w, kind: sweep, student: dudes, key: model.encoder_options.width,"
+        " values: [0.125]}, {name: w-0.125, kind: sub_ensembles, sizes: [2]}]"
+    )
+    with pytest.raises(ConfigError, match=r"two steps would be named 'ablation-w-0.125'"):
+        plan(load_experiment(DEMO_CONFIG, [clash]), RunPaths(tmp_path))
 
 
 def test_a_string_sweep_value_the_schema_converts_is_compared_converted(tmp_path: Path) -> None:
@@ -1649,3 +1676,436 @@ def test_the_ood_flag_table_shows_the_first_seed_only() -> None:
         ["model", "threshold", "fog"],
         ["m", "0.5", "50%"],
     ]
+
+
+# A pipeline whose expensive steps are stubs (fast): each writes the files the real one
+# leaves, and every call is recorded, so that what runs again and with which config can
+# be checked without training.
+TRAINED_BASELINE = ["baseline.member=null", "baseline.config=train_baseline.yaml"]
+
+
+class StubbedPipeline:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.trained: dict[str, SegConfig] = {}  # run.dir: config of each training
+        self.calls: list[str] = []
+        self.weights = b""  # appended to what every training writes: other weights
+        self.during: dict[str, Callable[[], object]] = {}  # run.dir: callable run while it trains
+        for name in (
+            "prepare_all_data",
+            "pretrain_encoder",
+            "train_teacher",
+            "train_network",
+            "evaluate_models",
+            "fit_ood_detectors",
+            "bench_models",
+            "sub_ensembles",
+            "sweep",
+            "write_results",
+        ):
+            monkeypatch.setattr(pipeline_run, name, getattr(self, name))
+        monkeypatch.setattr(pipeline_run, "format_summary", lambda results: "")
+
+    def run(self, *overrides: str) -> list[str]:
+        """The steps that ran (not skipped) of a run with the demo config + overrides."""
+        self.calls.clear()
+        run_pipeline(load_experiment(DEMO_CONFIG, list(overrides)), self.run_dir)
+        return self.calls
+
+    def prepare_all_data(self, spec: object) -> dict:
+        return {}
+
+    def train_network(self, cfg: SegConfig) -> dict:
+        run_dir = cfg.run.path()
+        self.calls.append(str(run_dir.relative_to(self.run_dir)))
+        self.trained[str(run_dir)] = cfg
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        (run_dir / "checkpoints" / "last.safetensors").write_bytes(
+            dump_config(cfg).encode() + self.weights
+        )
+        if str(run_dir) in self.during:
+            self.during[str(run_dir)]()
+        return {"run_dir": str(run_dir)}
+
+    def pretrain_encoder(self, data: object, cfg: SegConfig) -> dict:
+        self.train_network(cfg)
+        encoder = cfg.run.path() / "encoder.safetensors"
+        encoder.write_bytes(b"encoder" + self.weights)
+        return {"encoder": str(encoder)}
+
+    def train_teacher(self, exp: LoadedExperiment, paths: RunPaths) -> dict:
+        for cfg in teacher_networks(exp, paths):
+            self.train_network(cfg)
+        (paths.teacher / "manifest.json").write_text("{}")
+        return {}
+
+    def _write(self, step: str, path: Path, content: object = None) -> dict:
+        self.calls.append(step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content))
+        return {}
+
+    def evaluate_models(self, exp: LoadedExperiment, paths: RunPaths) -> dict:
+        return self._write("evaluate", paths.evaluation / "results.json")
+
+    def fit_ood_detectors(self, exp: LoadedExperiment, paths: RunPaths) -> dict:
+        for _, home in pipeline_run.model_sources(exp, paths, exp.spec.seeds):
+            (home / DETECTOR_FILE).write_text("{}")
+        return self._write("ood-detectors", paths.ood_detectors)
+
+    def bench_models(self, exp: LoadedExperiment, paths: RunPaths) -> dict:
+        return self._write("bench", paths.bench)
+
+    def sub_ensembles(self, exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dict:
+        return self._write(f"rows {ablation.name}", paths.ablation(ablation.name) / "rows.json")
+
+    def sweep(self, exp: LoadedExperiment, paths: RunPaths, ablation: AblationSpec) -> dict:
+        return self._write(f"rows {ablation.name}", paths.ablation(ablation.name) / "rows.json")
+
+    def write_results(self, exp: LoadedExperiment, paths: RunPaths, order: list[str]) -> dict:
+        for name in ("table.md", "report.html"):
+            (paths.root / name).write_text(exp.spec.table.title)
+        return self._write("report", paths.root / "results.json", {"stages": order})
+
+
+@pytest.fixture
+def stubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StubbedPipeline:
+    return StubbedPipeline(monkeypatch, tmp_path / "run")
+
+
+def test_stubbed_run_skips_what_finished_and_reruns_what_read_a_change(
+    stubbed: StubbedPipeline,
+) -> None:
+    overrides = [*TRAINED_BASELINE, "ablations=[{name: m, kind: sub_ensembles, sizes: [1, 2]}]"]
+    ran = stubbed.run(*overrides)
+    members = [f"teacher/member_0{i}" for i in range(5)]
+    networks = ["baseline", "students/dudes", "students/holder"]
+    after = ["evaluate", "ood-detectors", "bench", "rows m", "report"]
+    assert ran == [*members, *networks, *after]
+    assert stubbed.run(*overrides) == []  # everything finished, nothing changed
+    # A killed write's temporary file is removed by the next run.
+    leftover = stubbed.run_dir / "evaluation" / ".results.json.123.0a1b2c3d.tmp"
+    leftover.write_text("half")
+    assert stubbed.run(*overrides) == [] and not leftover.exists()
+    # The teacher trained again: the students distil from it, the sub-ensembles are its.
+    (stubbed.run_dir / "stages" / "teacher.json").unlink()
+    stubbed.weights = b"teacher"
+    assert stubbed.run(*overrides) == [*members, "students/dudes", "students/holder", *after]
+    stubbed.weights = b""
+    # A model's OOD flag deleted: the step that writes it runs again, and only that one
+    # (it writes the same bytes, which the report read).
+    (stubbed.run_dir / "students" / "holder" / DETECTOR_FILE).unlink()
+    assert stubbed.run(*overrides) == ["ood-detectors"]
+    # The baseline trained again to other weights: Holder starts from it, DUDES does not.
+    (stubbed.run_dir / "stages" / "baseline.json").unlink()
+    stubbed.weights = b"other"
+    assert stubbed.run(*overrides) == ["baseline", "students/holder", *after[:3], "report"]
+    assert stubbed.run(*overrides) == []
+
+
+def test_stubbed_a_step_that_fails_leaves_no_marker_and_runs_again(
+    stubbed: StubbedPipeline,
+) -> None:
+    """A training killed after an epoch has left its weights file: its step is not
+    finished, and the next run trains it again (resuming) instead of skipping it."""
+    student = stubbed.run_dir / "students" / "dudes"
+
+    def killed() -> None:
+        raise KeyboardInterrupt
+
+    stubbed.during[str(student)] = killed
+    with pytest.raises(KeyboardInterrupt):
+        stubbed.run(*TRAINED_BASELINE)
+    assert (student / "checkpoints" / "last.safetensors").is_file()
+    assert not (stubbed.run_dir / "stages" / "student-dudes.json").exists()
+    assert (stubbed.run_dir / "stages" / "baseline.json").is_file()
+    del stubbed.during[str(student)]
+    ran = stubbed.run(*TRAINED_BASELINE)
+    assert ran == ["students/dudes", "students/holder", "evaluate", "ood-detectors", "bench"] + [
+        "report"
+    ]
+    # A step that ends without its output (a finished training whose weights file was
+    # deleted) is refused, and not marked finished.
+    (stubbed.run_dir / "stages" / "student-dudes.json").unlink()
+    stubbed.during[str(student)] = lambda: (student / "checkpoints" / "last.safetensors").unlink()
+    with pytest.raises(ConfigError, match="step 'student-dudes' ended without"):
+        stubbed.run(*TRAINED_BASELINE)
+    assert not (stubbed.run_dir / "stages" / "student-dudes.json").exists()
+
+
+def test_stubbed_the_run_directory_is_held_while_every_step_runs(
+    stubbed: StubbedPipeline,
+) -> None:
+    """The lock was checked when the run started; it must be held until the last step."""
+    held = []
+
+    def second_run() -> None:
+        held.append(folder_user(stubbed.run_dir))
+        with pytest.raises(ConfigError, match="in use by another run"):
+            run_pipeline(load_experiment(DEMO_CONFIG, TRAINED_BASELINE), stubbed.run_dir)
+
+    stubbed.during[str(stubbed.run_dir / "students" / "holder")] = second_run
+    stubbed.run(*TRAINED_BASELINE)
+    assert held and held[0] is not None and held[0].startswith("pid ")
+    assert folder_user(stubbed.run_dir) is None  # released at the end
+
+
+def test_stubbed_seed_copies_train_with_their_seed_their_baseline_and_folder(
+    stubbed: StubbedPipeline,
+) -> None:
+    """seeds: 3 with configs of seed 5: the k-th copy of every network has seed 5 + k, its
+    own folder, the one teacher and teacher cache, and (Holder, and a sweep of Holder with
+    every_seed) starts from the baseline of its own seed."""
+    overrides = [
+        *TRAINED_BASELINE,
+        "seeds=3",
+        "baseline.set.seed=5",
+        "students.0.set.seed=5",
+        "students.1.set.seed=5",
+        "ablations=[{name: lr, kind: sweep, student: holder, key: optim.lr, values: [0.02],"
+        " every_seed: true}]",
+    ]
+    stubbed.run(*overrides)
+    run = stubbed.run_dir
+    trained = {str(Path(d).relative_to(run)): cfg for d, cfg in stubbed.trained.items()}
+    assert sorted(trained) == sorted(
+        [f"teacher/member_0{i}" for i in range(5)]
+        + ["baseline", "baseline-s1", "baseline-s2"]
+        + [f"students/{s}{k}" for s in ("dudes", "holder") for k in ("", "-s1", "-s2")]
+        + ["ablations/lr/lr=0.02", "ablations/lr/lr=0.02-s1", "ablations/lr/lr=0.02-s2"]
+    )
+    for k, suffix in enumerate(("", "-s1", "-s2")):
+        baseline = trained[f"baseline{suffix}"]
+        assert baseline.seed == 5 + k and baseline.distill is None
+        for folder in ("students/dudes", "students/holder", "ablations/lr/lr=0.02"):
+            name = f"{folder}{suffix}"
+            cfg = trained[name]
+            assert cfg.seed == 5 + k, name
+            assert cfg.distill is not None
+            assert cfg.distill.teacher.path == str(run / "teacher")
+            starts = None if "dudes" in name else str(run / f"baseline{suffix}")
+            assert cfg.distill.init_from == starts, name
+        assert trained[f"ablations/lr/lr=0.02{suffix}"].optim.lr == 0.02
+    assert {trained[f"students/dudes{s}"].distill.teacher_cache for s in ("", "-s1", "-s2")} == {
+        str(run / "cache" / "dudes")
+    }
+    # Each seed's baseline trained again: only the networks that start from it follow.
+    (run / "stages" / "baseline-s1.json").unlink()
+    stubbed.weights = b"other"
+    ran = stubbed.run(*overrides)
+    assert ran == ["baseline-s1", "students/holder-s1", "evaluate", "ood-detectors"] + [
+        "ablations/lr/lr=0.02-s1",
+        "rows lr",
+        "report",
+    ]  # the benchmark times the first seed only
+    # Every model is evaluated from its own folder, named after its seed.
+    sources = pipeline_run.model_sources(load_experiment(DEMO_CONFIG, overrides), RunPaths(run), 3)
+    assert [(name, str(path.relative_to(run))) for name, path in sources] == [
+        ("ensemble", "teacher"),
+        *[
+            (f"{n}{s}", f"{d}{n}{s}")
+            for s in ("", "-s1", "-s2")
+            for d, n in (("", "baseline"), ("students/", "dudes"), ("students/", "holder"))
+        ],
+    ]
+
+
+def test_stubbed_what_only_the_report_reads_runs_the_report_alone(
+    stubbed: StubbedPipeline,
+) -> None:
+    stubbed.run(*TRAINED_BASELINE)
+    for change in ("checks.0.min=-0.5", "table.columns=[miou, ece]", "title=Another"):
+        assert stubbed.run(*TRAINED_BASELINE, change) == ["report"], change
+    # A second seed trains beside the first; the benchmark times the first seed only.
+    ran = stubbed.run(*TRAINED_BASELINE, "title=Another", "seeds=2")
+    networks = ["baseline-s1", "students/dudes-s1", "students/holder-s1"]
+    assert ran == [*networks, "evaluate", "ood-detectors", "report"]
+    assert stubbed.run(*TRAINED_BASELINE, "title=Another", "seeds=2") == []
+
+
+ENCODER = "encoder.safetensors"
+PRETRAIN = "pretrain={config: train_baseline.yaml, data: {root: other}, teacher: true}"
+
+
+def test_stubbed_a_new_pretrained_encoder_trains_again_the_networks_that_load_it(
+    stubbed: StubbedPipeline,
+) -> None:
+    """The students' encoder is loaded by the baseline and the students, the teacher's by
+    the teacher: each trains again when the encoder it starts from has other bytes."""
+    sweep = "ablations=[{name: lr, kind: sweep, student: dudes, key: optim.lr, values: [0.02]}]"
+    ran = stubbed.run(*TRAINED_BASELINE, PRETRAIN, sweep)
+    assert ran[:2] == ["pretrain", "pretrain-teacher"]
+    assert all(
+        cfg.model.encoder_weights == str(stubbed.run_dir / "pretrain-teacher" / ENCODER)
+        for d, cfg in stubbed.trained.items()
+        if "member_" in d
+    )
+    for name in ("baseline", "students/dudes", "students/holder", "ablations/lr/lr=0.02"):
+        cfg = stubbed.trained[str(stubbed.run_dir / name)]
+        assert cfg.model.encoder_weights == str(stubbed.run_dir / "pretrain" / ENCODER)
+    evaluated = ["evaluate", "ood-detectors", "bench"]
+    stubbed.weights = b"other"
+    (stubbed.run_dir / "stages" / "pretrain.json").unlink()
+    networks = ["baseline", "students/dudes", "students/holder"]
+    ran = stubbed.run(*TRAINED_BASELINE, PRETRAIN, sweep)
+    assert ran == ["pretrain", *networks, *evaluated, "ablations/lr/lr=0.02", "rows lr", "report"]
+    (stubbed.run_dir / "stages" / "pretrain-teacher.json").unlink()
+    stubbed.weights = b"again"
+    members = [f"teacher/member_0{i}" for i in range(5)]
+    # The teacher's outputs change: every student distils from another teacher.
+    ran = stubbed.run(*TRAINED_BASELINE, PRETRAIN, sweep)
+    students = ["students/dudes", "students/holder"]
+    sweep_network = ["ablations/lr/lr=0.02", "rows lr"]
+    assert ran == ["pretrain-teacher", *members, *students, *evaluated, *sweep_network, "report"]
+
+
+def test_stubbed_a_copy_of_a_run_dir_runs_its_report_again(
+    stubbed: StubbedPipeline, tmp_path: Path
+) -> None:
+    """results.json names the run directory's files: in a copy it is written again, and
+    nothing else runs (each network there names the original's places)."""
+    stubbed.run(*TRAINED_BASELINE)
+    copy = tmp_path / "copy"
+    shutil.copytree(stubbed.run_dir, copy)
+    stubbed.run_dir = copy
+    assert stubbed.run(*TRAINED_BASELINE) == ["report"]
+    assert stubbed.run(*TRAINED_BASELINE) == []
+
+
+@pytest.mark.parametrize(
+    ("network", "step", "overrides"),
+    [
+        ("baseline", "baseline", []),
+        ("baseline-s1", "baseline-s1", ["seeds=2"]),
+        ("teacher/member_03", "teacher", []),
+        ("students/holder-s1", "student-holder-s1", ["seeds=2"]),
+        ("pretrain", "pretrain", [PRETRAIN]),
+        ("pretrain-teacher", "pretrain-teacher", [PRETRAIN]),
+        (
+            "ablations/lr/lr=0.02",
+            "ablation-lr-0.02",
+            ["ablations=[{name: lr, kind: sweep, student: holder, key: optim.lr, values: [0.02]}]"],
+        ),
+    ],
+)
+def test_stubbed_every_finished_network_is_compared_with_its_config(
+    stubbed: StubbedPipeline, network: str, step: str, overrides: list[str]
+) -> None:
+    """As after a training config the experiment names was edited: each network's step,
+    finished, would be skipped and its network reported as the new recipe's."""
+    stubbed.run(*TRAINED_BASELINE, *overrides)
+    saved = stubbed.run_dir / network / "config.yaml"
+    edited = yaml.safe_load(saved.read_text())
+    edited["optim"]["weight_decay"] = 0.123
+    saved.write_text(yaml.safe_dump(edited, sort_keys=False))
+    with pytest.raises(ConfigError, match=rf"step '{step}' trained .*weight_decay: 0.123 ->"):
+        stubbed.run(*TRAINED_BASELINE, *overrides)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "students=[{name: dudes, label: DUDES, config: distill_dudes.yaml}, {name: holder, label:"
+        " Holder & Shafique, config: distill_holder.yaml, init_from_baseline: true, set: "
+        "{distill.cache_scale: 0.5, trainer.max_epochs: 1}}, {name: kd, config: distill_kd.yaml}]",
+        "ablations=[{name: m, kind: sub_ensembles, sizes: [2]}]",  # one more
+        "evaluate.splits=[test]",
+        "data.synth.seed=3",
+    ],
+)
+def test_a_list_that_grew_or_shrank_is_another_experiment(tmp_path: Path, change: str) -> None:
+    """A student or an ablation added beside finished steps, another evaluation: only the
+    seeds and what the report reads may change in a run directory."""
+    claim_run_dir(load_experiment(DEMO_CONFIG).spec, RunPaths(tmp_path))
+    finish_a_step(tmp_path)
+    with pytest.raises(ConfigError, match="another experiment"):
+        claim_run_dir(load_experiment(DEMO_CONFIG, [change]).spec, RunPaths(tmp_path))
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_network_step_resumes_an_interrupted_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interrupted: bool
+) -> None:
+    """Only a run directory with a resume checkpoint resumes (a new one starts fresh)."""
+    calls = []
+    monkeypatch.setattr(pipeline_networks, "train", lambda cfg, resume: calls.append(resume))
+    cfg = replace_values(SegConfig(), {"run.dir": str(tmp_path / "net")}, "t")
+    if interrupted:
+        (tmp_path / "net" / RESUME_CHECKPOINT).parent.mkdir(parents=True)
+        (tmp_path / "net" / RESUME_CHECKPOINT).write_bytes(b"state")
+    assert pipeline_networks.train_network(cfg) == {"run_dir": str(tmp_path / "net")}
+    assert calls == [interrupted]
+
+
+def test_a_network_whose_encoder_width_differs_from_the_pretrained_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    pretrain = "pretrain={config: train_baseline.yaml, data: {root: other}, set: "
+    fits = load_experiment(DEMO_CONFIG, [*TRAINED_BASELINE, pretrain + "{}}"])
+    plan(fits, RunPaths(tmp_path))
+    wider = load_experiment(
+        DEMO_CONFIG, [*TRAINED_BASELINE, pretrain + "{model.encoder_options.width: 0.5}}"]
+    )
+    with pytest.raises(ConfigError, match="'baseline' has encoder resnet18 at width .* 0.5"):
+        plan(wider, RunPaths(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["students.0.set.distill.cache_scale=0.5"],  # other sizes of the same signals
+        ["students.2.cache=ukd", "students.0.set.distill.cache_signals=[logits]"],  # two
+    ],
+)
+def test_students_sharing_a_cache_ask_it_for_the_same_scale_and_signals(
+    tmp_path: Path, overrides: list[str]
+) -> None:
+    nfs = REPO / "configs" / "quick" / "nfs.yaml"
+    with pytest.raises(ConfigError, match=r"students \['kd', 'ja_kd'.*share the teacher cache"):
+        plan(load_experiment(nfs, overrides), RunPaths(tmp_path))
+
+
+def test_a_single_teacher_has_no_spread_either(tmp_path: Path) -> None:
+    experiment = load_experiment(DEMO_CONFIG, [*TRAINED_BASELINE, "teacher.kind=single"])
+    with pytest.raises(ConfigError, match=r"student 'dudes' uses dudes.*\(single, one forward"):
+        plan(experiment, RunPaths(tmp_path))
+
+
+def test_an_mc_dropout_teacher_runs_its_samples_for_the_students_and_the_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configs/quick/nfs.yaml with teacher.samples=3 (not the default): each student
+    distils from, and the evaluation runs, the teacher with that many passes."""
+    experiment = load_experiment(REPO / "configs" / "quick" / "nfs.yaml", ["teacher.samples=3"])
+    paths = RunPaths(tmp_path)
+    for student in experiment.spec.students:
+        distill = student_config(experiment, paths, student).distill
+        assert distill is not None
+        assert (distill.teacher.kind, distill.teacher.samples) == ("mc_dropout", 3)
+    loaded = []
+
+    class Loaded:
+        name = ""
+
+    def load(source: Path, mc_samples: int | None = None) -> Loaded:
+        loaded.append((source.name, mc_samples))
+        return Loaded()
+
+    monkeypatch.setattr(pipeline_evaluation, "load_predictor", load)
+    pipeline_evaluation.load_models(experiment, paths)
+    assert loaded[0] == ("teacher", 3) and all(samples == 3 for _, samples in loaded)
+
+
+def test_min_members_is_the_default_member_count_when_the_teacher_gives_none(
+    tmp_path: Path,
+) -> None:
+    path = write_experiment(
+        tmp_path,
+        "checks: [{name: 'latency over {members} members', metric: latency_ms,"
+        " models: [teacher], compare: ratio, reference: baseline, min: members}]\n",
+    )
+    (check,) = load_experiment(path).spec.checks
+    assert (check.min, check.name) == (5, "latency over 5 members")
+    (check,) = load_experiment(path, ["teacher.members=2"]).spec.checks
+    assert (check.min, check.name) == (2, "latency over 2 members")

@@ -388,6 +388,10 @@ def check_experiment(spec: Experiment, source: str) -> None:
                 "from the same pre-trained encoder as the students, not an ensemble member"
             )
     students = {s.name for s in spec.students}
+    ablation_names = [ablation.name for ablation in spec.ablations]
+    if len(set(ablation_names)) != len(ablation_names):
+        # One step and one rows file per name: the second would be "done before, skipped".
+        fail(f"ablation names must be unique, got {ablation_names}")
     for ablation in spec.ablations:
         where = f"ablation {ablation.name!r}"
         if ablation.kind == "sub_ensembles":

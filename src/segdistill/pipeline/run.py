@@ -236,6 +236,15 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             settings=report_settings(exp.spec),
         )
     )
+    names = [step.name for step in steps]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        # A step's marker and outputs are named by it: the second would be skipped as done
+        # (an ablation "w-1" and the value 1 of a sweep "w" are both "ablation-w-1").
+        raise ConfigError(
+            f"{exp.path}: two steps would be named {', '.join(map(repr, repeated))}; rename "
+            "an ablation"
+        )
     return steps
 
 
