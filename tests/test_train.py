@@ -1118,6 +1118,22 @@ def test_a_network_setting_the_model_cannot_take_names_the_model_section(
         training.train(tiny_config(tmp_path, data_root, [override]))
 
 
+def test_each_process_builds_its_teacher_cache_on_its_own_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under plain `srun` only SLURM_LOCALID names the process's GPU: every rank used cuda:0."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("SLURM_LOCALID", raising=False)
+    assert training._local_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    assert training._local_device("gpu") == torch.device("cuda", 3)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun's wins
+    assert training._local_device("cuda") == torch.device("cuda", 1)
+    assert training._local_device("cpu") == torch.device("cpu")
+
+
 def test_best_validation_reads_every_session_of_a_run(tmp_path: Path) -> None:
     logs = tmp_path / "logs" / "csv"
     (logs / "version_0").mkdir(parents=True)

@@ -559,7 +559,8 @@ def attach_teacher_cache(
 def _local_device(accelerator: str) -> torch.device:
     """This process's device before Lightning sets up: its local GPU if it trains on one."""
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        # torchrun and Lightning's own launcher set LOCAL_RANK; plain `srun` SLURM_LOCALID.
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 
