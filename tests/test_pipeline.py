@@ -931,6 +931,12 @@ def test_what_would_fail_after_the_teacher_is_refused_before_anything_runs(
         r"model.encoder_options \{'width': 0.25",
     )
     refused(["bench.device=cuda"], r"bench.device: device 'cuda': CUDA is not available")
+    # Phrased as an experiment sets it (`--set trainer.accelerator=auto` is an unknown key).
+    refused(
+        ["set.trainer.accelerator=gpu"],
+        r"set.trainer.accelerator='gpu': CUDA is not available .*; --set "
+        r"set.trainer.accelerator=auto trains on what there is",
+    )
     assert "steps into" not in capsys.readouterr().out
 
 

@@ -134,12 +134,18 @@ def train(cfg: SegConfig, resume: bool = False) -> Path:
         return _train(cfg, resume)
 
 
-def _train(cfg: SegConfig, resume: bool) -> Path:
-    if cfg.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+def check_accelerator(accelerator: str, key: str = "trainer.accelerator") -> None:
+    """ConfigError for a GPU accelerator without CUDA; `key`: the setting as the user gives
+    it (an experiment's `set.trainer.accelerator`)."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
-            f"trainer.accelerator={cfg.trainer.accelerator!r}: CUDA is not available (no GPU, "
-            "or a CPU-only torch); --set trainer.accelerator=auto trains on what there is"
+            f"{key}={accelerator!r}: CUDA is not available (no GPU, or a CPU-only torch); "
+            f"--set {key}=auto trains on what there is"
         )
+
+
+def _train(cfg: SegConfig, resume: bool) -> Path:
+    check_accelerator(cfg.trainer.accelerator)
     run_dir = _prepare_run_dir(cfg, resume)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
     if cfg.distill is not None and cfg.distill.unlabeled_root is not None:

@@ -41,7 +41,7 @@ from segdistill.pipeline.experiment import (
 )
 from segdistill.pipeline.run_dir import ENCODER_FILE, RunPaths, Step
 from segdistill.predictor import default_device
-from segdistill.train import train
+from segdistill.train import check_accelerator, train
 
 
 def prepare_all_data(spec: Experiment) -> dict[str, Any]:
@@ -298,6 +298,10 @@ def check_before_training(exp: LoadedExperiment, unfinished: list[Step], steps: 
     machine does not have."""
     configs = [cfg for step in unfinished for cfg in step.trains]
     for cfg in configs:
+        try:
+            check_accelerator(cfg.trainer.accelerator, "set.trainer.accelerator")
+        except ConfigError as error:
+            raise ConfigError(f"{exp.path}: {cfg.run.dir}: {error}") from None
         if cfg.trainer.devices * cfg.trainer.num_nodes > 1:
             # Lightning starts the extra processes by running the command line again: here
             # the whole experiment, which then finds its own run directory in use.
