@@ -302,14 +302,13 @@ def select_splits(
 
 
 def _labelled_clean_split(available: dict[str, EvalSplit]) -> str:
-    """REFERENCE_SPLIT ("test"), or val when test is absent or its masks are void
-    (Cityscapes' official test): the first of them with labelled pixels, else the first
-    of them (a notice then says its pixel metrics are undefined), else REFERENCE_SPLIT."""
-    candidates = [available[name] for name in (REFERENCE_SPLIT, "val") if name in available]
-    for split in candidates:  # a folder data set's splits hold a mask per image
-        if split.layout == "folder" or has_labelled_pixels(split.root, split.folder):
-            return split.name
-    return candidates[0].name if candidates else REFERENCE_SPLIT
+    """Of test and val, as `_labelled_folder` chooses (val where test's masks are void, as
+    Cityscapes' official test, or test is absent; a folder data set's test when it has
+    one); REFERENCE_SPLIT when neither is there (the error then lists what is)."""
+    candidates = [name for name in (REFERENCE_SPLIT, "val") if name in available]
+    if not candidates:
+        return REFERENCE_SPLIT
+    return _labelled_folder(available[candidates[0]].root, candidates)
 
 
 @dataclass
