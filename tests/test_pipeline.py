@@ -475,12 +475,7 @@ def test_a_network_with_other_weights_is_evaluated_again_and_so_is_the_report(
     args, run_dir = tiny_demo
     weights = run_dir / "students" / "dudes" / "checkpoints"
     (weights / "best.safetensors").unlink()  # so that the evaluation loads the new last
-    with safetensors.safe_open(weights / "last.safetensors", "pt") as file:
-        metadata = file.metadata()
-        tensors = {key: file.get_tensor(key) for key in file.keys()}
-    first = next(key for key, tensor in tensors.items() if tensor.is_floating_point())
-    tensors[first] = tensors[first] * 1.5  # as if trained again, to other weights
-    safetensors.torch.save_file(tensors, weights / "last.safetensors", metadata)
+    _as_if_trained_again(weights / "last.safetensors")
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -502,6 +497,45 @@ def test_a_network_with_other_weights_is_evaluated_again_and_so_is_the_report(
     capsys.readouterr()
     assert main(args) == 0
     assert capsys.readouterr().out.count("done before, skipped") == 7
+
+
+def _as_if_trained_again(weights: Path) -> None:
+    """Rewrite a safetensors weights file with its first float tensor scaled by 1.5."""
+    with safetensors.safe_open(weights, "pt") as file:
+        metadata = file.metadata()
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    first = next(key for key, tensor in tensors.items() if tensor.is_floating_point())
+    tensors[first] = tensors[first] * 1.5
+    safetensors.torch.save_file(tensors, weights, metadata)
+
+
+def test_other_best_weights_are_evaluated_again(
+    tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Evaluation reads a network's best.safetensors where it exists, but only
+    last.safetensors was recorded as what it read: best weights replaced (or deleted, so
+    that last is read) left the evaluation of the weights before in results.json."""
+    args, run_dir = tiny_demo
+    best = run_dir / "students" / "holder" / "checkpoints" / "best.safetensors"
+    assert best.is_file()
+    content = best.read_bytes()
+    _as_if_trained_again(best)
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    evaluate = next(line for line in out.splitlines() if "] evaluate: " in line)
+    assert evaluate.endswith(
+        "(again: students/holder/checkpoints/best.safetensors changed since it ran)"
+    )
+    best.write_bytes(content)  # the weights before: evaluated again, then nothing to do
+    assert main(args) == 0
+    assert "] evaluate: evaluate every model ... (again: " in capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 7
+    best.unlink()  # last is read now
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "students/holder/checkpoints/best.safetensors changed since it ran" in out
 
 
 def test_a_deleted_student_and_data_folder_are_made_again(

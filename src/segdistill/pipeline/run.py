@@ -49,6 +49,7 @@ from segdistill.pipeline.run_dir import (
     RunPaths,
     Step,
     claim_run_dir,
+    network_best_weights,
     network_outputs,
     refuse_another_experiment,
     report_settings,
@@ -111,6 +112,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
             members,
             needs=teacher_start,
             outputs=(*network_outputs(members), *manifest),
+            optional_outputs=network_best_weights(members),
         )
     )
     by_offset = [trained_configs(exp, paths, offset) for offset in range(spec.seeds)]
@@ -133,6 +135,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                     (trained[name],),
                     needs=encoder_start,
                     outputs=network_outputs([trained[name]]),
+                    optional_outputs=network_best_weights([trained[name]]),
                 )
             )
             networks.append(baseline_step)
@@ -150,6 +153,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                     (cfg,),
                     needs=("teacher", *encoder_start, *starts),
                     outputs=network_outputs([cfg]),
+                    optional_outputs=network_best_weights([cfg]),
                 )
             )
             networks.append(f"student-{name}")
@@ -209,6 +213,7 @@ def plan(exp: LoadedExperiment, paths: RunPaths) -> list[Step]:
                             (cfg,),
                             needs=("teacher", *encoder_start, *starts),
                             outputs=network_outputs([cfg]),
+                            optional_outputs=network_best_weights([cfg]),
                         )
                     )
             run = functools.partial(sweep, exp, paths, ablation)

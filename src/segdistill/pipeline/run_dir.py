@@ -94,8 +94,11 @@ class Step:
     still match (`check_finished_networks`). `needs`: the steps whose outputs it reads;
     when one of them has written other bytes since this one ran, this one runs again
     (`OutputDigests`). `outputs`: the files it leaves; a finished step with one missing
-    runs again. `every_run`: run it even when finished (the data step: cheap, and it finds
-    a data folder that was deleted or replaced). `names_run_dir`: its outputs name the
+    runs again. `optional_outputs`: files it may leave or not (a network's best weights),
+    read by the steps that need it where they exist: their digests, or their absence,
+    are inputs of those steps as the outputs' are. `every_run`: run it even when
+    finished (the data step: cheap, and it finds a data folder that was deleted or
+    replaced). `names_run_dir`: its outputs name the
     run directory's paths (the report's results.json): it runs again when the run
     directory was copied or moved, or is given another spelling. `settings`: experiment
     settings it reads beyond its inputs' files, as text (the report's table and checks):
@@ -107,6 +110,7 @@ class Step:
     trains: tuple[SegConfig, ...] = ()
     needs: tuple[str, ...] = ()
     outputs: tuple[Path, ...] = ()
+    optional_outputs: tuple[Path, ...] = ()
     every_run: bool = False
     names_run_dir: bool = False
     settings: str = ""
@@ -119,6 +123,12 @@ class Step:
 def network_outputs(configs: Sequence[SegConfig]) -> tuple[Path, ...]:
     """The weights file each trained network leaves (written after every epoch)."""
     return tuple(cfg.run.path() / RUN_WEIGHTS[-1] for cfg in configs)
+
+
+def network_best_weights(configs: Sequence[SegConfig]) -> tuple[Path, ...]:
+    """The best-validation weights file each trained network may leave (none without
+    validation): what evaluation and the students read where it exists."""
+    return tuple(cfg.run.path() / RUN_WEIGHTS[0] for cfg in configs)
 
 
 def run_step(
@@ -193,10 +203,15 @@ class OutputDigests:
 
     def inputs(self, step: Step) -> dict[str, str]:
         """{output of a step that `step` needs, relative to the run directory: SHA-256};
-        outputs not written yet are left out (the step that writes them runs first). With
+        outputs not written yet, and optional outputs not written, are left out (the step
+        that writes them runs first). With
         `names_run_dir`, also {"run directory": its path as given}; with `settings`,
         {"settings": their SHA-256}."""
-        paths = [path for need in step.needs for path in self.steps[need].outputs]
+        paths = [
+            path
+            for need in step.needs
+            for path in (*self.steps[need].outputs, *self.steps[need].optional_outputs)
+        ]
         found = {_short(path, self.root): self.of(path) for path in paths if path.is_file()}
         if step.names_run_dir:
             found[RUN_DIR_INPUT] = str(self.root)
