@@ -582,6 +582,13 @@ def test_why_a_finished_step_runs_again(tmp_path: Path) -> None:
     assert why_again(step, marker, {"a": "1", "b": "2"}, tmp_path) == ""
     assert why_again(step, marker, {"a": "1", "b": "3"}, tmp_path) == "b changed since it ran"
     assert why_again(step, marker, {"a": "1"}, tmp_path) == "b changed since it ran"  # gone
+    # A best.safetensors that a step read; a marker from before such optional outputs
+    # were recorded is trusted as to them, one after is not.
+    with_best = {"a": "1", "b": "2", "best": "9"}
+    assert why_again(step, marker, with_best, tmp_path, ["best"]) == ""
+    marker.write_text(json.dumps({"inputs": {"a": "1", "b": "2"}, "optional_inputs": ["best"]}))
+    assert why_again(step, marker, with_best, tmp_path, ["best"]) == "best changed since it ran"
+    assert why_again(step, marker, {"a": "1", "b": "2"}, tmp_path, ["best"]) == ""
     out.unlink()
     assert why_again(step, marker, {"a": "1", "b": "2"}, tmp_path) == "out.json is missing"
     every = Step("d", "t", lambda: {}, every_run=True)

@@ -279,14 +279,14 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
         for number, step in enumerate(steps, 1):
             marker = paths.stage(step.name)
             head = f"[{number}/{len(steps)}] {step.name}: {step.title}"
-            inputs = digests.inputs(step)
-            again = why_again(step, marker, inputs, paths.root)
+            inputs, optional = digests.inputs(step), digests.optional_names(step)
+            again = why_again(step, marker, inputs, paths.root, optional)
             if again == "":
                 print(f"{head} - done before, skipped", flush=True)
                 continue
             print(f"{head} ...{f' (again: {again})' if again else ''}", flush=True)
             marker.unlink(missing_ok=True)
-            run_step(step, marker, inputs, number, len(steps), start)
+            run_step(step, marker, inputs, optional, number, len(steps), start)
     results = json.loads((paths.root / RESULTS_FILE).read_text())
     print()
     print(format_summary(results))

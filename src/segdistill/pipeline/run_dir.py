@@ -132,9 +132,16 @@ def network_best_weights(configs: Sequence[SegConfig]) -> tuple[Path, ...]:
 
 
 def run_step(
-    step: Step, marker: Path, inputs: dict[str, str], number: int, count: int, start: float
+    step: Step,
+    marker: Path,
+    inputs: dict[str, str],
+    optional: Sequence[str],
+    number: int,
+    count: int,
+    start: float,
 ) -> None:
-    """Run `step`, then write its marker (its time, peak memory, summary and `inputs`)."""
+    """Run `step`, then write its marker (its time, peak memory, summary, `inputs` and
+    which of them are `optional` outputs, `OutputDigests.optional_names`)."""
     began = time.perf_counter()
     with memory.StepPeak() as peak:
         outputs = step.run()
@@ -156,6 +163,7 @@ def run_step(
             **used,
             **outputs,
             "inputs": inputs,
+            "optional_inputs": sorted(optional),
         },
     )
     total = time.perf_counter() - start
@@ -166,16 +174,23 @@ def run_step(
     )
 
 
-def why_again(step: Step, marker: Path, inputs: dict[str, str], root: Path) -> str | None:
+def why_again(
+    step: Step, marker: Path, inputs: dict[str, str], root: Path, optional: Sequence[str] = ()
+) -> str | None:
     """Why `step` runs: None when it never finished (or runs on every run), else what has
-    changed since it finished; "" when nothing has and it may be skipped."""
+    changed since it finished; "" when nothing has and it may be skipped. `optional`: the
+    names in `inputs` that are optional outputs (`OutputDigests.optional_names`)."""
     if step.every_run or not marker.is_file():
         return None
     missing = step.missing_outputs()
     if missing:
         return f"{_short(missing[0], root)} is missing"
-    # A marker written before the inputs were recorded is trusted, as it was then.
-    recorded = json.loads(marker.read_text()).get("inputs", inputs)
+    record = json.loads(marker.read_text())
+    # A marker written before the inputs were recorded is trusted, as it was then; one
+    # written before optional outputs were recorded, as to them.
+    recorded = record.get("inputs", inputs)
+    if "optional_inputs" not in record:
+        inputs = {name: digest for name, digest in inputs.items() if name not in optional}
     changed = sorted(
         name for name in {*inputs, *recorded} if inputs.get(name) != recorded.get(name)
     )
@@ -218,6 +233,15 @@ class OutputDigests:
         if step.settings:
             found[SETTINGS_INPUT] = hashlib.sha256(step.settings.encode()).hexdigest()
         return found
+
+    def optional_names(self, step: Step) -> list[str]:
+        """The names `inputs` gives the optional outputs of the steps `step` needs, present
+        or not."""
+        return [
+            _short(path, self.root)
+            for need in step.needs
+            for path in self.steps[need].optional_outputs
+        ]
 
     def of(self, path: Path) -> str:
         stat = path.stat()
