@@ -705,6 +705,56 @@ def test_a_run_directory_is_not_overwritten_and_resume_needs_a_checkpoint(
         training.train(in_the_way)
 
 
+SLURM_JOB = {  # what srun sets for one task (Lightning's SLURMEnvironment reads them)
+    "SLURM_NTASKS": "1",
+    "SLURM_JOB_NAME": "train",
+    "SLURM_JOB_ID": "42",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "localhost",
+}
+
+
+def test_a_requeued_slurm_job_continues_its_run_without_resume(
+    trained_run: Path, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A requeued SLURM job runs its batch script again as submitted, without --resume:
+    the run directory was refused ("pass --resume") and the job ended."""
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    config = tmp_path / "tiny.yaml"
+    config.write_text((run / "config.yaml").read_text())
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["train", str(config), "--run-dir", str(run), "--set", "trainer.max_epochs=3"]
+    )
+    for name, value in SLURM_JOB.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the first start: nothing is resumed
+    with pytest.raises(ConfigError, match="pass --resume"):
+        args.func(args)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    capsys.readouterr()
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert f"SLURM requeued this job: continuing the run from {run / 'checkpoints'}" in out
+    before = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    after = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (before["epoch"], after["epoch"]) == (1, 2)  # one more epoch, resumed
+
+
+def test_on_slurm_lightnings_own_requeue_is_off(tmp_path: Path, monkeypatch) -> None:
+    """Lightning's SIGUSR1 requeue saves an hpc_ckpt_N.ckpt that no resume reads: a full
+    checkpoint more per requeue, and its progress lost; the job resumes from last.ckpt."""
+    for name, value in SLURM_JOB.items():
+        monkeypatch.setenv(name, value)
+    cfg = replace_values(SegConfig(), {"trainer.accelerator": "cpu"}, "test")
+    environment = training.build_trainer(cfg, tmp_path)._accelerator_connector.cluster_environment
+    assert type(environment).__name__ == "SLURMEnvironment"
+    assert environment.auto_requeue is False
+
+
 def test_resume_refuses_a_config_that_changes_what_the_run_computes(
     trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def is_rank_zero() -> bool:
     """True in the process that prints and writes shared files: rank 0, or the only one.
@@ -20,3 +22,10 @@ def print_once(message: str) -> None:
     """Print `message` from the first process only (once, however many train)."""
     if is_rank_zero():
         print(message)
+
+
+def slurm_requeued() -> bool:
+    """True in a SLURM job that runs again after a requeue (preemption, a node failure,
+    `scontrol requeue`): SLURM counts its restarts in SLURM_RESTART_COUNT."""
+    count = os.environ.get("SLURM_RESTART_COUNT", "").strip()
+    return count.isdigit() and int(count) > 0

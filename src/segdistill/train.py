@@ -54,6 +54,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -686,7 +687,14 @@ def _lightning_trainer(
         use_distributed_sampler=False,
         # RunCheckpoints writes every checkpoint; Lightning's own callback is not used.
         enable_checkpointing=False,
-        plugins=[AtomicCheckpointIO()],
+        # On SLURM, Lightning's requeue on SIGUSR1 is off: it saves an hpc_ckpt_N.ckpt that
+        # --resume (last.ckpt) never reads, a full checkpoint more per requeue. A requeued
+        # job continues from last.ckpt instead (`segdistill train`, the ensemble and the
+        # experiment pipeline resume by themselves).
+        plugins=[
+            AtomicCheckpointIO(),
+            *([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []),
+        ],
         logger=[
             CSVLogger(run_dir / "logs", name="csv"),
             TensorBoardLogger(run_dir / "logs", name="tensorboard"),

@@ -25,7 +25,7 @@ from segdistill.commands.arguments import (
 )
 from segdistill.config import SegConfig, load_config, replace_values
 from segdistill.defaults import RESUME_CHECKPOINT
-from segdistill.distributed import is_rank_zero, print_once
+from segdistill.distributed import is_rank_zero, print_once, slurm_requeued
 from segdistill.errors import ConfigError
 
 
@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help=f"continue the run from RUN_DIR/{RESUME_CHECKPOINT}",
+        help=f"continue the run from RUN_DIR/{RESUME_CHECKPOINT} (a requeued SLURM job "
+        "continues without it)",
     )
     parser.set_defaults(func=run_train)
 
@@ -98,7 +99,15 @@ def load_run_config(args: argparse.Namespace) -> SegConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    return train_and_report(load_run_config(args), args.resume)
+    cfg = load_run_config(args)
+    resume = args.resume
+    checkpoint = cfg.run.path() / RESUME_CHECKPOINT
+    if not resume and slurm_requeued() and checkpoint.is_file():
+        # A requeued job runs its batch script again, as it was submitted (without
+        # --resume); refusing the run directory would end the job the requeue saved.
+        print_once(f"notice: SLURM requeued this job: continuing the run from {checkpoint}")
+        resume = True
+    return train_and_report(cfg, resume)
 
 
 def train_and_report(cfg: SegConfig, resume: bool) -> int:
