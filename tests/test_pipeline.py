@@ -22,6 +22,7 @@ import pytest
 import safetensors.torch
 import torch
 import yaml
+from PIL import Image
 
 from segdistill.checkpoints import build_model, load_segmenter
 from segdistill.cli import main
@@ -39,6 +40,7 @@ from segdistill.pipeline.evaluation import _ablation_rows, flagged_shares
 from segdistill.pipeline.experiment import (
     AblationSpec,
     CheckSpec,
+    Experiment,
     LoadedExperiment,
     TableSpec,
     UnlabeledSpec,
@@ -48,6 +50,7 @@ from segdistill.pipeline.networks import (
     baseline_config,
     check_finished_networks,
     check_split_names,
+    check_unlabeled_apart,
     prepare_unlabeled,
     pretrain_teacher_config,
     student_config,
@@ -871,6 +874,35 @@ def test_split_names_are_checked_in_the_data_step_before_anything_trains(
         check_split_names(spec)
 
 
+def test_unlabeled_images_may_lie_in_the_data_set_apart_from_its_evaluated_images(
+    tmp_path: Path,
+) -> None:
+    """Cityscapes unpacks train_extra into leftImg8bit/ of the data set, where the
+    experiment refused any unlabelled folder; a folder holding validated or evaluated
+    images, or masks, is still refused, naming the split."""
+    data = tmp_path / "data"
+    config = SynthConfig(size=(32, 64), train=1, val=1, test=1, shifts=("rain",))
+    generate(data, config, workers=1, progress=False)
+    extra = data / "leftImg8bit" / "train_extra" / "town"
+    extra.mkdir(parents=True)
+    Image.new("RGB", (64, 32)).save(extra / "town_000000_000000_leftImg8bit.png")
+
+    def spec(unlabeled: Path) -> Experiment:
+        return load_experiment(
+            DEMO_CONFIG, [f"data.root={data}", f"unlabeled={{root: {unlabeled}}}"]
+        ).spec
+
+    check_unlabeled_apart(spec(data / "leftImg8bit" / "train_extra"))
+    for folder, what in (
+        (data / "leftImg8bit", "images of the data set's 'test' split"),
+        (data / "leftImg8bit" / "val", "images of the data set's 'val' split"),
+        (data / "gtFine" / "train", "masks of the data set's 'train' split"),
+        (data / "shifts" / "rain" / "leftImg8bit", "images of the data set's 'rain' split"),
+    ):
+        with pytest.raises(ConfigError, match=f"its images would include the {what}"):
+            check_unlabeled_apart(spec(folder))
+
+
 def test_a_missing_training_config_names_the_experiment_and_its_network(tmp_path: Path) -> None:
     """It said only 'config file configs/quick/distill_dudez.yaml does not exist'."""
     experiment = load_experiment(DEMO_CONFIG, ["students.0.config=distill_dudez.yaml"])
@@ -1039,8 +1071,8 @@ def write_experiment(tmp_path: Path, text: str) -> Path:
             "unlabeled: {root: data/synthstreets}\nstudents: [{name: s, config: d.yaml}]\n",
             "unlabeled.root='data/synthstreets' must be another folder than data.root",
         ),
-        (  # inside the data set: its val and test images would be training images
-            "unlabeled: {root: data/synthstreets/leftImg8bit}\n"
+        (  # generated inside the data set: two data sets in one tree
+            "unlabeled: {root: data/synthstreets/extra, synth: {train: 1}}\n"
             "students: [{name: s, config: d.yaml}]\n",
             "neither inside the other",
         ),

@@ -47,8 +47,9 @@ class UnlabeledSpec:
     """Images without labels on which every student's distillation terms learn too
     (`distill.unlabeled_root`; the cross-entropy skips them): NfS-SegNet's students learn
     from extra frames labelled by the teacher. root: a folder searched below for png / jpg
-    images (e.g. Cityscapes' leftImg8bit/train_extra; not a data set's root, whose label
-    pngs would be read as images too). synth: generate SynthStreets into
+    images (e.g. Cityscapes' leftImg8bit/train_extra): not a data set's root, nor a folder
+    holding the images of a split that is validated or evaluated on, or any split's masks
+    (`check_unlabeled_apart`). synth: generate SynthStreets into
     `root` when absent, its train split only (`val`, `test` and `shifts` are not
     generated); its images, root/leftImg8bit/train, are then the ones used (the labels
     under gtFine/ are not read)."""
@@ -323,7 +324,7 @@ def _list_index(items: list[Any], part: str, assignment: str, path: Path) -> int
     return int(part)
 
 
-def _overlap(folder: str, other: str) -> bool:
+def folders_overlap(folder: str | Path, other: str | Path) -> bool:
     """Whether two folders are one, or one lies inside the other (paths as given, made
     absolute, `..` and links resolved)."""
     a, b = Path(folder).resolve(), Path(other).resolve()
@@ -368,16 +369,23 @@ def check_experiment(spec: Experiment, source: str) -> None:
     ):
         fail(f"baseline.member={baseline.member} is not a member of the teacher ensemble")
     if spec.unlabeled is not None:
-        if _overlap(spec.unlabeled.root, spec.data.root):
+        unlabeled, data = Path(spec.unlabeled.root).resolve(), Path(spec.data.root).resolve()
+        # A folder inside the data set (Cityscapes' leftImg8bit/train_extra) is checked
+        # against its splits' folders once it exists (`check_unlabeled_apart`); one
+        # generated there would mix two data sets.
+        if data.is_relative_to(unlabeled) or (
+            spec.unlabeled.synth is not None and unlabeled.is_relative_to(data)
+        ):
+            inside = "" if spec.unlabeled.synth is None else ", neither inside the other"
             fail(
                 f"unlabeled.root={spec.unlabeled.root!r} must be another folder than "
-                f"data.root={spec.data.root!r}, neither inside the other (other images: the "
-                "students would learn from the validation and test images)"
+                f"data.root={spec.data.root!r}{inside} (other images: the students would "
+                "learn from the validation and test images)"
             )
         if not spec.students:
             fail("unlabeled images are for the students' distillation: there are no students")
     if spec.pretrain is not None:
-        if _overlap(spec.pretrain.data.root, spec.data.root):
+        if folders_overlap(spec.pretrain.data.root, spec.data.root):
             fail(
                 f"pretrain.data.root={spec.pretrain.data.root!r} must be another folder than "
                 f"data.root={spec.data.root!r}, neither inside the other (other data)"

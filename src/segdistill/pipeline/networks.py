@@ -37,6 +37,7 @@ from segdistill.pipeline.experiment import (
     LoadedExperiment,
     StudentSpec,
     UnlabeledSpec,
+    folders_overlap,
     seeded_name,
 )
 from segdistill.pipeline.run_dir import ENCODER_FILE, RunPaths, Step
@@ -52,7 +53,31 @@ def prepare_all_data(spec: Experiment) -> dict[str, Any]:
     if spec.unlabeled is not None:
         prepared["unlabeled"] = prepare_unlabeled(spec.unlabeled)
     check_split_names(spec)
+    if spec.unlabeled is not None:
+        check_unlabeled_apart(spec)
     return prepared
+
+
+def check_unlabeled_apart(spec: Experiment) -> None:
+    """ConfigError when the unlabelled images' folder holds, lies in, or is a folder of
+    the data set that the students must not learn from as images: the images of the
+    validation split and of every evaluated split (the students would have seen them),
+    and any split's masks (they would be read as images)."""
+    assert spec.unlabeled is not None
+    images = Path(spec.unlabeled.images)
+    available = find_splits(Path(spec.data.root))
+    evaluated = {split.name for split in select_splits(available, spec.evaluate.splits)}
+    for split in available.values():
+        folders = [("masks", split.masks)]
+        if split.name in evaluated or split.name == "val":
+            folders.append(("images", split.images))
+        for what, folder in folders:
+            if folders_overlap(images, folder):
+                raise ConfigError(
+                    f"unlabeled.root={spec.unlabeled.root!r}: its images would include the "
+                    f"{what} of the data set's {split.name!r} split ({folder}); give a "
+                    "folder of other images only, e.g. Cityscapes' leftImg8bit/train_extra"
+                )
 
 
 def check_split_names(spec: Experiment) -> None:
