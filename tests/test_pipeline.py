@@ -714,6 +714,25 @@ def test_another_experiment_in_the_same_run_dir_is_refused(tmp_path: Path) -> No
     assert "finished steps: data" in str(error.value)
 
 
+def test_a_run_dir_where_only_the_data_step_finished_takes_another_experiment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A start that failed after the data step (e.g. a missing training config, fixed
+    by another teacher setting) refused every corrected config: the data step runs on
+    every run and its marker keeps nothing of the experiment."""
+    first = load_experiment(DEMO_CONFIG)
+    paths = RunPaths(tmp_path)
+    claim_run_dir(first.spec, paths, plan(first, paths))
+    finish_a_step(tmp_path, "data")
+    other = load_experiment(DEMO_CONFIG, ["teacher.members=3"])
+    claim_run_dir(other.spec, paths, plan(other, paths))
+    assert "no step of the experiment recorded there had finished" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "experiment.yaml").read_text())["teacher"]["members"] == 3
+    finish_a_step(tmp_path, "teacher")  # now a step with networks: refused
+    with pytest.raises(ConfigError, match=r"another experiment .*finished steps: teacher\)"):
+        claim_run_dir(first.spec, paths, plan(first, paths))
+
+
 def test_only_the_seeds_may_change_in_a_run_dir_with_finished_steps(tmp_path: Path, capsys) -> None:
     """More seeds add networks beside the trained ones (each still checked against its
     config when its step is skipped); any other change beside them is refused."""

@@ -265,7 +265,7 @@ def run_pipeline(exp: LoadedExperiment, run_dir: str | Path) -> dict[str, Any]:
     steps = plan(exp, paths)  # a config the plan refuses leaves the directory as it was
     check_before_training(exp, [s for s in steps if not paths.stage(s.name).is_file()], steps)
     with held_folder(paths.root):
-        refuse_another_experiment(exp.spec, paths)  # the whole change, before any one step
+        refuse_another_experiment(exp.spec, paths, steps)  # the whole change, before any one step
         for step in steps:  # before the claim: a config refused here records nothing
             if paths.stage(step.name).is_file():
                 check_finished_networks(step, paths.stage(step.name))

@@ -322,13 +322,22 @@ def _may_change_in_place(key: str) -> bool:
     return key.split(".")[0] in MAY_CHANGE_IN_PLACE
 
 
-def refuse_another_experiment(spec: Experiment, paths: RunPaths) -> None:
+def finished_steps(paths: RunPaths, steps: Sequence[Step]) -> list[str]:
+    """The steps with a marker, but those of `steps` that run on every run (the data
+    step): their marker keeps nothing that a change could mix into the results."""
+    every_run = {step.name for step in steps if step.every_run}
+    markers = (paths.root / STAGES_DIR).glob("*.json")
+    return sorted(p.stem for p in markers if p.stem not in every_run)
+
+
+def refuse_another_experiment(spec: Experiment, paths: RunPaths, steps: Sequence[Step]) -> None:
     """ConfigError when the run directory records another experiment than `spec` (beyond
-    MAY_CHANGE_IN_PLACE) and a step of it has finished, with every difference and the way
-    to keep the steps the change does not touch. Checked before each finished network is
-    compared with its config, so the first error names the whole change."""
+    MAY_CHANGE_IN_PLACE) and a step of it has finished (`finished_steps`), with every
+    difference and the way to keep the steps the change does not touch. Checked before
+    each finished network is compared with its config, so the first error names the whole
+    change."""
     record = paths.root / EXPERIMENT_FILE
-    finished = sorted(p.stem for p in (paths.root / STAGES_DIR).glob("*.json"))
+    finished = finished_steps(paths, steps)
     if not (finished and record.is_file()):
         return
     recorded = yaml.safe_load(record.read_text())
@@ -362,7 +371,7 @@ def claim_run_dir(spec: Experiment, paths: RunPaths, steps: Sequence[Step] = ())
     record = paths.root / EXPERIMENT_FILE
     current = dataclasses.asdict(spec)
     text = yaml.safe_dump(current, sort_keys=False)
-    finished = sorted(p.stem for p in (paths.root / STAGES_DIR).glob("*.json"))
+    finished = finished_steps(paths, steps)
     if finished and not record.is_file():
         unchecked = [s.name for s in steps if s.name in finished and not (s.trains or s.every_run)]
         for name in unchecked:
@@ -374,7 +383,7 @@ def claim_run_dir(spec: Experiment, paths: RunPaths, steps: Sequence[Step] = ())
                 flush=True,
             )
     if record.is_file():
-        refuse_another_experiment(spec, paths)
+        refuse_another_experiment(spec, paths, steps)
         recorded = yaml.safe_load(record.read_text())
         comparable = _without_added_settings(current, recorded)
         if _same(recorded, comparable):
