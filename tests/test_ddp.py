@@ -12,11 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from segdistill.checkpoints import load_segmenter
+from segdistill.config import load_config
 from segdistill.distributed import is_rank_zero, print_once
+from segdistill.metrics import SegmentationEvaluator
+from segdistill.predictor import load_predictor
+from segdistill.train import build_dataset
 from test_train import TINY_CONFIG, write_tiny_cityscapes
 
 
@@ -45,6 +51,23 @@ def test_two_process_ddp_training_writes_a_loadable_checkpoint(tmp_path: Path) -
     with open(run_dir / "logs" / "csv" / "version_0" / "metrics.csv") as file:
         mious = [float(row["val/miou"]) for row in csv.DictReader(file) if row["val/miou"]]
     assert len(mious) == 2
+    # The last validation (the final weights) is over the whole set, every image once,
+    # as `segdistill evaluate` measures it, not a mean of the two processes' shares.
+    cfg = load_config(run_dir / "config.yaml")
+    val_set = build_dataset(cfg.data, "val", train=False)
+    predictor = load_predictor(run_dir / "checkpoints" / "last.safetensors")
+    whole = SegmentationEvaluator(19, inputs="probs")
+    shares = [SegmentationEvaluator(19, inputs="probs") for _ in range(2)]
+    with torch.no_grad():
+        for index in range(len(val_set)):
+            sample = val_set[index]
+            probs = predictor.predict_padded(sample["image"][None]).probs
+            whole.update(probs, None, sample["label"][None])
+            shares[index % 2].update(probs, None, sample["label"][None])
+    expected = whole.compute()["segmentation"]["miou"]
+    assert mious[-1] == pytest.approx(expected, abs=1e-6)
+    share_mean = np.mean([s.compute()["segmentation"]["miou"] for s in shares])
+    assert share_mean != pytest.approx(expected, abs=1e-6)  # the check can tell them apart
 
 
 def test_only_rank_zero_prints(monkeypatch, capsys) -> None:

@@ -682,3 +682,29 @@ def test_an_mc_dropout_cache_is_a_function_of_its_key_and_leaves_the_rng_alone(
         files.append((tmp_path / name / "std.f16").read_bytes())
     assert files[0] == files[1]
     assert np.frombuffer(files[0], np.float16).max() > 0  # the samples did differ
+
+
+def test_a_second_process_waits_for_the_build_and_then_uses_it(
+    tmp_path: Path, synth: Path, teacher: Ensemble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DDP ranks and parallel runs share one cache: while one holds DIR.lock (building),
+    another neither builds nor reads; once it is released, it finds the cache and uses it."""
+    import threading
+
+    from segdistill.output_paths import waiting_lock
+
+    dataset = CityscapesDataset(synth, "train")
+    directory = tmp_path / "cache"
+    result: list[tc.TeacherCache] = []
+    with waiting_lock(tmp_path / "cache.lock"):  # as a first process building it
+        other = threading.Thread(
+            target=lambda: result.append(open_cache(directory, teacher, dataset))
+        )
+        other.start()
+        other.join(timeout=1.0)
+        assert other.is_alive() and not directory.exists()
+        key = tc.cache_key(teacher, "ensemble", SIGNALS, 1.0, dataset)
+        tc._build(directory, teacher, key, dataset, torch.device("cpu"), progress=False)
+    forbid_running(teacher, monkeypatch)
+    other.join()
+    assert len(result) == 1 and result[0].signals == frozenset(SIGNALS)

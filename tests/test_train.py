@@ -47,7 +47,7 @@ from segdistill.errors import CheckpointError, ConfigError, DataError, TrainingE
 from segdistill.interrupts import CtrlC, stop_on_ctrl_c
 from segdistill.methods import build_methods
 from segdistill.metrics import SegmentationEvaluator
-from segdistill.models.teachers import build_teacher
+from segdistill.models.teachers import build_teacher, member_weights
 from segdistill.output_paths import held_folder
 from segdistill.outputs import TeacherSignals
 from segdistill.predictor import load_predictor
@@ -1080,7 +1080,7 @@ def test_run_arguments_set_devices_nodes_and_the_default_run_directory(
 
 
 def test_ensemble_members_differ_and_are_listed_in_the_manifest(
-    tmp_path: Path, data_root: Path
+    tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_CONFIG.format(root=data_root))
@@ -1088,12 +1088,14 @@ def test_ensemble_members_differ_and_are_listed_in_the_manifest(
     common = [str(config), "--run-dir", str(ensemble_dir), "--members", "2"]
     vary = ["--set", "trainer.max_epochs=1", "ensemble.vary={optim.lr: [0.01, 0.02]}"]
     run_ensemble(*common, "--member", "1", *vary)  # e.g. one SLURM array task
+    assert "manifest.json: 1 of 2 members finished" in capsys.readouterr().out
     manifest = json.loads((ensemble_dir / "manifest.json").read_text())
     assert [m["name"] for m in manifest["members"]] == ["member_01"]
     # One of two planned members is no 1-member teacher (a stopped run, an array task
-    # still training): loading it says so and how to go on.
+    # still training): loading it says so and how to go on (not `--members 1`, which
+    # would train member_00 and keep it, not member_01).
     unfinished = rf"ensemble {ensemble_dir} is unfinished: 1 of its 2 planned members"
-    with pytest.raises(CheckpointError, match=unfinished + r".* keep the 1 with `... --members 1`"):
+    with pytest.raises(CheckpointError, match=unfinished + r".* \(finished: member_01\)$"):
         build_teacher("ensemble", ensemble_dir)
 
     run_ensemble(*common, *vary)  # member 1 is skipped, member 0 trained
@@ -1270,6 +1272,124 @@ def test_same_init_members_start_from_the_same_weights(
     assert not all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_a_member_resumes_where_it_stopped_and_records_its_own_variations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Member 1 stopped mid-training (last.ckpt, no member.json): the re-run resumes it
+    instead of refusing (or restarting) it, and every member's entry gives its own seed,
+    variation and model, whatever network the ensemble's config names."""
+    from segdistill import ensemble
+
+    calls = []
+
+    def trained(cfg: SegConfig, resume: bool = False) -> Path:  # what train leaves
+        run = cfg.run.path()
+        calls.append((run.name, cfg.seed, cfg.model.mc_dropout, resume))
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text(dump_config(cfg))
+        (run / "checkpoints" / "last.safetensors").write_bytes(b"weights")
+        return run
+
+    monkeypatch.setattr(ensemble, "train", trained)
+    values = {"seed": 10, "ensemble.members": 3, "ensemble.vary": {"model.mc_dropout": [0.0, 0.2]}}
+    cfg = replace_values(SegConfig(), values, "test")
+    folder = tmp_path / "ensemble"
+    stopped = member_config(cfg, folder, 1).run.path()
+    (stopped / "checkpoints").mkdir(parents=True)
+    (stopped / "checkpoints" / "last.ckpt").write_bytes(b"state")
+    for index in range(3):
+        ensemble.train_member(cfg, folder, index)
+    assert calls == [
+        ("member_00", 10, 0.0, False),
+        ("member_01", 11, 0.2, True),
+        ("member_02", 12, 0.0, False),
+    ]
+    entry = json.loads((folder / "member_01" / MEMBER_FILE).read_text())
+    assert entry["name"] == "member_01" and entry["seed"] == 11
+    assert entry["variations"] == {"model.mc_dropout": 0.2}
+    assert entry["model"]["mc_dropout"] == 0.2 and entry["num_classes"] == 19
+    assert entry["checkpoint"] == "member_01/checkpoints/last.safetensors"
+    assert ensemble.write_manifest(folder, 3) == (3, [])
+    ensemble.train_member(cfg, folder, 1)  # finished: skipped
+    assert len(calls) == 3
+
+
+def test_the_manifest_lists_the_finished_members_in_order(tmp_path: Path) -> None:
+    """member_01 still training (no member.json): the manifest holds 0 and 2, in that
+    order, says 3 were planned, and write_manifest reports 2 finished."""
+    from segdistill.ensemble import write_manifest
+
+    entries = {0: {"name": "member_00", "checkpoint": "a"}, 2: {"name": "member_02"}}
+    for index in range(3):
+        member = tmp_path / f"member_{index:02d}"
+        member.mkdir()
+        if index in entries:
+            (member / MEMBER_FILE).write_text(json.dumps(entries[index]))
+    (tmp_path / "member_old").mkdir()  # set aside by hand: not a member
+    (tmp_path / "member_old" / MEMBER_FILE).write_text(json.dumps({"name": "old"}))
+    assert write_manifest(tmp_path, 3) == (2, [])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest == {"planned_members": 3, "members": [entries[0], entries[2]]}
+    # Fewer members planned (--members 2): member_02 stays on disk, out of the ensemble;
+    # it was listed, and a 3-member teacher loaded under planned_members 2.
+    assert write_manifest(tmp_path, 2) == (1, ["member_02"])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest == {"planned_members": 2, "members": [entries[0]]}
+
+
+def test_an_interrupted_member_resumes_in_a_grown_ensemble(tmp_path: Path, data_root: Path) -> None:
+    """The docs let an ensemble grow (`--members` larger), but a member interrupted before
+    was refused: "cannot resume ... with another config (ensemble.members: 2 -> 3)"."""
+    from segdistill import ensemble
+
+    cfg = tiny_config(tmp_path, data_root, ["trainer.max_epochs=1"])
+    folder = tmp_path / "ensemble"
+    two = replace_values(cfg, {"ensemble.members": 2}, "t")
+    stopped = training.train(member_config(two, folder, 1))  # no member.json: interrupted
+    three = replace_values(cfg, {"ensemble.members": 3, "trainer.max_epochs": 2}, "t")
+    ensemble.train_member(three, folder, 1)
+    state = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 1 and (stopped / MEMBER_FILE).is_file()
+
+
+def test_an_unfinished_ensembles_error_offers_to_keep_only_the_first_members(
+    tmp_path: Path,
+) -> None:
+    """`--members K` keeps member_00 .. member_{K-1}: offered when only member_01 of 2 had
+    finished, it trained a new member_00 instead. A manifest listing more members than it
+    plans is refused (it loaded as the larger teacher)."""
+    manifest = tmp_path / "manifest.json"
+
+    def load(names: list[str], planned: int) -> None:
+        members = [{"name": name, "checkpoint": f"{name}/w.safetensors"} for name in names]
+        manifest.write_text(json.dumps({"planned_members": planned, "members": members}))
+        member_weights(tmp_path)
+
+    with pytest.raises(CheckpointError, match=r"or keep the 1 with `... --members 1`$"):
+        load(["member_00"], 2)
+    with pytest.raises(CheckpointError) as error:
+        load(["member_01"], 2)
+    assert str(error.value).endswith("(finished members are skipped) (finished: member_01)")
+    with pytest.raises(CheckpointError, match="lists 3 members but plans 2"):
+        load(["member_00", "member_01", "member_02"], 2)
+
+
+def test_only_rank_zero_writes_a_members_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from segdistill import ensemble
+
+    trained = []
+    monkeypatch.setattr(ensemble, "train", lambda cfg, resume=False: trained.append(cfg.seed))
+    monkeypatch.setattr(ensemble, "weights_path", lambda run: run / "w.safetensors")
+    monkeypatch.setattr(rank_zero_only, "rank", 1, raising=False)
+    ensemble.train_member(SegConfig(), tmp_path, 0)
+    assert trained == [0]  # every process trains
+    assert not (tmp_path / "member_00" / MEMBER_FILE).exists()
+
+
 def test_without_keep_best_the_run_is_evaluated_on_its_last_weights(
     tmp_path: Path, data_root: Path
 ) -> None:
@@ -1439,3 +1559,88 @@ def test_a_loss_that_is_not_finite_on_another_process_stops_every_process() -> N
     task.trainer = types.SimpleNamespace(strategy=TwoProcesses(), global_step=7, current_epoch=1)
     with pytest.raises(TrainingError, match=r"not finite .* global step 7, epoch 1, batch 3"):
         task._stop_unless_finite(torch.tensor(0.5), 3)
+
+
+def test_processes_of_every_node_count_in_the_batches_and_the_validation_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """devices x num_nodes processes share the images: 4 training images over 3 nodes
+    leave none a full batch of 2; 2 validation images cannot feed 3 processes."""
+    monkeypatch.setattr(training, "build_trainer", None)  # never reached
+    root = write_tiny_cityscapes(tmp_path / "data", train=4, val=2)
+    nodes = ["trainer.devices=1", "trainer.num_nodes=3"]
+    with pytest.raises(ConfigError, match=r"not one full batch .* \(3 processes\)"):
+        training.train(tiny_config(tmp_path, root, nodes))
+    root = write_tiny_cityscapes(tmp_path / "data2", train=12, val=2)
+    with pytest.raises(ConfigError, match=r"has 2 images, fewer than the 3 processes"):
+        training.train(tiny_config(tmp_path, root, nodes))
+    # Per process: 10 // 3 = 3 images, one batch of 2 (the tail of each share is dropped).
+    assert training.batches_per_epoch(10, 3, 2, None) == 1
+    assert training.batches_per_epoch(10, 1, 2, None) == 5
+    assert training.batches_per_epoch(10, 1, 2, 3) == 3
+    assert training.batches_per_epoch(10, 1, 2, 0.5) == 2
+
+
+@pytest.mark.parametrize(("devices", "nodes"), [(2, 1), (1, 2), (1, 1)])
+def test_several_processes_train_with_ddp_and_a_static_graph(
+    tmp_path: Path, devices: int, nodes: int
+) -> None:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    values = {"trainer.accelerator": "cpu", "trainer.devices": devices, "trainer.num_nodes": nodes}
+    trainer = training.build_trainer(replace_values(SegConfig(), values, "test"), tmp_path)
+    ddp = isinstance(trainer.strategy, DDPStrategy)
+    assert ddp == (devices * nodes > 1)
+    if ddp:  # heads no loss reads (aux, uncertainty) would fail DDP's reduction without it
+        assert trainer.strategy._ddp_kwargs.get("static_graph") is True
+
+
+def test_only_the_first_node_sets_an_earlier_start_aside(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a shared file system rank 0 of node 1 sees the run directory node 0 is starting:
+    it must not move that start's files aside too."""
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)  # a start that stopped before its first checkpoint
+    (run / "config.yaml").write_text(dump_config(tiny_config(tmp_path, data_root, ["seed=4"])))
+    cfg = tiny_config(tmp_path, data_root)
+    monkeypatch.setenv("NODE_RANK", "1")
+    training._prepare_run_dir(cfg, resume=False)
+    assert not (run / "earlier_starts").exists()
+    monkeypatch.setenv("NODE_RANK", "0")
+    training._prepare_run_dir(cfg, resume=False)
+    assert len(list((run / "earlier_starts").iterdir())) == 1
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Returns (index, a draw of numpy's global generator): what an augmentation sees."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> tuple[int, float]:
+        return index, float(np.random.random())
+
+
+def _fitting(rank: int) -> types.SimpleNamespace:
+    current = types.SimpleNamespace(processed=0)
+    loop = types.SimpleNamespace(epoch_progress=types.SimpleNamespace(current=current))
+    return types.SimpleNamespace(global_rank=rank, world_size=2, fit_loop=loop)
+
+
+def test_each_process_trains_and_validates_on_its_own_share_with_its_own_draws() -> None:
+    """Two processes: disjoint training shards (seeded the same, drawn per rank), disjoint
+    validation shares covering every image once, and loader workers whose augmentation
+    draws differ between the processes (Lightning seeds workers from rank and worker id)."""
+    train_seen, val_seen, draws = [], [], []
+    for rank in (0, 1):
+        data = training.SegDataModule(_Draws(), _Draws(), 2, num_workers=1, seed=0)
+        data.trainer = _fitting(rank)
+        batches = list(data.train_dataloader())
+        train_seen.append(sorted(int(i) for batch in batches for i in batch[0]))
+        draws.append([float(d) for batch in batches for d in batch[1]])
+        val_seen.append([int(batch[0]) for batch in data.val_dataloader()])
+    assert [len(s) for s in train_seen] == [4, 4]
+    assert sorted(train_seen[0] + train_seen[1]) == list(range(8))
+    assert val_seen == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert draws[0] != draws[1]

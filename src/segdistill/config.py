@@ -268,7 +268,8 @@ def dump_config(cfg: SegConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-# Settings a resumed run may change: where and how visibly it runs, not what it computes.
+# Settings a resumed run may change: where and how visibly it runs, not what it computes
+# (nor how many members its ensemble has: an interrupted member resumes in a grown one).
 # Not the processes (devices x nodes): the batch of a step and the steps of an epoch, and
 # with them the poly schedule, follow from them. Not data.num_workers: the augmentations
 # are drawn per worker, so another count gives other (equally good) weights.
@@ -278,6 +279,7 @@ RESUME_MAY_CHANGE = (
     "trainer.accelerator",
     "trainer.log_every_n_steps",
     "trainer.checkpoint_every_n_steps",
+    "ensemble.members",
 )
 # Settings in which a finished network may differ from the config that would train it now
 # and still count as trained by it (an ensemble member, an experiment's step): the loader

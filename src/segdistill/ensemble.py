@@ -8,7 +8,8 @@ independent, so they can train in parallel: one process per member (`segdistill 
 writes `member_XX/member.json` and is skipped on a re-run of the same config (another
 config is refused, as `--resume` refuses it); an interrupted one resumes from
 its last checkpoint. After each member, `manifest.json` (`MANIFEST_FILE`, which
-`Ensemble.from_manifest` reads) is rebuilt from all finished members under a file lock and
+`Ensemble.from_manifest` reads) is rebuilt from the finished members among the planned
+ones (`member_00` to `member_{N-1}` for `ensemble.members` N) under a file lock and
 replaced atomically, so parallel members never drop each other.
 """
 
@@ -37,6 +38,18 @@ from segdistill.output_paths import waiting_lock
 from segdistill.train import train
 
 MEMBER_FILE = "member.json"
+MEMBER_PREFIX = "member_"
+
+
+def finished_members(ensemble_dir: Path) -> list[tuple[int, Path]]:
+    """(index, member.json) of every finished member, by index; folders not named
+    member_<number> (a member_old/ set aside) are not members."""
+    found = []
+    for marker in ensemble_dir.glob(f"{MEMBER_PREFIX}*/{MEMBER_FILE}"):
+        number = marker.parent.name.removeprefix(MEMBER_PREFIX)
+        if number.isdigit():
+            found.append((int(number), marker))
+    return sorted(found)
 
 
 def member_variations(cfg: SegConfig, index: int) -> dict[str, Any]:
@@ -49,7 +62,7 @@ def member_config(cfg: SegConfig, ensemble_dir: Path, index: int) -> SegConfig:
     with `ensemble.same_init`, the ensemble's initial weights)."""
     values: dict[str, Any] = {
         "seed": cfg.seed + index,
-        "run.dir": str(ensemble_dir / f"member_{index:02d}"),
+        "run.dir": str(ensemble_dir / f"{MEMBER_PREFIX}{index:02d}"),
         **member_variations(cfg, index),
     }
     if cfg.ensemble.same_init:
@@ -84,12 +97,10 @@ def check_finished_members(cfg: SegConfig, ensemble_dir: Path) -> None:
     it now (listing the differences): a member of another recipe or data set would join the
     ensemble, whether it is skipped or a new member trains beside it (`--member I`). The
     ensemble may grow (`ensemble.members`), and the loader workers may differ."""
-    ignore = (*SAME_RECIPE_MAY_CHANGE, "ensemble.members")
-    for marker in sorted(ensemble_dir.glob(f"member_*/{MEMBER_FILE}")):
-        index = int(marker.parent.name.removeprefix("member_"))
+    for index, marker in finished_members(ensemble_dir):
         saved = marker.parent / CONFIG_FILE
         now = member_config(cfg, ensemble_dir, index)
-        changed = network_differences(load_config(saved), now, ignore=ignore)
+        changed = network_differences(load_config(saved), now, ignore=SAME_RECIPE_MAY_CHANGE)
         if changed:
             raise ConfigError(
                 f"{marker.parent} finished with another config ({format_differences(changed)}; "
@@ -98,17 +109,18 @@ def check_finished_members(cfg: SegConfig, ensemble_dir: Path) -> None:
             )
 
 
-def write_manifest(ensemble_dir: Path, planned: int) -> int:
-    """Rebuild `manifest.json` from the finished members' entries; returns their number.
+def write_manifest(ensemble_dir: Path, planned: int) -> tuple[int, list[str]]:
+    """Rebuild `manifest.json` from the entries of the finished members among the
+    `planned` (member_00 to member_{planned-1}). Returns their number and the names of
+    the finished members beyond them (after `--members` was lowered), which stay on disk
+    but out of the ensemble.
 
     The lock serialises the scan and the write of parallel members: without it, one could
     write a scan made before another member finished, after that member's own write.
     """
     with waiting_lock(ensemble_dir / ".manifest.lock"):
-        entries = [
-            json.loads(path.read_text())
-            for path in sorted(ensemble_dir.glob(f"member_*/{MEMBER_FILE}"))
-        ]
+        finished = finished_members(ensemble_dir)
+        entries = [json.loads(path.read_text()) for index, path in finished if index < planned]
         manifest = {"planned_members": planned, "members": entries}
         write_json(ensemble_dir / MANIFEST_FILE, manifest)
-    return len(entries)
+    return len(entries), [path.parent.name for index, path in finished if index >= planned]

@@ -142,6 +142,11 @@ def run_ensemble(args: argparse.Namespace) -> int:
     for index in [args.member] if args.member is not None else range(members):
         train_member(cfg, ensemble_dir, index)
         if is_rank_zero():
-            finished = write_manifest(ensemble_dir, members)
+            finished, beyond = write_manifest(ensemble_dir, members)
             print(f"{ensemble_dir / MANIFEST_FILE}: {finished} of {members} members finished")
+            if beyond:
+                print(
+                    f"notice: {', '.join(beyond)} finished but lie beyond --members {members}: "
+                    "left out of the ensemble (kept on disk; a larger --members takes them in)"
+                )
     return 0

@@ -275,13 +275,28 @@ def member_weights(path: str | Path) -> list[Path]:
             "{'checkpoint': PATH} entries"
         )
     planned = manifest.get("planned_members")
+    folder = manifest_path.parent
     if isinstance(planned, int) and planned > len(members):
-        folder = manifest_path.parent
+        count = len(members)
+        names = [member.get("name") for member in members]
+        # `--members K` keeps member_00 .. member_{K-1}: the finished ones only if they are
+        # those (it would train the first ones missing).
+        if names == [f"member_{index:02d}" for index in range(count)]:
+            keep = f", or keep the {count} with `... --members {count}`"
+        elif all(isinstance(name, str) for name in names):
+            keep = f" (finished: {', '.join(names)})"
+        else:
+            keep = ""
         raise CheckpointError(
-            f"ensemble {folder} is unfinished: {len(members)} of its {planned} planned "
+            f"ensemble {folder} is unfinished: {count} of its {planned} planned "
             f"members are trained ({MANIFEST_FILE}). Finish it with `segdistill ensemble "
-            f"CONFIG --run-dir {folder}` (finished members are skipped), or keep the "
-            f"{len(members)} with `... --members {len(members)}`"
+            f"CONFIG --run-dir {folder}` (finished members are skipped){keep}"
+        )
+    if isinstance(planned, int) and planned < len(members):
+        raise CheckpointError(
+            f"ensemble manifest {manifest_path} lists {len(members)} members but plans "
+            f"{planned}: write it again with `segdistill ensemble CONFIG --run-dir {folder} "
+            "--members N`"
         )
     return [manifest_path.parent / member["checkpoint"] for member in members]
 
