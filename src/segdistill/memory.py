@@ -1,5 +1,6 @@
 """The process's resident memory, per pipeline step: so a run says which step needed how
 much, and a memory limit (a SLURM `--mem`, a container) can be set from a measured figure.
+Only this process is measured: DataLoader workers come on top of it in such a limit.
 
 `StepPeak` measures one step's peak without touching the kernel's high-water mark of the
 process (`VmHWM`, which `/usr/bin/time` and schedulers report): when the step raises that
