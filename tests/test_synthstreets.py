@@ -17,7 +17,15 @@ from scipy.ndimage import binary_dilation
 from segdistill.data import shifts
 from segdistill.data import synthstreets as ss
 from segdistill.data.labels import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, VOID_LABEL_IDS
-from segdistill.data.synthstreets import buildings, constants, layout, people
+from segdistill.data.synthstreets import (
+    buildings,
+    constants,
+    files,
+    furniture,
+    layout,
+    people,
+    vehicles,
+)
 from segdistill.errors import DataError
 
 SIZE = (64, 128)
@@ -497,3 +505,364 @@ def test_shifts_are_expanded_in_a_fixed_order_and_dispatched_by_kind() -> None:
         else:
             expected = shifts.rain(image, depth, np.random.default_rng(4))
         assert np.array_equal(out, expected), spec.name
+
+
+# --- Promises a user relies on: splits, names, statistics, resuming, checking, labels ---
+
+
+def _label_files(tree: Path, split: str) -> list[Path]:
+    return sorted((tree / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
+
+
+def test_no_two_images_share_a_scene(dataset: Path) -> None:
+    """Every image draws from its own (seed, split, index): no split repeats another's
+    scenes and no image within a split repeats another."""
+    files = {
+        split: [(p, p.read_bytes()) for p in _label_files(dataset, split)] for split in ss.SPLITS
+    }
+    assert [len(files[split]) for split in ss.SPLITS] == [TINY.train, TINY.val, TINY.test]
+    labels = [content for split in ss.SPLITS for _, content in files[split]]
+    assert len(set(labels)) == len(labels)
+    images = [p.read_bytes() for p in sorted(dataset.glob("leftImg8bit/*/*/*_leftImg8bit.png"))]
+    assert len(images) == len(labels) and len(set(images)) == len(images)
+
+
+def test_files_are_named_by_their_splits_cities_in_turn(dataset: Path) -> None:
+    """Images take their split's cities in turn; seq counts the images of a city."""
+    expected = {
+        "train": ["ashford_000000_000019", "brenton_000000_000019"],
+        "val": ["glenrock_000000_000019"],
+        "test": ["ironbridge_000000_000019", "ironbridge_000001_000019", "juniper_000000_000019"],
+    }
+    for split, stems in expected.items():
+        found = sorted(
+            f"{p.parent.name}/{p.name}" for p in (dataset / "leftImg8bit" / split).glob("*/*.png")
+        )
+        assert found == sorted(f"{s.split('_')[0]}/{s}_leftImg8bit.png" for s in stems), split
+        for shift in ("fog_0.02", "newcity", "anomaly"):
+            tree = ss.shift_root(dataset, shift) / "leftImg8bit" / "test"
+            assert sorted(p.name for p in tree.glob("*/*.png")) == sorted(
+                f"{s}_leftImg8bit.png" for s in expected["test"]
+            )
+
+
+def test_meta_class_statistics_match_the_files(dataset: Path) -> None:
+    """class_pixels and class_images of every split and shifted copy, recounted from the
+    label files with the official table's train ids."""
+    meta = ss.read_meta(dataset)
+    to_train = np.full(256, 255, np.int64)
+    for label_id, label in id2label.items():
+        if label_id >= 0 and 0 <= label.trainId < 255:
+            to_train[label_id] = label.trainId
+    trees = {split: (dataset, split) for split in ss.SPLITS}
+    trees |= {name: (ss.shift_root(dataset, name), "test") for name in meta["shifts"]}
+    assert set(meta["class_pixels"]) == set(meta["class_images"]) == set(trees)
+    for group, (tree, split) in trees.items():
+        pixels, images = np.zeros(256, np.int64), np.zeros(256, np.int64)
+        paths = _label_files(tree, split)
+        for path in paths:
+            counts = np.bincount(to_train[np.asarray(Image.open(path))].ravel(), minlength=256)
+            pixels += counts
+            images += counts > 0
+        assert sum(meta["class_pixels"][group].values()) == len(paths) * SIZE[0] * SIZE[1]
+        for name, stored, counted in (
+            ("class_pixels", meta["class_pixels"][group], pixels),
+            ("class_images", meta["class_images"][group], images),
+        ):
+            expected = {n: int(counted[i]) for i, n in enumerate(CLASS_NAMES)}
+            assert stored == {**expected, "void": int(counted[255])}, (group, name)
+
+
+def test_anomaly_pixels_show_the_pasted_object(dataset: Path) -> None:
+    """The mask marks what was pasted: every pixel labelled anomaly looks different from the
+    clean image (same scene, same sensor noise); a label covering more than the object
+    (its bounding box, say) would mark unchanged road."""
+    anomaly_root = ss.shift_root(dataset, "anomaly")
+    marked = 0
+    for paths in _test_paths(dataset):
+        shifted = ss.SamplePaths.of(anomaly_root, "test", paths.image.parent.name, _stem(paths))
+        mask = np.asarray(Image.open(shifted.anomaly)) == 1
+        clean, pasted = (np.asarray(Image.open(p.image)).astype(int) for p in (paths, shifted))
+        assert (clean != pasted).any(axis=-1)[mask].all()
+        marked += int(mask.sum())
+    assert marked > 20
+
+
+def _street_with(adds, size=(64, 128)) -> ss.Frame:
+    """A sampled scene's street (no objects, no shadows) with what `adds` put on it."""
+    scene = ss.sample_scene(ss.image_rng(0, "val", 1))
+    builder = layout.Builder(np.random.default_rng(0), scene.style, scene.street)
+    for add in adds:
+        add(builder)
+    return ss.render(replace(scene, surfaces=tuple(builder.surfaces), casters=()), *size)
+
+
+def test_labels_sit_on_the_pixels_that_show_the_objects() -> None:
+    """A person left of the camera axis and a car right of it: every pixel whose label
+    they change shows a changed image, every changed pixel (the hood, which mirrors the
+    scene, aside) is within one pixel of a changed label, and the person lies left of the
+    image centre, the car right of it."""
+    empty = _street_with([])
+    full = _street_with(
+        [
+            lambda b: people.add_person(b, -2.0, 8.0),
+            lambda b: vehicles.add_vehicle(b, "car", 2.0, 9.0, False),
+        ]
+    )
+    relabelled = full.label_ids != empty.label_ids
+    in_view = LABEL_ID_TO_TRAIN_ID[empty.label_ids] != 255  # not the hood (it mirrors)
+    changed = (full.image != empty.image).any(axis=-1) & in_view
+    assert relabelled.sum() > 300
+    assert set(np.unique(full.label_ids[relabelled]).tolist()) == {constants.PERSON, constants.CAR}
+    assert changed[relabelled].all()
+    assert not (changed & ~binary_dilation(relabelled, np.ones((3, 3), bool))).any()
+    columns = np.nonzero(full.label_ids == constants.PERSON)[1]
+    assert columns.max() < SIZE[1] // 2 <= np.nonzero(full.label_ids == constants.CAR)[1].min()
+
+
+def _two_wheeler(kind: str, motor: bool, rider: bool):
+    if kind == "rear":
+        return lambda b: people.add_two_wheeler_rear(b, 1.0, 7.0, motor=motor, rider=rider)
+    pos, start = (3.0, 5.0) if kind == "side" else (6.0, -1.0)
+    return lambda b: people.add_two_wheeler(
+        b, kind, pos, start, forward=True, motor=motor, rider=rider
+    )
+
+
+@pytest.mark.parametrize("kind", ["side", "front", "rear"])
+@pytest.mark.parametrize("motor", [False, True])
+def test_a_rider_is_labelled_rider(kind: str, motor: bool) -> None:
+    """The rider on a two-wheeler is `rider`, never `person`: adding the rider turns the
+    pixels it covers (all but a few at its border, moved by the 2x2 vote) into rider."""
+    alone = _street_with([_two_wheeler(kind, motor, rider=False)])
+    ridden = _street_with([_two_wheeler(kind, motor, rider=True)])
+    changed = ridden.label_ids != alone.label_ids
+    assert (ridden.label_ids == constants.PERSON).sum() == 0
+    assert (ridden.label_ids[changed] == constants.RIDER).sum() >= max(15, 0.95 * changed.sum())
+
+
+def test_each_object_has_its_own_instance_id() -> None:
+    """Instance ids count the objects of a class from 0: two people apart and a car give
+    person * 1000 + {0, 1} and car * 1000 + 0."""
+    frame = _street_with(
+        [
+            lambda b: people.add_person(b, -3.0, 8.0),
+            lambda b: people.add_person(b, -1.0, 8.0),
+            lambda b: vehicles.add_vehicle(b, "car", 2.0, 9.0, False),
+        ]
+    )
+    person, car = constants.PERSON, constants.CAR
+    assert set(np.unique(frame.instance_ids[frame.label_ids == person]).tolist()) == {
+        person * 1000,
+        person * 1000 + 1,
+    }
+    assert set(np.unique(frame.instance_ids[frame.label_ids == car]).tolist()) == {car * 1000}
+
+
+def test_object_scale_reaches_the_newcity_copy(tmp_path: Path) -> None:
+    """The newcity copy is drawn with the data set's object scale too (its thin classes
+    grow with it, same scenes otherwise)."""
+    thin = [name2label[n].id for n in ("pole", "traffic sign", "person", "rider", "bicycle")]
+    pixels = []
+    for scale in (1.0, 2.5):
+        root = tmp_path / str(scale)
+        config = ss.SynthConfig(
+            size=SIZE, train=0, val=0, test=2, seed=1, shifts=("newcity",), object_scale=scale
+        )
+        ss.generate(root, config, progress=False)
+        files = _label_files(ss.shift_root(root, "newcity"), "test")
+        pixels.append(sum(np.isin(np.asarray(Image.open(p)), thin).sum() for p in files))
+    assert pixels[1] > 2 * pixels[0], pixels
+
+
+def test_a_set_with_other_parameters_is_refused_and_a_forced_one_keeps_other_files(
+    tmp_path: Path,
+) -> None:
+    """Every parameter that decides the files is compared: the same set is "already
+    there", any other is refused without force; --force replaces only what it wrote."""
+    base = ss.SynthConfig(size=(32, 64), train=1, val=0, test=1, shifts=("rain",))
+    assert ss.generate(tmp_path, base, progress=False)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert not ss.generate(tmp_path, base, progress=False)
+    changes = [
+        {"seed": 1},
+        {"size": (32, 96)},
+        {"train": 2},
+        {"test": 2},
+        {"shifts": ("fog",)},
+        {"object_scale": 2.0},
+        {"crowd": 2.0},
+    ]
+    for change in changes:
+        with pytest.raises(DataError, match="different SynthStreets data set"):
+            ss.generate(tmp_path, replace(base, **change), progress=False)
+    assert ss.read_meta(tmp_path)["params"] == base.params()
+    assert ss.generate(tmp_path, replace(base, seed=1), force=True, progress=False)
+    assert notes.read_text() == "mine"
+    assert not (ss.shift_root(tmp_path, "rain") / "leftImg8bit" / "test" / "juniper").exists()
+
+
+def test_an_interrupted_generation_resumed_gives_the_same_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed midway, a generation leaves no meta.json (so it is not taken for a finished
+    set); the next run redoes it, also over files cut short or left from a larger run:
+    byte-identical to an uninterrupted run."""
+    config = ss.SynthConfig(size=(32, 64), train=2, val=1, test=1, shifts=("fog", "anomaly"))
+    ss.generate(tmp_path / "clean", config, progress=False)
+    root = tmp_path / "resumed"
+    run_job, jobs = files._run_job, []
+
+    def killed_at_the_third(job):
+        jobs.append(job)
+        if len(jobs) == 3:
+            raise KeyboardInterrupt
+        return run_job(job)
+
+    monkeypatch.setattr(files, "_run_job", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        ss.generate(root, config, progress=False)
+    monkeypatch.undo()
+    assert not (root / ss.META_FILE).exists() and (root / ss.PARTIAL_FILE).exists()
+    images = sorted(root.rglob("*_leftImg8bit.png"))
+    assert len(images) == 2
+    images[0].write_bytes(images[0].read_bytes()[:100])
+    stale = images[1].with_name("calder_000007_000019_leftImg8bit.png")
+    stale.write_bytes(images[1].read_bytes())
+    assert ss.generate(root, config, progress=False)
+    assert _files(root) == _files(tmp_path / "clean")
+
+
+@pytest.fixture
+def small_set(tmp_path: Path) -> Path:
+    config = ss.SynthConfig(size=(32, 64), train=0, val=0, test=2, seed=3, shifts=("anomaly",))
+    assert ss.generate(tmp_path, config, progress=False)
+    ss.check_dataset(tmp_path)
+    return tmp_path
+
+
+def _edit(path: Path, change) -> None:
+    array = np.array(Image.open(path))
+    change(array)
+    Image.fromarray(array).save(path)
+
+
+def _road_pixel(paths: ss.SamplePaths) -> tuple[int, int]:
+    rows, cols = np.nonzero(np.asarray(Image.open(paths.label_ids)) == constants.ROAD)
+    return int(rows[0]), int(cols[0])
+
+
+def _break(kind: str, root: Path) -> None:
+    paths = ss.SamplePaths.of(root, "test", *ss.image_name("test", 0))
+    y, x = _road_pixel(paths)
+    if kind == "train ids":
+        _edit(paths.train_ids, lambda a: a.__setitem__((y, x), 1))  # sidewalk on road
+    elif kind == "instance ids":
+        _edit(paths.instance_ids, lambda a: a.__setitem__((y, x), constants.ROAD * 1000))
+    elif kind == "sky depth":
+        sky = np.nonzero(np.asarray(Image.open(paths.label_ids)) == constants.SKY)
+        _edit(paths.depth, lambda a: a.__setitem__((sky[0][0], sky[1][0]), 5000))
+    elif kind == "label ids":  # an id of no Cityscapes class, its other files agreeing
+        _edit(paths.label_ids, lambda a: a.__setitem__((y, x), 40))
+        _edit(paths.train_ids, lambda a: a.__setitem__((y, x), 255))
+        _edit(paths.instance_ids, lambda a: a.__setitem__((y, x), 40))
+    elif kind == "class counts":  # road -> sidewalk in all three label files
+        for path, value in ((paths.label_ids, 8), (paths.train_ids, 1), (paths.instance_ids, 8)):
+            _edit(path, lambda a, v=value: a.__setitem__((y, x), v))
+    elif kind == "anomaly mask":
+        shifted = ss.SamplePaths.of(
+            ss.shift_root(root, "anomaly"), "test", *ss.image_name("test", 0)
+        )
+        _edit(shifted.anomaly, lambda a: a.__setitem__(_road_pixel(shifted), 1))
+    else:  # a missing image
+        paths.image.unlink()
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("train ids", "train ids do not match"),
+        ("instance ids", "instance ids do not match"),
+        ("sky depth", "sky pixels must have depth 0"),
+        ("label ids", r"label ids \[40\] are not Cityscapes ids"),
+        ("class counts", "class pixel counts of test do not match"),
+        ("anomaly mask", "anomaly mask does not match"),
+        ("image", "1 images, meta.json says 2"),
+    ],
+)
+def test_check_names_each_kind_of_broken_file(small_set: Path, kind: str, message: str) -> None:
+    _break(kind, small_set)
+    with pytest.raises(DataError, match=message):
+        ss.check_dataset(small_set)
+
+
+def test_the_image_border_is_out_of_roi(dataset: Path) -> None:
+    """As in Cityscapes, a margin of max(1, round(0.004 W)) = 1 pixel on the left, right and
+    bottom is `out of roi` (void), in every split and shifted copy."""
+    trees = [(dataset, split) for split in ss.SPLITS]
+    trees += [(ss.shift_root(dataset, name), "test") for name in ("newcity", "anomaly")]
+    for tree, split in trees:
+        for path in _label_files(tree, split):
+            labels = np.asarray(Image.open(path))
+            border = np.concatenate([labels[:, 0], labels[:, -1], labels[-1, :]])
+            assert (border == name2label["out of roi"].id).all(), path
+            assert (labels[:-1, 1:-1] != name2label["out of roi"].id).all(), path
+
+
+def _drawn_area(add, scale: float, label: int) -> int:
+    """Pixels labelled `label` of what `add` puts on an empty street at `object_scale`."""
+    scene = ss.sample_scene(ss.image_rng(0, "val", 1))
+    style = replace(scene.style, object_scale=scale)
+    builder = layout.Builder(np.random.default_rng(0), style, scene.street)
+    add(builder)
+    lone = replace(scene, style=style, surfaces=tuple(builder.surfaces), casters=())
+    return int((ss.render(lone, *SIZE).label_ids == label).sum())
+
+
+@pytest.mark.parametrize(
+    "add, label, low, high",
+    [  # people and two-wheelers grow in both directions: scale^2 = 6.25 times the pixels
+        (lambda b: people.add_person(b, -1.0, 12.0), constants.PERSON, 4.5, 8.0),
+        (
+            lambda b: people.add_two_wheeler(
+                b, "front", 12.0, -1.0, forward=True, motor=False, rider=False
+            ),
+            constants.BICYCLE,
+            4.5,
+            8.0,
+        ),
+        (
+            lambda b: people.add_two_wheeler_rear(b, 1.0, 12.0, motor=True, rider=False),
+            constants.MOTORCYCLE,
+            4.5,
+            8.0,
+        ),
+        # lights and sign faces too (a few pixels at this size: only "clearly larger")
+        (lambda b: furniture.add_traffic_light(b, 2.0, 10.0, None), constants.LIGHT, 2.0, 10.0),
+        (lambda b: furniture.add_sign_post(b, 2.0, 10.0), constants.SIGN, 2.0, 10.0),
+    ],
+    ids=["person", "bicycle", "motorcycle", "traffic light", "traffic sign"],
+)
+def test_object_scale_enlarges_each_small_object(add, label: int, low: float, high: float):
+    plain, scaled = _drawn_area(add, 1.0, label), _drawn_area(add, 2.5, label)
+    assert plain > 5
+    assert low < scaled / plain < high, (plain, scaled)
+
+
+def test_crowd_raises_the_truck_and_bus_shares() -> None:
+    """crowd 2 doubles the truck and bus shares of the traffic (counted as vehicles, not
+    pixels, over the same 40 scenes)."""
+
+    def vehicles_of(crowd: float) -> dict[int, int]:
+        style = ss.SynthConfig(crowd=crowd).style(ss.DEFAULT_STYLE)
+        found: dict[int, set] = {constants.TRUCK: set(), constants.BUS: set()}
+        for index in range(40):
+            for s in ss.sample_scene(ss.image_rng(1, "train", index), style).surfaces:
+                if s.label in found:
+                    found[s.label].add((index, s.instance))
+        return {label: len(ids) for label, ids in found.items()}
+
+    plain, crowded = vehicles_of(1.0), vehicles_of(2.0)
+    for label in (constants.TRUCK, constants.BUS):
+        assert plain[label] > 3 and crowded[label] > 1.5 * plain[label], (plain, crowded)
