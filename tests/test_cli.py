@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import segdistill
-from segdistill.cli import COMMAND_MODULES, main
+from segdistill.cli import COMMAND_MODULES, build_parser, main
 
 HEAVY_MODULES = ("torch", "lightning", "matplotlib")
 
@@ -77,6 +77,8 @@ def test_every_command_is_listed() -> None:
         (["predict", "m", "x.png", "--out", "o", "--vmax", "nan"], "--vmax: must be a finite"),
         (["export", "m", "--atol", "-1"], "--atol: must be a finite number > 0, not -1"),
         (["export", "m", "--atol", "x"], "--atol: expected a number, not 'x'"),
+        (["export", "m", "--atol", "0"], "--atol: must be a finite number > 0, not 0"),
+        (["export", "m", "--atol", "inf"], "--atol: must be a finite number > 0, not inf"),
         (["bench", "m", "--size", "64x64", "--batch", "0"], "--batch: must be >= 1, not 0"),
         (["bench", "m", "--size", "64x64", "--repeats", "0"], "--repeats: must be >= 1"),
         (["bench", "m", "--size", "64x64", "--warmup", "-1"], "--warmup: must be >= 0"),
@@ -90,6 +92,10 @@ def test_every_command_is_listed() -> None:
         (["ensemble", "c.yaml", "--member", "-1"], "--member: must be >= 0, not -1"),
         (["train", "c.yaml", "--devices", "0"], "--devices: must be >= 1, not 0"),
         (["demo", "--members", "0"], "--members: must be >= 1, not 0"),
+        # It ended in a StopIteration traceback.
+        (["evaluate", "m", "--data", "d", "--splits", " , "], "--splits: no split name in"),
+        # matplotlib's "Format 'foo' is not supported" traceback, after the work.
+        (["data", "preview", "d", "--out", "s.foo"], "s.foo: .foo is not an image format"),
     ],
 )
 def test_argument_values_are_checked_when_parsed(
@@ -141,3 +147,46 @@ def test_a_config_file_after_set_is_named(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         main(["train", "--set", "optim.lr=0.1", "my.yaml"])
     assert "'my.yaml' is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_the_bounds_of_argument_values_are_inclusive(tmp_path: Path) -> None:
+    """The smallest allowed values parse: 0 images of a split, 1 worker, the smallest
+    SynthStreets size written with a capital X (height first)."""
+    args = build_parser().parse_args(
+        ["data", "synth", "--out", str(tmp_path), "--size", "16X32", "--val", "0", "--workers", "1"]
+    )
+    assert (args.size, args.val, args.workers) == ((16, 32), 0, 1)
+    args = build_parser().parse_args(["export", "m", "--format", "onnx", "--atol", "1e-12"])
+    assert args.atol == 1e-12
+
+
+def test_the_mc_samples_default_is_the_documented_one() -> None:
+    # docs/evaluation.md: load_predictor(source, mc_samples=8), as the commands pass it on.
+    for argv in (["evaluate", "m", "--data", "d"], ["predict", "m", "x.png", "--out", "o"]):
+        assert build_parser().parse_args(argv).mc_samples == 8
+
+
+def test_the_synth_defaults_are_the_documented_ones(tmp_path: Path) -> None:
+    # docs/synthstreets.md: 128x256, 600 / 100 / 100 images, seed 0, every shift, 1 and 1.
+    args = build_parser().parse_args(["data", "synth", "--out", str(tmp_path)])
+    assert (args.size, args.train, args.val, args.test, args.seed) == ((128, 256), 600, 100, 100, 0)
+    assert args.shifts == ("fog", "rain", "night", "newcity", "anomaly")
+    assert (args.object_scale, args.crowd) == (1.0, 1.0)
+
+
+def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    """`segdistill data info DIR | head -1`: a BrokenPipeError traceback when head had
+    gone; Unix tools stop quietly, with the exit status of SIGPIPE (141)."""
+    argv = ["data", "synth", "--size", "16x32", "--train", "1", "--val", "0", "--test", "0"]
+    argv += ["--shifts", "none", "--workers", "1", "--out", str(tmp_path / "synth")]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segdistill.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # the reader goes before anything is written
+    error = process.communicate(timeout=120)[1]
+    assert process.returncode == 141, error
+    assert "Traceback" not in error and "BrokenPipeError" not in error, error

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -311,7 +312,11 @@ def test_extends_cycle_and_missing_file_are_errors(tmp_path: Path) -> None:
 def test_a_folder_or_a_binary_file_for_a_yaml_file_is_named(
     tmp_path: Path, reader: Callable[[Path], object], what: str, error: type[Exception]
 ) -> None:
-    """A checkpoint, an image or a run folder given where a YAML file belongs."""
+    """A missing file, or a checkpoint, an image or a run folder given where a YAML file
+    belongs."""
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(error, match=f"^{what} {re.escape(str(missing))} does not exist$"):
+        reader(missing)
     binary = tmp_path / "best.safetensors"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
     with pytest.raises(error, match=f"best.safetensors: not a text file, so not a {what}"):

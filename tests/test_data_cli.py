@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from segdistill.cli import main
+from segdistill.data import shifts
 from segdistill.data import synthstreets as ss
 from segdistill.errors import DataError
 from test_datasets import TRAIN_IDS, cityscapes_image, gt_file
@@ -49,6 +50,26 @@ def test_interior_share_counts_the_train_labels(dataset: Path) -> None:
     np.testing.assert_array_equal(train.class_interior, expected)
     assert np.all(train.class_interior <= train.class_pixels)
     assert 0 < train.class_interior.sum() < train.class_pixels.sum()
+
+
+def test_info_tabulates_each_class_share_of_images_and_of_interior_pixels(
+    dataset: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The last two columns of a class's row: the share of the train images that show it,
+    and the share of its own train pixels that lie inside (not of all pixels)."""
+    labels = [
+        np.array(Image.open(path))
+        for path in sorted((dataset / "gtFine" / "train").glob("*/*_gtFine_labelTrainIds.png"))
+    ]
+    pixels = sum(np.bincount(label.ravel(), minlength=256) for label in labels)
+    interior = sum(ss.interior_counts(label) for label in labels)
+    assert main(["data", "info", str(dataset)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines if line.endswith("%")}
+    for name, class_id in (("road", 0), ("sky", 10), ("void", 255)):
+        shown = sum(bool(np.any(label == class_id)) for label in labels)
+        assert rows[name][-2] == f"{100 * shown / len(labels):.2f}%"
+        assert rows[name][-1] == f"{100 * interior[class_id] / pixels[class_id]:.2f}%"
 
 
 def test_info_names_a_truncated_png(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -326,7 +347,8 @@ def test_preview_of_a_folder_data_set_draws_images_masks_and_overlays(
 
 @pytest.mark.parametrize(
     ("count", "rows", "expected"),
-    [(10, 4, [0, 3, 6, 9]), (3, 5, [0, 1, 2]), (1, 4, [0]), (7, 1, [0])],
+    # 5 rows of 4: at 0, 4/3, 8/3 and 4, rounded to the nearest image
+    [(10, 4, [0, 3, 6, 9]), (3, 5, [0, 1, 2]), (1, 4, [0]), (7, 1, [0]), (5, 4, [0, 1, 3, 4])],
 )
 def test_preview_rows_are_spread_over_the_split(count: int, rows: int, expected: list) -> None:
     from segdistill.data.preview import spread
@@ -350,11 +372,18 @@ VOID = np.full_like(TRAIN_IDS, 255)  # as Cityscapes' test masks
 
 @pytest.fixture
 def sheets(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """The title and legend labels of each contact sheet `data preview` draws."""
+    """The title, legend labels and rows of (title, picture) panels of each contact sheet
+    `data preview` draws."""
     drawn: list[dict] = []
 
-    def draw(rows: list, labels: list, title: str, out: Path, legend: list) -> None:
-        drawn.append({"title": title, "legend": [patch.get_label() for patch in legend]})
+    def draw(rows: list, labels: list, title: str, out: Path, legend: list | None = None) -> None:
+        drawn.append(
+            {
+                "title": title,
+                "legend": [patch.get_label() for patch in legend or []],
+                "rows": rows,
+            }
+        )
 
     monkeypatch.setattr("segdistill.data.preview.draw_sheet", draw)
     return drawn
@@ -398,9 +427,9 @@ def test_preview_names_the_folder_of_a_split_without_images(
     (tmp_path / "leftImg8bit" / "__MACOSX").mkdir()
     preview = ["data", "preview", str(tmp_path), "--out", str(tmp_path / "sheet.png")]
     assert main([*preview, "--split", "val"]) == 2
-    assert f"{tmp_path}/leftImg8bit/val: split 'val' holds no images (expected " in (
-        capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/leftImg8bit/val: split 'val' holds no images (expected " in err
+    assert err.strip().endswith("splits with images: train")
     assert main(preview) == 0 and "split train" in sheets[-1]["title"]
 
 
@@ -464,3 +493,56 @@ def test_info_without_any_split_of_images_names_the_layout(
         f"{tmp_path}/leftImg8bit/<split>/<city>/*_leftImg8bit.png "
         f"({tmp_path}/leftImg8bit/__MACOSX hold none)"
     ) in capsys.readouterr().err
+
+
+def test_preview_overlays_the_classes_and_leaves_void_pixels_as_they_are(
+    tmp_path: Path, sheets: list[dict]
+) -> None:
+    """Four rows by default; the overlay is half image, half class colour on the labelled
+    pixels and the image itself on the void ones."""
+    for i in range(5):
+        _save(tmp_path / "train" / "images" / f"{i}.png", np.full((2, 2, 3), 100 + i, np.uint8))
+        _save(tmp_path / "train" / "masks" / f"{i}.png", np.array([[0, 1], [255, 1]], np.uint8))
+    (tmp_path / "classes.yaml").write_text(
+        "classes: [{name: road, color: [10, 20, 30]}, {name: car, color: [200, 0, 50]}]\n"
+    )
+    assert main(["data", "preview", str(tmp_path), "--out", str(tmp_path / "sheet.png")]) == 0
+    assert "split train, 4 of 5 images" in sheets[-1]["title"]
+    rows = sheets[-1]["rows"]
+    assert len(rows) == 4
+    (_, image), _, (_, overlay) = rows[0]
+    value = image[0, 0, 0]
+    expected = np.array(
+        [
+            [
+                [value // 2 + 5, value // 2 + 10, value // 2 + 15],
+                [value // 2 + 100, value // 2, value // 2 + 25],
+            ],
+            [[value] * 3, [value // 2 + 100, value // 2, value // 2 + 25]],
+        ]
+    )
+    np.testing.assert_array_equal(overlay, expected)
+
+
+def test_preview_of_synthstreets_draws_the_shifted_copies_of_the_test_split_only(
+    dataset: Path, tmp_path: Path, sheets: list[dict]
+) -> None:
+    preview = ["data", "preview", str(dataset), "--out", str(tmp_path / "sheet.png")]
+    assert main([*preview, "--split", "train", "--scenes", "1"]) == 0
+    assert [name for name, _ in sheets[-1]["rows"][0]] == ["image", "labels", "depth (log)"]
+    assert main([*preview, "--scenes", "1"]) == 0  # the test split, with every copy
+    row = sheets[-1]["rows"][0]
+    assert [name for name, _ in row] == [
+        "image", "labels", "depth (log)", "fog_0.005", "fog_0.01", "fog_0.02", "rain", "night",
+        "newcity", "anomaly (red)",
+    ]  # fmt: skip
+    # The anomaly copy of the first test image, its anomaly pixels tinted red.
+    image = sorted((dataset / "leftImg8bit" / "test").glob("*/*_leftImg8bit.png"))[0]
+    stem = image.name.removesuffix("_leftImg8bit.png")
+    copy = ss.SamplePaths.of(ss.shift_root(dataset, "anomaly"), "test", image.parent.name, stem)
+    raw = np.array(Image.open(copy.image))
+    anomalous = np.array(Image.open(copy.anomaly)) == shifts.ANOMALY
+    assert anomalous.any()
+    tinted = row[-1][1]
+    np.testing.assert_array_equal(tinted[~anomalous], raw[~anomalous])
+    assert np.all(tinted[anomalous][:, 0] >= 153) and np.all(tinted[anomalous][:, 1:] <= 103)

@@ -410,6 +410,41 @@ def test_run_without_checkpoints(setup: dict[str, Any], tmp_path: Path, capsys) 
     assert "is neither a run directory" in capsys.readouterr().err
 
 
+def test_the_evaluate_command_passes_each_option_on(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    """Every option reaches `evaluate` (one dropped or inverted changes the numbers or the
+    files without a word), with the defaults its help and docs/evaluation.md give."""
+    import segdistill.evaluate as evaluation
+
+    calls = []
+
+    def fake_evaluate(sources: list, data_root: Path, splits: Any, **options: Any) -> dict:
+        calls.append((sources, data_root, splits, options))
+        return {"models": [], "files": ["m/metrics.json"]}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluation, "format_summary", lambda models: "summary")
+    assert main(["evaluate", "a", "b", "--data", "d"]) == 0
+    assert calls.pop() == (
+        [Path("a"), Path("b")], Path("d"), None,
+        {"batch_size": 4, "out_dir": None, "max_images": None, "num_samples": 3,
+         "mc_samples": 8, "device": None, "channels_last": False, "num_workers": 2,
+         "make_figures": True},
+    )  # fmt: skip
+    assert capsys.readouterr().out == "summary\n\nwrote m/metrics.json\n"
+    out = tmp_path / "out"
+    argv = ["evaluate", "a", "--data", "d", "--splits", " test, fog_0.02 ,", "--batch-size", "3",
+            "--out", str(out), "--num-samples", "0", "--max-images", "5", "--mc-samples", "2",
+            "--device", "cpu", "--workers", "0", "--channels-last", "--no-figures"]  # fmt: skip
+    assert main(argv) == 0
+    assert calls.pop() == (
+        [Path("a")], Path("d"), ["test", "fog_0.02"],
+        {"batch_size": 3, "out_dir": out, "max_images": 5, "num_samples": 0, "mc_samples": 2,
+         "device": "cpu", "channels_last": True, "num_workers": 0, "make_figures": False},
+    )  # fmt: skip
+
+
 def test_channels_last_gives_the_same_metrics(setup: dict[str, Any], tmp_path: Path) -> None:
     root = setup["root"]
     sources = [root / "ens", root / "dudes"]

@@ -102,6 +102,15 @@ def test_needs_are_signal_names(method):
     assert ("features" in method.needs) == bool(method.teacher_taps)
 
 
+def test_a_signal_not_asked_for_is_named_with_the_fix() -> None:
+    """A method that reads a signal missing from its `needs` gets a KeyError saying so,
+    not None (which failed later, far from the cause)."""
+    teacher = TeacherSignals(mean_probs=torch.ones(1, 2, 1, 1))
+    assert teacher.require("mean_probs") is teacher.mean_probs
+    with pytest.raises(KeyError, match="teacher signal 'pred_std' was not computed; add it to"):
+        teacher.require("pred_std")
+
+
 def test_kd_term_is_hinton_with_t_squared():
     student, teacher = _student(), _teacher()
     got = methods.KD(temperature=3.0)(student, teacher, _target())["kl"]

@@ -218,11 +218,48 @@ def test_report_from_run_directories(evaluated: Path, tmp_path: Path, capsys) ->
             str(evaluated / "dudes"),
             "--out",
             str(tmp_path / "r.html"),
+            "--title",
+            "Runs <1> & 2",
         ]
     )
     assert code == 0 and "wrote" in capsys.readouterr().out
     page = (tmp_path / "r.html").read_text()
     assert 'data-metric="dudes/test/miou"' in page and "data:image/png;base64," in page
+    assert "<title>Runs &lt;1&gt; &amp; 2</title>" in page
+
+
+def test_the_report_refuses_to_write_over_its_own_input(
+    evaluated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--out RUN/metrics.json` replaced the evaluation with the HTML page (and the next
+    report said "not a JSON file"): the evaluation was lost."""
+    run = shutil.copytree(evaluated / "dudes", tmp_path / "dudes")
+    metrics = run / METRICS_FILE
+    before = metrics.read_bytes()
+    for given in (run, metrics):
+        assert main(["report", str(given), "--out", str(metrics)]) == 2
+        assert f"--out {metrics} is {metrics}, an input of the report" in capsys.readouterr().err
+    assert metrics.read_bytes() == before
+    assert main(["report", str(run), "--out", str(run / "report.html")]) == 0
+
+
+def test_only_a_single_experiment_results_file_opens_the_page_with_its_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The experiment's table and checks head the page of its results.json alone, not of
+    a comparison that names it among other inputs, nor of an evaluation's results.json."""
+    from segdistill.commands import report as report_command
+    from segdistill.evaluate import SCHEMA_EXPERIMENT
+    from segdistill.pipeline import results
+
+    monkeypatch.setattr(results, "experiment_claims", lambda content: content["schema"])
+    path = tmp_path / RESULTS_FILE
+    path.write_text(json.dumps({"schema": SCHEMA_EXPERIMENT}))
+    assert report_command._claims([str(path)]) == SCHEMA_EXPERIMENT
+    assert report_command._claims([str(tmp_path)]) == SCHEMA_EXPERIMENT  # its folder
+    assert report_command._claims([str(path), str(path)]) is None
+    path.write_text(json.dumps({"schema": "segdistill.results/1", "models": []}))
+    assert report_command._claims([str(path)]) is None
 
 
 def test_run_without_metrics(tmp_path: Path, capsys) -> None:

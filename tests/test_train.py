@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from segdistill import train as training
 from segdistill.checkpoints import build_model, load_segmenter, read_classes, weights_path
+from segdistill.cli import main
 from segdistill.commands import train as train_command
 from segdistill.config import (
     ModelConfig,
@@ -666,6 +667,13 @@ def test_a_gpu_accelerator_without_cuda_is_refused_before_the_run_starts(
     with pytest.raises(ConfigError, match="trainer.accelerator='gpu': CUDA is not available"):
         training.train(cfg)
     assert not (tmp_path / "run").exists()
+    # The folders made for a deeper run directory go too (runs/a/ stayed, empty).
+    (tmp_path / "runs" / "kept.txt").parent.mkdir()
+    (tmp_path / "runs" / "kept.txt").write_text("x")
+    deeper = replace_values(cfg, {"run.dir": str(tmp_path / "runs" / "a" / "b")}, "t")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        training.train(deeper)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["kept.txt"]
 
 
 def test_a_second_run_into_a_run_directory_in_use_is_refused(
@@ -1077,6 +1085,38 @@ def test_run_arguments_set_devices_nodes_and_the_default_run_directory(
     args = parser.parse_args(["ensemble", str(config), "--members", "2", "--member", "2"])
     with pytest.raises(ConfigError, match=r"--member 2 is not a member index \(0..1\)"):
         args.func(args)
+
+
+def test_the_train_command_resumes_when_asked_and_reports_the_best_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """--resume, --run-dir (before run.dir) and --devices reach the training; the last line
+    names the best validation mIoU of the CSV log and the epochs it came after."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG.format(root=tmp_path) + "run: {dir: elsewhere}\n")
+    # Epochs count from 0 in the log: the best of "run", 0.5, came after 2 epochs.
+    logs = {"run": "0,3,0.25\n1,7,0.5\n2,11,0.375\n", "single": "0,3,0.125\n"}
+    calls = []
+
+    def fake_train(cfg: SegConfig, resume: bool = False) -> Path:
+        run_dir = Path(cfg.run.dir)
+        calls.append((run_dir, resume, cfg.trainer.devices))
+        log = run_dir / "logs" / "csv" / "version_0" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        log.write_text("epoch,step,val/miou\n" + logs[run_dir.name])
+        return run_dir
+
+    monkeypatch.setattr(training, "train", fake_train)
+    run, single = tmp_path / "run", tmp_path / "single"
+    assert main(["train", str(config), "--run-dir", str(run), "--resume", "--devices", "3"]) == 0
+    assert calls.pop() == (run, True, 3)
+    out = capsys.readouterr().out
+    assert f"run directory: {run} (" in out
+    assert "; best val mIoU 0.5000 after 2 epochs, in checkpoints/best.safetensors)" in out
+    argv = ["train", str(config), "--run-dir", str(single), "--set", "trainer.keep_best=false"]
+    assert main(argv) == 0
+    assert calls.pop() == (single, False, 1)
+    assert "; best val mIoU 0.1250 after 1 epoch, not kept)" in capsys.readouterr().out
 
 
 def test_ensemble_members_differ_and_are_listed_in_the_manifest(

@@ -12,6 +12,7 @@ the function that does it, and the help texts' file names, choices and defaults 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from segdistill import __version__
@@ -57,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a reader gone (`| head`) shows here, not at the exit
+    except BrokenPipeError:
+        # Stop quietly, as Unix tools do; stdout to /dev/null so that the exit is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

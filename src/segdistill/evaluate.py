@@ -291,6 +291,8 @@ def select_splits(
         sources = [name for name in clean if name in references]
         default = [*sources, *(s.name for s in shifted)]
         requested = default if shifted else [_labelled_clean_split(available)]
+    if not requested:
+        raise DataError(f"no split asked for; available: {', '.join(available)}")
     unknown = [name for name in requested if name not in available]
     if unknown:
         root = next(iter(available.values())).root

@@ -52,9 +52,10 @@ def check_output_file(path: Path, what: str) -> None:
 def held_folder(folder: Path) -> Iterator[None]:
     """Hold FOLDER/.lock while a run writes in `folder` (made if need be): a second run
     into the same folder is refused, naming the process that holds it, instead of both
-    writing the same files. The lock goes with the process, however it ends; a folder
-    made here that the run left empty (e.g. its config was refused) is removed again."""
-    made = not folder.exists()
+    writing the same files. The lock goes with the process, however it ends; the folders
+    made here that the run left empty (e.g. its config was refused) are removed again, up
+    to the first that was there."""
+    made = [path for path in (folder, *folder.parents) if not path.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with _lock(folder):
@@ -62,7 +63,10 @@ def held_folder(folder: Path) -> Iterator[None]:
     finally:
         if made and [path.name for path in folder.iterdir()] == [LOCK_FILE]:
             (folder / LOCK_FILE).unlink()
-            folder.rmdir()
+            for path in made:  # the deepest first, while nothing else is in them
+                if any(path.iterdir()):
+                    break
+                path.rmdir()
 
 
 def folder_user(folder: Path) -> str | None:

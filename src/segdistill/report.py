@@ -38,7 +38,7 @@ from typing import Any
 from segdistill import figures
 from segdistill.atomic import atomic_write_text
 from segdistill.defaults import RESULTS_FILE
-from segdistill.errors import SegdistillError
+from segdistill.errors import ConfigError, SegdistillError
 from segdistill.evaluate import METRICS_FILE, ood_versus
 from segdistill.figures import AGGREGATOR_LABELS, pick_split
 from segdistill.ood_detector import scored_map
@@ -911,8 +911,13 @@ def write_report(
     title: str = "segdistill report",
     claims: Claims | None = None,
 ) -> Path:
-    """Read the inputs (module doc), write the HTML report to `out`; returns its path."""
-    page = build_report(load_models(inputs), title, claims)
+    """Read the inputs (module doc), write the HTML report to `out`; returns its path.
+    ConfigError when `out` is one of the JSON files it reads (it would replace them)."""
     out = Path(out)
+    for given in inputs:
+        read = input_file(Path(given))
+        if read.exists() and read.resolve() == out.resolve():
+            raise ConfigError(f"--out {out} is {read}, an input of the report: give another file")
+    page = build_report(load_models(inputs), title, claims)
     atomic_write_text(out, page)
     return out

@@ -77,6 +77,23 @@ def output_file(text: str) -> Path:
     return _checked_path(text, check_output_file)
 
 
+# Formats a figure is written in, by its file's suffix (a name without one: PNG).
+FIGURE_FORMATS = ("png", "jpg", "jpeg", "svg", "pdf")
+
+
+def figure_file(text: str) -> Path:
+    """argparse type: an image file to write, PNG, or another of FIGURE_FORMATS by its
+    suffix."""
+    path = output_file(text)
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix and suffix not in FIGURE_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"{text}: .{suffix} is not an image format written here; give a "
+            f"{', '.join('.' + f for f in FIGURE_FORMATS)} file"
+        )
+    return path
+
+
 def add_model_sources(parser: argparse.ArgumentParser, name: str, metavar: str) -> None:
     """Positional `name`: one or more models to load with `load_predictor`."""
     parser.add_argument(name, nargs="+", type=Path, metavar=metavar, help=MODEL_SOURCE_HELP)

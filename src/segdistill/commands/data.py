@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segdistill.commands.arguments import (
+    figure_file,
     non_negative_int,
-    output_file,
     output_folder,
     parse_size,
     positive_int,
@@ -46,6 +46,7 @@ from segdistill.data.synthstreets import (
     check_dataset,
     generate,
 )
+from segdistill.data.synthstreets.constants import MAX_SIZE, MIN_SIZE
 from segdistill.errors import DataError
 
 if TYPE_CHECKING:  # it imports torch, which `--help` does not wait for (cli.py)
@@ -78,8 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=parse_size,
         default=DEFAULTS.size,
         metavar="HxW",
-        help=f"image size (default {DEFAULTS.size[0]}x{DEFAULTS.size[1]}; up to 1024x2048; "
-        "1:2 like Cityscapes)",
+        help=f"image size (default {DEFAULTS.size[0]}x{DEFAULTS.size[1]}; "
+        f"{MIN_SIZE[0]}x{MIN_SIZE[1]} up to {MAX_SIZE[0]}x{MAX_SIZE[1]}; 1:2 like Cityscapes)",
     )
     for split in SPLITS:
         synth.add_argument(
@@ -89,7 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             metavar="N",
             help=f"{split} images (default %(default)s)",
         )
-    synth.add_argument("--seed", type=int, default=DEFAULTS.seed, help="default %(default)s")
+    synth.add_argument(
+        "--seed", type=non_negative_int, default=DEFAULTS.seed, help="default %(default)s"
+    )
     synth.add_argument(
         "--shifts",
         type=parse_shifts,
@@ -103,16 +106,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULTS.object_scale,
         metavar="S",
         help="drawing size of poles, signs, lights, fences, people and two-wheelers relative "
-        "to life size (default %(default)s; the quick configs use 2.5 so small networks "
-        "resolve them at 128x256)",
+        "to life size, 0.5 to 4 (default %(default)s; the quick configs use 2.5 so small "
+        "networks resolve them at 128x256)",
     )
     synth.add_argument(
         "--crowd",
         type=float,
         default=DEFAULTS.crowd,
         metavar="F",
-        help="multiplies how often the rare classes occur (default %(default)s = the "
-        "Cityscapes-like imbalance; the quick configs use 2)",
+        help="multiplies how often the rare classes occur, 0.5 to 4 (default %(default)s = "
+        "the Cityscapes-like imbalance; the quick configs use 2)",
     )
     synth.add_argument(
         "--workers",
@@ -144,7 +147,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "image, its mask in the data set's colours and both overlaid, with a class legend.",
     )
     preview.add_argument("dir", type=Path, help="data set folder")
-    preview.add_argument("--out", type=output_file, required=True, help="PNG file to write")
+    preview.add_argument(
+        "--out",
+        type=figure_file,
+        required=True,
+        help="image file to write: PNG (or .jpg, .svg, .pdf by its suffix)",
+    )
     preview.add_argument(
         "--scenes", type=positive_int, default=4, help="rows (default %(default)s)"
     )

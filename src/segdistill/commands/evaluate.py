@@ -30,7 +30,10 @@ from segdistill.defaults import RESULTS_FILE
 
 
 def _split_list(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no split name in {text!r}")
+    return names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "scored against: test for SynthStreets, val for Foggy / Rain Cityscapes; without "
         "shifted sets test, or val where test's masks are void (Cityscapes) or absent)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=4, help="default %(default)s")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=4, metavar="B", help="default %(default)s"
+    )
     parser.add_argument(
         "--out", type=output_folder, help=f"folder for {RESULTS_FILE} and comparison figures"
     )
@@ -81,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=non_negative_int,
         default=2,
+        metavar="W",
         help="data loader workers (default %(default)s)",
     )
     add_channels_last(parser)
