@@ -1003,6 +1003,8 @@ def test_the_default_splits_are_the_shifted_sets_and_their_clean_splits(tmp_path
     assert [s.name for s in select_splits(find_splits(tmp_path / "no_weather"), None)] == ["val"]
     with pytest.raises(DataError, match=r"split 'test' not found .* available: val"):
         select_splits(find_splits(tmp_path / "no_weather"), ["test"])
+    with pytest.raises(DataError, match=r"no split asked for; available: val"):
+        select_splits(find_splits(tmp_path / "no_weather"), [])  # a StopIteration traceback
 
 
 def test_each_weather_set_is_scored_against_its_own_clean_split(tmp_path: Path) -> None:
