@@ -88,6 +88,7 @@ def test_every_command_is_listed() -> None:
         (["predict", "m", "x.png", "--out", "o", "--batch-size", "0"], "--batch-size: must be"),
         (["data", "synth", "--out", "o", "--val", "-1"], "--val: must be >= 0, not -1"),
         (["data", "synth", "--out", "o", "--workers", "0"], "--workers: must be >= 1"),
+        (["data", "synth", "--out", "o", "--seed", "-1"], "--seed: must be >= 0, not -1"),
         (["ensemble", "c.yaml", "--members", "0"], "--members: must be >= 1, not 0"),
         (["ensemble", "c.yaml", "--member", "-1"], "--member: must be >= 0, not -1"),
         (["train", "c.yaml", "--devices", "0"], "--devices: must be >= 1, not 0"),

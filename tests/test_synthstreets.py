@@ -249,6 +249,10 @@ def test_config_validation() -> None:
         ss.SynthConfig(object_scale=10.0)
     with pytest.raises(DataError, match="crowd"):
         ss.SynthConfig(crowd=0.0)
+    # An empty set was written, and `data info` called it OK (0 images).
+    with pytest.raises(DataError, match="no images asked for: give one of train, val, test"):
+        ss.SynthConfig(train=0, val=0, test=0)
+    assert ss.SynthConfig(train=1, val=0, test=0).count("train") == 1
 
 
 def test_a_file_where_the_data_set_goes_is_named_by_its_path(tmp_path: Path) -> None:

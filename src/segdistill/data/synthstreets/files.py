@@ -91,6 +91,8 @@ class SynthConfig:
         for split in SPLITS:
             if self.count(split) < 0:
                 raise DataError(f"--{split} must be >= 0, got {self.count(split)}")
+        if not any(self.count(split) for split in SPLITS):
+            raise DataError(f"no images asked for: give one of {', '.join(SPLITS)} above 0")
         if self.seed < 0:
             raise DataError(f"seed must be >= 0, got {self.seed}")
         for name, value, high in (
