@@ -25,12 +25,17 @@ from segdistill.report import (
     DIGITS,
     Claims,
     ReportModel,
+    anomaly_table,
     build_report,
+    changed_weights,
+    claims_html,
     load_models,
     ood_set_table,
     ood_summary_table,
     per_class_table,
+    per_split_table,
     summary_table,
+    teacher_table,
     write_report,
 )
 
@@ -434,3 +439,251 @@ def test_models_that_share_no_evaluated_split_are_refused_by_name(tmp_path: Path
     ]
     with pytest.raises(SegdistillError, match=r"share no evaluated split \(a: wrong; b: test\)"):
         build_report(models)
+
+
+def table_cells(page: str) -> tuple[list[str], list[list[tuple[str | None, str]]]]:
+    """The header texts and, per body row, (data-metric key or None, text) of each cell of
+    one HTML table (escaped text as written)."""
+    head = re.findall(r"<th>(.*?)</th>", page[: page.index("<tbody>")])
+    rows = [
+        [
+            (key or None, cell)
+            for key, cell in re.findall(
+                r'<t[hd][^>]*?(?:data-metric="([^"]*)")?>(.*?)</t[hd]>', row
+            )
+        ]
+        for row in re.findall(r"<tr>(.*?)</tr>", page[page.index("<tbody>") :])
+    ]
+    return head, rows
+
+
+def with_teacher(model: dict, teacher: str, iou_diff: list[float], unc_diff: list[float]) -> dict:
+    """`model` evaluated against `teacher`: evaluate's stored student - teacher differences."""
+    splits = {
+        "test": {
+            "iou": iou_diff,
+            "miou": sum(iou_diff) / len(iou_diff),
+            "per_class_mean_uncertainty": unc_diff,
+            "class_mean_uncertainty": sum(unc_diff) / len(unc_diff),
+            "paired": {"pearson": 0.5},
+        }
+    }
+    return {**model, "vs_teacher": {"teacher": teacher, "splits": splits}}
+
+
+def test_per_class_differences_are_student_minus_a_teacher_in_the_report() -> None:
+    """DUDES Tables 1-2: a "student − teacher" column per student whose teacher is in the
+    report, signed; a student of a teacher not in the report has none; bold only among
+    the models' own values, never a difference."""
+    teacher = fake_model("t", [0.0, 0.5, 0.3], [0.2, 0.2, 0.2], 0.1, "ensemble pred_std")
+    # s - t by hand: road 0.2 - 0.0, car 0.4 - 0.5, wall 0.3 - 0.3.
+    student = with_teacher(
+        fake_model("s", [0.2, 0.4, 0.3], [0.1, 0.3, 0.2], 0.1, "student head (scalar)"),
+        "t",
+        [0.2, -0.1, 0.0],
+        [-0.1, 0.1, 0.0],
+    )
+    orphan = with_teacher(
+        fake_model("o", [0.1, 0.1, 0.1], [0.1, 0.1, 0.1], 0.1, "student head (scalar)"),
+        "absent",
+        [0.1, 0.1, 0.1],
+        [0.1, 0.1, 0.1],
+    )
+    page = per_class_table([teacher, student, orphan], "test", "iou", "high", "IoU")
+    head, rows = table_cells(page)
+    assert head == ["class", "t", "s", "o", "s − t"]
+    cells = {key: text for row in rows for key, text in row if key}
+    assert cells["s/test/iou_diff/road"] == "+0.2000"
+    assert cells["s/test/iou_diff/car"] == "-0.1000"
+    assert cells["s/test/iou_diff/wall"] == "+0.0000"
+    assert cells["s/test/iou_diff/mean"] == "+0.0333"
+    assert "<tr><th>road</th>" in page
+    assert not any(key.startswith("o/") and "_diff" in key for key in cells)
+    # road: s (0.2, its difference too); car: t; wall: a tie of s and t, o lower;
+    # mean: t 0.2667 vs s 0.3.
+    assert bold_keys(page) == {
+        "s/test/iou/road",
+        "t/test/iou/car",
+        "s/test/iou/wall",
+        "t/test/iou/wall",
+        "s/test/iou/mean",
+    }
+
+
+def test_the_teacher_table_bolds_the_most_correlated_student() -> None:
+    a = with_teacher(MODELS[0], "t", [0.0] * 3, [0.0] * 3)
+    b = with_teacher(MODELS[1], "t", [0.0] * 3, [0.0] * 3)
+    b["vs_teacher"]["splits"]["test"]["paired"] = {"pearson": 0.8}
+    page = teacher_table([a, b])
+    assert page is not None
+    assert bold_keys(page) == {"b/vs_teacher/test/pearson"}
+    assert teacher_table(MODELS) is None  # no student: no table
+
+
+def ood_result(auroc: float, aupr: float, fpr95: float, reference: str = "test") -> dict:
+    return {
+        "reference": reference,
+        "best_aggregator": "mean",
+        "by_aggregator": {"mean": {"auroc": auroc, "aupr": aupr, "fpr95": fpr95}},
+    }
+
+
+def test_the_ood_tables_show_every_set_and_each_column_under_its_header() -> None:
+    a = {**MODELS[0], "ood": {"reference": "test", "aggregators": ["mean"], "sets": {}}}
+    a["ood"]["sets"] = {"night": ood_result(0.9, 0.6, 0.3)}
+    b = {**MODELS[1], "ood": {"reference": "test", "aggregators": ["mean"], "sets": {}}}
+    fog = ood_result(0.55, 0.5, 0.4)
+    fog["by_aggregator"]["max"] = {"auroc": 0.6, "aupr": 0.5, "fpr95": 0.4}
+    fog["best_aggregator"] = "max"
+    b["ood"]["sets"] = {"night": ood_result(0.7, 0.8, 0.5), "fog": fog}
+    # A set only the second model was scored on is a column all the same, n/a for a.
+    head, rows = table_cells(ood_summary_table([a, b]) or "")
+    assert head == ["model", "night", "fog"]
+    assert rows[0][2] == ("a/ood/fog/best/auroc", "n/a")
+    assert rows[1][2] == ("b/ood/fog/best/auroc", "0.6000")  # its best aggregator's
+    page = ood_set_table([a, b], "night")
+    head, rows = table_cells(page)
+    assert head == ["model", "mean AUROC ↑", "mean AUPR ↑", "mean FPR95 ↓"]
+    assert rows[0] == [
+        (None, "a"),
+        ("a/ood/night/mean/auroc", "0.9000"),
+        ("a/ood/night/mean/aupr", "0.6000"),
+        ("a/ood/night/mean/fpr95", "0.3000"),
+    ]
+    # Higher AUROC and AUPR, lower FPR95 is better.
+    assert bold_keys(page) == {
+        "a/ood/night/mean/auroc",
+        "b/ood/night/mean/aupr",
+        "a/ood/night/mean/fpr95",
+    }
+
+
+def test_the_anomaly_table_bolds_the_lower_fpr95() -> None:
+    def anomaly(ap: float, auroc: float, fpr95: float, anomalous: int) -> dict:
+        return {
+            "split": "anomaly",
+            "ap": ap,
+            "auroc": auroc,
+            "fpr95": fpr95,
+            "num_anomaly_pixels": anomalous,
+            "num_normal_pixels": 1000 - anomalous,
+        }
+
+    a = {**MODELS[0], "anomaly": anomaly(0.4, 0.8, 0.2, 30)}
+    b = {**MODELS[1], "anomaly": anomaly(0.5, 0.7, 0.6, 30)}
+    page = anomaly_table([a, b])
+    assert page is not None
+    head, rows = table_cells(page)
+    assert head[2:] == ["AP ↑", "AUROC ↑", "FPR95 ↓", "anomaly pixels", "normal pixels"]
+    assert rows[0][5:] == [
+        ("a/pixel_anomaly/num_anomaly_pixels", "30"),
+        ("a/pixel_anomaly/num_normal_pixels", "970"),
+    ]
+    assert bold_keys(page) == {
+        "b/pixel_anomaly/ap",
+        "a/pixel_anomaly/auroc",
+        "a/pixel_anomaly/fpr95",
+    }
+
+
+def test_tables_show_sets_and_columns_that_only_some_models_have() -> None:
+    """A split only the second model was evaluated on is a column (n/a for the first); the
+    summary shows an experiment's role and every column of the split's results."""
+    night = {"segmentation": {"miou": 0.25}}
+    b = {**MODELS[1], "role": "baseline", "splits": {**MODELS[1]["splits"], "night": night}}
+    head, rows = table_cells(
+        per_split_table([MODELS[0], b], "miou", ("segmentation", "miou"), "high", "mIoU")
+    )
+    assert head == ["model", "test", "night"]
+    assert rows[0][2] == ("a/night/miou", "n/a") and rows[1][2] == ("b/night/miou", "0.2500")
+    head, rows = table_cells(summary_table([MODELS[0], b], "test"))
+    assert rows[1][1] == (None, "baseline") and rows[0][1] == (None, "student")
+    assert "pAvPU max ↑" in head and "AURC ↓" in head and "E-AURC ↓" in head
+    keys = [key for key, _ in rows[0] if key]
+    assert "a/test/pavpu_max" in keys and "a/test/eaurc" in keys
+    assert len(head) == len(rows[0])
+
+
+def test_the_checks_and_the_run_steps() -> None:
+    claims = Claims(
+        title="t",
+        header=["model"],
+        rows=[["a"]],
+        checks=[(True, "first"), (False, "second <b>"), (True, "third")],
+        steps=[("train", 90.0, 2048.0), ("report", 30.0, None)],
+    )
+    page = claims_html(claims)
+    assert "<h3>Checks: 2 of 3 pass</h3>" in page
+    assert '<li class="pass">first</li>' in page and '<li class="pass">third</li>' in page
+    assert '<li class="fail">second &lt;b&gt;</li>' in page
+    # 120 s = 2.0 min; 2048 MiB = 2.00 GiB; the step without a peak shows "-".
+    assert "<summary>Run: 2 steps, 2.0 min, largest peak RSS 2.00 GiB</summary>" in page
+    assert "<tr><th>train</th><td>90.0</td><td>2.00</td></tr>" in page
+    assert "<tr><th>report</th><td>30.0</td><td>-</td></tr>" in page
+
+
+def test_a_run_directory_reads_its_own_metrics_before_a_results_file(tmp_path: Path) -> None:
+    (tmp_path / METRICS_FILE).write_text(json.dumps({"name": "run", "splits": {}}))
+    results = {"models": [{"name": "other", "splits": {}}]}
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(results))
+    assert [m.name for m in load_models([tmp_path])] == ["run"]
+
+
+def test_the_page_escapes_names_and_shows_every_shifted_set(
+    evaluated: Path, tmp_path: Path
+) -> None:
+    """Model names, uncertainty measures and set names come from files: none reaches the
+    page as markup. A set only the second model was scored on has its table too. A plain
+    evaluation's results.json has no experiment table."""
+    evil = '<evil a="1">&'
+    results = json.loads((evaluated / "out" / RESULTS_FILE).read_text())
+    for model in results["models"]:
+        ood = model["ood"]
+        ood["sets"] = {evil if s == "night" else s: r for s, r in ood["sets"].items()}
+        ood["image_scores"] = {
+            evil if s == "night" else s: r for s, r in ood["image_scores"].items()
+        }
+        if model["name"] == "dudes":
+            model["name"], model["uncertainty_source"] = evil, evil
+            ood["sets"]["fog"] = ood["sets"][evil]
+            ood["image_scores"]["fog"] = ood["image_scores"][evil]
+    shutil.copytree(evaluated / "out", tmp_path / "out")  # its figures, under the new name
+    (tmp_path / "out" / RESULTS_FILE).write_text(json.dumps(results))
+    out = tmp_path / "r.html"
+    assert main(["report", str(tmp_path / "out" / RESULTS_FILE), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "<evil" not in page and 'a="1"' not in page
+    assert page.count(html.escape(evil)) > 5
+    assert f'data-metric="{html.escape(evil)}/test/miou"' in page
+    assert f"<summary>{html.escape(evil)}: every aggregator</summary>" in page
+    assert "<summary>fog: every aggregator</summary>" in page
+    assert 'data-metric="ens/ood/fog/best/auroc">n/a<' in page
+    assert "<h2>Students vs teacher (ens)</h2>" in page
+    assert '<section id="claims"' not in page
+
+
+def test_the_teacher_section_names_the_teacher_the_students_were_compared_with(
+    evaluated: Path, tmp_path: Path
+) -> None:
+    """A smaller ensemble reported before the students' own teacher gave its name to the
+    heading ("Students vs teacher (ens-small)") over a table of differences to ens."""
+    results = json.loads((evaluated / "out" / RESULTS_FILE).read_text())
+    ensemble = next(m for m in results["models"] if m["name"] == "ens")
+    results["models"].insert(0, {**ensemble, "name": "ens-small"})
+    shutil.copytree(evaluated / "out", tmp_path / "out")
+    (tmp_path / "out" / RESULTS_FILE).write_text(json.dumps(results))
+    out = tmp_path / "r.html"
+    assert main(["report", str(tmp_path / "out" / RESULTS_FILE), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "<h2>Students vs teacher (ens)</h2>" in page
+    assert "<b>n/a</b>: no value" in page  # the glossary says what n/a means
+
+
+def test_changed_weights_names_a_run_trained_after_its_evaluation(
+    evaluated: Path, tmp_path: Path
+) -> None:
+    assert changed_weights(load_models([evaluated / "dudes"])) == []
+    metrics = json.loads((evaluated / "dudes" / METRICS_FILE).read_text())
+    (tmp_path / METRICS_FILE).write_text(json.dumps({**metrics, "weights": "0" * 64}))
+    lines = changed_weights(load_models([tmp_path]))
+    assert len(lines) == 1 and lines[0].startswith("dudes: its metrics")

@@ -42,7 +42,6 @@ from segdistill.errors import ConfigError, SegdistillError
 from segdistill.evaluate import METRICS_FILE, ood_versus
 from segdistill.figures import AGGREGATOR_LABELS, pick_split
 from segdistill.ood_detector import scored_map
-from segdistill.predictor import TEACHER_KINDS
 
 DIGITS = 4
 # Sample figures evaluate writes per model (shown as image files, not redrawn).
@@ -664,6 +663,12 @@ GLOSSARY = (
         "'uncertainty'): values of different measures do not compare",
     ),
     ("anomaly AP, AUROC", "pixel anomaly detection, the uncertainty as the anomaly score"),
+    (
+        "n/a",
+        "no value: the model was not evaluated on that set, the class is absent from its "
+        "labels and predictions, or the metric is undefined there (e.g. an AUROC without "
+        "a wrong pixel)",
+    ),
 )
 
 
@@ -768,7 +773,11 @@ def build_report(
         f"{html.escape(str(m.origin))}</li>"
         for m in models
     )
-    teacher = next((m for m in metrics if m["kind"] in TEACHER_KINDS), None)
+    # The teachers the students were compared with (not the first ensemble listed: a
+    # smaller one reported beside the students' own).
+    teachers = list(
+        dict.fromkeys(m["vs_teacher"]["teacher"] for m in metrics if m.get("vs_teacher"))
+    )
     ood_sets = list(dict.fromkeys(s for m in metrics if m.get("ood") for s in m["ood"]["sets"]))
     sections = [
         _section(
@@ -837,7 +846,9 @@ def build_report(
         ),
         _section(
             "teacher",
-            f"Students vs teacher ({teacher['name']})" if teacher else "Students vs teacher",
+            f"Students vs teacher{'s' if len(teachers) > 1 else ''} ({', '.join(teachers)})"
+            if teachers
+            else "Students vs teacher",
             teacher_table(metrics),
             _figure(
                 lambda: figures.teacher_student_hist2d(metrics, split),
