@@ -138,6 +138,23 @@ def test_a_data_folder_that_is_not_there_is_said_so(
     assert f"data folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
 
 
+def test_info_on_the_folder_above_a_data_set_points_at_it(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """It said to generate SynthStreets into the folder above (`data synth --out data`),
+    which holds the data sets."""
+    above = tmp_path / "data"
+    above.mkdir()
+    (above / "synth").symlink_to(dataset)
+    (above / "notes").mkdir()
+    assert main(["data", "info", str(above)]) == 2
+    error = capsys.readouterr().err
+    assert f"{above} is not a data set (no meta.json) but holds {above / 'synth'}: give" in error
+    assert "data synth" not in error
+    assert main(["data", "info", str(above / "notes")]) == 2
+    assert f"run `segdistill data synth --out {above / 'notes'}`" in capsys.readouterr().err
+
+
 def test_a_different_data_set_is_refused_without_force(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -110,6 +110,21 @@ def _image_files(tree: Path, split: str) -> list[Path]:
 
 
 # What a user pointing `data info` or `data preview` at their own data should know.
+# What marks a folder as a data set: SynthStreets', a Cityscapes layout, a folder data set.
+DATA_SET_MARKS = (META_FILE, "leftImg8bit", "classes.yaml")
+
+
+def _data_sets_below(root: Path) -> list[Path]:
+    """The folders directly in `root` that look like data sets (DATA_SET_MARKS)."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        path
+        for path in root.iterdir()
+        if path.is_dir() and any((path / mark).exists() for mark in DATA_SET_MARKS)
+    )
+
+
 NOT_SYNTHSTREETS = (
     "`data info` and `data preview` also take a Cityscapes-layout folder (leftImg8bit/, "
     "gtFine/) or a folder data set (classes.yaml)"
@@ -132,9 +147,19 @@ def check_dataset(
     root = Path(root)
     meta = read_meta(root)
     if meta is None:
-        state = "interrupted generation" if (root / PARTIAL_FILE).exists() else "not found"
+        if (root / PARTIAL_FILE).exists():
+            raise DataError(
+                f"{root / META_FILE}: interrupted generation; rerun `segdistill data synth "
+                f"--out {root}` ({NOT_SYNTHSTREETS})"
+            )
+        below = _data_sets_below(root)
+        if below:  # a folder one level too high: point at the data sets, not at `synth`
+            raise DataError(
+                f"{root} is not a data set (no {META_FILE}) but holds "
+                f"{', '.join(map(str, below))}: give that folder"
+            )
         raise DataError(
-            f"{root / META_FILE}: {state}; (re)run `segdistill data synth --out {root}` "
+            f"{root / META_FILE}: not found; run `segdistill data synth --out {root}` "
             f"({NOT_SYNTHSTREETS})"
         )
     size = tuple(meta["size"])
