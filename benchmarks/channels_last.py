@@ -3,7 +3,8 @@
 For each network of `models.py`: the paired ratio (channels-last time / default time, the
 median over repeats of the two calls of one repeat, run back to back in alternating order)
 of an inference forward (batch 1, `--size`) and of a training step (forward, cross-entropy,
-backward, SGD step; batch 8 at 128x256), the models holding the same weights. Below 1:
+backward, SGD step; `--train-batch` at `--train-size`, default 8 at 128x256), the models
+holding the same weights. Below 1:
 channels-last is faster. `trainer.channels_last` (docs/training.md) trains this way.
 
     .venv/bin/python benchmarks/channels_last.py                 # about 5 min on 2 cores

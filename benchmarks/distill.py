@@ -8,7 +8,8 @@ Three modes train the same student (DeepLabV3+ with the DUDES scalar head; ResNe
 
 - plain:  cross-entropy only (no teacher);
 - online: DUDES, a `--members` ensemble of the student's architecture runs every step;
-- cached: DUDES, pred_std read from the memory-mapped teacher cache (built once first).
+- cached: DUDES, pred_std read from the teacher cache (built once first; one positioned
+  read per image).
 
 A step is what `SegmentationTask.training_step` does plus the data and the update: load and
 augment the batch (`num_workers=0`, so in this process and counted in full), the teacher

@@ -8,9 +8,9 @@ the peak resident set size (RSS) of one run is not hidden by another. Reports pe
 - py_peak: tracemalloc peak of Python-level allocations during evaluation (tensor buffers
   are allocated by torch outside tracemalloc's view; their cost is in the RSS);
 - rss_peak: peak RSS of the process (includes one batch of inputs and its temporaries);
-- rss_growth: RSS after the last image minus RSS after the first, i.e. what the evaluation
-  kept beyond one batch;
-and the ratio of each figure between the largest and the smallest N.
+- rss_growth: RSS after `compute()` minus RSS after the first image, i.e. what the
+  evaluation kept beyond one batch (and what computing the results took, ~2 MiB);
+and the ratio of state, py_peak and rss_peak between the last and the first N given.
 
 RSS can creep up over the first tens of images although nothing is kept: glibc's malloc
 raises its mmap threshold after freeing large blocks, so later per-batch temporaries come

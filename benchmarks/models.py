@@ -2,7 +2,8 @@
 
 For each network: trainable parameters, convolution GMACs at 1024x2048, inference latency
 (batch 1, median of warm runs) at each `--sizes`, and training throughput (images/s,
-forward + backward + SGD step) at the quick size 128x256, batch 8.
+forward + backward + SGD step, over `--repeats` steps) at `--train-size` and
+`--train-batch` (default the quick size 128x256, batch 8; at least 2, for batch norm).
 
     .venv/bin/python benchmarks/models.py                  # default, about 5 min on 2 cores
     .venv/bin/python benchmarks/models.py --threads 2 --repeats 3 --sizes 512x1024 --all

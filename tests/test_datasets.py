@@ -908,6 +908,14 @@ class _CtrlCProbe(torch.utils.data.Dataset):
 
 def test_loader_workers_leave_ctrl_c_to_the_main_process():
     """A terminal's Ctrl-C reaches the workers too; with `ignore_ctrl_c` none dies of it."""
-    loader = torch.utils.data.DataLoader(_CtrlCProbe(), num_workers=1, worker_init_fn=ignore_ctrl_c)
-    assert [int(flag) for flag in loader] == [1, 1]
-    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the main process keeps it
+    # Ctrl-C handled, as in a terminal, whatever started the tests (a background job
+    # inherits it ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        loader = torch.utils.data.DataLoader(
+            _CtrlCProbe(), num_workers=1, worker_init_fn=ignore_ctrl_c
+        )
+        assert [int(flag) for flag in loader] == [1, 1]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the main keeps it
+    finally:
+        signal.signal(signal.SIGINT, previous)

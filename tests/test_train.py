@@ -427,6 +427,9 @@ def ctrl_c_when(
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         start_new_session=True,
+        # Ctrl-C handled, as in a terminal, whatever started the tests (a background
+        # job's children inherit it ignored, and Python then installs no handler).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not ready() and process.poll() is None:
