@@ -274,37 +274,29 @@ def teacher_memory() -> ModuleType:
 TEXT = "## Teacher memory\n\nnew table\n"
 
 
-def test_write_section_creates_the_file(teacher_memory: ModuleType, tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    teacher_memory.write_section(readme, TEXT)
-    assert readme.read_text() == "# Benchmarks\n\n" + TEXT
-
-
-def test_write_section_appends_a_missing_section(
-    teacher_memory: ModuleType, tmp_path: Path
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, "# Benchmarks\n\n" + TEXT),  # no file: made
+        ("# Benchmarks\n\n## Models\n\nx\n\n", "# Benchmarks\n\n## Models\n\nx\n\n" + TEXT),
+        (  # the last section replaced
+            "# Benchmarks\n\n## Models\n\nx\n\n## Teacher memory\n\nold\n\nolder\n",
+            "# Benchmarks\n\n## Models\n\nx\n\n" + TEXT,
+        ),
+        (  # a section before another: the blank line before the next heading stays
+            "# Benchmarks\n\n## Teacher memory\n\nold\n\n## Models\n\nx\n",
+            "# Benchmarks\n\n" + TEXT + "\n## Models\n\nx\n",
+        ),
+    ],
+)
+def test_write_section_replaces_only_its_section(
+    teacher_memory: ModuleType, tmp_path: Path, before: str | None, after: str
 ) -> None:
     readme = tmp_path / "README.md"
-    readme.write_text("# Benchmarks\n\n## Models\n\nx\n\n")
+    if before is not None:
+        readme.write_text(before)
     teacher_memory.write_section(readme, TEXT)
-    assert readme.read_text() == "# Benchmarks\n\n## Models\n\nx\n\n" + TEXT
-
-
-def test_write_section_replaces_the_last_section(
-    teacher_memory: ModuleType, tmp_path: Path
-) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text("# Benchmarks\n\n## Models\n\nx\n\n## Teacher memory\n\nold\n\nolder\n")
-    teacher_memory.write_section(readme, TEXT)
-    assert readme.read_text() == "# Benchmarks\n\n## Models\n\nx\n\n" + TEXT
-
-
-def test_write_section_keeps_the_blank_line_before_the_next_section(
-    teacher_memory: ModuleType, tmp_path: Path
-) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text("# Benchmarks\n\n## Teacher memory\n\nold\n\n## Models\n\nx\n")
-    teacher_memory.write_section(readme, TEXT)
-    assert readme.read_text() == "# Benchmarks\n\n" + TEXT + "\n## Models\n\nx\n"
+    assert readme.read_text() == after
 
 
 def run_teacher_memory_main(
