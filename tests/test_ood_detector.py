@@ -106,6 +106,7 @@ def test_detector_file_round_trip_and_errors(tmp_path) -> None:
         (broken(resize_to=[True, False]), "'resize_to'"),
         (broken(reference_scores=["x"] * 100), "got \\['x', .*\\.\\.\\.$"),
         (broken(threshold=document["threshold"] + 1.0), "was edited"),
+        (broken(reference_images=document["reference_images"] + 1), "was edited"),
         (broken(extra=1), "unknown keys \\['extra'\\]"),
         (broken(reference_sizes=[[64, 0]]), "'reference_sizes'"),
         (broken(reference_sizes=[64, 128]), "'reference_sizes'"),

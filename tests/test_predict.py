@@ -374,6 +374,11 @@ def test_input_errors(tmp_path) -> None:
         find_images([tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"])
     # The folder that holds both tells them apart by their sub-folders.
     assert [image.name for image in find_images([tmp_path])] == ["a/x", "b/x"]
+    # Two files of one folder and one name (x.png, x.jpg): passing the folder cannot help.
+    write_png(tmp_path / "a" / "x.jpg", rgb(4, 4))
+    with pytest.raises(DataError, match=r"named 'x'; rename one of them, or convert it"):
+        find_images([tmp_path / "a"])
+    (tmp_path / "a" / "x.jpg").unlink()
     with pytest.raises(
         DataError, match=r"x\.png is among the inputs twice \(named 'a/x' and 'x'\)"
     ):
@@ -461,6 +466,26 @@ def test_frames_in_natural_order_and_output_folder_skipped(tmp_path) -> None:
     write_png(frames / "out" / "pred" / "frame_1.png", rgb(4, 4))
     found = find_images([frames], exclude=frames / "out")
     assert [image.name for image in found] == ["frame_1", "frame_2", "frame_10"]
+
+
+def test_an_earlier_runs_output_folder_inside_the_input_folder_is_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`predict M in --out in/out`, then `predict M in --out elsewhere`: the second run
+    took the first one's pictures for inputs (and failed on its 16-bit maps)."""
+    frames = tmp_path / "frames"
+    write_png(frames / "frame_1.png", rgb(4, 4))
+    for earlier, mark in (("out", "predict.json"), ("stopped", "predict.unfinished.jsonl")):
+        write_png(frames / earlier / "pred" / "frame_1.png", rgb(4, 4))
+        (frames / earlier / mark).write_text("{}")
+    assert [image.name for image in find_images([frames])] == ["frame_1"]
+    notice = capsys.readouterr().err
+    assert f"skipped the 2 images of earlier predict outputs in {frames / 'out'}, " in notice
+    assert find_images([frames], exclude=frames / "out")[0].name == "frame_1"
+    assert "in " + str(frames / "stopped") in capsys.readouterr().err  # not its own --out
+    (frames / "frame_1.png").unlink()
+    with pytest.raises(DataError, match="or in earlier predict outputs"):
+        find_images([frames])
 
 
 def test_outputs_and_labels_mirror_the_input_sub_folders(tmp_path, student, capsys) -> None:
@@ -1014,6 +1039,10 @@ def test_class_ids_beyond_255_and_the_uncertainty_extremes_survive_the_files(tmp
     with Image.open(tmp_path / "pred" / "y.png") as img:
         assert img.mode == "L"  # up to 256 classes: 8-bit
     assert read(tmp_path / "pred" / "y.png").tolist() == [[0, 255, 0, 43]]
+    # 257 classes: id 256 needs the 16 bits (8 would store it as 0).
+    write_outputs(tmp_path, "z", rgb(1, 2), np.array([[0, 256]]), uncertainty[:, :2], None,
+                  palette=palette[:257], title="z", kinds=["pred"])  # fmt: skip
+    assert read(tmp_path / "pred" / "z.png").tolist() == [[0, 256]]
 
 
 def test_the_distrust_threshold_itself_is_distrusted(tmp_path, student) -> None:
@@ -1100,3 +1129,53 @@ def test_the_ood_flag_scores_images_with_the_detectors_aggregator(
         scores = record["image_scores"]
         assert record["ood_score"] == scores["max"] != scores["mean"]
         assert record["ood"] == (record["ood_score"] > detector.threshold)
+
+
+def test_distrust_thresholds_the_uncertainty_not_the_ood_map(tmp_path) -> None:
+    """A per-class head has two maps: the predicted class's value (the uncertainty, the
+    pictures) and eq. 8's mean over the classes (the OOD scores). --distrust-above flags
+    pixels by the uncertainty, as its help and the error operating points say."""
+    weights = save_tiny(tmp_path / "holder.safetensors", head="per_class")
+    predictor = load_predictor(weights)
+    image = write_png(tmp_path / "a.png", rgb(32, 48))
+    (result,) = predict_arrays(predictor, [read(image)], 32)
+    threshold = float(np.median(result.uncertainty))
+    # The two maps mark other pixels at this threshold: the test tells them apart.
+    assert ((result.ood_map >= threshold) != (result.uncertainty >= threshold)).mean() > 0.1
+    summary = predict_files(
+        predictor, [image], tmp_path / "out", distrust_above=threshold,
+        outputs=["uncertainty16", "distrust"], progress=False,
+    )  # fmt: skip
+    u16 = read(tmp_path / "out" / "uncertainty16" / "a.png") / UINT16_MAX
+    mask = read(tmp_path / "out" / "distrust" / "a.png") == 255
+    near = np.abs(u16 - threshold) < 1e-4
+    assert np.array_equal(mask[~near], (u16 >= threshold)[~near])
+    record = json.loads(summary.summary.read_text())["images"][0]
+    assert record["distrust_share"] == pytest.approx(mask.mean())
+
+
+def test_cli_fits_the_detector_with_the_aggregator_and_size_asked_for(
+    tmp_path, student, ood_reference
+) -> None:
+    """--ood-aggregator and --size reach the fit: the saved detector scores with that
+    aggregator on images resized to that size, and the run that uses it flags by it."""
+    write_png(tmp_path / "in" / "x.png", rgb(30, 50))
+    out = tmp_path / "out"
+    argv = ["predict", str(student), str(tmp_path / "in"), "--out", str(out), "--outputs", "none"]
+    folder = str(ood_reference[0].parent)
+    options = ["--ood-reference", folder, "--ood-aggregator", "max", "--size", "40x24"]
+    assert main([*argv, *options]) == 0
+    saved = ImageOODDetector.load(out / DETECTOR_FILE)
+    assert (saved.aggregator, saved.resize_to) == ("max", [40, 24])
+    # Each reference's score is the max of its map, as predict writes it at that size.
+    scored = predict_files(
+        load_predictor(student), ood_reference[:2], tmp_path / "refs", size=(40, 24),
+        outputs=["uncertainty16"], progress=False,
+    )  # fmt: skip
+    for record, score in zip(
+        json.loads(scored.summary.read_text())["images"], saved.reference_scores
+    ):
+        u16 = read(tmp_path / "refs" / record["files"]["uncertainty16"]) / UINT16_MAX
+        assert score == pytest.approx(u16.max(), abs=1e-4)
+    record = json.loads((out / "predict.json").read_text())["images"][0]
+    assert record["ood_score"] == record["image_scores"]["max"]

@@ -426,3 +426,49 @@ def test_padding_keeps_the_image_top_left_to_a_multiple_of_the_deepest_stride() 
         output = nfs(by_hand)
     torch.testing.assert_close(got.probs, output.logits.softmax(1)[..., :40, :70])
     torch.testing.assert_close(got.uncertainty, output.uncertainty[..., :40, :70])
+
+
+def test_predict_padded_crops_every_map_at_the_top_left(zoo: Path) -> None:
+    """Each map of a padded prediction is the top-left H x W of the padded image's map: a
+    per-class head's uncertainty, probabilities and eq. 8 map alike (a crop from another
+    corner would show the padding's predictions at the image's pixels)."""
+    predictor = load_predictor(zoo / "run_per_class")
+    x = torch.randn(1, 3, 40, 70)
+    by_hand = torch.zeros(1, 3, 64, 96)
+    by_hand[..., :40, :70] = x
+    with torch.no_grad():
+        output = predictor.model.eval()(by_hand)
+    probs = output.logits.softmax(1)[0, :, :40, :70].numpy()  # [C, H, W]
+    per_class = output.uncertainty[0, :, :40, :70].numpy()
+    expected = np.take_along_axis(per_class, probs.argmax(0)[None], axis=0)[0]
+    assert expected.std() > 1e-3  # a map whose crops differ
+    got = predictor.predict_padded(x)
+    assert got.uncertainty.shape == (1, 1, 40, 70)
+    np.testing.assert_allclose(got.probs[0].numpy(), probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.uncertainty[0, 0].numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.ood_map[0, 0].numpy(), per_class.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_an_ensembles_fingerprint_covers_every_member(zoo: Path, tmp_path: Path) -> None:
+    """Two ensembles that share their first member are other models: a detector fitted for
+    one is refused for the other."""
+    first = tmp_path / "first"
+    second = tmp_path / "second"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "member_0.safetensors").write_bytes(
+            (zoo / "ens" / "member_0.safetensors").read_bytes()
+        )
+        (folder / "manifest.json").write_text((zoo / "ens" / "manifest.json").read_text())
+    (first / "member_1.safetensors").write_bytes(
+        (zoo / "ens" / "member_1.safetensors").read_bytes()
+    )
+    torch.manual_seed(7)
+    save_model(second / "member_1.safetensors", spec=ENSEMBLE_CLASSES)
+    same, other = load_predictor(first), load_predictor(second)
+    assert same.fingerprint() == load_predictor(zoo / "ens").fingerprint()
+    assert other.fingerprint() != same.fingerprint()
+    detector = ImageOODDetector.fit([0.1, 0.2, 0.3], same)
+    detector.check_model(load_predictor(zoo / "ens"), None, "d.json")
+    with pytest.raises(ConfigError, match="d.json: .*weights"):
+        detector.check_model(other, None, "d.json")

@@ -159,6 +159,13 @@ def _inside(path: Path, folder: Path | None) -> bool:
     return folder is not None and path.resolve().is_relative_to(folder.resolve())
 
 
+def _earlier_outputs(folder: Path, exclude: Path | None) -> list[Path]:
+    """The output folders of earlier predict runs below `folder` (each holds predict.json
+    or predict.unfinished.jsonl), but `exclude`, this run's own."""
+    marks = [*folder.rglob(SUMMARY_FILE), *folder.rglob(UNFINISHED_FILE)]
+    return sorted({mark.parent for mark in marks if not _inside(mark, exclude)})
+
+
 class InputImage(NamedTuple):
     """An image file to predict and the NAME its outputs take (`output_files`): its path
     below the input folder it was found in, without the suffix ("drive_1/000001" for
@@ -186,9 +193,19 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Inp
         if path.is_dir():
             below = images_below(path)
             found = [file for file in below if not _inside(file, exclude)]
+            earlier = _earlier_outputs(path, exclude)
+            if earlier:  # an earlier run's --out inside the folder: its pictures, not inputs
+                kept = [file for file in found if not any(_inside(file, e) for e in earlier)]
+                print(
+                    f"notice: skipped the {len(found) - len(kept)} images of earlier predict "
+                    f"outputs in {', '.join(map(str, earlier))}",
+                    file=sys.stderr,
+                )
+                found = kept
             if not found:
                 patterns = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
-                skipped = f"; its {len(below)} images lie in the output folder {exclude}"
+                where = " or in earlier predict outputs" if earlier else ""
+                skipped = f"; its {len(below)} images lie in the output folder {exclude}{where}"
                 raise DataError(
                     f"{path}: no images found (searched it and its sub-folders for {patterns}"
                     f"{skipped if below else ''})"
@@ -234,10 +251,16 @@ def check_output_names(images: Sequence[InputImage]) -> None:
             )
         found[path] = image.name
         if image.name in seen:
+            if seen[image.name].parent == image.path.parent:  # x.png and x.jpg
+                hint = "rename one of them, or convert it and keep one"
+            else:
+                hint = (
+                    "predict them in separate runs (or --out folders), or pass the folder "
+                    "that holds both, whose sub-folders then tell them apart"
+                )
             raise DataError(
                 f"{seen[image.name]} and {image.path} would both write outputs named "
-                f"{image.name!r}; predict them in separate runs (or --out folders), or pass "
-                "the folder that holds both, whose sub-folders then tell them apart"
+                f"{image.name!r}; {hint}"
             )
         seen[image.name] = image.path
 
