@@ -186,7 +186,8 @@ def test_the_teacher_gets_no_gradient_and_stays_in_eval_mode(
         [
             f"distill.teacher={{kind: {kind}, path: {path}{samples}}}",
             "model.uncertainty_head=scalar",
-            "distill.methods=[{name: dudes}, {name: kd}]",
+            # adaptation: He et al.'s stage 1 runs the teacher too, before the first step
+            "distill.methods=[{name: dudes}, {name: kd}, {name: adaptation}]",
         ],
     )
     training.train(cfg)
@@ -443,6 +444,118 @@ def test_cached_batches_mask_crop_padding() -> None:
     mask = valid_mask(maps)
     assert mask.shape == (2, 4, 4) and mask.sum() == 24 and not mask[1, 2:].any()
     assert valid_mask({}) is None
+
+
+def _np_log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def test_the_training_step_keeps_crop_padding_out_of_the_cached_terms() -> None:
+    """`training_step` hands a cached batch's `teacher_valid` to the pixel-wise methods: the
+    loss is the CE over the labelled pixels plus KD (T = 2) over the pixels inside the image,
+    void ones included (distill_void), whatever the cache holds on the padding."""
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, 3).eval()  # no dropout: the same logits below
+    methods = build_methods([{"name": "kd"}], 3)
+    task = training.SegmentationTask(
+        model, SegConfig().optim, methods, None, total_steps=1, num_classes=3
+    )
+    task.log = lambda *args, **kwargs: None  # no Trainer here
+    task._stop_unless_finite = lambda *args: None
+    label = torch.randint(0, 3, (2, 32, 32))
+    label[0, :4] = 255  # void inside the image: KD counts it, the CE does not
+    label[1, :, 20:] = 255  # crop padding
+    valid = torch.ones(2, 1, 32, 32)
+    valid[1, :, :, 20:] = 0
+    image = torch.randn(2, 3, 32, 32)
+    teacher = torch.randn(2, 3, 32, 32) * 3
+    with torch.no_grad():
+        s = model(image).logits.double().numpy()
+    inside = valid[:, 0].bool().numpy()
+    log_q = _np_log_softmax(s)
+    ce = -np.take_along_axis(log_q, label.clamp(max=2)[:, None].numpy(), 1)[:, 0]
+    ce = ce[label.numpy() != 255].mean()
+    for padding in (0.0, 50.0):  # a cache pads with 0; any value must give the same loss
+        logits = teacher.masked_fill(valid == 0, padding)
+        log_p2 = _np_log_softmax(logits.double().numpy() / 2)
+        kl = (np.exp(log_p2) * (log_p2 - _np_log_softmax(s / 2))).sum(axis=1)
+        batch = {"image": image, "label": label, "maps": {"logits": logits, VALID_MAP: valid}}
+        loss = task.training_step(batch, 0)
+        assert loss.item() == pytest.approx(ce + 4 * kl[inside].mean(), rel=1e-5)
+
+
+def test_a_cache_built_with_another_mc_dropout_sample_count_is_rebuilt(
+    tmp_path: Path, synth: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The MC-dropout samples change the teacher's maps, not its weights: they are part of
+    the cache key, so a cache of 2 samples is never read by a student of a 3-sample teacher."""
+    path = tmp_path / "mc.safetensors"
+    config = TINY_MODEL.__class__(**{**vars(TINY_MODEL), "mc_dropout": 0.5})
+    save_weights(path, build_model(config, 19), config)
+    cache = tmp_path / "cache"
+    printed, stored = [], []
+    for samples in (2, 2, 3):
+        cfg = tiny_config(
+            tmp_path,
+            synth,
+            path,
+            [
+                f"distill.teacher={{kind: mc_dropout, path: {path}, samples: {samples}}}",
+                "distill.methods=[{name: ja_kd}]",
+                f"distill.teacher_cache={cache}",
+            ],
+        )
+        methods, teacher = training.build_distillation(cfg, build_model(cfg.model, 19))
+        train_set = training.build_dataset(cfg.data, "train", train=True)
+        training.attach_teacher_cache(cfg, methods, teacher, train_set)
+        printed.append(capsys.readouterr().out)
+        stored.append((cache / "mean_probs.f16").read_bytes())
+    assert "building it" in printed[0] and "building" not in printed[1]
+    assert "stale: the teacher (its kind or weights) differs; rebuilding it" in printed[2]
+    assert stored[0] == stored[1] != stored[2]
+
+
+def test_a_distilled_student_keeps_its_auxiliary_cross_entropy(
+    tmp_path: Path, synth: Path, ensemble: Path
+) -> None:
+    """`model.aux_loss_weight` trains the aux heads on the labels in a distillation too."""
+    cfg = tiny_config(
+        tmp_path,
+        synth,
+        ensemble,
+        ["model.aux_heads=true", "model.aux_loss_weight=0.4", "distill.methods=[{name: kd}]"],
+    )
+    model = build_model(cfg.model, 19)
+    methods, teacher = training.build_distillation(cfg, model)
+    dataset = training.build_dataset(cfg.data, "train", train=True)
+    batch = default_collate([dataset[0], dataset[1]])
+    output = model(batch["image"])
+    terms = methods(output, teacher.signals(batch["image"], methods.needs), batch["label"])
+    assert output.aux_logits
+    for level, aux_logits in output.aux_logits.items():
+        expected = 0.4 * torch.nn.functional.cross_entropy(
+            aux_logits, batch["label"], ignore_index=255
+        )
+        torch.testing.assert_close(terms[f"task/aux_ce_{level}"], expected)
+
+
+def test_the_teacher_is_not_a_submodule_of_the_task() -> None:
+    """The task holds the teacher outside its modules: no teacher tensor in its state dict
+    (every checkpoint), and `task.train()` (Lightning, each epoch) leaves it in eval mode."""
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)).eval()
+    task = training.SegmentationTask(
+        build_model(TINY_MODEL, 3),
+        SegConfig().optim,
+        build_methods([{"name": "kd"}], 3),
+        teacher,
+        total_steps=1,
+        num_classes=3,
+    )
+    task.train()
+    assert task.teacher is teacher and not teacher.training
+    assert not any(module is teacher for module in task.modules())
+    assert not any(key.startswith("teacher") for key in task.state_dict())
 
 
 def test_segdistill_distill_with_a_cache_writes_checkpoints_and_resumes(

@@ -600,6 +600,21 @@ def test_the_key_covers_every_member_and_every_buffer(synth: Path, teacher: Ense
     assert base.teacher == f"ensemble:{tc.teacher_digest(teacher)}"  # earlier keys stay valid
 
 
+def test_the_same_images_in_another_order_make_the_cache_stale(
+    synth: Path, teacher: Ensemble
+) -> None:
+    """The cache holds image i's maps at position i: reordered, the same images would read
+    one another's maps, so their key differs."""
+    dataset = CityscapesDataset(synth, "train")
+    stored = dataclasses.asdict(tc.cache_key(teacher, "ensemble", SIGNALS, 1.0, dataset))
+    reordered = copy.copy(dataset)
+    reordered.samples = [dataset.samples[1], dataset.samples[0], *dataset.samples[2:]]
+    key = tc.cache_key(teacher, "ensemble", SIGNALS, 1.0, reordered)
+    assert key.difference(json.loads(json.dumps(stored))) == (
+        "stale: the training images differ (added, removed or modified)"
+    )
+
+
 def test_the_key_does_not_depend_on_the_order_of_the_signals(
     synth: Path, teacher: Ensemble
 ) -> None:
