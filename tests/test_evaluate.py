@@ -15,7 +15,7 @@ import pytest
 import torch
 from matplotlib.colors import to_hex
 from PIL import Image
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from segdistill import figures
 from segdistill.checkpoints import save_weights
@@ -37,6 +37,9 @@ from segdistill.evaluate import (
     evaluate,
     find_splits,
     format_summary,
+    main_reference,
+    ood_references,
+    ood_results,
     select_splits,
     summary_split,
 )
@@ -192,6 +195,45 @@ def test_numbers_match_a_direct_recomputation(setup: dict[str, Any]) -> None:
     paired = student["vs_teacher"]["splits"]["test"]["paired"]
     assert paired["pearson"] == pytest.approx(np.corrcoef(stacked)[0, 1], abs=1e-5)
     assert paired["num_pixels"] == stacked.shape[1]
+
+
+def test_ood_results_score_each_set_against_its_own_clean_split_per_aggregator() -> None:
+    """Each set's images (positives) against its own clean split's (negatives), with the
+    same aggregator on both sides; the best aggregator is the one of the highest AUROC; a
+    clean split is no set. AUROC and AP by scikit-learn on the same scores."""
+    rng = np.random.default_rng(0)
+    # Each aggregator's OOD images are shifted by its own amount: every AUROC differs.
+    shifts = dict(zip(AGGREGATORS, (0.0, 0.15, 0.3, 0.6, -0.3)))
+    sizes = {"test": 6, "val": 5, "fog_0.02": 4, "rain": 7}
+    scores = {
+        split: {
+            agg: (rng.random(n) + (0.0 if split in ("test", "val") else shifts[agg])).tolist()
+            for agg in AGGREGATORS
+        }
+        for split, n in sizes.items()
+    }
+    references = {"fog_0.02": "test", "rain": "val"}
+    result = ood_results(scores, references)
+    assert result is not None and result["image_scores"] == scores
+    assert set(result["sets"]) == set(references)
+    for name, reference in references.items():
+        entry = result["sets"][name]
+        assert entry["reference"] == reference
+        expected = {}
+        for agg in AGGREGATORS:
+            inliers, outliers = scores[reference][agg], scores[name][agg]
+            labels = [0] * len(inliers) + [1] * len(outliers)
+            expected[agg] = roc_auc_score(labels, [*inliers, *outliers])
+            got = entry["by_aggregator"][agg]
+            assert got["auroc"] == pytest.approx(expected[agg], abs=1e-12)
+            ap = average_precision_score(labels, [*inliers, *outliers])
+            assert got["aupr"] == pytest.approx(ap, abs=1e-12)
+        assert len(set(expected.values())) == len(AGGREGATORS)  # a unique best
+        assert entry["best_aggregator"] == max(expected, key=expected.__getitem__)
+    # A set whose clean split has no scores is left out; none left: no OOD section.
+    partial = ood_results(scores, {"fog_0.02": "test", "rain": "train"})
+    assert partial is not None and set(partial["sets"]) == {"fog_0.02"}
+    assert ood_results(scores, {"rain": "train"}) is None
 
 
 def test_a_per_class_student_is_scored_on_holders_eq_8_map(
@@ -401,6 +443,63 @@ def test_bad_settings_and_models_of_one_name(setup: dict[str, Any], tmp_path: Pa
     first, second = results["models"]
     assert (first["name"], second["name"]) == ("dudes", "dudes_2")
     assert first["splits"]["test"]["segmentation"] == second["splits"]["test"]["segmentation"]
+
+
+def test_max_images_evaluates_the_first_images_of_every_split(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """--max-images N: the first N images of each split (the same for every model), whose
+    image scores are those of the full evaluation's first N images."""
+    full = {m["name"]: m for m in setup["results"]["models"]}
+    results = evaluate(
+        [setup["root"] / "ens", setup["root"] / "dudes"],
+        setup["data"],
+        ["test", "night"],
+        batch_size=2,
+        out_dir=tmp_path / "out",
+        write_homes=False,
+        max_images=2,
+        make_figures=False,
+        progress=False,
+        device="cpu",
+    )
+    for model in results["models"]:
+        for split in ("test", "night"):
+            assert model["splits"][split]["num_images"] == 2
+            for agg in AGGREGATORS:
+                got = model["ood"]["image_scores"][split][agg]
+                expected = full[model["name"]]["ood"]["image_scores"][split][agg][:2]
+                np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_each_models_metrics_go_to_its_own_directory_in_the_order_given(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """A student given before its teacher: the teacher still runs first, but each
+    directory's metrics.json and each entry of results.json is of its own model."""
+    for name in ("ens", "dudes"):
+        shutil.copytree(setup["root"] / name, tmp_path / name)
+    results = evaluate(
+        [tmp_path / "dudes", tmp_path / "ens"],
+        setup["data"],
+        ["test"],
+        out_dir=tmp_path / "out",
+        make_figures=False,
+        progress=False,
+        device="cpu",
+    )
+    assert [(m["name"], m["kind"]) for m in results["models"]] == [
+        ("dudes", "student"),
+        ("ens", "ensemble"),
+    ]
+    full = {m["name"]: m for m in setup["results"]["models"]}
+    for name in ("ens", "dudes"):
+        written = json.loads((tmp_path / name / METRICS_FILE).read_text())
+        assert written["name"] == name
+        assert written["weights"] == load_predictor(tmp_path / name).fingerprint()
+        expected = full[name]["splits"]["test"]["segmentation"]["miou"]
+        assert written["splits"]["test"]["segmentation"]["miou"] == pytest.approx(expected)
+    assert results["models"][0]["vs_teacher"]["teacher"] == "ens"
 
 
 def test_run_without_checkpoints(setup: dict[str, Any], tmp_path: Path, capsys) -> None:
@@ -1044,6 +1143,40 @@ def test_each_weather_set_is_scored_against_its_own_clean_split(tmp_path: Path) 
     assert bars.axes[0].get_title() == "Image-level OOD detection vs each set's clean split"
 
 
+def test_the_ood_references_of_the_splits_asked_for(tmp_path: Path) -> None:
+    """Foggy / Rain Cityscapes are read on val: scored against val when it is evaluated,
+    else against test (docs/evaluation.md), and not at all without an evaluated clean
+    split; a split asked for twice is evaluated once; a tie of references names the
+    first one."""
+    write_cityscapes(tmp_path)
+    found = find_splits(tmp_path)
+
+    def references(splits: list[str]) -> dict[str, str]:
+        return ood_references(select_splits(found, splits))
+
+    assert references(["val", "fog_0.02", "rain"]) == {"fog_0.02": "val", "rain": "val"}
+    assert references(["test", "fog_0.02"]) == {"fog_0.02": "test"}
+    assert references(["fog_0.02", "rain"]) == {}  # no clean split: no OOD scores
+    assert main_reference({}) is None
+    asked = ["fog_0.02", "val", "fog_0.02", "val"]
+    assert [s.name for s in select_splits(found, asked)] == ["fog_0.02", "val"]
+    assert main_reference({"fog_0.02": "test", "rain": "val"}) == "test"
+    assert main_reference({"rain": "val", "fog_0.02": "test"}) == "val"
+    assert main_reference({"a": "val", "b": "test", "c": "test"}) == "test"
+
+
+def test_every_split_without_labelled_pixels_gets_its_notice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The void split need not come first: each one is named."""
+    data = tmp_path / "data"
+    write_cityscapes(data, weather=False)
+    results = evaluate_a_tiny_student(tmp_path, data, ["val", "test"])
+    notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
+    assert len(notices) == 1 and "no labelled pixels in split 'test'" in notices[0]
+    assert results["models"][0]["splits"]["test"]["num_pixels"] == 0
+
+
 def test_the_sample_figure_shows_a_labelled_split(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1191,6 +1324,38 @@ def test_pixel_anomaly_scores_are_the_uncertainty_inside_the_masks_region(
         assert anomaly["num_anomaly_pixels"] == is_anomaly.sum()
         assert anomaly["num_normal_pixels"] == (~is_anomaly).sum()
         assert anomaly["auroc"] == pytest.approx(roc_auc_score(is_anomaly, scores), abs=1e-9)
+
+
+def test_pixel_anomaly_scores_of_a_per_class_student_are_its_predicted_classs_std(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """A Holder student's pixel anomaly score is its uncertainty (the std of the
+    predicted class), not eq. 8's mean over the classes that image-level OOD uses."""
+    torch.manual_seed(0)
+    save_run(tmp_path / "holder", "per_class")
+    results = evaluate(
+        [tmp_path / "holder"],
+        setup["data"],
+        ["test", "anomaly"],
+        batch_size=2,
+        out_dir=tmp_path / "out",
+        write_homes=False,
+        make_figures=False,
+        progress=False,
+        device="cpu",
+    )
+    maps = _batched_maps(
+        load_predictor(tmp_path / "holder"), setup["data"] / "shifts" / "anomaly", anomaly=True
+    )
+    inside = maps["mask"] != 255
+    is_anomaly = maps["mask"][inside] == 1
+
+    def auroc(values: np.ndarray) -> float:
+        binned = np.clip(np.floor(values[inside].astype(np.float64) * 10000), 0, 9999)
+        return float(roc_auc_score(is_anomaly, binned))
+
+    assert auroc(maps["unc"]) != pytest.approx(auroc(maps["ood"]), abs=1e-6)  # told apart
+    assert results["models"][0]["anomaly"]["auroc"] == pytest.approx(auroc(maps["unc"]), abs=1e-9)
 
 
 def test_the_summary_rows_are_the_models_numbers(setup: dict[str, Any]) -> None:

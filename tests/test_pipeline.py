@@ -36,7 +36,7 @@ from segdistill.pipeline import evaluation as pipeline_evaluation
 from segdistill.pipeline import networks as pipeline_networks
 from segdistill.pipeline import run as pipeline_run
 from segdistill.pipeline.checks import metric_value, run_check
-from segdistill.pipeline.evaluation import _ablation_rows, flagged_shares
+from segdistill.pipeline.evaluation import _ablation_rows, fit_ood_detectors, flagged_shares
 from segdistill.pipeline.experiment import (
     AblationSpec,
     CheckSpec,
@@ -215,6 +215,8 @@ def test_every_model_gets_an_ood_flag_fitted_on_the_validation_images(
 def test_ood_flag_table_counts_the_scores_above_the_threshold() -> None:
     shares = flagged_shares(0.5, {"fog": [0.4, 0.5, 0.7, 0.9], "empty": []})
     assert shares == {"fog": 0.5}  # strictly above the threshold; a split without images: none
+    # A split of one image has its share too, over its own images only.
+    assert flagged_shares(0.5, {"one": [0.7], "low": [0.1, 0.2]}) == {"one": 1.0, "low": 0.0}
     flag = {"threshold": 0.5, "flagged": shares}
     model = {"name": "m", "seed_offset": 0, "ood_flag": flag}
     assert _ood_flag_cells({"models": [model]}) == [
@@ -230,16 +232,67 @@ def test_ablation_rows_read_each_models_metrics(tiny_demo: tuple[list[str], Path
     _, run_dir = tiny_demo
     results = json.loads((run_dir / "results.json").read_text())
     names = [("model", m["name"]) for m in results["models"]]
-    rows = _ablation_rows(results, "test", names)
-    for row, model in zip(rows, results["models"]):
-        test = model["splits"]["test"]
-        curve = test["uncertainty"]["miou_vs_removed"]
-        half = curve["removed_fraction"].index(0.5)
-        assert row["model"] == model["name"]
-        assert row["parameters"] == model["parameters"]
-        assert row["miou"] == test["segmentation"]["miou"]
-        assert row["misclassification_auroc"] == test["uncertainty"]["misclassification"]["auroc"]
-        assert row["miou_gain_removed_50"] == pytest.approx(curve["miou"][half] - curve["miou"][0])
+    # An ablation's split need not be test: each row is of the split asked for.
+    for split in ("test", "night"):
+        rows = _ablation_rows(results, split, names)
+        for row, model in zip(rows, results["models"], strict=True):
+            test = model["splits"][split]
+            curve = test["uncertainty"]["miou_vs_removed"]
+            half = curve["removed_fraction"].index(0.5)
+            assert row["model"] == model["name"]
+            assert row["parameters"] == model["parameters"]
+            assert row["miou"] == test["segmentation"]["miou"]
+            misclassification = test["uncertainty"]["misclassification"]["auroc"]
+            assert row["misclassification_auroc"] == misclassification
+            assert row["ece"] == test["calibration"]["ece"]
+            gain = curve["miou"][half] - curve["miou"][0]
+            assert row["miou_gain_removed_50"] == pytest.approx(gain)
+    eces = {
+        split: [m["splits"][split]["calibration"]["ece"] for m in results["models"]]
+        for split in ("test", "night")
+    }
+    assert eces["test"] != eces["night"]  # the splits are told apart
+
+
+def test_ood_flags_count_the_images_the_evaluation_used(
+    tiny_demo: tuple[list[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With evaluate.max_images=2 (of 3 test images), each split's flag share is of its
+    first 2 images, the ones the evaluation scored; the validation split the flags are
+    fitted on is left out (at most 5 % flagged there by construction)."""
+    args, run_dir = tiny_demo
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    overrides = args[args.index("--set") + 1 :] + ["teacher.members=2", "evaluate.max_images=2"]
+    experiment = load_experiment(DEMO_CONFIG, overrides)
+    paths = RunPaths(copy)
+    evaluation = json.loads((paths.evaluation / "results.json").read_text())
+    evaluation["data"]["splits"] = ["val", "test", "night"]
+    (paths.evaluation / "results.json").write_text(json.dumps(evaluation))
+    scored: dict[str, list[tuple[list[Path], list[float]]]] = {}
+    score_images = pipeline_evaluation.score_images
+
+    def recorded(predictor, files, aggregator, **options):  # type: ignore[no-untyped-def]
+        scores = score_images(predictor, files, aggregator, **options)
+        scored.setdefault(predictor.name, []).append(([Path(f) for f in files], scores))
+        return scores
+
+    monkeypatch.setattr(pipeline_evaluation, "score_images", recorded)
+    fit_ood_detectors(experiment, paths)
+    data = Path(experiment.spec.data.root)
+    first = [
+        sorted((tree / "leftImg8bit" / "test").glob("*/*_leftImg8bit.png"))[:2]
+        for tree in (data, data / "shifts" / "night")
+    ]
+    detectors = json.loads(paths.ood_detectors.read_text())
+    assert set(detectors) == {"ensemble", "baseline", "dudes", "holder"}
+    for name, detector in detectors.items():
+        assert [files for files, _ in scored[name]] == first
+        shares = {
+            split: np.count_nonzero(np.array(scores) > detector["threshold"]) / 2
+            for split, (_, scores) in zip(("test", "night"), scored[name], strict=True)
+        }
+        assert detector["flagged"] == shares
 
 
 def test_ablations_evaluate_sub_ensembles_and_train_a_sweep(tmp_path: Path, capsys) -> None:
