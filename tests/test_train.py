@@ -755,6 +755,34 @@ def test_a_requeued_slurm_job_continues_its_run_without_resume(
     assert (before["epoch"], after["epoch"]) == (1, 2)  # one more epoch, resumed
 
 
+def test_distill_resumes_a_requeued_job_as_train_does(
+    tmp_path: Path, data_root: Path, monkeypatch
+) -> None:
+    """`segdistill distill` ends in the same `train_and_report` as `segdistill train`."""
+    from segdistill.commands import distill as distill_command
+
+    asked: list[bool] = []
+    monkeypatch.setattr(training, "train", lambda cfg, resume: asked.append(resume) or tmp_path)
+    monkeypatch.setattr(training, "best_validation", lambda run_dir: None)
+    cfg = tiny_config(tmp_path, data_root)
+    (cfg.run.path() / "checkpoints").mkdir(parents=True)
+    (cfg.run.path() / "checkpoints" / "last.ckpt").write_bytes(b"state")
+    args = argparse.Namespace(
+        config=str(tmp_path / "tiny.yaml"),
+        overrides=["distill={teacher: {kind: single, path: t.safetensors}, methods: [{name: kd}]}"],
+        devices=None,
+        num_nodes=None,
+        run_dir=str(cfg.run.path()),
+        teacher_cache=None,
+        resume=False,
+    )
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert distill_command.run_distill(args) == 0
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert distill_command.run_distill(args) == 0
+    assert asked == [True, False]
+
+
 def test_on_slurm_lightnings_own_requeue_is_off(tmp_path: Path, monkeypatch) -> None:
     """Lightning's SIGUSR1 requeue saves an hpc_ckpt_N.ckpt that no resume reads: a full
     checkpoint more per requeue, and its progress lost; the job resumes from last.ckpt."""

@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import argparse
 
-from segdistill.commands.train import add_run_arguments, load_run_config, train_and_report
+from segdistill.commands.train import (
+    add_resume,
+    add_run_arguments,
+    load_run_config,
+    train_and_report,
+)
 from segdistill.config import replace_values
-from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.errors import ConfigError
 
 
@@ -33,11 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "section into a run directory (see docs/methods.md).",
     )
     add_run_arguments(parser)
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help=f"continue the run from RUN_DIR/{RESUME_CHECKPOINT}",
-    )
+    add_resume(parser)
     parser.add_argument(
         "--teacher-cache",
         metavar="DIR",

@@ -36,12 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a segmenter (or distil a teacher into it) into a run directory.",
     )
     add_run_arguments(parser)
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help=f"continue the run from RUN_DIR/{RESUME_CHECKPOINT} (a requeued SLURM job "
-        "continues without it)",
-    )
+    add_resume(parser)
     parser.set_defaults(func=run_train)
 
     parser = subparsers.add_parser(
@@ -86,6 +81,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_resume(parser: argparse.ArgumentParser) -> None:
+    """--resume of a training run (train, distill)."""
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue the run from RUN_DIR/{RESUME_CHECKPOINT} (a requeued SLURM job "
+        "continues without it)",
+    )
+
+
 def load_run_config(args: argparse.Namespace) -> SegConfig:
     """The config with --set, --devices and --num-nodes applied and run.dir resolved."""
     overrides = list(args.overrides)
@@ -99,22 +104,20 @@ def load_run_config(args: argparse.Namespace) -> SegConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    cfg = load_run_config(args)
-    resume = args.resume
-    checkpoint = cfg.run.path() / RESUME_CHECKPOINT
-    if not resume and slurm_requeued() and checkpoint.is_file():
-        # A requeued job runs its batch script again, as it was submitted (without
-        # --resume); refusing the run directory would end the job the requeue saved.
-        print_once(f"notice: SLURM requeued this job: continuing the run from {checkpoint}")
-        resume = True
-    return train_and_report(cfg, resume)
+    return train_and_report(load_run_config(args), args.resume)
 
 
 def train_and_report(cfg: SegConfig, resume: bool) -> int:
     """Train (or distil) `cfg` and print where the run is, how long it took and its best
-    validation mIoU (train and distill end so)."""
+    validation mIoU (train and distill end so). A requeued SLURM job resumes without
+    `resume`: it runs its batch script again as it was submitted, and refusing the run
+    directory would end the job the requeue saved."""
     from segdistill.train import best_validation, train
 
+    checkpoint = cfg.run.path() / RESUME_CHECKPOINT
+    if not resume and slurm_requeued() and checkpoint.is_file():
+        print_once(f"notice: SLURM requeued this job: continuing the run from {checkpoint}")
+        resume = True
     start = time.perf_counter()
     run_dir = train(cfg, resume=resume)
     took = f"{time.perf_counter() - start:.1f} s"
