@@ -253,3 +253,34 @@ def test_paired_correlation_of_a_map_constant_to_float64_round_off_is_undefined(
     got = stats.compute()
     json.dumps(got, allow_nan=False)
     assert got["num_pixels"] == 13 and got["pearson"] is None
+
+
+def test_image_scores_of_no_image_are_empty() -> None:
+    """An empty batch raised "cannot reshape tensor of 0 elements"."""
+    scores = image_scores(torch.zeros(0, 1, 4, 4))
+    assert set(scores) == set(AGGREGATORS)
+    assert all(value.shape == (0,) for value in scores.values())
+
+
+def test_image_scores_ignore_non_finite_values_at_invalid_pixels() -> None:
+    """Only the valid pixels are aggregated: NaN or inf uncertainty elsewhere (a padded
+    border) changes no score."""
+    rng = np.random.default_rng(6)
+    unc = rng.random((3, 1, 5, 6))
+    valid = rng.random((3, 5, 6)) < 0.6
+    holes = unc.copy()
+    holes[0, 0][~valid[0]] = np.nan
+    holes[1, 0][~valid[1]] = np.inf
+    holes[2, 0][~valid[2]] = -np.inf
+    got = image_scores(torch.tensor(holes), torch.tensor(valid))
+    for i in range(3):
+        v = unc[i, 0][valid[i]]
+        expected = {
+            "min": v.min(),
+            "mean": v.mean(),
+            "median": np.median(v),
+            "max": v.max(),
+            "median_plus_min_over_max": (np.median(v) + v.min()) / v.max(),
+        }
+        for key, value in expected.items():
+            assert got[key][i].item() == pytest.approx(value, abs=1e-12), (key, i)

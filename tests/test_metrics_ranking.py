@@ -136,3 +136,14 @@ def test_risk_coverage_special_cases() -> None:
     assert risk_coverage_metrics(np.array([5, 5]), np.array([0, 0])) == {"aurc": 0.0, "eaurc": 0.0}
     assert risk_coverage_metrics(np.array([0, 10]), np.array([0, 4]))["aurc"] == pytest.approx(0.4)
     assert all(np.isnan(v) for v in risk_coverage_metrics(np.zeros(3), np.zeros(3)).values())
+
+
+def test_bin_indices_of_float32_values_next_to_every_edge() -> None:
+    """A float32 value at or one ulp either side of a bin edge goes to the bin it lies in
+    (compared with the float64 edges): scaled in float32, many round onto the next edge."""
+    edges32 = (np.arange(1, 1000) / 1000).astype(np.float32)
+    values = np.concatenate(
+        [np.nextafter(edges32, np.float32(0)), edges32, np.nextafter(edges32, np.float32(1))]
+    )
+    expected = np.searchsorted(bin_edges((0.0, 1.0), 1000), values.astype(np.float64), "right") - 1
+    assert bin_indices(torch.from_numpy(values), (0.0, 1.0), 1000).tolist() == expected.tolist()

@@ -619,3 +619,118 @@ def test_pavpu_maximum_between_the_plotted_thresholds() -> None:
     assert pavpu["num_patches"] == 2 * 22
     assert max(pavpu["values"]) < 1.0
     assert pavpu["max"] == 1.0 and pavpu["threshold_at_max"] == pytest.approx(0.306)
+
+
+def test_uncertainty_extremes_and_clipping_over_several_batches() -> None:
+    """The exact min / max are the extremes of all batches' evaluated pixels (the max in
+    the first batch, the min in the second), not of the last batch; ignore pixels with more
+    extreme values (and outside the range) neither set them nor count as clipped."""
+    maps = [[0.2, 1.7, 0.4, 9.0], [-0.3, 0.5, 0.6, -5.0], [0.3, 0.45, 0.5, 8.0]]
+    ev = SegmentationEvaluator(2, inputs="logits")
+    for values in maps:
+        target = torch.tensor([[[0, 1, 0, IGNORE]]])
+        ev.update(torch.randn(1, 2, 1, 4), torch.tensor(values).view(1, 1, 1, 4), target)
+    unc = ev.compute()["uncertainty"]
+    evaluated = np.array([v[:3] for v in maps], dtype=np.float32).astype(np.float64)
+    assert (unc["min"], unc["max"]) == (evaluated.min(), evaluated.max())
+    assert unc["num_clipped"] == int(((evaluated < 0) | (evaluated > 1)).sum()) == 2
+
+
+def test_non_finite_uncertainty_at_ignore_pixels_changes_nothing() -> None:
+    """Only evaluated pixels take part, in the pAvPU patches too: NaN / inf uncertainty at
+    ignore pixels (a padded border) is accepted and every result, over several batches,
+    equals that of the same batches with ordinary values there."""
+    batches = make_batches(num_batches=3, b=2, c=4, h=9, w=10, seed=21)
+    with_holes = [
+        (logits, torch.where((target == IGNORE)[:, None], fill, unc), target)
+        for (logits, unc, target), fill in zip(batches, (float("nan"), float("inf"), -math.inf))
+    ]
+    got, expected = evaluate(with_holes), evaluate(batches)
+    assert json.dumps(got) == json.dumps(expected)
+    pavpu = got["uncertainty"]["pavpu"]
+    np.testing.assert_allclose(
+        pavpu["values"], reference_pavpu(batches, np.array(pavpu["thresholds"])), atol=1e-12
+    )
+
+
+def test_histograms_of_float32_uncertainty_next_to_bin_edges_match_numpy() -> None:
+    """float32 uncertainties at and one ulp either side of every bin edge land in the bin
+    their value lies in (numpy's histogram of the same values in float64): a float32
+    product (value x num_bins) rounds many of them onto the next edge. Two batches, ignore
+    pixels, a 1000-bin histogram read at 50 plot bins and at the error operating points."""
+    edges32 = (np.arange(1, 50) / 50).astype(np.float32)
+    near = np.concatenate(
+        [
+            np.nextafter(edges32, np.float32(0)),
+            edges32,
+            np.nextafter(edges32, np.float32(1)),
+        ]
+    )
+    rng = np.random.default_rng(22)
+    ev = SegmentationEvaluator(3, inputs="probs")
+    values, wrongs = [], []
+    for half in np.array_split(rng.permutation(near), 2):
+        n = half.size
+        target = rng.integers(0, 3, n)
+        pred = np.where(rng.random(n) < 0.6, target, (target + 1) % 3)
+        target[rng.random(n) < 0.1] = IGNORE
+        probs = np.eye(3, dtype=np.float32)[pred].T[None, :, None]  # [1, 3, 1, n]
+        ev.update(
+            torch.tensor(probs),
+            torch.tensor(half).view(1, 1, 1, n),
+            torch.tensor(target).view(1, 1, n),
+        )
+        valid = target != IGNORE
+        values.append(half[valid].astype(np.float64))
+        wrongs.append((pred != target)[valid])
+    unc, wrong = np.concatenate(values), np.concatenate(wrongs)
+    got = ev.compute()["uncertainty"]
+    for key, mask in (("correct", ~wrong), ("wrong", wrong)):
+        assert got["histograms"][key] == np.histogram(unc[mask], 50, (0, 1))[0].tolist()
+    for point in got["error_operating_points"]:
+        assert point["recall"] == pytest.approx(np.mean(unc[wrong] >= point["threshold"]))
+        assert point["correct_flagged"] == pytest.approx(np.mean(unc[~wrong] >= point["threshold"]))
+
+
+def test_a_float64_uncertainty_is_binned_and_reported_in_float64() -> None:
+    """A float64 map was rounded to float32 first: 0.005 + 1e-12 fell into the bin below
+    the 0.005 edge, and its reported minimum was 0.004999999888."""
+    ev = SegmentationEvaluator(2, inputs="probs", plot_bins=1000)
+    value = 0.005 + 1e-12
+    probs = torch.tensor([[[[1.0]], [[0.0]]]])  # [1, 2, 1, 1]: class 0
+    ev.update(probs, torch.full((1, 1, 1, 1), value, dtype=torch.float64), torch.zeros(1, 1, 1))
+    got = ev.compute()["uncertainty"]
+    assert got["min"] == value
+    assert got["histograms"]["correct"].index(1) == 5  # [0.005, 0.006)
+
+
+def test_ece_with_many_classes_fills_the_lowest_confidence_bin() -> None:
+    """With 20 classes a max probability can be as low as 0.05, inside the first of 15
+    bins (0, 1/15]: that bin's accuracy and confidence count like any other's. Two batches,
+    ignore pixels, direct formula."""
+    rng = np.random.default_rng(23)
+    ev = SegmentationEvaluator(20, inputs="logits")
+    conf, correct = [], []
+    for _ in range(2):
+        scale = rng.choice([0.05, 1.0, 3.0], (2, 1, 6, 7))  # near-uniform to confident
+        logits = torch.tensor(rng.normal(0, scale, (2, 20, 6, 7)))
+        target = torch.tensor(rng.integers(0, 20, (2, 6, 7)))
+        target[:, 0] = IGNORE
+        ev.update(logits, None, target)
+        probs = torch.softmax(logits.double(), 1)
+        valid = target != IGNORE
+        conf.append(probs.max(1).values[valid].numpy())
+        correct.append((probs.argmax(1) == target)[valid].numpy())
+    conf, correct = np.concatenate(conf), np.concatenate(correct)
+    edges = np.linspace(0, 1, 16)
+    first = conf <= edges[1]
+    assert first.any() and correct[first].any() and not correct[first].all()
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    got = ev.compute()["calibration"]
+    assert got["count"][0] == int(first.sum())
+    assert got["accuracy"][0] == pytest.approx(correct[first].mean(), abs=1e-12)
+    assert got["ece"] == pytest.approx(ece, abs=1e-6)

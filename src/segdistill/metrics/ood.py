@@ -44,9 +44,8 @@ def image_scores(uncertainty: Tensor, valid: Tensor | None = None) -> dict[str, 
         raise ValueError(
             f"uncertainty must be one map per image [B, 1, H, W], not {list(uncertainty.shape)}"
         )
-    b = uncertainty.shape[0]
-    values = uncertainty.detach()[:, 0].reshape(b, -1).to(torch.float64)
-    valid = torch.ones_like(values, dtype=torch.bool) if valid is None else valid.reshape(b, -1)
+    values = uncertainty.detach()[:, 0].flatten(1).to(torch.float64)  # B = 0 too
+    valid = torch.ones_like(values, dtype=torch.bool) if valid is None else valid.flatten(1)
     count = valid.sum(dim=1)
     # Invalid pixels sort to the end, so the first `count` sorted values are the valid ones.
     ascending = torch.where(valid, values, torch.inf).sort(dim=1).values

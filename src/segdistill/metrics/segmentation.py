@@ -316,7 +316,9 @@ class SegmentationEvaluator(StreamingMetric):
                 f"uncertainty must be [B, 1, H, W] = {(b, 1, h, w)}, got {tuple(uncertainty.shape)}"
             )
         else:
-            pixel_unc = uncertainty.detach()[:, 0].float()
+            # float64 stays float64: rounded to float32, a value by a bin edge can change bins.
+            pixel_unc = uncertainty.detach()[:, 0]
+            pixel_unc = pixel_unc.to(torch.promote_types(pixel_unc.dtype, torch.float32))
         other = self._state["source_updates"][1 if given else 0]
         if other > 0:
             raise ValueError(
