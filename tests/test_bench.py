@@ -383,3 +383,97 @@ def test_the_cpu_timer_gives_milliseconds(monkeypatch: pytest.MonkeyPatch) -> No
     clock = iter([10.0, 10.25])
     monkeypatch.setattr("segdistill.bench.time.perf_counter", lambda: next(clock))
     assert make_timer(torch.device("cpu"))(lambda: None) == pytest.approx(250.0)
+
+
+class LoggingConv(OneConv):
+    """OneConv that logs its name, the thread count and its input at every forward."""
+
+    def __init__(self, name: str, log: list) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+
+    def forward(self, x: Tensor) -> SegOutput:
+        self.log.append((self.name, torch.get_num_threads(), x.clone()))
+        return super().forward(x)
+
+
+def test_timed_calls_are_round_robin_after_untimed_warm_up(monkeypatch) -> None:
+    """A fake timer: each call it times logs "timer" and returns a decreasing count, so
+    runs_ms tells which timed call each entry is. The warm-up calls are untimed and come
+    first; then repeat r of every model, then r + 1; the JSON keeps the runs in call order
+    and the printed ratio is numerator / denominator."""
+    log: list = []
+    ticks = iter(range(100, 0, -1))
+
+    def fake_timer(call):  # noqa: ANN001, ANN202
+        log.append(("timer", None, None))
+        call()
+        return float(next(ticks))
+
+    monkeypatch.setattr("segdistill.bench.make_timer", lambda device: fake_timer)
+    predictors = [
+        conv_predictor(LoggingConv("s", log), "s", "student"),
+        conv_predictor(LoggingConv("b", log), "b", "baseline"),
+    ]
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    try:
+        result = benchmark(predictors, (8, 8), repeats=3, warmup=2, threads=wanted)
+    finally:
+        torch.set_num_threads(before)
+    names = [name for name, _, _ in log]
+    flop_count, warm_up, timed = names[:2], names[2:6], names[6:]
+    assert flop_count == ["s", "b"]
+    assert sorted(warm_up) == ["b", "b", "s", "s"]  # untimed: no "timer" among them
+    assert timed == ["timer", "s", "timer", "b"] * 3  # round robin, one timer per call
+    # Decreasing ticks 100, 99, ... in call order: s got the 1st, 3rd, 5th.
+    student, baseline = result.models
+    assert student.runs_ms == [100.0, 98.0, 96.0] and baseline.runs_ms == [99.0, 97.0, 95.0]
+    assert to_json(result)["models"][0]["latency_ms"]["runs"] == [100.0, 98.0, 96.0]
+    (ratio,) = result.ratios
+    assert ratio.value == pytest.approx(np.median(np.array([100, 98, 96]) / [99, 97, 95]))
+    assert f"{ratio.value:.3f}" in format_result(result)
+    # The thread count asked for is in effect for every call, timed ones included.
+    assert {threads for name, threads, _ in log if name != "timer"} == {wanted}
+    # Every model gets the same random batch (not a constant one), padded with 0 to 32x32.
+    inputs = [x for name, _, x in log if name != "timer"]
+    assert all(torch.equal(x, inputs[0]) for x in inputs) and inputs[0].shape == (1, 3, 32, 32)
+    assert inputs[0][..., :8, :8].std() > 0.5 and inputs[0][..., 8:, :].abs().sum() == 0
+
+
+def test_the_cpu_timer_times_the_call_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake clock advances only inside the call: 0.25 s of call -> 250 ms."""
+    clock = [10.0]
+    monkeypatch.setattr("segdistill.bench.time.perf_counter", lambda: clock[0])
+
+    def call() -> None:
+        clock[0] += 0.25
+
+    assert make_timer(torch.device("cpu"))(call) == pytest.approx(250.0)
+
+
+def test_latency_median_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
+    # numpy's linear interpolation, by hand: sorted 1, 2, 3, 10 -> median 2.5,
+    # q25 = 1 + 0.75 * (2 - 1) = 1.75, q75 = 3 + 0.25 * (10 - 3) = 4.75.
+    model = ModelBench("m", "m", "baseline", 1, "", 0, 0.0, 1, (32, 32), [10.0, 1.0, 3.0, 2.0])
+    assert model.latency() == {"median": 2.5, "q25": 1.75, "q75": 4.75, "min": 1.0, "max": 10.0}
+
+
+def test_cli_bench_passes_its_settings_to_the_run(tmp_path, monkeypatch) -> None:
+    import segdistill.bench as bench_module
+
+    seen = {}
+    real = bench_module.benchmark
+
+    def recording(predictors, size, batch, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        seen.update(size=size, batch=batch, **kwargs)
+        return real(predictors, size, batch, **{**kwargs, "repeats": 1, "warmup": 0})
+
+    monkeypatch.setattr(bench_module, "benchmark", recording)
+    baseline = save_tiny(tmp_path / "baseline.safetensors")
+    argv = [str(baseline), "--size", "32x64", "--batch", "2", "--repeats", "7"]
+    assert main(["bench", *argv, "--warmup", "3", "--threads", "2", "--channels-last"]) == 0
+    assert seen == {
+        "size": (32, 64), "batch": 2, "repeats": 7, "warmup": 3, "device": "cpu",
+        "threads": 2, "channels_last": True,
+    }  # fmt: skip

@@ -315,3 +315,78 @@ def test_the_description_ties_the_file_to_its_weights_and_names_classes(tmp_path
     classes.write_text("classes: [{name: a, color: [0, 0, 0]}]\n")
     assert main([*argv, "--classes", str(classes)]) == 2
     assert "lists 1 classes, but" in capsys.readouterr().err
+
+
+def test_compare_takes_the_largest_absolute_difference() -> None:
+    """One pixel off by -2e-4 (below PyTorch) fails the check for every float output: the
+    largest |difference|, not a mean over the pixels nor a signed difference."""
+    probs = torch.tensor([0.7, 0.2, 0.1]).reshape(1, 3, 1, 1).repeat(1, 1, 2, 2)
+    uncertainty = torch.full((1, 1, 2, 2), 0.5)
+    ood_map = torch.full((1, 1, 2, 2), 0.5)
+    low = torch.zeros(1, 1, 2, 2)
+    low[0, 0, 1, 1] = -2e-4
+    reference = (probs, uncertainty, ood_map)
+    for index, name in enumerate(["probs", "uncertainty", "ood_map"]):
+        exported = list(reference)
+        exported[index] = exported[index] + low
+        diff, ties, ok = compare(reference, tuple(exported), "probs", 1e-4)
+        assert not ok and ties == 0, name
+        assert diff[name] == pytest.approx(2e-4, rel=1e-4), name
+
+
+def test_the_check_compares_with_pytorch_within_the_tolerance_asked(tmp_path, monkeypatch) -> None:
+    """check_export runs the file on a random input and compares it with PyTorch at the
+    tolerance it is given: an exported file (faked here) whose probabilities differ by
+    5e-4 at one pixel fails at atol 1e-4 and passes at 1e-3."""
+    config = ModelConfig(encoder_options={"width": 0.125}, uncertainty_head="scalar")
+    network = build_segmenter(
+        config.arch, config.encoder, CLASSES, "scalar", config.encoder_options
+    ).eval()
+    module = export_module.ExportModule(network)
+    inputs = []
+
+    def fake_exported(path, fmt, images):  # noqa: ANN001, ANN202
+        inputs.append(images)
+        with torch.no_grad():
+            probs, uncertainty = module(images)
+        probs = probs.clone()
+        probs[0, 0, 0, 0] -= 5e-4
+        return probs, uncertainty
+
+    monkeypatch.setattr(export_module, "run_exported", fake_exported)
+    shape = (2, 3, 27, 37)
+    strict = export_module.check_export(tmp_path / "f", "onnx", module, shape, atol=1e-4)
+    assert not strict.ok and strict.max_diff["probs"] == pytest.approx(5e-4, rel=1e-3)
+    loose = export_module.check_export(tmp_path / "f", "onnx", module, shape, atol=1e-3)
+    assert loose.ok and loose.atol == 1e-3
+    assert inputs[0].shape == shape and inputs[0].std() > 0.5  # random, not constant
+
+
+def test_cli_atol_reaches_the_check(tmp_path, monkeypatch) -> None:
+    """--atol is the tolerance the check applies, not the default."""
+    source = save_tiny(tmp_path / "net.safetensors")
+    atols = []
+
+    def recording(path, fmt, module, shape, atol=1e-4):  # noqa: ANN001, ANN202
+        atols.append(atol)
+        return CheckResult(tuple(shape), {"probs": 0.0, "uncertainty": 0.0}, 0, atol, True)
+
+    monkeypatch.setattr(export_module, "check_export", recording)
+    out = tmp_path / "net.pt"
+    argv = ["export", str(source), "--format", "torchscript", "--out", str(out)]
+    assert main([*argv, "--atol", "0.03"]) == 0
+    assert atols == [0.03]
+
+
+def test_a_network_in_train_mode_is_exported_in_eval_mode(tmp_path) -> None:
+    """A caller's network left in train mode (batch norm on batch statistics) is exported
+    as it predicts in eval mode; the check, run on the same module, would not notice."""
+    source = save_tiny(tmp_path / "net.safetensors")
+    predictor = load_predictor(source)
+    predictor.model.train()
+    report = export_predictor(predictor, "torchscript", tmp_path / "net.pt")
+    images = torch.randn(1, 3, 32, 32)
+    probs, uncertainty = run_exported(report.path, "torchscript", images)
+    ref_probs, ref_uncertainty = predictor_outputs(source, images)  # a fresh, eval network
+    assert (probs - ref_probs).abs().max() <= 1e-4
+    assert (uncertainty - ref_uncertainty).abs().max() <= 1e-4
