@@ -35,7 +35,7 @@ from segdistill.output_paths import folder_user
 from segdistill.pipeline import evaluation as pipeline_evaluation
 from segdistill.pipeline import networks as pipeline_networks
 from segdistill.pipeline import run as pipeline_run
-from segdistill.pipeline.checks import metric_value, run_check
+from segdistill.pipeline.checks import metric_value, model_value, run_check
 from segdistill.pipeline.evaluation import _ablation_rows, fit_ood_detectors, flagged_shares
 from segdistill.pipeline.experiment import (
     AblationSpec,
@@ -1122,6 +1122,11 @@ def write_experiment(tmp_path: Path, text: str) -> Path:
         ("table: {columns: [mIoU]}\n", "unknown metric 'mIoU'"),
         ("checks: [{name: x, metric: miou, models: [nobody], min: 0}]\n", "unknown model"),
         ("checks: [{name: x, metric: miou, models: [baseline]}]\n", "give min, max or both"),
+        (  # Python's list order: the first differing class decides, the others never count
+            "checks: [{name: x, metric: per_class_iou, models: [teacher, baseline], "
+            "compare: order}]\n",
+            "compare=order orders numbers, not the classes of per_class_iou",
+        ),
         (
             "ablations: [{name: a, kind: sweep, student: nobody, key: k, values: [1]}]\n",
             "a sweep needs",
@@ -1827,6 +1832,137 @@ def test_the_ood_flag_table_shows_the_first_seed_only() -> None:
         ["model", "threshold", "fog"],
         ["m", "0.5", "50%"],
     ]
+
+
+def test_a_ratio_to_a_zero_reference_has_no_value_and_fails() -> None:
+    """`ratio` against a reference of 0 is undefined: no quantity, and the check fails
+    whatever its bounds (not 0, which a `max` passes, nor inf, which a `min` passes)."""
+    models = {
+        "student": [model("student", 0.5, [0.1], 10.0)],
+        "baseline": [model("baseline", 0.0, [0.1], 10.0)],
+    }
+    for bounds in ({"max": 1.0}, {"min": 0.0}):
+        spec = CheckSpec(
+            name="r", metric="miou", models=["student"], compare="ratio",
+            reference="baseline", **bounds,
+        )  # fmt: skip
+        (outcome,) = run_check(spec, models, "test")
+        assert outcome["value"] is None and outcome["passed"] is False
+
+
+def test_a_per_class_check_against_a_reference_without_values_fails() -> None:
+    """A reference (or a seed) not evaluated there has no per-class list: the check
+    crashed the report with "'NoneType' object is not iterable" instead of failing."""
+    models = {
+        "student": [model("student", 0.5, [0.3, 0.2], 10.0)],
+        "baseline": [{"name": "baseline", "parameters": 1, "splits": {}}],
+    }
+    spec = CheckSpec(
+        name="d", metric="per_class_mean_uncertainty", models=["student"],
+        compare="difference", reference="baseline", min=0.0,
+    )  # fmt: skip
+    assert model_value(models["student"], spec.metric, "test") == [0.3, 0.2]
+    (outcome,) = run_check(spec, models, "test")
+    assert outcome["value"] is None and outcome["passed"] is False
+    seeds = [model("student", 0.5, [0.3, 0.2], 10.0), {"name": "s", "splits": {}}]
+    assert run_check(spec, {**models, "student": seeds}, "test")[0]["passed"] is False
+
+
+def test_the_verdict_is_made_on_the_unrounded_quantity() -> None:
+    """0.58996 - 0.60 = -0.01004 is shown as -0.0100 but fails `min: -0.01`: the summary
+    rounds the number it prints, never the verdict."""
+    models = {
+        "student": [model("student", 0.58996, [0.1], 10.0)],
+        "baseline": [model("baseline", 0.60, [0.1], 10.0)],
+    }
+    spec = CheckSpec(
+        name="d", metric="miou", models=["student"], compare="difference",
+        reference="baseline", min=-0.01,
+    )  # fmt: skip
+    (outcome,) = run_check(spec, models, "test")
+    assert outcome["value"] == pytest.approx(-0.01004) and outcome["passed"] is False
+    line = "FAIL  d - student vs baseline: difference -0.0100 (goal >= -0.01)"
+    assert _check_line(outcome) == line
+    table = {
+        "title": "t", "split": "test", "columns": ["model", "label", "mIoU"],
+        "metrics": ["miou"], "rows": [["student", "s", 0.58996]], "std": [[None]],
+    }  # fmt: skip
+    results = {
+        "experiment": {"name": "e", "title": "e", "paper": ""}, "table": table,
+        "models": [], "ablations": {}, "checks": [outcome], "stages": {},
+    }  # fmt: skip
+    assert "checks: 0 of 1 pass" in format_summary(results)
+    assert experiment_claims(results).checks == [(False, line)]
+
+
+def test_the_report_gives_each_outcome_its_own_verdict_and_each_seed_its_value() -> None:
+    """The HTML report's checks carry each outcome's `passed`, and a check over seeds
+    lists the quantity of each seed in seed order (seed k of the model against seed k of
+    the reference): 0.50 - 0.52 and 0.56 - 0.55, mean 0.53 - 0.535 = -0.005."""
+    students = [model("student", m, [0.1], 10.0) for m in (0.50, 0.56)]
+    baselines = [model("baseline", m, [0.1], 10.0) for m in (0.52, 0.55)]
+    spec = CheckSpec(
+        name="d", metric="miou", models=["student"], compare="difference",
+        reference="baseline", min=-0.01,
+    )  # fmt: skip
+    (seeded,) = run_check(spec, {"student": students, "baseline": baselines}, "test")
+    assert seeded["value"] == pytest.approx(-0.005) and seeded["passed"] is True
+    assert _check_line(seeded).endswith("; mean of 2 seeds, each: -0.0200, 0.0100")
+    failing = _value_check(metric="miou", max=0.5)
+    table = {
+        "title": "t", "split": "test", "columns": ["model", "label", "mIoU"],
+        "metrics": ["miou"], "rows": [["student", "s", 0.53]], "std": [[0.0424]],
+    }  # fmt: skip
+    results = {
+        "experiment": {"name": "e", "title": "e", "paper": ""}, "table": table,
+        "models": [], "ablations": {}, "checks": [seeded, failing], "stages": {},
+    }  # fmt: skip
+    checks = experiment_claims(results).checks
+    assert [passed for passed, _ in checks] == [True, False]
+    assert checks[0][1].startswith("PASS  d") and checks[1][1].startswith("FAIL  c")
+
+
+def test_the_checks_are_made_on_the_tables_split(
+    tiny_demo: tuple[list[str], Path], tmp_path: Path
+) -> None:
+    """write_results checks a metric without @split on `table.split` (fog_0.02 here), as
+    docs/experiments.md says, not on the test split."""
+    args, run_dir = tiny_demo
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    overrides = args[args.index("--set") + 1 :] + [
+        "teacher.members=2",
+        "table.split=fog_0.02",
+        "checks=[{name: u, metric: class_mean_uncertainty, models: [dudes], min: 0.0}]",
+    ]
+    experiment = load_experiment(DEMO_CONFIG, overrides)
+    paths = RunPaths(copy)
+    write_results(experiment, paths, [step.name for step in plan(experiment, paths)])
+    results = json.loads((copy / "results.json").read_text())
+    (dudes,) = [m for m in results["models"] if m["name"] == "dudes"]
+    fog, test = (dudes["splits"][s]["uncertainty"]["class_mean"] for s in ("fog_0.02", "test"))
+    assert fog != test
+    (outcome,) = results["checks"]
+    assert outcome["value"] == pytest.approx(fog)
+
+
+def test_an_ablation_row_gives_each_column_its_own_std() -> None:
+    """A sweep over seeds shows each column's mean ± that column's sample std (rows.json
+    `std`), none on the swept value, which has no std."""
+    rows = [{"value": 0.5, "miou": 0.4, "ece": 0.1, "std": {"miou": 0.02, "ece": 0.005}}]
+    ablation = {"kind": "sweep", "split": "test", "seeds": [0, 1], "rows": rows}
+    table = {
+        "title": "t", "split": "test", "columns": ["model", "label", "mIoU"],
+        "metrics": ["miou"], "rows": [["student", "s", 0.5]], "std": [[None]],
+    }  # fmt: skip
+    results = {
+        "experiment": {"name": "e", "title": "e", "paper": ""}, "table": table,
+        "models": [], "ablations": {"width": ablation}, "checks": [], "stages": {},
+    }  # fmt: skip
+    summary = format_summary(results)
+    assert "ablation width (sweep, test, mean ± std of seeds [0, 1]):" in summary
+    (line,) = [line for line in summary.splitlines() if line.startswith("0.5")]
+    assert line.split() == ["0.5000", "0.4000", "±", "0.0200", "0.1000", "±", "0.0050"]
 
 
 # A pipeline whose expensive steps are stubs (fast): each writes the files the real one

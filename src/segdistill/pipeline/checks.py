@@ -85,6 +85,8 @@ def metric_header(name: str) -> str:
 
 # Measured once per architecture: the bench times the first seed's networks only.
 SPEED_METRICS = ("latency_ms", "gflops", "parameters_m")
+# The metrics with a value per class (a list): compared class by class, never ordered.
+PER_CLASS_METRICS = ("per_class_iou", "per_class_mean_uncertainty")
 
 
 def seed_values(seeds: list[dict[str, Any]], name: str, split: str = REFERENCE_SPLIT) -> list[Any]:
@@ -96,11 +98,12 @@ def seed_values(seeds: list[dict[str, Any]], name: str, split: str = REFERENCE_S
 
 
 def mean_over_seeds(values: list[Any]) -> Any:
-    """The mean of per-seed values, class by class for lists; None where a seed has none."""
-    if isinstance(values[0], list):
-        return [mean_over_seeds(list(column)) for column in zip(*values)]
+    """The mean of per-seed values, class by class for lists; None where a seed has none
+    (a seed without a list: None for the whole list)."""
     if any(value is None for value in values):
         return None
+    if isinstance(values[0], list):
+        return [mean_over_seeds(list(column)) for column in zip(*values)]
     return float(np.mean(values))
 
 
@@ -123,11 +126,12 @@ def _within(value: float | None, low: float | None, high: float | None) -> bool:
 
 
 def _combine(compare: str, value: Any, reference: Any) -> Any:
-    """The compared quantity (lists element by element; None where a side is None)."""
-    if isinstance(value, list):
-        return [_combine(compare, v, r) for v, r in zip(value, reference)]
+    """The compared quantity (lists element by element; None where a side is None, the
+    whole list where the reference has none, as a model not evaluated there)."""
     if value is None or reference is None:
         return None
+    if isinstance(value, list):
+        return [_combine(compare, v, r) for v, r in zip(value, reference)]
     if compare == "difference":
         return value - reference
     if compare == "abs_difference":

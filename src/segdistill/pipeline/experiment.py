@@ -14,7 +14,7 @@ from segdistill.data.shifts import SHIFT_KINDS
 from segdistill.defaults import DEFAULT_MC_SAMPLES
 from segdistill.errors import ConfigError, read_yaml
 from segdistill.evaluate import REFERENCE_SPLIT
-from segdistill.pipeline.checks import split_metric_name
+from segdistill.pipeline.checks import PER_CLASS_METRICS, split_metric_name
 
 
 @dataclass
@@ -447,6 +447,10 @@ def check_experiment(spec: Experiment, source: str) -> None:
             raise ConfigError(f"{where}: compare={check.compare} needs a reference model")
         if check.compare != "order" and check.min is None and check.max is None:
             raise ConfigError(f"{where}: give min, max or both")
+        metric = split_metric_name(check.metric, where)[0]
+        if check.compare == "order" and metric in PER_CLASS_METRICS:
+            # Python orders lists by their first differing class: a check of nothing.
+            raise ConfigError(f"{where}: compare=order orders numbers, not the classes of {metric}")
 
 
 def seeded_name(name: str, seed_offset: int) -> str:
