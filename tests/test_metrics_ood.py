@@ -14,6 +14,17 @@ from segdistill.metrics import AnomalyEvaluator, PairedUncertaintyStats, image_s
 IGNORE = 255
 
 
+def expected_scores(values: np.ndarray) -> dict[str, float]:
+    """Every aggregator of an image's valid uncertainty values, in numpy."""
+    return {
+        "min": values.min(),
+        "mean": values.mean(),
+        "median": np.median(values),
+        "max": values.max(),
+        "median_plus_min_over_max": (np.median(values) + values.min()) / values.max(),
+    }
+
+
 def test_image_scores_match_numpy() -> None:
     rng = np.random.default_rng(0)
     unc = rng.random((5, 1, 7, 9))
@@ -26,15 +37,7 @@ def test_image_scores_match_numpy() -> None:
     got = image_scores(torch.tensor(unc), torch.tensor(valid))
     assert tuple(got) == AGGREGATORS
     for i in (0, 2, 4):
-        v = unc[i, 0][valid[i]]
-        expected = {
-            "min": v.min(),
-            "mean": v.mean(),
-            "median": np.median(v),
-            "max": v.max(),
-            "median_plus_min_over_max": (np.median(v) + v.min()) / v.max(),
-        }
-        for key, value in expected.items():
+        for key, value in expected_scores(unc[i, 0][valid[i]]).items():
             assert got[key][i].item() == pytest.approx(value, abs=1e-12), (key, i)
     assert all(torch.isnan(got[key][1]) for key in AGGREGATORS)
     assert got["median_plus_min_over_max"][3].item() == 2.0
@@ -274,13 +277,5 @@ def test_image_scores_ignore_non_finite_values_at_invalid_pixels() -> None:
     holes[2, 0][~valid[2]] = -np.inf
     got = image_scores(torch.tensor(holes), torch.tensor(valid))
     for i in range(3):
-        v = unc[i, 0][valid[i]]
-        expected = {
-            "min": v.min(),
-            "mean": v.mean(),
-            "median": np.median(v),
-            "max": v.max(),
-            "median_plus_min_over_max": (np.median(v) + v.min()) / v.max(),
-        }
-        for key, value in expected.items():
+        for key, value in expected_scores(unc[i, 0][valid[i]]).items():
             assert got[key][i].item() == pytest.approx(value, abs=1e-12), (key, i)
