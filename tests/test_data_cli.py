@@ -197,10 +197,22 @@ def test_a_terminals_ctrl_c_stops_a_generation_in_workers_cleanly(tmp_path: Path
     assert not (root / ss.META_FILE).exists()  # unfinished: the next run redoes it
 
 
-def test_a_foreign_cityscapes_folder_is_refused(tmp_path: Path, capsys) -> None:
-    (tmp_path / "leftImg8bit").mkdir()
-    assert main(["data", "synth", "--out", str(tmp_path), *TINY]) == 2
-    assert "not a SynthStreets data set" in capsys.readouterr().err
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_a_foreign_cityscapes_folder_is_refused_and_kept(
+    tmp_path: Path, capsys, force: list[str]
+) -> None:
+    """A Cityscapes download (no meta.json) is never deleted, not even with --force."""
+    image = tmp_path / "leftImg8bit" / "train" / "aachen" / "aachen_000000_000019_leftImg8bit.png"
+    mask = tmp_path / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png"
+    for path in (image, mask):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"not a synthstreets file")
+    assert main(["data", "synth", "--out", str(tmp_path), *TINY, *force]) == 2
+    error = capsys.readouterr().err
+    assert "holds leftImg8bit, gtFine but no meta.json: not a SynthStreets data set" in error
+    assert "not even with --force" in error
+    assert image.read_bytes() == mask.read_bytes() == b"not a synthstreets file"
+    assert not (tmp_path / ss.META_FILE).exists()
 
 
 @pytest.mark.parametrize("bad", [["--size", "64by128"], ["--shifts", "fog,snow"]])

@@ -7,9 +7,10 @@
     segdistill data preview DIR --out sheet.png [--scenes N] [--split S]
 
 `synth` writes a SynthStreets data set (see `segdistill.data.synthstreets`); run again with
-the same parameters it does nothing ("already there"); a folder holding a different data set
-is refused unless --force. `info` checks every file against meta.json and prints counts,
-class frequencies and interior shares; it lists every bad file and exits 1. So it does for
+the same parameters it does nothing ("already there"); a folder holding a different
+SynthStreets set is refused unless --force, one holding other data (no meta.json) always.
+`info` checks every file against meta.json and prints counts, class frequencies and
+interior shares; it lists every bad file and exits 1. So it does for
 a Cityscapes-layout or folder data set, whose unusable files include an image without a
 mask in a split where other images have one.
 `preview` draws a contact sheet: per SynthStreets scene the image, coloured labels, depth
@@ -124,7 +125,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="K",
         help="worker processes (default: all cores; the files do not depend on it)",
     )
-    synth.add_argument("--force", action="store_true", help="replace a different data set in --out")
+    synth.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a different SynthStreets data set in --out (never other data)",
+    )
     synth.set_defaults(func=run_synth)
 
     info = commands.add_parser(

@@ -425,7 +425,8 @@ def _clear(root: Path) -> None:
 
 def _check_target(root: Path, config: SynthConfig, force: bool) -> bool:
     """Whether to generate into `root`: False when the same data set is already there;
-    DataError when another one (or foreign Cityscapes folders) is there without force."""
+    DataError when another SynthStreets set is there without force, or folders of a data
+    set that is not SynthStreets (Cityscapes' `leftImg8bit/`, ...) whatever force says."""
     if root.exists() and not root.is_dir():
         # Named by its path only: `data synth --out` and an experiment's data.root lead here.
         raise DataError(f"{root} is a file, not a folder: the data set needs a folder there")
@@ -443,10 +444,14 @@ def _check_target(root: Path, config: SynthConfig, force: bool) -> bool:
         return True
     interrupted = (root / PARTIAL_FILE).exists()
     foreign = [name for name in OUTPUT_DIRS if (root / name).exists()]
-    if foreign and not interrupted and not force:
+    if foreign and not interrupted:
+        # Not even with force: such folders are usually a Cityscapes download or the
+        # user's own data, which a generation would delete beyond recovery.
         raise DataError(
-            f"{root} holds {', '.join(foreign)} but no {META_FILE}: not a SynthStreets data set; "
-            "use --force to overwrite it or pick another --out"
+            f"{root} holds {', '.join(foreign)} but no {META_FILE}: not a SynthStreets data "
+            "set (a Cityscapes tree or your own data?), so it is never replaced, not even "
+            "with --force; pick another --out (data.root in an experiment), or delete "
+            f"those folders yourself if they really are a SynthStreets set"
         )
     return True
 
@@ -462,7 +467,8 @@ def generate(
     (same parameters in meta.json) is already there and nothing was done.
 
     An interrupted generation (no meta.json, the partial marker present) is redone from
-    scratch; a different data set is replaced only with `force`.
+    scratch; a different SynthStreets set is replaced only with `force`, and folders
+    that are not a SynthStreets set never.
     """
     root = Path(root)
     if not _check_target(root, config, force):
