@@ -1127,6 +1127,28 @@ def write_experiment(tmp_path: Path, text: str) -> Path:
             "compare: order}]\n",
             "compare=order orders numbers, not the classes of per_class_iou",
         ),
+        (  # a bound on an order was never applied: it would read as checked
+            "checks: [{name: x, metric: miou, models: [teacher, baseline], "
+            "compare: order, min: 0.5}]\n",
+            "compare=order takes no min .it checks",
+        ),
+        (
+            "checks: [{name: x, metric: miou, models: [teacher], compare: order}]\n",
+            "compare=order needs at least two models",
+        ),
+        (  # min_count counts classes: a scalar metric has none
+            "checks: [{name: x, metric: miou, models: [baseline], min: 0.1, min_count: 3}]\n",
+            "min_count counts classes within the bounds, and miou has one value",
+        ),
+        (
+            "checks: [{name: x, metric: per_class_iou, models: [baseline], min: 0.1, "
+            "min_count: 0}]\n",
+            "min_count=0 must be >= 1",
+        ),
+        (
+            "checks: [{name: x, metric: miou, models: [baseline], reference: teacher, min: 0}]\n",
+            "compare=value checks each model's own value, so reference='teacher' would be",
+        ),
         (
             "ablations: [{name: a, kind: sweep, student: nobody, key: k, values: [1]}]\n",
             "a sweep needs",

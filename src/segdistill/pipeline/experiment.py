@@ -191,10 +191,12 @@ class CheckSpec:
     - value: the metric itself;
     - difference / abs_difference / ratio: against the `reference` model's metric
       (model - reference, |model - reference|, model / reference);
-    - order: the models' values must not increase along the list (no bounds).
+    - order: the models' values must not increase along the list (at least two models;
+      no bounds, min_count or reference).
 
     The quantity must lie within [min, max] (either may be null). For a per-class metric
-    (a list), at least `min_count` classes (default: all) must lie within the bounds.
+    (a list), at least `min_count` classes (default: all) must lie within the bounds;
+    `min_count` is refused on any other metric.
     In the file, `min: members` is the teacher's member count and "{members}" in `name`
     that number (`load_experiment`): an ensemble costs as many networks as it has members,
     so its latency over one student's should be at least that (DUDES Table 3). "{size}"
@@ -445,12 +447,47 @@ def check_experiment(spec: Experiment, source: str) -> None:
                 raise ConfigError(f"{where}: unknown model {name!r} (models: {names})")
         if check.compare in ("difference", "abs_difference", "ratio") and not check.reference:
             raise ConfigError(f"{where}: compare={check.compare} needs a reference model")
-        if check.compare != "order" and check.min is None and check.max is None:
-            raise ConfigError(f"{where}: give min, max or both")
+        if check.compare == "value" and check.reference:
+            raise ConfigError(
+                f"{where}: compare=value checks each model's own value, so reference="
+                f"{check.reference!r} would be ignored; use compare=difference or ratio"
+            )
         metric = split_metric_name(check.metric, where)[0]
-        if check.compare == "order" and metric in PER_CLASS_METRICS:
-            # Python orders lists by their first differing class: a check of nothing.
-            raise ConfigError(f"{where}: compare=order orders numbers, not the classes of {metric}")
+        if check.compare == "order":
+            # An ignored bound would read as checked: the order's only test is the order.
+            given = [
+                key
+                for key, value in (
+                    ("min", check.min),
+                    ("max", check.max),
+                    ("min_count", check.min_count),
+                    ("reference", check.reference),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ConfigError(
+                    f"{where}: compare=order takes no {', '.join(given)} (it checks that the "
+                    "models' values do not increase along `models`); make a separate check"
+                )
+            if len(check.models) < 2:
+                raise ConfigError(f"{where}: compare=order needs at least two models")
+            if metric in PER_CLASS_METRICS:
+                # Python orders lists by their first differing class: a check of nothing.
+                raise ConfigError(
+                    f"{where}: compare=order orders numbers, not the classes of {metric}"
+                )
+        elif check.min is None and check.max is None:
+            raise ConfigError(f"{where}: give min, max or both")
+        if check.min_count is not None:
+            if metric not in PER_CLASS_METRICS:
+                raise ConfigError(
+                    f"{where}: min_count counts classes within the bounds, and {metric} has "
+                    f"one value, not one per class (per-class metrics: "
+                    f"{', '.join(PER_CLASS_METRICS)})"
+                )
+            if check.min_count < 1:
+                raise ConfigError(f"{where}: min_count={check.min_count} must be >= 1")
 
 
 def seeded_name(name: str, seed_offset: int) -> str:
