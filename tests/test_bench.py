@@ -23,6 +23,7 @@ from segdistill.bench import (
     count_flops,
     format_result,
     make_timer,
+    median_interval,
     paired_ratio,
     to_json,
 )
@@ -36,6 +37,11 @@ from segdistill.pipeline.results import _bench_line
 from segdistill.predictor import Predictor
 
 CLASSES = 3
+# The settings format_result prints, as a run on 32x32 inputs records them.
+SETTINGS = {
+    "size": [32, 32], "batch": 1, "device": "cpu", "device_name": "test CPU", "threads": 1,
+    "channels_last": False, "torch": "2.x", "warmup": 0, "repeats": 10, "timer": "perf_counter",
+}  # fmt: skip
 
 
 def save_tiny(path: Path, head: str | None = None, mc_dropout: float = 0.0) -> Path:
@@ -349,6 +355,70 @@ def test_ratio_goals_are_met_on_the_bound() -> None:
         [model("ens", "ensemble", [102.0], passes=2), model("student", "student", [51.0])]
     )
     assert exact[0].value == 2.0 and exact[0].met
+
+
+@pytest.mark.parametrize("count", [*range(1, 41), 99, 100, 300, 1500])
+def test_median_interval_takes_the_ranks_of_the_binomial_bound(count: int) -> None:
+    """[x_(k), x_(n+1-k)] with the largest k whose coverage 1 - 2 P(B <= k-1), B ~
+    Binomial(n, 1/2), is still >= 0.95 (scipy's binomial, not the code's sum)."""
+    from scipy.stats import binom
+
+    values = np.random.default_rng(count).permutation(np.arange(1, count + 1)).astype(float)
+    ranks = [k for k in range(1, (count + 1) // 2 + 1) if 2 * binom.cdf(k - 1, count, 0.5) <= 0.05]
+    interval = median_interval(values)
+    if not ranks:
+        assert interval is None and count < 6
+    else:  # values are 1..n, so the k-th smallest is k
+        k = max(ranks)
+        assert interval == (float(k), float(count + 1 - k))
+    if count == 10:  # the textbook case: x_(2)..x_(9), coverage 97.9 %
+        assert interval == (2.0, 9.0)
+
+
+def test_median_interval_covers_the_median_as_often_as_it_says() -> None:
+    """Drawn 4000 times from a skewed distribution (median log 2), 25 values each, the
+    interval [x_(8), x_(18)] holds the true median 95.67 % of the time (1 - 2 P(B <= 7)),
+    give or take 1.2 points (3.7 standard errors of 4000 draws)."""
+    from scipy.stats import binom
+
+    rng = np.random.default_rng(0)
+    held = [
+        low <= np.log(2) <= high
+        for low, high in (median_interval(rng.exponential(size=25)) for _ in range(4000))
+    ]
+    coverage = 1 - 2 * binom.cdf(7, 25, 0.5)
+    assert abs(np.mean(held) - coverage) < 0.012 and coverage >= 0.95
+
+
+def test_a_ratio_whose_interval_holds_the_goal_is_unresolved(capsys) -> None:
+    """The per-repeat ratios' interval comes with the ratio; where the goal's bound lies
+    inside it the run cannot decide the goal, and says so."""
+
+    def model(name: str, kind: str, runs: list[float]) -> ModelBench:
+        return ModelBench(name, name, kind, 1, "", 0, 0.0, 1, (32, 32), runs)
+
+    baseline = [100.0] * 10
+    student = [97.0, 99.0, 100.0, 101.0, 101.5, 102.5, 103.0, 104.0, 106.0, 110.0]
+    ratios = compute_ratios([model("s", "student", student), model("b", "baseline", baseline)])
+    (ratio,) = ratios
+    assert ratio.value == pytest.approx(1.02) and ratio.met  # the median: (101.5 + 102.5) / 2
+    assert ratio.interval == pytest.approx((0.99, 1.06))  # the 2nd and 9th of 10
+    assert ratio.unresolved
+    text = format_result(BenchResult(SETTINGS, [model("s", "student", student)], ratios))
+    assert "0.990..1.060" in text and "yes (unresolved)" in text
+    assert "the goal lies inside the interval" in text
+    data = to_json(BenchResult(SETTINGS, [], ratios))["ratios"][0]
+    assert data["interval_95"] == pytest.approx([0.99, 1.06]) and data["unresolved"] is True
+    # A clear margin: the whole interval under the goal.
+    clear = compute_ratios(
+        [model("s", "student", [v - 10.0 for v in student]), model("b", "baseline", baseline)]
+    )
+    assert clear[0].interval[1] < 1.02 and not clear[0].unresolved
+    # Five repeats give no 95 % interval: shown as "-", never as resolved.
+    few = compute_ratios([model("s", "student", student[:5]), model("b", "baseline", baseline[:5])])
+    assert few[0].interval is None and not few[0].unresolved
+    text = format_result(BenchResult(SETTINGS, [model("s", "student", student[:5])], few))
+    assert "fewer than 6 timed calls give no 95% interval" in text
 
 
 def test_gflops_per_image_are_flops_over_1e9() -> None:

@@ -38,12 +38,14 @@ pair, goal <= 1.02 (the uncertainty head costs at most 2%). A ratio is the media
 repeats of the ratio of the two calls of one repeat (`paired_ratio`): those calls run back
 to back, so a change of the machine's load between repeats cancels out, which the ratio of
 the two medians does not do (its medians may come from different repeats). On a steady
-machine both agree.
+machine both agree. Each ratio comes with a distribution-free 95 % interval of that
+median (`median_interval`), and is marked unresolved where the goal lies inside it.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +69,8 @@ from segdistill.predictor import (
 from segdistill.tables import text_table
 
 HEAD_OVERHEAD_GOAL = 1.02
+# Coverage of the interval given with each latency ratio (`median_interval`).
+INTERVAL_LEVEL = 0.95
 FLOPS_CONVENTION = (
     "2 FLOPs per multiply-accumulate of convolutions and matrix products "
     "(torch.utils.flop_counter), per image; element-wise ops not counted"
@@ -121,6 +125,10 @@ class Ratio:
     goal: str  # e.g. ">= 5" or "<= 1.02"
     met: bool
     same_input_size: bool  # else the ratio includes the larger input's cost (SIZE_NOTE)
+    # INTERVAL_LEVEL interval of the median per-repeat ratio; None for too few repeats.
+    interval: tuple[float, float] | None
+    # The goal's bound lies inside `interval`: this run cannot tell met from not met.
+    unresolved: bool
 
 
 @dataclass
@@ -176,14 +184,65 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def paired_ratio(numerator_ms: Sequence[float], denominator_ms: Sequence[float]) -> float:
-    """Median over repeats r of numerator[r] / denominator[r] (calls of the same repeat)."""
+def repeat_ratios(numerator_ms: Sequence[float], denominator_ms: Sequence[float]) -> np.ndarray:
+    """numerator[r] / denominator[r] for every repeat r (calls of the same repeat)."""
     if len(numerator_ms) != len(denominator_ms) or not numerator_ms:
         raise ValueError(
             f"paired latencies need the same number of calls, got {len(numerator_ms)} and "
             f"{len(denominator_ms)}"
         )
-    return float(np.median(np.asarray(numerator_ms) / np.asarray(denominator_ms)))
+    return np.asarray(numerator_ms, dtype=float) / np.asarray(denominator_ms, dtype=float)
+
+
+def paired_ratio(numerator_ms: Sequence[float], denominator_ms: Sequence[float]) -> float:
+    """Median over repeats r of numerator[r] / denominator[r] (calls of the same repeat)."""
+    return float(np.median(repeat_ratios(numerator_ms, denominator_ms)))
+
+
+def median_interval(
+    values: Sequence[float], level: float = INTERVAL_LEVEL
+) -> tuple[float, float] | None:
+    """A distribution-free interval for the median of what `values` sample: the k-th
+    smallest and the k-th largest value, k as large as keeps the coverage >= `level`.
+
+    Each value falls below the true median with probability 1/2, so the count below is
+    Binomial(n, 1/2) and the median lies outside [x_(k), x_(n+1-k)] with probability
+    2 P(B <= k - 1). None when even [min, max] covers less than `level` (n < 6 at 0.95).
+    """
+    ordered = np.sort(np.asarray(values, dtype=float))
+    count = len(ordered)
+    allowed = 1.0 - level
+    below = 0  # sum of C(n, i) for i < k: P(B <= k - 1) * 2**n, exact in integers
+    k = 0
+    while k + 1 <= (count + 1) // 2:
+        # Integer division first: 2**n overflows a float beyond 1023 repeats.
+        if 2 * (below + math.comb(count, k)) / 2**count > allowed:
+            break
+        below += math.comb(count, k)
+        k += 1
+    if k == 0:
+        return None
+    return float(ordered[k - 1]), float(ordered[count - k])
+
+
+def _ratio(
+    label: str, numerator: ModelBench, denominator: ModelBench, bound: float, at_least: bool
+) -> Ratio:
+    """The paired ratio of two models' calls against the goal `>= bound` or `<= bound`."""
+    per_repeat = repeat_ratios(numerator.runs_ms, denominator.runs_ms)
+    value = float(np.median(per_repeat))
+    interval = median_interval(per_repeat)
+    return Ratio(
+        label,
+        numerator.name,
+        denominator.name,
+        value,
+        f"{'>=' if at_least else '<='} {bound}",
+        value >= bound if at_least else value <= bound,
+        numerator.input_size == denominator.input_size,
+        interval,
+        interval is not None and interval[0] < bound < interval[1],
+    )
 
 
 def compute_ratios(models: Sequence[ModelBench]) -> list[Ratio]:
@@ -191,35 +250,16 @@ def compute_ratios(models: Sequence[ModelBench]) -> list[Ratio]:
     teachers = [m for m in models if m.kind in TEACHER_KINDS]
     students = [m for m in models if m.kind == "student"]
     baselines = [m for m in models if m.kind == "baseline"]
-    ratios = []
-    for teacher in teachers:
-        for student in students:
-            value = paired_ratio(teacher.runs_ms, student.runs_ms)
-            ratios.append(
-                Ratio(
-                    "teacher/student",
-                    teacher.name,
-                    student.name,
-                    value,
-                    f">= {teacher.passes}",
-                    value >= teacher.passes,
-                    teacher.input_size == student.input_size,
-                )
-            )
-    for student in students:
-        for baseline in baselines:
-            value = paired_ratio(student.runs_ms, baseline.runs_ms)
-            ratios.append(
-                Ratio(
-                    "student/baseline",
-                    student.name,
-                    baseline.name,
-                    value,
-                    f"<= {HEAD_OVERHEAD_GOAL}",
-                    value <= HEAD_OVERHEAD_GOAL,
-                    student.input_size == baseline.input_size,
-                )
-            )
+    ratios = [
+        _ratio("teacher/student", teacher, student, teacher.passes, at_least=True)
+        for teacher in teachers
+        for student in students
+    ]
+    ratios += [
+        _ratio("student/baseline", student, baseline, HEAD_OVERHEAD_GOAL, at_least=False)
+        for student in students
+        for baseline in baselines
+    ]
     return ratios
 
 
@@ -349,6 +389,8 @@ def to_json(result: BenchResult) -> dict[str, object]:
                 "goal": r.goal,
                 "met": r.met,
                 "same_input_size": r.same_input_size,
+                "interval_95": None if r.interval is None else list(r.interval),
+                "unresolved": r.unresolved,
             }
             for r in result.ratios
         ],
@@ -421,21 +463,29 @@ def format_result(result: BenchResult) -> str:
     lines += text_table([header, *rows], right_aligned=True)
     lines.append(f"GFLOPs: {FLOPS_CONVENTION}.")
     if result.ratios:
-        lines += ["", "latency ratios (median, this run):"]
+        lines += ["", "latency ratios (median of the per-repeat ratios, this run):"]
         ratio_rows = [
             [
                 r.label,
                 f"{r.numerator} / {r.denominator}",
                 f"{r.value:.3f}" + ("" if r.same_input_size else "*"),
+                "-" if r.interval is None else f"{r.interval[0]:.3f}..{r.interval[1]:.3f}",
                 r.goal,
-                "yes" if r.met else "NO",
+                ("yes" if r.met else "NO") + (" (unresolved)" if r.unresolved else ""),
             ]
             for r in result.ratios
         ]
-        header = ["ratio", "models", "value", "goal", "met"]
+        header = ["ratio", "models", "value", f"{INTERVAL_LEVEL:.0%} interval", "goal", "met"]
         lines += text_table([header, *ratio_rows], right_aligned=True)
         if not all(r.same_input_size for r in result.ratios):
             lines.append(f"* {SIZE_NOTE}.")
+        if any(r.interval is None for r in result.ratios):
+            lines.append(f"- : fewer than 6 timed calls give no {INTERVAL_LEVEL:.0%} interval.")
+        if any(r.unresolved for r in result.ratios):
+            lines.append(
+                "unresolved: the goal lies inside the interval, so this run cannot tell met "
+                "from not met; more --repeats (or a quieter machine) decide it."
+            )
     else:
         lines.append("no ratios: give a teacher and a student, or a student and a baseline")
     return "\n".join(lines)

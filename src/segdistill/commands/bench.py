@@ -6,8 +6,8 @@
 
 SOURCE: run directories, .safetensors weights, ensemble directories. Models are timed
 round robin in one run, so the printed ratios (teacher / student, student / baseline,
-with their goals) compare numbers measured under the same conditions. The protocol and
-the FLOP convention are in `segdistill.bench` and docs/deployment.md.
+with their 95 % intervals and goals) compare numbers measured under the same conditions.
+The protocol and the FLOP convention are in `segdistill.bench` and docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bench",
         help="measure parameters, FLOPs, latency and throughput of models side by side",
         description="Benchmark model sources in one interleaved run and print the latency "
-        "ratios teacher/student and student/baseline against their goals.",
+        "ratios teacher/student and student/baseline, each with a 95% interval of its "
+        "median, against their goals.",
     )
     add_model_sources(parser, "sources", "SOURCE")
     parser.add_argument("--size", type=parse_size, required=True, metavar="HxW", help="input size")
@@ -42,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--repeats",
         type=positive_int,
         default=25,
-        help="timed calls per model (default %(default)s)",
+        help="timed calls per model (default %(default)s; 6 or more give each ratio a 95%% "
+        "interval, and more narrow it)",
     )
     parser.add_argument(
         "--warmup",
