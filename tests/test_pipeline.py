@@ -1623,6 +1623,41 @@ def test_latency_checks_pair_the_calls_of_a_repeat() -> None:
     line = _check_line(outcome, paired_calls=5)
     assert "ratio 1.0100, the median of 5 per-call ratios paired within the bench run" in line
     assert "not the ratio of the median latencies" in line
+    # Five repeats give no 95 % interval: none is claimed.
+    assert outcome["interval_95"] is None and not outcome["unresolved"]
+    assert "interval" not in line
+
+
+def test_a_latency_check_gives_the_interval_and_says_when_it_holds_the_goal() -> None:
+    """A latency check carries the 95 % interval of its paired median (the 2nd and 9th of
+    10 per-repeat ratios) and, where the goal lies inside it, says the run cannot decide."""
+    student = model("student", 0.6, [0.1], latency=100.0)
+    baseline = model("baseline", 0.6, [0.1], latency=100.0)
+    student["speed"]["latency_ms"]["runs"] = [97, 99, 100, 101, 101.5, 102.5, 103, 104, 106, 110]
+    baseline["speed"]["latency_ms"]["runs"] = [100.0] * 10
+    spec = CheckSpec(
+        name="head", models=["student"], metric="latency_ms", compare="ratio",
+        reference="baseline", max=1.02,
+    )  # fmt: skip
+    (outcome,) = run_check(spec, {"student": [student], "baseline": [baseline]}, "test")
+    assert outcome["value"] == pytest.approx(1.02) and outcome["passed"]
+    assert outcome["interval_95"] == pytest.approx((0.99, 1.06)) and outcome["unresolved"]
+    line = _check_line(outcome, paired_calls=10)
+    assert "95 % interval 0.9900..1.0600 (unresolved: the goal lies inside it" in line
+    # Ten milliseconds less on every call: the whole interval under the goal.
+    student["speed"]["latency_ms"]["runs"] = [
+        v - 10 for v in student["speed"]["latency_ms"]["runs"]
+    ]
+    (outcome,) = run_check(spec, {"student": [student], "baseline": [baseline]}, "test")
+    assert outcome["interval_95"][1] < 1.02 and not outcome["unresolved"]
+    assert "unresolved" not in _check_line(outcome, paired_calls=10)
+    # A teacher / student check's lower bound inside the interval counts as well.
+    low = CheckSpec(
+        name="cost", models=["student"], metric="latency_ms", compare="ratio",
+        reference="baseline", min=0.9,
+    )  # fmt: skip
+    (outcome,) = run_check(low, {"student": [student], "baseline": [baseline]}, "test")
+    assert outcome["interval_95"][0] < 0.9 < outcome["interval_95"][1] and outcome["unresolved"]
 
 
 def test_latency_is_explained_where_it_is_shown() -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segdistill.bench import paired_ratio
+from segdistill.bench import median_interval, repeat_ratios
 from segdistill.errors import ConfigError
 from segdistill.evaluate import REFERENCE_SPLIT
 from segdistill.metrics.segmentation import removal_point
@@ -139,12 +139,16 @@ def _combine(compare: str, value: Any, reference: Any) -> Any:
     return value / reference if reference else None
 
 
-def _latency_ratio(model: dict[str, Any], reference: dict[str, Any]) -> float:
+def _latency_ratio(
+    model: dict[str, Any], reference: dict[str, Any]
+) -> tuple[float, tuple[float, float] | None]:
     """Latency of `model` over `reference`, paired over the bench's repeats (the calls of
-    one repeat run back to back: `segdistill.bench.paired_ratio`)."""
-    return paired_ratio(
+    one repeat run back to back: `segdistill.bench.paired_ratio`), with the 95 % interval
+    of that median (`segdistill.bench.median_interval`; None under 6 repeats)."""
+    per_repeat = repeat_ratios(
         dig(model, "speed", "latency_ms", "runs"), dig(reference, "speed", "latency_ms", "runs")
     )
+    return float(np.median(per_repeat)), median_interval(per_repeat)
 
 
 def _per_seed(
@@ -181,8 +185,15 @@ def run_check(
     outcomes = []
     for name, value in values.items():
         reference = None
+        interval: dict[str, Any] = {}
         if check.metric == "latency_ms" and check.compare == "ratio":
-            value = _latency_ratio(models[name][0], reference_runs[0])
+            value, bounds = _latency_ratio(models[name][0], reference_runs[0])
+            # A goal inside the interval: the verdict is this run's draw, not a finding.
+            unresolved = bounds is not None and any(
+                limit is not None and bounds[0] < limit < bounds[1]
+                for limit in (check.min, check.max)
+            )
+            interval = {"interval_95": bounds, "unresolved": unresolved}
         elif check.compare != "value":
             reference = model_value(reference_runs, check.metric, split)
             value = _combine(check.compare, value, reference)
@@ -192,6 +203,7 @@ def run_check(
             "reference": check.reference,
             "min": check.min,
             "max": check.max,
+            **interval,
         }
         speed = split_metric_name(check.metric, "metric")[0] in SPEED_METRICS
         if len(models[name]) > 1 and not speed and not isinstance(value, list):

@@ -330,6 +330,11 @@ def _check_line(outcome: dict[str, Any], paired_calls: int | None = None) -> str
             f"ratio {_cell(outcome['value'])}, the median of {calls}per-call ratios paired "
             f"within the bench run, not the ratio of the median latencies (goal {bounds})"
         )
+        interval = outcome.get("interval_95")  # absent in results.json before it existed
+        if interval is not None:
+            measured += f", 95 % interval {_cell(interval[0])}..{_cell(interval[1])}"
+            if outcome.get("unresolved"):
+                measured += " (unresolved: the goal lies inside it; more bench.repeats decide)"
     else:
         measured = f"{outcome['compare']} {_cell(outcome['value'])} (goal {bounds})"
     if "per_seed" in outcome:
