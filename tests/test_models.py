@@ -85,8 +85,12 @@ def _layout(module: torch.nn.Module) -> list[tuple[str, tuple]]:
 @pytest.mark.parametrize(
     ("name", "expected", "params"),
     [
+        # torchvision's totals less the classifier (512 or 2048 x 1000 + 1000): ResNet-18
+        # 11,689,512, ResNet-34 21,797,672, ResNet-50 25,557,032, ResNet-101 44,549,160.
         ("resnet18", torchvision_resnet_keys([2, 2, 2, 2], False), 11_176_512),
+        ("resnet34", torchvision_resnet_keys([3, 4, 6, 3], False), 21_284_672),
         ("resnet50", torchvision_resnet_keys([3, 4, 6, 3], True), 23_508_032),
+        ("resnet101", torchvision_resnet_keys([3, 4, 23, 3], True), 42_500_160),
         ("mobilenetv2", torchvision_mobilenet_v2_keys(), 2_223_872),
     ],
 )
@@ -113,6 +117,8 @@ def test_width_keeps_names(name: str) -> None:
         # 1x1 conv keeps 1280 below width 1 and widens above (MobileNetV2-1.4: 1792).
         (0.35, 16, [8, 8, 16, 32, 1280]),
         (0.5, 16, [8, 16, 16, 48, 1280]),
+        # 0.75: 24 x 0.75 = 18 rounds to 16, 11 % under, so 24 (torchvision's 0.75 network)
+        (0.75, 24, [16, 24, 24, 72, 1280]),
         (1.4, 48, [24, 32, 48, 136, 1792]),
     ],
 )
@@ -158,11 +164,14 @@ def test_encoder_levels(name: str, output_stride: int) -> None:
     levels = len(encoder.out_channels)
     assert encoder.strides == [min(2**i, output_stride) for i in range(1, levels + 1)]
     assert encoder.output_stride == output_stride
-    with torch.no_grad():
-        features = encoder(torch.randn(1, 3, 64, 64))
-    assert [tuple(f.shape) for f in features] == [
-        (1, c, 64 // s, 64 // s) for c, s in zip(encoder.out_channels, encoder.strides)
-    ]
+    # Even and odd sides: a level at stride s is ceil(side / s), dilated levels included.
+    for height, width in [(64, 64), (97, 193)]:
+        with torch.no_grad():
+            features = encoder(torch.randn(1, 3, height, width))
+        assert [tuple(f.shape) for f in features] == [
+            (1, c, -(-height // s), -(-width // s))
+            for c, s in zip(encoder.out_channels, encoder.strides)
+        ]
 
 
 def test_nfsnet_default_has_extra_stride_64_stage() -> None:
@@ -245,10 +254,13 @@ def test_dilated_levels_follow_the_deeplab_schedule(
         assert pools == [True, True, True, False, False]
 
 
-@pytest.mark.parametrize(("output_stride", "rates"), [(8, [12, 24, 36]), (16, [6, 12, 18])])
+@pytest.mark.parametrize(
+    ("output_stride", "rates"), [(8, [12, 24, 36]), (16, [6, 12, 18]), (32, [3, 6, 9])]
+)
 def test_aspp_rates_follow_chen_et_al(output_stride: int, rates: list[int]) -> None:
     """Chen et al. (2018): atrous rates 6, 12, 18 at output stride 16, doubled at 8, on
-    the three separable 3x3 branches; the separable conv after the ASPP is not dilated."""
+    the three separable 3x3 branches; the separable conv after the ASPP is not dilated.
+    At 32 they halve (rate x output stride stays 96 image pixels)."""
     options = {"output_stride": output_stride}
     with torch.device("meta"):
         model = build_segmenter("deeplabv3plus", "resnet18", NUM_CLASSES, encoder_options=options)
@@ -711,6 +723,38 @@ def test_holder_heads_follow_the_decoder_width() -> None:
         assert count_parameters(holder) - count_parameters(plain) == 2 * per_head - plain_head
 
 
+@pytest.mark.parametrize(
+    ("arch", "encoder", "width", "decoder", "in_ch", "hidden"),
+    [
+        # No decoder: MobileNetV2's 1280 channels at any width, the head at 256 x width.
+        ("plain", "mobilenetv2", 1.0, None, 1280, 256),
+        ("plain", "mobilenetv2", 0.25, None, 1280, 64),
+        ("plain", "resnet18", 0.125, None, 64, 32),
+        # PSPNet's decoder is 512 wide: the heads stay at the paper's 256.
+        ("pspnet", "resnet18", 1.0, None, 512, 256),
+        # A decoder narrower than 256 x width: the heads keep its width.
+        ("deeplabv3plus", "resnet18", 1.0, 96, 96, 96),
+    ],
+)
+def test_holder_heads_never_widen_past_the_papers_256(
+    arch: str, encoder: str, width: float, decoder: int | None, in_ch: int, hidden: int
+) -> None:
+    """The 3x3 conv of each per-class head has min(input, 256 x width) channels: without a
+    decoder it once kept MobileNetV2's 1280 (two 1280 x 1280 3x3 convs, 13 x the network)."""
+    options = {"width": width}
+    with torch.device("meta"):
+        plain = build_segmenter(arch, encoder, NUM_CLASSES, None, options, decoder_channels=decoder)
+        holder = build_segmenter(
+            arch, encoder, NUM_CLASSES, "per_class", options, decoder_channels=decoder
+        )
+    assert holder.decoder.out_channels == in_ch
+    conv = holder.uncertainty_head[0]
+    assert (conv.in_channels, conv.out_channels) == (in_ch, hidden)
+    per_head = 9 * in_ch * hidden + 2 * hidden + (hidden + 1) * NUM_CLASSES
+    plain_head = (in_ch + 1) * NUM_CLASSES
+    assert count_parameters(holder) - count_parameters(plain) == 2 * per_head - plain_head
+
+
 def test_encoders_and_decoders_start_from_torchvisions_initialisation() -> None:
     """He-normal convolutions with fan_out (std sqrt(2 / (out_channels * k * k))), zero conv
     biases, unit / zero batch norm, in every encoder and decoder layer."""
@@ -783,6 +827,37 @@ def test_architectures_default_output_strides(
         out = model(torch.randn(1, 3, 128, 192))
     assert out.features["encoder_out"].shape[-2:] == (128 // stride, 192 // stride)
     assert out.features["decoder_out"].shape[-2:] == (128 // decoder_stride, 192 // decoder_stride)
+
+
+def test_pspnet_decoder_is_zhao_et_als() -> None:
+    """Zhao et al.'s PSPNet on ResNet-50 (2048 channels at stride 8): four pooled branches,
+    each a 1x1 conv 2048 -> 512 + BN; the 4096-channel concatenation reduced by a 3x3 conv
+    to 512 + BN; the classifier reads those 512 channels."""
+    with torch.device("meta"):
+        model = build_segmenter("pspnet", "resnet50", NUM_CLASSES)
+    branches = 4 * (2048 * 512 + 2 * 512)
+    bottleneck = 4096 * 512 * 9 + 2 * 512
+    assert count_parameters(model.decoder) == branches + bottleneck
+    assert count_parameters(model.seg_head) == 512 * NUM_CLASSES + NUM_CLASSES
+
+
+def test_aux_head_matches_a_functional_reference() -> None:
+    """The auxiliary classifier, written again from its state dict: 3x3 conv-BN-ReLU on
+    the encoder level, (dropout, off in eval), 1x1 conv with bias, bilinear upsampling to
+    the image size."""
+    model = build_segmenter("pspnet", "resnet18", NUM_CLASSES, None, TINY, aux_heads=True)
+    model.eval()
+    _randomise_batch_norms(model)
+    s = model.state_dict()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 45, 67))
+        c4 = out.features["encoder_c4"]
+        hidden = F.relu(
+            _bn(F.conv2d(c4, s["aux_heads.c4.0.weight"], padding=1), s, "aux_heads.c4.1")
+        )
+        scores = F.conv2d(hidden, s["aux_heads.c4.4.weight"], s["aux_heads.c4.4.bias"])
+        expected = F.interpolate(scores, size=(45, 67), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out.aux_logits["c4"], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_pspnet_aux_head_is_zhao_et_als() -> None:
@@ -887,6 +962,20 @@ def test_load_encoder_weights_round_trip(tmp_path, suffix: str) -> None:
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
 
 
+def test_load_encoder_weights_drops_the_mobilenetv2_classifier(tmp_path) -> None:
+    """torchvision's MobileNetV2 file ends with `classifier.1` (Dropout, Linear 1280 ->
+    1000), which the encoder has no use for."""
+    source = build_encoder("mobilenetv2", **TINY)
+    state = dict(source.state_dict())
+    state["classifier.1.weight"] = torch.zeros(1000, 1280)
+    state["classifier.1.bias"] = torch.zeros(1000)
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(state, path)
+    target = build_encoder("mobilenetv2", output_stride=16, **TINY)
+    load_encoder_weights(target, path)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
+
+
 def test_weights_saved_before_batchnorm_counted_its_steps_load(tmp_path) -> None:
     """torchvision's resnet18-5c106cde.pth (smp's, so DUDES') predates PyTorch 0.4.1 and
     has no `num_batches_tracked`: load_state_dict accepts it, and so must we."""
@@ -951,6 +1040,8 @@ def test_load_encoder_weights_refuses_other_arch(tmp_path) -> None:
             "['output_stride', 'width']; did you mean 'output_stride'?",
         ),
         (lambda: build_encoder("mobilenetv2", output_stride=4), "output_stride=4"),
+        (lambda: build_encoder("resnet18", output_stride=4), "output_stride=4"),
+        (lambda: build_encoder("nfsnet", output_stride=128), "output_stride=128"),
         (lambda: build_encoder("resnet18", width=0), "width=0"),
         (lambda: build_segmenter("nfs", "nfsnet", 19, mc_dropout=1.0), "mc_dropout=1.0"),
     ],

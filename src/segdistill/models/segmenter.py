@@ -43,7 +43,7 @@ from segdistill.models.encoders import (
     lookup,
     scale_channels,
 )
-from segdistill.models.heads import AuxHead, build_heads
+from segdistill.models.heads import HOLDER_HEAD_CHANNELS, AuxHead, build_heads
 from segdistill.outputs import SegOutput
 
 
@@ -66,6 +66,7 @@ class Segmenter(nn.Module):
                       until a teacher switches them to train mode
                       (`teachers.mc_dropout_layers` finds them).
     aux_levels:       encoder levels ("c4", ...) that get an auxiliary classifier.
+    head_channels:    hidden width of the per-class heads (default: the decoder's).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class Segmenter(nn.Module):
         uncertainty_head: str | None = None,
         mc_dropout: float = 0.0,
         aux_levels: Sequence[str] = (),
+        head_channels: int | None = None,
     ) -> None:
         super().__init__()
         if not (isinstance(num_classes, int) and num_classes >= 1):
@@ -89,7 +91,7 @@ class Segmenter(nn.Module):
         self.uncertainty_kind = uncertainty_head
         self.level_names = [f"c{i}" for i in range(1, len(encoder.out_channels) + 1)]
         self.seg_head, self.uncertainty_head = build_heads(
-            uncertainty_head, decoder.out_channels, num_classes
+            uncertainty_head, decoder.out_channels, num_classes, head_channels
         )
         unknown = [level for level in aux_levels if level not in self.level_names]
         if unknown:
@@ -185,8 +187,9 @@ def build_segmenter(
     enc = build_encoder(encoder, **options)
     if encoder_weights is not None:
         load_encoder_weights(enc, encoder_weights)
+    width = min(1.0, options.get("width", 1.0))
     if decoder_channels is None:
-        decoder_channels = scale_channels(spec.channels, min(1.0, options.get("width", 1.0)))
+        decoder_channels = scale_channels(spec.channels, width)
     elif not (isinstance(decoder_channels, int) and decoder_channels >= 1):
         raise ConfigError(f"decoder_channels={decoder_channels!r} must be a positive integer")
     decoder = spec.decoder(enc.out_channels, enc.strides, decoder_channels, mc_dropout)
@@ -197,6 +200,8 @@ def build_segmenter(
         uncertainty_head,
         mc_dropout,
         spec.aux_levels if aux_heads else (),
+        # Holder & Shafique's 256 at this width, but never wider than the head's input.
+        head_channels=min(decoder.out_channels, scale_channels(HOLDER_HEAD_CHANNELS, width)),
     )
 
 
