@@ -393,6 +393,20 @@ def test_maps_of_other_shapes_are_refused_not_broadcast() -> None:
     with pytest.raises(ValueError, match=r"pred and target must have the same shape"):
         losses.uncertainty_mse(pred, target[:, 0])
     assert torch.isfinite(losses.kd(student, teacher, 1.0, valid))
+    # A teacher batch of one broadcast against two student images: JA-KD warned and
+    # self-attention gave a number without a word.
+    probs = torch.softmax(teacher, dim=1)
+    for loss, names, second in [
+        (losses.ja_kd, "student_logits and teacher_probs", probs[:1]),
+        (losses.self_attention_loss, "student_features and teacher_features", teacher[:1]),
+        (losses.cwd, "student_logits and teacher_logits", teacher[:1]),
+        (losses.adaptation_loss, "student_features and teacher_code", teacher[:1]),
+        (losses.affinity_loss, "the affinities of student and teacher", teacher[:, :, :2]),
+    ]:
+        with pytest.raises(ValueError, match=f"{names} must have the same shape"):
+            loss(student, second)
+    # The affinity compares positions, so the channels may differ.
+    assert torch.isfinite(losses.affinity_loss(student, teacher[:, :2]))
 
 
 def test_attention_and_affinity_products_ignore_autocast(rng):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -216,6 +218,25 @@ def test_cwd_on_features_resizes_and_adapts():
     assert method.needs == {"features"} and method.teacher_taps == {"encoder_out"}
     out = method(_student(), _teacher(), _target())
     assert torch.isfinite(out["cwd"])
+
+
+def test_cwd_on_features_resizes_the_student_to_the_teacher_map():
+    """The student map (OS16-like, H/4) is brought to the teacher's size (H/2), not the
+    teacher's down to the student's: a student map constant per channel stays constant
+    through the 1x1 adapter and the bilinear resize, so each of its channels is uniform over
+    the teacher's H/2 * W/2 positions, and the term is 3 T^2 / C sum_c KL(phi(t_c) || 1/N)
+    (Karine eq. 5) at the teacher's resolution."""
+    method = methods.CWD(3, 5, student_tap="encoder_out", teacher_tap="encoder_out")
+    levels = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float32)
+    features = levels.view(1, 3, 1, 1).expand(B, 3, H // 4, W // 4).clone()
+    student = SegOutput(logits=torch.randn(B, C, H, W), features={"encoder_out": features})
+    teacher = _teacher()
+    t = _np(teacher.features["encoder_out"]).reshape(B, 5, -1) / 4.0  # N = H/2 * W/2
+    log_p = t - t.max(axis=2, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(axis=2, keepdims=True))
+    kl = (np.exp(log_p) * (log_p - np.log(1.0 / t.shape[2]))).sum(axis=2)  # [B, 5]
+    got = method(student, teacher, _target())["cwd"]
+    assert got.item() == pytest.approx(3 * 4.0**2 * kl.mean(), rel=1e-5)
 
 
 def test_translator_reconstructs_odd_and_even_sizes_and_freezes():
@@ -556,6 +577,23 @@ def test_translator_loss_is_eq1_with_the_given_sparsity_weight():
         expected = mse + weight * np.abs(_np(code)).sum()
         got = translator.reconstruction_loss(features, sparsity_weight=weight)
         assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_train_translator_steps_on_eq1_with_its_sparsity_weight():
+    """Stage 1 minimises He et al. eq. 1 with the `sparsity_weight` it is given: the first
+    step's loss is the MSE of the (train-mode) reconstruction plus w * sum |E(F_t)|."""
+    torch.manual_seed(0)
+    features = [torch.rand(2, 4, 6, 8, dtype=torch.float64)]
+    initial = methods.Translator(4).double()
+    reference = copy.deepcopy(initial).train()  # BN on the batch's statistics, as in training
+    with torch.no_grad():
+        code, reconstruction = reference(features[0])
+    mse = ((_np(reconstruction) - _np(features[0])) ** 2).mean()
+    l1 = np.abs(_np(code)).sum()
+    assert l1 > 0
+    for weight in (0.0, 0.5):
+        history = methods.train_translator(features, copy.deepcopy(initial), sparsity_weight=weight)
+        assert history[0] == pytest.approx(mse + weight * l1, rel=1e-10)
 
 
 def test_a_configured_ignore_index_reaches_the_ce_terms_and_the_methods():

@@ -174,6 +174,7 @@ def self_attention_loss(
     it; "mse": the mean squared difference over the positions, as the text names it ("la
     perte quadratique moyenne"), which does not grow with the map size.
     """
+    _same_shape(student_features, teacher_features, "student_features and teacher_features")
     diff = channel_self_attention(teacher_features, temperature, beta) - channel_self_attention(
         student_features, temperature, beta
     )
@@ -193,6 +194,7 @@ def cwd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0
     turned into a distribution over its H * W positions by a softmax at temperature T;
     L = T^2 / C * sum_c KL(teacher_c || student_c), averaged over the batch.
     """
+    _same_shape(student_logits, teacher_logits, "student_logits and teacher_logits")
     b, c = student_logits.shape[:2]
     log_q = F.log_softmax(student_logits.reshape(b, c, -1) / temperature, dim=2)
     log_p = F.log_softmax(_finite(teacher_logits).reshape(b, c, -1) / temperature, dim=2)
@@ -221,6 +223,7 @@ def adaptation_loss(student_features: Tensor, teacher_code: Tensor) -> Tensor:
     of the same shape. Each image's map is flattened and divided by its L2 norm (q = 2),
     then |difference| (p = 1) is averaged over all elements, as torchdistill's KTALoss does.
     """
+    _same_shape(student_features, teacher_code, "student_features and teacher_code")
     s = F.normalize(student_features.flatten(1), p=2.0, dim=1)
     t = F.normalize(teacher_code.flatten(1), p=2.0, dim=1)
     return F.l1_loss(s, t)
@@ -245,7 +248,9 @@ def affinity_loss(student_features: Tensor, teacher_code: Tensor) -> Tensor:
     The mean (rather than a sum over positions) keeps the paper's weight of 1 independent
     of the feature resolution.
     """
-    return F.mse_loss(affinity(student_features), affinity(teacher_code))
+    student_affinity, teacher_affinity = affinity(student_features), affinity(teacher_code)
+    _same_shape(student_affinity, teacher_affinity, "the affinities of student and teacher")
+    return F.mse_loss(student_affinity, teacher_affinity)
 
 
 def ja_kd_map(student_logits: Tensor, teacher_probs: Tensor, alpha: float = 0.5) -> Tensor:
@@ -255,6 +260,7 @@ def ja_kd_map(student_logits: Tensor, teacher_probs: Tensor, alpha: float = 0.5)
     [B, H, W]. Eq. 1 prints `+ p_hat log p`; the cross-entropy it names is its negative.
     On probabilities |p - p_hat| <= 1, so smooth-L1 is 0.5 (p - p_hat)^2 here (methods.md).
     """
+    _same_shape(student_logits, teacher_probs, "student_logits and teacher_probs")
     log_p = F.log_softmax(student_logits, dim=1)
     regression = F.smooth_l1_loss(log_p.exp(), teacher_probs, reduction="none", beta=1.0)
     return (-teacher_probs * log_p + alpha * regression).sum(dim=1)
