@@ -32,7 +32,7 @@ from segdistill.data.cityscapes import (
 from segdistill.data.folder import FolderDataset, folder_splits, load_classes
 from segdistill.data.labels import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_train_transform
-from segdistill.errors import DataError
+from segdistill.errors import ConfigError, DataError
 from segdistill.interrupts import ignore_ctrl_c
 
 H, W = 6, 8
@@ -107,6 +107,31 @@ def test_label_train_ids_files_are_preferred(cityscapes):
 def test_ignore_index_is_a_parameter(cityscapes):
     label = CityscapesDataset(cityscapes, "val", ignore_index=250).load(0)["label"]
     assert np.array_equal(label, np.where(TRAIN_IDS == 255, 250, TRAIN_IDS))
+    assert CityscapesDataset(cityscapes, "val", ignore_index=19).ignore_index == 19
+
+
+@pytest.mark.parametrize("ignore_index", [-1, -100, 5, 18, 256])
+def test_an_ignore_index_outside_19_to_255_is_refused(cityscapes, ignore_index):
+    """PyTorch's -100 does not fit the 8-bit labels (an OverflowError naming nothing), and
+    a class id would merge the void pixels into that class."""
+    with pytest.raises(
+        ConfigError, match=rf"ignore_index={ignore_index} must be an integer from 19"
+    ):
+        CityscapesDataset(cityscapes, "val", ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("layout", ["same", "masks_inside", "images_inside"])
+def test_images_and_masks_in_one_folder_are_refused(folder, layout):
+    """Every image below images_dir is listed, so a mask there was read as an image and
+    the error said it had no mask ('a_mask': expected a_mask_mask.png)."""
+    images, masks = {
+        "same": (folder / "images", folder / "images"),
+        "masks_inside": (folder / "images", folder / "images" / "masks"),
+        "images_inside": (folder / "masks" / "images", folder / "masks"),
+    }[layout]
+    with pytest.raises(DataError, match="are one folder or one holds the other") as err:
+        FolderDataset(images, masks, folder / "classes.yaml", mask_suffix="_mask.png")
+    assert str(images) in str(err.value) and str(masks) in str(err.value)
 
 
 def test_getitem_gives_tensors_that_collate(cityscapes):
@@ -699,6 +724,10 @@ def test_the_readmes_classes_yaml_is_a_valid_classes_file(tmp_path):
         ("classes:\n  - {color: [1, 2, 3]}\n", r"classes\[0\] needs a 'name'"),
         ("classes:\n  - {name: a, color: [1, 2, 3]}\nignore_index: 0\n", "ignore_index"),
         ("classes:\n  - {name: a, color: [1, 2, 3]}\nmask_values: {3: 4}\n", "mask_values entry 3"),
+        (  # a typo of a stored value: its lookup table once took all the memory
+            "classes:\n  - {name: a, color: [1, 2, 3]}\nmask_values: {1099511627776: 0}\n",
+            r"mask_values entry 1099511627776: 0 must map a stored value 0\.\.65535",
+        ),
         ("classes:\n  - {name: a, color: [1, 2, 3]}\nignore: 255\n", r"unknown keys \['ignore'\]"),
         ("classes: [\n", "not valid YAML"),
         ("classes:\n  - {name: a, color: [256, 0, 0]}\n", r"classes\[0\]\.color must be"),
@@ -919,3 +948,34 @@ def test_loader_workers_leave_ctrl_c_to_the_main_process():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the main keeps it
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("masks", [True, False])
+def test_folder_images_sharing_a_name_are_refused_with_or_without_masks(folder, masks):
+    """a.png and a.jpg would be two samples named "a" (their outputs overwrite each other),
+    also when the images have no masks (prediction, unlabeled distillation)."""
+    save(folder / "images" / "a.jpg", image_array(3, 4, 4))
+    with pytest.raises(DataError, match=r"several images share the names \['a'\]") as err:
+        FolderDataset(
+            folder / "images", folder / "masks" if masks else None, folder / "classes.yaml"
+        )
+    assert str(folder / "images") in str(err.value)
+
+
+def test_an_ignore_index_past_8_bits_is_refused(tmp_path):
+    path = tmp_path / "classes.yaml"
+    path.write_text("classes:\n  - {name: a, color: [1, 2, 3]}\nignore_index: 256\n")
+    with pytest.raises(DataError, match="ignore_index must be an integer") as err:
+        load_classes(path)
+    assert str(path) in str(err.value) and "256" in str(err.value)
+
+
+@pytest.mark.parametrize("beta", ["0.020", "2e-2"])
+def test_a_fog_beta_written_another_way_is_named_not_listed(cityscapes, beta):
+    """A beta written "0.020" reads as 0.02, but the foggy data set of beta 0.02 looks for
+    "_beta_0.02.png" and would find none of these images: listing 0.02 would promise an
+    empty set."""
+    suffix = f"_foggy_beta_{beta}"
+    cityscapes_image(cityscapes, "val", "aachen_000000_000019", suffix, "leftImg8bit_foggy")
+    with pytest.raises(DataError, match=rf"beta_{beta}\.png: cannot read its fog beta '{beta}'"):
+        foggy_betas(cityscapes, "val")

@@ -290,3 +290,47 @@ def test_train_transform_passes_its_settings_on():
     assert (
         out["label"][2:].tolist() == [[7] * 4] * 2 and out["label"][:, 2:].tolist() == [[7] * 2] * 4
     )
+
+
+def test_crop_reaches_every_window_position_and_no_other():
+    """A 7 x 9 label that encodes each pixel's own (row, col), cropped to 5 x 6: the window's
+    top-left corner is read from its first pixel; it must take every value in 0..2 x 0..3
+    (the last window included) and never leave the sample."""
+    rows, cols = np.mgrid[0:7, 0:9]
+    label = (rows * 9 + cols).astype(np.uint8)
+    sample = {"image": np.zeros((7, 9, 3), np.uint8), "label": label, "maps": {}}
+    corners = set()
+    for seed in range(200):
+        out = RandomCrop(5, 6)(sample, np.random.default_rng(seed))
+        top, left = divmod(int(out["label"][0, 0]), 9)
+        assert np.array_equal(out["label"], label[top : top + 5, left : left + 6])
+        corners.add((top, left))
+    assert corners == {(t, c) for t in range(3) for c in range(4)}
+
+
+def test_normalize_uses_the_imagenet_statistics_of_the_pretrained_encoders():
+    """(x / 255 - mean) / std per channel, with torchvision's ImageNet mean and std in RGB
+    order (a swapped channel order would feed every encoder shifted colours)."""
+    image = np.array([[[0, 0, 0], [255, 255, 255], [255, 0, 128]]], np.uint8)
+    mean = np.array([0.485, 0.456, 0.406])
+    std = np.array([0.229, 0.224, 0.225])
+    expected = (image / 255.0 - mean) / std
+    out = Normalize()({"image": image})["image"]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert IMAGENET_MEAN_COLOR == (124, 116, 104)  # round(255 * mean), R, G, B
+
+
+@pytest.mark.parametrize(("low", "high"), [(2.0, 1.0), (0.0, 1.0), (-0.5, 2.0)])
+def test_scale_range_must_be_positive_and_ordered(low, high):
+    with pytest.raises(ValueError, match="min_scale"):
+        RandomScale(low, high)
+
+
+def test_train_transform_without_flip_or_jitter_still_ends_normalised():
+    transform = build_train_transform((4, 4), scale_range=(1.0, 1.0), hflip=False)
+    sample = pattern_sample(6, 6, 2)
+    out = transform(sample, np.random.default_rng(0))
+    assert out["image"].dtype == np.float32
+    assert "RandomHorizontalFlip" not in repr(transform)
+    assert to_tensors(out)["image"].shape == (3, 4, 4)

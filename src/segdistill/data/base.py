@@ -42,6 +42,13 @@ _MASK_MODES = frozenset({"L", "P", "1", "I", "I;16", "I;16L", "I;16B"})
 T = TypeVar("T")
 
 
+def folders_overlap(folder: str | Path, other: str | Path) -> bool:
+    """Whether two folders are one, or one lies inside the other (paths as given, made
+    absolute, `..` and links resolved)."""
+    a, b = Path(folder).resolve(), Path(other).resolve()
+    return a.is_relative_to(b) or b.is_relative_to(a)
+
+
 class LabelMapping:
     """Stored mask value -> class id (or ignore); any other stored value is an error.
 

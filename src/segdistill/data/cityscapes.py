@@ -43,7 +43,7 @@ from segdistill.data.labels import (
     TRAIN_ID_COLORS,
 )
 from segdistill.data.transforms import Sample
-from segdistill.errors import DataError
+from segdistill.errors import ConfigError, DataError
 
 TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
 LABEL_IDS_SUFFIX = "_gtFine_labelIds.png"
@@ -152,6 +152,13 @@ class CityscapesDataset(SegmentationDataset):
         maps: Mapping[str, MapReader] | None = None,
         allow_unlabeled: bool = False,
     ) -> None:
+        if not (isinstance(ignore_index, int) and NUM_CLASSES <= ignore_index <= 255):
+            # -1 or -100 (PyTorch's habit) does not fit the 8-bit labels, and a class id
+            # would merge the void pixels into that class.
+            raise ConfigError(
+                f"ignore_index={ignore_index!r} must be an integer from {NUM_CLASSES} (the "
+                "number of Cityscapes classes) to 255"
+            )
         self.root = Path(root)
         self.split = split
         folder, pattern = image_location(variant, beta, rain_pattern)

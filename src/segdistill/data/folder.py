@@ -31,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from segdistill.data.base import ClassesSpec, MapReader, SampleFiles, SegmentationDataset
+from segdistill.data.base import (
+    ClassesSpec,
+    MapReader,
+    SampleFiles,
+    SegmentationDataset,
+    folders_overlap,
+)
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import Sample
 from segdistill.errors import DataError, read_yaml
@@ -87,6 +93,8 @@ def require_images_below(folder: Path, what: str) -> list[Path]:
 
 
 _CLASSES_KEYS = {"classes", "ignore_index", "mask_values"}
+# The largest value a 16-bit mask stores.
+MAX_MASK_VALUE = 65535
 
 
 def load_classes(path: str | Path) -> ClassesSpec:
@@ -163,10 +171,14 @@ def _check_mask_values(
         )
     allowed = set(range(num_classes)) | {ignore_index}
     for stored, class_id in mask_values.items():
-        if not isinstance(stored, int) or stored < 0 or class_id not in allowed:
+        # A mask file holds 8- or 16-bit values; a larger one is a typo, and the lookup
+        # table it would need (one entry per value up to it) could exhaust the memory.
+        in_range = isinstance(stored, int) and 0 <= stored <= MAX_MASK_VALUE
+        if not in_range or class_id not in allowed:
             raise DataError(
                 f"{where}: mask_values entry {stored!r}: {class_id!r} must map a stored value "
-                f">= 0 to a class id 0..{num_classes - 1} or ignore_index {ignore_index}"
+                f"0..{MAX_MASK_VALUE} (masks are 8- or 16-bit images) to a class id "
+                f"0..{num_classes - 1} or ignore_index {ignore_index}"
             )
     return dict(mask_values)
 
@@ -198,6 +210,14 @@ class FolderDataset(SegmentationDataset):
         self.images_dir = Path(images_dir)
         self.masks_dir = Path(masks_dir) if masks_dir is not None else None
         self.mask_suffix = mask_suffix
+        if self.masks_dir is not None and folders_overlap(self.images_dir, self.masks_dir):
+            # Every image below images_dir is listed, so masks there would be read as
+            # images (and images as masks), each then "without a mask".
+            raise DataError(
+                f"images {self.images_dir} and masks {self.masks_dir} are one folder or one "
+                "holds the other: put the masks in a folder of their own (a split's layout: "
+                f"{IMAGES_DIR}/ and {MASKS_DIR}/ side by side)"
+            )
         spec = load_classes(classes_yaml)
         mapping = spec.mapping
         masks = self._masks_by_name()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from segdistill.config import from_dict, parse_assignment
+from segdistill.data.base import folders_overlap
 from segdistill.data.shifts import SHIFT_KINDS
 from segdistill.defaults import DEFAULT_MC_SAMPLES
 from segdistill.errors import ConfigError, read_yaml
@@ -324,13 +325,6 @@ def _list_index(items: list[Any], part: str, assignment: str, path: Path) -> int
             f"--set {assignment}: {part!r} is not an index of a list of {len(items)} in {path}"
         )
     return int(part)
-
-
-def folders_overlap(folder: str | Path, other: str | Path) -> bool:
-    """Whether two folders are one, or one lies inside the other (paths as given, made
-    absolute, `..` and links resolved)."""
-    a, b = Path(folder).resolve(), Path(other).resolve()
-    return a.is_relative_to(b) or b.is_relative_to(a)
 
 
 def check_experiment(spec: Experiment, source: str) -> None:

@@ -20,6 +20,7 @@ from segdistill.config import (
     network_differences,
     replace_values,
 )
+from segdistill.data.base import folders_overlap
 from segdistill.data.folder import require_images_below
 from segdistill.data.synthstreets import SynthConfig, generate
 from segdistill.defaults import RESUME_CHECKPOINT
@@ -37,7 +38,6 @@ from segdistill.pipeline.experiment import (
     LoadedExperiment,
     StudentSpec,
     UnlabeledSpec,
-    folders_overlap,
     seeded_name,
 )
 from segdistill.pipeline.run_dir import ENCODER_FILE, RunPaths, Step
