@@ -1609,3 +1609,145 @@ def test_the_samples_of_a_wide_image_are_subsampled_alike(
         assert kwargs[key][0].shape == shape, key
     label = np.asarray(Image.open(root / "test" / "masks" / "0.png"))
     np.testing.assert_array_equal(kwargs["labels"][0], label[::3, ::3])
+
+
+# Okabe & Ito's first three colours, written out apart from figures._COLORS.
+FIRST_COLOURS = ["#0072b2", "#e69f00", "#009e73"]
+
+
+def curve_model(name: str, ece: float, auroc: float, aupr: float, ood: bool) -> dict[str, Any]:
+    """The least of a results.json model the comparison figures read."""
+    result = {"auroc": 0.8, "aupr": 0.3, "fpr95": 0.5, "roc": {"fpr": [0, 1], "tpr": [0, 1]}}
+    return {
+        "name": name,
+        "kind": "student",
+        "uncertainty_source": "1 - max softmax",
+        "class_names": ["road", "car"],
+        "splits": {
+            "test": {
+                "num_pixels": 8,
+                "segmentation": {"miou": 0.5},
+                "calibration": {"ece": ece, "confidence": [0.6, 0.9], "accuracy": [0.5, 0.8]},
+                "uncertainty": {
+                    "misclassification": {"auroc": auroc, "aupr": aupr, "fpr95": 0.5},
+                    "histograms": {"edges": [0.0, 0.5, 1.0], "correct": [3, 1], "wrong": [1, 3]},
+                },
+            }
+        },
+        "ood": {
+            "reference": "test",
+            "aggregators": ["mean"],
+            "sets": {"night": {"best_aggregator": "mean", "by_aggregator": {"mean": result}}},
+        }
+        if ood
+        else None,
+    }
+
+
+def test_a_model_keeps_its_colour_in_every_comparison_figure() -> None:
+    """Model k is drawn in the k-th colour in every figure, also where an earlier model has
+    no bar (no OOD results); legends give each model's own AUROC and ECE; the ROC plots
+    the false positive rate across."""
+    models = [
+        curve_model("a", 0.05, 0.7, 0.2, ood=False),
+        curve_model("b", 0.15, 0.6, 0.4, ood=True),
+        curve_model("c", 0.25, 0.9, 0.1, ood=True),
+    ]
+    (ax,) = figures.reliability_diagram(models, "test").axes
+    assert [to_hex(line.get_color()) for line in ax.get_lines()[1:]] == FIRST_COLOURS
+    legend = [t.get_text() for t in ax.get_legend().get_texts()][1:]
+    assert legend == [
+        f"{m} (student)  ECE {e}" for m, e in zip("abc", ("0.0500", "0.1500", "0.2500"))
+    ]
+    (ax,) = figures.misclassification_roc(models, "test").axes
+    assert [to_hex(line.get_color()) for line in ax.get_lines()[1:]] == FIRST_COLOURS
+    legend = [t.get_text() for t in ax.get_legend().get_texts()][1:]
+    assert legend == [
+        f"{m} (student)  AUROC {a}" for m, a in zip("abc", ("0.700", "0.600", "0.900"))
+    ]
+    assert ax.get_xlabel().startswith("false positive rate")
+    assert ax.get_ylabel().startswith("true positive rate")
+    (ax,) = figures.miou_per_split(models).axes
+    assert [to_hex(bar.get_facecolor(), keep_alpha=False) for bar in ax.patches] == FIRST_COLOURS
+    bars = figures.ood_auroc_bars(models)
+    assert bars is not None
+    (ax,) = bars.axes
+    colours = [to_hex(bar.get_facecolor(), keep_alpha=False) for bar in ax.patches]
+    assert colours == FIRST_COLOURS[1:]  # b and c: their colours, not a's and b's
+
+
+def test_the_anomaly_and_ood_roc_figures_name_each_metric_with_its_own_value() -> None:
+    model = curve_model("a", 0.05, 0.7, 0.2, ood=True)
+    night = model["ood"]["sets"]["night"]
+    night["by_aggregator"]["max"] = {
+        "auroc": 0.6,
+        "aupr": 0.9,
+        "fpr95": 0.4,
+        "roc": {"fpr": [0, 0.5, 1], "tpr": [0, 0.7, 1]},
+    }
+    roc = figures.ood_roc_curves(model)
+    assert roc is not None
+    (ax,) = [a for a in roc.axes if a.get_title()]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mean 0.800", "max 0.600"]
+    assert ax.get_legend().get_title().get_text() == "AUROC"
+    model["anomaly"] = {
+        "split": "anomaly",
+        "ap": 0.25,
+        "auroc": 0.75,
+        "histograms": {"edges": [0.0, 0.5, 1.0], "normal": [5, 1], "anomaly": [1, 2]},
+    }
+    figure = figures.anomaly_histograms([model])
+    assert figure is not None
+    assert figure.axes[0].get_title() == "a: AP 0.250, AUROC 0.750"
+
+
+def test_image_scores_of_every_clean_split_are_blue() -> None:
+    """A set scored against val (rain) makes val in-distribution, as the main reference."""
+    result = {"best_aggregator": "mean", "by_aggregator": {"mean": {"auroc": 0.9}}}
+    model = {
+        "name": "a",
+        "ood": {
+            "reference": "test",
+            "aggregators": ["mean"],
+            "sets": {
+                "fog": {**result, "reference": "test"},
+                "rain": {**result, "reference": "val"},
+            },
+            "image_scores": {s: {"mean": [0.1, 0.2]} for s in ("test", "val", "fog", "rain")},
+        },
+    }
+    figure = figures.ood_score_distributions(model)
+    assert figure is not None
+    colours = [
+        to_hex(dots.get_facecolor()[0], keep_alpha=False) for dots in figure.axes[0].collections
+    ]
+    assert colours == ["#0072b2", "#0072b2", "#d55e00", "#d55e00"]
+
+
+def test_names_with_dollar_signs_are_drawn_as_written(tmp_path: Path) -> None:
+    """A name from a file with two `$` (`run$a_b$`) was parsed as mathtext and failed the
+    whole figure ("Double subscript"); it is drawn as plain text, in every figure."""
+    models = [
+        curve_model("run$a_b_c$", 0.05, 0.7, 0.2, ood=True),
+        curve_model("x$^2_1$", 0.15, 0.6, 0.4, ood=True),
+    ]
+    models[1]["class_names"] = ["ro$a_b_c$d", "car"]
+    drawn = {
+        "reliability": figures.reliability_diagram(models, "test"),
+        "roc": figures.misclassification_roc(models, "test"),
+        "histograms": figures.uncertainty_histograms(models, "test"),
+        "miou": figures.miou_per_split(models),
+        "ood_bars": figures.ood_auroc_bars(models),
+        "ood_roc": figures.ood_roc_curves(models[0]),
+    }
+    for name, figure in drawn.items():
+        assert figure is not None, name
+        assert figures.png_bytes(figure)[:4] == b"\x89PNG", name
+        figures.save(figure, tmp_path / f"{name}.png")
+    figure = figures.reliability_diagram(models, "test")
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert "run$a_b_c$ (student)  ECE 0.0500" in legend
+    # The rc setting is restored: a user's own mathtext still works after a save.
+    import matplotlib
+
+    assert matplotlib.rcParams["text.parse_math"] is True

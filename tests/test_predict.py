@@ -1179,3 +1179,21 @@ def test_cli_fits_the_detector_with_the_aggregator_and_size_asked_for(
         assert score == pytest.approx(u16.max(), abs=1e-4)
     record = json.loads((out / "predict.json").read_text())["images"][0]
     assert record["ood_score"] == record["image_scores"]["max"]
+
+
+def test_a_file_name_with_dollar_signs_is_drawn_as_written(tmp_path: Path) -> None:
+    """A panel's title and captions come from file names; `img$a_b_c$.png` was parsed as
+    mathtext by the layout and failed the run ("Double subscript")."""
+    from segdistill.data.preview import draw_sheet
+    from segdistill.predict import draw_panel
+
+    picture = np.zeros((8, 16, 3), np.uint8)
+    draw_panel(
+        tmp_path / "panel.png",
+        "img$a_b_c$.png",
+        [("image img$a_b_c$", picture)],
+        np.zeros((8, 16), np.float32),
+    )
+    assert Image.open(tmp_path / "panel.png").size[0] > 100
+    draw_sheet([[("a$b_c_d$", picture)]], ["row$x_y_z$"], "sheet$a_b_c$", tmp_path / "s.png")
+    assert Image.open(tmp_path / "s.png").size[0] > 100

@@ -304,6 +304,17 @@ def test_two_models_of_one_name_from_different_files_both_stay(
     models = load_models([evaluated / "dudes", evaluated / "dudes", tmp_path / "dudes"])
     assert [m.name for m in models] == ["dudes", "dudes_2"]
     assert models[0].metrics["splits"] == models[1].metrics["splits"]
+    # The second run read again after the clash (a results.json holding it, say): still
+    # two models, not a third name for the same run.
+    again = load_models([evaluated / "dudes", tmp_path / "dudes", tmp_path / "dudes"])
+    assert [m.name for m in again] == ["dudes", "dudes_2"]
+    # A run of the name the suffix would take keeps its own name; the clash takes the next.
+    shutil.copytree(tmp_path / "dudes", tmp_path / "dudes_2")
+    metrics["name"] = "dudes_2"
+    metrics["source"] = str(tmp_path / "dudes_2" / "checkpoints" / "best.safetensors")
+    (tmp_path / "dudes_2" / METRICS_FILE).write_text(json.dumps(metrics))
+    three = load_models([evaluated / "dudes", tmp_path / "dudes_2", tmp_path / "dudes"])
+    assert [m.name for m in three] == ["dudes", "dudes_2", "dudes_3"]
 
 
 # ------------------------------------------------------------ tables, without a browser
@@ -611,8 +622,11 @@ def test_the_checks_and_the_run_steps() -> None:
         rows=[["a"]],
         checks=[(True, "first"), (False, "second <b>"), (True, "third")],
         steps=[("train", 90.0, 2048.0), ("report", 30.0, None)],
+        notes=["a <b>note</b> & more"],
     )
-    page = claims_html(claims)
+    page = claims_html(claims, notes=["<i>measures</i>"])
+    assert '<p class="note">a &lt;b&gt;note&lt;/b&gt; &amp; more</p>' in page
+    assert '<p class="note">&lt;i&gt;measures&lt;/i&gt;</p>' in page
     assert "<h3>Checks: 2 of 3 pass</h3>" in page
     assert '<li class="pass">first</li>' in page and '<li class="pass">third</li>' in page
     assert '<li class="fail">second &lt;b&gt;</li>' in page
@@ -687,3 +701,141 @@ def test_changed_weights_names_a_run_trained_after_its_evaluation(
     (tmp_path / METRICS_FILE).write_text(json.dumps({**metrics, "weights": "0" * 64}))
     lines = changed_weights(load_models([tmp_path]))
     assert len(lines) == 1 and lines[0].startswith("dudes: its metrics")
+
+
+# Which way each summary metric is better, written out here apart from the report's own
+# SPLIT_COLUMNS: (header, data-metric suffix, better).
+SUMMARY_COLUMNS = [
+    ("mIoU ↑", "test/miou", "high"),
+    ("pixel acc ↑", "test/pixel_accuracy", "high"),
+    ("class acc ↑", "test/mean_class_accuracy", "high"),
+    ("ECE ↓", "test/ece", "low"),
+    ("misc. AUROC ↑", "test/misclassification_auroc", "high"),
+    ("misc. AUPR ↑", "test/misclassification_aupr", "high"),
+    ("misc. FPR95 ↓", "test/misclassification_fpr95", "low"),
+    ("AURC ↓", "test/aurc", "low"),
+    ("E-AURC ↓", "test/eaurc", "low"),
+    ("pAvPU max ↑", "test/pavpu_max", "high"),
+    ("mean unc.", "test/pixel_mean_uncertainty", None),
+    ("anomaly AP ↑", "pixel_anomaly/ap", "high"),
+    ("anomaly AUROC ↑", "pixel_anomaly/auroc", "high"),
+]
+
+
+def summary_model(name: str, value: float, parameters: int) -> dict:
+    """A model whose every summary metric is `value` (an anomaly AUROC of value + 0.01)."""
+    return {
+        **fake_model(name, [value] * 3, [value] * 3, value, "1 - max softmax"),
+        "parameters": parameters,
+        "splits": {
+            "test": {
+                "segmentation": {
+                    "miou": value,
+                    "pixel_accuracy": value,
+                    "mean_class_accuracy": value,
+                },
+                "calibration": {"ece": value},
+                "uncertainty": {
+                    "misclassification": {"auroc": value, "aupr": value, "fpr95": value},
+                    "aurc": value,
+                    "eaurc": value,
+                    "pavpu": {"max": value},
+                    "pixel_mean": value,
+                },
+            }
+        },
+        "anomaly": {"ap": value, "auroc": value + 0.01},
+    }
+
+
+def test_every_summary_column_is_under_its_header_and_bolds_its_better_direction() -> None:
+    """Each header sits over the cells of its own metric, and the bold cell is the higher
+    value where higher is better and the lower where lower is (FPR95, AURC, E-AURC, ECE);
+    no bold for the mean uncertainty, whose measures differ."""
+    low, high = summary_model("lo", 0.2, 1_234_567), summary_model("hi", 0.6, 7)
+    page = summary_table([low, high], "test")
+    head, rows = table_cells(page)
+    start = head.index("mIoU ↑")
+    assert head[start:] == [header for header, _, _ in SUMMARY_COLUMNS]
+    for row, name, value in zip(rows, ("lo", "hi"), (0.2, 0.6), strict=True):
+        for (key, text), (_, suffix, _) in zip(row[start:], SUMMARY_COLUMNS, strict=True):
+            assert key == f"{name}/{suffix}"
+            shown = value + 0.01 if suffix == "pixel_anomaly/auroc" else value
+            assert text == f"{shown:.4f}"
+    expected = {
+        f"{'hi' if better == 'high' else 'lo'}/{suffix}"
+        for _, suffix, better in SUMMARY_COLUMNS
+        if better
+    }
+    assert bold_keys(page) == expected
+    # Parameter counts with thousands separators, not as decimals.
+    assert '<td class="num" data-metric="lo/parameters">1,234,567</td>' in page
+
+
+def test_the_per_set_table_bolds_every_sets_best_model() -> None:
+    """Best per set (column), the last set too; lower ECE is better."""
+
+    def with_ece(name: str, test: float, night: float) -> dict:
+        model = fake_model(name, [0.5] * 3, [0.1] * 3, test, "1 - max softmax")
+        return {**model, "splits": {**model["splits"], "night": {"calibration": {"ece": night}}}}
+
+    models = [with_ece("a", 0.10, 0.30), with_ece("b", 0.20, 0.25)]
+    page = per_split_table(models, "ece", ("calibration", "ece"), "low", "ECE per set")
+    assert bold_keys(page) == {"a/test/ece", "b/night/ece"}
+    assert "<caption>ECE per set (lower is better)</caption>" in page
+
+
+def section_of(page: str, caption: str) -> str:
+    """The HTML table whose caption starts with `caption`."""
+    start = page.index(f"<caption>{caption}")
+    return page[page.rindex("<table>", 0, start) : page.index("</table>", start)]
+
+
+def test_the_page_bolds_each_tables_better_direction_and_escapes_the_teacher(
+    evaluated: Path,
+) -> None:
+    """In the page itself: the per-set ECE table bolds the lower ECE, the misclassification
+    AUROC and IoU tables the higher value; a teacher's name from a file is no markup in
+    the teacher heading, nor is a missing sample figure's path; the summary is of "test"
+    however the splits are ordered in the file."""
+    results = json.loads((evaluated / "out" / RESULTS_FILE).read_text())
+    evil = '<evil a="1">&'
+    ens, dudes = results["models"]
+    ens["name"] = evil
+    dudes["vs_teacher"]["teacher"] = evil
+    for model in (ens, dudes):
+        model["splits"] = {s: model["splits"][s] for s in ("night", "anomaly", "test")}
+    for model, ece, auroc, iou in ((ens, 0.1, 0.9, 0.2), (dudes, 0.3, 0.6, 0.7)):
+        test = model["splits"]["test"]
+        test["calibration"]["ece"] = ece
+        test["uncertainty"]["misclassification"]["auroc"] = auroc
+        test["segmentation"]["iou"][0] = iou  # road
+    dudes["figures"]["samples_<i>"] = "figures/<i>.png"
+    out = evaluated / "out"
+    page = build_report([ReportModel(m, out, out / RESULTS_FILE) for m in results["models"]])
+    e = html.escape(evil)
+    ece = bold_keys(section_of(page, "ECE per set"))
+    assert f"{e}/test/ece" in ece and "dudes/test/ece" not in ece
+    misc = bold_keys(section_of(page, "Misclassification AUROC per set"))
+    assert f"{e}/test/misclassification_auroc" in misc
+    assert "dudes/test/misclassification_auroc" not in misc
+    iou = bold_keys(section_of(page, "IoU per class (test)"))
+    assert "dudes/test/iou/road" in iou and f"{e}/test/iou/road" not in iou
+    assert f"<h2>Students vs teacher ({e})</h2>" in page
+    assert "&lt;i&gt;.png is missing." in page
+    assert "<evil" not in page and "<i>" not in page
+    assert "<caption>Metrics on test</caption>" in page
+
+
+def test_a_model_named_with_dollar_signs_and_without_figures_is_reported(
+    evaluated: Path,
+) -> None:
+    """`run$a_b_c$` failed the report's own figures as mathtext ("Double subscript"), and a
+    hand-edited "figures": null ended in an AttributeError."""
+    results = json.loads((evaluated / "out" / RESULTS_FILE).read_text())
+    ens, dudes = results["models"]
+    ens["name"] = "run$a_b_c$"
+    dudes["figures"] = None
+    out = evaluated / "out"
+    page = build_report([ReportModel(m, out, out / RESULTS_FILE) for m in results["models"]])
+    assert "run$a_b_c$" in page and "<img" in page

@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -44,6 +46,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 
 from segdistill.atomic import atomic_write
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
@@ -147,15 +150,33 @@ def axes_grid(
     return figure, list(axes[:count])
 
 
-def save(figure: Figure, path: str | Path) -> None:
-    """Write the figure as PNG (folders created), all or nothing (`atomic_write`)."""
-    atomic_write(path, lambda file: figure.savefig(file, format="png"))
+def plain_text() -> AbstractContextManager:
+    """Text drawn as written, not as matplotlib's mathtext: model, class, set and file
+    names come from files, and a name with two `$` (`run$a_b$`) would otherwise be
+    parsed as a formula and fail the whole figure ("Double subscript")."""
+    return matplotlib.rc_context({"text.parse_math": False})
+
+
+def _render(figure: Figure, file: Any, image_format: str, dpi: float | None) -> None:
+    """savefig with every text of the figure as plain text (`plain_text`): those made so
+    far are switched over, and the tick labels made while drawing follow the setting."""
+    with plain_text():
+        for text in figure.findobj(Text):
+            text.set_parse_math(False)
+        figure.savefig(file, format=image_format, dpi=dpi or "figure")
+
+
+def save(figure: Figure, path: str | Path, dpi: float | None = None) -> None:
+    """Write the figure (PNG, or the format of the path's suffix: .jpg, .svg, .pdf) with
+    its folders, all or nothing (`atomic_write`), its text as written (`plain_text`)."""
+    image_format = Path(path).suffix.lstrip(".").lower() or "png"
+    atomic_write(path, lambda file: _render(figure, file, image_format, dpi))
 
 
 def png_bytes(figure: Figure) -> bytes:
-    """The figure as PNG bytes."""
+    """The figure as PNG bytes, its text as written (`plain_text`)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    _render(figure, buffer, "png", None)
     return buffer.getvalue()
 
 

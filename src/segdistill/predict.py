@@ -118,7 +118,12 @@ from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_eval_transform
 from segdistill.defaults import DEFAULT_AGGREGATOR, DEFAULT_FPR, OUTPUT_KINDS, UNCERTAINTY_VMAX
 from segdistill.errors import ConfigError, DataError
-from segdistill.figures import ACCURACY_RIGHT, ACCURACY_VOID, ACCURACY_WRONG, accuracy_map
+from segdistill.figures import (
+    ACCURACY_RIGHT,
+    ACCURACY_VOID,
+    ACCURACY_WRONG,
+    accuracy_map,
+)
 from segdistill.interrupts import stop_on_ctrl_c
 from segdistill.jsonfiles import write_json
 from segdistill.metrics.ood import image_scores
@@ -509,19 +514,21 @@ def draw_panel(
     panel_w = min(max(width / 200, 3.2), 6.4)
     figure = Figure(figsize=(panel_w * cols + 0.6, panel_w * height / width + 0.7))
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, cols, squeeze=False)[0]
-    for ax, (caption, picture) in zip(axes, pictures):
-        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255)
-        ax.set_title(caption, fontsize=9)
-    shown = axes[-1].imshow(uncertainty, cmap=UNCERTAINTY_COLORMAP, vmin=0.0, vmax=vmax)
-    axes[-1].set_title("uncertainty", fontsize=9)
-    figure.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.02)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=100))
+    # The title and captions are file names, as written; the layout measures them.
+    with figures.plain_text():
+        axes = figure.subplots(1, cols, squeeze=False)[0]
+        for ax, (caption, picture) in zip(axes, pictures):
+            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_title(caption, fontsize=9)
+        shown = axes[-1].imshow(uncertainty, cmap=UNCERTAINTY_COLORMAP, vmin=0.0, vmax=vmax)
+        axes[-1].set_title("uncertainty", fontsize=9)
+        figure.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.02)
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        figure.suptitle(title, fontsize=10)
+        figure.tight_layout()
+    figures.save(figure, path, dpi=100)
 
 
 def _save_png(path: Path, array: np.ndarray, text: dict[str, str] | None = None) -> None:

@@ -68,17 +68,19 @@ def load_models(inputs: Sequence[str | Path]) -> list[ReportModel]:
     for item in inputs:
         models += _load_input(Path(item))
     unique: list[ReportModel] = []
-    seen: dict[str, str] = {}
+    read: set[tuple[str, str]] = set()  # (name in its file, source) of the models kept
+    names: set[str] = set()  # the names they are shown under
     for model in models:
         name, source = model.name, model.metrics.get("source", "")
-        if seen.get(name) == source:
+        if (name, source) in read:
             continue
-        if name in seen:
+        read.add((name, source))
+        if name in names:
             suffix = 2
-            while f"{name}_{suffix}" in seen:
+            while f"{name}_{suffix}" in names:
                 suffix += 1
             model.metrics = {**model.metrics, "name": f"{name}_{suffix}"}
-        seen[model.name] = source
+        names.add(model.name)
         unique.append(model)
     return unique
 
@@ -568,7 +570,7 @@ def _model_figure(
 ) -> str:
     """One model's own figure: the PNG evaluate wrote when it is there (the same drawing,
     without the time to draw it again), else drawn from the metrics."""
-    relative = model.metrics.get("figures", {}).get(key)
+    relative = (model.metrics.get("figures") or {}).get(key)
     caption = f"{model.name}: {caption}"
     if relative is not None and (model.base / relative).is_file():
         return _img((model.base / relative).read_bytes(), caption)
@@ -578,7 +580,7 @@ def _model_figure(
 def _sample_figures(model: ReportModel) -> str:
     """The sample-prediction PNGs evaluate wrote for a model, embedded."""
     parts = []
-    for key, relative in sorted(model.metrics.get("figures", {}).items()):
+    for key, relative in sorted((model.metrics.get("figures") or {}).items()):
         if not key.startswith(SAMPLE_PREFIX):
             continue
         path = model.base / relative

@@ -203,8 +203,7 @@ def draw_sheet(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from segdistill.atomic import atomic_write
-    from segdistill.figures import LEGEND_CLASS_COLUMNS
+    from segdistill.figures import LEGEND_CLASS_COLUMNS, save
 
     height, width = rows[0][0][1].shape[:2]
     cols = max(len(panels) for panels in rows)
@@ -239,5 +238,4 @@ def draw_sheet(
             fontsize=8,
             frameon=False,
         )
-    image_format = out.suffix.lstrip(".").lower() or "png"
-    atomic_write(out, lambda file: figure.savefig(file, format=image_format, dpi=100))
+    save(figure, out, dpi=100)
