@@ -26,10 +26,13 @@ from segdistill.report import (
     Claims,
     ReportModel,
     anomaly_table,
+    best_in_columns,
+    best_in_rows,
     build_report,
     changed_weights,
     claims_html,
     load_models,
+    metric,
     ood_set_table,
     ood_summary_table,
     per_class_table,
@@ -839,3 +842,19 @@ def test_a_model_named_with_dollar_signs_and_without_figures_is_reported(
     out = evaluated / "out"
     page = build_report([ReportModel(m, out, out / RESULTS_FILE) for m in results["models"]])
     assert "run$a_b_c$" in page and "<img" in page
+
+
+def test_cells_that_read_alike_are_a_tie_in_bold() -> None:
+    """ECE 0.01234 and 0.01231 both read 0.0123: neither is bolded over the other; the
+    best is judged as the values are shown (DIGITS decimals)."""
+    assert DIGITS == 4
+    rows = [[metric("a", 0.01234)], [metric("b", 0.01231)], [metric("c", 0.0200)]]
+    assert best_in_columns(rows, ["low"]) == {(0, 0), (1, 0)}
+    assert best_in_columns(rows[:2], ["low"]) == set()  # all alike: best of nothing
+    assert best_in_columns(rows, ["high"]) == {(2, 0)}
+    # 0.01236 reads 0.0124: then 0.01231 alone is best.
+    rows[0] = [metric("a", 0.01236)]
+    assert best_in_columns(rows, ["low"]) == {(1, 0)}
+    # Integers (parameters) as they are.
+    integers = [[metric("p", 1_000_001), metric("q", 1_000_000)]]
+    assert best_in_rows(integers, [0, 1], "low") == {(0, 1)}

@@ -216,12 +216,22 @@ def _best(
 ) -> set[tuple[int, int]]:
     """The (row, column) positions among `cells` ((position, value)) holding the best
     value in direction `better`; none without a direction, with fewer than two values or
-    with all values equal (a lone value, or a tie of all, is best of nothing)."""
-    values = [value for _, value in cells if value is not None]
-    if better is None or len(set(values)) < 2:
+    with all values equal (a lone value, or a tie of all, is best of nothing). Values are
+    compared as shown (`number`: DIGITS decimals), so two cells that read alike are a tie,
+    never one bold beside its equal."""
+    shown = {at: _as_shown(value) for at, value in cells if value is not None}
+    values = set(shown.values())
+    if better is None or len(values) < 2:
         return set()
     top = max(values) if better == "high" else min(values)
-    return {at for at, value in cells if value == top}
+    return {at for at, value in shown.items() if value == top}
+
+
+def _as_shown(value: float) -> float:
+    """A metric value rounded as `number` shows it (integers as they are)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return float(f"{value:.{DIGITS}f}")
 
 
 def best_in_columns(
