@@ -455,6 +455,20 @@ def test_models_that_share_no_evaluated_split_are_refused_by_name(tmp_path: Path
         build_report(models)
 
 
+def test_models_with_other_classes_are_refused_by_name(tmp_path: Path) -> None:
+    """The per-class tables line models up by class index: a model of other classes would
+    show its values under the first model's class names."""
+
+    def model(name: str, classes: list[str]) -> ReportModel:
+        metrics = {"name": name, "kind": "student", "splits": {"test": {}}, "class_names": classes}
+        return ReportModel(metrics, tmp_path, tmp_path)
+
+    with pytest.raises(
+        SegdistillError, match=r"different classes \(a: road, car; b: car, road\): report models"
+    ):
+        build_report([model("a", ["road", "car"]), model("b", ["car", "road"])])
+
+
 def table_cells(page: str) -> tuple[list[str], list[list[tuple[str | None, str]]]]:
     """The header texts and, per body row, (data-metric key or None, text) of each cell of
     one HTML table (escaped text as written)."""

@@ -778,6 +778,14 @@ def build_report(
             f"the models share no evaluated split ({evaluated}): report models evaluated on "
             "the same data"
         )
+    classes = {tuple(m["class_names"]) for m in metrics}
+    if len(classes) > 1:
+        # The per-class tables and figures line the models' values up by class index.
+        listed = "; ".join(f"{m.name}: {', '.join(m.metrics['class_names'])}" for m in models)
+        raise SegdistillError(
+            f"the models have different classes ({listed}): report models evaluated on the "
+            "same data"
+        )
     split = pick_split(metrics)
     names = ", ".join(m.name for m in models)
     inputs = "".join(
