@@ -4,6 +4,7 @@ official label table and evaluation script), the shift models and the anomaly ma
 from __future__ import annotations
 
 import filecmp
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from segdistill.data.synthstreets import (
     people,
     vehicles,
 )
+from segdistill.data.synthstreets.render import _ground_labels
 from segdistill.errors import DataError
 
 SIZE = (64, 128)
@@ -870,3 +872,262 @@ def test_crowd_raises_the_truck_and_bus_shares() -> None:
     plain, crowded = vehicles_of(1.0), vehicles_of(2.0)
     for label in (constants.TRUCK, constants.BUS):
         assert plain[label] > 3 and crowded[label] > 1.5 * plain[label], (plain, crowded)
+
+
+# --- Second audit: depth geometry, anomaly placement, clutter labels, bounds, seeds ---
+
+
+def test_depth_follows_the_pinhole_camera_and_the_hood_reads_two_metres() -> None:
+    """Depth along the optical axis, from the documented camera (focal = focal * width,
+    horizon row = horizon * height, 2x supersampled, the majority sample kept): the ground
+    at supersampled row v lies at f h / (v + 0.5 - v0), a street-facing wall at X = x at
+    f x / (u + 0.5 - cx), a camera-facing person at its Z, and the hood reads 2 m."""
+    height, width = SIZE
+    camera = ss.sample_scene(ss.image_rng(0, "val", 1)).camera
+    frame = _street_with(
+        [
+            lambda b: people.add_person(b, 1.0, 8.0),
+            lambda b: buildings._add_wall(b, -6.0, 10.0, 40.0, 2.0),
+        ]
+    )
+    labels, depth = frame.label_ids, frame.depth.astype(np.float64)
+    f, v0, cx = camera.focal * 2 * width, camera.horizon * 2 * height, float(width)
+
+    def ground(v: np.ndarray) -> np.ndarray:
+        return f * camera.height / (v + 0.5 - v0)
+
+    rows, cols = np.nonzero(np.isin(labels, [constants.ROAD, constants.SIDEWALK]))
+    near = ground(2 * rows) < 300  # far from the horizon (and from the 650 m cut)
+    rows, cols = rows[near], cols[near]
+    assert rows.size > 500
+    got = depth[rows, cols]  # either sample row of the 2x2 block may have won the vote
+    assert (got <= ground(2 * rows) * (1 + 1e-5)).all()
+    assert (got >= ground(2 * rows + 1) * (1 - 1e-5)).all()
+
+    rows, cols = np.nonzero(labels == constants.WALL)
+    assert rows.size > 20
+    u = np.stack([2 * cols, 2 * cols + 1]) + 0.5 - cx
+    z = np.clip(f * -6.0 / u, 10.0, 40.0)
+    got = depth[rows, cols]
+    assert (got >= z.min(axis=0) * (1 - 1e-5)).all() and (got <= z.max(axis=0) * (1 + 1e-5)).all()
+
+    assert (labels == constants.PERSON).sum() > 20
+    assert (depth[labels == constants.PERSON] == 8.0).all()
+    hood = labels == constants.EGO
+    assert hood.sum() > 100 and (depth[hood] == 2.0).all()
+
+
+def test_anomalies_are_one_to_three_with_the_first_ahead_in_the_cameras_lane() -> None:
+    """1 to 3 objects labelled `dynamic` are added to an unchanged scene; the first stands
+    8 to 40 m ahead in the lane the camera drives in (the one holding X = 0), at least 2 m
+    before that lane's first vehicle."""
+    dynamic = name2label["dynamic"].id
+    vehicles_ = {constants.CAR, constants.TRUCK, constants.BUS, constants.TRAIN}
+    counts = set()
+    for index in range(30):
+        scene = ss.sample_scene(ss.image_rng(4, "test", index))
+        pasted = ss.add_anomalies(scene, np.random.default_rng(index))
+        assert pasted.surfaces[: len(scene.surfaces)] == scene.surfaces
+        added = pasted.surfaces[len(scene.surfaces) :]
+        counts.add(len(added))
+        assert {s.label for s in added} == {dynamic}
+        first = added[0]
+        centre = (first.s0 + first.s1) / 2
+        assert first.facing == "front" and 8.0 <= first.pos <= 40.0
+        assert abs(centre) < 0.5 * ss.DEFAULT_STYLE.lane_width[1]  # within the camera's lane
+        ahead = [
+            s.pos
+            for s in scene.surfaces
+            if s.label in vehicles_ and s.facing == "front" and s.s0 < centre < s.s1
+        ]
+        assert first.pos <= min(ahead, default=np.inf) - 2.0, (index, first.pos, ahead)
+    assert counts == {1, 2, 3}
+
+
+def test_street_clutter_is_static_and_advertising_columns_unlabeled() -> None:
+    """Bins, benches and utility boxes (at most 1.3 m tall) are `static`, advertising
+    columns (3 m) `unlabeled`; no clean scene holds `dynamic`, the anomalies' label."""
+    static, unlabeled = name2label["static"].id, name2label["unlabeled"].id
+    found = {static: 0, unlabeled: 0}
+    for index in range(40):
+        for s in ss.sample_scene(ss.image_rng(0, "train", index)).surfaces:
+            assert s.label != name2label["dynamic"].id
+            if s.label in found:
+                found[s.label] += 1
+                tall = s.t1 - s.t0 > 2.0
+                assert tall == (s.label == unlabeled), (s.label, s.t1 - s.t0)
+    assert min(found.values()) > 3, found
+
+
+def test_size_object_scale_and_crowd_bounds_are_inclusive(tmp_path: Path) -> None:
+    """16x32 up to 1024x2048, object scale and crowd 0.5 to 4: the bounds themselves are
+    allowed, a hair beyond is refused, and the smallest set with every shift is valid."""
+    for value in (0.5, 4.0):
+        ss.SynthConfig(object_scale=value, crowd=value)
+    for name in ("object_scale", "crowd"):
+        for value in (0.49, 4.01):
+            with pytest.raises(DataError, match=name):
+                ss.SynthConfig(**{name: value})
+    ss.SynthConfig(size=(1024, 2048))
+    for size in ((15, 32), (16, 31), (1025, 2048), (1024, 2049)):
+        with pytest.raises(DataError, match="outside 16x32"):
+            ss.SynthConfig(size=size)
+    config = ss.SynthConfig(size=(16, 32), train=1, val=0, test=1, object_scale=4.0, crowd=4.0)
+    assert ss.generate(tmp_path, config, progress=False)
+    meta, reports = ss.check_dataset(tmp_path)
+    assert [r.images for r in reports] == [1, 0, 1] + [1] * 7
+    image = np.asarray(Image.open(next(tmp_path.glob("leftImg8bit/test/*/*.png"))))
+    assert image.shape == (16, 32, 3)
+
+
+def test_photometric_copies_are_recomputed_exactly_from_the_files_and_the_seed(
+    dataset: Path,
+) -> None:
+    """Fog, rain and night are functions of the clean image file, the depth file and
+    the image's own generator, seeded by (seed, split, index) and the shift name: each
+    copy is reproduced byte for byte from those alone."""
+    for index, paths in enumerate(_test_paths(dataset)):
+        clean = np.asarray(Image.open(paths.image))
+        depth = ss.read_depth(paths.depth)
+        for name in ("fog_0.01", "rain", "night"):
+            spec = next(s for s in shifts.expand_shifts(shifts.SHIFT_KINDS) if s.name == name)
+            seed = [TINY.seed, ss.SPLITS.index("test"), index, zlib.crc32(name.encode())]
+            expected = shifts.apply_photometric(spec, clean, depth, np.random.default_rng(seed))
+            copy = ss.SamplePaths.of(ss.shift_root(dataset, name), "test", *_city_stem(paths))
+            np.testing.assert_array_equal(np.asarray(Image.open(copy.image)), expected)
+
+
+def _city_stem(paths: ss.SamplePaths) -> tuple[str, str]:
+    return paths.image.parent.name, _stem(paths)
+
+
+def test_newcity_copy_redraws_the_images_own_scene_seed_in_the_newcity_style(
+    dataset: Path,
+) -> None:
+    """ "Same per-image seeds, so also other layouts": the newcity labels are those of the
+    scene drawn from the clean image's (seed, split, index) in the newcity style."""
+    style = TINY.style(ss.NEWCITY_STYLE)
+    for index, paths in enumerate(_test_paths(dataset)):
+        scene = ss.sample_scene(ss.image_rng(TINY.seed, "test", index), style)
+        copy = ss.SamplePaths.of(ss.shift_root(dataset, "newcity"), "test", *_city_stem(paths))
+        labels = np.asarray(Image.open(copy.label_ids))
+        np.testing.assert_array_equal(labels, ss.render(scene, *SIZE).label_ids)
+
+
+def test_ground_labels_of_road_curb_verge_sidewalk_lots_and_cross_street() -> None:
+    """The ground across a street with a 1 m verge on the left: road between the road
+    edges, the 0.22 m curb band and the paved strip are sidewalk, the verge terrain, and
+    beyond the sidewalks the lots (forecourt sidewalk, park terrain); a cross street is
+    road right across the sidewalks."""
+    material = ss.DEFAULT_STYLE  # unused by the labels; any object will do
+    street = layout.Street(
+        road_left=-4.0,
+        road_right=3.0,
+        sidewalk_left=2.0,
+        sidewalk_right=3.0,
+        verge_left=1.0,
+        verge_right=0.0,
+        crossings=((40.0, 52.0),),
+        lots_left=layout.Lots((0.0, 20.0, 40.0, 52.0), (8, 22, 7, 8)),
+        lots_right=layout.Lots((0.0, 40.0, 52.0), (22, 7, 8)),
+        road_material=material,
+        sidewalk_material=material,
+        terrain_material=material,
+    )
+    road, walk, grass = constants.ROAD, constants.SIDEWALK, constants.TERRAIN
+    cases = [  # (x, z, label): left lot, sidewalk, verge, curb band, road, curb, right
+        (-8.0, 10.0, walk),  # left lot 0..20: a forecourt
+        (-8.0, 30.0, grass),  # left lot 20..40: a park
+        (-6.5, 30.0, walk),  # left sidewalk (outer edge at -4 - 1 - 2 = -7)
+        (-4.8, 30.0, grass),  # the verge, -5.22 .. -4.22
+        (-4.1, 30.0, walk),  # the curb band beside the road
+        (-3.9, 30.0, road),
+        (2.9, 30.0, road),
+        (3.1, 30.0, walk),  # curb band, no verge on the right
+        (5.5, 30.0, walk),
+        (6.5, 30.0, grass),  # right lot 0..40: a park
+        (-6.5, 45.0, road),  # the cross street crosses the sidewalks and the verge
+        (-4.8, 45.0, road),
+        (5.5, 45.0, road),
+        (-8.0, 45.0, road),  # and the lots
+        (-8.0, 60.0, walk),
+        (6.5, 60.0, walk),
+    ]
+    # Lots as the sampler makes them: a building's forecourt is paved, a park is grass.
+    lots = [layout.Lot(0.0, 20.0, "building"), layout.Lot(20.0, 40.0, "park")]
+    lots.append(layout.Lot(40.0, 52.0, "crossing"))
+    assert layout._lots_ground(lots) == layout.Lots((0.0, 20.0, 40.0), (walk, grass, road))
+    x = np.array([c[0] for c in cases], np.float32)
+    z = np.array([c[1] for c in cases], np.float32)
+    got = _ground_labels(street, x, z)
+    assert got.tolist() == [c[2] for c in cases]
+
+
+def test_street_furniture_carries_its_classes() -> None:
+    """A lamp is pole from foot to head (its arm and lamp head too), a sign post is a pole
+    with sign faces, a traffic light a pole with its housing; an overhead light adds an
+    arm (pole) and a second housing."""
+    builder = layout.Builder(np.random.default_rng(0), ss.DEFAULT_STYLE, None)  # type: ignore[arg-type]
+    furniture.add_lamp(builder, 5.0, 10.0, 1)
+    assert [s.label for s in builder.surfaces] == [constants.POLE] * 3
+    builder.surfaces.clear()
+    furniture.add_sign_post(builder, 5.0, 10.0)
+    labels = [s.label for s in builder.surfaces]
+    assert labels[0] == constants.POLE and set(labels[1:]) == {constants.SIGN}
+    builder.surfaces.clear()
+    furniture.add_traffic_light(builder, 5.0, 10.0, None)
+    assert [s.label for s in builder.surfaces] == [constants.POLE, constants.LIGHT]
+    builder.surfaces.clear()
+    furniture.add_traffic_light(builder, 5.0, 10.0, 0.0)
+    expected = [constants.POLE, constants.LIGHT, constants.POLE, constants.LIGHT]
+    assert [s.label for s in builder.surfaces] == expected
+
+
+@pytest.mark.parametrize("kind", ["side", "front"])
+@pytest.mark.parametrize("motor", [False, True])
+def test_a_rider_sits_in_front_of_the_machine_in_profile(kind: str, motor: bool) -> None:
+    """Riders over their machines: where the rider and the machine overlap (legs over the
+    frame or the engine), the rider is seen and labelled, also inside the wheel outline."""
+    machine = constants.MOTORCYCLE if motor else constants.BICYCLE
+    alone = _street_with([_two_wheeler(kind, motor, rider=False)], size=(128, 256))
+    ridden = _street_with([_two_wheeler(kind, motor, rider=True)], size=(128, 256))
+    covered = (alone.label_ids == machine) & (ridden.label_ids == constants.RIDER)
+    assert covered.sum() >= 3, covered.sum()  # a few at least: bicycle frames are thin
+
+
+@pytest.mark.parametrize(
+    "kind, name",
+    [("car", "car"), ("van", "car"), ("truck", "truck"), ("bus", "bus"), ("tram", "train")],
+)
+def test_each_vehicle_kind_has_its_class_and_one_instance(kind: str, name: str) -> None:
+    """Vans are cars and trams trains (Cityscapes' classes); the end face, the flank (beside
+    the camera axis) and a tram's pantograph are one object: one instance id."""
+    builder = layout.Builder(np.random.default_rng(0), ss.DEFAULT_STYLE, None)  # type: ignore[arg-type]
+    length = vehicles.add_vehicle(builder, kind, 4.0, 10.0, False)
+    label = name2label[name].id
+    assert len(builder.surfaces) >= 2  # the end face and the flank
+    assert {(s.label, s.instance) for s in builder.surfaces} == {(label, label * 1000)}
+    flank = next(s for s in builder.surfaces if s.facing == "side")
+    assert flank.s1 - flank.s0 == pytest.approx(length)
+
+
+def test_meta_describes_the_splits_and_shifted_copies(dataset: Path) -> None:
+    """meta.json: generator version, seed and size, each split's images and cities, and
+    for each shifted copy its kind, fog beta, split, images and folder."""
+    meta = ss.read_meta(dataset)
+    assert (meta["version"], meta["seed"], meta["size"]) == (ss.GENERATOR_VERSION, 3, [64, 128])
+    assert meta["splits"] == {
+        "train": {"images": 2, "cities": list(constants.CITIES["train"])},
+        "val": {"images": 1, "cities": ["glenrock", "halden"]},
+        "test": {"images": 3, "cities": ["ironbridge", "juniper"]},
+    }
+    for name in ("fog_0.005", "fog_0.01", "fog_0.02", "rain", "night", "newcity", "anomaly"):
+        kind, beta = ("fog", float(name[4:])) if name.startswith("fog") else (name, None)
+        assert meta["shifts"][name] == {
+            "kind": kind,
+            "beta": beta,
+            "split": "test",
+            "images": 3,
+            "root": f"shifts/{name}",
+        }
+        assert (dataset / meta["shifts"][name]["root"] / "leftImg8bit" / "test").is_dir()
