@@ -547,3 +547,15 @@ def test_cli_bench_passes_its_settings_to_the_run(tmp_path, monkeypatch) -> None
         "size": (32, 64), "batch": 2, "repeats": 7, "warmup": 3, "device": "cpu",
         "threads": 2, "channels_last": True,
     }  # fmt: skip
+
+
+def test_bench_refuses_to_write_its_json_over_a_benchmarked_weights_file(tmp_path, capsys) -> None:
+    """--json naming a source's weights file replaced the trained weights with the JSON
+    (exit status 0). `segdistill report` refuses to write over its own input likewise."""
+    weights = save_tiny(tmp_path / "run" / "checkpoints" / "best.safetensors")
+    before = weights.read_bytes()
+    for given in (weights, tmp_path / "run"):  # the weights file, or its run directory
+        argv = ["bench", str(given), "--size", "32x32", "--repeats", "1", "--warmup", "0"]
+        assert main([*argv, "--json", str(weights)]) == 2
+        assert str(weights) in capsys.readouterr().err
+        assert weights.read_bytes() == before

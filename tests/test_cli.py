@@ -97,6 +97,20 @@ def test_every_command_is_listed() -> None:
         (["evaluate", "m", "--data", "d", "--splits", " , "], "--splits: no split name in"),
         # matplotlib's "Format 'foo' is not supported" traceback, after the work.
         (["data", "preview", "d", "--out", "s.foo"], "s.foo: .foo is not an image format"),
+        # One dropout pass has no spread; 0 or -3 were taken for non-MC models.
+        (
+            ["predict", "m", "x.png", "--out", "o", "--mc-samples", "1"],
+            "--mc-samples: must be >= 2",
+        ),
+        (["evaluate", "m", "--data", "d", "--mc-samples", "0"], "--mc-samples: must be >= 2"),
+        (["bench", "m", "--size", "8x8", "--mc-samples", "-3"], "--mc-samples: must be >= 2"),
+        # Every pixel is >= a negative threshold: a flag that flags everything.
+        (
+            ["predict", "m", "x.png", "--out", "o", "--distrust-above", "-1"],
+            "--distrust-above: must be a finite number >= 0, not -1",
+        ),
+        # It ran the whole export before the exporter refused.
+        (["export", "m", "--opset", "0"], "--opset: must be >= 1, not 0"),
     ],
 )
 def test_argument_values_are_checked_when_parsed(
@@ -159,6 +173,10 @@ def test_the_bounds_of_argument_values_are_inclusive(tmp_path: Path) -> None:
     assert (args.size, args.val, args.workers) == ((16, 32), 0, 1)
     args = build_parser().parse_args(["export", "m", "--format", "onnx", "--atol", "1e-12"])
     assert args.atol == 1e-12
+    args = build_parser().parse_args(["bench", "m", "--size", "8x8", "--mc-samples", "2"])
+    assert args.mc_samples == 2
+    args = build_parser().parse_args(["predict", "m", "x", "--out", "o", "--distrust-above", "0"])
+    assert args.distrust_above == 0.0
 
 
 def test_the_mc_samples_default_is_the_documented_one() -> None:
@@ -191,3 +209,82 @@ def test_output_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     error = process.communicate(timeout=120)[1]
     assert process.returncode == 141, error
     assert "Traceback" not in error and "BrokenPipeError" not in error, error
+
+
+# A folder no one can make: /proc takes no new entries, whoever asks (root included), so
+# this stands for a read-only mount or a folder without write permission.
+UNMAKEABLE = Path("/proc/segdistill-cannot-be-made")
+needs_proc = pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+
+
+def exit_status(argv: list[str]) -> int:
+    """main's exit status, whether argparse (SystemExit) or the command gives it."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return int(exit_info.code or 0)
+
+
+@needs_proc
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "{config}", "--run-dir", "{out}"],
+        ["ensemble", "{config}", "--members", "1", "--run-dir", "{out}"],
+        ["experiment", "{experiment}", "--run-dir", "{out}"],
+        ["data", "synth", "--out", "{out}", "--size", "16x32", "--train", "1", "--val", "0"],
+    ],
+)
+def test_an_output_folder_that_cannot_be_made_is_a_one_line_error(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It ended in a FileNotFoundError / PermissionError traceback (exit status 1) from
+    mkdir, where `predict --out`, `report --out` and `bench --json` say `error: cannot write
+    PATH` with exit status 2."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{root: {tmp_path / 'no-data'}}}\n")
+    experiment = Path(__file__).resolve().parents[1] / "configs" / "quick" / "dudes.yaml"
+    out = UNMAKEABLE / "run"
+    argv = [w.format(config=config, experiment=experiment, out=out) for w in argv]
+    if argv[0] == "data":
+        argv += ["--test", "0", "--shifts", "none", "--workers", "1"]
+    assert exit_status(argv) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert str(UNMAKEABLE) in error  # the message names the folder
+
+
+def test_a_teacher_cache_that_is_a_file_is_refused_when_parsed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--teacher-cache is a folder the cache is built in, as --run-dir and --out are; a file
+    there was only found after the teacher and the data had loaded, with "incomplete (no
+    cache.json); rebuilding it" printed first, and a stray FILE.lock left beside it."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "c.yaml", "--teacher-cache", str(tmp_path / "afile")])
+    assert exit_info.value.code == 2
+    assert f"{tmp_path / 'afile'} is a file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+QUICK_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "quick"
+
+
+@pytest.mark.parametrize(
+    ("argv", "right_command"),
+    [
+        # An experiment file given to train: "unknown key 'title'".
+        (["train", str(QUICK_CONFIGS / "dudes.yaml")], "segdistill experiment"),
+        # A training config given to experiment: "unknown key 'seed'; did you mean
+        # 'seeds'?", which sends the user to edit a config that is fine.
+        (["experiment", str(QUICK_CONFIGS / "train_baseline.yaml")], "segdistill train"),
+    ],
+)
+def test_a_config_of_the_other_command_names_the_command_it_is_for(
+    argv: list[str], right_command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--run-dir", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert argv[1] in error and right_command in error
+    assert not (tmp_path / "run").exists()

@@ -313,7 +313,7 @@ def _load(args, run_dir: Path) -> None:
         if args.command == "distill":
             assert cfg.distill is not None, f"{args.config} has no distill section"
             if args.teacher_cache is not None:
-                replace_values(cfg, {"distill.teacher_cache": args.teacher_cache}, "test")
+                replace_values(cfg, {"distill.teacher_cache": str(args.teacher_cache)}, "test")
         _build_methods(cfg)
         if args.command == "ensemble":
             if args.members is not None:

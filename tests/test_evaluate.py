@@ -1751,3 +1751,26 @@ def test_names_with_dollar_signs_are_drawn_as_written(tmp_path: Path) -> None:
     import matplotlib
 
     assert matplotlib.rcParams["text.parse_math"] is True
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+def test_an_out_folder_that_cannot_be_made_is_a_one_line_error(
+    setup: dict[str, Any], tmp_path: Path, capsys
+) -> None:
+    """/proc takes no new folder (root included): a stand-in for a read-only mount or a
+    folder without write permission. With a run directory among the sources the
+    evaluation ran to its end and wrote the run's metrics.json, then mkdir's
+    FileNotFoundError for --out came out of main as a traceback (exit status 1); a loose
+    weights file alone gets `error: cannot write ...` (atomic_write's OutputError)."""
+    run = tmp_path / "dudes"
+    shutil.copytree(setup["root"] / "dudes" / "checkpoints", run / "checkpoints")
+    out = Path("/proc/segdistill-cannot-be-made")
+    argv = ["evaluate", str(run), "--data", str(setup["data"]), "--splits", "test"]
+    argv += ["--max-images", "1", "--workers", "0", "--device", "cpu", "--out", str(out)]
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # refused when parsed: as good
+        code = exit_info.code
+    assert code == 2
+    error = capsys.readouterr().err
+    assert str(out) in error and "Traceback" not in error

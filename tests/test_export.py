@@ -390,3 +390,34 @@ def test_a_network_in_train_mode_is_exported_in_eval_mode(tmp_path) -> None:
     ref_probs, ref_uncertainty = predictor_outputs(source, images)  # a fresh, eval network
     assert (probs - ref_probs).abs().max() <= 1e-4
     assert (uncertainty - ref_uncertainty).abs().max() <= 1e-4
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+def test_an_out_file_whose_folder_cannot_be_written_is_a_one_line_error(tmp_path, capsys) -> None:
+    """/proc takes no new entry (root included): a stand-in for a read-only mount or a
+    folder without write permission. tempfile.mkdtemp's FileNotFoundError for the staging
+    folder came out of main as a traceback (exit status 1), where `report --out` says
+    `error: cannot write PATH` with exit status 2."""
+    source = save_tiny(tmp_path / "s.safetensors")
+    out = Path("/proc/segdistill-cannot-be-written.onnx")
+    try:
+        code = main(["export", str(source), "--format", "torchscript", "--out", str(out)])
+    except SystemExit as exit_info:  # refused when parsed: as good
+        code = exit_info.code
+    assert code == 2
+    error = capsys.readouterr().err
+    assert str(out) in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_export_refuses_to_write_over_the_weights_it_exports(tmp_path, capsys, fmt) -> None:
+    """--out naming the source's own weights file replaced the trained weights with the
+    exported file (exit status 0): the run could no longer be evaluated, predicted or
+    exported again. `segdistill report` refuses to write over its own input likewise."""
+    source = save_tiny(tmp_path / "run" / "checkpoints" / "best.safetensors")
+    before = source.read_bytes()
+    for given in (source, tmp_path / "run"):  # the weights file, or its run directory
+        argv = ["export", str(given), "--format", fmt, "--out", str(source)]
+        assert main(argv) == 2
+        assert str(source) in capsys.readouterr().err
+        assert source.read_bytes() == before

@@ -1197,3 +1197,20 @@ def test_a_file_name_with_dollar_signs_is_drawn_as_written(tmp_path: Path) -> No
     assert Image.open(tmp_path / "panel.png").size[0] > 100
     draw_sheet([[("a$b_c_d$", picture)]], ["row$x_y_z$"], "sheet$a_b_c$", tmp_path / "s.png")
     assert Image.open(tmp_path / "s.png").size[0] > 100
+
+
+def test_an_ood_fpr_of_zero_flags_no_reference_image(tmp_path, student, ood_reference) -> None:
+    """--ood-fpr 0 is allowed (the rate must lie in [0, 1)): the threshold is then the
+    largest reference score, so none of the reference images is flagged. The command
+    ended in a ZeroDivisionError traceback from its "too few references" notice
+    (5 / fpr), after it had saved the detector and before it predicted anything."""
+    folder = ood_reference[0].parent
+    out = tmp_path / "out"
+    argv = ["predict", str(student), str(folder), "--out", str(out), "--outputs", "none"]
+    assert main([*argv, "--ood-reference", str(folder), "--ood-fpr", "0"]) == 0
+    saved = json.loads((out / DETECTOR_FILE).read_text())
+    assert saved["fpr"] == 0.0
+    assert saved["threshold"] == max(saved["reference_scores"])
+    records = json.loads((out / "predict.json").read_text())["images"]
+    assert len(records) == len(ood_reference)
+    assert not any(record["ood"] for record in records)

@@ -654,8 +654,9 @@ def test_the_checks_and_the_run_steps() -> None:
 
 
 def test_a_run_directory_reads_its_own_metrics_before_a_results_file(tmp_path: Path) -> None:
-    (tmp_path / METRICS_FILE).write_text(json.dumps({"name": "run", "splits": {}}))
-    results = {"models": [{"name": "other", "splits": {}}]}
+    run = {"name": "run", "kind": "student", "splits": {}}
+    (tmp_path / METRICS_FILE).write_text(json.dumps(run))
+    results = {"models": [{**run, "name": "other"}]}
     (tmp_path / RESULTS_FILE).write_text(json.dumps(results))
     assert [m.name for m in load_models([tmp_path])] == ["run"]
 
@@ -872,3 +873,35 @@ def test_cells_that_read_alike_are_a_tie_in_bold() -> None:
     # Integers (parameters) as they are.
     integers = [[metric("p", 1_000_001), metric("q", 1_000_000)]]
     assert best_in_rows(integers, [0, 1], "low") == {(0, 1)}
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "a split that is not an object",
+        "a name that is not text",
+        "a results entry that is not an object",
+        "an experiment's results without its table",
+    ],
+)
+def test_a_damaged_metrics_file_is_a_one_line_error_naming_it(
+    evaluated: Path, tmp_path: Path, damage: str, capsys
+) -> None:
+    """A metrics.json edited by hand or written by another version passed the top-level
+    check (name, splits / models) and ended in an AttributeError or TypeError traceback
+    (exit status 1) deep in the report."""
+    metrics = json.loads((evaluated / "dudes" / METRICS_FILE).read_text())
+    if damage == "a split that is not an object":
+        metrics["splits"]["test"] = "x"
+        content: Any = metrics
+    elif damage == "a name that is not text":
+        content = {**metrics, "name": 5}
+    elif damage == "a results entry that is not an object":
+        content = {"models": [5]}
+    else:  # a KeyError 'table' from experiment_claims
+        content = {"schema": "segdistill.experiment/1", "models": [metrics]}
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(json.dumps(content))
+    assert main(["report", str(damaged), "--out", str(tmp_path / "r.html")]) == 2
+    assert str(damaged) in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()

@@ -382,7 +382,18 @@ def test_from_manifest_resolves_paths_relative_to_the_manifest(tmp_path, monkeyp
         assert not any(p.requires_grad for p in teacher.parameters())
 
 
-@pytest.mark.parametrize("content", [None, "{not json", '{"members": []}', '{"members": [{}]}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        None,
+        "{not json",
+        '{"members": []}',
+        '{"members": [{}]}',
+        # A checkpoint that is no path: a TypeError traceback from `folder / 5`.
+        '{"members": [{"checkpoint": 5}]}',
+        '{"members": [{"checkpoint": null}]}',
+    ],
+)
 def test_from_manifest_errors(tmp_path, monkeypatch, content) -> None:
     monkeypatch.setattr(teachers, "load_segmenter", _fake_loader([]))
     if content is not None:
@@ -481,3 +492,115 @@ def test_low_precision_logits_give_float32_statistics(dtype: torch.dtype) -> Non
     signals = Ensemble([FixedLogits(v) for v in logits]).signals(x, STATISTICS)
     reference = stacked_reference([FixedLogits(v.float()) for v in logits], x)
     assert_matches(signals, reference)
+
+
+def _numpy_softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-3, keepdims=True))
+    return e / e.sum(-3, keepdims=True)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_spread_statistics_match_numpy_for_disagreeing_members(unbiased: bool) -> None:
+    """std (Holder eq. 3), pred_std (DUDES), variance (NfS U-KD) and BALD against numpy
+    float64 on members that disagree on the predicted class: pred_std is the std at the
+    class the mean predicts, which here differs from the class of the largest std and from
+    some members' own predictions."""
+    gen = torch.Generator().manual_seed(1)
+    logits = [torch.randn(2, CLASSES, 3, 4, generator=gen) * 3 for _ in range(4)]
+    signals = Ensemble([FixedLogits(v) for v in logits], unbiased_std=unbiased).signals(
+        images(2, 3, 4), STATISTICS
+    )
+    probs = _numpy_softmax(np.stack([v.double().numpy() for v in logits]))  # [N, B, C, H, W]
+    mean = probs.mean(0)
+    var = probs.var(0, ddof=1 if unbiased else 0)
+    predicted = mean.argmax(1)[:, None]
+    assert (predicted != np.sqrt(var).argmax(1)[:, None]).any()  # the case that matters
+    assert (predicted != probs.argmax(2)[:, :, None]).any()
+    entropy = -(mean * np.log(mean)).sum(1, keepdims=True)
+    member_entropy = -(probs * np.log(probs)).sum(2, keepdims=True).mean(0)
+    expected = {
+        "mean_probs": mean,
+        "std": np.sqrt(var),
+        "pred_std": np.take_along_axis(np.sqrt(var), predicted, 1),
+        "variance": var.mean(1, keepdims=True),
+        "entropy": entropy,
+        "mutual_info": entropy - member_entropy,
+    }
+    for name, value in expected.items():
+        np.testing.assert_allclose(
+            getattr(signals, name).numpy(), value, rtol=1e-4, atol=1e-6, err_msg=name
+        )
+
+
+def test_two_member_spread_by_hand() -> None:
+    """p1 = (0.9, 0.1), p2 = (0.5, 0.5): mean (0.7, 0.3), population variance 0.04 per
+    class (std 0.2), unbiased 0.08; BALD = H(0.7, 0.3) - (H(0.9, 0.1) + H(0.5, 0.5)) / 2."""
+    logits = [torch.tensor([0.9, 0.1]).log(), torch.tensor([0.5, 0.5]).log()]
+    members = [FixedLogits(v.view(1, 2, 1, 1)) for v in logits]
+    x = images(1, 1, 1)
+
+    def h(*p: float) -> float:
+        return -sum(q * np.log(q) for q in p)
+
+    for unbiased, var in ((False, 0.04), (True, 0.08)):
+        signals = Ensemble(members, unbiased_std=unbiased).signals(x, STATISTICS)
+        np.testing.assert_allclose(signals.std.flatten(), [var**0.5] * 2, rtol=1e-5)
+        np.testing.assert_allclose(signals.pred_std.item(), var**0.5, rtol=1e-5)
+        np.testing.assert_allclose(signals.variance.item(), var, rtol=1e-5)
+        np.testing.assert_allclose(signals.entropy.item(), h(0.7, 0.3), rtol=1e-5)
+        bald = h(0.7, 0.3) - (h(0.9, 0.1) + h(0.5, 0.5)) / 2
+        np.testing.assert_allclose(signals.mutual_info.item(), bald, rtol=1e-4)
+
+
+def test_ensemble_logits_are_the_log_of_tiny_mean_probabilities() -> None:
+    """log(m) must stay the log of the mean down to float32's smallest normal numbers (a
+    KD loss on these logits sees softmax(log m) = m), not be floored at some epsilon:
+    class probabilities of e^-30 .. e^-80 are checked against numpy's log-softmax."""
+    base = torch.tensor([0.0, -30.0, -60.0, -80.0, 1.0]).view(1, CLASSES, 1, 1)
+    logits = [base, base + torch.tensor([0.0, 2.0, -3.0, 1.0, 0.0]).view(1, CLASSES, 1, 1)]
+    signals = Ensemble([FixedLogits(v) for v in logits]).signals(
+        images(1, 1, 1), {"logits", "mean_probs"}
+    )
+    probs = _numpy_softmax(np.stack([v.double().numpy() for v in logits]))
+    expected = np.log(probs.mean(0))
+    assert expected.min() < -75
+    np.testing.assert_allclose(signals.logits.numpy(), expected, rtol=1e-5)
+
+
+def test_unbiased_std_of_one_pass_is_an_error_not_nan() -> None:
+    """N - 1 = 0: the accumulator refuses instead of returning 0 / 0 = NaN maps (the
+    teachers refuse earlier, at construction)."""
+    accumulator = SignalAccumulator({"std"}, unbiased_std=True)
+    accumulator.add(TinyNet()(images()))
+    with pytest.raises(ValueError, match="at least two forward passes"):
+        accumulator.result()
+
+
+def test_members_that_declare_different_class_counts_are_refused_when_built() -> None:
+    """Two members (not only three or more) with different `num_classes` are a ConfigError
+    at construction, naming the counts, before any image is run."""
+    first, second = TinyNet(), TinyNet()
+    first.num_classes, second.num_classes = CLASSES, CLASSES + 1
+    with pytest.raises(ConfigError, match=r"different numbers of classes: \[5, 6\]"):
+        Ensemble([first, second])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mc_dropout_seed_is_reproducible_on_cuda_and_leaves_its_rng_alone() -> None:
+    """On a GPU the dropout masks come from the CUDA generator: the seed must reseed it (the
+    same batch, the same signals, equal to a pass seeded by hand) and restore its state."""
+    device = torch.device("cuda")
+    model = TinyNet(dropout=0.5).to(device)
+    x = images().to(device)
+    teacher = MCDropout(model, samples=3, seed=7)
+    state = torch.cuda.get_rng_state(device)
+    first = teacher.signals(x, {"mean_probs", "std"})
+    assert torch.equal(torch.cuda.get_rng_state(device), state)
+    second = teacher.signals(x, {"mean_probs", "std"})
+    assert torch.equal(second.mean_probs, first.mean_probs) and first.std.max() > 0.05
+    model.mc.train()
+    with torch.random.fork_rng(devices=[device.index or 0]):
+        torch.manual_seed(7)
+        reference = stacked_reference([model] * 3, x)
+    model.mc.eval()
+    torch.testing.assert_close(first.mean_probs.double(), reference["mean_probs"])

@@ -1343,6 +1343,17 @@ def test_same_init_members_start_from_the_same_weights(
     assert not all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_same_init_members_start_from_the_init_seed_given() -> None:
+    """With `ensemble.same_init` and an explicit `init_seed`, every member starts from that
+    seed's weights (not from `seed`), while each keeps its own seed + index."""
+    from segdistill.ensemble import member_config
+
+    values = {"seed": 3, "init_seed": 42, "ensemble.same_init": True}
+    cfg = replace_values(SegConfig(), values, "test")
+    members = [member_config(cfg, Path("ensemble"), i) for i in (0, 1, 2)]
+    assert [(m.seed, m.init_seed) for m in members] == [(3, 42), (4, 42), (5, 42)]
+
+
 def test_a_member_resumes_where_it_stopped_and_records_its_own_variations(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -247,6 +247,22 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return cfg
 
 
+# Top-level keys of an experiment config (`segdistill experiment`) that no training config
+# has: a file with them was given to the wrong command.
+EXPERIMENT_KEYS = ("teacher", "baseline", "students", "checks", "table", "ablations")
+
+
+def _refuse_an_experiment(raw: dict[str, Any], path: str | Path) -> None:
+    """ConfigError naming `segdistill experiment` when `raw` is an experiment config: its
+    first unknown key ("title") would send the user to edit a file that is fine."""
+    found = [key for key in EXPERIMENT_KEYS if key in raw]
+    if found:
+        raise ConfigError(
+            f"{path} is an experiment config (it has {', '.join(found)}), not a training "
+            f"config: run it with `segdistill experiment {path}`"
+        )
+
+
 def replace_values(cfg: SegConfig, values: dict[str, Any], source: str) -> SegConfig:
     """A new, validated config with `{dotted key: value}` set (e.g. an ensemble member's
     seed and variations); `source` names where the values come from in errors."""
@@ -534,6 +550,7 @@ def _read_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {raw!r}")
+    _refuse_an_experiment(raw, path)
     base = raw.pop("extends", None)
     _convert(SegConfig, raw, "", str(path))
     if base is None:

@@ -382,6 +382,7 @@ def export_predictor(
         model, outputs, ood_map=predictor.ood_source != predictor.uncertainty_source
     )
     path = Path(out) if out is not None else default_path(predictor, fmt)
+    predictor.check_not_an_input(path, "--out")
     path.parent.mkdir(parents=True, exist_ok=True)
     sample_shape, check_shape = sample_shapes(module.multiple)
     sample = torch.randn(sample_shape, generator=torch.Generator().manual_seed(1))

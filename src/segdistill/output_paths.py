@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import platform
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -20,32 +21,52 @@ from segdistill.errors import ConfigError
 LOCK_FILE = ".lock"  # in a folder being written: who writes there
 
 
-def _file_in_the_way(path: Path) -> Path | None:
-    """The nearest existing parent of `path` that is not a folder (no folder can be made
-    under it), else None."""
-    for parent in path.absolute().parents:
-        if parent.exists():
-            return None if parent.is_dir() else parent
-    return None
+def _nearest_existing(path: Path) -> Path:
+    """`path` itself when it exists, else its nearest existing parent."""
+    path = path.absolute()
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def _check_writable(path: Path, what: str, folder: Path) -> None:
+    """ConfigError unless the nearest existing folder of `folder` (where `path` goes)
+    takes new entries: a
+    read-only mount or a folder without write permission would otherwise end the work
+    in a traceback, after it was done. Tried with a temporary file, since permission bits
+    say nothing to root or of a read-only mount."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {path}: {existing} is a file, so no folder can be made there")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"{what} {path}: cannot write in {existing} ({error.strerror or error})"
+        ) from None
 
 
 def check_output_folder(path: Path, what: str) -> None:
-    """ConfigError unless a folder can be at `path` (it is one, or can be made); `what`
-    names the setting, e.g. "--out"."""
+    """ConfigError unless a folder can be at `path` (it is one, or can be made) and be
+    written in; `what` names the setting, e.g. "--out"."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{what} {path} is a file; give a folder")
-    blocker = _file_in_the_way(path)
-    if blocker is not None:
-        raise ConfigError(f"{what} {path}: {blocker} is a file, so no folder can be made there")
+    _check_writable(path, what, path)
 
 
 def check_output_file(path: Path, what: str) -> None:
     """ConfigError unless a file can be written at `path` (new, or a file to replace)."""
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a folder; give a file name")
-    blocker = _file_in_the_way(path)
-    if blocker is not None:
-        raise ConfigError(f"{what} {path}: {blocker} is a file, so no folder can be made there")
+    _check_writable(path, what, path.parent)
+
+
+def make_folder(folder: Path, what: str = "cannot make the folder") -> None:
+    """`folder` and its parents made, or a ConfigError naming it (for folders that come
+    from a config file, which no argument check has seen)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{what} {folder}: {error.strerror or error}") from None
 
 
 @contextlib.contextmanager
@@ -56,7 +77,7 @@ def held_folder(folder: Path) -> Iterator[None]:
     made here that the run left empty (e.g. its config was refused) are removed again, up
     to the first that was there."""
     made = [path for path in (folder, *folder.parents) if not path.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     try:
         with _lock(folder):
             yield

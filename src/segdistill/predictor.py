@@ -229,6 +229,23 @@ class Predictor:
         """Forward passes of one prediction: ensemble members, MC-dropout samples, else 1."""
         return self.model.passes if isinstance(self.model, Teacher) else 1
 
+    def input_files(self) -> list[Path]:
+        """The files this predictor was loaded from: its weights file, or an ensemble's
+        manifest and its members' weights (outputs must never replace them)."""
+        if self.kind == "ensemble":
+            return [self.source, *member_weights(self.source)]
+        return [self.source]
+
+    def check_not_an_input(self, out: Path, what: str) -> None:
+        """ConfigError when `out` is one of `input_files`: writing there would replace the
+        weights this predictor was loaded from."""
+        for read in self.input_files():
+            if read.exists() and out.exists() and read.resolve() == out.resolve():
+                raise ConfigError(
+                    f"{what} {out} is {read}, which {self.name} was loaded from: writing "
+                    "there would replace it; give another file"
+                )
+
     def fingerprint(self) -> str:
         """SHA-256 (hex) of every weight and buffer (of every member), names included:
         the same for the same weights however they were loaded or named, on any device or

@@ -136,13 +136,34 @@ def _load_input(path: Path) -> list[ReportModel]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SegdistillError(f"{path} is not a JSON file ({error})") from error
     if isinstance(content, dict) and isinstance(content.get("models"), list):
-        return [ReportModel(m, path.parent, path) for m in content["models"]]
+        models = content["models"]
+        for index, model in enumerate(models):
+            _check_model(model, f"{path}: models[{index}]")
+        return [ReportModel(m, path.parent, path) for m in models]
     if isinstance(content, dict) and "splits" in content and "name" in content:
+        _check_model(content, str(path))
         return [ReportModel(content, path.parent, path)]
     raise SegdistillError(
         f"{path} holds neither one model's metrics (name, splits) nor a results file "
         "(models); it was not written by `segdistill evaluate`"
     )
+
+
+def _check_model(model: Any, where: str) -> None:
+    """SegdistillError naming `where` unless `model` has the shape every table and figure
+    reads (a name, a kind, splits of objects): a file edited by hand or written by
+    another program would otherwise end in a traceback deep in the report."""
+    if not isinstance(model, dict):
+        raise SegdistillError(f"{where} is {model!r}, not a model's metrics (an object)")
+    for key in ("name", "kind"):
+        if not isinstance(model.get(key), str):
+            raise SegdistillError(f"{where}: {key!r} is {model.get(key)!r}, not text")
+    splits = model.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
+        raise SegdistillError(
+            f"{where}: 'splits' must map each split's name to its metrics (objects); "
+            "was the file edited, or written by another program?"
+        )
 
 
 # ----------------------------------------------------------------------------------------

@@ -36,15 +36,32 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (e.g. a tolerance, the top of a colour scale)."""
+def _finite_float(text: str, at_least: float, inclusive: bool) -> float:
+    """A finite number above `at_least` (or equal to it when `inclusive`)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text}")
+    above = value >= at_least if inclusive else value > at_least
+    if not (math.isfinite(value) and above):
+        bound = f"{'>=' if inclusive else '>'} {at_least:g}"
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, not {text}")
     return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (e.g. a tolerance, the top of a colour scale)."""
+    return _finite_float(text, 0.0, inclusive=False)
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (e.g. an uncertainty threshold)."""
+    return _finite_float(text, 0.0, inclusive=True)
+
+
+def mc_sample_count(text: str) -> int:
+    """argparse type: an integer >= 2 (one dropout pass has no spread)."""
+    return _int_at_least(text, 2)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -103,7 +120,7 @@ def add_mc_samples(parser: argparse.ArgumentParser) -> None:
     """--mc-samples K: stochastic passes of an MC-dropout model."""
     parser.add_argument(
         "--mc-samples",
-        type=int,
+        type=mc_sample_count,
         default=DEFAULT_MC_SAMPLES,
         metavar="K",
         help="dropout passes for an MC-dropout checkpoint, at least 2 (default %(default)s)",

@@ -70,6 +70,9 @@ def run_bench(args: argparse.Namespace) -> int:
     from segdistill.predictor import load_predictor
 
     predictors = [load_predictor(source, mc_samples=args.mc_samples) for source in args.sources]
+    if args.json is not None:  # before the timed runs, not after them
+        for predictor in predictors:
+            predictor.check_not_an_input(args.json, "--json")
     result = benchmark(
         predictors,
         args.size,

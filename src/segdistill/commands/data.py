@@ -8,7 +8,8 @@
 
 `synth` writes a SynthStreets data set (see `segdistill.data.synthstreets`); run again with
 the same parameters it does nothing ("already there"); a folder holding a different
-SynthStreets set is refused unless --force, one holding other data (no meta.json) always.
+SynthStreets set is refused unless --force, one holding another data set's folders
+(leftImg8bit/, gtFine/ or shifts/ without a meta.json) always.
 `info` checks every file against meta.json and prints counts, class frequencies and
 interior shares; it lists every bad file and exits 1. So it does for
 a Cityscapes-layout or folder data set, whose unusable files include an image without a

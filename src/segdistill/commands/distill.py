@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 
+from segdistill.commands.arguments import output_folder
 from segdistill.commands.train import (
     add_resume,
     add_run_arguments,
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_resume(parser)
     parser.add_argument(
         "--teacher-cache",
+        type=output_folder,
         metavar="DIR",
         help="read the teacher's per-pixel outputs from this cache folder, built on first "
         "use (sets distill.teacher_cache)",
@@ -55,5 +57,6 @@ def run_distill(args: argparse.Namespace) -> int:
             "and distill.methods (docs/methods.md); `segdistill train` trains without a teacher"
         )
     if args.teacher_cache is not None:
-        cfg = replace_values(cfg, {"distill.teacher_cache": args.teacher_cache}, "--teacher-cache")
+        cache = str(args.teacher_cache)
+        cfg = replace_values(cfg, {"distill.teacher_cache": cache}, "--teacher-cache")
     return train_and_report(cfg, args.resume)

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segdistill.commands.arguments import output_file, positive_float
+from segdistill.commands.arguments import output_file, positive_float, positive_int
 from segdistill.defaults import EXPORT_ATOL, EXPORT_FORMATS, EXPORT_OUTPUTS
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=output_file,
         help="file to write (default: next to the weights, e.g. best.onnx, best.torchscript.pt)",
     )
-    parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    parser.add_argument("--opset", type=positive_int, help="ONNX opset (default: the exporter's)")
     parser.add_argument(
         "--classes",
         type=Path,

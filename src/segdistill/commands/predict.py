@@ -29,6 +29,7 @@ from segdistill.commands.arguments import (
     MODEL_SOURCE_HELP,
     add_channels_last,
     add_mc_samples,
+    non_negative_float,
     output_folder,
     parse_size,
     positive_float,
@@ -96,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--distrust-above",
-        type=float,
+        type=non_negative_float,
         metavar="T",
         help="write distrust/NAME.png: white where the uncertainty is >= T (probably wrong); "
         "take T from `segdistill evaluate`'s error_operating_points for the share of errors "
@@ -234,7 +235,8 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
         f"{detector.reference_images} reference images above it; saved as "
         f"{args.out / DETECTOR_FILE}"
     )
-    if detector.reference_images * detector.fpr < MIN_REFERENCES_ABOVE:
+    # A rate of 0 takes the largest reference score: no count of images resolves it better.
+    if 0 < detector.fpr and detector.reference_images * detector.fpr < MIN_REFERENCES_ABOVE:
         print(
             f"notice: {detector.reference_images} reference images cannot resolve a "
             f"{detector.fpr * 100:g} % false-alarm rate (fewer than {MIN_REFERENCES_ABOVE} "

@@ -51,15 +51,24 @@ def _claims(inputs: list[str]) -> Claims | None:
 
     if len(inputs) != 1:
         return None
+    path = input_file(Path(inputs[0]))
     try:
-        content = json.loads(input_file(Path(inputs[0])).read_text())
+        content = json.loads(path.read_text())
     except (OSError, ValueError, SegdistillError):
         return None
     if not isinstance(content, dict) or content.get("schema") != SCHEMA_EXPERIMENT:
         return None
     from segdistill.pipeline.results import experiment_claims
 
-    return experiment_claims(content)
+    try:
+        return experiment_claims(content)
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        # Written by `segdistill experiment`, whose results always hold these parts.
+        raise SegdistillError(
+            f"{path} is an experiment's results but cannot be read ({type(error).__name__}: "
+            f"{error}): was it edited, or written by another version? Run the experiment "
+            "again, or report its models' metrics.json instead"
+        ) from None
 
 
 def run_report(args: argparse.Namespace) -> int:

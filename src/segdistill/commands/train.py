@@ -149,7 +149,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
             print(f"{ensemble_dir / MANIFEST_FILE}: {finished} of {members} members finished")
             if beyond:
                 print(
-                    f"notice: {', '.join(beyond)} finished but lie beyond --members {members}: "
+                    f"notice: {', '.join(beyond)} finished beyond --members {members}: "
                     "left out of the ensemble (kept on disk; a larger --members takes them in)"
                 )
     return 0

@@ -269,7 +269,14 @@ def member_weights(path: str | Path) -> list[Path]:
             "kind 'single' (or 'mc_dropout')"
         ) from error
     members = manifest.get("members") if isinstance(manifest, dict) else None
-    if not members or not all(isinstance(m, dict) and "checkpoint" in m for m in members):
+    if (
+        not isinstance(members, list)
+        or not members
+        or not all(
+            isinstance(m, dict) and isinstance(m.get("checkpoint"), str) and m["checkpoint"]
+            for m in members
+        )
+    ):
         raise CheckpointError(
             f"ensemble manifest {manifest_path} needs a non-empty 'members' list of "
             "{'checkpoint': PATH} entries"

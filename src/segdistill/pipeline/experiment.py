@@ -253,6 +253,11 @@ class LoadedExperiment:
         return self.path.parent / relative
 
 
+# Top-level keys of a training config that no experiment config has (`data` is in both;
+# `seed` alone is more likely a misspelt `seeds`, which the unknown-key error suggests).
+TRAINING_KEYS = ("model", "trainer", "optim", "distill", "ensemble", "run", "init_seed")
+
+
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> LoadedExperiment:
     """Read an experiment YAML, apply `KEY=VALUE` overrides (VALUE is YAML, e.g.
     `teacher.members=3`), check it. ConfigError names the file and the key."""
@@ -260,6 +265,13 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> LoadedEx
     raw = read_yaml(path, "experiment config", ConfigError)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: an experiment config must be a mapping, got {raw!r}")
+    training = [key for key in TRAINING_KEYS if key in raw]
+    if training:
+        # Its first unknown key ("seed": did you mean "seeds"?) would mislead.
+        raise ConfigError(
+            f"{path} is a training config (it has {', '.join(training)}), not an experiment: "
+            f"run it with `segdistill train {path}` (or `distill`, `ensemble`)"
+        )
     raw.setdefault("name", path.stem)
     for assignment in overrides:
         _set_dotted(raw, assignment, path)

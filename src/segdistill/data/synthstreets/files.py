@@ -40,6 +40,7 @@ from segdistill.data.synthstreets.sampling import sample_scene
 from segdistill.data.synthstreets.styles import DEFAULT_STYLE, NEWCITY_STYLE, Style
 from segdistill.errors import DataError
 from segdistill.interrupts import ignore_ctrl_c
+from segdistill.output_paths import make_folder
 
 META_FILE = "meta.json"
 # Present while a generation runs; a folder with it and no meta.json is an interrupted run.
@@ -474,7 +475,7 @@ def generate(
     if not _check_target(root, config, force):
         return False
     _clear(root)
-    root.mkdir(parents=True, exist_ok=True)
+    make_folder(root)
     _write_json(root / PARTIAL_FILE, config.params())
     stats = _render_all(root, config, max(1, workers), progress)
     _write_json(root / META_FILE, _meta(config, stats))
