@@ -147,8 +147,8 @@ class SignalAccumulator:
         elif probs.shape != self.mean.shape:
             raise ValueError(
                 f"forward pass {self.count} gives probabilities of shape {tuple(probs.shape)}, "
-                f"the first gave {tuple(self.mean.shape)}; teacher members must agree on "
-                "the number of classes"
+                f"the first gave {tuple(self.mean.shape)}; teacher members must give maps "
+                "of one shape (the same classes at the same output size)"
             )
         if self.entropy_sum is not None:
             self.entropy_sum += predictive_entropy(probs)
