@@ -227,7 +227,11 @@ def test_needs_are_validated() -> None:
 
 def test_members_must_agree_on_classes() -> None:
     other = FixedLogits(torch.zeros(1, CLASSES + 1, 6, 8))
-    with pytest.raises(ValueError, match="number of classes"):
+    with pytest.raises(
+        ValueError,
+        match=r"shape \(2, 6, 6, 8\), the first gave \(2, 5, 6, 8\); teacher members must "
+        "give maps of one shape",
+    ):
         Ensemble([TinyNet(), other]).signals(images(), {"mean_probs"})
 
 
