@@ -200,7 +200,7 @@ def paired_ratio(numerator_ms: Sequence[float], denominator_ms: Sequence[float])
 
 
 def median_interval(
-    values: Sequence[float], level: float = INTERVAL_LEVEL
+    values: Sequence[float] | np.ndarray, level: float = INTERVAL_LEVEL
 ) -> tuple[float, float] | None:
     """A distribution-free interval for the median of what `values` sample: the k-th
     smallest and the k-th largest value, k as large as keeps the coverage >= `level`.
