@@ -225,13 +225,20 @@ def median_interval(
     return float(ordered[k - 1]), float(ordered[count - k])
 
 
+def paired_ratio_interval(
+    numerator_ms: Sequence[float], denominator_ms: Sequence[float]
+) -> tuple[float, tuple[float, float] | None]:
+    """`paired_ratio` and the INTERVAL_LEVEL interval of that median (`median_interval`;
+    None for fewer than 6 repeats)."""
+    per_repeat = repeat_ratios(numerator_ms, denominator_ms)
+    return float(np.median(per_repeat)), median_interval(per_repeat)
+
+
 def _ratio(
     label: str, numerator: ModelBench, denominator: ModelBench, bound: float, at_least: bool
 ) -> Ratio:
     """The paired ratio of two models' calls against the goal `>= bound` or `<= bound`."""
-    per_repeat = repeat_ratios(numerator.runs_ms, denominator.runs_ms)
-    value = float(np.median(per_repeat))
-    interval = median_interval(per_repeat)
+    value, interval = paired_ratio_interval(numerator.runs_ms, denominator.runs_ms)
     return Ratio(
         label,
         numerator.name,

@@ -29,10 +29,9 @@ def _nearest_existing(path: Path) -> Path:
 
 def _check_writable(path: Path, what: str, folder: Path) -> None:
     """ConfigError unless the nearest existing folder of `folder` (where `path` goes)
-    takes new entries: a
-    read-only mount or a folder without write permission would otherwise end the work
-    in a traceback, after it was done. Tried with a temporary file, since permission bits
-    say nothing to root or of a read-only mount."""
+    takes new entries: a read-only mount or a folder without write permission would
+    otherwise end the work in a traceback, after it was done. Tried with a temporary
+    file, since permission bits say nothing to root or of a read-only mount."""
     existing = _nearest_existing(folder)
     if not existing.is_dir():
         raise ConfigError(f"{what} {path}: {existing} is a file, so no folder can be made there")
@@ -60,13 +59,13 @@ def check_output_file(path: Path, what: str) -> None:
     _check_writable(path, what, path.parent)
 
 
-def make_folder(folder: Path, what: str = "cannot make the folder") -> None:
+def make_folder(folder: Path) -> None:
     """`folder` and its parents made, or a ConfigError naming it (for folders that come
     from a config file, which no argument check has seen)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"{what} {folder}: {error.strerror or error}") from None
+        raise ConfigError(f"cannot make the folder {folder}: {error.strerror or error}") from None
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segdistill.bench import median_interval, repeat_ratios
+from segdistill.bench import paired_ratio_interval
 from segdistill.errors import ConfigError
 from segdistill.evaluate import REFERENCE_SPLIT
 from segdistill.metrics.segmentation import removal_point
@@ -143,12 +143,11 @@ def _latency_ratio(
     model: dict[str, Any], reference: dict[str, Any]
 ) -> tuple[float, tuple[float, float] | None]:
     """Latency of `model` over `reference`, paired over the bench's repeats (the calls of
-    one repeat run back to back: `segdistill.bench.paired_ratio`), with the 95 % interval
-    of that median (`segdistill.bench.median_interval`; None under 6 repeats)."""
-    per_repeat = repeat_ratios(
+    one repeat run back to back), with the 95 % interval of that median
+    (`segdistill.bench.paired_ratio_interval`)."""
+    return paired_ratio_interval(
         dig(model, "speed", "latency_ms", "runs"), dig(reference, "speed", "latency_ms", "runs")
     )
-    return float(np.median(per_repeat)), median_interval(per_repeat)
 
 
 def _per_seed(
