@@ -81,7 +81,9 @@ def test_cli_bench_reports_every_model_and_the_ratios(tmp_path, capsys) -> None:
     argv += ["--batch", "2", "--repeats", "1", "--warmup", "0", "--threads", "1"]
     assert main(["bench", *argv, "--json", str(out)]) == 0
 
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "bench: 100%" in captured.err and "1/1 [" in captured.err  # the rounds' bar
     assert "teacher/student" in text and "student/baseline" in text and "1 threads" in text
     assert "channels-last" not in text
     assert "batch 2 x 3 x 30 x 50 (padded to 32 x 64) on cpu" in text

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 from segdistill.errors import ConfigError
 from segdistill.predictor import (
@@ -277,9 +278,11 @@ def _measure(
     repeats: int,
     warmup: int,
     channels_last: bool,
+    progress: bool,
 ) -> list[ModelBench]:
     """Count FLOPs, warm up, then time `predict` round robin on one random batch of
-    `shape` [B, 3, H, W], padded for each model to its own multiple."""
+    `shape` [B, 3, H, W], padded for each model to its own multiple; `progress`: a bar
+    of the rounds on stderr."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(shape, generator=generator).to(device)
     batch = shape[0]
@@ -307,12 +310,16 @@ def _measure(
             )
         )
     timer = make_timer(device)
-    for _ in range(warmup):
-        for predictor, padded in zip(predictors, inputs):
-            predictor.predict(padded)
-    for _ in range(repeats):
-        for predictor, padded, model in zip(predictors, inputs, models):
-            model.runs_ms.append(timer(functools.partial(predictor.predict, padded)))
+    # One step per round of all models, updated between the timed calls, never inside.
+    with tqdm(total=warmup + repeats, desc="bench", unit="round", disable=not progress) as bar:
+        for _ in range(warmup):
+            for predictor, padded in zip(predictors, inputs):
+                predictor.predict(padded)
+            bar.update()
+        for _ in range(repeats):
+            for predictor, padded, model in zip(predictors, inputs, models):
+                model.runs_ms.append(timer(functools.partial(predictor.predict, padded)))
+            bar.update()
     return models
 
 
@@ -326,9 +333,11 @@ def benchmark(
     device: str = "cpu",
     threads: int | None = None,
     channels_last: bool = False,
+    progress: bool = True,
 ) -> BenchResult:
     """Measure `predictors` as the module docstring describes; channels_last: every model
-    and the images in the channels-last memory format (`Predictor.to`)."""
+    and the images in the channels-last memory format (`Predictor.to`); progress: a bar
+    of the warm-up and timed rounds on stderr (a few hundred repeats take minutes)."""
     if not predictors:
         raise ConfigError("bench needs at least one model source")
     if batch < 1 or repeats < 1 or warmup < 0 or min(size) < 1:
@@ -346,7 +355,9 @@ def benchmark(
     named = unique_names(list(predictors))
     try:
         used_threads = torch.get_num_threads()
-        models = _measure(named, (batch, 3, *size), target, repeats, warmup, channels_last)
+        models = _measure(
+            named, (batch, 3, *size), target, repeats, warmup, channels_last, progress
+        )
     finally:
         torch.set_num_threads(previous_threads)
     settings = {
