@@ -1774,3 +1774,14 @@ def test_an_out_folder_that_cannot_be_made_is_a_one_line_error(
     assert code == 2
     error = capsys.readouterr().err
     assert str(out) in error and "Traceback" not in error
+
+
+def test_an_out_folder_that_is_a_models_own_directory_is_refused(setup: dict[str, Any]) -> None:
+    """--out RUN: the comparison figures (reliability.png, ...) would overwrite RUN's own
+    figures of the same names, and its metrics.json would point at them."""
+    root = setup["root"]
+    before = {p: p.read_bytes() for p in (root / "dudes" / "figures").glob("*.png")}
+    for out in (root / "dudes", root / "ens"):
+        with pytest.raises(ConfigError, match=rf"--out {out} is the directory of {out.name}"):
+            evaluate([root / "ens", root / "dudes"], setup["data"], out_dir=out, progress=False)
+    assert before and all(p.read_bytes() == data for p, data in before.items())

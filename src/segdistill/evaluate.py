@@ -453,6 +453,17 @@ def evaluate(
             f"no directory to write the results of {', '.join(loose)}: pass an output folder "
             "(--out DIR)"
         )
+    if out_dir is not None and make_figures and write_homes:
+        for predictor in predictors:
+            home = predictor.home
+            if home is not None and Path(out_dir).resolve() == home.resolve():
+                # Its own figures/ would be overwritten by the comparison figures of the
+                # same names, and its metrics.json would point at them.
+                raise ConfigError(
+                    f"--out {out_dir} is the directory of {predictor.name}, whose "
+                    f"{FIGURES_DIR}/ the comparison figures would overwrite: give another "
+                    "folder (or --no-figures)"
+                )
     # The teacher runs first in every batch so its map is there to pair the students with.
     teacher = next((p for p in predictors if p.kind in TEACHER_KINDS), None)
     order = sorted(predictors, key=lambda p: p is not teacher)
