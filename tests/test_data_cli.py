@@ -575,3 +575,14 @@ def test_preview_of_synthstreets_draws_the_shifted_copies_of_the_test_split_only
     tinted = row[-1][1]
     np.testing.assert_array_equal(tinted[~anomalous], raw[~anomalous])
     assert np.all(tinted[anomalous][:, 0] >= 153) and np.all(tinted[anomalous][:, 1:] <= 103)
+
+
+def test_shifts_without_a_test_split_are_named_in_a_notice(tmp_path: Path, capsys) -> None:
+    """Shifted copies are made of the test split: --test 0 makes none, said, not silent."""
+    args = ["--size", "16x32", "--train", "1", "--val", "0", "--test", "0", "--workers", "1"]
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), *args, "--shifts", "fog"]) == 0
+    captured = capsys.readouterr()
+    assert "notice: --shifts fog copies the test split, and --test 0 makes none" in captured.err
+    assert "0 shifted copies" in captured.out
+    assert main(["data", "synth", "--out", str(tmp_path / "t"), *args, "--shifts", "none"]) == 0
+    assert "notice" not in capsys.readouterr().err

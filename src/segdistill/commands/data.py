@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -182,6 +183,12 @@ def run_synth(args: argparse.Namespace) -> int:
         object_scale=args.object_scale,
         crowd=args.crowd,
     )
+    if config.shifts and not config.test:
+        print(
+            f"notice: --shifts {','.join(config.shifts)} copies the test split, and --test 0 "
+            "makes none: no shifted copies",
+            file=sys.stderr,
+        )
     start = time.perf_counter()
     if not generate(args.out, config, workers=args.workers, force=args.force):
         print(f"{args.out}: already there (same SynthStreets parameters), nothing to do")
