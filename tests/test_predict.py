@@ -212,8 +212,10 @@ def test_distrust_mask_marks_the_pixels_at_or_above_the_threshold(
     out = capsys.readouterr().out
     assert "of the pixels have an uncertainty" in out and "distrust/" not in out
     assert not (tmp_path / "d2" / "distrust").exists()
-    assert main([*argv, "--distrust-above", "nan"]) == 2
-    assert "--distrust-above must be a finite number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--distrust-above", "nan"])
+    assert exit_info.value.code == 2
+    assert "--distrust-above: must be a finite number >= 0, not nan" in capsys.readouterr().err
 
 
 def test_a_write_that_fails_leaves_no_truncated_picture(tmp_path, student, monkeypatch) -> None:
@@ -1057,6 +1059,9 @@ def test_the_distrust_threshold_itself_is_distrusted(tmp_path, student) -> None:
     )  # fmt: skip
     assert (read(tmp_path / "out" / "distrust" / "a.png") == 255).all()
     assert summary.distrusted == summary.pixels == 32 * 48
+    # A negative threshold would flag every pixel of every image: refused, as on the CLI.
+    with pytest.raises(ConfigError, match=r"--distrust-above must be a finite number >= 0"):
+        predict_files(predictor, [image], tmp_path / "o2", distrust_above=-0.5, progress=False)
 
 
 def test_train_ids_are_preferred_to_label_ids_and_both_to_the_stem(tmp_path) -> None:

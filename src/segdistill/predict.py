@@ -846,8 +846,8 @@ def predict_files(
     if not (math.isfinite(vmax) and vmax > 0):
         raise ConfigError(f"--vmax must be a finite number > 0, got {vmax}")
     kinds = check_output_kinds(outputs)
-    if distrust_above is not None and not math.isfinite(distrust_above):
-        raise ConfigError(f"--distrust-above must be a finite number, got {distrust_above}")
+    if distrust_above is not None and not (math.isfinite(distrust_above) and distrust_above >= 0):
+        raise ConfigError(f"--distrust-above must be a finite number >= 0, got {distrust_above}")
     if ood is not None:
         ood.check_model(predictor, size, where="the OOD detector")
     check_output_folder(out, "--out")
