@@ -155,6 +155,24 @@ def test_info_on_the_folder_above_a_data_set_points_at_it(
     assert f"run `segdistill data synth --out {above / 'notes'}`" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["info", "preview"])
+def test_a_split_of_a_folder_data_set_points_at_its_root(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture
+) -> None:
+    """Given root/train (a split) instead of root, the error said to generate SynthStreets
+    into the user's own split folder (`data synth --out root/train`)."""
+    root = tmp_path / "own"
+    _save(root / "train" / "images" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    _save(root / "train" / "masks" / "a.png", np.zeros((4, 4), np.uint8))
+    (root / "classes.yaml").write_text("classes: [{name: road, color: [1, 1, 1]}]\n")
+    out = ["--out", str(tmp_path / "sheet.png")] if command == "preview" else []
+    assert main(["data", command, str(root / "train"), *out]) == 2
+    error = capsys.readouterr().err
+    assert "data synth" not in error
+    # It names the data set's root (not only the split folder given) as what to give.
+    assert str(root) in error.replace(str(root / "train"), "")
+
+
 def test_a_different_data_set_is_refused_without_force(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -21,6 +21,7 @@ from segdistill import figures
 from segdistill.checkpoints import save_weights
 from segdistill.cli import main
 from segdistill.config import ModelConfig
+from segdistill.data.base import ClassesSpec
 from segdistill.data.cityscapes import CityscapesDataset
 from segdistill.data.folder import FolderDataset
 from segdistill.data.labels import TRAIN_ID_COLORS
@@ -788,6 +789,36 @@ def test_a_folder_data_set_is_evaluated_with_its_classes(tmp_path: Path, capsys)
     miou = np.mean(tp[union > 0] / union[union > 0])
     assert model["splits"]["test"]["segmentation"]["miou"] == pytest.approx(miou, abs=1e-12)
     assert (tmp_path / "out" / "figures" / "net" / "samples_test.png").is_file()
+
+
+def test_weights_trained_on_other_classes_are_not_scored_silently(tmp_path: Path, capsys) -> None:
+    """The weights carry the classes they were trained on (the README: "the weights carry
+    the classes"). A data set whose classes.yaml lists other classes in those ids (here
+    two of them swapped) gives numbers for classes the network never learnt under those
+    ids: evaluate must stop or at least say so, naming the differing classes."""
+    root = tmp_path / "data"
+    write_mixed_size_data(root, {"test": [(32, 64)]})
+    swapped = "".join(f"  - {{name: c{k}, color: [{k}, {k}, {k}]}}\n" for k in (0, 2, 1))
+    (root / "classes.yaml").write_text(f"classes:\n{swapped}")
+    config = ModelConfig(encoder_options=TINY)
+    model = build_segmenter("deeplabv3plus", "resnet18", 3, encoder_options=TINY)
+    trained_on = ClassesSpec(("c0", "c1", "c2"), np.zeros((3, 3), np.uint8))
+    save_weights(tmp_path / "net" / "checkpoints" / "best.safetensors", model, config, trained_on)
+    argv = ["evaluate", str(tmp_path / "net"), "--data", str(root), "--out", str(tmp_path / "o")]
+    code = main([*argv, "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code != 0 or "notice" in err
+    assert "c1" in err and "c2" in err
+
+
+def test_a_folder_data_set_without_test_or_val_points_to_splits(tmp_path: Path) -> None:
+    """Splits named as the user's own folders (training/validation): the default finds no
+    test or val, and the error must say how to choose one (--splits), not only list them."""
+    root = tmp_path / "data"
+    write_mixed_size_data(root, {"training": [(32, 64)], "validation": [(32, 64)]})
+    save_run(tmp_path / "net", None, classes=3)
+    with pytest.raises(DataError, match=r"available: training, validation.*--splits"):
+        evaluate([tmp_path / "net"], root, progress=False, num_workers=0)
 
 
 def write_mixed_size_data(root: Path, sizes: dict[str, list[tuple[int, int]]]) -> None:

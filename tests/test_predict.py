@@ -887,6 +887,29 @@ def test_an_ood_fit_on_too_few_references_says_so(tmp_path, student, capsys) -> 
     assert "1 reference images cannot resolve a 5 % false-alarm rate" in capsys.readouterr().err
 
 
+def test_the_masks_of_a_folder_data_sets_split_are_no_ood_references(
+    tmp_path, student, capsys
+) -> None:
+    # The docs name "the validation split" as the reference; for a folder data set that
+    # is root/val, which holds masks/ beside images/. Its grey masks must not be scored
+    # as in-distribution images (they would set the threshold): either they are left
+    # out, or the command refuses and names the images folder to give instead.
+    root = tmp_path / "root"
+    entries = "".join(f"  - {{name: c{k}, color: [{k}, 0, 0]}}\n" for k in range(CLASSES))
+    root.mkdir()
+    (root / "classes.yaml").write_text(f"classes:\n{entries}")
+    for i in range(3):
+        write_png(root / "val" / "images" / f"v{i}.png", rgb(32, 64, seed=20 + i))
+        write_png(root / "val" / "masks" / f"v{i}.png", np.full((32, 64), i, np.uint8))
+    write_png(tmp_path / "in" / "x.png", rgb(32, 64, seed=1))
+    argv = ["predict", str(student), str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    code = main([*argv, "--ood-reference", str(root / "val"), "--outputs", "none"])
+    if code == 0:
+        assert ImageOODDetector.load(tmp_path / "out" / DETECTOR_FILE).reference_images == 3
+    else:
+        assert str(root / "val" / "images") in capsys.readouterr().err
+
+
 def test_an_unreadable_frame_stops_the_run_or_is_skipped(tmp_path, student, capsys) -> None:
     for i in (1, 2, 4):
         write_png(tmp_path / "frames" / f"f{i}.png", rgb(32, 64, seed=i))

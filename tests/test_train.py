@@ -638,6 +638,32 @@ def test_training_on_a_folder_data_set(tmp_path: Path) -> None:
         training.train(tiny_config(tmp_path / "other", root, ["data.format=folder"]))
 
 
+def test_a_folder_data_set_read_as_cityscapes_names_the_format_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A user who sets data.root and num_classes but forgets data.format=folder (the default
+    # is cityscapes) must be told what to change: the root holds classes.yaml and
+    # {split}/images, which `data info` and `evaluate` already recognise as a folder set.
+    root = write_tiny_folder(tmp_path / "folder")
+    monkeypatch.setattr(training, "build_trainer", None)  # never reached
+    with pytest.raises(DataError, match=r"data\.format.*folder"):
+        training.train(tiny_config(tmp_path, root, ["data.num_classes=3"]))
+
+
+def test_a_folder_data_set_with_other_split_names_names_them_and_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Splits called training/validation: the error said only "image folder .../train/images
+    # does not exist", where the Cityscapes layout lists the split folders it has.
+    root = write_tiny_folder(tmp_path / "folder")
+    for old, new in (("train", "training"), ("val", "validation")):
+        (root / old).rename(root / new)
+    monkeypatch.setattr(training, "build_trainer", None)  # never reached
+    folder = ["data.format=folder", "data.num_classes=3"]
+    with pytest.raises(DataError, match=r"training, validation.*data\.train_split"):
+        training.train(tiny_config(tmp_path, root, folder))
+
+
 @pytest.mark.parametrize("fault", ["junk image", "mask of another size", "RGB mask"])
 def test_a_bad_validation_file_stops_the_run_before_it_trains(
     tmp_path: Path, fault: str, monkeypatch: pytest.MonkeyPatch
@@ -1068,6 +1094,26 @@ def test_distillation_logs_every_method_term(
     columns = set(read_metrics(run_dir)[0])
     assert {"train/loss", "train/task/ce", "train/ja_kd/out", "train/kd/kl"} <= columns
     assert load_segmenter(run_dir)[1].uncertainty_head == "scalar"
+
+
+def test_a_missing_teacher_names_the_setting_that_points_at_it(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # configs/quick/distill_dudes.yaml points at runs/quick/ensemble; a user whose ensemble
+    # went to --run-dir runs/ens gets only "ensemble manifest ... does not exist", without
+    # the key (distill.teacher.path) that changes it.
+    monkeypatch.setattr(training, "build_trainer", None)  # never reached
+    cfg = tiny_config(
+        tmp_path,
+        data_root,
+        [
+            "model.uncertainty_head=scalar",
+            f"distill.teacher.path={tmp_path / 'no_ensemble'}",
+            "distill.methods=[{name: dudes}]",
+        ],
+    )
+    with pytest.raises(CheckpointError, match=r"no_ensemble.*distill\.teacher\.path"):
+        training.train(cfg)
 
 
 def test_aux_loss_weight_trains_the_aux_heads_on_the_labels(

@@ -298,7 +298,8 @@ def select_splits(
         root = next(iter(available.values())).root
         raise DataError(
             f"split {', '.join(map(repr, unknown))} not found under {root}; available: "
-            f"{', '.join(available)}"
+            f"{', '.join(available)}; choose with --splits (e.g. --splits "
+            f"{next(iter(available))})"
         )
     return [available[name] for name in dict.fromkeys(requested)]
 

@@ -113,7 +113,7 @@ from segdistill.data.cityscapes import (
     base_name,
     label_mappings,
 )
-from segdistill.data.folder import IMAGE_SUFFIXES, images_below
+from segdistill.data.folder import IMAGE_SUFFIXES, IMAGES_DIR, MASKS_DIR, images_below
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_eval_transform
 from segdistill.defaults import DEFAULT_AGGREGATOR, DEFAULT_FPR, OUTPUT_KINDS, UNCERTAINTY_VMAX
@@ -171,6 +171,23 @@ def _earlier_outputs(folder: Path, exclude: Path | None) -> list[Path]:
     return sorted({mark.parent for mark in marks if not _inside(mark, exclude)})
 
 
+# Label folders of the data set layouts, and the image folder beside each: a folder given
+# as input that holds a split (root/val) or a whole data set holds its masks too.
+LABEL_FOLDERS = {MASKS_DIR: IMAGES_DIR, "gtFine": "leftImg8bit"}
+
+
+def _is_label_file(file: Path, folder: Path) -> bool:
+    """Whether `file` (below `folder`) lies in a data set's label folder: a `masks/` with
+    an `images/` beside it, or a `gtFine/` with a `leftImg8bit/` beside it."""
+    parent = file.parent
+    while parent != folder and folder in parent.parents:
+        images = LABEL_FOLDERS.get(parent.name)
+        if images is not None and (parent.parent / images).is_dir():
+            return True
+        parent = parent.parent
+    return False
+
+
 class InputImage(NamedTuple):
     """An image file to predict and the NAME its outputs take (`output_files`): its path
     below the input folder it was found in, without the suffix ("drive_1/000001" for
@@ -207,6 +224,16 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Inp
                     file=sys.stderr,
                 )
                 found = kept
+            labels = [file for file in found if _is_label_file(file, path)]
+            if labels:  # root/val of a folder data set: its masks are no input images
+                print(
+                    f"notice: skipped the {len(labels)} masks of the data set in {path} "
+                    f"({', '.join(sorted({str(f.parent) for f in labels})[:3])}); its images "
+                    "are read",
+                    file=sys.stderr,
+                )
+                skipped = set(labels)
+                found = [file for file in found if file not in skipped]
             if not found:
                 patterns = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
                 where = " or in earlier predict outputs" if earlier else ""

@@ -421,6 +421,13 @@ def build_distillation(cfg: SegConfig, model: nn.Module) -> tuple[MethodSet, Tea
     assert cfg.distill is not None
     spec = cfg.distill.teacher
     assert spec.path is not None  # validate_config requires it
+    if not Path(spec.path).exists():
+        # The configs point at where their own commands put the teacher; another
+        # --run-dir puts it elsewhere.
+        raise CheckpointError(
+            f"the teacher {spec.path} does not exist: train it first, or point "
+            "distill.teacher.path at it (--set distill.teacher.path=DIR)"
+        )
     teacher = build_teacher(spec.kind, spec.path, spec.samples)
     probe = torch.zeros(1, 3, _PROBE_SIZE, _PROBE_SIZE)
     model.eval()  # batch norm cannot run in train mode on one 1x1 feature

@@ -35,6 +35,7 @@ from segdistill.data.base import (
     SegmentationDataset,
     read_mask,
 )
+from segdistill.data.folder import CLASSES_FILE
 from segdistill.data.labels import (
     CLASS_NAMES,
     IGNORE_INDEX,
@@ -184,8 +185,15 @@ def _find_images(root: Path, folder: str, split: str, pattern: str) -> list[Path
     if not split_dir.is_dir():
         parent = root / folder
         found = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+        # A folder data set read in the Cityscapes layout, data.format's default.
+        folder_set = (
+            f"; {root} holds {CLASSES_FILE}, a folder data set: set data.format=folder"
+            if (root / CLASSES_FILE).is_file()
+            else ""
+        )
         raise DataError(
-            f"{split_dir} does not exist (split folders in {parent}: {', '.join(found) or 'none'})"
+            f"{split_dir} does not exist (split folders in {parent}: "
+            f"{', '.join(found) or 'none'}){folder_set}"
         )
     images = sorted(split_dir.glob(f"*/{pattern}"))
     if not images:

@@ -250,6 +250,13 @@ class FolderDataset(SegmentationDataset):
     ) -> FolderDataset:
         """The `split` of the folder data set at `root` (its layout: `CLASSES_FILE`)."""
         root = Path(root)
+        if root.is_dir() and not (root / split / IMAGES_DIR).is_dir():
+            found = folder_splits(root)
+            raise DataError(
+                f"{root} has no split {split!r} ({root / split / IMAGES_DIR} does not exist; "
+                f"its splits: {', '.join(found) or 'none'}): name the split to read "
+                "(data.train_split / data.val_split for training, --splits for evaluate)"
+            )
         return cls(
             root / split / IMAGES_DIR,
             root / split / MASKS_DIR,

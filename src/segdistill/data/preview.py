@@ -19,10 +19,10 @@ from segdistill.data import shifts
 from segdistill.data.labels import colorize
 from segdistill.data.synthstreets import (
     META_FILE,
-    NOT_SYNTHSTREETS,
     SPLITS,
     SamplePaths,
     decode_depth,
+    not_a_data_set,
     read_meta,
     read_png,
     shift_root,
@@ -106,9 +106,7 @@ def synth_contact_sheet(root: Path, out: Path, scenes: int, split: str | None = 
     """Draw `scenes` rows of a SynthStreets data set's panels into `out`. Returns the rows."""
     meta = read_meta(root)
     if meta is None:
-        raise DataError(
-            f"{root / META_FILE}: not found; run `segdistill data synth` first ({NOT_SYNTHSTREETS})"
-        )
+        raise not_a_data_set(root)
     split, images = _preview_images(root, meta, scenes, split)
     rows = [_scene_panels(root, meta, split, image) for image in images]
     labels = ["{} {}".format(*image.name.split("_")[:2]) for image in images]

@@ -53,7 +53,12 @@ Modules, in the order they build on one another:
 """
 
 from segdistill.data.synthstreets.anomalies import add_anomalies
-from segdistill.data.synthstreets.check import NOT_SYNTHSTREETS, GroupReport, check_dataset
+from segdistill.data.synthstreets.check import (
+    NOT_SYNTHSTREETS,
+    GroupReport,
+    check_dataset,
+    not_a_data_set,
+)
 from segdistill.data.synthstreets.constants import GENERATOR_VERSION, SPLITS
 from segdistill.data.synthstreets.files import (
     INTERIOR_RADIUS,
@@ -86,6 +91,7 @@ __all__ = [
     "META_FILE",
     "NEWCITY_STYLE",
     "NOT_SYNTHSTREETS",
+    "not_a_data_set",
     "PARTIAL_FILE",
     "SHIFTS_DIR",
     "SPLITS",

@@ -125,10 +125,43 @@ def _data_sets_below(root: Path) -> list[Path]:
     )
 
 
+def _data_set_above(root: Path) -> Path | None:
+    """The nearest folder above `root` (up to three levels: a split, leftImg8bit/train,
+    ...) that looks like a data set (DATA_SET_MARKS), else None."""
+    for parent in list(root.absolute().parents)[:3]:
+        if any((parent / mark).exists() for mark in DATA_SET_MARKS):
+            return parent
+    return None
+
+
 NOT_SYNTHSTREETS = (
     "`data info` and `data preview` also take a Cityscapes-layout folder (leftImg8bit/, "
     "gtFine/) or a folder data set (classes.yaml)"
 )
+
+
+def not_a_data_set(root: Path) -> DataError:
+    """Why `root`, without a meta.json, is no data set `data info` / `preview` can read,
+    and what to give instead: its data sets when it is the folder above them, its data
+    set's root when it is a split (or another part) of one, else how to make one."""
+    if (root / PARTIAL_FILE).exists():
+        return DataError(
+            f"{root / META_FILE}: interrupted generation; rerun `segdistill data synth "
+            f"--out {root}` ({NOT_SYNTHSTREETS})"
+        )
+    below = _data_sets_below(root)
+    if below:  # a folder one level too high: point at the data sets, not at `synth`
+        return DataError(
+            f"{root} is not a data set (no {META_FILE}) but holds "
+            f"{', '.join(map(str, below))}: give that folder"
+        )
+    above = _data_set_above(root)
+    if above is not None:  # a split or another part of a data set: point at its root
+        return DataError(f"{root} is part of the data set {above}: give that folder")
+    return DataError(
+        f"{root / META_FILE}: not found; run `segdistill data synth --out {root}` "
+        f"({NOT_SYNTHSTREETS})"
+    )
 
 
 def check_dataset(
@@ -147,21 +180,7 @@ def check_dataset(
     root = Path(root)
     meta = read_meta(root)
     if meta is None:
-        if (root / PARTIAL_FILE).exists():
-            raise DataError(
-                f"{root / META_FILE}: interrupted generation; rerun `segdistill data synth "
-                f"--out {root}` ({NOT_SYNTHSTREETS})"
-            )
-        below = _data_sets_below(root)
-        if below:  # a folder one level too high: point at the data sets, not at `synth`
-            raise DataError(
-                f"{root} is not a data set (no {META_FILE}) but holds "
-                f"{', '.join(map(str, below))}: give that folder"
-            )
-        raise DataError(
-            f"{root / META_FILE}: not found; run `segdistill data synth --out {root}` "
-            f"({NOT_SYNTHSTREETS})"
-        )
+        raise not_a_data_set(root)
     size = tuple(meta["size"])
     groups = _groups(root, meta)
     expected = {name: info["images"] for name, info in meta["splits"].items()}
