@@ -232,8 +232,8 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Inp
                     "are read",
                     file=sys.stderr,
                 )
-                skipped = set(labels)
-                found = [file for file in found if file not in skipped]
+                masks = set(labels)
+                found = [file for file in found if file not in masks]
             if not found:
                 patterns = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
                 where = " or in earlier predict outputs" if earlier else ""
