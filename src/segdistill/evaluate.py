@@ -556,6 +556,21 @@ def _check_classes(
             f"{data_root} has {dataset.num_classes}; evaluate it on data with "
             f"{predictor.num_classes} classes"
         )
+    trained_on = predictor.classes.names if predictor.classes is not None else None
+    if trained_on is not None and tuple(trained_on) != tuple(dataset.classes):
+        differ = [
+            f"{index} ({ours} in the weights, {theirs} in the data)"
+            for index, (ours, theirs) in enumerate(zip(trained_on, dataset.classes))
+            if ours != theirs
+        ]
+        # Renamed classes are harmless, reordered ones are scored under the wrong names:
+        # only the user can tell, so this is a notice, not an error.
+        tqdm.write(
+            f"notice: {predictor.name} was trained on other class names than {data_root} "
+            f"gives in ids {', '.join(differ)}; its scores are shown under the data set's "
+            "names: check that the ids mean the same classes",
+            file=sys.stderr,
+        )
 
 
 def _run_split(
