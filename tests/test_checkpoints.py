@@ -128,8 +128,14 @@ def test_unreadable_files_are_checkpoint_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_segmenter(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+    with pytest.raises(CheckpointError, match="not a readable safetensors file") as error:
         load_segmenter(tmp_path / "junk.safetensors")
+    assert "exported" not in str(error.value)
+    # An export given as a model: the message says where the weights are.
+    for name in ("best.onnx", "best.torchscript.pt"):
+        (tmp_path / name).write_bytes(b"an exported network")
+        with pytest.raises(CheckpointError, match="it is an exported network .* give the run"):
+            load_segmenter(tmp_path / name)
     safetensors.torch.save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="no architecture metadata"):
         load_segmenter(tmp_path / "plain.safetensors")

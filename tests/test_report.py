@@ -584,6 +584,14 @@ def test_the_ood_tables_show_every_set_and_each_column_under_its_header() -> Non
         "b/ood/night/mean/aupr",
         "a/ood/night/mean/fpr95",
     }
+    # An aggregator only the second model lists (another version's file) gets its
+    # columns, n/a for the first: it was left out when only the first model's counted.
+    b["ood"] = {**b["ood"], "aggregators": ["mean", "max"]}
+    b["ood"]["sets"]["night"]["by_aggregator"]["max"] = {"auroc": 0.8, "aupr": 0.7, "fpr95": 0.2}
+    head, rows = table_cells(ood_set_table([a, b], "night"))
+    assert head[4:] == ["max AUROC ↑", "max AUPR ↑", "max FPR95 ↓"]
+    assert rows[0][4] == ("a/ood/night/max/auroc", "n/a")
+    assert rows[1][4] == ("b/ood/night/max/auroc", "0.8000")
 
 
 def test_the_anomaly_table_bolds_the_lower_fpr95() -> None:

@@ -198,7 +198,16 @@ def _open(path: Path, read: Callable[[Any], Any]) -> Any:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             return read(handle)
     except (safetensors.SafetensorError, OSError) as error:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from error
+        # An export (`segdistill export`) is for deployment, not a model source here.
+        exported = (
+            "; it is an exported network (.onnx / .torchscript.pt): give the run directory "
+            "or the .safetensors weights it was exported from"
+            if path.suffix in (".onnx", ".pt")
+            else ""
+        )
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({error}){exported}"
+        ) from error
 
 
 def _saved_from(path: Path) -> str:

@@ -520,7 +520,9 @@ def ood_summary_table(models: Sequence[dict[str, Any]]) -> str | None:
 def ood_set_table(models: Sequence[dict[str, Any]], name: str) -> str:
     """One shifted set: rows models; AUROC / AUPR / FPR95 of every aggregator."""
     with_set = [m for m in models if dig(m, "ood", "sets", name)]
-    aggregators = list(with_set[0]["ood"]["aggregators"])
+    # Every model's aggregators, in order of first appearance (files of other versions
+    # may score with others); a model without one shows n/a there.
+    aggregators = list(dict.fromkeys(a for m in with_set for a in m["ood"]["aggregators"]))
     headers: list[str] = ["model"]
     better: list[str | None] = [None]
     for agg in aggregators:
