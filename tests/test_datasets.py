@@ -979,3 +979,17 @@ def test_a_fog_beta_written_another_way_is_named_not_listed(cityscapes, beta):
     cityscapes_image(cityscapes, "val", "aachen_000000_000019", suffix, "leftImg8bit_foggy")
     with pytest.raises(DataError, match=rf"beta_{beta}\.png: cannot read its fog beta '{beta}'"):
         foggy_betas(cityscapes, "val")
+
+
+def test_hidden_files_and_folders_are_no_images_or_masks(folder):
+    """macOS writes `._a.png` (AppleDouble, no image) beside `a.png` on foreign disks:
+    read as an image it failed `data info` and stopped training. Hidden files and
+    folders are left out of images and masks alike."""
+    for where in ("images", "masks"):
+        (folder / where / "._a.png").write_bytes(b"AppleDouble resource fork")
+        (folder / where / ".cache").mkdir()
+        save(folder / where / ".cache" / "c.png", np.zeros((4, 4), np.uint8))
+    dataset = make_folder(folder)
+    assert dataset.names == ["a", "b"]
+    assert [s.label.name for s in dataset.samples] == ["a.png", "b.png"]
+    assert dataset.masks_without_image == []

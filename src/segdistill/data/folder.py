@@ -59,22 +59,33 @@ def folder_splits(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if (d / IMAGES_DIR).is_dir())
 
 
+def _hidden(path: Path, folder: Path) -> bool:
+    """Whether `path` or a folder between it and `folder` is hidden (a name starting with
+    "."): macOS writes `._a.png` beside `a.png` on foreign disks, which is no image."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
 def images_below(folder: Path) -> list[Path]:
     """Every image file (IMAGE_SUFFIXES, any case) in `folder` and its sub-folders, sorted
-    by path."""
+    by path; hidden files and folders (`._a.png`, `.cache/`) are left out."""
     return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not _hidden(p, folder)
     )
 
 
 def masks_below(folder: Path, suffix: str = ".png") -> list[tuple[str, Path]]:
     """(name, path) of every file in `folder` and its sub-folders whose name ends in
-    `suffix` (any case), sorted by path; the name is the path below the folder without
-    the suffix (an image's name, `FolderDataset`); none when the folder is absent."""
+    `suffix` (any case), sorted by path, hidden ones left out (`images_below`); the name
+    is the path below the folder without the suffix (an image's name, `FolderDataset`);
+    none when the folder is absent."""
     if not folder.is_dir():
         return []
     found = sorted(
-        p for p in folder.rglob("*") if p.name.lower().endswith(suffix.lower()) and p.is_file()
+        p
+        for p in folder.rglob("*")
+        if p.name.lower().endswith(suffix.lower()) and p.is_file() and not _hidden(p, folder)
     )
     return [(p.relative_to(folder).as_posix()[: -len(suffix)], p) for p in found]
 
