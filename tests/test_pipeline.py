@@ -14,7 +14,7 @@ import html
 import json
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -1672,19 +1672,10 @@ def test_latency_is_explained_where_it_is_shown() -> None:
         "size": [512, 1024], "batch": 1, "repeats": 5, "device": "cpu",
         "device_name": "AMD EPYC", "threads": 2, "torch": "2.13.0+cpu",
     }  # fmt: skip
-    table = {
-        "title": "t", "split": "test", "columns": ["model", "label", "latency ms"],
-        "metrics": ["latency_ms"], "rows": [["student", "s", 126.5]], "std": [[None]],
-    }  # fmt: skip
-    results = {
-        "experiment": {"name": "e", "title": "e", "paper": ""},
-        "table": table,
-        "models": [],
-        "ablations": {},
-        "checks": [outcome],
-        "stages": {},
-        "bench": {"settings": settings},
-    }
+    results = experiment_results(
+        ["latency ms"], ["latency_ms"], [126.5], [None], [outcome], bench={"settings": settings}
+    )
+    table = results["table"]
     bench = (
         "Latency: median of 5 timed calls per model in one bench run, batch 1 x 3 x 512 x "
         "1024 on cpu (AMD EPYC), 2 threads, torch 2.13.0+cpu"
@@ -1764,6 +1755,27 @@ def test_the_reference_config_of_experiments_md_loads_and_plans(tmp_path: Path) 
 
 
 # ------------------------------------------ verdicts: bounds, compares, formatting
+def experiment_results(
+    columns: list[str],
+    metrics: list[str],
+    row: list[object],
+    std: list[float | None],
+    checks: Sequence[dict] = (),
+    **extra: object,
+) -> dict:
+    """The least of an experiment's results.json that the summary, table.md and the
+    report's claims read: a table of one student row, `checks`, and `extra` keys
+    (`ablations`, `bench`) on top."""
+    table = {
+        "title": "t", "split": "test", "columns": ["model", "label", *columns],
+        "metrics": metrics, "rows": [["student", "s", *row]], "std": [std],
+    }  # fmt: skip
+    return {
+        "experiment": {"name": "e", "title": "e", "paper": ""}, "table": table,
+        "models": [], "ablations": {}, "checks": list(checks), "stages": {}, **extra,
+    }  # fmt: skip
+
+
 def _value_check(**spec: object) -> dict:
     (outcome,) = run_check(CheckSpec(name="c", models=["student"], **spec), MODELS, "test")
     return outcome
@@ -1846,15 +1858,11 @@ def test_check_lines_give_the_verdict_the_goal_and_the_counts() -> None:
         max=0.03, min_count=1,
     )  # fmt: skip
     assert "1 of 3 classes <= 0.03 (need 1; 2 have a value)" in _check_line(per_class)
-    table = {
-        "title": "t", "split": "test", "columns": ["model", "label", "mIoU", "latency ms"],
-        "metrics": ["miou", "latency_ms"], "rows": [["student", "s", 0.595, 10.1]],
-        "std": [[None, None]],
-    }  # fmt: skip
-    results = {
-        "experiment": {"name": "e", "title": "e", "paper": ""}, "table": table,
-        "models": [], "ablations": {}, "checks": [passing, failing], "stages": {},
-    }  # fmt: skip
+    results = experiment_results(
+        ["mIoU", "latency ms"], ["miou", "latency_ms"], [0.595, 10.1], [None, None],
+        [passing, failing],
+    )  # fmt: skip
+    table = results["table"]
     assert _table_cells(table)[1] == ["student", "s", "0.5950", "10.10"]
     summary = format_summary(results)
     assert "checks: 1 of 2 pass" in summary
@@ -1940,14 +1948,7 @@ def test_the_verdict_is_made_on_the_unrounded_quantity() -> None:
     assert outcome["value"] == pytest.approx(-0.01004) and outcome["passed"] is False
     line = "FAIL  d - student vs baseline: difference -0.0100 (goal >= -0.01)"
     assert _check_line(outcome) == line
-    table = {
-        "title": "t", "split": "test", "columns": ["model", "label", "mIoU"],
-        "metrics": ["miou"], "rows": [["student", "s", 0.58996]], "std": [[None]],
-    }  # fmt: skip
-    results = {
-        "experiment": {"name": "e", "title": "e", "paper": ""}, "table": table,
-        "models": [], "ablations": {}, "checks": [outcome], "stages": {},
-    }  # fmt: skip
+    results = experiment_results(["mIoU"], ["miou"], [0.58996], [None], [outcome])
     assert "checks: 0 of 1 pass" in format_summary(results)
     assert experiment_claims(results).checks == [(False, line)]
 
@@ -1966,14 +1967,7 @@ def test_the_report_gives_each_outcome_its_own_verdict_and_each_seed_its_value()
     assert seeded["value"] == pytest.approx(-0.005) and seeded["passed"] is True
     assert _check_line(seeded).endswith("; mean of 2 seeds, each: -0.0200, 0.0100")
     failing = _value_check(metric="miou", max=0.5)
-    table = {
-        "title": "t", "split": "test", "columns": ["model", "label", "mIoU"],
-        "metrics": ["miou"], "rows": [["student", "s", 0.53]], "std": [[0.0424]],
-    }  # fmt: skip
-    results = {
-        "experiment": {"name": "e", "title": "e", "paper": ""}, "table": table,
-        "models": [], "ablations": {}, "checks": [seeded, failing], "stages": {},
-    }  # fmt: skip
+    results = experiment_results(["mIoU"], ["miou"], [0.53], [0.0424], [seeded, failing])
     checks = experiment_claims(results).checks
     assert [passed for passed, _ in checks] == [True, False]
     assert checks[0][1].startswith("PASS  d") and checks[1][1].startswith("FAIL  c")
@@ -2008,14 +2002,7 @@ def test_an_ablation_row_gives_each_column_its_own_std() -> None:
     `std`), none on the swept value, which has no std."""
     rows = [{"value": 0.5, "miou": 0.4, "ece": 0.1, "std": {"miou": 0.02, "ece": 0.005}}]
     ablation = {"kind": "sweep", "split": "test", "seeds": [0, 1], "rows": rows}
-    table = {
-        "title": "t", "split": "test", "columns": ["model", "label", "mIoU"],
-        "metrics": ["miou"], "rows": [["student", "s", 0.5]], "std": [[None]],
-    }  # fmt: skip
-    results = {
-        "experiment": {"name": "e", "title": "e", "paper": ""}, "table": table,
-        "models": [], "ablations": {"width": ablation}, "checks": [], "stages": {},
-    }  # fmt: skip
+    results = experiment_results(["mIoU"], ["miou"], [0.5], [None], ablations={"width": ablation})
     summary = format_summary(results)
     assert "ablation width (sweep, test, mean ± std of seeds [0, 1]):" in summary
     (line,) = [line for line in summary.splitlines() if line.startswith("0.5")]
