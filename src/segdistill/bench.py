@@ -185,7 +185,7 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def repeat_ratios(numerator_ms: Sequence[float], denominator_ms: Sequence[float]) -> np.ndarray:
+def _repeat_ratios(numerator_ms: Sequence[float], denominator_ms: Sequence[float]) -> np.ndarray:
     """numerator[r] / denominator[r] for every repeat r (calls of the same repeat)."""
     if len(numerator_ms) != len(denominator_ms) or not numerator_ms:
         raise ValueError(
@@ -197,7 +197,7 @@ def repeat_ratios(numerator_ms: Sequence[float], denominator_ms: Sequence[float]
 
 def paired_ratio(numerator_ms: Sequence[float], denominator_ms: Sequence[float]) -> float:
     """Median over repeats r of numerator[r] / denominator[r] (calls of the same repeat)."""
-    return float(np.median(repeat_ratios(numerator_ms, denominator_ms)))
+    return float(np.median(_repeat_ratios(numerator_ms, denominator_ms)))
 
 
 def median_interval(
@@ -231,8 +231,16 @@ def paired_ratio_interval(
 ) -> tuple[float, tuple[float, float] | None]:
     """`paired_ratio` and the INTERVAL_LEVEL interval of that median (`median_interval`;
     None for fewer than 6 repeats)."""
-    per_repeat = repeat_ratios(numerator_ms, denominator_ms)
+    per_repeat = _repeat_ratios(numerator_ms, denominator_ms)
     return float(np.median(per_repeat)), median_interval(per_repeat)
+
+
+def unresolved(interval: tuple[float, float] | None, *bounds: float | None) -> bool:
+    """Whether a goal's bound (None: no bound) lies strictly inside `interval`: the run
+    that measured it cannot tell met from not met (None: no interval, nothing claimed)."""
+    return interval is not None and any(
+        bound is not None and interval[0] < bound < interval[1] for bound in bounds
+    )
 
 
 def _ratio(
@@ -249,7 +257,7 @@ def _ratio(
         value >= bound if at_least else value <= bound,
         numerator.input_size == denominator.input_size,
         interval,
-        interval is not None and interval[0] < bound < interval[1],
+        unresolved(interval, bound),
     )
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segdistill.bench import paired_ratio_interval
+from segdistill.bench import paired_ratio_interval, unresolved
 from segdistill.errors import ConfigError
 from segdistill.evaluate import REFERENCE_SPLIT
 from segdistill.metrics.segmentation import removal_point
@@ -188,11 +188,10 @@ def run_check(
         if check.metric == "latency_ms" and check.compare == "ratio":
             value, bounds = _latency_ratio(models[name][0], reference_runs[0])
             # A goal inside the interval: the verdict is this run's draw, not a finding.
-            unresolved = bounds is not None and any(
-                limit is not None and bounds[0] < limit < bounds[1]
-                for limit in (check.min, check.max)
-            )
-            interval = {"interval_95": bounds, "unresolved": unresolved}
+            interval = {
+                "interval_95": bounds,
+                "unresolved": unresolved(bounds, check.min, check.max),
+            }
         elif check.compare != "value":
             reference = model_value(reference_runs, check.metric, split)
             value = _combine(check.compare, value, reference)
