@@ -111,6 +111,11 @@ def test_every_command_is_listed() -> None:
         ),
         # It ran the whole export before the exporter refused.
         (["export", "m", "--opset", "0"], "--opset: must be >= 1, not 0"),
+        # evaluate took any text and failed after checking its data; predict and bench
+        # refused cuda:1, which evaluate took.
+        (["evaluate", "m", "--data", "d", "--device", "gpu"], "device must be auto, cpu, cuda"),
+        (["predict", "m", "x.png", "--out", "o", "--device", "mps"], "not 'mps'"),
+        (["bench", "m", "--size", "8x8", "--device", "cuda:x"], "not 'cuda:x'"),
     ],
 )
 def test_argument_values_are_checked_when_parsed(
@@ -120,6 +125,23 @@ def test_argument_values_are_checked_when_parsed(
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "m", "--data", "d"],
+        ["predict", "m", "x.png", "--out", "o"],
+        ["bench", "m", "--size", "8x8"],
+    ],
+)
+def test_every_command_that_runs_models_takes_the_same_devices(argv: list[str]) -> None:
+    parser = build_parser()
+    # auto (and no --device) is None: default_device picks CUDA when there is one.
+    assert parser.parse_args(argv).device is None
+    assert parser.parse_args([*argv, "--device", "auto"]).device is None
+    for device in ("cpu", "cuda", "cuda:1"):
+        assert parser.parse_args([*argv, "--device", device]).device == device
 
 
 @pytest.mark.parametrize(

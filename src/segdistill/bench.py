@@ -338,12 +338,13 @@ def benchmark(
     *,
     repeats: int = 25,
     warmup: int = 5,
-    device: str = "cpu",
+    device: str | None = "cpu",
     threads: int | None = None,
     channels_last: bool = False,
     progress: bool = True,
 ) -> BenchResult:
-    """Measure `predictors` as the module docstring describes; channels_last: every model
+    """Measure `predictors` as the module docstring describes; device: "cpu", "cuda",
+    "cuda:N", or None for CUDA when available (`default_device`); channels_last: every model
     and the images in the channels-last memory format (`Predictor.to`); progress: a bar
     of the warm-up and timed rounds on stderr (a few hundred repeats take minutes)."""
     if not predictors:

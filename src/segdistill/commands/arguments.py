@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,29 @@ def add_mc_samples(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MC_SAMPLES,
         metavar="K",
         help="dropout passes for an MC-dropout checkpoint, at least 2 (default %(default)s)",
+    )
+
+
+def device_choice(text: str) -> str | None:
+    """argparse type: "auto" (None: CUDA when available, else the CPU), "cpu", "cuda" or
+    "cuda:N". Whether the machine has that GPU is checked when the device is used."""
+    if text == "auto":
+        return None
+    if re.fullmatch(r"cpu|cuda(:\d+)?", text) is None:
+        raise argparse.ArgumentTypeError(
+            f"device must be auto, cpu, cuda or cuda:N (N a GPU index), not {text!r}"
+        )
+    return text
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """--device: where the models run; one spelling for every command that runs them."""
+    parser.add_argument(
+        "--device",
+        type=device_choice,
+        default=None,
+        metavar="DEV",
+        help="auto, cpu, cuda or cuda:N (default auto: cuda when available, else cpu)",
     )
 
 

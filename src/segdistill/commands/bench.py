@@ -1,7 +1,7 @@
 """`segdistill bench`: parameters, FLOPs, latency and throughput, and the DUDES ratios.
 
     segdistill bench SOURCE... --size HxW [--batch B] [--repeats N] [--warmup N]
-                     [--threads N] [--device cpu|cuda] [--channels-last] [--json FILE]
+                     [--threads N] [--device DEV] [--channels-last] [--json FILE]
                      [--mc-samples K]
 
 SOURCE: run directories, .safetensors weights, ensemble directories. Models are timed
@@ -16,6 +16,7 @@ import argparse
 
 from segdistill.commands.arguments import (
     add_channels_last,
+    add_device,
     add_mc_samples,
     add_model_sources,
     non_negative_int,
@@ -53,9 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="untimed calls per model first (default %(default)s)",
     )
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
-    parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="(default %(default)s)"
-    )
+    add_device(parser)
     add_channels_last(parser)
     parser.add_argument(
         "--json", type=output_file, metavar="FILE", help="also write the results here"

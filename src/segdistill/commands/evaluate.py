@@ -20,6 +20,7 @@ from pathlib import Path
 
 from segdistill.commands.arguments import (
     add_channels_last,
+    add_device,
     add_mc_samples,
     add_model_sources,
     non_negative_int,
@@ -81,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate only the first N images of each split",
     )
     add_mc_samples(parser)
-    parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    add_device(parser)
     parser.add_argument(
         "--workers",
         type=non_negative_int,

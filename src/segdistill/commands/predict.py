@@ -3,7 +3,7 @@
     segdistill predict SOURCE INPUT... --out DIR [--labels DIR_OR_FILE] [--classes FILE]
                        [--outputs KIND,...] [--distrust-above T] [--batch-size N]
                        [--size HxW] [--vmax V] [--skip-unreadable]
-                       [--device auto|cpu|cuda] [--channels-last] [--mc-samples K]
+                       [--device DEV] [--channels-last] [--mc-samples K]
                        [--ood-reference PATH... [--ood-fpr F] [--ood-aggregator A]
                         | --ood-detector FILE]
 
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from segdistill.commands.arguments import (
     MODEL_SOURCE_HELP,
     add_channels_last,
+    add_device,
     add_mc_samples,
     non_negative_float,
     output_folder,
@@ -129,12 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="top of the fixed heat-map colour scale 0..vmax (default %(default)s, the "
         "largest possible pred_std)",
     )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="default: cuda when available, else cpu",
-    )
+    add_device(parser)
     add_channels_last(parser)
     add_mc_samples(parser)
     ood = parser.add_argument_group(
@@ -258,7 +254,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise DataError(f"--labels {args.labels}: no such file or folder")
     images = find_images(args.inputs, exclude=args.out)
     classes = None if args.classes is None else load_classes(args.classes)
-    device = default_device(None if args.device == "auto" else args.device)
+    device = default_device(args.device)
     predictor = load_predictor(args.source, mc_samples=args.mc_samples)
     if classes is not None:
         # Here, not only in predict_files: before the OOD detector is fitted (minutes).
