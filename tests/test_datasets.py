@@ -377,7 +377,10 @@ def test_an_exif_rotated_photo_is_turned_upright(tmp_path):
     mapping = LabelMapping.identity(2, 255)
     upright_mask = save(tmp_path / "upright.png", np.zeros((20, 40), np.uint8))
     sideways_mask = save(tmp_path / "sideways.png", np.zeros((40, 20), np.uint8))
-    check_headers([SampleFiles("photo", tmp_path / "photo.jpg", upright_mask, mapping)])
+    # The sizes it returns (the training crop notice reads them) are upright too.
+    assert check_headers([SampleFiles("photo", tmp_path / "photo.jpg", upright_mask, mapping)]) == [
+        (20, 40)
+    ]
     with pytest.raises(DataError, match="sideways.png is 20x40"):
         check_headers([SampleFiles("photo", tmp_path / "photo.jpg", sideways_mask, mapping)])
 

@@ -1772,3 +1772,22 @@ def test_each_process_trains_and_validates_on_its_own_share_with_its_own_draws()
     assert sorted(train_seen[0] + train_seen[1]) == list(range(8))
     assert val_seen == [[0, 2, 4, 6], [1, 3, 5, 7]]
     assert draws[0] != draws[1]
+
+
+def test_training_images_smaller_than_the_crop_get_a_notice(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from segdistill.data.base import LabelMapping, SampleFiles
+
+    mapping = LabelMapping.identity(2, 255)
+    samples = [SampleFiles(name, Path(f"{name}.png"), None, mapping) for name in "abc"]
+    # 64x256 fits a 64x128 crop; 48x300 is too low, 100x90 too narrow.
+    training.notice_images_under_crop(samples, [(64, 256), (48, 300), (100, 90)], (64, 128))
+    out = capsys.readouterr().out
+    assert "2 of 3 training images are smaller than data.crop_size 64x128" in out
+    # The smallest by area is named; the crop that fits takes each side's minimum.
+    assert "the smallest: 100x90, c.png" in out
+    assert "--set data.crop_size=[48,90]" in out
+    # Images at least as large as the crop on both sides: nothing is said.
+    training.notice_images_under_crop(samples, [(64, 128), (128, 256), (64, 130)], (64, 128))
+    assert capsys.readouterr().out == ""

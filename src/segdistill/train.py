@@ -154,7 +154,8 @@ def _train(cfg: SegConfig, resume: bool) -> Path:
     val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
     # A bad file would otherwise stop the run where a batch first reads it: a validation
     # file after a whole epoch of training.
-    check_headers([*train_set.samples, *val_set.samples])
+    sizes = check_headers([*train_set.samples, *val_set.samples])
+    notice_images_under_crop(train_set.samples, sizes[: len(train_set)], cfg.data.crop_size)
     world_size = cfg.trainer.devices * cfg.trainer.num_nodes
     batches = batches_per_epoch(
         len(train_set), world_size, cfg.data.batch_size, cfg.trainer.limit_train_batches
@@ -374,6 +375,29 @@ def _set_aside_earlier_start(run_dir: Path, before: SegConfig, cfg: SegConfig) -
         f"notice: {run_dir} held a start of this run that stopped before its first resumable "
         f"checkpoint; starting it again from nothing{differences}. The earlier start's "
         f"weights and logs are in {kept}"
+    )
+
+
+def notice_images_under_crop(
+    samples: Sequence[SampleFiles], sizes: Sequence[tuple[int, int]], crop_size: Sequence[int]
+) -> None:
+    """A notice when training images (sizes: (H, W) each) are smaller than the crop in
+    either side: their crops are mostly void padding, which trains nothing and still costs
+    the compute of a whole crop."""
+    crop_height, crop_width = crop_size
+    under = [i for i, (h, w) in enumerate(sizes) if h < crop_height or w < crop_width]
+    if not under:
+        return
+    smallest = min(under, key=lambda i: sizes[i][0] * sizes[i][1])
+    fit_height = min(crop_height, *(h for h, _ in sizes))
+    fit_width = min(crop_width, *(w for _, w in sizes))
+    print_once(
+        f"notice: {len(under)} of {len(sizes)} training images are smaller than "
+        f"data.crop_size {crop_height}x{crop_width} (the smallest: "
+        f"{sizes[smallest][0]}x{sizes[smallest][1]}, {samples[smallest].image}); their "
+        f"crops are padded with void pixels, which train nothing. A crop of at most "
+        f"{fit_height}x{fit_width} fits every image: --set "
+        f"data.crop_size=[{fit_height},{fit_width}]"
     )
 
 

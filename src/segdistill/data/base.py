@@ -260,17 +260,23 @@ def _check_mask_size(mask_size: tuple[int, int], files: SampleFiles, size: tuple
         )
 
 
-def check_headers(samples: Sequence[SampleFiles]) -> None:
+def check_headers(samples: Sequence[SampleFiles]) -> list[tuple[int, int]]:
     """Read the header of every image and mask (not the pixels: about 0.2 ms a file) and
     raise the DataError `load` would: a missing or unreadable file, a 16-bit image, a mask
     that is not single-channel or not the size of its image. Run before training, so that
-    a bad validation file stops the run before its first epoch, not after it."""
+    a bad validation file stops the run before its first epoch, not after it.
+
+    Returns each sample's image size (H, W) as `read_image` returns it, in order."""
+    sizes = []
     for files in samples:
         image = _open_image(files.image, decode=False, check=_check_image_mode)
+        size = _upright_size(image, files.image)
         if files.label is not None:
             mask = _open_image(files.label, decode=False)
             _check_mask_mode(mask, files.label)
-            _check_mask_size(mask.size[::-1], files, _upright_size(image, files.image))
+            _check_mask_size(mask.size[::-1], files, size)
+        sizes.append(size)
+    return sizes
 
 
 # How to turn an image stored with each EXIF orientation upright (as ImageOps.exif_transpose).
