@@ -233,6 +233,28 @@ def test_a_foreign_cityscapes_folder_is_refused_and_kept(
     assert not (tmp_path / ss.META_FILE).exists()
 
 
+def test_a_non_empty_folder_without_a_data_set_is_refused(tmp_path: Path, capsys) -> None:
+    """A run directory given as --out: the set's folders were written among its files."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "metrics.json").write_text("{}")
+    (run / "train.log").write_text("")
+    assert main(["data", "synth", "--out", str(run), *TINY]) == 2
+    error = capsys.readouterr().err
+    assert f"{run} holds checkpoints, config.yaml, metrics.json (and 1 more) but no" in error
+    assert f"e.g. {run / 'synthstreets'}" in error
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints", "config.yaml", "metrics.json", "train.log"
+    ]  # fmt: skip
+    # A folder holding hidden files only (.DS_Store) counts as empty.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"")
+    assert main(["data", "synth", "--out", str(empty), *TINY, "--shifts", "none"]) == 0
+    assert ss.read_meta(empty) is not None
+
+
 @pytest.mark.parametrize("bad", [["--size", "64by128"], ["--shifts", "fog,snow"]])
 def test_bad_arguments_exit_with_usage(tmp_path: Path, bad: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

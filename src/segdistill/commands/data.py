@@ -9,7 +9,7 @@
 `synth` writes a SynthStreets data set (see `segdistill.data.synthstreets`); run again with
 the same parameters it does nothing ("already there"); a folder holding a different
 SynthStreets set is refused unless --force, one holding another data set's folders
-(leftImg8bit/, gtFine/ or shifts/ without a meta.json) always.
+(leftImg8bit/, gtFine/ or shifts/ without a meta.json) or other files always.
 `info` checks every file against meta.json and prints counts, class frequencies and
 interior shares; it lists every bad file and exits 1. So it does for
 a Cityscapes-layout or folder data set, whose unusable files include an image without a
@@ -76,7 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
     synth = commands.add_parser("synth", help="generate SynthStreets (Cityscapes layout)")
-    synth.add_argument("--out", type=output_folder, required=True, help="output folder")
+    synth.add_argument(
+        "--out",
+        type=output_folder,
+        required=True,
+        help="output folder: new, empty or a SynthStreets set",
+    )
     synth.add_argument(
         "--size",
         type=parse_size,

@@ -81,8 +81,8 @@ class LabelMapping:
             bad = values[~known].tolist()
             allowed = np.flatnonzero(self.valid).tolist()
             raise DataError(
-                f"{path}: mask holds unknown values {_preview(bad)} "
-                f"(allowed stored values: {_preview(allowed, 40)})"
+                f"{path}: mask holds unknown values {preview_list(bad)} "
+                f"(allowed stored values: {preview_list(allowed, 40)})"
             )
         return self.lut[raw]
 
@@ -145,7 +145,7 @@ class SampleFiles:
 MapReader = Callable[[SampleFiles], np.ndarray]
 
 
-def _preview(items: Sequence[object], limit: int = 10) -> str:
+def preview_list(items: Sequence[object], limit: int = 10) -> str:
     """'a, b, c' listing at most `limit` items, then how many more."""
     shown = ", ".join(str(item) for item in items[:limit])
     more = len(items) - limit

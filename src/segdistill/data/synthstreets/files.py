@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from segdistill.atomic import atomic_write_text, remove_unfinished_writes
 from segdistill.data import shifts
+from segdistill.data.base import preview_list
 from segdistill.data.labels import (
     CLASS_NAMES,
     IGNORE_INDEX,
@@ -454,7 +455,21 @@ def _check_target(root: Path, config: SynthConfig, force: bool) -> bool:
             "with --force; pick another --out (data.root in an experiment), or delete "
             f"those folders yourself if they really are a SynthStreets set"
         )
+    others = [] if interrupted or not root.is_dir() else _visible_entries(root)
+    if others:
+        # A run directory or a folder of data sets: the set's folders would be mixed with
+        # what is there (and a later --force would delete what it took for its own).
+        raise DataError(
+            f"{root} holds {preview_list(others, 3)} but no SynthStreets data set: it is "
+            f"generated into a new or empty folder; pick another --out (data.root in an "
+            f"experiment), e.g. {root / 'synthstreets'}"
+        )
     return True
+
+
+def _visible_entries(folder: Path) -> list[str]:
+    """Sorted names in `folder`, hidden ones (.DS_Store, ._*) left out."""
+    return sorted(entry.name for entry in folder.iterdir() if not entry.name.startswith("."))
 
 
 def generate(
