@@ -9,6 +9,7 @@ The full-size demo is marked slow.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import html
 import json
@@ -1531,6 +1532,44 @@ def test_order_check_and_missing_values() -> None:
     absent = CheckSpec(name="n", metric="miou@night", models=["student"], min=0.0)
     assert run_check(absent, MODELS, "test")[0]["passed"] is False  # not evaluated: fails
     assert metric_value(MODELS["student"][0], "miou@night") is None
+
+
+def test_strict_checks_are_not_met_by_a_tie() -> None:
+    """A claim that a student beats its baseline (strict): a student equal to it to the
+    last digit, as a distillation term of weight 0 trains with the same seed, fails; the
+    inclusive bound passes it. MODELS' teacher and baseline both have mIoU 0.60."""
+    tie = {"student": MODELS["teacher"], "baseline": MODELS["baseline"]}
+    for strict, passed in ((False, True), (True, False)):
+        beats = CheckSpec(
+            name="beats", metric="miou", models=["student"], compare="difference",
+            reference="baseline", min=0.0, strict=strict,
+        )  # fmt: skip
+        (outcome,) = run_check(beats, tie, "test")
+        assert outcome["value"] == 0.0 and outcome["passed"] is passed
+        assert outcome["strict"] is strict
+        assert f"(goal {'>' if strict else '>='} 0.0)" in _check_line(outcome)
+        order = CheckSpec(
+            name="o", metric="miou", models=["teacher", "baseline"], compare="order",
+            strict=strict,
+        )  # fmt: skip
+        assert run_check(order, MODELS, "test")[0]["passed"] is passed
+    # Above the bound passes either way; a strict upper bound refuses its own value too.
+    above = CheckSpec(name="a", metric="miou", models=["student"], min=0.59, strict=True)
+    assert run_check(above, MODELS, "test")[0]["passed"] is True
+    at_max = CheckSpec(name="m", metric="miou", models=["student"], max=0.595, strict=True)
+    (outcome,) = run_check(at_max, MODELS, "test")
+    assert outcome["passed"] is False and "(goal < 0.595)" in _check_line(outcome)
+    # Per class, a class on the bound does not count (values exact in binary).
+    per_class = CheckSpec(
+        name="p", metric="per_class_mean_uncertainty", models=["student"],
+        compare="abs_difference", reference="teacher", min_count=1, max=0.25, strict=True,
+    )  # fmt: skip
+    teacher = [model("teacher", 0.6, [0.5, 0.5, 0.5], 50.0)]
+    student = [model("student", 0.6, [0.25, 0.75, 0.625], 10.0)]  # 0.25, 0.25, 0.125
+    (outcome,) = run_check(per_class, {"student": student, "teacher": teacher}, "test")
+    assert outcome["value"] == 1  # only 0.125 lies strictly under 0.25
+    inclusive = dataclasses.replace(per_class, strict=False)
+    assert run_check(inclusive, {"student": student, "teacher": teacher}, "test")[0]["value"] == 3
 
 
 def test_checks_and_table_over_seeds() -> None:

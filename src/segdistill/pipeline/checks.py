@@ -119,9 +119,12 @@ def model_value(seeds: list[dict[str, Any]], name: str, split: str = REFERENCE_S
     return mean_over_seeds(seed_values(seeds, name, split))
 
 
-def _within(value: float | None, low: float | None, high: float | None) -> bool:
+def _within(value: float | None, low: float | None, high: float | None, strict: bool) -> bool:
+    """Whether `value` lies in [low, high] (None: unbounded), or in (low, high) if strict."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
+    if strict:
+        return (low is None or value > low) and (high is None or value < high)
     return (low is None or value >= low) and (high is None or value <= high)
 
 
@@ -172,11 +175,17 @@ def run_check(
     measured quantity and `passed`. `models` maps a name to its results.json entries, one
     per seed: the quantity compares the means over the seeds (`model_value`); with more
     than one seed, `per_seed` gives it for each seed too (numbers only)."""
-    base = {"name": check.name, "metric": check.metric, "compare": check.compare}
+    base = {
+        "name": check.name,
+        "metric": check.metric,
+        "compare": check.compare,
+        "strict": check.strict,
+    }
     values = {name: model_value(models[name], check.metric, split) for name in check.models}
     if check.compare == "order":
         ordered = list(values.values())
-        passed = None not in ordered and all(a >= b for a, b in zip(ordered, ordered[1:]))
+        pairs = list(zip(ordered, ordered[1:]))
+        passed = None not in ordered and all(a > b if check.strict else a >= b for a, b in pairs)
         return [{**base, "models": check.models, "value": ordered, "passed": passed}]
     # The reference model's runs (one per seed); check_experiment made sure that every
     # comparison but "value" names one.
@@ -207,7 +216,7 @@ def run_check(
         if len(models[name]) > 1 and not speed and not isinstance(value, list):
             entry["per_seed"] = _per_seed(check, models[name], reference_runs, split)
         if isinstance(value, list):
-            count = sum(_within(v, check.min, check.max) for v in value)
+            count = sum(_within(v, check.min, check.max, check.strict) for v in value)
             needed = len(value) if check.min_count is None else check.min_count
             outcomes.append(
                 {
@@ -221,6 +230,10 @@ def run_check(
             )
         else:
             outcomes.append(
-                {**entry, "value": value, "passed": _within(value, check.min, check.max)}
+                {
+                    **entry,
+                    "value": value,
+                    "passed": _within(value, check.min, check.max, check.strict),
+                }
             )
     return outcomes

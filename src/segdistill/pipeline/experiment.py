@@ -195,7 +195,9 @@ class CheckSpec:
     - order: the models' values must not increase along the list (at least two models;
       no bounds, min_count or reference).
 
-    The quantity must lie within [min, max] (either may be null). For a per-class metric
+    The quantity must lie within [min, max] (either may be null); with `strict`, strictly
+    inside (min < quantity < max) and, for `order`, the values must decrease: a claim
+    that one model beats another is not met by a tie. For a per-class metric
     (a list), at least `min_count` classes (default: all) must lie within the bounds;
     `min_count` is refused on any other metric.
     In the file, `min: members` is the teacher's member count and "{members}" in `name`
@@ -211,6 +213,7 @@ class CheckSpec:
     min: float | None = None
     max: float | None = None
     min_count: int | None = None
+    strict: bool = False
 
 
 @dataclass(kw_only=True)

@@ -314,9 +314,11 @@ def _check_line(outcome: dict[str, Any], paired_calls: int | None = None) -> str
         values = ", ".join(f"{m} {_cell(v)}" for m, v in zip(outcome["models"], outcome["value"]))
         return f"{verdict}  {outcome['name']}: {values}"
     against = f" vs {outcome['reference']}" if outcome["reference"] else ""
+    # "strict" is absent from the results.json of runs before it existed: inclusive then.
+    words = (">", "<") if outcome.get("strict") else (">=", "<=")
     bounds = " and ".join(
         f"{word} {outcome[key]}"
-        for word, key in ((">=", "min"), ("<=", "max"))
+        for word, key in zip(words, ("min", "max"))
         if outcome[key] is not None
     )
     if "of" in outcome:
