@@ -12,6 +12,7 @@ from PIL import Image
 from segdistill.cli import main
 from segdistill.data import shifts
 from segdistill.data import synthstreets as ss
+from segdistill.data.folder import FolderDataset
 from segdistill.errors import DataError
 from test_datasets import TRAIN_IDS, cityscapes_image, gt_file
 from test_train import ctrl_c_when
@@ -626,3 +627,24 @@ def test_shifts_without_a_test_split_are_named_in_a_notice(tmp_path: Path, capsy
     assert "0 shifted copies" in captured.out
     assert main(["data", "synth", "--out", str(tmp_path / "t"), *args, "--shifts", "none"]) == 0
     assert "notice" not in capsys.readouterr().err
+
+
+def test_info_names_masks_in_a_format_that_is_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Masks saved as JPEG (lossy, and not read: masks are PNG) in a split's masks/ are
+    files that cannot be used: `data info` must name them, not report the split as
+    unlabelled and the data set as OK."""
+    root = tmp_path / "own"
+    _save(root / "train" / "images" / "a.png", np.zeros((4, 4, 3), np.uint8))
+    _save(root / "train" / "masks" / "a.jpg", np.zeros((4, 4), np.uint8))
+    (root / "classes.yaml").write_text("classes: [{name: road, color: [1, 1, 1]}]\n")
+    assert main(["data", "info", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "integrity: OK" not in out
+    jpeg = root / "train" / "masks" / "a.jpg"
+    assert f"{jpeg}: not read as a mask: masks are lossless PNG" in out
+    assert "is gtFine/ or masks/ there?" not in out  # it is there
+    # Training and evaluation refuse the split, naming the file, not "an unlabelled split".
+    with pytest.raises(DataError, match=r"1 files in a masks folder are not read as masks \("):
+        FolderDataset.split(root, "train")

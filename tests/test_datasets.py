@@ -22,6 +22,7 @@ from segdistill.data.base import (
     group_consecutive,
     image_size,
     read_image,
+    read_mask,
 )
 from segdistill.data.cityscapes import (
     CityscapesDataset,
@@ -331,21 +332,47 @@ def test_16_bit_images_are_refused(cityscapes):
     assert str(path) in str(err.value)
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC (the PNG specification, section 5.3)."""
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def write_png(
+    path: Path, width: int, height: int, bits: int, color_type: int, rows: bytes | None
+) -> Path:
+    """A PNG written by hand, for what PIL cannot write; rows: the filtered scanlines
+    (None: no IDAT, a header alone)."""
+    header = struct.pack(">IIBBBBB", width, height, bits, color_type, 0, 0, 0)
+    data = b"" if rows is None else png_chunk(b"IDAT", zlib.compress(rows))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + data + png_chunk(b"IEND", b"")
+    )
+    return path
+
+
 def write_png16(path: Path, pixels: np.ndarray) -> Path:
-    """A PNG with 16 bits per colour channel ([H, W, 3] RGB or [H, W, 4] RGBA uint16),
-    written by hand: PIL cannot write one, but opens it as 8-bit RGB."""
+    """A PNG with 16 bits per colour channel ([H, W, 3] RGB or [H, W, 4] RGBA uint16):
+    PIL cannot write one, but opens it as 8-bit RGB."""
     height, width, channels = pixels.shape
     rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+    return write_png(path, width, height, 16, {3: 2, 4: 6}[channels], rows)
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
-    color_type = {3: 2, 4: 6}[channels]
-    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    png = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png)
-    return path
+def write_low_bit_grey_png(path: Path, values: np.ndarray, bits: int) -> Path:
+    """A grey PNG of `bits` (1, 2 or 4) bits a pixel storing `values` [H, W], packed
+    most significant first as the PNG specification says; PIL cannot write 2 or 4 bits."""
+    height, width = values.shape
+    per_byte = 8 // bits
+    padded = np.zeros((height, -(-width // per_byte) * per_byte), np.uint8)
+    padded[:, :width] = values
+    rows = b""
+    for row in padded:
+        groups = row.reshape(-1, per_byte).astype(int)
+        shifts = [8 - bits * (k + 1) for k in range(per_byte)]
+        packed = bytes(int(sum(v << t for v, t in zip(group, shifts))) for group in groups)
+        rows += b"\x00" + packed
+    return write_png(path, width, height, bits, 0, rows)
 
 
 @pytest.mark.parametrize("channels", [3, 4])
@@ -481,14 +508,7 @@ def test_a_bilevel_mask_stores_0_and_1(folder):
 
 def test_a_decompression_bomb_header_is_a_data_error_naming_the_file(tmp_path):
     """A PNG header claiming 30000 x 30000 pixels: PIL refuses it before decoding."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    path = tmp_path / "bomb.png"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    path = write_png(tmp_path / "bomb.png", 30000, 30000, 8, 2, None)
     for read in (lambda: read_image(path), lambda: image_size(path)):
         with pytest.raises(DataError, match="bomb.png: cannot read the image"):
             read()
@@ -549,9 +569,7 @@ def test_an_exif_block_after_the_pixels_is_read_by_every_reader_alike(tmp_path):
     data = buffer.getvalue()
     exif = Image.Exif()
     exif[0x0112] = 6  # a quarter turn, were it applied
-    payload = exif.tobytes().removeprefix(b"Exif\x00\x00")
-    chunk = b"eXIf" + payload
-    late = struct.pack(">I", len(payload)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    late = png_chunk(b"eXIf", exif.tobytes().removeprefix(b"Exif\x00\x00"))
     end = data.rindex(b"IEND") - 4  # before the IEND chunk's length
     path = tmp_path / "late.png"
     path.write_bytes(data[:end] + late + data[end:])
@@ -560,6 +578,46 @@ def test_an_exif_block_after_the_pixels_is_read_by_every_reader_alike(tmp_path):
     assert np.array_equal(read_image(path), stored)
     mask = save(tmp_path / "mask.png", np.zeros((2, 4), np.uint8))
     check_headers([SampleFiles("late", path, mask, LabelMapping.identity(2, 255))])
+
+
+def test_a_mask_with_its_own_exif_orientation_is_not_read_sideways(tmp_path):
+    """A photo and its mask both stored sideways with EXIF orientation 6 (a tool that kept
+    the photo's EXIF on the mask): every viewer shows them upright and aligned. The image is
+    turned upright; the mask must be too, or be refused, never read sideways against it (a
+    square image gives no size mismatch to catch it)."""
+    upright_image = np.zeros((4, 4, 3), np.uint8)
+    upright_image[:, :2] = 255  # left half white
+    upright_mask = np.zeros((4, 4), np.uint8)
+    upright_mask[:, :2] = 1  # class 1 on the white half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to view: stored = upright turned back
+    root = tmp_path / "own"
+    for folder, array in (("images", upright_image), ("masks", upright_mask)):
+        (root / "train" / folder).mkdir(parents=True)
+        stored = np.ascontiguousarray(np.rot90(array, k=1))
+        Image.fromarray(stored).save(root / "train" / folder / "a.png", exif=exif)
+    (root / "classes.yaml").write_text(
+        "classes: [{name: dark, color: [0, 0, 0]}, {name: white, color: [255, 255, 255]}]\n"
+    )
+    dataset = FolderDataset.split(root, "train")
+    sample = dataset.load(0)
+    assert np.array_equal(sample["image"], upright_image)
+    assert np.array_equal(sample["label"], upright_mask)
+    # The header check sees the mask upright too: a 4x6 pair stored 6x4 passes it.
+    for folder, shape in (("images", (4, 6, 3)), ("masks", (4, 6))):
+        stored = np.ascontiguousarray(np.rot90(np.zeros(shape, np.uint8), k=1))
+        Image.fromarray(stored).save(root / "train" / folder / "b.png", exif=exif)
+    assert check_headers(FolderDataset.split(root, "train").samples) == [(4, 4), (4, 6)]
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_grey_masks_of_fewer_than_8_bits_give_their_stored_values(tmp_path, bits):
+    """PIL decodes a 2- or 4-bit grey PNG scaled to 0..255: a 2-bit mask's class 1 read
+    as 85 (refused as an unknown value) and its class 3 as 255 (void, silently)."""
+    values = np.arange(12, dtype=np.uint8).reshape(3, 4) % (1 << bits)
+    path = write_low_bit_grey_png(tmp_path / "m.png", values, bits)
+    assert Image.open(path).mode in ("1", "L")  # a grey mask, not a palette one
+    assert np.array_equal(read_mask(path), values)
 
 
 def test_the_header_check_refuses_a_mask_that_is_not_single_channel(cityscapes):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,13 @@ def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
     (the end of an "unknown name" message)."""
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def preview_list(items: Sequence[object], limit: int = 10) -> str:
+    """'a, b, c' listing at most `limit` items, then how many more (for messages)."""
+    shown = ", ".join(str(item) for item in items[:limit])
+    more = len(items) - limit
+    return f"{shown} (and {more} more)" if more > 0 else shown
 
 
 def read_text(path: Path, what: str, error: type[SegdistillError]) -> str:

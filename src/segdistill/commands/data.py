@@ -328,16 +328,25 @@ def _info_of_own_data(data: OwnDataSet) -> int:
     problems = [problem for found in surveys for problem in found.problems]
     orphans = [path for found in surveys for path in found.masks_without_image]
     orphans += data.masks_without_image
+    unread = [path for found in surveys for path in found.unread_masks]
     total = sum(found.images for found in surveys)
     masks = sum(found.masks for found in surveys)
-    if any(found.name == "train" and not found.masks for found in surveys):
+    if not unread and any(found.name == "train" and not found.masks for found in surveys):
         # Cityscapes' gtFine zip not unpacked, or a folder data set's masks/ missing.
         print("\nnote: split train has no masks: training needs them (is gtFine/ or masks/ there?)")
     bad = f"images that cannot be used: {len(problems)} of {total}"
     if orphans:
         bad += f"; masks without an image: {len(orphans)}"
+    if unread:
+        bad += f"; files in a masks folder not read as masks: {len(unread)}"
     return _integrity(
-        problems + [f"{path}: a mask without its image" for path in orphans],
+        problems
+        + [f"{path}: a mask without its image" for path in orphans]
+        + [
+            f"{path}: not read as a mask: masks are lossless PNG files (JPEG changes the "
+            "class values at region edges)"
+            for path in unread
+        ],
         f"OK ({total} images, {masks} with a mask, every file decoded)",
         bad,
     )

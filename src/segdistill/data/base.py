@@ -12,8 +12,10 @@ PNGs with 16 bits per colour channel, which PIL would silently cut to 8) are ref
 DataError, because no single rescaling to 8 bits is right for all of them (12-bit sensor
 data, HDR, depth); convert them to 8-bit RGB yourself. An image with an EXIF orientation
 (a phone or camera JPEG stored sideways) is turned upright as image viewers show it, so its
-mask must be the upright size. Masks must be
-single-channel (PIL modes L, P, 1, I;16 or I): palette PNGs give their palette indices.
+mask must be the upright size; a mask with an EXIF orientation of its own (a tool that
+copied the photo's) is turned upright too. Masks must be single-channel (PIL modes L, P,
+1, I;16 or I): palette PNGs give their palette indices, and grey PNGs of 1, 2 or 4 bits
+their stored values (PIL scales 2- and 4-bit grey to 0..255).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from PIL import Image
 
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import Sample, build_eval_transform, to_tensors
-from segdistill.errors import DataError
+from segdistill.errors import DataError, preview_list
 
 # Prefixes of PIL modes with more than 8 bits per channel or floats (I, I;16*, F): refused
 # for images.
@@ -143,13 +145,6 @@ class SampleFiles:
 
 # Reads one extra dense map of a sample: [H, W] or [K, H, W] numbers.
 MapReader = Callable[[SampleFiles], np.ndarray]
-
-
-def preview_list(items: Sequence[object], limit: int = 10) -> str:
-    """'a, b, c' listing at most `limit` items, then how many more."""
-    shown = ", ".join(str(item) for item in items[:limit])
-    more = len(items) - limit
-    return f"{shown} (and {more} more)" if more > 0 else shown
 
 
 def _open_image(
@@ -274,7 +269,7 @@ def check_headers(samples: Sequence[SampleFiles]) -> list[tuple[int, int]]:
         if files.label is not None:
             mask = _open_image(files.label, decode=False)
             _check_mask_mode(mask, files.label)
-            _check_mask_size(mask.size[::-1], files, size)
+            _check_mask_size(_upright_size(mask, files.label), files, size)
         sizes.append(size)
     return sizes
 
@@ -291,31 +286,49 @@ _UPRIGHT = {
 }
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file -> uint8 [H, W, 3] RGB (see the module docstring for the mode rules)."""
+def _open_upright(path: Path, check: Callable[[Image.Image, Path], None]) -> Image.Image:
+    """The decoded image of `path` turned as its EXIF orientation says (`check` sees the
+    header first). The orientation is read from the header, as `image_size` and
+    `check_headers` read it: decoding a PNG would add an EXIF block stored after its pixels."""
     orientation = 1
 
-    def check(img: Image.Image, path: Path) -> None:
-        # From the header, as `image_size` and `check_headers` read it: decoding a PNG
-        # would add an EXIF block stored after its pixels.
+    def check_and_orient(img: Image.Image, path: Path) -> None:
         nonlocal orientation
-        _check_image_mode(img, path)
+        check(img, path)
         orientation = exif_orientation(img, path)
 
-    img = _open_image(path, check=check)
-    if orientation in _UPRIGHT:
-        img = img.transpose(_UPRIGHT[orientation])
+    img = _open_image(path, check=check_and_orient)
+    return img.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else img
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file -> uint8 [H, W, 3] RGB (see the module docstring for the mode rules)."""
+    img = _open_upright(path, _check_image_mode)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
 
 
+# Grey PNGs of 2 or 4 bits a pixel, by how PIL decodes them: scaled to 0..255 (a 2-bit
+# mask's class 1 becomes 85, its class 3 255, void), while the stored value is the class.
+_LOW_BIT_SCALE = {"L;2": 85, "L;4": 17}
+
+
 def read_mask(path: Path) -> np.ndarray:
-    """A single-channel mask file -> [H, W] integer stored values."""
-    img = _open_image(path)
-    _check_mask_mode(img, path)
-    raw = np.asarray(img)
-    return raw.astype(np.uint8) if raw.dtype == bool else raw
+    """A single-channel mask file -> [H, W] integer stored values, upright by its EXIF
+    orientation as its image is (a tool that copies a photo's EXIF onto its mask)."""
+    scale = 1
+
+    def check(img: Image.Image, path: Path) -> None:
+        nonlocal scale
+        _check_mask_mode(img, path)
+        for tile in getattr(img, "tile", []):  # ImageFile only; emptied by decoding
+            scale = _LOW_BIT_SCALE.get(str(tile.args), scale)
+
+    raw = np.asarray(_open_upright(path, check))
+    if raw.dtype == bool:  # a 1-bit mask
+        return raw.astype(np.uint8)
+    return raw // scale if scale > 1 else raw
 
 
 def _as_channel_first(array: np.ndarray, name: str, files: SampleFiles) -> np.ndarray:
@@ -344,9 +357,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
                  samples' own mappings decode the masks).
     masks_without_image: label files no sample uses (a loader that lists them sets them,
                  for `data info` to report).
+    unread_masks: image files among the labels that are not read as labels (a folder
+                 data set's masks saved as JPEG), for `data info` to report.
     """
 
     masks_without_image: Sequence[Path] = ()
+    unread_masks: Sequence[Path] = ()
 
     def __init__(
         self,

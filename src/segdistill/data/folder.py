@@ -2,7 +2,8 @@
 
     images_dir/[sub/]{stem}.png|.jpg|.jpeg   RGB images (see segdistill.data.base for modes)
     masks_dir/[sub/]{stem}{mask_suffix}      single-channel PNG masks (mask_suffix ".png",
-                                             in any case: .PNG too)
+                                             in any case: .PNG too; other image files
+                                             there, JPEG masks, are refused: lossy)
     classes.yaml                             the classes, e.g.
 
         classes:                 # class id = position in this list
@@ -25,7 +26,7 @@ without its suffix ("cityA/img2"), so equal file names in two sub-folders stay t
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from segdistill.data.base import (
 )
 from segdistill.data.labels import IGNORE_INDEX
 from segdistill.data.transforms import Sample
-from segdistill.errors import DataError, read_yaml
+from segdistill.errors import DataError, preview_list, read_yaml
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # A folder data set's layout (`data.format: folder`): root/{split}/images,
@@ -88,6 +89,15 @@ def masks_below(folder: Path, suffix: str = ".png") -> list[tuple[str, Path]]:
         if p.name.lower().endswith(suffix.lower()) and p.is_file() and not _hidden(p, folder)
     )
     return [(p.relative_to(folder).as_posix()[: -len(suffix)], p) for p in found]
+
+
+def unread_masks_problem(unread: Sequence[Path], mask_suffix: str) -> str:
+    """Why the files `unread` in a masks folder are not read, and what to do."""
+    return (
+        f"{len(unread)} files in a masks folder are not read as masks ({preview_list(unread, 3)}):"
+        f" masks are lossless PNG files named like their images, ending in {mask_suffix} "
+        "(JPEG changes the class values at region edges); save them so"
+    )
 
 
 def require_images_below(folder: Path, what: str) -> list[Path]:
@@ -232,12 +242,15 @@ class FolderDataset(SegmentationDataset):
         spec = load_classes(classes_yaml)
         mapping = spec.mapping
         masks = self._masks_by_name()
+        unread = self._unread_masks()
         samples = [
             SampleFiles(name, image, masks.pop(name, None), mapping)
             for name, image in _find_images(self.images_dir)
         ]
         orphans = sorted(masks.values())  # the masks no image took
         if self.masks_dir is not None and not allow_unlabeled:
+            if unread:
+                raise DataError(unread_masks_problem(unread, self.mask_suffix))
             self._check_every_mask_has_its_image(orphans)
             self._check_all_labeled(samples)
         super().__init__(
@@ -250,6 +263,7 @@ class FolderDataset(SegmentationDataset):
             mask_values=spec.mask_values,
         )
         self.masks_without_image = orphans
+        self.unread_masks = unread
 
     @classmethod
     def split(
@@ -296,6 +310,15 @@ class FolderDataset(SegmentationDataset):
                 )
             masks[name] = path
         return masks
+
+    def _unread_masks(self) -> list[Path]:
+        """The image files below masks_dir that do not end in `mask_suffix` (a.jpg beside
+        the .png masks): masks in a format not read, which would leave their images
+        without a mask, or the split unlabelled, in silence."""
+        if self.masks_dir is None or not self.masks_dir.is_dir():
+            return []
+        suffix = self.mask_suffix.lower()
+        return [p for p in images_below(self.masks_dir) if not p.name.lower().endswith(suffix)]
 
     def _check_every_mask_has_its_image(self, orphans: list[Path]) -> None:
         """DataError naming the masks no image matches: their images are missing, in a

@@ -49,7 +49,8 @@ class Survey:
     unlabeled: readable images without a mask (not counted in the class statistics);
     problems: the errors of the samples that could not be read and, in a split with masks,
     the images without one (each names its file); masks_without_image: the mask files no
-    image matches (`SegmentationDataset.masks_without_image`).
+    image matches (`SegmentationDataset.masks_without_image`); unread_masks: image files
+    among the masks that are not read (`SegmentationDataset.unread_masks`).
     """
 
     name: str
@@ -60,6 +61,7 @@ class Survey:
     class_images: np.ndarray = field(default_factory=lambda: np.zeros(ID_RANGE, np.int64))
     problems: list[str] = field(default_factory=list)
     masks_without_image: list[Path] = field(default_factory=list)
+    unread_masks: list[Path] = field(default_factory=list)
 
 
 def survey(dataset: SegmentationDataset, name: str, progress: bool = True) -> Survey:
@@ -85,6 +87,7 @@ def survey(dataset: SegmentationDataset, name: str, progress: bool = True) -> Su
         found.class_pixels += counts
         found.class_images += counts > 0
     found.masks_without_image = list(dataset.masks_without_image)
+    found.unread_masks = list(dataset.unread_masks)
     return found
 
 

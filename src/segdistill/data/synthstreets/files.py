@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from segdistill.atomic import atomic_write_text, remove_unfinished_writes
 from segdistill.data import shifts
-from segdistill.data.base import preview_list
 from segdistill.data.labels import (
     CLASS_NAMES,
     IGNORE_INDEX,
@@ -39,7 +38,7 @@ from segdistill.data.synthstreets.constants import (
 from segdistill.data.synthstreets.render import Frame, render
 from segdistill.data.synthstreets.sampling import sample_scene
 from segdistill.data.synthstreets.styles import DEFAULT_STYLE, NEWCITY_STYLE, Style
-from segdistill.errors import DataError
+from segdistill.errors import DataError, preview_list
 from segdistill.interrupts import ignore_ctrl_c
 from segdistill.output_paths import make_folder
 
