@@ -761,8 +761,10 @@ def test_cli_fits_saves_and_reuses_an_ood_detector(
     assert "--ood-fpr and --ood-aggregator" in capsys.readouterr().err
     assert main([*reuse, "--ood-detector", detector, "--size", "64x96"]) == 2
     assert detector in capsys.readouterr().err
-    assert main([*fit, "--ood-reference", folder, "--ood-fpr", "1"]) == 2
-    assert "false-alarm rate" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused when parsed
+        main([*fit, "--ood-reference", folder, "--ood-fpr", "1"])
+    assert exit_info.value.code == 2
+    assert "--ood-fpr: must be a share below 1" in capsys.readouterr().err
     assert main([*fit, "--ood-reference", str(tmp_path / "none")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     # An output folder inside the reference folder is not read as references on a rerun.
@@ -1242,3 +1244,23 @@ def test_an_ood_fpr_of_zero_flags_no_reference_image(tmp_path, student, ood_refe
     records = json.loads((out / "predict.json").read_text())["images"]
     assert len(records) == len(ood_reference)
     assert not any(record["ood"] for record in records)
+
+
+def test_only_the_first_notices_are_printed_and_all_are_kept(tmp_path, student, capsys) -> None:
+    """A folder of grey frames printed one notice per frame; the first PRINTED_NOTICES
+    are printed, then one line, and predict.json lists every notice."""
+    from segdistill.predict import PRINTED_NOTICES
+
+    frames = tmp_path / "frames"
+    count = PRINTED_NOTICES + 3
+    for k in range(count):
+        write_png(frames / f"{k:03d}.png", rgb(32, 32, seed=k)[..., 0])
+    out = tmp_path / "out"
+    summary = predict_files(load_predictor(student), find_images([frames]), out, progress=False)
+    err = capsys.readouterr().err
+    assert len(summary.notices) == count
+    assert err.count("grayscale image converted to RGB") == PRINTED_NOTICES
+    assert "further notices are not printed (predict.json lists them all" in err
+    assert f"{frames / f'{count - 1:03d}.png'}" not in err  # the last one: kept, not printed
+    document = json.loads((out / "predict.json").read_text())
+    assert document["notices"] == summary.notices

@@ -591,12 +591,21 @@ def _check_batch_size(batch_size: int) -> None:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
 
 
-def _notifier(notices: list[str]) -> Callable[[str], None]:
-    """A `notify` that prints a notice above the progress bar and keeps it in `notices`."""
+# Notices printed per run: a folder of 10 000 grey frames printed 10 000 lines.
+PRINTED_NOTICES = 5
+
+
+def _notifier(notices: list[str], rest: str) -> Callable[[str], None]:
+    """A `notify` that keeps every notice in `notices` and prints the first
+    PRINTED_NOTICES above the progress bar, then once that the others are not printed
+    (`rest`: where they are)."""
 
     def notify(notice: str) -> None:
         notices.append(notice)
-        tqdm.write(f"notice: {notice}", file=sys.stderr)
+        if len(notices) <= PRINTED_NOTICES:
+            tqdm.write(f"notice: {notice}", file=sys.stderr)
+        elif len(notices) == PRINTED_NOTICES + 1:
+            tqdm.write(f"notice: further notices are not printed ({rest})", file=sys.stderr)
 
     return notify
 
@@ -620,10 +629,10 @@ def score_images(
 ) -> list[float]:
     """The `aggregator` image score of each image file, as `predict_files` scores its
     images (the same padding, `size` and aggregation over the image's own pixels).
-    Conversion notices are printed."""
+    Conversion notices are printed, the first PRINTED_NOTICES of them."""
     _check_batch_size(batch_size)
     multiple = input_multiple(predictor.segmenters())
-    notify = _notifier([])  # printed only: predict.json lists the predicted images' notices
+    notify = _notifier([], "they are of the same kinds as those above")
     scores: list[float] = []
     with tqdm(total=len(paths), desc=desc, unit="image", disable=not progress) as bar:
         for batch in stop_on_ctrl_c(batches(paths, batch_size, multiple, size, notify)):
@@ -890,7 +899,7 @@ def predict_files(
         stored = classes.mapping if classes.mask_values is not None else None
     title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
     summary = PredictSummary()
-    notify = _notifier(summary.notices)
+    notify = _notifier(summary.notices, f"{SUMMARY_FILE} lists them all under notices")
     previous = previous_outputs(out)
     written: set[Path] = set()
     records = []
@@ -1036,6 +1045,7 @@ def predict_files(
         },
         "distrust_above": distrust_above,
         "skipped": summary.skipped,
+        "notices": summary.notices,
         "ood": None
         if ood is None
         else {

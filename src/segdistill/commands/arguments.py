@@ -60,6 +60,14 @@ def non_negative_float(text: str) -> float:
     return _finite_float(text, 0.0, inclusive=True)
 
 
+def share_below_one(text: str) -> float:
+    """argparse type: a share in [0, 1) (e.g. a false-alarm rate; 1 would flag everything)."""
+    value = non_negative_float(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a share below 1, not {text}")
+    return value
+
+
 def mc_sample_count(text: str) -> int:
     """argparse type: an integer >= 2 (one dropout pass has no spread)."""
     return _int_at_least(text, 2)

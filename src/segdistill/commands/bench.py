@@ -38,11 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_sources(parser, "sources", "SOURCE")
     parser.add_argument("--size", type=parse_size, required=True, metavar="HxW", help="input size")
     parser.add_argument(
-        "--batch", type=positive_int, default=1, help="batch size (default %(default)s)"
+        "--batch",
+        type=positive_int,
+        default=1,
+        metavar="B",
+        help="batch size (default %(default)s)",
     )
     parser.add_argument(
         "--repeats",
         type=positive_int,
+        metavar="N",
         default=25,
         help="timed calls per model (default %(default)s; 6 or more give each ratio a 95%% "
         "interval, and more narrow it)",
@@ -50,10 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--warmup",
         type=non_negative_int,
+        metavar="N",
         default=5,
         help="untimed calls per model first (default %(default)s)",
     )
-    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's)"
+    )
     add_device(parser)
     add_channels_last(parser)
     parser.add_argument(

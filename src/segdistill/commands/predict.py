@@ -35,6 +35,7 @@ from segdistill.commands.arguments import (
     parse_size,
     positive_float,
     positive_int,
+    share_below_one,
 )
 from segdistill.defaults import (
     AGGREGATORS,
@@ -108,6 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size",
         type=positive_int,
         default=1,
+        metavar="N",
         help="images per forward (default %(default)s)",
     )
     parser.add_argument(
@@ -126,6 +128,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--vmax",
         type=positive_float,
+        metavar="V",
         default=UNCERTAINTY_VMAX,
         help="top of the fixed heat-map colour scale 0..vmax (default %(default)s, the "
         "largest possible pred_std)",
@@ -155,9 +158,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ood.add_argument(
         "--ood-fpr",
-        type=float,
+        type=share_below_one,
         metavar="F",
-        help=f"share of the reference images the threshold may flag (default {DEFAULT_FPR})",
+        help=f"share of the reference images the threshold may flag, 0 <= F < 1 (default "
+        f"{DEFAULT_FPR})",
     )
     ood.add_argument(
         "--ood-aggregator",
@@ -245,7 +249,7 @@ def _ood_detector(args: argparse.Namespace, predictor: Predictor) -> ImageOODDet
 
 def run_predict(args: argparse.Namespace) -> int:
     from segdistill.data.folder import load_classes
-    from segdistill.predict import find_images, predict_files
+    from segdistill.predict import PRINTED_NOTICES, SUMMARY_FILE, find_images, predict_files
     from segdistill.predictor import check_class_count, default_device, load_predictor
 
     outputs = _outputs(args)
@@ -294,5 +298,10 @@ def run_predict(args: argparse.Namespace) -> int:
     if summary.skipped:
         print(f"{len(summary.skipped)} unreadable image(s) skipped (predict.json: skipped)")
     if summary.notices:
-        print(f"{len(summary.notices)} notice(s), listed above")
+        shown = (
+            "listed above"
+            if len(summary.notices) <= PRINTED_NOTICES
+            else (f"the first {PRINTED_NOTICES} printed above")
+        )
+        print(f"{len(summary.notices)} notice(s), {shown}; all in {SUMMARY_FILE} (notices)")
     return 0
