@@ -510,7 +510,8 @@ def test_a_decompression_bomb_header_is_a_data_error_naming_the_file(tmp_path):
     """A PNG header claiming 30000 x 30000 pixels: PIL refuses it before decoding."""
     path = write_png(tmp_path / "bomb.png", 30000, 30000, 8, 2, None)
     for read in (lambda: read_image(path), lambda: image_size(path)):
-        with pytest.raises(DataError, match="bomb.png: cannot read the image"):
+        # Not "corrupt or truncated": the file is fine, only too large for PIL's guard.
+        with pytest.raises(DataError, match="bomb.png: too large to read .*split it into tiles"):
             read()
 
 

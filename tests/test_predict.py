@@ -350,6 +350,24 @@ def test_unreadable_image_is_named(tmp_path, student) -> None:
         predict_files(load_predictor(student), [path], tmp_path / "out", progress=False)
 
 
+def test_a_folder_names_the_images_in_formats_it_is_not_searched_for(tmp_path, capsys) -> None:
+    """Frames saved as .bmp / .TIF beside .png ones were left out without a word, while a
+    .bmp given by name is read."""
+    frames = tmp_path / "frames"
+    png = write_png(frames / "000001.png", rgb(4, 4))
+    for name in ("000002.bmp", "sub/000003.BMP", "000004.TIF", "._000005.bmp"):
+        (frames / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb(4, 4)).save(
+            frames / name, format="BMP" if "bmp" in name.lower() else "TIFF"
+        )
+    assert find_images([frames]) == [InputImage(png, "000001")]
+    err = capsys.readouterr().err
+    # Hidden files (macOS `._` copies) are not counted.
+    assert f"{frames} also holds images that folders are not searched for (2 .bmp, 1 .tif;" in err
+    assert find_images([frames / "000002.bmp"]) == [InputImage(frames / "000002.bmp", "000002")]
+    assert "not searched for" not in capsys.readouterr().err
+
+
 def test_input_errors(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")

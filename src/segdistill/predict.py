@@ -81,6 +81,7 @@ import math
 import os
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -214,6 +215,7 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Inp
             )
         if path.is_dir():
             below = images_below(path)
+            _notice_other_formats(path)
             found = [file for file in below if not _inside(file, exclude)]
             earlier = _earlier_outputs(path, exclude)
             if earlier:  # an earlier run's --out inside the folder: its pictures, not inputs
@@ -257,6 +259,29 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Inp
             raise DataError(f"{path}: no such file or folder")
     check_output_names(images)
     return images
+
+
+# Image formats PIL reads that folders are not searched for (IMAGE_SUFFIXES are): a file
+# of them given by name is read.
+OTHER_IMAGE_SUFFIXES = (".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
+
+
+def _notice_other_formats(folder: Path) -> None:
+    """A notice naming the files below `folder` in OTHER_IMAGE_SUFFIXES, which a folder
+    search leaves out (a folder of .bmp frames beside .png ones lost them in silence)."""
+    other = Counter(
+        file.suffix.lower()
+        for file in folder.rglob("*")
+        if file.suffix.lower() in OTHER_IMAGE_SUFFIXES and file.is_file() and file.name[0] != "."
+    )
+    if other:
+        counts = ", ".join(f"{count} {suffix}" for suffix, count in sorted(other.items()))
+        searched = "/".join(IMAGE_SUFFIXES)
+        print(
+            f"notice: {folder} also holds images that folders are not searched for ({counts}; "
+            f"searched: {searched}): convert them, or give each file by name",
+            file=sys.stderr,
+        )
 
 
 def as_input_images(images: Sequence[InputImage | Path]) -> list[InputImage]:

@@ -162,7 +162,11 @@ def _open_image(
             return img
     except FileNotFoundError as exc:
         raise DataError(f"{path}: file not found") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's guard, from the header's size
+        raise DataError(
+            f"{path}: too large to read ({exc}); split it into tiles or downscale it"
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the image, corrupt or truncated ({exc})") from exc
 
 
