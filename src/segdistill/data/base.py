@@ -251,11 +251,19 @@ def _check_mask_mode(img: Image.Image, path: Path) -> None:
 
 
 def _check_mask_size(mask_size: tuple[int, int], files: SampleFiles, size: tuple[int, int]) -> None:
-    """Sizes as (H, W)."""
+    """Sizes as (H, W), upright."""
     if mask_size != size:
+        orientation = exif_orientation(_open_image(files.image, decode=False), files.image)
+        # The stored image has the mask's size: a mask drawn on the sideways pixels.
+        turned = (
+            f" (turned upright by its EXIF orientation {orientation}; stored "
+            f"{size[0]}x{size[1]}: its mask must be drawn upright, as viewers show the image)"
+            if orientation in _QUARTER_TURNS
+            else ""
+        )
         raise DataError(
             f"mask {files.label} is {mask_size[1]}x{mask_size[0]} (WxH) but image "
-            f"{files.image} is {size[1]}x{size[0]}"
+            f"{files.image} is {size[1]}x{size[0]}{turned}"
         )
 
 
