@@ -1791,3 +1791,23 @@ def test_training_images_smaller_than_the_crop_get_a_notice(
     # Images at least as large as the crop on both sides: nothing is said.
     training.notice_images_under_crop(samples, [(64, 128), (128, 256), (64, 130)], (64, 128))
     assert capsys.readouterr().out == ""
+
+
+def test_training_says_when_its_images_are_smaller_than_the_crop(
+    tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The notice reaches a training run: the tiny 32x48 images under a 64x64 crop. The
+    run is stopped right after the data checks (nothing needs training here)."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args: object, **kwargs: object) -> int:
+        raise Stop
+
+    monkeypatch.setattr(training, "batches_per_epoch", stop)
+    with pytest.raises(Stop):
+        training.train(tiny_config(tmp_path, data_root, ["data.crop_size=[64,64]"]))
+    out = capsys.readouterr().out
+    assert "8 of 8 training images are smaller than data.crop_size 64x64" in out
+    assert "--set data.crop_size=[32,48]" in out
