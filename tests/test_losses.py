@@ -422,3 +422,42 @@ def test_attention_and_affinity_products_ignore_autocast(rng):
     assert got_attention.dtype == got_affinity.dtype == torch.float32
     torch.testing.assert_close(got_attention, expected_attention)
     torch.testing.assert_close(got_affinity, expected_affinity)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cwd_of_half_precision_maps_is_the_kl_of_their_values(rng, dtype):
+    """CWD's softmax runs over all H * W positions of a channel: in bfloat16 its log
+    probabilities are off by ~0.03, which the teacher (taken to float32) does not share, so
+    the KL of two bf16 maps came out negative (-0.036 for the same map twice, -0.036 for
+    a true 0.0012). The expected value is the KL of the very values the half tensors hold."""
+    s = rng.normal(size=(2, 19, 32, 64)) * 3
+    t = s + rng.normal(size=s.shape) * 0.05
+    s_half = torch.tensor(s, dtype=torch.float32).to(dtype)
+    t_half = torch.tensor(t, dtype=torch.float32).to(dtype)
+    s_held, t_held = s_half.double().numpy(), t_half.double().numpy()
+    temperature = 4.0
+    b, c = s.shape[:2]
+    p = _softmax(t_held.reshape(b, c, -1) / temperature, axis=2)
+    q = _softmax(s_held.reshape(b, c, -1) / temperature, axis=2)
+    expected = temperature**2 * (p * np.log(p / q)).sum(axis=2).mean()
+    got = losses.cwd(s_half, t_half, temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-2)
+    assert losses.cwd(s_half, s_half, temperature).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_one_image_without_its_batch_axis_is_refused_not_misread(rng):
+    """[C, H, W] maps (a batch axis forgotten) were read as [B, C, H] ... : KD took its
+    softmax over the image rows, CWD its channels for images, RMSLE averaged the rows as
+    channels, each returning a plausible number. They must be refused, as other shapes."""
+    s = torch.tensor(rng.normal(size=(C, H, W)))
+    t = torch.tensor(rng.normal(size=(C, H, W)))
+    u, v = torch.rand(1, H, W, dtype=torch.float64), torch.rand(1, H, W, dtype=torch.float64)
+    for call in [
+        lambda: losses.kd(s, t, 2.0),
+        lambda: losses.cwd(s, t),
+        lambda: losses.ja_kd(s, t.softmax(0)),
+        lambda: losses.rmsle(u, v),
+        lambda: losses.uncertainty_mse(u, v),
+    ]:
+        with pytest.raises(ValueError, match=r"\[B, .*H, W\]"):
+            call()

@@ -656,3 +656,21 @@ def test_kd_defaults_to_t_2_on_every_pixel():
     log_q = _np_log_softmax(_np(student.logits) / 2.0)
     kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=1)
     assert out["kd/kl"].item() == pytest.approx(4.0 * kl.mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "kd", "options": {"temperature": float("nan")}},
+        {"name": "kd", "options": {"temperature": float("inf")}},
+        {"name": "cwd", "options": {"lambda_cwd": float("inf")}},
+        {"name": "holder", "options": {"beta": float("nan")}},
+        {"name": "kd", "weight": float("nan")},
+    ],
+)
+def test_non_finite_method_numbers_are_config_errors(spec):
+    """`options` is a free mapping, so the config's finite-number check does not reach it:
+    `{temperature: .nan}` was built and trained to a NaN loss (inf: NaN too), where every
+    other setting at inf or nan is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match=r"nan|inf"):
+        methods.build_methods([spec], num_classes=C)

@@ -734,3 +734,32 @@ def test_ece_with_many_classes_fills_the_lowest_confidence_bin() -> None:
     assert got["count"][0] == int(first.sum())
     assert got["accuracy"][0] == pytest.approx(correct[first].mean(), abs=1e-12)
     assert got["ece"] == pytest.approx(ece, abs=1e-6)
+
+
+def test_bfloat16_probabilities_are_probabilities() -> None:
+    """A bf16 softmax (a network run under bfloat16 autocast) sums to 1 only to within
+    bf16's resolution: with 19 classes some pixels' sums are 0.27 % off, and the 1e-3
+    tolerance refused the batch as "scores are not probabilities" (give the softmax...)
+    although it is the softmax. The pixel counts must be those of the bf16 argmax."""
+    gen = torch.Generator().manual_seed(0)
+    c = 19
+    logits = torch.randn(2, c, 32, 32, generator=gen) * 3
+    target = torch.randint(0, c, (2, 32, 32), generator=gen)
+    target[:, :4] = IGNORE
+    probs = logits.to(torch.bfloat16).softmax(dim=1)
+    evaluator = SegmentationEvaluator(c, inputs="probs")
+    evaluator.update(probs, None, target)
+    got = evaluator.compute()
+    pred = probs.float().argmax(dim=1).numpy()[target.numpy() != IGNORE]
+    labels = target.numpy()[target.numpy() != IGNORE]
+    assert got["num_pixels"] == labels.size
+    assert got["segmentation"]["pixel_accuracy"] == pytest.approx(np.mean(pred == labels))
+
+
+def test_one_image_without_its_batch_axis_is_refused_naming_the_shapes() -> None:
+    """One image's [C, H, W] scores and [H, W] target (a batch axis forgotten) failed with
+    Python's "not enough values to unpack (expected 4, got 3)"; the message should say
+    which shapes the evaluator takes, as it does for every other wrong shape."""
+    ev = SegmentationEvaluator(3, inputs="logits")
+    with pytest.raises(ValueError, match=r"expected scores \[B, 3, H, W\].*\(3, 4, 4\)"):
+        ev.update(torch.randn(3, 4, 4), None, torch.zeros(4, 4, dtype=torch.long))

@@ -38,12 +38,18 @@ def _masked_mean(values: Tensor, valid: Tensor | None) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def _same_shape(first: Tensor, second: Tensor, names: str) -> None:
+def _same_shape(first: Tensor, second: Tensor, names: str, maps: bool = True) -> None:
     """ValueError unless the two maps compared pixel by pixel have one shape (a [B, H, W]
-    against a [B, 1, H, W] map would broadcast to [B, B, H, W] and give a wrong number)."""
+    against a [B, 1, H, W] map would broadcast to [B, B, H, W] and give a wrong number)
+    and, for `maps`, are [B, C, H, W]: one image without its batch axis, [C, H, W], would
+    be read as a batch of C maps of H rows, and give a plausible wrong number."""
     if first.shape != second.shape:
         raise ValueError(
             f"{names} must have the same shape, not {list(first.shape)} and {list(second.shape)}"
+        )
+    if maps and first.dim() != 4:
+        raise ValueError(
+            f"{names} must be [B, C, H, W] maps (one image: image[None]), not {list(first.shape)}"
         )
 
 
@@ -196,7 +202,9 @@ def cwd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0
     """
     _same_shape(student_logits, teacher_logits, "student_logits and teacher_logits")
     b, c = student_logits.shape[:2]
-    log_q = F.log_softmax(student_logits.reshape(b, c, -1) / temperature, dim=2)
+    # Both sides in (at least) float32: a half-precision softmax over thousands of
+    # positions is off by ~0.03 in bfloat16, which made the KL of two maps negative.
+    log_q = F.log_softmax(_at_least_float32(student_logits).reshape(b, c, -1) / temperature, dim=2)
     log_p = F.log_softmax(_finite(teacher_logits).reshape(b, c, -1) / temperature, dim=2)
     kl = _kl_terms(log_p, log_q).sum(dim=2)  # [B, C]
     return temperature**2 * kl.mean()
@@ -249,7 +257,9 @@ def affinity_loss(student_features: Tensor, teacher_code: Tensor) -> Tensor:
     of the feature resolution.
     """
     student_affinity, teacher_affinity = affinity(student_features), affinity(teacher_code)
-    _same_shape(student_affinity, teacher_affinity, "the affinities of student and teacher")
+    _same_shape(
+        student_affinity, teacher_affinity, "the affinities of student and teacher", maps=False
+    )
     return F.mse_loss(student_affinity, teacher_affinity)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
@@ -39,6 +40,9 @@ def _number(method: str, key: str, value: Any, *, positive: bool = False) -> flo
     """`value` as a float, or a ConfigError naming the method option."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"method {method!r}: option {key}={value!r} must be a number")
+    if not math.isfinite(value):
+        # `options` is a free mapping: the config's own finiteness check does not reach it.
+        raise ConfigError(f"method {method!r}: option {key}={value!r} must be a finite number")
     if value < 0 or (positive and value == 0):
         bound = "> 0" if positive else ">= 0"
         raise ConfigError(f"method {method!r}: option {key}={value!r} must be {bound}")
