@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from segdistill.checkpoints import save_weights
 from segdistill.config import ModelConfig
@@ -299,9 +300,13 @@ def test_the_readmes_python_example_runs(tmp_path: Path, monkeypatch) -> None:
         save_model(demo / f"teacher/member_0{i}.safetensors", classes=19)
         members.append({"checkpoint": f"member_0{i}.safetensors"})
     (demo / "teacher" / "manifest.json").write_text(json.dumps({"members": members}))
+    photo = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.jpg")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
+    # The photo at its own size (not a multiple of 32): padded for the network, cropped back.
+    assert namespace["photo"].classes.shape == namespace["photo"].uncertainty.shape == (100, 150)
     assert namespace["prediction"].probs.shape == (2, 19, 128, 256)
     assert namespace["prediction"].uncertainty.shape == (2, 1, 128, 256)
     assert namespace["results"]["segmentation"]["miou"] is not None

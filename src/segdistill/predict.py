@@ -445,15 +445,19 @@ class ImagePrediction(NamedTuple):
 def predict_arrays(
     predictor: Predictor,
     images: Sequence[np.ndarray],
-    multiple: int,
+    multiple: int | None = None,
     size: tuple[int, int] | None = None,
 ) -> list[ImagePrediction]:
-    """uint8 [H, W, 3] images of one `network_size` -> an `ImagePrediction` per image, in
-    one `predict` call (see the module docstring).
+    """uint8 [H, W, 3] RGB images of one `network_size` -> an `ImagePrediction` per image,
+    in one `predict` call (see the module docstring): normalised, padded to `multiple`
+    (None: the predictor's `input_multiple`) or resized to `size`, as `segdistill predict`
+    runs them.
 
     Images of one network size are padded to it each on its own, so an image's result
     does not depend on the others in its batch (global pooling sees the same padding; an
     MC-dropout model predicts one image per call, `Predictor.predict`)."""
+    if multiple is None:
+        multiple = input_multiple(predictor.segmenters())
     sizes = {network_size(image.shape, multiple, size) for image in images}
     if len(sizes) != 1:
         raise ValueError(f"images of one batch must share a network size, got {sorted(sizes)}")
