@@ -546,7 +546,7 @@ def test_cli_bench_passes_its_settings_to_the_run(tmp_path, monkeypatch) -> None
     argv = [str(baseline), "--size", "32x64", "--batch", "2", "--repeats", "7"]
     assert main(["bench", *argv, "--warmup", "3", "--threads", "2", "--channels-last"]) == 0
     assert seen == {
-        "size": (32, 64), "batch": 2, "repeats": 7, "warmup": 3, "device": "cpu",
+        "size": (32, 64), "batch": 2, "repeats": 7, "warmup": 3, "device": None,
         "threads": 2, "channels_last": True,
     }  # fmt: skip
 
