@@ -644,7 +644,7 @@ def test_sample_figures_name_each_models_measure(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(figures, "sample_predictions", record)
-    monkeypatch.setattr(figures, "model_figures", lambda models: iter(()))
+    monkeypatch.setattr(figures, "model_figures", lambda models, slots: iter(()))
     samples = SampleSet("test", TRAIN_ID_COLORS, 255, names=["x"])
     samples.images = [np.zeros((8, 16, 3), np.uint8)]
     samples.labels = [np.zeros((8, 16), np.int64)]
@@ -652,7 +652,7 @@ def test_sample_figures_name_each_models_measure(
         samples.predictions[model["name"]] = [np.full((8, 16), k, np.uint8)]
         samples.uncertainty[model["name"]] = [np.full((8, 16), 0.1 * (k + 1), np.float32)]
     for model in setup["results"]["models"]:
-        written = _model_figures([model], [samples], tmp_path / model["name"])
+        written = _model_figures([model], [0], [samples], tmp_path / model["name"])
         assert written["samples_test"].is_file()
         assert drawn[-1]["predictions"] == samples.predictions[model["name"]]
         assert drawn[-1]["uncertainty"] == samples.uncertainty[model["name"]]
@@ -1216,7 +1216,7 @@ def test_the_sample_figure_shows_a_labelled_split(
     """Cityscapes' test masks are void: the sample figure is drawn from val, the split the
     summary shows, not from test, whose ground-truth column would be empty."""
     drawn: list[str] = []
-    monkeypatch.setattr(figures, "model_figures", lambda models: iter(()))
+    monkeypatch.setattr(figures, "model_figures", lambda models, slots: iter(()))
     monkeypatch.setattr(
         figures, "sample_predictions", lambda **kwargs: drawn.append(kwargs["title"])
     )
@@ -1235,13 +1235,13 @@ def test_the_sample_figure_shows_a_labelled_split(
         "class_names": ["road"],
         "splits": {"test": {"num_pixels": 0}, "val": {"num_pixels": 128}},
     }
-    written = _model_figures([model], sets, tmp_path)
+    written = _model_figures([model], [0], sets, tmp_path)
     assert set(written) == {"samples_val", "samples_sets"}
     assert written["samples_val"] == tmp_path / "samples_val.png"
     assert drawn[0] == "net: val images"
     # With test labelled (SynthStreets), test as before.
     model["splits"]["test"]["num_pixels"] = 128
-    assert set(_model_figures([model], sets, tmp_path)) == {"samples_test", "samples_sets"}
+    assert set(_model_figures([model], [0], sets, tmp_path)) == {"samples_test", "samples_sets"}
 
 
 def test_the_per_model_figures_show_a_split_with_labelled_pixels() -> None:
@@ -1624,7 +1624,7 @@ def test_the_samples_of_a_wide_image_are_subsampled_alike(
     save_run(tmp_path / "net", "scalar", classes=3)
     drawn: list[dict[str, Any]] = []
     monkeypatch.setattr(figures, "sample_predictions", lambda **kwargs: drawn.append(kwargs))
-    monkeypatch.setattr(figures, "model_figures", lambda models: iter(()))
+    monkeypatch.setattr(figures, "model_figures", lambda models, slots: iter(()))
     monkeypatch.setattr("segdistill.evaluate._save", lambda figure, path: path)
     evaluate(
         [tmp_path / "net"],
@@ -1818,3 +1818,174 @@ def test_an_out_folder_that_is_a_models_own_directory_is_refused(setup: dict[str
         with pytest.raises(ConfigError, match=rf"--out {out} is the directory of {out.name}"):
             evaluate([root / "ens", root / "dudes"], setup["data"], out_dir=out, progress=False)
     assert before and all(p.read_bytes() == data for p, data in before.items())
+
+
+# ----------------------------------------------------------------------------------------
+# Layout: what a reader sees (drawn as `figures.save` draws them)
+# ----------------------------------------------------------------------------------------
+
+# Names of the Cityscapes classes, as a 19-class model's metrics carry them.
+NINETEEN = [f"class {c}" for c in range(19)]
+
+
+def small_uncertainty_model() -> dict[str, Any]:
+    """A results.json model with the small numbers of an ensemble's pred_std and of an
+    untrained network's mIoU (tick labels such as 0.0075 and 0.0004 are wide), as the
+    demo's models have them."""
+    removed = [k / 10 for k in range(10)]
+    per_class = [0.0106 if c % 3 == 0 else None for c in range(19)]
+    edges = list(np.linspace(0.0, 1.0, 51))
+    counts = np.zeros((50, 50), np.int64)
+    counts[0, 20:24] = [10, 1_000, 100_000, 3]  # teacher bin 0, student 0.40-0.48
+    paired = {
+        "pearson": -0.064,
+        "hist2d": {
+            "teacher_edges": edges,
+            "student_edges": edges,
+            "correct": counts.tolist(),
+            "wrong": (counts * 2).tolist(),
+        },
+    }
+    return {
+        "name": "holder",
+        "kind": "student",
+        "uncertainty_source": "student head (per-class, predicted class)",
+        "class_names": NINETEEN,
+        "splits": {
+            "test": {
+                "num_pixels": 100,
+                "uncertainty": {
+                    "per_class_mean": per_class,
+                    "miou_vs_removed": {
+                        "removed_fraction": removed,
+                        "miou": list(np.linspace(0.0031, 0.0095, 10)),
+                        "iou": [[0.01] * 19 for _ in removed],
+                    },
+                },
+            }
+        },
+        "vs_teacher": {"teacher": "ensemble", "splits": {"test": {"paired": paired}}},
+        "ood": {
+            "reference": "test",
+            "aggregators": ["min"],
+            "sets": {"night": {"best_aggregator": "min", "by_aggregator": {"min": {}}}},
+            "image_scores": {
+                "test": {"min": [1e-6, 2e-6, 3e-6]},
+                "night": {"min": [4.2e-4, 2e-4, 3e-5]},
+            },
+        },
+    }
+
+
+def sample_figure_of_a_per_class_student() -> Any:
+    rng = np.random.default_rng(0)
+    return figures.sample_predictions(
+        ["frankfurt_000000_000019"],
+        [rng.integers(0, 256, (16, 32, 3), dtype=np.uint8)],
+        [rng.integers(0, 19, (16, 32))],
+        [rng.integers(0, 19, (16, 32))],
+        [rng.random((16, 32))],
+        title="holder: test images",
+        uncertainty_source="student head (per-class, predicted class)",
+        class_names=NINETEEN,
+    )
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        pytest.param(lambda m: figures.miou_vs_removed([m], "test"), id="miou_vs_removed"),
+        pytest.param(lambda m: figures.per_class_uncertainty([m], "test"), id="per_class"),
+        pytest.param(lambda m: figures.ood_score_distributions(m), id="ood_scores"),
+        pytest.param(lambda m: figures.teacher_student_hist2d([m], "test"), id="hist2d"),
+        pytest.param(lambda m: sample_figure_of_a_per_class_student(), id="samples"),
+        # A figure that fits: the check passes what is inside.
+        pytest.param(
+            lambda m: figures.reliability_diagram([curve_model("a", 0.05, 0.7, 0.2, False)]),
+            id="reliability",
+        ),
+    ],
+)
+def test_no_text_is_drawn_past_the_edge_of_the_figure(draw: Any) -> None:
+    """Axis labels, colour-bar labels and tick labels lie inside the canvas: figures have
+    fixed margins in inches (no layout engine), so a wide tick label (0.0075, 0.0004) or a
+    long measure name ("student head (per-class, predicted class)") pushed the y label of
+    miou_vs_removed, per_class_uncertainty and ood_scores past the left edge, the colour
+    bar's label of the sample figure past the right edge and the colour bars' ticks of
+    hist2d past the right and bottom edges: cut off in the PNG and the report."""
+    figure = draw(small_uncertainty_model())
+    saved = Image.open(io.BytesIO(figures.png_bytes(figure)))  # text as written
+    with figures.plain_text():
+        tight = figure.get_tightbbox(figure.canvas.get_renderer())
+    width, height = figure.get_size_inches()
+    # The saved picture holds the canvas and every drawn text (grown where text reaches
+    # past the margins): at least the union of the two, in pixels.
+    needed_width = (max(width, tight.x1) - min(0.0, tight.x0)) * figure.dpi
+    needed_height = (max(height, tight.y1) - min(0.0, tight.y0)) * figure.dpi
+    assert saved.width >= needed_width - 1 and saved.height >= needed_height - 1
+    # A figure whose text fits keeps its planned size.
+    fits = tight.x0 >= 0 and tight.y0 >= 0 and tight.x1 <= width and tight.y1 <= height
+    if fits:
+        assert abs(saved.width - width * figure.dpi) <= 1
+        assert abs(saved.height - height * figure.dpi) <= 1
+
+
+def test_hist2d_colour_bars_label_their_ticks_with_numbers() -> None:
+    """The log colour bars' ticks are drawn as numbers (10, 100, 10^3), not as the source of
+    a formula: `figures.save` draws every text as written (parse_math off), and
+    LogFormatterSciNotation's labels then read "$\\mathdefault{10^{2}}$" in the PNG."""
+    figure = figures.teacher_student_hist2d([small_uncertainty_model()], "test")
+    figures.png_bytes(figure)
+    bars = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 2
+    labels = [text for ax in bars for text in ax.yaxis.get_ticklabels() if text.get_text()]
+    assert labels
+    raw = [t.get_text() for t in labels if "$" in t.get_text() and not t.get_parse_math()]
+    assert raw == []
+    # Every teacher value lies in the first of its 50 bins: one column, said on each panel.
+    # The student's spread over 4 bins is shown, so nothing is said of it.
+    notes = [t.get_text() for ax in figure.axes for t in ax.texts]
+    assert notes == ["teacher: all values in [0, 0.02)"] * 2
+
+
+def test_a_model_keeps_its_colour_in_its_own_figures(
+    setup: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model is drawn in one colour in the comparison figures and in its own figures
+    (figures/<model>/reliability.png: the teacher's curve beside its own). Colours went
+    by position in the figure, so with a teacher, a baseline and a student the student
+    was green in the comparison figures and orange in its own, where orange is the
+    baseline's colour everywhere else: three models were orange in one evaluation."""
+    for name in ("ens", "dudes"):
+        shutil.copytree(
+            setup["root"] / name,
+            tmp_path / name,
+            ignore=shutil.ignore_patterns(METRICS_FILE, "figures"),
+        )
+    colours: dict[str, dict[str, str]] = {}  # figure file -> model name -> line colour
+
+    def record(figure: Any, path: Path) -> Path:
+        if path.name == "reliability.png":
+            (ax,) = figure.axes
+            labels = [t.get_text().split()[0] for t in ax.get_legend().get_texts()][1:]
+            lines = [to_hex(line.get_color()) for line in ax.get_lines()[1:]]
+            colours[str(path.relative_to(tmp_path / "out"))] = dict(zip(labels, lines))
+        return path
+
+    monkeypatch.setattr("segdistill.evaluate._save", record)
+    evaluate(
+        [tmp_path / "ens", tmp_path / "ens" / "member_0", tmp_path / "dudes"],
+        setup["data"],
+        splits=["test"],
+        max_images=1,
+        out_dir=tmp_path / "out",
+        num_samples=1,
+        progress=False,
+        device="cpu",
+        write_homes=False,
+    )
+    comparison = colours.pop("figures/reliability.png")
+    assert len(comparison) == 3 and len(set(comparison.values())) == 3
+    assert colours  # the models' own figures
+    for own in colours.values():
+        assert own == {name: comparison[name] for name in own}

@@ -1282,3 +1282,42 @@ def test_only_the_first_notices_are_printed_and_all_are_kept(tmp_path, student, 
     assert f"{frames / f'{count - 1:03d}.png'}" not in err  # the last one: kept, not printed
     document = json.loads((out / "predict.json").read_text())
     assert document["notices"] == summary.notices
+
+
+def test_ood_figure_legend_hides_no_bar() -> None:
+    """The legend of ood_scores.png covers no bar of either histogram. The demo's DUDES
+    student (4 reference images, 12 predicted, scores 0.433-0.445) had bars across the
+    whole width; the legend, placed by matplotlib's "best" inside the axes, sat on them."""
+    reference = [0.4377, 0.4405, 0.4407, 0.4444]
+    predicted = [0.4328, 0.4335, 0.4338, 0.4357, 0.438, 0.4385]
+    predicted += [0.439, 0.4392, 0.4388, 0.4423, 0.4432, 0.4382]
+    figure = figures.ood_flags(reference, predicted, 0.4445, "mean", "dudes")
+    ax = figure.axes[0]
+    figures.png_bytes(figure)
+    legend = ax.get_legend().get_window_extent()
+    covered = []
+    for patch in ax.patches:  # one StepPatch per histogram
+        heights, edges, _ = patch.get_data()
+        for low, high, height in zip(edges[:-1], edges[1:], heights):
+            if height <= 0:
+                continue
+            (x0, y0), (x1, y1) = ax.transData.transform([(low, 0.0), (high, height)])
+            if x0 < legend.x1 and legend.x0 < x1 and y0 < legend.y1 and legend.y0 < y1:
+                covered.append((float(low), float(height)))
+    assert covered == []
+
+
+def test_panel_colour_bar_says_what_it_measures(tmp_path, monkeypatch) -> None:
+    """panel/NAME.png's colour bar is labelled (what the heat map measures, on the fixed
+    scale 0..vmax), as the sample figures of `segdistill evaluate` label theirs; an
+    unlabelled bar left the reader to guess whether the colours are a per-image stretch."""
+    from segdistill.predict import draw_panel
+
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda figure, path, dpi=None: drawn.append(figure))
+    picture = rgb(16, 32)
+    draw_panel(tmp_path / "p.png", "a", [("image", picture)], np.zeros((16, 32)), vmax=0.5)
+    (figure,) = drawn
+    (bar,) = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    label = bar.get_ylabel() or bar.get_xlabel()
+    assert "0.5" in label

@@ -765,6 +765,8 @@ def _write(
     files = []
     for predictor, model in zip(predictors, models):
         shown = [teacher, model] if teacher is not None and model is not teacher else [model]
+        # Each model in the colour of its place among all: as in the comparison figures.
+        slots = [next(i for i, m in enumerate(models) if m is one) for one in shown]
         drawn: dict[str, Path] = {}
         if make_figures:
             home = predictor.home if write_homes else None
@@ -773,7 +775,7 @@ def _write(
             else:
                 assert out is not None  # evaluate() refuses such a model without an out_dir
                 folder = out / FIGURES_DIR / model["name"]
-            drawn = _model_figures(shown, samples, folder)
+            drawn = _model_figures(shown, slots, samples, folder)
         if write_homes and predictor.home is not None:
             relative = {k: str(p.relative_to(predictor.home)) for k, p in drawn.items()}
             write_json(predictor.home / METRICS_FILE, {**model, "figures": relative})
@@ -820,9 +822,10 @@ def _sample_rows(sample_sets: Sequence[SampleSet], name: str, first_only: bool) 
 
 
 def _model_figures(
-    shown: list[dict[str, Any]], samples: list[SampleSet], folder: Path
+    shown: list[dict[str, Any]], slots: list[int], samples: list[SampleSet], folder: Path
 ) -> dict[str, Path]:
-    """One model's figures (the teacher's curves beside its own, when given), the sample
+    """One model's figures (the teacher's curves beside its own, when given, in the
+    colours of their `slots` among all the models), the sample
     predictions of its `summary_split` ("samples_<split>", e.g. "samples_test"; on
     Cityscapes "samples_val", as its test masks are all void) and the first image of every
     set ("samples_sets": the same scene under each shift), saved in `folder`. The sample
@@ -830,7 +833,7 @@ def _model_figures(
     every model, and named by the model's uncertainty measure."""
     model = shown[-1]
     name = model["name"]
-    written = _save_all(figures.model_figures(shown), folder)
+    written = _save_all(figures.model_figures(shown, slots), folder)
     sets = [s for s in samples if s.names]
     if not sets:
         return written

@@ -47,6 +47,8 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.text import Text
+from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.transforms import Bbox
 
 from segdistill.atomic import atomic_write
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
@@ -77,10 +79,23 @@ _HATCHES = ("", "//", "..", "xx")
 # distribution): blue and vermillion, told apart with any colour vision (red / green is not).
 GOOD_COLOR, BAD_COLOR = "#0072B2", "#D55E00"
 _DPI = 110
+# Inches of room kept around text that reached past a figure's planned margins.
+_TEXT_PAD = 0.06
 # Sample figures hold photographs, which PNG hardly compresses: at 90 dpi their PNGs are
 # a third smaller than at _DPI (about 0.65 MB for 8 rows; they were most of a report's
 # size), and a 2.2-inch panel (~200 px) still shows a demo image (256 px wide) nearly whole.
 SAMPLE_DPI = 90
+
+
+def _slots(models: Sequence[Model], slots: Sequence[int] | None) -> list[int]:
+    """Each model's colour and style index: `slots` (its place among all the models of an
+    evaluation, so that a model keeps its colour in the figures of a few of them), or its
+    place in `models`."""
+    if slots is None:
+        return list(range(len(models)))
+    if len(slots) != len(models):
+        raise ValueError(f"{len(models)} models but {len(slots)} slots")
+    return list(slots)
 
 
 def model_color(index: int) -> str:
@@ -159,11 +174,34 @@ def plain_text() -> AbstractContextManager:
 
 def _render(figure: Figure, file: Any, image_format: str, dpi: float | None) -> None:
     """savefig with every text of the figure as plain text (`plain_text`): those made so
-    far are switched over, and the tick labels made while drawing follow the setting."""
+    far are switched over, and the tick labels made while drawing follow the setting.
+
+    The margins are fixed in inches, and text from the data (a long measure or class
+    name, wide tick labels such as 0.0075) can reach past them: the saved picture then
+    grows on that side to hold it, so nothing is cut off; the planned margins are never
+    cropped."""
     with plain_text():
         for text in figure.findobj(Text):
             text.set_parse_math(False)
-        figure.savefig(file, format=image_format, dpi=dpi or "figure")
+        figure.savefig(file, format=image_format, dpi=dpi or "figure", bbox_inches=_grown(figure))
+
+
+def _grown(figure: Figure) -> Bbox | None:
+    """The figure's canvas (inches) grown on each side that drawn text reaches past, with
+    a small pad there; None when everything lies inside."""
+    canvas = figure.canvas
+    if not isinstance(canvas, FigureCanvasAgg):  # a figure not made by new_figure
+        canvas = FigureCanvasAgg(figure)
+    drawn = figure.get_tightbbox(canvas.get_renderer())
+    width, height = figure.get_size_inches()
+    if drawn is None:
+        return None
+    pad = _TEXT_PAD
+    x0, y0 = min(0.0, drawn.x0 - pad), min(0.0, drawn.y0 - pad)
+    x1, y1 = max(width, drawn.x1 + pad), max(height, drawn.y1 + pad)
+    # Text just inside the edge (within the pad) needs no growth.
+    inside = drawn.x0 >= 0 and drawn.y0 >= 0 and drawn.x1 <= width and drawn.y1 <= height
+    return None if inside else Bbox.from_extents(x0, y0, x1, y1)
 
 
 def save(figure: Figure, path: str | Path, dpi: float | None = None) -> None:
@@ -251,17 +289,20 @@ def _legend_outside(ax: Any) -> None:
     )
 
 
-def _note_coarse(ax: Any, edges: np.ndarray, *histograms: Sequence[float]) -> None:
+def _note_coarse(
+    ax: Any, edges: np.ndarray, *histograms: Sequence[float], what: str = "", y: float = 0.5
+) -> None:
     """Say so when all values fall into one plotted bin (a map near 0 everywhere): the
-    histogram then shows a single bar and hides their spread."""
+    histogram then shows a single bar (or column) and hides their spread. what: whose
+    values ("teacher: "), y: where on the axes, for two notes on one."""
     total = np.sum([np.asarray(h, dtype=np.float64) for h in histograms], axis=0)
     occupied = np.flatnonzero(total)
     if occupied.size == 1:
         k = occupied[0]
         ax.text(
             0.5,
-            0.5,
-            f"all values in [{edges[k]:.3g}, {edges[k + 1]:.3g})",
+            y,
+            f"{what}all values in [{edges[k]:.3g}, {edges[k + 1]:.3g})",
             transform=ax.transAxes,
             ha="center",
             fontsize=9,
@@ -269,16 +310,18 @@ def _note_coarse(ax: Any, edges: np.ndarray, *histograms: Sequence[float]) -> No
         )
 
 
-def reliability_diagram(models: Sequence[Model], split: str | None = None) -> Figure:
+def reliability_diagram(
+    models: Sequence[Model], split: str | None = None, slots: Sequence[int] | None = None
+) -> Figure:
     """Accuracy vs mean confidence of each non-empty ECE bin; the diagonal is perfect
-    calibration. Legend: ECE per model."""
+    calibration. Legend: ECE per model. slots: each model's colour (`_slots`)."""
     split = pick_split(models, split)
     calibrations = [model["splits"][split]["calibration"] for model in models]
     labels = [f"{_label(m)}  ECE {_fmt(c['ece'], 4)}" for m, c in zip(models, calibrations)]
     reference = "perfect calibration"
     figure, (ax,) = axes_grid(1, 1, (4.4, 3.6), right=legend_margin([reference, *labels]))
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label=reference)
-    for i, (calibration, label) in enumerate(zip(calibrations, labels)):
+    for i, calibration, label in zip(_slots(models, slots), calibrations, labels):
         conf, acc = _values(calibration["confidence"]), _values(calibration["accuracy"])
         keep = ~np.isnan(conf)
         ax.plot(conf[keep], acc[keep], markersize=4, label=label, **model_line(i))
@@ -289,9 +332,12 @@ def reliability_diagram(models: Sequence[Model], split: str | None = None) -> Fi
     return figure
 
 
-def misclassification_roc(models: Sequence[Model], split: str | None = None) -> Figure:
+def misclassification_roc(
+    models: Sequence[Model], split: str | None = None, slots: Sequence[int] | None = None
+) -> Figure:
     """ROC of detecting wrong pixels by thresholding the uncertainty (wrong = positive),
-    drawn from the stored histograms; the legend gives the AUROC of the fine histograms."""
+    drawn from the stored histograms; the legend gives the AUROC of the fine histograms.
+    slots: each model's colour (`_slots`)."""
     split = pick_split(models, split)
     uncertainties = [model["splits"][split]["uncertainty"] for model in models]
     labels = [
@@ -300,7 +346,7 @@ def misclassification_roc(models: Sequence[Model], split: str | None = None) -> 
     ]
     figure, (ax,) = axes_grid(1, 1, (4.4, 3.6), right=legend_margin(["chance", *labels]))
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance")
-    for i, (unc, label) in enumerate(zip(uncertainties, labels)):
+    for i, unc, label in zip(_slots(models, slots), uncertainties, labels):
         hist = unc["histograms"]
         fpr, tpr = roc_curve(np.asarray(hist["wrong"]), np.asarray(hist["correct"]))
         ax.plot(fpr, tpr, label=label, **model_line(i, marker=False))
@@ -351,18 +397,21 @@ def classes_present(curve: dict[str, Any]) -> list[int]:
     return [sum(value is not None for value in row) for row in curve["iou"]]
 
 
-def miou_vs_removed(models: Sequence[Model], split: str | None = None) -> Figure:
+def miou_vs_removed(
+    models: Sequence[Model], split: str | None = None, slots: Sequence[int] | None = None
+) -> Figure:
     """mIoU of the pixels kept after removing the given share of the most uncertain
     pixels of the data set (DUDES Fig. 4); rising curves mean useful uncertainty.
 
     The mean is over the classes present in the kept pixels (nanmean, as DUDES), so at a
     high share removed a curve may jump because classes left the mean: each point where
-    fewer than all classes are averaged is labelled "n/C"."""
+    fewer than all classes are averaged is labelled "n/C". slots: each model's colour
+    (`_slots`)."""
     split = pick_split(models, split)
     labels = [_label(m) for m in models]
     figure, (ax,) = axes_grid(1, 1, (4.4, 3.4), bottom=0.95, right=legend_margin(labels))
     fewer = False
-    for i, (model, label) in enumerate(zip(models, labels)):
+    for i, model, label in zip(_slots(models, slots), models, labels):
         curve = model["splits"][split]["uncertainty"]["miou_vs_removed"]
         removed, miou = 100 * np.asarray(curve["removed_fraction"]), _values(curve["miou"])
         ax.plot(removed, miou, markersize=4, label=label, **model_line(i))
@@ -446,7 +495,14 @@ def teacher_student_hist2d(models: Sequence[Model], split: str | None = None) ->
                     cmap=cmap,
                     norm=LogNorm(vmin=1, vmax=max(counts.max(), 2)),
                 )
-                figure.colorbar(mesh, ax=ax, label="pixels")
+                colorbar = figure.colorbar(mesh, ax=ax, label="pixels")
+                # Numbers, not LogFormatterSciNotation's mathtext, which text drawn as
+                # written (`plain_text`) showed as "$\\mathdefault{10^{2}}$".
+                colorbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                colorbar.ax.yaxis.set_minor_formatter(NullFormatter())
+            # An ensemble's small pred_std can lie in the first teacher bin: one column.
+            _note_coarse(ax, t_edges, counts.sum(axis=1), what="teacher: ", y=0.6)
+            _note_coarse(ax, s_edges, counts.sum(axis=0), what="student: ", y=0.4)
             limit = max(t_max, s_max)
             ax.plot([0, limit], [0, limit], color="0.4", linestyle="--", linewidth=0.8)
             ax.set(xlim=(t_edges[0], t_max), ylim=(s_edges[0], s_max))
@@ -496,12 +552,14 @@ def _per_class_bars(
     labels: Sequence[str],
     ylabel: str,
     title: str,
+    slots: Sequence[int] | None,
 ) -> Figure:
     """Grouped bars, one group per class and one bar per model; `per_model[i]` holds model
-    i's value of each class (None: no bar), `labels[i]` its legend entry."""
+    i's value of each class (None: no bar), `labels[i]` its legend entry, `slots` the
+    models' colours (`_slots`)."""
     names = models[0]["class_names"]
     figure, ax, x = _grouped_bars(
-        len(names), per_model, labels, range(len(models)), 0.12, 6.0, 0.85
+        len(names), per_model, labels, _slots(models, slots), 0.12, 6.0, 0.85
     )
     ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
@@ -510,7 +568,9 @@ def _per_class_bars(
     return figure
 
 
-def per_class_uncertainty(models: Sequence[Model], split: str | None = None) -> Figure:
+def per_class_uncertainty(
+    models: Sequence[Model], split: str | None = None, slots: Sequence[int] | None = None
+) -> Figure:
     """Grouped bars: mean uncertainty of the pixels predicted as each class, per model
     (DUDES Table 2). A class no pixel was predicted as has no bar. Each model's values
     are in its own uncertainty measure, which its legend entry names."""
@@ -519,11 +579,14 @@ def per_class_uncertainty(models: Sequence[Model], split: str | None = None) -> 
     labels = [_measure_label(m) for m in models]
     title = f"Mean uncertainty per predicted class ({split})"
     ylabel = "mean uncertainty\n(each model's measure)"
-    return _per_class_bars(models, per_model, labels, ylabel, title)
+    return _per_class_bars(models, per_model, labels, ylabel, title, slots)
 
 
 def iou_after_removal(
-    models: Sequence[Model], split: str | None = None, fraction: float = 0.5
+    models: Sequence[Model],
+    split: str | None = None,
+    fraction: float = 0.5,
+    slots: Sequence[int] | None = None,
 ) -> Figure | None:
     """Grouped bars: IoU of each class on the pixels kept after removing the `fraction`
     most uncertain ones (the point of `miou_vs_removed` at that fraction). A model whose
@@ -539,7 +602,7 @@ def iou_after_removal(
         per_model.append(curve["iou"][point])
     title = f"IoU per class, {100 * fraction:.0f} % most uncertain pixels removed ({split})"
     labels = [_label(m) for m in models]
-    return _per_class_bars(models, per_model, labels, "IoU of the kept pixels", title)
+    return _per_class_bars(models, per_model, labels, "IoU of the kept pixels", title, slots)
 
 
 def set_reference(ood: dict[str, Any], name: str) -> str:
@@ -623,21 +686,23 @@ def ood_flags(
     both = np.concatenate([reference, predicted, [threshold]])
     low, high = float(both.min()), float(both.max())
     edges = np.linspace(low, high if high > low else low + 1.0, 31)
-    figure, (ax,) = axes_grid(1, 1, (5.6, 2.8))
     flagged = int(np.count_nonzero(predicted > threshold))
     groups = (
         (reference, GOOD_COLOR, f"reference ({reference.size} images, in-distribution)"),
         (predicted, BAD_COLOR, f"predicted ({flagged} of {predicted.size} flagged)"),
     )
+    threshold_label = f"threshold {threshold:.4g}"
+    labels = [label for _, _, label in groups] + [threshold_label]
+    figure, (ax,) = axes_grid(1, 1, (5.6, 2.8), right=legend_margin(labels))
     for values, color, label in groups:
         counts, _ = np.histogram(values, edges)
         share = counts / max(values.size, 1)
         ax.stairs(share, edges, color=color, fill=True, alpha=0.45, label=label)
-    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.axvline(threshold, color="black", linestyle="--", label=threshold_label)
     ax.set_xlabel(f"image score: {AGGREGATOR_LABELS.get(aggregator, aggregator)} uncertainty")
     ax.set_ylabel("share of images")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    _legend_outside(ax)  # inside, it sat on the bars of close score histograms
     return figure
 
 
@@ -837,18 +902,21 @@ def _draw(
             yield name, figure
 
 
-def model_figures(models: Sequence[Model]) -> Iterator[tuple[str, Figure]]:
+def model_figures(
+    models: Sequence[Model], slots: Sequence[int] | None = None
+) -> Iterator[tuple[str, Figure]]:
     """(file name, figure) of one model's figures; `models` is [model] or [teacher,
-    model], the teacher's curves drawn beside the model's."""
+    model], the teacher's curves drawn beside the model's; slots: their colours, their
+    places among the models of the comparison figures (`_slots`)."""
     subject = models[-1]
     return _draw(
         [
-            ("reliability", lambda: reliability_diagram(models)),
-            ("misclassification_roc", lambda: misclassification_roc(models)),
+            ("reliability", lambda: reliability_diagram(models, slots=slots)),
+            ("misclassification_roc", lambda: misclassification_roc(models, slots=slots)),
             ("uncertainty_histograms", lambda: uncertainty_histograms(models)),
-            ("miou_vs_removed", lambda: miou_vs_removed(models)),
-            ("iou_after_removal", lambda: iou_after_removal(models)),
-            ("per_class_uncertainty", lambda: per_class_uncertainty(models)),
+            ("miou_vs_removed", lambda: miou_vs_removed(models, slots=slots)),
+            ("iou_after_removal", lambda: iou_after_removal(models, slots=slots)),
+            ("per_class_uncertainty", lambda: per_class_uncertainty(models, slots=slots)),
             ("teacher_student_hist2d", lambda: teacher_student_hist2d([subject])),
             ("ood_roc", lambda: ood_roc_curves(subject)),
             ("ood_scores", lambda: ood_score_distributions(subject)),

@@ -578,7 +578,9 @@ def draw_panel(
             ax.set_title(caption, fontsize=9)
         shown = axes[-1].imshow(uncertainty, cmap=UNCERTAINTY_COLORMAP, vmin=0.0, vmax=vmax)
         axes[-1].set_title("uncertainty", fontsize=9)
-        figure.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.02)
+        bar = figure.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.02, extend="max")
+        # The one scale of every image (not stretched per image): comparable across them.
+        bar.set_label(f"fixed scale 0 to {vmax:g}, higher saturates", fontsize=8)
         for ax in axes:
             ax.set_xticks([])
             ax.set_yticks([])
