@@ -677,6 +677,13 @@ def test_miou_vs_removed_says_how_many_classes_a_point_averages(setup: dict[str,
     ]
     assert "mean over the classes present" in ax.get_ylabel()
     assert any(t.get_text().startswith("n/C: only n of the C classes") for t in ax.texts)
+    # A class the set lacks altogether (absent at 0 % removed too) counts at no point: C is
+    # 18 and only the last point is labelled, not every one "18/19".
+    for row in curve["iou"]:
+        row[18] = None
+    (ax,) = figures.miou_vs_removed([model], "test").axes
+    marks = [t for t in ax.texts if "/" in t.get_text() and not t.get_text().startswith("n/C")]
+    assert [m.get_text() for m in marks] == ["8/18"]
 
 
 def test_hist2d_titles_say_r_is_over_all_pixels(setup: dict[str, Any]) -> None:
@@ -1723,6 +1730,9 @@ def test_the_anomaly_and_ood_roc_figures_name_each_metric_with_its_own_value() -
     (ax,) = [a for a in roc.axes if a.get_title()]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mean 0.800", "max 0.600"]
     assert ax.get_legend().get_title().get_text() == "AUROC"
+    # One model's aggregators, not models: none is drawn in a model's colour.
+    drawn = {to_hex(line.get_color()) for line in ax.get_lines()[1:]}
+    assert len(drawn) == 2 and not drawn & {figures.model_color(i).lower() for i in range(8)}
     model["anomaly"] = {
         "split": "anomaly",
         "ap": 0.25,

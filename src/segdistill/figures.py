@@ -405,8 +405,9 @@ def miou_vs_removed(
 
     The mean is over the classes present in the kept pixels (nanmean, as DUDES), so at a
     high share removed a curve may jump because classes left the mean: each point where
-    fewer than all classes are averaged is labelled "n/C". slots: each model's colour
-    (`_slots`)."""
+    fewer classes are averaged than at 0 % removed (C: the classes in the evaluated
+    pixels, which a small set may not all hold) is labelled "n/C". slots: each model's
+    colour (`_slots`)."""
     split = pick_split(models, split)
     labels = [_label(m) for m in models]
     figure, (ax,) = axes_grid(1, 1, (4.4, 3.4), bottom=0.95, right=legend_margin(labels))
@@ -415,8 +416,10 @@ def miou_vs_removed(
         curve = model["splits"][split]["uncertainty"]["miou_vs_removed"]
         removed, miou = 100 * np.asarray(curve["removed_fraction"]), _values(curve["miou"])
         ax.plot(removed, miou, markersize=4, label=label, **model_line(i))
-        total = len(model["class_names"])
-        for x, y, count in zip(removed, miou, classes_present(curve)):
+        present = classes_present(curve)
+        # At 0 % removed: a class absent from the set would label every point otherwise.
+        total = present[0]
+        for x, y, count in zip(removed, miou, present):
             if count < total and not np.isnan(y):
                 fewer = True
                 ax.annotate(
@@ -621,18 +624,25 @@ def ood_roc_curves(model: Model) -> Figure | None:
     figure, axes = axes_grid(len(ood["sets"]), 4, (2.9, 2.7), top=0.75, wgap=0.6)
     for ax, (name, result) in zip(axes, ood["sets"].items()):
         ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1)
-        for j, (agg, metrics) in enumerate(result["by_aggregator"].items()):
+        aggregators = result["by_aggregator"]
+        # Not the models' palette: these are one model's aggregators, not other models.
+        colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.85, len(aggregators)))
+        for color, (agg, metrics) in zip(colors, aggregators.items()):
             best = agg == result["best_aggregator"]
             ax.plot(
                 metrics["roc"]["fpr"],
                 metrics["roc"]["tpr"],
-                color=model_color(j),
+                color=color,
                 linewidth=2.2 if best else 1.1,
                 label=f"{AGGREGATOR_LABELS.get(agg, agg)} {_fmt(metrics['auroc'])}",
             )
-        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="FPR", ylabel="TPR")
+        # A little room past 0 and 1: a curve along an edge stays visible over the frame.
+        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+        ax.set_xlabel("false positive rate", fontsize=8)
+        ax.set_ylabel("true positive rate", fontsize=8)
         ax.set_title(f"{set_reference(ood, name)} vs {name}", fontsize=10)
-        ax.legend(fontsize=7, loc="lower right", title="AUROC", title_fontsize=7)
+        # "best": where the curves are not (below chance too, unlike a fixed corner).
+        ax.legend(fontsize=7, loc="best", title="AUROC", title_fontsize=7)
     figure.suptitle(f"{model['name']}: image-level OOD detection by aggregator")
     return figure
 
