@@ -1999,3 +1999,37 @@ def test_a_model_keeps_its_colour_in_its_own_figures(
     assert colours  # the models' own figures
     for own in colours.values():
         assert own == {name: comparison[name] for name in own}
+
+
+def test_per_class_uncertainty_draws_each_scale_of_uncertainty_on_its_own_axis() -> None:
+    """An ensemble's pred_std (about 0.05) and a baseline's 1 - max softmax (about 0.9) on
+    one y axis left the ensemble's bars invisible. The std-like measures (the teacher's
+    and the heads trained on it) share a panel, Table 2's comparison; the softmax one has
+    its own, and every model keeps its colour."""
+
+    def model(name: str, source: str, value: float) -> dict[str, Any]:
+        per_class = [value, None, value / 2]
+        return {
+            "name": name,
+            "kind": "student",
+            "uncertainty_source": source,
+            "class_names": ["a", "b", "c"],
+            "splits": {"test": {"num_pixels": 1, "uncertainty": {"per_class_mean": per_class}}},
+        }
+
+    models = [
+        model("ensemble", "ensemble pred_std", 0.05),
+        model("baseline", "1 - max softmax", 0.9),
+        model("dudes", "student head (scalar)", 0.04),
+    ]
+    figure = figures.per_class_uncertainty(models, "test")
+    panels = [ax for ax in figure.axes if ax.get_legend() is not None]
+    legends = [[t.get_text().split()[0] for t in ax.get_legend().get_texts()] for ax in panels]
+    assert legends == [["ensemble", "dudes"], ["baseline"]]
+    assert "pred_std" in panels[0].get_ylabel() and "1 - max softmax" in panels[1].get_ylabel()
+    assert panels[0].get_ylim()[1] < 0.1  # the std panel is scaled to the std values
+    heights = {round(p.get_height(), 6) for p in panels[0].patches if not np.isnan(p.get_height())}
+    assert heights == {0.05, 0.025, 0.04, 0.02}
+    # Colours as in the comparison's order: the baseline is the second model, dudes the third.
+    colours = [to_hex(ax.patches[0].get_facecolor()) for ax in panels]
+    assert colours == [figures.model_color(0).lower(), figures.model_color(1).lower()]

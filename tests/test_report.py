@@ -913,3 +913,27 @@ def test_a_damaged_metrics_file_is_a_one_line_error_naming_it(
     assert main(["report", str(damaged), "--out", str(tmp_path / "r.html")]) == 2
     assert str(damaged) in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_the_paper_tables_numbers_are_right_aligned_as_in_the_other_tables() -> None:
+    """The experiment's paper table (first on the page) aligns its numbers on the right
+    (`td.num`, tabular figures), as every other table of the report does: its cells were
+    all text, so 0.0031 sat left-aligned above 0.9392 and the columns could not be read
+    down; labels and names stay text."""
+    claims = Claims(
+        title="t",
+        header=["model", "label", "mIoU", "ECE", "OOD flagged"],
+        rows=[
+            ["ensemble", "teacher", "0.0031", "0.0555", "9%"],
+            ["dudes", "DUDES", "n/a", "0.04", "12%"],
+        ],
+        checks=[],
+    )
+    page = claims_html(claims)
+    cells = re.findall(
+        r"<(td|th)([^>]*)>([^<]*)</\1>", page.split("<tbody>")[1].split("</tbody>")[0]
+    )
+    numbers = [attrs for _, attrs, value in cells if re.fullmatch(r"[0-9.]+%?|n/a", value)]
+    words = [attrs for _, attrs, value in cells if not re.fullmatch(r"[0-9.]+%?|n/a", value)]
+    assert len(numbers) == 6 and all('class="num' in attrs for attrs in numbers)
+    assert len(words) == 4 and not any("num" in attrs for attrs in words)

@@ -34,6 +34,9 @@ OUTPUT_KINDS = (
 )
 # The uncertainty that the heat maps draw at full colour.
 UNCERTAINTY_VMAX = 0.5
+# The uncertainty of a network without an uncertainty head or members: on another scale
+# (about 0.1-0.9) than the std of the class probabilities the others give (0-0.5).
+SOFTMAX_UNCERTAINTY = "1 - max softmax"
 
 # `segdistill export`: the file formats, what the exported graph returns, and the largest
 # difference from the PyTorch model that its check accepts.

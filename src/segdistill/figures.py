@@ -52,7 +52,7 @@ from matplotlib.transforms import Bbox
 
 from segdistill.atomic import atomic_write
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
-from segdistill.defaults import UNCERTAINTY_VMAX
+from segdistill.defaults import SOFTMAX_UNCERTAINTY, UNCERTAINTY_VMAX
 from segdistill.metrics.ranking import roc_curve
 from segdistill.metrics.segmentation import removal_point
 
@@ -456,7 +456,7 @@ def miou_per_split(models: Sequence[Model]) -> Figure:
         [(model["splits"].get(s) or {}).get("segmentation", {}).get("miou") for s in splits]
         for model in models
     ]
-    figure, ax, x = _grouped_bars(
+    figure, (ax,), x = _grouped_bars(
         len(splits), per_model, [_label(m) for m in models], range(len(models)), 0.35, 4.4, 1.0
     )
     ax.set_xticks(x, splits, rotation=30, ha="right")
@@ -528,46 +528,56 @@ def _grouped_bars(
     inches_per_bar: float,
     min_width: float,
     bottom: float,
-) -> tuple[Figure, Axes, np.ndarray]:
+    panels: Sequence[Sequence[int]] | None = None,
+) -> tuple[Figure, list[Axes], np.ndarray]:
     """A figure of grouped bars: `groups` groups at x = 0, 1, ..., in each one bar per
     model; `per_model[k]` holds model k's value in each group (None: no bar), `labels[k]`
-    its legend entry and `styles[k]` its `model_bar` style. Returns (figure, axes, x) for
-    the caller's ticks, labels and legend."""
-    figure, (ax,) = axes_grid(
+    its legend entry and `styles[k]` its `model_bar` style. panels: the models of each
+    panel, one above the other (default: all in one). Returns (figure, one axes per
+    panel, x) for the caller's ticks, labels and legends."""
+    panels = [range(len(per_model))] if panels is None else panels
+    most = max(len(panel) for panel in panels)
+    figure, axes = axes_grid(
+        len(panels),
         1,
-        1,
-        (max(min_width, inches_per_bar * groups * (len(per_model) + 1)), 3.0),
+        (max(min_width, inches_per_bar * groups * (most + 1)), 3.0),
         bottom=bottom,
+        hgap=bottom + 0.45,  # the tick labels of the panel above, and a title
         right=legend_margin(labels),
     )
-    width = 0.8 / len(per_model)
     x = np.arange(groups)
-    for k, (values, label, style) in enumerate(zip(per_model, labels, styles)):
-        offset = (k - (len(per_model) - 1) / 2) * width
-        ax.bar(x + offset, _values(values), width, label=label, **model_bar(style))
-    ax.grid(axis="y", alpha=0.3)
-    return figure, ax, x
+    for ax, panel in zip(axes, panels):
+        width = 0.8 / len(panel)
+        for k, model in enumerate(panel):
+            offset = (k - (len(panel) - 1) / 2) * width
+            bar = model_bar(styles[model])
+            ax.bar(x + offset, _values(per_model[model]), width, label=labels[model], **bar)
+        ax.grid(axis="y", alpha=0.3)
+    return figure, axes, x
 
 
 def _per_class_bars(
     models: Sequence[Model],
     per_model: Sequence[Sequence[float | None]],
     labels: Sequence[str],
-    ylabel: str,
+    ylabels: Sequence[str],
     title: str,
     slots: Sequence[int] | None,
+    panels: Sequence[Sequence[int]] | None = None,
 ) -> Figure:
     """Grouped bars, one group per class and one bar per model; `per_model[i]` holds model
     i's value of each class (None: no bar), `labels[i]` its legend entry, `slots` the
-    models' colours (`_slots`)."""
+    models' colours (`_slots`); panels: the models of each panel (`_grouped_bars`), whose
+    y axis `ylabels` names, one per panel."""
     names = models[0]["class_names"]
-    figure, ax, x = _grouped_bars(
-        len(names), per_model, labels, _slots(models, slots), 0.12, 6.0, 0.85
+    figure, axes, x = _grouped_bars(
+        len(names), per_model, labels, _slots(models, slots), 0.12, 6.0, 0.85, panels
     )
-    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    _legend_outside(ax)
+    for ax, ylabel in zip(axes, ylabels):
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+        _legend_outside(ax)
+    axes[0].set_title(title)
     return figure
 
 
@@ -575,14 +585,25 @@ def per_class_uncertainty(
     models: Sequence[Model], split: str | None = None, slots: Sequence[int] | None = None
 ) -> Figure:
     """Grouped bars: mean uncertainty of the pixels predicted as each class, per model
-    (DUDES Table 2). A class no pixel was predicted as has no bar. Each model's values
-    are in its own uncertainty measure, which its legend entry names."""
+    (DUDES Table 2). A class no pixel was predicted as has no bar. One panel per scale of
+    uncertainty (`_scale`), with its own y axis: an ensemble's pred_std (about 0.05)
+    beside a baseline's 1 - max softmax (about 0.9) on one axis showed no bars at all."""
     split = pick_split(models, split)
     per_model = [m["splits"][split]["uncertainty"]["per_class_mean"] for m in models]
     labels = [_measure_label(m) for m in models]
     title = f"Mean uncertainty per predicted class ({split})"
-    ylabel = "mean uncertainty\n(each model's measure)"
-    return _per_class_bars(models, per_model, labels, ylabel, title, slots)
+    scales = list(dict.fromkeys(_scale(m) for m in models))
+    panels = [[i for i, m in enumerate(models) if _scale(m) == scale] for scale in scales]
+    ylabels = [f"mean uncertainty\n({scale})" for scale in scales]
+    return _per_class_bars(models, per_model, labels, ylabels, title, slots, panels)
+
+
+def _scale(model: Model) -> str:
+    """The scale of a model's uncertainty: 1 - max softmax, or the std of the class
+    probabilities, which ensembles and MC dropout compute and the heads are trained to
+    predict (one panel for a student and its teacher, Table 2's comparison)."""
+    source = model["uncertainty_source"]
+    return source if source == SOFTMAX_UNCERTAINTY else "pred_std and the heads trained on it"
 
 
 def iou_after_removal(
@@ -605,7 +626,7 @@ def iou_after_removal(
         per_model.append(curve["iou"][point])
     title = f"IoU per class, {100 * fraction:.0f} % most uncertain pixels removed ({split})"
     labels = [_label(m) for m in models]
-    return _per_class_bars(models, per_model, labels, "IoU of the kept pixels", title, slots)
+    return _per_class_bars(models, per_model, labels, ["IoU of the kept pixels"], title, slots)
 
 
 def set_reference(ood: dict[str, Any], name: str) -> str:
@@ -732,7 +753,7 @@ def ood_auroc_bars(models: Sequence[Model]) -> Figure | None:
         per_model.append(values)
     labels = [_label(m) for _, m in with_ood]
     styles = [i for i, _ in with_ood]  # a model keeps its colour when others have no OOD
-    figure, ax, x = _grouped_bars(len(sets), per_model, labels, styles, 0.3, 4.4, 1.0)
+    figure, (ax,), x = _grouped_bars(len(sets), per_model, labels, styles, 0.3, 4.4, 1.0)
     ax.axhline(0.5, color="0.5", linestyle="--", linewidth=1)
     # Each set's clean split (the same for every model: it follows the evaluated splits);
     # one title names it when all sets share it, else each tick its own.

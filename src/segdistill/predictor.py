@@ -48,7 +48,7 @@ from torch import Tensor
 
 from segdistill.checkpoints import RUN_WEIGHTS, load_segmenter, read_classes, weights_path
 from segdistill.data.base import ClassesSpec
-from segdistill.defaults import DEFAULT_MC_SAMPLES
+from segdistill.defaults import DEFAULT_MC_SAMPLES, SOFTMAX_UNCERTAINTY
 from segdistill.errors import CheckpointError, ConfigError
 from segdistill.models import Segmenter, count_parameters
 from segdistill.models.teachers import MANIFEST_FILE, Ensemble, MCDropout, Teacher, member_weights
@@ -58,7 +58,7 @@ TEACHER_KINDS = ("ensemble", "mc_dropout")  # the kinds that run several passes
 UNCERTAINTY_SOURCES = {
     "scalar": "student head (scalar)",
     "per_class": "student head (per-class, predicted class)",
-    None: "1 - max softmax",
+    None: SOFTMAX_UNCERTAINTY,
     "ensemble": "ensemble pred_std",
     "mc_dropout": "MC-dropout pred_std",
 }

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segdistill.data.labels import IGNORE_INDEX
+from segdistill.defaults import SOFTMAX_UNCERTAINTY
 from segdistill.metrics.ranking import (
     bin_edges,
     bin_indices,
@@ -468,7 +469,7 @@ class SegmentationEvaluator(StreamingMetric):
                     "confidence": ece_confidence,
                 },
                 "uncertainty": {
-                    "source": "1 - max softmax" if fallback else "given" if given else None,
+                    "source": SOFTMAX_UNCERTAINTY if fallback else "given" if given else None,
                     "range": self.uncertainty_range,
                     "min": float(st["uncertainty_min"]) if num_pixels else np.nan,
                     "max": float(st["uncertainty_max"]) if num_pixels else np.nan,
