@@ -1742,6 +1742,8 @@ def test_the_anomaly_and_ood_roc_figures_name_each_metric_with_its_own_value() -
     figure = figures.anomaly_histograms([model])
     assert figure is not None
     assert figure.axes[0].get_title() == "a: AP 0.250, AUROC 0.750"
+    measure = model["uncertainty_source"]
+    assert figure.axes[0].get_xlabel() == f"anomaly score: uncertainty ({measure})"
 
 
 def test_image_scores_of_every_clean_split_are_blue() -> None:

@@ -780,7 +780,8 @@ def anomaly_histograms(models: Sequence[Model]) -> Figure | None:
     for ax, model in zip(axes, with_anomaly):
         anomaly = model["anomaly"]
         _two_histograms(ax, anomaly["histograms"], (("normal", GOOD_COLOR), ("anomaly", BAD_COLOR)))
-        ax.set_xlabel("uncertainty (anomaly score)")
+        # Each model's own measure, as the uncertainty histograms name it.
+        ax.set_xlabel(f"anomaly score: uncertainty ({model['uncertainty_source']})", fontsize=8)
         ax.set_title(
             f"{model['name']}: AP {_fmt(anomaly['ap'])}, AUROC {_fmt(anomaly['auroc'])}", fontsize=9
         )
