@@ -13,6 +13,7 @@ from segdistill.cli import main
 from segdistill.data import shifts
 from segdistill.data import synthstreets as ss
 from segdistill.data.folder import FolderDataset
+from segdistill.data.labels import CLASS_NAMES
 from segdistill.errors import DataError
 from test_datasets import TRAIN_IDS, cityscapes_image, gt_file
 from test_train import ctrl_c_when
@@ -599,16 +600,23 @@ def test_preview_of_synthstreets_draws_the_shifted_copies_of_the_test_split_only
 ) -> None:
     preview = ["data", "preview", str(dataset), "--out", str(tmp_path / "sheet.png")]
     assert main([*preview, "--split", "train", "--scenes", "1"]) == 0
-    assert [name for name, _ in sheets[-1]["rows"][0]] == ["image", "labels", "depth (log)"]
+    depth = "depth (log; near bright, sky black)"
+    assert [name for name, _ in sheets[-1]["rows"][0]] == ["image", "labels", depth]
     assert main([*preview, "--scenes", "1"]) == 0  # the test split, with every copy
     row = sheets[-1]["rows"][0]
+    # A legend of the classes the label panel shows (train ids read from the file).
+    image = sorted((dataset / "leftImg8bit" / "test").glob("*/*_leftImg8bit.png"))[0]
+    stem = image.name.removesuffix("_leftImg8bit.png")
+    ids = np.array(
+        Image.open(ss.SamplePaths.of(dataset, "test", image.parent.name, stem).train_ids)
+    )
+    shown = [CLASS_NAMES[c] for c in np.unique(ids) if c < len(CLASS_NAMES)]
+    assert sheets[-1]["legend"] == shown + ["void / ignore"] * bool((ids == 255).any())
     assert [name for name, _ in row] == [
-        "image", "labels", "depth (log)", "fog_0.005", "fog_0.01", "fog_0.02", "rain", "night",
+        "image", "labels", depth, "fog_0.005", "fog_0.01", "fog_0.02", "rain", "night",
         "newcity", "anomaly (red)",
     ]  # fmt: skip
     # The anomaly copy of the first test image, its anomaly pixels tinted red.
-    image = sorted((dataset / "leftImg8bit" / "test").glob("*/*_leftImg8bit.png"))[0]
-    stem = image.name.removesuffix("_leftImg8bit.png")
     copy = ss.SamplePaths.of(ss.shift_root(dataset, "anomaly"), "test", image.parent.name, stem)
     raw = np.array(Image.open(copy.image))
     anomalous = np.array(Image.open(copy.anomaly)) == shifts.ANOMALY

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from segdistill.data import shifts
-from segdistill.data.labels import colorize
+from segdistill.data.labels import CLASS_NAMES, IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.synthstreets import (
     META_FILE,
     SPLITS,
@@ -50,8 +50,11 @@ def _anomaly_view(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _scene_panels(root: Path, meta: dict, split: str, image: Path) -> list[tuple[str, np.ndarray]]:
-    """(title, array) panels of one scene: image, labels, depth, then each shifted copy."""
+def _scene_panels(
+    root: Path, meta: dict, split: str, image: Path
+) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
+    """(title, array) panels of one scene: image, labels, depth, then each shifted copy;
+    and its train ids [H, W] (for the sheet's class legend)."""
     stem = image.name.removesuffix("_leftImg8bit.png")
     paths = SamplePaths.of(root, split, image.parent.name, stem)
     height, width = meta["size"]
@@ -67,10 +70,11 @@ def _scene_panels(root: Path, meta: dict, split: str, image: Path) -> list[tuple
             )
         return array
 
+    train_ids = read(paths.train_ids)
     panels: list[tuple[str, np.ndarray]] = [
         ("image", read(paths.image)),
-        ("labels", colorize(read(paths.train_ids))),
-        ("depth (log)", _depth_view(decode_depth(read(paths.depth)))),
+        ("labels", colorize(train_ids)),
+        ("depth (log; near bright, sky black)", _depth_view(decode_depth(read(paths.depth)))),
     ]
     for name, info in meta["shifts"].items():
         if info["split"] != split:
@@ -81,7 +85,7 @@ def _scene_panels(root: Path, meta: dict, split: str, image: Path) -> list[tuple
             picture = _anomaly_view(picture, read(shifted.anomaly))
             name = "anomaly (red)"
         panels.append((name, picture))
-    return panels
+    return panels, train_ids
 
 
 def _preview_images(
@@ -107,11 +111,16 @@ def synth_contact_sheet(root: Path, out: Path, scenes: int, split: str | None = 
     meta = read_meta(root)
     if meta is None:
         raise not_a_data_set(root)
+    from segdistill.figures import class_legend
+
     split, images = _preview_images(root, meta, scenes, split)
-    rows = [_scene_panels(root, meta, split, image) for image in images]
+    rows, train_ids = zip(*(_scene_panels(root, meta, split, image) for image in images))
     labels = ["{} {}".format(*image.name.split("_")[:2]) for image in images]
     title = f"SynthStreets {meta['version']}: {root} ({split})"
-    draw_sheet(rows, labels, title, out)
+    # The classes the label panels show, as the preview of other data sets has them.
+    shown = np.concatenate([ids.ravel() for ids in train_ids])
+    legend = class_legend(shown, np.empty(0, np.int64), CLASS_NAMES, TRAIN_ID_COLORS, IGNORE_INDEX)
+    draw_sheet(list(rows), labels, title, out, legend)
     return len(rows)
 
 
