@@ -1059,3 +1059,18 @@ def test_hidden_files_and_folders_are_no_images_or_masks(folder):
     assert dataset.names == ["a", "b"]
     assert [s.label.name for s in dataset.samples] == ["a.png", "b.png"]
     assert dataset.masks_without_image == []
+
+
+def test_folders_linked_into_a_data_set_are_read_once(folder, tmp_path_factory) -> None:
+    """City folders linked from shared storage (ln -s) are data set folders: Path.rglob
+    skipped them, so their images and masks were not there. A link back up does not loop."""
+    storage = tmp_path_factory.mktemp("storage")
+    mask = np.array([[1, 0, 0, 1]] * 4, np.uint8)
+    save(storage / "images" / "city" / "c.png", image_array(2, 4, 4))
+    save(storage / "masks" / "city" / "c.png", mask)
+    for kind in ("images", "masks"):
+        (folder / kind / "city").symlink_to(storage / kind / "city", target_is_directory=True)
+        (storage / kind / "city" / "up").symlink_to(folder / kind, target_is_directory=True)
+    dataset = make_folder(folder)
+    assert dataset.names == ["a", "b", "city/c"]
+    assert dataset.load(2)["label"].tolist() == mask.tolist()

@@ -368,6 +368,16 @@ def test_a_folder_names_the_images_in_formats_it_is_not_searched_for(tmp_path, c
     assert "not searched for" not in capsys.readouterr().err
 
 
+def test_a_folder_of_frames_linked_into_an_input_folder_is_searched(tmp_path) -> None:
+    """Path.rglob does not enter a linked folder: a drive's frames linked from storage gave
+    'no images found'."""
+    storage = write_png(tmp_path / "storage" / "000001.png", rgb(4, 4)).parent
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "drive").symlink_to(storage, target_is_directory=True)
+    found = find_images([tmp_path / "frames"])
+    assert found == [InputImage(tmp_path / "frames" / "drive" / "000001.png", "drive/000001")]
+
+
 def test_input_errors(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")

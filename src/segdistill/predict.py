@@ -114,7 +114,13 @@ from segdistill.data.cityscapes import (
     base_name,
     label_mappings,
 )
-from segdistill.data.folder import IMAGE_SUFFIXES, IMAGES_DIR, MASKS_DIR, images_below
+from segdistill.data.folder import (
+    IMAGE_SUFFIXES,
+    IMAGES_DIR,
+    MASKS_DIR,
+    files_below,
+    images_below,
+)
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_eval_transform
 from segdistill.defaults import DEFAULT_AGGREGATOR, DEFAULT_FPR, OUTPUT_KINDS, UNCERTAINTY_VMAX
@@ -168,7 +174,7 @@ def _inside(path: Path, folder: Path | None) -> bool:
 def _earlier_outputs(folder: Path, exclude: Path | None) -> list[Path]:
     """The output folders of earlier predict runs below `folder` (each holds predict.json
     or predict.unfinished.jsonl), but `exclude`, this run's own."""
-    marks = [*folder.rglob(SUMMARY_FILE), *folder.rglob(UNFINISHED_FILE)]
+    marks = [file for file in files_below(folder) if file.name in (SUMMARY_FILE, UNFINISHED_FILE)]
     return sorted({mark.parent for mark in marks if not _inside(mark, exclude)})
 
 
@@ -271,8 +277,8 @@ def _notice_other_formats(folder: Path) -> None:
     search leaves out (a folder of .bmp frames beside .png ones lost them in silence)."""
     other = Counter(
         file.suffix.lower()
-        for file in folder.rglob("*")
-        if file.suffix.lower() in OTHER_IMAGE_SUFFIXES and file.is_file() and file.name[0] != "."
+        for file in files_below(folder)
+        if file.suffix.lower() in OTHER_IMAGE_SUFFIXES
     )
     if other:
         counts = ", ".join(f"{count} {suffix}" for suffix, count in sorted(other.items()))
@@ -348,9 +354,9 @@ def match_labels(images: Sequence[InputImage], labels: Path) -> dict[Path, Path 
     if not labels.is_dir():
         raise DataError(f"labels {labels}: no such file or folder")
     by_name: dict[str, list[Path]] = {}
-    for file in labels.rglob("*"):
+    for file in files_below(labels):
         # Keyed with a lower-case suffix: masks saved as .PNG match as the images' do.
-        if file.suffix.lower() == ".png" and file.is_file():
+        if file.suffix.lower() == ".png":
             by_name.setdefault(file.with_suffix(".png").name, []).append(file)
     matches: dict[Path, Path | None] = {}
     for path, name in images:

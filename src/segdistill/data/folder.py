@@ -25,6 +25,7 @@ without its suffix ("cityA/img2"), so equal file names in two sub-folders stay t
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -60,20 +61,29 @@ def folder_splits(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if (d / IMAGES_DIR).is_dir())
 
 
-def _hidden(path: Path, folder: Path) -> bool:
-    """Whether `path` or a folder between it and `folder` is hidden (a name starting with
-    "."): macOS writes `._a.png` beside `a.png` on foreign disks, which is no image."""
-    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+def files_below(folder: Path) -> list[Path]:
+    """Every file in `folder` and its sub-folders, symbolic links to folders followed (a
+    data set's city folders linked from shared storage; `Path.rglob` skips them), each
+    folder once (a link back up does not loop), sorted by path. Hidden files and folders
+    are left out: macOS writes `._a.png` beside `a.png` on foreign disks, which is no
+    image, and `.cache/` holds no data. Paths are below `folder` as written."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for directory, subfolders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found += [Path(directory, name) for name in files if not name.startswith(".")]
+    return sorted(found)
 
 
 def images_below(folder: Path) -> list[Path]:
     """Every image file (IMAGE_SUFFIXES, any case) in `folder` and its sub-folders, sorted
-    by path; hidden files and folders (`._a.png`, `.cache/`) are left out."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not _hidden(p, folder)
-    )
+    by path (`files_below`: links followed, hidden files left out)."""
+    return [p for p in files_below(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 def masks_below(folder: Path, suffix: str = ".png") -> list[tuple[str, Path]]:
@@ -83,11 +93,7 @@ def masks_below(folder: Path, suffix: str = ".png") -> list[tuple[str, Path]]:
     none when the folder is absent."""
     if not folder.is_dir():
         return []
-    found = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.name.lower().endswith(suffix.lower()) and p.is_file() and not _hidden(p, folder)
-    )
+    found = [p for p in files_below(folder) if p.name.lower().endswith(suffix.lower())]
     return [(p.relative_to(folder).as_posix()[: -len(suffix)], p) for p in found]
 
 
