@@ -192,16 +192,19 @@ def _grown(figure: Figure) -> Bbox | None:
     canvas = figure.canvas
     if not isinstance(canvas, FigureCanvasAgg):  # a figure not made by new_figure
         canvas = FigureCanvasAgg(figure)
+    if figure.get_layout_engine() is not None:
+        # A layout engine (the contact sheets') places the axes when drawing: lay out first.
+        figure.draw_without_rendering()
     drawn = figure.get_tightbbox(canvas.get_renderer())
     width, height = figure.get_size_inches()
     if drawn is None:
         return None
+    if drawn.x0 >= 0 and drawn.y0 >= 0 and drawn.x1 <= width and drawn.y1 <= height:
+        return None
     pad = _TEXT_PAD
     x0, y0 = min(0.0, drawn.x0 - pad), min(0.0, drawn.y0 - pad)
     x1, y1 = max(width, drawn.x1 + pad), max(height, drawn.y1 + pad)
-    # Text just inside the edge (within the pad) needs no growth.
-    inside = drawn.x0 >= 0 and drawn.y0 >= 0 and drawn.x1 <= width and drawn.y1 <= height
-    return None if inside else Bbox.from_extents(x0, y0, x1, y1)
+    return Bbox.from_extents(x0, y0, x1, y1)
 
 
 def save(figure: Figure, path: str | Path, dpi: float | None = None) -> None:
