@@ -23,20 +23,24 @@ from segdistill.evaluate import METRICS_FILE, evaluate
 from segdistill.models import build_segmenter
 from segdistill.report import (
     DIGITS,
+    PAGE_WIDTH,
     Claims,
     ReportModel,
+    _sample_figures,
     anomaly_table,
     best_in_columns,
     best_in_rows,
     build_report,
     changed_weights,
     claims_html,
+    experiment_direction,
     load_models,
     metric,
     ood_set_table,
     ood_summary_table,
     per_class_table,
     per_split_table,
+    png_width,
     summary_table,
     teacher_table,
     write_report,
@@ -153,14 +157,9 @@ def browser():
     return webdriver, Service
 
 
-def test_report_renders_in_chromium(evaluated: Path, tmp_path: Path) -> None:
+def chromium(tmp_path: Path) -> Any:
+    """A headless Chromium driver (quit it when done)."""
     webdriver, service = browser()
-    report = write_report([evaluated / "out"], tmp_path / "report.html", title="tiny report")
-    page = report.read_text()
-    # Self-contained: no external resource of any kind.
-    assert not re.search(r"""(src|href)=["'](?!data:|#)""", page)
-    assert "<script" not in page
-
     options = webdriver.ChromeOptions()
     for argument in (
         "--headless=new",
@@ -176,7 +175,17 @@ def test_report_renders_in_chromium(evaluated: Path, tmp_path: Path) -> None:
         options.add_argument(argument)
     options.binary_location = CHROMIUM
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=service(CHROMEDRIVER), options=options)
+
+
+def test_report_renders_in_chromium(evaluated: Path, tmp_path: Path) -> None:
+    report = write_report([evaluated / "out"], tmp_path / "report.html", title="tiny report")
+    page = report.read_text()
+    # Self-contained: no external resource of any kind.
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", page)
+    assert "<script" not in page
+
+    driver = chromium(tmp_path)
     try:
         driver.get(report.as_uri())
         assert driver.title == "tiny report"
@@ -925,7 +934,7 @@ def test_the_paper_tables_numbers_are_right_aligned_as_in_the_other_tables() -> 
         header=["model", "label", "mIoU", "ECE", "OOD flagged"],
         rows=[
             ["ensemble", "teacher", "0.0031", "0.0555", "9%"],
-            ["dudes", "DUDES", "n/a", "0.04", "12%"],
+            ["dudes", "DUDES", "-", "0.04", "12%"],  # "-": no value (pipeline.results)
         ],
         checks=[],
     )
@@ -933,7 +942,226 @@ def test_the_paper_tables_numbers_are_right_aligned_as_in_the_other_tables() -> 
     cells = re.findall(
         r"<(td|th)([^>]*)>([^<]*)</\1>", page.split("<tbody>")[1].split("</tbody>")[0]
     )
-    numbers = [attrs for _, attrs, value in cells if re.fullmatch(r"[0-9.]+%?|n/a", value)]
-    words = [attrs for _, attrs, value in cells if not re.fullmatch(r"[0-9.]+%?|n/a", value)]
+    numbers = [attrs for _, attrs, value in cells if re.fullmatch(r"[0-9.]+%?|-", value)]
+    words = [attrs for _, attrs, value in cells if not re.fullmatch(r"[0-9.]+%?|-", value)]
     assert len(numbers) == 6 and all('class="num' in attrs for attrs in numbers)
     assert len(words) == 4 and not any("num" in attrs for attrs in words)
+
+
+# ------------------------------------------------- an experiment's tables, samples, figures
+
+
+def cell_classes(page: str) -> list[list[tuple[str, str]]]:
+    """Per body row of one HTML table: (class attribute, text) of each cell."""
+    body = page[page.index("<tbody>") :]
+    return [
+        [
+            (cls, cell)
+            for cls, cell in re.findall(r'<t[hd](?: class="([^"]*)")?[^>]*>(.*?)</t[hd]>', row)
+        ]
+        for row in re.findall(r"<tr>(.*?)</tr>", body)
+    ]
+
+
+def test_an_experiments_tables_read_like_the_others() -> None:
+    """The paper-shaped table and the OOD-flag table showed every cell as left-set text:
+    numbers are set right, metric headers carry their arrow, the best row is bold (as the
+    cells read: the mean of "mean ± std", a share in %); the threshold and the uncertainty
+    mean have no direction, a seed sweep no bold."""
+    claims = Claims(
+        title="paper",
+        header=["model", "label", "mIoU", "class-mean unc.", "latency ms", "OOD AUROC fog"],
+        rows=[
+            ["t", "teacher", "0.6000", "0.1000", "50.00", "0.9000"],
+            ["s", "DUDES", "0.5000 ± 0.2000", "0.3000", "10.00", "-"],
+            ["b", "labels only", "0.5500 ± 0.0100", "0.2000", "12.00", "0.8000"],
+        ],
+        checks=[],
+        tables=[
+            (
+                "images flagged as OOD",
+                ["model", "threshold", "test", "fog", "anomaly"],
+                [["t", "0.1084", "9%", "38%", "9%"], ["s", "0.4373", "12%", "97%", "16%"]],
+            ),
+            ("ablation seed", ["seed", "miou"], [["0", "0.5000"], ["7", "0.6000"]]),
+        ],
+    )
+    models = [{"ood": {"reference": "test", "sets": {"fog": {"reference": "test"}}}}]
+    page = claims_html(claims, models=models)
+    paper, flags, seeds = (page[i : page.index("</table>", i)] for i in _tables(page))
+    head, _ = table_cells(paper)
+    assert head == [
+        "model",
+        "label",
+        "mIoU ↑",
+        "class-mean unc.",
+        "latency ms ↓",
+        "OOD AUROC fog ↑",
+    ]
+    rows = cell_classes(paper)
+    # Row header, text label, then the numbers set right; bold: mIoU 0.6 (t), latency
+    # 10.00 (s), OOD AUROC 0.9 (t); "-" set right too, never bold.
+    assert rows[0] == [
+        ("", "t"),
+        ("", "teacher"),
+        ("num best", "0.6000"),
+        ("num", "0.1000"),
+        ("num", "50.00"),
+        ("num best", "0.9000"),
+    ]
+    assert rows[1][2:] == [
+        ("num", "0.5000 ± 0.2000"),
+        ("num", "0.3000"),
+        ("num best", "10.00"),
+        ("num", "-"),
+    ]
+    assert [cls for cls, _ in rows[2]] == ["", "", "num", "num", "num", "num"]
+    head, _ = table_cells(flags)
+    assert head == ["model", "threshold", "test ↓", "fog ↑", "anomaly"]
+    assert cell_classes(flags) == [
+        [("", "t"), ("num", "0.1084"), ("num best", "9%"), ("num", "38%"), ("num", "9%")],
+        [("", "s"), ("num", "0.4373"), ("num", "12%"), ("num best", "97%"), ("num", "16%")],
+    ]
+    head, _ = table_cells(seeds)
+    assert head == ["seed", "miou ↑"]
+    assert cell_classes(seeds) == [[("", "0"), ("num", "0.5000")], [("", "7"), ("num", "0.6000")]]
+
+
+def _tables(page: str) -> list[int]:
+    return [m.start() for m in re.finditer("<table>", page)]
+
+
+def test_every_experiment_metric_has_its_direction() -> None:
+    """Each metric an experiment's table or ablation can show (pipeline METRICS), by its
+    header (with a split) and by its name, gets the direction written out here."""
+    from segdistill.pipeline.checks import METRICS
+
+    expected = {
+        "miou": "high",
+        "per_class_iou": None,
+        "pixel_accuracy": "high",
+        "ece": "low",
+        "misclassification_auroc": "high",
+        "misclassification_aupr": "high",
+        "misclassification_fpr95": "low",
+        "aurc": "low",
+        "pavpu": "high",
+        "pixel_mean_uncertainty": None,
+        "class_mean_uncertainty": None,
+        "per_class_mean_uncertainty": None,
+        "miou_gain_removed_50": "high",
+        "ood_auroc": "high",
+        "anomaly_ap": "high",
+        "latency_ms": "low",
+        "gflops": "low",
+        "parameters_m": None,
+    }
+    assert set(METRICS) == set(expected)
+    for name, better in expected.items():
+        header = METRICS[name][0]
+        assert experiment_direction(header) == better, header
+        assert experiment_direction(f"{header} night") == better, header
+        assert experiment_direction(name) == better, name
+    assert experiment_direction("threshold", ["fog"], ["test"]) is None
+    assert experiment_direction("fog", ["fog"], ["test"]) == "high"
+    assert experiment_direction("test", ["fog"], ["test"]) == "low"
+
+
+def test_the_teacher_table_ranks_the_students_and_names_the_baseline_not_distilled() -> None:
+    """An experiment's baseline (trained on labels only) was a row like the students' and
+    took the bold with the highest r: it is the last row, "b (not distilled)", never bold;
+    without a role (a plain evaluation) a model of kind baseline counts as a student."""
+
+    def compared(name: str, r: float, role: str | None) -> dict:
+        model = with_teacher(
+            fake_model(name, [0.5] * 3, [0.1] * 3, 0.1, "x"), "t", [0.0] * 3, [0.0] * 3
+        )
+        model["vs_teacher"]["splits"]["test"]["paired"] = {"pearson": r}
+        return {**model, "role": role} if role else {**model, "kind": "baseline"}
+
+    models = [
+        compared("b", 0.9, "baseline"),
+        compared("s1", 0.5, "student"),
+        compared("s2", 0.7, "student"),
+    ]
+    page = teacher_table(models)
+    assert page is not None
+    _, rows = table_cells(page)
+    assert [row[0] for row in rows] == [(None, "s1"), (None, "s2"), (None, "b (not distilled)")]
+    assert rows[2][2] == ("b/vs_teacher/test/pearson", "0.9000")
+    assert bold_keys(page) == {"s2/vs_teacher/test/pearson"}
+    assert "b (not distilled): trained on labels only" in page
+    plain = teacher_table([compared("b", 0.9, None), compared("s1", 0.5, None)])
+    assert plain is not None and "not distilled" not in plain
+    assert bold_keys(plain) == {"b/vs_teacher/test/pearson"}
+
+
+def png(path: Path, width: int, height: int = 4) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (width, height), (200, 30, 30)).save(path)
+    return path
+
+
+def test_sample_figures_show_the_main_split_first_and_say_what_they_show(
+    evaluated: Path, tmp_path: Path
+) -> None:
+    """ "ens: sets" came before "ens: test" (file-name order): the summary's split first
+    (val where test has no labelled pixel), then other splits, then the sets figure."""
+    page = build_report(load_models([evaluated / "out"]))
+    samples = page[page.index('<section id="samples"') :]
+    alts = re.findall(r'<img src="data:image/png;base64,[^"]*" alt="([^"]*)"', samples)
+    columns = "columns: image, ground truth, prediction, accuracy (white: wrong), uncertainty"
+    assert alts == [
+        f"ens: test images, one per row; {columns}",
+        f"ens: one image per evaluated set (the first of each), one per row; {columns}",
+        f"dudes: test images, one per row; {columns}",
+        f"dudes: one image per evaluated set (the first of each), one per row; {columns}",
+    ]
+    figures = {
+        key: str(png(tmp_path / f"{key}.png", 8))
+        for key in ("samples_sets", "samples_test", "samples_val")
+    }
+    splits = {"test": {"num_pixels": 0}, "val": {"num_pixels": 10}}
+    model = ReportModel({"name": "m", "splits": splits, "figures": figures}, tmp_path, tmp_path)
+    alts = re.findall(r'alt="m: ([^,;]*)', _sample_figures(model))
+    assert alts == ["val images", "test images", "one image per evaluated set (the first of each)"]
+
+
+def test_a_figure_wider_than_the_page_opens_at_full_size(evaluated: Path, tmp_path: Path) -> None:
+    """A 2000 px figure was only ever shown scaled down to the page (its text with it): a
+    click on it shows it at its own size in a box that scrolls sideways, another fits it
+    again; a figure the page holds has no switch. In Chromium, without a script."""
+    assert png_width(png(tmp_path / "w.png", 1234, 5).read_bytes()) == 1234
+    assert png_width(b"GIF89a" + bytes(30)) is None
+    results = json.loads((evaluated / "out" / RESULTS_FILE).read_text())
+    ens, dudes = results["models"]
+    ens["figures"] = {"samples_test": str(png(tmp_path / "wide.png", PAGE_WIDTH + 600))}
+    dudes["figures"] = {"samples_test": str(png(tmp_path / "fits.png", PAGE_WIDTH))}
+    out = evaluated / "out"
+    page = build_report([ReportModel(m, out, out / RESULTS_FILE) for m in results["models"]])
+    samples = page[page.index('<section id="samples"') :]
+    assert samples.count('<figure class="wide">') == 1
+    assert f"full size ({PAGE_WIDTH + 600} px wide)" in samples
+    assert re.search(r'<figure><img src="data:image/png;base64,[^"]*" alt="dudes: test', samples)
+    (tmp_path / "r.html").write_text(page)
+
+    driver = chromium(tmp_path)
+    try:
+        driver.set_window_size(1600, 1000)
+        driver.get((tmp_path / "r.html").as_uri())
+        width = (
+            "return document.querySelector('img[alt^=\"{}: test\"]').getBoundingClientRect().width"
+        )
+        assert driver.execute_script(width.format("dudes")) == PAGE_WIDTH  # its own size
+        assert driver.execute_script(width.format("ens")) <= PAGE_WIDTH  # fitted
+        driver.execute_script("document.querySelector('img[alt^=\"ens: test\"]').click()")
+        assert driver.execute_script(width.format("ens")) == PAGE_WIDTH + 600
+        box = "return document.querySelector('figure.wide .zoomed')"
+        assert driver.execute_script(box + ".scrollWidth") > driver.execute_script(
+            box + ".clientWidth"
+        )
+        driver.execute_script("document.querySelector('label.zoom').click()")
+        assert driver.execute_script(width.format("ens")) <= PAGE_WIDTH
+    finally:
+        driver.quit()

@@ -21,16 +21,21 @@ are drawn from the metrics with `segdistill.figures`.
 Every table cell showing a metric carries `data-metric="<model>/<path>"` (e.g.
 "teacher/test/miou", "dudes/ood/fog_0.02/mean/auroc", "dudes/pixel_anomaly/ap"; the
 keys are listed in docs/evaluation.md) and shows the value rounded to `DIGITS` decimals
-("n/a" for an undefined one).
+("n/a" for an undefined one). An experiment's own tables (the paper table, the OOD flags,
+the ablations) show the numbers the pipeline formatted, without a key, but set right, with
+arrows and bold like the others (`experiment_table`).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import html
 import json
-from collections.abc import Callable, Sequence
+import math
+import struct
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +44,7 @@ from segdistill import figures
 from segdistill.atomic import atomic_write_text
 from segdistill.defaults import RESULTS_FILE
 from segdistill.errors import ConfigError, SegdistillError
-from segdistill.evaluate import METRICS_FILE, ood_versus
+from segdistill.evaluate import METRICS_FILE, ood_versus, summary_split
 from segdistill.figures import AGGREGATOR_LABELS, pick_split
 from segdistill.ood_detector import scored_map
 
@@ -190,12 +195,15 @@ class Claims:
 
 @dataclass
 class Cell:
-    """A table cell: text, or a metric value with its data-metric key."""
+    """A table cell: text, or a metric value with its data-metric key. `numeric`: a number
+    without a data-metric key (an experiment's tables, formatted by the pipeline), set
+    right like the metric cells; `value` is what the bold compares."""
 
     text: str
     metric: str | None = None
     value: float | None = None
     header: bool = False
+    numeric: bool = False
 
 
 def number(value: float | int | None, signed: bool = False) -> str:
@@ -292,7 +300,7 @@ def _table(
         cells = []
         for j, cell in enumerate(row):
             classes = []
-            if cell.metric is not None:
+            if cell.metric is not None or cell.numeric:
                 classes.append("num")
             if best and (i, j) in best:
                 classes.append("best")
@@ -458,14 +466,31 @@ def per_class_table(
     return _table(headers, rows, best, caption=_caption(title, better))
 
 
+# The name an experiment's baseline is shown under where students are compared: it was
+# trained on labels only, so it is not a student.
+NOT_DISTILLED = "not distilled"
+
+
 def teacher_table(models: Sequence[dict[str, Any]]) -> str | None:
-    """Pearson r of student vs teacher uncertainty per set (Holder Fig. 3 as numbers)."""
-    students = [m for m in models if m.get("vs_teacher")]
-    if not students:
+    """Pearson r of student vs teacher uncertainty per set (Holder Fig. 3 as numbers).
+
+    Every model evaluated against a teacher ("vs_teacher") is a row, but an experiment's
+    baseline (role "baseline": trained on labels only) is no student: its row comes last,
+    named "<name> (not distilled)", and is never bold. It stays as the reference a student
+    should beat: the correlation a network reaches without distillation. Without a role
+    (a plain evaluation) every such model counts as a student: kind "baseline" only says
+    that a model has no uncertainty head, and a distilled student may have none."""
+    compared = [m for m in models if m.get("vs_teacher")]
+    if not compared:
         return None
-    splits = list(dict.fromkeys(s for m in students for s in m["vs_teacher"]["splits"]))
+    students = [m for m in compared if m.get("role") != "baseline"]
+    references = [m for m in compared if m.get("role") == "baseline"]
+    splits = list(dict.fromkeys(s for m in compared for s in m["vs_teacher"]["splits"]))
     rows = [
-        [text(m["name"], header=True), text(m["vs_teacher"]["teacher"])]
+        [
+            text(m["name"] if student else f"{m['name']} ({NOT_DISTILLED})", header=True),
+            text(m["vs_teacher"]["teacher"]),
+        ]
         + [
             metric(
                 f"{m['name']}/vs_teacher/{s}/pearson",
@@ -473,15 +498,18 @@ def teacher_table(models: Sequence[dict[str, Any]]) -> str | None:
             )
             for s in splits
         ]
-        for m in students
+        for m, student in [*((m, True) for m in students), *((m, False) for m in references)]
     ]
+    caption = _caption("Pearson correlation of student and teacher uncertainty per pixel", "high")
+    if references:
+        names = ", ".join(m["name"] for m in references)
+        caption += f"; {names} ({NOT_DISTILLED}): trained on labels only, a reference, never bold"
     return _table(
         ["model", "teacher", *splits],
         rows,
-        best_in_columns(rows, [None, None, *["high"] * len(splits)]),
-        caption=_caption(
-            "Pearson correlation of student and teacher uncertainty per pixel", "high"
-        ),
+        # The best student: the rows of the students only (the first ones).
+        best_in_columns(rows[: len(students)], [None, None, *["high"] * len(splits)]),
+        caption=caption,
     )
 
 
@@ -591,10 +619,36 @@ def _figure(draw: Callable[[], Any], caption: str) -> str:
     return _img(figures.png_bytes(figure), caption)
 
 
+# The widest figure the page shows at its own size, in CSS pixels: main's max-width (of
+# its content) less a figure's padding and right margin (CSS). A wider one is scaled down
+# to it, its text with it.
+PAGE_WIDTH = 1400 - 2 * 8 - 12
+
+
+def png_width(png: bytes) -> int | None:
+    """A PNG's width in pixels (its IHDR chunk); None for bytes that are no PNG."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        return None
+    return int(struct.unpack(">I", png[16:20])[0])
+
+
 def _img(png: bytes, caption: str) -> str:
+    """A figure: the PNG as a data URI and its caption. One wider than PAGE_WIDTH is shown
+    fitted to the page, its text shrunk with it; a click on it (or on "full size") shows
+    it at its own size in a box that scrolls sideways, and another click fits it again.
+    Without a script: a checkbox before the image, styled by CSS (`.zoom:checked`)."""
+    uri, alt = _data_uri(png), html.escape(caption)
+    caption_html = f"<figcaption>{html.escape(caption)}</figcaption>"
+    width = png_width(png)
+    if width is None or width <= PAGE_WIDTH:
+        return f'<figure><img src="{uri}" alt="{alt}">{caption_html}</figure>'
+    # The switch's id, from what it shows: the same page each time, unique in it.
+    switch = "zoom-" + hashlib.sha256(f"{caption}\n{uri}".encode()).hexdigest()[:16]
     return (
-        f'<figure><img src="{_data_uri(png)}" alt="{html.escape(caption)}">'
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        f'<figure class="wide"><input type="checkbox" class="zoom" id="{switch}">'
+        f'<label class="zoom" for="{switch}">full size ({width} px wide)</label>'
+        f'<div class="zoomed"><label for="{switch}"><img src="{uri}" alt="{alt}"></label></div>'
+        f"{caption_html}</figure>"
     )
 
 
@@ -610,16 +664,41 @@ def _model_figure(
     return _figure(lambda: draw(model.metrics), caption)
 
 
+# The columns of a sample figure (`figures.sample_predictions`), for its caption.
+SAMPLE_PANELS = "image, ground truth, prediction, accuracy (white: wrong), uncertainty"
+# The key of the figure of the first image of every evaluated set (evaluate).
+SAMPLE_SETS = f"{SAMPLE_PREFIX}sets"
+
+
+def _sample_order(model: ReportModel, key: str) -> tuple[int, str]:
+    """Where a sample figure goes: that of the model's main split (`summary_split`, the
+    split of the summary table) first, then those of other splits, then the sets."""
+    if key == f"{SAMPLE_PREFIX}{summary_split(model.metrics['splits'])}":
+        return 0, key
+    return (2 if key == SAMPLE_SETS else 1), key
+
+
+def _sample_caption(model: ReportModel, key: str) -> str:
+    """What a sample figure shows: "ens: test images, one per row; columns: image, ..."."""
+    if key == SAMPLE_SETS:
+        shown = "one image per evaluated set (the first of each)"
+    else:
+        shown = f"{key.removeprefix(SAMPLE_PREFIX)} images"
+    return f"{model.name}: {shown}, one per row; columns: {SAMPLE_PANELS}"
+
+
 def _sample_figures(model: ReportModel) -> str:
-    """The sample-prediction PNGs evaluate wrote for a model, embedded."""
+    """The sample-prediction PNGs evaluate wrote for a model, embedded (`_sample_order`)."""
+    samples = [
+        (key, relative)
+        for key, relative in (model.metrics.get("figures") or {}).items()
+        if key.startswith(SAMPLE_PREFIX)
+    ]
     parts = []
-    for key, relative in sorted((model.metrics.get("figures") or {}).items()):
-        if not key.startswith(SAMPLE_PREFIX):
-            continue
+    for key, relative in sorted(samples, key=lambda item: _sample_order(model, item[0])):
         path = model.base / relative
         if path.is_file():
-            caption = f"{model.name}: {key.removeprefix(SAMPLE_PREFIX).replace('_', ' ')}"
-            parts.append(_img(path.read_bytes(), caption))
+            parts.append(_img(path.read_bytes(), _sample_caption(model, key)))
         else:
             parts.append(f'<p class="note">{html.escape(str(path))} is missing.</p>')
     return "".join(parts)
@@ -646,6 +725,12 @@ tbody tr:hover{background:#f3f6fb}
 figure{display:inline-block;margin:8px 12px 12px 0;background:#fff;padding:8px;vertical-align:top;
 box-shadow:0 1px 2px rgba(0,0,0,.08)}
 figure img{max-width:100%;height:auto;display:block}
+figure.wide{display:block;max-width:max-content}
+.zoomed{overflow-x:auto}.zoomed label{cursor:zoom-in}
+input.zoom{margin:0 4px 6px 0;vertical-align:middle}
+label.zoom{font-size:12px;color:#2a5db0;cursor:pointer;vertical-align:middle}
+input.zoom:checked~.zoomed img{max-width:none}
+input.zoom:checked~.zoomed label{cursor:zoom-out}
 figcaption{font-size:12px;color:#5b6473;margin-top:4px}
 details{margin:6px 0 10px}summary{cursor:pointer;font-weight:600}
 ul.checks{list-style:none;padding:0;font-size:13px}
@@ -732,13 +817,125 @@ def claims_notes(claims: Claims, models: Sequence[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def claims_html(claims: Claims, notes: Sequence[str] = ()) -> str:
-    """The paper-shaped table, the tables under it, the claims' notes and `notes`, and
-    the checks, each line marked PASS (green) or FAIL (red)."""
+# Which way each metric of an experiment's tables is better, by its name in
+# `segdistill.pipeline.checks.METRICS` (the paper table shows its header there, an
+# ablation the name itself). None: no better direction: uncertainty means (a student
+# should match its teacher's, not go low or high; measures differ between models),
+# values per class, and the parameter count, which the summary table does not rank
+# either (a model's size, not a result).
+EXPERIMENT_BETTER: dict[str, str | None] = {
+    "miou": "high",
+    "per_class_iou": None,
+    "pixel_accuracy": "high",
+    "ece": "low",
+    "misclassification_auroc": "high",
+    "misclassification_aupr": "high",
+    "misclassification_fpr95": "low",
+    "aurc": "low",
+    "pavpu": "high",
+    "pixel_mean_uncertainty": None,
+    "class_mean_uncertainty": None,
+    "per_class_mean_uncertainty": None,
+    "miou_gain_removed_50": "high",
+    "ood_auroc": "high",
+    "anomaly_ap": "high",
+    "latency_ms": "low",
+    "gflops": "low",
+    "parameters_m": None,
+}
 
-    def cells(rows: list[list[str]]) -> list[list[Cell]]:
-        return [[text(cell, header=j == 0) for j, cell in enumerate(row)] for row in rows]
 
+def experiment_direction(
+    header: str, shifted: Collection[str] = (), clean: Collection[str] = ()
+) -> str | None:
+    """Which way the column `header` of an experiment's table is better: a metric's
+    header ("mIoU", "OOD AUROC fog_0.02": METRICS' header and its split) or name (an
+    ablation's "miou") by EXPERIMENT_BETTER; a split's share of flagged images (the OOD
+    flag table) "high" on a `shifted` set (images caught) and "low" on a `clean` split
+    (false alarms); else None: a column of no metric, like the flag table's thresholds,
+    each in its own model's measure."""
+    from segdistill.pipeline.checks import METRICS
+
+    names = {METRICS[name][0]: name for name in METRICS} | {name: name for name in METRICS}
+    # The longest first: "mIoU gain 50% removed" is not "mIoU" of a split "gain ...".
+    for known in sorted(names, key=len, reverse=True):
+        if header == known or header.startswith(f"{known} "):
+            return EXPERIMENT_BETTER.get(names[known])
+    if header in shifted:
+        return "high"
+    if header in clean:
+        return "low"
+    return None
+
+
+def _experiment_number(cell: str) -> float | None:
+    """The number an experiment's table cell shows, as the pipeline formats it ("0.2370",
+    "0.5000 ± 0.0100": the mean, "9%": 9, "528.62"); None for text or "-". Only ranked
+    within a column, whose cells share one format."""
+    shown = cell.split(" ± ")[0].strip()
+    try:
+        value = float(shown.removesuffix("%"))
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def experiment_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    caption: str,
+    shifted: Collection[str] = (),
+    clean: Collection[str] = (),
+) -> str:
+    """One of an experiment's tables (text cells the pipeline formatted) as the report's
+    other tables show theirs: the first column a row header; a column whose cells are all
+    numbers ("-" for none) set right; an arrow after each metric's header; bold, the best
+    row of each metric column (`_best`, as the values read). A split's column is a share
+    of flagged images (`experiment_direction`)."""
+    numeric = [
+        j > 0
+        and any(_experiment_number(row[j]) is not None for row in rows)
+        and all(
+            j >= len(row) or row[j] == "-" or _experiment_number(row[j]) is not None for row in rows
+        )
+        for j in range(len(header))
+    ]
+    cells = [
+        [
+            Cell(cell, value=_experiment_number(cell), numeric=True)
+            if numeric[j]
+            else text(cell, header=j == 0)
+            for j, cell in enumerate(row)
+        ]
+        for row in rows
+    ]
+    better = [
+        experiment_direction(name, shifted, clean) if numeric[j] else None
+        for j, name in enumerate(header)
+    ]
+    # A sweep over the seed: its rows differ only by chance, so no row is the best one
+    # (the arrows still say which way each metric is better).
+    best = set() if header[:1] == ["seed"] else best_in_columns(cells, better)
+    return _table([directed(h, b) for h, b in zip(header, better)], cells, best, caption)
+
+
+def claims_html(
+    claims: Claims, notes: Sequence[str] = (), models: Sequence[dict[str, Any]] = ()
+) -> str:
+    """The paper-shaped table, the tables under it (`experiment_table`; `models`, the
+    results' models, say which splits are shifted sets and which clean), the claims'
+    notes and `notes`, and the checks, each line marked PASS (green) or FAIL (red)."""
+    shifted = {s for m in models for s in (dig(m, "ood", "sets") or {})}
+    clean = {
+        reference
+        for m in models
+        for reference in (
+            dig(m, "ood", "reference"),
+            dig(m, "ood_flag", "reference_split"),
+            *(dig(r, "reference") for r in (dig(m, "ood", "sets") or {}).values()),
+        )
+        if isinstance(reference, str)
+    } - shifted
     passed = sum(ok for ok, _ in claims.checks)
     items = "".join(
         f'<li class="{"pass" if ok else "fail"}">{html.escape(line)}</li>'
@@ -749,9 +946,10 @@ def claims_html(claims: Claims, notes: Sequence[str] = ()) -> str:
         if claims.checks
         else ""
     )
-    tables = [_table(claims.header, cells(claims.rows), caption=claims.title)]
+    tables = [experiment_table(claims.header, claims.rows, claims.title, shifted, clean)]
     tables += [
-        _table(header, cells(rows), caption=caption) for caption, header, rows in claims.tables
+        experiment_table(header, rows, caption, shifted, clean)
+        for caption, header, rows in claims.tables
     ]
     paragraphs = "".join(
         f'<p class="note">{html.escape(note)}</p>' for note in [*claims.notes, *notes]
@@ -826,7 +1024,7 @@ def build_report(
         _section(
             "claims",
             "Paper table and checks",
-            claims_html(claims, claims_notes(claims, metrics)) if claims else None,
+            claims_html(claims, claims_notes(claims, metrics), metrics) if claims else None,
         ),
         _section(
             "summary",
