@@ -692,7 +692,7 @@ def test_hist2d_titles_say_r_is_over_all_pixels(setup: dict[str, Any]) -> None:
     r = student["vs_teacher"]["splits"]["test"]["paired"]["pearson"]
     titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
     assert titles == [
-        f"dudes: {group} pixels\nPearson r over all pixels = {r:.3f}"
+        f"dudes (student): {group} pixels\nPearson r over all pixels = {r:.3f}"
         for group in ("correct", "wrong")
     ]
     # Correct vs wrong in blue and orange, not green and red.
@@ -1506,7 +1506,7 @@ def test_the_teacher_student_histograms_draw_teacher_across_and_student_up(
         counts = np.array(hist[key])  # [teacher bin][student bin]
         # pcolormesh's rows are y (student) and its columns x (teacher).
         np.testing.assert_array_equal(np.asarray(mesh.get_array()).reshape(50, 50), counts.T)
-        assert ax.get_xlabel() == "teacher (ens)" and ax.get_ylabel() == "student (dudes)"
+        assert ax.get_xlabel() == "teacher (ens)" and ax.get_ylabel() == "dudes (student)"
 
 
 def test_the_ood_figures_plot_the_models_scores(setup: dict[str, Any]) -> None:

@@ -513,13 +513,14 @@ def teacher_student_hist2d(models: Sequence[Model], split: str | None = None) ->
             ax.plot([0, limit], [0, limit], color="0.4", linestyle="--", linewidth=0.8)
             ax.set(xlim=(t_edges[0], t_max), ylim=(s_edges[0], s_max))
             ax.set_xlabel(f"teacher ({model['vs_teacher']['teacher']})", fontsize=8)
-            ax.set_ylabel(f"student ({model['name']})", fontsize=8)
+            # Its role, not "student": a baseline is compared with the teacher as well.
+            ax.set_ylabel(_label(model), fontsize=8)
             ax.set_title(
-                f"{model['name']}: {key} pixels\n"
+                f"{_label(model)}: {key} pixels\n"
                 f"Pearson r over all pixels = {_fmt(paired['pearson'])}",
                 fontsize=9,
             )
-    figure.suptitle(f"Student vs teacher uncertainty per pixel ({split})")
+    figure.suptitle(f"Uncertainty per pixel against the teacher's ({split})")
     return figure
 
 
