@@ -116,6 +116,7 @@ def test_every_command_is_listed() -> None:
         (["evaluate", "m", "--data", "d", "--device", "gpu"], "device must be auto, cpu, cuda"),
         (["predict", "m", "x.png", "--out", "o", "--device", "mps"], "not 'mps'"),
         (["bench", "m", "--size", "8x8", "--device", "cuda:x"], "not 'cuda:x'"),
+        (["bench", "m", "--size", "8x8", "--device", "cuda:"], "not 'cuda:'"),
         # Refused after the model had loaded; 1 would flag every image.
         (["predict", "m", "x.png", "--out", "o", "--ood-fpr", "1"], "--ood-fpr: must be a share"),
         (["predict", "m", "x.png", "--out", "o", "--ood-fpr", "nan"], "--ood-fpr: must be a fin"),

@@ -637,6 +637,24 @@ def test_shifts_without_a_test_split_are_named_in_a_notice(tmp_path: Path, capsy
     assert "notice" not in capsys.readouterr().err
 
 
+def test_the_synthstreets_preview_legend_holds_the_classes_of_every_scene(
+    dataset: Path, tmp_path: Path, sheets: list[dict]
+) -> None:
+    """Both test scenes drawn (each holds classes the other lacks): the legend lists the
+    classes of either label panel, not those of the first scene only."""
+    preview = ["data", "preview", str(dataset), "--out", str(tmp_path / "sheet.png")]
+    assert main([*preview, "--split", "test", "--scenes", "2"]) == 0
+    ids = []
+    for image in sorted((dataset / "leftImg8bit" / "test").glob("*/*_leftImg8bit.png")):
+        stem = image.name.removesuffix("_leftImg8bit.png")
+        path = ss.SamplePaths.of(dataset, "test", image.parent.name, stem).train_ids
+        ids.append(np.array(Image.open(path)).ravel())
+    assert len(ids) == len(sheets[-1]["rows"]) == 2
+    every = np.concatenate(ids)
+    shown = [CLASS_NAMES[c] for c in np.unique(every) if c < len(CLASS_NAMES)]
+    assert sheets[-1]["legend"] == shown + ["void / ignore"] * bool((every == 255).any())
+
+
 def test_info_names_masks_in_a_format_that_is_not_read(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -652,6 +670,7 @@ def test_info_names_masks_in_a_format_that_is_not_read(
     assert "integrity: OK" not in out
     jpeg = root / "train" / "masks" / "a.jpg"
     assert f"{jpeg}: not read as a mask: masks are lossless PNG" in out
+    assert "images that cannot be used: 0 of 1; files in a masks folder not read as masks: 1" in out
     assert "is gtFine/ or masks/ there?" not in out  # it is there
     # Training and evaluation refuse the split, naming the file, not "an unlabelled split".
     with pytest.raises(DataError, match=r"1 files in a masks folder are not read as masks \("):

@@ -1958,6 +1958,14 @@ def test_hist2d_colour_bars_label_their_ticks_with_numbers() -> None:
     # The student's spread over 4 bins is shown, so nothing is said of it.
     notes = [t.get_text() for ax in figure.axes for t in ax.texts]
     assert notes == ["teacher: all values in [0, 0.02)"] * 2
+    # The other way round: the teacher spread over 4 bins, every student value in one.
+    model = small_uncertainty_model()
+    hist = model["vs_teacher"]["splits"]["test"]["paired"]["hist2d"]
+    for key in ("correct", "wrong"):
+        hist[key] = np.asarray(hist[key]).T.tolist()
+    figure = figures.teacher_student_hist2d([model], "test")
+    notes = [t.get_text() for ax in figure.axes for t in ax.texts]
+    assert notes == ["student: all values in [0, 0.02)"] * 2
 
 
 def test_a_model_keeps_its_colour_in_its_own_figures(
@@ -2035,3 +2043,110 @@ def test_per_class_uncertainty_draws_each_scale_of_uncertainty_on_its_own_axis()
     # Colours as in the comparison's order: the baseline is the second model, dudes the third.
     colours = [to_hex(ax.patches[0].get_facecolor()) for ax in panels]
     assert colours == [figures.model_color(0).lower(), figures.model_color(1).lower()]
+    # Each panel's bars share the 0.8 of a class's slot among its own models: two bars of
+    # 0.4 at -0.2 and +0.2 beside the tick above, one of 0.8 on the tick below.
+    for ax, widths, centres in ((panels[0], 0.4, [-0.2, 0.2]), (panels[1], 0.8, [0.0])):
+        first_class = ax.patches[:: len(models[0]["class_names"])]  # each model's class a
+        assert [p.get_width() for p in first_class] == pytest.approx([widths] * len(centres))
+        got = [p.get_x() + p.get_width() / 2 for p in first_class]
+        assert got == pytest.approx(centres)
+
+
+def slotted_model(name: str) -> dict[str, Any]:
+    """curve_model with the miou_vs_removed curve and per-class means that the per-model
+    figures read."""
+    model = curve_model(name, 0.05, 0.7, 0.2, ood=False)
+    uncertainty = model["splits"]["test"]["uncertainty"]
+    uncertainty["miou_vs_removed"] = {
+        "removed_fraction": [0.0, 0.5],
+        "miou": [0.5, 0.6],
+        "iou": [[0.5, 0.5], [0.6, 0.6]],
+    }
+    uncertainty["per_class_mean"] = [0.3, 0.2]
+    return model
+
+
+def test_every_model_figure_draws_a_model_in_the_colour_of_its_slot() -> None:
+    """A teacher (slot 2 of the comparison) and a student (slot 0) in the student's own
+    figures: each in its comparison colour, in every figure that draws models, not in
+    the first two colours by position."""
+    models = [slotted_model("t"), slotted_model("s")]
+    slots = [2, 0]
+    expected = [FIRST_COLOURS[2], FIRST_COLOURS[0]]
+    for draw in (figures.reliability_diagram, figures.misclassification_roc):
+        (ax,) = draw(models, "test", slots=slots).axes
+        assert [to_hex(line.get_color()) for line in ax.get_lines()[1:]] == expected
+    (ax,) = figures.miou_vs_removed(models, "test", slots=slots).axes
+    assert [to_hex(line.get_color()) for line in ax.get_lines()] == expected
+    for figure in (
+        figures.iou_after_removal(models, "test", slots=slots),
+        figures.per_class_uncertainty(models, "test", slots=slots),
+    ):
+        assert figure is not None
+        (ax,) = [ax for ax in figure.axes if ax.get_legend() is not None]
+        colours = [to_hex(bar.get_facecolor(), keep_alpha=False) for bar in ax.patches]
+        assert colours == [expected[0]] * 2 + [expected[1]] * 2  # two classes each
+    with pytest.raises(ValueError, match="2 models but 1 slots"):
+        figures.reliability_diagram(models, "test", slots=[0])
+
+
+def test_model_figures_pass_the_slots_to_every_figure_of_several_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    drawn: dict[str, Any] = {}
+    for name in (
+        "reliability_diagram",
+        "misclassification_roc",
+        "miou_vs_removed",
+        "iou_after_removal",
+        "per_class_uncertainty",
+    ):
+        monkeypatch.setattr(
+            figures, name, lambda models, slots=None, name=name: drawn.update({name: slots})
+        )
+    for name in ("uncertainty_histograms", "teacher_student_hist2d", "anomaly_histograms"):
+        monkeypatch.setattr(figures, name, lambda models: None)
+    for name in ("ood_roc_curves", "ood_score_distributions"):
+        monkeypatch.setattr(figures, name, lambda model: None)
+    assert list(figures.model_figures([{}, {}], [3, 1])) == []
+    assert len(drawn) == 5 and all(slots == [3, 1] for slots in drawn.values())
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "align", "side"),
+    [
+        (-0.2, 0.5, {"ha": "right"}, "left"),
+        (1.2, 0.5, {"ha": "left"}, "right"),
+        (0.5, -0.2, {"va": "top"}, "bottom"),
+        (0.5, 1.2, {"va": "bottom"}, "top"),
+    ],
+)
+def test_the_saved_picture_grows_on_the_side_text_reaches_past(
+    x: float, y: float, align: dict[str, str], side: str
+) -> None:
+    """Text past one edge of the canvas grows the saved picture on that side (by the
+    text's extent and a pad) and on no other; a figure whose text fits is not grown."""
+    figure, (ax,) = figures.axes_grid(1, 1, (3.0, 2.0))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    assert figures._grown(figure) is None
+    text = figure.text(x, y, "a label past the edge", **align)
+    width, height = figure.get_size_inches()
+    box = figures._grown(figure)
+    assert box is not None
+    extent = text.get_window_extent(figure.canvas.get_renderer())
+    left, bottom = extent.x0 / figure.dpi, extent.y0 / figure.dpi
+    right, top = extent.x1 / figure.dpi, extent.y1 / figure.dpi
+    expected = {
+        "left": min(0.0, left) if side == "left" else 0.0,
+        "bottom": min(0.0, bottom) if side == "bottom" else 0.0,
+        "right": max(width, right) if side == "right" else width,
+        "top": max(height, top) if side == "top" else height,
+    }
+    got = {"left": box.x0, "bottom": box.y0, "right": box.x1, "top": box.y1}
+    for edge in got:
+        if edge == side:  # grown past the text, by a small pad (0.06 inches)
+            outward = -1 if edge in ("left", "bottom") else 1
+            assert got[edge] == pytest.approx(expected[edge] + outward * 0.06, abs=0.01)
+        else:
+            assert got[edge] == pytest.approx(expected[edge])

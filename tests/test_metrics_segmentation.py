@@ -756,6 +756,22 @@ def test_bfloat16_probabilities_are_probabilities() -> None:
     assert got["segmentation"]["pixel_accuracy"] == pytest.approx(np.mean(pred == labels))
 
 
+def test_float32_scores_that_do_not_sum_to_one_are_not_probabilities() -> None:
+    """The sum tolerance grows to the eps of a half-precision input only: float32 scores
+    summing to 1.01 (not a softmax) are refused; within 1e-3 they are taken."""
+    probs = torch.full((1, 4, 2, 2), 0.25)
+    target = torch.zeros(1, 2, 2, dtype=torch.long)
+    off = probs.clone()
+    off[:, 0] += 0.01  # every pixel sums to 1.01
+    with pytest.raises(ValueError, match="scores are not probabilities"):
+        SegmentationEvaluator(4, inputs="probs").update(off, None, target)
+    near = probs.clone()
+    near[:, 0] += 5e-4
+    evaluator = SegmentationEvaluator(4, inputs="probs")
+    evaluator.update(near, None, target)
+    assert evaluator.compute()["num_pixels"] == 4
+
+
 def test_one_image_without_its_batch_axis_is_refused_naming_the_shapes() -> None:
     """One image's [C, H, W] scores and [H, W] target (a batch axis forgotten) failed with
     Python's "not enough values to unpack (expected 4, got 3)"; the message should say

@@ -1294,6 +1294,58 @@ def test_only_the_first_notices_are_printed_and_all_are_kept(tmp_path, student, 
     assert document["notices"] == summary.notices
 
 
+def test_the_notice_after_the_printed_ones_says_where_the_rest_are(capsys) -> None:
+    """The line that says further notices are not printed comes right after the last
+    printed one (the next notice), once; every notice is kept."""
+    from segdistill.predict import PRINTED_NOTICES, _notifier
+
+    notices: list[str] = []
+    notify = _notifier(notices, "see the list")
+    for k in range(PRINTED_NOTICES + 1):
+        notify(f"n{k}")
+    lines = capsys.readouterr().err.splitlines()
+    expected = [f"notice: n{k}" for k in range(PRINTED_NOTICES)]
+    assert lines == [*expected, "notice: further notices are not printed (see the list)"]
+    notify("later")
+    assert capsys.readouterr().err == ""
+    assert notices == [f"n{k}" for k in range(PRINTED_NOTICES + 1)] + ["later"]
+
+
+def test_cli_says_how_many_notices_were_printed(tmp_path, student, capsys, monkeypatch) -> None:
+    """The closing line says "listed above" only when every notice was printed (here
+    PRINTED_NOTICES is patched: two grey frames give two notices); past it, how many were
+    printed and where all are."""
+    import segdistill.predict
+
+    for k in range(2):
+        write_png(tmp_path / "frames" / f"{k}.png", rgb(32, 32, seed=k)[..., 0])
+    argv = ["predict", str(student), str(tmp_path / "frames"), "--device", "cpu", "--out"]
+    monkeypatch.setattr(segdistill.predict, "PRINTED_NOTICES", 2)
+    assert main([*argv, str(tmp_path / "all")]) == 0
+    assert "2 notice(s), listed above; all in predict.json (notices)" in capsys.readouterr().out
+    monkeypatch.setattr(segdistill.predict, "PRINTED_NOTICES", 1)
+    assert main([*argv, str(tmp_path / "first")]) == 0
+    out = capsys.readouterr().out
+    assert "2 notice(s), the first 1 printed above; all in predict.json (notices)" in out
+
+
+def test_predict_arrays_pads_to_the_input_multiple_by_default(student) -> None:
+    """Without `multiple`, images are padded as `segdistill predict` pads them: to the
+    next multiple of the encoder's output stride, 32 for a ResNet-18 (20x40 -> 32x64)."""
+    predictor = load_predictor(student)
+    shapes = []
+    predict = predictor.predict
+
+    def spy(batch, *args, **kwargs):
+        shapes.append(tuple(batch.shape))
+        return predict(batch, *args, **kwargs)
+
+    predictor.predict = spy  # type: ignore[method-assign]
+    (result,) = predict_arrays(predictor, [rgb(20, 40)])
+    assert shapes == [(1, 3, 32, 64)]
+    assert result.classes.shape == result.uncertainty.shape == (20, 40)
+
+
 def test_ood_figure_legend_hides_no_bar() -> None:
     """The legend of ood_scores.png covers no bar of either histogram. The demo's DUDES
     student (4 reference images, 12 predicted, scores 0.433-0.445) had bars across the

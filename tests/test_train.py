@@ -1788,6 +1788,16 @@ def test_training_images_smaller_than_the_crop_get_a_notice(
     # The smallest by area is named; the crop that fits takes each side's minimum.
     assert "the smallest: 100x90, c.png" in out
     assert "--set data.crop_size=[48,90]" in out
+    # The smallest by area, not by the sum of its sides: 10x500 (5000 pixels) is smaller
+    # than 80x80 (6400), whose sides sum to less.
+    training.notice_images_under_crop(samples, [(80, 80), (10, 500), (200, 600)], (100, 600))
+    assert "the smallest: 10x500, b.png" in capsys.readouterr().out
+    # Images only too narrow: the fitting crop keeps the crop's height (64), not the
+    # images' larger one (200).
+    training.notice_images_under_crop(samples, [(200, 50), (300, 90), (250, 140)], (64, 128))
+    assert "--set data.crop_size=[64,50]" in capsys.readouterr().out
+    training.notice_images_under_crop(samples, [(50, 200), (90, 300), (140, 250)], (64, 128))
+    assert "--set data.crop_size=[50,128]" in capsys.readouterr().out
     # Images at least as large as the crop on both sides: nothing is said.
     training.notice_images_under_crop(samples, [(64, 128), (128, 256), (64, 130)], (64, 128))
     assert capsys.readouterr().out == ""
