@@ -924,30 +924,6 @@ def test_a_damaged_metrics_file_is_a_one_line_error_naming_it(
     assert not (tmp_path / "r.html").exists()
 
 
-def test_the_paper_tables_numbers_are_right_aligned_as_in_the_other_tables() -> None:
-    """The experiment's paper table (first on the page) aligns its numbers on the right
-    (`td.num`, tabular figures), as every other table of the report does: its cells were
-    all text, so 0.0031 sat left-aligned above 0.9392 and the columns could not be read
-    down; labels and names stay text."""
-    claims = Claims(
-        title="t",
-        header=["model", "label", "mIoU", "ECE", "OOD flagged"],
-        rows=[
-            ["ensemble", "teacher", "0.0031", "0.0555", "9%"],
-            ["dudes", "DUDES", "-", "0.04", "12%"],  # "-": no value (pipeline.results)
-        ],
-        checks=[],
-    )
-    page = claims_html(claims)
-    cells = re.findall(
-        r"<(td|th)([^>]*)>([^<]*)</\1>", page.split("<tbody>")[1].split("</tbody>")[0]
-    )
-    numbers = [attrs for _, attrs, value in cells if re.fullmatch(r"[0-9.]+%?|-", value)]
-    words = [attrs for _, attrs, value in cells if not re.fullmatch(r"[0-9.]+%?|-", value)]
-    assert len(numbers) == 6 and all('class="num' in attrs for attrs in numbers)
-    assert len(words) == 4 and not any("num" in attrs for attrs in words)
-
-
 # ------------------------------------------------- an experiment's tables, samples, figures
 
 
