@@ -746,6 +746,42 @@ def test_correct_and_wrong_histograms_are_blue_and_vermillion(setup: dict[str, A
     assert colors == [figures.GOOD_COLOR.lower(), figures.BAD_COLOR.lower()]
 
 
+def test_histograms_of_values_far_from_zero_are_not_drawn_as_a_sliver() -> None:
+    """A baseline's 1 - max softmax lies near 0.93 (an untrained or unsure model): the
+    x axis cut only above the last occupied bin ran from 0 to 0.95, and the correct and
+    wrong pixels sat in a sliver at its right edge (3 % of the width), their difference
+    unreadable. The occupied bins fill a good part of the axis."""
+    edges = np.linspace(0.0, 1.0, 101)
+    correct, wrong = np.zeros(100), np.zeros(100)
+    correct[[92, 93]] = [30, 10]  # [0.92, 0.94)
+    wrong[[93, 94]] = [5, 40]  # [0.93, 0.95)
+    hist = {"edges": edges.tolist(), "correct": correct.tolist(), "wrong": wrong.tolist()}
+    model = {
+        "name": "baseline",
+        "uncertainty_source": "1 - max softmax",
+        "splits": {"test": {"uncertainty": {"histograms": hist}}},
+        "anomaly": {
+            "split": "anomaly",
+            "ap": 0.1,
+            "auroc": 0.6,
+            "histograms": {
+                "edges": hist["edges"],
+                "normal": hist["correct"],
+                "anomaly": hist["wrong"],
+            },
+        },
+    }
+    occupied = 0.95 - 0.92
+    for figure in (
+        figures.uncertainty_histograms([model], "test"),
+        figures.anomaly_histograms([model]),
+    ):
+        (ax,) = figure.axes
+        low, high = ax.get_xlim()
+        assert low <= 0.92 and high >= 0.95  # every bar shown
+        assert occupied / (high - low) >= 0.25, (low, high)
+
+
 def test_paired_statistics_need_a_teacher() -> None:
     alone = ModelAccumulators(4, 255, anomaly=False, paired=False)
     with pytest.raises(ValueError, match="without a teacher"):
@@ -1993,7 +2029,7 @@ def test_a_model_keeps_its_colour_in_its_own_figures(
         return path
 
     monkeypatch.setattr("segdistill.evaluate._save", record)
-    evaluate(
+    results = evaluate(
         [tmp_path / "ens", tmp_path / "ens" / "member_0", tmp_path / "dudes"],
         setup["data"],
         splits=["test"],
@@ -2004,6 +2040,12 @@ def test_a_model_keeps_its_colour_in_its_own_figures(
         device="cpu",
         write_homes=False,
     )
+    # The member's 1 - max softmax is on another scale than the ensemble's pred_std: no
+    # uncertainty difference is stored for it; the student head's is.
+    member, student = results["models"][1], results["models"][2]
+    assert set(member["vs_teacher"]["splits"]["test"]["per_class_mean_uncertainty"]) == {None}
+    assert member["vs_teacher"]["splits"]["test"]["class_mean_uncertainty"] is None
+    assert student["vs_teacher"]["splits"]["test"]["class_mean_uncertainty"] is not None
     comparison = colours.pop("figures/reliability.png")
     assert len(comparison) == 3 and len(set(comparison.values())) == 3
     assert colours  # the models' own figures
@@ -2150,3 +2192,25 @@ def test_the_saved_picture_grows_on_the_side_text_reaches_past(
             assert got[edge] == pytest.approx(expected[edge] + outward * 0.06, abs=0.01)
         else:
             assert got[edge] == pytest.approx(expected[edge])
+
+
+def test_no_uncertainty_difference_is_stored_between_two_scales() -> None:
+    """metrics.json's student - teacher uncertainty differences are None for a model whose
+    measure is on another scale than the teacher's (1 - max softmax against pred_std);
+    the IoU differences stay. Same-scale measures are subtracted."""
+    from segdistill.evaluate import class_differences
+
+    def result(iou: list[float], unc: list[float | None]) -> dict[str, Any]:
+        return {
+            "segmentation": {"iou": iou, "miou": sum(iou) / len(iou)},
+            "uncertainty": {"per_class_mean": unc, "class_mean": 0.5, "pixel_mean": 0.25},
+        }
+
+    baseline, teacher = result([0.5, 0.75], [0.9, 0.875]), result([0.25, 0.5], [0.25, None])
+    apart = class_differences(baseline, teacher, same_scale=False)
+    assert apart["iou"] == [0.25, 0.25] and apart["miou"] == 0.25
+    assert apart["per_class_mean_uncertainty"] == [None, None]
+    assert apart["class_mean_uncertainty"] is None and apart["pixel_mean_uncertainty"] is None
+    together = class_differences(baseline, teacher)
+    assert together["per_class_mean_uncertainty"] == [0.65, None]
+    assert together["class_mean_uncertainty"] == 0.0

@@ -547,6 +547,43 @@ def test_per_class_differences_are_student_minus_a_teacher_in_the_report() -> No
     }
 
 
+def test_no_uncertainty_difference_between_measures_of_other_scales() -> None:
+    """A baseline's 1 - max softmax (about 0.9) minus an ensemble's pred_std (about 0.01)
+    is no student - teacher difference (DUDES Table 2 compares a head trained on the
+    teacher's std with that std): its per-class uncertainty table shows no number there,
+    while its IoU difference, and a student head's uncertainty difference, stay."""
+    teacher = fake_model("t", [0.0, 0.5, 0.3], [0.01, 0.02, 0.03], 0.1, "ensemble pred_std")
+    baseline = with_teacher(
+        fake_model("b", [0.2, 0.4, 0.3], [0.91, 0.92, 0.93], 0.1, "1 - max softmax"),
+        "t",
+        [0.2, -0.1, 0.0],
+        [0.9, 0.9, 0.9],
+    )
+    student = with_teacher(
+        fake_model("s", [0.2, 0.4, 0.3], [0.02, 0.02, 0.02], 0.1, "student head (scalar)"),
+        "t",
+        [0.2, -0.1, 0.0],
+        [0.01, 0.0, -0.01],
+    )
+    models = [teacher, baseline, student]
+    unc = dict(
+        item
+        for row in table_cells(per_class_table(models, "test", "uncertainty", None, "U"))[1]
+        for item in row
+        if item[0]
+    )
+    assert unc["s/test/uncertainty_diff/road"] == "+0.0100"
+    numbers = {k: v for k, v in unc.items() if k.startswith("b/") and "_diff" in k and v != "n/a"}
+    assert numbers == {}, numbers
+    iou = dict(
+        item
+        for row in table_cells(per_class_table(models, "test", "iou", "high", "IoU"))[1]
+        for item in row
+        if item[0]
+    )
+    assert iou["b/test/iou_diff/road"] == "+0.2000"
+
+
 def test_the_teacher_table_bolds_the_most_correlated_student() -> None:
     a = with_teacher(MODELS[0], "t", [0.0] * 3, [0.0] * 3)
     b = with_teacher(MODELS[1], "t", [0.0] * 3, [0.0] * 3)

@@ -37,6 +37,16 @@ UNCERTAINTY_VMAX = 0.5
 # The uncertainty of a network without an uncertainty head or members: on another scale
 # (about 0.1-0.9) than the std of the class probabilities the others give (0-0.5).
 SOFTMAX_UNCERTAINTY = "1 - max softmax"
+# The scale of every other measure: pred_std (ensembles, MC dropout) and the student heads
+# trained to predict it.
+STD_SCALE = "pred_std and the heads trained on it"
+
+
+def uncertainty_scale(source: str) -> str:
+    """The scale of an uncertainty measure (a model's `uncertainty_source`): values of one
+    scale may be compared and subtracted (DUDES Table 2), of two scales not."""
+    return SOFTMAX_UNCERTAINTY if source == SOFTMAX_UNCERTAINTY else STD_SCALE
+
 
 # `segdistill export`: the file formats, what the exported graph returns, and the largest
 # difference from the PyTorch model that its check accepts.

@@ -81,7 +81,12 @@ from segdistill.data.folder import (
 from segdistill.data.shifts import SHIFT_KINDS, expand_shifts, fog_name
 from segdistill.data.synthstreets import SHIFTS_DIR
 from segdistill.data.transforms import unnormalize
-from segdistill.defaults import AGGREGATORS, DEFAULT_MC_SAMPLES, RESULTS_FILE
+from segdistill.defaults import (
+    AGGREGATORS,
+    DEFAULT_MC_SAMPLES,
+    RESULTS_FILE,
+    uncertainty_scale,
+)
 from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.interrupts import ignore_ctrl_c, stop_on_ctrl_c
 from segdistill.jsonfiles import write_json
@@ -677,10 +682,14 @@ def ood_results(
     }
 
 
-def class_differences(student: dict[str, Any], teacher: dict[str, Any]) -> dict[str, Any]:
+def class_differences(
+    student: dict[str, Any], teacher: dict[str, Any], same_scale: bool = True
+) -> dict[str, Any]:
     """Student - teacher differences of two `SegmentationEvaluator.compute()` results:
     per_class_mean_uncertainty [C] (DUDES Table 2), class_mean_uncertainty, pixel_mean
-    uncertainty and iou [C] (DUDES Table 1); None where either side is None."""
+    uncertainty and iou [C] (DUDES Table 1); None where either side is None, and for the
+    uncertainties unless `same_scale` (the two measures' `uncertainty_scale`: 1 - max
+    softmax minus pred_std is no difference)."""
 
     def diff(a: Any, b: Any) -> Any:
         if isinstance(a, list):
@@ -688,6 +697,9 @@ def class_differences(student: dict[str, Any], teacher: dict[str, Any]) -> dict[
         return None if a is None or b is None else a - b
 
     su, tu = student["uncertainty"], teacher["uncertainty"]
+    if not same_scale:
+        unknown = [None] * len(su["per_class_mean"])
+        su = {**su, "per_class_mean": unknown, "class_mean": None, "pixel_mean": None}
     return {
         "per_class_mean_uncertainty": diff(su["per_class_mean"], tu["per_class_mean"]),
         "class_mean_uncertainty": diff(su["class_mean"], tu["class_mean"]),
@@ -715,13 +727,15 @@ def model_result(
     anomaly = next(((s, a.anomaly) for s, a in accumulators.items() if a.anomaly is not None), None)
     vs_teacher = None
     if teacher is not None:
+        scales = {uncertainty_scale(p.uncertainty_source) for p in (predictor, teacher[0])}
+        same_scale = len(scales) == 1
         vs_teacher = {
             "teacher": teacher[0].name,
             "teacher_uncertainty_source": teacher[0].uncertainty_source,
             "splits": {
                 split: {
                     "paired": acc.paired_metrics(),
-                    **class_differences(splits[split], teacher[1][split]),
+                    **class_differences(splits[split], teacher[1][split], same_scale),
                 }
                 for split, acc in accumulators.items()
             },

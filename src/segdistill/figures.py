@@ -52,7 +52,7 @@ from matplotlib.transforms import Bbox
 
 from segdistill.atomic import atomic_write
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
-from segdistill.defaults import SOFTMAX_UNCERTAINTY, UNCERTAINTY_VMAX
+from segdistill.defaults import UNCERTAINTY_VMAX, uncertainty_scale
 from segdistill.metrics.ranking import roc_curve
 from segdistill.metrics.segmentation import removal_point
 
@@ -590,24 +590,18 @@ def per_class_uncertainty(
 ) -> Figure:
     """Grouped bars: mean uncertainty of the pixels predicted as each class, per model
     (DUDES Table 2). A class no pixel was predicted as has no bar. One panel per scale of
-    uncertainty (`_scale`), with its own y axis: an ensemble's pred_std (about 0.05)
-    beside a baseline's 1 - max softmax (about 0.9) on one axis showed no bars at all."""
+    uncertainty (`defaults.uncertainty_scale`), with its own y axis: an ensemble's
+    pred_std (about 0.05) beside a baseline's 1 - max softmax (about 0.9) on one axis
+    showed no bars at all."""
     split = pick_split(models, split)
     per_model = [m["splits"][split]["uncertainty"]["per_class_mean"] for m in models]
     labels = [_measure_label(m) for m in models]
     title = f"Mean uncertainty per predicted class ({split})"
-    scales = list(dict.fromkeys(_scale(m) for m in models))
-    panels = [[i for i, m in enumerate(models) if _scale(m) == scale] for scale in scales]
+    model_scales = [uncertainty_scale(m["uncertainty_source"]) for m in models]
+    scales = list(dict.fromkeys(model_scales))
+    panels = [[i for i, own in enumerate(model_scales) if own == scale] for scale in scales]
     ylabels = [f"mean uncertainty\n({scale})" for scale in scales]
     return _per_class_bars(models, per_model, labels, ylabels, title, slots, panels)
-
-
-def _scale(model: Model) -> str:
-    """The scale of a model's uncertainty: 1 - max softmax, or the std of the class
-    probabilities, which ensembles and MC dropout compute and the heads are trained to
-    predict (one panel for a student and its teacher, Table 2's comparison)."""
-    source = model["uncertainty_source"]
-    return source if source == SOFTMAX_UNCERTAINTY else "pred_std and the heads trained on it"
 
 
 def iou_after_removal(

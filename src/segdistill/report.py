@@ -42,7 +42,7 @@ from typing import Any
 
 from segdistill import figures
 from segdistill.atomic import atomic_write_text
-from segdistill.defaults import RESULTS_FILE
+from segdistill.defaults import RESULTS_FILE, uncertainty_scale
 from segdistill.errors import ConfigError, SegdistillError
 from segdistill.evaluate import METRICS_FILE, ood_versus, summary_split
 from segdistill.figures import AGGREGATOR_LABELS, pick_split
@@ -436,6 +436,16 @@ def per_class_table(
     values, mean, diffs, mean_diff = PER_CLASS[kind]
     names = {m["name"] for m in models}
     students = [m for m in models if _teacher_of(m, names)]
+    if kind == "uncertainty":
+        # A difference of measures of two scales (1 - max softmax minus pred_std) is no
+        # student - teacher difference: those columns are left out.
+        sources = {m["name"]: m["uncertainty_source"] for m in models}
+        students = [
+            m
+            for m in students
+            if uncertainty_scale(m["uncertainty_source"])
+            == uncertainty_scale(sources[m["vs_teacher"]["teacher"]])
+        ]
     headers = ["class"]
     headers += [
         f"{m['name']} ({m['uncertainty_source']})" if kind == "uncertainty" else m["name"]
