@@ -267,6 +267,21 @@ def _occupied_limit(edges: np.ndarray, *histograms: np.ndarray) -> float:
     return float(min(edges[-1], edges[0] + (last - edges[0]) * 1.05))
 
 
+def _occupied_range(edges: np.ndarray, *histograms: np.ndarray) -> tuple[float, float]:
+    """The x range of histograms over `edges`: from the first to the last non-empty bin,
+    with a margin of 5 % of that span; from edges[0] where the empty stretch before the
+    first bin is narrower than the occupied span (values near 0 keep 0 as the reference),
+    else from just below it (a 1 - max softmax near 0.93 was a sliver at the right edge)."""
+    total = np.sum([np.asarray(h, dtype=np.float64) for h in histograms], axis=0)
+    nonzero = np.flatnonzero(total)
+    if not nonzero.size:
+        return float(edges[0]), float(edges[-1])
+    first, last = edges[nonzero[0]], edges[nonzero[-1] + 1]
+    margin = max(0.05 * (last - first), edges[1] - edges[0])
+    low = edges[0] if first - edges[0] <= last - first else first - margin
+    return float(max(edges[0], low)), float(min(edges[-1], last + margin))
+
+
 # Lines of one column of a legend beside the axes (8 pt lines fill ~3 inches).
 LEGEND_ROWS = 16
 
@@ -374,7 +389,7 @@ def _two_histograms(
         label = f"{key} ({int(counts.sum()):,} px)"
         ax.stairs(share, edges, color=color, fill=True, alpha=0.45, label=label)
     first, second = (hist[key] for key, _ in groups)
-    ax.set_xlim(edges[0], _occupied_limit(edges, first, second))
+    ax.set_xlim(*_occupied_range(edges, first, second))
     _note_coarse(ax, edges, first, second)
     ax.set_ylabel("share of pixels")
     ax.legend(fontsize=8)
