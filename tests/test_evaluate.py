@@ -2214,3 +2214,19 @@ def test_no_uncertainty_difference_is_stored_between_two_scales() -> None:
     together = class_differences(baseline, teacher)
     assert together["per_class_mean_uncertainty"] == [0.65, None]
     assert together["class_mean_uncertainty"] == 0.0
+
+
+def test_the_hist2d_diagonal_is_drawn_only_between_measures_of_one_scale() -> None:
+    """y = x compares a head trained on the teacher's pred_std with that std; against a
+    baseline's 1 - max softmax it is a line near 0 that reads as data."""
+
+    def dashed(model: dict[str, Any]) -> int:
+        figure = figures.teacher_student_hist2d([model], "test")
+        return sum(line.get_linestyle() == "--" for ax in figure.axes for line in ax.get_lines())
+
+    student = small_uncertainty_model()
+    student["vs_teacher"]["teacher_uncertainty_source"] = "ensemble pred_std"
+    assert dashed(student) == 2  # correct and wrong panels
+    baseline = copy.deepcopy(student)
+    baseline["uncertainty_source"] = "1 - max softmax"
+    assert dashed(baseline) == 0

@@ -524,8 +524,12 @@ def teacher_student_hist2d(models: Sequence[Model], split: str | None = None) ->
             # An ensemble's small pred_std can lie in the first teacher bin: one column.
             _note_coarse(ax, t_edges, counts.sum(axis=1), what="teacher: ", y=0.6)
             _note_coarse(ax, s_edges, counts.sum(axis=0), what="student: ", y=0.4)
-            limit = max(t_max, s_max)
-            ax.plot([0, limit], [0, limit], color="0.4", linestyle="--", linewidth=0.8)
+            same_scale = uncertainty_scale(model["uncertainty_source"]) == uncertainty_scale(
+                model["vs_teacher"].get("teacher_uncertainty_source", model["uncertainty_source"])
+            )
+            if same_scale:  # y = x means nothing between 1 - max softmax and pred_std
+                limit = max(t_max, s_max)
+                ax.plot([0, limit], [0, limit], color="0.4", linestyle="--", linewidth=0.8)
             ax.set(xlim=(t_edges[0], t_max), ylim=(s_edges[0], s_max))
             ax.set_xlabel(f"teacher ({model['vs_teacher']['teacher']})", fontsize=8)
             # Its role, not "student": a baseline is compared with the teacher as well.
@@ -701,7 +705,8 @@ def ood_score_distributions(model: Model, aggregator: str | None = None) -> Figu
     names = list(scores)
     figure, (ax,) = axes_grid(1, 1, (max(4.4, 0.7 * len(names)), 3.0), bottom=1.0)
     data = [np.asarray(scores[n][aggregator], dtype=np.float64) for n in names]
-    ax.boxplot(data, showfliers=False, widths=0.55)
+    # Black medians: matplotlib's default orange reads as the out-of-distribution colour.
+    ax.boxplot(data, showfliers=False, widths=0.55, medianprops={"color": "black"})
     rng = np.random.default_rng(0)  # fixed jitter: the same results draw the same figure
     # Every clean split some set is scored against is in-distribution.
     clean = {ood["reference"], *(set_reference(ood, n) for n in ood["sets"])}
