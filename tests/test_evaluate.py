@@ -1766,6 +1766,9 @@ def test_the_anomaly_and_ood_roc_figures_name_each_metric_with_its_own_value() -
     (ax,) = [a for a in roc.axes if a.get_title()]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mean 0.800", "max 0.600"]
     assert ax.get_legend().get_title().get_text() == "AUROC"
+    # The legend lies under the panel, on no curve (AUROC-1 curves fill the corners).
+    figures.png_bytes(roc)
+    assert ax.get_legend().get_window_extent().y1 < ax.get_window_extent().y0
     # One model's aggregators, not models: none is drawn in a model's colour.
     drawn = {to_hex(line.get_color()) for line in ax.get_lines()[1:]}
     assert len(drawn) == 2 and not drawn & {figures.model_color(i).lower() for i in range(8)}

@@ -659,7 +659,10 @@ def ood_roc_curves(model: Model) -> Figure | None:
     ood = model.get("ood")
     if not ood or not ood["sets"]:
         return None
-    figure, axes = axes_grid(len(ood["sets"]), 4, (2.9, 2.7), top=0.75, wgap=0.6)
+    # Room under each panel for its legend (three rows of aggregators and a title).
+    figure, axes = axes_grid(
+        len(ood["sets"]), 4, (2.9, 2.7), top=0.75, wgap=0.6, bottom=1.5, hgap=1.9
+    )
     for ax, (name, result) in zip(axes, ood["sets"].items()):
         ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1)
         aggregators = result["by_aggregator"]
@@ -679,8 +682,17 @@ def ood_roc_curves(model: Model) -> Figure | None:
         ax.set_xlabel("false positive rate", fontsize=8)
         ax.set_ylabel("true positive rate", fontsize=8)
         ax.set_title(f"{set_reference(ood, name)} vs {name}", fontsize=10)
-        # "best": where the curves are not (below chance too, unlike a fixed corner).
-        ax.legend(fontsize=7, loc="best", title="AUROC", title_fontsize=7)
+        # Under the panel: curves of AUROC 1 run along the left and top edges, and
+        # others below the chance line, so no corner inside is free.
+        ax.legend(
+            fontsize=7,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            ncol=2,
+            title="AUROC",
+            title_fontsize=7,
+            frameon=False,
+        )
     figure.suptitle(f"{model['name']}: image-level OOD detection by aggregator")
     return figure
 
