@@ -1178,3 +1178,13 @@ def test_a_figure_wider_than_the_page_opens_at_full_size(evaluated: Path, tmp_pa
         assert driver.execute_script(width.format("ens")) <= PAGE_WIDTH
     finally:
         driver.quit()
+
+
+def test_a_caption_shows_its_code_spans_as_code() -> None:
+    """The pipeline's table titles are Markdown (table.md): `segdistill predict` in the
+    OOD-flag table's title showed its backticks in the report; text stays escaped."""
+    from segdistill.report import _table, text
+
+    page = _table(["a"], [[text("1")]], caption="flags <x> (`segdistill predict --ood-detector`):")
+    assert "<caption>flags &lt;x&gt; (<code>segdistill predict --ood-detector</code>):" in page
+    assert "`" not in page

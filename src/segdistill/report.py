@@ -34,6 +34,7 @@ import hashlib
 import html
 import json
 import math
+import re
 import struct
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -234,6 +235,12 @@ def directed(header: str, better: str | None) -> str:
     return f"{header} {ARROWS[better]}" if better else header
 
 
+def _code_spans(escaped: str) -> str:
+    """Escaped text with its `code` spans (the pipeline's titles are Markdown, for
+    table.md) as <code>: a command in a caption showed its backticks."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+
+
 def _caption(title: str, better: str | None) -> str:
     """A caption naming the better direction, for tables whose columns are not metrics
     (sets, models): "mIoU per set (higher is better)"."""
@@ -310,7 +317,7 @@ def _table(
             tag = "th" if cell.header else "td"
             cells.append(f"<{tag}{attrs}>{html.escape(cell.text)}</{tag}>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    cap = f"<caption>{_code_spans(html.escape(caption))}</caption>" if caption else ""
     return (
         f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
