@@ -2233,3 +2233,24 @@ def test_the_hist2d_diagonal_is_drawn_only_between_measures_of_one_scale() -> No
     baseline = copy.deepcopy(student)
     baseline["uncertainty_source"] = "1 - max softmax"
     assert dashed(baseline) == 0
+
+
+def test_the_class_count_labels_of_two_models_at_one_point_do_not_overlap(
+    setup: dict[str, Any],
+) -> None:
+    """Two curves through the same point labelled "9/19" each: the labels lay on each
+    other. Each model's labels sit one line higher than the previous model's."""
+    model = copy.deepcopy(setup["results"]["models"][-1])
+    curve = model["splits"]["test"]["uncertainty"]["miou_vs_removed"]
+    curve["iou"] = [[0.5] * 19 for _ in curve["removed_fraction"]]
+    curve["iou"][-1][:10] = [None] * 10
+    curve["miou"] = [0.5 for _ in curve["removed_fraction"]]
+    other = copy.deepcopy(model)
+    other["name"] = "other"
+    figure = figures.miou_vs_removed([model, other], "test")
+    figures.png_bytes(figure)
+    (ax,) = figure.axes
+    marks = [t for t in ax.texts if t.get_text() == "9/19"]
+    assert len(marks) == 2
+    first, second = (mark.get_window_extent() for mark in marks)
+    assert not first.overlaps(second)

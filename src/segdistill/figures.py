@@ -430,7 +430,7 @@ def miou_vs_removed(
     labels = [_label(m) for m in models]
     figure, (ax,) = axes_grid(1, 1, (4.4, 3.4), bottom=0.95, right=legend_margin(labels))
     fewer = False
-    for i, model, label in zip(_slots(models, slots), models, labels):
+    for k, (i, model, label) in enumerate(zip(_slots(models, slots), models, labels)):
         curve = model["splits"][split]["uncertainty"]["miou_vs_removed"]
         removed, miou = 100 * np.asarray(curve["removed_fraction"]), _values(curve["miou"])
         ax.plot(removed, miou, markersize=4, label=label, **model_line(i))
@@ -443,7 +443,8 @@ def miou_vs_removed(
                 ax.annotate(
                     f"{count}/{total}",
                     (x, y),
-                    xytext=(-3, 4),
+                    # One line up per model: curves that meet kept their labels apart.
+                    xytext=(-3, 4 + 8 * k),
                     textcoords="offset points",
                     ha="right",
                     fontsize=7,
