@@ -301,7 +301,7 @@ def run_predict(args: argparse.Namespace) -> int:
         shown = (
             "listed above"
             if len(summary.notices) <= PRINTED_NOTICES
-            else (f"the first {PRINTED_NOTICES} printed above")
+            else f"the first {PRINTED_NOTICES} printed above"
         )
         print(f"{len(summary.notices)} notice(s), {shown}; all in {SUMMARY_FILE} (notices)")
     return 0
