@@ -119,7 +119,7 @@ from segdistill.data.folder import (
     IMAGES_DIR,
     MASKS_DIR,
     files_below,
-    images_below,
+    is_image,
 )
 from segdistill.data.labels import IGNORE_INDEX, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_eval_transform
@@ -171,10 +171,10 @@ def _inside(path: Path, folder: Path | None) -> bool:
     return folder is not None and path.resolve().is_relative_to(folder.resolve())
 
 
-def _earlier_outputs(folder: Path, exclude: Path | None) -> list[Path]:
-    """The output folders of earlier predict runs below `folder` (each holds predict.json
-    or predict.unfinished.jsonl), but `exclude`, this run's own."""
-    marks = [file for file in files_below(folder) if file.name in (SUMMARY_FILE, UNFINISHED_FILE)]
+def _earlier_outputs(files: Sequence[Path], exclude: Path | None) -> list[Path]:
+    """The output folders of earlier predict runs among the folders of `files` (each holds
+    predict.json or predict.unfinished.jsonl), but `exclude`, this run's own."""
+    marks = [file for file in files if file.name in (SUMMARY_FILE, UNFINISHED_FILE)]
     return sorted({mark.parent for mark in marks if not _inside(mark, exclude)})
 
 
@@ -220,10 +220,11 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Inp
                 "frames/%06d.png`, and pass the folder of frames"
             )
         if path.is_dir():
-            below = images_below(path)
-            _notice_other_formats(path)
+            every = files_below(path)  # walked once: a folder on a network disk is slow
+            below = [file for file in every if is_image(file)]
+            _notice_other_formats(path, every)
             found = [file for file in below if not _inside(file, exclude)]
-            earlier = _earlier_outputs(path, exclude)
+            earlier = _earlier_outputs(every, exclude)
             if earlier:  # an earlier run's --out inside the folder: its pictures, not inputs
                 kept = [file for file in found if not any(_inside(file, e) for e in earlier)]
                 print(
@@ -272,13 +273,12 @@ def find_images(inputs: Sequence[Path], exclude: Path | None = None) -> list[Inp
 OTHER_IMAGE_SUFFIXES = (".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
 
 
-def _notice_other_formats(folder: Path) -> None:
-    """A notice naming the files below `folder` in OTHER_IMAGE_SUFFIXES, which a folder
-    search leaves out (a folder of .bmp frames beside .png ones lost them in silence)."""
+def _notice_other_formats(folder: Path, files: Sequence[Path]) -> None:
+    """A notice naming the `files` (those below `folder`) in OTHER_IMAGE_SUFFIXES, which a
+    folder search leaves out (a folder of .bmp frames beside .png ones lost them in
+    silence)."""
     other = Counter(
-        file.suffix.lower()
-        for file in files_below(folder)
-        if file.suffix.lower() in OTHER_IMAGE_SUFFIXES
+        file.suffix.lower() for file in files if file.suffix.lower() in OTHER_IMAGE_SUFFIXES
     )
     if other:
         counts = ", ".join(f"{count} {suffix}" for suffix, count in sorted(other.items()))

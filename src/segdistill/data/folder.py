@@ -80,10 +80,16 @@ def files_below(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def is_image(path: Path) -> bool:
+    """Whether `path` names an image file that folders are searched for (IMAGE_SUFFIXES,
+    any case)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def images_below(folder: Path) -> list[Path]:
-    """Every image file (IMAGE_SUFFIXES, any case) in `folder` and its sub-folders, sorted
-    by path (`files_below`: links followed, hidden files left out)."""
-    return [p for p in files_below(folder) if p.suffix.lower() in IMAGE_SUFFIXES]
+    """Every image file (`is_image`) in `folder` and its sub-folders, sorted by path
+    (`files_below`: links followed, hidden files left out)."""
+    return [p for p in files_below(folder) if is_image(p)]
 
 
 def masks_below(folder: Path, suffix: str = ".png") -> list[tuple[str, Path]]:
