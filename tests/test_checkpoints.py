@@ -255,6 +255,22 @@ def test_weights_with_keys_the_network_lacks_are_refused(tmp_path: Path) -> None
         load_weights_into(tiny_model(3), tmp_path / "w.safetensors")
 
 
+def test_a_model_unlike_its_config_is_not_saved(tmp_path: Path) -> None:
+    """Weights written with the config of another network would fail only when loaded,
+    maybe on another machine: save_weights refuses them, names what differs and writes
+    nothing."""
+    path = tmp_path / "w.safetensors"
+    with_head = ModelConfig(encoder_options=TINY.encoder_options, uncertainty_head="scalar")
+    with pytest.raises(ValueError, match=r"unexpected keys \(\d+\): uncertainty_head\.") as error:
+        save_weights(path, tiny_model(3, with_head), TINY)
+    assert "does not match its model config (deeplabv3plus/resnet18, 3 classes)" in str(error.value)
+    wider = ModelConfig(encoder_options={"output_stride": 16, "width": 0.25})
+    first = r"decoder\.aspp\.0\.convs\.0\.0\.weight: model \(32, 64, 1, 1\) vs config \(64, 128,"
+    with pytest.raises(ValueError, match=r"shape mismatches \(147\): " + first):
+        save_weights(path, tiny_model(3), wider)
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
 def test_weights_load_without_the_encoder_file_they_started_from(tmp_path: Path) -> None:
     """The ImageNet encoder file of model.encoder_weights is only the start of training:
     a teacher or evaluation loads every weight from the checkpoint, also once that file

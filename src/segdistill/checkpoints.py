@@ -52,7 +52,25 @@ def save_weights(
     classes: ClassesSpec | None = None,
 ) -> None:
     """Write the segmenter's state dict, its architecture and (when given) the classes it
-    was trained on as one safetensors file."""
+    was trained on as one safetensors file. ValueError when `model` is not the network
+    `model_config` describes: the file would not load (`load_segmenter` rebuilds the
+    network from the config)."""
+    # Built on the meta device: shapes without memory or initialisation.
+    with torch.device("meta"):
+        described = build_model(
+            dataclasses.replace(model_config, encoder_weights=None), model.num_classes
+        )
+    problems = _state_dict_problems(
+        {key: tuple(value.shape) for key, value in model.state_dict().items()},
+        {key: tuple(value.shape) for key, value in described.state_dict().items()},
+        ("model", "config"),
+    )
+    if problems:
+        raise ValueError(
+            f"the model does not match its model config ({model_config.arch}/"
+            f"{model_config.encoder}, {model.num_classes} classes), so {path} would not load: "
+            + "; ".join(problems)
+        )
     architecture = {"model": dataclasses.asdict(model_config), "num_classes": model.num_classes}
     metadata = {"format": "pt", ARCHITECTURE_KEY: json.dumps(architecture)}
     if classes is not None:
@@ -154,24 +172,12 @@ def load_weights_into(model: nn.Module, path: str | Path) -> None:
     and every value is finite."""
     path = Path(path)
     tensors = _open(path, lambda f: {key: f.get_tensor(key) for key in f.keys()})
-    expected = model.state_dict()
-    missing = sorted(expected.keys() - tensors.keys())
-    unexpected = sorted(tensors.keys() - expected.keys())
-    shapes = [
-        f"{key}: checkpoint {tuple(tensors[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in sorted(expected.keys() & tensors.keys())
-        if tensors[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or shapes:
-        problems = [
-            f"{label} ({len(items)}): {_listing(items)}"
-            for label, items in (
-                ("shape mismatches", shapes),
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-            )
-            if items
-        ]
+    problems = _state_dict_problems(
+        {key: tuple(value.shape) for key, value in tensors.items()},
+        {key: tuple(value.shape) for key, value in model.state_dict().items()},
+        ("checkpoint", "model"),
+    )
+    if problems:
         raise CheckpointError(
             f"{path} does not fit this model ({_saved_from(path)}); " + "; ".join(problems)
         )
@@ -188,6 +194,32 @@ def load_weights_into(model: nn.Module, path: str | Path) -> None:
             "wrote it diverged; train again with a lower optim.lr"
         )
     model.load_state_dict(tensors)
+
+
+def _state_dict_problems(
+    found: dict[str, tuple[int, ...]],
+    expected: dict[str, tuple[int, ...]],
+    roles: tuple[str, str],
+) -> list[str]:
+    """How the state dict shapes `found` differ from `expected` (named `roles` in the
+    shape lines): shape mismatches, missing keys, unexpected keys, each listed; [] when
+    they match."""
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    shapes = [
+        f"{key}: {roles[0]} {found[key]} vs {roles[1]} {expected[key]}"
+        for key in sorted(expected.keys() & found.keys())
+        if found[key] != expected[key]
+    ]
+    return [
+        f"{label} ({len(items)}): {_listing(items)}"
+        for label, items in (
+            ("shape mismatches", shapes),
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+        )
+        if items
+    ]
 
 
 def _open(path: Path, read: Callable[[Any], Any]) -> Any:
