@@ -586,7 +586,7 @@ def test_sample_predictions_draw_every_model_on_one_fixed_scale() -> None:
     labels = rng.integers(0, 4, (3, 8, 16))
     labels[1, 0, :5] = 255
     predictions = rng.integers(0, 3, (3, 8, 16))
-    names = ["a_1", "b_2", "c_3"]
+    names = ["fog_0.02", "aachen_000000_000019", "c_3"]
     classes = ["road", "car", "sky", "wall", "fence"]
 
     def draw(uncertainty: np.ndarray) -> Any:
@@ -617,6 +617,9 @@ def test_sample_predictions_draw_every_model_on_one_fixed_scale() -> None:
             np.testing.assert_array_equal(accuracy.get_array()[..., 0], expected)
             np.testing.assert_array_equal(unc.get_array(), uncertainty[r])
             assert unc.get_clim() == pytest.approx((0.0, UNCERTAINTY_VMAX))
+        # A set's name stays whole; a long image stem breaks at its first underscore.
+        rows = [panels[5 * r].get_ylabel() for r in range(3)]
+        assert rows == ["fog_0.02", "aachen\n000000_000019", "c_3"]
         assert bar.get_xlim() == pytest.approx((0.0, UNCERTAINTY_VMAX))
         # The colour bar names the measure and the scale.
         assert bar.get_xlabel() == (

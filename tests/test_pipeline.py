@@ -67,6 +67,7 @@ from segdistill.pipeline.results import (
     format_markdown,
     format_summary,
     paper_table,
+    table_caption,
     write_results,
 )
 from segdistill.pipeline.run import plan, run_pipeline
@@ -1907,6 +1908,28 @@ def test_check_lines_give_the_verdict_the_goal_and_the_counts() -> None:
     assert "checks: 1 of 2 pass" in summary
     markdown = format_markdown(results)
     assert "- PASS  c - student vs baseline" in markdown and "- FAIL  c - student:" in markdown
+
+
+@pytest.mark.parametrize(
+    ("title", "caption"),
+    [
+        ("Table 2", "Table 2 (split test)"),
+        ("Models (OOD AUROC per shifted set)", "Models (OOD AUROC per shifted set; split test)"),
+        ("Table 1 on the SynthStreets test split", "Table 1 on the SynthStreets test split"),
+        ("Table 1 on contest images", "Table 1 on contest images (split test)"),  # a word
+        ("", "exp (split test)"),  # no title: the experiment's name
+    ],
+)
+def test_the_table_caption_names_its_split_once(title: str, caption: str) -> None:
+    """The demo's table read "... (OOD AUROC per shifted set) (split test)", and a title
+    that says "test split" got "(split test)" after it."""
+    results = experiment_results(["mIoU"], ["miou"], [0.5], [None], [])
+    results["table"]["title"] = title
+    results["experiment"]["name"] = "exp"
+    assert results["table"]["split"] == "test"
+    assert table_caption(results) == caption
+    assert experiment_claims(results).title == caption
+    assert f"\n{caption}\n" in format_markdown(results)
 
 
 def test_speed_latency_ratios_pair_mine_over_the_others() -> None:

@@ -921,8 +921,7 @@ def sample_predictions(
         for c, picture in enumerate(panels):
             axes[r][c].imshow(picture, interpolation="nearest")
         axes[r][4].imshow(uncertainty[r], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
-        # Long stems ("city_000000_000019") break at the first underscore to fit the row.
-        axes[r][0].set_ylabel(names[r].replace("_", "\n", 1), fontsize=7)
+        axes[r][0].set_ylabel(_row_label(names[r]), fontsize=7)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -953,6 +952,16 @@ def sample_predictions(
     )
     figure.suptitle(title, fontsize=11)
     return figure
+
+
+# The longest row label of a sample figure kept on one line: it fits beside a row.
+ROW_LABEL_CHARS = 12
+
+
+def _row_label(name: str) -> str:
+    """A sample figure's row label: a long image stem ("city_000000_000019") broken at its
+    first underscore to fit beside the row; a set's name ("fog_0.02") kept whole."""
+    return name if len(name) <= ROW_LABEL_CHARS else name.replace("_", "\n", 1)
 
 
 def _draw(

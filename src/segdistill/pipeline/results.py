@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -219,6 +220,20 @@ def _ood_flag_title(results: dict[str, Any]) -> str:
     )
 
 
+def table_caption(results: dict[str, Any]) -> str:
+    """The caption of the paper-shaped table: its title (else the experiment's name) and
+    the split it was measured on, unless the title names it ("... on the SynthStreets test
+    split"); inside the title's closing bracket when it ends with one."""
+    table = results["table"]
+    title = table["title"] or results["experiment"]["name"]
+    split = table["split"]
+    if re.search(rf"\b{re.escape(split)}\b", title):
+        return title
+    if title.endswith(")"):
+        return f"{title[:-1]}; split {split})"
+    return f"{title} (split {split})"
+
+
 def experiment_claims(results: dict[str, Any]) -> Claims:
     """The table and the checks of an experiment's results.json, for the HTML report."""
     table = results["table"]
@@ -226,7 +241,7 @@ def experiment_claims(results: dict[str, Any]) -> Claims:
     bench = _bench_line(results)
     calls = _paired_calls(results)
     return Claims(
-        title=f"{table['title'] or results['experiment']['name']} (split {table['split']})",
+        title=table_caption(results),
         header=table["columns"],
         rows=_table_cells(table)[1:],
         tables=[
@@ -401,7 +416,7 @@ def format_markdown(results: dict[str, Any]) -> str:
     lines = [f"# {experiment['title'] or experiment['name']}", ""]
     if experiment["paper"]:
         lines += [experiment["paper"], ""]
-    lines += [f"{table['title']} (split {table['split']})", "", *markdown_table(cells)]
+    lines += [table_caption(results), "", *markdown_table(cells)]
     bench = _bench_line(results)
     if bench:
         lines += ["", bench]
