@@ -317,6 +317,45 @@ def test_info_of_a_folder_data_set_counts_its_classes_and_lists_every_bad_file(
     )
 
 
+def test_info_of_a_colour_mask_data_set_counts_the_classes_of_the_colours(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "own"
+    road, car, void = (128, 64, 128), (0, 0, 142), (0, 0, 0)
+    masks = {
+        "a": np.array([[road, road, car, void]] * 4, np.uint8),  # 8 road, 4 car, 4 void
+        "b": np.array([[car] * 4] * 4, np.uint8),  # 16 car
+    }
+    for name, mask in masks.items():
+        _save(root / "train" / "images" / f"{name}.png", np.zeros((4, 4, 3), np.uint8))
+        _save(root / "train" / "masks" / f"{name}.png", mask)
+    (root / "classes.yaml").write_text(
+        "classes: [{name: road, color: [128, 64, 128]}, {name: car, color: [0, 0, 142]}]\n"
+        "mask_colors: true\nvoid_colors: [[0, 0, 0]]\n"
+    )
+    assert main(["data", "info", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "2 classes, ignore value 255, masks in class colors (mask_colors; void colors: 1)" in out
+    assert "class pixel frequencies (%, by mask color):" in out and "integrity: OK" in out
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in out.splitlines()
+        if line[:4] in ("road", "car ", "void")
+    }
+    # Pixels: 8, 20 and 4 of 32; images: road in 1 of 2, car in 2, void in 1.
+    assert rows == {
+        "road": ["25.00", "50.00%"],
+        "car": ["62.50", "100.00%"],
+        "void": ["12.50", "50.00%"],
+    }
+    masks["b"][0, 0] = (9, 9, 9)
+    _save(root / "train" / "masks" / "b.png", masks["b"])
+    assert main(["data", "info", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "integrity: images that cannot be used: 1 of 2" in out
+    assert "b.png: mask holds colours that are no class's colour ([9, 9, 9]: 1 pixels)" in out
+
+
 def test_info_lists_masks_without_their_image_and_surveys_past_an_empty_split(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -5,6 +5,7 @@ import json
 import shutil
 import signal
 import struct
+import textwrap
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+import segdistill.data.folder as folder_module
+from segdistill.config import DataConfig
 from segdistill.data.base import (
+    ClassesSpec,
     LabelMapping,
     SampleFiles,
     SegmentationDataset,
@@ -30,7 +34,7 @@ from segdistill.data.cityscapes import (
     foggy_betas,
     has_labelled_pixels,
 )
-from segdistill.data.folder import FolderDataset, folder_splits, load_classes
+from segdistill.data.folder import FolderDataset, folder_splits, load_classes, parse_classes
 from segdistill.data.labels import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, TRAIN_ID_COLORS, colorize
 from segdistill.data.transforms import build_train_transform
 from segdistill.errors import ConfigError, DataError
@@ -782,6 +786,21 @@ def test_the_readmes_classes_yaml_is_a_valid_classes_file(tmp_path):
     assert spec.names == ("road", "car") and spec.ignore_index == 255
 
 
+def test_the_documented_colour_classes_yaml_is_a_valid_classes_file(tmp_path):
+    """README.md's and the folder module docstring's mask_colors examples."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("**A folder data set.**")[1]
+    in_readme = section.split("```yaml\n")[2].split("```")[0]
+    in_module = folder_module.__doc__.split("paint each pixel in its")[1]
+    in_module = textwrap.dedent(in_module.split(":\n\n")[1].split("\n\n")[0])
+    for example in (in_readme, in_module):
+        assert "mask_colors: true" in example
+        (tmp_path / "classes.yaml").write_text(example)
+        spec = load_classes(tmp_path / "classes.yaml")
+        assert spec.names == ("road", "car") and spec.mask_colors
+        assert spec.void_colors == ((0, 0, 0),)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -1074,3 +1093,233 @@ def test_folders_linked_into_a_data_set_are_read_once(folder, tmp_path_factory) 
     dataset = make_folder(folder)
     assert dataset.names == ["a", "b", "city/c"]
     assert dataset.load(2)["label"].tolist() == mask.tolist()
+
+
+# --- Colour masks (classes.yaml mask_colors) ----------------------------------------------
+
+COLOR_CLASSES_YAML = """\
+classes:
+  - {name: road, color: [128, 64, 128]}
+  - {name: car, color: [0, 0, 142]}
+  - {name: sky, color: [70, 130, 180]}
+mask_colors: true
+void_colors: [[0, 0, 0], [255, 255, 255]]
+"""
+CLASS_COLORS = [(128, 64, 128), (0, 0, 142), (70, 130, 180)]
+VOID_COLORS = [(0, 0, 0), (255, 255, 255)]
+
+
+def colour_mask(seed: int, height: int = 4, width: int = 5) -> np.ndarray:
+    """uint8 [H, W, 3] of the class and void colours, each pixel drawn at random."""
+    palette = np.array(CLASS_COLORS + VOID_COLORS, np.uint8)
+    return palette[np.random.default_rng(seed).integers(0, len(palette), (height, width))]
+
+
+def ids_by_hand(mask: np.ndarray) -> list[list[int]]:
+    """The class id of each pixel of an [H, W, 3] colour mask, one pixel at a time."""
+    by_colour = {colour: k for k, colour in enumerate(CLASS_COLORS)}
+    by_colour.update({colour: 255 for colour in VOID_COLORS})
+    return [[by_colour[tuple(int(c) for c in pixel)] for pixel in row] for row in mask]
+
+
+@pytest.fixture
+def colour_folder(tmp_path: Path) -> Path:
+    """images/{a.png, b.png}, RGB masks/{a.png, b.png} of COLOR_CLASSES_YAML's colours."""
+    for k, name in enumerate(("a", "b")):
+        save(tmp_path / "images" / f"{name}.png", image_array(k, 4, 5))
+        save(tmp_path / "masks" / f"{name}.png", colour_mask(k))
+    (tmp_path / "classes.yaml").write_text(COLOR_CLASSES_YAML)
+    return tmp_path
+
+
+def test_colour_masks_give_each_pixel_the_class_of_its_colour(colour_folder):
+    dataset = make_folder(colour_folder)
+    assert check_headers(dataset.samples) == [(4, 5), (4, 5)]
+    for index, name in enumerate(("a", "b")):
+        label = dataset.load(index)["label"]
+        expected = ids_by_hand(np.asarray(Image.open(colour_folder / "masks" / f"{name}.png")))
+        assert label.dtype == np.uint8 and label.tolist() == expected
+    # Both void colours occur, read as the ignore value.
+    assert 255 in dataset.load(0)["label"]
+
+
+def test_an_rgba_colour_mask_is_read_without_its_alpha(colour_folder):
+    mask = colour_mask(3)
+    alpha = np.random.default_rng(4).integers(0, 256, (4, 5, 1), dtype=np.uint8)
+    save(colour_folder / "masks" / "a.png", np.concatenate([mask, alpha], axis=2))
+    assert Image.open(colour_folder / "masks" / "a.png").mode == "RGBA"
+    dataset = make_folder(colour_folder)
+    check_headers(dataset.samples)
+    assert dataset.load(0)["label"].tolist() == ids_by_hand(mask)
+
+
+def test_a_palette_colour_mask_is_read_by_its_palettes_colours(colour_folder):
+    """Indices 0..4 whose palette entries are the colours: the colours count, not the index."""
+    indices = np.random.default_rng(5).integers(0, 5, (4, 5)).astype(np.uint8)
+    image = Image.frombytes("P", (5, 4), indices.tobytes())
+    image.putpalette([c for colour in CLASS_COLORS + VOID_COLORS for c in colour])
+    image.save(colour_folder / "masks" / "a.png")
+    dataset = make_folder(colour_folder)
+    check_headers(dataset.samples)
+    expected = ids_by_hand(np.array(CLASS_COLORS + VOID_COLORS, np.uint8)[indices])
+    assert dataset.load(0)["label"].tolist() == expected
+
+
+def test_an_unknown_colour_is_named_with_its_pixels_and_what_to_do(colour_folder):
+    mask = colour_mask(0)
+    mask[0, :3] = (9, 9, 9)
+    mask[1, 0] = (1, 2, 3)
+    path = save(colour_folder / "masks" / "a.png", mask)
+    with pytest.raises(DataError) as err:
+        make_folder(colour_folder).load(0)
+    message = str(err.value)
+    assert message.startswith(f"{path}: mask holds colours that are no class's colour")
+    # The most frequent first, each with its pixel count.
+    assert "([9, 9, 9]: 3 pixels, [1, 2, 3]: 1 pixels)" in message
+    assert "classes.yaml" in message and "void_colors" in message
+
+
+def test_a_colour_past_every_class_colour_is_unknown_not_an_index_error():
+    """The sorted lookup lands past its last key for a colour above them all."""
+    spec = ClassesSpec(("a", "b"), np.array([[0, 0, 1], [0, 0, 2]], np.uint8), mask_colors=True)
+    raw = np.array([[1, 2, 0xFFFFFF]], np.int32)  # packed colours
+    with pytest.raises(DataError, match=r"m\.png: .*\(\[255, 255, 255\]: 1 pixels\)"):
+        spec.mapping.decode(raw, Path("m.png"))
+    assert spec.mapping.decode(raw[:, :2], Path("m.png")).tolist() == [[0, 1]]
+
+
+def test_a_grey_mask_is_refused_when_classes_yaml_says_colours(colour_folder):
+    """Refused when read and by the header check (before training starts)."""
+    grey = save(colour_folder / "masks" / "a.png", np.zeros((4, 5), np.uint8))
+    dataset = make_folder(colour_folder)
+    for read in (lambda: dataset.load(0), lambda: check_headers(dataset.samples)):
+        with pytest.raises(DataError, match="mode L, but classes.yaml sets mask_colors") as err:
+            read()
+        assert str(err.value).startswith(str(grey))
+
+
+def test_a_colour_mask_without_mask_colors_names_the_setting(folder):
+    save(folder / "masks" / "a.png", colour_mask(0, 4, 4))
+    dataset = make_folder(folder)
+    for read in (lambda: dataset.load(0), lambda: check_headers(dataset.samples)):
+        with pytest.raises(DataError, match="mode RGB; .*set mask_colors: true"):
+            read()
+
+
+def test_a_jpeg_colour_mask_is_refused(tmp_path):
+    path = tmp_path / "m.jpg"
+    Image.fromarray(colour_mask(0)).save(path)
+    with pytest.raises(DataError, match=r"m\.jpg: a JPEG colour mask; save it as PNG"):
+        read_mask(path, colors=True)
+
+
+def test_a_colour_mask_with_an_exif_orientation_is_turned_upright(colour_folder):
+    upright = colour_mask(6, 4, 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned back, viewed turned 90 degrees clockwise
+    for folder, array in (("images", image_array(0, 4, 6)), ("masks", upright)):
+        stored = np.ascontiguousarray(np.rot90(array, k=1))
+        Image.fromarray(stored).save(colour_folder / folder / "a.png", exif=exif)
+    dataset = make_folder(colour_folder)
+    assert check_headers(dataset.samples)[0] == (4, 6)
+    assert dataset.load(0)["label"].tolist() == ids_by_hand(upright)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("mask_values: {0: 0}\n", "mask_values and mask_colors contradict each other"),
+        (
+            "  - {name: lane, color: [0, 0, 142]}\n",
+            r"classes\[3\] \(lane\) has the color \[0, 0, 142\] of classes\[1\] \(car\)",
+        ),
+        (
+            "void_colors: [[1, 1, 1], [70, 130, 180]]\n",
+            r"void_colors\[1\] \[70, 130, 180\] is the color of classes\[2\] \(sky\)",
+        ),
+        ("void_colors: [[0, 0]]\n", r"void_colors\[0\] must be \[r, g, b\] \(0\.\.255\)"),
+        ("void_colors: [[0, 0, 256]]\n", r"void_colors\[0\] must be \[r, g, b\]"),
+        ("void_colors: [0, 0, 0]\n", r"void_colors\[0\] must be \[r, g, b\]"),
+        ("void_colors: black\n", "void_colors must be a list"),
+    ],
+)
+def test_colour_settings_that_are_refused_name_the_file_and_entry(tmp_path, extra, message):
+    base = COLOR_CLASSES_YAML.replace("void_colors: [[0, 0, 0], [255, 255, 255]]\n", "")
+    # A class entry goes into the classes list; the other keys after it.
+    if extra.startswith("  - "):
+        text = base.replace("mask_colors: true\n", extra + "mask_colors: true\n")
+    else:
+        text = base + extra
+    path = tmp_path / "classes.yaml"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message) as err:
+        load_classes(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (CLASSES_YAML + "mask_colors: yes please\n", "mask_colors must be true or false"),
+        (CLASSES_YAML + "void_colors: [[0, 0, 0]]\n", "void_colors needs mask_colors: true"),
+    ],
+)
+def test_colour_keys_without_colour_masks_are_refused(tmp_path, text, message):
+    path = tmp_path / "classes.yaml"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_classes(path)
+
+
+def test_two_classes_may_share_a_display_colour_without_colour_masks(tmp_path):
+    path = tmp_path / "classes.yaml"
+    path.write_text("classes: [{name: a, color: [1, 1, 1]}, {name: b, color: [1, 1, 1]}]\n")
+    assert not load_classes(path).mask_colors
+
+
+def test_the_colour_settings_round_trip_through_the_document(colour_folder):
+    """As the weights store them (JSON): read back, they decode masks as the file did."""
+    spec = make_folder(colour_folder).classes_spec
+    document = json.loads(json.dumps(spec.document()))
+    assert document["mask_colors"] is True
+    assert document["void_colors"] == [[0, 0, 0], [255, 255, 255]]
+    again = parse_classes(document, "weights")
+    assert again.mask_colors and again.void_colors == ((0, 0, 0), (255, 255, 255))
+    assert again.mask_values is None and again.names == ("road", "car", "sky")
+    mask = colour_mask(7)
+    packed = read_mask(save(colour_folder / "m.png", mask), colors=True)
+    assert again.mapping.decode(packed, Path("m.png")).tolist() == ids_by_hand(mask)
+    # A document of single-channel masks has neither key, and still parses as one.
+    plain = ClassesSpec(("a",), np.zeros((1, 3), np.uint8)).document()
+    assert "mask_colors" not in plain and "void_colors" not in plain
+    assert not parse_classes(plain, "old weights").mask_colors
+
+
+def test_a_colour_mask_data_set_trains_through_the_training_entry(tmp_path):
+    """Two splits of colour masks, read by `build_dataset` as a training run reads them."""
+    from segdistill import train as training
+
+    root = tmp_path / "own"
+    masks = {}
+    for split, seeds in (("train", (0, 1)), ("val", (2,))):
+        for seed in seeds:
+            save(root / split / "images" / f"i{seed}.png", image_array(seed, 8, 8))
+            masks[split, seed] = colour_mask(seed, 8, 8)
+            save(root / split / "masks" / f"i{seed}.png", masks[split, seed])
+    (root / "classes.yaml").write_text(COLOR_CLASSES_YAML)
+    cfg = DataConfig(root=str(root), format="folder", num_classes=3, crop_size=[4, 4])
+    train_set = training.build_dataset(cfg, "train", train=True)
+    val_set = training.build_dataset(cfg, "val", train=False)
+    check_headers([*train_set.samples, *val_set.samples])
+    for dataset, split, seeds in ((train_set, "train", (0, 1)), (val_set, "val", (2,))):
+        for index, seed in enumerate(seeds):
+            assert dataset.load(index)["label"].tolist() == ids_by_hand(masks[split, seed])
+    sample = train_set[0]  # augmented: a 4x4 crop of class ids and void only
+    assert sample["label"].shape == (4, 4)
+    assert set(sample["label"].unique().tolist()) <= {0, 1, 2, 255}
+    assert val_set.classes_spec.mask_colors  # what the run's weights store
+    # Unlabelled images added for distillation keep the labelled ones' colour masks.
+    save(tmp_path / "extra" / "e.png", image_array(9, 8, 8))
+    both = training.add_unlabeled_images(train_set, tmp_path / "extra")
+    assert both.classes_spec.document() == train_set.classes_spec.document()
+    assert both.load(0)["label"].tolist() == ids_by_hand(masks["train", 0])

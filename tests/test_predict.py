@@ -879,6 +879,39 @@ def test_a_classes_file_reads_the_labels_and_colours_the_classes(tmp_path, stude
     assert main([*argv, "--classes", str(three)]) == 2
 
 
+def test_colour_labels_are_read_by_the_classes_files_colours(tmp_path, student, capsys) -> None:
+    """A classes file with mask_colors, given or carried in the weights, reads --labels
+    colour masks, whatever their names (a Cityscapes-named one too)."""
+    colours = [[k, 2 * k, 255 - k] for k in range(CLASSES)]
+    entries = "".join(f"  - {{name: c{k}, color: {colours[k]}}}\n" for k in range(CLASSES))
+    classes = tmp_path / "classes.yaml"
+    classes.write_text(f"classes:\n{entries}mask_colors: true\nvoid_colors: [[9, 9, 9]]\n")
+    write_png(tmp_path / "img" / "x_leftImg8bit.png", rgb(32, 64))
+    ids = np.random.default_rng(0).integers(0, CLASSES + 1, (32, 64))  # CLASSES: void
+    painted = np.array([*colours, [9, 9, 9]], np.uint8)[ids]
+    write_png(tmp_path / "gt" / "x_gtFine_labelIds.png", painted)
+    label = np.where(ids == CLASSES, IGNORE_INDEX, ids)  # the colours, by hand
+    for weights, extra in (
+        (student, ["--classes", str(classes)]),
+        (tmp_path / "carried.safetensors", []),
+    ):
+        if not extra:
+            model, config = load_segmenter(student)
+            save_weights(weights, model, config, load_classes(classes))
+        out = tmp_path / f"out_{weights.stem}"
+        argv = ["predict", str(weights), str(tmp_path / "img"), "--out", str(out)]
+        assert main([*argv, "--labels", str(tmp_path / "gt"), *extra]) == 0
+        pred = read(out / "pred" / "x_leftImg8bit.png")
+        expected = np.where(pred == label, figures.ACCURACY_RIGHT, figures.ACCURACY_WRONG)
+        expected[label == IGNORE_INDEX] = figures.ACCURACY_VOID
+        assert np.array_equal(read(out / "accuracy" / "x_leftImg8bit.png"), expected)
+    # Without the classes file the colour mask is refused, naming the setting.
+    capsys.readouterr()
+    argv = ["predict", str(student), str(tmp_path / "img"), "--out", str(tmp_path / "plain")]
+    assert main([*argv, "--labels", str(tmp_path / "gt")]) == 2
+    assert "mode RGB; " in capsys.readouterr().err
+
+
 def test_a_label_with_an_upper_case_suffix_is_found(tmp_path, student) -> None:
     write_png(tmp_path / "img" / "x.png", rgb(32, 64))
     write_png(tmp_path / "gt" / "x.PNG", np.zeros((32, 64), np.uint8))

@@ -5,10 +5,10 @@ under `ARCHITECTURE_KEY`, a JSON object {"model": ModelConfig fields, "num_class
 `load_segmenter` rebuilds the network from that alone, so an evaluation, a teacher or an
 export needs nothing but the file. Under `CLASSES_KEY` it holds the training data set's
 classes (`ClassesSpec.document()`, a classes.yaml as JSON: names, colours, ignore value,
-mask values), which `read_classes` returns, so predictions are drawn and labels read the
-way the data set defines them. `load_weights_into` refuses weights that do not fit
-the network (another architecture, encoder or class count) and lists the keys and shapes
-that differ.
+mask values or mask colours), which `read_classes` returns, so predictions are drawn and
+labels read the way the data set defines them. `load_weights_into` refuses weights that do
+not fit the network (another architecture, encoder or class count) and lists the keys and
+shapes that differ.
 
 Every file here is written atomically (`segdistill.atomic`): a crash or a full disk leaves
 the previous file intact, never a truncated one. Lightning's resumable checkpoint goes through

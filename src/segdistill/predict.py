@@ -58,11 +58,11 @@ Labels (`labels`, a file for a single image or a folder searched with its sub-fo
 an image `X_leftImg8bit*.png` the Cityscapes files `X_gtFine_labelTrainIds.png` (preferred)
 or `X_gtFine_labelIds.png`, else a PNG with the image's stem; of several such files, the
 one at the image's place in the tree (labels/NAME's folder). Where the training data set's
-classes file has mask_values (stored in the weights, or given as `classes`), they read every
-label file; otherwise labelIds are mapped to train ids by the official table
-(`segdistill.data.cityscapes.label_mappings`) and other files hold class ids and
-`ignore_index` directly. Unknown values, and class ids the network does not predict, are
-an error naming the file (`read_label`).
+classes file has mask_values or mask_colors (stored in the weights, or given as `classes`),
+they read every label file (with mask_colors: colour masks); otherwise labelIds are mapped
+to train ids by the official table (`segdistill.data.cityscapes.label_mappings`) and other
+files hold class ids and `ignore_index` directly. Unknown values (or colours), and class ids
+the network does not predict, are an error naming the file (`read_label`).
 
 Sizes: images of any size. An image is padded at the bottom and right with 0 (the ImageNet
 mean colour after normalisation, as training crops are padded) to a multiple of
@@ -102,6 +102,7 @@ from segdistill.atomic import atomic_write, atomic_write_text
 from segdistill.data.base import (
     ClassesSpec,
     LabelMapping,
+    MaskMapping,
     exif_orientation,
     group_consecutive,
     image_size,
@@ -389,15 +390,15 @@ def read_label(
     size: tuple[int, int],
     num_classes: int,
     ignore_index: int = IGNORE_INDEX,
-    stored: LabelMapping | None = None,
+    stored: MaskMapping | None = None,
 ) -> np.ndarray:
     """A label file -> int64 [H, W] class ids (`ignore_index` for void), checked against
     the image size (H, W), the values its kind may hold and the network's `num_classes`.
     `stored`: how the labels store the classes, where a classes file says so (its
-    mask_values): it reads every file, whatever its name, since a Cityscapes-named file of
-    a folder data set holds what its mask_values map. Without it a Cityscapes file
-    (`*_gtFine_labelIds.png`, `*_gtFine_labelTrainIds.png`) is read by the official table
-    and any other holds class ids."""
+    mask_values or mask_colors): it reads every file, whatever its name, since a
+    Cityscapes-named file of a folder data set holds what its classes file says. Without
+    it a Cityscapes file (`*_gtFine_labelIds.png`, `*_gtFine_labelTrainIds.png`) is read
+    by the official table and any other holds class ids."""
     # A lower-case suffix, as `match_labels` matches them: X_gtFine_labelIds.PNG is Cityscapes'.
     name = path.with_suffix(path.suffix.lower()).name
     suffix = next((s for s in (LABEL_IDS_SUFFIX, TRAIN_IDS_SUFFIX) if name.endswith(s)), None)
@@ -407,7 +408,7 @@ def read_label(
         mapping = label_mappings(ignore_index)[suffix]
     else:
         mapping = LabelMapping.identity(num_classes, ignore_index)
-    raw = read_mask(path)
+    raw = read_mask(path, mapping.colors)
     if raw.shape != size:
         raise DataError(
             f"label {path} is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image is "
@@ -933,7 +934,8 @@ def predict_files(
     classes = classes or predictor.classes
     if classes is not None:
         palette, ignore_index = classes.colors, classes.ignore_index
-        stored = classes.mapping if classes.mask_values is not None else None
+        # Labels of class ids (no mask_values, no colours) may be Cityscapes files instead.
+        stored = classes.mapping if classes.mask_values is not None or classes.mask_colors else None
     title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
     summary = PredictSummary()
     notify = _notifier(summary.notices, f"{SUMMARY_FILE} lists them all under notices")

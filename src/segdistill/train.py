@@ -519,7 +519,7 @@ def add_unlabeled_images(dataset: SegmentationDataset, folder: Path) -> Segmenta
         dataset.colors,
         dataset.ignore_index,
         dataset.transform,
-        mask_values=dataset.mask_values,
+        classes_file=dataset.classes_file,
     )
 
 

@@ -305,8 +305,16 @@ def _info_of_own_data(data: OwnDataSet) -> int:
 
     datasets = {split: data.open(split) for split in data.splits}
     first = next(iter(datasets.values()))
+    spec = first.classes_spec
+    # Colour masks: the class statistics below count the pixels of each class's colour.
+    coding = (
+        f", masks in class colors (mask_colors; void colors: {len(spec.void_colors)})"
+        if spec.mask_colors
+        else ""
+    )
     print(
-        f"{data.root}: {data.kind}, {first.num_classes} classes, ignore value {first.ignore_index}"
+        f"{data.root}: {data.kind}, {first.num_classes} classes, ignore value "
+        f"{first.ignore_index}{coding}"
     )
     surveys = [survey(dataset, split) for split, dataset in datasets.items()]
     for found in surveys:
@@ -321,7 +329,7 @@ def _info_of_own_data(data: OwnDataSet) -> int:
         print(f"  note: skipped {folder}: no images ({data.layout})")
     labelled = [s for s in surveys if s.masks]
     if labelled:
-        print("\nclass pixel frequencies (%):")
+        print(f"\nclass pixel frequencies (%{', by mask color' if spec.mask_colors else ''}):")
         print(format_class_table(labelled, first.classes, first.ignore_index))
         shown = per_image_report(labelled, first.ignore_index).name
         print(f"images ({shown}): the share of the masks of {shown} that show each class")

@@ -15,7 +15,9 @@ data, HDR, depth); convert them to 8-bit RGB yourself. An image with an EXIF ori
 mask must be the upright size; a mask with an EXIF orientation of its own (a tool that
 copied the photo's) is turned upright too. Masks must be single-channel (PIL modes L, P,
 1, I;16 or I): palette PNGs give their palette indices, and grey PNGs of 1, 2 or 4 bits
-their stored values (PIL scales 2- and 4-bit grey to 0..255).
+their stored values (PIL scales 2- and 4-bit grey to 0..255). Colour masks (a folder data
+set's `mask_colors`, `ColorMapping`) are the other kind: RGB, RGBA (alpha dropped) or
+palette PNGs whose pixels' RGB colours name the classes; a JPEG one is refused (lossy).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ from segdistill.errors import DataError, preview_list
 _HIGH_DEPTH_MODES = ("I", "F")
 # PIL modes a mask may use; each pixel is one stored integer value.
 _MASK_MODES = frozenset({"L", "P", "1", "I", "I;16", "I;16L", "I;16B"})
+# PIL modes a colour mask may use; each pixel is one RGB colour (alpha dropped, palette
+# indices looked up in the palette).
+_COLOR_MASK_MODES = frozenset({"RGB", "RGBA", "P"})
+# Lossy formats (MPO: a phone's JPEG): compression blends the colours at region edges.
+_LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 
 T = TypeVar("T")
 
@@ -57,6 +64,9 @@ class LabelMapping:
     lut:   [V] class id for each stored value 0..V-1 (ignore_index for void values).
     valid: [V] bool, whether a stored value may appear at all.
     """
+
+    # Masks store single-channel values (`read_mask(path, colors=False)`).
+    colors = False
 
     def __init__(self, mapping: Mapping[int, int], ignore_index: int) -> None:
         size = max(mapping) + 1
@@ -89,6 +99,64 @@ class LabelMapping:
         return self.lut[raw]
 
 
+RGB = tuple[int, int, int]
+
+
+def pack_colors(rgb: np.ndarray) -> np.ndarray:
+    """[..., 3] RGB values 0..255 -> [...] int32 r << 16 | g << 8 | b: one number a colour,
+    so that one sorted lookup maps a pixel instead of three channels compared."""
+    rgb = np.asarray(rgb, dtype=np.int32)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def unpack_color(packed: int) -> RGB:
+    """`pack_colors`' number -> (r, g, b)."""
+    return packed >> 16, (packed >> 8) & 255, packed & 255
+
+
+class ColorMapping:
+    """Mask colour -> class id (or ignore), for masks that paint each class in a colour
+    (`read_mask(path, colors=True)` gives their packed colours); any other colour is an
+    error.
+
+    keys: [K] sorted packed colours (`pack_colors`).
+    lut:  [K] class id of each key (ignore_index for void colours).
+    """
+
+    # Masks store RGB colours (`read_mask(path, colors=True)`).
+    colors = True
+
+    def __init__(self, mapping: Mapping[RGB, int], ignore_index: int) -> None:
+        by_key = {int(pack_colors(np.array(rgb))): class_id for rgb, class_id in mapping.items()}
+        self.keys = np.array(sorted(by_key), dtype=np.int32)
+        fits_uint8 = max(max(by_key.values()), ignore_index) <= 255
+        lut = [by_key[key] for key in self.keys.tolist()]
+        self.lut = np.array(lut, dtype=np.uint8 if fits_uint8 else np.int64)
+
+    def decode(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """[H, W] packed colours -> [H, W] class ids; DataError listing unknown colours,
+        the most frequent first, with their pixel counts."""
+        # A binary search per pixel (log2 K steps), not np.unique's sort of all pixels.
+        index = np.minimum(np.searchsorted(self.keys, raw), len(self.keys) - 1)
+        known = self.keys[index] == raw
+        if not known.all():
+            colors, counts = np.unique(raw[~known], return_counts=True)
+            order = np.argsort(-counts, kind="stable")
+            unknown = [
+                f"{list(unpack_color(int(colors[i])))}: {int(counts[i])} pixels" for i in order
+            ]
+            raise DataError(
+                f"{path}: mask holds colours that are no class's colour "
+                f"({preview_list(unknown, 5)}); give each its class in classes.yaml (a "
+                "class's color), or list it under void_colors if it marks void pixels"
+            )
+        return self.lut[index]
+
+
+# How a data set's masks store their classes.
+MaskMapping = LabelMapping | ColorMapping
+
+
 @dataclass(frozen=True, eq=False)
 class ClassesSpec:
     """What a data set's classes are: the contents of a folder data set's classes.yaml,
@@ -99,16 +167,26 @@ class ClassesSpec:
     ignore_index: class id of void pixels.
     mask_values:  stored mask value -> class id or ignore_index; None: masks store class
                   ids (and ignore_index) directly.
+    mask_colors:  masks are colour images whose pixels have their class's `colors` entry
+                  (`ColorMapping`); never together with mask_values.
+    void_colors:  [V] (r, g, b) colours that mark void pixels in colour masks.
     """
 
     names: tuple[str, ...]
     colors: np.ndarray
     ignore_index: int = IGNORE_INDEX
     mask_values: Mapping[int, int] | None = None
+    mask_colors: bool = False
+    void_colors: tuple[RGB, ...] = ()
 
     @cached_property
-    def mapping(self) -> LabelMapping:
+    def mapping(self) -> MaskMapping:
         """How a mask of this data set stores its classes."""
+        if self.mask_colors:
+            by_color: dict[RGB, int] = {color: self.ignore_index for color in self.void_colors}
+            for class_id, color in enumerate(self.colors.tolist()):
+                by_color[tuple(color)] = class_id
+            return ColorMapping(by_color, self.ignore_index)
         if self.mask_values is None:
             return LabelMapping.identity(len(self.names), self.ignore_index)
         return LabelMapping(self.mask_values, self.ignore_index)
@@ -124,6 +202,10 @@ class ClassesSpec:
         }
         if self.mask_values is not None:
             document["mask_values"] = {int(k): int(v) for k, v in self.mask_values.items()}
+        if self.mask_colors:
+            document["mask_colors"] = True
+        if self.void_colors:
+            document["void_colors"] = [list(color) for color in self.void_colors]
         return document
 
 
@@ -134,13 +216,13 @@ class SampleFiles:
     name:    unique name of the sample (the file stem), used for outputs.
     image:   the RGB image file.
     label:   the mask file, or None for an unlabeled sample (label all ignore).
-    mapping: how the mask's stored values become class ids.
+    mapping: how the mask's stored values (or colours) become class ids.
     """
 
     name: str
     image: Path
     label: Path | None
-    mapping: LabelMapping
+    mapping: MaskMapping
 
 
 # Reads one extra dense map of a sample: [H, W] or [K, H, W] numbers.
@@ -242,11 +324,24 @@ def _upright_size(img: Image.Image, path: Path) -> tuple[int, int]:
     return (width, height) if exif_orientation(img, path) in _QUARTER_TURNS else (height, width)
 
 
-def _check_mask_mode(img: Image.Image, path: Path) -> None:
-    if img.mode not in _MASK_MODES:
+def _check_mask_mode(img: Image.Image, path: Path, colors: bool) -> None:
+    """Refuse a mask whose mode is not the kind `colors` says (module docstring)."""
+    if not colors and img.mode not in _MASK_MODES:
         raise DataError(
             f"{path}: mask has mode {img.mode}; store class values in a single-channel "
-            "(8-bit grey or palette) PNG"
+            "(8-bit grey or palette) PNG, or, for masks that paint each class in its "
+            "classes.yaml color, set mask_colors: true in a folder data set's classes.yaml"
+        )
+    if colors and img.mode not in _COLOR_MASK_MODES:
+        raise DataError(
+            f"{path}: mask has mode {img.mode}, but classes.yaml sets mask_colors: colour "
+            "masks are RGB, RGBA or palette PNGs painted in the classes' colors; for masks "
+            "that store class values in one channel, remove mask_colors"
+        )
+    if colors and img.format in _LOSSY_FORMATS:
+        raise DataError(
+            f"{path}: a {img.format} colour mask; save it as PNG (JPEG compression blends "
+            "the colours at region edges into colours of no class)"
         )
 
 
@@ -280,7 +375,7 @@ def check_headers(samples: Sequence[SampleFiles]) -> list[tuple[int, int]]:
         size = _upright_size(image, files.image)
         if files.label is not None:
             mask = _open_image(files.label, decode=False)
-            _check_mask_mode(mask, files.label)
+            _check_mask_mode(mask, files.label, files.mapping.colors)
             _check_mask_size(_upright_size(mask, files.label), files, size)
         sizes.append(size)
     return sizes
@@ -326,18 +421,22 @@ def read_image(path: Path) -> np.ndarray:
 _LOW_BIT_SCALE = {"L;2": 85, "L;4": 17}
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path, colors: bool = False) -> np.ndarray:
     """A single-channel mask file -> [H, W] integer stored values, upright by its EXIF
-    orientation as its image is (a tool that copies a photo's EXIF onto its mask)."""
+    orientation as its image is (a tool that copies a photo's EXIF onto its mask). With
+    `colors`, a colour mask file -> [H, W] int32 packed RGB colours (`pack_colors`)."""
     scale = 1
 
     def check(img: Image.Image, path: Path) -> None:
         nonlocal scale
-        _check_mask_mode(img, path)
+        _check_mask_mode(img, path, colors)
         for tile in getattr(img, "tile", []):  # ImageFile only; emptied by decoding
             scale = _LOW_BIT_SCALE.get(str(tile.args), scale)
 
-    raw = np.asarray(_open_upright(path, check))
+    img = _open_upright(path, check)
+    if colors:
+        return pack_colors(np.asarray(img.convert("RGB")))
+    raw = np.asarray(img)
     if raw.dtype == bool:  # a 1-bit mask
         return raw.astype(np.uint8)
     return raw // scale if scale > 1 else raw
@@ -365,8 +464,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     transform:   joint transform of a raw sample (None: `build_eval_transform()`).
     maps:        extra dense maps, {name: reader(SampleFiles) -> [H, W] or [K, H, W]}.
-    mask_values: the classes file's stored value -> class id (kept for `classes_spec`; the
-                 samples' own mappings decode the masks).
+    classes_file: the classes file the data set was read with (a folder data set's), kept
+                 for `classes_spec` with its mask settings (mask_values, mask_colors,
+                 void_colors); the samples' own mappings decode the masks.
     masks_without_image: label files no sample uses (a loader that lists them sets them,
                  for `data info` to report).
     unread_masks: image files among the labels that are not read as labels (a folder
@@ -384,13 +484,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         ignore_index: int = IGNORE_INDEX,
         transform: Callable[[Sample], Sample] | None = None,
         maps: Mapping[str, MapReader] | None = None,
-        mask_values: Mapping[int, int] | None = None,
+        classes_file: ClassesSpec | None = None,
     ) -> None:
         self.samples = list(samples)
         self.classes = tuple(classes)
         self.colors = np.asarray(colors, dtype=np.uint8)
         self.ignore_index = ignore_index
-        self.mask_values = mask_values
+        self.classes_file = classes_file
         self.transform = transform if transform is not None else build_eval_transform()
         self.map_readers = dict(maps or {})
 
@@ -400,8 +500,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     @property
     def classes_spec(self) -> ClassesSpec:
-        """Names, colours, ignore value and mask values, as the run's weights store them."""
-        return ClassesSpec(self.classes, self.colors, self.ignore_index, self.mask_values)
+        """Names, colours, ignore value and mask settings, as the run's weights store them."""
+        if self.classes_file is not None:
+            return self.classes_file
+        return ClassesSpec(self.classes, self.colors, self.ignore_index)
 
     @property
     def names(self) -> list[str]:
@@ -430,7 +532,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """[H, W] class ids of `files`; all ignore for an unlabeled sample."""
         if files.label is None:
             return np.full(size, self.ignore_index, dtype=files.mapping.lut.dtype)
-        raw = read_mask(files.label)
+        raw = read_mask(files.label, files.mapping.colors)
         _check_mask_size(raw.shape, files, size)
         return files.mapping.decode(raw, files.label)
 

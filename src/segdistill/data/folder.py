@@ -1,8 +1,9 @@
 """A data set from a folder of images and a folder of masks, matched by path and stem.
 
     images_dir/[sub/]{stem}.png|.jpg|.jpeg   RGB images (see segdistill.data.base for modes)
-    masks_dir/[sub/]{stem}{mask_suffix}      single-channel PNG masks (mask_suffix ".png",
-                                             in any case: .PNG too; other image files
+    masks_dir/[sub/]{stem}{mask_suffix}      single-channel PNG masks, or colour PNG masks
+                                             with `mask_colors` (mask_suffix ".png", in
+                                             any case: .PNG too; other image files
                                              there, JPEG masks, are refused: lossy)
     classes.yaml                             the classes, e.g.
 
@@ -18,6 +19,19 @@
 Without `mask_values` a mask stores class ids (and `ignore_index`) directly. Any other stored
 value is an error naming the file and the values.
 
+Colour masks (a labelling tool's export, Cityscapes' `*_color.png`) paint each pixel in its
+class's `color`; `mask_colors: true` reads them (RGB, RGBA with alpha dropped, or palette
+PNGs), and `void_colors` lists the colours of void pixels:
+
+        classes:
+          - {name: road, color: [128, 64, 128]}    # every class its own colour
+          - {name: car, color: [0, 0, 142]}
+        mask_colors: true        # instead of mask_values, never with it
+        void_colors: [[0, 0, 0]] # optional: colours read as ignore_index
+
+A colour that is no class's and not void is an error naming the file, the colours and their
+pixel counts.
+
 Sub-folders (e.g. one per city or sequence) are searched; a mask sits at the same path
 below `masks_dir` as its image below `images_dir`, and a sample is named by that path
 without its suffix ("cityA/img2"), so equal file names in two sub-folders stay two samples.
@@ -29,11 +43,12 @@ import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
 from segdistill.data.base import (
+    RGB,
     ClassesSpec,
     MapReader,
     SampleFiles,
@@ -125,7 +140,7 @@ def require_images_below(folder: Path, what: str) -> list[Path]:
     return images
 
 
-_CLASSES_KEYS = {"classes", "ignore_index", "mask_values"}
+_CLASSES_KEYS = {"classes", "ignore_index", "mask_values", "mask_colors", "void_colors"}
 # The largest value a 16-bit mask stores.
 MAX_MASK_VALUE = 65535
 
@@ -165,7 +180,20 @@ def parse_classes(document: Mapping[str, Any], where: str | Path) -> ClassesSpec
     mask_values = document.get("mask_values")
     if mask_values is not None:
         mask_values = _check_mask_values(where, mask_values, len(names), ignore_index)
-    return ClassesSpec(names, colors, ignore_index, mask_values)
+    mask_colors = document.get("mask_colors", False)
+    if not isinstance(mask_colors, bool):
+        raise DataError(f"{where}: mask_colors must be true or false, got {mask_colors!r}")
+    void_colors = _check_void_colors(where, document.get("void_colors", []))
+    if mask_colors:
+        if mask_values is not None:
+            raise DataError(
+                f"{where}: mask_values and mask_colors contradict each other (masks store "
+                "either values or colours); keep the one your masks use"
+            )
+        _check_colors_distinct(where, names, colors, void_colors)
+    elif void_colors:
+        raise DataError(f"{where}: void_colors needs mask_colors: true (masks of colours)")
+    return ClassesSpec(names, colors, ignore_index, mask_values, mask_colors, void_colors)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -181,17 +209,57 @@ def _class_name(where: str | Path, index: int, entry: object) -> str:
     return entry["name"]
 
 
+def _is_color(color: object) -> TypeGuard[list[int]]:
+    """Whether `color` is [r, g, b] of ints 0..255."""
+    return (
+        isinstance(color, list)
+        and len(color) == 3
+        and all(isinstance(c, int) and 0 <= c <= 255 for c in color)
+    )
+
+
 def _class_color(where: str | Path, index: int, entry: dict[str, Any]) -> list[int]:
     color = entry.get("color")
-    if (
-        not isinstance(color, list)
-        or len(color) != 3
-        or not all(isinstance(c, int) and 0 <= c <= 255 for c in color)
-    ):
+    if not _is_color(color):
         raise DataError(
             f"{where}: classes[{index}].color must be [r, g, b] (0..255), got {color!r}"
         )
     return color
+
+
+def _check_void_colors(where: str | Path, void_colors: object) -> tuple[RGB, ...]:
+    """`void_colors` as (r, g, b) tuples; DataError naming a malformed entry."""
+    if not isinstance(void_colors, list):
+        raise DataError(f"{where}: void_colors must be a list of [r, g, b], got {void_colors!r}")
+    for index, color in enumerate(void_colors):
+        if not _is_color(color):
+            raise DataError(
+                f"{where}: void_colors[{index}] must be [r, g, b] (0..255), got {color!r}"
+            )
+    return tuple((r, g, b) for r, g, b in void_colors)
+
+
+def _check_colors_distinct(
+    where: str | Path, names: Sequence[str], colors: np.ndarray, void_colors: Sequence[RGB]
+) -> None:
+    """With colour masks a colour names one class, or void: DataError naming the entries
+    that share one (a mask pixel of that colour would be ambiguous)."""
+    first: dict[RGB, int] = {}
+    for index, color in enumerate(map(tuple, colors.tolist())):
+        if color in first:
+            raise DataError(
+                f"{where}: classes[{index}] ({names[index]}) has the color {list(color)} of "
+                f"classes[{first[color]}] ({names[first[color]]}); with mask_colors every "
+                "class needs its own color"
+            )
+        first[color] = index
+    for index, color in enumerate(void_colors):
+        if color in first:
+            raise DataError(
+                f"{where}: void_colors[{index}] {list(color)} is the color of "
+                f"classes[{first[color]}] ({names[first[color]]}); a colour is a class's or "
+                "void, not both"
+            )
 
 
 def _check_mask_values(
@@ -272,7 +340,7 @@ class FolderDataset(SegmentationDataset):
             ignore_index=spec.ignore_index,
             transform=transform,
             maps=maps,
-            mask_values=spec.mask_values,
+            classes_file=spec,
         )
         self.masks_without_image = orphans
         self.unread_masks = unread
