@@ -1165,6 +1165,16 @@ def test_a_palette_colour_mask_is_read_by_its_palettes_colours(colour_folder):
     assert dataset.load(0)["label"].tolist() == expected
 
 
+def test_a_16_bit_colour_mask_is_refused_not_cut_to_8_bits(colour_folder):
+    path = write_png16(colour_folder / "masks" / "a.png", colour_mask(0).astype(np.uint16) * 257)
+    assert Image.open(path).mode == "RGB"  # what PIL would decode silently
+    dataset = make_folder(colour_folder)
+    for read in (lambda: dataset.load(0), lambda: check_headers(dataset.samples)):
+        with pytest.raises(DataError, match="RGB 16-bit image") as err:
+            read()
+        assert str(path) in str(err.value)
+
+
 def test_an_unknown_colour_is_named_with_its_pixels_and_what_to_do(colour_folder):
     mask = colour_mask(0)
     mask[0, :3] = (9, 9, 9)

@@ -338,6 +338,9 @@ def _check_mask_mode(img: Image.Image, path: Path, colors: bool) -> None:
             "masks are RGB, RGBA or palette PNGs painted in the classes' colors; for masks "
             "that store class values in one channel, remove mask_colors"
         )
+    if colors:
+        # A 48-bit colour PNG would be cut to 8 bits per channel: colours of no class.
+        _check_image_mode(img, path)
     if colors and img.format in _LOSSY_FORMATS:
         raise DataError(
             f"{path}: a {img.format} colour mask; save it as PNG (JPEG compression blends "
