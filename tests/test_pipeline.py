@@ -1930,6 +1930,7 @@ def test_the_table_caption_names_its_split_once(title: str, caption: str) -> Non
     assert table_caption(results) == caption
     assert experiment_claims(results).title == caption
     assert f"\n{caption}\n" in format_markdown(results)
+    assert format_summary(results).startswith(f"{caption}:\n")  # what the command prints
 
 
 def test_speed_latency_ratios_pair_mine_over_the_others() -> None:

@@ -390,7 +390,7 @@ def _ablation_table(name: str, ablation: dict[str, Any]) -> tuple[str, list[list
 def format_summary(results: dict[str, Any]) -> str:
     """The printed summary: the paper-shaped table, the ablations and the checks."""
     table = results["table"]
-    lines = [f"{table['title'] or results['experiment']['name']} ({table['split']}):"]
+    lines = [f"{table_caption(results)}:"]
     lines += text_table(_table_cells(table))
     bench = _bench_line(results)
     if bench:
