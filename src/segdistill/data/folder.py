@@ -19,7 +19,8 @@
 Without `mask_values` a mask stores class ids (and `ignore_index`) directly. Any other stored
 value is an error naming the file and the values.
 
-Colour masks (a labelling tool's export, Cityscapes' `*_color.png`) paint each pixel in its
+Colour masks (a labelling tool's export; not Cityscapes' `*_color.png`, whose void polegroup
+and license plate have the colours of pole and car) paint each pixel in its
 class's `color`; `mask_colors: true` reads them (RGB, RGBA with alpha dropped, or palette
 PNGs), and `void_colors` lists the colours of void pixels:
 
