@@ -22,7 +22,7 @@ from segdistill.checkpoints import build_model, save_weights
 from segdistill.cli import main
 from segdistill.config import SegConfig, load_config, replace_values
 from segdistill.errors import ConfigError, DataError
-from segdistill.methods import build_methods
+from segdistill.methods import METHODS, build_methods
 from segdistill.models.teachers import MCDropout, mc_dropout_layers
 from segdistill.outputs import TeacherSignals
 from segdistill.teacher_cache import VALID_MAP, valid_mask
@@ -71,20 +71,30 @@ def method_loss(terms: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     return sum(value for key, value in terms.items() if key.startswith(f"{name}/"))
 
 
+# Every registered method alone (`test_every_method_is_trained_end_to_end`), and two variants.
+LOWERING_SPECS = [
+    [{"name": "kd"}],
+    [{"name": "holder"}],
+    [{"name": "dudes"}],
+    [{"name": "self_attention"}],
+    [{"name": "adaptation"}],
+    [{"name": "ja_kd"}],
+    [{"name": "ukd"}],
+    [{"name": "cwd"}],
+    [{"name": "cwd", "options": FEATURES}],
+    [{"name": "dudes"}, {"name": "cwd", "weight": 0.5}],
+]
+
+
+def test_every_method_is_trained_end_to_end() -> None:
+    """A method added to METHODS must be added to LOWERING_SPECS, or this fails."""
+    alone = {specs[0]["name"] for specs in LOWERING_SPECS if len(specs) == 1}
+    assert alone == set(METHODS)
+
+
 @pytest.mark.parametrize(
     "specs",
-    [
-        [{"name": "kd"}],
-        [{"name": "holder"}],
-        [{"name": "dudes"}],
-        [{"name": "self_attention"}],
-        [{"name": "adaptation"}],
-        [{"name": "ja_kd"}],
-        [{"name": "ukd"}],
-        [{"name": "cwd"}],
-        [{"name": "cwd", "options": FEATURES}],
-        [{"name": "dudes"}, {"name": "cwd", "weight": 0.5}],
-    ],
+    LOWERING_SPECS,
     ids=lambda specs: "+".join(s["name"] + ("_features" if "options" in s else "") for s in specs),
 )
 def test_each_method_lowers_its_loss_on_a_fixed_batch(
@@ -388,7 +398,11 @@ def test_a_cache_serves_the_pixel_methods_and_the_teacher_the_feature_methods(
         ensemble,
         ["distill.methods=[{name: cwd}]", f"distill.teacher_cache={tmp_path / 'cache'}"],
     )
-    with pytest.raises(ConfigError, match="none of the methods reads per-pixel teacher"):
+    with pytest.raises(
+        ConfigError,
+        match=r"none of the methods reads per-pixel teacher outputs a cache can hold \(kd, "
+        r"holder, dudes, ja_kd, ukd do\)",
+    ):
         training.train(only_features)
     # KD's logits are read by CWD (on the logits) too: they come from the online teacher.
     kd_and_cwd = replace_values(

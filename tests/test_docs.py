@@ -35,6 +35,9 @@ from segdistill.cli import build_parser
 from segdistill.commands.train import load_run_config
 from segdistill.config import SegConfig, load_config, replace_values, to_dict
 from segdistill.errors import SegdistillError
+from segdistill.methods import METHODS, PIXEL_METHODS
+from segdistill.models import ARCHITECTURES
+from segdistill.models.encoders import ENCODERS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -691,3 +694,21 @@ def test_every_config_file_the_docs_name_exists() -> None:
     assert len(named) > 50
     missing = [f"{where}: {name}" for where, name in named if not (ROOT / name).is_file()]
     assert not missing, "\n".join(missing)
+
+
+def _listed(path: str, pattern: str) -> list[str]:
+    """The names the one match of `pattern` in docs file `path` lists (its first group),
+    split at commas, bars and spaces."""
+    (found,) = re.findall(pattern, (ROOT / path).read_text())
+    return sorted(name for name in re.split(r"[\s,|]+", found) if name)
+
+
+def test_the_documented_name_lists_are_the_registries() -> None:
+    """Where the docs list every method, encoder or architecture, the list is the code's:
+    a name added to METHODS, ENCODERS or ARCHITECTURES fails here until the docs say it."""
+    assert _listed("docs/methods.md", r"`name` is one of `([^`]+)`") == sorted(METHODS)
+    assert _listed("docs/architecture.md", r"Method modules \(([^)]+)\)") == sorted(METHODS)
+    pixel = r"restricts a pixel-wise method \(([^)]+)\)"
+    assert _listed("docs/methods.md", pixel) == sorted(PIXEL_METHODS)
+    assert _listed("docs/training.md", r"\n  encoder: \w+ +# ([^\n]+)") == sorted(ENCODERS)
+    assert _listed("docs/training.md", r"\n  arch: \w+ +# ([\w |]+)") == sorted(ARCHITECTURES)

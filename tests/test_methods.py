@@ -76,6 +76,12 @@ def _all_methods() -> list[methods.Method]:
     ]
 
 
+def test_the_shared_method_tests_cover_every_registered_method() -> None:
+    """A method added to METHODS must be added to `_all_methods` (the gradient and needs
+    tests run over it), or this fails."""
+    assert sorted(m.name for m in _all_methods()) == sorted(methods.METHODS)
+
+
 def _student_for(method: methods.Method) -> SegOutput:
     unc = {"holder": C, "dudes": 1}.get(method.name)
     return _student(unc, aux=True)

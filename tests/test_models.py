@@ -174,6 +174,13 @@ def test_encoder_levels(name: str, output_stride: int) -> None:
         ]
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnet101"])
+def test_a_resnet_refusal_names_the_encoder_asked_for(name: str) -> None:
+    """The name comes from the layers (18 = 2 x 8 block convs + stem + classifier)."""
+    with pytest.raises(ConfigError, match=rf"output_stride=4 is not supported by {name};"):
+        build_encoder(name, output_stride=4, **TINY)
+
+
 def test_nfsnet_default_has_extra_stride_64_stage() -> None:
     encoder = build_encoder("nfsnet", **TINY)
     assert encoder.strides == [2, 4, 8, 16, 32, 64]

@@ -34,7 +34,7 @@ from segdistill.data.transforms import (
 )
 from segdistill.errors import DataError
 from segdistill.losses import median_mask
-from segdistill.methods import build_methods
+from segdistill.methods import PIXEL_METHODS, build_methods
 from segdistill.models.teachers import Ensemble, MCDropout
 from segdistill.outputs import SegOutput, TeacherSignals
 
@@ -453,18 +453,23 @@ def test_a_folder_that_is_not_a_cache_is_never_deleted(
     assert (tmp_path / "cache" / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize(
-    "spec, uncertainty",
-    [
-        ({"name": "kd"}, None),
-        ({"name": "holder"}, 19),
-        ({"name": "dudes"}, 1),
-        ({"name": "ja_kd"}, None),
-        ({"name": "ukd"}, None),
-        ({"name": "ukd", "options": {"median_over": "batch"}}, None),
-    ],
-    ids=lambda value: str(value),
-)
+# Every pixel-wise method (the ones a cache serves), with the uncertainty head it needs.
+TEACHER_VALID_SPECS = [
+    ({"name": "kd"}, None),
+    ({"name": "holder"}, 19),
+    ({"name": "dudes"}, 1),
+    ({"name": "ja_kd"}, None),
+    ({"name": "ukd"}, None),
+    ({"name": "ukd", "options": {"median_over": "batch"}}, None),
+]
+
+
+def test_every_pixel_method_is_checked_for_teacher_valid() -> None:
+    """A pixel-wise method added to METHODS must be added to TEACHER_VALID_SPECS."""
+    assert {spec["name"] for spec, _ in TEACHER_VALID_SPECS} == set(PIXEL_METHODS)
+
+
+@pytest.mark.parametrize("spec, uncertainty", TEACHER_VALID_SPECS, ids=lambda value: str(value))
 def test_pixels_outside_teacher_valid_never_count(spec: dict, uncertainty: int | None) -> None:
     methods = build_methods([spec], 19)
     assert methods.pixel_needs == methods.needs

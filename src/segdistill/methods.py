@@ -66,7 +66,7 @@ class Method(nn.Module):
 
     `forward(student, teacher, target) -> dict[str, Tensor]` returns the method's named,
     paper-weighted distillation terms (scalars); target is int64 [B, H, W]. Pixel-wise
-    methods also take `teacher_valid` (see `_PixelMethod`).
+    methods also take `teacher_valid` (see `PixelMethod`).
     `needs` names the teacher signals it reads (`outputs.SIGNAL_NAMES`); `teacher_taps` and
     `student_taps` the feature taps it reads when `needs` holds "features".
     """
@@ -107,7 +107,7 @@ class Method(nn.Module):
         return unc
 
 
-class _PixelMethod(Method):
+class PixelMethod(Method):
     """A method whose terms average over pixels; `distill_void` says whether pixels labelled
     `ignore_index` count (the teacher's signals exist there too).
 
@@ -131,7 +131,7 @@ class _PixelMethod(Method):
         return teacher_valid if labelled is None else labelled & teacher_valid
 
 
-class _FeatureMethod(Method):
+class FeatureMethod(Method):
     """A method that compares a student tap with a teacher tap ("logits" or a feature name)."""
 
     def __init__(
@@ -184,7 +184,7 @@ def _channel_adapter(student_channels: int, teacher_channels: int) -> nn.Module:
     return nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
 
 
-class KD(_PixelMethod):
+class KD(PixelMethod):
     """Hinton KD per pixel: T^2 KL(teacher_T || student_T) (`losses.kd`).
 
     The teacher is read as `TeacherSignals.logits` (log(mean_probs) for an ensemble, which
@@ -217,7 +217,7 @@ class KD(_PixelMethod):
         return {"kl": losses.kd(student.logits, t, self.temperature, valid)}
 
 
-class Holder(_PixelMethod):
+class Holder(PixelMethod):
     """Holder & Shafique uncertainty distillation (eq. 4):
     T^2 KL(M || student) + alpha CE + beta MSE(per-class uncertainty, Sigma).
 
@@ -266,7 +266,7 @@ class Holder(_PixelMethod):
         return self._student_uncertainty(student, student.logits.shape[1], "per_class")
 
 
-class DUDES(_PixelMethod):
+class DUDES(PixelMethod):
     """DUDES (eq. 3): CE + RMSLE(scalar uncertainty, teacher pred_std).
 
     pred_std is the ensemble std of the probability of the class the ensemble mean predicts.
@@ -293,7 +293,7 @@ class DUDES(_PixelMethod):
         self._student_uncertainty(student, 1, "scalar")
 
 
-class CWD(_FeatureMethod):
+class CWD(FeatureMethod):
     """Channel-wise distillation (Shu et al.), on the logits by default (`losses.cwd`).
 
     With a feature tap, a 1x1 conv adapter (trained with the student) maps the student's
@@ -328,7 +328,7 @@ class CWD(_FeatureMethod):
         return {"cwd": self.lambda_cwd * losses.cwd(s, t, self.temperature)}
 
 
-class SelfAttention(_FeatureMethod):
+class SelfAttention(FeatureMethod):
     """Karine et al. self-attention distillation (eq. 4): 14 L_SA + 3 L_KD + CE.
 
     L_SA (eq. 1-3) compares the channel self-attention of the student and teacher feature
@@ -477,7 +477,7 @@ def train_translator(
     return history
 
 
-class Adaptation(_FeatureMethod):
+class Adaptation(FeatureMethod):
     """He et al. knowledge adaptation, stage 2: 50 L_adapt + 1 L_aff + CE.
 
     The student tap goes through the adapter (three 3x3 conv-BN-ReLU to the teacher's
@@ -536,7 +536,7 @@ class Adaptation(_FeatureMethod):
         }
 
 
-class JAKD(_PixelMethod):
+class JAKD(PixelMethod):
     """NfS-SegNet joint and auxiliary KD (eq. 1-2) on the output and every aux output.
 
     The teacher's mean_probs are the soft labels for the final logits and for each
@@ -710,8 +710,8 @@ class MethodSet(nn.Module):
 
     def _needs_by_kind(self) -> tuple[frozenset[str], frozenset[str]]:
         """(what pixel-wise methods read, what the others read)."""
-        pixel = [m.needs for _, m in self.named_methods() if isinstance(m, _PixelMethod)]
-        other = [m.needs for _, m in self.named_methods() if not isinstance(m, _PixelMethod)]
+        pixel = [m.needs for _, m in self.named_methods() if isinstance(m, PixelMethod)]
+        other = [m.needs for _, m in self.named_methods() if not isinstance(m, PixelMethod)]
         return frozenset().union(*pixel), frozenset().union(*other)
 
     @property
@@ -746,7 +746,7 @@ class MethodSet(nn.Module):
                 aux_ce = losses.cross_entropy(aux_logits, target, self.ignore_index)
                 terms[f"task/aux_ce_{level}"] = self.aux_ce_weight * aux_ce
         for name, method in self.named_methods():
-            if isinstance(method, _PixelMethod):
+            if isinstance(method, PixelMethod):
                 method_terms = method(student, teacher, target, teacher_valid)
             else:
                 method_terms = method(student, teacher, target)
@@ -760,6 +760,9 @@ class MethodSet(nn.Module):
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (KD, Holder, DUDES, SelfAttention, Adaptation, JAKD, UKD, CWD)
 }
+# The methods whose terms average per-pixel teacher signals: they may read a teacher cache
+# and take `distill_void` (the others compare feature taps).
+PIXEL_METHODS = tuple(name for name, cls in METHODS.items() if issubclass(cls, PixelMethod))
 _SPEC_KEYS = ("name", "weight", "options")
 # Constructor arguments that come from the model, not from the user's options.
 _BUILT_ARGS = ("student_channels", "teacher_channels", "ignore_index")

@@ -97,7 +97,7 @@ from segdistill.defaults import RESUME_CHECKPOINT
 from segdistill.distributed import print_once
 from segdistill.errors import CheckpointError, ConfigError, TrainingError, short_reason
 from segdistill.interrupts import CtrlC, ignore_ctrl_c, stop_on_ctrl_c
-from segdistill.methods import MethodSet, build_methods, train_translator
+from segdistill.methods import PIXEL_METHODS, MethodSet, build_methods, train_translator
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.models import Segmenter
 from segdistill.models.teachers import DISAGREEMENT_SIGNALS, Teacher, build_teacher
@@ -570,8 +570,8 @@ def attach_teacher_cache(
             f"what the pixel-wise methods read ({', '.join(sorted(shared))}) is read by an "
             "online method too, so it comes from the teacher"
             if shared
-            else "none of the methods reads per-pixel teacher outputs a cache can hold (kd, "
-            "holder, dudes, ja_kd, ukd do); the others run the teacher online"
+            else "none of the methods reads per-pixel teacher outputs a cache can hold ("
+            f"{', '.join(PIXEL_METHODS)} do); the others run the teacher online"
         )
         raise ConfigError(
             f"distill.teacher_cache={cfg.distill.teacher_cache!r}: nothing to cache: {why}; "

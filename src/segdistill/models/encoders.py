@@ -131,6 +131,7 @@ class BasicBlock(nn.Module):
     """ResNet-18/34 block: two 3x3 convolutions and a shortcut (torchvision names)."""
 
     expansion = 1
+    layers = 2  # weighted layers, which a ResNet's name counts
 
     def __init__(
         self, inplanes: int, planes: int, stride: int, dilation: int, first_dilation: int
@@ -159,6 +160,7 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    layers = 3  # weighted layers, which a ResNet's name counts
 
     def __init__(
         self, inplanes: int, planes: int, stride: int, dilation: int, first_dilation: int
@@ -211,9 +213,10 @@ class ResNetEncoder(Encoder):
         layers: Sequence[int],
         output_stride: int = 32,
         width: float = 1.0,
-        name: str = "resnet",
     ) -> None:
         super().__init__()
+        # Its weighted layers: the stem conv, the blocks' convs and the classifier it drops.
+        name = f"resnet{block.layers * sum(layers) + 2}"
         check_output_stride(output_stride, (8, 16, 32), name)
         check_width(width)
         stem = scale_channels(64, width)
@@ -490,10 +493,10 @@ class NfSNetEncoder(Encoder):
 # --------------------------------------------------------------------------- registry
 
 ENCODERS: dict[str, Callable[..., Encoder]] = {
-    "resnet18": partial(ResNetEncoder, BasicBlock, (2, 2, 2, 2), name="resnet18"),
-    "resnet34": partial(ResNetEncoder, BasicBlock, (3, 4, 6, 3), name="resnet34"),
-    "resnet50": partial(ResNetEncoder, Bottleneck, (3, 4, 6, 3), name="resnet50"),
-    "resnet101": partial(ResNetEncoder, Bottleneck, (3, 4, 23, 3), name="resnet101"),
+    "resnet18": partial(ResNetEncoder, BasicBlock, (2, 2, 2, 2)),
+    "resnet34": partial(ResNetEncoder, BasicBlock, (3, 4, 6, 3)),
+    "resnet50": partial(ResNetEncoder, Bottleneck, (3, 4, 6, 3)),
+    "resnet101": partial(ResNetEncoder, Bottleneck, (3, 4, 23, 3)),
     "mobilenetv2": MobileNetV2Encoder,
     "nfsnet": NfSNetEncoder,
 }
