@@ -12,6 +12,7 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from segdistill.data.labels import CLASS_NAMES, TRAIN_ID_TO_LABEL_ID
+from segdistill.metric_fields import SPLIT_METRICS, split_value
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.metrics.segmentation import DEFAULT_REMOVED_FRACTIONS, removal_point
 
@@ -96,6 +97,20 @@ def test_result_is_strict_json(result: dict) -> None:
     json.dumps(result, allow_nan=False)
     assert result["num_images"] == 8
     assert result["uncertainty"]["source"] == "given"
+
+
+def test_every_named_split_metric_lies_where_its_path_says(result: dict) -> None:
+    """metric_fields.SPLIT_METRICS, which the summaries, the report and an experiment's
+    checks read, point into what compute() returns: a number (a list per class), never a
+    missing key read as "not evaluated"."""
+    model = {"splits": {"test": result}}
+    for name in SPLIT_METRICS:
+        value = split_value(model, "test", name)
+        per_class = name.startswith("per_class")
+        assert isinstance(value, list if per_class else float), name
+    assert split_value(model, "test", "pavpu") == result["uncertainty"]["pavpu"]["max"]
+    assert split_value(model, "test", "miou") == result["segmentation"]["miou"]
+    assert split_value(model, "night", "miou") is None  # a split not evaluated
 
 
 def test_iou_and_accuracies_match_confusion_formula(batches: list, result: dict) -> None:

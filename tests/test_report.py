@@ -122,7 +122,7 @@ def expected_value(model: dict[str, Any], key: str) -> Any:
         "misclassification_fpr95": ("uncertainty", "misclassification", "fpr95"),
         "aurc": ("uncertainty", "aurc"),
         "eaurc": ("uncertainty", "eaurc"),
-        "pavpu_max": ("uncertainty", "pavpu", "max"),
+        "pavpu": ("uncertainty", "pavpu", "max"),
         "pixel_mean_uncertainty": ("uncertainty", "pixel_mean"),
     }
     value: Any = result
@@ -673,16 +673,14 @@ def test_tables_show_sets_and_columns_that_only_some_models_have() -> None:
     summary shows an experiment's role and every column of the split's results."""
     night = {"segmentation": {"miou": 0.25}}
     b = {**MODELS[1], "role": "baseline", "splits": {**MODELS[1]["splits"], "night": night}}
-    head, rows = table_cells(
-        per_split_table([MODELS[0], b], "miou", ("segmentation", "miou"), "high", "mIoU")
-    )
+    head, rows = table_cells(per_split_table([MODELS[0], b], "miou", "mIoU"))
     assert head == ["model", "test", "night"]
     assert rows[0][2] == ("a/night/miou", "n/a") and rows[1][2] == ("b/night/miou", "0.2500")
     head, rows = table_cells(summary_table([MODELS[0], b], "test"))
     assert rows[1][1] == (None, "baseline") and rows[0][1] == (None, "student")
     assert "pAvPU max ↑" in head and "AURC ↓" in head and "E-AURC ↓" in head
     keys = [key for key, _ in rows[0] if key]
-    assert "a/test/pavpu_max" in keys and "a/test/eaurc" in keys
+    assert "a/test/pavpu" in keys and "a/test/eaurc" in keys
     assert len(head) == len(rows[0])
 
 
@@ -787,7 +785,7 @@ SUMMARY_COLUMNS = [
     ("misc. FPR95 ↓", "test/misclassification_fpr95", "low"),
     ("AURC ↓", "test/aurc", "low"),
     ("E-AURC ↓", "test/eaurc", "low"),
-    ("pAvPU max ↑", "test/pavpu_max", "high"),
+    ("pAvPU max ↑", "test/pavpu", "high"),
     ("mean unc.", "test/pixel_mean_uncertainty", None),
     ("anomaly AP ↑", "pixel_anomaly/ap", "high"),
     ("anomaly AUROC ↑", "pixel_anomaly/auroc", "high"),
@@ -852,7 +850,7 @@ def test_the_per_set_table_bolds_every_sets_best_model() -> None:
         return {**model, "splits": {**model["splits"], "night": {"calibration": {"ece": night}}}}
 
     models = [with_ece("a", 0.10, 0.30), with_ece("b", 0.20, 0.25)]
-    page = per_split_table(models, "ece", ("calibration", "ece"), "low", "ECE per set")
+    page = per_split_table(models, "ece", "ECE per set")
     assert bold_keys(page) == {"a/test/ece", "b/night/ece"}
     assert "<caption>ECE per set (lower is better)</caption>" in page
 
@@ -1048,18 +1046,18 @@ def test_every_experiment_metric_has_its_direction() -> None:
     """Each metric an experiment's table or ablation can show (pipeline METRICS) has a
     direction (a metric added later without one fails here), found by its header (with a
     split) and by its name; the directions that decide a bold, checked by hand."""
-    from segdistill.pipeline.checks import METRICS
-    from segdistill.report import EXPERIMENT_BETTER
+    from segdistill.pipeline.checks import METRICS, PER_CLASS_METRICS
 
-    assert set(METRICS) == set(EXPERIMENT_BETTER)
-    for name, better in EXPERIMENT_BETTER.items():
-        header = METRICS[name][0]
+    directions = {name: experiment_direction(name) for name in METRICS}
+    for name, better in directions.items():
+        header = METRICS[name].header
         assert experiment_direction(header) == better, header
         assert experiment_direction(f"{header} night") == better, header
-        assert experiment_direction(name) == better, name
     hand = {"miou": "high", "ece": "low", "latency_ms": "low", "ood_auroc": "high"}
     hand |= {"aurc": "low", "class_mean_uncertainty": None, "parameters_m": None}
-    assert {name: EXPERIMENT_BETTER[name] for name in hand} == hand
+    hand |= {"misclassification_fpr95": "low", "pavpu": "high", "eaurc": "low"}
+    hand |= dict.fromkeys(PER_CLASS_METRICS)  # lists per class: never ranked
+    assert {name: directions[name] for name in hand} == hand
     assert experiment_direction("threshold", ["fog"], ["test"]) is None
     assert experiment_direction("fog", ["fog"], ["test"]) == "high"
     assert experiment_direction("test", ["fog"], ["test"]) == "low"

@@ -90,6 +90,7 @@ from segdistill.defaults import (
 from segdistill.errors import CheckpointError, ConfigError, DataError
 from segdistill.interrupts import ignore_ctrl_c, stop_on_ctrl_c
 from segdistill.jsonfiles import write_json
+from segdistill.metric_fields import SPLIT_METRICS, split_value
 from segdistill.metrics import (
     AnomalyEvaluator,
     PairedUncertaintyStats,
@@ -884,26 +885,15 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
-# Columns of the summary table: (header, key of `summary_row`, format).
-SUMMARY_COLUMNS = (
-    ("model", "name", "{}"),
-    ("kind", "kind", "{}"),
-    ("mIoU", "miou", "{:.4f}"),
-    ("pixel acc", "pixel_accuracy", "{:.4f}"),
-    ("ECE", "ece", "{:.4f}"),
-    ("misc. AUROC", "misclassification_auroc", "{:.4f}"),
-    ("AURC", "aurc", "{:.4f}"),
-    ("pAvPU max", "pavpu_max", "{:.4f}"),
-    ("anomaly AP", "anomaly_ap", "{:.4f}"),
-)
+# The metric_fields.SPLIT_METRICS of the printed summary table, after the model and its
+# kind and before the anomaly AP.
+SUMMARY_METRICS = ("miou", "pixel_accuracy", "ece", "misclassification_auroc", "aurc", "pavpu")
 
 
 def summary_row(model: dict[str, Any], split: str = REFERENCE_SPLIT) -> dict[str, Any]:
-    """The headline numbers of one model on `split`, plus "ood_auroc": {set: (best
-    aggregator, its AUROC)}. Values are None when not evaluated."""
-    result = model["splits"].get(split)
-    seg = result["segmentation"] if result else {}
-    unc = result["uncertainty"] if result else {}
+    """The headline numbers of one model on `split`: "name", "kind", the SUMMARY_METRICS,
+    "anomaly_ap", and "ood_auroc": {set: (best aggregator, its AUROC)}. Values are None
+    when not evaluated."""
     ood = model.get("ood") or {"sets": {}}
     best = {
         name: (s["best_aggregator"], s["by_aggregator"][s["best_aggregator"]]["auroc"])
@@ -913,12 +903,7 @@ def summary_row(model: dict[str, Any], split: str = REFERENCE_SPLIT) -> dict[str
     return {
         "name": model["name"],
         "kind": model["kind"],
-        "miou": seg.get("miou"),
-        "pixel_accuracy": seg.get("pixel_accuracy"),
-        "ece": result["calibration"]["ece"] if result else None,
-        "misclassification_auroc": unc.get("misclassification", {}).get("auroc"),
-        "aurc": unc.get("aurc"),
-        "pavpu_max": unc.get("pavpu", {}).get("max"),
+        **{name: split_value(model, split, name) for name in SUMMARY_METRICS},
         "anomaly_ap": (model.get("anomaly") or {}).get("ap"),
         "ood_auroc": best,
     }
@@ -934,16 +919,19 @@ def summary_split(results: dict[str, dict[str, Any]]) -> str:
 
 
 def format_summary(models: Sequence[dict[str, Any]], split: str | None = None) -> str:
-    """Two aligned text tables: the SUMMARY_COLUMNS per model on `split`, then the best
+    """Two aligned text tables: the SUMMARY_METRICS per model on `split`, then the best
     aggregator's image-level OOD AUROC per model and shifted set ("-": not evaluated),
     with the clean split each set is scored against. `split` defaults to the first
     model's `summary_split`."""
     if split is None:
         split = summary_split(models[0]["splits"] if models else {})
     rows = [summary_row(model, split) for model in models]
-    main = [[title for title, _, _ in SUMMARY_COLUMNS]]
+    numbers = [*SUMMARY_METRICS, "anomaly_ap"]
+    main = [["model", "kind", *(SPLIT_METRICS[name].header for name in SUMMARY_METRICS)]]
+    main[0].append("anomaly AP")
     main += [
-        ["-" if row[key] is None else fmt.format(row[key]) for _, key, fmt in SUMMARY_COLUMNS]
+        [row["name"], row["kind"]]
+        + ["-" if row[key] is None else f"{row[key]:.4f}" for key in numbers]
         for row in rows
     ]
     lines = [f"metrics on {split!r}:", *text_table(main)]

@@ -47,6 +47,7 @@ from segdistill.defaults import RESULTS_FILE, uncertainty_scale
 from segdistill.errors import ConfigError, SegdistillError
 from segdistill.evaluate import METRICS_FILE, ood_versus, summary_split
 from segdistill.figures import AGGREGATOR_LABELS, pick_split
+from segdistill.metric_fields import SPLIT_METRICS, dig, split_value
 from segdistill.ood_detector import scored_map
 
 DIGITS = 4
@@ -324,41 +325,20 @@ def _table(
     )
 
 
-def dig(value: Any, *keys: str | int) -> Any:
-    """value[k0][k1]...; None when any level is missing or None (results.json models)."""
-    for key in keys:
-        if value is None:
-            return None
-        try:
-            value = value[key]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return value
-
-
 # (header, data-metric suffix, path in a split's results, better)
-SPLIT_COLUMNS: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
-    ("mIoU", "miou", ("segmentation", "miou"), "high"),
-    ("pixel acc", "pixel_accuracy", ("segmentation", "pixel_accuracy"), "high"),
-    ("class acc", "mean_class_accuracy", ("segmentation", "mean_class_accuracy"), "high"),
-    ("ECE", "ece", ("calibration", "ece"), "low"),
-    (
-        "misc. AUROC",
-        "misclassification_auroc",
-        ("uncertainty", "misclassification", "auroc"),
-        "high",
-    ),
-    ("misc. AUPR", "misclassification_aupr", ("uncertainty", "misclassification", "aupr"), "high"),
-    (
-        "misc. FPR95",
-        "misclassification_fpr95",
-        ("uncertainty", "misclassification", "fpr95"),
-        "low",
-    ),
-    ("AURC", "aurc", ("uncertainty", "aurc"), "low"),
-    ("E-AURC", "eaurc", ("uncertainty", "eaurc"), "low"),
-    ("pAvPU max", "pavpu_max", ("uncertainty", "pavpu", "max"), "high"),
-    ("mean unc.", "pixel_mean_uncertainty", ("uncertainty", "pixel_mean"), None),
+# The metric_fields.SPLIT_METRICS of the summary table, in its order.
+SPLIT_COLUMNS = (
+    "miou",
+    "pixel_accuracy",
+    "mean_class_accuracy",
+    "ece",
+    "misclassification_auroc",
+    "misclassification_aupr",
+    "misclassification_fpr95",
+    "aurc",
+    "eaurc",
+    "pavpu",
+    "pixel_mean_uncertainty",
 )
 
 
@@ -368,8 +348,10 @@ def summary_table(models: Sequence[dict[str, Any]], split: str) -> str:
     results have one: a student distilled without an uncertainty head loads as kind
     "baseline", which says how its uncertainty is made, not what it is."""
     names = ["model", "kind", "members", "parameters", "uncertainty"]
-    names += [h for h, _, _, _ in SPLIT_COLUMNS] + ["anomaly AP", "anomaly AUROC"]
-    better = [None] * 5 + [b for _, _, _, b in SPLIT_COLUMNS] + ["high", "high"]
+    names += [SPLIT_METRICS[name].header for name in SPLIT_COLUMNS]
+    names += ["anomaly AP", "anomaly AUROC"]
+    better = [None] * 5 + [SPLIT_METRICS[name].better for name in SPLIT_COLUMNS]
+    better += ["high", "high"]
     headers = [directed(name, b) for name, b in zip(names, better)]
     rows = []
     for m in models:
@@ -382,8 +364,7 @@ def summary_table(models: Sequence[dict[str, Any]], split: str) -> str:
             text(m["uncertainty_source"]),
         ]
         row += [
-            metric(f"{name}/{split}/{key}", dig(m, "splits", split, *path))
-            for _, key, path, _ in SPLIT_COLUMNS
+            metric(f"{name}/{split}/{key}", split_value(m, split, key)) for key in SPLIT_COLUMNS
         ]
         row += [
             metric(f"{name}/pixel_anomaly/ap", dig(m, "anomaly", "ap")),
@@ -393,20 +374,15 @@ def summary_table(models: Sequence[dict[str, Any]], split: str) -> str:
     return _table(headers, rows, best_in_columns(rows, better), caption=f"Metrics on {split}")
 
 
-def per_split_table(
-    models: Sequence[dict[str, Any]],
-    key: str,
-    path: tuple[str, ...],
-    better: str | None,
-    title: str,
-) -> str:
-    """Rows: models; columns: every evaluated set; cells: the metric at `path`."""
+def per_split_table(models: Sequence[dict[str, Any]], key: str, title: str) -> str:
+    """Rows: models; columns: every evaluated set; cells: the SPLIT_METRICS metric `key`."""
     splits = list(dict.fromkeys(s for m in models for s in m["splits"]))
     rows = [
         [text(m["name"], header=True)]
-        + [metric(f"{m['name']}/{s}/{key}", dig(m, "splits", s, *path)) for s in splits]
+        + [metric(f"{m['name']}/{s}/{key}", split_value(m, s, key)) for s in splits]
         for m in models
     ]
+    better = SPLIT_METRICS[key].better
     # Best per column means best model on that set.
     best = best_in_columns(rows, [None, *[better] * len(splits)])
     return _table(["model", *splits], rows, best, caption=_caption(title, better))
@@ -834,50 +810,24 @@ def claims_notes(claims: Claims, models: Sequence[dict[str, Any]]) -> list[str]:
     return notes
 
 
-# Which way each metric of an experiment's tables is better, by its name in
-# `segdistill.pipeline.checks.METRICS` (the paper table shows its header there, an
-# ablation the name itself). None: no better direction: uncertainty means (a student
-# should match its teacher's, not go low or high; measures differ between models),
-# values per class, and the parameter count, which the summary table does not rank
-# either (a model's size, not a result).
-EXPERIMENT_BETTER: dict[str, str | None] = {
-    "miou": "high",
-    "per_class_iou": None,
-    "pixel_accuracy": "high",
-    "ece": "low",
-    "misclassification_auroc": "high",
-    "misclassification_aupr": "high",
-    "misclassification_fpr95": "low",
-    "aurc": "low",
-    "pavpu": "high",
-    "pixel_mean_uncertainty": None,
-    "class_mean_uncertainty": None,
-    "per_class_mean_uncertainty": None,
-    "miou_gain_removed_50": "high",
-    "ood_auroc": "high",
-    "anomaly_ap": "high",
-    "latency_ms": "low",
-    "gflops": "low",
-    "parameters_m": None,
-}
-
-
 def experiment_direction(
     header: str, shifted: Collection[str] = (), clean: Collection[str] = ()
 ) -> str | None:
     """Which way the column `header` of an experiment's table is better: a metric's
     header ("mIoU", "OOD AUROC fog_0.02": METRICS' header and its split) or name (an
-    ablation's "miou") by EXPERIMENT_BETTER; a split's share of flagged images (the OOD
-    flag table) "high" on a `shifted` set (images caught) and "low" on a `clean` split
-    (false alarms); else None: a column of no metric, like the flag table's thresholds,
-    each in its own model's measure."""
-    from segdistill.pipeline.checks import METRICS
+    ablation's "miou") by its `better` in METRICS (None for values per class); a split's
+    share of flagged images (the OOD flag table) "high" on a `shifted` set (images caught)
+    and "low" on a `clean` split (false alarms); else None: a column of no metric, like the
+    flag table's thresholds, each in its own model's measure."""
+    from segdistill.pipeline.checks import METRICS, PER_CLASS_METRICS
 
-    names = {METRICS[name][0]: name for name in METRICS} | {name: name for name in METRICS}
+    names = {METRICS[name].header: name for name in METRICS} | {name: name for name in METRICS}
     # The longest first: "mIoU gain 50% removed" is not "mIoU" of a split "gain ...".
     for known in sorted(names, key=len, reverse=True):
         if header == known or header.startswith(f"{known} "):
-            return EXPERIMENT_BETTER.get(names[known])
+            # A value per class (a list) is not ranked.
+            name = names[known]
+            return None if name in PER_CLASS_METRICS else METRICS[name].better
     if header in shifted:
         return "high"
     if header in clean:
@@ -1054,15 +1004,9 @@ def build_report(
         _section(
             "sets",
             "Accuracy and uncertainty per evaluated set",
-            per_split_table(metrics, "miou", ("segmentation", "miou"), "high", "mIoU per set"),
-            per_split_table(metrics, "ece", ("calibration", "ece"), "low", "ECE per set"),
-            per_split_table(
-                metrics,
-                "misclassification_auroc",
-                ("uncertainty", "misclassification", "auroc"),
-                "high",
-                "Misclassification AUROC per set",
-            ),
+            per_split_table(metrics, "miou", "mIoU per set"),
+            per_split_table(metrics, "ece", "ECE per set"),
+            per_split_table(metrics, "misclassification_auroc", "Misclassification AUROC per set"),
             _figure(lambda: figures.miou_per_split(metrics), "mIoU per evaluated set"),
         ),
         _section(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,8 +12,8 @@ import numpy as np
 from segdistill.bench import paired_ratio_interval, unresolved
 from segdistill.errors import ConfigError
 from segdistill.evaluate import REFERENCE_SPLIT
+from segdistill.metric_fields import SPLIT_METRICS, Better, dig
 from segdistill.metrics.segmentation import removal_point
-from segdistill.report import dig
 
 if TYPE_CHECKING:
     from segdistill.pipeline.experiment import CheckSpec
@@ -35,31 +36,41 @@ def _best_ood_auroc(model: dict[str, Any], shifted: str) -> float | None:
     return entry["by_aggregator"][entry["best_aggregator"]]["auroc"]
 
 
-def _seg(*keys: str) -> Callable[[dict[str, Any], str], Any]:
-    return lambda model, split: dig(model, "splits", split, *keys)
+@dataclass(frozen=True)
+class ResultMetric:
+    """A metric an experiment's tables and checks name: its column header, its value on a
+    split of a results.json model (`value(model, split)`), and which way it is better."""
+
+    header: str
+    value: Callable[[dict[str, Any], str], Any]
+    better: Better
 
 
-# name -> (column header, value of a results.json model on a split). `ood_auroc` reads its
-# "split" as the shifted set (best aggregator); anomaly, speed and size ignore it.
-METRICS: dict[str, tuple[str, Callable[[dict[str, Any], str], Any]]] = {
-    "miou": ("mIoU", _seg("segmentation", "miou")),
-    "per_class_iou": ("IoU per class", _seg("segmentation", "iou")),
-    "pixel_accuracy": ("pixel acc.", _seg("segmentation", "pixel_accuracy")),
-    "ece": ("ECE", _seg("calibration", "ece")),
-    "misclassification_auroc": ("misc. AUROC", _seg("uncertainty", "misclassification", "auroc")),
-    "misclassification_aupr": ("misc. AUPR", _seg("uncertainty", "misclassification", "aupr")),
-    "misclassification_fpr95": ("misc. FPR95", _seg("uncertainty", "misclassification", "fpr95")),
-    "aurc": ("AURC", _seg("uncertainty", "aurc")),
-    "pavpu": ("pAvPU", _seg("uncertainty", "pavpu", "max")),
-    "pixel_mean_uncertainty": ("mean unc.", _seg("uncertainty", "pixel_mean")),
-    "class_mean_uncertainty": ("class-mean unc.", _seg("uncertainty", "class_mean")),
-    "per_class_mean_uncertainty": ("unc. per class", _seg("uncertainty", "per_class_mean")),
-    "miou_gain_removed_50": ("mIoU gain 50% removed", _removal_gain),
-    "ood_auroc": ("OOD AUROC", _best_ood_auroc),
-    "anomaly_ap": ("anomaly AP", lambda model, split: dig(model, "anomaly", "ap")),
-    "latency_ms": ("latency ms", lambda model, split: dig(model, "speed", "latency_ms", "median")),
-    "gflops": ("GFLOPs", lambda model, split: dig(model, "speed", "gflops_per_image")),
-    "parameters_m": ("params (M)", lambda model, split: model["parameters"] / 1e6),
+def _on_split(name: str) -> ResultMetric:
+    field = SPLIT_METRICS[name]
+    return ResultMetric(
+        field.header, lambda model, split: dig(model, "splits", split, *field.path), field.better
+    )
+
+
+# Every metric by name: those of a split (`metric_fields.SPLIT_METRICS`), then those of a
+# model. `ood_auroc` reads its "split" as the shifted set (best aggregator); anomaly, speed
+# and size ignore it. The parameter count has no better side: a model's size, not a result.
+METRICS: dict[str, ResultMetric] = {name: _on_split(name) for name in SPLIT_METRICS} | {
+    "miou_gain_removed_50": ResultMetric("mIoU gain 50% removed", _removal_gain, "high"),
+    "ood_auroc": ResultMetric("OOD AUROC", _best_ood_auroc, "high"),
+    "anomaly_ap": ResultMetric(
+        "anomaly AP", lambda model, split: dig(model, "anomaly", "ap"), "high"
+    ),
+    "latency_ms": ResultMetric(
+        "latency ms", lambda model, split: dig(model, "speed", "latency_ms", "median"), "low"
+    ),
+    "gflops": ResultMetric(
+        "GFLOPs", lambda model, split: dig(model, "speed", "gflops_per_image"), "low"
+    ),
+    "parameters_m": ResultMetric(
+        "params (M)", lambda model, split: model["parameters"] / 1e6, None
+    ),
 }
 
 
@@ -74,12 +85,12 @@ def split_metric_name(name: str, where: str) -> tuple[str, str | None]:
 def metric_value(model: dict[str, Any], name: str, split: str = REFERENCE_SPLIT) -> Any:
     """The metric `name` ("metric" or "metric@split") of one results.json model."""
     metric, at = split_metric_name(name, "metric")
-    return METRICS[metric][1](model, at or split)
+    return METRICS[metric].value(model, at or split)
 
 
 def metric_header(name: str) -> str:
     metric, at = split_metric_name(name, "metric")
-    header = METRICS[metric][0]
+    header = METRICS[metric].header
     return f"{header} {at}" if at else header
 
 
