@@ -12,7 +12,7 @@ import numpy as np
 from segdistill.bench import paired_ratio_interval, unresolved
 from segdistill.errors import ConfigError
 from segdistill.evaluate import REFERENCE_SPLIT
-from segdistill.metric_fields import SPLIT_METRICS, Better, dig
+from segdistill.metric_fields import SPLIT_METRICS, Better, dig, split_value
 from segdistill.metrics.segmentation import removal_point
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class ResultMetric:
 def _on_split(name: str) -> ResultMetric:
     field = SPLIT_METRICS[name]
     return ResultMetric(
-        field.header, lambda model, split: dig(model, "splits", split, *field.path), field.better
+        field.header, lambda model, split: split_value(model, split, name), field.better
     )
 
 
