@@ -371,6 +371,9 @@ def test_per_class_bold_marks_the_best_model_of_each_class() -> None:
     # 0.367, b 0.433) b's; the all-zero wall row nothing.
     assert bold_keys(page) == {"a/test/iou/road", "b/test/iou/car", "b/test/iou/mean"}
     assert "<caption>IoU per class (higher is better)</caption>" in page
+    # A title with its own brackets gets the remark inside them, not a second pair.
+    page = per_class_table(MODELS, "test", "iou", "high", "IoU per class (test)")
+    assert "<caption>IoU per class (test; higher is better)</caption>" in page
     # Mean uncertainty has no better direction (and the measures differ): no bold; each
     # model's column names its measure.
     page = per_class_table(MODELS, "test", "uncertainty", None, "Mean uncertainty")

@@ -242,10 +242,19 @@ def _code_spans(escaped: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
 
 
+def with_remark(title: str, remark: str) -> str:
+    """`title` with `remark` in brackets: "mIoU per set (higher is better)"; inside the
+    title's own closing bracket when it ends with one ("IoU per class (test; higher is
+    better)"), not a second pair."""
+    if title.endswith(")"):
+        return f"{title[:-1]}; {remark})"
+    return f"{title} ({remark})"
+
+
 def _caption(title: str, better: str | None) -> str:
     """A caption naming the better direction, for tables whose columns are not metrics
     (sets, models): "mIoU per set (higher is better)"."""
-    return f"{title} ({DIRECTION_WORDS[better]})" if better else title
+    return with_remark(title, DIRECTION_WORDS[better]) if better else title
 
 
 def _best(

@@ -41,7 +41,7 @@ from segdistill.pipeline.run_dir import (
     TABLE_FILE,
     RunPaths,
 )
-from segdistill.report import Claims, write_report
+from segdistill.report import Claims, with_remark, write_report
 from segdistill.tables import markdown_table, text_table
 
 
@@ -229,9 +229,7 @@ def table_caption(results: dict[str, Any]) -> str:
     split = table["split"]
     if re.search(rf"\b{re.escape(split)}\b", title):
         return title
-    if title.endswith(")"):
-        return f"{title[:-1]}; split {split})"
-    return f"{title} (split {split})"
+    return with_remark(title, f"split {split}")
 
 
 def experiment_claims(results: dict[str, Any]) -> Claims:
