@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from doc_layouts import DOCS, json_block_tree, key_tree
 from segdistill.bench import (
     SIZE_NOTE,
     BenchResult,
@@ -117,6 +118,17 @@ def test_cli_bench_reports_every_model_and_the_ratios(tmp_path, capsys) -> None:
     head = ratios["student/baseline"]
     assert head["value"] == pytest.approx(np.median(runs["student"] / runs["baseline"]))
     assert head["goal"] == "<= 1.02" and head["met"] == (head["value"] <= 1.02)
+    # docs/deployment.md writes this file's layout out by hand: the same keys, every level.
+    written = key_tree(result)
+    written["settings"]["input_sizes"] = {"<model>": None}  # keyed by model name
+    assert _documented_bench_keys() == written
+
+
+def _documented_bench_keys() -> dict:
+    """The key tree of the `--json` block of docs/deployment.md."""
+    text = (DOCS / "deployment.md").read_text()
+    start = text.index("**JSON** (`--json FILE`):")
+    return json_block_tree(text[text.index("```json", start) + 7 : text.index("\n```", start + 30)])
 
 
 def test_flops_of_one_convolution_are_the_hand_formula() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from matplotlib.colors import to_hex
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from doc_layouts import DOCS, braced_tree, layout_differences
 from segdistill import figures
 from segdistill.checkpoints import save_weights
 from segdistill.cli import main
@@ -122,6 +124,56 @@ def test_metrics_json_schema(setup: dict[str, Any]) -> None:
         "torch": torch.__version__,
     }
     assert combined["data"]["class_names"][0] == "road"
+
+
+def _documented_metrics_layout() -> dict:
+    """The "metrics.json (one model)" block of docs/evaluation.md as a key tree: one
+    entry per line that starts in the first column ("name, kind" two)."""
+    text = (DOCS / "evaluation.md").read_text()
+    start = text.index("```", text.index("### metrics.json (one model)")) + 3
+    block = text[start : text.index("```", start)]
+    tree: dict = {}
+    for entry in re.split(r"\n(?=\S)", block.strip()):
+        names, description = re.split(r"\s{2,}", entry, maxsplit=1)
+        value = braced_tree(description) if "{" in description else None
+        tree.update(dict.fromkeys(names.split(", "), value))
+    return tree
+
+
+def test_the_documented_metrics_json_layout_is_what_evaluate_writes(
+    setup: dict[str, Any],
+) -> None:
+    """docs/evaluation.md writes out metrics.json by hand: every key it names at every
+    level is one a student's and an ensemble's file holds, and none is missing
+    (`splits[split]` is checked against compute() in test_metrics_segmentation.py)."""
+    documented = _documented_metrics_layout()
+    documented["splits"] = None
+    assert documented["ood"]["sets"]["*"]["by_aggregator"]["*"]["roc"] == dict.fromkeys(
+        ["fpr", "tpr", "thresholds"]
+    )  # the parser reads the nested levels
+    for name in ("ens", "dudes"):
+        written = json.loads((setup["root"] / name / METRICS_FILE).read_text())
+        assert written["vs_teacher"] is not None or name == "ens"
+        assert layout_differences(documented, written) == [], name
+
+
+def test_the_documented_results_json_layout_is_what_evaluate_out_writes(
+    setup: dict[str, Any],
+) -> None:
+    """docs/evaluation.md gives `--out DIR`'s results.json inline: the same keys, at the
+    top and in `data` and `settings`; each model is its metrics.json."""
+    text = (DOCS / "evaluation.md").read_text()
+    start = text.index('`results.json` (`{"schema": "segdistill.results/1"')
+    inline = text[start : text.index("}`)", start) + 2].split("(`", 1)[1]
+    inline = re.sub(r'"(\w+)":', r"\1", inline.replace("<metrics.json of each model>", ""))
+    documented = braced_tree(inline)
+    written = json.loads((setup["root"] / "out" / RESULTS_FILE).read_text())
+    assert set(documented["data"]) >= {"root", "references"}  # the parser reads the levels
+    documented["figures"] = None  # "{...}": not written out
+    assert layout_differences(documented, written) == []
+    for name, model in zip(("ens", "dudes"), written["models"], strict=True):
+        own = json.loads((setup["root"] / name / METRICS_FILE).read_text())
+        assert set(model) == set(own)
 
 
 def test_a_report_warns_when_the_weights_changed_after_the_evaluation(

@@ -4,8 +4,6 @@ over several batches, with edge cases."""
 import copy
 import json
 import math
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +11,13 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from doc_layouts import DOCS, braced_tree, key_tree
 from segdistill.data.labels import CLASS_NAMES, TRAIN_ID_TO_LABEL_ID
 from segdistill.metric_fields import SPLIT_METRICS, split_value
 from segdistill.metrics import SegmentationEvaluator
 from segdistill.metrics.segmentation import DEFAULT_REMOVED_FRACTIONS, removal_point
 
 IGNORE = 255
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_batches(
@@ -116,42 +114,13 @@ def test_every_named_split_metric_lies_where_its_path_says(result: dict) -> None
     assert split_value(model, "night", "miou") is None  # a split not evaluated
 
 
-def _documented_keys(text: str) -> dict:
-    """The key tree docs/evaluation.md gives for `splits[split]` of metrics.json: names,
-    with the keys below each "{...}"; shapes "[C]" and remarks "(...)" left out, a list of
-    records "[{...}]" read as its record."""
-    start = text.index("splits               {split: SegmentationEvaluator.compute()}:")
-    block = text[start : text.index("\nood ", start)].split(":", 2)[2]
-    block = re.sub(r"\([^()]*\)", "", block).replace("[{", "{").replace("}]", "}")
-    tokens = re.findall(r"[A-Za-z_]\w*|[{}]", re.sub(r"\[[^\]]*\]", "", block))
-
-    def parse(at: int) -> tuple[dict, int]:
-        tree: dict = {}
-        while at < len(tokens) and tokens[at] != "}":
-            name, at = tokens[at], at + 1
-            tree[name] = None
-            if at < len(tokens) and tokens[at] == "{":
-                tree[name], at = parse(at + 1)
-                at += 1
-        return tree, at
-
-    return parse(0)[0]
-
-
-def _key_tree(value: object) -> object:
-    """The keys of a compute() result, nested as `_documented_keys` gives them."""
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        value = value[0]
-    if isinstance(value, dict):
-        return {key: _key_tree(item) for key, item in value.items()}
-    return None
-
-
 def test_the_documented_metrics_layout_is_what_compute_returns(result: dict) -> None:
     """docs/evaluation.md writes out the metrics.json layout by hand: every key it names
     at every level is one compute() returns, and none is missing."""
-    documented = _documented_keys((ROOT / "docs" / "evaluation.md").read_text())
-    assert documented == _key_tree(result)
+    text = (DOCS / "evaluation.md").read_text()
+    start = text.index("splits               {split: SegmentationEvaluator.compute()}:")
+    block = text[start : text.index("\nood ", start)].split(":", 2)[2]
+    assert braced_tree("{" + block + "}") == key_tree(result)
 
 
 def test_iou_and_accuracies_match_confusion_formula(batches: list, result: dict) -> None:

@@ -171,6 +171,88 @@ def test_results_schema(tiny_demo: tuple[list[str], Path]) -> None:
     assert all(isinstance(c["passed"], bool) for c in results["checks"])
 
 
+def _doc_block(doc: str, heading: str) -> str:
+    """The first ``` block after `heading` in docs/`doc`."""
+    text = (REPO / "docs" / doc).read_text()
+    start = text.index("```", text.index(heading)) + 3
+    return text[start : text.index("```", start)]
+
+
+def _braced(block: str, name: str) -> set[str]:
+    """The keys the block gives in the first "{...}" after `name`: the names that open an
+    item of it ("{a, b {...}, c | d}" gives a, b, c, d); remarks "(...)", shapes and
+    examples "[...]", placeholders "<...>" and deeper levels left out."""
+    at = re.search(rf"(?<![\w.]){re.escape(name)}\s*:?\s*\[?\{{", block)
+    assert at, name
+    depth, body = 1, ""
+    for char in block[at.end() :]:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth == 0:
+            break
+        body += char if depth == 1 else ""
+    remark = r"\([^()]*\)|\[[^\[\]]*\]|<[^<>]*>"
+    while re.search(remark, body):
+        body = re.sub(remark, "", body)
+    return set(re.findall(r"(?:^|[,|])\s*([A-Za-z_]\w*)", body))
+
+
+def test_the_documented_results_layout_is_what_the_demo_writes(
+    tiny_demo: tuple[list[str], Path],
+) -> None:
+    """docs/experiments.md writes out results.json by hand: its top-level keys and those
+    of every record it lists in braces are the ones the run writes."""
+    block = _doc_block("experiments.md", "## results.json")
+    results = json.loads((tiny_demo[1] / "results.json").read_text())
+    assert re.findall(r"^([a-z_]+)\s", block, re.M) == list(results)
+    model = next(m for m in results["models"] if m["role"] == "student")
+    written = {
+        "experiment": results["experiment"],
+        "versions": results["versions"],
+        "data": results["data"],
+        "evaluation": results["evaluation"],
+        "settings": results["evaluation"]["settings"],
+        "bench": results["bench"],
+        "table": results["table"],
+        "checks": {key for check in results["checks"] for key in check},
+        "speed": model["speed"],
+        "latency_ms": model["speed"]["latency_ms"],
+        "ood_flag": model["ood_flag"],
+    }
+    # a per-class check adds these; a check on several seeds or a latency ratio the rest
+    optional = {"of", "defined", "min_count", "per_seed", "interval_95", "unresolved"}
+    for name, value in written.items():
+        documented = _braced(block, name)
+        if name == "checks":
+            assert {"model", "models"} & value and documented - {"model", "models"} <= value
+            assert value - {"model", "models"} <= documented | optional
+        else:
+            assert documented == set(value), name
+    # a model: the top level of its metrics.json (docs/evaluation.md) and what the run adds
+    metrics = _doc_block("evaluation.md", "### metrics.json (one model)")
+    evaluated = re.findall(r"^([a-z_]+(?:, [a-z_]+)*)  ", metrics, re.M)
+    added = {"role", "label", "seed_offset", "speed", "ood_flag"}
+    assert set(", ".join(evaluated).split(", ")) | added == set(model)
+    flags = json.loads((tiny_demo[1] / "ood_detectors.json").read_text())  # as ood_flag
+    assert {name: set(flag) for name, flag in flags.items()} == {
+        m["name"]: set(m["ood_flag"]) for m in results["models"]
+    }
+
+
+def test_every_stage_marker_has_the_documented_keys(tiny_demo: tuple[list[str], Path]) -> None:
+    """docs/experiments.md lists the keys of a `stages/<step>.json` marker: every marker
+    of the demo holds them, and the teacher's adds what its step returned."""
+    block = _doc_block("experiments.md", "## Run directory")
+    entry = block[block.index("stages/<step>.json") : block.index("pretrain/")]
+    named = _braced(entry, "step")
+    assert {"step", "seconds", "inputs", "optional_inputs"} <= named  # read as keys
+    markers = {p.stem: json.loads(p.read_text()) for p in (tiny_demo[1] / "stages").glob("*.json")}
+    assert "teacher" in markers
+    for step, marker in markers.items():
+        assert named <= set(marker), step
+        assert marker["step"] == step
+    assert {"run_dir", "members"} <= set(markers["teacher"])
+
+
 def test_every_model_gets_an_ood_flag_fitted_on_the_validation_images(
     tiny_demo: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

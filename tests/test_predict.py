@@ -4,6 +4,7 @@ image-level OOD flag."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -639,6 +640,37 @@ def test_ood_fit_scores_each_reference_as_predict_does(tmp_path, student, ood_re
     assert (detector.model, detector.kind, detector.passes) == ("student", "student", 1)
 
 
+DEPLOYMENT = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text()
+
+
+def _documented_predict_layout() -> dict[str, set[str]]:
+    """The keys the `predict.json` row of docs/deployment.md's output table names in
+    backticks: "top" those outside parentheses and in groups "(`a`, `b`)", and for a group
+    "(`name`: ...)" `name` on top and the keys in the rest under `name`."""
+    cell = DEPLOYMENT[DEPLOYMENT.index("| `predict.json` |") :].split("|")[2]
+    layout, depth, group, outside = {"top": set()}, 0, "", ""
+    for char in cell:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth or char == ")":
+            group += char
+        else:
+            outside += char
+        if depth == 0 and group:
+            if named := re.match(r"\(`(\w+)`:", group):
+                layout[named.group(1)] = set(re.findall(r"`(\w+)`", group[named.end() :]))
+                group = named.group(0)
+            layout["top"] |= set(re.findall(r"`(\w+)`", group))
+            group = ""
+    layout["top"] |= set(re.findall(r"`(\w+)`", outside))
+    return layout
+
+
+def _documented_detector_keys() -> set[str]:
+    """The keys of ood_detector.json that docs/deployment.md lists."""
+    start = DEPLOYMENT.index("The file's keys: ")
+    return set(re.findall(r"`(\w+)`", DEPLOYMENT[start : DEPLOYMENT.index(";", start)]))
+
+
 def test_ood_flags_are_the_scores_above_the_threshold(tmp_path, student, ood_reference) -> None:
     predictor = load_predictor(student)
     detector = fit_ood_detector(predictor, ood_reference, fpr=0.2, progress=False)
@@ -654,6 +686,18 @@ def test_ood_flags_are_the_scores_above_the_threshold(tmp_path, student, ood_ref
     assert summary.flagged == flags.sum() == index["ood"]["flagged"] <= 2
     assert index["ood"]["threshold"] == detector.threshold
     assert "reference_scores" not in index["ood"]
+    # docs/deployment.md names every key of predict.json and ood_detector.json
+    layout = _documented_predict_layout()
+    assert layout["top"] == set(index) and layout["run"] == set(index["run"])
+    always = {"name", "image", "label", "height", "width", "files", "image_scores"}
+    for record in index["images"]:  # no --distrust-above, all of the references' size
+        assert set(record) == always | {"ood", "ood_score"} <= layout["images"]
+    assert layout["images"] - set(record) == {"distrust_share", "ood_not_calibrated"}
+    detector_file = tmp_path / "det.json"
+    detector.save(detector_file)
+    documented = _documented_detector_keys()
+    assert documented == set(json.loads(detector_file.read_text()))
+    assert set(index["ood"]) == documented - {"reference_scores"} | {"flagged"}
     assert read(tmp_path / "out" / "ood_scores.png").ndim == 3
     unflagged = predict_files(predictor, ood_reference[:1], tmp_path / "plain", progress=False)
     assert json.loads(unflagged.summary.read_text())["ood"] is None

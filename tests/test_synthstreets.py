@@ -4,6 +4,7 @@ official label table and evaluation script), the shift models and the anomaly ma
 from __future__ import annotations
 
 import filecmp
+import re
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -88,6 +89,26 @@ def test_layout_and_meta(dataset: Path) -> None:
     image = dataset / "leftImg8bit/train/ashford/ashford_000000_000019_leftImg8bit.png"
     assert Image.open(image).size == (SIZE[1], SIZE[0])
     assert not (dataset / ss.PARTIAL_FILE).exists()
+
+
+def test_the_documented_meta_layout_is_what_synth_writes(dataset: Path) -> None:
+    """docs/synthstreets.md lists the keys of meta.json in backticks: those outside the
+    parentheses are its top level, those in the parentheses of `splits` and `shifts` the
+    keys of each split's and each shifted copy's record."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "synthstreets.md").read_text()
+    start = text.index("`meta.json` holds ")
+    paragraph = text[start + len("`meta.json` holds ") : text.index("\n\n", start)]
+    inner = dict(re.findall(r"`(\w+)` \(([^()]*)\)", paragraph))
+    top = re.sub(r"\([^()]*\)", "", paragraph)
+    meta = ss.read_meta(dataset)
+    assert set(re.findall(r"`(\w+)`", top)) - {"void"} == set(meta)
+    for name in ("splits", "shifts"):
+        documented = set(re.findall(r"`(\w+)`", inner[name]))
+        assert documented and all(set(record) == documented for record in meta[name].values())
+    splits = [*meta["splits"], *meta["shifts"]]
+    for name in ("class_pixels", "class_frequencies", "class_images"):
+        assert list(meta[name]) == splits  # per split and shifted copy
+        assert all(set(counts) == {*CLASS_NAMES, "void"} for counts in meta[name].values())
 
 
 def test_label_files_follow_the_official_table(dataset: Path) -> None:

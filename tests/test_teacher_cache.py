@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import shutil
 from collections import namedtuple
 from pathlib import Path
@@ -105,6 +106,26 @@ def test_cached_maps_equal_the_online_teacher_on_unaugmented_images(
             assert_fp16_close(sample["maps"][name], online.require(name)[0])
         assert torch.equal(sample["maps"][tc.VALID_MAP], torch.ones(1, *SIZE))
     assert (tmp_path / "cache" / "pred_std.f16").stat().st_size == 2 * len(dataset) * 32 * 64
+
+
+def test_the_documented_cache_json_layout_is_what_a_build_writes(
+    tmp_path: Path, synth: Path, teacher: Ensemble
+) -> None:
+    """docs/methods.md names the keys of cache.json in backticks: `key` {`name`: ...} and
+    the others outside the braces; the file holds those, and `sizes` as documented."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    start = text.index("`cache.json` holds ")
+    bullet = text[start + len("`cache.json` holds ") : text.index(". At start", start)]
+    inner = re.search(r"`key` \{([^{}]*)\}", bullet)
+    top = re.sub(r"\{[^{}]*\}|\([^()]*\)|\[[^\[\]]*\]", "", bullet)
+    dataset = CityscapesDataset(synth, "train")
+    open_cache(tmp_path / "cache", teacher, dataset, scale=0.5)
+    meta = json.loads((tmp_path / "cache" / "cache.json").read_text())
+    assert set(re.findall(r"`(\w+)`", top)) == set(meta)
+    assert set(re.findall(r"`(\w+)`:", inner.group(1))) == set(meta["key"])
+    assert meta["key"]["scale"] == 0.5 and sorted(meta["key"]["signals"]) == sorted(SIGNALS)
+    assert set(meta["channels"]) == set(SIGNALS) and meta["channels"]["logits"] == 19
+    assert meta["sizes"] == [[*SIZE, SIZE[0] // 2, SIZE[1] // 2]] * len(dataset)
 
 
 def test_a_weak_mc_dropout_teachers_variance_keeps_its_median_mask(

@@ -13,6 +13,7 @@ import csv
 import gc
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -1196,6 +1197,19 @@ def test_the_train_command_resumes_when_asked_and_reports_the_best_epoch(
     assert "; best val mIoU 0.1250 after 1 epoch, not kept)" in capsys.readouterr().out
 
 
+def _documented_keys_by_depth(doc: str, after: str) -> dict[int, set[str]]:
+    """The quoted keys of the first ```json block after `after` in docs/`doc`, by how many
+    "{" enclose them (the keys of sibling records pooled)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / doc).read_text()
+    start = text.index("```json", text.index(after)) + 7
+    depth, keys = 0, {}
+    for key, brace in re.findall(r'"([^"]*)"\s*:|([{}])', text[start : text.index("```", start)]):
+        depth += {"{": 1, "}": -1}.get(brace, 0)
+        if key:
+            keys.setdefault(depth, set()).add(key)
+    return keys
+
+
 def test_ensemble_members_differ_and_are_listed_in_the_manifest(
     tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1225,6 +1239,11 @@ def test_ensemble_members_differ_and_are_listed_in_the_manifest(
     ]
     assert members[0]["checkpoint"] == "member_00/checkpoints/best.safetensors"
     assert members[0]["model"]["encoder_options"]["width"] == 0.125
+    # docs/training.md writes the manifest out by hand: the same keys, in it and in each
+    # member (whose model config and variations it gives as examples only).
+    documented = _documented_keys_by_depth("training.md", "manifest.json` is rebuilt")
+    assert documented[1] == set(manifest)
+    assert all(documented[2] == set(m) for m in members)
     member_cfg = load_config(ensemble_dir / "member_01" / "config.yaml")
     assert (member_cfg.seed, member_cfg.optim.lr) == (1, 0.02)
     weights = [load_file(ensemble_dir / m["checkpoint"]) for m in members]
