@@ -892,7 +892,7 @@ def test_the_page_bolds_each_tables_better_direction_and_escapes_the_teacher(
     misc = bold_keys(section_of(page, "Misclassification AUROC per set"))
     assert f"{e}/test/misclassification_auroc" in misc
     assert "dudes/test/misclassification_auroc" not in misc
-    iou = bold_keys(section_of(page, "IoU per class (test)"))
+    iou = bold_keys(section_of(page, "IoU per class (test; higher is better)"))
     assert "dudes/test/iou/road" in iou and f"{e}/test/iou/road" not in iou
     assert f"<h2>Students vs teacher ({e})</h2>" in page
     assert "&lt;i&gt;.png is missing." in page
