@@ -1223,6 +1223,16 @@ def test_a_jpeg_colour_mask_is_refused(tmp_path):
         read_mask(path, colors=True)
 
 
+def test_a_phones_mpo_colour_mask_is_refused_like_a_jpeg(tmp_path):
+    """A phone's JPEG opens as MPO (two frames): as lossy, whatever its file name says."""
+    path = tmp_path / "m.png"
+    frame = Image.fromarray(colour_mask(0))
+    frame.save(path, format="MPO", save_all=True, append_images=[frame])
+    assert Image.open(path).format == "MPO"
+    with pytest.raises(DataError, match=r"m\.png: a MPO colour mask; save it as PNG"):
+        read_mask(path, colors=True)
+
+
 def test_a_colour_mask_with_an_exif_orientation_is_turned_upright(colour_folder):
     upright = colour_mask(6, 4, 6)
     exif = Image.Exif()
@@ -1249,6 +1259,7 @@ def test_a_colour_mask_with_an_exif_orientation_is_turned_upright(colour_folder)
         ),
         ("void_colors: [[0, 0]]\n", r"void_colors\[0\] must be \[r, g, b\] \(0\.\.255\)"),
         ("void_colors: [[0, 0, 256]]\n", r"void_colors\[0\] must be \[r, g, b\]"),
+        ("void_colors: [[0, 0, 0, 0]]\n", r"void_colors\[0\] must be \[r, g, b\]"),  # RGBA
         ("void_colors: [0, 0, 0]\n", r"void_colors\[0\] must be \[r, g, b\]"),
         ("void_colors: black\n", "void_colors must be a list"),
     ],

@@ -686,6 +686,13 @@ def test_sample_predictions_draw_every_model_on_one_fixed_scale() -> None:
     assert figures.SAMPLE_DPI < 110
 
 
+def test_a_row_label_breaks_only_past_twelve_characters() -> None:
+    """Twelve characters fit beside a row; a longer name breaks at its first underscore."""
+    assert figures._row_label("city_0000001") == "city_0000001"  # 12: kept whole
+    assert figures._row_label("city_00000001") == "city\n00000001"  # 13: broken once
+    assert figures._row_label("a_b_c_d_e_f_g") == "a\nb_c_d_e_f_g"
+
+
 def test_sample_figures_name_each_models_measure(
     setup: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1494,6 +1501,9 @@ def test_the_summary_rows_are_the_models_numbers(setup: dict[str, Any]) -> None:
     aggregator with the highest one, and its name) are the model's numbers."""
     models = setup["results"]["models"]
     lines = format_summary(models).splitlines()
+    # Each header over its own column, in the order of the values below.
+    headers = ["model", "kind", "mIoU", "pixel acc", "ECE", "misc. AUROC", "AURC"]
+    assert re.split(r"\s{2,}", lines[1].strip()) == [*headers, "pAvPU max", "anomaly AP"]
     for model in models:
         test = model["splits"]["test"]
         unc = test["uncertainty"]
