@@ -934,8 +934,8 @@ def predict_files(
     classes = classes or predictor.classes
     if classes is not None:
         palette, ignore_index = classes.colors, classes.ignore_index
-        # Labels of class ids (no mask_values, no colours) may be Cityscapes files instead.
-        stored = classes.mapping if classes.mask_values is not None or classes.mask_colors else None
+        # Labels of class ids may be Cityscapes files instead, read by their own table.
+        stored = None if classes.masks_hold_class_ids else classes.mapping
     title = f"{predictor.name} ({predictor.kind}; uncertainty: {predictor.uncertainty_source})"
     summary = PredictSummary()
     notify = _notifier(summary.notices, f"{SUMMARY_FILE} lists them all under notices")

@@ -179,6 +179,12 @@ class ClassesSpec:
     mask_colors: bool = False
     void_colors: tuple[RGB, ...] = ()
 
+    @property
+    def masks_hold_class_ids(self) -> bool:
+        """Whether a mask stores the class ids themselves (no mask_values, no colours), as
+        a Cityscapes train-id file does."""
+        return self.mask_values is None and not self.mask_colors
+
     @cached_property
     def mapping(self) -> MaskMapping:
         """How a mask of this data set stores its classes."""
