@@ -927,8 +927,8 @@ def format_summary(models: Sequence[dict[str, Any]], split: str | None = None) -
         split = summary_split(models[0]["splits"] if models else {})
     rows = [summary_row(model, split) for model in models]
     numbers = [*SUMMARY_METRICS, "anomaly_ap"]
-    main = [["model", "kind", *(SPLIT_METRICS[name].header for name in SUMMARY_METRICS)]]
-    main[0].append("anomaly AP")
+    headers = [SPLIT_METRICS[name].header for name in SUMMARY_METRICS]
+    main = [["model", "kind", *headers, "anomaly AP"]]
     main += [
         [row["name"], row["kind"]]
         + ["-" if row[key] is None else f"{row[key]:.4f}" for key in numbers]

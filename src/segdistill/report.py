@@ -402,13 +402,13 @@ def _teacher_of(model: dict[str, Any], names: set[str]) -> str | None:
     return teacher if teacher in names else None
 
 
-# Per-class tables: the values per class, their mean, and where evaluate stored the
-# student - teacher differences (per class and of the mean).
+# Per-class tables: the SPLIT_METRICS of the values per class and of their mean, and where
+# evaluate stored the student - teacher differences (per class and of the mean).
 PER_CLASS = {
-    "iou": (("segmentation", "iou"), ("segmentation", "miou"), "iou", "miou"),
+    "iou": ("per_class_iou", "miou", "iou", "miou"),
     "uncertainty": (
-        ("uncertainty", "per_class_mean"),
-        ("uncertainty", "class_mean"),
+        "per_class_mean_uncertainty",
+        "class_mean_uncertainty",
         "per_class_mean_uncertainty",
         "class_mean_uncertainty",
     ),
@@ -451,7 +451,7 @@ def per_class_table(
         row += [
             metric(
                 f"{m['name']}/{split}/{kind}/{cls}",
-                dig(m, "splits", split, *mean) if last else dig(m, "splits", split, *values, c),
+                split_value(m, split, mean) if last else dig(split_value(m, split, values), c),
             )
             for m in models
         ]
